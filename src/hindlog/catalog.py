@@ -1,0 +1,403 @@
+"""The SQLite catalog: runs, args, loop contexts, log records and checkpoints.
+
+Only this module writes SQL. Everything above it hands it plain Python values.
+The catalog runs in WAL mode so that a training process can write while the
+CLI or a notebook reads, and several runs of one project can write at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import RunNotFound, SchemaError
+
+SCHEMA_VERSION = 1
+
+# History:
+#   1: first version.
+SCHEMA = """
+-- Key/value facts about the catalog itself: schema version, creating tool version.
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+
+-- One row per run. `id` is the local integer key, `run_id` the public,
+-- time-sortable id users type.
+CREATE TABLE IF NOT EXISTS runs (
+    id           INTEGER PRIMARY KEY,
+    run_id       TEXT UNIQUE NOT NULL,
+    name         TEXT,
+    project      TEXT,
+    script       TEXT,            -- path of the script, relative to the project root
+    code_version TEXT,            -- git commit sha, or 'snap-<hash>' outside git
+    code_kind    TEXT,            -- 'git' or 'snapshot'
+    status       TEXT NOT NULL,   -- running | finished | failed | killed
+    flags        TEXT NOT NULL DEFAULT '[]',  -- JSON list of problems met while recording
+    argv         TEXT,            -- JSON list
+    env          TEXT,            -- JSON: python, packages, host, gpus, environment variables
+    cwd          TEXT,
+    pid          INTEGER,
+    host         TEXT,
+    started      REAL,
+    ended        REAL,
+    heartbeat    REAL,            -- last time the writer committed
+    epsilon      REAL,
+    overhead     REAL,            -- measured: time training was blocked / elapsed
+    info         TEXT NOT NULL DEFAULT '{}'   -- JSON: anything else (checkpoint policy stats, ...)
+);
+
+-- Hyperparameters given through hl.arg (values as JSON).
+CREATE TABLE IF NOT EXISTS args (
+    run   INTEGER NOT NULL REFERENCES runs(id),
+    name  TEXT NOT NULL,
+    value TEXT,
+    PRIMARY KEY (run, name)
+) WITHOUT ROWID;
+
+-- Logged names, stored once.
+CREATE TABLE IF NOT EXISTS names (
+    id   INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL
+);
+
+-- A loop context: the indices of all enclosing hl.loop calls, e.g.
+-- [["epoch", 3], ["step", 17]]. `iteration` is the main loop's index (NULL
+-- outside the main loop). Ids are assigned by the recording process.
+CREATE TABLE IF NOT EXISTS contexts (
+    run       INTEGER NOT NULL,
+    id        INTEGER NOT NULL,
+    iteration INTEGER,
+    loops     TEXT NOT NULL,
+    PRIMARY KEY (run, id)
+) WITHOUT ROWID;
+
+-- One row per logged value. kind: 0 native SQLite value (int, float, str,
+-- NULL), 1 bool, 2 JSON text, 3 NumPy .npy bytes, 4 non-finite float as text.
+-- source: 0 recorded, 1 replayed.
+CREATE TABLE IF NOT EXISTS records (
+    run    INTEGER NOT NULL,
+    ctx    INTEGER NOT NULL,
+    name   INTEGER NOT NULL,
+    kind   INTEGER NOT NULL,
+    value,
+    source INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS records_by_name ON records (name, run);
+
+-- One row per checkpoint: the state at the exit of block `block` (a nested
+-- loop, or -1 for the end of the iteration) of main-loop iteration `iteration`.
+-- `manifest` is the object holding the checkpoint manifest. The row is
+-- written only after every object it names is durable.
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run       INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    block     INTEGER NOT NULL,
+    loop      TEXT,
+    manifest  TEXT NOT NULL,
+    nbytes    INTEGER NOT NULL,
+    created   REAL NOT NULL,
+    PRIMARY KEY (run, iteration, block)
+) WITHOUT ROWID;
+
+-- Code snapshots made outside git: version -> object holding the file manifest.
+CREATE TABLE IF NOT EXISTS code_snapshots (
+    version  TEXT PRIMARY KEY,
+    manifest TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+KIND_NATIVE, KIND_BOOL, KIND_JSON, KIND_NPY, KIND_FLOAT_TEXT = 0, 1, 2, 3, 4
+SOURCE_RECORD, SOURCE_REPLAY = 0, 1
+STATUSES = ("running", "finished", "failed", "killed")
+
+_RUN_COLUMNS = (
+    "run_id", "name", "project", "script", "code_version", "code_kind", "status", "flags",
+    "argv", "env", "cwd", "pid", "host", "started", "ended", "heartbeat", "epsilon",
+    "overhead", "info",
+)
+_JSON_RUN_COLUMNS = {"flags", "argv", "env", "info"}
+
+
+def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
+    """Open (creating if needed) the catalog at ``path`` and check its schema version."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0:
+        with transaction(conn):
+            if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    elif version != SCHEMA_VERSION:
+        conn.close()
+        raise SchemaError(
+            f"{path} has catalog schema version {version}, this hindlog reads version "
+            f"{SCHEMA_VERSION}. Use the hindlog version that wrote it, or move the store aside."
+        )
+    return conn
+
+
+class transaction:
+    """``with transaction(conn):`` runs the block in one IMMEDIATE transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
+
+
+# ----------------------------------------------------------------- runs
+
+
+def insert_run(conn: sqlite3.Connection, fields: dict[str, Any]) -> int:
+    """Insert a run row and return its local integer key."""
+    cols = [c for c in _RUN_COLUMNS if c in fields]
+    vals = [_encode_run_field(c, fields[c]) for c in cols]
+    with transaction(conn):
+        cur = conn.execute(
+            f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals
+        )
+        return int(cur.lastrowid)
+
+
+def update_run(conn: sqlite3.Connection, run: int, fields: dict[str, Any]) -> None:
+    """Set some columns of a run (JSON columns are given as Python values)."""
+    if not fields:
+        return
+    cols = list(fields)
+    vals = [_encode_run_field(c, fields[c]) for c in cols]
+    conn.execute(f"UPDATE runs SET {', '.join(c + '=?' for c in cols)} WHERE id=?", [*vals, run])
+
+
+def add_run_flag(conn: sqlite3.Connection, run: int, flag: str) -> None:
+    """Append ``flag`` to a run's list of flags, once."""
+    row = conn.execute("SELECT flags FROM runs WHERE id=?", (run,)).fetchone()
+    flags = json.loads(row[0]) if row else []
+    if flag not in flags:
+        flags.append(flag)
+        conn.execute("UPDATE runs SET flags=? WHERE id=?", (json.dumps(flags), run))
+
+
+def merge_run_info(conn: sqlite3.Connection, run: int, info: dict[str, Any]) -> None:
+    """Merge keys into a run's ``info`` JSON object."""
+    row = conn.execute("SELECT info FROM runs WHERE id=?", (run,)).fetchone()
+    current = json.loads(row[0]) if row and row[0] else {}
+    current.update(info)
+    conn.execute("UPDATE runs SET info=? WHERE id=?", (json.dumps(current), run))
+
+
+def _encode_run_field(col: str, value: Any) -> Any:
+    if col in _JSON_RUN_COLUMNS and value is not None:
+        return json.dumps(value, default=str)
+    return value
+
+
+def _decode_run(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for col in _JSON_RUN_COLUMNS:
+        if out.get(col) is not None:
+            out[col] = json.loads(out[col])
+    if out["status"] == "running" and not _process_alive(out.get("pid"), out.get("host"), out.get("heartbeat")):
+        out["status"] = "killed"
+    return out
+
+
+def _process_alive(pid: int | None, host: str | None, heartbeat: float | None) -> bool:
+    """Whether the process that is writing a 'running' run still exists."""
+    if pid is None:
+        return False
+    if host != socket.gethostname():
+        # Another machine: trust the heartbeat for a few minutes.
+        return heartbeat is not None and time.time() - heartbeat < 300
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _is_not_zombie(pid)
+
+
+def _is_not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def list_runs(conn: sqlite3.Connection, script: str | None = None) -> list[dict[str, Any]]:
+    """All runs, oldest first, with their status corrected for dead processes."""
+    conn.row_factory = sqlite3.Row
+    try:
+        sql = "SELECT * FROM runs"
+        params: tuple[Any, ...] = ()
+        if script is not None:
+            sql += " WHERE script=?"
+            params = (script,)
+        rows = conn.execute(sql + " ORDER BY run_id", params).fetchall()
+    finally:
+        conn.row_factory = None
+    return [_decode_run(r) for r in rows]
+
+
+def get_run(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
+    """Resolve a run reference: a full id, a unique prefix, a name, or ``latest``."""
+    runs = list_runs(conn)
+    if not runs:
+        raise RunNotFound("There are no runs in this store yet. Record one first (run a script that uses hindlog).")
+    if ref == "latest":
+        return runs[-1]
+    exact = [r for r in runs if r["run_id"] == ref]
+    if exact:
+        return exact[0]
+    matches = [r for r in runs if r["run_id"].startswith(ref)]
+    if not matches:
+        matches = [r for r in runs if r["name"] == ref]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise RunNotFound(f"No run matches {ref!r}. `hindlog runs` lists the runs of this store.")
+    ids = ", ".join(r["run_id"] for r in matches[:5])
+    raise RunNotFound(f"{ref!r} matches {len(matches)} runs ({ids}{', ...' if len(matches) > 5 else ''}); give more of the id.")
+
+
+def run_args(conn: sqlite3.Connection, runs: Sequence[int] | None = None) -> dict[int, dict[str, Any]]:
+    """The hl.arg values of each run, by local run key."""
+    sql = "SELECT run, name, value FROM args"
+    params: list[Any] = []
+    if runs is not None:
+        sql += f" WHERE run IN ({', '.join('?' * len(runs))})"
+        params = list(runs)
+    out: dict[int, dict[str, Any]] = {}
+    for run, name, value in conn.execute(sql, params):
+        out.setdefault(run, {})[name] = json.loads(value)
+    return out
+
+
+def set_arg(conn: sqlite3.Connection, run: int, name: str, value: Any) -> None:
+    conn.execute("INSERT OR REPLACE INTO args VALUES (?, ?, ?)", (run, name, json.dumps(value)))
+
+
+# ----------------------------------------------------------------- records
+
+
+def name_ids(conn: sqlite3.Connection, names: Iterable[str]) -> dict[str, int]:
+    """Ids of ``names``, inserting the new ones. Call inside a transaction."""
+    names = list(dict.fromkeys(names))
+    conn.executemany("INSERT OR IGNORE INTO names (name) VALUES (?)", [(n,) for n in names])
+    out: dict[str, int] = {}
+    for i in range(0, len(names), 500):
+        chunk = names[i : i + 500]
+        q = f"SELECT name, id FROM names WHERE name IN ({', '.join('?' * len(chunk))})"
+        out.update(conn.execute(q, chunk).fetchall())
+    return out
+
+
+def insert_contexts(conn: sqlite3.Connection, run: int, contexts: Iterable[tuple[int, int | None, str]]) -> None:
+    """Insert ``(ctx_id, iteration, loops_json)`` rows for a run."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO contexts (run, id, iteration, loops) VALUES (?, ?, ?, ?)",
+        [(run, c, it, loops) for c, it, loops in contexts],
+    )
+
+
+def insert_records(conn: sqlite3.Connection, rows: Iterable[tuple[int, int, int, int, Any, int]]) -> None:
+    """Insert ``(run, ctx, name_id, kind, value, source)`` rows."""
+    conn.executemany("INSERT INTO records (run, ctx, name, kind, value, source) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+def query_records(
+    conn: sqlite3.Connection, names: Sequence[str], runs: Sequence[int] | None = None
+) -> list[tuple[int, int, int | None, str, str, int, Any, int]]:
+    """``(run, ctx, iteration, loops_json, name, kind, value, source)`` rows for the given names, in log order."""
+    params: list[Any] = list(names)
+    sql = (
+        "SELECT r.run, r.ctx, c.iteration, c.loops, n.name, r.kind, r.value, r.source "
+        "FROM records r JOIN names n ON n.id = r.name "
+        "LEFT JOIN contexts c ON c.run = r.run AND c.id = r.ctx "
+        f"WHERE n.name IN ({', '.join('?' * len(names))})"
+    )
+    if runs is not None:
+        sql += f" AND r.run IN ({', '.join('?' * len(runs))})"
+        params += list(runs)
+    return conn.execute(sql + " ORDER BY r.run, r.rowid", params).fetchall()
+
+
+def logged_names(conn: sqlite3.Connection, run: int | None = None) -> list[str]:
+    """Names with at least one record (of one run, or of any)."""
+    if run is None:
+        rows = conn.execute("SELECT name FROM names WHERE id IN (SELECT DISTINCT name FROM records) ORDER BY name")
+    else:
+        rows = conn.execute(
+            "SELECT name FROM names WHERE id IN (SELECT DISTINCT name FROM records WHERE run=?) ORDER BY name", (run,)
+        )
+    return [r[0] for r in rows]
+
+
+def count_records(conn: sqlite3.Connection, run: int) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM records WHERE run=?", (run,)).fetchone()[0])
+
+
+# ----------------------------------------------------------------- checkpoints
+
+
+def insert_checkpoint(
+    conn: sqlite3.Connection, run: int, iteration: int, block: int, loop: str | None, manifest: str, nbytes: int
+) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (run, iteration, block, loop, manifest, nbytes, time.time()),
+    )
+
+
+def list_checkpoints(conn: sqlite3.Connection, run: int) -> list[tuple[int, int, str | None, str, int]]:
+    """``(iteration, block, loop, manifest, nbytes)`` of a run, in order."""
+    return conn.execute(
+        "SELECT iteration, block, loop, manifest, nbytes FROM checkpoints WHERE run=? ORDER BY iteration, block", (run,)
+    ).fetchall()
+
+
+def delete_checkpoints(conn: sqlite3.Connection, runs: Sequence[int]) -> int:
+    cur = conn.execute(f"DELETE FROM checkpoints WHERE run IN ({', '.join('?' * len(runs))})", list(runs))
+    return cur.rowcount
+
+
+def all_manifests(conn: sqlite3.Connection) -> list[str]:
+    rows = conn.execute("SELECT manifest FROM checkpoints UNION SELECT manifest FROM code_snapshots").fetchall()
+    return [r[0] for r in rows]
+
+
+# ----------------------------------------------------------------- code snapshots
+
+
+def insert_code_snapshot(conn: sqlite3.Connection, version: str, manifest: str) -> None:
+    conn.execute("INSERT OR IGNORE INTO code_snapshots VALUES (?, ?)", (version, manifest))
+
+
+def code_snapshot_manifest(conn: sqlite3.Connection, version: str) -> str | None:
+    row = conn.execute("SELECT manifest FROM code_snapshots WHERE version=?", (version,)).fetchone()
+    return row[0] if row else None

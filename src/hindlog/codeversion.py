@@ -1,0 +1,236 @@
+"""Code versions: snapshot the project's code at run start, and get it back.
+
+In a git work tree the working tree (tracked files plus untracked files that
+are not ignored) becomes a commit under ``refs/hindlog/runs/<run-id>``, built
+with a temporary index so the user's HEAD, branch, index and working tree are
+never touched. Outside git the project's source files are stored in the object
+store under a manifest, and the version is ``snap-<hash>``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import catalog, config
+from .errors import CodeVersionError
+from .store import Store
+
+_GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "hindlog",
+    "GIT_AUTHOR_EMAIL": "hindlog@localhost",
+    "GIT_COMMITTER_NAME": "hindlog",
+    "GIT_COMMITTER_EMAIL": "hindlog@localhost",
+}
+SOURCE_SUFFIXES = {".py", ".pyi", ".yaml", ".yml", ".json", ".toml", ".cfg", ".ini", ".txt", ".sh", ".md"}
+_SKIP_DIRS = {".git", ".hindlog", ".venv", "venv", "env", "__pycache__", "node_modules", "site-packages", ".tox", ".mypy_cache", ".pytest_cache", "build", "dist"}
+_MAX_SNAPSHOT_FILES = 5000
+
+
+@dataclass
+class CodeVersion:
+    """The code a run was made with."""
+
+    version: str  # commit sha or 'snap-<hash>'
+    kind: str  # 'git' or 'snapshot'
+    skipped: list[str]  # files left out (too large), for the user to know
+
+
+def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> bytes:
+    full_env = {**os.environ, **_GIT_IDENTITY, **(env or {})}
+    try:
+        out = subprocess.run(["git", *args], cwd=root, env=full_env, capture_output=True, input=input, timeout=120)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise CodeVersionError(f"git {' '.join(args)} could not run: {e}") from None
+    if out.returncode != 0:
+        raise CodeVersionError(f"git {' '.join(args)} failed: {out.stderr.decode(errors='replace').strip()}")
+    return out.stdout
+
+
+def is_git_repo(root: Path) -> bool:
+    return (root / ".git").exists()
+
+
+def snapshot(store: Store, run_id: str) -> CodeVersion:
+    """Snapshot the code of ``store.root`` for run ``run_id``."""
+    root = store.root
+    if is_git_repo(root) and shutil.which("git"):
+        return _snapshot_git(root, run_id)
+    return _snapshot_files(store)
+
+
+def _snapshot_git(root: Path, run_id: str) -> CodeVersion:
+    tree, skipped = working_tree(root)
+    head = _git_head(root)
+    parents = ["-p", head] if head else []
+    commit = _git(root, "commit-tree", tree, *parents, "-m", f"hindlog run {run_id}").decode().strip()
+    _git(root, "update-ref", f"refs/hindlog/runs/{run_id}", commit)
+    return CodeVersion(commit, "git", skipped)
+
+
+def working_tree(root: Path) -> tuple[str, list[str]]:
+    """Write the working tree (tracked + untracked-not-ignored files) as a git tree, with a
+    temporary index so that the user's index is untouched. Returns the tree and the files
+    left out for their size."""
+    git_dir = Path(_git(root, "rev-parse", "--absolute-git-dir").decode().strip())
+    fd, index = tempfile.mkstemp(prefix="hindlog-index-")
+    os.close(fd)
+    try:
+        env = {"GIT_INDEX_FILE": index}
+        real_index = git_dir / "index"
+        # Starting from a copy of the user's index lets git reuse its stat cache.
+        if real_index.exists():
+            shutil.copyfile(real_index, index)
+        else:
+            os.unlink(index)
+        _git(root, "add", "-u", "--", ".", env=env)
+        untracked = _git(root, "ls-files", "-z", "--others", "--exclude-standard", env=env).split(b"\0")
+        keep, skipped = [], []
+        for raw in untracked:
+            if not raw:
+                continue
+            rel = raw.decode()
+            try:
+                too_big = (root / rel).stat().st_size > config.MAX_SNAPSHOT_FILE_BYTES
+            except OSError:
+                continue
+            (skipped if too_big else keep).append(rel)
+        if keep:
+            _git(root, "add", "--pathspec-from-file=-", "--pathspec-file-nul", env=env, input="\0".join(keep).encode())
+        return _git(root, "write-tree", env=env).decode().strip(), skipped
+    finally:
+        for path in (index, index + ".lock"):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _git_head(root: Path) -> str | None:
+    try:
+        return _git(root, "rev-parse", "--verify", "-q", "HEAD").decode().strip() or None
+    except CodeVersionError:
+        return None
+
+
+def _snapshot_files(store: Store) -> CodeVersion:
+    root = store.root
+    files: dict[str, str] = {}
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            if path.suffix not in SOURCE_SUFFIXES:
+                continue
+            rel = path.relative_to(root).as_posix()
+            try:
+                if path.stat().st_size > config.MAX_SNAPSHOT_FILE_BYTES:
+                    skipped.append(rel)
+                    continue
+                files[rel] = store.objects.put(path.read_bytes(), durable=False)
+            except OSError:
+                continue
+            if len(files) >= _MAX_SNAPSHOT_FILES:
+                break
+    manifest = json.dumps(files, sort_keys=True).encode()
+    manifest_name = store.objects.put(manifest)
+    version = "snap-" + manifest_name[:16]
+    conn = store.connect()
+    try:
+        catalog.insert_code_snapshot(conn, version, manifest_name)
+    finally:
+        conn.close()
+    return CodeVersion(version, "snapshot", skipped)
+
+
+def read_files(store: Store, version: str) -> dict[str, bytes]:
+    """Every file of a code version, by path relative to the project root."""
+    if version.startswith("snap-"):
+        conn = store.connect()
+        try:
+            manifest = catalog.code_snapshot_manifest(conn, version)
+        finally:
+            conn.close()
+        if manifest is None:
+            raise CodeVersionError(f"code snapshot {version} is not in this store")
+        files = json.loads(store.objects.get(manifest))
+        return {path: store.objects.get(name) for path, name in files.items()}
+    out: dict[str, bytes] = {}
+    listing = _git(store.root, "ls-tree", "-r", "-z", "--full-tree", version).split(b"\0")
+    for entry in listing:
+        if not entry:
+            continue
+        meta, path = entry.split(b"\t", 1)
+        mode, kind, sha = meta.split()
+        if kind == b"blob":
+            out[path.decode()] = _git(store.root, "cat-file", "blob", sha.decode())
+    return out
+
+
+def read_file(store: Store, version: str, path: str) -> bytes | None:
+    """One file of a code version, or None if it is not in it."""
+    if version.startswith("snap-"):
+        return read_files(store, version).get(path)
+    try:
+        return _git(store.root, "show", f"{version}:{path}")
+    except CodeVersionError:
+        return None
+
+
+def materialize(store: Store, version: str, dest: Path) -> Path:
+    """Write a code version's files under ``dest`` and return it."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if not version.startswith("snap-"):
+        archive = _git(store.root, "archive", "--format=tar", version)
+        import io
+        import tarfile
+
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(dest)
+        return dest
+    for path, data in read_files(store, version).items():
+        target = dest / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return dest
+
+
+def diff(store: Store, old: str, new: str | None) -> str:
+    """Unified diff from code version ``old`` to ``new`` (None: the working tree)."""
+    if not old.startswith("snap-") and (new is None or not new.startswith("snap-")):
+        target = working_tree(store.root)[0] if new is None else new
+        return _git(store.root, "diff", old, target).decode(errors="replace")
+    import difflib
+
+    before = read_files(store, old)
+    if new is None:
+        after = {}
+        for rel in before.keys() | _working_files(store.root):
+            p = store.root / rel
+            if p.is_file():
+                after[rel] = p.read_bytes()
+    else:
+        after = read_files(store, new)
+    chunks = []
+    for rel in sorted(before.keys() | after.keys()):
+        a = before.get(rel, b"").decode(errors="replace").splitlines(keepends=True)
+        b = after.get(rel, b"").decode(errors="replace").splitlines(keepends=True)
+        if a != b:
+            chunks.extend(difflib.unified_diff(a, b, f"a/{rel}", f"b/{rel}"))
+    return "".join(chunks)
+
+
+def _working_files(root: Path) -> set[str]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")]
+        for fname in filenames:
+            if Path(fname).suffix in SOURCE_SUFFIXES:
+                out.add((Path(dirpath) / fname).relative_to(root).as_posix())
+    return out

@@ -1,0 +1,35 @@
+"""The exceptions hindlog raises: one base class, one subclass per kind of failure."""
+
+from __future__ import annotations
+
+
+class HindlogError(Exception):
+    """Base class of every error hindlog raises on purpose."""
+
+
+class StoreError(HindlogError):
+    """The store (catalog or objects) cannot be read or written."""
+
+
+class SchemaError(StoreError):
+    """The catalog was written by an incompatible version of hindlog."""
+
+
+class RunNotFound(HindlogError):
+    """A run reference (id, prefix, ``latest``) matches no run, or several."""
+
+
+class CheckpointError(HindlogError):
+    """A checkpoint is missing, corrupt, or cannot be restored."""
+
+
+class CorruptObject(CheckpointError):
+    """A stored object's content does not match its hash."""
+
+
+class ReplayError(HindlogError):
+    """A replay cannot be planned or carried out."""
+
+
+class CodeVersionError(HindlogError):
+    """The code of a run cannot be snapshotted or materialized."""

@@ -1,0 +1,166 @@
+"""Queries over the catalog, as pandas DataFrames: ``hl.runs()`` and ``hl.dataframe()``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from . import catalog
+from .store import Store
+from .values import decode
+
+RUN_COLUMNS = ["run_id", "name", "script", "status", "code_version", "started", "ended", "duration", "overhead", "flags"]
+
+
+def _open(store: str | os.PathLike[str] | Store | None) -> Store:
+    if isinstance(store, Store):
+        return store
+    return Store.for_project(store=store)
+
+
+def _flush_own_run() -> None:
+    """A reader in the recording process sees its own writes."""
+    from . import record
+
+    rec = record._recorder
+    if rec is not None and not rec.finished:
+        rec.writer.flush()
+
+
+def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
+    """One row per run: id, name, script, status, code version, times, overhead, flags and args."""
+    _flush_own_run()
+    st = _open(store)
+    if not st.exists():
+        return pd.DataFrame(columns=RUN_COLUMNS)
+    conn = st.connect()
+    try:
+        rows = catalog.list_runs(conn)
+        args = catalog.run_args(conn)
+    finally:
+        conn.close()
+    out = []
+    for r in rows:
+        row = {c: r.get(c) for c in RUN_COLUMNS if c != "duration"}
+        row["duration"] = (r["ended"] - r["started"]) if r.get("ended") and r.get("started") else None
+        row["started"] = pd.to_datetime(r["started"], unit="s") if r.get("started") else None
+        row["ended"] = pd.to_datetime(r["ended"], unit="s") if r.get("ended") else None
+        row.update(args.get(r["id"], {}))
+        out.append(row)
+    return pd.DataFrame(out, columns=None if out else RUN_COLUMNS)
+
+
+def resolve_runs(conn: Any, refs: Sequence[str] | str | None) -> list[dict[str, Any]]:
+    """Runs for a list of references (ids, prefixes, names, 'latest'); None means all."""
+    if refs is None:
+        return catalog.list_runs(conn)
+    if isinstance(refs, str):
+        refs = [refs]
+    return [catalog.get_run(conn, ref) for ref in refs]
+
+
+def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
+    """Values of ``names`` with one row per run and loop context.
+
+    Columns: ``run_id``, ``code_version``, each of the run's args, each loop's
+    index (e.g. ``epoch``, ``step``), then one column per name. Recorded and
+    replayed values appear together.
+    """
+    if not names:
+        raise ValueError("hl.dataframe needs at least one name, e.g. hl.dataframe('loss')")
+    for n in names:
+        if type(n) is not str or not n:
+            raise TypeError(f"hl.dataframe names must be non-empty strings, got {n!r}")
+    _flush_own_run()
+    st = _open(store)
+    if not st.exists():
+        return pd.DataFrame(columns=["run_id", "code_version", *names])
+    conn = st.connect()
+    try:
+        selected = resolve_runs(conn, runs)
+        by_key = {r["id"]: r for r in selected}
+        rows = catalog.query_records(conn, names, list(by_key)) if by_key else []
+        args = catalog.run_args(conn, list(by_key)) if by_key else {}
+    finally:
+        conn.close()
+
+    loop_names: list[str] = []
+    table: dict[tuple[int, str], dict[str, Any]] = {}
+    for run, _ctx, _iteration, loops_json, name, kind, value, _source in rows:
+        loops_json = loops_json or "[]"
+        key = (run, loops_json)
+        row = table.get(key)
+        if row is None:
+            row = {}
+            for loop_name, index in json.loads(loops_json):
+                if loop_name not in loop_names:
+                    loop_names.append(loop_name)
+                row[loop_name] = index
+            table[key] = row
+        row[name] = decode(kind, value)
+
+    arg_names: list[str] = []
+    for a in args.values():
+        for k in a:
+            if k not in arg_names and k not in names and k not in loop_names:
+                arg_names.append(k)
+    records = []
+    for (run, _), row in table.items():
+        r = by_key[run]
+        full = {"run_id": r["run_id"], "code_version": r.get("code_version")}
+        for k in arg_names:
+            full[k] = args.get(run, {}).get(k)
+        full.update(row)
+        records.append(full)
+    columns = ["run_id", "code_version", *arg_names, *loop_names, *names]
+    df = pd.DataFrame(records, columns=columns)
+    for loop_name in loop_names:
+        if df[loop_name].notna().all():
+            df[loop_name] = df[loop_name].astype("int64")
+        else:
+            df[loop_name] = df[loop_name].astype("Int64")
+    return df.sort_values(["run_id", *loop_names], kind="stable", na_position="first").reset_index(drop=True)
+
+
+def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> dict[str, Any]:
+    """Everything recorded about one run: the run row, its args, names, counts and checkpoints."""
+    _flush_own_run()
+    st = _open(store)
+    conn = st.connect()
+    try:
+        run = catalog.get_run(conn, ref)
+        run["args"] = catalog.run_args(conn, [run["id"]]).get(run["id"], {})
+        run["names"] = catalog.logged_names(conn, run["id"])
+        run["records"] = catalog.count_records(conn, run["id"])
+        run["checkpoints"] = [
+            {"iteration": it, "block": block, "loop": loop, "nbytes": nbytes}
+            for it, block, loop, _manifest, nbytes in catalog.list_checkpoints(conn, run["id"])
+        ]
+    finally:
+        conn.close()
+    return run
+
+
+def code_diff(ref: str, other: str | None = None, store: str | os.PathLike[str] | Store | None = None) -> tuple[str, dict[str, tuple[Any, Any]]]:
+    """The code diff and the changed args from run ``ref`` to run ``other`` (default: the working tree).
+
+    Returns ``(unified diff text, {arg: (value in ref, value in other)})``.
+    """
+    from . import codeversion
+
+    st = _open(store)
+    a = run_info(ref, st)
+    b = run_info(other, st) if other else None
+    if not a.get("code_version"):
+        raise catalog.RunNotFound(f"run {a['run_id']} has no code version (its snapshot failed or is still being made)")
+    text = codeversion.diff(st, a["code_version"], b["code_version"] if b else None)
+    changed: dict[str, tuple[Any, Any]] = {}
+    if b is not None:
+        for k in sorted(a["args"].keys() | b["args"].keys()):
+            if a["args"].get(k) != b["args"].get(k):
+                changed[k] = (a["args"].get(k), b["args"].get(k))
+    return text, changed

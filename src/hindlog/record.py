@@ -1,0 +1,146 @@
+"""The record API: ``hl.log``, ``hl.arg``, ``hl.loop``, ``hl.init``, ``hl.finish``.
+
+These are thin module-level functions over the process's ``Recorder``. A run
+starts implicitly at the first call and finishes at exit. ``hl.log``'s fast
+path (a number under a valid name) is a type check and a deque append.
+``HINDLOG_DISABLED=1`` swaps every function for a pass-through at import.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
+
+from . import config
+from .recorder import Recorder
+from .store import Store
+from .values import capture, check_name
+
+T = TypeVar("T")
+
+_recorder: Recorder | None = None
+#: Set when the store could not be opened at all: calls still validate, nothing is stored.
+_broken = False
+
+
+def _start(**kwargs: Any) -> Recorder | None:
+    global _recorder, _broken
+    try:
+        store = Store.for_project(store=kwargs.pop("store", None))
+        _recorder = Recorder(store, **kwargs)
+    except Exception as e:
+        _broken = True
+        warnings.warn(
+            f"hindlog: could not start recording ({type(e).__name__}: {e}); training goes on "
+            "but nothing is being logged. Check that the project directory is writable, or set HINDLOG_DIR.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return _recorder
+
+
+def current() -> Recorder | None:
+    """The active recorder, starting one if there is none."""
+    rec = _recorder
+    if rec is None and not _broken:
+        rec = _start()
+    return rec
+
+
+def log(name: str, value: T) -> T:
+    """Record ``value`` under ``name`` in the current loop context and return it unchanged."""
+    rec = _recorder
+    if rec is None:
+        rec = current()
+        if rec is None:
+            check_name(name)
+            capture(value)
+            return value
+    t = type(value)
+    if (t is float or t is int) and type(name) is str and name and rec.controller is None:
+        rec.append((rec.ctx, name, value))
+        return value
+    return rec.log_slow(name, value)
+
+
+def arg(name: str, default: T) -> T:
+    """A hyperparameter: ``default`` unless ``HINDLOG_SET_<name>`` overrides it; recorded with the run."""
+    rec = current()
+    if rec is None:
+        from .recorder import cast_like
+
+        override = config.arg_override(name)
+        return default if override is None else cast_like(default, override, name)
+    return rec.arg(name, default)
+
+
+def loop(name: str, iterable: Iterable[T]) -> Iterator[T]:
+    """Iterate over ``iterable`` as the loop ``name``; records inside carry its index."""
+    rec = current()
+    if rec is None:
+        return iter(iterable)
+    return rec.loop(name, iterable)
+
+
+def init(
+    project: str | None = None,
+    name: str | None = None,
+    epsilon: float | None = None,
+    store: str | os.PathLike[str] | None = None,
+) -> str | None:
+    """Start a run explicitly (optional). Returns its id. A run already active is finished first."""
+    global _broken
+    if config.disabled():
+        return None
+    if _recorder is not None and not _recorder.finished:
+        _recorder.finish()
+    _broken = False
+    rec = _start(project=project, name=name, epsilon=epsilon, store=store)
+    return rec.run_id if rec else None
+
+
+def finish() -> None:
+    """Finish the current run now (optional: runs finish at exit)."""
+    global _recorder
+    if _recorder is not None:
+        _recorder.finish()
+        _recorder = None
+
+
+def run_id() -> str | None:
+    """The id of the run being recorded, or None."""
+    return _recorder.run_id if _recorder is not None else None
+
+
+# ----------------------------------------------------------------- pass-through mode
+
+
+def _log_disabled(name: str, value: T) -> T:
+    return value
+
+
+def _arg_disabled(name: str, default: T) -> T:
+    override = config.arg_override(name)
+    if override is None:
+        return default
+    from .recorder import cast_like
+
+    return cast_like(default, override, name)
+
+
+def _loop_disabled(name: str, iterable: Iterable[T]) -> Iterable[T]:
+    return iterable
+
+
+def _init_disabled(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+if config.disabled():
+    log = _log_disabled  # type: ignore[assignment]  # noqa: F811
+    arg = _arg_disabled  # type: ignore[assignment]  # noqa: F811
+    loop = _loop_disabled  # type: ignore[assignment]  # noqa: F811
+    init = _init_disabled  # type: ignore[assignment]  # noqa: F811

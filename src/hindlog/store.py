@@ -1,0 +1,82 @@
+"""Where a project's store lives and what it holds.
+
+``.hindlog/`` sits at the project root (the git top level, else the current
+directory; ``HINDLOG_DIR`` overrides) and holds the SQLite catalog
+(``catalog.db``), the object store (``objects/``) and spill files of records
+that could not be written to the catalog (``spill/``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from functools import cached_property
+from pathlib import Path
+
+from . import catalog, config
+from .objects import ObjectStore
+
+
+def git_toplevel(start: Path) -> Path | None:
+    """The git work tree containing ``start``, or None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return Path(out.stdout.strip())
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project root for ``start`` (default: the current directory)."""
+    start = Path(start or os.getcwd()).resolve()
+    return git_toplevel(start) or start
+
+
+class Store:
+    """A project's ``.hindlog`` directory."""
+
+    def __init__(self, path: Path, root: Path | None = None) -> None:
+        self.path = Path(path).resolve()
+        #: The project root this store belongs to (where code is snapshotted from).
+        self.root = Path(root).resolve() if root else self.path.parent
+
+    @classmethod
+    def for_project(cls, start: Path | None = None, store: str | os.PathLike[str] | None = None) -> "Store":
+        """The store of the project containing ``start``, honouring ``HINDLOG_DIR``."""
+        root = project_root(start)
+        explicit = store or config.store_dir_override()
+        if explicit:
+            return cls(Path(explicit), root)
+        return cls(root / ".hindlog", root)
+
+    def ensure(self) -> None:
+        """Create the directory, with a .gitignore so that git never tracks it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        ignore = self.path / ".gitignore"
+        if not ignore.exists():
+            ignore.write_text("*\n")
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.path / "catalog.db"
+
+    @property
+    def spill_dir(self) -> Path:
+        return self.path / "spill"
+
+    @cached_property
+    def objects(self) -> ObjectStore:
+        return ObjectStore(self.path / "objects")
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection to the catalog (created if needed)."""
+        self.ensure()
+        return catalog.connect(self.catalog_path)
+
+    def exists(self) -> bool:
+        return self.catalog_path.exists()

@@ -1,0 +1,178 @@
+"""What ``hl.log`` accepts, and how values are captured, stored and read back.
+
+Capture happens on the training thread and must be cheap: it freezes the
+value as it is at the call (copying arrays and tensors, starting an
+asynchronous device-to-host copy for GPU tensors without waiting for it).
+Encoding into SQLite values happens later, on the background writer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from typing import Any
+
+import numpy as np
+
+from . import config
+from .catalog import KIND_BOOL, KIND_FLOAT_TEXT, KIND_JSON, KIND_NATIVE, KIND_NPY
+
+ACCEPTED = (
+    "numbers, bools, strings, None, JSON-able lists and dicts, NumPy and torch scalars, "
+    "and NumPy arrays or torch tensors"
+)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+class JsonValue:
+    """A list or dict, frozen as JSON text at the call."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class DeviceCopy:
+    """A GPU tensor being copied to pinned host memory; resolved by the writer."""
+
+    __slots__ = ("host", "event", "scalar")
+
+    def __init__(self, host: Any, event: Any, scalar: bool) -> None:
+        self.host, self.event, self.scalar = host, event, scalar
+
+    def resolve(self) -> Any:
+        self.event.synchronize()
+        arr = self.host.numpy()
+        return arr.item() if self.scalar else arr
+
+
+def check_name(name: Any) -> None:
+    if type(name) is not str or not name:
+        raise TypeError(f"hl.log name must be a non-empty string, got {name!r} ({type(name).__name__})")
+
+
+def capture(value: Any) -> Any:
+    """Freeze ``value`` as it is now, or raise TypeError/ValueError if it is not accepted."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item() if value.dtype.kind != "V" else _reject(value)
+    if isinstance(value, np.ndarray):
+        return _capture_array(value)
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return JsonValue(json.dumps(value))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"hl.log got a {type(value).__name__} that is not JSON-able ({e}); accepted: {ACCEPTED}") from None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return _capture_tensor(torch, value)
+    return _reject(value)
+
+
+def _reject(value: Any) -> Any:
+    raise TypeError(f"hl.log cannot store a value of type {type(value).__module__}.{type(value).__qualname__}; accepted: {ACCEPTED}")
+
+
+def _check_size(nbytes: int) -> None:
+    if nbytes > config.MAX_ARRAY_BYTES:
+        raise ValueError(
+            f"hl.log got an array of {nbytes / 2**20:.1f} MiB; the limit is "
+            f"{config.MAX_ARRAY_BYTES / 2**20:.0f} MiB. Log a summary (a histogram, a norm) or a slice instead."
+        )
+
+
+def _capture_array(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.hasobject:
+        raise TypeError(f"hl.log cannot store a NumPy array of dtype object; accepted: {ACCEPTED}")
+    _check_size(arr.nbytes)
+    return np.array(arr, copy=True)
+
+
+def _capture_tensor(torch: Any, t: Any) -> Any:
+    t = t.detach()
+    _check_size(t.numel() * t.element_size())
+    if t.dtype in (torch.bfloat16,):
+        t = t.float()
+    if t.is_cuda:
+        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return DeviceCopy(host, event, t.dim() == 0)
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.dim() == 0:
+        return t.item()
+    return t.resolve_conj().resolve_neg().numpy().copy() if t.is_conj() or t.is_neg() else t.numpy().copy()
+
+
+def encode(value: Any) -> tuple[int, Any]:
+    """``(kind, sqlite value)`` of a captured value."""
+    if type(value) is DeviceCopy:
+        value = value.resolve()
+    t = type(value)
+    if t is float:
+        if math.isfinite(value):
+            return KIND_NATIVE, value
+        return KIND_FLOAT_TEXT, repr(value)
+    if t is bool:
+        return KIND_BOOL, int(value)
+    if t is int:
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return KIND_NATIVE, value
+        return KIND_JSON, json.dumps(value)
+    if value is None or t is str:
+        return KIND_NATIVE, value
+    if t is JsonValue:
+        return KIND_JSON, value.text
+    if isinstance(value, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return KIND_NPY, buf.getvalue()
+    # Subclasses of the accepted scalars (IntEnum, numpy float64 is a float subclass).
+    if isinstance(value, bool):
+        return KIND_BOOL, int(value)
+    if isinstance(value, int):
+        return encode(int(value))
+    if isinstance(value, float):
+        return encode(float(value))
+    if isinstance(value, str):
+        return KIND_NATIVE, str(value)
+    raise TypeError(f"cannot encode {type(value)!r}")
+
+
+def decode(kind: int, value: Any) -> Any:
+    """The Python value of a stored ``(kind, value)``."""
+    if kind == KIND_NATIVE:
+        return value
+    if kind == KIND_BOOL:
+        return bool(value)
+    if kind == KIND_JSON:
+        return json.loads(value)
+    if kind == KIND_NPY:
+        return np.load(io.BytesIO(value), allow_pickle=False)
+    if kind == KIND_FLOAT_TEXT:
+        return float(value)
+    raise ValueError(f"unknown value kind {kind}")
+
+
+def equal(a: Any, b: Any, tolerance: float = 0.0) -> bool:
+    """Whether a recorded and a replayed value agree (exactly, or within ``tolerance`` for floats)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        a_arr, b_arr = np.asarray(a), np.asarray(b)
+        if a_arr.shape != b_arr.shape:
+            return False
+        if tolerance and a_arr.dtype.kind in "fc":
+            return bool(np.allclose(a_arr, b_arr, rtol=tolerance, atol=tolerance, equal_nan=True))
+        return bool(np.array_equal(a_arr, b_arr, equal_nan=a_arr.dtype.kind in "fc"))
+    if isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
+        if math.isnan(a) and math.isnan(b):
+            return True
+        if tolerance:
+            return math.isclose(a, b, rel_tol=tolerance, abs_tol=tolerance)
+        return a == b
+    return a == b
