@@ -17,7 +17,9 @@ from .errors import (
     StoreError,
 )
 from .query import dataframe, runs
-from .record import arg, finish, init, log, loop, run_id
+from .record import arg, checkpoints, finish, init, log, loop, run_id
+from .restore import restore
+from .controller import replaying
 
 __version__ = "0.1.0"
 
@@ -31,10 +33,13 @@ __all__ = [
     "SchemaError",
     "StoreError",
     "arg",
+    "checkpoints",
     "dataframe",
     "finish",
     "init",
     "log",
+    "replaying",
+    "restore",
     "loop",
     "run_id",
     "runs",

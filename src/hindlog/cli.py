@@ -48,6 +48,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diff", help="code and args of RUN compared with RUN2 (default: the working tree)")
     p.add_argument("run")
     p.add_argument("run2", nargs="?")
+
+    p = sub.add_parser("replay", help="replay recorded runs with the log statements added since they were recorded")
+    p.add_argument("script", nargs="?", help="the script (default: the script of the target run)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--run", action="append", dest="runs", metavar="RUN", help="replay this run (repeatable; default: the script's latest)")
+    target.add_argument("--all", action="store_true", dest="all_runs", help="replay every run of the script")
+    target.add_argument("--where", help='replay the runs whose args match, e.g. "lr > 0.01"')
+    p.add_argument("--iterations", metavar="A:B", help="only main-loop iterations A to B-1")
+    p.add_argument("--workers", type=int, help="parallel worker processes (default: number of cores)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
+    p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements")
+    p.add_argument("--tolerance", type=float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
+
+    p = sub.add_parser("resume", help="continue a killed or failed run from its latest checkpoint")
+    p.add_argument("run", nargs="?", default="latest")
+
+    p = sub.add_parser("gc", help="remove stored objects that no checkpoint or code snapshot needs")
+    p.add_argument("--keep-last", type=int, metavar="N", help="first drop the checkpoints of all but the N latest runs (logs are kept)")
     return parser
 
 
@@ -185,6 +203,67 @@ def _diff(args: argparse.Namespace) -> int:
         for k, (a, b) in changed.items():
             print(f"  {k}: {json.dumps(a)} -> {json.dumps(b)}")
     print(text if text else "(no code changes)", end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def _parse_iterations(text: str | None) -> tuple[int | None, int | None] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = text.split(":")
+        return (int(lo) if lo else None, int(hi) if hi else None)
+    except ValueError:
+        raise HindlogError(f"--iterations takes A:B (e.g. 3:7), got {text!r}") from None
+
+
+@command("replay")
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import describe_plan, replay
+
+    report = replay(
+        args.script, runs=args.runs, all_runs=args.all_runs, where=args.where,
+        iterations=_parse_iterations(args.iterations), workers=args.workers, dry_run=args.dry_run,
+        force=args.force, tolerance=args.tolerance, store=args.store,
+    )
+    for run_id, why in report.skipped_runs:
+        print(f"skipped run {run_id}: {why}", file=sys.stderr)
+    for plan in report.plans:
+        print(describe_plan(plan))
+    if args.dry_run:
+        return 0
+    status = 0
+    for r in report.results:
+        line = f"run {r.run_id}: {r.stored} new values stored, {r.checked} recorded values checked, " \
+               f"{r.skipped_blocks} loops skipped, {r.run_blocks} run, in {r.seconds:.1f}s"
+        print(line)
+        for start, end, tail in r.failed_segments:
+            status = 1
+            print(f"  segment {start}:{end} failed; replay it alone with --run {r.run_id} --iterations {start}:{end}", file=sys.stderr)
+            print("  " + tail.strip().replace("\n", "\n  "), file=sys.stderr)
+        if r.divergences:
+            status = 1
+            print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)
+            for d in r.divergences[:10]:
+                print(f"    {d['name']} at iteration {d['iteration']}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
+    if report.skipped_runs:
+        status = status or 1
+    return status
+
+
+@command("resume")
+def _resume(args: argparse.Namespace) -> int:
+    from .resume import resume
+
+    return resume(args.run, store=args.store)
+
+
+@command("gc")
+def _gc(args: argparse.Namespace) -> int:
+    from .gc import gc
+
+    report = gc(store=args.store, keep_last=args.keep_last)
+    extra = f", dropped {report.dropped_checkpoints} checkpoints of older runs" if args.keep_last is not None else ""
+    print(f"removed {report.removed_objects} objects ({report.freed_bytes / 2**20:.1f} MiB){extra}")
     return 0
 
 

@@ -94,14 +94,16 @@ def working_tree(root: Path) -> tuple[str, list[str]]:
         for raw in untracked:
             if not raw:
                 continue
-            rel = raw.decode()
+            rel = os.fsdecode(raw)
             try:
                 too_big = (root / rel).stat().st_size > config.MAX_SNAPSHOT_FILE_BYTES
             except OSError:
                 continue
             (skipped if too_big else keep).append(rel)
         if keep:
-            _git(root, "add", "--pathspec-from-file=-", "--pathspec-file-nul", env=env, input="\0".join(keep).encode())
+            # Literal pathspecs: a file named ':x' or '[ab].py' is a file, not pathspec magic or a glob.
+            paths = b"\0".join(os.fsencode(k) for k in keep)
+            _git(root, "--literal-pathspecs", "add", "--pathspec-from-file=-", "--pathspec-file-nul", env=env, input=paths)
         return _git(root, "write-tree", env=env).decode().strip(), skipped
     finally:
         for path in (index, index + ".lock"):
@@ -169,7 +171,7 @@ def read_files(store: Store, version: str) -> dict[str, bytes]:
         meta, path = entry.split(b"\t", 1)
         mode, kind, sha = meta.split()
         if kind == b"blob":
-            out[path.decode()] = _git(store.root, "cat-file", "blob", sha.decode())
+            out[os.fsdecode(path)] = _git(store.root, "cat-file", "blob", sha.decode())
     return out
 
 

@@ -85,6 +85,22 @@ def loop(name: str, iterable: Iterable[T]) -> Iterator[T]:
     return rec.loop(name, iterable)
 
 
+def checkpoints(**objects: Any) -> None:
+    """Name the training state to checkpoint: models, optimizers, schedulers, arrays, picklable objects.
+
+    Random generators (Python, NumPy, torch CPU and CUDA) are always included.
+    Raises TypeError naming any object that has no state_dict and cannot be pickled.
+    """
+    rec = current()
+    if rec is None:
+        from .state import declare
+
+        for name, obj in objects.items():
+            declare(name, obj)
+        return
+    rec.checkpoints(objects)
+
+
 def init(
     project: str | None = None,
     name: str | None = None,
@@ -139,8 +155,13 @@ def _init_disabled(*args: Any, **kwargs: Any) -> None:
     return None
 
 
+def _checkpoints_disabled(**objects: Any) -> None:
+    return None
+
+
 if config.disabled():
     log = _log_disabled  # type: ignore[assignment]  # noqa: F811
     arg = _arg_disabled  # type: ignore[assignment]  # noqa: F811
     loop = _loop_disabled  # type: ignore[assignment]  # noqa: F811
     init = _init_disabled  # type: ignore[assignment]  # noqa: F811
+    checkpoints = _checkpoints_disabled  # type: ignore[assignment]  # noqa: F811

@@ -75,39 +75,56 @@ class Recorder:
         #: Seconds the training thread spent blocked inside hindlog (snapshots).
         self.blocked = 0.0
         self.checkpointer: Any = None
-        self.controller: Any = None  # set in replay/resume processes
+        #: Set in replay and resume processes (see controller.py).
+        self.controller: Any = None
         self.finished = False
         self.status: str | None = None
         self._exc_status: str | None = None
 
+        #: Objects named in hl.checkpoints, by name.
+        self.declared: dict[str, Any] = {}
+        #: Seconds spent in each block loop (by name) and per main-loop iteration, for replay plans.
+        self.block_seconds: dict[str, float] = {}
+        self.iteration_seconds: list[float] = []
+        self.preloop_seconds: float | None = None
+
         store.ensure()
+        from .controller import load_controller
+
+        self.controller = load_controller(self)
+        ctx_base = 0
         conn = store.connect()
         try:
             recover_spills(conn, store.spill_dir)
-            self.run = catalog.insert_run(
-                conn,
-                {
-                    "run_id": self.run_id,
-                    "name": name,
-                    "project": self.project,
-                    "script": self.script,
-                    "status": "running",
-                    "argv": self.argv,
-                    "env": environment.describe(),
-                    "cwd": os.getcwd(),
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                    "started": self.started,
-                    "heartbeat": self.started,
-                    "epsilon": self.epsilon,
-                },
-            )
+            if self.controller is not None:
+                self.run, self.run_id, ctx_base = self.controller.attach(conn)
+            else:
+                self.run = catalog.insert_run(
+                    conn,
+                    {
+                        "run_id": self.run_id,
+                        "name": name,
+                        "project": self.project,
+                        "script": self.script,
+                        "status": "running",
+                        "argv": self.argv,
+                        "env": environment.describe(),
+                        "cwd": os.getcwd(),
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "started": self.started,
+                        "heartbeat": self.started,
+                        "epsilon": self.epsilon,
+                    },
+                )
         finally:
             conn.close()
-        self.writer = Writer(store.catalog_path, store.spill_dir, self.run, self.run_id)
+        source = self.controller.source if self.controller is not None else catalog.SOURCE_RECORD
+        self.writer = Writer(store.catalog_path, store.spill_dir, self.run, self.run_id, source=source, ctx_base=ctx_base)
         self.append = self.writer.append
         self._snapshot_thread = threading.Thread(target=self._snapshot_code, name="hindlog-code", daemon=True)
-        self._snapshot_thread.start()
+        if self.controller is None:
+            self._snapshot_thread.start()
         self._install_exit_hooks()
 
     # ------------------------------------------------------------ code version
@@ -134,8 +151,8 @@ class Recorder:
         """``hl.log`` for everything but the fast path: validates, freezes, queues."""
         check_name(name)
         frozen = capture(value)
-        if self.controller is not None:
-            self.controller.on_log(name, frozen)
+        if self.controller is not None and not self.controller.on_log(name, frozen):
+            return value
         self.append((self.ctx, name, frozen))
         return value
 
@@ -165,10 +182,26 @@ class Recorder:
         if self.depth == 0 and not self.main_loop_done:
             return self._main_loop(name, iterable)
         if self.depth == 1 and self.iteration is not None and self.controller is not None:
-            skipped = self.controller.maybe_skip_block(name)
-            if skipped is not None:
-                return skipped
+            manifest = self.controller.block_checkpoint(name)
+            if manifest is not None:
+                return self._skipped_block(name, iterable, manifest)
         return self._inner_loop(name, iterable)
+
+    def _skipped_block(self, name: str, iterable: Iterable[Any], manifest: str) -> Iterator[Any]:
+        """Replay: instead of running this loop, restore the state its exit left (or run it if that fails)."""
+        from .checkpoint import read_checkpoint
+        from .errors import CorruptObject
+        from .restore import apply
+
+        frame = sys._getframe(1)
+        try:
+            loaded = read_checkpoint(self.store.objects, manifest)
+        except CorruptObject as e:
+            warnings.warn(f"hindlog: {e}; running loop {name!r} of iteration {self.iteration} instead", RuntimeWarning)
+            yield from self._inner_loop(name, iterable, frame)
+            return
+        apply(loaded, self.declared, frame)
+        self.block += 1
 
     def _main_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         frame = sys._getframe(1)
@@ -177,20 +210,38 @@ class Recorder:
         it = iter(iterable)
         if self.controller is not None:
             start, it = self.controller.main_loop_start(name, it, frame)
-        if self.checkpointer is not None:
-            self.checkpointer.main_loop_started(name, frame)
+        checkpointer = self.checkpointer
+        if checkpointer is not None:
+            checkpointer.main_loop_started(name, frame, iterable)
         i = start
+        open_iteration = None
+        clock = time.perf_counter
+        self.preloop_seconds = clock() - self._clock_start
+        iteration_seconds = self.iteration_seconds
         try:
+            t0 = clock()
             for item in it:
                 self.ctx = ((name, i, True),)
                 self.iteration = i
                 self.block = 0
+                open_iteration = i
                 if self.controller is not None:
                     self.controller.iteration_begin(i)
+                checkpointer = self.checkpointer
+                if checkpointer is not None:
+                    checkpointer.iteration_begin(i)
                 yield item
                 self._iteration_end(i, frame)
+                open_iteration = None
+                t1 = clock()
+                if len(iteration_seconds) < 100_000:
+                    iteration_seconds.append(t1 - t0)
+                t0 = t1
                 i += 1
         finally:
+            if open_iteration is not None and self.checkpointer is not None:
+                # Left by break or an exception: a mid-iteration state is never committed.
+                self.checkpointer.abandon_iteration(open_iteration)
             self.ctx = ()
             self.depth = 0
             self.iteration = None
@@ -205,11 +256,12 @@ class Recorder:
             self.controller.iteration_end(i)
         self.writer.wake()
 
-    def _inner_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
-        frame = sys._getframe(1)
+    def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None) -> Iterator[Any]:
+        frame = frame or sys._getframe(1)
         parent = self.ctx
         self.depth += 1
         block_level = self.depth == 2 and self.iteration is not None
+        t0 = time.perf_counter() if block_level else 0.0
         i = 0
         try:
             for item in iterable:
@@ -220,12 +272,23 @@ class Recorder:
             self.ctx = parent
             self.depth -= 1
             if block_level:
+                self.block_seconds[name] = self.block_seconds.get(name, 0.0) + time.perf_counter() - t0
                 self._block_exit(name, frame)
 
     def _block_exit(self, name: str, frame: Any) -> None:
         if self.checkpointer is not None:
             self.checkpointer.block_exit(self.iteration, self.block, name, frame)
         self.block += 1
+
+    def checkpoints(self, objects: dict[str, Any]) -> None:
+        from .state import declare
+
+        declared = {name: declare(name, obj) for name, obj in objects.items()}
+        self.declared.update(declared)
+        if self.checkpointer is None and (self.controller is None or self.controller.checkpointing):
+            from .checkpoint import Checkpointer
+
+            self.checkpointer = Checkpointer(self)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -268,15 +331,19 @@ class Recorder:
             self.checkpointer.close()
         if self.controller is not None:
             self.controller.close()
-        self._snapshot_thread.join(timeout=120)
-        ended = time.time()
-        elapsed = time.perf_counter() - self._clock_start
-        fields = {
-            "status": status,
-            "ended": ended,
-            "overhead": (self.blocked / elapsed) if elapsed > 0 else 0.0,
-        }
-        self.writer.command(lambda conn: catalog.update_run(conn, self.run, fields))
+        if self._snapshot_thread.is_alive():
+            self._snapshot_thread.join(timeout=120)
+        if self.controller is None or self.controller.owns_run:
+            elapsed = time.perf_counter() - self._clock_start
+            fields = {"status": status, "ended": time.time(), "overhead": (self.blocked / elapsed) if elapsed > 0 else 0.0}
+            timing = {
+                "preloop_seconds": self.preloop_seconds,
+                "iteration_seconds": self.iteration_seconds,
+                "block_seconds": self.block_seconds,
+            }
+            if self.checkpointer is not None:
+                timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
+            self.writer.command(lambda conn: (catalog.update_run(conn, self.run, fields), catalog.merge_run_info(conn, self.run, timing)))
         self.writer.close()
 
 

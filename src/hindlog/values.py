@@ -59,7 +59,11 @@ def capture(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, np.generic):
-        return value.item() if value.dtype.kind != "V" else _reject(value)
+        if value.dtype.kind in "OV":
+            return _reject(value)
+        item = value.item()
+        # complex, long double, datetime, bytes...: no plain SQLite value; keep them as 0-d arrays
+        return item if type(item) in (bool, int, float, str) else np.array(value)
     if isinstance(value, np.ndarray):
         return _capture_array(value)
     if isinstance(value, (list, tuple, dict)):
@@ -102,10 +106,10 @@ def _capture_tensor(torch: Any, t: Any) -> Any:
         host.copy_(t, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        return DeviceCopy(host, event, t.dim() == 0)
+        return DeviceCopy(host, event, t.dim() == 0 and not t.is_complex())
     if t.device.type != "cpu":
         t = t.cpu()
-    if t.dim() == 0:
+    if t.dim() == 0 and not t.is_complex():
         return t.item()
     return t.resolve_conj().resolve_neg().numpy().copy() if t.is_conj() or t.is_neg() else t.numpy().copy()
 

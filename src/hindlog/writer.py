@@ -25,6 +25,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat, starmap
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ from . import catalog, config
 from .values import encode
 
 Command = Callable[[sqlite3.Connection], None]
+
+_INF = float("inf")
+_NINF = -_INF
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Page cache of the writer's connection (KiB, as SQLite's negative cache_size):
+#: a large batch then fits in memory until its commit instead of spilling
+#: dirty pages into the WAL mid-transaction.
+_CACHE_KIB = 32 * 1024
 
 
 class _Command:
@@ -44,7 +53,9 @@ class _Command:
 class Writer:
     """One per recording process; see the module docstring."""
 
-    def __init__(self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD) -> None:
+    def __init__(
+        self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD, ctx_base: int = 0
+    ) -> None:
         self.catalog_path = catalog_path
         self.spill_dir = spill_dir
         self.run = run
@@ -56,9 +67,12 @@ class Writer:
         self._wake = threading.Event()
         self._stop = False
         self._ctx_ids: dict[tuple[Any, ...], int] = {}
-        self._next_ctx = 0
+        self._quoted_names: dict[Any, str] = {}
+        self._next_ctx = ctx_base
         self._pending_contexts: list[tuple[int, int | None, str]] = []
-        self._pending_rows: list[tuple[int, str, int, Any]] = []
+        #: Pending records, flattened: ``ctx_id, name, kind, value, ctx_id, name, ...`` (no tuple per
+        #: record: a million long-lived tuples would make the garbage collector rescan them all).
+        self._pending_cells: list[Any] = []
         self._pending_commands: list[_Command] = []
         self._spill_files: list[Path] = []
         self._warned = False
@@ -96,7 +110,7 @@ class Writer:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout)
-        if self._pending_rows or self._pending_contexts or self._pending_commands:
+        if self._pending_cells or self._pending_contexts or self._pending_commands:
             self._spill()
         if self._conn is not None:
             try:
@@ -116,61 +130,102 @@ class Writer:
     def _drain_once(self) -> None:
         queue = self.queue
         n = len(queue)
-        if n == 0 and not self._pending_rows and not self._pending_commands:
+        if n == 0 and not self._pending_cells and not self._pending_commands:
             return
-        rows = self._pending_rows
-        contexts = self._pending_contexts
-        commands = self._pending_commands
+        if n:
+            # Take exactly the n items queued so far, in order, in one C-level call
+            # (the training thread may keep appending meanwhile).
+            self._take(list(starmap(queue.popleft, repeat((), n))))
+        if len(self._ctx_ids) > 50_000:
+            self._ctx_ids.clear()  # a repeated context gets a new id with the same loops: harmless
+        self._commit()
+
+    def _take(self, items: list[Any]) -> None:
+        """Turn queued items into pending records (``ctx_id, name, kind, value``) and commands, in order.
+
+        This runs once per logged value, so it is written for speed: consecutive
+        records usually share their context tuple (one loop iteration), so the
+        last one is remembered by identity instead of hashing every context;
+        finite floats and int64 ints (almost everything) skip ``encode``.
+        """
+        cells_extend = self._pending_cells.extend
+        commands_append = self._pending_commands.append
         ctx_ids = self._ctx_ids
-        popleft = queue.popleft
-        for _ in range(n):
-            item = popleft()
+        new_context = self._new_context
+        last_ctx: Any = None
+        cid = 0
+        for item in items:
             if type(item) is tuple:
                 ctx, name, value = item
-                cid = ctx_ids.get(ctx)
-                if cid is None:
-                    cid = self._new_context(ctx)
-                if type(value) is float and value == value and value not in (float("inf"), float("-inf")):
-                    rows.append((cid, name, 0, value))
-                else:
-                    try:
-                        kind, enc = encode(value)
-                    except Exception as e:  # never let one bad value stop the writer
-                        self._warn(f"could not store a value of {name!r}: {e}")
+                if ctx is not last_ctx:
+                    cid = ctx_ids.get(ctx)
+                    if cid is None:
+                        cid = new_context(ctx)
+                    last_ctx = ctx
+                t = type(value)
+                if t is float:
+                    if _NINF < value < _INF:  # False for NaN too
+                        cells_extend((cid, name, 0, value))
                         continue
-                    rows.append((cid, name, kind, enc))
+                elif t is int and _INT64_MIN <= value <= _INT64_MAX:
+                    cells_extend((cid, name, 0, value))
+                    continue
+                try:
+                    kind, enc = encode(value)
+                except Exception as e:  # never let one bad value stop the writer
+                    self._warn(f"could not store a value of {name!r}: {e}")
+                    continue
+                cells_extend((cid, name, kind, enc))
             else:
-                commands.append(item)
-        if len(ctx_ids) > 50_000:
-            ctx_ids.clear()  # a repeated context gets a new id with the same loops: harmless
-        self._commit()
+                commands_append(item)
 
     def _new_context(self, ctx: tuple[Any, ...]) -> int:
         self._next_ctx += 1
         cid = self._next_ctx
         self._ctx_ids[ctx] = cid
         iteration = ctx[0][1] if ctx and ctx[0][0] is not None and len(ctx[0]) > 2 and ctx[0][2] else None
-        loops = json.dumps([[c[0], c[1]] for c in ctx])
-        self._pending_contexts.append((cid, iteration, loops))
+        self._pending_contexts.append((cid, iteration, self._loops_json(ctx)))
         return cid
+
+    def _loops_json(self, ctx: tuple[Any, ...]) -> str:
+        """``json.dumps([[c[0], c[1]] for c in ctx])``, character for character, without the encoder's
+        per-call overhead: loop names are quoted once and cached, int indices are formatted directly."""
+        quoted = self._quoted_names
+        parts = []
+        for c in ctx:
+            name, index = c[0], c[1]
+            q = quoted.get(name)
+            if q is None:
+                q = quoted[name] = json.dumps(name)
+            parts.append(f"[{q}, {int.__repr__(index)}]" if type(index) is int else f"[{q}, {json.dumps(index)}]")
+        return "[" + ", ".join(parts) + "]"
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            self._conn = catalog.connect(self.catalog_path)
+            conn = catalog.connect(self.catalog_path)
+            # Connection-local and durability-neutral: WAL and synchronous=NORMAL stay as catalog.connect set them.
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+            self._conn = conn
         return self._conn
 
     def _commit(self) -> None:
-        rows, contexts, commands = self._pending_rows, self._pending_contexts, self._pending_commands
+        cells, contexts, commands = self._pending_cells, self._pending_contexts, self._pending_commands
         try:
             conn = self._connection()
             with catalog.transaction(conn):
                 self._load_spills(conn)
                 if contexts:
                     catalog.insert_contexts(conn, self.run, contexts)
-                if rows:
-                    ids = catalog.name_ids(conn, {r[1] for r in rows})
-                    run, source = self.run, self.source
-                    catalog.insert_records(conn, [(run, c, ids[n], k, v, source) for c, n, k, v in rows])
+                if cells:
+                    # Column slices and zip: the ``(run, ctx, name_id, kind, value, source)`` rows are
+                    # built by C-level iteration, not by a Python loop over every record.
+                    names = cells[1::4]
+                    ids = catalog.name_ids(conn, set(names))
+                    catalog.insert_records(
+                        conn,
+                        zip(repeat(self.run), cells[0::4], map(ids.__getitem__, names), cells[2::4], cells[3::4],
+                            repeat(self.source)),
+                    )
                 for cmd in commands:
                     cmd.fn(conn)
                 conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
@@ -180,10 +235,10 @@ class Writer:
                 if cmd.done is not None:
                     cmd.done.set()
             return
-        self.written += len(rows)
+        self.written += len(cells) // 4
         if self._failed_since is not None:
             self._failed_since = None
-        self._pending_rows, self._pending_contexts, self._pending_commands = [], [], []
+        self._pending_cells, self._pending_contexts, self._pending_commands = [], [], []
         for cmd in commands:
             if cmd.done is not None:
                 cmd.done.set()
@@ -196,7 +251,7 @@ class Writer:
             f"and retrying. Training goes on."
         )
         self._conn = None  # reconnect on the next attempt
-        if len(self._pending_rows) >= config.SPILL_THRESHOLD:
+        if len(self._pending_cells) // 4 >= config.SPILL_THRESHOLD:
             self._spill()
 
     def _warn(self, message: str) -> None:
@@ -206,7 +261,8 @@ class Writer:
 
     def _spill(self) -> None:
         """Move pending rows to a spill file, to be loaded by a later successful write."""
-        rows, contexts = self._pending_rows, self._pending_contexts
+        cells, contexts = self._pending_cells, self._pending_contexts
+        rows = list(zip(cells[0::4], cells[1::4], cells[2::4], cells[3::4]))  # the spill format: (ctx, name, kind, value)
         # Only the data survives a spill; commands are replayed by their owners.
         data = {"run_id": self.run_id, "source": self.source, "contexts": contexts, "rows": rows,
                 "flags": ["spilled"]}
@@ -223,7 +279,7 @@ class Writer:
             self._warn(f"cannot spill records to {self.spill_dir} either ({e}); keeping them in memory")
             return
         self._spill_files.append(path)
-        self._pending_rows, self._pending_contexts = [], []
+        self._pending_cells, self._pending_contexts = [], []
 
     def _load_spills(self, conn: sqlite3.Connection) -> None:
         if self._spill_files:

@@ -1,0 +1,465 @@
+"""Adaptive periodic checkpoints: when to take them, how they are persisted, how they are read.
+
+A checkpoint of main-loop iteration ``i`` is a set of snapshots: one at the
+exit of each nested loop that runs directly within the iteration (block
+``0, 1, ...``; these are what replay skips) and one at the end of the
+iteration (block ``-1``; where a replay segment or a resume starts). Each
+holds the declared state, the random generators and the loop-carried local
+values, so that skipping a block and restoring its snapshot leaves the
+program exactly as running the block did.
+
+The training thread only freezes a copy (``state.Freezer``); a persister
+thread hashes, writes and fsyncs the objects, writes the manifest, and then
+asks the catalog writer to commit the iteration's rows. An iteration's
+checkpoints become visible only once the iteration completed and all of its
+data is durable, so a crash (or ``kill -9``) never leaves a partial or
+mid-iteration checkpoint visible.
+
+The policy keeps the time training is blocked (plus a share of the
+persister's CPU time, which competes with training) under ε of the elapsed
+time, taking as many evenly spaced checkpoints as that allows, and never
+waits for an earlier persist: if one is still running, the iteration is
+skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import queue
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import numpy as np
+
+from . import catalog, sourceinfo
+from .errors import CheckpointError, CorruptObject
+from .objects import ObjectStore, digest
+from .state import (
+    Declared,
+    Freezer,
+    Frozen,
+    FrozenTensor,
+    capturable_locals,
+    dumps_skeleton,
+    rng_state,
+    state_of,
+    thaw,
+)
+
+ITERATION_END = -1
+FORMAT = 1
+#: Share of the persister's CPU time charged to the overhead budget (it competes with training).
+BACKGROUND_WEIGHT = 0.5
+#: Fraction of ε the policy aims for, leaving room for noise.
+SAFETY = 0.8
+
+
+# ----------------------------------------------------------------- policy
+
+
+class Policy:
+    """Decides, at the start of each main-loop iteration, whether to checkpoint it."""
+
+    def __init__(self, epsilon: float, total: int | None = None) -> None:
+        self.epsilon = epsilon
+        self.total = total
+        self.spent = 0.0  # blocked + weighted background seconds, charged so far
+        self.start = time.perf_counter()
+        self.iteration_time: float | None = None  # EWMA of an iteration's duration (without hindlog)
+        self.cost: float | None = None  # EWMA of one checkpointed iteration's cost
+        self.taken = 0
+
+    def decide(self, i: int, now: float | None = None) -> bool:
+        if self.epsilon <= 0:
+            return False
+        if self.iteration_time is None:
+            return False  # one plain iteration first, to know what budget an iteration earns
+        now = time.perf_counter() if now is None else now
+        elapsed_after = now - self.start + self.iteration_time
+        cost = self.cost if self.cost is not None else 0.0
+        last = self.total is not None and i == self.total - 1
+        margin = 1.0 if last else SAFETY
+        return self.spent + cost <= self.epsilon * margin * elapsed_after
+
+    def iteration_done(self, duration: float, hindlog_time: float) -> None:
+        own = max(duration - hindlog_time, 1e-9)
+        self.iteration_time = own if self.iteration_time is None else 0.7 * self.iteration_time + 0.3 * own
+
+    def charge(self, blocked: float, background_cpu: float = 0.0, checkpoint: bool = True) -> None:
+        cost = blocked + BACKGROUND_WEIGHT * background_cpu
+        self.spent += cost
+        if checkpoint:
+            self.cost = cost if self.cost is None else max(0.7 * self.cost + 0.3 * cost, cost * 0.5)
+
+
+# ----------------------------------------------------------------- persister
+
+
+@dataclass
+class _Done:
+    block: int
+    loop: str | None
+    manifest: str
+    nbytes: int
+
+
+class Persister:
+    """Writes frozen snapshots in the background and commits each finished iteration."""
+
+    def __init__(self, objects: ObjectStore, writer: Any, run: int, run_id: str, policy: Policy) -> None:
+        self.objects = objects
+        self.writer = writer
+        self.run = run
+        self.run_id = run_id
+        self.policy = policy
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.outstanding = 0
+        self._lock = threading.Lock()
+        self._done: dict[int, list[_Done]] = {}
+        self._failed: set[int] = set()
+        self._warned = False
+        self.committed: list[int] = []
+        self.bytes_written = 0
+        self._thread = threading.Thread(target=self._run, name="hindlog-persist", daemon=True)
+        self._thread.start()
+
+    def idle(self) -> bool:
+        return self.outstanding == 0
+
+    def submit(self, frozen: Frozen) -> None:
+        with self._lock:
+            self.outstanding += 1
+        self.queue.put(frozen)
+
+    def commit(self, iteration: int) -> None:
+        with self._lock:
+            self.outstanding += 1
+        self.queue.put(("commit", iteration))
+
+    def discard(self, iteration: int) -> None:
+        with self._lock:
+            self.outstanding += 1
+        self.queue.put(("discard", iteration))
+
+    def close(self, timeout: float | None = None) -> None:
+        self.queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            cpu0 = time.thread_time()
+            try:
+                if isinstance(item, Frozen):
+                    self._persist(item)
+                else:
+                    action, iteration = item
+                    if action == "commit":
+                        self._commit(iteration)
+                    else:
+                        self._done.pop(iteration, None)
+                        self._failed.discard(iteration)
+            finally:
+                self.policy.charge(0.0, time.thread_time() - cpu0, checkpoint=False)
+                with self._lock:
+                    self.outstanding -= 1
+
+    def _persist(self, frozen: Frozen) -> None:
+        if frozen.iteration in self._failed:
+            return
+        try:
+            entries = []
+            for ft in frozen.tensors:
+                if ft.digest is None:
+                    self._write_tensor(ft)
+                entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
+            skeleton = self.objects.put(dumps_skeleton(frozen.skeleton))
+            manifest = {
+                "format": FORMAT,
+                "run": self.run_id,
+                "iteration": frozen.iteration,
+                "block": frozen.block,
+                "loop": frozen.loop,
+                "skeleton": skeleton,
+                "tensors": entries,
+            }
+            name = self.objects.put(json.dumps(manifest).encode())
+        except Exception as e:
+            self._failed.add(frozen.iteration)
+            self._done.pop(frozen.iteration, None)
+            for ft in frozen.tensors:
+                if ft.digest is None and ft.cache_entry is not None:
+                    ft.cache_entry.version = -1  # never reuse a tensor that was not written
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"hindlog: could not write the checkpoint of iteration {frozen.iteration} ({type(e).__name__}: {e}); "
+                    "it is dropped and training goes on. Free some disk space for later checkpoints.",
+                    RuntimeWarning,
+                )
+            self.writer.command(lambda conn: catalog.add_run_flag(conn, self.run, "checkpoint_dropped"))
+            return
+        self._done.setdefault(frozen.iteration, []).append(_Done(frozen.block, frozen.loop, name, frozen.nbytes))
+
+    def _write_tensor(self, ft: FrozenTensor) -> None:
+        if ft.event is not None:
+            ft.event.synchronize()
+        data = ft.data
+        if ft.framework == "torch":
+            view = memoryview(data.reshape(-1).view(_torch().uint8).numpy()) if data.numel() else memoryview(b"")
+        else:
+            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+        name = digest(view)
+        if not self.objects.exists(name):
+            self.objects.put(view, name)
+            self.bytes_written += view.nbytes
+        ft.digest = name
+        ft.data = None  # the copy is no longer needed: later checkpoints reuse the digest
+        ft.event = None
+
+    def _commit(self, iteration: int) -> None:
+        done = self._done.pop(iteration, None)
+        if iteration in self._failed or not done:
+            self._failed.discard(iteration)
+            return
+        run = self.run
+
+        def insert(conn: Any) -> None:
+            for d in done:
+                catalog.insert_checkpoint(conn, run, iteration, d.block, d.loop, d.manifest, d.nbytes)
+
+        self.writer.command(insert)
+        self.committed.append(iteration)
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+# ----------------------------------------------------------------- the checkpointer
+
+
+class Checkpointer:
+    """Hooks called by the recorder at loop boundaries; takes checkpoints per the policy."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
+        #: Shared with the recorder: hl.checkpoints adds to it.
+        self.declared: dict[str, Declared] = recorder.declared
+        self.freezer = Freezer()
+        self.policy = Policy(recorder.epsilon)
+        self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)
+        self.active = False
+        self.main_frame: FrameType | None = None
+        self._iter_start = 0.0
+        self._iter_hindlog = 0.0
+        self._warned_undeclared = False
+        self._unpicklable: set[str] = set()
+
+    # --------------------------------------------------------- hooks
+
+    def main_loop_started(self, name: str, frame: FrameType, iterable: Any) -> None:
+        self.main_frame = frame
+        try:
+            self.policy.total = len(iterable)
+        except TypeError:
+            self.policy.total = None
+
+    def iteration_begin(self, i: int) -> None:
+        now = time.perf_counter()
+        self._iter_start = now
+        self._iter_hindlog = 0.0
+        self.active = self.persister.idle() and self.policy.decide(i, now)
+
+    def block_exit(self, i: int, block: int, loop: str, frame: FrameType) -> None:
+        if not self.active:
+            return
+        t0 = time.perf_counter()
+        facts = sourceinfo.loop_facts(frame)
+        names = set(facts.live_after) | self._containers(frame, facts.mutated) if facts else set()
+        self.persister.submit(self._freeze(i, block, loop, frame, names))
+        self._blocked(time.perf_counter() - t0)
+
+    def iteration_end(self, i: int, frame: FrameType) -> None:
+        t_end = time.perf_counter()
+        if self.active:
+            facts = sourceinfo.loop_facts(frame)
+            names = set(facts.live_after) | self._containers(frame, facts.mutated) if facts else set()
+            self.persister.submit(self._freeze(i, ITERATION_END, None, frame, names))
+            self.persister.commit(i)
+            self._blocked(time.perf_counter() - t_end)
+            self.policy.charge(self._iter_hindlog)
+            self.policy.taken += 1
+            self._warn_undeclared(frame, facts)
+        self.policy.iteration_done(time.perf_counter() - self._iter_start, self._iter_hindlog)
+        self.active = False
+
+    def abandon_iteration(self, i: int) -> None:
+        """The iteration did not complete (exception or break): its snapshots are not committed."""
+        if self.active:
+            self.persister.discard(i)
+        self.active = False
+
+    def close(self, timeout: float = 600.0) -> None:
+        self.persister.close(timeout)
+
+    # --------------------------------------------------------- helpers
+
+    def _blocked(self, seconds: float) -> None:
+        self._iter_hindlog += seconds
+        self.recorder.blocked += seconds
+
+    def _containers(self, frame: FrameType, names: frozenset[str]) -> set[str]:
+        """The mutated names whose values are plain containers or user objects worth restoring."""
+        out = set()
+        f_locals = frame.f_locals
+        for n in names:
+            v = f_locals.get(n)
+            if isinstance(v, (list, dict, set, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__":
+                out.add(n)
+        return out
+
+    def _freeze(self, i: int, block: int, loop: str | None, frame: FrameType, names: set[str]) -> Frozen:
+        tensors: list[FrozenTensor] = []
+        freeze = self.freezer.freeze
+        objects = {}
+        kinds = {}
+        for name, d in self.declared.items():
+            objects[name] = freeze(state_of(d), tensors)
+            kinds[name] = d.kind
+        exclude = {id(d.obj) for d in self.declared.values()}
+        frame_locals = {}
+        for name, value in capturable_locals(frame, names - self._unpicklable, exclude).items():
+            try:
+                frame_locals[name] = freeze(value, tensors)
+            except Exception:
+                self._unpicklable.add(name)
+                warnings.warn(
+                    f"hindlog: the local {name!r} ({type(value).__name__}) cannot be checkpointed; "
+                    "replay will run the loops that assign it instead of skipping them.",
+                    RuntimeWarning,
+                )
+        skeleton = {
+            "objects": objects,
+            "kinds": kinds,
+            "rng": freeze(rng_state(), tensors),
+            "locals": frame_locals,
+            "unrestorable": sorted(self._unpicklable & names),
+            "position": i + 1,
+        }
+        return Frozen(i, block, loop, skeleton, tensors)
+
+    def _warn_undeclared(self, frame: FrameType, facts: Any) -> None:
+        if self._warned_undeclared or facts is None:
+            return
+        self._warned_undeclared = True
+        declared_ids = {id(d.obj) for d in self.declared.values()}
+        missing = [
+            n for n in sorted(facts.mutated)
+            if n in frame.f_locals and callable(getattr(frame.f_locals[n], "state_dict", None))
+            and id(frame.f_locals[n]) not in declared_ids
+        ]
+        if missing:
+            warnings.warn(
+                f"hindlog: the main loop changes {', '.join(missing)} but hl.checkpoints() does not name "
+                f"{'it' if len(missing) == 1 else 'them'}; replay and resume cannot restore "
+                f"{'its' if len(missing) == 1 else 'their'} state. Add it: hl.checkpoints({missing[0]}={missing[0]}, ...).",
+                RuntimeWarning,
+            )
+
+
+# ----------------------------------------------------------------- reading checkpoints
+
+
+@dataclass
+class Loaded:
+    """A checkpoint read back: thawed declared states, kinds, RNG state and locals."""
+
+    iteration: int
+    block: int
+    loop: str | None
+    objects: dict[str, Any]
+    kinds: dict[str, str]
+    rng: dict[str, Any]
+    locals: dict[str, Any]
+    unrestorable: list[str]
+    position: int
+
+
+def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
+    """Read and verify one checkpoint; raise CorruptObject naming it if any part is bad."""
+    try:
+        manifest = json.loads(objects.get(manifest_name))
+        skeleton = pickle.loads(objects.get(manifest["skeleton"]))
+        tensors = [_load_tensor(objects, *entry) for entry in manifest["tensors"]]
+    except CorruptObject as e:
+        raise CorruptObject(f"checkpoint {manifest_name[:12]} cannot be read: {e}") from None
+    return Loaded(
+        manifest["iteration"],
+        manifest["block"],
+        manifest["loop"],
+        thaw(skeleton["objects"], tensors),
+        skeleton["kinds"],
+        thaw(skeleton["rng"], tensors),
+        thaw(skeleton["locals"], tensors),
+        skeleton.get("unrestorable", []),
+        skeleton["position"],
+    )
+
+
+def _load_tensor(objects: ObjectStore, name: str, framework: str, dtype: str, shape: list[int]) -> Any:
+    path = objects.path(name)
+    if not path.exists():
+        raise CorruptObject(f"object {name[:12]} is missing")
+    size = path.stat().st_size
+    # A private copy-on-write map: no copy unless the caller writes, and writable for optimizers.
+    raw = np.memmap(path, dtype=np.uint8, mode="c") if size >= 1 << 20 else np.fromfile(path, dtype=np.uint8)
+    if digest(memoryview(raw)) != name:
+        raise CorruptObject(f"object {name[:12]} is corrupt (its content does not match its hash)")
+    if framework == "numpy":
+        return raw.view(np.dtype(dtype)).reshape(shape)
+    torch = _torch()
+    t = torch.from_numpy(np.asarray(raw)) if size else torch.empty(0, dtype=torch.uint8)
+    return t.view(getattr(torch, dtype)).reshape(shape)
+
+
+def checkpoint_rows(conn: Any, run: int) -> dict[int, dict[int, tuple[str | None, str]]]:
+    """``{iteration: {block: (loop, manifest)}}`` for a run."""
+    out: dict[int, dict[int, tuple[str | None, str]]] = {}
+    for it, block, loop, manifest, _nbytes in catalog.list_checkpoints(conn, run):
+        out.setdefault(it, {})[block] = (loop, manifest)
+    return out
+
+
+def latest_readable(objects: ObjectStore, rows: dict[int, dict[int, tuple[str | None, str]]], at_most: int | None = None) -> Loaded | None:
+    """The iteration-end checkpoint of the latest iteration (at most ``at_most``) that reads back intact."""
+    for it in sorted(rows, reverse=True):
+        if at_most is not None and it > at_most:
+            continue
+        entry = rows[it].get(ITERATION_END)
+        if entry is None:
+            continue
+        try:
+            return read_checkpoint(objects, entry[1])
+        except CorruptObject as e:
+            warnings.warn(f"hindlog: {e}; falling back to an earlier checkpoint", RuntimeWarning)
+    return None
+
+
+def check_declared(declared: dict[str, Declared], loaded: Loaded) -> None:
+    missing = [n for n in declared if n not in loaded.objects]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint of iteration {loaded.iteration} holds no state for {', '.join(missing)} "
+            f"(it holds {', '.join(loaded.objects) or 'nothing'})"
+        )

@@ -1,0 +1,290 @@
+"""Inside a replay worker or a resumed run: how the recorder's hooks behave.
+
+``hindlog replay`` and ``hindlog resume`` start the recorded script with
+``HINDLOG_CONTROL`` naming a JSON spec. The recorder then attaches to the
+existing run instead of creating one, and asks the controller at each hook:
+
+- where the main loop starts (restoring the latest checkpoint before it),
+- whether a nested loop is skipped (restoring its checkpoint) or run,
+- whether a logged value is stored, checked against the recorded one, or dropped,
+- when the segment is over.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import catalog
+from .checkpoint import checkpoint_rows, latest_readable
+from .errors import ReplayError
+from .restore import apply
+from .values import decode, encode, equal
+
+ENV = "HINDLOG_CONTROL"
+
+
+def load_controller(recorder: Any) -> Controller | None:
+    path = os.environ.get(ENV)
+    if not path:
+        return None
+    spec = json.loads(Path(path).read_text())
+    cls = {"replay": ReplayController, "resume": ResumeController}[spec["mode"]]
+    return cls(recorder, spec)
+
+
+def replaying() -> bool:
+    """True inside a ``hindlog replay`` worker."""
+    from . import record
+
+    rec = record._recorder
+    if rec is not None:
+        return isinstance(rec.controller, ReplayController)
+    path = os.environ.get(ENV)
+    if not path:
+        return False
+    try:
+        return json.loads(Path(path).read_text()).get("mode") == "replay"
+    except (OSError, ValueError):
+        return False
+
+
+def loops_key(ctx: tuple[Any, ...]) -> str:
+    """The catalog's text form of a loop context (as the writer stores it)."""
+    return json.dumps([[c[0], c[1]] for c in ctx])
+
+
+class Controller:
+    source = catalog.SOURCE_RECORD
+    checkpointing = True
+    owns_run = True
+
+    def __init__(self, recorder: Any, spec: dict[str, Any]) -> None:
+        self.recorder = recorder
+        self.spec = spec
+        self.rows: dict[int, dict[int, tuple[str | None, str]]] = {}
+        self.main_started = False
+        self.main_finished = False
+
+    def attach(self, conn: Any) -> tuple[int, str, int]:
+        raise NotImplementedError
+
+    def on_log(self, name: str, value: Any) -> bool:
+        return True
+
+    def main_loop_start(self, name: str, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
+        return 0, it
+
+    def iteration_begin(self, i: int) -> None:
+        pass
+
+    def iteration_end(self, i: int) -> None:
+        pass
+
+    def main_loop_done(self) -> None:
+        self.main_finished = True
+
+    def block_checkpoint(self, name: str) -> str | None:
+        """The manifest to restore instead of running this nested loop, or None to run it."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def _restore_start(self, start: int, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
+        """Restore the latest iteration-end checkpoint before ``start`` and skip the iterations it covers."""
+        if start <= 0:
+            return 0, it
+        loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)
+        if loaded is None:
+            return 0, it
+        apply(loaded, self.recorder.declared, frame)
+        first = loaded.iteration + 1
+        return first, itertools.islice(it, first, None)
+
+
+class ResumeController(Controller):
+    """Continue a killed or failed run from its latest checkpoint, appending to the same run."""
+
+    def attach(self, conn: Any) -> tuple[int, str, int]:
+        run = catalog.get_run(conn, self.spec["run_id"])
+        self.rows = checkpoint_rows(conn, run["id"])
+        self.loaded = latest_readable(self.recorder.store.objects, self.rows)
+        if self.loaded is None:
+            raise ReplayError(f"run {run['run_id']} has no readable checkpoint to resume from")
+        last = self.loaded.iteration
+        with catalog.transaction(conn):
+            # Records of iterations after the checkpoint are re-made by the resumed run.
+            conn.execute(
+                "DELETE FROM records WHERE run=? AND ctx IN (SELECT id FROM contexts WHERE run=? AND iteration>?)",
+                (run["id"], run["id"], last),
+            )
+            conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration>?", (run["id"], last))
+            flags = run.get("flags") or []
+            catalog.update_run(
+                conn,
+                run["id"],
+                {"status": "running", "pid": os.getpid(), "heartbeat": time.time(), "ended": None,
+                 "flags": flags + ["resumed"] if "resumed" not in flags else flags},
+            )
+            ctx_base = conn.execute("SELECT COALESCE(MAX(id), 0) FROM contexts WHERE run=?", (run["id"],)).fetchone()[0]
+        self.recorder.script = run.get("script")
+        return run["id"], run["run_id"], int(ctx_base)
+
+    def on_log(self, name: str, value: Any) -> bool:
+        # Values logged before the main loop were recorded by the original process.
+        return self.main_started or self.recorder.iteration is not None
+
+    def main_loop_start(self, name: str, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
+        self.main_started = True
+        loaded = self.loaded
+        apply(loaded, self.recorder.declared, frame)
+        first = loaded.iteration + 1
+        return first, itertools.islice(it, first, None)
+
+
+class ReplayController(Controller):
+    """Run one segment of a replay: restore, skip un-probed loops, check and store values."""
+
+    source = catalog.SOURCE_REPLAY
+    checkpointing = False
+    owns_run = False
+
+    def __init__(self, recorder: Any, spec: dict[str, Any]) -> None:
+        super().__init__(recorder, spec)
+        self.start, self.end = spec["segment"]
+        self.first = spec.get("first", True)
+        self.last = spec.get("last", True)
+        self.probed = set(spec.get("probed", []))
+        self.tolerance = float(spec.get("tolerance", 0.0))
+        self.result_path = Path(spec["result"]) if spec.get("result") else None
+        self.progress_path = Path(spec["progress"]) if spec.get("progress") else None
+        self.recorded: dict[tuple[str, str], list[Any]] = {}
+        self.recorded_names: set[str] = set()
+        self.seen: dict[tuple[str, str], int] = {}
+        self.divergences: list[dict[str, Any]] = []
+        self.checked = 0
+        self.stored = 0
+        self.skipped_blocks = 0
+        self.run_blocks = 0
+        self._keys: dict[int, str] = {}
+
+    def attach(self, conn: Any) -> tuple[int, str, int]:
+        run = catalog.get_run(conn, self.spec["run_id"])
+        self.rows = checkpoint_rows(conn, run["id"])
+        self.recorded_names = set(catalog.logged_names(conn, run["id"]))
+        # Recorded values of this segment, to check the replayed ones against.
+        rows = conn.execute(
+            "SELECT c.loops, n.name, r.kind, r.value FROM records r JOIN names n ON n.id=r.name "
+            "JOIN contexts c ON c.run=r.run AND c.id=r.ctx WHERE r.run=? AND r.source=? "
+            "AND (c.iteration IS NULL OR (c.iteration>=? AND c.iteration<?)) ORDER BY r.rowid",
+            (run["id"], catalog.SOURCE_RECORD, self.start, self.end),
+        ).fetchall()
+        for loops, name, kind, value in rows:
+            self.recorded.setdefault((loops, name), []).append(decode(kind, value))
+        return run["id"], run["run_id"], int(self.spec.get("ctx_base", 0))
+
+    # ------------------------------------------------------------ values
+
+    def _in_segment(self) -> bool:
+        i = self.recorder.iteration
+        if i is not None:
+            return self.start <= i < self.end
+        if not self.main_started:
+            return self.first
+        return self.last and self.main_finished
+
+    def on_log(self, name: str, value: Any) -> bool:
+        if not self._in_segment():
+            return False
+        if name not in self.recorded_names:
+            self.stored += 1
+            return True
+        ctx = self.recorder.ctx
+        key = self._keys.get(id(ctx))
+        if key is None:
+            key = loops_key(ctx)
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            self._keys[id(ctx)] = key
+        k = (key, name)
+        n = self.seen.get(k, 0)
+        self.seen[k] = n + 1
+        recorded = self.recorded.get(k)
+        if recorded is None or n >= len(recorded):
+            return False  # the record did not log this occurrence (e.g. it was in a skipped loop): nothing to check
+        self.checked += 1
+        replayed = decode(*encode(value))
+        if not equal(recorded[n], replayed, self.tolerance):
+            self.divergences.append(
+                {"name": name, "iteration": self.recorder.iteration, "context": key,
+                 "recorded": _summary(recorded[n]), "replayed": _summary(replayed)}
+            )
+        return False
+
+    # ------------------------------------------------------------ loops
+
+    def main_loop_start(self, name: str, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
+        self.main_started = True
+        first, it = self._restore_start(self.start, it, frame)
+        self.first_executed = first
+        return first, itertools.islice(it, max(self.end - first, 0))
+
+    def iteration_begin(self, i: int) -> None:
+        if self.progress_path is not None and i >= self.start:
+            try:
+                self.progress_path.write_text(str(i))
+            except OSError:
+                pass
+
+    def main_loop_done(self) -> None:
+        self.main_finished = True
+        if not self.last:
+            # Code after the main loop runs once, in the last segment.
+            self.recorder.finish()
+            raise SystemExit(0)
+
+    def block_checkpoint(self, name: str) -> str | None:
+        i = self.recorder.iteration
+        if i is None or i < self.start or name in self.probed:
+            self.run_blocks += 1
+            return None
+        entry = self.rows.get(i, {}).get(self.recorder.block)
+        if entry is None or entry[0] != name:
+            self.run_blocks += 1
+            return None
+        self.skipped_blocks += 1
+        return entry[1]
+
+    def close(self) -> None:
+        if self.result_path is None:
+            return
+        result = {
+            "segment": [self.start, self.end],
+            "checked": self.checked,
+            "stored": self.stored,
+            "divergences": self.divergences[:100],
+            "divergence_count": len(self.divergences),
+            "skipped_blocks": self.skipped_blocks,
+            "run_blocks": self.run_blocks,
+            "completed": True,
+        }
+        tmp = self.result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, default=str))
+        os.replace(tmp, self.result_path)
+
+
+def _summary(value: Any) -> Any:
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None:
+        arr = value
+        if getattr(arr, "size", 0) > 16:
+            return f"array{tuple(arr.shape)} sum={float(arr.sum()):.6g}"
+        return tolist()
+    return value

@@ -1,0 +1,78 @@
+"""``hindlog gc``: remove stored objects no checkpoint or code snapshot refers to."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from . import catalog
+from .store import Store
+
+#: Objects younger than this are kept: a running process may be writing a checkpoint.
+GRACE_SECONDS = 3600.0
+
+
+@dataclass
+class GcReport:
+    removed_objects: int
+    freed_bytes: int
+    dropped_checkpoints: int
+    kept_runs: int | None
+
+
+def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
+    """Every object reachable from the given manifests."""
+    keep: set[str] = set()
+    for name in manifests:
+        keep.add(name)
+        try:
+            data = json.loads(store.objects.get(name, verify=False))
+        except Exception:
+            continue
+        if isinstance(data, dict) and "tensors" in data:
+            keep.add(data["skeleton"])
+            keep.update(entry[0] for entry in data["tensors"])
+        elif isinstance(data, dict):
+            keep.update(v for v in data.values() if isinstance(v, str))
+    return keep
+
+
+def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | None = None, grace: float = GRACE_SECONDS) -> GcReport:
+    """Delete unreferenced objects; with ``keep_last``, first drop the checkpoints of all but the N latest runs.
+
+    Logs, args and code versions of every run are always kept.
+    """
+    st = store if isinstance(store, Store) else Store.for_project(store=store)
+    conn = st.connect()
+    dropped = 0
+    try:
+        if keep_last is not None:
+            if keep_last < 0:
+                raise ValueError("--keep-last must be 0 or more")
+            runs = catalog.list_runs(conn)
+            old = [r["id"] for r in runs[: max(len(runs) - keep_last, 0)] if r["status"] != "running"]
+            if old:
+                with catalog.transaction(conn):
+                    dropped = catalog.delete_checkpoints(conn, old)
+        manifests = catalog.all_manifests(conn)
+    finally:
+        conn.close()
+    keep = referenced_objects(st, manifests)
+    now = time.time()
+    removed = freed = 0
+    for name in list(st.objects.names()):
+        if name in keep:
+            continue
+        path = st.objects.path(name)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if now - stat.st_mtime < grace:
+            continue
+        st.objects.delete(name)
+        removed += 1
+        freed += stat.st_size
+    return GcReport(removed, freed, dropped, keep_last)

@@ -1,0 +1,320 @@
+"""Finding hindsight statements and placing them into recorded code.
+
+``find_additions`` compares a file as recorded with the file as it is now and
+returns the statements that were added (the hindsight code), or the lines
+that changed otherwise (which replay refuses). ``place`` puts those
+statements into another recorded version of the file by structural matching:
+the same enclosing functions and loops, after the same neighbouring
+statement. ``probed_loops`` tells which ``hl.loop`` loops a replay must run
+because a new statement is in them or in a project function they call.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Additions:
+    """What changed in one file between a recorded version and now."""
+
+    path: str
+    #: Line ranges (1-based, inclusive) of the new statements in the new source.
+    statements: list[tuple[int, int]] = field(default_factory=list)
+    #: A unified diff of the lines that changed other than by adding statements.
+    other_changes: str = ""
+
+
+def _is_trivial(line: str) -> bool:
+    stripped = line.strip()
+    return not stripped or stripped.startswith("#")
+
+
+def find_additions(path: str, old_src: str, new_src: str) -> Additions:
+    """The statements ``new_src`` adds to ``old_src``, and any other change."""
+    old_lines = old_src.splitlines()
+    new_lines = new_src.splitlines()
+    matcher = difflib.SequenceMatcher(None, [l.rstrip() for l in old_lines], [l.rstrip() for l in new_lines], autojunk=False)
+    inserted: set[int] = set()
+    bad: list[str] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        removed = [l for l in old_lines[i1:i2] if not _is_trivial(l)]
+        if tag in ("replace", "delete") and removed:
+            bad.append(f"@@ -{i1 + 1},{i2 - i1} +{j1 + 1},{j2 - j1} @@")
+            bad.extend("-" + l for l in old_lines[i1:i2])
+            bad.extend("+" + l for l in new_lines[j1:j2])
+            continue
+        inserted.update(j + 1 for j in range(j1, j2) if not _is_trivial(new_lines[j]))
+    out = Additions(path)
+    if not inserted:
+        out.other_changes = "\n".join(bad)
+        return out
+    try:
+        tree = ast.parse(new_src)
+    except SyntaxError as e:
+        out.other_changes = f"{path} does not parse now: {e}"
+        return out
+    covered: set[int] = set()
+    for stmt in _all_statements(tree):
+        lines = set(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
+        own = {l for l in lines if not _is_trivial(new_lines[l - 1])}
+        if own and own <= inserted and not (covered & own):
+            out.statements.append((stmt.lineno, stmt.end_lineno or stmt.lineno))
+            covered |= own
+    for line in sorted(inserted - covered):
+        bad.append(f"@@ +{line} @@ (an added line that is not a whole new statement)")
+        bad.append("+" + new_lines[line - 1])
+    out.statements.sort()
+    out.other_changes = "\n".join(bad)
+    return out
+
+
+def _all_statements(tree: ast.AST) -> list[ast.stmt]:
+    """Statements in source order, outer before inner."""
+    out: list[ast.stmt] = []
+
+    def visit(block: list[ast.stmt]) -> None:
+        for stmt in block:
+            out.append(stmt)
+            for child in _child_blocks(stmt):
+                visit(child)
+
+    visit(tree.body)  # type: ignore[attr-defined]
+    return out
+
+
+def _child_blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
+    blocks = []
+    for name in ("body", "orelse", "finalbody"):
+        block = getattr(stmt, name, None)
+        if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+            blocks.append(block)
+    for handler in getattr(stmt, "handlers", []) or []:
+        blocks.append(handler.body)
+    for case in getattr(stmt, "cases", []) or []:
+        blocks.append(case.body)
+    return blocks
+
+
+# ----------------------------------------------------------------- structural placement
+
+
+def _header(stmt: ast.stmt) -> str:
+    """A compound statement's identity: its kind and header, without its body."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return f"{type(stmt).__name__} {stmt.name}"
+    if isinstance(stmt, (ast.For, ast.AsyncFor)):
+        return f"for {ast.unparse(stmt.target)} in {ast.unparse(stmt.iter)}"
+    if isinstance(stmt, ast.While):
+        return f"while {ast.unparse(stmt.test)}"
+    if isinstance(stmt, ast.If):
+        return f"if {ast.unparse(stmt.test)}"
+    if isinstance(stmt, (ast.With, ast.AsyncWith)):
+        return "with " + ", ".join(ast.unparse(i) for i in stmt.items)
+    return type(stmt).__name__
+
+
+def _text(stmt: ast.stmt) -> str:
+    if _child_blocks(stmt):
+        return _header(stmt)
+    return ast.unparse(stmt)
+
+
+@dataclass
+class _Block:
+    path: tuple[str, ...]  # headers of the enclosing compound statements (with the field name)
+    stmts: list[ast.stmt]
+    parent: ast.stmt | None
+
+
+def _blocks(tree: ast.Module) -> list[_Block]:
+    out: list[_Block] = []
+
+    def visit(block: list[ast.stmt], path: tuple[str, ...], parent: ast.stmt | None) -> None:
+        out.append(_Block(path, block, parent))
+        for stmt in block:
+            for name in ("body", "orelse", "finalbody"):
+                sub = getattr(stmt, name, None)
+                if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt):
+                    visit(sub, path + (f"{_header(stmt)}.{name}",), stmt)
+            for k, handler in enumerate(getattr(stmt, "handlers", []) or []):
+                visit(handler.body, path + (f"{_header(stmt)}.handler{k}",), stmt)
+
+    visit(tree.body, (), None)
+    return out
+
+
+@dataclass
+class Unit:
+    """Consecutive new statements of one block, with what surrounds them in the new source."""
+
+    lines: tuple[int, int]
+    path: tuple[str, ...]
+    before: str | None  # text of the nearest old statement before the unit, in the same block
+    after: str | None  # text of the nearest old statement after it
+
+
+def units(new_src: str, statements: list[tuple[int, int]]) -> list[Unit]:
+    """Group new statements by block and record their anchors."""
+    tree = ast.parse(new_src)
+    new_set = set(statements)
+    out: list[Unit] = []
+    for block in _blocks(tree):
+        run: list[ast.stmt] = []
+        for idx, stmt in enumerate(block.stmts + [None]):  # type: ignore[operator]
+            is_new = stmt is not None and (stmt.lineno, stmt.end_lineno or stmt.lineno) in new_set
+            if is_new:
+                run.append(stmt)
+                continue
+            if run:
+                first = block.stmts.index(run[0])
+                before = next((_text(s) for s in reversed(block.stmts[:first]) if (s.lineno, s.end_lineno) not in new_set), None)
+                after = _text(stmt) if stmt is not None else None
+                out.append(Unit((run[0].lineno, run[-1].end_lineno or run[-1].lineno), block.path, before, after))
+                run = []
+    return out
+
+
+class PlacementError(Exception):
+    """A new statement cannot be placed unambiguously into a recorded version."""
+
+
+def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> str:
+    """``target_src`` with the new statements of ``new_src`` inserted by structural matching."""
+    new_lines = new_src.splitlines(keepends=True)
+    target_lines = target_src.splitlines(keepends=True)
+    if target_lines and not target_lines[-1].endswith("\n"):
+        target_lines[-1] += "\n"
+    tree = ast.parse(target_src)
+    blocks = [b for b in _blocks(tree)]
+    insertions: list[tuple[int, list[str]]] = []
+    for unit in units(new_src, statements):
+        candidates = [b for b in blocks if b.path == unit.path]
+        spots: list[tuple[int, int]] = []  # (insert before line index, indent column)
+        for b in candidates:
+            texts = [_text(s) for s in b.stmts]
+            if unit.before is not None:
+                for k, t in enumerate(texts):
+                    if t == unit.before and (unit.after is None or k + 1 >= len(texts) or texts[k + 1] == unit.after or unit.after not in texts):
+                        s = b.stmts[k]
+                        spots.append(((s.end_lineno or s.lineno), b.stmts[0].col_offset))
+            elif unit.after is not None:
+                if texts and texts[0] == unit.after:
+                    spots.append((b.stmts[0].lineno - 1, b.stmts[0].col_offset))
+        if len(spots) != 1:
+            what = f"after `{unit.before}`" if unit.before else f"before `{unit.after}`"
+            reason = "no place matches" if not spots else f"{len(spots)} places match"
+            raise PlacementError(f"cannot place the statement at line {unit.lines[0]} ({what}): {reason}")
+        line_index, indent = spots[0]
+        chunk = new_lines[unit.lines[0] - 1 : unit.lines[1]]
+        insertions.append((line_index, _reindent(chunk, indent)))
+    for line_index, chunk in sorted(insertions, key=lambda x: -x[0]):
+        target_lines[line_index:line_index] = chunk
+    return "".join(target_lines)
+
+
+def _reindent(lines: list[str], indent: int) -> list[str]:
+    first = lines[0]
+    current = len(first) - len(first.lstrip())
+    out = []
+    for line in lines:
+        if line.strip():
+            lead = len(line) - len(line.lstrip())
+            out.append(" " * (indent + max(lead - current, 0)) + line.lstrip())
+        else:
+            out.append(line)
+    if out and not out[-1].endswith("\n"):
+        out[-1] += "\n"
+    return out
+
+
+# ----------------------------------------------------------------- which loops must run
+
+
+def loop_name(node: ast.AST) -> str | None:
+    """The name of a ``for ... in hl.loop("name", ...)`` loop, or None."""
+    if not isinstance(node, (ast.For, ast.AsyncFor)):
+        return None
+    call = node.iter
+    if isinstance(call, ast.Call):
+        func = call.func
+        fname = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        if fname == "loop" and call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+            return call.args[0].value
+    return None
+
+
+def _called_names(node: ast.AST) -> set[str]:
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call):
+            f = n.func
+            if isinstance(f, ast.Name):
+                out.add(f.id)
+            elif isinstance(f, ast.Attribute):
+                out.add(f.attr)
+    return out
+
+
+def probed_loops(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> set[str]:
+    """Names of the hl.loop loops that contain a new statement, directly or through calls.
+
+    ``files`` maps paths to (patched) sources; ``new_statements`` maps paths to
+    the line ranges of new statements in those sources.
+    """
+    trees = {}
+    for path, src in files.items():
+        try:
+            trees[path] = ast.parse(src)
+        except SyntaxError:
+            continue
+    probed: set[str] = set()
+    touched_functions: set[str] = set()
+    for path, ranges in new_statements.items():
+        tree = trees.get(path)
+        if tree is None:
+            continue
+        for lo, hi in ranges:
+            for node in ast.walk(tree):
+                end = getattr(node, "end_lineno", None)
+                if end is None or not (node.lineno <= lo and hi <= end) or (node.lineno == lo and end == hi):
+                    continue
+                name = loop_name(node)
+                if name:
+                    probed.add(name)
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    touched_functions.add(node.name)
+    # Functions that (transitively) call a touched function are touched too.
+    functions: dict[str, list[ast.AST]] = {}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions.setdefault(node.name, []).append(node)
+    changed = True
+    while changed:
+        changed = False
+        for fname, defs in functions.items():
+            if fname in touched_functions:
+                continue
+            if any(_called_names(d) & touched_functions for d in defs):
+                touched_functions.add(fname)
+                changed = True
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            name = loop_name(node)
+            if name and _called_names(node) & touched_functions:
+                probed.add(name)
+    # A probed loop's enclosing hl.loops run too (except the outermost, which always runs).
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            name = loop_name(node)
+            if name is None:
+                continue
+            for inner in ast.walk(node):
+                if inner is not node and loop_name(inner) in probed:
+                    probed.add(name)
+    return probed

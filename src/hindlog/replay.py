@@ -1,0 +1,495 @@
+"""``hindlog replay``: plan and run a replay of recorded runs with new log statements.
+
+For each target run: find the statements added to the script (and the project
+modules) since the recorded version, place them into the run's own code,
+decide which nested loops must run (the probed ones) and which are skipped by
+restoring checkpoints, split the main loop into segments that start right
+after a checkpoint, and run the segments in parallel worker processes, each
+the recorded script in a scratch copy of the recorded code. Workers check the
+values they recompute against the recorded ones and store the new values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import catalog, codeversion, hindsight
+from .checkpoint import ITERATION_END, checkpoint_rows
+from .controller import ENV
+from .errors import ReplayError, RunNotFound
+from .store import Store
+
+
+@dataclass
+class Segment:
+    start: int
+    end: int
+    estimate: float = 0.0
+
+
+@dataclass
+class RunPlan:
+    """What replaying one run will do."""
+
+    run_id: str
+    run: int
+    script: str
+    code_version: str
+    files: dict[str, str]  # patched sources of the files with new statements
+    new_statements: dict[str, list[tuple[int, int]]]
+    probed: set[str]
+    iterations: tuple[int, int]
+    total_iterations: int
+    checkpointed: list[int]
+    segments: list[Segment] = field(default_factory=list)
+    estimate: float = 0.0
+    full_rerun: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    ok: bool
+    seconds: float
+    checked: int = 0
+    stored: int = 0
+    divergences: list[dict[str, Any]] = field(default_factory=list)
+    failed_segments: list[tuple[int, int, str]] = field(default_factory=list)
+    skipped_blocks: int = 0
+    run_blocks: int = 0
+
+
+@dataclass
+class ReplayReport:
+    plans: list[RunPlan]
+    skipped_runs: list[tuple[str, str]]
+    results: list[RunResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results) and not any(r.divergences for r in self.results)
+
+
+# ----------------------------------------------------------------- planning
+
+
+def _rel_script(store: Store, script: str) -> str:
+    path = Path(script)
+    if not path.is_absolute():
+        path = (Path.cwd() / path).resolve()
+    try:
+        return path.relative_to(store.root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None) -> list[dict[str, Any]]:
+    """The target runs: given ones, all of the script's, those matching ``where``, or the script's latest."""
+    if runs:
+        return [catalog.get_run(conn, r) for r in runs]
+    candidates = catalog.list_runs(conn, script)
+    if not candidates:
+        if script is None:
+            raise RunNotFound("No runs are recorded in this store yet.")
+        raise RunNotFound(f"{script} has never been recorded in this store. Run it first (python {script} ...).")
+    if where:
+        import pandas as pd
+
+        args = catalog.run_args(conn, [r["id"] for r in candidates])
+        frame = pd.DataFrame([{**args.get(r["id"], {}), "_id": r["run_id"]} for r in candidates])
+        try:
+            chosen = set(frame.query(where)["_id"])
+        except Exception as e:
+            raise ReplayError(f"--where {where!r} cannot be evaluated over the runs' args ({e})") from None
+        candidates = [r for r in candidates if r["run_id"] in chosen]
+        if not candidates:
+            raise RunNotFound(f"no run of {script} matches --where {where!r}")
+        return candidates
+    if all_runs:
+        return candidates
+    return [candidates[-1]]
+
+
+def _working_sources(store: Store, paths: set[str]) -> dict[str, str]:
+    out = {}
+    for rel in paths:
+        p = store.root / rel
+        if p.is_file():
+            out[rel] = p.read_text()
+    return out
+
+
+def hindsight_changes(store: Store, base_version: str, force: bool) -> tuple[dict[str, str], dict[str, hindsight.Additions], list[str]]:
+    """Current sources of changed .py files, their additions against ``base_version``, and notes."""
+    recorded = codeversion.read_files(store, base_version)
+    current_py = {p for p in codeversion._working_files(store.root) if p.endswith(".py")}
+    recorded_py = {p for p in recorded if p.endswith(".py")}
+    notes: list[str] = []
+    current = _working_sources(store, current_py | recorded_py)
+    additions: dict[str, hindsight.Additions] = {}
+    problems = []
+    for path in sorted(current_py | recorded_py):
+        old = recorded.get(path, b"").decode(errors="replace")
+        new = current.get(path)
+        if new is None:
+            problems.append(f"{path} was removed")
+            continue
+        if old == new:
+            continue
+        if path not in recorded:
+            notes.append(f"{path} is new; it is added to the replayed code")
+            additions[path] = hindsight.Additions(path)
+            continue
+        found = hindsight.find_additions(path, old, new)
+        if found.other_changes:
+            problems.append(f"--- {path}\n{found.other_changes}")
+        additions[path] = found
+    if problems and not force:
+        raise ReplayError(
+            "the code differs from the recorded version by more than added statements; replay only adds "
+            "statements (use --force to replay anyway, with the current code):\n" + "\n".join(problems)
+        )
+    if problems:
+        notes.append("--force: replaying the current code despite changes other than added statements")
+    return current, additions, notes
+
+
+def plan_run(
+    store: Store, conn: Any, run: dict[str, Any], current: dict[str, str], additions: dict[str, hindsight.Additions],
+    base_version: str, iterations: tuple[int | None, int | None] | None, workers: int, force: bool,
+) -> RunPlan:
+    version = run.get("code_version")
+    if not version:
+        raise ReplayError(f"run {run['run_id']} has no code version (its code snapshot failed)")
+    files: dict[str, str] = {}
+    new_statements: dict[str, list[tuple[int, int]]] = {}
+    for path, add in additions.items():
+        if version == base_version or force:
+            files[path] = current[path]
+            new_statements[path] = add.statements
+            continue
+        target = codeversion.read_file(store, version, path)
+        if target is None:
+            files[path] = current[path]
+            new_statements[path] = add.statements
+            continue
+        try:
+            patched = hindsight.place(current[path], add.statements, target.decode())
+        except hindsight.PlacementError as e:
+            raise ReplayError(f"{path}: {e}") from None
+        files[path] = patched
+        new_statements[path] = _new_ranges(target.decode(), patched)
+    all_sources = {**{p: b.decode(errors="replace") for p, b in codeversion.read_files(store, version).items() if p.endswith(".py")}, **files}
+    probed = hindsight.probed_loops(all_sources, new_statements)
+    info = run.get("info") or {}
+    total = len(info.get("iteration_seconds") or [])
+    if not total:
+        row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
+        total = (row[0] + 1) if row and row[0] is not None else 0
+    lo, hi = 0, total
+    if iterations is not None:
+        lo = iterations[0] if iterations[0] is not None else 0
+        hi = iterations[1] if iterations[1] is not None else total
+        if not (0 <= lo < hi <= max(total, 1)):
+            raise ReplayError(f"--iterations {lo}:{hi} is outside run {run['run_id']}'s main loop (0:{total})")
+    rows = checkpoint_rows(conn, run["id"])
+    checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
+    plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed)
+    _estimate(plan, run, rows, workers)
+    if not rows:
+        plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
+    return plan
+
+
+def _new_ranges(old: str, patched: str) -> list[tuple[int, int]]:
+    return hindsight.find_additions("", old, patched).statements
+
+
+def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]], workers: int) -> None:
+    """Per-iteration costs from the recorded timings, and segments of about equal cost."""
+    info = run.get("info") or {}
+    iteration_seconds: list[float] = info.get("iteration_seconds") or []
+    block_seconds: dict[str, float] = info.get("block_seconds") or {}
+    total = max(plan.total_iterations, 1)
+    preloop = info.get("preloop_seconds") or 0.0
+    lo, hi = plan.iterations
+    mean_iter = (sum(iteration_seconds) / len(iteration_seconds)) if iteration_seconds else 1.0
+    skippable = {name: secs / total for name, secs in block_seconds.items() if name not in plan.probed}
+
+    def cost(i: int) -> float:
+        t = iteration_seconds[i] if i < len(iteration_seconds) else mean_iter
+        blocks = rows.get(i, {})
+        saved = sum(skippable.get(loop, 0.0) for b, (loop, _m) in blocks.items() if b != ITERATION_END and loop)
+        return max(t - saved, 0.0) + 0.002 * len(blocks)
+
+    # Segment starts must follow a checkpointed iteration (or be the first iteration).
+    starts_ok = {lo} | {i + 1 for i, blocks in rows.items() if ITERATION_END in blocks and lo < i + 1 < hi}
+    costs = {i: cost(i) for i in range(lo, hi)}
+    # Iterations before lo (back to the checkpoint before it) are re-run too.
+    anchor = max([i + 1 for i in plan.checkpointed if i + 1 <= lo] + [0])
+    warmup = sum(iteration_seconds[i] if i < len(iteration_seconds) else mean_iter for i in range(anchor, lo))
+    target = sum(costs.values()) / max(workers, 1)
+    segments: list[Segment] = []
+    start, acc = lo, 0.0
+    for i in range(lo, hi):
+        if i > start and acc >= target and i in starts_ok and len(segments) < workers - 1:
+            segments.append(Segment(start, i, acc))
+            start, acc = i, 0.0
+        acc += costs[i]
+    segments.append(Segment(start, hi, acc))
+    segments[0].estimate += warmup
+    plan.segments = segments
+    plan.estimate = preloop + max(s.estimate for s in segments)
+    if run.get("started") and run.get("ended"):
+        plan.full_rerun = run["ended"] - run["started"]
+
+
+def describe_plan(plan: RunPlan) -> str:
+    lines = [f"run {plan.run_id} (code {plan.code_version[:12]})"]
+    for path, ranges in plan.new_statements.items():
+        src = plan.files[path].splitlines()
+        for lo, hi in ranges:
+            lines.append(f"  + {path}:{lo}: {src[lo - 1].strip()}" + (" ..." if hi > lo else ""))
+    lines.append(f"  loops that must run: {', '.join(sorted(plan.probed)) or 'none (all nested loops are skipped)'}")
+    lines.append(f"  iterations {plan.iterations[0]}:{plan.iterations[1]} of {plan.total_iterations}; "
+                 f"checkpointed: {len(plan.checkpointed)}")
+    lines.append("  segments: " + ", ".join(f"{s.start}:{s.end}" for s in plan.segments))
+    full = f"{plan.full_rerun:.1f}s" if plan.full_rerun else "unknown"
+    lines.append(f"  estimated time: {plan.estimate:.1f}s (a full re-run: {full})")
+    lines.extend(f"  note: {n}" for n in plan.notes)
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- running
+
+
+def _arg_env(args: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for k, v in args.items():
+        if isinstance(v, bool):
+            out[f"HINDLOG_SET_{k}"] = "1" if v else "0"
+        elif isinstance(v, (list, dict)) or v is None:
+            out[f"HINDLOG_SET_{k}"] = json.dumps(v)
+        else:
+            out[f"HINDLOG_SET_{k}"] = str(v)
+    return out
+
+
+def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: Path) -> Path:
+    """The recorded code (with the patched files) in ``scratch``, with the project's other top-level
+    entries (data, ignored folders) linked in so the script finds them."""
+    codeversion.materialize(store, version, scratch)
+    for rel, src in files.items():
+        target = scratch / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(src)
+    for entry in store.root.iterdir():
+        if entry.name in (".git", ".hindlog") or (scratch / entry.name).exists() or entry.resolve() == store.path:
+            continue
+        try:
+            (scratch / entry.name).symlink_to(entry)
+        except OSError:
+            pass
+    return scratch
+
+
+def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update((run.get("env") or {}).get("variables") or {})
+    env.update(_arg_env(args))
+    env["HINDLOG_DIR"] = str(store.path)
+    env[ENV] = str(spec_path)
+    env.pop("HINDLOG_DISABLED", None)
+    return env
+
+
+def _ctx_base(conn: Any, run: int) -> int:
+    row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM contexts WHERE run=?", (run,)).fetchone()
+    return int(row[0]) + 1_000_000
+
+
+def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool = True, keep_scratch: bool = False) -> RunResult:
+    """Run a planned replay of one run in worker processes and collect what they found."""
+    t0 = time.perf_counter()
+    conn = store.connect()
+    try:
+        run = catalog.get_run(conn, plan.run_id)
+        args = catalog.run_args(conn, [plan.run]).get(plan.run, {})
+        base = _ctx_base(conn, plan.run)
+    finally:
+        conn.close()
+    scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-replay-{plan.run_id}-"))
+    prepare_scratch(store, plan.code_version, plan.files, scratch)
+    argv = run.get("argv") or [plan.script]
+    script_path = scratch / plan.script
+    if not script_path.exists():
+        raise ReplayError(f"{plan.script} is not in the recorded code of run {plan.run_id}")
+    procs: list[tuple[Segment, subprocess.Popen[bytes], Path, Path, Path]] = []
+    for k, seg in enumerate(plan.segments):
+        spec = {
+            "mode": "replay",
+            "run_id": plan.run_id,
+            "segment": [seg.start, seg.end],
+            "first": k == 0,
+            "last": k == len(plan.segments) - 1 and seg.end >= plan.total_iterations,
+            "probed": sorted(plan.probed),
+            "tolerance": tolerance,
+            "result": str(scratch / f".hindlog-result-{k}.json"),
+            "progress": str(scratch / f".hindlog-progress-{k}"),
+            "ctx_base": base + k * 100_000_000,
+        }
+        spec_path = scratch / f".hindlog-spec-{k}.json"
+        spec_path.write_text(json.dumps(spec))
+        log_path = scratch / f".hindlog-worker-{k}.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, str(script_path), *argv[1:]],
+                cwd=scratch,
+                env=_worker_env(store, run, args, spec_path),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        procs.append((seg, proc, Path(spec["result"]), Path(spec["progress"]), log_path))
+    try:
+        _wait(procs, plan, progress)
+    except KeyboardInterrupt:
+        for _seg, proc, *_ in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _seg, proc, *_ in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    result = RunResult(plan.run_id, True, 0.0)
+    for seg, proc, result_path, _progress, log_path in procs:
+        data = json.loads(result_path.read_text()) if result_path.exists() else None
+        if proc.returncode != 0 or data is None:
+            tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            result.ok = False
+            result.failed_segments.append((seg.start, seg.end, tail))
+            continue
+        result.checked += data["checked"]
+        result.stored += data["stored"]
+        result.divergences.extend(data["divergences"])
+        result.skipped_blocks += data["skipped_blocks"]
+        result.run_blocks += data["run_blocks"]
+    if result.stored:
+        _replace_previous_replay(store, plan, base)
+    result.seconds = time.perf_counter() - t0
+    if not keep_scratch and result.ok:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> None:
+    """Replaying the same statements again replaces their earlier values instead of duplicating them."""
+    conn = store.connect()
+    try:
+        with catalog.transaction(conn):
+            conn.execute(
+                "DELETE FROM records WHERE rowid IN ("
+                " SELECT r.rowid FROM records r JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
+                " WHERE r.run=:run AND r.source=:src AND r.ctx<:base AND EXISTS ("
+                "  SELECT 1 FROM records r2 JOIN contexts c2 ON c2.run=r2.run AND c2.id=r2.ctx"
+                "  WHERE r2.run=:run AND r2.source=:src AND r2.ctx>=:base AND r2.name=r.name AND c2.loops=c.loops))",
+                {"run": plan.run, "src": catalog.SOURCE_REPLAY, "base": base},
+            )
+    finally:
+        conn.close()
+
+
+def _wait(procs: list[Any], plan: RunPlan, progress: bool) -> None:
+    total = plan.iterations[1] - plan.iterations[0]
+    started = time.perf_counter()
+    show = progress and sys.stderr.isatty()
+    while any(p.poll() is None for _s, p, *_ in procs):
+        if show:
+            done = 0
+            for seg, proc, _r, progress_path, _l in procs:
+                if proc.poll() is not None:
+                    done += seg.end - seg.start
+                    continue
+                try:
+                    done += max(int(progress_path.read_text()) - seg.start, 0)
+                except (OSError, ValueError):
+                    pass
+            elapsed = time.perf_counter() - started
+            left = (elapsed / done * (total - done)) if done else float("nan")
+            bar = "#" * int(30 * done / max(total, 1))
+            sys.stderr.write(f"\r  replay {plan.run_id}: [{bar:<30}] {done}/{total} iterations, ~{left:.0f}s left ")
+            sys.stderr.flush()
+        time.sleep(0.2)
+    if show:
+        sys.stderr.write("\r" + " " * 100 + "\r")
+
+
+def replay(
+    script: str | None = None,
+    runs: list[str] | None = None,
+    all_runs: bool = False,
+    where: str | None = None,
+    iterations: tuple[int | None, int | None] | None = None,
+    workers: int | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    tolerance: float = 0.0,
+    store: str | os.PathLike[str] | Store | None = None,
+    progress: bool = True,
+) -> ReplayReport:
+    """Replay recorded runs of ``script`` with the log statements added since they were recorded."""
+    st = store if isinstance(store, Store) else Store.for_project(store=store)
+    if not st.exists():
+        raise ReplayError(f"there is no hindlog store at {st.path}; record a run first")
+    rel = _rel_script(st, script) if script else None
+    if rel is not None and not (st.root / rel).is_file():
+        raise ReplayError(f"{script} does not exist")
+    workers = workers or os.cpu_count() or 1
+    conn = st.connect()
+    try:
+        targets = select_runs(conn, rel, runs, all_runs, where)
+        if rel is None:
+            rel = targets[-1].get("script")
+            if not rel:
+                raise ReplayError("the run has no script recorded; give SCRIPT")
+        # The hindsight statements are what was added since the newest target's code.
+        base = next((r["code_version"] for r in reversed(targets) if r.get("code_version")), None)
+        if base is None:
+            raise ReplayError("none of the target runs has a code version")
+        current, additions, notes = hindsight_changes(st, base, force)
+        if not any(a.statements for a in additions.values()) and not force:
+            raise ReplayError(f"no statements were added to the code of run {targets[-1]['run_id']}; add hl.log(...) calls first")
+        plans: list[RunPlan] = []
+        skipped: list[tuple[str, str]] = []
+        for run in targets:
+            try:
+                p = plan_run(st, conn, run, current, additions, base, iterations, workers, force)
+            except ReplayError as e:
+                skipped.append((run["run_id"], str(e)))
+                continue
+            p.notes = notes + p.notes
+            plans.append(p)
+    finally:
+        conn.close()
+    report = ReplayReport(plans, skipped)
+    if not plans:
+        reasons = "; ".join(f"{r}: {why}" for r, why in skipped)
+        raise ReplayError(f"no run can be replayed ({reasons})")
+    if dry_run:
+        return report
+    for p in plans:
+        report.results.append(execute(st, p, tolerance=tolerance, progress=progress))
+    return report

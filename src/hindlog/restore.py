@@ -1,0 +1,85 @@
+"""Loading a recorded checkpoint back into live objects: ``hl.restore`` and the shared apply step."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from . import catalog
+from .checkpoint import ITERATION_END, Loaded, checkpoint_rows, latest_readable, read_checkpoint
+from .errors import CheckpointError, CorruptObject
+from .state import Declared, declare, load_into, set_frame_locals, set_rng_state
+from .store import Store
+
+
+@dataclass
+class Restored:
+    """What ``hl.restore`` loaded."""
+
+    run_id: str
+    iteration: int
+    #: The declared objects, restored (in place where their type allows; immutable ones are new objects).
+    objects: dict[str, Any]
+    #: The loop-carried local values the checkpoint holds (e.g. ``best_acc``).
+    locals: dict[str, Any]
+
+
+def apply(loaded: Loaded, declared: dict[str, Declared], frame: FrameType | None = None, rng: bool = True) -> dict[str, Any]:
+    """Load a checkpoint into declared objects, the random generators and (optionally) a frame's locals."""
+    missing = [n for n in declared if n not in loaded.objects]
+    if missing:
+        raise CheckpointError(
+            f"the checkpoint of iteration {loaded.iteration} holds no state for {', '.join(missing)} "
+            f"(it holds: {', '.join(loaded.objects) or 'nothing'})"
+        )
+    out = {name: load_into(d, loaded.objects[name]) for name, d in declared.items()}
+    if rng:
+        set_rng_state(loaded.rng)
+    if frame is not None:
+        set_frame_locals(frame, loaded.locals)
+    return out
+
+
+def restore(
+    run: str = "latest",
+    iteration: int | None = None,
+    store: str | os.PathLike[str] | Store | None = None,
+    rng: bool = False,
+    **objects: Any,
+) -> Restored:
+    """Load run ``run``'s checkpoint at the end of ``iteration`` (default: the latest) into ``objects``.
+
+    ``hl.restore("latest", model=net, opt=opt)`` restores, in place, the model and
+    optimizer as they were at the end of the latest checkpointed iteration. Pass
+    ``rng=True`` to restore the random generators too. A corrupt checkpoint is
+    detected by its hash; without an explicit iteration an earlier one is used.
+    """
+    if not objects:
+        raise TypeError("hl.restore needs the objects to load into, e.g. hl.restore('latest', model=net, opt=opt)")
+    st = store if isinstance(store, Store) else Store.for_project(store=store)
+    conn = st.connect()
+    try:
+        run_row = catalog.get_run(conn, run)
+        rows = checkpoint_rows(conn, run_row["id"])
+    finally:
+        conn.close()
+    if not rows:
+        raise CheckpointError(f"run {run_row['run_id']} has no checkpoints (did the script call hl.checkpoints(...)?)")
+    if iteration is None:
+        loaded = latest_readable(st.objects, rows)
+        if loaded is None:
+            raise CheckpointError(f"none of the checkpoints of run {run_row['run_id']} can be read")
+    else:
+        entry = rows.get(iteration, {}).get(ITERATION_END)
+        if entry is None:
+            have = ", ".join(str(i) for i in sorted(rows))
+            raise CheckpointError(f"run {run_row['run_id']} has no checkpoint at iteration {iteration} (it has: {have})")
+        try:
+            loaded = read_checkpoint(st.objects, entry[1])
+        except CorruptObject as e:
+            raise CheckpointError(f"the checkpoint of run {run_row['run_id']} at iteration {iteration} is damaged: {e}") from None
+    declared = {name: declare(name, obj) for name, obj in objects.items()}
+    restored = apply(loaded, declared, rng=rng)
+    return Restored(run_row["run_id"], loaded.iteration, restored, loaded.locals)

@@ -1,0 +1,54 @@
+"""``hindlog resume``: continue a killed or failed run from its latest checkpoint.
+
+The run's recorded code is materialized into a scratch directory and its
+script started with the recorded argv, args and environment variables, from
+the run's original working directory (so relative data paths and outputs
+are where they were). The recorder attaches to the same run, restores the
+latest checkpoint when the main loop starts and continues with the next
+iteration; values of iterations already logged are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import catalog
+from .checkpoint import ITERATION_END, checkpoint_rows
+from .errors import ReplayError
+from .replay import _worker_env, prepare_scratch
+from .store import Store
+
+
+def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = None) -> int:
+    """Resume run ``run``; returns the resumed script's exit code."""
+    st = store if isinstance(store, Store) else Store.for_project(store=store)
+    conn = st.connect()
+    try:
+        row = catalog.get_run(conn, run)
+        if row["status"] in ("running", "finished"):
+            raise ReplayError(f"run {row['run_id']} is {row['status']}; only killed or failed runs can be resumed")
+        rows = checkpoint_rows(conn, row["id"])
+        args = catalog.run_args(conn, [row["id"]]).get(row["id"], {})
+    finally:
+        conn.close()
+    if not any(ITERATION_END in blocks for blocks in rows.values()):
+        raise ReplayError(f"run {row['run_id']} has no checkpoint to resume from; run the script again instead")
+    if not row.get("code_version") or not row.get("script"):
+        raise ReplayError(f"run {row['run_id']} has no recorded code version or script")
+    scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-resume-{row['run_id']}-"))
+    prepare_scratch(st, row["code_version"], {}, scratch)
+    spec_path = scratch / ".hindlog-spec.json"
+    spec_path.write_text(json.dumps({"mode": "resume", "run_id": row["run_id"]}))
+    argv = row.get("argv") or [row["script"]]
+    cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)
+    proc = subprocess.run(
+        [sys.executable, str(scratch / row["script"]), *argv[1:]],
+        cwd=cwd,
+        env=_worker_env(st, row, args, spec_path),
+    )
+    return proc.returncode

@@ -1,0 +1,374 @@
+"""Training state: declaring it, freezing a consistent copy of it, and restoring it.
+
+Freezing runs on the training thread and is the only part of checkpointing
+that blocks training, so it does as little as it can: containers are rebuilt,
+tensors and arrays are copied (GPU tensors asynchronously, into pinned host
+memory), and a tensor unchanged since the last checkpoint (same object, same
+in-place version counter) is not copied again at all. Everything else
+(hashing, pickling the skeleton, writing) happens on the persister thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import pickle
+import random
+import sys
+import types
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+_IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), range, slice)
+
+
+# ----------------------------------------------------------------- declaring
+
+
+@dataclass
+class Declared:
+    """One object named in ``hl.checkpoints``."""
+
+    name: str
+    obj: Any
+    kind: str  # 'stateful' | 'module' | 'tensor' | 'array' | 'generator' | 'pickle'
+
+
+def declare(name: str, obj: Any) -> Declared:
+    """Classify ``obj``, or raise TypeError if hindlog cannot checkpoint it."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        if isinstance(obj, torch.nn.Module):
+            return Declared(name, obj, "module")
+        if isinstance(obj, torch.Generator):
+            return Declared(name, obj, "generator")
+        if isinstance(obj, torch.Tensor):
+            return Declared(name, obj, "tensor")
+    if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
+        return Declared(name, obj, "stateful")
+    if isinstance(obj, np.ndarray):
+        return Declared(name, obj, "array")
+    try:
+        _dumps(obj)
+    except Exception as e:
+        raise TypeError(
+            f"hl.checkpoints cannot checkpoint {name}={type(obj).__module__}.{type(obj).__qualname__}: it has no "
+            f"state_dict()/load_state_dict() and cannot be pickled ({type(e).__name__}: {e}). Declare the objects "
+            "that hold its state instead, or give it state_dict()/load_state_dict()."
+        ) from None
+    return Declared(name, obj, "pickle")
+
+
+def _dumps(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+# ----------------------------------------------------------------- frozen values
+
+
+class TensorRef:
+    """A placeholder for the ``index``-th tensor of a frozen skeleton."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TensorRef, (self.index,))
+
+
+class Pickled:
+    """A leaf pickled at freeze time (its object may change after)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Pickled, (self.data,))
+
+
+@dataclass
+class FrozenTensor:
+    """A tensor or array copied at freeze time (or known by hash, when unchanged)."""
+
+    framework: str  # 'torch' | 'numpy'
+    dtype: str
+    shape: tuple[int, ...]
+    data: Any = None  # a CPU torch tensor or numpy array, until persisted
+    event: Any = None  # CUDA event to wait for before reading data
+    digest: str | None = None
+    cache_entry: Any = None
+
+    @property
+    def nbytes(self) -> int:
+        n = int(np.prod(self.shape)) if self.shape else 1
+        return n * _itemsize(self.framework, self.dtype)
+
+
+def _itemsize(framework: str, dtype: str) -> int:
+    if framework == "numpy":
+        return np.dtype(dtype).itemsize
+    import torch
+
+    return torch.empty((), dtype=getattr(torch, dtype)).element_size()
+
+
+class _CacheEntry:
+    __slots__ = ("ref", "version", "frozen")
+
+    def __init__(self, ref: Any, version: int, frozen: FrozenTensor) -> None:
+        self.ref, self.version, self.frozen = ref, version, frozen
+
+
+class Freezer:
+    """Copies state consistently; remembers tensors so unchanged ones are not copied again."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, _CacheEntry] = {}
+
+    def freeze(self, value: Any, tensors: list[FrozenTensor]) -> Any:
+        """A skeleton of ``value`` safe to pickle later, with tensors appended to ``tensors``."""
+        t = type(value)
+        if value is None or t in _IMMUTABLE:
+            return value
+        if t is dict or (isinstance(value, dict) and t.__module__ == "collections"):
+            return {k: self.freeze(v, tensors) for k, v in value.items()}
+        if t is list:
+            return [self.freeze(v, tensors) for v in value]
+        if t is tuple:
+            return tuple(self.freeze(v, tensors) for v in value)
+        if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+            tensors.append(FrozenTensor("numpy", value.dtype.str, tuple(value.shape), np.array(value, copy=True, order="C")))
+            return TensorRef(len(tensors) - 1)
+        if isinstance(value, np.generic):
+            return value.item() if value.dtype.kind != "V" else Pickled(_dumps(value))
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(value, torch.Tensor):
+            tensors.append(self._freeze_tensor(torch, value))
+            return TensorRef(len(tensors) - 1)
+        if isinstance(value, _IMMUTABLE):
+            return value
+        return Pickled(_dumps(value))
+
+    def _freeze_tensor(self, torch: Any, t: Any) -> FrozenTensor:
+        original = t
+        key = id(original)
+        entry = self._cache.get(key)
+        if entry is not None and entry.ref() is original and entry.version == original._version and entry.frozen.shape == tuple(original.shape):
+            return entry.frozen
+        t = t.detach()
+        dtype = str(t.dtype).replace("torch.", "")
+        if t.is_cuda:
+            host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            frozen = FrozenTensor("torch", dtype, tuple(t.shape), host, event)
+        else:
+            frozen = FrozenTensor("torch", dtype, tuple(t.shape), t.contiguous().clone() if t.device.type == "cpu" else t.cpu())
+        try:
+            ref = weakref.ref(original)
+        except TypeError:
+            return frozen
+        entry = _CacheEntry(ref, original._version, frozen)
+        frozen.cache_entry = entry
+        self._cache[key] = entry
+        if len(self._cache) > 100_000:
+            self._cache = {k: e for k, e in self._cache.items() if e.ref() is not None}
+        return frozen
+
+
+def thaw(skeleton: Any, tensors: list[Any]) -> Any:
+    """Rebuild a frozen value from its skeleton and loaded tensors."""
+    if isinstance(skeleton, TensorRef):
+        return tensors[skeleton.index]
+    if isinstance(skeleton, Pickled):
+        return pickle.loads(skeleton.data)
+    if type(skeleton) is dict:
+        return {k: thaw(v, tensors) for k, v in skeleton.items()}
+    if type(skeleton) is list:
+        return [thaw(v, tensors) for v in skeleton]
+    if type(skeleton) is tuple:
+        return tuple(thaw(v, tensors) for v in skeleton)
+    return skeleton
+
+
+# ----------------------------------------------------------------- what one checkpoint holds
+
+
+def state_of(d: Declared) -> Any:
+    """The value to freeze for a declared object."""
+    if d.kind == "module":
+        return d.obj.state_dict(keep_vars=True)
+    if d.kind == "stateful":
+        return d.obj.state_dict()
+    if d.kind == "generator":
+        return d.obj.get_state()
+    if d.kind in ("tensor", "array"):
+        return d.obj
+    return Pickled(_dumps(d.obj))
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every global random generator in use."""
+    out: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch"] = torch.get_rng_state()
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                out["cuda"] = torch.cuda.get_rng_state_all()
+        except Exception:
+            pass
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(_as_tuple(state["numpy"]))
+    torch = sys.modules.get("torch")
+    if torch is not None and "torch" in state:
+        torch.set_rng_state(_as_cpu_byte_tensor(torch, state["torch"]))
+        if "cuda" in state:
+            torch.cuda.set_rng_state_all([_as_cpu_byte_tensor(torch, s) for s in state["cuda"]])
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value
+
+
+def _as_cpu_byte_tensor(torch: Any, value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    return value.to(dtype=torch.uint8, device="cpu")
+
+
+def load_into(d: Declared, value: Any) -> Any:
+    """Load a thawed state into a declared object, in place where possible. Returns the object."""
+    obj = d.obj
+    if d.kind in ("module", "stateful"):
+        obj.load_state_dict(value)
+    elif d.kind == "generator":
+        obj.set_state(value)
+    elif d.kind == "tensor":
+        with _no_grad():
+            obj.copy_(value)
+    elif d.kind == "array":
+        obj[...] = value
+    else:
+        return replace_in_place(obj, value)
+    return obj
+
+
+def _no_grad() -> Any:
+    torch = sys.modules.get("torch")
+    return torch.no_grad() if torch is not None else _Null()
+
+
+class _Null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def replace_in_place(current: Any, new: Any) -> Any:
+    """Make ``current`` equal ``new`` without changing its identity where its type allows."""
+    if current is new:
+        return current
+    if isinstance(current, dict) and isinstance(new, dict):
+        current.clear()
+        current.update(new)
+        return current
+    if isinstance(current, list) and isinstance(new, list):
+        current[:] = new
+        return current
+    if isinstance(current, set) and isinstance(new, set):
+        current.clear()
+        current.update(new)
+        return current
+    if isinstance(current, bytearray) and isinstance(new, (bytes, bytearray)):
+        current[:] = new
+        return current
+    if isinstance(current, np.ndarray) and isinstance(new, np.ndarray) and current.shape == new.shape:
+        current[...] = new
+        return current
+    if type(current) is type(new) and hasattr(current, "__dict__") and not isinstance(current, type):
+        current.__dict__.clear()
+        current.__dict__.update(new.__dict__)
+        return current
+    return new
+
+
+# ----------------------------------------------------------------- frame locals
+
+
+def capturable_locals(frame: types.FrameType, names: frozenset[str] | set[str], exclude_ids: set[int]) -> dict[str, Any]:
+    """The values of ``names`` in ``frame`` that a checkpoint can hold."""
+    f_locals = frame.f_locals
+    out = {}
+    for name in names:
+        if name not in f_locals:
+            continue
+        value = f_locals[name]
+        if id(value) in exclude_ids or isinstance(value, (types.ModuleType, types.FunctionType, type, types.BuiltinFunctionType, types.MethodType)):
+            continue
+        out[name] = value
+    return out
+
+
+def set_frame_locals(frame: types.FrameType, values: dict[str, Any]) -> None:
+    """Bind ``values`` in a running frame (module globals, or a function's fast locals)."""
+    if not values:
+        return
+    if frame.f_code.co_flags & 0x0002 == 0 and frame.f_locals is frame.f_globals:  # module level
+        for k, v in values.items():
+            frame.f_globals[k] = _restore_value(frame.f_globals.get(k), v)
+        return
+    f_locals = frame.f_locals
+    for k, v in values.items():
+        f_locals[k] = _restore_value(f_locals.get(k), v)
+    if sys.version_info < (3, 13):
+        ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+
+
+def _restore_value(current: Any, new: Any) -> Any:
+    if current is not None and type(current) in (list, dict, set) and type(current) is type(new):
+        return replace_in_place(current, new)
+    return new
+
+
+def dumps_skeleton(skeleton: Any) -> bytes:
+    buf = io.BytesIO()
+    pickle.dump(skeleton, buf, protocol=pickle.HIGHEST_PROTOCOL)
+    return buf.getvalue()
+
+
+@dataclass
+class Frozen:
+    """A checkpoint in memory: what the persister writes."""
+
+    iteration: int
+    block: int
+    loop: str | None
+    skeleton: dict[str, Any]
+    tensors: list[FrozenTensor] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
