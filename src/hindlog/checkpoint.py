@@ -25,6 +25,7 @@ skipped.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import queue
 import sys
@@ -54,6 +55,9 @@ from .state import (
 
 ITERATION_END = -1
 FORMAT = 1
+#: Tensors smaller than this are stored inside the checkpoint's skeleton object instead of
+#: as objects of their own: dedup does not pay for them, and fewer files are faster.
+INLINE_BYTES = 64 * 1024
 #: Share of the persister's CPU time charged to the overhead budget (it competes with training).
 BACKGROUND_WEIGHT = 0.5
 #: Fraction of ε the policy aims for, leaving room for noise.
@@ -177,11 +181,16 @@ class Persister:
             return
         try:
             entries = []
+            inline: list[bytes] = []
             for ft in frozen.tensors:
+                if ft.digest is None and ft.nbytes < INLINE_BYTES:
+                    inline.append(bytes(self._bytes_of(ft)))
+                    entries.append([f"@{len(inline) - 1}", ft.framework, ft.dtype, list(ft.shape)])
+                    continue
                 if ft.digest is None:
                     self._write_tensor(ft)
                 entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
-            skeleton = self.objects.put(dumps_skeleton(frozen.skeleton))
+            skeleton = self.objects.put(dumps_skeleton((frozen.skeleton, inline)), durable=False)
             manifest = {
                 "format": FORMAT,
                 "run": self.run_id,
@@ -191,7 +200,7 @@ class Persister:
                 "skeleton": skeleton,
                 "tensors": entries,
             }
-            name = self.objects.put(json.dumps(manifest).encode())
+            name = self.objects.put(json.dumps(manifest).encode(), durable=False)
         except Exception as e:
             self._failed.add(frozen.iteration)
             self._done.pop(frozen.iteration, None)
@@ -209,21 +218,24 @@ class Persister:
             return
         self._done.setdefault(frozen.iteration, []).append(_Done(frozen.block, frozen.loop, name, frozen.nbytes))
 
-    def _write_tensor(self, ft: FrozenTensor) -> None:
+    @staticmethod
+    def _bytes_of(ft: FrozenTensor) -> memoryview:
         if ft.event is not None:
             ft.event.synchronize()
+            ft.event = None
         data = ft.data
         if ft.framework == "torch":
-            view = memoryview(data.reshape(-1).view(_torch().uint8).numpy()) if data.numel() else memoryview(b"")
-        else:
-            view = memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+            return memoryview(data.reshape(-1).view(_torch().uint8).numpy()) if data.numel() else memoryview(b"")
+        return memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8)) if data.size else memoryview(b"")
+
+    def _write_tensor(self, ft: FrozenTensor) -> None:
+        view = self._bytes_of(ft)
         name = digest(view)
         if not self.objects.exists(name):
-            self.objects.put(view, name)
+            self.objects.put(view, name, durable=False)
             self.bytes_written += view.nbytes
         ft.digest = name
         ft.data = None  # the copy is no longer needed: later checkpoints reuse the digest
-        ft.event = None
 
     def _commit(self, iteration: int) -> None:
         done = self._done.pop(iteration, None)
@@ -231,6 +243,9 @@ class Persister:
             self._failed.discard(iteration)
             return
         run = self.run
+        # One flush of everything written, instead of an fsync per object: the rows below
+        # are committed only once the iteration's data is on disk.
+        os.sync()
 
         def insert(conn: Any) -> None:
             for d in done:
@@ -260,6 +275,8 @@ class Checkpointer:
         self.policy = Policy(recorder.epsilon)
         self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)
         self.active = False
+        self._started = False
+        self._last = False
         self.main_frame: FrameType | None = None
         self._iter_start = 0.0
         self._iter_hindlog = 0.0
@@ -279,10 +296,24 @@ class Checkpointer:
         now = time.perf_counter()
         self._iter_start = now
         self._iter_hindlog = 0.0
-        self.active = self.persister.idle() and self.policy.decide(i, now)
+        self.active = self.policy.decide(i, now)
+        self._started = False
+        self._last = self.policy.total is not None and i == self.policy.total - 1
+
+    def _may_snapshot(self) -> bool:
+        """Whether to snapshot now: the iteration is chosen, and the previous persist is done."""
+        if not self.active:
+            return False
+        if not self._started:
+            # The last iteration queues behind a running persist rather than being skipped.
+            if not self.persister.idle() and not self._last:
+                self.active = False  # never wait for an earlier persist: skip this iteration
+                return False
+            self._started = True
+        return True
 
     def block_exit(self, i: int, block: int, loop: str, frame: FrameType) -> None:
-        if not self.active:
+        if not self._may_snapshot():
             return
         t0 = time.perf_counter()
         facts = sourceinfo.loop_facts(frame)
@@ -292,7 +323,7 @@ class Checkpointer:
 
     def iteration_end(self, i: int, frame: FrameType) -> None:
         t_end = time.perf_counter()
-        if self.active:
+        if self._may_snapshot():
             facts = sourceinfo.loop_facts(frame)
             names = set(facts.live_after) | self._containers(frame, facts.mutated) if facts else set()
             self.persister.submit(self._freeze(i, ITERATION_END, None, frame, names))
@@ -400,8 +431,8 @@ def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
     """Read and verify one checkpoint; raise CorruptObject naming it if any part is bad."""
     try:
         manifest = json.loads(objects.get(manifest_name))
-        skeleton = pickle.loads(objects.get(manifest["skeleton"]))
-        tensors = [_load_tensor(objects, *entry) for entry in manifest["tensors"]]
+        skeleton, inline = pickle.loads(objects.get(manifest["skeleton"]))
+        tensors = [_load_tensor(objects, *entry, inline=inline) for entry in manifest["tensors"]]
     except CorruptObject as e:
         raise CorruptObject(f"checkpoint {manifest_name[:12]} cannot be read: {e}") from None
     return Loaded(
@@ -417,7 +448,10 @@ def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
     )
 
 
-def _load_tensor(objects: ObjectStore, name: str, framework: str, dtype: str, shape: list[int]) -> Any:
+def _load_tensor(objects: ObjectStore, name: str, framework: str, dtype: str, shape: list[int], inline: list[bytes]) -> Any:
+    if name.startswith("@"):
+        raw = np.frombuffer(bytearray(inline[int(name[1:])]), dtype=np.uint8)
+        return _typed(raw, framework, dtype, shape)
     path = objects.path(name)
     if not path.exists():
         raise CorruptObject(f"object {name[:12]} is missing")
@@ -426,10 +460,14 @@ def _load_tensor(objects: ObjectStore, name: str, framework: str, dtype: str, sh
     raw = np.memmap(path, dtype=np.uint8, mode="c") if size >= 1 << 20 else np.fromfile(path, dtype=np.uint8)
     if digest(memoryview(raw)) != name:
         raise CorruptObject(f"object {name[:12]} is corrupt (its content does not match its hash)")
+    return _typed(raw, framework, dtype, shape)
+
+
+def _typed(raw: np.ndarray, framework: str, dtype: str, shape: list[int]) -> Any:
     if framework == "numpy":
         return raw.view(np.dtype(dtype)).reshape(shape)
     torch = _torch()
-    t = torch.from_numpy(np.asarray(raw)) if size else torch.empty(0, dtype=torch.uint8)
+    t = torch.from_numpy(np.asarray(raw)) if raw.size else torch.empty(0, dtype=torch.uint8)
     return t.view(getattr(torch, dtype)).reshape(shape)
 
 

@@ -33,7 +33,7 @@ def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
             continue
         if isinstance(data, dict) and "tensors" in data:
             keep.add(data["skeleton"])
-            keep.update(entry[0] for entry in data["tensors"])
+            keep.update(entry[0] for entry in data["tensors"] if not entry[0].startswith("@"))
         elif isinstance(data, dict):
             keep.update(v for v in data.values() if isinstance(v, str))
     return keep

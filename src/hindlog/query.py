@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from . import catalog
+from .errors import RunNotFound
 from .store import Store
 from .values import decode
 
@@ -19,6 +21,9 @@ RUN_COLUMNS = ["run_id", "name", "script", "status", "code_version", "started", 
 def _open(store: str | os.PathLike[str] | Store | None) -> Store:
     if isinstance(store, Store):
         return store
+    if store is not None and Path(store).name == ".hindlog":
+        # A project's own store: its project (where code diffs are read) is its parent, not the cwd.
+        return Store(Path(store))
     return Store.for_project(store=store)
 
 
@@ -130,6 +135,8 @@ def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> d
     """Everything recorded about one run: the run row, its args, names, counts and checkpoints."""
     _flush_own_run()
     st = _open(store)
+    if not st.exists():  # a read must not create a store
+        raise RunNotFound(f"There are no runs in {st.path} yet. Record one first (run a script that uses hindlog).")
     conn = st.connect()
     try:
         run = catalog.get_run(conn, ref)
