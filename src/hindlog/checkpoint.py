@@ -68,38 +68,56 @@ SAFETY = 0.8
 
 
 class Policy:
-    """Decides, at the start of each main-loop iteration, whether to checkpoint it."""
+    """Decides, at the first snapshot point of each main-loop iteration, whether to checkpoint it.
 
-    def __init__(self, epsilon: float, total: int | None = None) -> None:
+    The rule keeps ``spent <= ε · elapsed`` at every decision: a checkpoint is
+    taken when the time charged so far plus its expected cost fits in ε of the
+    run's elapsed time (with a safety margin, except for the last iteration).
+    In steady state this spaces checkpoints evenly, every iteration when they
+    are cheap.
+    """
+
+    def __init__(self, epsilon: float, start: float, total: int | None = None) -> None:
         self.epsilon = epsilon
         self.total = total
+        self.start = start
         self.spent = 0.0  # blocked + weighted background seconds, charged so far
-        self.start = time.perf_counter()
-        self.iteration_time: float | None = None  # EWMA of an iteration's duration (without hindlog)
         self.cost: float | None = None  # EWMA of one checkpointed iteration's cost
+        self.initial_cost = 0.005  # until one is measured; raised by estimate_first()
         self.taken = 0
+
+    def estimate_first(self, state_bytes: int) -> None:
+        """A first cost estimate from the state's size (a copy at about 1 GB/s, twice over)."""
+        self.initial_cost = 0.005 + 2.0 * state_bytes / 1e9
 
     def decide(self, i: int, now: float | None = None) -> bool:
         if self.epsilon <= 0:
             return False
-        if self.iteration_time is None:
-            return False  # one plain iteration first, to know what budget an iteration earns
         now = time.perf_counter() if now is None else now
-        elapsed_after = now - self.start + self.iteration_time
-        cost = self.cost if self.cost is not None else 0.0
+        cost = self.cost if self.cost is not None else self.initial_cost
         last = self.total is not None and i == self.total - 1
         margin = 1.0 if last else SAFETY
-        return self.spent + cost <= self.epsilon * margin * elapsed_after
-
-    def iteration_done(self, duration: float, hindlog_time: float) -> None:
-        own = max(duration - hindlog_time, 1e-9)
-        self.iteration_time = own if self.iteration_time is None else 0.7 * self.iteration_time + 0.3 * own
+        return self.spent + cost <= self.epsilon * margin * (now - self.start)
 
     def charge(self, blocked: float, background_cpu: float = 0.0, checkpoint: bool = True) -> None:
         cost = blocked + BACKGROUND_WEIGHT * background_cpu
         self.spent += cost
         if checkpoint:
             self.cost = cost if self.cost is None else max(0.7 * self.cost + 0.3 * cost, cost * 0.5)
+
+
+def process_start(fallback: float) -> float:
+    """When this process started, on the ``perf_counter`` clock (the overhead budget counts
+    the whole process's wall time, as a user timing the script does)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            start_ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return fallback
+    return min(time.perf_counter() - max(age, 0.0), fallback)
 
 
 # ----------------------------------------------------------------- persister
@@ -272,13 +290,13 @@ class Checkpointer:
         #: Shared with the recorder: hl.checkpoints adds to it.
         self.declared: dict[str, Declared] = recorder.declared
         self.freezer = Freezer()
-        self.policy = Policy(recorder.epsilon)
+        self.policy = Policy(recorder.epsilon, process_start(recorder._clock_start))
         self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)
         self.active = False
-        self._started = False
+        self._decided = True
         self._last = False
+        self._iteration = 0
         self.main_frame: FrameType | None = None
-        self._iter_start = 0.0
         self._iter_hindlog = 0.0
         self._warned_undeclared = False
         self._unpicklable: set[str] = set()
@@ -293,24 +311,32 @@ class Checkpointer:
             self.policy.total = None
 
     def iteration_begin(self, i: int) -> None:
-        now = time.perf_counter()
-        self._iter_start = now
         self._iter_hindlog = 0.0
-        self.active = self.policy.decide(i, now)
-        self._started = False
+        self._iteration = i
+        self._decided = False
+        self.active = False
         self._last = self.policy.total is not None and i == self.policy.total - 1
 
     def _may_snapshot(self) -> bool:
-        """Whether to snapshot now: the iteration is chosen, and the previous persist is done."""
-        if not self.active:
-            return False
-        if not self._started:
+        """Whether to snapshot now. The iteration is decided at its first snapshot point, when the
+        time elapsed so far is known; an iteration is skipped if the previous persist still runs."""
+        if not self._decided:
+            self._decided = True
+            if self.policy.cost is None and self.policy.taken == 0:
+                self.policy.estimate_first(self._state_bytes())
             # The last iteration queues behind a running persist rather than being skipped.
-            if not self.persister.idle() and not self._last:
-                self.active = False  # never wait for an earlier persist: skip this iteration
-                return False
-            self._started = True
-        return True
+            self.active = (self.persister.idle() or self._last) and self.policy.decide(self._iteration)
+        return self.active
+
+    def _state_bytes(self) -> int:
+        total = 0
+        for d in self.declared.values():
+            obj = d.obj
+            if d.kind == "module":
+                total += sum(p.numel() * p.element_size() for p in obj.parameters()) * 2
+            elif d.kind == "array":
+                total += obj.nbytes
+        return total
 
     def block_exit(self, i: int, block: int, loop: str, frame: FrameType) -> None:
         if not self._may_snapshot():
@@ -332,8 +358,8 @@ class Checkpointer:
             self.policy.charge(self._iter_hindlog)
             self.policy.taken += 1
             self._warn_undeclared(frame, facts)
-        self.policy.iteration_done(time.perf_counter() - self._iter_start, self._iter_hindlog)
         self.active = False
+        self._decided = True
 
     def abandon_iteration(self, i: int) -> None:
         """The iteration did not complete (exception or break): its snapshots are not committed."""

@@ -6,14 +6,15 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from . import catalog
 from .errors import RunNotFound
 from .store import Store
 from .values import decode
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RUN_COLUMNS = ["run_id", "name", "script", "status", "code_version", "started", "ended", "duration", "overhead", "flags"]
 
@@ -38,6 +39,8 @@ def _flush_own_run() -> None:
 
 def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     """One row per run: id, name, script, status, code version, times, overhead, flags and args."""
+    import pandas as pd
+
     _flush_own_run()
     st = _open(store)
     if not st.exists():
@@ -75,6 +78,8 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     index (e.g. ``epoch``, ``step``), then one column per name. Recorded and
     replayed values appear together.
     """
+    import pandas as pd
+
     if not names:
         raise ValueError("hl.dataframe needs at least one name, e.g. hl.dataframe('loss')")
     for n in names:
