@@ -253,7 +253,7 @@ class Persister:
             self.objects.put(view, name, durable=False)
             self.bytes_written += view.nbytes
         ft.digest = name
-        ft.data = None  # the copy is no longer needed: later checkpoints reuse the digest
+        ft.release()  # later checkpoints of an unchanged tensor reuse the digest
 
     def _commit(self, iteration: int) -> None:
         done = self._done.pop(iteration, None)

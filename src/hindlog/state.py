@@ -110,6 +110,14 @@ class FrozenTensor:
     event: Any = None  # CUDA event to wait for before reading data
     digest: str | None = None
     cache_entry: Any = None
+    pool: Any = None
+    pinned: bool = False
+
+    def release(self) -> None:
+        """The copy has been written: hand its buffer back for the next checkpoint."""
+        data, self.data, self.event = self.data, None, None
+        if self.pool is not None and data is not None:
+            self.pool.give(data, self.pinned)
 
     @property
     def nbytes(self) -> int:
@@ -125,6 +133,34 @@ def _itemsize(framework: str, dtype: str) -> int:
     return torch.empty((), dtype=getattr(torch, dtype)).element_size()
 
 
+class BufferPool:
+    """Host buffers reused from one checkpoint to the next.
+
+    Copying into memory that is already mapped costs a fraction of copying into
+    fresh memory (no page faults), and the copy is the only part of a
+    checkpoint that blocks training. Small tensors are not pooled.
+    """
+
+    MIN_BYTES = 64 * 1024
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[Any, ...], list[Any]] = {}
+
+    def take(self, torch: Any, shape: tuple[int, ...], dtype: Any, pinned: bool = False) -> Any:
+        free = self._free.get((shape, dtype, pinned))
+        if free:
+            try:
+                return free.pop()
+            except IndexError:
+                pass
+        return torch.empty(shape, dtype=dtype, device="cpu", pin_memory=pinned)
+
+    def give(self, buf: Any, pinned: bool = False) -> None:
+        if buf.numel() * buf.element_size() < self.MIN_BYTES:
+            return
+        self._free.setdefault((tuple(buf.shape), buf.dtype, pinned), []).append(buf)
+
+
 class _CacheEntry:
     __slots__ = ("ref", "version", "frozen")
 
@@ -137,11 +173,14 @@ class Freezer:
 
     def __init__(self) -> None:
         self._cache: dict[int, _CacheEntry] = {}
+        self.pool = BufferPool()
 
     def freeze(self, value: Any, tensors: list[FrozenTensor]) -> Any:
         """A skeleton of ``value`` safe to pickle later, with tensors appended to ``tensors``."""
         t = type(value)
         if value is None or t in _IMMUTABLE:
+            return value
+        if t is Pickled:  # already frozen (state_of pickles opaque objects): not pickled twice
             return value
         if t is dict or (isinstance(value, dict) and t.__module__ == "collections"):
             return {k: self.freeze(v, tensors) for k, v in value.items()}
@@ -170,14 +209,19 @@ class Freezer:
             return entry.frozen
         t = t.detach()
         dtype = str(t.dtype).replace("torch.", "")
+        shape = tuple(t.shape)
         if t.is_cuda:
-            host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+            host = self.pool.take(torch, shape, t.dtype, pinned=True)
             host.copy_(t, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            frozen = FrozenTensor("torch", dtype, tuple(t.shape), host, event)
+            frozen = FrozenTensor("torch", dtype, shape, host, event, pool=self.pool, pinned=True)
+        elif t.device.type == "cpu":
+            buf = self.pool.take(torch, shape, t.dtype)
+            buf.copy_(t)
+            frozen = FrozenTensor("torch", dtype, shape, buf, pool=self.pool)
         else:
-            frozen = FrozenTensor("torch", dtype, tuple(t.shape), t.contiguous().clone() if t.device.type == "cpu" else t.cpu())
+            frozen = FrozenTensor("torch", dtype, shape, t.cpu())
         try:
             ref = weakref.ref(original)
         except TypeError:
