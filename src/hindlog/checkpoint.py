@@ -484,9 +484,19 @@ def _load_tensor(objects: ObjectStore, name: str, framework: str, dtype: str, sh
     size = path.stat().st_size
     # A private copy-on-write map: no copy unless the caller writes, and writable for optimizers.
     raw = np.memmap(path, dtype=np.uint8, mode="c") if size >= 1 << 20 else np.fromfile(path, dtype=np.uint8)
-    if digest(memoryview(raw)) != name:
-        raise CorruptObject(f"object {name[:12]} is corrupt (its content does not match its hash)")
+    if name not in _verified:
+        if digest(memoryview(raw)) != name:
+            raise CorruptObject(f"object {name[:12]} is corrupt (its content does not match its hash)")
+        if remember_verified:
+            _verified.add(name)
     return _typed(raw, framework, dtype, shape)
+
+
+#: Objects this process has already verified. Objects are immutable, so a replay worker,
+#: which reads many checkpoints that share tensors (frozen layers, a model unchanged
+#: between two loops), hashes each once; it turns ``remember_verified`` on.
+_verified: set[str] = set()
+remember_verified = False
 
 
 def _typed(raw: np.ndarray, framework: str, dtype: str, shape: list[int]) -> Any:

@@ -158,6 +158,9 @@ class ReplayController(Controller):
 
     def __init__(self, recorder: Any, spec: dict[str, Any]) -> None:
         super().__init__(recorder, spec)
+        from . import checkpoint
+
+        checkpoint.remember_verified = True
         self.start, self.end = spec["segment"]
         self.first = spec.get("first", True)
         self.last = spec.get("last", True)
@@ -178,7 +181,12 @@ class ReplayController(Controller):
     def attach(self, conn: Any) -> tuple[int, str, int]:
         run = catalog.get_run(conn, self.spec["run_id"])
         self.rows = checkpoint_rows(conn, run["id"])
-        self.recorded_names = set(catalog.logged_names(conn, run["id"]))
+        self.recorded_names = {
+            r[0] for r in conn.execute(
+                "SELECT DISTINCT n.name FROM records r JOIN names n ON n.id=r.name WHERE r.run=? AND r.source=?",
+                (run["id"], catalog.SOURCE_RECORD),
+            )
+        }
         # Recorded values of this segment, to check the replayed ones against.
         rows = conn.execute(
             "SELECT c.loops, n.name, r.kind, r.value FROM records r JOIN names n ON n.id=r.name "

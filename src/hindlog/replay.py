@@ -304,8 +304,14 @@ def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: 
     return scratch
 
 
-def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path) -> dict[str, str]:
+def _worker_env(
+    store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path, workers: int = 1
+) -> dict[str, str]:
     env = dict(os.environ)
+    # Parallel workers share the cores instead of each starting one thread per core.
+    threads = str(max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, threads)
     env.update((run.get("env") or {}).get("variables") or {})
     env.update(_arg_env(args))
     env["HINDLOG_DIR"] = str(store.path)
@@ -356,7 +362,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             proc = subprocess.Popen(
                 [sys.executable, str(script_path), *argv[1:]],
                 cwd=scratch,
-                env=_worker_env(store, run, args, spec_path),
+                env=_worker_env(store, run, args, spec_path, len(plan.segments)),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
