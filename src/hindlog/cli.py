@@ -34,11 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    p = sub.add_parser("run", help="record an unmodified script hands-free: python SCRIPT ARGS, instrumented")
+    p.add_argument("--epsilon", type=float, help="overhead bound for checkpointing (default 0.05)")
+    p.add_argument("--set", action="append", dest="sets", default=[], metavar="NAME=VALUE", help="override hl.arg NAME (repeatable)")
+    p.add_argument("script")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
+
     p = sub.add_parser("runs", help="list the runs of this project")
     p.add_argument("--script", help="only runs of this script")
 
     p = sub.add_parser("show", help="show one run: status, code version, args, environment, checkpoints")
     p.add_argument("run", help="run id, unique prefix, name, or 'latest'")
+    p.add_argument("--output", action="store_true", help="print the lines the script printed, per main-loop iteration")
 
     p = sub.add_parser("logs", help="print logged values as a table, CSV or JSON")
     p.add_argument("names", nargs="+", metavar="NAME", help="logged names, e.g. loss acc")
@@ -100,6 +107,17 @@ def _duration(seconds: Any) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
 
 
+@command("run")
+def _run(args: argparse.Namespace) -> int:
+    from .handsfree import run_script
+
+    if args.store:
+        import os
+
+        os.environ["HINDLOG_DIR"] = args.store
+    return run_script(args.script, args.args, epsilon=args.epsilon, sets=args.sets)
+
+
 @command("runs")
 def _runs(args: argparse.Namespace) -> int:
     df = query.runs(store=args.store)
@@ -125,6 +143,11 @@ def _runs(args: argparse.Namespace) -> int:
 
 @command("show")
 def _show(args: argparse.Namespace) -> int:
+    if args.output:
+        for iteration, source, line in query.output(args.run, store=args.store):
+            where = "     " if iteration is None else f"{iteration:>4} "
+            print(f"{where}{'+' if source else ' '} {line}")
+        return 0
     info = query.run_info(args.run, store=args.store)
     started, ended = info.get("started"), info.get("ended")
     lines = [

@@ -30,11 +30,18 @@ from .values import decode, encode, equal
 ENV = "HINDLOG_CONTROL"
 
 
-def load_controller(recorder: Any) -> Controller | None:
+def current_spec() -> dict[str, Any] | None:
+    """The spec this process was started with by replay or resume, if any."""
     path = os.environ.get(ENV)
     if not path:
         return None
-    spec = json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text())
+
+
+def load_controller(recorder: Any) -> Controller | None:
+    spec = current_spec()
+    if spec is None:
+        return None
     cls = {"replay": ReplayController, "resume": ResumeController}[spec["mode"]]
     return cls(recorder, spec)
 
@@ -104,7 +111,7 @@ class Controller:
         loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)
         if loaded is None:
             return 0, it
-        apply(loaded, self.recorder.declared, frame)
+        apply(loaded, self.recorder.declared, frame, strict=False)
         first = loaded.iteration + 1
         return first, itertools.islice(it, first, None)
 
@@ -144,7 +151,7 @@ class ResumeController(Controller):
     def main_loop_start(self, name: str, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
         self.main_started = True
         loaded = self.loaded
-        apply(loaded, self.recorder.declared, frame)
+        apply(loaded, self.recorder.declared, frame, strict=False)
         first = loaded.iteration + 1
         return first, itertools.islice(it, first, None)
 
@@ -211,7 +218,7 @@ class ReplayController(Controller):
     def on_log(self, name: str, value: Any) -> bool:
         if not self._in_segment():
             return False
-        if name not in self.recorded_names:
+        if name not in self.recorded_names or name == "@stdout":
             self.stored += 1
             return True
         ctx = self.recorder.ctx

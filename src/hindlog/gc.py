@@ -8,10 +8,15 @@ import time
 from dataclasses import dataclass
 
 from . import catalog
+from .errors import HindlogError
 from .store import Store
 
 #: Objects younger than this are kept: a running process may be writing a checkpoint.
 GRACE_SECONDS = 3600.0
+
+
+class BadKeepLast(HindlogError, ValueError):
+    """``keep_last`` is negative (a ValueError for the API, a clean message from the CLI)."""
 
 
 @dataclass
@@ -50,7 +55,7 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     try:
         if keep_last is not None:
             if keep_last < 0:
-                raise ValueError("--keep-last must be 0 or more")
+                raise BadKeepLast(f"--keep-last must be 0 or more, got {keep_last}")
             runs = catalog.list_runs(conn)
             old = [r["id"] for r in runs[: max(len(runs) - keep_last, 0)] if r["status"] != "running"]
             if old:

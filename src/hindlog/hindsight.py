@@ -235,7 +235,7 @@ def _reindent(lines: list[str], indent: int) -> list[str]:
 # ----------------------------------------------------------------- which loops must run
 
 
-def loop_name(node: ast.AST) -> str | None:
+def api_loop_name(node: ast.AST) -> str | None:
     """The name of a ``for ... in hl.loop("name", ...)`` loop, or None."""
     if not isinstance(node, (ast.For, ast.AsyncFor)):
         return None
@@ -260,12 +260,26 @@ def _called_names(node: ast.AST) -> set[str]:
     return out
 
 
-def probed_loops(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> set[str]:
-    """Names of the hl.loop loops that contain a new statement, directly or through calls.
+def probed_loops(
+    files: dict[str, str],
+    new_statements: dict[str, list[tuple[int, int]]],
+    names: dict[str, dict[int, str]] | None = None,
+) -> set[str]:
+    """Names of the loops that contain a new statement, directly or through calls.
 
     ``files`` maps paths to (patched) sources; ``new_statements`` maps paths to
-    the line ranges of new statements in those sources.
+    the line ranges of new statements in those sources. Loops are named by
+    their ``hl.loop("name", ...)`` call, or by ``names`` (path -> line -> name,
+    the names hands-free instrumentation gives).
     """
+    names = names or {}
+
+    def loop_name(node: ast.AST, path: str = "") -> str | None:
+        given = names.get(path, {}).get(getattr(node, "lineno", -1))
+        if given is not None and isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            return given
+        return api_loop_name(node)
+
     trees = {}
     for path, src in files.items():
         try:
@@ -283,7 +297,7 @@ def probed_loops(files: dict[str, str], new_statements: dict[str, list[tuple[int
                 end = getattr(node, "end_lineno", None)
                 if end is None or not (node.lineno <= lo and hi <= end) or (node.lineno == lo and end == hi):
                     continue
-                name = loop_name(node)
+                name = loop_name(node, path)
                 if name:
                     probed.add(name)
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -303,18 +317,21 @@ def probed_loops(files: dict[str, str], new_statements: dict[str, list[tuple[int
             if any(_called_names(d) & touched_functions for d in defs):
                 touched_functions.add(fname)
                 changed = True
-    for tree in trees.values():
+    for path, tree in trees.items():
         for node in ast.walk(tree):
-            name = loop_name(node)
+            name = loop_name(node, path)
             if name and _called_names(node) & touched_functions:
                 probed.add(name)
-    # A probed loop's enclosing hl.loops run too (except the outermost, which always runs).
-    for tree in trees.values():
+    # A probed loop's enclosing loops run too (except the outermost, which always runs).
+    for path, tree in trees.items():
         for node in ast.walk(tree):
-            name = loop_name(node)
+            name = loop_name(node, path)
             if name is None:
                 continue
             for inner in ast.walk(node):
-                if inner is not node and loop_name(inner) in probed:
+                if inner is not node and loop_name(inner, path) in probed:
                     probed.add(name)
     return probed
+
+
+loop_name = api_loop_name

@@ -176,3 +176,20 @@ def code_diff(ref: str, other: str | None = None, store: str | os.PathLike[str] 
             if a["args"].get(k) != b["args"].get(k):
                 changed[k] = (a["args"].get(k), b["args"].get(k))
     return text, changed
+
+
+def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> list[tuple[int | None, int, str]]:
+    """Lines a hands-free run printed: ``(main-loop iteration, source, text)`` in order.
+
+    Source 0 is the recording, 1 a replay (lines of ``print`` calls added after the fact)."""
+    _flush_own_run()
+    st = _open(store)
+    conn = st.connect()
+    try:
+        run = catalog.get_run(conn, ref)
+        rows = catalog.query_records(conn, ["@stdout"], [run["id"]])
+    finally:
+        conn.close()
+    out = [(iteration, source, decode(kind, value)) for _r, _c, iteration, _l, _n, kind, value, source in rows]
+    out.sort(key=lambda r: (-1 if r[0] is None else r[0], r[1]))
+    return out

@@ -200,7 +200,7 @@ class Recorder:
             warnings.warn(f"hindlog: {e}; running loop {name!r} of iteration {self.iteration} instead", RuntimeWarning)
             yield from self._inner_loop(name, iterable, frame)
             return
-        apply(loaded, self.declared, frame)
+        apply(loaded, self.declared, frame, strict=False)
         self.block += 1
 
     def _main_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:

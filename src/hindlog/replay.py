@@ -191,8 +191,9 @@ def plan_run(
         files[path] = patched
         new_statements[path] = _new_ranges(target.decode(), patched)
     all_sources = {**{p: b.decode(errors="replace") for p, b in codeversion.read_files(store, version).items() if p.endswith(".py")}, **files}
-    probed = hindsight.probed_loops(all_sources, new_statements)
     info = run.get("info") or {}
+    names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
+    probed = hindsight.probed_loops(all_sources, new_statements, names)
     total = len(info.get("iteration_seconds") or [])
     if not total:
         row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
@@ -210,6 +211,22 @@ def plan_run(
     if not rows:
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
     return plan
+
+
+def _handsfree_names(
+    sources: dict[str, str], new_statements: dict[str, list[tuple[int, int]]], script: str | None
+) -> dict[str, dict[int, str]]:
+    """The loop names hands-free instrumentation gives, as the replay worker will give them."""
+    from . import instrument
+
+    out = {}
+    for path, src in sources.items():
+        skip = {ln for lo, hi in new_statements.get(path, []) for ln in range(lo, hi + 1)}
+        try:
+            out[path] = instrument.loop_names(src, is_script=(path == script), skip_lines=skip)
+        except SyntaxError:
+            continue
+    return out
 
 
 def _new_ranges(old: str, patched: str) -> list[tuple[int, int]]:
@@ -354,13 +371,18 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             "result": str(scratch / f".hindlog-result-{k}.json"),
             "progress": str(scratch / f".hindlog-progress-{k}"),
             "ctx_base": base + k * 100_000_000,
+            "new_lines": {path: [list(r) for r in ranges] for path, ranges in plan.new_statements.items()},
         }
+        if "state_candidates" in (run.get("info") or {}):
+            spec["state_candidates"] = run["info"]["state_candidates"]
         spec_path = scratch / f".hindlog-spec-{k}.json"
         spec_path.write_text(json.dumps(spec))
         log_path = scratch / f".hindlog-worker-{k}.log"
         with open(log_path, "wb") as log_file:
+            handsfree = (run.get("info") or {}).get("handsfree")
+            command = [sys.executable, "-m", "hindlog.cli", "run"] if handsfree else [sys.executable]
             proc = subprocess.Popen(
-                [sys.executable, str(script_path), *argv[1:]],
+                [*command, str(script_path), *argv[1:]],
                 cwd=scratch,
                 env=_worker_env(store, run, args, spec_path, len(plan.segments)),
                 stdout=log_file,

@@ -26,15 +26,20 @@ class Restored:
     locals: dict[str, Any]
 
 
-def apply(loaded: Loaded, declared: dict[str, Declared], frame: FrameType | None = None, rng: bool = True) -> dict[str, Any]:
-    """Load a checkpoint into declared objects, the random generators and (optionally) a frame's locals."""
+def apply(
+    loaded: Loaded, declared: dict[str, Declared], frame: FrameType | None = None, rng: bool = True, strict: bool = True
+) -> dict[str, Any]:
+    """Load a checkpoint into declared objects, the random generators and (optionally) a frame's locals.
+
+    With ``strict=False`` (replay and resume), objects declared now but not when the
+    checkpoint was taken are left as they are."""
     missing = [n for n in declared if n not in loaded.objects]
-    if missing:
+    if missing and strict:
         raise CheckpointError(
             f"the checkpoint of iteration {loaded.iteration} holds no state for {', '.join(missing)} "
             f"(it holds: {', '.join(loaded.objects) or 'nothing'})"
         )
-    out = {name: load_into(d, loaded.objects[name]) for name, d in declared.items()}
+    out = {name: load_into(d, loaded.objects[name]) for name, d in declared.items() if name in loaded.objects}
     if rng:
         set_rng_state(loaded.rng)
     if frame is not None:

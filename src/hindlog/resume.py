@@ -43,11 +43,16 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
     scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-resume-{row['run_id']}-"))
     prepare_scratch(st, row["code_version"], {}, scratch)
     spec_path = scratch / ".hindlog-spec.json"
-    spec_path.write_text(json.dumps({"mode": "resume", "run_id": row["run_id"]}))
+    spec = {"mode": "resume", "run_id": row["run_id"]}
+    info = row.get("info") or {}
+    if "state_candidates" in info:
+        spec["state_candidates"] = info["state_candidates"]
+    spec_path.write_text(json.dumps(spec))
     argv = row.get("argv") or [row["script"]]
     cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)
+    command = [sys.executable, "-m", "hindlog.cli", "run"] if info.get("handsfree") else [sys.executable]
     proc = subprocess.run(
-        [sys.executable, str(scratch / row["script"]), *argv[1:]],
+        [*command, str(scratch / row["script"]), *argv[1:]],
         cwd=cwd,
         env=_worker_env(st, row, args, spec_path),
     )

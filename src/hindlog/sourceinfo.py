@@ -123,13 +123,26 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While) -> LoopFacts:
     body = scope.body if isinstance(scope.body, list) else [scope.body]  # type: ignore[attr-defined]
     following: list[ast.stmt] = []
     outermost: ast.AST = loop
-    for block, index in reversed(_path_to(body, loop)):
+    path = _path_to(body, loop)
+    for depth in range(len(path) - 1, -1, -1):
+        block, index = path[depth]
         following.extend(block[index + 1 :])
+        if depth > 0:
+            parent_block, parent_index = path[depth - 1]
+            parent = parent_block[parent_index]
+            if isinstance(parent, ast.Try) or type(parent).__name__ == "TryStar":
+                # After a loop inside ``try:`` come its ``else:`` and ``finally:`` blocks.
+                if block is parent.body:
+                    following.extend(parent.orelse)
+                if block is not parent.finalbody:
+                    following.extend(parent.finalbody)
         if isinstance(block[index], (ast.For, ast.AsyncFor, ast.While)):
             outermost = block[index]
     live = assigned & _read_before_written(following)
-    # Values carried from one pass of the outermost loop to the next are live too.
-    live |= assigned & _read_before_written(outermost.body)  # type: ignore[attr-defined]
+    # Values carried from one pass of the outermost loop to the next are live too (its own
+    # target is bound afresh at the top of every pass, so reading it is not such a value).
+    fresh = assigned_names([outermost.target]) if isinstance(outermost, (ast.For, ast.AsyncFor)) else set()
+    live |= assigned & _read_before_written(outermost.body, fresh)  # type: ignore[attr-defined]
     live |= assigned & _mutated_containers(outermost.body)  # type: ignore[attr-defined]
     mutated = _mutated_containers([*loop.body, *loop.orelse])
     return LoopFacts(loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated))
@@ -171,10 +184,10 @@ def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
     return out
 
 
-def _read_before_written(stmts: list[ast.stmt]) -> set[str]:
+def _read_before_written(stmts: list[ast.stmt], defined: set[str] | None = None) -> set[str]:
     """Names a block may read before it has surely assigned them (a conservative liveness)."""
     live: set[str] = set()
-    _walk_block(stmts, set(), live)
+    _walk_block(stmts, defined or set(), live)
     return live
 
 

@@ -1,0 +1,326 @@
+"""``hindlog run SCRIPT``: record (or replay) an unmodified script, as ``python SCRIPT`` would run it.
+
+The script runs as ``__main__`` with its own ``sys.argv``, ``__file__`` and
+``sys.path[0]``, compiled under its own file name so tracebacks show the
+user's lines. Its syntax tree, and that of every project module it imports,
+is instrumented (``instrument.py``); the names the instrumented code calls
+live in ``Runtime``, bound as ``__hindlog__`` in each instrumented module.
+Lines the script prints are still shown and are also recorded per main-loop
+iteration under the name ``@stdout``.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import importlib.abc
+import importlib.machinery
+import itertools
+import os
+import sys
+import traceback
+import types
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import instrument, record
+from .instrument import RUNTIME
+
+STDOUT = "@stdout"
+_SKIP_TYPES = ("DataLoader", "Dataset", "Sampler", "Logger", "SummaryWriter", "tqdm", "Thread", "Lock", "Random")
+
+
+class Runtime:
+    """What instrumented code calls."""
+
+    count = staticmethod(itertools.count)
+
+    def __init__(self) -> None:
+        self.report: list[str] = []
+        self.declared: list[str] = []
+
+    def main_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any] | Iterable[Any]:
+        return record.loop(name, iterable)
+
+    def nested_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any] | Iterable[Any]:
+        rec = record._recorder
+        if rec is None or rec.depth == 0:
+            return iterable  # not inside the main loop: an ordinary loop
+        return rec.loop(name, iterable)
+
+    def auto_state(self, names: list[str]) -> None:
+        """Declare, as training state, the candidates found by analysis that can be checkpointed."""
+        rec = record.current()
+        if rec is None:
+            return
+        if rec.controller is not None and "state_candidates" in rec.controller.spec:
+            # Replay and resume declare what the recording declared, not what the changed code suggests.
+            names = rec.controller.spec["state_candidates"]
+        frame = sys._getframe(1)
+        scope = {**frame.f_globals, **frame.f_locals}
+        chosen: dict[str, Any] = {}
+        skipped: list[str] = []
+        for name in names:
+            if name not in scope:
+                continue
+            value = scope[name]
+            verdict = _classify(value)
+            if verdict is None:
+                continue
+            if verdict is True:
+                chosen[name] = value
+            else:
+                skipped.append(f"{name} ({verdict})")
+        accepted = {}
+        for name, value in chosen.items():
+            try:
+                from .state import declare
+
+                declare(name, value)
+                accepted[name] = value
+            except TypeError as e:
+                skipped.append(f"{name} ({type(value).__name__}: {str(e).split(': ')[-1][:80]})")
+        if accepted:
+            rec.checkpoints(accepted)
+        self.declared = sorted(accepted)
+        if rec.controller is not None:
+            return
+        message = f"hindlog: checkpointing {', '.join(sorted(accepted)) or 'no objects'} and the random generators"
+        if skipped:
+            message += "; not checkpointed: " + ", ".join(skipped)
+        print(message, file=sys.stderr)
+
+    def hindsight_print(self, *args: Any, **kwargs: Any) -> None:
+        """A ``print`` added after the fact: printed, and stored for the run and iteration."""
+        print(*args, **kwargs)
+        if kwargs.get("file") not in (None, sys.stdout):
+            return
+        text = kwargs.get("sep", " ").join(str(a) for a in args)
+        rec = record._recorder
+        if rec is not None:
+            rec.log_slow(STDOUT, text)
+
+
+def _classify(value: Any) -> bool | str | None:
+    """True: checkpoint it. A string: why not. None: not state at all (ignore silently)."""
+    if value is None or isinstance(value, (int, float, complex, str, bytes, bool, tuple, frozenset, range)):
+        return None
+    if isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)):
+        return None
+    tname = type(value).__name__
+    if any(t in tname for t in _SKIP_TYPES):
+        return f"{tname}: re-created by the script"
+    if isinstance(value, (types.GeneratorType, Iterator)) or hasattr(value, "fileno") and hasattr(value, "read"):
+        return f"{tname}: cannot be checkpointed"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return True if value.requires_grad else None
+    if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
+        return True
+    if isinstance(value, np.ndarray):
+        return True
+    if isinstance(value, (list, dict, set)) or hasattr(value, "__dict__"):
+        return True
+    return None
+
+
+class _Tee:
+    """stdout that also records complete lines under ``@stdout``."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        n = self._real.write(text)
+        rec = record._recorder
+        if rec is None or rec.finished or rec.controller is not None:
+            return n
+        data = self._partial + text
+        *lines, self._partial = data.split("\n")
+        for line in lines:
+            rec.append((rec.ctx, STDOUT, line))
+        return n
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+# ----------------------------------------------------------------- importing project modules
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Instruments the project's own modules (files under the project root, outside environments)."""
+
+    def __init__(self, root: Path, runtime: Runtime, skip: dict[str, set[int]]) -> None:
+        self.root = root.resolve()
+        self.runtime = runtime
+        self.skip = skip
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            return None
+        origin = Path(spec.origin).resolve()
+        if not _is_project_file(origin, self.root):
+            return None
+        spec.loader = _Loader(fullname, str(origin), self)
+        return spec
+
+
+def _is_project_file(path: Path, root: Path) -> bool:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return False
+    parts = set(rel.parts)
+    return not (parts & {"site-packages", "dist-packages", ".venv", "venv", ".hindlog", ".git"})
+
+
+class _Loader(importlib.machinery.SourceFileLoader):
+    def __init__(self, fullname: str, path: str, finder: _Finder) -> None:
+        super().__init__(fullname, path)
+        self.finder = finder
+
+    def source_to_code(self, data: Any, path: Any, *, _optimize: int = -1) -> types.CodeType:  # type: ignore[override]
+        tree = ast.parse(data, path)
+        rel = _rel(Path(path), self.finder.root)
+        instrument.instrument(tree, is_script=False, skip_lines=self.finder.skip.get(rel, set()))
+        return compile(tree, path, "exec", dont_inherit=True)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        module.__dict__[RUNTIME] = self.finder.runtime
+        super().exec_module(module)
+
+    def get_code(self, fullname: str) -> Any:
+        # Never use or write cached bytecode: it would be the uninstrumented module's.
+        source = self.get_data(self.path)
+        return self.source_to_code(source, self.path)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------- running
+
+
+def _hindsight_prints(tree: ast.Module, lines: set[int]) -> None:
+    """Turn ``print(...)`` calls on new lines into ``__hindlog__.hindsight_print(...)``."""
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"
+            and node.lineno in lines
+        ):
+            node.func = ast.copy_location(
+                ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="hindsight_print", ctx=ast.Load()), node.func
+            )
+
+
+def _expand(ranges: dict[str, list[list[int]]]) -> dict[str, set[int]]:
+    return {path: {ln for lo, hi in rs for ln in range(lo, hi + 1)} for path, rs in ranges.items()}
+
+
+def run_script(script: str, args: list[str], epsilon: float | None = None, sets: list[str] | None = None) -> int:
+    """Run ``script`` with ``args`` under hands-free recording; returns its exit code."""
+    path = Path(script)
+    if not path.is_file():
+        print(f"{Path(sys.executable).name}: can't open file {str(path.resolve())!r}: [Errno 2] No such file or directory", file=sys.stderr)
+        return 2
+    source = path.read_bytes()
+    try:
+        tree = ast.parse(source, str(path))
+    except SyntaxError as e:
+        traceback.print_exception(type(e), e, None)
+        return 1
+    for item in sets or []:
+        if "=" not in item:
+            print(f"hindlog: --set takes NAME=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        name, value = item.split("=", 1)
+        os.environ[f"HINDLOG_SET_{name}"] = value
+
+    abs_path = path.resolve()
+    sys.argv = [script, *args]
+    sys.path[0] = str(abs_path.parent)
+    from .controller import current_spec
+
+    spec = current_spec() or {}
+    new_lines = _expand(spec.get("new_lines", {}))
+    rec_started = record.init(epsilon=epsilon) if record._recorder is None else record.run_id()
+    rec = record._recorder
+    root = rec.store.root if rec is not None else abs_path.parent
+    rel = _rel(abs_path, root)
+    skip = new_lines
+    runtime = Runtime()
+    plan = instrument.instrument(tree, is_script=True, skip_lines=skip.get(rel, set()))
+    if rel in new_lines:
+        _hindsight_prints(tree, new_lines[rel])
+        ast.fix_missing_locations(tree)
+    for notes in plan.notes:
+        print(f"hindlog: {notes}", file=sys.stderr)
+    if rec is not None and rec.controller is None:
+        info = {"handsfree": True, "main_loop": plan.main_loop, "state_candidates": plan.state_candidates}
+        from . import catalog
+
+        rec.writer.command(lambda conn: catalog.merge_run_info(conn, rec.run, info))
+    finder = _Finder(root, runtime, skip)
+    sys.meta_path.insert(0, finder)
+    code = compile(tree, str(abs_path), "exec", dont_inherit=True)
+    main = types.ModuleType("__main__")
+    main.__dict__.update({"__file__": str(abs_path), "__builtins__": builtins, RUNTIME: runtime, "__cached__": None})
+    saved_main = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    real_stdout = sys.stdout
+    sys.stdout = _Tee(real_stdout)
+    status, code_out = "finished", 0
+    try:
+        exec(code, main.__dict__)
+    except SystemExit as e:
+        code_out = _exit_code(e.code)
+        status = "finished" if code_out == 0 else "failed"
+    except KeyboardInterrupt:
+        status, code_out = "killed", 130
+        _print_user_traceback(*sys.exc_info(), str(abs_path))
+    except BaseException:
+        status, code_out = "failed", 1
+        _print_user_traceback(*sys.exc_info(), str(abs_path))
+    finally:
+        sys.stdout.flush()
+        sys.stdout = real_stdout
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
+    del rec_started
+    rec = record._recorder
+    if rec is not None and not rec.finished:
+        rec.finish(status)
+    return code_out
+
+
+def _exit_code(code: Any) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _print_user_traceback(exc_type: Any, exc: Any, tb: Any, script: str) -> None:
+    """The traceback as ``python SCRIPT`` would show it: hindlog's own frames left out."""
+    package = str(Path(__file__).resolve().parent)
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(package):
+        tb = tb.tb_next
+    sys.stderr.flush()
+    traceback.print_exception(exc_type, exc, tb)

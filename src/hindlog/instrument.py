@@ -1,0 +1,377 @@
+"""Hands-free instrumentation: find the main loop and its nested loops in unmodified code.
+
+``instrument_script`` rewrites a script's syntax tree so that
+
+- the main loop (the outermost ``for``/``while`` on the execution path that
+  holds the training work) iterates through ``__hindlog__.main_loop``,
+- the loops directly in its body, and the outermost loops of the project's
+  functions, iterate through ``__hindlog__.nested_loop`` (which passes the
+  iterable through unchanged when it runs outside the main loop),
+- just before the main loop, ``__hindlog__.auto_state`` names the training
+  state: the objects the main loop changes that exist before it.
+
+Loops already written as ``hl.loop(...)`` are left as they are. Line numbers
+are kept, so tracebacks and replay's placement see the user's lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from dataclasses import dataclass, field
+
+from .hindsight import loop_name as api_loop_name
+from .sourceinfo import _mutated_containers
+
+RUNTIME = "__hindlog__"
+_TRAINING_CALLS = {"backward", "step", "partial_fit", "fit", "train_on_batch", "zero_grad", "update"}
+
+
+@dataclass
+class Plan:
+    """What the instrumentation found in one file."""
+
+    main_loop: str | None = None
+    main_line: int | None = None
+    #: loop node line -> given name, for every loop that is wrapped (main and nested).
+    names: dict[int, str] = field(default_factory=dict)
+    state_candidates: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _target_name(loop: ast.For | ast.AsyncFor | ast.While) -> str:
+    """``for epoch in ...`` -> epoch; ``for i, (x, y) in enumerate(loader)`` -> i;
+    ``for x, y in train_loader`` -> train_loader; a ``while`` loop -> iteration."""
+    if isinstance(loop, ast.While):
+        return "iteration"
+    target = loop.target
+    if isinstance(target, ast.Name):
+        return target.id
+    it = loop.iter
+    if isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "enumerate":
+        if isinstance(target, ast.Tuple) and target.elts and isinstance(target.elts[0], ast.Name):
+            return target.elts[0].id
+    return _iter_name(loop) or "batch"
+
+
+def _iter_name(loop: ast.AST) -> str | None:
+    it = getattr(loop, "iter", None)
+    while isinstance(it, ast.Call) and it.args:
+        if isinstance(it.func, ast.Name) and it.func.id in ("enumerate", "zip", "iter", "tqdm", "reversed", "sorted", "list"):
+            it = it.args[0]
+        else:
+            break
+    if isinstance(it, ast.Name):
+        return it.id
+    if isinstance(it, ast.Attribute):
+        return it.attr
+    return None
+
+
+class _Namer:
+    """Stable loop names: the target variable, made unique by the iterable's name, then an ordinal."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def name(self, loop: ast.AST) -> str:
+        base = _target_name(loop)  # type: ignore[arg-type]
+        if base not in self.used:
+            self.used.add(base)
+            return base
+        it = _iter_name(loop)
+        if it and f"{base}_{it}" not in self.used:
+            self.used.add(f"{base}_{it}")
+            return f"{base}_{it}"
+        k = 2
+        while f"{base}_{k}" in self.used:
+            k += 1
+        self.used.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+
+def _is_loop(node: ast.AST) -> bool:
+    return isinstance(node, (ast.For, ast.AsyncFor, ast.While))
+
+
+def _outer_loops(stmts: list[ast.stmt]) -> list[ast.AST]:
+    """Loops in ``stmts`` not inside another loop, function or class."""
+    out: list[ast.AST] = []
+    stack = list(reversed(stmts))
+    while stack:
+        node = stack.pop()
+        if _is_loop(node):
+            out.append(node)
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        for child in reversed(list(ast.iter_child_nodes(node))):
+            if isinstance(child, ast.stmt):
+                stack.append(child)
+    return out
+
+
+def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+    return {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+def _calls(node: ast.AST) -> list[str]:
+    out = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call):
+            f = n.func
+            if isinstance(f, ast.Name):
+                out.append(f.id)
+            elif isinstance(f, ast.Attribute):
+                out.append(f.attr)
+    return out
+
+
+def _is_main_guard(stmt: ast.stmt) -> bool:
+    if not isinstance(stmt, ast.If):
+        return False
+    test = stmt.test
+    return (
+        isinstance(test, ast.Compare)
+        and isinstance(test.left, ast.Name)
+        and test.left.id == "__name__"
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+    )
+
+
+def _execution_path(tree: ast.Module, functions: dict[str, ast.AST]) -> list[list[ast.stmt]]:
+    """Bodies that run when the script runs: the module, then the functions it calls, in call order."""
+    bodies: list[list[ast.stmt]] = [tree.body]
+    seen: set[str] = set()
+    queue: list[list[ast.stmt]] = [tree.body]
+    while queue:
+        body = queue.pop(0)
+        for stmt in body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            for name in _calls(stmt):
+                fn = functions.get(name)
+                if fn is not None and name not in seen:
+                    seen.add(name)
+                    bodies.append(fn.body)  # type: ignore[attr-defined]
+                    queue.append(fn.body)  # type: ignore[attr-defined]
+    return bodies
+
+
+def _work_score(loop: ast.AST, functions: dict[str, ast.AST], depth: int = 0) -> tuple[int, int]:
+    """(nested loops, training calls) reachable from a loop's body, through project functions."""
+    nested = training = 0
+    body = getattr(loop, "body", [])
+    for stmt in body:
+        nested += len(_outer_loops([stmt]))
+    calls = [c for stmt in body for c in _calls(stmt)]
+    training += sum(1 for c in calls if c in _TRAINING_CALLS)
+    if depth < 3:
+        for c in set(calls):
+            fn = functions.get(c)
+            if fn is not None:
+                n, t = _fn_score(fn, functions, depth + 1)
+                nested += n
+                training += t
+    return nested, training
+
+
+def _fn_score(fn: ast.AST, functions: dict[str, ast.AST], depth: int) -> tuple[int, int]:
+    body = getattr(fn, "body", [])
+    nested = len(_outer_loops(body))
+    calls = [c for stmt in body for c in _calls(stmt)]
+    training = sum(1 for c in calls if c in _TRAINING_CALLS)
+    if depth < 3:
+        for c in set(calls):
+            inner = functions.get(c)
+            if inner is not None and inner is not fn:
+                n, t = _fn_score(inner, functions, depth + 1)
+                nested += n
+                training += t
+    return nested, training
+
+
+def find_main_loop(tree: ast.Module) -> tuple[ast.AST | None, list[ast.stmt] | None]:
+    """The main loop and the body (module or function) that holds it."""
+    functions = _functions(tree)
+    best: tuple[tuple[int, int], ast.AST, list[ast.stmt]] | None = None
+    for body in _execution_path(tree, functions):
+        for loop in _outer_loops(body):
+            nested, training = _work_score(loop, functions)
+            if nested == 0 and training == 0:
+                continue
+            score = (1 if nested else 0, training)
+            if best is None or score > best[0]:
+                best = (score, loop, body)
+            if nested and training:
+                return loop, body
+    return (best[1], best[2]) if best else (None, None)
+
+
+def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str, ast.AST]) -> list[str]:
+    """Names defined before the main loop that it may change: method-call bases, stored-into
+    objects, and arguments passed to project functions."""
+    body = getattr(loop, "body", [])
+    names = set(_mutated_containers(body))
+    for node in ast.walk(ast.Module(body=list(body), type_ignores=[])):
+        if isinstance(node, ast.Call):
+            f = node.func
+            fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            if isinstance(f, ast.Name) and hasattr(builtins, f.id):
+                continue
+            # Objects handed to other code may be changed by it (train_one_epoch(model, loader, opt)).
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                if isinstance(arg, ast.Name):
+                    names.add(arg.id)
+            if fname in functions:
+                names |= _global_reads(functions[fname])
+    defined_before: set[str] = set()
+    for stmt in holder:
+        if stmt is loop or any(n is loop for n in ast.walk(stmt)):
+            break
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                defined_before.add(node.id)
+    # Function parameters of the holder are defined before too.
+    return sorted(n for n in names if n in defined_before or n not in _assigned_in(body))
+
+
+def _assigned_in(body: list[ast.stmt]) -> set[str]:
+    return {n.id for s in body for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def _global_reads(fn: ast.AST) -> set[str]:
+    params = {a.arg for a in ast.walk(fn) if isinstance(a, ast.arg)}
+    stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    loaded = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return loaded - params - stored
+
+
+def _wrap(loop: ast.AST, func: str, name: str) -> list[ast.stmt]:
+    """The loop rewritten to iterate through ``__hindlog__.<func>(name, ...)``."""
+    call = lambda iterable: ast.Call(  # noqa: E731
+        func=ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr=func, ctx=ast.Load()),
+        args=[ast.Constant(value=name), iterable],
+        keywords=[],
+    )
+    if isinstance(loop, (ast.For, ast.AsyncFor)):
+        loop.iter = ast.copy_location(call(loop.iter), loop.iter)
+        return [loop]
+    assert isinstance(loop, ast.While)
+    # while COND: BODY else: ELSE  ->  for _ in loop(count()): if not COND: ELSE; break / BODY
+    counter = ast.Call(
+        func=ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="count", ctx=ast.Load()), args=[], keywords=[]
+    )
+    check = ast.If(
+        test=ast.UnaryOp(op=ast.Not(), operand=loop.test),
+        body=[*loop.orelse, ast.Break()],
+        orelse=[],
+    )
+    new = ast.For(
+        target=ast.Name(id=f"__hindlog_{name}", ctx=ast.Store()),
+        iter=call(counter),
+        body=[check, *loop.body],
+        orelse=[],
+        type_comment=None,
+    )
+    ast.copy_location(new, loop)
+    ast.copy_location(check, loop.test)
+    return [new]
+
+
+class _Rewriter(ast.NodeTransformer):
+    def __init__(self, wrap: dict[int, tuple[str, str]], state_before: int | None, candidates: list[str]) -> None:
+        self.wrap = wrap  # id(loop node) -> (function, name)
+        self.state_before = state_before
+        self.candidates = candidates
+
+    def _visit_block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
+        out: list[ast.stmt] = []
+        for stmt in stmts:
+            if self.state_before is not None and id(stmt) == self.state_before:
+                declare = ast.Expr(
+                    value=ast.Call(
+                        func=ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="auto_state", ctx=ast.Load()),
+                        args=[ast.List(elts=[ast.Constant(value=n) for n in self.candidates], ctx=ast.Load())],
+                        keywords=[],
+                    )
+                )
+                out.append(ast.copy_location(declare, stmt))
+            new = self.visit(stmt)
+            if isinstance(new, list):
+                out.extend(new)
+            elif new is not None:
+                out.append(new)
+        return out
+
+    def generic_visit(self, node: ast.AST) -> ast.AST | list[ast.stmt]:  # type: ignore[override]
+        for fieldname in ("body", "orelse", "finalbody"):
+            block = getattr(node, fieldname, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                setattr(node, fieldname, self._visit_block(block))
+        for handler in getattr(node, "handlers", []) or []:
+            handler.body = self._visit_block(handler.body)
+        for case in getattr(node, "cases", []) or []:
+            case.body = self._visit_block(case.body)
+        if id(node) in self.wrap:
+            func, name = self.wrap[id(node)]
+            return _wrap(node, func, name)
+        return node
+
+
+def instrument(tree: ast.Module, is_script: bool, skip_lines: set[int] | None = None) -> Plan:
+    """Rewrite ``tree`` in place (see the module docstring) and say what was done."""
+    skip_lines = skip_lines or set()
+    plan = Plan()
+    functions = _functions(tree)
+    namer = _Namer()
+    wrap: dict[int, tuple[str, str]] = {}
+    main = holder = None
+    if is_script:
+        main, holder = find_main_loop(tree)
+    if main is not None and api_loop_name(main) is None:
+        name = namer.name(main)
+        wrap[id(main)] = ("main_loop", name)
+        plan.main_loop, plan.main_line = name, main.lineno  # type: ignore[attr-defined]
+        plan.names[main.lineno] = name  # type: ignore[attr-defined]
+        for inner in _outer_loops(main.body):  # type: ignore[attr-defined]
+            if api_loop_name(inner) is None and inner.lineno not in skip_lines:  # type: ignore[attr-defined]
+                n = namer.name(inner)
+                wrap[id(inner)] = ("nested_loop", n)
+                plan.names[inner.lineno] = n  # type: ignore[attr-defined]
+    elif main is not None:
+        plan.main_loop, plan.main_line = api_loop_name(main), main.lineno  # type: ignore[attr-defined]
+    elif is_script:
+        plan.notes.append("no loop holds training work here: the script runs plainly, without checkpoints")
+    all_functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    for fn in sorted(all_functions, key=lambda f: f.lineno):
+        for loop in _outer_loops(fn.body):
+            if id(loop) in wrap or api_loop_name(loop) is not None or loop.lineno in skip_lines:  # type: ignore[attr-defined]
+                continue
+            if main is not None and any(loop is n for n in ast.walk(main)):
+                continue
+            n = namer.name(loop)
+            wrap[id(loop)] = ("nested_loop", n)
+            plan.names[loop.lineno] = n  # type: ignore[attr-defined]
+    state_before = None
+    if main is not None and holder is not None:
+        plan.state_candidates = _state_candidates(main, holder, functions)
+        for stmt in holder:
+            if stmt is main or any(n is main for n in ast.walk(stmt)):
+                state_before = id(stmt)
+                break
+    _Rewriter(wrap, state_before, plan.state_candidates).visit(tree)
+    ast.fix_missing_locations(tree)
+    return plan
+
+
+def loop_names(source: str, is_script: bool, skip_lines: set[int] | None = None) -> dict[int, str]:
+    """Line of each loop -> the name instrumentation gives it (for replay's planning)."""
+    tree = ast.parse(source)
+    plan = instrument(tree, is_script, skip_lines)
+    out = dict(plan.names)
+    for node in ast.walk(ast.parse(source)):
+        name = api_loop_name(node)
+        if name:
+            out[node.lineno] = name  # type: ignore[attr-defined]
+    return out
