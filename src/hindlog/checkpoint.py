@@ -83,12 +83,13 @@ class Policy:
         self.start = start
         self.spent = 0.0  # blocked + weighted background seconds, charged so far
         self.cost: float | None = None  # EWMA of one checkpointed iteration's cost
-        self.initial_cost = 0.005  # until one is measured; raised by estimate_first()
+        self.initial_cost = 0.02  # until one is measured; raised by estimate_first()
         self.taken = 0
 
     def estimate_first(self, state_bytes: int) -> None:
-        """A first cost estimate from the state's size (a copy at about 1 GB/s, twice over)."""
-        self.initial_cost = 0.005 + 2.0 * state_bytes / 1e9
+        """A first cost estimate from the state's size (a copy at about 1 GB/s, twice over, plus
+        the one-time work of the first checkpoint: reading the loops' source)."""
+        self.initial_cost = 0.02 + 2.0 * state_bytes / 1e9
 
     def decide(self, i: int, now: float | None = None) -> bool:
         if self.epsilon <= 0:

@@ -334,7 +334,9 @@ class Recorder:
         if self._snapshot_thread.is_alive():
             self._snapshot_thread.join(timeout=120)
         if self.controller is None or self.controller.owns_run:
-            elapsed = time.perf_counter() - self._clock_start
+            from .checkpoint import process_start
+
+            elapsed = time.perf_counter() - process_start(self._clock_start)
             fields = {"status": status, "ended": time.time(), "overhead": (self.blocked / elapsed) if elapsed > 0 else 0.0}
             timing = {
                 "preloop_seconds": self.preloop_seconds,
