@@ -2,7 +2,7 @@
 
 Runs in a fresh temporary git project:
 1. records examples/train_cnn.py (a small CNN; it logs only loss and accuracy),
-2. adds two statements it "forgot": the gradient norm and the confusion matrix per epoch,
+2. adds two statements it "forgot": the weight norm and the confusion matrix per epoch,
 3. replays them with `hindlog replay` (checkpoint restore, nested loops skipped, 2 workers),
 4. retrains the modified script from scratch to show the replayed values are exactly what
    a full re-run gives, and how much faster replay was.
@@ -23,7 +23,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 HINDSIGHT = """\
     # Added after the fact:
-    hl.log("grad_norm", torch.stack([p.grad.norm() for p in model.parameters()]).norm().item())
+    hl.log("weight_norm", torch.stack([p.norm() for p in model.parameters()]).norm().item())
     hl.log("confusion", torch.bincount(val_y * 10 + pred, minlength=100).reshape(10, 10))
 """
 ANCHOR = '    hl.log("acc", acc)\n'
@@ -67,8 +67,8 @@ def main() -> None:
         print(f"   replayed in {t_replay:.1f}s\n")
 
         store = project / ".hindlog"
-        df = hl.dataframe("acc", "grad_norm", "confusion", store=store)
-        table = df[["epoch", "acc", "grad_norm"]].copy()
+        df = hl.dataframe("acc", "weight_norm", "confusion", store=store)
+        table = df[["epoch", "acc", "weight_norm"]].copy()
         table["confusion diagonal"] = [np.diag(m).tolist() for m in df["confusion"]]
         print("   recovered values (as if logged all along):")
         print("   " + table.to_string(index=False).replace("\n", "\n   ") + "\n")
@@ -76,8 +76,8 @@ def main() -> None:
         print("4. For comparison, retraining the modified script from scratch:")
         truth_store = project / ".truth"
         t_full = run([sys.executable, "train.py"], project, {**env, "HINDLOG_DIR": str(truth_store)})
-        truth = hl.dataframe("grad_norm", "confusion", store=truth_store)
-        same = truth["grad_norm"].tolist() == df["grad_norm"].tolist() and all(
+        truth = hl.dataframe("weight_norm", "confusion", store=truth_store)
+        same = truth["weight_norm"].tolist() == df["weight_norm"].tolist() and all(
             np.array_equal(a, b) for a, b in zip(truth["confusion"], df["confusion"])
         )
         print(f"   retrained in {t_full:.1f}s; replayed values identical to the retrained ones: {same}")

@@ -108,10 +108,12 @@ class Controller:
         """Restore the latest iteration-end checkpoint before ``start`` and skip the iterations it covers."""
         if start <= 0:
             return 0, it
+        t0 = time.perf_counter()
         loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)
         if loaded is None:
             return 0, it
         apply(loaded, self.recorder.declared, frame, strict=False)
+        self.recorder.restore_seconds += time.perf_counter() - t0
         first = loaded.iteration + 1
         return first, itertools.islice(it, first, None)
 
@@ -172,6 +174,7 @@ class ReplayController(Controller):
         self.first = spec.get("first", True)
         self.last = spec.get("last", True)
         self.probed = set(spec.get("probed", []))
+        self.run_all_blocks = bool(spec.get("run_all_blocks", False))
         self.tolerance = float(spec.get("tolerance", 0.0))
         self.result_path = Path(spec["result"]) if spec.get("result") else None
         self.progress_path = Path(spec["progress"]) if spec.get("progress") else None
@@ -267,7 +270,7 @@ class ReplayController(Controller):
 
     def block_checkpoint(self, name: str) -> str | None:
         i = self.recorder.iteration
-        if i is None or i < self.start or name in self.probed:
+        if i is None or i < self.start or name in self.probed or self.run_all_blocks:
             self.run_blocks += 1
             return None
         entry = self.rows.get(i, {}).get(self.recorder.block)
@@ -288,6 +291,7 @@ class ReplayController(Controller):
             "divergence_count": len(self.divergences),
             "skipped_blocks": self.skipped_blocks,
             "run_blocks": self.run_blocks,
+            "restore_seconds": self.recorder.restore_seconds,
             "completed": True,
         }
         tmp = self.result_path.with_suffix(".tmp")

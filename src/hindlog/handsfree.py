@@ -71,7 +71,7 @@ class Runtime:
             if verdict is None:
                 continue
             if verdict is True:
-                chosen[name] = value
+                chosen[name] = _RandomState(value) if _is_rng(value) else value
             else:
                 skipped.append(f"{name} ({verdict})")
         accepted = {}
@@ -104,18 +104,54 @@ class Runtime:
             rec.log_slow(STDOUT, text)
 
 
+def _is_rng(value: Any) -> bool:
+    """A random generator of its own (``np.random.default_rng()``, ``RandomState``, ``random.Random``):
+    the main loop draws from it, so its state at each checkpoint matters like a model's."""
+    import random
+
+    return isinstance(value, (np.random.Generator, np.random.RandomState, random.Random))
+
+
+class _RandomState:
+    """A random generator seen as a stateful object, so that restoring sets its state in place."""
+
+    def __init__(self, rng: Any) -> None:
+        self.rng = rng
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = self.rng
+        if isinstance(rng, np.random.Generator):
+            return {"bit_generator": rng.bit_generator.state}
+        if isinstance(rng, np.random.RandomState):
+            return {"state": rng.get_state(legacy=False)}
+        return {"state": rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rng = self.rng
+        if isinstance(rng, np.random.Generator):
+            rng.bit_generator.state = state["bit_generator"]
+        elif isinstance(rng, np.random.RandomState):
+            rng.set_state(state["state"])
+        else:
+            rng.setstate(state["state"])
+
+
 def _classify(value: Any) -> bool | str | None:
     """True: checkpoint it. A string: why not. None: not state at all (ignore silently)."""
     if value is None or isinstance(value, (int, float, complex, str, bytes, bool, tuple, frozenset, range)):
         return None
     if isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)):
         return None
+    if _is_rng(value):
+        return True
     tname = type(value).__name__
     if any(t in tname for t in _SKIP_TYPES):
         return f"{tname}: re-created by the script"
     if isinstance(value, (types.GeneratorType, Iterator)) or hasattr(value, "fileno") and hasattr(value, "read"):
         return f"{tname}: cannot be checkpointed"
     torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Generator):
+        return True
     if torch is not None and isinstance(value, torch.Tensor):
         return True if value.requires_grad else None
     if callable(getattr(value, "state_dict", None)) and callable(getattr(value, "load_state_dict", None)):
@@ -191,7 +227,12 @@ class _Loader(importlib.machinery.SourceFileLoader):
     def source_to_code(self, data: Any, path: Any, *, _optimize: int = -1) -> types.CodeType:  # type: ignore[override]
         tree = ast.parse(data, path)
         rel = _rel(Path(path), self.finder.root)
-        instrument.instrument(tree, is_script=False, skip_lines=self.finder.skip.get(rel, set()))
+        new_lines = self.finder.skip.get(rel, set())
+        instrument.instrument(tree, is_script=False, skip_lines=new_lines)
+        if new_lines:
+            # print(...) calls added to a project module are hindsight statements too.
+            _hindsight_prints(tree, new_lines)
+            ast.fix_missing_locations(tree)
         return compile(tree, path, "exec", dont_inherit=True)
 
     def exec_module(self, module: types.ModuleType) -> None:
@@ -238,7 +279,7 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         return 2
     source = path.read_bytes()
     try:
-        tree = ast.parse(source, str(path))
+        tree = ast.parse(source, str(path.resolve()))  # python reports the absolute path
     except SyntaxError as e:
         traceback.print_exception(type(e), e, None)
         return 1

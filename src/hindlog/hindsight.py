@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import difflib
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -322,6 +323,10 @@ def probed_loops(
             name = loop_name(node, path)
             if name and _called_names(node) & touched_functions:
                 probed.add(name)
+    # A loop whose checkpoint lacks a value that a new statement reads must run too.
+    for path, ranges in new_statements.items():
+        if path in trees and ranges:
+            probed |= _loops_feeding(files[path], ranges, lambda node, path=path: loop_name(node, path))
     # A probed loop's enclosing loops run too (except the outermost, which always runs).
     for path, tree in trees.items():
         for node in ast.walk(tree):
@@ -335,3 +340,120 @@ def probed_loops(
 
 
 loop_name = api_loop_name
+
+
+def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set[str]:
+    """Loops that assign a local which a new statement of their scope reads, where the recorded
+    code does not read that local after the loop. A loop's checkpoint holds only the locals the
+    recorded code reads after it, so skipping such a loop would leave the new statement reading
+    a stale or unbound name."""
+    from .sourceinfo import _facts_for, _read_before_written
+
+    tree = ast.parse(src)
+    wanted = set(ranges)
+    new_nodes = [s for s in _all_statements(tree) if (s.lineno, s.end_lineno or s.lineno) in wanted]
+    if not new_nodes:
+        return set()
+    # The names each scope's new statements read before they assign them.
+    by_scope: dict[int, tuple[ast.AST, list[ast.stmt]]] = {}
+    for node in new_nodes:
+        scope = _scope_of(tree, node)
+        by_scope.setdefault(id(scope), (scope, []))[1].append(node)
+    reads = {key: _read_before_written(nodes) - _comprehension_names(nodes) for key, (_scope, nodes) in by_scope.items()}
+    # The recorded code is the tree without the new statements.
+    _strip(tree, {id(n) for n in new_nodes})
+    out: set[str] = set()
+    for key, (scope, nodes) in by_scope.items():
+        for loop in _scope_loops(scope):
+            name = name_of(loop)
+            if name is None or any(loop.lineno <= n.lineno <= (loop.end_lineno or loop.lineno) for n in nodes):
+                continue
+            facts = _facts_for(scope, loop)
+            if (reads[key] & facts.assigned) - facts.live_after:
+                out.add(name)
+    return out
+
+
+def _scope_of(tree: ast.Module, node: ast.stmt) -> ast.AST:
+    """The innermost function (or the module) whose body holds ``node``."""
+    best: ast.AST = tree
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not node:
+            if n.lineno < node.lineno <= (n.end_lineno or n.lineno):
+                if best is tree or n.lineno > best.lineno:  # type: ignore[attr-defined]
+                    best = n
+    return best
+
+
+def _scope_loops(scope: ast.AST) -> list[ast.For | ast.AsyncFor | ast.While]:
+    """The loops of a scope, not those of the functions or classes defined in it."""
+    out: list[ast.For | ast.AsyncFor | ast.While] = []
+    stack = list(scope.body)  # type: ignore[attr-defined]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        if isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            out.append(node)
+        stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _comprehension_names(nodes: list[ast.stmt]) -> set[str]:
+    """Names bound by comprehensions and lambdas inside ``nodes`` (they have scopes of their own)."""
+    out: set[str] = set()
+    for node in nodes:
+        for n in ast.walk(node):
+            if isinstance(n, ast.comprehension):
+                out |= {t.id for t in ast.walk(n.target) if isinstance(t, ast.Name)}
+            elif isinstance(n, ast.Lambda):
+                out |= {a.arg for a in ast.walk(n.args) if isinstance(a, ast.arg)}
+    return out
+
+
+def _strip(tree: ast.AST, ids: set[int]) -> None:
+    """Remove the statements whose ids are in ``ids`` from every block of ``tree``."""
+    for node in ast.walk(tree):
+        for name in ("body", "orelse", "finalbody"):
+            block = getattr(node, name, None)
+            if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                kept = [s for s in block if id(s) not in ids]
+                if len(kept) != len(block):
+                    setattr(node, name, kept or [ast.Pass()])
+        for handler in getattr(node, "handlers", []) or []:
+            handler.body = [s for s in handler.body if id(s) not in ids] or [ast.Pass()]
+
+
+def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
+    """Whether a new statement reads ``.grad`` (directly or in a project function it calls).
+
+    Checkpoints do not hold gradients, so replay runs the nested loops before such statements."""
+    trees = {}
+    for path, src in files.items():
+        try:
+            trees[path] = ast.parse(src)
+        except SyntaxError:
+            continue
+    functions = {n.name: n for t in trees.values() for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    seen: set[str] = set()
+
+    def reads(node: ast.AST) -> bool:
+        for n in ast.walk(node):
+            if isinstance(n, ast.Attribute) and n.attr == "grad":
+                return True
+        for name in _called_names(node):
+            fn = functions.get(name)
+            if fn is not None and name not in seen:
+                seen.add(name)
+                if reads(fn):
+                    return True
+        return False
+
+    for path, ranges in new_statements.items():
+        tree = trees.get(path)
+        if tree is None:
+            continue
+        for stmt in _all_statements(tree):
+            if (stmt.lineno, stmt.end_lineno or stmt.lineno) in {tuple(r) for r in ranges} and reads(stmt):
+                return True
+    return False

@@ -87,6 +87,8 @@ class Recorder:
         self.block_seconds: dict[str, float] = {}
         self.iteration_seconds: list[float] = []
         self.preloop_seconds: float | None = None
+        #: Replay: seconds spent reading and applying checkpoints.
+        self.restore_seconds = 0.0
 
         store.ensure()
         from .controller import load_controller
@@ -194,6 +196,7 @@ class Recorder:
         from .restore import apply
 
         frame = sys._getframe(1)
+        t0 = time.perf_counter()
         try:
             loaded = read_checkpoint(self.store.objects, manifest)
         except CorruptObject as e:
@@ -201,6 +204,7 @@ class Recorder:
             yield from self._inner_loop(name, iterable, frame)
             return
         apply(loaded, self.declared, frame, strict=False)
+        self.restore_seconds += time.perf_counter() - t0
         self.block += 1
 
     def _main_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
@@ -216,7 +220,10 @@ class Recorder:
         i = start
         open_iteration = None
         clock = time.perf_counter
-        self.preloop_seconds = clock() - self._clock_start
+        from .checkpoint import process_start
+
+        # From the process's start: replay's estimates include interpreter start and imports.
+        self.preloop_seconds = clock() - process_start(self._clock_start)
         iteration_seconds = self.iteration_seconds
         try:
             t0 = clock()

@@ -52,6 +52,8 @@ class RunPlan:
     total_iterations: int
     checkpointed: list[int]
     segments: list[Segment] = field(default_factory=list)
+    #: Run every nested loop (nothing skipped), e.g. when new statements read gradients.
+    run_all_blocks: bool = False
     estimate: float = 0.0
     full_rerun: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -68,6 +70,8 @@ class RunResult:
     failed_segments: list[tuple[int, int, str]] = field(default_factory=list)
     skipped_blocks: int = 0
     run_blocks: int = 0
+    #: Seconds the workers spent reading and applying checkpoints (summed over workers).
+    restore_seconds: float = 0.0
 
 
 @dataclass
@@ -194,6 +198,7 @@ def plan_run(
     info = run.get("info") or {}
     names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
     probed = hindsight.probed_loops(all_sources, new_statements, names)
+    run_all_blocks = hindsight.reads_gradients(all_sources, new_statements)
     total = len(info.get("iteration_seconds") or [])
     if not total:
         row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
@@ -207,6 +212,9 @@ def plan_run(
     rows = checkpoint_rows(conn, run["id"])
     checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed)
+    if run_all_blocks:
+        plan.run_all_blocks = True
+        plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
     _estimate(plan, run, rows, workers)
     if not rows:
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
@@ -242,7 +250,9 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     preloop = info.get("preloop_seconds") or 0.0
     lo, hi = plan.iterations
     mean_iter = (sum(iteration_seconds) / len(iteration_seconds)) if iteration_seconds else 1.0
-    skippable = {name: secs / total for name, secs in block_seconds.items() if name not in plan.probed}
+    skippable = {} if plan.run_all_blocks else {
+        name: secs / total for name, secs in block_seconds.items() if name not in plan.probed
+    }
 
     def cost(i: int) -> float:
         t = iteration_seconds[i] if i < len(iteration_seconds) else mean_iter
@@ -278,7 +288,10 @@ def describe_plan(plan: RunPlan) -> str:
         src = plan.files[path].splitlines()
         for lo, hi in ranges:
             lines.append(f"  + {path}:{lo}: {src[lo - 1].strip()}" + (" ..." if hi > lo else ""))
-    lines.append(f"  loops that must run: {', '.join(sorted(plan.probed)) or 'none (all nested loops are skipped)'}")
+    if plan.run_all_blocks:
+        lines.append("  loops that must run: all")
+    else:
+        lines.append(f"  loops that must run: {', '.join(sorted(plan.probed)) or 'none (all nested loops are skipped)'}")
     lines.append(f"  iterations {plan.iterations[0]}:{plan.iterations[1]} of {plan.total_iterations}; "
                  f"checkpointed: {len(plan.checkpointed)}")
     lines.append("  segments: " + ", ".join(f"{s.start}:{s.end}" for s in plan.segments))
@@ -318,6 +331,26 @@ def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: 
             (scratch / entry.name).symlink_to(entry)
         except OSError:
             pass
+    return scratch
+
+
+def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
+    """Where a worker runs: the scratch copy of the directory the run was recorded in, so that
+    the script's relative paths resolve as they did (the scratch root if that was elsewhere)."""
+    cwd = run.get("cwd")
+    if not cwd:
+        return scratch
+    try:
+        rel = Path(cwd).resolve().relative_to(store.root)
+    except (ValueError, OSError):
+        return scratch
+    target = scratch / rel
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        if target.resolve().is_relative_to(scratch.resolve()):
+            return target
+    except OSError:
+        pass
     return scratch
 
 
@@ -367,6 +400,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             "first": k == 0,
             "last": k == len(plan.segments) - 1 and seg.end >= plan.total_iterations,
             "probed": sorted(plan.probed),
+            "run_all_blocks": plan.run_all_blocks,
             "tolerance": tolerance,
             "result": str(scratch / f".hindlog-result-{k}.json"),
             "progress": str(scratch / f".hindlog-progress-{k}"),
@@ -383,7 +417,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             command = [sys.executable, "-m", "hindlog.cli", "run"] if handsfree else [sys.executable]
             proc = subprocess.Popen(
                 [*command, str(script_path), *argv[1:]],
-                cwd=scratch,
+                cwd=_worker_cwd(store, run, scratch),
                 env=_worker_env(store, run, args, spec_path, len(plan.segments)),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -415,6 +449,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
         result.divergences.extend(data["divergences"])
         result.skipped_blocks += data["skipped_blocks"]
         result.run_blocks += data["run_blocks"]
+        result.restore_seconds += data.get("restore_seconds", 0.0)
     if result.stored:
         _replace_previous_replay(store, plan, base)
     result.seconds = time.perf_counter() - t0
@@ -493,11 +528,25 @@ def replay(
             rel = targets[-1].get("script")
             if not rel:
                 raise ReplayError("the run has no script recorded; give SCRIPT")
-        # The hindsight statements are what was added since the newest target's code.
+        # The hindsight statements are what was added since the newest target's code, or, when the
+        # code differs from that by more (a target recorded under older code, chosen with --run or
+        # --where), since the script's most recent recorded code that it only adds to.
         base = next((r["code_version"] for r in reversed(targets) if r.get("code_version")), None)
         if base is None:
             raise ReplayError("none of the target runs has a code version")
-        current, additions, notes = hindsight_changes(st, base, force)
+        later = [r["code_version"] for r in reversed(catalog.list_runs(conn, rel)) if r.get("code_version")]
+        first_error: ReplayError | None = None
+        for version in dict.fromkeys([base, *later]):
+            try:
+                current, additions, notes = hindsight_changes(st, version, force)
+            except ReplayError as e:
+                first_error = first_error or e
+                continue
+            base = version
+            break
+        else:
+            assert first_error is not None
+            raise first_error
         if not any(a.statements for a in additions.values()) and not force:
             raise ReplayError(f"no statements were added to the code of run {targets[-1]['run_id']}; add hl.log(...) calls first")
         plans: list[RunPlan] = []

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from . import catalog
-from .checkpoint import ITERATION_END, checkpoint_rows
+from .checkpoint import ITERATION_END, checkpoint_rows, latest_readable
 from .errors import ReplayError
 from .replay import _worker_env, prepare_scratch
 from .store import Store
@@ -40,20 +42,29 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         raise ReplayError(f"run {row['run_id']} has no checkpoint to resume from; run the script again instead")
     if not row.get("code_version") or not row.get("script"):
         raise ReplayError(f"run {row['run_id']} has no recorded code version or script")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the resumed process reports the fallbacks itself
+        readable = latest_readable(st.objects, rows)
+    if readable is None:
+        # Checked here: a resumed process that cannot attach would run the script unrecorded.
+        raise ReplayError(f"none of the checkpoints of run {row['run_id']} can be read (all are damaged); it cannot be resumed")
     scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-resume-{row['run_id']}-"))
-    prepare_scratch(st, row["code_version"], {}, scratch)
-    spec_path = scratch / ".hindlog-spec.json"
-    spec = {"mode": "resume", "run_id": row["run_id"]}
-    info = row.get("info") or {}
-    if "state_candidates" in info:
-        spec["state_candidates"] = info["state_candidates"]
-    spec_path.write_text(json.dumps(spec))
-    argv = row.get("argv") or [row["script"]]
-    cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)
-    command = [sys.executable, "-m", "hindlog.cli", "run"] if info.get("handsfree") else [sys.executable]
-    proc = subprocess.run(
-        [*command, str(scratch / row["script"]), *argv[1:]],
-        cwd=cwd,
-        env=_worker_env(st, row, args, spec_path),
-    )
-    return proc.returncode
+    try:
+        prepare_scratch(st, row["code_version"], {}, scratch)
+        spec_path = scratch / ".hindlog-spec.json"
+        spec = {"mode": "resume", "run_id": row["run_id"]}
+        info = row.get("info") or {}
+        if "state_candidates" in info:
+            spec["state_candidates"] = info["state_candidates"]
+        spec_path.write_text(json.dumps(spec))
+        argv = row.get("argv") or [row["script"]]
+        cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)
+        command = [sys.executable, "-m", "hindlog.cli", "run"] if info.get("handsfree") else [sys.executable]
+        proc = subprocess.run(
+            [*command, str(scratch / row["script"]), *argv[1:]],
+            cwd=cwd,
+            env=_worker_env(st, row, args, spec_path),
+        )
+        return proc.returncode
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # the recorded code, materialized for this resume only

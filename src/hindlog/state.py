@@ -255,9 +255,8 @@ def thaw(skeleton: Any, tensors: list[Any]) -> Any:
 def state_of(d: Declared) -> Any:
     """The value to freeze for a declared object."""
     if d.kind == "module":
-        # Gradients too: code after a skipped loop may read them (a gradient norm at epoch level).
-        grads = {n: p.grad for n, p in d.obj.named_parameters() if p.grad is not None}
-        return {"state": d.obj.state_dict(keep_vars=True), "grads": grads}
+        # Not the gradients: they double the copy; replay runs the loops before code that reads them.
+        return d.obj.state_dict(keep_vars=True)
     if d.kind == "stateful":
         return d.obj.state_dict()
     if d.kind == "generator":
@@ -306,13 +305,7 @@ def _as_cpu_byte_tensor(torch: Any, value: Any) -> Any:
 def load_into(d: Declared, value: Any) -> Any:
     """Load a thawed state into a declared object, in place where possible. Returns the object."""
     obj = d.obj
-    if d.kind == "module":
-        obj.load_state_dict(value["state"])
-        grads = value["grads"]
-        for n, p in obj.named_parameters():
-            g = grads.get(n)
-            p.grad = None if g is None else g.to(device=p.device, dtype=p.dtype).clone()
-    elif d.kind == "stateful":
+    if d.kind in ("module", "stateful"):
         obj.load_state_dict(value)
     elif d.kind == "generator":
         obj.set_state(value)

@@ -26,6 +26,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat, starmap
+from operator import is_
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ class Writer:
         self._stop = False
         self._ctx_ids: dict[tuple[Any, ...], int] = {}
         self._quoted_names: dict[Any, str] = {}
+        self._prev_ctx: tuple[Any, ...] = ()  # the last new context, its JSON prefix and iteration
+        self._prev_prefix = "["
+        self._prev_iteration: int | None = None
         self._next_ctx = ctx_base
         #: Pending loop contexts, flattened the same way: ``ctx_id, iteration, loops_json, ...``.
         self._pending_contexts: list[Any] = []
@@ -177,25 +181,32 @@ class Writer:
                 commands_append(item)
 
     def _new_context(self, ctx: tuple[Any, ...]) -> int:
-        self._next_ctx += 1
-        cid = self._next_ctx
+        self._next_ctx = cid = self._next_ctx + 1
         self._ctx_ids[ctx] = cid
-        iteration = ctx[0][1] if ctx and ctx[0][0] is not None and len(ctx[0]) > 2 and ctx[0][2] else None
-        self._pending_contexts.extend((cid, iteration, self._loops_json(ctx)))
+        # Successive new contexts are usually siblings (the steps of one inner loop): the same
+        # enclosing loop tuples, another index in the last. Their shared prefix is reused.
+        prev = self._prev_ctx
+        n = len(ctx)
+        if n > 1 and len(prev) == n and (ctx[0] is prev[0] if n == 2 else all(map(is_, ctx[:-1], prev))):
+            prefix, iteration = self._prev_prefix, self._prev_iteration
+        else:
+            first = ctx[0] if ctx else None
+            iteration = first[1] if first is not None and first[0] is not None and len(first) > 2 and first[2] else None
+            prefix = "[" + "".join([self._loop_json(c) + ", " for c in ctx[:-1]])
+            self._prev_prefix, self._prev_iteration = prefix, iteration
+        self._prev_ctx = ctx
+        # == json.dumps([[c[0], c[1]] for c in ctx]), character for character
+        loops = prefix + self._loop_json(ctx[-1]) + "]" if ctx else "[]"
+        self._pending_contexts.extend((cid, iteration, loops))
         return cid
 
-    def _loops_json(self, ctx: tuple[Any, ...]) -> str:
-        """``json.dumps([[c[0], c[1]] for c in ctx])``, character for character, without the encoder's
-        per-call overhead: loop names are quoted once and cached, int indices are formatted directly."""
-        quoted = self._quoted_names
-        parts = []
-        for c in ctx:
-            name, index = c[0], c[1]
-            q = quoted.get(name)
-            if q is None:
-                q = quoted[name] = json.dumps(name)
-            parts.append(f"[{q}, {int.__repr__(index)}]" if type(index) is int else f"[{q}, {json.dumps(index)}]")
-        return "[" + ", ".join(parts) + "]"
+    def _loop_json(self, c: tuple[Any, ...]) -> str:
+        """``json.dumps([c[0], c[1]])`` without the encoder's per-call overhead."""
+        name, index = c[0], c[1]
+        q = self._quoted_names.get(name)
+        if q is None:
+            q = self._quoted_names[name] = json.dumps(name)
+        return f"[{q}, {int.__repr__(index)}]" if type(index) is int else f"[{q}, {json.dumps(index)}]"
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:

@@ -1,0 +1,107 @@
+"""Benchmark: record overhead, as the wall-time ratio recorded / plain of whole processes.
+
+    .venv/bin/python bench/bench_record.py [--pairs 3] [--quick] [--workloads cnn,finetune,...]
+
+For each workload in bench/workloads, run the script plain (``HINDLOG_DISABLED=1``:
+every hindlog call is a pass-through) and recorded, alternating, ``--pairs``
+times; report the median of the per-pair ratios, the checkpoints taken and the
+overhead hindlog measured itself. Results: bench/results/record.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PYTHON, WORKLOADS, cleanup, machine, median, new_project, save, timed  # noqa: E402
+
+WORKLOADS_ALL = {
+    "cnn": ("cnn.py", [], "small CNN, long epochs, validation loop"),
+    "finetune": ("finetune.py", [], "52 MB MLP + Adam (fine-tuning shape), epochs < 0.5 s"),
+    "lstm": ("lstm.py", [], "LSTM with dropout, shuffling DataLoader"),
+    "sklearn": ("sklearn_sgd.py", [], "scikit-learn partial_fit, NumPy shuffling"),
+}
+QUICK_ARGS = {"cnn": {"epochs": 3, "samples": 4096}, "finetune": {"epochs": 16}, "lstm": {"epochs": 3}, "sklearn": {"epochs": 15}}
+
+
+def run_stats(store: Path) -> dict:
+    conn = sqlite3.connect(store / "catalog.db")
+    try:
+        run_id, rid, overhead, info = conn.execute("SELECT run_id, id, overhead, info FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+        iterations = [r[0] for r in conn.execute("SELECT DISTINCT iteration FROM checkpoints WHERE run=? ORDER BY iteration", (rid,))]
+    finally:
+        conn.close()
+    info = json.loads(info or "{}")
+    return {
+        "run_id": run_id, "overhead_measured": overhead, "checkpointed_iterations": iterations,
+        "iterations": len(info.get("iteration_seconds") or []),
+        "checkpoint_bytes_written": info.get("checkpoint_bytes_written"),
+    }
+
+
+def bench(name: str, pairs: int, quick: bool) -> dict:
+    script, argv, what = WORKLOADS_ALL[name]
+    env_args = {f"HINDLOG_SET_{k}": str(v) for k, v in (QUICK_ARGS[name] if quick else {}).items()}
+    project = new_project({script: WORKLOADS / script})
+    plain, recorded, ratios, stats = [], [], [], []
+    try:
+        for k in range(pairs):
+            store = project / f".store-{k}"
+            order = ["plain", "record"] if k % 2 == 0 else ["record", "plain"]
+            times = {}
+            for mode in order:
+                env = dict(env_args)
+                if mode == "plain":
+                    env["HINDLOG_DISABLED"] = "1"
+                else:
+                    env["HINDLOG_DIR"] = str(store)
+                times[mode] = timed([PYTHON, script, *argv], project, env)
+            plain.append(times["plain"])
+            recorded.append(times["record"])
+            ratios.append(times["record"] / times["plain"])
+            stats.append(run_stats(store))
+            print(f"  {name} pair {k}: plain {times['plain']:.2f}s record {times['record']:.2f}s "
+                  f"ratio {ratios[-1]:.3f} checkpoints {len(stats[-1]['checkpointed_iterations'])}/{stats[-1]['iterations']}",
+                  flush=True)
+    finally:
+        cleanup(project)
+    last = stats[-1]
+    return {
+        "workload": name, "what": what, "pairs": pairs, "plain_s": plain, "record_s": recorded, "ratios": ratios,
+        "median_ratio": median(ratios), "median_plain_s": median(plain), "median_record_s": median(recorded),
+        "checkpoints": [len(s["checkpointed_iterations"]) for s in stats], "iterations": last["iterations"],
+        "checkpointed_iterations_last": last["checkpointed_iterations"],
+        "overhead_measured": [s["overhead_measured"] for s in stats],
+        "checkpoint_mb_written_last": (last["checkpoint_bytes_written"] or 0) / 2**20,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--workloads", default=",".join(WORKLOADS_ALL))
+    args = p.parse_args()
+    results = []
+    for name in args.workloads.split(","):
+        results.append(bench(name, args.pairs, args.quick))
+    data = {
+        "benchmark": "record", "command": " ".join(["bench/bench_record.py", *sys.argv[1:]]),
+        "machine": machine(), "results": results,
+    }
+    path = save("record" + ("-quick" if args.quick else ""), data)
+    print("\n| workload | plain (s) | recorded (s) | ratio (median) | checkpointed iterations | hindlog's measured overhead |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        oh = median([o for o in r["overhead_measured"] if o is not None]) * 100
+        print(f"| {r['workload']}: {r['what']} | {r['median_plain_s']:.2f} | {r['median_record_s']:.2f} | "
+              f"{r['median_ratio']:.3f} | {median(r['checkpoints']):.0f} of {r['iterations']} | {oh:.2f}% |")
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

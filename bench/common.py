@@ -1,0 +1,84 @@
+"""Shared pieces of the benchmarks: timing whole processes, temp projects, machine facts, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+WORKLOADS = BENCH / "workloads"
+RESULTS = BENCH / "results"
+PYTHON = sys.executable
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
+    "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com",
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for mod in ("torch", "numpy", "sklearn"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {
+        "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(), "sqlite": sqlite3.sqlite_version,
+        "platform": platform.platform(), "git_head": head, "load_avg": os.getloadavg(), **versions,
+    }
+
+
+def new_project(files: dict[str, Path | str]) -> Path:
+    """A temporary git project holding copies of ``files`` (name -> source path or text)."""
+    d = Path(tempfile.mkdtemp(prefix="hindlog-bench-"))
+    subprocess.run(["git", "init", "-q"], cwd=d, check=True)
+    for name, src in files.items():
+        target = d / name
+        target.write_text(Path(src).read_text() if isinstance(src, Path) else src)
+    return d
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> float:
+    """Wall seconds of a whole process."""
+    full_env = {**os.environ, **GIT_ENV, **(env or {})}
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if check and out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
+    return elapsed
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path
+
+
+def cleanup(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
