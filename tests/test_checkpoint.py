@@ -1,0 +1,495 @@
+"""Taking checkpoints while recording: where (nested-loop exits and iteration ends), what they
+hold, the overhead policy, deduplication, and faults: unpicklable state, a write error or
+full disk while persisting, and ``kill -9`` in the middle of a persist.
+
+Real subprocesses with the venv's Python, real SQLite, real files under ``.hindlog/objects``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+import hindlog as hl
+from hindlog.checkpoint import read_checkpoint
+
+from ckpt_helpers import (
+    ITERATION_END,
+    CkProject,
+    count_checkpoints,
+    last_json,
+    read_all_checkpoints,
+    stop,
+    wait_for,
+)
+
+
+# ----------------------------------------------------------------- where checkpoints are taken, what they hold
+
+BLOCKS = """
+import json, threading, time
+import numpy as np
+import hindlog as hl
+
+np.random.seed(0)
+w = np.zeros(3)
+hl.checkpoints(w=w)
+X = np.random.randn(32, 3)
+y = X @ np.array([1.0, 2.0, 3.0])
+best = None
+for epoch in hl.loop("epoch", range(8)):
+    for b in hl.loop("train", range(0, 32, 8)):
+        err = X[b:b + 8] @ w - y[b:b + 8]
+        w -= 0.05 * X[b:b + 8].T @ err / 8
+        loss = float(np.mean(err ** 2))
+        guard = threading.Lock()
+    total = 0.0
+    for b in hl.loop("val", range(0, 32, 8)):
+        total += float(np.mean((X[b:b + 8] @ w - y[b:b + 8]) ** 2))
+    with guard:
+        val = total / 4
+    best = val if best is None or val < best else best
+    hl.log("loss", loss)
+    hl.log("total", total)
+    hl.log("best", best)
+    hl.log("w", w.copy())
+    if epoch == 6:
+        break
+    time.sleep(0.05)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_checkpoints_at_nested_loop_exits_and_iteration_ends_hold_live_locals(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", BLOCKS)
+    proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    run_id = last_json(proc.stdout)["run"]
+    # An unpicklable local read after a loop: one warning naming it; the checkpoint is still taken.
+    assert proc.stderr.count("cannot be checkpointed") == 1, proc.stderr
+    assert "'guard'" in proc.stderr
+
+    values = proj.by_iteration(run_id)
+    rows = proj.checkpoints(run_id)
+    by_iteration: dict[int, dict[int, tuple[str | None, str]]] = {}
+    for it, block, loop, manifest, nbytes in rows:
+        by_iteration.setdefault(it, {})[block] = (loop, manifest)
+        assert nbytes > 0
+    assert len(by_iteration) >= 3, f"ε=0.9 and a tiny state should checkpoint most iterations: {sorted(by_iteration)}"
+    # Iteration 6 left the loop by `break` and 7 never ran: neither has a checkpoint.
+    assert max(by_iteration) <= 5, sorted(by_iteration)
+
+    objects = proj.store().objects
+    for it, blocks in by_iteration.items():
+        assert {b: loop for b, (loop, _m) in blocks.items()} == {0: "train", 1: "val", ITERATION_END: None}, blocks
+        train = read_checkpoint(objects, blocks[0][1])
+        val = read_checkpoint(objects, blocks[1][1])
+        end = read_checkpoint(objects, blocks[ITERATION_END][1])
+        for loaded, block in ((train, 0), (val, 1), (end, ITERATION_END)):
+            assert (loaded.iteration, loaded.block) == (it, block)
+            assert loaded.position == it + 1  # where the main loop's iterator continues
+            assert set(loaded.rng) >= {"python", "numpy"}
+            assert loaded.kinds == {"w": "array"}
+            assert loaded.objects["w"].tolist() == values[(it, "w")][0]
+        # The last batch's loss is read after the training loop; the accumulated total after
+        # the validation loop; `best` is carried from one epoch to the next.
+        assert train.locals["loss"] == values[(it, "loss")][0]
+        assert "total" not in train.locals
+        assert val.locals["total"] == values[(it, "total")][0]
+        assert end.locals["best"] == values[(it, "best")][0]
+        assert "guard" in train.unrestorable and "guard" not in train.locals
+
+
+FUNCTION_BLOCK = """
+import json, time
+import numpy as np
+import hindlog as hl
+
+
+def train_epoch(w, X, y):
+    running = 0.0
+    for b in hl.loop("batch", range(0, 32, 8)):
+        err = X[b:b + 8] @ w - y[b:b + 8]
+        w -= 0.05 * X[b:b + 8].T @ err / 8
+        running += float(np.mean(err ** 2))
+    return running / 4
+
+
+np.random.seed(0)
+X = np.random.randn(32, 3)
+y = X @ np.array([1.0, 2.0, 3.0])
+w = np.zeros(3)
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(5)):
+    avg = train_epoch(w, X, y)
+    hl.log("avg", avg)
+    time.sleep(0.05)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_a_nested_loop_inside_a_function_the_main_loop_calls_is_a_block(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FUNCTION_BLOCK)
+    run_id = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["run"]
+    values = proj.by_iteration(run_id)
+    objects = proj.store().objects
+    rows = proj.checkpoints(run_id)
+    assert len({it for it, *_ in rows}) >= 2, rows
+    for it, block, loop, manifest, _n in rows:
+        assert (block, loop) in ((0, "batch"), (ITERATION_END, None)), rows
+        if block == 0:
+            loaded = read_checkpoint(objects, manifest)
+            # The function's accumulator, read after its loop, is held; the loop variable is not.
+            assert loaded.locals["running"] / 4 == values[(it, "avg")][0]
+            assert "b" not in loaded.locals and "err" not in loaded.locals
+    assert {it for it, b, *_ in rows if b == 0} == {it for it, b, *_ in rows if b == ITERATION_END}
+
+
+CHEAP = """
+import json, time
+import numpy as np
+import hindlog as hl
+
+state = np.zeros(16)
+hl.checkpoints(state=state)
+for epoch in hl.loop("epoch", range(6)):
+    state += np.random.rand(16)
+    hl.log("x", float(state.sum()))
+    time.sleep(0.4)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_cheap_state_is_checkpointed_every_iteration_under_the_default_epsilon(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", CHEAP)
+    run_id = last_json(proj.run("train.py").stdout)["run"]
+    rows = proj.checkpoints(run_id)
+    # No nested loop: the iterations are the blocks, checkpointed at their end only.
+    assert {block for _it, block, *_ in rows} == {ITERATION_END}
+    iterations = proj.checkpointed_iterations(run_id)
+    assert set(range(1, 6)) <= set(iterations), iterations
+    info = proj.run_info(run_id)
+    assert info["epsilon"] == 0.05
+    assert info["overhead"] is not None and 0 <= info["overhead"] <= 0.05
+    shown = proj.cli("show", run_id).stdout
+    assert re.search(rf"checkpoints\s+{len(rows)} at iterations {'0-5' if 0 in iterations else '1-5'}", shown), shown
+    assert re.search(r"overhead\s+\d+\.\d+% of wall time \(bound 5\.0%\)", shown), shown
+
+
+def test_epsilon_zero_takes_no_checkpoints_but_records_the_overhead(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", CHEAP.replace("import hindlog as hl\n", "import hindlog as hl\nhl.init(epsilon=0)\n").replace("0.4", "0.02"))
+    run_id = last_json(proj.run("train.py").stdout)["run"]
+    assert proj.checkpoints(run_id) == []
+    info = proj.run_info(run_id)
+    assert info["epsilon"] == 0.0
+    assert info["overhead"] == 0.0
+    assert info["status"] == "finished"
+    shown = proj.cli("show", run_id).stdout
+    assert re.search(r"checkpoints\s+0\b", shown), shown
+    assert re.search(r"overhead\s+0\.00% of wall time", shown), shown
+    # HINDLOG_EPSILON=0 does the same without touching the script.
+    proj.write("env.py", CHEAP.replace("0.4", "0.02"))
+    run2 = last_json(proj.run("env.py", env={"HINDLOG_EPSILON": "0"}).stdout)["run"]
+    assert proj.checkpoints(run2) == [] and proj.run_info(run2)["epsilon"] == 0.0
+
+
+@pytest.mark.parametrize("epsilon", ["0"])
+def test_hindlog_run_epsilon_option(tmp_path: Path, epsilon: str) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", CHEAP.replace("0.4", "0.05"))
+    proc = proj.cli("run", "--epsilon", epsilon, "train.py", check=False)
+    assert proc.returncode == 0, proc.stderr
+    (run_id,) = proj.run_ids()
+    assert proj.run_info(run_id)["epsilon"] == float(epsilon)
+    assert (proj.checkpoints(run_id) == []) == (epsilon == "0")
+
+
+EXPENSIVE = """
+import json, time
+import numpy as np
+import hindlog as hl
+
+state = np.zeros(1_000_000)  # 8 MB, changed every iteration: hashing and writing it costs more than an iteration
+hl.checkpoints(state=state)
+a = np.random.rand(300, 300)
+for epoch in hl.loop("epoch", range(60)):
+    state += 1
+    t = time.perf_counter()
+    while time.perf_counter() - t < 0.01:
+        a = a @ a / 300.0
+    hl.log("x", float(state[0]))
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_expensive_state_is_checkpointed_sparsely_within_epsilon(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", EXPENSIVE)
+    run_id = last_json(proj.run("train.py").stdout)["run"]
+    iterations = proj.checkpointed_iterations(run_id)
+    info = proj.run_info(run_id)
+    assert 1 <= len(iterations) <= 30, iterations
+    assert info["overhead"] <= info["epsilon"] == 0.05, info["overhead"]
+    assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id))
+    assert [v for (_it, name), v in proj.by_iteration(run_id).items() if name == "x"] == [[float(i + 1)] for i in range(60)]
+
+
+# ----------------------------------------------------------------- declaring state
+
+UNPICKLABLE = """
+import threading
+import numpy as np
+import hindlog as hl
+
+class Holder:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.fn = lambda x: x + 1
+
+w = np.zeros(3)
+try:
+    hl.checkpoints(w=w, holder=Holder())
+except TypeError as e:
+    print("TypeError:", e)
+else:
+    print("no error")
+# A declared object with state_dict()/load_state_dict() needs no pickling.
+class Stateful:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.n = 0
+    def state_dict(self):
+        return {"n": self.n}
+    def load_state_dict(self, d):
+        self.n = d["n"]
+
+hl.checkpoints(w=w, counter=Stateful())
+print("ok")
+"""
+
+
+def test_unpicklable_object_without_state_dict_is_a_clear_type_error(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", UNPICKLABLE)
+    out = proj.run("train.py").stdout
+    line = next(line for line in out.splitlines() if line.startswith(("TypeError", "no error")))
+    assert line.startswith("TypeError"), out
+    assert "holder" in line and "Holder" in line, line
+    assert "state_dict" in line and "pickle" in line, line
+    assert out.strip().endswith("ok")
+
+
+# ----------------------------------------------------------------- dedup
+
+FROZEN = """
+import json, time
+import torch, torch.nn as nn
+import hindlog as hl
+
+torch.set_num_threads(1)
+
+def train(runs):
+    hl.init()
+    torch.manual_seed(0)
+    frozen = nn.Linear(200, 100)  # 80 000 bytes of weight: stored as an object of its own
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    model = nn.Sequential(frozen, nn.ReLU(), nn.Linear(100, 2))
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    hl.checkpoints(model=model, opt=opt)
+    x = torch.randn(64, 200)
+    y = torch.randint(0, 2, (64,))
+    for epoch in hl.loop("epoch", range(4)):
+        for b in hl.loop("step", range(0, 64, 16)):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[b:b + 16]), y[b:b + 16])
+            loss.backward()
+            opt.step()
+        hl.log("loss", loss.item())
+        time.sleep(0.05)
+    runs.append(hl.run_id())
+    hl.finish()
+
+runs = []
+train(runs)
+train(runs)
+print(json.dumps({"runs": runs}))
+"""
+
+
+def test_frozen_layer_is_stored_once_across_checkpoints_and_runs(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FROZEN)
+    runs = last_json(proj.run("train.py").stdout)["runs"]
+    assert len(runs) == 2
+    frozen_digests: set[str] = set()
+    trainable: set[str] = set()
+    references = 0
+    for run_id in runs:
+        rows = proj.checkpoints(run_id)
+        assert len({it for it, *_ in rows}) >= 2, f"want several checkpoints to dedup across: {rows}"
+        for _it, _block, _loop, manifest, _n in rows:
+            entries = proj.manifest(manifest)["tensors"]
+            weights = [e for e in entries if e[3] == [100, 200]]
+            assert len(weights) == 1, entries
+            frozen_digests.add(weights[0][0])
+            references += 1
+            trainable.update(e[0] for e in entries if e[3] == [2, 100])
+        assert read_all_checkpoints(proj, run_id) == len(rows)
+    # One object for the frozen weight, however many checkpoints (of both runs) name it.
+    assert len(frozen_digests) == 1 and references >= 4
+    (digest,) = frozen_digests
+    assert not digest.startswith("@")
+    path = proj.store().objects.path(digest)
+    assert path.stat().st_size == 100 * 200 * 4
+    same_size = [p for p in proj.objects_dir.rglob("*") if p.is_file() and p.stat().st_size == 100 * 200 * 4]
+    assert same_size == [path]
+    # The first run wrote the weight once; the second found it stored already.
+    written = [proj.run_info(r)["info"].get("checkpoint_bytes_written") for r in runs]
+    assert written == [100 * 200 * 4, 0], written
+
+
+# ----------------------------------------------------------------- a write error / full disk while persisting
+
+DISK_TROUBLE = """
+import json, os, resource, signal, time
+import numpy as np
+import hindlog as hl
+
+MODE = os.environ["TROUBLE"]
+objects = os.path.join(os.environ["HINDLOG_DIR"], "objects")
+big = np.zeros(500_000)  # 4 MB, changed every epoch
+small = np.zeros(4)
+hl.checkpoints(big=big, small=small)
+
+def trouble_on():
+    if MODE == "objects-is-a-file":
+        # The objects directory is replaced by a regular file: every mkdir/open under it fails.
+        os.rename(objects, objects + ".away")
+        with open(objects, "w") as f:
+            f.write("not a directory")
+    else:
+        # A file-size limit below the checkpoint's size: writes fail with EFBIG (root too).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024 * 1024, hard))
+
+def trouble_off():
+    if MODE == "objects-is-a-file":
+        os.unlink(objects)
+        os.rename(objects + ".away", objects)
+    else:
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+
+for epoch in hl.loop("epoch", range(10)):
+    if epoch == 3:
+        time.sleep(0.3)  # let the persists of earlier epochs finish
+        trouble_on()
+    if epoch == 7:
+        trouble_off()
+    for b in hl.loop("batch", range(3)):
+        big += 1
+        small += b
+    hl.log("x", float(big[0]))
+    hl.log("y", float(small.sum()))
+    print(json.dumps({"epoch": epoch}), flush=True)
+    time.sleep(0.08)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["objects-is-a-file", "file-size-limit"])
+def test_write_error_while_persisting_drops_the_checkpoint_and_training_goes_on(tmp_path: Path, mode: str) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", DISK_TROUBLE)
+    proc = proj.run("train.py", env={"TROUBLE": mode, "HINDLOG_EPSILON": "0.9"})
+    assert proc.returncode == 0
+    run_id = last_json(proc.stdout)["run"]
+    # Exactly one warning, however many checkpoints were dropped.
+    assert proc.stderr.count("could not write the checkpoint") == 1, proc.stderr
+    assert "training goes on" in proc.stderr
+    assert ("Not a directory" if mode == "objects-is-a-file" else "File too large") in proc.stderr, proc.stderr
+    assert [json.loads(l)["epoch"] for l in proc.stdout.splitlines() if l.startswith('{"epoch"')] == list(range(10))
+    info = proj.run_info(run_id)
+    assert info["status"] == "finished"
+    assert "checkpoint_dropped" in info["flags"]
+    # Every log is there, once.
+    values = proj.by_iteration(run_id)
+    assert [values[(e, "x")] for e in range(10)] == [[float(3 * (e + 1))] for e in range(10)]
+    assert [values[(e, "y")] for e in range(10)] == [[float(4 * 3 * (e + 1))] for e in range(10)]
+    # No checkpoint of the troubled epochs is listed; the ones listed (before, and after the
+    # trouble went away) read back intact.
+    iterations = proj.checkpointed_iterations(run_id)
+    assert not set(iterations) & {4, 5, 6}, iterations
+    assert any(i < 3 for i in iterations), iterations
+    assert any(i >= 7 for i in iterations), f"checkpoints did not come back once the disk was fine: {iterations}"
+    assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id))
+    shown = proj.cli("show", run_id).stdout
+    assert "checkpoint_dropped" in shown
+
+
+# ----------------------------------------------------------------- kill -9 during a persist
+
+BIG_STATE = """
+import json, time
+import numpy as np
+import hindlog as hl
+
+big = np.zeros(6_000_000)  # 48 MB, changed every epoch: a persist takes a while
+hl.checkpoints(big=big)
+for epoch in hl.loop("epoch", range(10_000)):
+    big += 1
+    hl.log("x", float(big[0]))
+    time.sleep(0.02)
+"""
+
+
+def _tmp_files(objects: Path) -> list[Path]:
+    if not objects.exists():
+        return []
+    return [p for sub in objects.iterdir() if sub.is_dir() for p in sub.glob(".tmp-*")]
+
+
+def test_kill_9_during_a_persist_leaves_no_partial_checkpoint_visible(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", BIG_STATE)
+    proc = proj.start("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    try:
+        def committed() -> bool:
+            return count_checkpoints(proj) >= 1
+
+        wait_for(committed, timeout=60, interval=0.02, proc=proc)
+        # Now wait for the next persist to be caught writing an object, and kill -9 then.
+        wait_for(lambda: _tmp_files(proj.objects_dir), timeout=60, interval=0.002, proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = _tmp_files(proj.objects_dir)
+    (run_id,) = proj.run_ids()
+    rows = proj.checkpoints(run_id)
+    assert rows
+    # Every listed checkpoint reads back whole, and names no temporary file.
+    assert read_all_checkpoints(proj, run_id) == len(rows)
+    named = set()
+    for _it, _b, _l, manifest, _n in rows:
+        m = proj.manifest(manifest)
+        named.update([manifest, m["skeleton"], *(e[0] for e in m["tensors"])])
+    assert not {p.name for p in leftovers} & {n[2:] for n in named}
+    # The run shows as killed and the latest checkpoint restores.
+    assert proj.run_info(run_id)["status"] == "killed"
+    import numpy as np
+
+    big = np.zeros(6_000_000)
+    r = hl.restore(run_id, store=proj.store(), big=big)
+    assert big[0] == r.iteration + 1 and big[-1] == r.iteration + 1

@@ -1,0 +1,182 @@
+"""``hindlog gc``: remove objects no checkpoint or code snapshot refers to; ``--keep-last N``
+drops the checkpoints of all but the N latest runs and keeps their logs. Real stores made by
+real recordings; the object files are checked on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hindlog as hl
+from hindlog import codeversion
+from hindlog.errors import CheckpointError
+from hindlog.gc import gc
+
+from ckpt_helpers import (
+    NUMPY_TRAIN,
+    CkProject,
+    NumpyRecording,
+    copy_store,
+    count_checkpoints,
+    last_json,
+    make_numpy_recording,
+    read_all_checkpoints,
+    shared,
+    stop,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="session")
+def numpy_rec(tmp_path_factory: pytest.TempPathFactory) -> NumpyRecording:
+    return shared("numpy_rec", make_numpy_recording, tmp_path_factory)
+
+
+def object_files(proj: CkProject) -> set[str]:
+    """Every object on disk (by name), temporary files left out."""
+    out = set()
+    for sub in proj.objects_dir.iterdir():
+        if sub.is_dir():
+            out.update(sub.name + f.name for f in sub.iterdir() if not f.name.startswith(".tmp-"))
+    return out
+
+
+def referenced(proj: CkProject, run_id: str) -> set[str]:
+    names = set()
+    for _it, _b, _l, manifest, _n in proj.checkpoints(run_id):
+        m = proj.manifest(manifest)
+        names.update([manifest, m["skeleton"], *(e[0] for e in m["tensors"] if not e[0].startswith("@"))])
+    return names
+
+
+def fresh_objects() -> dict[str, object]:
+    return {"w": np.zeros(4), "big": np.zeros(20000), "history": [], "stats": {}}
+
+
+@pytest.fixture
+def two_runs(numpy_rec: NumpyRecording, tmp_path: Path) -> tuple[CkProject, str, str]:
+    """A copy of the shared NumPy recording plus a second, newer run of a changed script."""
+    proj = copy_store(numpy_rec.proj, tmp_path)
+    proj.write("train.py", NUMPY_TRAIN.replace("np.random.seed(0)", "np.random.seed(1)"))
+    second = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.5"}).stdout)["run"]
+    assert proj.run_ids() == [numpy_rec.run_id, second]
+    return proj, numpy_rec.run_id, second
+
+
+def test_gc_removes_unreferenced_objects_and_keeps_referenced_ones(two_runs: tuple[CkProject, str, str]) -> None:
+    proj, first, second = two_runs
+    store = proj.store()
+    junk = [store.objects.put(f"junk {i}".encode() * 100) for i in range(3)]
+    keep = referenced(proj, first) | referenced(proj, second)
+    assert keep and keep <= object_files(proj)
+    before = object_files(proj)
+
+    # Young objects are kept by default: a running process may be writing a checkpoint.
+    report = gc(store=store)
+    assert report.removed_objects == 0 and object_files(proj) == before
+
+    report = gc(store=store, grace=0)
+    assert report.removed_objects == len(before - keep) >= len(junk)
+    assert report.freed_bytes >= sum(len(f"junk {i}".encode() * 100) for i in range(3))
+    assert report.dropped_checkpoints == 0
+    after = object_files(proj)
+    assert after == keep
+    assert not set(junk) & after
+    for run_id in (first, second):
+        assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id)) > 0
+    # Idempotent.
+    assert gc(store=store, grace=0).removed_objects == 0
+
+
+def test_gc_keep_last_drops_older_runs_checkpoints_but_keeps_their_logs(two_runs: tuple[CkProject, str, str]) -> None:
+    proj, first, second = two_runs
+    logs_before = {r: proj.by_iteration(r) for r in (first, second)}
+    first_refs, second_refs = referenced(proj, first), referenced(proj, second)
+    n_first = len(proj.checkpoints(first))
+    code_first = proj.run_info(first)["code_version"]
+
+    out = proj.cli("gc", "--keep-last", "1").stdout
+    assert str(n_first) in out and "dropped" in out, out
+    assert proj.checkpoints(first) == []
+    assert len(proj.checkpoints(second)) > 0
+    # The CLI keeps young objects (grace period); an immediate gc with no grace removes them.
+    gc(store=proj.store(), grace=0)
+    on_disk = object_files(proj)
+    assert second_refs <= on_disk
+    assert not (first_refs - second_refs) & on_disk
+    # Logs, args and code versions of every run are kept.
+    assert {r: proj.by_iteration(r) for r in (first, second)} == logs_before
+    info = proj.run_info(first)
+    assert info["code_version"] == code_first and info["args"] == {"epochs": 6, "pause": 0.05}
+    assert b"np.random.seed(0)" in codeversion.read_file(proj.store(), code_first, "train.py")
+    # The older run can no longer be restored; the newer one can.
+    with pytest.raises(CheckpointError, match="no checkpoints"):
+        hl.restore(first, store=proj.store(), **fresh_objects())
+    assert hl.restore(second, store=proj.store(), **fresh_objects()).iteration == proj.checkpointed_iterations(second)[-1]
+    assert read_all_checkpoints(proj, second) == len(proj.checkpoints(second))
+
+
+def test_gc_keep_last_rejects_a_negative_count(numpy_rec: NumpyRecording) -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        gc(store=numpy_rec.proj.store(), keep_last=-1)
+    proc = numpy_rec.proj.cli("gc", "--keep-last", "-1", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(numpy_rec.proj.checkpoints(numpy_rec.run_id)) > 0
+
+
+def test_gc_keeps_code_snapshots_outside_git(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path, git=False)
+    proj.write("train.py", NUMPY_TRAIN)
+    run_id = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.5"}).stdout)["run"]
+    version = proj.run_info(run_id)["code_version"]
+    assert version.startswith("snap-")
+    assert proj.checkpoints(run_id)
+    report = gc(store=proj.store(), keep_last=0, grace=0)
+    assert report.dropped_checkpoints > 0 and report.removed_objects > 0
+    assert proj.checkpoints(run_id) == []
+    # Only the code snapshot's objects are left, and the code reads back whole.
+    files = codeversion.read_files(proj.store(), version)
+    assert files["train.py"].decode() == (proj.root / "train.py").read_text()
+    assert len(object_files(proj)) == len(files) + 1  # the files and their manifest
+    assert proj.by_iteration(run_id)[(5, "mse")]
+
+
+BUSY = """
+import json, time
+import numpy as np
+import hindlog as hl
+
+state = np.zeros(20000)
+hl.checkpoints(state=state)
+for epoch in hl.loop("epoch", range(10_000)):
+    state += 1
+    hl.log("x", float(state[0]))
+    time.sleep(0.03)
+"""
+
+
+def test_gc_keep_last_never_drops_a_running_runs_checkpoints(numpy_rec: NumpyRecording, tmp_path: Path) -> None:
+    proj = copy_store(numpy_rec.proj, tmp_path)
+    proj.write("busy.py", BUSY)
+    proc = proj.start("busy.py", env={"HINDLOG_EPSILON": "0.9"})
+    try:
+        wait_for(lambda: count_checkpoints(proj, at_least_iteration=0) > len(numpy_rec.proj.checkpoints(numpy_rec.run_id)) + 1, timeout=60, proc=proc)
+        os.kill(proc.pid, signal.SIGSTOP)  # hold it still (alive) while gc runs
+        try:
+            running = proj.run_ids()[-1]
+            assert proj.run_info(running)["status"] == "running"
+            rows = proj.checkpoints(running)
+            n_old = len(proj.checkpoints(numpy_rec.run_id))
+            report = gc(store=proj.store(), keep_last=0, grace=0)
+            assert report.dropped_checkpoints == n_old > 0
+            assert proj.checkpoints(numpy_rec.run_id) == []
+            assert proj.checkpoints(running) == rows
+            assert read_all_checkpoints(proj, running) == len(rows)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+    finally:
+        stop(proc)

@@ -1,0 +1,315 @@
+"""``hl.restore``: load a recorded checkpoint into fresh objects and continue exactly.
+
+Real recordings (subprocesses with the venv's Python, real SQLite, real object files);
+the continuations run in a second process, and the values they compute for the later
+epochs must be *identical* to the ones the original run logged (CPU, one thread).
+Damaged checkpoints are made by flipping bytes in / deleting real object files.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import hindlog as hl
+from hindlog.errors import CheckpointError
+
+from ckpt_helpers import (
+    ITERATION_END,
+    TORCH_CONTINUE,
+    TORCH_NAMES,
+    CkProject,
+    NumpyRecording,
+    TorchReference,
+    copy_store,
+    dedent,
+    flip_byte,
+    last_json,
+    make_numpy_recording,
+    make_torch_reference,
+    shared,
+)
+
+
+@pytest.fixture(scope="session")
+def torch_ref(tmp_path_factory: pytest.TempPathFactory) -> TorchReference:
+    return shared("torch_ref", make_torch_reference, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def numpy_rec(tmp_path_factory: pytest.TempPathFactory) -> NumpyRecording:
+    return shared("numpy_rec", make_numpy_recording, tmp_path_factory)
+
+
+def _pick_middle(iterations: list[int], epochs: int) -> int:
+    """A checkpointed iteration with at least two epochs after it (the earliest from 2 on)."""
+    usable = [i for i in iterations if i <= epochs - 3]
+    assert usable, f"no checkpoint early enough to continue from: {iterations}"
+    later = [i for i in usable if i >= 2]
+    return later[0] if later else usable[-1]
+
+
+# ----------------------------------------------------------------- torch
+
+
+def test_torch_restore_epoch_k_into_fresh_objects_and_continue_identically(torch_ref: TorchReference) -> None:
+    proj, run_id, epochs = torch_ref.proj, torch_ref.run_id, torch_ref.epochs
+    iterations = proj.checkpointed_iterations(run_id)
+    assert len(iterations) >= 2, f"a cheap tiny model got too few checkpoints: {iterations}"
+    k = _pick_middle(iterations, epochs)
+    proj.write("continue.py", TORCH_CONTINUE)
+    out = last_json(proj.run("continue.py", run_id, str(k), str(epochs)).stdout)
+    # The loop-carried `best` and the last batch's `loss` (read after the nested loop) are held.
+    assert {"best", "loss"} <= set(out["locals"]), out["locals"]
+    assert out["restored_loss"] == torch_ref.values[(k, "loss")][0]
+    continued = out["values"]
+    assert sorted(int(e) for e in continued) == list(range(k + 1, epochs))
+    for epoch in range(k + 1, epochs):
+        for name in TORCH_NAMES:
+            recorded = torch_ref.values[(epoch, name)]
+            assert recorded == [continued[str(epoch)][name]], f"epoch {epoch} {name}: recorded {recorded}, continued {continued[str(epoch)][name]}"
+    # The control: the objects restored but not the global generators reproduce neither the
+    # shuffling and dropout nor the draws (so the comparison above exercises the RNG state);
+    # the declared generator and the scheduler come back either way.
+    control = out["control"][str(k + 1)]
+    assert control["lr"] == torch_ref.values[(k + 1, "lr")][0]
+    assert control["gnoise"] == torch_ref.values[(k + 1, "gnoise")][0]
+    assert control["noise"] != torch_ref.values[(k + 1, "noise")][0]
+    assert control["wsum"] != torch_ref.values[(k + 1, "wsum")][0]
+
+
+# ----------------------------------------------------------------- scikit-learn / NumPy
+
+SKLEARN_SETUP = """
+import json, sys, time
+import numpy as np
+from sklearn.linear_model import SGDClassifier
+import hindlog as hl
+
+np.random.seed(0)
+rs = np.random.RandomState(1)
+X = rs.randn(240, 6)
+y = (X @ rs.randn(6) + 0.3 * rs.randn(240) > 0).astype(int)
+# random_state=None: SGD's own shuffling inside partial_fit draws from NumPy's global generator.
+clf = SGDClassifier(loss="log_loss", learning_rate="constant", eta0=0.05)
+seen = np.zeros(2)
+
+def epoch_values(epoch):
+    return {"acc": float(clf.score(X, y)), "coef": clf.coef_.ravel().tolist(),
+            "intercept": float(clf.intercept_[0]), "seen": float(seen[1]), "noise": float(np.random.rand())}
+"""
+
+SKLEARN_TRAIN = SKLEARN_SETUP + """
+hl.checkpoints(clf=clf, seen=seen)
+for epoch in hl.loop("epoch", range(6)):
+    perm = np.random.permutation(len(X))
+    for b in hl.loop("batch", range(0, len(X), 60)):
+        idx = perm[b:b + 60]
+        clf.partial_fit(X[idx], y[idx], classes=np.array([0, 1]))
+        seen += np.bincount(y[idx], minlength=2)
+    for name, value in epoch_values(epoch).items():
+        hl.log(name, value)
+    time.sleep(0.1)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+SKLEARN_CONTINUE = SKLEARN_SETUP + """
+run, k = sys.argv[1], int(sys.argv[2])
+r = hl.restore(run, iteration=k, rng=True, clf=clf, seen=seen)
+assert r.objects["clf"] is clf, "the estimator was not restored in place"
+assert r.objects["seen"] is seen, "the array was not restored in place"
+assert hasattr(clf, "coef_")
+values = {}
+for epoch in range(k + 1, 6):
+    perm = np.random.permutation(len(X))
+    for b in range(0, len(X), 60):
+        idx = perm[b:b + 60]
+        clf.partial_fit(X[idx], y[idx], classes=np.array([0, 1]))
+        seen += np.bincount(y[idx], minlength=2)
+    values[epoch] = epoch_values(epoch)
+print(json.dumps({"values": values}))
+"""
+
+
+def test_sklearn_partial_fit_restore_in_place_and_continue_identically(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", dedent(SKLEARN_TRAIN))
+    run_id = last_json(proj.run("train.py").stdout)["run"]
+    recorded = proj.by_iteration(run_id)
+    iterations = proj.checkpointed_iterations(run_id)
+    assert len(iterations) >= 2, iterations
+    k = _pick_middle(iterations, 6)
+    proj.write("continue.py", dedent(SKLEARN_CONTINUE))
+    continued = last_json(proj.run("continue.py", run_id, str(k)).stdout)["values"]
+    assert sorted(int(e) for e in continued) == list(range(k + 1, 6))
+    for epoch in range(k + 1, 6):
+        for name in ("acc", "coef", "intercept", "seen", "noise"):
+            assert recorded[(epoch, name)] == [continued[str(epoch)][name]], f"epoch {epoch} {name}"
+
+
+# ----------------------------------------------------------------- restoring in place (this process)
+
+
+def _fresh_numpy_objects() -> dict[str, object]:
+    return {"w": np.full(4, 7.0), "big": np.zeros(20000), "history": ["stale"], "stats": {"seen": -1, "extra": 1}}
+
+
+def test_restore_numpy_list_and_dict_in_place(numpy_rec: NumpyRecording) -> None:
+    proj, run_id = numpy_rec.proj, numpy_rec.run_id
+    iterations = proj.checkpointed_iterations(run_id)
+    assert iterations, "no checkpoints"
+    k = iterations[len(iterations) // 2]
+    objs = _fresh_numpy_objects()
+    ids = {name: id(obj) for name, obj in objs.items()}
+    r = hl.restore(run_id, iteration=k, store=proj.store(), **objs)
+    assert r.run_id == run_id and r.iteration == k
+    for name, obj in objs.items():
+        assert r.objects[name] is obj and id(obj) == ids[name], f"{name} was not restored in place"
+    assert objs["w"].tolist() == numpy_rec.values[(k, "w")][0]
+    assert objs["big"].tolist() == [float(sum(range(1, k + 2)))] * 20000
+    assert objs["history"] == [numpy_rec.values[(e, "mse")][0] for e in range(k + 1)]
+    assert objs["stats"] == {"seen": 64 * (k + 1)}
+
+
+def test_restore_latest_by_default_and_rng_only_on_request(numpy_rec: NumpyRecording) -> None:
+    proj, run_id = numpy_rec.proj, numpy_rec.run_id
+    latest = proj.checkpointed_iterations(run_id)[-1]
+    state = np.random.get_state()
+    try:
+        np.random.seed(99)
+        before = np.random.get_state()[1].copy()
+        objs = _fresh_numpy_objects()
+        r = hl.restore(run_id, store=proj.store(), **objs)
+        assert r.iteration == latest
+        assert objs["w"].tolist() == numpy_rec.values[(latest, "w")][0]
+        assert np.array_equal(np.random.get_state()[1], before), "rng=False must leave the generators alone"
+        # "latest" names the latest run; rng=True restores NumPy's global generator: the
+        # next draw is the `noise` the run logged in the epoch after the checkpoint, if any.
+        hl.restore("latest", iteration=latest, store=proj.store(), rng=True, **_fresh_numpy_objects())
+        assert not np.array_equal(np.random.get_state()[1], before)
+    finally:
+        np.random.set_state(state)
+
+
+def test_restore_rng_reproduces_the_next_epochs_draws(numpy_rec: NumpyRecording) -> None:
+    proj, run_id = numpy_rec.proj, numpy_rec.run_id
+    iterations = [i for i in proj.checkpointed_iterations(run_id) if i < numpy_rec.epochs - 1]
+    assert iterations
+    k = iterations[0]
+    state = np.random.get_state()
+    try:
+        hl.restore(run_id, iteration=k, store=proj.store(), rng=True, **_fresh_numpy_objects())
+        np.random.permutation(64)  # epoch k+1's shuffle
+        assert float(np.random.rand()) == numpy_rec.values[(k + 1, "noise")][0]
+    finally:
+        np.random.set_state(state)
+
+
+def test_restore_bad_requests(numpy_rec: NumpyRecording) -> None:
+    proj, run_id = numpy_rec.proj, numpy_rec.run_id
+    iterations = proj.checkpointed_iterations(run_id)
+    missing = next(i for i in range(100) if i not in iterations)
+    with pytest.raises(CheckpointError, match=rf"{run_id}.*no checkpoint at iteration {missing}"):
+        hl.restore(run_id, iteration=missing, store=proj.store(), **_fresh_numpy_objects())
+    with pytest.raises(TypeError, match="objects to load into"):
+        hl.restore(run_id, store=proj.store())
+    with pytest.raises(CheckpointError, match="holds no state for optimizer"):
+        hl.restore(run_id, store=proj.store(), w=np.zeros(4), optimizer={})
+    with pytest.raises(hl.RunNotFound):
+        hl.restore("no-such-run", store=proj.store(), w=np.zeros(4))
+
+
+def test_restore_of_a_run_without_checkpoints_says_so(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("plain.py", """
+        import json
+        import hindlog as hl
+        for i in hl.loop("epoch", range(3)):
+            hl.log("x", i)
+        print(json.dumps({"run": hl.run_id()}))
+    """)
+    run_id = last_json(proj.run("plain.py").stdout)["run"]
+    with pytest.raises(CheckpointError, match=rf"{run_id} has no checkpoints"):
+        hl.restore(run_id, store=proj.store(), w=np.zeros(4))
+
+
+# ----------------------------------------------------------------- damaged checkpoints
+
+
+def _latest_two(proj: CkProject, run_id: str) -> tuple[int, int]:
+    iterations = proj.checkpointed_iterations(run_id)
+    assert len(iterations) >= 2, f"need two checkpoints, got {iterations}"
+    return iterations[-1], iterations[-2]
+
+
+def _end_manifest(proj: CkProject, run_id: str, iteration: int) -> str:
+    for it, block, _loop, manifest, _n in proj.checkpoints(run_id):
+        if it == iteration and block == ITERATION_END:
+            return manifest
+    raise AssertionError(f"no iteration-end checkpoint at {iteration}")
+
+
+def _damage(proj: CkProject, run_id: str, iteration: int, how: str) -> None:
+    objects = proj.store().objects
+    name = _end_manifest(proj, run_id, iteration)
+    manifest = json.loads(objects.get(name))
+    if how == "flip-manifest":
+        flip_byte(objects.path(name))
+    elif how == "flip-skeleton":
+        flip_byte(objects.path(manifest["skeleton"]))
+    elif how == "delete-skeleton":
+        objects.path(manifest["skeleton"]).unlink()
+    elif how in ("flip-tensor", "delete-tensor"):
+        stored = [e[0] for e in manifest["tensors"] if not e[0].startswith("@")]
+        assert stored, f"the checkpoint has no tensor stored as an object of its own: {manifest['tensors']}"
+        big = [e[0] for e in manifest["tensors"] if e[3] == [20000]]
+        target = objects.path(big[0] if big else stored[0])
+        if how == "flip-tensor":
+            flip_byte(target, offset=12345)
+        else:
+            target.unlink()
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["flip-manifest", "flip-skeleton", "delete-skeleton", "flip-tensor", "delete-tensor"])
+def test_damaged_latest_checkpoint(numpy_rec: NumpyRecording, tmp_path: Path, how: str) -> None:
+    proj = copy_store(numpy_rec.proj, tmp_path)
+    run_id = numpy_rec.run_id
+    latest, previous = _latest_two(proj, run_id)
+    _damage(proj, run_id, latest, how)
+
+    # An explicit iteration: a clear error naming the run and the checkpoint.
+    with pytest.raises(CheckpointError) as info:
+        hl.restore(run_id, iteration=latest, store=proj.store(), **_fresh_numpy_objects())
+    message = str(info.value)
+    assert run_id in message and f"iteration {latest}" in message, message
+    assert "missing" in message or "corrupt" in message, message
+
+    # No iteration: a warning, and the latest intact checkpoint instead.
+    objs = _fresh_numpy_objects()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        r = hl.restore(run_id, store=proj.store(), **objs)
+    assert r.iteration == previous
+    assert objs["w"].tolist() == numpy_rec.values[(previous, "w")][0]
+    assert any("falling back" in str(w.message) for w in caught), [str(w.message) for w in caught]
+
+    # The earlier checkpoints are untouched and still restore on request.
+    r = hl.restore(run_id, iteration=previous, store=proj.store(), **_fresh_numpy_objects())
+    assert r.iteration == previous
+
+
+def test_every_checkpoint_damaged_is_an_error(numpy_rec: NumpyRecording, tmp_path: Path) -> None:
+    proj = copy_store(numpy_rec.proj, tmp_path)
+    run_id = numpy_rec.run_id
+    for iteration in proj.checkpointed_iterations(run_id):
+        _damage(proj, run_id, iteration, "delete-skeleton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CheckpointError, match=rf"none of the checkpoints of run {run_id}"):
+            hl.restore(run_id, store=proj.store(), **_fresh_numpy_objects())

@@ -1,0 +1,243 @@
+"""``hindlog resume RUN``: continue a killed (``kill -9``) or failed run from its latest
+readable checkpoint, appending to the same run, with the values an uninterrupted run logs
+and no iteration logged twice. Real processes, real signals, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ckpt_helpers import (
+    ITERATION_END,
+    TORCH_TRAIN,
+    CkProject,
+    TorchReference,
+    copy_store,
+    count_checkpoints,
+    flip_byte,
+    last_json,
+    make_torch_reference,
+    read_all_checkpoints,
+    shared,
+    stop,
+    wait_for,
+)
+
+
+@pytest.fixture(scope="session")
+def torch_ref(tmp_path_factory: pytest.TempPathFactory) -> TorchReference:
+    return shared("torch_ref", make_torch_reference, tmp_path_factory)
+
+
+@dataclass
+class Killed:
+    proj: CkProject
+    run_id: str
+    checkpointed: list[int]
+    logged: list[int]
+
+
+def _make_killed(base: Path) -> Killed:
+    """Start TORCH_TRAIN, wait until iteration-end checkpoints of iteration 3 or later are
+    committed, and ``kill -9`` it in the middle of training."""
+    proj = CkProject(base)
+    proj.write("train.py", TORCH_TRAIN)
+    proc = proj.start("train.py")
+    try:
+        def ready() -> bool:
+            return count_checkpoints(proj, iteration_end_only=True, at_least_iteration=3) > 0
+
+        wait_for(ready, timeout=90, interval=0.01, proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == -signal.SIGKILL
+    (run_id,) = proj.run_ids()
+    iterations = proj.checkpointed_iterations(run_id)
+    logged = sorted({it for it, name, _ in proj.records(run_id) if it is not None and name == "loss"})
+    assert iterations and max(logged) < 7, f"the run was not killed mid-training: logged {logged}"
+    return Killed(proj, run_id, iterations, logged)
+
+
+@pytest.fixture(scope="session")
+def killed(tmp_path_factory: pytest.TempPathFactory, torch_ref: TorchReference) -> Killed:
+    return shared("killed_torch", _make_killed, tmp_path_factory)
+
+
+def _epochs_printed(stdout: str) -> list[int]:
+    out = []
+    for line in stdout.splitlines():
+        if line.startswith('{"epoch"'):
+            out.append(json.loads(line)["epoch"])
+    return out
+
+
+def _check_equal_to_reference(proj: CkProject, run_id: str, ref: TorchReference) -> None:
+    values = proj.by_iteration(run_id)
+    duplicates = {k: v for k, v in values.items() if len(v) != 1}
+    assert not duplicates, f"records logged more than once: {duplicates}"
+    assert set(values) == set(ref.values), (sorted(set(values) ^ set(ref.values), key=str))
+    for key, recorded in ref.values.items():
+        assert values[key] == recorded, f"{key}: resumed {values[key]}, uninterrupted {recorded}"
+
+
+def test_resume_after_kill_9_matches_an_uninterrupted_run(killed: Killed, torch_ref: TorchReference, tmp_path: Path) -> None:
+    proj = copy_store(killed.proj, tmp_path)
+    run_id = killed.run_id
+    info = proj.run_info(run_id)
+    assert info["status"] == "killed"
+    latest = killed.checkpointed[-1]
+
+    proc = proj.cli("resume", run_id)
+    assert _epochs_printed(proc.stdout) == list(range(latest + 1, 8)), proc.stdout
+    assert proj.run_ids() == [run_id], "resume must append to the same run"
+    info = proj.run_info(run_id)
+    assert info["status"] == "finished"
+    assert "resumed" in info["flags"]
+    assert info["ended"] is not None
+    _check_equal_to_reference(proj, run_id, torch_ref)
+    # The resumed process checkpoints too; everything the run now lists reads back intact.
+    assert read_all_checkpoints(proj, run_id) > 0
+    assert max(proj.checkpointed_iterations(run_id)) > latest
+    shown = proj.cli("show", run_id).stdout
+    assert "finished" in shown and "resumed" in shown
+
+
+def test_resume_falls_back_when_the_latest_checkpoint_is_corrupt(killed: Killed, torch_ref: TorchReference, tmp_path: Path) -> None:
+    assert len(killed.checkpointed) >= 2, f"need two checkpoints, got {killed.checkpointed}"
+    proj = copy_store(killed.proj, tmp_path)
+    run_id = killed.run_id
+    latest, previous = killed.checkpointed[-1], killed.checkpointed[-2]
+    objects = proj.store().objects
+    manifest = next(m for it, b, _l, m, _n in proj.checkpoints(run_id) if it == latest and b == ITERATION_END)
+    flip_byte(objects.path(json.loads(objects.get(manifest))["skeleton"]))
+
+    proc = proj.cli("resume", run_id)
+    assert _epochs_printed(proc.stdout) == list(range(previous + 1, 8)), proc.stdout
+    assert "falling back" in proc.stderr
+    info = proj.run_info(run_id)
+    assert info["status"] == "finished" and "resumed" in info["flags"]
+    _check_equal_to_reference(proj, run_id, torch_ref)
+
+
+def test_resume_refuses_a_finished_run(torch_ref: TorchReference) -> None:
+    proc = torch_ref.proj.cli("resume", torch_ref.run_id, check=False)
+    assert proc.returncode != 0
+    assert "finished" in (proc.stdout + proc.stderr) and "Traceback" not in proc.stderr
+    # Nothing was changed.
+    assert torch_ref.proj.run_info(torch_ref.run_id)["status"] == "finished"
+    assert "resumed" not in torch_ref.proj.run_info(torch_ref.run_id)["flags"]
+
+
+# ----------------------------------------------------------------- a failed run (NumPy)
+
+FLAKY = """
+import json, os, time
+import numpy as np
+import hindlog as hl
+
+
+def main():
+    # The main loop in a function: resume restores the loop-carried locals into its frame.
+    np.random.seed(0)
+    X = np.random.randn(64, 3)
+    y = X @ np.array([1.0, -2.0, 0.5])
+    w = np.zeros(3)
+    hl.checkpoints(w=w)
+    hl.log("setup", 1)
+    best = float("inf")
+    seen = []
+    for epoch in hl.loop("epoch", range(6)):
+        perm = np.random.permutation(64)
+        for b in hl.loop("batch", range(0, 64, 16)):
+            idx = perm[b:b + 16]
+            w -= 0.05 * X[idx].T @ (X[idx] @ w - y[idx]) / 16
+        mse = float(np.mean((X @ w - y) ** 2))
+        best = min(best, mse + float(np.random.rand()))
+        seen.append(epoch)
+        hl.log("mse", mse)
+        hl.log("best", best)
+        hl.log("seen", list(seen))
+        if epoch == 4 and os.path.exists("fail.flag"):
+            raise RuntimeError("the disk went away")
+        time.sleep(0.1)
+    print(json.dumps({"run": hl.run_id()}))
+
+
+main()
+"""
+
+
+def test_resume_a_failed_run(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FLAKY)
+    (proj.root / "fail.flag").write_text("x")
+    failed = proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0.5"})
+    assert failed.returncode == 1 and "the disk went away" in failed.stderr
+    (run_id,) = proj.run_ids()
+    assert proj.run_info(run_id)["status"] == "failed"
+    checkpointed = proj.checkpointed_iterations(run_id)
+    assert checkpointed and max(checkpointed) <= 3, checkpointed  # epoch 4 never completed
+    # Its logs of epoch 4 are there (it failed after logging them) and get replaced, not doubled.
+    assert (4, "mse") in proj.by_iteration(run_id)
+
+    # Resumed while the fault is still there: it fails again, and can be resumed again.
+    scratch_parent = tmp_path / "tmp"
+    scratch_parent.mkdir()
+    again = proj.cli("resume", run_id, check=False, env={"TMPDIR": str(scratch_parent)})
+    assert again.returncode == 1 and "the disk went away" in again.stderr
+    info = proj.run_info(run_id)
+    assert info["status"] == "failed" and "resumed" in info["flags"]
+    assert all(len(v) == 1 for v in proj.by_iteration(run_id).values())
+
+    (proj.root / "fail.flag").unlink()
+    proj.cli("resume", run_id, env={"TMPDIR": str(scratch_parent)})
+    assert list(scratch_parent.iterdir()) == [], "resume left its scratch copy of the code behind"
+    reference_id = last_json(proj.run("train.py").stdout)["run"]
+    resumed, reference = proj.by_iteration(run_id), proj.by_iteration(reference_id)
+    assert resumed == reference
+    assert all(len(v) == 1 for v in resumed.values()), resumed
+    info = proj.run_info(run_id)
+    assert info["status"] == "finished" and "resumed" in info["flags"]
+
+
+def test_resume_refuses_a_run_without_checkpoints(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FLAKY)
+    (proj.root / "fail.flag").write_text("x")
+    proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0"})
+    (run_id,) = proj.run_ids()
+    assert proj.checkpoints(run_id) == []
+    proc = proj.cli("resume", run_id, check=False)
+    assert proc.returncode != 0
+    assert "no checkpoint" in (proc.stdout + proc.stderr) and "Traceback" not in proc.stderr
+    assert proj.run_info(run_id)["status"] == "failed"
+
+
+def test_resume_with_every_checkpoint_corrupt_fails_clearly(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FLAKY)
+    (proj.root / "fail.flag").write_text("x")
+    proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0.5"})
+    (run_id,) = proj.run_ids()
+    objects = proj.store().objects
+    rows = proj.checkpoints(run_id)
+    assert rows
+    for _it, _block, _loop, manifest, _n in rows:
+        flip_byte(objects.path(manifest))
+    before = proj.by_iteration(run_id)
+    proc = proj.cli("resume", run_id, check=False)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "can be read" in proc.stderr or "no readable checkpoint" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # Nothing ran unrecorded or was appended; the run is as the failure left it.
+    assert '"run"' not in proc.stdout
+    assert proj.run_ids() == [run_id]
+    assert proj.by_iteration(run_id) == before
+    assert proj.run_info(run_id)["status"] == "failed"

@@ -1,0 +1,217 @@
+"""sourceinfo.py: which locals a loop assigns that later code reads (what a checkpoint at the
+loop's exit must hold), from small sources, and from live frames as the recorder sees them."""
+
+from __future__ import annotations
+
+import ast
+import sys
+import textwrap
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hindlog.sourceinfo import _facts_for, _scope_nodes, loop_facts
+
+TRAIN = textwrap.dedent(
+    """
+    def train(model, loader, val_loader, opt):
+        best = float("inf")
+        history = []
+        for epoch in range(10):
+            for x, y in loader:
+                out = model(x)
+                loss = crit(out, y)
+                loss.backward()
+                opt.step()
+            total = 0.0
+            count = 0
+            for x, y in val_loader:
+                pred = model(x)
+                total += crit(pred, y)
+                count += 1
+            val_loss = total / count
+            print(loss.item())
+            history.append(val_loss)
+            if val_loss < best:
+                best = val_loss
+        return best
+    """
+)
+
+
+def facts_at(source: str, line_text: str) -> Any:
+    """Facts of the loop whose header is the (first) line containing ``line_text``."""
+    tree = ast.parse(source)
+    lineno = next(i for i, line in enumerate(source.splitlines(), 1) if line_text in line)
+    scope, loop = _scope_nodes(tree, lineno)
+    assert loop is not None and loop.lineno == lineno
+    return _facts_for(scope, loop)
+
+
+def test_last_batch_loss_is_live_after_the_training_loop() -> None:
+    facts = facts_at(TRAIN, "for x, y in loader:")
+    assert {"x", "y", "out", "loss"} <= facts.assigned
+    assert "loss" in facts.live_after
+    # Rebound before they are read again: not needed in the checkpoint.
+    assert not {"x", "y", "out"} & facts.live_after
+    assert "opt" in facts.mutated  # opt.step(): a method call may change it in place
+
+
+def test_validation_accumulator_is_live_after_the_validation_loop() -> None:
+    facts = facts_at(TRAIN, "for x, y in val_loader:")
+    assert {"total", "count", "pred"} <= facts.assigned
+    assert {"total", "count"} <= facts.live_after
+    assert "pred" not in facts.live_after
+
+
+def test_loop_carried_best_and_history_in_the_main_loop() -> None:
+    facts = facts_at(TRAIN, "for epoch in range(10):")
+    # `best` is read by the next epoch's comparison before it is reassigned, and after the loop.
+    assert "best" in facts.live_after
+    assert "history" in facts.mutated
+    # `val_loss` is recomputed every epoch before any read: not carried.
+    assert "val_loss" not in facts.live_after
+    assert "epoch" not in facts.live_after
+
+
+def test_names_read_only_inside_a_later_loop_or_branch_are_live() -> None:
+    source = textwrap.dedent(
+        """
+        def f(data):
+            for step in range(3):
+                for b in data:
+                    acc = b
+                    tmp = b
+                if step > 1:
+                    print(acc)
+                tmp = 0
+                print(tmp)
+        """
+    )
+    facts = facts_at(source, "for b in data:")
+    assert "acc" in facts.live_after
+    assert "tmp" not in facts.live_after
+
+
+def test_module_level_loops() -> None:
+    source = textwrap.dedent(
+        """
+        best = None
+        for epoch in range(3):
+            for batch in range(4):
+                loss = batch * 2
+            best = loss if best is None or loss < best else best
+        print(best)
+        """
+    )
+    inner = facts_at(source, "for batch in range(4):")
+    assert inner.live_after == frozenset({"loss"})
+    outer = facts_at(source, "for epoch in range(3):")
+    assert "best" in outer.live_after
+
+
+# ----------------------------------------------------------------- from live frames
+
+
+def spy(iterable: Iterable[Any], sink: list[tuple[FrameType, int]]) -> Iterator[Any]:
+    """Like hl.loop: note the caller's frame and line when the loop is exhausted."""
+    frame = sys._getframe(1)
+    yield from iterable
+    sink.append((frame, frame.f_lineno))
+
+
+def test_loop_facts_from_a_running_frame() -> None:
+    inner: list[tuple[FrameType, int]] = []
+    val: list[tuple[FrameType, int]] = []
+
+    def train() -> float:
+        best = 10.0
+        for epoch in range(2):
+            for step in spy(range(3), inner):
+                loss = float(step)
+            total = 0.0
+            for b in spy(range(2), val):
+                total += b
+            best = min(best, loss + total)
+        return best
+
+    assert train() == 3.0
+    frame, line = inner[0]
+    facts = loop_facts(frame, line)
+    assert facts is not None and "loss" in facts.live_after and "step" not in facts.live_after
+    frame, line = val[0]
+    facts = loop_facts(frame, line)
+    assert facts is not None and "total" in facts.live_after
+    # The result is cached per code object and line.
+    assert loop_facts(frame, line) is facts
+
+
+def test_loop_facts_for_a_script_file(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            frames = []
+            def spy(it):
+                f = sys._getframe(1)
+                yield from it
+                frames.append((f, f.f_lineno))
+            history = []
+            for epoch in spy(range(2)):
+                for b in spy(range(2)):
+                    last = b
+                history.append(last)
+            """
+        )
+    )
+    namespace: dict[str, Any] = {"__name__": "script"}
+    exec(compile(script.read_text(), str(script), "exec"), namespace)
+    frames = namespace["frames"]
+    inner = loop_facts(*frames[0])
+    assert inner is not None and inner.live_after == frozenset({"last"})
+    outer = loop_facts(*frames[-1])
+    assert outer is not None and "history" in outer.mutated
+
+
+def test_no_source_means_no_facts() -> None:
+    namespace: dict[str, Any] = {"spy": spy}
+    sink: list[tuple[FrameType, int]] = []
+    exec(compile("for i in spy(range(2), sink):\n    x = i\n", "<no file>", "exec"), {**namespace, "sink": sink})
+    frame, line = sink[0]
+    assert loop_facts(frame, line) is None
+
+
+def test_a_block_loop_inside_a_function_the_main_loop_calls() -> None:
+    source = textwrap.dedent(
+        """
+        def run_epoch(loader):
+            running = 0.0
+            for x in loader:
+                running += x
+                last = x
+            return running / len(loader)
+        """
+    )
+    facts = facts_at(source, "for x in loader:")
+    assert "running" in facts.live_after
+    assert not {"x", "last"} & facts.live_after
+
+
+def test_while_loops_and_loops_inside_with_and_try() -> None:
+    source = textwrap.dedent(
+        """
+        def f(it):
+            with ctx():
+                try:
+                    n = 0
+                    while n < 3:
+                        n += 1
+                        seen = n
+                finally:
+                    print(seen)
+        """
+    )
+    facts = facts_at(source, "while n < 3:")
+    assert {"n", "seen"} <= facts.live_after

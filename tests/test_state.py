@@ -1,0 +1,221 @@
+"""state.py: classifying declared objects, freezing consistent copies, restoring in place,
+the random generators and frame locals. In-process unit tests (no recorder is started)."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from hindlog.state import (
+    Freezer,
+    Pickled,
+    TensorRef,
+    capturable_locals,
+    declare,
+    dumps_skeleton,
+    load_into,
+    replace_in_place,
+    rng_state,
+    set_frame_locals,
+    set_rng_state,
+    state_of,
+    thaw,
+)
+
+
+class Counter:
+    """A user class following the state_dict protocol (and holding something unpicklable)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def state_dict(self) -> dict:
+        return {"n": self.n}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.n = d["n"]
+
+
+class Plain:
+    def __init__(self, a: int) -> None:
+        self.a = a
+        self.items = [a]
+
+
+class HoldsLock:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.fn = lambda x: x
+
+
+def roundtrip(value: object) -> object:
+    """freeze -> pickle the skeleton (as the persister does) -> unpickle -> thaw."""
+    tensors: list = []
+    skeleton = Freezer().freeze(value, tensors)
+    restored_skeleton = pickle.loads(dumps_skeleton(skeleton))
+    return thaw(restored_skeleton, [t.data for t in tensors])
+
+
+# ----------------------------------------------------------------- declaring
+
+
+def test_declare_classifies_objects() -> None:
+    assert declare("w", np.zeros(3)).kind == "array"
+    assert declare("c", Counter()).kind == "stateful"
+    assert declare("d", {"a": 1}).kind == "pickle"
+    assert declare("l", [1, 2]).kind == "pickle"
+    assert declare("p", Plain(1)).kind == "pickle"
+    assert declare("f", lambda x: x + 1).kind == "pickle"  # cloudpickle takes lambdas
+
+
+@pytest.mark.parametrize(
+    "obj, type_name",
+    [
+        (HoldsLock(), "HoldsLock"),
+        (threading.Lock(), "lock"),
+        ((i for i in range(3)), "generator"),
+    ],
+)
+def test_declare_rejects_unpicklable_objects_naming_them(obj: object, type_name: str) -> None:
+    with pytest.raises(TypeError) as info:
+        declare("thing", obj)
+    message = str(info.value)
+    assert "thing=" in message and type_name in message, message
+    assert "state_dict" in message and "pickled" in message, message
+
+
+# ----------------------------------------------------------------- freezing
+
+
+def test_freeze_copies_arrays_and_rebuilds_containers() -> None:
+    arr = np.arange(6.0).reshape(2, 3)
+    value = {"arr": arr, "nested": [1, (2.5, "x"), {"k": np.float32(1.5)}], "none": None, "obj": Plain(3)}
+    tensors: list = []
+    skeleton = Freezer().freeze(value, tensors)
+    arr += 100  # changes after the freeze do not reach the copy
+    value["nested"].append("late")
+    value["obj"].a = 99
+    assert isinstance(skeleton["arr"], TensorRef) and len(tensors) == 1
+    assert tensors[0].framework == "numpy" and tensors[0].shape == (2, 3) and tensors[0].nbytes == 48
+    assert isinstance(skeleton["obj"], Pickled)
+    back = thaw(pickle.loads(dumps_skeleton(skeleton)), [t.data for t in tensors])
+    assert back["arr"].tolist() == np.arange(6.0).reshape(2, 3).tolist()
+    assert back["nested"] == [1, (2.5, "x"), {"k": 1.5}]
+    assert back["none"] is None
+    assert back["obj"].a == 3 and back["obj"].items == [3]
+
+
+@pytest.mark.parametrize("obj", [{"a": [1, 2], "b": {"c": 3}}, [1, "two", 3.0], Plain(7)], ids=["dict", "list", "object"])
+def test_pickled_declared_state_round_trips_and_restores_in_place(obj: object) -> None:
+    """A declared picklable object (kind 'pickle') comes back as itself, not as a wrapper,
+    and is restored into the live object without changing its identity."""
+    d = declare("x", obj)
+    assert d.kind == "pickle"
+    saved = roundtrip(state_of(d))
+    assert type(saved) is type(obj)
+    live = type(obj).__new__(type(obj)) if isinstance(obj, Plain) else type(obj)()
+    if isinstance(live, Plain):
+        live.__dict__.update({"a": -1, "items": []})
+    restored = load_into(declare("x", live), saved)
+    assert restored is live
+    if isinstance(obj, Plain):
+        assert (live.a, live.items) == (7, [7])
+    else:
+        assert live == obj
+
+
+def test_load_into_arrays_and_stateful_objects_in_place() -> None:
+    arr = np.zeros(4)
+    saved = roundtrip(state_of(declare("a", np.arange(4.0))))
+    assert load_into(declare("a", arr), saved) is arr and arr.tolist() == [0.0, 1.0, 2.0, 3.0]
+    c = Counter()
+    c.n = 5
+    saved = roundtrip(state_of(declare("c", c)))
+    fresh = Counter()
+    assert load_into(declare("c", fresh), saved) is fresh and fresh.n == 5
+
+
+def test_replace_in_place() -> None:
+    d = {"a": 1}
+    assert replace_in_place(d, {"b": 2}) is d and d == {"b": 2}
+    items = [1]
+    assert replace_in_place(items, [2, 3]) is items and items == [2, 3]
+    s = {1}
+    assert replace_in_place(s, {4}) is s and s == {4}
+    arr = np.zeros(2)
+    assert replace_in_place(arr, np.ones(2)) is arr and arr.tolist() == [1.0, 1.0]
+    assert replace_in_place(3, 4) == 4  # immutable: the new value
+    assert replace_in_place(np.zeros(2), np.ones(3)).shape == (3,)  # a shape change cannot be in place
+
+
+# ----------------------------------------------------------------- random generators
+
+
+def test_rng_state_round_trip_through_a_checkpoint() -> None:
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        random.seed(1)
+        np.random.seed(2)
+        saved = roundtrip(rng_state())
+        expected = (random.random(), np.random.rand())
+        random.seed(3)
+        np.random.seed(4)
+        set_rng_state(saved)
+        assert (random.random(), np.random.rand()) == expected
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+# ----------------------------------------------------------------- frame locals
+
+
+def test_set_frame_locals_in_a_function_frame() -> None:
+    def body() -> tuple:
+        best = 1.0
+        history = [1]
+        frame = sys._getframe()
+        set_frame_locals(frame, {"best": 0.25, "history": [7, 8]})
+        return best, history, id(history)
+
+    best, history, _ = body()
+    assert best == 0.25 and history == [7, 8]
+
+
+def test_set_frame_locals_restores_containers_in_place() -> None:
+    def body() -> bool:
+        history = [1]
+        before = id(history)
+        set_frame_locals(sys._getframe(), {"history": [5]})
+        return id(history) == before and history == [5]
+
+    assert body()
+
+
+def test_set_frame_locals_at_module_level() -> None:
+    namespace: dict = {"set_frame_locals": set_frame_locals, "sys": sys}
+    exec(compile("best = 1\nitems = [0]\nkeep = items\nset_frame_locals(sys._getframe(), {'best': 2, 'items': [3]})\n", "<m>", "exec"), namespace)
+    assert namespace["best"] == 2 and namespace["items"] == [3]
+    assert namespace["keep"] is namespace["items"]  # the list was refilled, not replaced
+
+
+def test_capturable_locals_leaves_out_modules_functions_and_declared_objects() -> None:
+    declared = np.zeros(2)
+
+    def body() -> dict:
+        loss = 0.5
+        mod = np
+        fn = len
+        cls = Plain
+        model = declared
+        missing_is_fine = 1
+        del missing_is_fine
+        return capturable_locals(sys._getframe(), {"loss", "mod", "fn", "cls", "model", "missing_is_fine"}, {id(declared)})
+
+    assert body() == {"loss": 0.5}
