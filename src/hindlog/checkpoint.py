@@ -103,8 +103,14 @@ class Policy:
     def charge(self, blocked: float, background_cpu: float = 0.0, checkpoint: bool = True) -> None:
         cost = blocked + BACKGROUND_WEIGHT * background_cpu
         self.spent += cost
-        if checkpoint:
-            self.cost = cost if self.cost is None else max(0.7 * self.cost + 0.3 * cost, cost * 0.5)
+        if not checkpoint:
+            return
+        if self.taken == 0:
+            # The first checkpoint also pays one-time costs (reading the loops' source, lazy
+            # imports): it is charged, but does not set the estimate for the next ones.
+            self.initial_cost = min(self.initial_cost, cost)
+            return
+        self.cost = cost if self.cost is None else max(0.7 * self.cost + 0.3 * cost, cost * 0.5)
 
 
 def process_start(fallback: float) -> float:
@@ -208,6 +214,8 @@ class Persister:
                     continue
                 if ft.digest is None:
                     self._write_tensor(ft)
+                else:
+                    self.objects.touch(ft.digest)  # in use again: gc's grace period starts anew
                 entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
             skeleton = self.objects.put(dumps_skeleton((frozen.skeleton, inline)), durable=False)
             manifest = {
@@ -250,7 +258,9 @@ class Persister:
     def _write_tensor(self, ft: FrozenTensor) -> None:
         view = self._bytes_of(ft)
         name = digest(view)
-        if not self.objects.exists(name):
+        if self.objects.exists(name):
+            self.objects.touch(name)
+        else:
             self.objects.put(view, name, durable=False)
             self.bytes_written += view.nbytes
         ft.digest = name

@@ -92,6 +92,13 @@ class ObjectStore:
             raise CorruptObject(f"object {name[:12]} in {self.root} is corrupt (its content does not match its hash)")
         return view
 
+    def touch(self, name: str) -> None:
+        """Mark an existing object as just used (gc keeps recently used objects)."""
+        try:
+            os.utime(self.path(name))
+        except OSError:
+            pass
+
     def delete(self, name: str) -> None:
         try:
             self.path(name).unlink()

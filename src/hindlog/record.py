@@ -31,6 +31,8 @@ def _start(**kwargs: Any) -> Recorder | None:
         store = Store.for_project(store=kwargs.pop("store", None))
         _recorder = Recorder(store, **kwargs)
     except Exception as e:
+        if os.environ.get("HINDLOG_CONTROL"):
+            raise  # a replay worker or resumed run that cannot attach must fail, not run unrecorded
         _broken = True
         warnings.warn(
             f"hindlog: could not start recording ({type(e).__name__}: {e}); training goes on "
