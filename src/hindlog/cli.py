@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="record an unmodified script hands-free: python SCRIPT ARGS, instrumented")
     p.add_argument("--epsilon", type=float, help="overhead bound for checkpointing (default 0.05)")
     p.add_argument("--set", action="append", dest="sets", default=[], metavar="NAME=VALUE", help="override hl.arg NAME (repeatable)")
-    p.add_argument("script")
+    p.add_argument("script", help="the Python script to run, as with `python SCRIPT`")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
 
     p = sub.add_parser("runs", help="list the runs of this project")
@@ -50,11 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="print logged values as a table, CSV or JSON")
     p.add_argument("names", nargs="+", metavar="NAME", help="logged names, e.g. loss acc")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN", help="only this run (repeatable; default: all)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
 
     p = sub.add_parser("diff", help="code and args of RUN compared with RUN2 (default: the working tree)")
-    p.add_argument("run")
-    p.add_argument("run2", nargs="?")
+    p.add_argument("run", help="run id, unique prefix, name, or 'latest'")
+    p.add_argument("run2", nargs="?", help="the run to compare with (default: the working tree)")
 
     p = sub.add_parser("replay", help="replay recorded runs with the log statements added since they were recorded")
     p.add_argument("script", nargs="?", help="the script (default: the script of the target run)")
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
 
     p = sub.add_parser("resume", help="continue a killed or failed run from its latest checkpoint")
-    p.add_argument("run", nargs="?", default="latest")
+    p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (default)")
 
     p = sub.add_parser("gc", help="remove stored objects that no checkpoint or code snapshot needs")
     p.add_argument("--keep-last", type=int, metavar="N", help="first drop the checkpoints of all but the N latest runs (logs are kept)")

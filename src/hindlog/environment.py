@@ -53,6 +53,7 @@ def describe() -> dict[str, Any]:
         "executable": sys.executable,
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
+        "gpus": gpus(),
         "packages": package_versions(),
         "variables": recorded_variables(),
     }

@@ -217,8 +217,8 @@ def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str
         if isinstance(node, ast.Call):
             f = node.func
             fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-            if isinstance(f, ast.Name) and hasattr(builtins, f.id):
-                continue
+            if isinstance(f, ast.Name) and hasattr(builtins, f.id) and f.id != "next":
+                continue  # len(x), float(v), print(...) change nothing; next(stream) advances stream
             # Objects handed to other code may be changed by it (train_one_epoch(model, loader, opt)).
             for arg in [*node.args, *(k.value for k in node.keywords)]:
                 if isinstance(arg, ast.Name):
@@ -232,6 +232,8 @@ def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str
         for node in ast.walk(stmt):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 defined_before.add(node.id)
+    # The main loop's own target is rebound every iteration: not state.
+    names -= {n.id for n in ast.walk(getattr(loop, "target", ast.Tuple(elts=[], ctx=ast.Store()))) if isinstance(n, ast.Name)}
     # Function parameters of the holder are defined before too.
     return sorted(n for n in names if n in defined_before or n not in _assigned_in(body))
 
@@ -329,18 +331,21 @@ def instrument(tree: ast.Module, is_script: bool, skip_lines: set[int] | None = 
     main = holder = None
     if is_script:
         main, holder = find_main_loop(tree)
-    if main is not None and api_loop_name(main) is None:
-        name = namer.name(main)
-        wrap[id(main)] = ("main_loop", name)
+    # Names given with hl.loop are taken: a loop named from its target never reuses one.
+    namer.used |= {n for n in map(api_loop_name, ast.walk(tree)) if n}
+    if main is not None:
+        name = api_loop_name(main)
+        if name is None:
+            name = namer.name(main)
+            wrap[id(main)] = ("main_loop", name)
+            plan.names[main.lineno] = name  # type: ignore[attr-defined]
         plan.main_loop, plan.main_line = name, main.lineno  # type: ignore[attr-defined]
-        plan.names[main.lineno] = name  # type: ignore[attr-defined]
+        # The loops in its body are nested loops, also when the main loop itself is an hl.loop.
         for inner in _outer_loops(main.body):  # type: ignore[attr-defined]
             if api_loop_name(inner) is None and inner.lineno not in skip_lines:  # type: ignore[attr-defined]
                 n = namer.name(inner)
                 wrap[id(inner)] = ("nested_loop", n)
                 plan.names[inner.lineno] = n  # type: ignore[attr-defined]
-    elif main is not None:
-        plan.main_loop, plan.main_line = api_loop_name(main), main.lineno  # type: ignore[attr-defined]
     elif is_script:
         plan.notes.append("no loop holds training work here: the script runs plainly, without checkpoints")
     all_functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]

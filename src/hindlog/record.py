@@ -113,6 +113,7 @@ def init(
     global _broken
     if config.disabled():
         return None
+    config.epsilon(epsilon)  # a bad bound is the caller's error, raised here
     if _recorder is not None and not _recorder.finished:
         _recorder.finish()
     _broken = False

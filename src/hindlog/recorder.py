@@ -312,14 +312,9 @@ class Recorder:
             try:
                 previous = signal.getsignal(signal.SIGTERM)
                 if previous in (signal.SIG_DFL, None):
-                    signal.signal(signal.SIGTERM, self._on_sigterm)
+                    signal.signal(signal.SIGTERM, _on_sigterm)
             except (ValueError, OSError):
                 pass
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        self.finish("killed")
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
 
     def _atexit(self) -> None:
         self.finish(self._exc_status or "finished")
@@ -356,6 +351,17 @@ class Recorder:
         self.writer.close()
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Finish whichever run is current (one handler for the process, across hl.init calls), then die by SIGTERM."""
+    from . import record
+
+    rec = record._recorder
+    if rec is not None and not rec.finished:
+        rec.finish("killed")
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _script_path(root: Path, argv: list[str]) -> str | None:
     if not argv or not argv[0] or argv[0] in ("-c", "-m", ""):
         return None
@@ -385,6 +391,8 @@ def cast_like(default: Any, raw: str, name: str) -> Any:
             return int(raw)
         if isinstance(default, float):
             return float(raw)
+        if isinstance(default, tuple):
+            return tuple(json.loads(raw))
         if isinstance(default, (list, dict)) or default is None:
             return json.loads(raw)
         return raw

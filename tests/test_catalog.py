@@ -1,0 +1,246 @@
+"""The SQLite catalog and the background writer: schema, WAL, records reaching the
+catalog while the run goes on, and what happens when the catalog cannot be written
+(locked for a while, disk full, still unwritable at exit)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+
+from conftest import Lines, Project, stop, wait_for
+from hindlog import catalog
+from hindlog.errors import SchemaError
+
+
+def test_catalog_schema_and_wal_mode(project: Project) -> None:
+    project.run("import hindlog as hl\nhl.log('x', 1)\n")
+    conn = project.db()
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == catalog.SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"meta", "runs", "args", "names", "contexts", "records", "checkpoints", "code_snapshots"} <= tables
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(catalog.SCHEMA_VERSION)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+    # The store keeps itself out of git.
+    assert (project.store_path / ".gitignore").read_text().strip() == "*"
+
+
+def test_a_catalog_from_another_schema_version_is_refused(tmp_path) -> None:
+    path = tmp_path / "catalog.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={catalog.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(SchemaError) as e:
+        catalog.connect(path)
+    assert str(catalog.SCHEMA_VERSION + 1) in str(e.value) and "schema version" in str(e.value)
+
+
+def test_run_row_is_written_at_start(project: Project) -> None:
+    proc = project.start(
+        """
+        import time
+        import hindlog as hl
+        print(hl.init(name="live"), flush=True)
+        time.sleep(60)
+        """
+    )
+    try:
+        run_id = Lines(proc).next()
+        runs = project.runs()
+        assert runs["run_id"].tolist() == [run_id]
+        assert runs["status"].tolist() == ["running"] and runs["name"].tolist() == ["live"]
+    finally:
+        stop(proc)
+    # The process is gone (killed by us) without finishing: shown as killed.
+    assert project.runs()["status"].tolist() == ["killed"]
+
+
+def test_records_are_visible_while_the_run_goes_on(project: Project) -> None:
+    proc = project.start(
+        """
+        import time
+        import hindlog as hl
+        hl.log("marker", 1)
+        print("logged", flush=True)
+        time.sleep(60)                     # no more hindlog calls: the writer's timer must commit
+        """
+    )
+    try:
+        Lines(proc).next()
+        t0 = time.monotonic()
+        wait_for(lambda: project.catalog_path.exists() and project.values("marker") == [1], timeout=5, interval=0.01)
+        delay = time.monotonic() - t0
+        assert delay < 1.0, f"the record took {delay:.2f} s to reach the catalog"
+        assert project.runs()["status"].tolist() == ["running"]
+    finally:
+        stop(proc)
+
+
+def test_end_of_main_loop_iteration_commits(project: Project) -> None:
+    # With a 30 s timer only the end of a main-loop iteration can have committed the record.
+    proc = project.start(
+        """
+        import time
+        import hindlog as hl
+        for i in hl.loop("epoch", range(2)):
+            hl.log("x", i)
+            if i == 1:
+                print("in second iteration", flush=True)
+                time.sleep(60)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+    )
+    try:
+        Lines(proc).next()
+        t0 = time.monotonic()
+        wait_for(lambda: 0 in project.values("x"), timeout=5, interval=0.01)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        stop(proc)
+
+
+def test_catalog_locked_for_a_while_loses_nothing_and_never_blocks_training(project: Project) -> None:
+    proc = project.start(
+        """
+        import json, sys, time
+        import hindlog as hl
+        hl.log("ready", 1)
+        hl.runs()                          # returns once the run's first records are committed
+        print("ready", flush=True)
+        worst = 0.0
+        for i in hl.loop("step", range(300)):
+            t0 = time.perf_counter()
+            hl.log("i", i)
+            hl.log("arr", [i, i])
+            worst = max(worst, time.perf_counter() - t0)
+            time.sleep(0.01)
+        print(json.dumps({"worst": worst}), flush=True)
+        """
+    )
+    lines = Lines(proc)
+    try:
+        assert lines.next() == "ready"
+        locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+        time.sleep(1.5)
+        locker.execute("ROLLBACK")
+        locker.close()
+        result = json.loads(lines.next(timeout=60))
+        _, err = lines.rest()
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert result["worst"] < 0.1, f"a hl.log call was blocked for {result['worst']:.3f} s"
+    assert project.values("i") == list(range(300))
+    assert project.values("arr") == [[i, i] for i in range(300)]
+    assert project.runs()["status"].tolist() == ["finished"]
+    assert "hindlog" not in err
+
+
+# The catalog is made unwritable from inside the script with RLIMIT_FSIZE: every write
+# past LIMIT bytes of a file fails with EFBIG (a "disk full" for SQLite), even for root,
+# while files smaller than LIMIT (a spill file) can still be written. A second connection
+# is kept open so that SQLite never checkpoints the WAL away (writes then go past LIMIT).
+_UNWRITABLE_PRELUDE = """
+import os, resource, sqlite3, sys, time, warnings
+import hindlog as hl
+from hindlog import record
+warnings.simplefilter("always")            # count hindlog's own warn-once, not Python's dedup
+LIMIT = 128 * 1024
+hl.arg("lr", 0.1)
+hl.log("before", 1.0)
+rec = record._recorder
+while hl.runs()["code_version"].iloc[-1] is None:   # the code snapshot is done
+    time.sleep(0.02)
+wal = str(rec.store.catalog_path) + "-wal"
+keep = sqlite3.connect(str(rec.store.catalog_path))
+keep.execute("SELECT count(*) FROM runs").fetchall()
+i = 0
+while os.path.getsize(wal) < 2 * LIMIT:    # grow the WAL past the limit
+    hl.log("pad", i); i += 1
+    if i % 50 == 0:
+        rec.writer.flush()
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
+"""
+
+
+def test_disk_full_warns_once_keeps_records_and_writes_them_later(project: Project) -> None:
+    proc = project.run(
+        _UNWRITABLE_PRELUDE
+        + """
+worst = 0.0
+for k in hl.loop("step", range(100)):
+    t0 = time.perf_counter()
+    hl.log("during", k)
+    worst = max(worst, time.perf_counter() - t0)
+    time.sleep(0.01)                       # ~1 s of failed commits
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+hl.log("after", 2.0)
+print(worst)
+""",
+        env={"HINDLOG_FLUSH_INTERVAL": "0.05"},
+    )
+    warnings = [line for line in proc.stderr.splitlines() if "hindlog: cannot write to the catalog" in line]
+    assert len(warnings) == 1, proc.stderr
+    assert float(proc.stdout) < 0.1
+    assert project.values("during") == list(range(100))
+    assert project.values("after") == [2.0] and project.values("before") == [1.0]
+    runs = project.runs()
+    assert runs["status"].tolist() == ["finished"]
+    assert "catalog_write_failed" in runs["flags"][0]
+    assert not list(project.store_path.glob("spill/*"))
+    conn = project.db()
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+_STILL_UNWRITABLE_AT_EXIT = (
+    _UNWRITABLE_PRELUDE
+    + """
+for k in hl.loop("step", range(500)):
+    hl.log("during", k)
+time.sleep(0.3)                            # some failed commits; the script then exits normally
+print(rec.run_id)
+"""
+)
+
+
+def test_records_still_unwritable_at_exit_go_to_a_spill_file_and_are_loaded_later(project: Project) -> None:
+    first = project.run(_STILL_UNWRITABLE_AT_EXIT, env={"HINDLOG_FLUSH_INTERVAL": "0.05"})
+    run_id = first.stdout.strip()
+    assert first.stderr.count("hindlog: cannot write to the catalog") == 1, first.stderr
+    spills = list((project.store_path / "spill").glob("*.pkl"))
+    assert len(spills) == 1 and spills[0].name.startswith(run_id)
+    assert project.values("during") == []  # not in the catalog yet
+    # The next process that records in this store loads the spilled records.
+    project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")
+    assert project.values("during", run_id) == list(range(500))
+    assert not list((project.store_path / "spill").glob("*.pkl"))
+    info = project.run_info(run_id)
+    assert "spilled" in info["flags"]
+    assert info["status"] != "running"
+    df = project.df("during", runs=run_id)
+    assert df["step"].tolist() == list(range(500))  # loop contexts were spilled too
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="writer.py Writer._spill keeps only rows and contexts ('commands are replayed by their owners', "
+    "but no owner replays them): the final status 'finished' and other catalog commands queued while the "
+    "catalog was unwritable are lost, so the spilled run shows as killed",
+)
+def test_a_run_that_finished_while_the_catalog_was_unwritable_is_shown_finished(project: Project) -> None:
+    run_id = project.run(_STILL_UNWRITABLE_AT_EXIT, env={"HINDLOG_FLUSH_INTERVAL": "0.05"}).stdout.strip()
+    project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")
+    info = project.run_info(run_id)
+    assert info["status"] == "finished" and info["ended"] is not None

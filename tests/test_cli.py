@@ -1,0 +1,237 @@
+"""The `hindlog` command line: runs, show, logs, diff, and help for every command.
+
+Most checks run the installed console script in a subprocess; the rest call
+``cli.main`` in this process (same parser, same code, same SQLite store) to keep
+the suite fast."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import HINDLOG_SCRIPT, Project, recorded_project
+from hindlog import cli
+
+
+def main(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
+    """``hindlog --store <project store> ARGS`` in this process."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(["--store", str(project.store_path), *args])
+    return subprocess.CompletedProcess(["hindlog", *args], code, out.getvalue(), err.getvalue())
+
+TRAIN = """
+import hindlog as hl
+lr = hl.arg("lr", 0.1)
+for epoch in hl.loop("epoch", range(3)):
+    hl.log("loss", round(1.0 / (epoch + 1) * lr, 6))
+    hl.log("acc", epoch / 4)
+print(hl.run_id())
+"""
+
+
+def record_two_runs(project: Project) -> tuple[Project, str, str]:
+    a = project.run(TRAIN).stdout.strip()
+    project.write("train.py", TRAIN.replace("range(3)", "range(2)"))
+    b = project.run(env={"HINDLOG_SET_lr": "0.2"}).stdout.strip()
+    return project, a, b
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, str, str]:
+    return recorded_project(tmp_path_factory, "cli", record_two_runs)
+
+
+@pytest.fixture
+def two_runs(recorded: tuple[Project, str, str], clean_env: None) -> tuple[Project, str, str]:
+    """Two recorded runs (b with other code and args) shared by the tests that only read them."""
+    return recorded
+
+
+def test_console_script_is_installed_and_has_help() -> None:
+    assert HINDLOG_SCRIPT.exists()
+    out = subprocess.run([str(HINDLOG_SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for name in ("runs", "show", "logs", "diff"):
+        assert name in out.stdout
+
+
+def _subcommands() -> dict[str, tuple[argparse.ArgumentParser, str | None]]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    return {name: (p, helps.get(name)) for name, p in sub.choices.items()}
+
+
+def test_every_subcommand_has_help_text(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _subcommands()
+    assert {"runs", "show", "logs", "diff"} <= set(commands)
+    assert set(commands) == set(cli.COMMANDS), "a subcommand without an implementation, or the reverse"
+    for name, (parser, help_text) in commands.items():
+        assert help_text and len(help_text) > 10, f"`hindlog {name}` has no help text"
+        with pytest.raises(SystemExit) as e:
+            cli.main([name, "--help"])
+        assert e.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: hindlog {name}" in out
+    # The top-level help lists every command with its help text.
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    top = " ".join(capsys.readouterr().out.split())
+    for name, (_, help_text) in commands.items():
+        assert f"{name} {' '.join(help_text.split())}" in top
+
+
+def test_every_argument_has_help_text() -> None:
+    missing = [
+        f"{name} {action.dest}"
+        for name, (parser, _) in _subcommands().items()
+        for action in parser._actions
+        if action.dest != "help" and not action.help
+    ]
+    assert missing == []
+
+
+def test_runs_on_an_empty_project(project: Project) -> None:
+    out = project.cli("runs")
+    assert "No runs yet" in out.stdout
+    assert not project.store_path.exists()
+
+
+def test_runs_lists_every_run(two_runs) -> None:
+    project, a, b = two_runs
+    out = project.cli("runs").stdout
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["run", "name", "script", "status"]
+    assert a in lines[1] and b in lines[2]
+    assert out.count("finished") == 2 and out.count("train.py") == 2
+    code_a = project.run_info(a)["code_version"]
+    assert code_a[:12] in lines[1]
+
+
+def test_show_by_id_prefix_and_latest(two_runs) -> None:
+    project, a, b = two_runs
+    by_id = project.cli("show", a).stdout
+    assert f"run          {a}" in by_id
+    assert "status       finished" in by_id
+    assert "lr=0.1" in by_id
+    assert project.run_info(a)["code_version"] in by_id
+    assert "records      6" in by_id and "acc, loss" in by_id
+    latest = main(project, "show", "latest").stdout
+    assert b in latest and "lr=0.2" in latest
+    prefix = b[:-2]
+    assert not a.startswith(prefix)
+    assert b in main(project, "show", prefix).stdout
+
+
+def test_show_unknown_or_ambiguous_run_fails_clearly(two_runs) -> None:
+    project, a, b = two_runs
+    out = project.cli("show", "nope", check=False)
+    assert out.returncode != 0
+    assert "No run matches 'nope'" in out.stderr and "Traceback" not in out.stderr
+    common = os.path.commonprefix([a, b])
+    assert common
+    out = main(project, "show", common)
+    assert out.returncode != 0 and "matches 2 runs" in out.stderr
+
+
+def test_show_without_a_store(project: Project) -> None:
+    out = project.cli("show", "latest", check=False)
+    assert out.returncode != 0 and "no runs" in out.stderr.lower() and "Traceback" not in out.stderr
+    assert not project.store_path.exists()
+
+
+def test_logs_csv_matches_the_python_api(two_runs) -> None:
+    project, a, b = two_runs
+    out = project.cli("logs", "loss", "acc", "--format", "csv").stdout
+    got = pd.read_csv(io.StringIO(out))
+    expected = project.df("loss", "acc")
+    assert list(got.columns) == list(expected.columns) == ["run_id", "code_version", "lr", "epoch", "loss", "acc"]
+    assert got["run_id"].tolist() == expected["run_id"].tolist() == [a] * 3 + [b] * 2
+    assert got["epoch"].tolist() == [0, 1, 2, 0, 1]
+    np.testing.assert_allclose(got["loss"], expected["loss"])
+    np.testing.assert_allclose(got["acc"], expected["acc"])
+    np.testing.assert_allclose(got["lr"], [0.1] * 3 + [0.2] * 2)
+
+
+def test_logs_json_and_table_and_run_filter(two_runs) -> None:
+    project, a, b = two_runs
+    rows = json.loads(main(project, "logs", "loss", "--format", "json", "--run", b).stdout)
+    assert [r["run_id"] for r in rows] == [b, b]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["loss"] for r in rows] == [0.2, 0.1]
+    table = main(project, "logs", "acc", "--run", a).stdout
+    assert table.splitlines()[0].split() == ["run_id", "code_version", "lr", "epoch", "acc"]
+    assert len(table.splitlines()) == 4 and "0.50" in table
+    both = json.loads(main(project, "logs", "acc", "--format", "json", "--run", a, "--run", "latest").stdout)
+    assert {r["run_id"] for r in both} == {a, b}
+
+
+def test_logs_of_arrays_as_json(project: Project) -> None:
+    project.run("import numpy as np, hindlog as hl\nhl.log('w', np.arange(3))\nhl.log('d', {'k': [1]})\n")
+    rows = json.loads(main(project, "logs", "w", "d", "--format", "json").stdout)
+    assert rows[0]["w"] == [0, 1, 2] and rows[0]["d"] == {"k": [1]}
+
+
+def test_logs_of_an_unknown_name(two_runs) -> None:
+    project, _, _ = two_runs
+    out = main(project, "logs", "nothing")
+    assert out.returncode != 0 and "No values logged under nothing" in out.stderr
+
+
+def test_diff_shows_code_and_args_changes(project: Project) -> None:
+    project, a, b = record_two_runs(project)
+    out = project.cli("diff", a, b).stdout
+    assert "args:" in out and "lr: 0.1 -> 0.2" in out
+    assert '-for epoch in hl.loop("epoch", range(3)):' in out
+    assert '+for epoch in hl.loop("epoch", range(2)):' in out
+    same = main(project, "diff", a, a).stdout
+    assert same.strip() == "(no code changes)"
+    # One run: compared with the working tree.
+    project.write("train.py", TRAIN.replace("range(3)", "range(5)"))
+    out = main(project, "diff", b).stdout
+    assert '-for epoch in hl.loop("epoch", range(2)):' in out and '+for epoch in hl.loop("epoch", range(5)):' in out
+    bad = main(project, "diff", "nope")
+    assert bad.returncode != 0 and "No run matches" in bad.stderr
+
+
+def test_diff_outside_git(plain_project: Project) -> None:
+    a = plain_project.run(TRAIN).stdout.strip()
+    plain_project.write("train.py", TRAIN.replace("0.1", "0.3"))
+    b = plain_project.run().stdout.strip()
+    out = main(plain_project, "diff", a, b).stdout
+    assert "lr: 0.1 -> 0.3" in out
+    assert '-lr = hl.arg("lr", 0.1)' in out and '+lr = hl.arg("lr", 0.3)' in out
+
+
+def test_store_option_and_environment_variable(two_runs, tmp_path) -> None:
+    project, a, b = two_runs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for extra_args, env in ((["--store", str(project.store_path)], None), ([], {"HINDLOG_DIR": str(project.store_path)})):
+        out = subprocess.run(
+            [str(HINDLOG_SCRIPT), *extra_args, "runs"],
+            cwd=elsewhere,
+            env=project.env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert a in out.stdout and b in out.stdout
+    # A diff given the project's store from elsewhere reads the project's repository.
+    out = subprocess.run(
+        [str(HINDLOG_SCRIPT), "--store", str(project.store_path), "diff", a, b],
+        cwd=elsewhere, env=project.env(), capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "lr: 0.1 -> 0.2" in out.stdout and "+for epoch" in out.stdout
+    assert not (elsewhere / ".hindlog").exists()

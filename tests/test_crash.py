@@ -1,0 +1,227 @@
+"""How runs end: kill -9, SIGTERM, SIGINT (KeyboardInterrupt), an uncaught exception,
+os._exit. Real processes, real signals; the catalog is checked afterwards.
+
+Scripts that wait for a signal sleep in short steps, like a training loop that keeps
+running bytecode: CPython runs a Python signal handler only between bytecodes, and a
+signal that lands just before a long blocking call (one ``time.sleep(30)``; the window
+widens while another thread, such as hindlog's writer or code snapshot, holds the GIL)
+is handled only when that call returns."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import Lines, Project, stop
+
+
+def integrity_ok(project: Project) -> bool:
+    conn = project.db()
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def test_kill_9_loses_at_most_the_last_half_second_and_shows_killed(project: Project) -> None:
+    # Default flush interval, no hl.loop: only the writer's timer commits.
+    proc = project.start(
+        """
+        import time
+        import hindlog as hl
+        hl.log("start", 1)
+        print(hl.run_id(), flush=True)
+        i = 0
+        while True:
+            hl.log("t", time.time())
+            hl.log("i", i)
+            hl.log("payload", [i, "x" * 20])
+            i += 1
+            time.sleep(0.0005)
+        """
+    )
+    lines = Lines(proc)
+    try:
+        run_id = lines.next()
+        time.sleep(1.5)
+        killed_at = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == -signal.SIGKILL
+    assert integrity_ok(project)
+    ts = project.values("t")
+    ii = project.values("i")
+    payload = project.values("payload")
+    assert len(ii) > 100, "the writer committed almost nothing before the kill"
+    # What is there is a consistent prefix of what was logged: no gaps, no torn rows.
+    assert ii == list(range(len(ii)))
+    assert len(ts) - len(ii) in (0, 1) and len(ii) - len(payload) in (0, 1)
+    assert payload == [[k, "x" * 20] for k in range(len(payload))]
+    assert ts == sorted(ts)
+    missing = killed_at - ts[-1]
+    assert missing <= 0.5, f"the last {missing:.3f} s of records were lost"
+    runs = project.runs()
+    assert runs["run_id"].tolist() == [run_id] and runs["status"].tolist() == ["killed"]
+    conn = project.db()
+    try:
+        assert conn.execute("SELECT status FROM runs").fetchone()[0] == "running"  # as the dead process left it
+    finally:
+        conn.close()
+    shown = project.cli("show", run_id).stdout
+    assert "killed" in shown
+    assert "killed" in project.cli("runs").stdout
+    # The store stays usable: the next run records normally.
+    project.run("import hindlog as hl\nhl.log('after', 1)\n", script="next.py")
+    assert project.runs()["status"].tolist() == ["killed", "finished"]
+
+
+def test_sigterm_flushes_everything_and_marks_killed(project: Project) -> None:
+    proc = project.start(
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # even if our parent ignores SIGTERM
+        import hindlog as hl
+        for i in hl.loop("step", range(10**9)):
+            hl.log("i", i)
+            hl.log("arr", [i])
+            if i == 5000:
+                print("mid", flush=True)
+                while True:                          # SIGTERM arrives here, mid-iteration
+                    time.sleep(0.05)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},       # only the exit path can have written the last records
+    )
+    lines = Lines(proc)
+    try:
+        assert lines.next() == "mid"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    assert proc.returncode == -signal.SIGTERM  # the signal's default action still ends the process
+    assert project.values("i") == list(range(5001))
+    assert project.values("arr")[-1] == [5000]
+    runs = project.runs()
+    assert runs["status"].tolist() == ["killed"] and runs["ended"].notna().all()
+    df = project.df("i")
+    assert df["step"].tolist() == list(range(5001))
+    assert integrity_ok(project)
+
+
+def test_keyboard_interrupt_flushes_everything_and_marks_killed(project: Project) -> None:
+    proc = project.start(
+        """
+        import signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores SIGINT
+        import hindlog as hl
+        for i in range(3000):
+            hl.log("i", i)
+        print("logged", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+    )
+    lines = Lines(proc)
+    try:
+        assert lines.next() == "logged"
+        proc.send_signal(signal.SIGINT)
+        _, err = lines.rest(timeout=30)
+    finally:
+        stop(proc)
+    assert "KeyboardInterrupt" in err
+    assert proc.returncode != 0
+    assert project.values("i") == list(range(3000))
+    runs = project.runs()
+    assert runs["status"].tolist() == ["killed"] and runs["ended"].notna().all()
+
+
+def test_uncaught_exception_marks_failed_and_keeps_every_record(project: Project) -> None:
+    proc = project.run(
+        """
+        import hindlog as hl
+        for epoch in hl.loop("epoch", range(10)):
+            for step in hl.loop("step", range(100)):
+                hl.log("loss", epoch + step / 100)
+            if epoch == 3:
+                raise RuntimeError("boom in epoch 3")
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "RuntimeError: boom in epoch 3" in proc.stderr  # the user's traceback is still printed
+    df = project.df("loss")
+    assert len(df) == 400 and df["epoch"].max() == 3
+    runs = project.runs()
+    assert runs["status"].tolist() == ["failed"] and runs["ended"].notna().all()
+
+
+def test_caught_exception_is_not_a_failure(project: Project) -> None:
+    project.run(
+        """
+        import hindlog as hl
+        try:
+            for i in hl.loop("epoch", range(5)):
+                hl.log("x", i)
+                if i == 2:
+                    raise ValueError("handled")
+        except ValueError:
+            pass
+        hl.log("after", 1)
+        """
+    )
+    assert project.runs()["status"].tolist() == ["finished"]
+    assert project.values("x") == [0, 1, 2] and project.values("after") == [1]
+
+
+def test_os_exit_leaves_a_run_shown_as_killed(project: Project) -> None:
+    proc = project.run(
+        """
+        import os
+        import hindlog as hl
+        hl.log("x", 1)
+        hl.runs()                                    # commits x
+        os._exit(3)                                  # no atexit, no finish
+        """,
+        check=False,
+    )
+    assert proc.returncode == 3
+    assert project.values("x") == [1]
+    assert project.runs()["status"].tolist() == ["killed"]
+
+
+def test_sigterm_flushes_a_second_run_started_with_init(project: Project) -> None:
+    proc = project.start(
+        """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        import hindlog as hl
+        hl.init(name="one")
+        hl.log("a", 1)
+        hl.finish()
+        hl.init(name="two")
+        for i in range(3000):
+            hl.log("b", i)
+        print("logged", flush=True)
+        while True:
+            time.sleep(0.05)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+    )
+    lines = Lines(proc)
+    try:
+        assert lines.next() == "logged"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    runs = project.runs()
+    assert runs["status"].tolist() == ["finished", "killed"]
+    assert project.values("b") == list(range(3000))
+    assert runs["ended"].notna().all()

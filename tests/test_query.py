@@ -1,0 +1,153 @@
+"""hl.runs, hl.dataframe and the run lookups behind the CLI, over real recorded stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hindlog as hl
+from conftest import Project, recorded_project
+from hindlog import query
+from hindlog.errors import RunNotFound
+
+TRAIN = """
+import hindlog as hl
+lr = hl.arg("lr", 0.1)
+opt = hl.arg("opt", "sgd")
+for epoch in hl.loop("epoch", range(2)):
+    for step in hl.loop("step", range(2)):
+        hl.log("loss", lr * (epoch * 2 + step))
+    hl.log("acc", epoch / 2)
+print(hl.run_id())
+"""
+
+
+def record_two_runs(project: Project) -> tuple[Project, str, str]:
+    a = project.run(TRAIN).stdout.strip()
+    b = project.run(env={"HINDLOG_SET_lr": "0.5"}).stdout.strip()
+    return project, a, b
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Project, str, str]:
+    return recorded_project(tmp_path_factory, "query", record_two_runs)
+
+
+@pytest.fixture
+def two_runs(recorded: tuple[Project, str, str], clean_env: None) -> tuple[Project, str, str]:
+    """Two recorded runs shared by the tests of this module, which only read them."""
+    return recorded
+
+
+def test_dataframe_over_several_runs(two_runs) -> None:
+    project, a, b = two_runs
+    df = project.df("loss")
+    assert list(df.columns) == ["run_id", "code_version", "lr", "opt", "epoch", "step", "loss"]
+    assert df["run_id"].tolist() == [a] * 4 + [b] * 4
+    assert df["lr"].tolist() == [0.1] * 4 + [0.5] * 4 and (df["opt"] == "sgd").all()
+    np.testing.assert_allclose(df["loss"], [0.1 * k for k in range(4)] + [0.5 * k for k in range(4)])
+    code = {r: project.run_info(r)["code_version"] for r in (a, b)}
+    assert df.groupby("run_id")["code_version"].first().to_dict() == code
+
+
+def test_dataframe_selects_runs_by_id_prefix_name_and_latest(two_runs) -> None:
+    project, a, b = two_runs
+    assert set(project.df("acc", runs=a)["run_id"]) == {a}
+    assert set(project.df("acc", runs=[b])["run_id"]) == {b}
+    assert set(project.df("acc", runs="latest")["run_id"]) == {b}
+    assert set(project.df("acc", runs=[a, "latest"])["run_id"]) == {a, b}
+    prefix = b[: len(b) - 3]
+    if not a.startswith(prefix):
+        assert set(project.df("acc", runs=prefix)["run_id"]) == {b}
+    acc = project.df("acc", runs=a)
+    assert list(acc.columns) == ["run_id", "code_version", "lr", "opt", "epoch", "acc"]
+    assert acc["acc"].tolist() == [0.0, 0.5]
+
+
+def test_dataframe_with_several_names_shares_rows_by_context(two_runs) -> None:
+    project, a, _ = two_runs
+    df = project.df("loss", "acc", runs=a)
+    assert len(df) == 6
+    per_epoch = df[df["step"].isna()]
+    assert per_epoch["acc"].tolist() == [0.0, 0.5] and per_epoch["loss"].isna().all()
+    per_step = df[df["step"].notna()]
+    assert per_step["acc"].isna().all() and len(per_step) == 4
+
+
+def test_dataframe_bad_arguments(two_runs) -> None:
+    project, _, _ = two_runs
+    with pytest.raises(ValueError, match="at least one name"):
+        hl.dataframe(store=project.store_path)
+    with pytest.raises(TypeError, match="non-empty strings"):
+        hl.dataframe("loss", 3, store=project.store_path)
+    with pytest.raises(RunNotFound, match="No run matches 'nope'"):
+        project.df("loss", runs="nope")
+
+
+def test_dataframe_of_a_name_never_logged_is_empty(two_runs) -> None:
+    project, _, _ = two_runs
+    df = project.df("never")
+    assert df.empty and list(df.columns)[:2] == ["run_id", "code_version"] and "never" in df.columns
+
+
+def test_queries_on_a_project_without_a_store_create_nothing(project: Project) -> None:
+    runs = project.runs()
+    assert runs.empty and list(runs.columns) == query.RUN_COLUMNS
+    df = project.df("loss")
+    assert df.empty and list(df.columns) == ["run_id", "code_version", "loss"]
+    with pytest.raises(RunNotFound):
+        project.run_info("latest")
+    assert not project.store_path.exists()
+
+
+def test_run_lookup_errors(two_runs) -> None:
+    project, a, b = two_runs
+    assert project.run_info(a)["run_id"] == a
+    assert project.run_info("latest")["run_id"] == b
+    common = ""
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        common += x
+    with pytest.raises(RunNotFound) as e:
+        project.run_info(common)
+    assert "matches 2 runs" in str(e.value) and a in str(e.value) and b in str(e.value)
+    with pytest.raises(RunNotFound) as e:
+        project.run_info("zzz")
+    assert "No run matches 'zzz'" in str(e.value)
+
+
+def test_run_info(two_runs) -> None:
+    project, a, _ = two_runs
+    info = project.run_info(a)
+    assert info["args"] == {"lr": 0.1, "opt": "sgd"}
+    assert info["names"] == ["acc", "loss"]
+    assert info["records"] == 6
+    assert info["checkpoints"] == []
+    assert info["status"] == "finished" and info["script"] == "train.py"
+
+
+def test_code_diff_reports_code_and_args(project: Project) -> None:
+    project, a, b = record_two_runs(project)
+    text, changed = query.code_diff(a, b, store=project.store_path)
+    assert text == "" and changed == {"lr": (0.1, 0.5)}
+    project.write("train.py", TRAIN.replace("range(2)", "range(3)"))
+    c = project.run(env={"HINDLOG_SET_opt": "adam"}).stdout.strip()
+    text, changed = query.code_diff(a, c, store=project.store_path)
+    assert "-for epoch in hl.loop(\"epoch\", range(2)):" in text
+    assert "+for epoch in hl.loop(\"epoch\", range(3)):" in text
+    assert changed == {"opt": ("sgd", "adam")}
+
+
+def test_a_script_reads_its_own_records_at_once(project: Project) -> None:
+    out = project.run(
+        """
+        import hindlog as hl
+        for i in hl.loop("step", range(5)):
+            hl.log("x", i * 2)
+        df = hl.dataframe("x")                     # no waiting for the writer's timer
+        print(df["x"].tolist(), hl.runs()["status"].tolist())
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+    ).stdout.strip()
+    assert out == "[0, 2, 4, 6, 8] ['running']"
