@@ -90,7 +90,10 @@ class Runtime:
             return
         message = f"hindlog: checkpointing {', '.join(sorted(accepted)) or 'no objects'} and the random generators"
         if skipped:
-            message += "; not checkpointed: " + ", ".join(skipped)
+            message += (
+                "; not checkpointed: " + ", ".join(skipped) + ". A replay that starts after the first "
+                "iteration gets these as the script creates them before the main loop, not as they were then"
+            )
         print(message, file=sys.stderr)
 
     def hindsight_print(self, *args: Any, **kwargs: Any) -> None:
@@ -303,7 +306,12 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     rel = _rel(abs_path, root)
     skip = new_lines
     runtime = Runtime()
-    plan = instrument.instrument(tree, is_script=True, skip_lines=skip.get(rel, set()))
+    def read_project_file(rel_path: str) -> str | None:
+        candidate = root / rel_path
+        return candidate.read_text() if candidate.is_file() else None
+
+    external = instrument.imported_functions(tree, read_project_file)
+    plan = instrument.instrument(tree, is_script=True, skip_lines=skip.get(rel, set()), external=external)
     if rel in new_lines:
         _hindsight_prints(tree, new_lines[rel])
         ast.fix_missing_locations(tree)

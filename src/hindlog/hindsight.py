@@ -347,19 +347,29 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set
     code does not read that local after the loop. A loop's checkpoint holds only the locals the
     recorded code reads after it, so skipping such a loop would leave the new statement reading
     a stale or unbound name."""
-    from .sourceinfo import _facts_for, _read_before_written
+    from .sourceinfo import _facts_for, _read_before_written, _surely_assigned, assigned_names
 
     tree = ast.parse(src)
     wanted = set(ranges)
     new_nodes = [s for s in _all_statements(tree) if (s.lineno, s.end_lineno or s.lineno) in wanted]
     if not new_nodes:
         return set()
-    # The names each scope's new statements read before they assign them.
+    # The names each scope's new statements read, leaving out those that statements just before
+    # them in their block (new ones included) surely assigned after any loop there.
+    siblings = {id(stmt): block.stmts[:k] for block in _blocks(tree) for k, stmt in enumerate(block.stmts)}
     by_scope: dict[int, tuple[ast.AST, list[ast.stmt]]] = {}
+    reads: dict[int, set[str]] = {}
     for node in new_nodes:
         scope = _scope_of(tree, node)
         by_scope.setdefault(id(scope), (scope, []))[1].append(node)
-    reads = {key: _read_before_written(nodes) - _comprehension_names(nodes) for key, (_scope, nodes) in by_scope.items()}
+        fresh: set[str] = set()
+        for before in siblings.get(id(node), []):
+            if any(isinstance(n, (ast.For, ast.AsyncFor, ast.While)) for n in ast.walk(before)):
+                fresh -= assigned_names([before])
+            else:
+                fresh = (fresh - assigned_names([before])) | _surely_assigned([before])
+        own = _read_before_written([node]) - _comprehension_names([node]) - fresh
+        reads.setdefault(id(scope), set()).update(own)
     # The recorded code is the tree without the new statements.
     _strip(tree, {id(n) for n in new_nodes})
     out: set[str] = set()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .hindsight import loop_name as api_loop_name
@@ -191,11 +192,43 @@ def _fn_score(fn: ast.AST, functions: dict[str, ast.AST], depth: int) -> tuple[i
     return nested, training
 
 
-def find_main_loop(tree: ast.Module) -> tuple[ast.AST | None, list[ast.stmt] | None]:
+def imported_functions(tree: ast.Module, read: Callable[[str], str | None]) -> dict[str, ast.AST]:
+    """Top-level functions of the project modules ``tree`` imports (``read`` gives a project
+    file's source by relative path, or None), so that the main loop's work is seen through
+    calls like ``train_one_epoch(...)`` defined in another file."""
+    out: dict[str, ast.AST] = {}
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            modules.add(node.module)
+            modules.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            modules.update(a.name for a in node.names)
+    for module in sorted(modules):
+        base = module.replace(".", "/")
+        for rel in (f"{base}.py", f"{base}/__init__.py"):
+            src = read(rel)
+            if src is None:
+                continue
+            try:
+                other = ast.parse(src)
+            except SyntaxError:
+                break
+            for stmt in other.body:
+                if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    out.setdefault(stmt.name, stmt)
+            break
+    return out
+
+
+def find_main_loop(
+    tree: ast.Module, external: dict[str, ast.AST] | None = None
+) -> tuple[ast.AST | None, list[ast.stmt] | None]:
     """The main loop and the body (module or function) that holds it."""
-    functions = _functions(tree)
+    local = _functions(tree)
+    functions = {**(external or {}), **local}
     best: tuple[tuple[int, int], ast.AST, list[ast.stmt]] | None = None
-    for body in _execution_path(tree, functions):
+    for body in _execution_path(tree, local):
         for loop in _outer_loops(body):
             nested, training = _work_score(loop, functions)
             if nested == 0 and training == 0:
@@ -321,16 +354,21 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
 
-def instrument(tree: ast.Module, is_script: bool, skip_lines: set[int] | None = None) -> Plan:
-    """Rewrite ``tree`` in place (see the module docstring) and say what was done."""
+def instrument(
+    tree: ast.Module, is_script: bool, skip_lines: set[int] | None = None, external: dict[str, ast.AST] | None = None
+) -> Plan:
+    """Rewrite ``tree`` in place (see the module docstring) and say what was done.
+
+    ``external``: functions of other project modules (``imported_functions``), used to
+    judge which loop holds the training work."""
     skip_lines = skip_lines or set()
     plan = Plan()
-    functions = _functions(tree)
+    functions = {**(external or {}), **_functions(tree)}
     namer = _Namer()
     wrap: dict[int, tuple[str, str]] = {}
     main = holder = None
     if is_script:
-        main, holder = find_main_loop(tree)
+        main, holder = find_main_loop(tree, external)
     # Names given with hl.loop are taken: a loop named from its target never reuses one.
     namer.used |= {n for n in map(api_loop_name, ast.walk(tree)) if n}
     if main is not None:
@@ -370,10 +408,13 @@ def instrument(tree: ast.Module, is_script: bool, skip_lines: set[int] | None = 
     return plan
 
 
-def loop_names(source: str, is_script: bool, skip_lines: set[int] | None = None) -> dict[int, str]:
+def loop_names(
+    source: str, is_script: bool, skip_lines: set[int] | None = None, read: Callable[[str], str | None] | None = None
+) -> dict[int, str]:
     """Line of each loop -> the name instrumentation gives it (for replay's planning)."""
     tree = ast.parse(source)
-    plan = instrument(tree, is_script, skip_lines)
+    external = imported_functions(tree, read) if is_script and read is not None else None
+    plan = instrument(tree, is_script, skip_lines, external)
     out = dict(plan.names)
     for node in ast.walk(ast.parse(source)):
         name = api_loop_name(node)

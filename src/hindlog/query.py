@@ -190,6 +190,19 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
         rows = catalog.query_records(conn, ["@stdout"], [run["id"]])
     finally:
         conn.close()
-    out = [(iteration, source, decode(kind, value)) for _r, _c, iteration, _l, _n, kind, value, source in rows]
-    out.sort(key=lambda r: (-1 if r[0] is None else r[0], r[1]))
+    recorded = [(it, src, decode(kind, value)) for _r, _c, it, _l, _n, kind, value, src in rows if src == 0]
+    replayed: dict[int | None, list[tuple[int | None, int, str]]] = {}
+    for _r, _c, it, _l, _n, kind, value, src in rows:
+        if src != 0:
+            replayed.setdefault(it, []).append((it, src, decode(kind, value)))
+    # Recorded lines in the order they were printed; replayed lines after the recorded
+    # lines of their iteration (those outside the main loop at the end).
+    last_index = {it: k for k, (it, _s, _t) in enumerate(recorded)}
+    out: list[tuple[int | None, int, str]] = []
+    for k, line in enumerate(recorded):
+        out.append(line)
+        if line[0] is not None and last_index.get(line[0]) == k:
+            out.extend(replayed.pop(line[0], []))
+    for it in sorted(replayed, key=lambda i: (i is None, i if i is not None else 0)):
+        out.extend(replayed[it])
     return out

@@ -246,9 +246,15 @@ class Recorder:
                 t0 = t1
                 i += 1
         finally:
-            if open_iteration is not None and self.checkpointer is not None:
-                # Left by break or an exception: a mid-iteration state is never committed.
-                self.checkpointer.abandon_iteration(open_iteration)
+            if open_iteration is not None:
+                # Left by break or an exception: it counts as an iteration (replay runs it),
+                # but a mid-iteration state is never committed as a checkpoint.
+                if len(iteration_seconds) < 100_000:
+                    iteration_seconds.append(clock() - t0)
+                if self.checkpointer is not None:
+                    self.checkpointer.abandon_iteration(open_iteration)
+                if self.controller is not None:
+                    self.controller.main_finished = True  # left by break: code after the loop runs
             self.ctx = ()
             self.depth = 0
             self.iteration = None

@@ -199,10 +199,9 @@ def plan_run(
     names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
     probed = hindsight.probed_loops(all_sources, new_statements, names)
     run_all_blocks = hindsight.reads_gradients(all_sources, new_statements)
-    total = len(info.get("iteration_seconds") or [])
-    if not total:
-        row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
-        total = (row[0] + 1) if row and row[0] is not None else 0
+    # Iterations the record entered: its timings, or (a killed run) the contexts it logged in.
+    row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
+    total = max(len(info.get("iteration_seconds") or []), (row[0] + 1) if row and row[0] is not None else 0)
     lo, hi = 0, total
     if iterations is not None:
         lo = iterations[0] if iterations[0] is not None else 0
@@ -231,7 +230,7 @@ def _handsfree_names(
     for path, src in sources.items():
         skip = {ln for lo, hi in new_statements.get(path, []) for ln in range(lo, hi + 1)}
         try:
-            out[path] = instrument.loop_names(src, is_script=(path == script), skip_lines=skip)
+            out[path] = instrument.loop_names(src, is_script=(path == script), skip_lines=skip, read=sources.get)
         except SyntaxError:
             continue
     return out
@@ -266,15 +265,23 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     # Iterations before lo (back to the checkpoint before it) are re-run too.
     anchor = max([i + 1 for i in plan.checkpointed if i + 1 <= lo] + [0])
     warmup = sum(iteration_seconds[i] if i < len(iteration_seconds) else mean_iter for i in range(anchor, lo))
-    target = sum(costs.values()) / max(workers, 1)
+    # Each cut goes at the allowed start that comes closest to an equal share of what is left
+    # (not only at one past the share: with sparse checkpoints that may not exist).
     segments: list[Segment] = []
-    start, acc = lo, 0.0
-    for i in range(lo, hi):
-        if i > start and acc >= target and i in starts_ok and len(segments) < workers - 1:
-            segments.append(Segment(start, i, acc))
-            start, acc = i, 0.0
-        acc += costs[i]
-    segments.append(Segment(start, hi, acc))
+    start = lo
+    while len(segments) < workers - 1:
+        left = sum(costs[i] for i in range(start, hi))
+        share = left / (workers - len(segments))
+        best, best_acc, acc = None, 0.0, 0.0
+        for i in range(start + 1, hi):
+            acc += costs[i - 1]
+            if i in starts_ok and (best is None or abs(acc - share) < abs(best_acc - share)):
+                best, best_acc = i, acc
+        if best is None or not 0.0 < best_acc < left:
+            break
+        segments.append(Segment(start, best, best_acc))
+        start = best
+    segments.append(Segment(start, hi, sum(costs[i] for i in range(start, hi))))
     segments[0].estimate += warmup
     plan.segments = segments
     plan.estimate = preloop + max(s.estimate for s in segments)

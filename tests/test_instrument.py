@@ -1,0 +1,476 @@
+"""Unit tests of the hands-free instrumentation on small sources: finding the main loop,
+naming loops, the training-state candidates, and that the rewritten code behaves (and
+reports line numbers) like the original. The rewritten code runs in this process against
+a fake ``__hindlog__`` runtime that only records what it is asked."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import sys
+import textwrap
+import traceback
+from typing import Any
+
+import pytest
+
+from hindlog import instrument
+from hindlog.instrument import RUNTIME, find_main_loop, loop_names
+
+
+def src(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+def plan_of(text: str, is_script: bool = True, skip: set[int] | None = None) -> instrument.Plan:
+    return instrument.instrument(ast.parse(src(text)), is_script, skip)
+
+
+def main_line(text: str) -> int | None:
+    loop, _holder = find_main_loop(ast.parse(src(text)))
+    return None if loop is None else loop.lineno  # type: ignore[attr-defined]
+
+
+def line_of(text: str, needle: str, occurrence: int = 1) -> int:
+    hits = [k + 1 for k, line in enumerate(src(text).splitlines()) if needle in line]
+    return hits[occurrence - 1]
+
+
+class FakeRuntime:
+    """What instrumented code calls, recording the calls; iterables pass through unchanged."""
+
+    count = staticmethod(itertools.count)
+
+    def __init__(self) -> None:
+        self.entered: list[tuple[str, str]] = []
+        self.state: list[str] | None = None
+
+    def main_loop(self, name: str, iterable: Any) -> Any:
+        self.entered.append(("main", name))
+        return iterable
+
+    def nested_loop(self, name: str, iterable: Any) -> Any:
+        self.entered.append(("nested", name))
+        return iterable
+
+    def auto_state(self, names: list[str]) -> None:
+        assert self.state is None, "auto_state called twice"
+        self.state = list(names)
+
+
+def run_both(text: str, filename: str = "/proj/train.py") -> tuple[dict[str, Any], dict[str, Any], FakeRuntime]:
+    """Execute ``text`` as written and instrumented; both namespaces and the fake runtime."""
+    code = src(text)
+    plain: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(code, filename, "exec"), plain)
+    tree = ast.parse(code, filename)
+    instrument.instrument(tree, is_script=True)
+    rt = FakeRuntime()
+    inst: dict[str, Any] = {"__name__": "__main__", RUNTIME: rt}
+    exec(compile(tree, filename, "exec", dont_inherit=True), inst)
+    return plain, inst, rt
+
+
+def public(ns: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in ns.items() if not k.startswith("__") and not callable(v) and not isinstance(v, type(sys))}
+
+
+# ----------------------------------------------------------------- the main loop
+
+DATA_THEN_TRAIN = """
+data = []
+for f in range(4):
+    data.append(f * 2)
+model = Model()
+for epoch in range(3):
+    for x in data:
+        opt.zero_grad()
+        model(x).backward()
+        opt.step()
+for k in range(2):
+    print(k)
+"""
+
+
+def test_main_loop_is_the_one_holding_training_work_not_data_loading() -> None:
+    assert main_line(DATA_THEN_TRAIN) == line_of(DATA_THEN_TRAIN, "for epoch")
+    plan = plan_of(DATA_THEN_TRAIN)
+    assert plan.main_loop == "epoch"
+    assert plan.names == {line_of(DATA_THEN_TRAIN, "for epoch"): "epoch", line_of(DATA_THEN_TRAIN, "for x in"): "x"}
+    # The loops before and after it are ordinary loops: not wrapped.
+    assert line_of(DATA_THEN_TRAIN, "for f in") not in plan.names
+    assert line_of(DATA_THEN_TRAIN, "for k in") not in plan.names
+
+
+FUNCTION_MAIN = """
+import argparse
+
+from engine import evaluate
+
+
+def train_one_epoch(model, loader, opt):
+    model.train()
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+def unused():
+    for epoch in range(100):
+        for step in range(10):
+            opt.step()
+
+
+def main():
+    args = argparse.ArgumentParser().parse_args()
+    for name in ["a", "b"]:
+        print(name)
+    for epoch in range(args.epochs):
+        train_one_epoch(model, loader, opt)
+        sched.step()
+        evaluate(model, val_loader)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_main_loop_in_the_function_the_main_guard_calls() -> None:
+    loop, holder = find_main_loop(ast.parse(src(FUNCTION_MAIN)))
+    assert loop is not None and loop.lineno == line_of(FUNCTION_MAIN, "for epoch in range(args.epochs)")  # type: ignore[attr-defined]
+    # The holder is main's body (where the state is declared), not the module.
+    assert any(isinstance(s, ast.Assign) and "args" in ast.unparse(s) for s in holder)  # type: ignore[union-attr]
+    plan = plan_of(FUNCTION_MAIN)
+    assert plan.main_loop == "epoch"
+    # The loop of the project function it calls is a nested loop, named from its iterable.
+    assert plan.names[line_of(FUNCTION_MAIN, "for x, y in loader")] == "loader"
+    assert {"model", "loader", "opt", "sched"} <= set(plan.state_candidates)
+    assert "epoch" not in plan.state_candidates
+
+
+def test_while_main_loop() -> None:
+    text = """
+    stopper = Stopper()
+    history = []
+    while not stopper.done:
+        for batch in batches:
+            model.update(batch)
+        history.append(model.loss())
+        stopper.check(history[-1])
+    """
+    plan = plan_of(text)
+    assert plan.main_loop == "iteration"
+    assert plan.main_line == 3
+    assert plan.names[4] == "batch"
+    assert {"stopper", "history", "model"} <= set(plan.state_candidates)
+
+
+def test_no_loop_or_no_training_work_runs_plainly() -> None:
+    for text in ["x = 1\nprint(x)\n", "for i in range(3):\n    print(i)\n", "def f():\n    for i in range(3):\n        opt.step()\n"]:
+        plan = plan_of(text)
+        assert plan.main_loop is None, text
+        assert any("no loop" in n for n in plan.notes), plan.notes
+        assert main_line(text) is None
+
+
+def test_a_module_is_never_given_a_main_loop() -> None:
+    text = """
+    for epoch in range(3):
+        for x in data:
+            opt.step()
+
+    def train(loader):
+        for x in loader:
+            opt.step()
+        while True:
+            break
+    """
+    plan = plan_of(text, is_script=False)
+    assert plan.main_loop is None and not plan.notes
+    # Module-level loops of an imported module run at import: left alone. Function loops are nested loops.
+    assert plan.names == {line_of(text, "for x in loader"): "x", line_of(text, "while True"): "iteration"}
+
+
+# ----------------------------------------------------------------- names
+
+NAMES = """
+import hindlog as hl
+
+
+def evaluate(model, loader):
+    for x, y in loader:
+        model(x)
+
+
+def main():
+    for epoch in range(3):
+        for i, (x, y) in enumerate(train_loader):
+            opt.step()
+        for x, y in val_loader:
+            model(x)
+        for x, y in self.loader:
+            model(x)
+        for step in hl.loop("step", range(2)):
+            opt.step()
+        evaluate(model, loader)
+
+
+main()
+"""
+
+
+def test_loops_named_from_their_target_and_unique() -> None:
+    names = loop_names(src(NAMES), is_script=True)
+    at = lambda needle: names[line_of(NAMES, needle)]  # noqa: E731
+    assert at("for epoch") == "epoch"
+    assert at("enumerate(train_loader)") == "i"
+    assert at("in val_loader") == "val_loader"
+    assert at("in self.loader") == "loader"
+    # hl.loop keeps its name.
+    assert at('hl.loop("step"') == "step"
+    # The function's loop also iterates over `loader`: it gets a name of its own.
+    other = at("for x, y in loader:")
+    assert other != "loader" and other.startswith("loader")
+    assert len(set(names.values())) == len(names), names
+    # Stable: the same source gives the same names.
+    assert loop_names(src(NAMES), is_script=True) == names
+
+
+def test_loop_names_never_reuse_an_hl_loop_name() -> None:
+    text = """
+    import hindlog as hl
+
+    for epoch in range(3):
+        for step in range(4):
+            opt.step()
+        for x in hl.loop("step", val):
+            pass
+    """
+    names = loop_names(src(text), is_script=True)
+    assert names[line_of(text, 'hl.loop("step"')] == "step"
+    assert names[line_of(text, "for step in range(4)")] != "step"
+
+
+def test_nested_loops_of_an_hl_loop_main_loop_are_named() -> None:
+    text = """
+    import hindlog as hl
+
+    for epoch in hl.loop("ep", range(3)):
+        for x, y in train_loader:
+            opt.step()
+        for step in hl.loop("val", range(2)):
+            pass
+    """
+    plan = plan_of(text)
+    assert plan.main_loop == "ep"
+    assert plan.names == {line_of(text, "for x, y in train_loader"): "train_loader"}
+    assert loop_names(src(text), is_script=True) == {3: "ep", 4: "train_loader", 6: "val"}
+
+
+def test_new_loops_are_not_instrumented_and_do_not_rename_others() -> None:
+    before = """
+    for epoch in range(3):
+        for x in loader:
+            opt.step()
+        for x in val_loader:
+            model(x)
+    """
+    after = """
+    import hindlog as hl
+    for epoch in range(3):
+        for p in model.parameters():
+            hl.log("p", p.norm().item())
+        for x in loader:
+            opt.step()
+        for x in val_loader:
+            model(x)
+    """
+    old = loop_names(src(before), is_script=True)
+    assert old == {1: "epoch", 2: "x", 4: "x_val_loader"}
+    # Lines 1, 3 and 4 are new: the import and the new loop with its statement.
+    new = loop_names(src(after), is_script=True, skip_lines={1, 3, 4})
+    assert new == {2: "epoch", 5: "x", 7: "x_val_loader"}
+    plan = plan_of(after, skip={1, 3, 4})
+    assert 3 not in plan.names
+
+
+# ----------------------------------------------------------------- state candidates
+
+
+def test_state_candidates_are_what_the_main_loop_changes_and_exist_before_it() -> None:
+    text = """
+    import numpy as np
+
+    model = Model()
+    opt = SGD(model)
+    sched = StepLR(opt)
+    history = []
+    stats = {}
+    counts = np.zeros(3)
+    config = {"lr": 0.1}
+    total = 0
+
+
+    def train_step(x):
+        opt.zero_grad()
+        ema.update(model)
+
+
+    for epoch in range(3):
+        for x in data:
+            train_step(x)
+        sched.step()
+        history.append(epoch)
+        stats["last"] = epoch
+        counts[epoch] += 1
+        total += 1
+        loss = config["lr"]
+        tracker.best = loss
+    """
+    plan = plan_of(text)
+    cands = set(plan.state_candidates)
+    # Method calls, appends, subscript stores, attribute stores; globals used by a project function.
+    assert {"sched", "history", "stats", "counts", "tracker", "opt", "ema", "model"} <= cands
+    # Loop-local names are not state.
+    assert not {"epoch", "x", "loss"} & cands
+
+
+def test_next_on_a_generator_is_a_change() -> None:
+    text = """
+    stream = batches()
+    log = open("train.log", "w")
+    for epoch in range(3):
+        for s in range(2):
+            w.append(next(stream))
+        log.write(str(epoch))
+        print(len(w), float(epoch))
+    """
+    cands = set(plan_of(text).state_candidates)
+    assert {"stream", "log", "w"} <= cands
+
+
+# ----------------------------------------------------------------- the rewritten code
+
+
+def test_instrumented_code_computes_what_the_original_does() -> None:
+    text = """
+    def train_one_epoch(w, data):
+        total = 0
+        for x in data:
+            if x == 2:
+                continue
+            total += x
+            w.append(total)
+        return total
+
+    def main():
+        w = []
+        data = [1, 2, 3]
+        out = []
+        n = 0
+        while n < 10:
+            n += 1
+            if n % 2:
+                continue
+            if n > 7:
+                break
+            out.append(train_one_epoch(w, data))
+            for k in range(3):
+                if k == 1:
+                    break
+                out.append(-k)
+            else:
+                out.append("no break")
+        else:
+            out.append("while else")
+        for j in range(2):
+            opt_step = j
+        else:
+            out.append("for else")
+        return w, out, n
+
+    result = main()
+    """
+    plain, inst, rt = run_both(text)
+    assert inst["result"] == plain["result"]
+    assert ("main", "iteration") in rt.entered
+    assert ("nested", "x") in rt.entered and ("nested", "k") in rt.entered
+    assert rt.state is not None and "w" in rt.state
+
+
+def test_while_else_runs_when_the_condition_fails() -> None:
+    text = """
+    log = []
+    i = 0
+    while i < 3:
+        for step in range(2):
+            log.append((i, step))
+            opt_step = True
+        i += 1
+    else:
+        log.append("else")
+    """
+    plain, inst, rt = run_both(text.replace("opt_step = True", "log.sort()"))
+    assert inst["log"] == plain["log"] and plain["log"][-1] == "else"
+    assert rt.entered[0] == ("main", "iteration")
+
+
+def test_line_numbers_are_kept() -> None:
+    text = """
+    import traceback
+
+    def step(x):
+        if x == 2:
+            raise ValueError("boom")
+        return x
+
+    lines = []
+    items = []
+    for epoch in range(3):
+        for b in range(2):
+            items.append(step(b + epoch))
+    """
+    for instrumented in (False, True):
+        code = src(text)
+        tree = ast.parse(code, "/proj/train.py")
+        rt = FakeRuntime()
+        if instrumented:
+            instrument.instrument(tree, is_script=True)
+        ns: dict[str, Any] = {"__name__": "__main__", RUNTIME: rt}
+        with pytest.raises(ValueError) as info:
+            exec(compile(tree, "/proj/train.py", "exec", dont_inherit=True), ns)
+        frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(info.value.__traceback__)][1:]
+        assert frames == [
+            ("/proj/train.py", line_of(text, "items.append(step"), "<module>"),
+            ("/proj/train.py", line_of(text, 'raise ValueError("boom")'), "step"),
+        ], (instrumented, frames)
+        if instrumented:
+            assert rt.entered[:2] == [("main", "epoch"), ("nested", "b")]
+
+
+def test_instrumented_tree_still_compiles_with_a_main_guard_and_classes() -> None:
+    text = """
+    class Trainer:
+        def __init__(self):
+            self.seen = []
+
+        def fit(self, data):
+            for x in data:
+                self.seen.append(x)
+
+    def main():
+        t = Trainer()
+        for epoch in range(2):
+            t.fit([epoch, epoch + 1])
+            t.step = epoch
+        return t.seen
+
+    if __name__ == "__main__":
+        result = main()
+    """
+    plain, inst, rt = run_both(text)
+    assert inst["result"] == plain["result"] == [0, 1, 1, 2]
+    assert rt.entered[0] == ("main", "epoch")
+    assert ("nested", "x") in rt.entered
