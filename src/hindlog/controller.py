@@ -186,7 +186,7 @@ class ReplayController(Controller):
         self.stored = 0
         self.skipped_blocks = 0
         self.run_blocks = 0
-        self._keys: dict[int, str] = {}
+        self._keys: dict[tuple[Any, ...], str] = {}
 
     def attach(self, conn: Any) -> tuple[int, str, int]:
         run = catalog.get_run(conn, self.spec["run_id"])
@@ -225,12 +225,12 @@ class ReplayController(Controller):
             self.stored += 1
             return True
         ctx = self.recorder.ctx
-        key = self._keys.get(id(ctx))
+        key = self._keys.get(ctx)
         if key is None:
             key = loops_key(ctx)
             if len(self._keys) > 10_000:
                 self._keys.clear()
-            self._keys[id(ctx)] = key
+            self._keys[ctx] = key
         k = (key, name)
         n = self.seen.get(k, 0)
         self.seen[k] = n + 1

@@ -323,22 +323,52 @@ def _arg_env(args: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: Path) -> Path:
-    """The recorded code (with the patched files) in ``scratch``, with the project's other top-level
-    entries (data, ignored folders) linked in so the script finds them."""
+def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: Path, inputs_before: float | None = None) -> Path:
+    """The recorded code (with the patched files) in ``scratch``, and the project's other files
+    (data, ignored folders) linked in so the script finds them.
+
+    Only files older than ``inputs_before`` (the run's start) are linked: they were the run's
+    inputs. Files the run (or anything later) wrote are left out, so a replayed script that
+    writes its outputs again writes them into the scratch directory, never into the project."""
     codeversion.materialize(store, version, scratch)
     for rel, src in files.items():
         target = scratch / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(src)
+    cutoff = inputs_before if inputs_before is not None else float("inf")
     for entry in store.root.iterdir():
-        if entry.name in (".git", ".hindlog") or (scratch / entry.name).exists() or entry.resolve() == store.path:
+        if entry.name in (".git", ".hindlog") or entry.resolve() == store.path:
             continue
-        try:
-            (scratch / entry.name).symlink_to(entry)
-        except OSError:
-            pass
+        _link_inputs(entry, scratch / entry.name, cutoff)
     return scratch
+
+
+def _link_inputs(src: Path, dst: Path, cutoff: float) -> None:
+    try:
+        if src.is_dir() and not src.is_symlink():
+            if dst.exists() and not dst.is_dir():
+                return
+            if not dst.exists() and _newest_mtime(src) < cutoff:
+                dst.symlink_to(src)  # nothing in it is newer than the run: link it whole
+                return
+            dst.mkdir(exist_ok=True)
+            for child in src.iterdir():
+                _link_inputs(child, dst / child.name, cutoff)
+        elif not dst.exists() and not dst.is_symlink() and src.lstat().st_mtime < cutoff:
+            dst.symlink_to(src)
+    except OSError:
+        pass
+
+
+def _newest_mtime(directory: Path) -> float:
+    newest = directory.lstat().st_mtime
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in filenames + dirnames:
+            try:
+                newest = max(newest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:
+                continue
+    return newest
 
 
 def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
@@ -393,7 +423,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
     finally:
         conn.close()
     scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-replay-{plan.run_id}-"))
-    prepare_scratch(store, plan.code_version, plan.files, scratch)
+    prepare_scratch(store, plan.code_version, plan.files, scratch, inputs_before=run.get("started"))
     argv = run.get("argv") or [plan.script]
     script_path = scratch / plan.script
     if not script_path.exists():

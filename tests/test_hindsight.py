@@ -1,0 +1,296 @@
+"""Unit tests of hindsight.py on small sources: which statements were added
+(``find_additions``), where they go in another recorded version (``place``), and
+which loops a replay must run (``probed_loops``)."""
+
+from __future__ import annotations
+
+import ast
+
+import pytest
+
+from hindlog.hindsight import PlacementError, find_additions, place, probed_loops
+from replay_helpers import dedent
+
+BASE = dedent("""
+    import torch
+    import hindlog as hl
+
+    def train_step(model, opt, x, y):
+        opt.zero_grad()
+        loss = model(x).sub(y).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    def evaluate(model, data):
+        total = 0.0
+        for x, y in hl.loop("val", data):
+            total += float(model(x).sub(y).abs().sum())
+        return total
+
+    for epoch in hl.loop("epoch", range(3)):
+        for x, y in hl.loop("step", loader):
+            loss = train_step(model, opt, x, y)
+        sched.step()
+        val = evaluate(model, val_data)
+        hl.log("val", val)
+""")
+
+
+def lines_of(src: str, ranges: list[tuple[int, int]]) -> list[str]:
+    lines = src.splitlines()
+    return ["\n".join(lines[a - 1 : b]) for a, b in ranges]
+
+
+def add_after(src: str, anchor: str, new: str) -> str:
+    """``src`` with ``new`` (already indented) on the line after the first line containing ``anchor``."""
+    lines = src.splitlines(keepends=True)
+    k = next(i for i, line in enumerate(lines) if anchor in line)
+    return "".join(lines[: k + 1] + [new if new.endswith("\n") else new + "\n"] + lines[k + 1 :])
+
+
+# ----------------------------------------------------------------- find_additions
+
+
+def test_identical_sources_add_nothing() -> None:
+    found = find_additions("train.py", BASE, BASE)
+    assert found.statements == [] and found.other_changes == ""
+
+
+def test_added_statements_are_found_at_every_level() -> None:
+    new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", sched.get_last_lr()[0])')
+    new = add_after(new, "loss = train_step(model, opt, x, y)", '        hl.log("loss", loss.item())')
+    new = add_after(new, "opt.step()", '    hl.log("gnorm", float(model.weight.grad.norm()))')
+    found = find_additions("train.py", BASE, new)
+    assert found.other_changes == ""
+    assert lines_of(new, found.statements) == [
+        '    hl.log("gnorm", float(model.weight.grad.norm()))',
+        '        hl.log("loss", loss.item())',
+        '    hl.log("lr", sched.get_last_lr()[0])',
+    ]
+
+
+def test_multi_line_and_compound_statements_are_one_statement_each() -> None:
+    block = (
+        "    if epoch % 2 == 0:\n"
+        "        w = sum(\n"
+        "            float(p.abs().sum()) for p in model.parameters()\n"
+        "        )\n"
+        "        hl.log('w', w)\n"
+    )
+    new = add_after(BASE, 'hl.log("val", val)', block)
+    found = find_additions("train.py", BASE, new)
+    assert found.other_changes == ""
+    assert len(found.statements) == 1
+    a, b = found.statements[0]
+    assert b - a == 4 and new.splitlines()[a - 1].strip() == "if epoch % 2 == 0:"
+
+
+def test_comments_and_blank_lines_are_not_statements() -> None:
+    new = add_after(BASE, "sched.step()", "    # a comment\n\n    # another")
+    found = find_additions("train.py", BASE, new)
+    assert found.statements == [] and found.other_changes == ""
+
+
+def test_a_changed_line_is_another_change_with_its_diff() -> None:
+    new = BASE.replace("range(3)", "range(5)")
+    new = add_after(new, 'hl.log("val", val)', '    hl.log("lr", 0.1)')
+    found = find_additions("train.py", BASE, new)
+    assert '-for epoch in hl.loop("epoch", range(3)):' in found.other_changes
+    assert '+for epoch in hl.loop("epoch", range(5)):' in found.other_changes
+
+
+def test_a_removed_line_is_another_change() -> None:
+    new = BASE.replace("    sched.step()\n", "")
+    found = find_additions("train.py", BASE, new)
+    assert found.statements == []
+    assert "-    sched.step()" in found.other_changes
+
+
+def test_an_added_line_inside_an_existing_statement_is_another_change() -> None:
+    old = "x = f(\n    1,\n)\n"
+    new = "x = f(\n    1,\n    2,\n)\n"
+    found = find_additions("m.py", old, new)
+    assert found.statements == []
+    assert "not a whole new statement" in found.other_changes and "+    2," in found.other_changes
+
+
+def test_a_new_else_branch_is_not_a_whole_statement() -> None:
+    old = "if a:\n    b = 1\n"
+    new = "if a:\n    b = 1\nelse:\n    b = 2\n"
+    found = find_additions("m.py", old, new)
+    assert "+else:" in found.other_changes
+
+
+def test_a_source_that_does_not_parse_is_reported() -> None:
+    new = BASE + "hl.log('x', (\n"
+    found = find_additions("train.py", BASE, new)
+    assert found.statements == [] and "does not parse" in found.other_changes
+
+
+# ----------------------------------------------------------------- place
+
+
+def placed_statements(target: str, placed: str) -> list[str]:
+    """The statements ``placed`` adds to ``target`` (and nothing else changed)."""
+    ast.parse(placed)
+    found = find_additions("t.py", target, placed)
+    assert found.other_changes == ""
+    return [s.strip() for s in lines_of(placed, found.statements)]
+
+
+def test_place_into_an_older_version_with_other_lines_added_and_removed() -> None:
+    new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", sched.get_last_lr()[0])')
+    new = add_after(new, "loss = train_step(model, opt, x, y)", '        hl.log("loss", loss.item())')
+    ranges = find_additions("train.py", BASE, new).statements
+    # The older version: no scheduler, an extra line in the nested loop, a different helper.
+    older = BASE.replace("    sched.step()\n", "")
+    older = add_after(older, "loss = train_step(model, opt, x, y)", "        seen += 1")
+    older = older.replace("        total += float(model(x).sub(y).abs().sum())\n", "        total += 1.0\n")
+    placed = place(new, ranges, older)
+    assert placed_statements(older, placed) == ['hl.log("loss", loss.item())', 'hl.log("lr", sched.get_last_lr()[0])']
+    lines = placed.splitlines()
+    k = lines.index('        hl.log("loss", loss.item())')
+    assert lines[k - 1] == "        loss = train_step(model, opt, x, y)" and lines[k + 1] == "        seen += 1"
+    assert lines[lines.index('    hl.log("lr", sched.get_last_lr()[0])') - 1] == '    hl.log("val", val)'
+
+
+def test_place_at_the_start_of_a_block_and_inside_a_function() -> None:
+    new = add_after(BASE, "def train_step(model, opt, x, y):", '    hl.log("batch", len(x))')
+    new = add_after(new, "opt.step()", '    hl.log("after", 1)')
+    ranges = find_additions("train.py", BASE, new).statements
+    older = BASE.replace("        loss.backward()\n", "        loss.backward(retain_graph=False)\n")
+    placed = place(new, ranges, older)
+    lines = placed.splitlines()
+    k = lines.index("def train_step(model, opt, x, y):")
+    assert lines[k + 1] == '    hl.log("batch", len(x))' and lines[k + 2] == "    opt.zero_grad()"
+    assert lines[lines.index('    hl.log("after", 1)') - 1] == "    opt.step()"
+
+
+def test_place_reindents_to_the_target_and_keeps_multi_line_statements() -> None:
+    new = add_after(BASE, 'hl.log("val", val)', "    hl.log(\n        'lr',\n        sched.get_last_lr()[0],\n    )")
+    ranges = find_additions("train.py", BASE, new).statements
+    two_spaces = BASE.replace("    ", "  ")
+    placed = place(new, ranges, two_spaces)
+    # The statement's first line takes the block's indentation; later lines keep theirs relative to it.
+    assert "  hl.log(\n      'lr',\n      sched.get_last_lr()[0],\n  )\n" in placed
+    assert placed_statements(two_spaces, placed) == ["hl.log(\n      'lr',\n      sched.get_last_lr()[0],\n  )"]
+
+
+def test_place_refuses_an_ambiguous_or_missing_neighbour() -> None:
+    new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", 0.1)')
+    ranges = find_additions("train.py", BASE, new).statements
+    twice = BASE.replace('    hl.log("val", val)\n', '    hl.log("val", val)\n    x = 1\n    hl.log("val", val)\n')
+    with pytest.raises(PlacementError, match="2 places match"):
+        place(new, ranges, twice)
+    without = BASE.replace('    hl.log("val", val)\n', '    hl.log("validation", val)\n')
+    with pytest.raises(PlacementError, match="no place matches"):
+        place(new, ranges, without)
+    # The same neighbour in another loop does not count: the enclosing loop must match.
+    renamed = BASE.replace('hl.loop("epoch", range(3))', 'hl.loop("round", range(3))')
+    with pytest.raises(PlacementError):
+        place(new, ranges, renamed)
+
+
+def test_place_into_the_same_version_gives_the_new_source() -> None:
+    new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", 0.1)')
+    new = add_after(new, "sched.step()", '    hl.log("s", 2)')
+    ranges = find_additions("train.py", BASE, new).statements
+    assert place(new, ranges, BASE) == new
+
+
+# ----------------------------------------------------------------- probed_loops
+
+
+def probed(new: str, files: dict[str, str] | None = None, path: str = "train.py") -> set[str]:
+    old = (files or {}).get(path, BASE)
+    sources = {**(files or {}), path: new}
+    ranges = find_additions(path, old, new).statements
+    assert ranges
+    return probed_loops(sources, {path: ranges})
+
+
+def test_a_main_loop_statement_probes_no_nested_loop() -> None:
+    assert probed(add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", sched.get_last_lr()[0])')) == {"epoch"}
+
+
+def test_a_statement_after_the_main_loop_probes_nothing() -> None:
+    assert probed(BASE + 'hl.log("final", float(model.weight.sum()))\n') == set()
+
+
+def test_a_nested_loop_statement_probes_its_loop_and_the_enclosing_ones() -> None:
+    new = add_after(BASE, "loss = train_step(model, opt, x, y)", '        hl.log("loss", loss.item())')
+    assert probed(new) == {"epoch", "step"}
+
+
+def test_a_statement_in_a_function_probes_the_loops_that_call_it() -> None:
+    new = add_after(BASE, "opt.step()", '    hl.log("gnorm", 1.0)')
+    assert probed(new) == {"epoch", "step"}
+    # In evaluate's loop: that loop runs, and evaluate's caller.
+    new = add_after(BASE, "total += float(", '        hl.log("batch_total", total)')
+    assert probed(new) == {"epoch", "val"}
+    # In evaluate, after its loop: the loop is skipped (its checkpoint restores `total`).
+    new = add_after(BASE, "        total += float(", '    hl.log("total", total)')
+    assert probed(new) == {"epoch"}
+
+
+def test_calls_are_followed_through_functions_and_modules() -> None:
+    helper = dedent("""
+        import hindlog as hl
+
+        def norm(model):
+            return float(model.weight.norm())
+
+        def report(model):
+            return norm(model)
+    """)
+    main = BASE.replace("        loss = train_step(model, opt, x, y)\n",
+                        "        loss = train_step(model, opt, x, y)\n        report(model)\n")
+    new_helper = helper.replace("def norm(model):\n", "def norm(model):\n    hl.log('n', 1)\n")
+    files = {"train.py": main, "helpers.py": helper}
+    assert probed(new_helper, files, path="helpers.py") == {"epoch", "step"}
+
+
+def test_a_statement_reading_a_local_the_recorded_code_never_reads_after_the_loop() -> None:
+    # `x` is assigned by the step loop and nothing after it reads it: its checkpoint does not
+    # hold it, so the loop must run for the new statement to see the right value.
+    new = add_after(BASE, "sched.step()", '    hl.log("last_x", float(x.sum()))')
+    assert probed(new) == {"epoch", "step"}
+    # The same for `loss`; but once the recorded code reads `loss` after the loop, the loop's
+    # checkpoint holds it and the loop can be skipped.
+    assert probed(add_after(BASE, "sched.step()", '    hl.log("l", float(loss))')) == {"epoch", "step"}
+    reading = add_after(BASE, "sched.step()", "    last = loss")
+    new = add_after(reading, "    last = loss", '    hl.log("last", float(loss))')
+    assert probed(new, {"train.py": reading}) == {"epoch"}
+    # Names bound inside the statement (a comprehension's target) are not read from loops.
+    new = add_after(BASE, "sched.step()", '    hl.log("w", sum(float(x.sum()) for x in model.parameters()))')
+    assert probed(new) == {"epoch"}
+    # Nor are names the new statements assign before reading them.
+    new = add_after(BASE, "sched.step()", "    x = model.weight\n    hl.log('wx', float(x.sum()))")
+    assert probed(new) == {"epoch"}
+    # Nor are names that recorded statements just before it, in its block, assign.
+    assigning = add_after(BASE, "sched.step()", "    x = model.weight")
+    new = add_after(assigning, "    x = model.weight", "    hl.log('wx2', float(x.sum()))")
+    assert probed(new, {"train.py": assigning}) == {"epoch"}
+
+
+def test_a_statement_in_a_nested_loop_reads_what_its_loop_just_assigned() -> None:
+    # `h` is assigned by the val loop too (and nothing reads it after that loop), but the
+    # statement in the step loop reads the `h` of its own step: the val loop need not run.
+    inline = dedent("""
+        for epoch in hl.loop("epoch", range(3)):
+            for x, y in hl.loop("step", loader):
+                h = model(x)
+                loss = sum(h)
+            for x, y in hl.loop("val", val_loader):
+                h = model(x)
+            hl.log("loss", float(loss))
+    """)
+    new = add_after(inline, "        loss = sum(h)", '        hl.log("h_mean", float(h.mean()))')
+    assert probed(new, {"train.py": inline}) == {"epoch", "step"}
+    # After the loops, `h` comes from a loop whose checkpoint does not keep it: the loops run.
+    new = add_after(inline, '    hl.log("loss", float(loss))', '    hl.log("last_h", float(h.mean()))')
+    assert probed(new, {"train.py": inline}) == {"epoch", "step", "val"}
+    # Unless the statement assigns it first.
+    new = add_after(inline, '    hl.log("loss", float(loss))', "    h = model(val_x)\n    hl.log('h2', float(h.mean()))")
+    assert probed(new, {"train.py": inline}) == {"epoch"}

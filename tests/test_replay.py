@@ -1,0 +1,869 @@
+"""``hindlog replay`` against ground truth.
+
+Each training script is recorded in a real git project (real subprocess, real PyTorch
+on the CPU). Statements are then added to it and ``hindlog replay`` runs (real CLI,
+real worker processes). The ground truth is a fresh full run of the modified script
+in another project with its own store: the values replay stores for the recorded run
+must equal the fresh run's values exactly.
+
+The three PyTorch scripts are recorded, and run fresh with every added statement, once
+per module (the ``recorded`` fixture); each test replays in its own copy of the recorded
+project and store. Faults, bad input and the plan's details use small scripts without
+torch (``COUNTER``), whose values are known. Tests marked ``slow`` train PyTorch models.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replay_helpers import (
+    ReplayProject,
+    apply_edits,
+    assert_same_values,
+    dedent,
+    ground_truth,
+    ground_truths,
+    insert_after,
+    insert_before,
+)
+
+# ----------------------------------------------------------------- scripts
+
+#: A nested loop with dropout and a shuffling DataLoader, a validation loop whose
+#: accumulated loss is read after it, a scheduler stepped after the nested loop, and a
+#: loop-carried ``best_acc``.
+CLASSIC = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import hindlog as hl
+
+torch.manual_seed(0)
+epochs = hl.arg("epochs", 5)
+lr = hl.arg("lr", 0.1)
+X = torch.randn(320, 8)
+Y = (X[:, 0] + 0.5 * X[:, 1] > 0).long()
+VX = torch.randn(32, 8)
+VY = (VX[:, 0] + 0.5 * VX[:, 1] > 0).long()
+loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
+val_loader = DataLoader(TensorDataset(VX, VY), batch_size=16)
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+hl.checkpoints(model=model, opt=opt, sched=sched)
+
+best_acc = 0.0
+for epoch in hl.loop("epoch", range(epochs)):
+    model.train()
+    for x, y in hl.loop("step", loader):
+        opt.zero_grad()
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        loss.backward()
+        opt.step()
+    sched.step()
+    model.eval()
+    val_loss, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in hl.loop("val", val_loader):
+            out = model(x)
+            val_loss += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            n += len(y)
+    acc = correct / n
+    best_acc = max(best_acc, acc)
+    hl.log("loss", loss.item())
+    hl.log("val_loss", val_loss / n)
+    hl.log("acc", acc)
+print("done", best_acc)
+"""
+
+#: The nested loop calls ``train_step``, a function of a project module (steps.py); Adam,
+#: a cosine schedule, dropout, a shuffling DataLoader, a list carried across iterations.
+STEPS = """
+import torch.nn.functional as F
+
+
+def train_step(model, opt, x, y):
+    opt.zero_grad()
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+"""
+
+TRAIN_STEP = """
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import hindlog as hl
+from steps import train_step
+
+torch.manual_seed(1)
+epochs = hl.arg("epochs", 5)
+X = torch.randn(240, 6)
+Y = (X.sum(1) > 0).long()
+loader = DataLoader(TensorDataset(X, Y), batch_size=12, shuffle=True)
+model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Dropout(0.2), nn.Linear(12, 2))
+opt = torch.optim.Adam(model.parameters(), lr=0.02)
+sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+hl.checkpoints(model=model, opt=opt, sched=sched)
+
+history = []
+for epoch in hl.loop("epoch", range(epochs)):
+    model.train()
+    total = 0.0
+    for x, y in hl.loop("batch", loader):
+        total += train_step(model, opt, x, y)
+    sched.step()
+    history.append(total)
+    hl.log("train_loss", total / len(loader))
+"""
+
+#: The main loop's body calls ``train_one_epoch`` and ``evaluate``, which hold the nested
+#: hl.loops; ``train_one_epoch``'s loop calls a helper; ``best_acc``/``best_epoch`` are carried.
+FUNCTIONS = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import hindlog as hl
+
+torch.manual_seed(2)
+epochs = hl.arg("epochs", 5)
+X = torch.randn(320, 5)
+Y = (X[:, 0] * X[:, 1] > 0).long()
+VX = torch.randn(24, 5)
+VY = (VX[:, 0] * VX[:, 1] > 0).long()
+loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
+val_loader = DataLoader(TensorDataset(VX, VY), batch_size=8)
+model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(0.25), nn.Linear(16, 2))
+opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.5)
+sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.8)
+hl.checkpoints(model=model, opt=opt, sched=sched)
+
+
+def clip_and_step(model, opt):
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def train_one_epoch(model, loader, opt):
+    model.train()
+    total, count = 0.0, 0
+    for x, y in hl.loop("step", loader):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        clip_and_step(model, opt)
+        total += loss.item() * len(y)
+        count += len(y)
+    return total / count
+
+
+def evaluate(model, val_loader):
+    model.eval()
+    val_loss, correct, n = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in hl.loop("val", val_loader):
+            out = model(x)
+            val_loss += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            n += len(y)
+    return val_loss / n, correct / n
+
+
+best_acc, best_epoch = 0.0, -1
+for epoch in hl.loop("epoch", range(epochs)):
+    train_loss = train_one_epoch(model, loader, opt)
+    val_loss, acc = evaluate(model, val_loader)
+    sched.step()
+    if acc > best_acc:
+        best_acc, best_epoch = acc, epoch
+    hl.log("train_loss", train_loss)
+    hl.log("val_loss", val_loss)
+    hl.log("best_acc", best_acc)
+"""
+
+
+
+@dataclass
+class Case:
+    #: path -> source of the recorded project
+    files: dict[str, str]
+    #: kind -> (path, anchor line, new statements): inserted after the anchor's line, or
+    #: before it when the anchor starts with "^"
+    edits: dict[str, list[tuple[str, str, str]]]
+    #: kind -> names the new statements log
+    names: dict[str, list[str]]
+    #: names the recorded script logs
+    recorded: list[str]
+    #: kind -> the hl.loop loops replay must run (the plan's "loops that must run"); for "main"
+    #: exactly these (the nested loops are skipped), otherwise at least these ("all" will do)
+    probed: dict[str, set[str]] = field(default_factory=dict)
+
+    def modified(self, *kinds: str) -> dict[str, str]:
+        files = {path: dedent(text) for path, text in self.files.items()}
+        for kind in kinds:
+            for path, anchor, new in self.edits[kind]:
+                files[path] = apply_edits(files[path], [(anchor, new)])
+        return files
+
+    def all_names(self) -> list[str]:
+        return [n for names in self.names.values() for n in names]
+
+
+CASES: dict[str, Case] = {
+    "classic": Case(
+        {"train.py": CLASSIC},
+        edits={
+            # (a) main-loop level: reads the model, the scheduler, the loop-carried best_acc,
+            # the validation loop's accumulated loss and the training loop's last loss (both
+            # restored from checkpoints when their loops are skipped).
+            "main": [("train.py", 'hl.log("acc", acc)', """
+                wsq = sum(float((p.detach() ** 2).sum()) for p in model.parameters())
+                hl.log("wnorm", wsq ** 0.5)
+                hl.log("lr_now", sched.get_last_lr()[0])
+                hl.log("best", best_acc)
+                hl.log("val_sum", val_loss)
+                hl.log("last_loss", loss.item())
+            """)],
+            # (b) inside the nested loop: one value per step (dropout and shuffling matter).
+            "nested": [("train.py", "opt.step()", """
+                hl.log("step_loss", loss.item())
+                hl.log("out_std", out.std().item())
+            """)],
+        },
+        names={"main": ["wnorm", "lr_now", "best", "val_sum", "last_loss"], "nested": ["step_loss", "out_std"]},
+        recorded=["loss", "val_loss", "acc"],
+        probed={"main": {"epoch"}, "nested": {"epoch", "step"}},
+    ),
+    "train_step": Case(
+        {"train.py": TRAIN_STEP, "steps.py": STEPS},
+        edits={
+            "main": [("train.py", 'hl.log("train_loss", total / len(loader))', """
+                hl.log("total", total)
+                hl.log("lr_now", opt.param_groups[0]["lr"])
+                hl.log("hist_len", len(history))
+            """)],
+            # (c) inside a function, in another module, called from the nested loop.
+            "function": [
+                ("steps.py", "^import torch.nn.functional as F", "import torch\nimport hindlog as hl"),
+                ("steps.py", "opt.step()", """
+                    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+                    hl.log("grad_norm", grad.norm().item())
+                    hl.log("out_mean", out.mean().item())
+                """),
+            ],
+        },
+        names={"main": ["total", "lr_now", "hist_len"], "function": ["grad_norm", "out_mean"]},
+        recorded=["train_loss"],
+        probed={"main": {"epoch"}, "function": {"epoch", "batch"}},
+    ),
+    "functions": Case(
+        {"train.py": FUNCTIONS},
+        edits={
+            "main": [("train.py", 'hl.log("best_acc", best_acc)', """
+                hl.log("gap", val_loss - train_loss)
+                hl.log("best_epoch", best_epoch)
+                hl.log("lr_now", sched.get_last_lr()[0])
+            """)],
+            # (b) in train_one_epoch's nested loop and (c) in a function that loop calls.
+            "nested": [
+                ("train.py", "total += loss.item() * len(y)", 'hl.log("step_loss", loss.item())'),
+                ("train.py", "^torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)", """
+                    pre = torch.cat([p.grad.flatten() for p in model.parameters()]).norm().item()
+                    hl.log("pre_clip", pre)
+                """),
+            ],
+        },
+        names={"main": ["gap", "best_epoch", "lr_now"], "nested": ["step_loss", "pre_clip"]},
+        recorded=["train_loss", "val_loss", "best_acc"],
+        probed={"main": {"epoch"}, "nested": {"epoch", "step"}},
+    ),
+}
+
+
+@dataclass
+class Recorded:
+    case: Case
+    project: ReplayProject
+    run: str
+    #: name -> {context: value} of a fresh run of the project with every edit applied
+    truth: dict[str, dict[Any, Any]]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory):
+    """Record each case once, and run its fully modified version fresh once (the ground truth).
+    The added statements only read state, so one fresh run serves every subset of them."""
+    cache: dict[str, Recorded] = {}
+
+    def get(name: str) -> Recorded:
+        if name not in cache:
+            case = CASES[name]
+            base = tmp_path_factory.mktemp(f"rec-{name}")
+            proj = ReplayProject(base)
+            for path, text in case.files.items():
+                proj.write(path, text)
+            # The recording and the fresh run of the modified project run side by side.
+            truth = ground_truths(base, [case.modified(*case.edits)], case.all_names() + case.recorded,
+                                  also=[(proj, "train.py")])[0]
+            runs = proj.run_ids()
+            assert len(runs) == 1
+            run = runs[0]
+            # The scripts are deterministic: the fresh run logs what the recording logged.
+            for n in case.recorded:
+                assert_same_values(proj.values(n, run), truth[n], f"{name}: recorded {n} vs the fresh run")
+            cache[name] = Recorded(case, proj, run, truth)
+        return cache[name]
+
+    return get
+
+
+def replayed_copy(rec: Recorded, tmp_path: Path, *kinds: str) -> ReplayProject:
+    """A copy of the recorded project and store, with the statements of ``kinds`` added."""
+    proj = rec.project.copy(tmp_path)
+    for path, text in rec.case.modified(*kinds).items():
+        proj.write(path, text)
+    return proj
+
+
+def plan_field(stdout: str, label: str) -> str:
+    """The rest of the plan's line that starts with ``label`` (e.g. ``"segments"``, ``"iterations"``)."""
+    m = re.search(rf"^\s*{label}:? (.*)$", stdout, re.M)
+    assert m, f"no '{label}:' in the replay output:\n{stdout}"
+    return m.group(1).strip()
+
+
+def assert_probed(stdout: str, must: set[str], exact: bool) -> None:
+    probed = set(plan_field(stdout, "loops that must run").split(", "))
+    if exact:
+        assert probed == must, stdout
+    else:
+        assert probed == {"all"} or must <= probed, stdout
+
+
+def segments(stdout: str) -> list[tuple[int, ...]]:
+    return [tuple(int(x) for x in s.split(":")) for s in plan_field(stdout, "segments").split(", ")]
+
+
+def summary(stdout: str) -> dict[str, int]:
+    m = re.search(r"(\d+) new values stored, (\d+) recorded values checked, (\d+) loops skipped, (\d+) run", stdout)
+    assert m, f"no result line in the replay output:\n{stdout}"
+    return dict(zip(("stored", "checked", "skipped", "run"), map(int, m.groups())))
+
+
+def replay_rowids(proj: ReplayProject, run: str) -> set[int]:
+    return {r[0] for r in proj.sql(
+        "SELECT r.rowid FROM records r JOIN runs u ON u.id=r.run WHERE u.run_id=? AND r.source=1", (run,))}
+
+
+def record_count(proj: ReplayProject) -> int:
+    return proj.sql("SELECT COUNT(*) FROM records")[0][0]
+
+
+# ----------------------------------------------------------------- ground truth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case,kind",
+    [
+        ("classic", "main"),
+        ("classic", "nested"),
+        ("train_step", "function"),
+        ("functions", "main"),
+        ("functions", "nested"),
+    ],
+)
+def test_replayed_values_equal_a_fresh_run(recorded, tmp_path: Path, case: str, kind: str) -> None:
+    """Replay with 1 and then 2 workers; each time the stored values equal the fresh run's,
+    and the second replay replaces the first one's values (nothing duplicated)."""
+    rec = recorded(case)
+    proj = replayed_copy(rec, tmp_path, kind)
+    names = rec.case.names[kind]
+    before = {n: proj.values(n, rec.run) for n in rec.case.recorded}
+    previous: set[int] = set()
+    for workers in ("1", "2"):
+        out = proj.replay("train.py", "--workers", workers).stdout
+        assert_probed(out, rec.case.probed[kind], exact=kind == "main")
+        if workers == "2":
+            assert len(segments(out)) == 2, f"two workers should replay two segments:\n{out}"
+        result = summary(out)
+        assert result["checked"] > 0, f"recorded values are recomputed and checked:\n{out}"
+        if kind == "main":
+            assert result["skipped"] > 0, f"un-probed nested loops are skipped:\n{out}"
+        for n in names:
+            assert_same_values(proj.values(n, rec.run), rec.truth[n], f"{case}/{kind}, {workers} worker(s): {n}")
+        for n in rec.case.recorded:
+            assert proj.values(n, rec.run) == before[n], f"replay changed the recorded {n}"
+        rows = replay_rowids(proj, rec.run)
+        assert len(rows) == sum(len(rec.truth[n]) for n in names), "each value is stored once"
+        assert not rows & previous, "the second replay's values replace the first one's"
+        assert result["stored"] == len(rows)
+        previous = rows
+
+
+@pytest.mark.slow
+def test_dry_run_prints_the_plan_and_an_estimate_and_stores_nothing(recorded, tmp_path: Path) -> None:
+    rec = recorded("classic")
+    proj = replayed_copy(rec, tmp_path, "main", "nested")
+    total = record_count(proj)
+    out = proj.replay("train.py", "--dry-run", "--workers", "2").stdout
+    assert f"run {rec.run}" in out
+    src = proj.read().splitlines()
+    for line in ('hl.log("wnorm", wsq ** 0.5)', 'hl.log("step_loss", loss.item())'):
+        number = next(k for k, text in enumerate(src, 1) if line in text)
+        assert f"+ train.py:{number}: {line}" in out, out
+    assert_probed(out, {"epoch", "step"}, exact=False)
+    assert re.search(r"estimated time: \d+\.\ds \(a full re-run: \d+\.\ds\)", out), out
+    assert plan_field(out, "iterations").startswith("0:5 of 5")
+    assert segments(out)[0][0] == 0 and segments(out)[-1][1] == 5
+    assert "stored" not in out
+    assert record_count(proj) == total
+    assert proj.count("wnorm") == 0 and proj.count("step_loss") == 0
+
+
+@pytest.mark.slow
+def test_iterations_limits_the_replayed_iterations(recorded, tmp_path: Path) -> None:
+    rec = recorded("classic")
+    proj = replayed_copy(rec, tmp_path, "main")
+    out = proj.replay("train.py", "--iterations", "2:4", "--workers", "1").stdout
+    assert plan_field(out, "iterations").startswith("2:4 of 5")
+    assert segments(out)[0][0] == 2 and segments(out)[-1][1] == 4
+    for n in rec.case.names["main"]:
+        want = {k: v for k, v in rec.truth[n].items() if 2 <= dict(k)["epoch"] < 4}
+        assert_same_values(proj.values(n, rec.run), want, n)
+    # The replayed values sit next to the recorded ones in one table.
+    df = proj.df("acc", "wnorm", runs=[rec.run])
+    assert len(df) == 5 and df["acc"].notna().all()
+    assert list(df["wnorm"].notna()) == [False, False, True, True, False]
+    # Open ranges; a range outside the run.
+    out = proj.replay("train.py", "--iterations", "4:", "--dry-run").stdout
+    assert plan_field(out, "iterations").startswith("4:5 of 5")
+    bad = proj.replay("train.py", "--iterations", "3:9", check=False)
+    assert bad.returncode != 0 and "3:9" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["rows", "objects"])
+def test_a_run_whose_checkpoints_are_gone_replays_by_re_executing(recorded, tmp_path: Path, how: str) -> None:
+    rec = recorded("classic")
+    proj = replayed_copy(rec, tmp_path, "main")
+    if how == "rows":
+        proj.sql("DELETE FROM checkpoints")
+    else:
+        objects = proj.store / "objects"
+        assert any(p.is_file() for p in objects.rglob("*"))
+        shutil.rmtree(objects)
+    result = proj.replay("train.py", "--workers", "2", check=False)
+    out = result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    if how == "rows":
+        assert "no checkpoints" in out and "re-executed" in out, out
+        assert segments(out) == [(0, 5)]
+        assert summary(out)["skipped"] == 0
+    for n in rec.case.names["main"]:
+        assert_same_values(proj.values(n, rec.run), rec.truth[n], f"{how} gone: {n}")
+
+
+# ----------------------------------------------------------------- several versions
+
+MULTI_V1 = """
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import hindlog as hl
+
+torch.manual_seed(3)
+epochs = hl.arg("epochs", 4)
+lr = hl.arg("lr", 0.5)
+X = torch.randn(192, 4)
+Y = (X[:, 0] > X[:, 1]).float()
+loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
+model = nn.Linear(4, 1)
+hl.checkpoints(model=model)
+
+for epoch in hl.loop("epoch", range(epochs)):
+    for x, y in hl.loop("step", loader):
+        x = F.dropout(x, p=0.2, training=True)
+        loss = F.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+        model.zero_grad()
+    hl.log("loss", loss.item())
+"""
+
+
+def multi_versions() -> list[str]:
+    v1 = dedent(MULTI_V1)
+    # v2: the dropout line is removed; the learning rate decays (two lines added).
+    v2 = v1.replace("        x = F.dropout(x, p=0.2, training=True)\n", "")
+    v2 = insert_after(v2, 'hl.log("loss", loss.item())', 'lr = lr * 0.8\nhl.log("lr", lr)')
+    # v3: gradient clipping is added, dropout comes back with another rate, the lr log is removed.
+    v3 = insert_before(v2, "with torch.no_grad():", "torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)")
+    v3 = insert_before(v3, "loss = F.binary", "x = F.dropout(x, p=0.1, training=True)")
+    v3 = v3.replace('    hl.log("lr", lr)\n', "")
+    return [v1, v2, v3]
+
+
+HINDSIGHT = 'hl.log("wabs", float(sum(p.detach().abs().sum() for p in model.parameters())))'
+
+
+@pytest.mark.slow
+def test_all_replays_every_recorded_version_with_its_own_code(tmp_path: Path) -> None:
+    versions = multi_versions()
+    assert len(set(versions)) == 3
+    proj = ReplayProject(tmp_path)
+    runs, truths = [], []
+    for k, text in enumerate(versions):
+        proj.write("train.py", text)
+        if k < 2:
+            proj.commit(f"version {k + 1}")  # the third version is recorded uncommitted
+        # Each version is recorded while its ground truth (the version plus the statement) runs.
+        truths += ground_truths(tmp_path, [{"train.py": insert_after(text, 'hl.log("loss", loss.item())', HINDSIGHT)}],
+                                ["wabs", "loss"], tag=f"truth-v{k + 1}-", also=[(proj, "train.py")])
+        runs.append(proj.run_ids()[-1])
+    assert len(set(runs)) == 3
+    proj.write("train.py", insert_after(versions[2], 'hl.log("loss", loss.item())', HINDSIGHT))
+    result = proj.replay("train.py", "--all", "--workers", "1", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for run in runs:
+        assert f"run {run}" in result.stdout
+    # The versions compute different things, so a value replayed in the wrong code would show.
+    assert truths[0]["wabs"] != truths[1]["wabs"] != truths[2]["wabs"]
+    for k, run in enumerate(runs):
+        assert_same_values(proj.values("loss", run), truths[k]["loss"], f"version {k + 1}: recorded loss")
+        assert_same_values(proj.values("wabs", run), truths[k]["wabs"], f"version {k + 1}: wabs")
+
+
+# ----------------------------------------------------------------- small scripts without torch
+
+COUNTER = """
+import os
+import time
+
+import hindlog as hl
+
+lr = hl.arg("lr", 0.1)
+state = {"x": 0, "hist": []}
+hl.checkpoints(state=state)
+print("REPLAYING", hl.replaying())
+for epoch in hl.loop("epoch", range(6)):
+    for i in hl.loop("step", range(4)):
+        state["x"] += i + epoch
+    state["hist"].append(state["x"])
+    time.sleep(0.03)
+    print("epoch", epoch)
+    hl.log("x", state["x"])
+"""
+
+#: Checkpoints at most iterations of the small scripts (their iterations are short).
+DENSE = {"HINDLOG_EPSILON": "0.5"}
+
+
+def expected_x() -> dict[Any, int]:
+    x, out = 0, {}
+    for epoch in range(6):
+        x += sum(i + epoch for i in range(4))
+        out[(("epoch", epoch),)] = x
+    return out
+
+
+@pytest.fixture
+def counter(tmp_path: Path) -> tuple[ReplayProject, str]:
+    proj = ReplayProject(tmp_path)
+    proj.write("train.py", COUNTER)
+    out = proj.python(env=DENSE).stdout
+    assert "REPLAYING False" in out, "hl.replaying() is False while recording"
+    run = proj.run_ids()[-1]
+    assert proj.values("x", run) == expected_x()
+    return proj, run
+
+
+def test_replaying_is_true_only_inside_replay(counter) -> None:
+    proj, run = counter
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("flag", hl.replaying())'))
+    proj.replay("train.py", "--workers", "2")
+    flags = proj.values("flag", run)
+    assert flags == {k: True for k in expected_x()}
+    assert all(type(v) is bool for v in flags.values())
+
+
+def test_a_changed_line_is_refused_with_the_diff_and_force_goes_on(counter) -> None:
+    proj, run = counter
+    text = insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])')
+    text = text.replace('print("epoch", epoch)', 'print("Epoch:", epoch)')
+    proj.write("train.py", text)
+    total = record_count(proj)
+    refused = proj.replay("train.py", check=False)
+    assert refused.returncode != 0
+    assert '-    print("epoch", epoch)' in refused.stderr and '+    print("Epoch:", epoch)' in refused.stderr, refused.stderr
+    assert "--force" in refused.stderr and "Traceback" not in refused.stderr
+    assert record_count(proj) == total and proj.count("double") == 0
+    # A removed line is refused too.
+    proj.write("train.py", dedent(COUNTER).replace('    print("epoch", epoch)\n', "") + 'hl.log("end", 1)\n')
+    removed = proj.replay("train.py", check=False)
+    assert removed.returncode != 0 and '-    print("epoch", epoch)' in removed.stderr
+    # --force replays the current code.
+    proj.write("train.py", text)
+    forced = proj.replay("train.py", "--force", "--workers", "1", check=False)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+
+
+def test_divergence_is_reported_with_name_and_iteration(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("pid", os.getpid())')
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", insert_after(text, 'hl.log("pid", os.getpid())', 'hl.log("double", 2 * state["x"])'))
+    result = proj.replay("train.py", "--workers", "2", check=False)
+    assert result.returncode != 0, result.stdout
+    assert "DIVERGED" in result.stderr, result.stderr
+    recorded_pid = proj.values("pid", run)[(("epoch", 0),)]
+    assert re.search(rf"pid at iteration 0: recorded {recorded_pid}, replayed \d+", result.stderr), result.stderr
+    assert "x at iteration" not in result.stderr, "values that do not depend on the process agree"
+    # A tolerance does not excuse a real difference.
+    again = proj.replay("train.py", "--workers", "1", "--tolerance", "1e-6", check=False)
+    assert again.returncode != 0 and "pid at iteration 0" in again.stderr
+
+
+def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    # A recorded value with noise in its last digits (like a GPU reduction), different every time.
+    text = insert_after(dedent(COUNTER), 'hl.log("x", state["x"])',
+                        'hl.log("noisy", 1.0 + 1e-15 * (time.perf_counter_ns() % 100003 + 1))')
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", insert_after(text, "hl.log(\"noisy\"", 'hl.log("double", 2 * state["x"])'))
+    strict = proj.replay("train.py", "--workers", "1", check=False)
+    assert strict.returncode != 0 and "noisy at iteration" in strict.stderr
+    loose = proj.replay("train.py", "--workers", "1", "--tolerance", "1e-9", check=False)
+    assert loose.returncode == 0, loose.stdout + loose.stderr
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+
+
+def test_a_crashing_segment_is_named_and_the_other_segments_are_kept(counter) -> None:
+    proj, run = counter
+    statement = """
+        if epoch == 5:
+            raise RuntimeError("hindsight statement failed")
+        hl.log("double", 2 * state["x"])
+    """
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', statement))
+    result = proj.replay("train.py", "--workers", "2", check=False)
+    assert result.returncode != 0
+    segs = segments(result.stdout)
+    assert len(segs) == 2, result.stdout
+    (a, b), (c, d) = segs
+    assert b == c and d == 6
+    assert f"segment {c}:6 failed" in result.stderr, result.stderr
+    assert f"--iterations {c}:6" in result.stderr
+    assert "RuntimeError: hindsight statement failed" in result.stderr
+    assert f"segment {a}:{b} failed" not in result.stderr
+    got = proj.values("double", run)
+    want = {k: 2 * v for k, v in expected_x().items()}
+    assert {k: v for k, v in got.items() if dict(k)["epoch"] < c} == {k: v for k, v in want.items() if dict(k)["epoch"] < c}
+    assert all(got[k] == want[k] for k in got), "whatever was stored is right"
+    # The failed segment can then be replayed alone (here once the statement is fixed).
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    proj.replay("train.py", "--iterations", f"{c}:6", "--workers", "1")
+    assert proj.values("double", run) == want
+
+
+def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    proj.write("train.py", COUNTER)
+    nothing = proj.replay("train.py", check=False)
+    assert nothing.returncode != 0 and "hindlog:" in nothing.stderr and "record" in nothing.stderr, nothing.stderr
+    first = proj.record(env=DENSE)
+    second = proj.record(env={**DENSE, "HINDLOG_SET_lr": "0.3"})
+    proj.write("other.py", "import hindlog as hl\nhl.log('y', 1)\n")
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    cases = {
+        ("other.py",): "never been recorded",
+        ("missing.py",): "does not exist",
+        ("train.py", "--run", "20000101-nosuchrun"): "20000101-nosuchrun",
+        ("train.py", "--where", "lr > 100"): "matches",
+        ("train.py", "--where", "no_such_arg == 1"): "--where",
+        ("train.py", "--iterations", "x:y"): "--iterations",
+    }
+    for args, words in cases.items():
+        result = proj.replay(*args, check=False)
+        assert result.returncode != 0, f"replay {args} succeeded"
+        assert words in result.stderr, f"replay {args}: {result.stderr}"
+        assert "Traceback" not in result.stderr, f"replay {args} crashed: {result.stderr}"
+    assert proj.count("double") == 0
+    # --where picks the runs whose args match.
+    proj.replay("train.py", "--where", "lr > 0.2", "--workers", "1")
+    assert proj.count("double", first) == 0
+    assert proj.values("double", second) == {k: 2 * v for k, v in expected_x().items()}
+    # Without added statements there is nothing to replay.
+    proj.write("train.py", COUNTER)
+    same = proj.replay("train.py", check=False)
+    assert same.returncode != 0 and "no statements were added" in same.stderr
+
+
+def test_a_statement_that_cannot_be_placed_skips_that_run_only(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    old = proj.record(COUNTER, env=DENSE)
+    newer_text = insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("x3", 3 * state["x"])')
+    new = proj.record(newer_text, env=DENSE)
+    # The new statement follows a line the older version does not have.
+    proj.write("train.py", insert_after(newer_text, 'hl.log("x3", 3 * state["x"])', 'hl.log("double", 2 * state["x"])'))
+    result = proj.replay("train.py", "--all", "--workers", "1", check=False)
+    assert result.returncode != 0
+    assert f"skipped run {old}" in result.stderr and "cannot place" in result.stderr, result.stderr
+    assert proj.count("double", old) == 0
+    assert proj.values("double", new) == {k: 2 * v for k, v in expected_x().items()}
+
+
+def test_every_divergent_iteration_is_reported(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import time
+        import hindlog as hl
+        state = {"x": 0}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(6)):
+            for i in hl.loop("step", range(3)):
+                state["x"] += i
+            hl.log("t", time.time())
+    """)
+    proj.record(text, env=DENSE)
+    proj.write("train.py", insert_after(text, 'state["x"] += i', 'hl.log("y", state["x"] * 2)'))
+    result = proj.replay("train.py", "--workers", "1", check=False)
+    assert result.returncode != 0
+    assert summary(result.stdout)["checked"] == 6, result.stdout
+    for i in range(6):
+        assert f"t at iteration {i}:" in result.stderr, result.stderr
+
+
+def test_a_statement_reading_a_local_that_no_checkpoint_holds_runs_the_loop_that_assigns_it(tmp_path: Path) -> None:
+    """`inner` is assigned in the step loop and the recorded code never reads it afterwards, so
+    the step loop's checkpoints do not hold it: replay must run that loop (and may skip `val`)."""
+    text = dedent("""
+        import time
+        import hindlog as hl
+        state = {"x": 0}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(6)):
+            for i in hl.loop("step", range(4)):
+                inner = i * 10 + epoch
+                state["x"] += i
+            for j in hl.loop("val", range(2)):
+                score = state["x"] + j
+            time.sleep(0.03)
+            hl.log("x", state["x"])
+    """)
+    new = insert_after(text, 'hl.log("x", state["x"])', 'hl.log("inner", inner)')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert set(plan_field(out, "loops that must run").split(", ")) == {"epoch", "step"}
+    truth = ground_truth(tmp_path, {"train.py": new}, ["inner"])
+    assert_same_values(proj.values("inner", run), truth["inner"], "inner")
+
+
+def test_workers_run_in_the_directory_the_run_was_recorded_in(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import time
+        import hindlog as hl
+        scale = float(open("params.txt").read())
+        state = {"x": 0.0}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(4)):
+            for i in hl.loop("step", range(3)):
+                state["x"] += i * scale
+            time.sleep(0.03)
+            hl.log("x", state["x"])
+    """)
+    proj.write("exp/params.txt", "0.5\n")
+    proj.write("exp/train.py", text)
+    subprocess.run([sys.executable, "train.py"], cwd=proj.root / "exp", env=proj.env(DENSE), check=True,
+                   capture_output=True, timeout=120)
+    run = proj.run_ids()[-1]
+    proj.write("exp/train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("y", 2 * state["x"])'))
+    result = subprocess.run([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--workers", "1"],
+                            cwd=proj.root / "exp", env=proj.env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert proj.values("y", run) == {k: 2 * v for k, v in proj.values("x", run).items()}
+    assert len(proj.values("y", run)) == 4
+
+
+def test_a_run_recorded_under_older_code_can_be_chosen_alone(tmp_path: Path) -> None:
+    """--run (or --where) picking an older run: the new statements are those added to the newest
+    recorded code, placed into the older run's own code."""
+    proj = ReplayProject(tmp_path)
+    v1 = dedent(COUNTER)
+    old = proj.record(v1, env=DENSE)
+    v2 = v1.replace('    print("epoch", epoch)\n', "").replace("time.sleep(0.03)\n", 'time.sleep(0.03)\n    state["x"] += 1\n')
+    new = proj.record(v2, env=DENSE)
+    proj.write("train.py", insert_after(v2, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    proj.replay("train.py", "--run", old, "--workers", "1")
+    assert proj.values("double", old) == {k: 2 * v for k, v in expected_x().items()}
+    assert proj.count("double", new) == 0
+
+
+def test_replay_does_not_write_into_the_project(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = dedent(COUNTER).replace('    print("epoch", epoch)\n',
+                                   '    with open("log.out", "a") as f:\n        f.write(f"epoch {epoch}\\n")\n')
+    run = proj.record(text, env=DENSE)
+    log = (proj.root / "log.out").read_text()
+    assert log.count("epoch") == 6
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    proj.replay("train.py", "--workers", "1")
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+    assert (proj.root / "log.out").read_text() == log
+
+
+# ----------------------------------------------------------------- the plan's segments
+
+
+def plan_segments(total: int, checkpointed: list[int], workers: int, iterations: tuple[int, int] | None = None,
+                  seconds: list[float] | None = None) -> list[tuple[int, int]]:
+    from hindlog.checkpoint import ITERATION_END
+    from hindlog.replay import RunPlan, _estimate
+
+    lo, hi = iterations or (0, total)
+    plan = RunPlan("r", 1, "train.py", "v", {}, {}, set(), (lo, hi), total, sorted(checkpointed))
+    rows = {i: {ITERATION_END: (None, "manifest")} for i in checkpointed}
+    _estimate(plan, {"info": {"iteration_seconds": seconds or [1.0] * total}}, rows, workers)
+    return [(s.start, s.end) for s in plan.segments]
+
+
+def test_segments_start_after_checkpoints_and_balance_the_work() -> None:
+    assert plan_segments(10, list(range(10)), 1) == [(0, 10)]
+    assert plan_segments(10, list(range(10)), 2) == [(0, 5), (5, 10)]
+    assert len(plan_segments(9, list(range(9)), 3)) == 3
+    assert plan_segments(4, list(range(4)), 8) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    # Without checkpoints there is one segment, whatever the workers.
+    assert plan_segments(6, [], 4) == [(0, 6)]
+    # Only after a checkpointed iteration can a segment start.
+    assert plan_segments(10, [6], 2) == [(0, 7), (7, 10)]
+    # Sparse checkpoints: the best split there is, even if it is short of half the work.
+    assert plan_segments(5, [0, 1, 4], 2) == [(0, 2), (2, 5)]
+    assert plan_segments(5, [0, 4], 2) == [(0, 1), (1, 5)]
+    # Within --iterations; slow iterations weigh more.
+    assert plan_segments(10, list(range(10)), 2, iterations=(3, 7)) == [(3, 5), (5, 7)]
+    assert plan_segments(4, list(range(4)), 2, seconds=[5.0, 1.0, 1.0, 1.0]) == [(0, 1), (1, 4)]
