@@ -233,12 +233,6 @@ def test_records_still_unwritable_at_exit_go_to_a_spill_file_and_are_loaded_late
     assert df["step"].tolist() == list(range(500))  # loop contexts were spilled too
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writer.py Writer._spill keeps only rows and contexts ('commands are replayed by their owners', "
-    "but no owner replays them): the final status 'finished' and other catalog commands queued while the "
-    "catalog was unwritable are lost, so the spilled run shows as killed",
-)
 def test_a_run_that_finished_while_the_catalog_was_unwritable_is_shown_finished(project: Project) -> None:
     run_id = project.run(_STILL_UNWRITABLE_AT_EXIT, env={"HINDLOG_FLUSH_INTERVAL": "0.05"}).stdout.strip()
     project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")

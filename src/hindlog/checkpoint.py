@@ -241,7 +241,7 @@ class Persister:
                     "it is dropped and training goes on. Free some disk space for later checkpoints.",
                     RuntimeWarning,
                 )
-            self.writer.command(lambda conn: catalog.add_run_flag(conn, self.run, "checkpoint_dropped"))
+            self.writer.change("flag", "checkpoint_dropped")
             return
         self._done.setdefault(frozen.iteration, []).append(_Done(frozen.block, frozen.loop, name, frozen.nbytes))
 
@@ -271,16 +271,10 @@ class Persister:
         if iteration in self._failed or not done:
             self._failed.discard(iteration)
             return
-        run = self.run
         # One flush of everything written, instead of an fsync per object: the rows below
         # are committed only once the iteration's data is on disk.
         os.sync()
-
-        def insert(conn: Any) -> None:
-            for d in done:
-                catalog.insert_checkpoint(conn, run, iteration, d.block, d.loop, d.manifest, d.nbytes)
-
-        self.writer.command(insert)
+        self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes) for d in done])
         self.committed.append(iteration)
 
 

@@ -319,9 +319,7 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         print(f"hindlog: {notes}", file=sys.stderr)
     if rec is not None and rec.controller is None:
         info = {"handsfree": True, "main_loop": plan.main_loop, "state_candidates": plan.state_candidates}
-        from . import catalog
-
-        rec.writer.command(lambda conn: catalog.merge_run_info(conn, rec.run, info))
+        rec.writer.change("info", info)
     finder = _Finder(root, runtime, skip)
     sys.meta_path.insert(0, finder)
     code = compile(tree, str(abs_path), "exec", dont_inherit=True)

@@ -136,7 +136,7 @@ class Recorder:
             version = codeversion.snapshot(self.store, self.run_id)
         except Exception as e:
             warnings.warn(f"hindlog: could not snapshot the code of run {self.run_id}: {e}", RuntimeWarning)
-            self.writer.command(lambda conn: catalog.add_run_flag(conn, self.run, "no_code_version"))
+            self.writer.change("flag", "no_code_version")
             return
         if version.skipped:
             warnings.warn(
@@ -145,7 +145,7 @@ class Recorder:
                 RuntimeWarning,
             )
         fields = {"code_version": version.version, "code_kind": version.kind}
-        self.writer.command(lambda conn: catalog.update_run(conn, self.run, fields))
+        self.writer.change("update_run", fields)
 
     # ------------------------------------------------------------ logging
 
@@ -173,7 +173,7 @@ class Recorder:
                 "use a number, bool, string, None, or a JSON-able list or dict"
             ) from None
         self.args[name] = value
-        self.writer.command(lambda conn: catalog.set_arg(conn, self.run, name, value))
+        self.writer.change("arg", (name, value))
         return value
 
     # ------------------------------------------------------------ loops
@@ -353,7 +353,8 @@ class Recorder:
             }
             if self.checkpointer is not None:
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
-            self.writer.command(lambda conn: (catalog.update_run(conn, self.run, fields), catalog.merge_run_info(conn, self.run, timing)))
+            self.writer.change("update_run", fields)
+            self.writer.change("info", timing)
         self.writer.close()
 
 

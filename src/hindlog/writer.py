@@ -41,10 +41,28 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _Command:
-    __slots__ = ("fn", "done")
+    __slots__ = ("fn", "done", "data")
 
-    def __init__(self, fn: Command, done: threading.Event | None) -> None:
-        self.fn, self.done = fn, done
+    def __init__(self, fn: Command, done: threading.Event | None, data: tuple[str, Any] | None = None) -> None:
+        self.fn, self.done, self.data = fn, done, data
+
+
+def apply_command(conn: sqlite3.Connection, run: int, data: tuple[str, Any]) -> None:
+    """Carry out a catalog change described as data (so that it can also wait in a spill file)."""
+    kind, payload = data
+    if kind == "update_run":
+        catalog.update_run(conn, run, payload)
+    elif kind == "flag":
+        catalog.add_run_flag(conn, run, payload)
+    elif kind == "arg":
+        catalog.set_arg(conn, run, payload[0], payload[1])
+    elif kind == "info":
+        catalog.merge_run_info(conn, run, payload)
+    elif kind == "checkpoints":
+        for iteration, block, loop, manifest, nbytes in payload:
+            catalog.insert_checkpoint(conn, run, iteration, block, loop, manifest, nbytes)
+    else:
+        raise ValueError(f"unknown catalog command {kind!r}")
 
 
 class Writer:
@@ -97,6 +115,12 @@ class Writer:
             return True
         self._wake.set()
         return done.wait(timeout)
+
+    def change(self, kind: str, payload: Any) -> None:
+        """Queue a catalog change for this run: ``update_run`` (fields), ``flag`` (a name),
+        ``arg`` ((name, value)), ``info`` (keys to merge) or ``checkpoints`` (rows)."""
+        data = (kind, payload)
+        self.queue.append(_Command(lambda conn: apply_command(conn, self.run, data), None, data))
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything queued so far is committed (or spilled). False on timeout."""
@@ -220,15 +244,13 @@ class Writer:
             with catalog.transaction(conn):
                 self._load_spills(conn)
                 if contexts:
-                    _insert_flat(conn, "INSERT OR IGNORE INTO contexts (run, id, iteration, loops)",
-                                 f"({int(self.run)}, ?, ?, ?)", contexts, 3)
+                    catalog.bulk_insert_contexts(conn, self.run, contexts)
                 if cells:
                     names = cells[1::4]
                     ids = catalog.name_ids(conn, set(names))
                     params = cells[:]  # cells keep the names, for a retry or a spill if this fails
                     params[1::4] = map(ids.__getitem__, names)
-                    _insert_flat(conn, "INSERT INTO records (run, ctx, name, kind, value, source)",
-                                 f"({int(self.run)}, ?, ?, ?, ?, {int(self.source)})", params, 4)
+                    catalog.bulk_insert_records(conn, self.run, self.source, params)
                 for cmd in commands:
                     cmd.fn(conn)
                 conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
@@ -268,9 +290,9 @@ class Writer:
         # The spill format: rows (ctx_id, name, kind, value) and contexts (ctx_id, iteration, loops_json).
         rows = list(zip(cells[0::4], cells[1::4], cells[2::4], cells[3::4]))
         contexts = list(zip(flat_contexts[0::3], flat_contexts[1::3], flat_contexts[2::3]))
-        # Only the data survives a spill; commands are replayed by their owners.
+        commands = [c.data for c in self._pending_commands if c.data is not None]
         data = {"run_id": self.run_id, "source": self.source, "contexts": contexts, "rows": rows,
-                "flags": ["spilled"]}
+                "commands": commands, "flags": ["spilled"]}
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
             path = self.spill_dir / f"{self.run_id}.{os.getpid()}.{len(self._spill_files)}.{time.time_ns()}.pkl"
@@ -285,6 +307,7 @@ class Writer:
             return
         self._spill_files.append(path)
         self._pending_cells, self._pending_contexts = [], []
+        self._pending_commands = [c for c in self._pending_commands if c.data is None]
 
     def _load_spills(self, conn: sqlite3.Connection) -> None:
         if self._spill_files:
@@ -294,34 +317,6 @@ class Writer:
             catalog.add_run_flag(conn, self.run, "spilled")
         if self._failed_since is not None:
             catalog.add_run_flag(conn, self.run, "catalog_write_failed")
-
-
-def _insert_flat(conn: sqlite3.Connection, insert: str, row: str, flat: list[Any], width: int) -> None:
-    """``insert VALUES row, row, ...`` for the rows laid out flat in ``flat``, ``width`` values each.
-
-    The drain's bulk inserts (the same rows as ``catalog.insert_records`` and
-    ``catalog.insert_contexts`` would write): multi-row statements of a few hundred
-    rows each cost one statement step per few hundred rows instead of one per
-    row, which roughly halves the cost of a record. The writer's run and source
-    are the same for every row, so ``row`` holds them as SQL literals.
-    """
-    per = _rows_per_statement(conn, width)
-    step = per * width
-    full = len(flat) // step * step
-    if full:
-        sql = f"{insert} VALUES {','.join([row] * per)}"
-        conn.executemany(sql, (flat[i : i + step] for i in range(0, full, step)))
-    if full < len(flat):
-        conn.execute(f"{insert} VALUES {','.join([row] * ((len(flat) - full) // width))}", flat[full:])
-
-
-def _rows_per_statement(conn: sqlite3.Connection, width: int) -> int:
-    """Rows per multi-row INSERT: up to 500, within SQLite's limit on bound parameters."""
-    try:
-        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)  # Python >= 3.11
-    except AttributeError:
-        limit = 999  # the smallest default any SQLite has had
-    return max(1, min(500, limit // width))
 
 
 def load_spill_file(conn: sqlite3.Connection, path: Path) -> None:
@@ -337,6 +332,8 @@ def load_spill_file(conn: sqlite3.Connection, path: Path) -> None:
     if rows:
         ids = catalog.name_ids(conn, {r[1] for r in rows})
         catalog.insert_records(conn, [(run, c, ids[n], k, v, data["source"]) for c, n, k, v in rows])
+    for command in data.get("commands", []):
+        apply_command(conn, run, tuple(command))
     catalog.add_run_flag(conn, run, "spilled")
     path.unlink()
 
