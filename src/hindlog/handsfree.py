@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import instrument, record
+from . import config, instrument, record
 from .instrument import RUNTIME
 
 STDOUT = "@stdout"
@@ -286,6 +286,11 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     except SyntaxError as e:
         traceback.print_exception(type(e), e, None)
         return 1
+    try:
+        config.epsilon(epsilon)
+    except ValueError as e:
+        print(f"hindlog: --epsilon: {e}", file=sys.stderr)
+        return 2
     for item in sets or []:
         if "=" not in item:
             print(f"hindlog: --set takes NAME=VALUE, got {item!r}", file=sys.stderr)
@@ -300,12 +305,14 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
 
     spec = current_spec() or {}
     new_lines = _expand(spec.get("new_lines", {}))
-    rec_started = record.init(epsilon=epsilon) if record._recorder is None else record.run_id()
+    if record._recorder is None:
+        record.init(epsilon=epsilon)
     rec = record._recorder
     root = rec.store.root if rec is not None else abs_path.parent
     rel = _rel(abs_path, root)
     skip = new_lines
     runtime = Runtime()
+
     def read_project_file(rel_path: str) -> str | None:
         candidate = root / rel_path
         return candidate.read_text() if candidate.is_file() else None
@@ -348,7 +355,6 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
             sys.meta_path.remove(finder)
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
-    del rec_started
     rec = record._recorder
     if rec is not None and not rec.finished:
         rec.finish(status)

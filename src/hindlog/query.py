@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from . import catalog
 from .errors import RunNotFound
 from .store import Store
+from .errors import CodeVersionError
 from .values import decode
 
 if TYPE_CHECKING:
@@ -168,7 +169,7 @@ def code_diff(ref: str, other: str | None = None, store: str | os.PathLike[str] 
     a = run_info(ref, st)
     b = run_info(other, st) if other else None
     if not a.get("code_version"):
-        raise catalog.RunNotFound(f"run {a['run_id']} has no code version (its snapshot failed or is still being made)")
+        raise CodeVersionError(f"run {a['run_id']} has no code version (its snapshot failed or is still being made)")
     text = codeversion.diff(st, a["code_version"], b["code_version"] if b else None)
     changed: dict[str, tuple[Any, Any]] = {}
     if b is not None:
