@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, WORKLOADS, cleanup, machine, median, new_project, save, timed  # noqa: E402
+from common import PYTHON, WORKLOADS, cleanup, machine, median, new_project, save, timed_cpu  # noqa: E402
 
 WORKLOADS_ALL = {
     "cnn": ("cnn.py", [], "small CNN, long epochs, validation loop"),
@@ -47,32 +48,33 @@ def bench(name: str, pairs: int, quick: bool) -> dict:
     script, argv, what = WORKLOADS_ALL[name]
     env_args = {f"HINDLOG_SET_{k}": str(v) for k, v in (QUICK_ARGS[name] if quick else {}).items()}
     project = new_project({script: WORKLOADS / script})
-    plain, recorded, ratios, stats = [], [], [], []
+    plain, recorded, ratios, stats, cpu_ratios = [], [], [], [], []
     try:
         for k in range(pairs):
             store = project / f".store-{k}"
             order = ["plain", "record"] if k % 2 == 0 else ["record", "plain"]
-            times = {}
+            times, cpus = {}, {}
             for mode in order:
                 env = dict(env_args)
                 if mode == "plain":
                     env["HINDLOG_DISABLED"] = "1"
                 else:
                     env["HINDLOG_DIR"] = str(store)
-                times[mode] = timed([PYTHON, script, *argv], project, env)
+                times[mode], cpus[mode] = timed_cpu([PYTHON, script, *argv], project, env)
             plain.append(times["plain"])
             recorded.append(times["record"])
             ratios.append(times["record"] / times["plain"])
+            cpu_ratios.append(cpus["record"] / cpus["plain"])
             stats.append(run_stats(store))
             print(f"  {name} pair {k}: plain {times['plain']:.2f}s record {times['record']:.2f}s "
-                  f"ratio {ratios[-1]:.3f} checkpoints {len(stats[-1]['checkpointed_iterations'])}/{stats[-1]['iterations']}",
+                  f"ratio {ratios[-1]:.3f} (CPU {cpu_ratios[-1]:.3f}) load {os.getloadavg()[0]:.1f} checkpoints {len(stats[-1]['checkpointed_iterations'])}/{stats[-1]['iterations']}",
                   flush=True)
     finally:
         cleanup(project)
     last = stats[-1]
     return {
         "workload": name, "what": what, "pairs": pairs, "plain_s": plain, "record_s": recorded, "ratios": ratios,
-        "median_ratio": median(ratios), "median_plain_s": median(plain), "median_record_s": median(recorded),
+        "median_ratio": median(ratios), "cpu_ratios": cpu_ratios, "median_cpu_ratio": median(cpu_ratios), "median_plain_s": median(plain), "median_record_s": median(recorded),
         "checkpoints": [len(s["checkpointed_iterations"]) for s in stats], "iterations": last["iterations"],
         "checkpointed_iterations_last": last["checkpointed_iterations"],
         "overhead_measured": [s["overhead_measured"] for s in stats],
@@ -94,12 +96,12 @@ def main() -> None:
         "machine": machine(), "results": results,
     }
     path = save("record" + ("-quick" if args.quick else ""), data)
-    print("\n| workload | plain (s) | recorded (s) | ratio (median) | checkpointed iterations | hindlog's measured overhead |")
-    print("|---|---|---|---|---|---|")
+    print("\n| workload | plain (s) | recorded (s) | wall ratio (median) | CPU-time ratio (median) | checkpointed iterations | hindlog's measured overhead |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
         oh = median([o for o in r["overhead_measured"] if o is not None]) * 100
         print(f"| {r['workload']}: {r['what']} | {r['median_plain_s']:.2f} | {r['median_record_s']:.2f} | "
-              f"{r['median_ratio']:.3f} | {median(r['checkpoints']):.0f} of {r['iterations']} | {oh:.2f}% |")
+              f"{r['median_ratio']:.3f} | {r['median_cpu_ratio']:.3f} | {median(r['checkpoints']):.0f} of {r['iterations']} | {oh:.2f}% |")
     print(f"\nwrote {path}")
 
 

@@ -60,13 +60,25 @@ def new_project(files: dict[str, Path | str]) -> Path:
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> float:
     """Wall seconds of a whole process."""
+    return timed_cpu(cmd, cwd, env, check)[0]
+
+
+def timed_cpu(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, all its threads and children) of a whole process.
+
+    On a shared machine the CPU time moves much less with other jobs' load than the wall time."""
+    import resource
+
     full_env = {**os.environ, **GIT_ENV, **(env or {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def median(xs: list[float]) -> float:
