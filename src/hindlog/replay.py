@@ -391,14 +391,11 @@ def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
     return scratch
 
 
-def _worker_env(
-    store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path, workers: int = 1
-) -> dict[str, str]:
+def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    # Parallel workers share the cores instead of each starting one thread per core.
-    threads = str(max(1, (os.cpu_count() or 1) // max(workers, 1)))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        env.setdefault(var, threads)
+    # Thread counts are left as they were when recording (the recorded variables include
+    # OMP_NUM_THREADS and the like when set): another count changes the order of float
+    # reductions, and the replayed values would no longer equal the recorded ones exactly.
     env.update((run.get("env") or {}).get("variables") or {})
     env.update(_arg_env(args))
     env["HINDLOG_DIR"] = str(store.path)
@@ -455,7 +452,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             proc = subprocess.Popen(
                 [*command, str(script_path), *argv[1:]],
                 cwd=_worker_cwd(store, run, scratch),
-                env=_worker_env(store, run, args, spec_path, len(plan.segments)),
+                env=_worker_env(store, run, args, spec_path),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
