@@ -9,8 +9,6 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import pandas as pd
-
 from . import query
 from .errors import HindlogError
 
@@ -89,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _time(ts: Any) -> str:
+    import pandas as pd  # imported when needed: `hindlog run` must start as fast as python
+
     if ts is None or (isinstance(ts, float) and pd.isna(ts)):
         return "-"
     if isinstance(ts, pd.Timestamp):
@@ -97,6 +97,8 @@ def _time(ts: Any) -> str:
 
 
 def _duration(seconds: Any) -> str:
+    import pandas as pd
+
     if seconds is None or pd.isna(seconds):
         return "-"
     seconds = float(seconds)
@@ -126,6 +128,8 @@ def _runs(args: argparse.Namespace) -> int:
     if df.empty:
         print("No runs yet. Run a script that uses hindlog to record one.")
         return 0
+    import pandas as pd
+
     view = pd.DataFrame(
         {
             "run": df["run_id"],

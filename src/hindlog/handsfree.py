@@ -203,7 +203,20 @@ class _Finder(importlib.abc.MetaPathFinder):
         self.skip = skip
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        # Asked about every import the script makes (torch's hundreds of submodules too):
+        # answer "not mine" with a couple of stat calls, never with a second search of sys.path.
+        root = str(self.root)
+        if path is None:
+            top = fullname.partition(".")[0]
+            dirs = [d for d in sys.path[:1] if d and str(Path(d).resolve()).startswith(root)] + [root]
+            if not any(os.path.exists(os.path.join(d, top + ".py")) or os.path.isdir(os.path.join(d, top)) for d in dirs):
+                return None
+            search = dirs
+        else:
+            search = [p for p in path if str(p).startswith(root)]
+            if not search:
+                return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, search)
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
             return None
         origin = Path(spec.origin).resolve()
