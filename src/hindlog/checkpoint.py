@@ -168,6 +168,8 @@ class Persister:
         self.bytes_written = 0
         self._iteration_wall = 0.0
         self._iteration_cpu = 0.0
+        #: Files written for each iteration's checkpoint, flushed to disk before it is committed.
+        self._written: dict[int, list[Any]] = {}
         self._thread = threading.Thread(target=self._run, name="hindlog-persist", daemon=True)
         self._thread.start()
 
@@ -210,6 +212,7 @@ class Persister:
                     else:
                         self._done.pop(iteration, None)
                         self._failed.discard(iteration)
+                        self._written.pop(iteration, None)
             finally:
                 cpu = time.thread_time() - cpu0
                 self.policy.charge(0.0, cpu, checkpoint=False)
@@ -238,10 +241,13 @@ class Persister:
                     continue
                 if ft.digest is None:
                     self._write_tensor(ft)
+                    self._written.setdefault(frozen.iteration, []).append(self.objects.path(ft.digest))
                 else:
                     self.objects.touch(ft.digest)  # in use again: gc's grace period starts anew
                 entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
             skeleton = self.objects.put(dumps_skeleton((frozen.skeleton, inline)), durable=False)
+            written = self._written.setdefault(frozen.iteration, [])
+            written.append(self.objects.path(skeleton))
             manifest = {
                 "format": FORMAT,
                 "run": self.run_id,
@@ -252,6 +258,7 @@ class Persister:
                 "tensors": entries,
             }
             name = self.objects.put(json.dumps(manifest).encode(), durable=False)
+            written.append(self.objects.path(name))
         except Exception as e:
             self._failed.add(frozen.iteration)
             self._done.pop(frozen.iteration, None)
@@ -295,11 +302,26 @@ class Persister:
         if iteration in self._failed or not done:
             self._failed.discard(iteration)
             return
-        # One flush of everything written, instead of an fsync per object: the rows below
-        # are committed only once the iteration's data is on disk.
-        os.sync()
+        # The rows below are committed only once the iteration's data is on disk. The files
+        # are flushed together here (not one fsync per write, and not a system-wide sync,
+        # which would wait for every other process's writes too).
+        for path in self._written.pop(iteration, []):
+            _fsync(path)
         self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes) for d in done])
         self.committed.append(iteration)
+
+
+def _fsync(path: Any) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _torch() -> Any:
@@ -380,7 +402,7 @@ class Checkpointer:
         t_end = time.perf_counter()
         if self._may_snapshot():
             facts = sourceinfo.loop_facts(frame)
-            names = set(facts.live_after) | self._containers(frame, facts.mutated) if facts else set()
+            names = set(facts.live_after) | set(facts.carried) | self._containers(frame, facts.mutated) if facts else set()
             self.persister.submit(self._freeze(i, ITERATION_END, None, frame, names))
             self.persister.commit(i)
             self._blocked(time.perf_counter() - t_end)

@@ -26,6 +26,10 @@ class LoopFacts:
     live_after: frozenset[str]
     #: Names whose objects the loop changes in place (``history.append(x)``, ``d[k] = v``).
     mutated: frozenset[str]
+    #: Names the loop's body assigns outside its nested loops. For the main loop these are all
+    #: kept at iteration ends (``best_epoch``), even if the recorded code never reads them
+    #: again: a statement added later may, and a replay segment starting there must find them.
+    carried: frozenset[str] = frozenset()
 
 
 def _scope_nodes(tree: ast.AST, lineno: int) -> tuple[ast.AST, ast.For | ast.While | None]:
@@ -145,7 +149,30 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While) -> LoopFacts:
     live |= assigned & _read_before_written(outermost.body, fresh)  # type: ignore[attr-defined]
     live |= assigned & _mutated_containers(outermost.body)  # type: ignore[attr-defined]
     mutated = _mutated_containers([*loop.body, *loop.orelse])
-    return LoopFacts(loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated))
+    own_target = assigned_names([loop.target]) if isinstance(loop, (ast.For, ast.AsyncFor)) else set()
+    carried = _assigned_outside_loops(loop.body) - own_target
+    return LoopFacts(
+        loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated), frozenset(carried)
+    )
+
+
+def _assigned_outside_loops(stmts: list[ast.stmt]) -> set[str]:
+    """Names the statements assign, not counting those assigned only inside nested loops
+    (batch temporaries) or nested functions and classes."""
+    out: set[str] = set()
+    for stmt in stmts:
+        if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(stmt, (ast.If, ast.With, ast.AsyncWith, ast.Try)) or type(stmt).__name__ == "TryStar":
+            for field in ("body", "orelse", "finalbody"):
+                out |= _assigned_outside_loops(getattr(stmt, field, []) or [])
+            for handler in getattr(stmt, "handlers", []) or []:
+                out |= _assigned_outside_loops(handler.body)
+            if isinstance(stmt, (ast.With, ast.AsyncWith)):
+                out |= assigned_names([i.optional_vars for i in stmt.items if i.optional_vars])
+            continue
+        out |= assigned_names([stmt])
+    return out
 
 
 def _path_to(block: list[ast.stmt], target: ast.AST) -> list[tuple[list[ast.stmt], int]]:
