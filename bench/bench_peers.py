@@ -1,7 +1,7 @@
 """Benchmark the peer system pyflor 2.5.6 on our four workloads, side by side with hindlog.
 
     python bench/bench_peers.py [--quick] [--pairs 3] [--repeats 2] [--workloads cnn,finetune,lstm,sklearn]
-                                [--wait-load 1.2] [--wait-max 1500] [--no-setup]
+                                [--wait-load 1.2] [--wait-max 1500] [--no-setup] [--out NAME]
 
 pyflor runs in its own virtual environment (bench/.venvs/pyflor, made by
 bench/peers/setup_pyflor.sh, which this script runs first), on the pyflor
@@ -38,6 +38,7 @@ import csv
 import json
 import os
 import re
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -89,10 +90,17 @@ def env_for(home: Path, args: dict) -> dict[str, str]:
     return env
 
 
+CPU: list[float] = []  # user+sys CPU seconds of the last run()'s process
+
+
 def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess]:
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
-    return time.perf_counter() - t0, out
+    elapsed = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[:] = [(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)]
+    return elapsed, out
 
 
 def checked(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
@@ -245,7 +253,7 @@ def bench(name: str, base: Path, pairs: int, repeats: int, quick: bool) -> dict:
     log(f"== {name} (project {project}, args {args or 'defaults'})")
 
     # (a) record overhead and (c) storage
-    plain, recorded, ratios, stores = [], [], [], []
+    plain, recorded, ratios, stores, cpu = [], [], [], [], {"plain": [], "record": []}
     for k in range(pairs):
         home = base / f"home-{name}-{k}"
         home.mkdir()
@@ -254,17 +262,20 @@ def bench(name: str, base: Path, pairs: int, repeats: int, quick: bool) -> dict:
         for mode in (["plain", "record"] if k % 2 == 0 else ["record", "plain"]):
             cmd = [PY, script] if mode == "plain" else [PY, script, "--flor", f"bench{k}"]
             times[mode] = checked(cmd, project, env)
+            cpu[mode].append(CPU[0])
         plain.append(times["plain"])
         recorded.append(times["record"])
         ratios.append(times["record"] / times["plain"])
         stores.append(storage(home, project))
         log(f"  pair {k}: plain {times['plain']:.2f}s record {times['record']:.2f}s ratio {ratios[-1]:.3f} "
-            f"checkpoints {stores[-1]['checkpoint_bytes'] / 2**20:.1f} MiB in {stores[-1]['checkpoint_files']} files")
+            f"(CPU {cpu['plain'][-1]:.1f}s / {cpu['record'][-1]:.1f}s) checkpoints {stores[-1]['checkpoint_bytes'] / 2**20:.1f} MiB in {stores[-1]['checkpoint_files']} files")
         if k < pairs - 1:
             shutil.rmtree(home, ignore_errors=True)
     out.update({
         "record_cmd": f"{PY} {script} --flor bench<k>", "plain_cmd": f"{PY} {script}",
         "pairs": pairs, "plain_s": plain, "record_s": recorded, "ratios": ratios,
+        "plain_cpu_s": cpu["plain"], "record_cpu_s": cpu["record"],
+        "median_cpu_ratio": median([r / p for p, r in zip(cpu["plain"], cpu["record"])]),
         "median_ratio": median(ratios), "median_plain_s": median(plain), "median_record_s": median(recorded),
         "storage_per_run": stores, "checkpoint_mb_per_run": median([s["checkpoint_bytes"] for s in stores]) / 2**20,
     })
@@ -403,6 +414,7 @@ def main() -> None:
     p.add_argument("--poll", type=float, default=30.0)
     p.add_argument("--no-setup", action="store_true", help="do not run bench/peers/setup_pyflor.sh first")
     p.add_argument("--keep", action="store_true", help="keep the temporary projects")
+    p.add_argument("--out", default=None, help="results name under bench/results (default peers-pyflor, peers-pyflor-quick)")
     a = p.parse_args()
     pairs = a.pairs or (1 if a.quick else 3)
     repeats = a.repeats or (1 if a.quick else 2)
@@ -442,7 +454,8 @@ def main() -> None:
         "started": started, "duration_s": time.time() - started, "import_seconds": imports,
         "results": results, "errors": errors, "sklearn_bare_estimator": raw,
         "notes": [
-            "Whole-process wall times; plain = the pyflor script without --flor (flor imported, nothing recorded).",
+            "Whole-process wall times; plain = the pyflor script without --flor (flor imported, nothing recorded). "
+            "*_cpu_s: user+sys CPU seconds of the process (less sensitive to other load, but not to thread spinning).",
             "pyflor's parallel replay indices are 1-based: --replay_flor 1/2 and 2/2 (0/2 fails an assertion).",
             "parallel_default: pyflor re-executes the nested loops of each worker's own epochs when n > 1 "
             "(probed default), without restoring RNG state, so worker 2's re-executed epochs can differ from the record; "
@@ -462,7 +475,7 @@ def main() -> None:
             "pyflor 2.5.6 records a bare estimator but cannot replay it (see sklearn_bare_estimator).",
         ],
     }
-    path = save("peers-pyflor" + ("-quick" if a.quick else ""), data)
+    path = save(a.out or ("peers-pyflor" + ("-quick" if a.quick else "")), data)
 
     log("\n| workload | plain (s) | pyflor record (s) | record/plain (median) | checkpoints per run | replay, 1 process (s) "
         "| 2 processes, default (s) | 2 processes, probed=False (s) | full re-run (s) | new values equal the re-run (1 process) |")
