@@ -1,6 +1,6 @@
 """Benchmark: replay of hindsight statements against the record, a full re-run and the lower bound.
 
-    .venv/bin/python bench/bench_replay.py [--quick] [--workloads cnn,finetune,lstm,sklearn]
+    .venv/bin/python bench/bench_replay.py [--quick] [--workloads cnn,finetune,lstm,sklearn] [--threads N] [--out NAME]
 
 For each workload: record it once; then
 
@@ -11,6 +11,11 @@ For each workload: record it once; then
   start, imports and setup before the main loop, the main-loop code outside the
   skipped nested loops, and the code after the loop, from the recorded timings)
   plus the time the replay worker spent reading and applying checkpoints.
+
+Workers compute with the record's thread count (exact values need it), so on a
+machine whose cores the record already filled, more workers cannot be faster;
+``--threads 1`` records and replays with one thread per process, which measures
+how replay scales when there are cores for the workers.
 
 Replay times are whole ``hindlog replay`` commands (planning, scratch copy of
 the code, worker processes). Results: bench/results/replay.json.
@@ -82,13 +87,15 @@ def recorded_timing(store: Path) -> dict:
     return {"started": started, "ended": ended, "checkpointed": n_ckpt, **info}
 
 
-def bench(name: str, quick: bool, repeats: int) -> dict:
+def bench(name: str, quick: bool, repeats: int, threads: int | None = None) -> dict:
     script, main_anchor, main_stmt, nested_anchor, nested_stmt = CASES[name]
     env = {f"HINDLOG_SET_{k}": str(v) for k, v in (QUICK_ARGS[name] if quick else {}).items()}
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     source = (WORKLOADS / script).read_text()
     project = new_project({script: source})
     store = project / ".hindlog"
-    out: dict = {"workload": name}
+    out: dict = {"workload": name, "threads": threads or "default"}
     try:
         out["record_s"] = timed([PYTHON, script], project, env)
         rec = recorded_timing(store)
@@ -132,11 +139,14 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--repeats", type=int, default=2, help="replays per configuration (the fastest is kept)")
     p.add_argument("--workloads", default=",".join(CASES))
+    p.add_argument("--threads", type=int, help="intra-op threads of every process (OMP_NUM_THREADS); "
+                   "with 1, two workers have a core each on a 2-core machine")
+    p.add_argument("--out", help="results name (default: replay, replay-quick)")
     args = p.parse_args()
-    results = [bench(n, args.quick, args.repeats) for n in args.workloads.split(",")]
+    results = [bench(n, args.quick, args.repeats, args.threads) for n in args.workloads.split(",")]
     data = {"benchmark": "replay", "command": " ".join(["bench/bench_replay.py", *sys.argv[1:]]),
             "machine": machine(), "results": results}
-    path = save("replay" + ("-quick" if args.quick else ""), data)
+    path = save(args.out or ("replay" + ("-quick" if args.quick else "")), data)
     print("\n| workload | record (s) | full re-run (s) | main-loop stmt, 1 worker (s) | 2 workers (s) | lower bound (s) | 1w / bound | speedup vs re-run (2w) | nested stmt 1w (s) | 2w (s) | 2w speedup |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:

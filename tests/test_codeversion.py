@@ -14,6 +14,7 @@ import pytest
 from conftest import Project
 from hindlog import codeversion
 from hindlog.errors import CorruptObject
+from hindlog.objects import digest
 
 LOG_SCRIPT = """
 import hindlog as hl
@@ -209,7 +210,7 @@ def test_file_snapshot_outside_git(plain_project: Project) -> None:
     assert (dest / "lib" / "util.py").read_text() == "X = 1\n"
     # Stored files are content-addressed and checked when read back.
     store = p.store()
-    util_object = store.objects.path(hashlib.sha256(b"X = 1\n").hexdigest())
+    util_object = store.objects.path(digest(b"X = 1\n"))
     assert util_object.read_bytes() == b"X = 1\n"
     util_object.write_bytes(b"X = 666\n")
     with pytest.raises(CorruptObject, match="corrupt"):

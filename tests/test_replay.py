@@ -14,6 +14,7 @@ torch (``COUNTER``), whose values are known. Tests marked ``slow`` train PyTorch
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -867,3 +868,44 @@ def test_segments_start_after_checkpoints_and_balance_the_work() -> None:
     # Within --iterations; slow iterations weigh more.
     assert plan_segments(10, list(range(10)), 2, iterations=(3, 7)) == [(3, 5), (5, 7)]
     assert plan_segments(4, list(range(4)), 2, seconds=[5.0, 1.0, 1.0, 1.0]) == [(0, 1), (1, 4)]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for PyTorch to default to two threads")
+def test_workers_compute_with_the_thread_count_of_the_record(tmp_path: Path) -> None:
+    # Recorded with PyTorch's default thread count; replayed from a shell that asks for one
+    # thread: the workers must still use the record's count, or float reductions (and so the
+    # values) could differ.
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import torch
+        import hindlog as hl
+        w = torch.zeros(4)
+        hl.checkpoints(w=w)
+        for epoch in hl.loop("epoch", range(3)):
+            for i in hl.loop("step", range(2)):
+                w += torch.ones(4)
+            hl.log("record_threads", torch.get_num_threads())
+    """)
+    proj.write("train.py", text)
+    env = proj.env(DENSE)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.pop(var)
+    subprocess.run([sys.executable, "train.py"], cwd=proj.root, env=env, check=True, capture_output=True, timeout=120)
+    run = proj.run_ids()[-1]
+    recorded = set(proj.values("record_threads", run).values())
+    if recorded == {1}:
+        pytest.skip("PyTorch defaults to one thread here")
+    proj.write("train.py", insert_after(text, 'hl.log("record_threads", torch.get_num_threads())',
+                                        'hl.log("replay_threads", torch.get_num_threads())'))
+    proj.replay("train.py", "--workers", "1")  # the environment says OMP_NUM_THREADS=1
+    assert set(proj.values("replay_threads", run).values()) == recorded
+
+
+def test_default_workers_fit_the_cores_at_the_record_thread_count() -> None:
+    from hindlog.replay import default_workers
+
+    assert default_workers({"info": {"threads": 2}}, cores=2) == 1
+    assert default_workers({"info": {"threads": 1}}, cores=2) == 2
+    assert default_workers({"info": {"threads": 4}}, cores=16) == 4
+    assert default_workers({"info": {}}, cores=8) == 8  # no torch in the record: one thread each
+    assert default_workers({"info": {"threads": 8}}, cores=2) == 1

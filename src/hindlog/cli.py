@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true", dest="all_runs", help="replay every run of the script")
     target.add_argument("--where", help='replay the runs whose args match, e.g. "lr > 0.01"')
     p.add_argument("--iterations", metavar="A:B", help="only main-loop iterations A to B-1")
-    p.add_argument("--workers", type=int, help="parallel worker processes (default: number of cores)")
+    p.add_argument("--workers", type=int, help="parallel worker processes (default: the cores divided by the record's threads per process)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
     p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements")
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")

@@ -224,6 +224,12 @@ class Recorder:
 
         # From the process's start: replay's estimates include interpreter start and imports.
         self.preloop_seconds = clock() - process_start(self._clock_start)
+        if self.controller is None or self.controller.owns_run:
+            threads = compute_threads()
+            if threads:
+                # Replay computes with the same count (float reductions depend on it) and
+                # sizes its worker pool by it.
+                self.writer.change("info", {"threads": threads})
         iteration_seconds = self.iteration_seconds
         try:
             t0 = clock()
@@ -356,6 +362,15 @@ class Recorder:
             self.writer.change("update_run", fields)
             self.writer.change("info", timing)
         self.writer.close()
+
+
+def compute_threads() -> int | None:
+    """The intra-op thread count of the PyTorch the script imported (None without torch)."""
+    torch = sys.modules.get("torch")
+    try:
+        return int(torch.get_num_threads()) if torch is not None else None
+    except Exception:
+        return None
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -240,6 +240,16 @@ def _new_ranges(old: str, patched: str) -> list[tuple[int, int]]:
     return hindsight.find_additions("", old, patched).statements
 
 
+def default_workers(run: dict[str, Any], cores: int | None = None) -> int:
+    """As many workers as the cores hold at the record's thread count per process.
+
+    More would not be faster: each worker computes with the record's thread count (see
+    ``_worker_env``), and workers that share cores slow each other down."""
+    cores = cores or os.cpu_count() or 1
+    threads = (run.get("info") or {}).get("threads") or 1
+    return max(1, cores // max(1, int(threads)))
+
+
 def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]], workers: int) -> None:
     """Per-iteration costs from the recorded timings, and segments of about equal cost."""
     info = run.get("info") or {}
@@ -391,12 +401,20 @@ def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
     return scratch
 
 
+#: The variables PyTorch reads its intra-op thread count from.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path) -> dict[str, str]:
     env = dict(os.environ)
-    # Thread counts are left as they were when recording (the recorded variables include
-    # OMP_NUM_THREADS and the like when set): another count changes the order of float
-    # reductions, and the replayed values would no longer equal the recorded ones exactly.
-    env.update((run.get("env") or {}).get("variables") or {})
+    # Thread counts are those of the record (the recorded variables include OMP_NUM_THREADS
+    # and the like when set, and the info PyTorch's count): another count changes the order
+    # of float reductions, and the replayed values would no longer equal the recorded ones.
+    recorded = (run.get("env") or {}).get("variables") or {}
+    env.update(recorded)
+    threads = (run.get("info") or {}).get("threads")
+    if threads and not any(v in recorded for v in _THREAD_VARIABLES):
+        env.update(dict.fromkeys(_THREAD_VARIABLES, str(threads)))
     env.update(_arg_env(args))
     env["HINDLOG_DIR"] = str(store.path)
     env[ENV] = str(spec_path)
@@ -529,7 +547,12 @@ def _wait(procs: list[Any], plan: RunPlan, progress: bool) -> None:
             bar = "#" * int(30 * done / max(total, 1))
             sys.stderr.write(f"\r  replay {plan.run_id}: [{bar:<30}] {done}/{total} iterations, ~{left:.0f}s left ")
             sys.stderr.flush()
-        time.sleep(0.2)
+        running = next((p for _s, p, *_ in procs if p.poll() is None), None)
+        if running is not None:
+            try:  # returns as soon as it exits: no polling delay at the end of a replay
+                running.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
     if show:
         sys.stderr.write("\r" + " " * 100 + "\r")
 
@@ -554,7 +577,6 @@ def replay(
     rel = _rel_script(st, script) if script else None
     if rel is not None and not (st.root / rel).is_file():
         raise ReplayError(f"{script} does not exist")
-    workers = workers or os.cpu_count() or 1
     conn = st.connect()
     try:
         targets = select_runs(conn, rel, runs, all_runs, where)
@@ -587,11 +609,17 @@ def replay(
         skipped: list[tuple[str, str]] = []
         for run in targets:
             try:
-                p = plan_run(st, conn, run, current, additions, base, iterations, workers, force)
+                p = plan_run(st, conn, run, current, additions, base, iterations, workers or default_workers(run), force)
             except ReplayError as e:
                 skipped.append((run["run_id"], str(e)))
                 continue
             p.notes = notes + p.notes
+            if workers and workers > default_workers(run):
+                threads = (run.get("info") or {}).get("threads") or 1
+                p.notes.append(
+                    f"{workers} workers x {threads} threads each (the record's count, kept so values match) exceed "
+                    f"this machine's {os.cpu_count()} cores: workers will share cores; --workers {default_workers(run)} may be faster"
+                )
             plans.append(p)
     finally:
         conn.close()

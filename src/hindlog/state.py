@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ctypes
 import io
+import math
+import mmap
 import pickle
 import random
 import sys
@@ -133,6 +135,11 @@ def _itemsize(framework: str, dtype: str) -> int:
     return torch.empty((), dtype=getattr(torch, dtype)).element_size()
 
 
+def page_aligned(nbytes: int) -> np.ndarray:
+    """A zeroed uint8 array of ``nbytes`` whose data starts on a page boundary."""
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1)), dtype=np.uint8)[:nbytes]
+
+
 class BufferPool:
     """Host buffers reused from one checkpoint to the next.
 
@@ -153,7 +160,13 @@ class BufferPool:
                 return free.pop()
             except IndexError:
                 pass
-        return torch.empty(shape, dtype=dtype, device="cpu", pin_memory=pinned)
+        if pinned:
+            return torch.empty(shape, dtype=dtype, device="cpu", pin_memory=True)
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if nbytes < self.MIN_BYTES:
+            return torch.empty(shape, dtype=dtype, device="cpu")
+        # Page-aligned, so the persister can write it around the page cache (objects.py).
+        return torch.from_numpy(page_aligned(nbytes)).view(dtype).reshape(shape)
 
     def give(self, buf: Any, pinned: bool = False) -> None:
         if buf.numel() * buf.element_size() < self.MIN_BYTES:
@@ -189,7 +202,12 @@ class Freezer:
         if t is tuple:
             return tuple(self.freeze(v, tensors) for v in value)
         if isinstance(value, np.ndarray) and not value.dtype.hasobject:
-            tensors.append(FrozenTensor("numpy", value.dtype.str, tuple(value.shape), np.array(value, copy=True, order="C")))
+            if value.nbytes >= BufferPool.MIN_BYTES:
+                copy = page_aligned(value.nbytes).view(value.dtype).reshape(value.shape)
+                np.copyto(copy, value)
+            else:
+                copy = np.array(value, copy=True, order="C")
+            tensors.append(FrozenTensor("numpy", value.dtype.str, tuple(value.shape), copy))
             return TensorRef(len(tensors) - 1)
         if isinstance(value, np.generic):
             return value.item() if value.dtype.kind != "V" else Pickled(_dumps(value))
