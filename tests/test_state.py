@@ -111,6 +111,26 @@ def test_freeze_copies_arrays_and_rebuilds_containers() -> None:
     assert back["obj"].a == 3 and back["obj"].items == [3]
 
 
+def test_large_array_unchanged_since_the_last_freeze_is_not_copied_again() -> None:
+    freezer = Freezer()
+    big = np.random.default_rng(0).normal(size=(300, 100))  # 240 KB: above the pooling size
+    first: list = []
+    freezer.freeze({"x": big}, first)
+    second: list = []
+    freezer.freeze({"x": big}, second)
+    assert second[0] is first[0]  # recognised by content: the earlier copy (and its object) is reused
+    before = float(big[7, 3])
+    big[7, 3] = 42.0  # an in-place change, which NumPy does not count anywhere
+    third: list = []
+    freezer.freeze({"x": big}, third)
+    assert third[0] is not first[0]
+    assert third[0].data[7, 3] == 42.0 and first[0].data[7, 3] == before
+    same_content = big.copy()  # another array with the same content is a different object
+    fourth: list = []
+    freezer.freeze({"y": same_content}, fourth)
+    assert fourth[0] is not third[0]
+
+
 @pytest.mark.parametrize("obj", [{"a": [1, 2], "b": {"c": 3}}, [1, "two", 3.0], Plain(7)], ids=["dict", "list", "object"])
 def test_pickled_declared_state_round_trips_and_restores_in_place(obj: object) -> None:
     """A declared picklable object (kind 'pickle') comes back as itself, not as a wrapper,

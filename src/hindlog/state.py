@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .objects import digest
 
 _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), range, slice)
 
@@ -202,12 +203,7 @@ class Freezer:
         if t is tuple:
             return tuple(self.freeze(v, tensors) for v in value)
         if isinstance(value, np.ndarray) and not value.dtype.hasobject:
-            if value.nbytes >= BufferPool.MIN_BYTES:
-                copy = page_aligned(value.nbytes).view(value.dtype).reshape(value.shape)
-                np.copyto(copy, value)
-            else:
-                copy = np.array(value, copy=True, order="C")
-            tensors.append(FrozenTensor("numpy", value.dtype.str, tuple(value.shape), copy))
+            tensors.append(self._freeze_array(value))
             return TensorRef(len(tensors) - 1)
         if isinstance(value, np.generic):
             return value.item() if value.dtype.kind != "V" else Pickled(_dumps(value))
@@ -218,6 +214,30 @@ class Freezer:
         if isinstance(value, _IMMUTABLE):
             return value
         return Pickled(_dumps(value))
+
+    def _freeze_array(self, value: np.ndarray) -> FrozenTensor:
+        if value.nbytes < BufferPool.MIN_BYTES:
+            return FrozenTensor("numpy", value.dtype.str, tuple(value.shape), np.array(value, copy=True, order="C"))
+        # NumPy has no version counter: an array unchanged since the last checkpoint (a
+        # validation set, frozen weights) is recognised by the hash of its content, which
+        # costs a tenth of copying it, and is then neither copied nor written again.
+        content = digest(memoryview(np.ascontiguousarray(value).reshape(-1).view(np.uint8)))
+        key = id(value)
+        entry = self._cache.get(key)
+        if entry is not None and entry.ref() is value and entry.version == content and entry.frozen.shape == tuple(value.shape) \
+                and entry.frozen.dtype == value.dtype.str:
+            return entry.frozen
+        copy = page_aligned(value.nbytes).view(value.dtype).reshape(value.shape)
+        np.copyto(copy, value)
+        frozen = FrozenTensor("numpy", value.dtype.str, tuple(value.shape), copy)
+        try:
+            ref = weakref.ref(value)
+        except TypeError:
+            return frozen
+        entry = _CacheEntry(ref, content, frozen)
+        frozen.cache_entry = entry
+        self._cache[key] = entry
+        return frozen
 
     def _freeze_tensor(self, torch: Any, t: Any) -> FrozenTensor:
         original = t

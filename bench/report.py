@@ -1,0 +1,1339 @@
+"""Write docs/benchmarks.md and the plots in docs/img/ from the results in bench/results/.
+
+    .venv/bin/python bench/report.py [--results bench/results] [--doc docs/benchmarks.md] [--img docs/img]
+
+Every table comes from the JSON files the benchmark scripts wrote; the
+explanations are fixed text kept here. For each benchmark the full run's file
+(``NAME.json``) is preferred and the quick run's (``NAME-quick.json``) is the
+fall-back; the report says which one each table used. A missing file gives
+"not run" cells, a failed peer "failed: <reason>"; nothing here raises on a
+missing or odd result. Plots need matplotlib (Agg backend); without it the
+tables are written and the report says the plots were skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKLOADS = ["cnn", "finetune", "lstm", "sklearn"]
+WHAT = {
+    "cnn": "small CNN, validation loop",
+    "finetune": "52 MB MLP + Adam, short epochs (fine-tuning shape)",
+    "lstm": "LSTM, dropout, shuffling DataLoader",
+    "sklearn": "scikit-learn `partial_fit`, NumPy shuffling",
+}
+NOT_RUN = "not run"
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+class Source:
+    """One results file: its data, or why there is none."""
+
+    def __init__(self, name: str, path: Path | None, data: dict | None = None, error: str | None = None) -> None:
+        self.name, self.path, self.data, self.error = name, path, data, error
+
+    @property
+    def ok(self) -> bool:
+        return self.data is not None
+
+    @property
+    def quick(self) -> bool:
+        if self.path is not None and self.path.stem.endswith("-quick"):
+            return True
+        return bool(self.data and self.data.get("quick"))
+
+    @property
+    def rel(self) -> str:
+        if self.path is None:
+            return f"bench/results/{self.name}.json"
+        try:
+            return str(self.path.relative_to(ROOT))
+        except ValueError:
+            return str(self.path)
+
+    @property
+    def kind(self) -> str:
+        return "quick run" if self.quick else "full run"
+
+    @property
+    def started(self) -> float:
+        if self.data and isinstance(self.data.get("started"), (int, float)):
+            return float(self.data["started"])
+        try:
+            return self.path.stat().st_mtime if self.path else 0.0
+        except OSError:
+            return 0.0
+
+    def results(self) -> list[dict]:
+        r = (self.data or {}).get("results")
+        return [x for x in r if isinstance(x, dict)] if isinstance(r, list) else []
+
+
+def read(path: Path, name: str) -> Source:
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            return Source(name, path, error="not a JSON object")
+        return Source(name, path, data)
+    except (OSError, ValueError) as e:
+        return Source(name, path, error=f"unreadable: {e}")
+
+
+def load(results: Path, name: str) -> Source | None:
+    """NAME.json, else NAME-quick.json, else None."""
+    for stem in (name, f"{name}-quick"):
+        p = results / f"{stem}.json"
+        if p.exists():
+            return read(p, name)
+    return None
+
+
+def load_per_workload(results: Path, prefix: str, key: str = "workload") -> tuple[dict[str, tuple[dict, Source]], dict[str, tuple[str, Source]], list[Source]]:
+    """A peer benchmark that may have several full files (a full run, then re-runs of some workloads).
+
+    Each workload's row comes from the most recent full file that has it (by its ``started``
+    time), else from the quick file. Returns rows, errors (workload -> reason) and the files used."""
+    full = sorted((read(p, prefix) for p in results.glob(f"{prefix}*.json") if not p.stem.endswith("-quick")
+                   and (p.stem == prefix or p.stem.startswith(prefix + "-"))), key=lambda s: s.started)
+    quick = [read(p, prefix) for p in [results / f"{prefix}-quick.json"] if p.exists()]
+    group = [s for s in full if s.ok] or [s for s in quick if s.ok]
+    rows: dict[str, tuple[dict, Source]] = {}
+    errors: dict[str, tuple[str, Source]] = {}
+    for src in group:  # oldest first: a later file's row or error for a workload wins
+        for r in src.results():
+            w = r.get(key)
+            if w is not None:
+                rows[w] = (r, src)
+                errors.pop(w, None)
+        errs = src.data.get("errors")
+        for w, e in (errs.items() if isinstance(errs, dict) else []):
+            errors[w] = (str(e), src)
+            rows.pop(w, None)
+    used = []
+    for _, s in list(rows.values()) + list(errors.values()):
+        if s not in used:
+            used.append(s)
+    if not used:
+        used = [s for s in full + quick if not s.ok][:1]
+    return rows, errors, used
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def num(x: Any) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, (int, float)):
+        return None if isinstance(x, float) and math.isnan(x) else float(x)
+    if isinstance(x, list):
+        vals = [num(v) for v in x]
+        vals = [v for v in vals if v is not None]
+        return min(vals) if vals else None
+    return None
+
+
+def med(xs: Any) -> float | None:
+    if not isinstance(xs, list):
+        return num(xs)
+    vals = [v for v in (num(x) for x in xs) if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def flordb_mb(p: dict) -> float | None:
+    """flordb's data per recorded run, MB: its .flor directory (it takes no checkpoints of its own here)."""
+    v = num(first(p, "checkpoint_mb_per_run", "checkpoint_mb", "storage_mb"))
+    if v is None and num(p.get("flor_dir_bytes")) is not None:
+        v = num(p["flor_dir_bytes"]) / 2**20
+    return v
+
+
+def first(d: dict | None, *keys: str) -> Any:
+    for k in keys:
+        if d and d.get(k) is not None:
+            return d[k]
+    return None
+
+
+def f(x: Any, digits: int = 2, none: str = NOT_RUN, suffix: str = "") -> str:
+    v = num(x)
+    if v is None:
+        return none
+    if abs(v) >= 1000:
+        return f"{v:,.0f}{suffix}"
+    return f"{v:.{digits}f}{suffix}"
+
+
+def fmb(x: Any, none: str = NOT_RUN) -> str:
+    """Megabytes: one decimal, or two significant digits under 1 MB."""
+    v = num(x)
+    if v is None:
+        return none
+    return f"{v:.2g}" if 0 < v < 1 else f"{v:,.1f}"
+
+
+def pct(ratio: Any) -> str:
+    v = num(ratio)
+    return NOT_RUN if v is None else f"{(v - 1) * 100:+.1f}%"
+
+
+def mb(b: Any, digits: int = 1) -> str:
+    v = num(b)
+    return NOT_RUN if v is None else f"{v / 2**20:,.{digits}f}"
+
+
+def reason(e: Any, n: int = 90) -> str:
+    lines = [ln.strip() for ln in str(e or "").strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else "unknown error"
+    return last[:n].replace("|", "/")
+
+
+def failed(e: Any) -> str:
+    r = reason(e)
+    return r if r.startswith(("failed", "timeout")) else f"failed: {r}"
+
+
+def table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
+    align = align or ("l" + "r" * (len(header) - 1))
+    sep = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(sep) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def when(src: Source) -> str:
+    t = src.started
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "unknown time"
+
+
+def load_text(src: Source) -> str:
+    """The 1-minute load average at the start and at the end of a benchmark, as far as its file tells."""
+    d = src.data or {}
+    m = d.get("machine") or {}
+    la = d.get("load_avg") if isinstance(d.get("load_avg"), dict) else {}
+    rows = src.results()
+    start = m.get("load_avg_at_start") or la.get("at_start") or (rows[0].get("load_avg_start") if rows else None)
+    # common.machine() runs when a script saves its results: its load_avg is the load at the end
+    end = m.get("load_avg_at_end") or la.get("at_end") or m.get("load_avg")
+    parts = []
+    if isinstance(start, list) and start:
+        parts.append(f"{start[0]:.2f} at the start")
+    if isinstance(end, list) and end:
+        parts.append(f"{end[0]:.2f} at the end")
+    return "1-minute load average " + ", ".join(parts) if parts else "load average not recorded"
+
+
+FAILED_STEPS: dict[str, tuple[str, float]] = {}  # filled by Report: result name -> (why it failed, when)
+
+
+def machine_line(src: Source | None, name: str | None = None) -> str:
+    name = name or (src.name if src else None)
+    fail = FAILED_STEPS.get(name or "")
+    if src is None:
+        return f"*{failed(fail[0]) if fail else NOT_RUN}*"
+    if not src.ok:
+        return f"*{src.rel}: {src.error}*"
+    stale = ""
+    if fail and src.started < fail[1]:
+        stale = (f" **The last suite run of this benchmark failed ({fail[0]}); these numbers are from an earlier run.**")
+    d = src.data
+    m = d.get("machine") or {}
+    torch_v = m.get("torch") or (d.get("pyflor_env") or d.get("flordb_env") or {}).get("torch")
+    facts = [f"CPU {m.get('cpu', '?')}", f"{m.get('nproc', '?')} cores (nproc)", f"Python {m.get('python', '?')}",
+             f"torch {torch_v}" if torch_v else "torch: not recorded"]
+    if m.get("sqlite"):
+        facts.append(f"SQLite {m['sqlite']}")
+    if m.get("git_head"):
+        facts.append(f"commit {m['git_head']}")
+    cmd = command(src)
+    return (f"*Machine:* {', '.join(facts)}; {load_text(src)}. *Measured* {when(src)}, {src.kind} "
+            f"(`{src.rel}`). *Command:* `{cmd}`" + stale)
+
+
+def command(src: Source) -> str:
+    c = str((src.data or {}).get("command") or "?")
+    if c.startswith("bench/"):
+        c = ".venv/bin/python " + c
+    elif c.startswith("python bench/"):
+        c = ".venv/bin/" + c
+    return c
+
+
+def machine_lines(srcs: list[Source], name: str = "") -> str:
+    return "\n\n".join(machine_line(s) for s in srcs) if srcs else machine_line(None, name)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+class Report:
+    def __init__(self, results: Path, img: Path, doc: Path) -> None:
+        self.results_dir, self.img, self.doc = results, img, doc
+        self.log = load(results, "log")
+        self.log_before = read(results / "log-before.json", "log-before") if (results / "log-before.json").exists() else None
+        self.record = load(results, "record")
+        self.replay = load(results, "replay")
+        self.handsfree = load(results, "handsfree")
+        self.scaling = load(results, "scaling")
+        self.logcall = load(results, "peer-logcall")
+        self.persist = load(results, "persist")
+        suites = [read(results / n, "suite") for n in ("suite.json", "suite-quick.json") if (results / n).exists()]
+        suites = [x for x in suites if x.ok]
+        self.suite = max(suites, key=lambda x: x.started) if suites else None
+        #: result name -> (why its script failed in the last suite run, when that run started)
+        self.failed_steps: dict[str, tuple[str, float]] = {}
+        for st in (self.suite.data.get("steps") or []) if self.suite else []:
+            if isinstance(st, dict) and st.get("kind") == "benchmark" and st.get("status") not in ("ok", "missing") and st.get("result"):
+                base = str(st["result"]).removesuffix("-quick")
+                status = str(st.get("status"))
+                self.failed_steps[base] = (f"{status}: {reason(st.get('tail'))}", float(st.get("started") or 0))
+        self.pyflor, self.pyflor_err, self.pyflor_srcs = load_per_workload(results, "peers-pyflor")
+        self.flordb, self.flordb_err, self.flordb_srcs = load_per_workload(results, "peers-flordb")
+        FAILED_STEPS.clear()
+        FAILED_STEPS.update(self.failed_steps)
+        self.plots: dict[str, str] = {}  # name -> relative path, or "" when skipped
+        self.plot_note = ""
+        self.plt = None
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            self.plt = plt
+        except Exception as e:  # noqa: BLE001
+            self.plot_note = f"The plots were skipped: matplotlib is not available ({type(e).__name__}: {e})."
+
+    # -- rows by workload -------------------------------------------------
+
+    @staticmethod
+    def by_workload(src: Source | None) -> dict[str, dict]:
+        return {r["workload"]: r for r in (src.results() if src and src.ok else []) if "workload" in r}
+
+    def workloads(self) -> list[str]:
+        """The workloads of the record, replay and peer tables: the four of bench/workloads and any other they hold."""
+        seen = list(WORKLOADS)
+        for src in (self.record, self.replay):
+            for w in self.by_workload(src):
+                if w not in seen:
+                    seen.append(w)
+        for w in list(self.pyflor) + list(self.flordb) + list(self.pyflor_err) + list(self.flordb_err):
+            if w not in seen:
+                seen.append(w)
+        return seen
+
+    def cell_missing(self, src: Source | None, name: str = "") -> str:
+        if src is None:
+            return failed(self.failed_steps[name][0]) if name in self.failed_steps else NOT_RUN
+        if not src.ok:
+            return failed(src.error)
+        return NOT_RUN
+
+    def peer_cell(self, rows: dict, errs: dict, w: str, getter: Callable[[dict], str], name: str = "") -> str:
+        if w in rows:
+            r = rows[w][0]
+            if r.get("error") and r.get("status") not in (None, "ok"):
+                return failed(r.get("error"))
+            try:
+                return getter(r)
+            except Exception as e:  # noqa: BLE001
+                return failed(e)
+        if w in errs:
+            return failed(errs[w][0])
+        if not rows and not errs and name in self.failed_steps:
+            return failed(self.failed_steps[name][0])
+        return NOT_RUN
+
+    # -- targets ----------------------------------------------------------
+
+    def targets(self) -> str:
+        rows = []
+
+        def add(target: str, value: str, met: bool | None, src: str) -> None:
+            status = NOT_RUN if met is None else ("**met**" if met else "**not met**")
+            rows.append([target, value, status, src])
+
+        rec = self.by_workload(self.record)
+        ratios = {w: num(r.get("median_ratio")) for w, r in rec.items()}
+        ratios = {w: v for w, v in ratios.items() if v is not None}
+        rsrc = self.record.rel if self.record else NOT_RUN
+        if ratios:
+            m = statistics.median(ratios.values())
+            each = ", ".join(f"{w} {pct(v)}" for w, v in ratios.items())
+            only = f"; only {len(ratios)} of {len(WORKLOADS)} workloads measured" if len(ratios) < len(WORKLOADS) else ""
+            add("Record overhead, median over workloads ≤ 1%", f"{pct(m)} (median of {len(ratios)}: {each}{only})", m <= 1.01, rsrc)
+            worst = max(ratios, key=ratios.get)
+            add("Record overhead, every workload ≤ 5% (ε)", f"worst {worst} {pct(ratios[worst])}{only}", ratios[worst] <= 1.05, rsrc)
+        else:
+            add("Record overhead, median over workloads ≤ 1%", self.cell_missing(self.record, "record"), None, rsrc)
+            add("Record overhead, every workload ≤ 5% (ε)", self.cell_missing(self.record, "record"), None, rsrc)
+
+        ft = rec.get("finetune")
+        if ft and num(ft.get("iterations")):
+            taken = med(ft.get("checkpoints"))
+            its = num(ft.get("iterations"))
+            per = its / taken if taken else float("inf")
+            add("Fine-tuning shape: ≥ 1 checkpoint per 4 iterations",
+                f"{taken:g} of {its:g} iterations (1 per {per:.1f})" if taken else f"0 of {its:g} iterations",
+                bool(taken) and taken / its >= 0.25, rsrc)
+        else:
+            add("Fine-tuning shape: ≥ 1 checkpoint per 4 iterations", self.cell_missing(self.record, "record"), None, rsrc)
+
+        rep = self.by_workload(self.replay)
+        psrc = self.replay.rel if self.replay else NOT_RUN
+        # hindlog's replay against pyflor's, 1 worker against 1 process
+        comps, verdicts = [], []
+        for w in self.workloads():
+            h, p = rep.get(w), self.pyflor.get(w)
+            if not h or not p or num(h.get("main_replay_1w_s")) is None or num(p[0].get("replay_1p_min_s")) is None:
+                continue
+            hs, ps = num(h["main_replay_1w_s"]), num(p[0]["replay_1p_min_s"])
+            if self.replay.quick == p[1].quick:
+                comps.append(f"{w} {hs:.1f} s vs {ps:.1f} s")
+                verdicts.append(hs < ps)
+            else:  # different workload sizes: compare each replay with its own full re-run
+                hr, pr = num(h.get("full_rerun_s")), num(p[0].get("full_rerun_s"))
+                if hr and pr:
+                    comps.append(f"{w} {hs / hr:.2f} vs {ps / pr:.2f} of a re-run")
+                    verdicts.append(hs / hr < ps / pr)
+        if verdicts:
+            note = ""
+            if self.replay and any(self.replay.quick != s.quick for _, s in self.pyflor.values()):
+                note = " (hindlog's and pyflor's runs had different sizes, quick against full: replay time as a fraction of the same system's full re-run)"
+            add("hindlog replay faster than pyflor's (new main-loop statement, 1 worker / 1 process)",
+                f"faster on {sum(verdicts)} of {len(verdicts)}: " + "; ".join(comps) + note, all(verdicts), f"{psrc}, peers-pyflor")
+        else:
+            add("hindlog replay faster than pyflor's (new main-loop statement, 1 worker / 1 process)",
+                NOT_RUN if not (rep and self.pyflor) else "no workload measured by both", None, f"{psrc}, peers-pyflor")
+
+        bounds = {w: num(r.get("main_vs_lower_bound")) for w, r in rep.items()}
+        bounds = {w: v for w, v in bounds.items() if v is not None}
+        if bounds:
+            worst = max(bounds, key=bounds.get)
+            add("Replay within 1.3x of the lower bound (main-loop statement, 1 worker)",
+                f"worst {worst} {bounds[worst]:.2f}x (" + ", ".join(f"{w} {v:.2f}x" for w, v in bounds.items()) + ")",
+                bounds[worst] <= 1.3, psrc)
+        else:
+            add("Replay within 1.3x of the lower bound (main-loop statement, 1 worker)", self.cell_missing(self.replay, "replay"), None, psrc)
+
+        speed = {w: num(r.get("nested_2w_speedup")) for w, r in rep.items()}
+        speed = {w: v for w, v in speed.items() if v is not None}
+        if speed:
+            worst = min(speed, key=speed.get)
+            add("2 workers ≥ 1.7x faster than 1 (nested-loop statement: every iteration runs)",
+                f"worst {worst} {speed[worst]:.2f}x (" + ", ".join(f"{w} {v:.2f}x" for w, v in speed.items()) + ")",
+                speed[worst] >= 1.7, psrc)
+        else:
+            add("2 workers ≥ 1.7x faster than 1 (nested-loop statement: every iteration runs)", self.cell_missing(self.replay, "replay"), None, psrc)
+
+        hfrows = self.by_workload(self.handsfree)
+        hf = {w: num(r.get("median_ratio")) for w, r in hfrows.items()}
+        hf = {w: v for w, v in hf.items() if v is not None}
+        hf_failed = [w for w, r in hfrows.items() if r.get("error")]
+        hsrc = self.handsfree.rel if self.handsfree else NOT_RUN
+        if hf:
+            worst = max(hf, key=hf.get)
+            add("Hands-free record overhead ≤ 5% per script",
+                f"worst {worst} {pct(hf[worst])} (" + ", ".join(f"{w} {pct(v)}" for w, v in hf.items()) + ")"
+                + (f"; failed: {', '.join(hf_failed)}" if hf_failed else ""),
+                hf[worst] <= 1.05 and not hf_failed, hsrc)
+        else:
+            add("Hands-free record overhead ≤ 5% per script", self.cell_missing(self.handsfree, "handsfree"), None, hsrc)
+
+        call = ((self.log.data or {}).get("call") or {}).get("float") if self.log and self.log.ok else None
+        lsrc = self.log.rel if self.log else NOT_RUN
+        us, src = num((call or {}).get("median_log_us")), lsrc
+        if us is None and self.logcall and self.logcall.ok:
+            row = next((r for r in self.logcall.results() if r.get("system") == "hindlog"), None)
+            us, src = num((row or {}).get("us_per_call")), self.logcall.rel
+        add("`hl.log` of a float ≤ 1 µs per call (median)", f"{us:.3f} µs" if us is not None else self.cell_missing(self.log, "log"),
+            None if us is None else us <= 1.0, src)
+
+        drain = ((self.log.data or {}).get("drain") or {}).get("drain") if self.log and self.log.ok else None
+        rate = num((drain or {}).get("median_rate"))
+        add("Writer drain ≥ 300,000 records/s (median)", f"{rate:,.0f} records/s" if rate is not None else self.cell_missing(self.log, "log"),
+            None if rate is None else rate >= 300_000, lsrc)
+
+        met = sum(1 for r in rows if r[2] == "**met**")
+        notmet = sum(1 for r in rows if r[2] == "**not met**")
+        head = (f"{met} met, {notmet} not met, {len(rows) - met - notmet} not run. Computed by `bench/report.py` from the "
+                "result files named in the last column; a quick run's numbers (short runs, one pair) are weaker "
+                "evidence than a full run's.")
+        return head + "\n\n" + table(["target", "measured", "status", "from"], rows, "llll")
+
+    # -- sections ---------------------------------------------------------
+
+    def sources(self) -> str:
+        items = [("Logging cost and drain", self.log), ("Cost of one log call, all systems", self.logcall),
+                 ("Record overhead", self.record), ("Replay", self.replay), ("Hands-free", self.handsfree),
+                 ("Scaling", self.scaling), ("Checkpoint pieces", self.persist)]
+        rows = []
+        for label, src in items:
+            if src is None:
+                rows.append([label, NOT_RUN, "", ""])
+            elif not src.ok:
+                rows.append([label, f"`{src.rel}`", failed(src.error), ""])
+            else:
+                rows.append([label, f"`{src.rel}`", src.kind, f"`{command(src)}`"])
+        for label, srcs in (("Peer: pyflor", self.pyflor_srcs), ("Peer: flordb", self.flordb_srcs)):
+            if not srcs:
+                rows.append([label, NOT_RUN, "", ""])
+            for s in srcs:
+                rows.append([label, f"`{s.rel}`", s.kind if s.ok else failed(s.error), f"`{command(s)}`" if s.ok else ""])
+        return table(["benchmark", "file", "kind", "command"], rows, "llll")
+
+    def section_log(self) -> str:
+        out = ["## Logging cost and drain", LOG_INTRO]
+        src = self.log
+        if not src or not src.ok:
+            out.append(f"hindlog's own logging benchmark: {self.cell_missing(src, 'log')}.")
+        else:
+            call = src.data.get("call") or {}
+            labels = {"float": "float", "int": "int", "ndarray": "NumPy array (8 x float32)", "tensor": "0-d torch tensor"}
+            if call:
+                rows = [[labels.get(k, k), f(c.get("median_empty_us"), 3), f"**{f(c.get('median_log_us'), 3)}**" if k == "float" else f(c.get("median_log_us"), 3),
+                         f(c.get("median_diff_us"), 3), f(c.get("median_log_with_drain_us"), 3)] for k, c in call.items() if isinstance(c, dict)]
+                anyc = next((c for c in call.values() if isinstance(c, dict)), {})
+                out.append(f"**Cost of one call** (µs; median of {anyc.get('reps', '?')} timed loops of "
+                           f"{anyc.get('calls_per_rep', 0):,} calls in {anyc.get('child_runs', '?')} processes):")
+                out.append(table(["value logged", "empty call", "`hl.log`", "difference", "`hl.log` + its drain"], rows))
+            drain = src.data.get("drain") or {}
+            if drain:
+                labels = {"drain": "drain (writer alone)", "end-to-end": "end-to-end (log + drain)",
+                          "drain-noindex": "drain, without index `records_by_name`"}
+                rows = []
+                for k, d in drain.items():
+                    rows.append([labels.get(k, k), f"{d.get('records', 0):,}", f"**{f(d.get('median_rate'), 0)}**" if k == "drain" else f(d.get("median_rate"), 0),
+                                 f"{f(d.get('min_rate'), 0)} - {f(d.get('max_rate'), 0)}", f(d.get("median_writer_cpu_rate"), 0),
+                                 f(d.get("median_enqueue_us_per_record"), 3), str(d.get("child_runs", "?"))])
+                b = self.log_before
+                if b and b.ok:
+                    for k, d in (b.data.get("drain") or {}).items():
+                        rows.append([f"*before the writer changes:* {labels.get(k, k)}", f"{d.get('records', 0):,}", f(d.get("median_rate"), 0),
+                                     f"{f(d.get('min_rate'), 0)} - {f(d.get('max_rate'), 0)}", f(d.get("median_writer_cpu_rate"), 0),
+                                     f(d.get("median_enqueue_us_per_record"), 3), str(d.get("child_runs", "?"))])
+                out.append("**Drain rate** (records/s, median over fresh processes):")
+                out.append(table(["", "records", "records/s (median)", "min - max", "records per writer CPU-second",
+                                  "`hl.log` while queueing (µs/record)", "processes"], rows))
+                d0, dn = drain.get("drain") or {}, drain.get("drain-noindex") or {}
+                if num(d0.get("median_rate")) and num(dn.get("median_rate")):
+                    out.append(f"The `records_by_name (name, run)` index costs {1 - d0['median_rate'] / dn['median_rate']:.0%} of the "
+                               f"drain's throughput here ({d0['median_rate']:,.0f} records/s with it, {dn['median_rate']:,.0f} without). "
+                               "It serves `hl.dataframe` and `hindlog logs`, which look records up by name; the schema keeps it.")
+            out.append(machine_line(src))
+            if self.log_before and self.log_before.ok:
+                out.append("*Before* rows: " + machine_line(self.log_before) + " " + LOG_BEFORE)
+        out.append(LOG_WRITER)
+        out.append(self.section_logcall())
+        return "\n\n".join(out)
+
+    def section_logcall(self) -> str:
+        out = ["### All systems side by side", LOGCALL_INTRO]
+        src = self.logcall
+        if not src or not src.ok:
+            out.append(f"`bench/bench_peer_logcall.py`: {self.cell_missing(src, 'peer-logcall')}. " + LOGCALL_EARLIER)
+            return "\n\n".join(out)
+        rows = []
+        for r in src.results():
+            status = r.get("status") or "ok"
+            name = r.get("label") or r.get("system") or "?"
+            if r.get("system") == "hindlog":
+                name = f"**{name}**"
+            if status != "ok" or num(r.get("us_per_call")) is None:
+                err = failed(r.get("error") or status) if status not in ("ok",) else NOT_RUN
+                rows.append([name, str(r.get("version") or "-"), err, "", "", "", status])
+                continue
+            rows.append([name, str(r.get("version") or "-"), f(r.get("us_per_call"), 3), f(r.get("us_per_call_with_drain"), 3),
+                         f(r.get("close_s"), 3), f(r.get("exit_s"), 2), f"{r.get('calls', 0):,} x {r.get('reps', '?')}"])
+        out.append(table(["system", "version", "µs per call (median)", "µs per call + its drain", "close (s)", "exit (s)", "calls x loops"], rows))
+        notes = src.data.get("notes")
+        if isinstance(notes, list) and notes:
+            out.append("\n".join(f"- {n}" for n in notes))
+        out.append(machine_line(src))
+        out.append(self.plot("logcall", self.plot_logcall, "Cost of one log call per system"))
+        return "\n\n".join(out)
+
+    def section_record(self) -> str:
+        out = ["## Record overhead and checkpoints", RECORD_INTRO]
+        rec = self.by_workload(self.record)
+        rows = []
+        for w in self.workloads():
+            r = rec.get(w)
+            pyf = self.peer_cell(self.pyflor, self.pyflor_err, w, name="peers-pyflor", getter=lambda p: f"{f(p.get('median_ratio'), 3)} ({pct(p.get('median_ratio'))})")
+            fdb = self.peer_cell(self.flordb, self.flordb_err, w, name="peers-flordb", getter=lambda p: f(first(p, "median_ratio", "record_ratio"), 3))
+            if not r:
+                miss = self.cell_missing(self.record, "record")
+                rows.append([f"{w}: {WHAT.get(w, '')}", miss, miss, miss, miss, miss, miss, pyf, fdb])
+                continue
+            per = ", ".join(f"{x:.3f}" for x in r.get("ratios") or [] if num(x) is not None)
+            ck = r.get("checkpoints") or []
+            oh = med([o for o in r.get("overhead_measured") or [] if o is not None])
+            rows.append([f"{w}: {r.get('what') or WHAT.get(w, '')}", f(r.get("median_plain_s")), f(r.get("median_record_s")),
+                         f"**{f(r.get('median_ratio'), 3)}** ({per})", f(r.get("median_cpu_ratio"), 3),
+                         f"{med(ck):g} of {r.get('iterations', '?')}" if ck else NOT_RUN,
+                         f"{oh * 100:.2f}%" if oh is not None else NOT_RUN, pyf, fdb])
+        out.append(table(["workload", "plain (s)", "recorded (s)", "hindlog record/plain, median (per pair)", "CPU ratio, median",
+                          "checkpointed iterations", "overhead hindlog measured (blocked / elapsed)", "pyflor record/plain, median", "flordb record/plain"], rows))
+        out.append("hindlog: " + machine_line(self.record, "record"))
+        out.append("pyflor: " + machine_lines(self.pyflor_srcs, "peers-pyflor"))
+        if self.flordb_srcs:
+            out.append("flordb: " + machine_lines(self.flordb_srcs, "peers-flordb"))
+        out.append(self.plot("overhead", self.plot_overhead, "Record overhead per workload"))
+        out.append(RECORD_NOTES)
+        return "\n\n".join(out)
+
+    def section_storage(self) -> str:
+        out = ["## Checkpoint storage per run", STORAGE_INTRO]
+        rec = self.by_workload(self.record)
+        rows = []
+        for w in self.workloads():
+            r = rec.get(w)
+            h = fmb(r.get("checkpoint_mb_written_last")) if r else self.cell_missing(self.record, "record")
+            ts = first(r, "torchsave_mb_per_run", "torch_save_mb", "torchsave_mb") if r else None
+            tsc = f(ts, 1) if ts is not None else "not measured (see Scaling)"
+            pyf = self.peer_cell(self.pyflor, self.pyflor_err, w, name="peers-pyflor", getter=lambda p: fmb(p.get("checkpoint_mb_per_run")))
+            fdb = self.peer_cell(self.flordb, self.flordb_err, w, name="peers-flordb", getter=lambda p: fmb(flordb_mb(p)))
+            its = f"{med(r.get('checkpoints')):g} of {r.get('iterations')}" if r and r.get("checkpoints") else ""
+            rows.append([w, h, its, pyf, fdb, tsc])
+        out.append(self.scaling_storage_summary())
+        out.append(table(["workload", "hindlog (MB written, deduplicated)", "hindlog checkpointed iterations", "pyflor (MB)", "flordb (MB: its .flor directory, no checkpoints)",
+                          "one torch.save per epoch (MB)"], rows))
+        out.append(self.plot("storage", self.plot_storage, "Checkpoint storage per run"))
+        return "\n\n".join(out)
+
+    def scaling_storage_summary(self) -> str:
+        rows = [r for r in (self.scaling.results() if self.scaling and self.scaling.ok else [])
+                if num(r.get("store_vs_torchsave")) is not None]
+        if not rows:
+            return "One `torch.save` per epoch: see the scaling section (" + (self.cell_missing(self.scaling, "scaling")) + ")."
+        lo = min(rows, key=lambda r: r["store_vs_torchsave"])
+        hi = max(rows, key=lambda r: r["store_vs_torchsave"])
+        return (f"On the scaling benchmark's MLP ({self.scaling.kind}), hindlog's store held "
+                f"{lo['store_vs_torchsave']:.0%} ({lo.get('size_mb', 0):g} MB model, {lo.get('epochs')} epochs, "
+                f"{lo.get('checkpointed')} of {lo.get('iterations')} iterations checkpointed) to "
+                f"{hi['store_vs_torchsave']:.0%} ({hi.get('size_mb', 0):g} MB, {hi.get('epochs')} epochs, "
+                f"{hi.get('checkpointed')} of {hi.get('iterations')}) of the bytes one `torch.save` per epoch writes; see the scaling section.")
+
+    def section_replay(self) -> str:
+        out = ["## Replay", REPLAY_INTRO]
+        rep = self.by_workload(self.replay)
+        miss = self.cell_missing(self.replay, "replay")
+        rows = []
+        for w in self.workloads():
+            r = rep.get(w) or {}
+            pyf1 = self.peer_cell(self.pyflor, self.pyflor_err, w, name="peers-pyflor", getter=lambda p: f(p.get("replay_1p_min_s"), 1, none=failed(p.get("replay_error", "no replay time"))))
+            pyf2 = self.peer_cell(self.pyflor, self.pyflor_err, w, name="peers-pyflor", getter=lambda p: f(p.get("parallel_probed_false_min_s"), 1, none=failed(p.get("parallel_probed_false_error", "no time"))))
+            pyfr = self.peer_cell(self.pyflor, self.pyflor_err, w, name="peers-pyflor", getter=lambda p: f(p.get("full_rerun_s"), 1))
+            fdb = self.peer_cell(self.flordb, self.flordb_err, w, name="peers-flordb", getter=lambda p: f(first(p, "replay_min_s", "replay_1p_min_s", "replay_s", "replay_1p_s"), 1))
+            fdbr = self.peer_cell(self.flordb, self.flordb_err, w, name="peers-flordb", getter=lambda p: f(first(p, "full_rerun_s", "rerun_s"), 1))
+            if not r:
+                rows.append([w, miss, miss, miss, miss, miss, miss, pyf1, pyf2, pyfr, fdb, fdbr])
+                continue
+            ck = f"{r.get('checkpointed_iterations', '?')} of {r.get('iterations', '?')}"
+            rows.append([w, ck, f(r.get("full_rerun_s"), 1), f"**{f(r.get('main_replay_1w_s'), 1)}**", f(r.get("main_replay_2w_s"), 1),
+                         f(r.get("lower_bound_s"), 1), f(r.get("main_vs_lower_bound"), 2), pyf1, pyf2, pyfr, fdb, fdbr])
+        out.append("**A new main-loop statement** (every nested loop skipped; seconds):")
+        out.append(table(["workload", "hindlog checkpointed iterations", "full re-run", "hindlog, 1 worker", "hindlog, 2 workers", "lower bound",
+                          "1 worker / bound", "pyflor, 1 process", "pyflor, 2 processes (probed=False)", "pyflor full re-run",
+                          "flordb replay", "flordb full re-run"], rows))
+        rows = []
+        for w in self.workloads():
+            r = rep.get(w)
+            if not r:
+                rows.append([w, miss, miss, miss, miss])
+                continue
+            rows.append([w, f(r.get("full_rerun_s"), 1), f(r.get("nested_replay_1w_s"), 1), f(r.get("nested_replay_2w_s"), 1),
+                         f"{f(r.get('nested_2w_speedup'), 2)}x"])
+        out.append("**A new nested-loop statement** (the loop that holds it runs in every iteration; seconds):")
+        out.append(table(["workload", "full re-run", "hindlog, 1 worker", "hindlog, 2 workers", "2 workers' speedup"], rows))
+        out.append("hindlog: " + machine_line(self.replay, "replay"))
+        out.append("pyflor: " + machine_lines(self.pyflor_srcs, "peers-pyflor"))
+        if self.flordb_srcs:
+            out.append("flordb: " + machine_lines(self.flordb_srcs, "peers-flordb"))
+        kinds = {"hindlog": {self.replay.quick} if self.replay and self.replay.ok else set(),
+                 "pyflor": {x.quick for x in self.pyflor_srcs if x.ok}, "flordb": {x.quick for x in self.flordb_srcs if x.ok}}
+        if len(set().union(*kinds.values())) > 1:
+            desc = ", ".join(f"{k}'s from " + " and ".join("a quick run" if q else "a full run" for q in sorted(v))
+                             for k, v in kinds.items() if v)
+            out.append(f"**Sizes differ:** {desc}. Seconds from runs of different sizes are not side by side; "
+                       "compare each system's replay with its own full re-run.")
+        out.append(self.plot("replay", self.plot_replay, "Replay of a new main-loop statement per system"))
+        out.append(REPLAY_NOTES)
+        return "\n\n".join(out)
+
+    def section_handsfree(self) -> str:
+        out = ["## Hands-free mode", HANDSFREE_INTRO]
+        hf = self.by_workload(self.handsfree)
+        names = list(hf) or ["(all)"]
+        miss = self.cell_missing(self.handsfree, "handsfree")
+        rows = []
+        for w in names:
+            r = hf.get(w)
+            if not r:
+                rows.append([w] + [miss] * 9)
+                continue
+            if r.get("error"):
+                rows.append([w, failed(r["error"])] + [""] * 8)
+                continue
+            per = ", ".join(f"{x:.3f}" for x in r.get("ratios") or [] if num(x) is not None)
+            ck, its = med(r.get("checkpoints")), med(r.get("iterations")) if isinstance(r.get("iterations"), list) else num(r.get("iterations"))
+            ok = r.get("replay_ok")
+            eq = r.get("replay_output_equal")
+            check = "-" if ok is None else ("yes" if ok and eq else ("diverged or failed" if not ok else "output differs"))
+            rows.append([w, f(med(r.get("plain_s"))), f(med(r.get("record_s"))), f"**{f(r.get('median_ratio'), 3)}** ({per})",
+                         f"{ck:g} of {its:g}" if ck is not None and its is not None else "-",
+                         f(first(r, "replay_default_s", "replay_2w_s"), 1), f(r.get("replay_1w_s"), 1, none="-"),
+                         f(r.get("full_rerun_s"), 1), f"{f(r.get('replay_speedup'), 1)}x", check])
+        out.append(table(["workload", "`python` (s)", "`hindlog run` (s)", "ratio, median (per pair)", "checkpointed iterations",
+                          "replay of a new print, default workers (s)", "1 worker (s)", "re-run (s)", "speedup (default workers)",
+                          "replayed lines equal a fresh run's"], rows))
+        out.append(machine_line(self.handsfree, "handsfree"))
+        out.append(HANDSFREE_NOTES)
+        return "\n\n".join(out)
+
+    def section_scaling(self) -> str:
+        out = ["## Scaling with model size and epochs", SCALING_INTRO]
+        src = self.scaling
+        if not src or not src.ok:
+            out.append(f"`bench/bench_scaling.py`: {self.cell_missing(src, 'scaling')}.")
+            return "\n\n".join(out)
+        if src.data.get("workload"):
+            out.append(f"Workload: {src.data['workload']}. New statement: `{src.data.get('statement', '?')}`.")
+        rows = []
+        for r in src.results():
+            label = [f"{r.get('size_mb', '?'):g}" if num(r.get("size_mb")) is not None else "?", f(r.get("param_mb"), 1, none="-"), str(r.get("epochs", "?"))]
+            if r.get("error"):
+                rows.append(label + [failed(r["error"])] + [""] * 10)
+                continue
+            per = ", ".join(f"{x:.3f}" for x in r.get("ratios") or [] if num(x) is not None)
+            ts = mb(r.get("torchsave_bytes")) + ("" if r.get("torchsave_measured", True) else "†")
+            rows.append(label + [f(r.get("median_plain_s")), f"{f(r.get('median_ratio'), 3)} ({per})",
+                                 f"{r.get('checkpointed', '?')} of {r.get('iterations', '?')}",
+                                 f"{(r.get('overhead_measured') or 0) * 100:.2f}%" if num(r.get("overhead_measured")) is not None else NOT_RUN,
+                                 mb(r.get("store_bytes")), mb(r.get("logical_bytes")), ts,
+                                 f(r.get("store_vs_torchsave"), 2), f(r.get("replay_1w_s"), 1), f(r.get("full_rerun_s"), 1), f(r.get("must_run_s"), 1)])
+        out.append(table(["size (MB, nominal)", "parameters (MB)", "epochs", "plain (s)", "record/plain, median (per pair)", "checkpointed iterations",
+                          "overhead hindlog measured", "hindlog store (MB)", "checkpoints' logical size (MB)", "one torch.save per epoch (MB)",
+                          "store / torch.save", "replay, 1 worker (s)", "full re-run (s)", "code that must run (s)"], rows))
+        out.append("† computed: the size of that model's per-epoch `torch.save` file, measured at another epoch count, times the epochs.")
+        out.append(machine_line(src))
+        out.append(self.plot("scaling-size", lambda p: self.plot_scaling(p, "size"), "Costs against the model's size"))
+        out.append(self.plot("scaling-epochs", lambda p: self.plot_scaling(p, "epochs"), "Costs against the number of epochs"))
+        out.append(SCALING_NOTES)
+        return "\n\n".join(out)
+
+    def section_peers(self) -> str:
+        out = ["## Peers", PEERS_INTRO]
+        out.append("### pyflor")
+        if not self.pyflor and not self.pyflor_err:
+            out.append(f"pyflor: {NOT_RUN if not self.pyflor_srcs else failed(self.pyflor_srcs[0].error)}.")
+        else:
+            rows = []
+            for w in self.workloads():
+                if w not in self.pyflor and w not in self.pyflor_err:
+                    continue
+                if w in self.pyflor_err and w not in self.pyflor:
+                    rows.append([w, failed(self.pyflor_err[w][0]), "", "", "", "", "", f"`{self.pyflor_err[w][1].rel}`"])
+                    continue
+                p, s = self.pyflor[w]
+                check = p.get("replay_1p_check") or {}
+                new = next(iter([k for k in check if k in (p.get("new_statement") or "")]), None)
+                eq = f"{check[new]['equal']}/{check[new]['epochs']}" if new and isinstance(check.get(new), dict) else "-"
+                rows.append([w, f"{f(p.get('median_ratio'), 3)} (CPU {f(p.get('median_cpu_ratio'), 3, none='-')})",
+                             fmb(p.get("checkpoint_mb_per_run")), f(p.get("replay_1p_min_s"), 1, none=failed(p.get("replay_error", "?"))),
+                             f(p.get("parallel_default_min_s"), 1, none="failed"), f(p.get("parallel_probed_false_min_s"), 1, none="failed"),
+                             f"{f(p.get('full_rerun_s'), 1)}; new values equal the re-run: {eq}", f"`{s.rel}`"])
+            out.append(table(["workload", "record/plain, median", "checkpoint data per run (MB)", "replay, 1 process (s)",
+                              "2 processes, as written (s)", "2 processes, probed=False (s)", "full re-run (s)", "from"], rows, "lrrrrrll"))
+            out.append(machine_lines(self.pyflor_srcs, "peers-pyflor"))
+            env = next((s.data.get("pyflor_env") for s in self.pyflor_srcs if s.ok and s.data.get("pyflor_env")), None)
+            if env:
+                out.append("pyflor environment: " + ", ".join(f"{k} {v}" for k, v in env.items() if k != "venv") + ".")
+        out.append(PYFLOR_NOTES)
+        out.append("### flordb")
+        if not self.flordb and not self.flordb_err:
+            out.append(f"flordb: {NOT_RUN if not self.flordb_srcs else failed(self.flordb_srcs[0].error)} "
+                       "(`bench/bench_flordb.py`, results `bench/results/peers-flordb.json`).")
+        else:
+            rows = []
+            for w in self.workloads():
+                if w in self.flordb:
+                    p, s = self.flordb[w]
+                    status = p.get("status") or "ok"
+                    if p.get("error") and status != "ok":
+                        rows.append([w, failed(p.get("error")), "", "", "", f"`{s.rel}`"])
+                        continue
+                    rows.append([w, f(first(p, "median_ratio", "record_ratio"), 3), fmb(flordb_mb(p)),
+                                 f(first(p, "replay_min_s", "replay_1p_min_s", "replay_s", "replay_1p_s"), 1), f(first(p, "full_rerun_s", "rerun_s"), 1), f"`{s.rel}`"])
+                elif w in self.flordb_err:
+                    rows.append([w, failed(self.flordb_err[w][0]), "", "", "", f"`{self.flordb_err[w][1].rel}`"])
+            out.append(table(["workload", "record/plain, median", "data per run (MB, its .flor directory)", "replay (s)", "full re-run (s)", "from"], rows, "lrrrrl"))
+            out.append(machine_lines(self.flordb_srcs, "peers-flordb"))
+            notes = next((s.data.get("notes") for s in self.flordb_srcs if s.ok and isinstance(s.data.get("notes"), list)), None)
+            if notes:
+                out.append("\n".join(f"- {n}" for n in notes))
+        return "\n\n".join(out)
+
+    def section_suite(self) -> str:
+        out = ["## Last suite run"]
+        src = self.suite
+        if not src:
+            out.append("No suite run recorded (`bench/results/suite.json` is written by `bench/run_all.py`); "
+                       "the benchmarks were run one by one, with the commands given under their tables.")
+            return "\n\n".join(out)
+        d = src.data
+        rows = []
+        for st in d.get("steps") or []:
+            if not isinstance(st, dict):
+                continue
+            status = st.get("status") or "?"
+            if status not in ("ok", "missing"):
+                status = f"{status}: {reason(st.get('tail'))}"
+            rows.append([f"{st.get('kind', '')}: `{st.get('name', '?')}`", status, f(st.get("seconds"), 0, none="-")])
+        out.append(f"`{d.get('command', '?')}`, started {when(src)}: {f(d.get('duration_s'), 0)} s in all, "
+                   f"{f(d.get('benchmarks_s'), 0)} s of benchmarks (setups and the report excluded). "
+                   + ("A partial run (`--only`)." if "--only" in str(d.get("command")) else
+                      f"A quick suite must finish in under 5 minutes once the environments exist: "
+                      f"{'it did' if (num(d.get('benchmarks_s')) or 1e9) < 300 else '**it did not**'} (benchmarks alone)." if src.quick else ""))
+        out.append(table(["step", "status", "seconds"], rows, "llr"))
+        return "\n\n".join(out)
+
+    def section_persist(self) -> str:
+        src = self.persist
+        out = ["## The pieces of one checkpoint",
+               "What one checkpoint of the fine-tuning shape (a model plus Adam's two moments) costs, piece by piece "
+               "(`bench/bench_persist.py`): the snapshot copy is the only part that blocks training; hashing and "
+               "writing run in the background but take CPU time from a machine whose cores training fills. Wall and "
+               "CPU time of the thread doing each piece, median of the repeats."]
+        if not src or not src.ok:
+            out.append(f"`bench/bench_persist.py`: {self.cell_missing(src, 'persist')}.")
+            return "\n\n".join(out)
+        rows = [[str(r.get("piece", "?")), f((num(r.get("wall_s")) or 0) * 1e3 if num(r.get("wall_s")) is not None else None, 1, none="-"),
+                 f((num(r.get("cpu_s")) or 0) * 1e3 if num(r.get("cpu_s")) is not None else None, 1, none="-")] for r in src.results()]
+        out.append(f"State: {f(src.data.get('state_mb'), 0)} MB, {src.data.get('repeats', '?')} repeats.")
+        out.append(table(["piece", "wall (ms)", "CPU of its thread (ms)"], rows))
+        out.append(machine_line(src, "persist"))
+        return "\n\n".join(out)
+
+    # -- plots ------------------------------------------------------------
+
+    def plot(self, name: str, fn: Callable[[Any], bool], title: str) -> str:
+        if self.plt is None:
+            return f"*Plot “{title}” skipped: matplotlib is not available.*"
+        path = self.img / f"{name}.png"
+        try:
+            self.img.mkdir(parents=True, exist_ok=True)
+            drawn = fn(path)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            return f"*Plot “{title}” failed: {reason(e)}*"
+        finally:
+            self.plt.close("all")
+        if not drawn:
+            return f"*Plot “{title}”: no data.*"
+        rel = Path("img") / path.name
+        self.plots[name] = str(rel)
+        return f"![{title}]({rel.as_posix()})"
+
+    def _bars(self, ax: Any, groups: list[str], series: list[tuple[str, list[float | None]]], colors: list[str] | None = None) -> None:
+        n = max(1, len(series))
+        width = 0.8 / n
+        for i, (label, vals) in enumerate(series):
+            xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
+            ys = [v if v is not None else 0 for v in vals]
+            bars = ax.bar(xs, ys, width, label=label, color=(colors[i % len(colors)] if colors else None))
+            for b, v in zip(bars, vals):
+                if v is None:  # at the bottom of the axes, whatever the y range
+                    ax.text(b.get_x() + b.get_width() / 2, 0.01, "n/a", ha="center", va="bottom", fontsize=6, rotation=90,
+                            color="grey", transform=ax.get_xaxis_transform())
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups)
+
+    def plot_overhead(self, path: Path) -> bool:
+        plt = self.plt
+        rec = self.by_workload(self.record)
+        hf = self.by_workload(self.handsfree)
+        ws = self.workloads() + [w for w in hf if w not in self.workloads()]
+        series = [(f"hindlog, API ({self.record.kind})" if self.record else "hindlog, API", [num(rec.get(w, {}).get("median_ratio")) for w in ws]),
+                  (f"hindlog run, hands-free ({self.handsfree.kind})" if self.handsfree else "hindlog run", [num(hf.get(w, {}).get("median_ratio")) for w in ws]),
+                  ("pyflor", [num(self.pyflor[w][0].get("median_ratio")) if w in self.pyflor else None for w in ws])]
+        if self.flordb:
+            series.append(("flordb", [num(first(self.flordb[w][0], "median_ratio", "record_ratio")) if w in self.flordb else None for w in ws]))
+        series = [s for s in series if any(v is not None for v in s[1])]
+        if not series:
+            return False
+        fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(ws)), 5))
+        self._bars(ax, ws, series)
+        if len(ws) > 6:
+            ax.tick_params(axis="x", labelsize=8)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.axhline(1.01, color="tab:green", ls="--", lw=0.8, label="target, median: 1% overhead")
+        ax.axhline(1.05, color="tab:red", ls="--", lw=0.8, label="target, each workload: 5% (ε)")
+        vals = [v for _, vs in series for v in vs if v is not None]
+        ax.set_ylim(min(0.8, min(vals) - 0.05), max(1.15, max(vals) + 0.08))
+        ax.set_ylabel("wall time recorded / plain\n(median of alternating pairs)")
+        ax.set_xlabel("workload")
+        ax.set_title("Record overhead per workload (1.0 = no overhead; below 1.0 is noise)")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return True
+
+    def plot_replay(self, path: Path) -> bool:
+        plt = self.plt
+        rep = self.by_workload(self.replay)
+        ws = self.workloads()
+        k = f" ({self.replay.kind})" if self.replay else ""
+        pk = " (" + "/".join(sorted({s.kind for s in self.pyflor_srcs if s.ok})) + ")" if self.pyflor_srcs else ""
+        series = [
+            ("hindlog, 1 worker" + k, [num(rep.get(w, {}).get("main_replay_1w_s")) for w in ws]),
+            ("hindlog, 2 workers" + k, [num(rep.get(w, {}).get("main_replay_2w_s")) for w in ws]),
+            ("lower bound" + k, [num(rep.get(w, {}).get("lower_bound_s")) for w in ws]),
+            ("full re-run" + k, [num(rep.get(w, {}).get("full_rerun_s")) for w in ws]),
+            ("pyflor, 1 process" + pk, [num(self.pyflor[w][0].get("replay_1p_min_s")) if w in self.pyflor else None for w in ws]),
+            ("pyflor, 2 processes" + pk, [num(self.pyflor[w][0].get("parallel_probed_false_min_s")) if w in self.pyflor else None for w in ws]),
+            ("pyflor full re-run" + pk, [num(self.pyflor[w][0].get("full_rerun_s")) if w in self.pyflor else None for w in ws]),
+        ]
+        if self.flordb:
+            fk = " (" + "/".join(sorted({x.kind for x in self.flordb_srcs if x.ok})) + ")"
+            series.append(("flordb" + fk, [num(first(self.flordb[w][0], "replay_min_s", "replay_1p_min_s", "replay_s", "replay_1p_s")) if w in self.flordb else None for w in ws]))
+        series = [s for s in series if any(v is not None for v in s[1])]
+        if not series:
+            return False
+        colors = ["tab:blue", "tab:cyan", "tab:green", "tab:grey", "tab:orange", "tab:brown", "silver", "tab:purple"]
+        fig, ax = plt.subplots(figsize=(9, 5.2))
+        self._bars(ax, ws, series, colors)
+        ax.set_ylabel("seconds (whole commands; lower is better)")
+        ax.set_xlabel("workload")
+        ax.set_title("Replay of a new main-loop statement, against a full re-run and the lower bound")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return True
+
+    def plot_storage(self, path: Path) -> bool:
+        plt = self.plt
+        rec = self.by_workload(self.record)
+        ws = self.workloads()
+        series = [("hindlog (deduplicated)", [num(rec.get(w, {}).get("checkpoint_mb_written_last")) for w in ws]),
+                  ("pyflor", [num(self.pyflor[w][0].get("checkpoint_mb_per_run")) if w in self.pyflor else None for w in ws])]
+        if self.flordb:
+            series.append(("flordb (its .flor directory: no checkpoints)", [flordb_mb(self.flordb[w][0]) if w in self.flordb else None for w in ws]))
+        series = [s for s in series if any(v for v in s[1])]
+        if not series:
+            return False
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        self._bars(ax, ws, series)
+        ax.set_yscale("log")
+        ax.set_ylabel("checkpoint data per run (MB, log scale)")
+        ax.set_xlabel("workload")
+        ax.set_title("Checkpoint storage per recorded run")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return True
+
+    def plot_logcall(self, path: Path) -> bool:
+        plt = self.plt
+        rows = [r for r in self.logcall.results() if num(r.get("us_per_call")) is not None]
+        if not rows:
+            return False
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
+        labels = [str(r.get("label") or r.get("system")).replace("`", "") for r in rows]
+        vals = [num(r["us_per_call"]) for r in rows]
+        colors = ["tab:blue" if r.get("system") == "hindlog" else ("silver" if r.get("system") == "empty" else "tab:orange") for r in rows]
+        ax.barh(range(len(rows)), vals, color=colors)
+        for i, v in enumerate(vals):
+            ax.text(v * 1.1, i, (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + " µs", va="center", fontsize=8)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="tab:red", ls="--", lw=0.8, label="hindlog target: 1 µs")
+        ax.set_xlim(min(vals) / 2, max(vals) * 8)
+        ax.set_xlabel("µs per call of a float (median, log scale)")
+        ax.set_title("Cost of one log call in the training loop")
+        ax.legend(fontsize=8, loc="upper right")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return True
+
+    def plot_scaling(self, path: Path, by: str) -> bool:
+        plt = self.plt
+        rows = [r for r in self.scaling.results() if not r.get("error") and num(r.get("median_ratio")) is not None]
+        if not rows:
+            return False
+        if by == "size":
+            xkey, gkey, xlabel, glabel = "param_mb", "epochs", "model parameters (MB)", "{:g} epochs"
+        else:
+            xkey, gkey, xlabel, glabel = "epochs", "size_mb", "epochs", "{:g} MB model"
+        groups = sorted({r[gkey] for r in rows})
+        fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+        cmap = plt.get_cmap("viridis")
+        for gi, g in enumerate(groups):
+            pts = sorted((r for r in rows if r[gkey] == g), key=lambda r: r[xkey])
+            xs = [r[xkey] for r in pts]
+            c = cmap(gi / max(1, len(groups) - 1) * 0.85)
+            lab = glabel.format(g)
+            axes[0].plot(xs, [r["median_ratio"] for r in pts], "o-", color=c, label=lab)
+            axes[1].plot(xs, [(r.get("store_bytes") or 0) / 2**20 for r in pts], "o-", color=c, label=f"hindlog, {lab}")
+            axes[1].plot(xs, [(r.get("torchsave_bytes") or 0) / 2**20 for r in pts], "s--", color=c, alpha=0.7, label=f"torch.save per epoch, {lab}")
+            axes[2].plot(xs, [r.get("replay_1w_s") for r in pts], "o-", color=c, label=f"hindlog replay, {lab}")
+            axes[2].plot(xs, [r.get("full_rerun_s") for r in pts], "s--", color=c, alpha=0.7, label=f"full re-run, {lab}")
+        axes[0].axhline(1.0, color="black", lw=0.8)
+        axes[0].axhline(1.05, color="tab:red", ls="--", lw=0.8, label="ε = 5%")
+        axes[0].set_ylabel("wall time, recorded / plain")
+        axes[0].set_title("Record overhead")
+        axes[1].set_ylabel("checkpoint data per run (MB)")
+        axes[1].set_title("Checkpoint storage")
+        axes[2].set_ylabel("seconds")
+        axes[2].set_title("New main-loop statement: replay vs re-run")
+        axes[2].set_ylim(bottom=0)
+        ticks = sorted({r[xkey] for r in rows})
+        for ax in axes:
+            ax.set_xlabel(xlabel)
+            ax.legend(fontsize=7)
+            if by == "size" and len(ticks) > 1 and ticks[-1] / max(ticks[0], 1e-9) > 6:
+                ax.set_xscale("log")
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:.3g}" for t in ticks])
+            ax.minorticks_off()
+        kind = self.scaling.kind
+        fig.suptitle(f"hindlog on bench/workloads/scaling.py, against the {'model size' if by == 'size' else 'number of epochs'} ({kind})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return True
+
+    # -- the document -----------------------------------------------------
+
+    def write(self) -> str:
+        parts = [
+            "# Benchmarks",
+            "<!-- Generated by `python bench/report.py` from bench/results/*.json: do not edit by hand; "
+            "edit the fixed text in bench/report.py instead. -->",
+            f"*This page is generated by `.venv/bin/python bench/report.py` from the result files in `bench/results/` "
+            f"(last generated {time.strftime('%Y-%m-%d %H:%M')}). Each table names the command, the machine and the load "
+            "it was measured under, and whether it comes from a full or a quick run.*",
+            INTRO,
+        ]
+        sections: list[tuple[str, Callable[[], str]]] = [
+            ("Targets", lambda: "## Targets\n\n" + self.targets()),
+            ("Result files", lambda: "## Result files used\n\n" + self.sources()),
+            ("Logging", self.section_log),
+            ("Record", self.section_record),
+            ("Storage", self.section_storage),
+            ("Replay", self.section_replay),
+            ("Hands-free", self.section_handsfree),
+            ("Scaling", self.section_scaling),
+            ("Checkpoint pieces", self.section_persist),
+            ("Peers", self.section_peers),
+            ("Suite", self.section_suite),
+        ]
+        for name, fn in sections:
+            try:
+                parts.append(fn())
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                parts.append(f"## {name}\n\n*This section could not be generated: {type(e).__name__}: {reason(e)}*")
+        if self.plot_note:
+            parts.insert(4, f"*{self.plot_note}*")
+        text = "\n\n".join(p.strip() for p in parts if p and p.strip()) + "\n"
+        self.doc.parent.mkdir(parents=True, exist_ok=True)
+        self.doc.write_text(text)
+        return text
+
+
+# ----------------------------------------------------------------------------- fixed text
+
+INTRO = """\
+**Run them.** `make bench` runs the whole suite (`bench/run_all.py`): hindlog's
+own benchmarks, the peers' (each in its own virtual environment under
+`bench/.venvs/`, set up by `bench/peers/setup_*.sh`) and the scaling sweep,
+one after the other, then this report. `make bench-quick` does the same with
+`--quick`: short runs, one pair or repeat each, and only the cheapest one or
+two workloads in the scripts that run several (`QUICK_WORKLOADS` in
+`bench/run_all.py`): a smoke run of every script,
+table and plot in under 5 minutes once the environments exist, whose numbers
+are not evidence. The report prefers each benchmark's full results and falls
+back to the quick ones. A peer that fails to install or crashes gets "failed: <reason>" in its
+cells and the rest goes on. Each script can also be run alone; its command is
+given under its table.
+
+**How the numbers are taken.** Every measurement runs in a fresh subprocess,
+in a new temporary project directory with its own store (`HINDLOG_DIR`), so
+runs share no data, caches or code snapshots. Times are whole processes
+(interpreter start and imports included) unless a table says otherwise.
+Systems and modes are alternated run by run (plain, recorded, recorded,
+plain, ...), so that a burst of load from other jobs falls on both alike; the
+tables give medians of the per-pair ratios, with the individual pairs in
+parentheses. The reference machine is shared and noisy (2 cores, other jobs
+running): the 1-minute load average at the time is given with every table, and
+results taken while another benchmark ran (load above 3 on 2 cores) scatter
+by 10-50% and mean little."""
+
+LOG_INTRO = """\
+What one `hl.log` call costs the training loop, and how fast the background
+writer moves logged records into the SQLite catalog. Targets: at most 1 µs
+per call for a float (median), at least 300,000 records/s drained.
+
+*Method.* Each row runs in fresh subprocesses, each in a new temporary project
+directory (outside any git repository) with its own store. *Call cost*:
+20,000 calls of `hl.log("loss", value)` in a plain `for` loop inside an
+iteration of an `hl.loop` main loop, against 20,000 calls of an empty function
+`empty(name, value)` timed the same way in the same iteration; the writer is
+flushed before each pair and runs as usual during it. "With its drain" adds
+the time of the `writer.flush()` that commits the pair's records, per record.
+*Drain*: records logged as fast as possible, four names per step of an inner
+`hl.loop("step")` (a new loop context every four records). *Drain (writer
+alone)*: the writer sleeps while the records are queued
+(`HINDLOG_FLUSH_INTERVAL=3600`), then the time of the `writer.flush()` that
+commits them all. *End-to-end*: default settings, the writer drains while the
+loop logs; time from the first call until the flush returns. *Without index*:
+as the first, after dropping the catalog's `records_by_name` index. Every run
+checks that the catalog holds all the records. Wall-clock rates move with the
+machine's load; the writer's rate per CPU-second of its own thread moves
+least."""
+
+LOG_BEFORE = """\
+They ran with the same command (`--skip-call`) and the previous `writer.py`
+swapped in through `PYTHONPATH`; compare them with the rows above by the
+CPU-second column, which moves least with load."""
+
+LOG_WRITER = """\
+**What the writer does to get there** (`src/hindlog/writer.py`): it takes the
+queued items in one C-level call, remembers the last loop context by identity
+(records of one step share it), skips `encode` for finite floats and int64
+ints, keeps pending records as one flat list (no tuple per record for the
+garbage collector to rescan), builds loop-context JSON without `json.dumps`
+(checked to be character-for-character identical), and inserts with multi-row
+`INSERT ... VALUES (...), (...)` statements of 500 rows, which halves the
+per-record SQLite cost. WAL and `synchronous=NORMAL` are unchanged."""
+
+LOGCALL_INTRO = """\
+The same measurement for every system, each in its own virtual environment
+(`bench/bench_peer_logcall.py`): one logged Python float per call in a
+training-like loop, the loop alone timed inside the child, the system's own
+flush timed separately. hindlog's row here comes from this harness, so it can
+differ a little from the table above."""
+
+LOGCALL_EARLIER = """\
+Earlier measurements on the same kind of machine by another harness (20,000
+calls; its empty call measured 0.25 µs where the harness above measures
+0.04 µs), kept for reference until the side-by-side benchmark has run: pyflor
+`flor.log` 2.6 µs, TensorBoard `SummaryWriter.add_scalar` 141 µs, flordb
+`flor.log` 149 µs, Aim `Run.track` 242 µs, MLflow
+`log_metric(..., synchronous=False)` 1,524 µs (11,096 µs with its drain)."""
+
+RECORD_INTRO = """\
+What recording costs a training script: whole-process wall time of the script
+recorded (default ε = 5%) against the same script with `HINDLOG_DISABLED=1`
+(every hindlog call a pass-through), in alternating pairs; the median of the
+per-pair ratios. CPU time (user + system of the whole process, all threads) is
+reported beside it. pyflor's column is the same measurement of its own version
+of each script (`python script.py` against `python script.py --flor NAME`).
+Targets: median overhead at most 1%, every workload at most 5% (ε), and the
+fine-tuning shape at least one checkpoint per 4 iterations. Workloads:
+`bench/workloads/` (pyflor's versions: `bench/peers/pyflor/`); `--quick`
+shortens the runs (fewer epochs and samples)."""
+
+RECORD_NOTES = """\
+**Reading these numbers.**
+
+- The time hindlog blocks training (the snapshot copies, "overhead hindlog
+  measured") is the part of the cost the policy controls; it stays under ε by
+  construction. The wall ratios scatter by ±5-8% pair to pair at these run
+  lengths (2 to 30 s) on this machine, so a handful of pairs cannot show a 1%
+  median; the CPU ratio and the measured blocked time are the steadier
+  signals. A ratio below 1.0 is noise, not a speed-up.
+- **The checkpoint policy** charges each checkpoint its blocking copy plus the
+  background thread's CPU time for hashing and writing it
+  (`checkpoint.BACKGROUND_WEIGHT`, now 1.0: the persister competes with
+  training for the same cores), and a run of a few seconds earns little budget
+  at ε = 5%; it takes as many evenly spaced checkpoints as that allows and
+  never waits for an earlier write. The fine-tuning shape (156 MB of
+  parameters and Adam state, sub-second epochs) is where this bites: each
+  checkpoint costs a large copy relative to an iteration. With
+  `BACKGROUND_WEIGHT` 0.5 (the first version) it took 1 checkpoint in 16
+  epochs through the API yet 4 consecutive ones hands-free, where training
+  slowed by about as much CPU time as the persister used; counting the
+  persister's CPU in full fixed the slowdown and made the count depend on
+  measured costs. Calibrating the charge from measured iteration slowdowns
+  (CheckFreq's approach) is the next step.
+- Checkpoint data are content-addressed: a tensor unchanged since the last
+  checkpoint (same in-place version counter) is not copied again, and
+  identical bytes are stored once; see the storage and scaling sections."""
+
+STORAGE_INTRO = """\
+Bytes of checkpoint data one recorded run leaves behind. hindlog: bytes its
+persister wrote into the content-addressed store (tensors unchanged since an
+earlier checkpoint, or identical to stored ones, are not written again).
+pyflor: bytes under its checkpoint folder (`$HOME/.flor/.../data`; it
+`torch.save`s every checkpointed object after every nested loop). The
+"one `torch.save` per epoch" baseline (model and optimizer state saved into a
+new file after every epoch, what a training script without hindlog does) is
+measured by the scaling benchmark on its MLP, below. The counts differ per
+system: hindlog takes only the checkpoints its ε budget allows, so fewer
+bytes can also mean fewer checkpoints (and slower replays)."""
+
+REPLAY_INTRO = """\
+On one recorded run of each workload: a new per-epoch statement (all nested
+loops skipped) and a new per-step statement (the loop that holds it runs),
+each replayed with 1 and 2 workers, against a full re-run of the modified
+script and against the lower bound: the code that must run (interpreter
+start, imports and setup before the main loop, the main-loop code outside the
+skipped loops and the code after it, from the recorded timings) plus the time
+the replay worker spent reading and applying checkpoints. Replay times are
+whole `hindlog replay` commands, planning and worker start included; every
+replay checked its recomputed values against the recorded ones (a divergence
+fails the benchmark). pyflor's columns: `python script.py --replay_flor` (one
+process) and its parallel form, two processes `--replay_flor 1/2` and `2/2`
+started together with `probed=False` on the nested loops (as written, its
+parallel replay re-runs the nested loops of each worker's epochs: see the
+peers section). Targets: faster than pyflor's replay, within 1.3x of the lower
+bound, at least 1.7x faster with 2 workers than with 1."""
+
+REPLAY_NOTES = """\
+**Reading these numbers.**
+
+- Where the record has checkpoints, a per-epoch statement replays several
+  times faster than re-running, close to the lower bound; the rest of a replay
+  is process start and imports (about 2-3 s of torch import per worker
+  process on this machine). A lower bound computed from a record slowed by
+  another job can come out above the replay (a ratio below 1).
+- Replay is only as good as the checkpoints the policy allowed: iterations
+  without a checkpoint before them are re-run (finetune, few checkpoints in
+  16 short epochs). sklearn's runs last about 2 s, mostly interpreter start
+  and imports, so nothing can be saved there.
+- **Two workers on two cores.** A worker keeps the thread count the record
+  used: a different count changes the order of float reductions, and the
+  replayed values would no longer equal the recorded ones exactly (a first
+  version split the cores between workers and its replays diverged by about
+  1e-7). Two workers with two threads each on two cores then compete, so the
+  2-worker target needs as many cores per worker as the record used (or one
+  GPU per worker); on this machine it is not reachable."""
+
+HANDSFREE_INTRO = """\
+Scripts that do not import hindlog at all (`bench/bench_handsfree.py`): the
+issue's scripts under `bench/workloads/handsfree/` (`cnn-engine`: argparse, a
+`train_one_epoch` from another module, StepLR; `while-early`: a `while` main
+loop with early stopping and plain-Python state; `sklearn-partial-fit`;
+`lstm-last-loss`: the last batch's `loss` read after the nested loops) and the
+four workloads above with every hindlog call taken out. Each is run as
+`python SCRIPT` and as `hindlog run SCRIPT`, alternating; then a `print` of a
+per-epoch value is added at main-loop level and `hindlog replay SCRIPT` (default
+workers, and one worker) is timed against running the modified script, whose
+new output lines the replayed ones must equal. Target: recording overhead at
+most ε = 5% on each script."""
+
+HANDSFREE_NOTES = """\
+**Notes.** `hindlog run` first added about 1.2 s to every script: its import
+hook searched `sys.path` a second time for every module the script imported
+(torch has hundreds); it now answers "not a project module" with a couple of
+`stat` calls. Hands-free finetune once cost 13-33%: the policy's estimate left
+out the background persister's CPU time and took 4 consecutive 156 MB
+checkpoints; counting that time (see the record notes) removed the slowdown
+in later quiet runs. A per-epoch `print` replays faster than a re-run where
+the run is long against process start and checkpoints exist (lstm, cnn); on a
+2 s script (sklearn) or with few checkpoints (finetune) it cannot be."""
+
+SCALING_INTRO = """\
+How hindlog's costs grow with the model and the run (`bench/bench_scaling.py`,
+workload `bench/workloads/scaling.py`): an MLP of a given size in MB of
+float32 parameters, its first half frozen (the fine-tuning shape), trained
+with Adam. For every size and epoch count of the grid: the record overhead
+(alternating plain/recorded pairs), the checkpoints taken, the bytes in the
+run's content-addressed store against a plain run that `torch.save`s model
+and optimizer state into a new file after every epoch, and the replay of a new
+main-loop statement (`hindlog replay --workers 1`, whole command, values
+checked in the catalog) against a full re-run of the modified script
+(`HINDLOG_DISABLED=1`). "Code that must run" is the recorded time of what a
+replay cannot skip (interpreter start, imports and setup, the main loop
+outside the step loop), restoring checkpoints not included."""
+
+SCALING_NOTES = """\
+**Reading these numbers.** With M the model's size, a `torch.save` per epoch
+writes the whole model and Adam's two moments for the trainable half: about
+2M per epoch. hindlog writes the frozen half once per run (M/2: its tensors
+keep their version counter, and identical bytes are stored once), then the
+trainable half and its Adam state (1.5M) per checkpointed iteration; the
+checkpoint at the step loop's exit and the one at the iteration's end share
+their unchanged tensors, which is why the checkpoints' logical size is about
+twice the store. So the store is about (0.5 + 1.5n)M against 2M per epoch for
+n checkpointed iterations: 75-85% with every iteration checkpointed, less when
+the ε budget allows fewer checkpoints (a larger model, shorter epochs), at the
+price of replays that re-run more iterations. At the quick sizes every run
+lasts a few seconds, mostly interpreter start and imports, so the overhead
+ratios are dominated by hindlog's fixed start-up cost (code snapshot, catalog)
+and by noise, and replay cannot beat a re-run by much; the full sizes show the
+trend."""
+
+
+PEERS_INTRO = """\
+The peers run in their own virtual environments (`bench/.venvs/<peer>`, made
+by `bench/peers/setup_<peer>.sh`, never in the project's `.venv`), on their
+own versions of the same four workloads (`bench/peers/<peer>/`): the same data,
+seeds, models, optimizers, loop structure and logged values. See
+`bench/peers/README.md` for what each peer's scripts must do differently.
+Where several full result files exist for a peer (a full run, then re-runs of
+some workloads at a lower load), each workload's row comes from the most
+recent one; the file is named in the last column."""
+
+PYFLOR_NOTES = """\
+**pyflor's quirks** (what its scripts and the harness must do, and why):
+
+- pyflor saves with `torch.save` in the loop after every nested loop, so the
+  fine-tuning shape costs it about 2x in wall time and gigabytes of
+  checkpoints; hindlog's record of the same shape stays within its ε budget.
+- **Values left behind by a skipped nested loop.** When replay skips a nested
+  loop, pyflor restores only the objects given to `Flor.checkpoints`; a local
+  the loop leaves for the code after it (the last `loss`, a running total)
+  would be stale or undefined. Its scripts keep such values in a checkpointed
+  `carry` dict with `state_dict`/`load_state_dict`; hindlog finds and restores
+  these locals itself.
+- **Parallel replay** (`--replay_flor 1/2` and `2/2`; indices start at 1,
+  `0/2` fails an assertion) re-executes the nested loops of each worker's
+  epochs (`probed` defaults to true when n > 1) from a restored model but a
+  fresh RNG (random generators are not part of its checkpoints), so the second
+  worker's values differ from the record. The "probed=False" column gives
+  the nested loops `probed=False`, so both workers restore and skip, with
+  exact values. Two copies starting together race to create its log store
+  ("table watermark already exists"), so the store is created by the
+  one-process replay first.
+- **Distinct names for nested loops.** pyflor counts main-loop iterations by
+  the first nested loop's name, so the CNN's training and validation loops
+  are named.
+- **scikit-learn.** pyflor records a bare estimator but cannot replay it (its
+  journal reader fails with `KeyError: 'csv_ref'`); the estimator is
+  checkpointed through a small adapter that pickles it into a uint8 tensor.
+- It runs in a temporary project whose directory name has no underscore,
+  after `git init` on a `flor.shadow` branch with the script committed, with
+  `HOME` pointing at a fresh folder per record run (its store lives under
+  `$HOME/.flor`); pyflor 2.5.6 has no `flor.arg`, so arguments come from
+  `PEER_ARG_<name>` variables."""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--img", default=str(ROOT / "docs" / "img"))
+    a = p.parse_args()
+    rep = Report(Path(a.results), Path(a.img), Path(a.doc))
+    rep.write()
+    print(f"wrote {a.doc}" + (f" and {len(rep.plots)} plots in {a.img}" if rep.plots else f" ({rep.plot_note or 'no plots'})"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
