@@ -5,7 +5,9 @@
 For each workload in bench/workloads, run the script plain (``HINDLOG_DISABLED=1``:
 every hindlog call is a pass-through) and recorded, alternating, ``--pairs``
 times; report the median of the per-pair ratios, the checkpoints taken and the
-overhead hindlog measured itself. Results: bench/results/record.json.
+overhead hindlog measured itself. With ``--noise`` each pair also runs the
+plain script a second time: the plain/plain ratios are the machine's noise
+floor, against which a 1% overhead must be read. Results: bench/results/record.json.
 """
 
 from __future__ import annotations
@@ -44,19 +46,21 @@ def run_stats(store: Path) -> dict:
     }
 
 
-def bench(name: str, pairs: int, quick: bool) -> dict:
+def bench(name: str, pairs: int, quick: bool, noise: bool = False) -> dict:
     script, argv, what = WORKLOADS_ALL[name]
     env_args = {f"HINDLOG_SET_{k}": str(v) for k, v in (QUICK_ARGS[name] if quick else {}).items()}
     project = new_project({script: WORKLOADS / script})
-    plain, recorded, ratios, stats, cpu_ratios = [], [], [], [], []
+    plain, recorded, ratios, stats, cpu_ratios, aa = [], [], [], [], [], []
     try:
         for k in range(pairs):
             store = project / f".store-{k}"
             order = ["plain", "record"] if k % 2 == 0 else ["record", "plain"]
+            if noise:  # a second plain run: the A/A ratio plain/plain shows the machine's noise floor
+                order = [*order, "plain2"] if k % 2 == 0 else ["plain2", *order]
             times, cpus = {}, {}
             for mode in order:
                 env = dict(env_args)
-                if mode == "plain":
+                if mode in ("plain", "plain2"):
                     env["HINDLOG_DISABLED"] = "1"
                 else:
                     env["HINDLOG_DIR"] = str(store)
@@ -65,6 +69,8 @@ def bench(name: str, pairs: int, quick: bool) -> dict:
             recorded.append(times["record"])
             ratios.append(times["record"] / times["plain"])
             cpu_ratios.append(cpus["record"] / cpus["plain"])
+            if noise:
+                aa.append(times["plain2"] / times["plain"])
             stats.append(run_stats(store))
             print(f"  {name} pair {k}: plain {times['plain']:.2f}s record {times['record']:.2f}s "
                   f"ratio {ratios[-1]:.3f} (CPU {cpu_ratios[-1]:.3f}) load {os.getloadavg()[0]:.1f} checkpoints {len(stats[-1]['checkpointed_iterations'])}/{stats[-1]['iterations']}",
@@ -79,6 +85,8 @@ def bench(name: str, pairs: int, quick: bool) -> dict:
         "checkpointed_iterations_last": last["checkpointed_iterations"],
         "overhead_measured": [s["overhead_measured"] for s in stats],
         "checkpoint_mb_written_last": (last["checkpoint_bytes_written"] or 0) / 2**20,
+        **({"aa_ratios": aa, "median_aa_ratio": median(aa),
+            "aa_spread": (max(aa) - min(aa)) if aa else None} if noise else {}),
     }
 
 
@@ -87,10 +95,11 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workloads", default=",".join(WORKLOADS_ALL))
+    p.add_argument("--noise", action="store_true", help="run plain twice per pair: the plain/plain ratios show the noise floor")
     args = p.parse_args()
     results = []
     for name in args.workloads.split(","):
-        results.append(bench(name, args.pairs, args.quick))
+        results.append(bench(name, args.pairs, args.quick, args.noise))
     data = {
         "benchmark": "record", "command": " ".join(["bench/bench_record.py", *sys.argv[1:]]),
         "machine": machine(), "results": results,

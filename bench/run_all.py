@@ -57,7 +57,7 @@ QUICK_WORKLOADS = {
 SUITE: list[tuple[str, str, list[str], list[str]]] = [
     ("bench_log.py", "log", [], ["--quick", "--out-json", str(RESULTS / "log-quick.json")]),
     ("bench_peer_logcall.py", "peer-logcall", ["--no-setup"], ["--quick", "--no-setup"]),
-    ("bench_record.py", "record", [], ["--quick", "--pairs", "1"]),
+    ("bench_record.py", "record", ["--pairs", "5", "--noise"], ["--quick", "--pairs", "1"]),
     ("bench_replay.py", "replay", [], ["--quick", "--repeats", "1"]),
     # One intra-op thread per process: on a 2-core machine two replay workers then have a core each,
     # which is what the parallel-replay target measures (workers keep the record's thread count).
