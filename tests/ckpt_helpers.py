@@ -14,7 +14,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from dataclasses import dataclass
@@ -22,21 +21,13 @@ from typing import Any
 
 import pytest
 
+from isolation import GIT_IDENTITY, dedent, isolated_env  # noqa: F401 (re-exported to the tests)
+
 PY = sys.executable
 HINDLOG_SCRIPT = Path(sys.executable).with_name("hindlog")
 
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Ckpt Tester",
-    "GIT_AUTHOR_EMAIL": "ckpt@example.com",
-    "GIT_COMMITTER_NAME": "Ckpt Tester",
-    "GIT_COMMITTER_EMAIL": "ckpt@example.com",
-}
 
 ITERATION_END = -1
-
-
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
 
 
 class CkProject:
@@ -57,23 +48,8 @@ class CkProject:
     # ------------------------------------------------------------ processes
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HINDLOG_")}
-        env.update(GIT_IDENTITY)
-        env.update(
-            {
-                "GIT_CONFIG_NOSYSTEM": "1",
-                "GIT_CONFIG_GLOBAL": os.devnull,
-                "GIT_CEILING_DIRECTORIES": str(self.base),
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "PYTHONUNBUFFERED": "1",
-                "HINDLOG_DIR": str(self.store_path),
-                "HINDLOG_FLUSH_INTERVAL": "0.05",
-                # One thread everywhere: identical float results between processes, and kind to busy CPUs.
-                "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1",
-                "OPENBLAS_NUM_THREADS": "1",
-            }
-        )
+        env = isolated_env(self.base)
+        env["HINDLOG_DIR"] = str(self.store_path)
         env.update(extra or {})
         return env
 

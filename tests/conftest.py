@@ -13,27 +13,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from isolation import GIT_IDENTITY, dedent  # noqa: F401 (re-exported to the tests)
+
 PY = sys.executable
 #: The console script installed next to the interpreter (``hindlog = hindlog.cli:main``).
 HINDLOG_SCRIPT = Path(sys.executable).with_name("hindlog")
 
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Test Author",
-    "GIT_AUTHOR_EMAIL": "author@example.com",
-    "GIT_COMMITTER_NAME": "Test Committer",
-    "GIT_COMMITTER_EMAIL": "committer@example.com",
-}
-
-
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
 
 
 class Project:

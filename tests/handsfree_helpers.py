@@ -17,7 +17,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -25,40 +24,18 @@ from typing import Any
 import numpy as np
 import pytest
 
+from isolation import GIT_IDENTITY, dedent, isolated_env  # noqa: F401 (re-exported to the tests)
+
 PY = sys.executable
 
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Handsfree Tester",
-    "GIT_AUTHOR_EMAIL": "handsfree@example.com",
-    "GIT_COMMITTER_NAME": "Handsfree Tester",
-    "GIT_COMMITTER_EMAIL": "handsfree@example.com",
-}
 
 STDOUT = "@stdout"
 #: Every print added in the tests starts with this, so the fresh run's new lines can be told apart.
 MARK = "HS"
 
 
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
 def base_env(ceiling: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HINDLOG_")}
-    env.update(GIT_IDENTITY)
-    env.update(
-        {
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_CEILING_DIRECTORIES": str(ceiling),
-            "HINDLOG_FLUSH_INTERVAL": "0.05",
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            "OPENBLAS_NUM_THREADS": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
+    env = isolated_env(ceiling)
     env.pop("PYTHONPATH", None)
     return env
 

@@ -13,50 +13,28 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from isolation import GIT_IDENTITY, dedent, isolated_env  # noqa: F401 (re-exported to the tests)
+
 PY = sys.executable
 
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "Replay Tester",
-    "GIT_AUTHOR_EMAIL": "replay@example.com",
-    "GIT_COMMITTER_NAME": "Replay Tester",
-    "GIT_COMMITTER_EMAIL": "replay@example.com",
-}
 
 #: Columns of ``hl.dataframe`` that are not loop indices or values.
 META = {"run_id", "code_version"}
 
 
-def dedent(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
 def base_env(ceiling: Path) -> dict[str, str]:
     """The environment of every process a replay test starts (``ceiling``: the test's directory,
     which also holds the temporary files, e.g. the scratch copies replay leaves after a failure)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HINDLOG_")}
+    env = isolated_env(ceiling)
     tmp = ceiling / "tmp"
     tmp.mkdir(exist_ok=True)
     env["TMPDIR"] = str(tmp)
-    env.update(GIT_IDENTITY)
-    env.update(
-        {
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_CEILING_DIRECTORIES": str(ceiling),
-            "HINDLOG_FLUSH_INTERVAL": "0.05",
-            "OMP_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
     return env
 
 

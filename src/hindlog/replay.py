@@ -57,6 +57,8 @@ class RunPlan:
     estimate: float = 0.0
     full_rerun: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: The main loop's name (it always runs; the plan lists the nested loops that must run too).
+    main_loop: str | None = None
 
 
 @dataclass
@@ -211,6 +213,9 @@ def plan_run(
     rows = checkpoint_rows(conn, run["id"])
     checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed)
+    first = conn.execute("SELECT loops FROM contexts WHERE run=? AND iteration IS NOT NULL LIMIT 1", (run["id"],)).fetchone()
+    if first:
+        plan.main_loop = json.loads(first[0])[0][0]
     if run_all_blocks:
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
@@ -306,9 +311,10 @@ def describe_plan(plan: RunPlan) -> str:
         for lo, hi in ranges:
             lines.append(f"  + {path}:{lo}: {src[lo - 1].strip()}" + (" ..." if hi > lo else ""))
     if plan.run_all_blocks:
-        lines.append("  loops that must run: all")
+        lines.append("  nested loops that must run: all")
     else:
-        lines.append(f"  loops that must run: {', '.join(sorted(plan.probed)) or 'none (all nested loops are skipped)'}")
+        must_run = sorted(plan.probed - {plan.main_loop})
+        lines.append(f"  nested loops that must run: {', '.join(must_run) or 'none (all are skipped)'}")
     lines.append(f"  iterations {plan.iterations[0]}:{plan.iterations[1]} of {plan.total_iterations}; "
                  f"checkpointed: {len(plan.checkpointed)}")
     lines.append("  segments: " + ", ".join(f"{s.start}:{s.end}" for s in plan.segments))
