@@ -3,7 +3,8 @@
 Runs in a fresh temporary git project:
 1. records examples/train_cnn.py (a small CNN; it logs only loss and accuracy),
 2. adds two statements it "forgot": the weight norm and the confusion matrix per epoch,
-3. replays them with `hindlog replay` (checkpoint restore, nested loops skipped, 2 workers),
+3. replays them with `hindlog replay` (checkpoint restore, nested loops skipped, as many
+   workers as the cores hold at the record's thread count),
 4. retrains the modified script from scratch to show the replayed values are exactly what
    a full re-run gives, and how much faster replay was.
 """
@@ -62,8 +63,8 @@ def main() -> None:
         script.write_text(source.replace(ANCHOR, ANCHOR + HINDSIGHT))
         print("   " + HINDSIGHT.replace("\n", "\n   "))
 
-        print("3. Replaying: hindlog replay train.py --workers 2")
-        t_replay = run([*hindlog_cli, "replay", "train.py", "--workers", "2"], project, env, quiet=False)
+        print("3. Replaying: hindlog replay train.py")
+        t_replay = run([*hindlog_cli, "replay", "train.py"], project, env, quiet=False)
         print(f"   replayed in {t_replay:.1f}s\n")
 
         store = project / ".hindlog"
