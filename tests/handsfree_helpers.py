@@ -10,7 +10,6 @@ CPU results do not depend on how busy the machine is.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -21,10 +20,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from isolation import GIT_IDENTITY, dedent, isolated_env  # noqa: F401 (re-exported to the tests)
+from script_edits import apply_edits, insert_after, insert_before  # noqa: F401 (re-exported to the tests)
+from value_checks import assert_same_values, same  # noqa: F401 (re-exported to the tests)
 
 PY = sys.executable
 
@@ -222,64 +222,7 @@ def marked_lines(output: list[tuple[int | None, int, str]], mark: str = MARK) ->
     return dict(out)
 
 
-# ----------------------------------------------------------------- editing scripts
-
-
-def insert_after(text: str, anchor: str, new: str, occurrence: int = 1) -> str:
-    """``text`` with the lines ``new`` inserted after the line containing ``anchor``
-    (its ``occurrence``-th), indented like that line."""
-    lines = text.splitlines(keepends=True)
-    hits = [k for k, line in enumerate(lines) if anchor in line]
-    assert len(hits) >= occurrence, f"anchor {anchor!r} occurs {len(hits)} times"
-    k = hits[occurrence - 1]
-    indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
-    block = [indent + line + "\n" if line.strip() else "\n" for line in dedent(new).splitlines()]
-    return "".join(lines[: k + 1] + block + lines[k + 1 :])
-
-
-def insert_before(text: str, anchor: str, new: str, occurrence: int = 1) -> str:
-    lines = text.splitlines(keepends=True)
-    hits = [k for k, line in enumerate(lines) if anchor in line]
-    assert len(hits) >= occurrence, f"anchor {anchor!r} occurs {len(hits)} times"
-    k = hits[occurrence - 1]
-    indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
-    block = [indent + line + "\n" if line.strip() else "\n" for line in dedent(new).splitlines()]
-    return "".join(lines[:k] + block + lines[k:])
-
-
-def apply_edits(text: str, edits: list[tuple[str, str]]) -> str:
-    """Apply ``(anchor, new lines)`` insertions in order: after the anchor's first line, or
-    before it when the anchor starts with ``^``."""
-    for anchor, new in edits:
-        if anchor.startswith("^"):
-            text = insert_before(text, anchor[1:], new)
-        else:
-            text = insert_after(text, anchor, new)
-    return text
-
-
 # ----------------------------------------------------------------- comparing
-
-
-def same(a: Any, b: Any) -> bool:
-    """Exact equality of logged values (arrays element-wise, NaN equal to NaN)."""
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        a, b = np.asarray(a), np.asarray(b)
-        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return type(a) is type(b) and a == b
-
-
-def assert_same_values(got: dict[Any, Any], want: dict[Any, Any], what: str) -> None:
-    assert want, f"{what}: the ground truth has no values (bad test)"
-    missing = sorted(set(want) - set(got))
-    extra = sorted(set(got) - set(want))
-    assert not missing and not extra, f"{what}: contexts differ; missing {missing[:5]}, extra {extra[:5]}"
-    wrong = [(k, got[k], want[k]) for k in sorted(want) if not same(got[k], want[k])]
-    assert not wrong, f"{what}: {len(wrong)} of {len(want)} values differ, e.g. " + "; ".join(
-        f"{k}: replayed {g!r}, fresh run {w!r}" for k, g, w in wrong[:3]
-    )
 
 
 def normalize_traceback(text: str) -> str:

@@ -290,7 +290,7 @@ class Persister:
 
     def _write_tensor(self, ft: FrozenTensor) -> None:
         view = self._bytes_of(ft)
-        name = digest(view)
+        name = ft.content or digest(view)
         if self.objects.exists(name):
             self.objects.touch(name)
         else:

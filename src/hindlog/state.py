@@ -115,6 +115,8 @@ class FrozenTensor:
     cache_entry: Any = None
     pool: Any = None
     pinned: bool = False
+    #: The object name of ``data`` when freezing already computed it (NumPy arrays).
+    content: str | None = None
 
     def release(self) -> None:
         """The copy has been written: hand its buffer back for the next checkpoint."""
@@ -229,7 +231,7 @@ class Freezer:
             return entry.frozen
         copy = page_aligned(value.nbytes).view(value.dtype).reshape(value.shape)
         np.copyto(copy, value)
-        frozen = FrozenTensor("numpy", value.dtype.str, tuple(value.shape), copy)
+        frozen = FrozenTensor("numpy", value.dtype.str, tuple(value.shape), copy, content=content)
         try:
             ref = weakref.ref(value)
         except TypeError:
