@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import calendar
+import sqlite3
+import subprocess
+import sys
 import time
 
 from conftest import Lines, Project, stop
@@ -78,3 +81,31 @@ def test_four_processes_each_logging_10000_records(project: Project) -> None:
         assert project.git("rev-parse", f"refs/hindlog/runs/{i}").strip() == runs.loc[i, "code_version"]
     assert project.git("status", "--porcelain") == status_before
     assert not list((project.root / ".git").glob("**/*.lock"))
+
+
+OPEN_AT = """
+import sys, time
+from pathlib import Path
+from hindlog import catalog
+start = float(sys.argv[2])
+while time.time() < start:  # every process opens the new catalog at the same instant
+    pass
+conn = catalog.connect(Path(sys.argv[1]))
+catalog.insert_run(conn, {"run_id": sys.argv[3], "status": "running", "started": time.time()})
+conn.close()
+"""
+
+
+def test_processes_opening_a_new_catalog_at_the_same_instant_all_succeed(tmp_path) -> None:
+    # Switching a new database to WAL fails at once ("database is locked") when another
+    # process opens it at that moment; every process must still get in.
+    for attempt in range(5):
+        db = tmp_path / f"store-{attempt}" / "catalog.db"
+        start = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, str(db), str(start), f"run-{k}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(6)]
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 6

@@ -130,7 +130,18 @@ def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     """Open (creating if needed) the catalog at ``path`` and check its schema version."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
+    # Switching a new database to WAL needs it alone, and SQLite reports "database is locked" at
+    # once, without its busy handler, when other processes open it at the same moment.
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                conn.close()
+                raise
+            time.sleep(0.005)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
