@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import hindlog as hl
-from hindlog.checkpoint import read_checkpoint
+from hindlog.checkpoint import Policy, read_checkpoint
 
 from ckpt_helpers import (
     ITERATION_END,
@@ -240,6 +240,60 @@ def test_expensive_state_is_checkpointed_sparsely_within_epsilon(tmp_path: Path)
     assert info["overhead"] <= info["epsilon"] == 0.05, info["overhead"]
     assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id))
     assert [v for (_it, name), v in proj.by_iteration(run_id).items() if name == "x"] == [[float(i + 1)] for i in range(60)]
+
+
+def _policy_with_baseline(iteration_seconds: float = 0.1) -> Policy:
+    policy = Policy(0.05, start=0.0)
+    for _ in range(5):
+        policy.observe(iteration_seconds, persisting=0.0, background_cpu=0.0)
+    return policy
+
+
+def test_policy_charges_the_slowdown_a_persist_causes_beyond_its_cpu_time() -> None:
+    policy = _policy_with_baseline(0.1)
+    # A persist overlaps one iteration: 40 ms slower than the quiet ones, 20 ms of persister CPU.
+    policy.charge(0.0, 0.02, checkpoint=False)
+    policy.observe(0.14, persisting=0.06, background_cpu=0.0)
+    assert policy.weight == 1.0  # measured once the persist is over
+    policy.observe(0.1, persisting=0.0, background_cpu=0.02)
+    assert policy.weight == pytest.approx(2.0)
+    # The CPU charged at the old weight is made up to the new one: 40 ms in all.
+    assert policy.spent == pytest.approx(0.04)
+    # And the next checkpoint's expected cost uses it.
+    policy.persist_cpu = 0.02
+    policy.cost = 0.01
+    assert not policy.decide(5, now=1.0)  # 0.04 + 0.01 + 2 x 0.02 > 0.8 x 0.05 x 1 s
+    assert policy.decide(5, now=3.0)
+
+
+def test_policy_weight_is_at_least_the_cpu_time_and_ignores_noise_beyond_the_persist() -> None:
+    # A persist that does not slow training is still charged its CPU time.
+    policy = _policy_with_baseline(0.1)
+    policy.charge(0.0, 0.02, checkpoint=False)
+    policy.observe(0.1, persisting=0.03, background_cpu=0.0)
+    policy.observe(0.1, persisting=0.0, background_cpu=0.02)
+    assert policy.weight == 1.0 and policy.spent == pytest.approx(0.02)
+    # An iteration 2 s slower while a 10 ms persist ran: at most those 10 ms are its doing.
+    policy = _policy_with_baseline(0.1)
+    policy.charge(0.0, 0.005, checkpoint=False)
+    policy.observe(2.1, persisting=0.01, background_cpu=0.0)
+    policy.observe(0.1, persisting=0.0, background_cpu=0.005)
+    assert policy.weight == pytest.approx(2.0)
+    # Without enough quiet iterations to compare with, nothing is measured.
+    policy = Policy(0.05, start=0.0)
+    policy.charge(0.0, 0.02, checkpoint=False)
+    policy.observe(0.5, persisting=0.1, background_cpu=0.0)
+    policy.observe(0.1, persisting=0.0, background_cpu=0.02)
+    assert policy.weight == 1.0
+
+
+def test_a_recorded_run_reports_what_the_policy_charged(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", CHEAP.replace("0.4", "0.05"))
+    run_id = last_json(proj.run("train.py").stdout)["run"]
+    charged = proj.run_info(run_id)["info"]["checkpoint_charged"]
+    assert charged["blocked_seconds"] > 0 and charged["persister_cpu_seconds"] > 0
+    assert 1.0 <= charged["background_weight"] <= 4.0
 
 
 # ----------------------------------------------------------------- declaring state

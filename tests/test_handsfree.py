@@ -441,6 +441,10 @@ def test_instrumented_run_behaves_like_python(recorded: Recorded) -> None:
     for iteration, _s, line in output:
         if line.startswith("epoch "):
             assert iteration == int(line.split()[1]), output
+    epochs = [line for line in py.stdout.splitlines() if line.startswith("epoch ")]
+    if epochs:
+        # One recorded iteration per run of the body: a while loop's failing check is not one.
+        assert len(row["info"]["iteration_seconds"]) == len(epochs), row["info"]["iteration_seconds"]
     assert proj.checkpoint_iterations(run), "the hands-free run has no checkpoints"
 
 

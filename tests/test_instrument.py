@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from hindlog import instrument
+from hindlog.handsfree import WhileCondition
 from hindlog.instrument import RUNTIME, find_main_loop, loop_names
 
 
@@ -40,6 +41,7 @@ class FakeRuntime:
     """What instrumented code calls, recording the calls; iterables pass through unchanged."""
 
     count = staticmethod(itertools.count)
+    while_condition = WhileCondition
 
     def __init__(self) -> None:
         self.entered: list[tuple[str, str]] = []
@@ -414,6 +416,44 @@ def test_while_else_runs_when_the_condition_fails() -> None:
     """
     plain, inst, rt = run_both(text.replace("opt_step = True", "log.sort()"))
     assert inst["log"] == plain["log"] and plain["log"][-1] == "else"
+    assert rt.entered[0] == ("main", "iteration")
+
+
+def test_while_main_loop_iterates_once_per_body_run_and_a_walrus_condition_still_works() -> None:
+    text = """
+    seen = []
+    i = 0
+    while i < 3:
+        for step in range(2):
+            opt_step = step
+        seen.append(i)
+        i += 1
+    """
+    tree = ast.parse(src(text))
+    instrument.instrument(tree, is_script=True)
+    rewritten = ast.unparse(tree)
+    assert "while_condition(lambda: i < 3)" in rewritten and "if not" not in rewritten
+    # The condition is checked by the loop's iterator: three iterations, not a fourth that breaks.
+    ran: list[int] = []
+    for k in WhileCondition(lambda: len(ran) < 3):
+        ran.append(k)
+    assert ran == [0, 1, 2]
+    # Skipping (replay, resume) advances without checking the condition.
+    checks = []
+    cond = WhileCondition(lambda: checks.append(1) or len(checks) < 3)
+    cond.skip(5)
+    assert next(cond) == 5 and len(checks) == 1
+    # A condition that assigns cannot move into a lambda: it stays in the body, same behaviour.
+    walrus = """
+    out = []
+    data = iter([1, 2, 3])
+    while (x := next(data, None)) is not None:
+        for step in range(1):
+            opt_step = step
+        out.append(x)
+    """
+    plain, inst, rt = run_both(walrus)
+    assert inst["out"] == plain["out"] == [1, 2, 3] and inst["x"] is None
     assert rt.entered[0] == ("main", "iteration")
 
 

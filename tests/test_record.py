@@ -441,6 +441,23 @@ def test_init_rejects_a_bad_epsilon(inproc: Project) -> None:
         hl.init(epsilon=2.0)
 
 
+@pytest.mark.parametrize("raw", ["1", "5%", "-0.1"])
+def test_a_bad_epsilon_in_the_environment_is_named_and_training_goes_on(project: Project, raw: str) -> None:
+    proc = project.run(
+        """
+        import hindlog as hl
+        total = 0
+        for i in hl.loop("step", range(3)):
+            total += hl.log("x", i)
+        print("total", total)
+        """,
+        env={"HINDLOG_EPSILON": raw},
+    )
+    assert proc.stdout.strip() == "total 3"
+    assert "HINDLOG_EPSILON=" in proc.stderr and raw in proc.stderr, proc.stderr
+    assert "Fix the setting" in proc.stderr and "writable" not in proc.stderr
+
+
 def test_disabled_is_a_pass_through_and_creates_no_store(project: Project) -> None:
     project.run(
         """

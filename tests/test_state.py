@@ -24,6 +24,7 @@ from hindlog.state import (
     set_frame_locals,
     set_rng_state,
     state_of,
+    tensor_specs,
     thaw,
 )
 
@@ -129,6 +130,32 @@ def test_large_array_unchanged_since_the_last_freeze_is_not_copied_again() -> No
     fourth: list = []
     freezer.freeze({"y": same_content}, fourth)
     assert fourth[0] is not third[0]
+
+
+def test_buffers_reserved_ahead_receive_the_first_freeze_of_a_model_and_optimizer() -> None:
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 2))
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 256)).sum().backward()
+    opt.step()  # Adam's moments exist from the first step on
+    opt_decl, model_decl = declare("opt", opt), declare("model", model)
+    specs = tensor_specs(state_of(model_decl), torch) + tensor_specs(state_of(opt_decl), torch)
+    # Weights and biases, and two moments (plus the step counter) for each of them.
+    assert sorted(specs) == sorted([((128, 256), torch.float32)] * 3 + [((128,), torch.float32)] * 3
+                                   + [((2, 128), torch.float32)] * 3 + [((2,), torch.float32)] * 3
+                                   + [((), torch.float32)] * 4)
+    freezer = Freezer()
+    freezer.pool.reserve(torch, specs)
+    reserved = {b.data_ptr() for bufs in freezer.pool._free.values() for b in bufs}
+    assert len(reserved) == 3  # only the large ones are pooled: the three 128 KB (128, 256) tensors
+    tensors: list = []
+    skeleton = {"model": freezer.freeze(state_of(model_decl), tensors), "opt": freezer.freeze(state_of(opt_decl), tensors)}
+    large = [ft for ft in tensors if ft.nbytes >= 64 * 1024]
+    assert len(large) == 3 and {ft.data.data_ptr() for ft in large} == reserved
+    # The copies are the state's values, not the zeroed buffers.
+    restored = thaw(skeleton, [ft.data for ft in tensors])
+    assert torch.equal(restored["model"]["0.weight"], model[0].weight)
+    assert torch.equal(restored["opt"]["state"][0]["exp_avg"], opt.state[model[0].weight]["exp_avg"])
 
 
 @pytest.mark.parametrize("obj", [{"a": [1, 2], "b": {"c": 3}}, [1, "two", 3.0], Plain(7)], ids=["dict", "list", "object"])

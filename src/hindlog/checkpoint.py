@@ -15,11 +15,11 @@ checkpoints become visible only once the iteration completed and all of its
 data is durable, so a crash (or ``kill -9``) never leaves a partial or
 mid-iteration checkpoint visible.
 
-The policy keeps the time training is blocked (plus a share of the
-persister's CPU time, which competes with training) under ε of the elapsed
-time, taking as many evenly spaced checkpoints as that allows, and never
-waits for an earlier persist: if one is still running, the iteration is
-skipped.
+The policy keeps the time training is blocked (plus the persister's CPU
+time, which competes with training, scaled by the slowdown it is measured to
+cause) under ε of the elapsed time, taking as many evenly spaced checkpoints
+as that allows, and never waits for an earlier persist: if one is still
+running, the iteration is skipped.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ import json
 import os
 import pickle
 import queue
+import statistics
 import sys
 import threading
 import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -50,6 +52,7 @@ from .state import (
     dumps_skeleton,
     rng_state,
     state_of,
+    tensor_specs,
     thaw,
 )
 
@@ -58,10 +61,17 @@ FORMAT = 1
 #: Tensors smaller than this are stored inside the checkpoint's skeleton object instead of
 #: as objects of their own: dedup does not pay for them, and fewer files are faster.
 INLINE_BYTES = 64 * 1024
-#: Share of the persister's CPU time charged to the overhead budget. Training keeps every
-#: core busy (torch uses one thread per core), so a second of hashing and writing in the
-#: background costs training about a second: measured on the fine-tuning benchmark.
+#: Least share of the persister's CPU time charged to the overhead budget. Training keeps
+#: every core busy (torch uses one thread per core), so a second of hashing and writing in
+#: the background costs training at least about a second; where it costs more (memory
+#: bandwidth shared with training), the policy measures that and charges more.
 BACKGROUND_WEIGHT = 1.0
+#: The measured slowdown is charged at most this many times the persister's CPU time.
+MAX_BACKGROUND_WEIGHT = 4.0
+#: Iterations with no persist running that make the baseline iteration time (the latest ones).
+BASELINE_ITERATIONS = 15
+#: Quiet iterations needed before the slowdown during persists is measured against them.
+MIN_BASELINE = 3
 #: Fraction of ε the policy aims for, leaving room for noise.
 SAFETY = 0.8
 
@@ -77,6 +87,15 @@ class Policy:
     run's elapsed time (with a safety margin, except for the last iteration).
     In steady state this spaces checkpoints evenly, every iteration when they
     are cheap.
+
+    What a checkpoint costs training is the time it blocks the training thread
+    plus the slowdown the background persist causes while it runs. The second
+    is at least the persister's CPU time on a machine whose cores training
+    fills, and can be more (hashing and writing share memory bandwidth with
+    the optimizer step). The policy measures it: it compares the iterations
+    that a persist overlapped with the median of recent iterations that none
+    did, and charges the persister's CPU time times the observed ratio (at
+    least ``BACKGROUND_WEIGHT``).
     """
 
     def __init__(self, epsilon: float, start: float, total: int | None = None) -> None:
@@ -84,21 +103,30 @@ class Policy:
         self.total = total
         self.start = start
         self.spent = 0.0  # blocked + weighted background seconds, charged so far
-        self.cost: float | None = None  # EWMA of one checkpointed iteration's cost
+        self.cost: float | None = None  # EWMA of one checkpointed iteration's blocked cost
         self.initial_cost = 0.02  # until one is measured; raised by estimate_first()
         self.taken = 0
         #: Wall seconds the persister takes for one iteration's checkpoint (EWMA). The run's
         #: end waits for the last persist, so the last iteration must budget all of it.
         self.persist_wall: float | None = None
-        #: CPU seconds of the persister per iteration's checkpoint (EWMA), charged at BACKGROUND_WEIGHT.
+        #: CPU seconds of the persister per iteration's checkpoint (EWMA), charged at ``weight``.
         self.persist_cpu: float | None = None
+        #: Seconds of training slowdown charged per second of persister CPU.
+        self.weight = BACKGROUND_WEIGHT
+        #: Persister CPU seconds so far (all of it, charged or not).
+        self.background_cpu = 0.0
+        self._quiet: deque[float] = deque(maxlen=BASELINE_ITERATIONS)
+        self._episode: list[float] | None = None  # [slowdown so far, background CPU at its start]
+        self._slowdown = 0.0  # measured over the persists observed so far ...
+        self._slowdown_cpu = 0.0  # ... and the persister CPU time they took
 
-    def estimate_first(self, state_bytes: int) -> None:
+    def estimate_first(self, state_bytes: int, buffers_ready: bool = False) -> None:
         """A first cost estimate from the state's size: a copy into fresh memory at about 1 GB/s
-        (page faults included; bench/bench_persist.py), plus the one-time work of the first
-        checkpoint (reading the loops' source). Hashing and writing happen in the background
-        at a small fraction of that (XXH3, direct I/O)."""
-        self.initial_cost = 0.005 + state_bytes / 1e9
+        (page faults included; bench/bench_persist.py), or at 5 GB/s into buffers mapped ahead
+        (14 GB/s measured), plus the one-time work of the first checkpoint (reading the loops'
+        source). Hashing and writing happen in the background at a fraction of that (XXH3,
+        direct I/O)."""
+        self.initial_cost = 0.005 + state_bytes / (5e9 if buffers_ready else 1e9)
 
     def decide(self, i: int, now: float | None = None) -> bool:
         if self.epsilon <= 0:
@@ -106,7 +134,7 @@ class Policy:
         now = time.perf_counter() if now is None else now
         cost = self.cost if self.cost is not None else self.initial_cost
         if self.persist_cpu is not None:
-            cost += BACKGROUND_WEIGHT * self.persist_cpu
+            cost += self.weight * self.persist_cpu
         last = self.total is not None and i == self.total - 1
         if last:
             cost += self.persist_wall if self.persist_wall is not None else cost
@@ -114,7 +142,8 @@ class Policy:
         return self.spent + cost <= self.epsilon * margin * (now - self.start)
 
     def charge(self, blocked: float, background_cpu: float = 0.0, checkpoint: bool = True) -> None:
-        cost = blocked + BACKGROUND_WEIGHT * background_cpu
+        self.background_cpu += background_cpu
+        cost = blocked + self.weight * background_cpu
         self.spent += cost
         if not checkpoint:
             return
@@ -124,6 +153,37 @@ class Policy:
             self.initial_cost = min(self.initial_cost, cost)
             return
         self.cost = cost if self.cost is None else max(0.7 * self.cost + 0.3 * cost, cost * 0.5)
+
+    def observe(self, seconds: float, persisting: float, background_cpu: float) -> None:
+        """One main-loop iteration's wall time, less the time it was blocked; ``persisting``:
+        wall seconds a persist ran during it; ``background_cpu``: the persister's CPU seconds
+        (all so far) when the iteration began."""
+        if persisting <= 0:
+            if self._episode is not None:
+                self._end_episode()
+            self._quiet.append(seconds)
+            return
+        if len(self._quiet) < MIN_BASELINE:
+            return
+        if self._episode is None:
+            self._episode = [0.0, background_cpu]
+        # Noise in the iteration time beyond what the persist could cause is not its doing.
+        excess = seconds - statistics.median(self._quiet)
+        self._episode[0] += max(-persisting, min(persisting, excess))
+
+    def _end_episode(self) -> None:
+        slowdown, cpu0 = self._episode or (0.0, 0.0)
+        self._episode = None
+        cpu = self.background_cpu - cpu0
+        if cpu <= 0:
+            return
+        self._slowdown += slowdown
+        self._slowdown_cpu += cpu
+        measured = self._slowdown / self._slowdown_cpu
+        weight = min(MAX_BACKGROUND_WEIGHT, max(BACKGROUND_WEIGHT, measured))
+        # What was charged for these persists at the old weight is made up to the new one.
+        self.spent += (weight - self.weight) * self.background_cpu
+        self.weight = weight
 
 
 def process_start(fallback: float) -> float:
@@ -168,6 +228,8 @@ class Persister:
         self._warned = False
         self.committed: list[int] = []
         self.bytes_written = 0
+        #: (wall seconds of finished work, start of the item in progress or None), replaced as one.
+        self._busy: tuple[float, float | None] = (0.0, None)
         self._iteration_wall = 0.0
         self._iteration_cpu = 0.0
         #: Files written for each iteration's checkpoint, flushed to disk before it is committed.
@@ -177,6 +239,11 @@ class Persister:
 
     def idle(self) -> bool:
         return self.outstanding == 0
+
+    def busy_seconds(self, now: float) -> float:
+        """Wall seconds spent persisting so far, the item in progress included."""
+        done, started = self._busy
+        return done + (now - started if started is not None else 0.0)
 
     def submit(self, frozen: Frozen) -> None:
         with self._lock:
@@ -193,6 +260,12 @@ class Persister:
             self.outstanding += 1
         self.queue.put(("discard", iteration))
 
+    def prepare(self, work: Any) -> None:
+        """Run ``work()`` (preparation for later checkpoints) in the background."""
+        with self._lock:
+            self.outstanding += 1
+        self.queue.put(("prepare", work))
+
     def close(self, timeout: float | None = None) -> None:
         self.queue.put(None)
         self._thread.join(timeout)
@@ -204,6 +277,7 @@ class Persister:
                 return
             cpu0 = time.thread_time()
             wall0 = time.perf_counter()
+            self._busy = (self._busy[0], wall0)
             try:
                 if isinstance(item, Frozen):
                     self._persist(item)
@@ -211,6 +285,11 @@ class Persister:
                     action, iteration = item
                     if action == "commit":
                         self._commit(iteration)
+                    elif action == "prepare":
+                        try:
+                            iteration()
+                        except Exception:
+                            pass  # only an optimisation: the checkpoint allocates what it needs
                     else:
                         self._done.pop(iteration, None)
                         self._failed.discard(iteration)
@@ -218,9 +297,13 @@ class Persister:
             finally:
                 cpu = time.thread_time() - cpu0
                 self.policy.charge(0.0, cpu, checkpoint=False)
-                self._iteration_wall += time.perf_counter() - wall0
-                self._iteration_cpu += cpu
-                if not isinstance(item, Frozen):
+                wall = time.perf_counter() - wall0
+                self._busy = (self._busy[0] + wall, None)
+                preparing = isinstance(item, tuple) and item[0] == "prepare"
+                if not preparing:
+                    self._iteration_wall += wall
+                    self._iteration_cpu += cpu
+                if not isinstance(item, Frozen) and not preparing:
                     # One iteration's checkpoint persisted: what it took, wall clock and CPU.
                     p = self.policy
                     w, c = self._iteration_wall, self._iteration_cpu
@@ -351,6 +434,10 @@ class Checkpointer:
         self._iteration = 0
         self.main_frame: FrameType | None = None
         self._iter_hindlog = 0.0
+        self._iter_start = 0.0
+        self._iter_busy = 0.0
+        self._iter_background = 0.0
+        self._buffers_ready = False
         self._warned_undeclared = False
         self._unpicklable: set[str] = set()
 
@@ -364,6 +451,9 @@ class Checkpointer:
             self.policy.total = None
 
     def iteration_begin(self, i: int) -> None:
+        self._iter_start = time.perf_counter()
+        self._iter_busy = self.persister.busy_seconds(self._iter_start)
+        self._iter_background = self.policy.background_cpu
         self._iter_hindlog = 0.0
         self._iteration = i
         self._decided = False
@@ -376,10 +466,30 @@ class Checkpointer:
         if not self._decided:
             self._decided = True
             if self.policy.cost is None and self.policy.taken == 0:
-                self.policy.estimate_first(self._state_bytes())
+                self.policy.estimate_first(self._state_bytes(), self._buffers_ready)
             # The last iteration queues behind a running persist rather than being skipped.
             self.active = (self.persister.idle() or self._last) and self.policy.decide(self._iteration)
+            if not self.active and not self._buffers_ready and self.policy.taken == 0 and self.policy.epsilon > 0:
+                self._prepare_buffers()
         return self.active
+
+    def _prepare_buffers(self) -> None:
+        """Have the persister map the snapshot buffers while training waits for the budget of
+        the first checkpoint (optimizer state exists once the first iteration ran)."""
+        self._buffers_ready = True
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return
+        specs = []
+        for d in self.declared.values():
+            if d.kind in ("module", "stateful"):
+                try:
+                    specs.extend(tensor_specs(state_of(d), torch))
+                except Exception:
+                    return
+        if specs:
+            pool = self.freezer.pool
+            self.persister.prepare(lambda: pool.reserve(torch, specs))
 
     def _state_bytes(self) -> int:
         total = 0
@@ -402,6 +512,10 @@ class Checkpointer:
 
     def iteration_end(self, i: int, frame: FrameType) -> None:
         t_end = time.perf_counter()
+        persisting = self.persister.busy_seconds(t_end) - self._iter_busy
+        if persisting <= 0 and not self.persister.idle():
+            persisting = 1e-9  # work queued but not started: not a quiet iteration, no slowdown yet
+        self.policy.observe(t_end - self._iter_start - self._iter_hindlog, persisting, self._iter_background)
         if self._may_snapshot():
             facts = sourceinfo.loop_facts(frame)
             names = set(facts.live_after) | set(facts.carried) | self._containers(frame, facts.mutated) if facts else set()

@@ -39,7 +39,8 @@ def epsilon(explicit: float | None = None) -> float:
     """The overhead bound ε, from the argument, ``HINDLOG_EPSILON`` or the default."""
     value = explicit if explicit is not None else _env_float("HINDLOG_EPSILON", DEFAULT_EPSILON)
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"epsilon must be in [0, 1), got {value!r}")
+        where = "" if explicit is not None else f"HINDLOG_EPSILON={os.environ.get('HINDLOG_EPSILON')}: "
+        raise ValueError(f"{where}epsilon must be in [0, 1) (a fraction of the run's time, e.g. 0.05), got {value!r}")
     return value
 
 

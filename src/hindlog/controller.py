@@ -62,6 +62,16 @@ def replaying() -> bool:
         return False
 
 
+def skip(it: Iterator[Any], n: int) -> Iterator[Any]:
+    """``it`` after its first ``n`` items, which a restored checkpoint stands for. An iterator
+    that can skip without computing them (a ``while`` loop's condition) is not run."""
+    skip_items = getattr(it, "skip", None)
+    if callable(skip_items):
+        skip_items(n)
+        return it
+    return itertools.islice(it, n, None)
+
+
 def loops_key(ctx: tuple[Any, ...]) -> str:
     """The catalog's text form of a loop context (as the writer stores it)."""
     return json.dumps([[c[0], c[1]] for c in ctx])
@@ -115,7 +125,7 @@ class Controller:
         apply(loaded, self.recorder.declared, frame, strict=False)
         self.recorder.restore_seconds += time.perf_counter() - t0
         first = loaded.iteration + 1
-        return first, itertools.islice(it, first, None)
+        return first, skip(it, first)
 
 
 class ResumeController(Controller):
@@ -155,7 +165,7 @@ class ResumeController(Controller):
         loaded = self.loaded
         apply(loaded, self.recorder.declared, frame, strict=False)
         first = loaded.iteration + 1
-        return first, itertools.islice(it, first, None)
+        return first, skip(it, first)
 
 
 class ReplayController(Controller):

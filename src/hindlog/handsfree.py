@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,36 @@ STDOUT = "@stdout"
 _SKIP_TYPES = ("DataLoader", "Dataset", "Sampler", "Logger", "SummaryWriter", "tqdm", "Thread", "Lock", "Random")
 
 
+class WhileCondition:
+    """The iterations of ``while COND:``: the next one exists while ``condition()`` is true.
+
+    Checking the condition in the iterator, not in the loop's body, means the final,
+    failing check is not an iteration of its own. A replay or resume that starts at
+    iteration k skips the first k without checking (the state they would be checked
+    on is restored afterwards)."""
+
+    def __init__(self, condition: Callable[[], Any]) -> None:
+        self.condition = condition
+        self.position = 0
+
+    def __iter__(self) -> WhileCondition:
+        return self
+
+    def __next__(self) -> int:
+        if not self.condition():
+            raise StopIteration
+        self.position += 1
+        return self.position - 1
+
+    def skip(self, n: int) -> None:
+        self.position += n
+
+
 class Runtime:
     """What instrumented code calls."""
 
     count = staticmethod(itertools.count)
+    while_condition = WhileCondition
 
     def __init__(self) -> None:
         self.report: list[str] = []

@@ -293,6 +293,24 @@ def _wrap(loop: ast.AST, func: str, name: str) -> list[ast.stmt]:
         loop.iter = ast.copy_location(call(loop.iter), loop.iter)
         return [loop]
     assert isinstance(loop, ast.While)
+    if not any(isinstance(n, (ast.NamedExpr, ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(loop.test)):
+        # while COND: BODY else: ELSE  ->  for _ in loop(while_condition(lambda: COND)): BODY else: ELSE
+        condition = ast.Call(
+            func=ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="while_condition", ctx=ast.Load()),
+            args=[ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[]), body=loop.test)],
+            keywords=[],
+        )
+        new = ast.For(
+            target=ast.Name(id=f"__hindlog_{name}", ctx=ast.Store()),
+            iter=call(condition),
+            body=loop.body,
+            orelse=loop.orelse,
+            type_comment=None,
+        )
+        ast.copy_location(new, loop)
+        return [new]
+    # A condition that assigns (``:=``) or yields cannot move into a lambda: it is checked at the
+    # top of the body instead, and its last, failing check is an iteration of its own.
     # while COND: BODY else: ELSE  ->  for _ in loop(count()): if not COND: ELSE; break / BODY
     counter = ast.Call(
         func=ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="count", ctx=ast.Load()), args=[], keywords=[]

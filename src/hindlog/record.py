@@ -34,9 +34,13 @@ def _start(**kwargs: Any) -> Recorder | None:
         if os.environ.get("HINDLOG_CONTROL"):
             raise  # a replay worker or resumed run that cannot attach must fail, not run unrecorded
         _broken = True
+        advice = (
+            "Fix the setting named above." if isinstance(e, ValueError)
+            else "Check that the project directory is writable, or set HINDLOG_DIR."
+        )
         warnings.warn(
             f"hindlog: could not start recording ({type(e).__name__}: {e}); training goes on "
-            "but nothing is being logged. Check that the project directory is writable, or set HINDLOG_DIR.",
+            f"but nothing is being logged. {advice}",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -28,6 +28,9 @@ from .store import Store
 from .values import capture, check_name
 from .writer import Writer, recover_spills
 
+#: Least time between the commits that main-loop iteration ends ask of the writer.
+WAKE_SECONDS = 0.05
+
 _last_id_lock = threading.Lock()
 _last_id = ""
 
@@ -65,6 +68,7 @@ class Recorder:
         self.name = name
         self.started = time.time()
         self._clock_start = time.perf_counter()
+        self._last_wake = 0.0
         self.run_id = new_run_id()
         self.ctx: tuple[Any, ...] = ()
         self.depth = 0
@@ -273,7 +277,14 @@ class Recorder:
             self.checkpointer.iteration_end(i, frame)
         if self.controller is not None:
             self.controller.iteration_end(i)
-        self.writer.wake()
+        # An iteration's records are committed as it ends, but at most every WAKE_SECONDS: a
+        # commit per iteration of a fast loop competes with training for the CPU (on a
+        # 300-iteration loop of 1 ms NumPy steps, 0.5 ms per iteration: a woken thread stalls
+        # a multi-threaded BLAS call).
+        now = time.perf_counter()
+        if now - self._last_wake >= WAKE_SECONDS:
+            self._last_wake = now
+            self.writer.wake()
 
     def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None) -> Iterator[Any]:
         frame = frame or sys._getframe(1)
@@ -358,7 +369,15 @@ class Recorder:
                 "block_seconds": self.block_seconds,
             }
             if self.checkpointer is not None:
+                policy = self.checkpointer.policy
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
+                # What the policy charged, to read the overhead by: the time training was blocked,
+                # and the persister's CPU time times the slowdown it was measured to cause.
+                timing["checkpoint_charged"] = {
+                    "blocked_seconds": self.blocked,
+                    "persister_cpu_seconds": policy.background_cpu,
+                    "background_weight": policy.weight,
+                }
             self.writer.change("update_run", fields)
             self.writer.change("info", timing)
         self.writer.close()
