@@ -1,6 +1,6 @@
 """Benchmark: hands-free mode on unmodified scripts, record overhead and replay speed.
 
-    .venv/bin/python bench/bench_handsfree.py [--pairs 3] [--quick] [--wait-load X]
+    .venv/bin/python bench/bench_handsfree.py [--pairs 3] [--quick] [--wait-load X] [--malloc steady|default]
         [--workloads cnn-engine,while-early,sklearn-partial-fit,lstm-last-loss,cnn,finetune,lstm,sklearn]
 
 Two kinds of workloads, none of which imports hindlog:
@@ -21,7 +21,9 @@ Two kinds of workloads, none of which imports hindlog:
 For each workload, in a temporary git project (stores outside it):
 
 - record overhead: ``python SCRIPT`` against ``hindlog run SCRIPT``, alternating the
-  order, ``--pairs`` pairs, median of the per-pair wall ratios (target <= 1.05);
+  order, ``--pairs`` pairs, median of the per-pair wall ratios (target <= 1.05),
+  after one untimed warm-up run, with glibc's allocator held steady for both
+  (``common.STEADY_MALLOC``; ``--malloc default`` leaves it adaptive);
   the checkpoints each recording took (distinct main-loop iterations in the store's
   ``checkpoints`` table) and its main-loop iterations;
 - replay: a ``print(...)`` of a per-epoch value added at main-loop level, then
@@ -50,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_replay import CASES  # noqa: E402
-from common import GIT_ENV, PYTHON, WORKLOADS, cleanup, machine, median, new_project, save  # noqa: E402
+from common import GIT_ENV, PYTHON, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save  # noqa: E402
 
 HF = WORKLOADS / "handsfree"
 HINDLOG = [PYTHON, "-m", "hindlog.cli"]
@@ -200,14 +202,16 @@ def replay_summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return out
 
 
-def bench(name: str, pairs: int, quick: bool) -> dict:
+def bench(name: str, pairs: int, quick: bool, malloc: str = "steady") -> dict:
     sp = spec(name, quick)
-    script, args, env = sp["script"], sp["args"], sp["env"]
+    script, args, env = sp["script"], sp["args"], {**sp["env"], **allocator_env(malloc)}
     project = new_project({".gitignore": "__pycache__/\n", **sp["files"]})
     stores = Path(tempfile.mkdtemp(prefix="hindlog-bench-stores-"))
-    out: dict[str, Any] = {"workload": name, "script": script, "args": args, "env": env,
+    out: dict[str, Any] = {"workload": name, "script": script, "args": args, "env": env, "malloc": malloc,
                            "new_statement": sp["new_statement"], "after": sp["after"]}
     try:
+        if not quick:  # a quick run's numbers are not evidence: it keeps the suite under 5 minutes
+            run([PYTHON, script, *args], project, env)  # warm-up, not counted
         ratios, plain_t, rec_t, facts = [], [], [], []
         plain_stdout = None
         for k in range(pairs):
@@ -225,6 +229,8 @@ def bench(name: str, pairs: int, quick: bool) -> dict:
             rec_t.append(t["record"])
             ratios.append(t["record"] / t["plain"])
             facts.append(store_facts(stores / f"store-{k}"))
+            if k:
+                cleanup(stores / f"store-{k}")  # only store-0 is replayed; checkpoints take space
             print(f"  {name} pair {k}: plain {t['plain']:.2f}s hindlog run {t['record']:.2f}s ratio {ratios[-1]:.3f} "
                   f"(checkpoints at {facts[-1]['checkpoints']} of {facts[-1]['iterations']} iterations)", flush=True)
         out.update(plain_s=plain_t, record_s=rec_t, ratios=ratios, median_ratio=median(ratios),
@@ -300,6 +306,8 @@ def main() -> None:
                    help="before measuring, wait until the 1-minute load average is below this (default: no wait)")
     p.add_argument("--wait-max", type=float, default=1500.0, help="longest wait for the load, seconds")
     p.add_argument("--poll", type=float, default=30.0)
+    p.add_argument("--malloc", default="steady", choices=["steady", "default"],
+                   help="glibc's allocator held steady for both sides (default), or left adaptive (bench/common.py)")
     args = p.parse_args()
     names = [n for n in args.workloads.split(",") if n]
     for n in names:
@@ -308,7 +316,7 @@ def main() -> None:
     results, failed = [], []
     for n in names:
         try:
-            results.append(bench(n, args.pairs, args.quick))
+            results.append(bench(n, args.pairs, args.quick, args.malloc))
         except Exception as e:  # noqa: BLE001 -- one failing workload must not lose the others' numbers
             print(f"  {n} FAILED: {str(e)[-2000:]}", flush=True)
             results.append({"workload": n, "error": str(e)[-4000:]})

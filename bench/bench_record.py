@@ -1,13 +1,16 @@
 """Benchmark: record overhead, as the wall-time ratio recorded / plain of whole processes.
 
-    .venv/bin/python bench/bench_record.py [--pairs 3] [--quick] [--workloads cnn,finetune,...]
+    .venv/bin/python bench/bench_record.py [--pairs 3] [--quick] [--workloads cnn,finetune,...] [--noise] [--malloc steady|default]
 
 For each workload in bench/workloads, run the script plain (``HINDLOG_DISABLED=1``:
 every hindlog call is a pass-through) and recorded, alternating, ``--pairs``
 times; report the median of the per-pair ratios, the checkpoints taken and the
 overhead hindlog measured itself. With ``--noise`` each pair also runs the
 plain script a second time: the plain/plain ratios are the machine's noise
-floor, against which a 1% overhead must be read. Results: bench/results/record.json.
+floor, against which a 1% overhead must be read. Each workload first runs once
+plain, untimed (a warm-up: the first run of a fresh project reads cold files).
+Both sides run with glibc's allocator held steady (``common.STEADY_MALLOC``;
+``--malloc default`` leaves it adaptive). Results: bench/results/record.json.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, WORKLOADS, cleanup, machine, median, new_project, save, timed_cpu  # noqa: E402
+from common import PYTHON, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save, timed_cpu  # noqa: E402
 
 WORKLOADS_ALL = {
     "cnn": ("cnn.py", [], "small CNN, long epochs, validation loop"),
@@ -43,15 +46,19 @@ def run_stats(store: Path) -> dict:
         "run_id": run_id, "overhead_measured": overhead, "checkpointed_iterations": iterations,
         "iterations": len(info.get("iteration_seconds") or []),
         "checkpoint_bytes_written": info.get("checkpoint_bytes_written"),
+        "charged": info.get("checkpoint_charged"),
     }
 
 
-def bench(name: str, pairs: int, quick: bool, noise: bool = False) -> dict:
+def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str = "steady") -> dict:
     script, argv, what = WORKLOADS_ALL[name]
     env_args = {f"HINDLOG_SET_{k}": str(v) for k, v in (QUICK_ARGS[name] if quick else {}).items()}
+    env_args.update(allocator_env(malloc))
     project = new_project({script: WORKLOADS / script})
     plain, recorded, ratios, stats, cpu_ratios, aa = [], [], [], [], [], []
     try:
+        if not quick:  # a quick run's numbers are not evidence: it keeps the suite under 5 minutes
+            timed_cpu([PYTHON, script, *argv], project, {**env_args, "HINDLOG_DISABLED": "1"})  # warm-up, not counted
         for k in range(pairs):
             store = project / f".store-{k}"
             order = ["plain", "record"] if k % 2 == 0 else ["record", "plain"]
@@ -72,6 +79,7 @@ def bench(name: str, pairs: int, quick: bool, noise: bool = False) -> dict:
             if noise:
                 aa.append(times["plain2"] / times["plain"])
             stats.append(run_stats(store))
+            cleanup(store)  # a fine-tuning run's checkpoints take gigabytes
             print(f"  {name} pair {k}: plain {times['plain']:.2f}s record {times['record']:.2f}s "
                   f"ratio {ratios[-1]:.3f} (CPU {cpu_ratios[-1]:.3f}) load {os.getloadavg()[0]:.1f} checkpoints {len(stats[-1]['checkpointed_iterations'])}/{stats[-1]['iterations']}",
                   flush=True)
@@ -85,6 +93,7 @@ def bench(name: str, pairs: int, quick: bool, noise: bool = False) -> dict:
         "checkpointed_iterations_last": last["checkpointed_iterations"],
         "overhead_measured": [s["overhead_measured"] for s in stats],
         "checkpoint_mb_written_last": (last["checkpoint_bytes_written"] or 0) / 2**20,
+        "charged": [s["charged"] for s in stats], "malloc": malloc,
         **({"aa_ratios": aa, "median_aa_ratio": median(aa),
             "aa_spread": (max(aa) - min(aa)) if aa else None} if noise else {}),
     }
@@ -96,15 +105,18 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workloads", default=",".join(WORKLOADS_ALL))
     p.add_argument("--noise", action="store_true", help="run plain twice per pair: the plain/plain ratios show the noise floor")
+    p.add_argument("--malloc", default="steady", choices=["steady", "default"],
+                   help="glibc's allocator held steady for both sides (default), or left adaptive")
     args = p.parse_args()
     results = []
     for name in args.workloads.split(","):
-        results.append(bench(name, args.pairs, args.quick, args.noise))
+        results.append(bench(name, args.pairs, args.quick, args.noise, args.malloc))
     data = {
         "benchmark": "record", "command": " ".join(["bench/bench_record.py", *sys.argv[1:]]),
         "machine": machine(), "results": results,
     }
-    path = save("record" + ("-quick" if args.quick else ""), data)
+    suffix = "" if args.malloc == "steady" else "-default-malloc"
+    path = save("record" + suffix + ("-quick" if args.quick else ""), data)
     print("\n| workload | plain (s) | recorded (s) | wall ratio (median) | CPU-time ratio (median) | checkpointed iterations | hindlog's measured overhead |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -587,9 +587,9 @@ for epoch in hl.loop("epoch", range(6)):
 DENSE = {"HINDLOG_EPSILON": "0.5"}
 
 
-def expected_x() -> dict[Any, int]:
+def expected_x(epochs: int = 6) -> dict[Any, int]:
     x, out = 0, {}
-    for epoch in range(6):
+    for epoch in range(epochs):
         x += sum(i + epoch for i in range(4))
         out[(("epoch", epoch),)] = x
     return out
@@ -693,6 +693,61 @@ def test_a_crashing_segment_is_named_and_the_other_segments_are_kept(counter) ->
     proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     proj.replay("train.py", "--iterations", f"{c}:6", "--workers", "1")
     assert proj.values("double", run) == want
+
+
+def _workers_of(run: str) -> list[int]:
+    """Pids of the replay workers of ``run`` still alive (they run in its scratch copy)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next((l for l in (entry / "status").read_text().splitlines() if l.startswith("State:")), "")
+        except OSError:
+            continue
+        if f"hindlog-replay-{run}-" in cmdline and "zombie" not in state:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
+def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
+    import signal
+    import time
+
+    proj = ReplayProject(tmp_path)
+    slow = dedent(COUNTER).replace("range(6)", "range(8)").replace("time.sleep(0.03)", f"time.sleep(3.0 if os.path.exists({str(tmp_path / 'slow')!r}) else 0.01)")
+    run = proj.record(slow, env=DENSE)
+    proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    (tmp_path / "slow").write_text("")  # the workers' iterations take 3 s while it exists
+    driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--workers", "2"], cwd=proj.root,
+                              env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(_workers_of(run)) < 2 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        assert len(_workers_of(run)) == 2, "the workers did not start"
+        time.sleep(0.5)
+        driver.send_signal(getattr(signal, how))
+        driver.communicate(timeout=60)
+        # Each worker has 4 iterations of 3 s left: they must stop, not finish.
+        deadline = time.monotonic() + 5
+        while _workers_of(run) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _workers_of(run) == [], f"workers left running after {how} of the replay"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        for pid in _workers_of(run):
+            os.kill(pid, signal.SIGKILL)
+    assert driver.returncode != 0
+    # The store stays usable: the replay can be run again (here with short iterations), to the end.
+    (tmp_path / "slow").unlink()
+    proj.replay("train.py", "--workers", "2")
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x(8).items()}
 
 
 def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> None:

@@ -158,6 +158,44 @@ def test_buffers_reserved_ahead_receive_the_first_freeze_of_a_model_and_optimize
     assert torch.equal(restored["opt"]["state"][0]["exp_avg"], opt.state[model[0].weight]["exp_avg"])
 
 
+def test_loading_an_optimizer_copies_into_its_state_tensors_and_training_goes_on_the_same() -> None:
+    torch = pytest.importorskip("torch")
+    import copy
+
+    def make() -> tuple:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 4)
+        return model, torch.optim.Adam(model.parameters(), lr=0.1)
+
+    def step(model, opt, x) -> None:
+        model(x).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    xs = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(1))
+    model, opt = make()
+    step(model, opt, xs[0])
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())  # a checkpoint
+    step(model, opt, xs[1])
+    step(model, opt, xs[2])
+    live = dict(opt.state[model.weight])
+    model.load_state_dict(saved_model)
+    load_into(declare("opt", opt), saved_opt)
+    for key, value in opt.state[model.weight].items():
+        assert value is live[key]  # the same tensors, now holding the checkpoint's values
+        assert torch.equal(value, saved_opt["state"][0][key])
+    # Not aliased to what was loaded (a checkpoint's read-only file maps, in a real restore).
+    assert opt.state[model.weight]["exp_avg"].data_ptr() != saved_opt["state"][0]["exp_avg"].data_ptr()
+    # Training on gives what a fresh optimizer loaded the usual way gives.
+    other, other_opt = make()
+    other.load_state_dict(saved_model)
+    other_opt.load_state_dict(saved_opt)
+    for x in xs[1:]:
+        step(model, opt, x)
+        step(other, other_opt, x)
+    assert torch.equal(model.weight, other.weight) and torch.equal(model.bias, other.bias)
+
+
 @pytest.mark.parametrize("obj", [{"a": [1, 2], "b": {"c": 3}}, [1, "two", 3.0], Plain(7)], ids=["dict", "list", "object"])
 def test_pickled_declared_state_round_trips_and_restores_in_place(obj: object) -> None:
     """A declared picklable object (kind 'pickle') comes back as itself, not as a wrapper,

@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,6 +62,22 @@ def replaying() -> bool:
         return json.loads(Path(path).read_text()).get("mode") == "replay"
     except (OSError, ValueError):
         return False
+
+
+def follow_driver(driver_pid: int | None) -> None:
+    """End this worker when the ``hindlog replay`` that started it dies, even by ``kill -9``
+    (workers run in their own session, so nothing else would stop them)."""
+    if not driver_pid or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != driver_pid:  # it died before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def skip(it: Iterator[Any], n: int) -> Iterator[Any]:
@@ -179,6 +197,7 @@ class ReplayController(Controller):
         super().__init__(recorder, spec)
         from . import checkpoint
 
+        follow_driver(spec.get("driver_pid"))
         checkpoint.remember_verified = True
         self.start, self.end = spec["segment"]
         self.first = spec.get("first", True)

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,6 +465,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             "progress": str(scratch / f".hindlog-progress-{k}"),
             "ctx_base": base + k * 100_000_000,
             "new_lines": {path: [list(r) for r in ranges] for path, ranges in plan.new_statements.items()},
+            "driver_pid": os.getpid(),
         }
         if "state_candidates" in (run.get("info") or {}):
             spec["state_candidates"] = run["info"]["state_candidates"]
@@ -482,6 +484,11 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
                 start_new_session=True,
             )
         procs.append((seg, proc, Path(spec["result"]), Path(spec["progress"]), log_path))
+    # `kill` (SIGTERM) of the replay stops its workers as Ctrl-C does; the workers also end
+    # on their own if this process dies without stopping them (controller.follow_driver).
+    restore_sigterm = None
+    if threading.current_thread() is threading.main_thread():
+        restore_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _wait(procs, plan, progress)
     except KeyboardInterrupt:
@@ -494,6 +501,9 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         raise
+    finally:
+        if restore_sigterm is not None:
+            signal.signal(signal.SIGTERM, restore_sigterm)
     result = RunResult(plan.run_id, True, 0.0)
     for seg, proc, result_path, _progress, log_path in procs:
         data = json.loads(result_path.read_text()) if result_path.exists() else None
@@ -514,6 +524,10 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> None:
