@@ -119,6 +119,8 @@ class Policy:
         self._episode: list[float] | None = None  # [slowdown so far, background CPU at its start]
         self._slowdown = 0.0  # measured over the persists observed so far ...
         self._slowdown_cpu = 0.0  # ... and the persister CPU time they took
+        #: The training thread and the persister both charge; ``spent`` must not lose an update.
+        self._lock = threading.Lock()
 
     def estimate_first(self, state_bytes: int, buffers_ready: bool = False) -> None:
         """A first cost estimate from the state's size: a copy into fresh memory at about 1 GB/s
@@ -142,9 +144,10 @@ class Policy:
         return self.spent + cost <= self.epsilon * margin * (now - self.start)
 
     def charge(self, blocked: float, background_cpu: float = 0.0, checkpoint: bool = True) -> None:
-        self.background_cpu += background_cpu
-        cost = blocked + self.weight * background_cpu
-        self.spent += cost
+        with self._lock:
+            self.background_cpu += background_cpu
+            cost = blocked + self.weight * background_cpu
+            self.spent += cost
         if not checkpoint:
             return
         if self.taken == 0:
@@ -181,9 +184,10 @@ class Policy:
         self._slowdown_cpu += cpu
         measured = self._slowdown / self._slowdown_cpu
         weight = min(MAX_BACKGROUND_WEIGHT, max(BACKGROUND_WEIGHT, measured))
-        # What was charged for these persists at the old weight is made up to the new one.
-        self.spent += (weight - self.weight) * self.background_cpu
-        self.weight = weight
+        with self._lock:
+            # What was charged for the persister's CPU at the old weight is made up to the new one.
+            self.spent += (weight - self.weight) * self.background_cpu
+            self.weight = weight
 
 
 def process_start(fallback: float) -> float:
