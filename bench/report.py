@@ -1285,7 +1285,7 @@ RECORD_NOTES = """\
   measured slowdown per second of persister CPU (hashing and writing share
   memory bandwidth with the optimizer step). The fine-tuning shape (156 MB of
   parameters and Adam state, 0.13 s epochs) is where this bites: one
-  checkpoint costs training about 60 ms here (13 ms blocked, the rest
+  checkpoint costs training about 60 ms here (13-17 ms blocked, the rest
   slowdown; see "What one checkpoint costs training" below), so 5% of its
   run, less the policy's 20% margin, pays for one checkpoint per 8 to 13
   epochs, not per 4. Persisting was made cheap enough for it by measurement
