@@ -294,6 +294,10 @@ def test_a_recorded_run_reports_what_the_policy_charged(tmp_path: Path) -> None:
     charged = proj.run_info(run_id)["info"]["checkpoint_charged"]
     assert charged["blocked_seconds"] > 0 and charged["persister_cpu_seconds"] > 0
     assert 1.0 <= charged["background_weight"] <= 4.0
+    shown = proj.cli("show", run_id).stdout
+    total = charged["blocked_seconds"] + charged["background_weight"] * charged["persister_cpu_seconds"]
+    assert re.search(rf"charged\s+{total:.2f}s: {charged['blocked_seconds']:.2f}s blocked \+ "
+                     rf"{charged['persister_cpu_seconds']:.2f}s of background writes x {charged['background_weight']:.2f}", shown), shown
 
 
 # ----------------------------------------------------------------- declaring state

@@ -181,6 +181,11 @@ def _show(args: argparse.Namespace) -> int:
     if overhead is not None:
         eps = info.get("epsilon")
         lines.append(f"overhead     {overhead * 100:.2f}% of wall time (bound {eps * 100:.1f}%)" if eps is not None else f"overhead     {overhead * 100:.2f}%")
+    charged = (info.get("info") or {}).get("checkpoint_charged")
+    if charged and ckpts:
+        blocked, cpu, weight = charged["blocked_seconds"], charged["persister_cpu_seconds"], charged["background_weight"]
+        lines.append(f"charged      {blocked + weight * cpu:.2f}s: {blocked:.2f}s blocked + {cpu:.2f}s of background writes"
+                     f" x {weight:.2f} (the slowdown of training per second of their CPU time, measured; at least 1)")
     print("\n".join(lines))
     return 0
 
