@@ -1314,10 +1314,11 @@ REPLAY_INTRO = """\
 On one recorded run of each workload: a new per-epoch statement (all nested
 loops skipped) and a new per-step statement (the loop that holds it runs),
 each replayed with 1 and 2 workers, against a full re-run of the modified
-script and against the lower bound: the code that must run (interpreter
-start, imports and setup before the main loop, the main-loop code outside the
-skipped loops and the code after it, from the recorded timings) plus the time
-the replay worker spent reading and applying checkpoints. Replay times are
+script and against the lower bound: the code that must run (the script as a
+whole process with no main-loop iterations, `epochs=0`: interpreter start,
+imports, setup, the code after the loop and the interpreter's exit; plus the
+main-loop code outside the skipped loops, from the recorded timings) plus the
+time the replay worker spent reading and applying checkpoints. Replay times are
 whole `hindlog replay` commands, planning and worker start included; every
 replay checked its recomputed values against the recorded ones (a divergence
 fails the benchmark). pyflor's columns: `python script.py --replay_flor` (one
