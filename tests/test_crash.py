@@ -199,6 +199,26 @@ def test_uncaught_exception_marks_failed_and_keeps_every_record(project: Project
     assert runs["status"].tolist() == ["failed"] and runs["ended"].notna().all()
 
 
+@pytest.mark.parametrize("call, status", [("sys.exit(1)", "failed"), ('sys.exit("diverged")', "failed"),
+                                          ("sys.exit(0)", "finished"), ("sys.exit()", "finished")])
+def test_sys_exit_with_a_non_zero_status_marks_the_run_failed(project: Project, call: str, status: str) -> None:
+    proc = project.run(
+        f"""
+        import sys
+        import hindlog as hl
+        for epoch in hl.loop("epoch", range(5)):
+            hl.log("loss", 1.0 / (epoch + 1))
+            if epoch == 2:
+                {call}
+        """,
+        check=False,
+    )
+    assert proc.returncode == (0 if status == "finished" else 1)
+    assert project.values("loss") == [1.0, 0.5, 1.0 / 3]
+    runs = project.runs()
+    assert runs["status"].tolist() == [status] and runs["ended"].notna().all()
+
+
 def test_caught_exception_is_not_a_failure(project: Project) -> None:
     project.run(
         """

@@ -331,6 +331,16 @@ class Recorder:
             previous_hook(exc_type, exc, tb)
 
         sys.excepthook = excepthook
+        previous_exit = sys.exit
+
+        def exit(status: object = None) -> Any:
+            # sys.exit(1) ends the script without an exception reaching excepthook, and atexit
+            # cannot see the exit status: a non-zero one marks the run failed here.
+            if status is not None and status != 0 and self._exc_status is None:
+                self._exc_status = "failed"
+            return previous_exit(status)
+
+        sys.exit = exit
         if threading.current_thread() is threading.main_thread():
             try:
                 previous = signal.getsignal(signal.SIGTERM)
