@@ -19,28 +19,15 @@ takes fewer checkpoints than ε allows. Results: bench/results/checkpoint-cost.j
 from __future__ import annotations
 
 import argparse
-import json
-import sqlite3
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_record import run_stats  # noqa: E402
 from common import PYTHON, STEADY_MALLOC, WORKLOADS, cleanup, machine, median, new_project, save, timed_cpu  # noqa: E402
 
 SCRIPTS = {"finetune": "finetune.py", "cnn": "cnn.py", "lstm": "lstm.py", "sklearn": "sklearn_sgd.py"}
 QUICK_ARGS = {"finetune": {"epochs": 8}, "cnn": {"epochs": 3, "samples": 4096}, "lstm": {"epochs": 2}, "sklearn": {"epochs": 15}}
-
-
-def run_facts(store: Path) -> dict:
-    conn = sqlite3.connect(store / "catalog.db")
-    try:
-        rid, info = conn.execute("SELECT id, info FROM runs ORDER BY id DESC LIMIT 1").fetchone()
-        checkpointed = conn.execute("SELECT COUNT(DISTINCT iteration) FROM checkpoints WHERE run=?", (rid,)).fetchone()[0]
-    finally:
-        conn.close()
-    info = json.loads(info or "{}")
-    return {"checkpointed": checkpointed, "iterations": len(info.get("iteration_seconds") or []),
-            "charged": info.get("checkpoint_charged") or {}}
 
 
 def main() -> None:
@@ -63,10 +50,10 @@ def main() -> None:
                 store = project / f".store-{k}-{mode}"
                 eps = "0" if mode == "none" else "0.9"
                 t[mode], _cpu = timed_cpu([PYTHON, script], project, {**env, "HINDLOG_EPSILON": eps, "HINDLOG_DIR": str(store)})
-                facts[mode] = run_facts(store)
+                facts[mode] = run_stats(store)
                 cleanup(store)
-            n = facts["every"]["checkpointed"]
-            c = facts["every"]["charged"]
+            n = len(facts["every"]["checkpointed_iterations"])
+            c = facts["every"]["charged"] or {}
             charged = (c.get("blocked_seconds", 0.0) + c.get("background_weight", 1.0) * c.get("persister_cpu_seconds", 0.0)) / n if n else None
             cost = (t["every"] - t["none"]) / n if n else None
             pairs.append({"wall_none_s": t["none"], "wall_every_s": t["every"], "checkpointed": n,

@@ -144,6 +144,12 @@ def num(x: Any) -> float | None:
     return None
 
 
+def measured_weight(r: dict[str, Any]) -> float | None:
+    """The median slowdown weight the checkpoint policy measured over a workload's recorded runs."""
+    weights = [num(c.get("background_weight")) for c in r.get("charged") or [] if isinstance(c, dict)]
+    return med([w for w in weights if w is not None])
+
+
 def amdahl_bound(r: dict[str, Any]) -> float | None:
     """The best 2-worker speedup of a nested-loop replay whose workers each repeat the setup
     (the main-loop replay's code that must run) and split the rest evenly."""
@@ -622,8 +628,7 @@ class Report:
             ck = r.get("checkpoints") or []
             oh = med([o for o in r.get("overhead_measured") or [] if o is not None])
             aa = ", ".join(f"{x:.3f}" for x in r.get("aa_ratios") or [] if num(x) is not None) or "-"
-            weights = [c.get("background_weight") for c in r.get("charged") or [] if isinstance(c, dict)]
-            weight = med([x for x in weights if num(x) is not None])
+            weight = measured_weight(r)
             rows.append([f"{w}: {r.get('what') or WHAT.get(w, '')}", f(r.get("median_plain_s")), f(r.get("median_record_s")),
                          f"**{f(r.get('median_ratio'), 3)}** ({per})", aa, f(r.get("median_cpu_ratio"), 3),
                          f"{med(ck):g} of {r.get('iterations', '?')}" if ck else NOT_RUN,
@@ -919,8 +924,7 @@ class Report:
                 "checkpoint in every iteration no iteration runs without a persist, so the policy has nothing to measure "
                 "the slowdown against and charges the persister's CPU time once (weight 1.00).")
         rec = self.by_workload(self.record).get(workload) if self.record and self.record.ok else None
-        weights = [num(c.get("background_weight")) for c in (rec or {}).get("charged") or [] if isinstance(c, dict)]
-        weight = med([w for w in weights if w is not None])
+        weight = measured_weight(rec or {})
         pairs = [p for p in src.data.get("pairs") or [] if p.get("checkpointed")]
         if weight is not None and pairs and cost:
             blocked = med([(num((p.get("charged") or {}).get("blocked_seconds")) or 0) / p["checkpointed"] for p in pairs])

@@ -9,23 +9,23 @@ from isolation import dedent
 def insert_after(text: str, anchor: str, new: str, occurrence: int = 1) -> str:
     """``text`` with the lines ``new`` inserted after the line containing ``anchor``
     (its ``occurrence``-th), indented like that line."""
-    lines = text.splitlines(keepends=True)
-    hits = [k for k, line in enumerate(lines) if anchor in line]
-    assert len(hits) >= occurrence, f"anchor {anchor!r} occurs {len(hits)} times"
-    k = hits[occurrence - 1]
-    indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
-    block = [indent + line + "\n" if line.strip() else "\n" for line in dedent(new).splitlines()]
-    return "".join(lines[: k + 1] + block + lines[k + 1 :])
+    return _insert(text, anchor, new, occurrence, after=True)
 
 
 def insert_before(text: str, anchor: str, new: str, occurrence: int = 1) -> str:
+    """Like ``insert_after``, before the anchor's line."""
+    return _insert(text, anchor, new, occurrence, after=False)
+
+
+def _insert(text: str, anchor: str, new: str, occurrence: int, after: bool) -> str:
     lines = text.splitlines(keepends=True)
     hits = [k for k, line in enumerate(lines) if anchor in line]
     assert len(hits) >= occurrence, f"anchor {anchor!r} occurs {len(hits)} times"
     k = hits[occurrence - 1]
     indent = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
     block = [indent + line + "\n" if line.strip() else "\n" for line in dedent(new).splitlines()]
-    return "".join(lines[:k] + block + lines[k:])
+    at = k + 1 if after else k
+    return "".join(lines[:at] + block + lines[at:])
 
 
 def apply_edits(text: str, edits: list[tuple[str, str]]) -> str:
