@@ -339,6 +339,48 @@ def test_state_candidates_are_what_the_main_loop_changes_and_exist_before_it() -
     assert not {"epoch", "x", "loss"} & cands
 
 
+def test_arguments_a_project_function_only_reads_are_not_state() -> None:
+    text = """
+    import numpy as np
+
+    class Model:
+        def loss(self, x, y):
+            return float(np.mean((x @ self.w - y) ** 2)) + len(y) * x.T.shape[0]
+
+        def fit(self, x, y):
+            self.cache = x
+
+    def evaluate(model, data, labels):
+        return model.loss(data, labels)
+
+    def shuffle_rows(a, order):
+        a[:] = a[order]
+
+    def scale(a):
+        a *= 0.5
+
+    def summarise(a):
+        return np.sum(a)
+
+    model = Model()
+    Xv, yv, Xt, yt, Xs, Xn, order = load()
+    for epoch in range(3):
+        val = model.loss(Xv, yv)
+        test = evaluate(model, Xt, yt)
+        model.fit(Xs, yt)
+        shuffle_rows(Xn, order)
+        scale(Xt)
+        summarise(order)
+        other.loss(yt)
+    """
+    cands = set(plan_of(text).state_candidates)
+    # Model.loss only reads x and y.
+    assert not {"Xv", "yv"} & cands, cands
+    # Stored into self, written through a slice, changed in place, handed to NumPy, or given to
+    # code hindlog cannot see (other.loss): each may change, so each is state.
+    assert {"Xs", "Xn", "Xt", "order", "yt", "model"} <= cands, cands
+
+
 def test_next_on_a_generator_is_a_change() -> None:
     text = """
     stream = batches()

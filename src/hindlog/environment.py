@@ -6,7 +6,6 @@ import os
 import platform
 import socket
 import sys
-from importlib import metadata
 from typing import Any
 
 KEY_PACKAGES = ("hindlog", "torch", "numpy", "pandas", "scikit-learn", "scipy", "jax", "tensorflow", "transformers", "lightning")
@@ -16,6 +15,10 @@ _SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the key packages installed (reading their metadata takes tens of
+    milliseconds: recording asks for them in the background)."""
+    from importlib import metadata
+
     out = {}
     for name in KEY_PACKAGES:
         try:
@@ -45,8 +48,8 @@ def gpus() -> list[str]:
     return []
 
 
-def describe() -> dict[str, Any]:
-    return {
+def describe(packages: bool = True) -> dict[str, Any]:
+    out = {
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
@@ -54,6 +57,8 @@ def describe() -> dict[str, Any]:
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
         "gpus": gpus(),
-        "packages": package_versions(),
         "variables": recorded_variables(),
     }
+    if packages:
+        out["packages"] = package_versions()
+    return out

@@ -18,6 +18,7 @@ import importlib.machinery
 import itertools
 import os
 import sys
+import time
 import traceback
 import types
 from collections.abc import Callable, Iterable, Iterator
@@ -313,6 +314,19 @@ def _expand(ranges: dict[str, list[list[int]]]) -> dict[str, set[int]]:
     return {path: {ln for lo, hi in rs for ln in range(lo, hi + 1)} for path, rs in ranges.items()}
 
 
+#: Top-level packages whose import imports NumPy: a script importing one would pay for NumPy anyway.
+_NUMPY_STACK = {"numpy", "torch", "sklearn", "scipy", "pandas", "jax", "tensorflow", "transformers", "lightning", "matplotlib"}
+
+
+def _imports_numpy_stack(tree: ast.Module) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] in _NUMPY_STACK for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in _NUMPY_STACK:
+            return True
+    return False
+
+
 def run_script(script: str, args: list[str], epsilon: float | None = None, sets: list[str] | None = None) -> int:
     """Run ``script`` with ``args`` under hands-free recording; returns its exit code."""
     path = Path(script)
@@ -369,6 +383,14 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     finder = _Finder(root, runtime, skip)
     sys.meta_path.insert(0, finder)
     code = compile(tree, str(abs_path), "exec", dont_inherit=True)
+    if rec is not None:
+        # Everything hindlog did before the script starts (import, analysis, set-up) is its cost.
+        package = sys.modules.get("hindlog")
+        started = getattr(package, "IMPORT_STARTED", None)
+        if started is not None:
+            rec.startup_seconds = time.perf_counter() - started
+            if _imports_numpy_stack(tree):
+                rec.startup_seconds -= getattr(package, "NUMPY_IMPORT_SECONDS", 0.0)
     main = types.ModuleType("__main__")
     main.__dict__.update({"__file__": str(abs_path), "__builtins__": builtins, RUNTIME: runtime, "__cached__": None})
     saved_main = sys.modules.get("__main__")

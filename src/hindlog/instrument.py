@@ -246,15 +246,19 @@ def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str
     objects, and arguments passed to project functions."""
     body = getattr(loop, "body", [])
     names = set(_mutated_containers(body))
+    instances = _project_instances(holder, loop, functions)
     for node in ast.walk(ast.Module(body=list(body), type_ignores=[])):
         if isinstance(node, ast.Call):
             f = node.func
             fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
             if isinstance(f, ast.Name) and hasattr(builtins, f.id) and f.id != "next":
                 continue  # len(x), float(v), print(...) change nothing; next(stream) advances stream
-            # Objects handed to other code may be changed by it (train_one_epoch(model, loader, opt)).
+            # Objects handed to other code may be changed by it (train_one_epoch(model, loader, opt)),
+            # unless that code is a project function seen to only read them.
+            callee = _project_callee(node, functions, instances)
+            kept = _possibly_changed_args(node, callee) if callee is not None else None
             for arg in [*node.args, *(k.value for k in node.keywords)]:
-                if isinstance(arg, ast.Name):
+                if isinstance(arg, ast.Name) and (kept is None or arg.id in kept):
                     names.add(arg.id)
             if fname in functions:
                 names |= _global_reads(functions[fname])
@@ -269,6 +273,102 @@ def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str
     names -= {n.id for n in ast.walk(getattr(loop, "target", ast.Tuple(elts=[], ctx=ast.Store()))) if isinstance(n, ast.Name)}
     # Function parameters of the holder are defined before too.
     return sorted(n for n in names if n in defined_before or n not in _assigned_in(body))
+
+
+def _project_instances(holder: list[ast.stmt], loop: ast.AST, functions: dict[str, ast.AST]) -> dict[str, ast.ClassDef]:
+    """Names bound, before the main loop, to an instance of a class the script defines
+    (``model = LinearModel(...)``), so that ``model.step(x)`` is known to run its code."""
+    classes: dict[str, list[ast.ClassDef]] = {}
+    for stmt in holder:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, []).append(node)
+    out: dict[str, ast.ClassDef] = {}
+    for stmt in holder:
+        if stmt is loop:
+            break
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name) \
+                and isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Name):
+            found = classes.get(stmt.value.func.id, [])
+            name = stmt.targets[0].id
+            if len(found) == 1 and stmt.value.func.id not in functions:
+                out[name] = found[0]
+            else:
+                out.pop(name, None)
+    # A name rebound anywhere else may hold something else by the time the loop calls it.
+    rebound = [n.id for s in holder for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
+    return {k: v for k, v in out.items() if rebound.count(k) == 1}
+
+
+def _project_callee(call: ast.Call, functions: dict[str, ast.AST], instances: dict[str, ast.ClassDef]) -> tuple[ast.AST, int] | None:
+    """The project function a call runs, and how many of its leading parameters the call does
+    not pass (1 for ``self``), when that is certain; None otherwise."""
+    f = call.func
+    if isinstance(f, ast.Name) and f.id in functions and f.id not in instances:
+        fn = functions[f.id]
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.decorator_list:
+            return None
+        first = [p.arg for p in [*fn.args.posonlyargs, *fn.args.args]][:1]
+        return None if first in (["self"], ["cls"]) else (fn, 0)  # a method of that name, not a function
+    if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id in instances:
+        methods = [n for n in instances[f.value.id].body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == f.attr]
+        if len(methods) == 1 and not methods[0].decorator_list:
+            return methods[0], 1
+    return None
+
+
+def _possibly_changed_args(call: ast.Call, callee: tuple[ast.AST, int]) -> set[str] | None:
+    """Names passed to ``call`` that the callee may change (None: any of them)."""
+    fn, skipped = callee
+    a = fn.args  # type: ignore[attr-defined]
+    if call.keywords and any(k.arg is None for k in call.keywords) or any(isinstance(x, ast.Starred) for x in call.args):
+        return None
+    positional = [p.arg for p in [*a.posonlyargs, *a.args]][skipped:]
+    changed = _changed_params(fn)
+    out: set[str] = set()
+    for i, arg in enumerate(call.args):
+        if not isinstance(arg, ast.Name):
+            continue
+        if i >= len(positional) or positional[i] in changed:
+            out.add(arg.id)
+    for k in call.keywords:
+        if isinstance(k.value, ast.Name) and (k.arg not in {p.arg for p in [*a.args, *a.kwonlyargs]} or k.arg in changed):
+            out.add(k.value.id)
+    return out
+
+
+#: Parents in which a parameter (or an attribute or item of it) is only read: operands and
+#: arguments of builtins. Anything else (a method call, passing it on, storing or returning it,
+#: an augmented assignment) may change it or let other code do so.
+_READING = (ast.BinOp, ast.UnaryOp, ast.Compare, ast.FormattedValue)
+
+
+def _changed_params(fn: ast.AST) -> set[str]:
+    """Parameters of ``fn`` that it may change, or hand to code that may."""
+    a = fn.args  # type: ignore[attr-defined]
+    params = {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs]}
+    parents: dict[int, ast.AST] = {}
+    for node in ast.walk(fn):
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+    changed: set[str] = set()
+    for node in ast.walk(fn):
+        if not (isinstance(node, ast.Name) and node.id in params):
+            continue
+        if isinstance(node.ctx, ast.Store) and not isinstance(parents.get(id(node)), ast.AugAssign):
+            continue  # rebinding the name changes nothing the caller holds
+        top = node
+        while isinstance(parents.get(id(top)), (ast.Attribute, ast.Subscript)) and getattr(parents[id(top)], "value", None) is top \
+                and isinstance(parents[id(top)].ctx, ast.Load):
+            top = parents[id(top)]
+        parent = parents.get(id(top))
+        if isinstance(node.ctx, ast.Load) and isinstance(parent, _READING):
+            continue
+        if isinstance(parent, ast.Call) and top is not parent.func and isinstance(parent.func, ast.Name) \
+                and hasattr(builtins, parent.func.id) and parent.func.id != "next":
+            continue
+        changed.add(node.id)
+    return changed
 
 
 def _assigned_in(body: list[ast.stmt]) -> set[str]:

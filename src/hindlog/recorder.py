@@ -60,6 +60,7 @@ class Recorder:
         script: str | None = None,
         argv: list[str] | None = None,
     ) -> None:
+        init_started = time.perf_counter()
         self.store = store
         self.epsilon = config.epsilon(epsilon)
         self.argv = list(sys.argv if argv is None else argv)
@@ -97,6 +98,9 @@ class Recorder:
         store.ensure()
         from .controller import load_controller
 
+        #: Package versions are added in the background (see _snapshot_code).
+        self._env = environment.describe(packages=False)
+
         self.controller = load_controller(self)
         ctx_base = 0
         conn = store.connect()
@@ -114,7 +118,7 @@ class Recorder:
                         "script": self.script,
                         "status": "running",
                         "argv": self.argv,
-                        "env": environment.describe(),
+                        "env": self._env,
                         "cwd": os.getcwd(),
                         "pid": os.getpid(),
                         "host": socket.gethostname(),
@@ -132,10 +136,18 @@ class Recorder:
         if self.controller is None:
             self._snapshot_thread.start()
         self._install_exit_hooks()
+        #: What hindlog cost this run before training started (its import and this set-up);
+        #: ``hindlog run`` sets it to everything it did before the script began. The checkpoint
+        #: policy charges it to the overhead budget.
+        self.startup_seconds = _import_seconds() + (time.perf_counter() - init_started)
 
     # ------------------------------------------------------------ code version
 
     def _snapshot_code(self) -> None:
+        try:
+            self.writer.change("update_run", {"env": {**self._env, "packages": environment.package_versions()}})
+        except Exception:
+            pass  # the versions are information only
         try:
             version = codeversion.snapshot(self.store, self.run_id)
         except Exception as e:
@@ -384,6 +396,7 @@ class Recorder:
                 # What the policy charged, to read the overhead by: the time training was blocked,
                 # and the persister's CPU time times the slowdown it was measured to cause.
                 timing["checkpoint_charged"] = {
+                    "startup_seconds": self.startup_seconds,
                     "blocked_seconds": self.blocked,
                     "persister_cpu_seconds": policy.background_cpu,
                     "background_weight": policy.weight,
@@ -391,6 +404,11 @@ class Recorder:
             self.writer.change("update_run", fields)
             self.writer.change("info", timing)
         self.writer.close()
+
+
+def _import_seconds() -> float:
+    package = sys.modules.get("hindlog")
+    return float(getattr(package, "IMPORT_SECONDS", 0.0))
 
 
 def compute_threads() -> int | None:
