@@ -26,8 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_record import run_stats  # noqa: E402
 from common import PYTHON, STEADY_MALLOC, WORKLOADS, cleanup, machine, median, new_project, save, timed_cpu  # noqa: E402
 
-SCRIPTS = {"finetune": "finetune.py", "cnn": "cnn.py", "lstm": "lstm.py", "sklearn": "sklearn_sgd.py"}
-QUICK_ARGS = {"finetune": {"epochs": 8}, "cnn": {"epochs": 3, "samples": 4096}, "lstm": {"epochs": 2}, "sklearn": {"epochs": 15}}
+SCRIPTS = {"finetune": "finetune.py", "finetune-large": "finetune.py", "cnn": "cnn.py", "lstm": "lstm.py", "sklearn": "sklearn_sgd.py"}
+QUICK_ARGS = {"finetune": {"epochs": 8}, "finetune-large": {"epochs": 8}, "cnn": {"epochs": 3, "samples": 4096}, "lstm": {"epochs": 2},
+              "sklearn": {"epochs": 15}}
+#: Script arguments (hl.arg) a workload sets beyond the script's defaults (as in bench_record.py).
+FIXED_ARGS = {"finetune-large": {"width": 2048, "steps": 3}}
 
 
 def main() -> None:
@@ -37,7 +40,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     script = SCRIPTS[args.workload]
-    env = {**STEADY_MALLOC, **{f"HINDLOG_SET_{k}": str(v) for k, v in (QUICK_ARGS[args.workload] if args.quick else {}).items()}}
+    script_args = {**FIXED_ARGS.get(args.workload, {}), **(QUICK_ARGS[args.workload] if args.quick else {})}
+    env = {**STEADY_MALLOC, **{f"HINDLOG_SET_{k}": str(v) for k, v in script_args.items()}}
     project = new_project({script: WORKLOADS / script})
     pairs = []
     try:
@@ -68,7 +72,7 @@ def main() -> None:
     cost = median([x["cost_per_checkpoint_s"] for x in pairs if x["cost_per_checkpoint_s"] is not None])
     charged = median([x["charged_per_checkpoint_s"] for x in pairs if x["charged_per_checkpoint_s"] is not None])
     data = {"benchmark": "checkpoint-cost", "command": " ".join(["bench/bench_checkpoint_cost.py", *sys.argv[1:]]),
-            "machine": machine(), "workload": args.workload, "pairs": pairs,
+            "machine": machine(), "workload": args.workload, "args": script_args, "pairs": pairs,
             "median_cost_per_checkpoint_s": cost, "median_charged_per_checkpoint_s": charged}
     path = save("checkpoint-cost" + ("-quick" if args.quick else ""), data)
     print(f"\n{args.workload}: one checkpoint costs training {cost * 1e3:.1f} ms (median of {len(pairs)} pairs); "

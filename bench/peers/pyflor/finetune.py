@@ -22,9 +22,9 @@ class Carry(dict):
 
 
 torch.manual_seed(0)
-epochs = int(os.environ.get("PEER_ARG_epochs", 40))
-width = int(os.environ.get("PEER_ARG_width", 2048))
-steps = int(os.environ.get("PEER_ARG_steps", 3))
+epochs = int(os.environ.get("PEER_ARG_epochs", 30))
+width = int(os.environ.get("PEER_ARG_width", 1376))
+steps = int(os.environ.get("PEER_ARG_steps", 16))
 
 model = nn.Sequential(
     nn.Linear(512, width), nn.ReLU(),
