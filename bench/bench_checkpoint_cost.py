@@ -24,13 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_record import run_stats  # noqa: E402
-from common import PYTHON, STEADY_MALLOC, WORKLOADS, cleanup, machine, median, new_project, save, timed_cpu  # noqa: E402
+from common import PYTHON, STEADY_MALLOC, VARIANT_ARGS, WORKLOADS, cleanup, machine, median, new_project, save, script_args_env, timed_cpu  # noqa: E402
 
 SCRIPTS = {"finetune": "finetune.py", "finetune-large": "finetune.py", "cnn": "cnn.py", "lstm": "lstm.py", "sklearn": "sklearn_sgd.py"}
 QUICK_ARGS = {"finetune": {"epochs": 8}, "finetune-large": {"epochs": 8}, "cnn": {"epochs": 3, "samples": 4096}, "lstm": {"epochs": 2},
               "sklearn": {"epochs": 15}}
-#: Script arguments (hl.arg) a workload sets beyond the script's defaults (as in bench_record.py).
-FIXED_ARGS = {"finetune-large": {"width": 2048, "steps": 3}}
 
 
 def main() -> None:
@@ -40,8 +38,9 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
     script = SCRIPTS[args.workload]
-    script_args = {**FIXED_ARGS.get(args.workload, {}), **(QUICK_ARGS[args.workload] if args.quick else {})}
-    env = {**STEADY_MALLOC, **{f"HINDLOG_SET_{k}": str(v) for k, v in script_args.items()}}
+    quick_args = QUICK_ARGS[args.workload] if args.quick else {}
+    script_args = {**VARIANT_ARGS.get(args.workload, {}), **quick_args}
+    env = {**STEADY_MALLOC, **script_args_env(args.workload, quick_args)}
     project = new_project({script: WORKLOADS / script})
     pairs = []
     try:

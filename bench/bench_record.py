@@ -23,19 +23,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save, timed_cpu  # noqa: E402
+from common import PYTHON, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save, script_args_env, timed_cpu  # noqa: E402
 
 WORKLOADS_ALL = {
     "cnn": ("cnn.py", [], "small CNN, long epochs, validation loop"),
     "finetune": ("finetune.py", [], "26 MB MLP + Adam = 77 MB of state (fine-tuning shape), epochs < 0.5 s"),
     "lstm": ("lstm.py", [], "LSTM with dropout, shuffling DataLoader"),
     "sklearn": ("sklearn_sgd.py", [], "scikit-learn partial_fit, NumPy shuffling"),
-    # Beyond the targets' shapes: twice the state and a third of the epoch, where ε cannot pay
-    # for one checkpoint per 4 iterations (a checkpoint costs training about half an epoch).
-    "finetune-large": ("finetune.py", [], "52 MB MLP + Adam = 156 MB of state, 0.13 s epochs"),
+    "finetune-large": ("finetune.py", [], "52 MB MLP + Adam = 156 MB of state, 0.13 s epochs"),  # common.VARIANT_ARGS
 }
-#: Script arguments (hl.arg) a workload sets, beyond the script's defaults.
-FIXED_ARGS = {"finetune-large": {"width": 2048, "steps": 3}}
 QUICK_ARGS = {"cnn": {"epochs": 3, "samples": 4096}, "finetune": {"epochs": 16}, "lstm": {"epochs": 3}, "sklearn": {"epochs": 15},
               "finetune-large": {"epochs": 16}}
 
@@ -58,8 +54,7 @@ def run_stats(store: Path) -> dict:
 
 def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str = "steady") -> dict:
     script, argv, what = WORKLOADS_ALL[name]
-    fixed = {**FIXED_ARGS.get(name, {}), **(QUICK_ARGS[name] if quick else {})}
-    env_args = {f"HINDLOG_SET_{k}": str(v) for k, v in fixed.items()}
+    env_args = script_args_env(name, QUICK_ARGS[name] if quick else None)
     env_args.update(allocator_env(malloc))
     project = new_project({script: WORKLOADS / script})
     plain, recorded, ratios, stats, cpu_ratios, aa = [], [], [], [], [], []

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import GIT_ENV, PYTHON, WORKLOADS, allocator_env, cleanup, machine, new_project, save, timed  # noqa: E402
+from common import GIT_ENV, PYTHON, WORKLOADS, allocator_env, cleanup, machine, new_project, save, script_args_env, timed  # noqa: E402
 
 CASES = {
     "cnn": ("cnn.py", '    hl.log("val_acc", correct / len(val))\n',
@@ -56,13 +56,9 @@ CASES = {
                 "        clf.partial_fit(X[idx], y[idx], classes=classes)\n",
                 '        hl.log("batch_acc", float(clf.score(X[idx], y[idx])))\n'),
 }
-CASES["cnn-long"] = CASES["cnn"]
+CASES["cnn-long"] = CASES["cnn"]  # with common.VARIANT_ARGS
 QUICK_ARGS = {"cnn": {"epochs": 4, "samples": 4096}, "finetune": {"epochs": 16}, "lstm": {"epochs": 4}, "sklearn": {"epochs": 15},
               "cnn-long": {"epochs": 4, "samples": 4096}}
-#: Script arguments (hl.arg) a case sets beyond the script's defaults. cnn-long: the CNN with epochs
-#: three times as long, so that the process's set-up (about 3 s here, mostly importing torch) that
-#: every worker repeats weighs less against the work two workers split.
-FIXED_ARGS = {"cnn-long": {"samples": 24576}}
 
 RUNNER = """
 import json, sys
@@ -101,7 +97,7 @@ def recorded_timing(store: Path) -> dict:
 
 def bench(name: str, quick: bool, repeats: int, threads: int | None = None, malloc: str = "steady") -> dict:
     script, main_anchor, main_stmt, nested_anchor, nested_stmt = CASES[name]
-    env = {f"HINDLOG_SET_{k}": str(v) for k, v in {**FIXED_ARGS.get(name, {}), **(QUICK_ARGS[name] if quick else {})}.items()}
+    env = script_args_env(name, QUICK_ARGS[name] if quick else None)
     env.update(allocator_env(malloc))  # record, replays and re-run alike (bench/common.py)
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

@@ -36,6 +36,21 @@ GIT_ENV = {
 #: percent and the ratio measures what hindlog adds. ``--malloc default`` measures without them.
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 30)}
 
+#: Workloads that run a script of bench/workloads with other arguments (hl.arg) than its defaults.
+VARIANT_ARGS = {
+    # Beyond the targets' shapes: twice the fine-tuning state and a third of its epoch, where ε
+    # cannot pay for one checkpoint per 4 iterations (a checkpoint costs about half an epoch).
+    "finetune-large": {"width": 2048, "steps": 3},
+    # The CNN with epochs three times as long, so that the set-up every replay worker repeats
+    # (about 3 s here, mostly importing torch) weighs less against the work workers split.
+    "cnn-long": {"samples": 24576},
+}
+
+
+def script_args_env(workload: str, quick_args: dict | None = None) -> dict[str, str]:
+    """``HINDLOG_SET_*`` variables for a workload: its variant's arguments, then a quick run's."""
+    return {f"HINDLOG_SET_{k}": str(v) for k, v in {**VARIANT_ARGS.get(workload, {}), **(quick_args or {})}.items()}
+
 
 def compile_hindlog() -> None:
     """Byte-compile hindlog's modules, as installing a package does. This machine sets

@@ -6,16 +6,17 @@ later, replay them from checkpoints, and query everything as DataFrames.
 
 from __future__ import annotations
 
+import sys as _sys
 import time as _time
 
 #: When hindlog's import began: what hindlog costs a run's start is charged to its overhead budget.
 IMPORT_STARTED = _time.perf_counter()
-_numpy_loaded = "numpy" in __import__("sys").modules
-import numpy as _numpy  # noqa: E402  (imported first, alone, to time it)
-
-#: Seconds spent importing NumPy here (0 if the script had): a script that imports NumPy
-#: itself would have paid them anyway.
-NUMPY_IMPORT_SECONDS = 0.0 if _numpy_loaded else _time.perf_counter() - IMPORT_STARTED
+#: Seconds spent importing NumPy here (imported first, alone, to time it; 0 if the script had
+#: imported it): a script that imports NumPy itself would have paid them anyway.
+NUMPY_IMPORT_SECONDS = 0.0
+if "numpy" not in _sys.modules:
+    __import__("numpy")
+    NUMPY_IMPORT_SECONDS = _time.perf_counter() - IMPORT_STARTED
 
 from .errors import (
     CheckpointError,

@@ -385,12 +385,11 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     code = compile(tree, str(abs_path), "exec", dont_inherit=True)
     if rec is not None:
         # Everything hindlog did before the script starts (import, analysis, set-up) is its cost.
-        package = sys.modules.get("hindlog")
-        started = getattr(package, "IMPORT_STARTED", None)
-        if started is not None:
-            rec.startup_seconds = time.perf_counter() - started
-            if _imports_numpy_stack(tree):
-                rec.startup_seconds -= getattr(package, "NUMPY_IMPORT_SECONDS", 0.0)
+        import hindlog
+
+        rec.startup_seconds = time.perf_counter() - hindlog.IMPORT_STARTED
+        if _imports_numpy_stack(tree):
+            rec.startup_seconds -= hindlog.NUMPY_IMPORT_SECONDS
     main = types.ModuleType("__main__")
     main.__dict__.update({"__file__": str(abs_path), "__builtins__": builtins, RUNTIME: runtime, "__cached__": None})
     saved_main = sys.modules.get("__main__")

@@ -407,8 +407,9 @@ class Recorder:
 
 
 def _import_seconds() -> float:
-    package = sys.modules.get("hindlog")
-    return float(getattr(package, "IMPORT_SECONDS", 0.0))
+    import hindlog
+
+    return hindlog.IMPORT_SECONDS
 
 
 def compute_threads() -> int | None:
