@@ -444,7 +444,8 @@ class NumpyRecording:
 def make_numpy_recording(base: Path) -> NumpyRecording:
     proj = CkProject(base)
     proj.write("train.py", NUMPY_TRAIN)
-    # A short process earns a small budget; a generous ε gives these tests several checkpoints.
-    proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.5"})
+    # A short process earns a small budget, and hindlog's start-up is charged to it first; a
+    # generous ε gives these tests several checkpoints.
+    proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
     run_id = last_json(proc.stdout)["run"]
     return NumpyRecording(proj, run_id, proj.by_iteration(run_id), 6)

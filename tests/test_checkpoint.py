@@ -304,6 +304,16 @@ def test_a_recorded_run_reports_what_the_policy_charged(tmp_path: Path) -> None:
                      rf"{charged['persister_cpu_seconds']:.2f}s of background writes x {charged['background_weight']:.2f}", shown), shown
 
 
+def test_a_start_up_that_spent_the_budget_leaves_no_room_for_checkpoints(tmp_path: Path) -> None:
+    # The same cheap loop that gets a checkpoint every iteration, after a start-up charged at
+    # 100 s: ε of the run's 2.5 s cannot pay for any checkpoint, the last one included.
+    proj = CkProject(tmp_path)
+    proj.write("train.py", CHEAP.replace("import hindlog as hl\n", "import hindlog as hl\nfrom hindlog import record\nrecord.current().startup_seconds = 100.0\n"))
+    run_id = last_json(proj.run("train.py").stdout)["run"]
+    assert proj.checkpointed_iterations(run_id) == []
+    assert proj.run_info(run_id)["info"]["checkpoint_charged"]["startup_seconds"] == 100.0
+
+
 # ----------------------------------------------------------------- declaring state
 
 UNPICKLABLE = """

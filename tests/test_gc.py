@@ -62,7 +62,7 @@ def two_runs(numpy_rec: NumpyRecording, tmp_path: Path) -> tuple[CkProject, str,
     """A copy of the shared NumPy recording plus a second, newer run of a changed script."""
     proj = copy_store(numpy_rec.proj, tmp_path)
     proj.write("train.py", NUMPY_TRAIN.replace("np.random.seed(0)", "np.random.seed(1)"))
-    second = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.5"}).stdout)["run"]
+    second = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["run"]
     assert proj.run_ids() == [numpy_rec.run_id, second]
     return proj, numpy_rec.run_id, second
 

@@ -431,6 +431,8 @@ class Checkpointer:
         self.declared: dict[str, Declared] = recorder.declared
         self.freezer = Freezer()
         self.policy = Policy(recorder.epsilon, process_start(recorder._clock_start))
+        # hindlog's own start-up counts against the same budget as its checkpoints.
+        self.policy.spent = recorder.startup_seconds
         self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)
         self.active = False
         self._decided = True
