@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_replay import CASES  # noqa: E402
-from common import GIT_ENV, PYTHON, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save  # noqa: E402
+from common import GIT_ENV, PYTHON, VARIANT_ARGS, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save  # noqa: E402
 
 HF = WORKLOADS / "handsfree"
 HINDLOG = [PYTHON, "-m", "hindlog.cli"]
@@ -102,7 +102,7 @@ ISSUE: dict[str, dict[str, Any]] = {
 #: --quick sizes of the converted bench/workloads scripts (their hl.arg defaults replaced).
 QUICK_ARGS = {"cnn": {"epochs": 3, "samples": 4096}, "finetune": {"epochs": 16}, "lstm": {"epochs": 3}, "sklearn": {"epochs": 15}}
 
-DEFAULT_WORKLOADS = [*ISSUE, *CASES]
+DEFAULT_WORKLOADS = [*ISSUE, *(c for c in CASES if c not in VARIANT_ARGS)]  # variants need hl.arg, which plain scripts lack
 
 
 def plain(source: str, overrides: dict[str, object]) -> str:

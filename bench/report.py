@@ -1320,7 +1320,7 @@ RECORD_NOTES = """\
   per-epoch `torch.save` made a fine-tuning loop 1.36x slower in the peer
   measurements; 0.3 s epochs) gets a checkpoint about every second epoch.
   finetune-large (156 MB, 0.13 s epochs) is where the bound bites: one
-  checkpoint costs training about 60 ms there (13-17 ms blocked, the rest
+  checkpoint costs training 60-85 ms there (17-19 ms blocked, the rest
   slowdown; see "What one checkpoint costs training" below), so 5% of its
   run, less the policy's 20% margin, pays for a checkpoint every 10 to 15
   epochs, not every 4. Persisting was made cheap enough for it by measurement
@@ -1340,7 +1340,10 @@ RECORD_NOTES = """\
   differ by a median 2.3% and its CPU ratio matches its wall ratio in every
   pair, so about 0.8 s of extra
   work per 18 s lstm run is not accounted for by the policy's measurements
-  (6 checkpoints of 12 MB, blocked 0.23% of the run). It is not yet explained."""
+  (6 checkpoints of 12 MB, blocked 0.23% of the run). A later check of
+  3-epoch lstm runs (plain, recorded with ε = 0, recorded; two rounds) showed
+  no consistent difference in wall or CPU time, so it is not yet known
+  whether this is hindlog's cost or the machine's."""
 
 STORAGE_INTRO = """\
 Bytes of checkpoint data one recorded run leaves behind. hindlog: bytes its
@@ -1422,10 +1425,14 @@ new output lines the replayed ones must equal. Target: recording overhead at
 most ε = 5% on each script."""
 
 HANDSFREE_NOTES = """\
-**Notes.** This table was measured before hindlog's start-up was charged to ε
-and before the state analysis stopped treating arguments that project code
-only reads as state, and with the finetune workload's former default shape
-(156 MB of state, 0.13 s epochs); its rows have not been measured again since.
+**Notes.** hindlog's start-up (about 0.07 s under `hindlog run`) is charged
+to ε before any checkpoint, so the 2 s sklearn script now gets 1 to 4
+checkpoints in 30 epochs, and its replay is no faster than a re-run; the
+start-up itself is still 3-4% of such a script. `while-early` no longer
+checkpoints its 40 MB validation set (the state analysis sees that
+`model.loss(Xv, yv)` only reads it). cnn-engine's pairs went from 1.06 to
+1.26 over the run while its plain times stayed within 8.1-9.1 s; that
+spread is not explained yet.
 `hindlog run` first added about 1.2 s to every script: its import
 hook searched `sys.path` a second time for every module the script imported
 (torch has hundreds); it now answers "not a project module" with a couple of
