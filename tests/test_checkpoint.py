@@ -268,6 +268,19 @@ def test_policy_charges_the_slowdown_a_persist_causes_beyond_its_cpu_time() -> N
     assert policy.decide(5, now=3.0)
 
 
+def test_policy_counts_iterations_a_persist_barely_touched_as_quiet() -> None:
+    # With a checkpoint every other iteration, the persister's small jobs (a commit, the tail of
+    # a write) overlap nearly every iteration by a fraction of a millisecond. Those iterations
+    # make the baseline, so the slowdown of the real persists is still measured.
+    policy = Policy(0.05, start=0.0)
+    for _ in range(3):
+        policy.observe(0.1, persisting=0.0005, background_cpu=0.0)
+    policy.charge(0.0, 0.02, checkpoint=False)
+    policy.observe(0.14, persisting=0.06, background_cpu=0.0)
+    policy.observe(0.1, persisting=0.0008, background_cpu=0.02)
+    assert policy.weight == pytest.approx(2.0)
+
+
 def test_policy_weight_is_at_least_the_cpu_time_and_ignores_noise_beyond_the_persist() -> None:
     # A persist that does not slow training is still charged its CPU time.
     policy = _policy_with_baseline(0.1)

@@ -72,6 +72,11 @@ MAX_BACKGROUND_WEIGHT = 4.0
 BASELINE_ITERATIONS = 15
 #: Quiet iterations needed before the slowdown during persists is measured against them.
 MIN_BASELINE = 3
+#: An iteration that a persist overlapped for at most this share of a quiet iteration's time
+#: counts as quiet:
+#: the persister's small jobs (an iteration's commit, the tail of a write) touch nearly every
+#: iteration when checkpoints are dense, and would otherwise leave no baseline to measure by.
+QUIET_OVERLAP = 0.02
 #: Fraction of ε the policy aims for, leaving room for noise.
 SAFETY = 0.8
 
@@ -161,7 +166,8 @@ class Policy:
         """One main-loop iteration's wall time, less the time it was blocked; ``persisting``:
         wall seconds a persist ran during it; ``background_cpu``: the persister's CPU seconds
         (all so far) when the iteration began."""
-        if persisting <= 0:
+        typical = statistics.median(self._quiet) if self._quiet else seconds
+        if persisting <= QUIET_OVERLAP * typical:
             if self._episode is not None:
                 self._end_episode()
             self._quiet.append(seconds)
