@@ -1332,18 +1332,18 @@ RECORD_NOTES = """\
 - Checkpoint data are content-addressed: a tensor unchanged since the last
   checkpoint (same in-place version counter) is not copied again, and
   identical bytes are stored once; see the storage and scaling sections.
-- **Where the measured overhead exceeds what the policy charged.** The policy
-  charged finetune 0.51-0.54 s per run and lstm 0.13-0.14 s (start-up, blocked
-  time and weighted persister CPU), against medians of 0.84 s and 0.96 s of
-  wall time more than plain in these pairs. On finetune the A/A pairs differ
-  by a median 4.9% as well, so much of the gap may be noise; lstm's A/A pairs
-  differ by a median 2.3% and its CPU ratio matches its wall ratio in every
-  pair, so about 0.8 s of extra
-  work per 18 s lstm run is not accounted for by the policy's measurements
-  (6 checkpoints of 12 MB, blocked 0.23% of the run). A later check of
-  3-epoch lstm runs (plain, recorded with ε = 0, recorded; two rounds) showed
-  no consistent difference in wall or CPU time, so it is not yet known
-  whether this is hindlog's cost or the machine's."""
+- **How far one run of this table can be trusted.** Two full runs of it an
+  hour apart, with the same code for everything but the quiet-iteration rule
+  (see [checkpointing.md](checkpointing.md)), gave cnn -2.5% then +7.0%,
+  lstm +5.3% then -1.2%, sklearn +7.0% then -0.6%; the policy charged cnn
+  0.07 s and lstm 0.15 s per run both times. The A/A pairs differ by a
+  median 5-8%, so a median of 5 pairs moves by several percent from one run
+  of the table to the next; the CPU ratio follows the wall ratio, so the
+  noise is in how fast this shared machine runs the same work, not in
+  hindlog's threads. What the policy charges (start-up, blocked time,
+  weighted persister CPU) is the part of the cost measured inside the run.
+  finetune, whose checkpoints are the expensive ones, was charged 0.51 s
+  against a median excess of 0.11 s in this run."""
 
 STORAGE_INTRO = """\
 Bytes of checkpoint data one recorded run leaves behind. hindlog: bytes its
