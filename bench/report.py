@@ -1430,9 +1430,10 @@ to ε before any checkpoint, so the 2 s sklearn script now gets 1 to 4
 checkpoints in 30 epochs, and its replay is no faster than a re-run; the
 start-up itself is still 3-4% of such a script. `while-early` no longer
 checkpoints its 40 MB validation set (the state analysis sees that
-`model.loss(Xv, yv)` only reads it). cnn-engine's pairs went from 1.06 to
-1.26 over the run while its plain times stayed within 8.1-9.1 s; that
-spread is not explained yet.
+`model.loss(Xv, yv)` only reads it). cnn-engine measured +19% in the run
+before this one (pairs 1.06, 1.19, 1.26, plain times flat) and +9% in this
+one, with 10 checkpoints of 10 iterations both times; whether that is noise
+or a cost of the instrumented `train_one_epoch` is not yet known.
 `hindlog run` first added about 1.2 s to every script: its import
 hook searched `sys.path` a second time for every module the script imported
 (torch has hundreds); it now answers "not a project module" with a couple of
