@@ -31,9 +31,10 @@ WORKLOADS_ALL = {
     "lstm": ("lstm.py", [], "LSTM with dropout, shuffling DataLoader"),
     "sklearn": ("sklearn_sgd.py", [], "scikit-learn partial_fit, NumPy shuffling"),
     "finetune-large": ("finetune.py", [], "52 MB MLP + Adam = 156 MB of state, 0.13 s epochs"),  # common.VARIANT_ARGS
+    "finetune-gpu": ("finetune.py", [], "on a CUDA GPU: 210 MB MLP + Adam = 630 MB of state, batches of 256"),  # common.VARIANT_ARGS
 }
 QUICK_ARGS = {"cnn": {"epochs": 3, "samples": 4096}, "finetune": {"epochs": 16}, "lstm": {"epochs": 3}, "sklearn": {"epochs": 15},
-              "finetune-large": {"epochs": 16}}
+              "finetune-large": {"epochs": 16}, "finetune-gpu": {"epochs": 10}}
 
 
 def run_stats(store: Path) -> dict:
@@ -109,6 +110,7 @@ def main() -> None:
     p.add_argument("--noise", action="store_true", help="run plain twice per pair: the plain/plain ratios show the noise floor")
     p.add_argument("--malloc", default="steady", choices=["steady", "default"],
                    help="glibc's allocator held steady for both sides (default), or left adaptive")
+    p.add_argument("--out", default="record", help="results file name under bench/results (without .json)")
     args = p.parse_args()
     results = []
     for name in args.workloads.split(","):
@@ -118,7 +120,7 @@ def main() -> None:
         "machine": machine(), "results": results,
     }
     suffix = "" if args.malloc == "steady" else "-default-malloc"
-    path = save("record" + suffix + ("-quick" if args.quick else ""), data)
+    path = save(args.out + suffix + ("-quick" if args.quick else ""), data)
     print("\n| workload | plain (s) | recorded (s) | wall ratio (median) | CPU-time ratio (median) | checkpointed iterations | hindlog's measured overhead |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -560,8 +560,9 @@ def test_cuda_tensors_are_frozen_at_the_call_without_waiting_for_the_gpu(project
         hl.log("warmup", x)
         a = torch.randn(4096, 4096, device="cuda")
         torch.cuda.synchronize()
-        for _ in range(50):                         # queue a lot of work on the stream
+        for _ in range(400):                        # queue about a second of work on the stream
             a = (a @ a) / 4096
+        busy_before = not torch.cuda.current_stream().query()
         t0 = time.perf_counter()
         hl.log("x", x)
         hl.log("s", x.sum())
@@ -569,12 +570,13 @@ def test_cuda_tensors_are_frozen_at_the_call_without_waiting_for_the_gpu(project
         busy = not torch.cuda.current_stream().query()   # the GPU was still working when hl.log returned
         x.add_(1)                                   # in place, after the call
         torch.cuda.synchronize()
-        print(json.dumps({"dt": dt, "busy": busy}))
+        print(json.dumps({"dt": dt, "busy_before": busy_before, "busy": busy}))
         """,
         timeout=120,
     ).stdout
     result = json.loads(out)
-    assert result["busy"], "hl.log waited for the GPU (or the queued work was too short to tell)"
+    assert result["busy_before"], f"the queued work was too short to tell: {result}"
+    assert result["busy"], f"hl.log waited for the GPU: {result}"
     assert result["dt"] < 0.05
     x = project.values("x")[0]
     assert isinstance(x, np.ndarray) and x.dtype == np.float32

@@ -971,3 +971,36 @@ def test_default_workers_fit_the_cores_at_the_record_thread_count() -> None:
     assert default_workers({"info": {"threads": 4}}, cores=16) == 4
     assert default_workers({"info": {}}, cores=8) == 8  # no torch in the record: one thread each
     assert default_workers({"info": {"threads": 8}}, cores=2) == 1
+
+
+def test_gpus_a_worker_can_be_given_follow_cuda_visible_devices() -> None:
+    from hindlog.replay import default_workers, gpu_for_worker, visible_gpus
+
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 5"}) == ["2", "5"]
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1,-1,3"}) == ["1"]      # CUDA stops at the first invalid id
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "GPU-8f6c,GPU-11ab"}) == ["GPU-8f6c", "GPU-11ab"]
+    # Round-robin over the GPUs when there are several workers; one worker is left as the record ran.
+    assert [gpu_for_worker(k, 3, ["0", "1"]) for k in range(3)] == ["0", "1", "0"]
+    assert gpu_for_worker(0, 1, ["0", "1"]) is None
+    assert gpu_for_worker(1, 2, []) is None
+    # A run that saw a GPU gets a worker per GPU; a CPU run a worker per core's worth of threads.
+    gpu_run = {"env": {"gpus": ["NVIDIA H100"]}, "info": {"threads": 1}}
+    assert default_workers(gpu_run, cores=16, gpus=["0", "1"]) == 2
+    assert default_workers(gpu_run, cores=16, gpus=[]) == 16
+    assert default_workers({"env": {"gpus": []}, "info": {"threads": 1}}, cores=16, gpus=["0", "1"]) == 16
+
+
+def test_workers_of_a_gpu_run_are_spread_over_the_visible_gpus(counter: tuple[ReplayProject, str]) -> None:
+    # The record saw a GPU (as a CUDA machine's run would say); the replay machine shows two.
+    proj, run = counter
+    proj.sql("UPDATE runs SET env=json_set(env, '$.gpus', json('[\"NVIDIA H100\"]')) WHERE run_id=?", (run,))
+    proj.write("train.py", insert_after(proj.read(), 'hl.log("x", state["x"])',
+                                        'hl.log("gpu", os.environ.get("CUDA_VISIBLE_DEVICES"))'))
+    proj.replay("train.py", env={"CUDA_VISIBLE_DEVICES": "4,7"})      # default: one worker per GPU
+    by_epoch = {ctx[0][1]: v for ctx, v in proj.values("gpu", run).items()}
+    assert sorted(by_epoch) == list(range(6))
+    seen = [by_epoch[e] for e in range(6)]
+    first = seen.index("7")                                            # segment 2 starts there
+    assert 0 < first and seen == ["4"] * first + ["7"] * (6 - first), seen

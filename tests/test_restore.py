@@ -315,3 +315,57 @@ def test_every_checkpoint_damaged_is_an_error(numpy_rec: NumpyRecording, tmp_pat
         warnings.simplefilter("ignore")
         with pytest.raises(CheckpointError, match=rf"none of the checkpoints of run {run_id}"):
             hl.restore(run_id, store=proj.store(), **_fresh_numpy_objects())
+
+
+# ----------------------------------------------------------------- writes the version counter misses
+
+BYPASSING_WRITES = """
+import time
+import torch, torch.nn as nn
+import hindlog as hl
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 2))
+opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+ema = torch.zeros(32, 8)
+X = torch.randn(256, 8)
+Y = (X[:, 0] > 0).long()
+hl.checkpoints(model=model, opt=opt, ema=ema)
+for epoch in hl.loop("epoch", range(6)):
+    for b in hl.loop("step", range(0, 256, 64)):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(X[b:b + 64]), Y[b:b + 64])
+        loss.backward()
+        opt.step()
+    ema.data.mul_(0.5).add_(model[0].weight.data, alpha=0.5)
+    hl.log("w", model[0].weight)
+    hl.log("bn_mean", model[1].running_mean)
+    hl.log("exp_avg", opt.state[model[0].weight]["exp_avg"])
+    hl.log("ema", ema)
+    time.sleep(0.05)
+"""
+
+
+def test_checkpoints_hold_writes_that_bypass_the_version_counter(tmp_path: Path) -> None:
+    # A fused optimizer, BatchNorm's running statistics and a write through `.data` change
+    # tensors without moving their version counters: each checkpoint must still hold the
+    # values of its own iteration, as the script logged them at the iteration's end.
+    import torch
+    import torch.nn as nn
+
+    proj = CkProject(tmp_path)
+    proj.write("train.py", BYPASSING_WRITES)
+    proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    run_id = proj.run_ids()[-1]
+    logged: dict[tuple[int, str], np.ndarray] = {(it, name): value for it, name, value in proj.records(run_id)}
+    iterations = proj.checkpointed_iterations(run_id)
+    assert len(iterations) >= 3, iterations
+    for it in iterations:
+        model = nn.Sequential(nn.Linear(8, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 2))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+        ema = torch.zeros(32, 8)
+        hl.restore(run_id, iteration=it, store=proj.store(), model=model, opt=opt, ema=ema)
+        restored = {"w": model[0].weight, "bn_mean": model[1].running_mean,
+                    "exp_avg": opt.state[model[0].weight]["exp_avg"], "ema": ema}
+        for name, tensor in restored.items():
+            np.testing.assert_array_equal(tensor.detach().numpy(), logged[(it, name)], err_msg=f"iteration {it}: {name}")

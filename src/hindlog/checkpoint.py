@@ -55,6 +55,7 @@ from .state import (
     tensor_specs,
     thaw,
 )
+from .values import wait_for_event
 
 ITERATION_END = -1
 FORMAT = 1
@@ -374,7 +375,7 @@ class Persister:
     @staticmethod
     def _bytes_of(ft: FrozenTensor) -> memoryview:
         if ft.event is not None:
-            ft.event.synchronize()
+            wait_for_event(ft.event)
             ft.event = None
         data = ft.data
         if ft.framework == "torch":
@@ -501,7 +502,9 @@ class Checkpointer:
                     return
         if specs:
             pool = self.freezer.pool
-            self.persister.prepare(lambda: pool.reserve(torch, specs))
+            # Two copies: a checkpointed iteration snapshots at a nested loop's exit and again at its
+            # end, before the persister has written (and handed back) the first copy.
+            self.persister.prepare(lambda: pool.reserve(torch, specs, copies=2))
 
     def _state_bytes(self) -> int:
         total = 0

@@ -11,6 +11,7 @@ values they recompute against the recorded ones and store the new values.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -246,11 +247,16 @@ def _new_ranges(old: str, patched: str) -> list[tuple[int, int]]:
     return hindsight.find_additions("", old, patched).statements
 
 
-def default_workers(run: dict[str, Any], cores: int | None = None) -> int:
-    """As many workers as the cores hold at the record's thread count per process.
+def default_workers(run: dict[str, Any], cores: int | None = None, gpus: list[str] | None = None) -> int:
+    """One worker per GPU for a run that trained on a GPU, else as many workers as the cores
+    hold at the record's thread count per process.
 
     More would not be faster: each worker computes with the record's thread count (see
     ``_worker_env``), and workers that share cores slow each other down."""
+    if _used_gpu(run):
+        gpus = visible_gpus() if gpus is None else gpus
+        if gpus:
+            return len(gpus)
     cores = cores or os.cpu_count() or 1
     threads = (run.get("info") or {}).get("threads") or 1
     return max(1, cores // max(1, int(threads)))
@@ -412,7 +418,37 @@ def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path) -> dict[str, str]:
+def _used_gpu(run: dict[str, Any]) -> bool:
+    """Whether the record saw a GPU (hindlog lists them only when the script imported torch)."""
+    return bool((run.get("env") or {}).get("gpus"))
+
+
+def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
+    """The GPUs a worker can be given: ``CUDA_VISIBLE_DEVICES``'s entries when it is set, else
+    the indices ``nvidia-smi`` lists; none when neither answers."""
+    env = os.environ if env is None else env
+    if "CUDA_VISIBLE_DEVICES" in env:
+        ids = [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+        # CUDA stops reading the list at the first invalid entry ("-1" hides every GPU).
+        return list(itertools.takewhile(lambda g: not g.startswith("-"), ids))
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
+
+
+def gpu_for_worker(k: int, workers: int, gpus: list[str]) -> str | None:
+    """The GPU worker ``k`` of ``workers`` is pinned to, round-robin; None leaves the worker
+    the GPUs the replay sees. A single worker is not pinned: it runs as the record did."""
+    if workers < 2 or not gpus:
+        return None
+    return gpus[k % len(gpus)]
+
+
+def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path,
+                gpu: str | None = None) -> dict[str, str]:
     env = dict(os.environ)
     # Thread counts are those of the record (the recorded variables include OMP_NUM_THREADS
     # and the like when set, and the info PyTorch's count): another count changes the order
@@ -426,6 +462,10 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
     env["HINDLOG_DIR"] = str(store.path)
     env[ENV] = str(spec_path)
     env.pop("HINDLOG_DISABLED", None)
+    if gpu is not None:
+        # Workers sharing one GPU compete for it; on several GPUs each worker gets its own, and
+        # the script's "cuda" (device 0) is that one.
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
 
 
@@ -451,6 +491,8 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
     if not script_path.exists():
         raise ReplayError(f"{plan.script} is not in the recorded code of run {plan.run_id}")
     procs: list[tuple[Segment, subprocess.Popen[bytes], Path, Path, Path]] = []
+    recorded_variables = (run.get("env") or {}).get("variables") or {}
+    gpus = visible_gpus({**os.environ, **recorded_variables}) if _used_gpu(run) and len(plan.segments) > 1 else []
     for k, seg in enumerate(plan.segments):
         spec = {
             "mode": "replay",
@@ -478,7 +520,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             proc = subprocess.Popen(
                 [*command, str(script_path), *argv[1:]],
                 cwd=_worker_cwd(store, run, scratch),
-                env=_worker_env(store, run, args, spec_path),
+                env=_worker_env(store, run, args, spec_path, gpu_for_worker(k, len(plan.segments), gpus)),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -627,19 +669,26 @@ def replay(
             raise ReplayError(f"no statements were added to the code of run {targets[-1]['run_id']}; add hl.log(...) calls first")
         plans: list[RunPlan] = []
         skipped: list[tuple[str, str]] = []
+        gpus = visible_gpus() if any(_used_gpu(r) for r in targets) else []
         for run in targets:
+            fitting = default_workers(run, gpus=gpus)
             try:
-                p = plan_run(st, conn, run, current, additions, base, iterations, workers or default_workers(run), force)
+                p = plan_run(st, conn, run, current, additions, base, iterations, workers or fitting, force)
             except ReplayError as e:
                 skipped.append((run["run_id"], str(e)))
                 continue
             p.notes = notes + p.notes
-            if workers and workers > default_workers(run):
-                threads = (run.get("info") or {}).get("threads") or 1
-                p.notes.append(
-                    f"{workers} workers x {threads} threads each (the record's count, kept so values match) exceed "
-                    f"this machine's {os.cpu_count()} cores: workers will share cores; --workers {default_workers(run)} may be faster"
-                )
+            if workers and workers > fitting:
+                if _used_gpu(run) and gpus:
+                    p.notes.append(f"{workers} workers share this machine's {len(gpus)} GPU(s); --workers {fitting} may be faster")
+                else:
+                    threads = (run.get("info") or {}).get("threads") or 1
+                    p.notes.append(
+                        f"{workers} workers x {threads} threads each (the record's count, kept so values match) exceed "
+                        f"this machine's {os.cpu_count()} cores: workers will share cores; --workers {fitting} may be faster"
+                    )
+            elif _used_gpu(run) and not gpus:
+                p.notes.append("the record saw a GPU and this machine shows none: a script that puts its work on 'cuda' fails here")
             plans.append(p)
     finally:
         conn.close()

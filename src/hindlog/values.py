@@ -8,10 +8,13 @@ Encoding into SQLite values happens later, on the background writer.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import math
 import sys
+import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -38,15 +41,73 @@ class JsonValue:
 class DeviceCopy:
     """A GPU tensor being copied to pinned host memory; resolved by the writer."""
 
-    __slots__ = ("host", "event", "scalar")
+    __slots__ = ("host", "event", "scalar", "slot", "value")
 
-    def __init__(self, host: Any, event: Any, scalar: bool) -> None:
-        self.host, self.event, self.scalar = host, event, scalar
+    def __init__(self, host: Any, event: Any, scalar: bool, slot: int | None = None) -> None:
+        self.host, self.event, self.scalar, self.slot = host, event, scalar, slot
+        self.value: Any = None
 
     def resolve(self) -> Any:
-        self.event.synchronize()
-        arr = self.host.numpy()
-        return arr.item() if self.scalar else arr
+        if self.host is not None:
+            wait_for_event(self.event)
+            arr = self.host.numpy()
+            self.value = arr.item() if self.scalar else arr.copy()
+            self.host = self.event = None
+            if self.slot is not None:
+                _PINNED_SLOTS.give(self.slot)
+        return self.value
+
+
+def wait_for_event(event: Any) -> None:
+    """Wait in a background thread for a CUDA event by polling it (answering within 5 ms).
+
+    A thread waiting in ``cudaEventSynchronize`` may hold up the training thread's own CUDA
+    calls: on an H100, an ``hl.log`` of a 4-byte GPU value was seen taking the second of work
+    queued on the GPU while the writer waited for an event. Polling holds nothing."""
+    delay = 0.0002
+    while not event.query():
+        time.sleep(delay)
+        delay = min(delay * 2, 0.005)
+
+
+class _PinnedSlots:
+    """Small pinned host buffers for GPU values, allocated together once and then reused.
+
+    Allocating pinned memory (``cudaHostAlloc``) waits for the GPU's queued work, so a
+    pinned buffer allocated per ``hl.log`` call would stall training whenever the GPU is
+    busy. The first GPU value allocates the slots (the one wait); the writer hands each
+    slot back once it has read it. Larger values, or more in flight than there are slots,
+    get buffers from PyTorch's pinned-memory cache, which waits only when it must grow."""
+
+    SLOT_BYTES = 4096
+    COUNT = 256
+
+    def __init__(self) -> None:
+        self._arena: Any = None
+        self._free: collections.deque[int] = collections.deque()
+        self._lock = threading.Lock()
+
+    def take(self, torch: Any, t: Any) -> tuple[Any, int] | None:
+        nbytes = t.numel() * t.element_size()
+        if nbytes > self.SLOT_BYTES:
+            return None
+        if self._arena is None:
+            with self._lock:
+                if self._arena is None:
+                    self._free.extend(range(self.COUNT))
+                    self._arena = torch.empty(self.SLOT_BYTES * self.COUNT, dtype=torch.uint8, pin_memory=True)
+        try:
+            k = self._free.popleft()
+        except IndexError:
+            return None
+        start = k * self.SLOT_BYTES
+        return self._arena[start:start + nbytes].view(t.dtype).reshape(t.shape), k
+
+    def give(self, k: int) -> None:
+        self._free.append(k)
+
+
+_PINNED_SLOTS = _PinnedSlots()
 
 
 def check_name(name: Any) -> None:
@@ -102,11 +163,12 @@ def _capture_tensor(torch: Any, t: Any) -> Any:
     if t.dtype in (torch.bfloat16,):
         t = t.float()
     if t.is_cuda:
-        host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        taken = _PINNED_SLOTS.take(torch, t)
+        host, slot = taken if taken is not None else (torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True), None)
         host.copy_(t, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        return DeviceCopy(host, event, t.dim() == 0 and not t.is_complex())
+        return DeviceCopy(host, event, t.dim() == 0 and not t.is_complex(), slot)
     if t.device.type != "cpu":
         t = t.cpu()
     if t.dim() == 0 and not t.is_complex():
