@@ -1370,32 +1370,38 @@ RECORD_NOTES = """\
   memory bandwidth with the optimizer step). The fine-tuning shape (77 MB of
   parameters and Adam state, the size of the model and optimizer whose
   per-epoch `torch.save` made a fine-tuning loop 1.36x slower in the peer
-  measurements; 0.3 s epochs) gets a checkpoint about every second epoch.
+  measurements; 0.3 s epochs) gets a checkpoint about every third epoch.
   finetune-large (156 MB, 0.13 s epochs) is where the bound bites: one
-  checkpoint costs training 60-85 ms there (17-19 ms blocked, the rest
-  slowdown; see "What one checkpoint costs training" below), so 5% of its
-  run, less the policy's 20% margin, pays for a checkpoint every 10 to 15
-  epochs, not every 4. Persisting was made cheap enough for it by measurement
+  checkpoint costs training 74-98 ms there (32-34 ms blocked: the state is
+  copied at the step loop's exit and again at the iteration's end, since a
+  tensor whose first copy is not yet written cannot be checked unchanged by
+  its hash; the rest slowdown; see "What one checkpoint costs training"
+  below), so 5% of its run, less the policy's 20% margin, pays for one or two
+  checkpoints in 30 epochs, not one in 4. Persisting was made cheap enough for it by measurement
   (`bench/bench_persist.py`, see [checkpointing.md](checkpointing.md)):
   pooled page-aligned snapshot buffers, XXH3-128 instead of SHA-256 (7 ms
   against 88 ms of CPU per 156 MB) and `O_DIRECT` writes (11 ms against
   406 ms of CPU for a buffered write). Before that change the same run got 0
   or 1 checkpoint in 16 epochs.
 - Checkpoint data are content-addressed: a tensor unchanged since the last
-  checkpoint (same in-place version counter) is not copied again, and
+  checkpoint (same bytes, checked by hash: fused optimizers, BatchNorm and
+  `.data` writes leave the version counter alone) is not copied again, and
   identical bytes are stored once; see the storage and scaling sections.
 - **How far one run of this table can be trusted.** Two full runs of it an
   hour apart, with the same code for everything but the quiet-iteration rule
   (see [checkpointing.md](checkpointing.md)), gave cnn -2.5% then +7.0%,
   lstm +5.3% then -1.2%, sklearn +7.0% then -0.6%; the policy charged cnn
-  0.07 s and lstm 0.15 s per run both times. The A/A pairs differ by a
+  0.07 s and lstm 0.15 s per run both times. A third run, after the change
+  to hash-checked reuse (which leaves sklearn's NumPy path as it was), gave
+  cnn +7.2%, finetune +5.2%, lstm +2.4%, sklearn +3.6%, finetune-large +4.3%,
+  against A/A medians of 0.0% to +2.8%. The A/A pairs differ by a
   median 5-8%, so a median of 5 pairs moves by several percent from one run
   of the table to the next; the CPU ratio follows the wall ratio, so the
   noise is in how fast this shared machine runs the same work, not in
   hindlog's threads. What the policy charges (start-up, blocked time,
   weighted persister CPU) is the part of the cost measured inside the run.
   finetune, whose checkpoints are the expensive ones, was charged 0.51 s
-  against a median excess of 0.11 s in this run."""
+  against a median excess of 0.11 s in the second run."""
 
 STORAGE_INTRO = """\
 Bytes of checkpoint data one recorded run leaves behind. hindlog: bytes its
@@ -1440,8 +1446,9 @@ REPLAY_NOTES = """\
   process on this machine). A lower bound computed from a record slowed by
   another job can come out above the replay (a ratio below 1).
 - Replay is only as good as the checkpoints the policy allowed: iterations
-  without a checkpoint before them are re-run. finetune gets a checkpoint
-  about every second 0.3 s epoch under ε = 5%, so its replay of a per-epoch
+  without a checkpoint before them are re-run. finetune got a checkpoint
+  about every second 0.3 s epoch under ε = 5% in this record (every third
+  since hash-checked reuse), so its replay of a per-epoch
   statement re-runs the nested loops of the other half (7.2 s against 12.3 s
   for a full re-run) and stays well above the bound that skips every loop,
   but close to the bound given the checkpoints it has. sklearn's runs last
@@ -1513,11 +1520,10 @@ outside the step loop), restoring checkpoints not included."""
 SCALING_NOTES = """\
 **Reading these numbers.** With M the model's size, a `torch.save` per epoch
 writes the whole model and Adam's two moments for the trainable half: about
-2M per epoch. hindlog writes the frozen half once per run (M/2: its tensors
-keep their version counter, and identical bytes are stored once), then the
-trainable half and its Adam state (1.5M) per checkpointed iteration; the
-checkpoint at the step loop's exit and the one at the iteration's end share
-their unchanged tensors, which is why the checkpoints' logical size is about
+2M per epoch. hindlog writes the frozen half once per run (M/2: identical bytes are stored once),
+then the trainable half and its Adam state (1.5M) per checkpointed iteration;
+the checkpoint at the step loop's exit and the one at the iteration's end
+hold the same bytes for the tensors nothing changed in between, which is why the checkpoints' logical size is about
 twice the store. So the store is about (0.5 + 1.5n)M against 2M per epoch for
 n checkpointed iterations: 75-85% with every iteration checkpointed, less when
 the ε budget allows fewer checkpoints (a larger model, shorter epochs), at the
