@@ -1398,7 +1398,10 @@ RECORD_NOTES = """\
   +3.6% then +0.3%, finetune-large +4.3% then +6.5%. cnn is over 5% in three
   of the last four runs while the policy charged it under 0.1 s (0.3% of its
   run): its cost, or its noise, is outside what the policy measures; not yet
-  explained. The A/A pairs differ by a
+  explained. Right after the table, five alternating triples of the same
+  script outside the harness (plain, recorded, recorded with ε = 0: no
+  checkpoints) gave recorded/plain 0.87-1.02 (median 0.98) and 0.88-1.14 with
+  ε = 0. The A/A pairs differ by a
   median 5-8%, so a median of 5 pairs moves by several percent from one run
   of the table to the next; the CPU ratio follows the wall ratio, so the
   noise is in how fast this shared machine runs the same work, not in
