@@ -127,6 +127,7 @@ def test_show_by_id_prefix_and_latest(two_runs) -> None:
     assert "records      6" in by_id and "acc, loss" in by_id
     latest = main(project, "show", "latest").stdout
     assert b in latest and "lr=0.2" in latest
+    assert main(project, "show").stdout == latest                   # no run named: the latest
     prefix = b[:-2]
     assert not a.startswith(prefix)
     assert b in main(project, "show", prefix).stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -159,13 +160,33 @@ for epoch in hl.loop("epoch", range(10_000)):
 """
 
 
+def _stop_outside_a_transaction(proc, proj) -> None:
+    """SIGSTOP the recording process at a moment its writer holds no catalog lock (a process
+    stopped inside a transaction would keep gc waiting for the lock, which is not what is tested)."""
+    import sqlite3
+
+    for _ in range(100):
+        os.kill(proc.pid, signal.SIGSTOP)
+        conn = sqlite3.connect(str(proj.store_path / "catalog.db"), timeout=0.2)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            conn.close()
+    pytest.fail("the recording process never left the catalog unlocked")
+
+
 def test_gc_keep_last_never_drops_a_running_runs_checkpoints(numpy_rec: NumpyRecording, tmp_path: Path) -> None:
     proj = copy_store(numpy_rec.proj, tmp_path)
     proj.write("busy.py", BUSY)
     proc = proj.start("busy.py", env={"HINDLOG_EPSILON": "0.9"})
     try:
         wait_for(lambda: count_checkpoints(proj, at_least_iteration=0) > len(numpy_rec.proj.checkpoints(numpy_rec.run_id)) + 1, timeout=60, proc=proc)
-        os.kill(proc.pid, signal.SIGSTOP)  # hold it still (alive) while gc runs
+        _stop_outside_a_transaction(proc, proj)  # hold it still (alive) while gc runs
         try:
             running = proj.run_ids()[-1]
             assert proj.run_info(running)["status"] == "running"

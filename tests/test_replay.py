@@ -998,6 +998,8 @@ def test_workers_of_a_gpu_run_are_spread_over_the_visible_gpus(counter: tuple[Re
     proj.sql("UPDATE runs SET env=json_set(env, '$.gpus', json('[\"NVIDIA H100\"]')) WHERE run_id=?", (run,))
     proj.write("train.py", insert_after(proj.read(), 'hl.log("x", state["x"])',
                                         'hl.log("gpu", os.environ.get("CUDA_VISIBLE_DEVICES"))'))
+    plan = proj.replay("train.py", "--dry-run", env={"CUDA_VISIBLE_DEVICES": "4,7"}).stdout
+    assert re.search(r"GPUs: 0:\d+ on 4, \d+:6 on 7", plan), plan
     proj.replay("train.py", env={"CUDA_VISIBLE_DEVICES": "4,7"})      # default: one worker per GPU
     by_epoch = {ctx[0][1]: v for ctx, v in proj.values("gpu", run).items()}
     assert sorted(by_epoch) == list(range(6))

@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", help="only runs of this script")
 
     p = sub.add_parser("show", help="show one run: status, code version, args, environment, checkpoints")
-    p.add_argument("run", help="run id, unique prefix, name, or 'latest'")
+    p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (the default)")
     p.add_argument("--output", action="store_true", help="print the lines the script printed, per main-loop iteration")
 
     p = sub.add_parser("logs", help="print logged values as a table, CSV or JSON")

@@ -61,6 +61,8 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
     #: The main loop's name (it always runs; the plan lists the nested loops that must run too).
     main_loop: str | None = None
+    #: The GPU each segment's worker is given (``CUDA_VISIBLE_DEVICES``); None: as the record ran.
+    gpus: list[str | None] = field(default_factory=list)
 
 
 @dataclass
@@ -325,6 +327,8 @@ def describe_plan(plan: RunPlan) -> str:
     lines.append(f"  iterations {plan.iterations[0]}:{plan.iterations[1]} of {plan.total_iterations}; "
                  f"checkpointed: {len(plan.checkpointed)}")
     lines.append("  segments: " + ", ".join(f"{s.start}:{s.end}" for s in plan.segments))
+    if any(g is not None for g in plan.gpus):
+        lines.append("  GPUs: " + ", ".join(f"{s.start}:{s.end} on {g}" for s, g in zip(plan.segments, plan.gpus)))
     full = f"{plan.full_rerun:.1f}s" if plan.full_rerun else "unknown"
     lines.append(f"  estimated time: {plan.estimate:.1f}s (a full re-run: {full})")
     lines.extend(f"  note: {n}" for n in plan.notes)
@@ -491,8 +495,6 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
     if not script_path.exists():
         raise ReplayError(f"{plan.script} is not in the recorded code of run {plan.run_id}")
     procs: list[tuple[Segment, subprocess.Popen[bytes], Path, Path, Path]] = []
-    recorded_variables = (run.get("env") or {}).get("variables") or {}
-    gpus = visible_gpus({**os.environ, **recorded_variables}) if _used_gpu(run) and len(plan.segments) > 1 else []
     for k, seg in enumerate(plan.segments):
         spec = {
             "mode": "replay",
@@ -520,7 +522,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             proc = subprocess.Popen(
                 [*command, str(script_path), *argv[1:]],
                 cwd=_worker_cwd(store, run, scratch),
-                env=_worker_env(store, run, args, spec_path, gpu_for_worker(k, len(plan.segments), gpus)),
+                env=_worker_env(store, run, args, spec_path, plan.gpus[k] if k < len(plan.gpus) else None),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -678,6 +680,11 @@ def replay(
                 skipped.append((run["run_id"], str(e)))
                 continue
             p.notes = notes + p.notes
+            if _used_gpu(run) and len(p.segments) > 1:
+                # The recorded variables apply in the workers: a recorded CUDA_VISIBLE_DEVICES narrows the choice.
+                recorded = (run.get("env") or {}).get("variables") or {}
+                choice = visible_gpus({**os.environ, **recorded}) if "CUDA_VISIBLE_DEVICES" in recorded else gpus
+                p.gpus = [gpu_for_worker(k, len(p.segments), choice) for k in range(len(p.segments))]
             if workers and workers > fitting:
                 if _used_gpu(run) and gpus:
                     p.notes.append(f"{workers} workers share this machine's {len(gpus)} GPU(s); --workers {fitting} may be faster")
