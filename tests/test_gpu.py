@@ -21,8 +21,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(
 
 #: Dropout runs on the GPU (the CUDA generator), the DataLoader shuffles on the CPU (torch's
 #: global generator); Adam's moments and the scheduler live beside the model.
-GPU_TRAIN = """
-import json, os, sys
+GPU_SETUP = """
+import json, sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -39,6 +39,9 @@ loader = DataLoader(TensorDataset(X, Y), batch_size=64, shuffle=True)
 model = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Dropout(0.3), nn.Linear(256, 2)).to(dev)
 opt = torch.optim.Adam(model.parameters(), lr=1e-2)
 sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.8)
+"""
+
+GPU_TRAIN = GPU_SETUP + """
 hl.checkpoints(model=model, opt=opt, sched=sched)
 
 for epoch in hl.loop("epoch", range(6)):
@@ -57,25 +60,8 @@ print(json.dumps({"run": hl.run_id()}))
 """
 
 #: The training above, resumed in a fresh process from a checkpoint restored into new objects.
-GPU_CONTINUE = """
-import json, sys
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
-
-import hindlog as hl
-
-torch.use_deterministic_algorithms(True)
+GPU_CONTINUE = GPU_SETUP + """
 run, k = sys.argv[1], int(sys.argv[2])
-torch.manual_seed(0)
-dev = "cuda"
-X = torch.randn(512, 32)
-Y = (X[:, 0] + X[:, 1] > 0).long()
-loader = DataLoader(TensorDataset(X, Y), batch_size=64, shuffle=True)
-model = nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Dropout(0.3), nn.Linear(256, 2)).to(dev)
-opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.8)
 hl.restore(run, iteration=k, rng=True, model=model, opt=opt, sched=sched)
 assert model[0].weight.is_cuda and opt.state[model[0].weight]["exp_avg"].is_cuda
 values = {}
