@@ -576,17 +576,27 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> None:
     """Replaying the same statements again replaces their earlier values instead of duplicating them."""
+    # Name by name, through the (name, run) index: a single correlated DELETE compared every old
+    # value with every new one and took 3 s for 2,300 values replayed twice. CROSS JOIN keeps
+    # records as the outer loop; left to itself SQLite scanned contexts first, for each one all
+    # records of the name (12 s).
     conn = store.connect()
     try:
         with catalog.transaction(conn):
-            conn.execute(
-                "DELETE FROM records WHERE rowid IN ("
-                " SELECT r.rowid FROM records r JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
-                " WHERE r.run=:run AND r.source=:src AND r.ctx<:base AND EXISTS ("
-                "  SELECT 1 FROM records r2 JOIN contexts c2 ON c2.run=r2.run AND c2.id=r2.ctx"
-                "  WHERE r2.run=:run AND r2.source=:src AND r2.ctx>=:base AND r2.name=r.name AND c2.loops=c.loops))",
-                {"run": plan.run, "src": catalog.SOURCE_REPLAY, "base": base},
-            )
+            for (name,) in conn.execute("SELECT id FROM names").fetchall():
+                params = {"name": name, "run": plan.run, "src": catalog.SOURCE_REPLAY, "base": base}
+                loops = [row[0] for row in conn.execute(
+                    "SELECT DISTINCT c.loops FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
+                    " WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx>=:base", params)]
+                if not loops:
+                    continue
+                conn.execute(
+                    "DELETE FROM records WHERE rowid IN ("
+                    " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
+                    " WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx<:base"
+                    " AND c.loops IN (SELECT value FROM json_each(:loops)))",
+                    {**params, "loops": json.dumps(loops)},
+                )
     finally:
         conn.close()
 
