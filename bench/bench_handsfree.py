@@ -20,8 +20,11 @@ Two kinds of workloads, none of which imports hindlog:
 
 For each workload, in a temporary git project (stores outside it):
 
-- record overhead: ``python SCRIPT`` against ``hindlog run SCRIPT``, alternating the
-  order, ``--pairs`` pairs, median of the per-pair wall ratios (target <= 1.05),
+- record overhead: ``hindlog run SCRIPT`` between two runs of ``python SCRIPT``,
+  ``--pairs`` such triples, median of the bracketed wall ratios (the recorded run
+  against the mean of the plain runs around it: a drift of the machine's speed
+  cancels; ``common.bracketed_ratio``; target <= 1.05; the ratio against the first
+  plain run alone and the plain/plain ratio, the noise floor, are kept too),
   after one untimed warm-up run, with glibc's allocator held steady for both
   (``common.STEADY_MALLOC``; ``--malloc default`` leaves it adaptive);
   the checkpoints each recording took (distinct main-loop iterations in the store's
@@ -52,7 +55,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_replay import CASES  # noqa: E402
-from common import GIT_ENV, PYTHON, VARIANT_ARGS, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save  # noqa: E402
+from common import GIT_ENV, PYTHON, VARIANT_ARGS, WORKLOADS, allocator_env, bracketed_ratio, cleanup, machine, median, new_project, save  # noqa: E402
 
 HF = WORKLOADS / "handsfree"
 HINDLOG = [PYTHON, "-m", "hindlog.cli"]
@@ -212,13 +215,12 @@ def bench(name: str, pairs: int, quick: bool, malloc: str = "steady") -> dict:
     try:
         if not quick:  # a quick run's numbers are not evidence: it keeps the suite under 5 minutes
             run([PYTHON, script, *args], project, env)  # warm-up, not counted
-        ratios, plain_t, rec_t, facts = [], [], [], []
+        ratios, plain_t, rec_t, facts, plain2_t, bracketed, aa = [], [], [], [], [], [], []
         plain_stdout = None
         for k in range(pairs):
-            order = ["plain", "record"] if k % 2 == 0 else ["record", "plain"]
             t: dict[str, float] = {}
-            for mode in order:
-                if mode == "plain":
+            for mode in ("plain", "record", "plain2"):
+                if mode in ("plain", "plain2"):
                     t[mode], proc = run([PYTHON, script, *args], project, env)
                     plain_stdout = proc.stdout
                 else:
@@ -228,12 +230,18 @@ def bench(name: str, pairs: int, quick: bool, malloc: str = "steady") -> dict:
             plain_t.append(t["plain"])
             rec_t.append(t["record"])
             ratios.append(t["record"] / t["plain"])
+            plain2_t.append(t["plain2"])
+            bracketed.append(bracketed_ratio(t["plain"], t["record"], t["plain2"]))
+            aa.append(t["plain2"] / t["plain"])
             facts.append(store_facts(stores / f"store-{k}"))
             if k:
                 cleanup(stores / f"store-{k}")  # only store-0 is replayed; checkpoints take space
-            print(f"  {name} pair {k}: plain {t['plain']:.2f}s hindlog run {t['record']:.2f}s ratio {ratios[-1]:.3f} "
+            print(f"  {name} triple {k}: plain {t['plain']:.2f}s hindlog run {t['record']:.2f}s plain {t['plain2']:.2f}s "
+                  f"bracketed ratio {bracketed[-1]:.3f} "
                   f"(checkpoints at {facts[-1]['checkpoints']} of {facts[-1]['iterations']} iterations)", flush=True)
         out.update(plain_s=plain_t, record_s=rec_t, ratios=ratios, median_ratio=median(ratios),
+                   plain2_s=plain2_t, aa_ratios=aa, median_aa_ratio=median(aa),
+                   bracketed_ratios=bracketed, median_bracketed_ratio=median(bracketed),
                    checkpoints=[f["checkpoints"] for f in facts], iterations=[f["iterations"] for f in facts],
                    timed_iterations=[f["timed_iterations"] for f in facts],
                    checkpoint_rows=[f["checkpoint_rows"] for f in facts], checkpoint_bytes=[f["checkpoint_bytes"] for f in facts],
@@ -299,7 +307,7 @@ def fmt(x: Any, digits: int = 2) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--pairs", type=int, default=3, help="triples plain, hindlog run, plain")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS))
     p.add_argument("--wait-load", type=float, default=None,
@@ -328,14 +336,14 @@ def main() -> None:
     data = {"benchmark": "handsfree", "command": " ".join(["bench/bench_handsfree.py", *sys.argv[1:]]),
             "machine": mach, "results": results}
     path = save("handsfree" + ("-quick" if args.quick else ""), data)
-    print("\n| workload | python (s) | hindlog run (s) | ratio (median) | checkpoints / iterations | replay, default workers (s) "
+    print("\n| workload | python (s) | hindlog run (s) | bracketed ratio (median) | checkpoints / iterations | replay, default workers (s) "
           "| replay, 1 worker (s) | re-run (s) | speedup | output = fresh run |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
             print(f"| {r['workload']} | failed: {r['error'].strip().splitlines()[0][:80]} |||||||||")
             continue
-        print(f"| {r['workload']} | {fmt(median(r['plain_s']))} | {fmt(median(r['record_s']))} | {fmt(r['median_ratio'], 3)} | "
+        print(f"| {r['workload']} | {fmt(median(r['plain_s']))} | {fmt(median(r['record_s']))} | {fmt(r['median_bracketed_ratio'], 3)} | "
               f"{r['checkpoints'][0]} / {r['iterations'][0]} | {fmt(r['replay_default_s'], 1)} | {fmt(r['replay_1w_s'], 1)} | "
               f"{fmt(r['full_rerun_s'], 1)} | {fmt(r['replay_speedup'], 1)}x | "
               f"{'yes' if r['replay_output_equal'] else 'NO'} |")

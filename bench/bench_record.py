@@ -6,8 +6,11 @@ For each workload in bench/workloads, run the script plain (``HINDLOG_DISABLED=1
 every hindlog call is a pass-through) and recorded, alternating, ``--pairs``
 times; report the median of the per-pair ratios, the checkpoints taken and the
 overhead hindlog measured itself. With ``--noise`` each pair also runs the
-plain script a second time: the plain/plain ratios are the machine's noise
-floor, against which a 1% overhead must be read. Each workload first runs once
+plain script a second time, so that the recorded run sits between two plain
+ones: the plain/plain ratios are the machine's noise floor, against which a
+1% overhead must be read, and the recorded run against the mean of the two
+plain runs around it (the bracketed ratio, ``common.bracketed_ratio``)
+cancels a drift of the machine's speed within the triple. Each workload first runs once
 plain, untimed (a warm-up: the first run of a fresh project reads cold files).
 Both sides run with glibc's allocator held steady (``common.STEADY_MALLOC``;
 ``--malloc default`` leaves it adaptive). Results: bench/results/record.json.
@@ -23,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, WORKLOADS, allocator_env, cleanup, machine, median, new_project, save, script_args_env, timed_cpu  # noqa: E402
+from common import PYTHON, WORKLOADS, allocator_env, bracketed_ratio, cleanup, machine, median, new_project, save, script_args_env, timed_cpu  # noqa: E402
 
 WORKLOADS_ALL = {
     "cnn": ("cnn.py", [], "small CNN, long epochs, validation loop"),
@@ -58,7 +61,7 @@ def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str =
     env_args = script_args_env(name, QUICK_ARGS[name] if quick else None)
     env_args.update(allocator_env(malloc))
     project = new_project({script: WORKLOADS / script})
-    plain, recorded, ratios, stats, cpu_ratios, aa = [], [], [], [], [], []
+    plain, recorded, ratios, stats, cpu_ratios, aa, plain2, bracketed = [], [], [], [], [], [], [], []
     try:
         if not quick:  # a quick run's numbers are not evidence: it keeps the suite under 5 minutes
             timed_cpu([PYTHON, script, *argv], project, {**env_args, "HINDLOG_DISABLED": "1"})  # warm-up, not counted
@@ -81,6 +84,8 @@ def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str =
             cpu_ratios.append(cpus["record"] / cpus["plain"])
             if noise:
                 aa.append(times["plain2"] / times["plain"])
+                plain2.append(times["plain2"])
+                bracketed.append(bracketed_ratio(times[order[0]], times["record"], times[order[2]]))
             stats.append(run_stats(store))
             cleanup(store)  # a fine-tuning run's checkpoints take gigabytes
             print(f"  {name} pair {k}: plain {times['plain']:.2f}s record {times['record']:.2f}s "
@@ -97,7 +102,8 @@ def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str =
         "overhead_measured": [s["overhead_measured"] for s in stats],
         "checkpoint_mb_written_last": (last["checkpoint_bytes_written"] or 0) / 2**20,
         "charged": [s["charged"] for s in stats], "malloc": malloc,
-        **({"aa_ratios": aa, "median_aa_ratio": median(aa),
+        **({"aa_ratios": aa, "median_aa_ratio": median(aa), "plain2_s": plain2,
+            "bracketed_ratios": bracketed, "median_bracketed_ratio": median(bracketed),
             "aa_spread": (max(aa) - min(aa)) if aa else None} if noise else {}),
     }
 

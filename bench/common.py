@@ -135,6 +135,16 @@ def timed_cpu(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, chec
     return elapsed, cpu
 
 
+def bracketed_ratio(before: float, treated: float, after: float) -> float:
+    """A treated run against the mean of the plain runs just before and just after it.
+
+    Alternating pairs compare the treated run with one plain run that is sometimes before
+    it, sometimes after: a drift of the machine's speed within the pair lands on the ratio
+    with a sign set by the order, and a median over an odd number of pairs keeps the sign of
+    the majority. Bracketing cancels a linear drift in every triple."""
+    return treated / ((before + after) / 2)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 

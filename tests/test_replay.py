@@ -421,6 +421,10 @@ def test_replayed_values_equal_a_fresh_run(recorded, tmp_path: Path, case: str, 
         rows = replay_rowids(proj, rec.run)
         assert len(rows) == sum(len(rec.truth[n]) for n in names), "each value is stored once"
         assert not rows & previous, "the second replay's values replace the first one's"
+        if previous:
+            assert f"they replace {len(previous)} values of an earlier replay" in out, out
+        else:
+            assert "earlier replay" not in out, out
         assert result["stored"] == len(rows)
         previous = rows
 
@@ -961,6 +965,27 @@ def test_workers_compute_with_the_thread_count_of_the_record(tmp_path: Path) -> 
                                         'hl.log("replay_threads", torch.get_num_threads())'))
     proj.replay("train.py", "--workers", "1")  # the environment says OMP_NUM_THREADS=1
     assert set(proj.values("replay_threads", run).values()) == recorded
+
+
+def test_workers_that_share_cores_wait_passively(counter: tuple[ReplayProject, str]) -> None:
+    # A record whose thread count fills far more than this machine's cores: two workers share
+    # cores, and their OpenMP threads must not spin while they wait (that starved the other
+    # worker: 2-4x slower than one worker). Workers that fit, or a policy the user set, are left alone.
+    proj, run = counter
+    if "OMP_WAIT_POLICY" in proj.env():
+        pytest.skip("OMP_WAIT_POLICY is set for the tests")
+    proj.sql("UPDATE runs SET info=json_set(info, '$.threads', 4096) WHERE run_id=?", (run,))
+    proj.write("train.py", insert_after(proj.read(), 'hl.log("x", state["x"])',
+                                        'hl.log("wait", os.environ.get("OMP_WAIT_POLICY", "unset"))'))
+    plan = proj.replay("train.py", "--workers", "2", "--dry-run").stdout
+    assert "idle OpenMP threads wait passively" in plan, plan
+    proj.replay("train.py", "--workers", "2")
+    assert set(proj.values("wait", run).values()) == {"PASSIVE"}
+    proj.replay("train.py", "--workers", "2", env={"OMP_WAIT_POLICY": "ACTIVE"})
+    assert set(proj.values("wait", run).values()) == {"ACTIVE"}
+    proj.sql("UPDATE runs SET info=json_set(info, '$.threads', 1) WHERE run_id=?", (run,))
+    proj.replay("train.py", "--workers", "1")
+    assert set(proj.values("wait", run).values()) == {"unset"}
 
 
 def test_default_workers_fit_the_cores_at_the_record_thread_count() -> None:

@@ -269,6 +269,8 @@ def _replay(args: argparse.Namespace) -> int:
     for r in report.results:
         line = f"run {r.run_id}: {r.stored} new values stored, {r.checked} recorded values checked, " \
                f"{r.skipped_blocks} loops skipped, {r.run_blocks} run, in {r.seconds:.1f}s"
+        if r.replaced:
+            line += f" (they replace {r.replaced} values of an earlier replay)"
         print(line)
         for start, end, tail in r.failed_segments:
             status = 1

@@ -220,16 +220,18 @@ class ReplayController(Controller):
     def attach(self, conn: Any) -> tuple[int, str, int]:
         run = catalog.get_run(conn, self.spec["run_id"])
         self.rows = checkpoint_rows(conn, run["id"])
+        # Both queries go name by name through the (name, run) index, not over every run's records.
         self.recorded_names = {
             r[0] for r in conn.execute(
-                "SELECT DISTINCT n.name FROM records r JOIN names n ON n.id=r.name WHERE r.run=? AND r.source=?",
+                "SELECT n.name FROM names n WHERE EXISTS "
+                "(SELECT 1 FROM records r WHERE r.name=n.id AND r.run=? AND r.source=?)",
                 (run["id"], catalog.SOURCE_RECORD),
             )
         }
         # Recorded values of this segment, to check the replayed ones against.
         rows = conn.execute(
-            "SELECT c.loops, n.name, r.kind, r.value FROM records r JOIN names n ON n.id=r.name "
-            "JOIN contexts c ON c.run=r.run AND c.id=r.ctx WHERE r.run=? AND r.source=? "
+            "SELECT c.loops, n.name, r.kind, r.value FROM names n CROSS JOIN records r ON r.name=n.id "
+            "CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx WHERE r.run=? AND r.source=? "
             "AND (c.iteration IS NULL OR (c.iteration>=? AND c.iteration<?)) ORDER BY r.rowid",
             (run["id"], catalog.SOURCE_RECORD, self.start, self.end),
         ).fetchall()
