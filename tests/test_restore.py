@@ -346,6 +346,51 @@ for epoch in hl.loop("epoch", range(6)):
 """
 
 
+LARGE_STATE_WRITES = """
+import time
+import torch
+import hindlog as hl
+
+w = torch.zeros(4096, 4096)      # 64 MiB: named by hash at the iteration's end when unchanged
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(6)):
+    time.sleep(0.1)
+    for step in hl.loop("step", range(2)):
+        w.add_(epoch + 1)
+    if epoch % 2:
+        w.data.mul_(0.5)         # after the loop, unseen by the version counter
+    hl.log("w", w[::512, ::512].clone())
+"""
+
+
+def test_state_unchanged_after_a_nested_loop_is_checkpointed_by_name_and_checked(tmp_path: Path) -> None:
+    # A checkpointed iteration freezes its state at the nested loop's exit and again at its end.
+    # A large tensor unchanged in between is named by the hash of its bytes the second time;
+    # where a write the version counter does not see changed it, the iteration's end checkpoint
+    # is dropped (its bytes were never taken), and every checkpoint kept restores what was logged.
+    torch = pytest.importorskip("torch")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", LARGE_STATE_WRITES)
+    proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    run_id = proj.run_ids()[-1]
+    logged = {(it, name): value for it, name, value in proj.records(run_id)}
+    rows = proj.checkpoints(run_id)
+    ends = {it: manifest for it, block, _loop, manifest, _n in rows if block == ITERATION_END}
+    exits = {it: manifest for it, block, _loop, manifest, _n in rows if block != ITERATION_END}
+    even = [it for it in ends if it % 2 == 0 and it in exits]
+    assert even, f"no iteration-end checkpoint of an unchanged iteration: {rows}"
+    for it in even:  # the end names the objects the loop's exit wrote (by name, or by hash once written)
+        assert proj.manifest(ends[it])["tensors"] == proj.manifest(exits[it])["tensors"]
+    # An end whose state changed after the loop is dropped when it was named before the loop's
+    # copy was written, or copied when that copy was already written (the persister is faster).
+    dropped = proj.run_info(run_id)["info"]["checkpoints_dropped_unverified"]
+    assert dropped == len([it for it in exits if it % 2 and it not in ends]), rows
+    for it in ends:
+        w = torch.zeros(4096, 4096)
+        hl.restore(run_id, iteration=it, store=proj.store(), w=w)
+        assert torch.equal(w[::512, ::512], torch.as_tensor(logged[(it, "w")])), f"iteration {it}"
+
+
 def test_checkpoints_hold_writes_that_bypass_the_version_counter(tmp_path: Path) -> None:
     # A fused optimizer, BatchNorm's running statistics and a write through `.data` change
     # tensors without moving their version counters: each checkpoint must still hold the

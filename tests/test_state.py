@@ -132,6 +132,38 @@ def test_large_array_unchanged_since_the_last_freeze_is_not_copied_again() -> No
     assert fourth[0] is not third[0]
 
 
+def test_a_tensor_unchanged_within_an_iteration_is_named_by_hash_not_copied_again() -> None:
+    torch = pytest.importorskip("torch")
+    from hindlog.objects import digest
+
+    def live_name(t: object) -> str:
+        return digest(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+    freezer = Freezer()
+    w = torch.randn(512, 1024)  # 2 MiB
+    freezer.iteration = 3
+    first: list = []
+    freezer.freeze({"w": w}, first)  # a nested loop's exit: copied
+    assert not first[0].by_name and torch.equal(first[0].data, w)
+    second: list = []
+    freezer.freeze({"w": w}, second)  # the iteration's end, the copy not yet written: named
+    assert second[0].by_name and second[0].data is None and second[0].content == live_name(w)
+    w.data.mul_(2.0)  # a write the version counter does not see: the name follows the bytes
+    third: list = []
+    freezer.freeze({"w": w}, third)
+    assert third[0].by_name and third[0].content == live_name(w) != second[0].content
+    freezer.iteration = 4  # across iterations such writes are common: copied
+    fourth: list = []
+    freezer.freeze({"w": w}, fourth)
+    assert not fourth[0].by_name and torch.equal(fourth[0].data, w)
+    small = torch.randn(16, 16)  # small tensors are copied (they are stored inline, not as objects)
+    a: list = []
+    b: list = []
+    freezer.freeze({"s": small}, a)
+    freezer.freeze({"s": small}, b)
+    assert not b[0].by_name
+
+
 def test_buffers_reserved_ahead_receive_the_first_freeze_of_a_model_and_optimizer() -> None:
     torch = pytest.importorskip("torch")
     model = torch.nn.Sequential(torch.nn.Linear(256, 128), torch.nn.Linear(128, 2))

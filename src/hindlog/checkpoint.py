@@ -44,6 +44,7 @@ from . import catalog, sourceinfo
 from .errors import CheckpointError, CorruptObject
 from .objects import ObjectStore, digest, matches
 from .state import (
+    BY_NAME_MIN_BYTES,
     Declared,
     Freezer,
     Frozen,
@@ -62,6 +63,7 @@ FORMAT = 1
 #: Tensors smaller than this are stored inside the checkpoint's skeleton object instead of
 #: as objects of their own: dedup does not pay for them, and fewer files are faster.
 INLINE_BYTES = 64 * 1024
+assert INLINE_BYTES <= BY_NAME_MIN_BYTES, "a tensor named by hash must have been stored as an object of its own"
 #: Least share of the persister's CPU time charged to the overhead budget. Training keeps
 #: every core busy (torch uses one thread per core), so a second of hashing and writing in
 #: the background costs training at least about a second; where it costs more (memory
@@ -239,6 +241,8 @@ class Persister:
         self._warned = False
         self.committed: list[int] = []
         self.bytes_written = 0
+        #: Checkpoints dropped because a tensor named by hash had changed since its earlier copy.
+        self.dropped_unverified = 0
         #: (wall seconds of finished work, start of the item in progress or None), replaced as one.
         self._busy: tuple[float, float | None] = (0.0, None)
         self._iteration_wall = 0.0
@@ -327,10 +331,22 @@ class Persister:
     def _persist(self, frozen: Frozen) -> None:
         if frozen.iteration in self._failed:
             return
+        # Tensors named by the hash of their bytes (state.Freezer._by_name) stand for a copy taken
+        # earlier in this iteration, written before this one: if the store has no such object,
+        # the tensor changed in between and its bytes were never taken. Only this checkpoint is
+        # dropped; the earlier ones of the iteration stand.
+        if any(ft.by_name and not self.objects.exists(ft.content) for ft in frozen.tensors):
+            self.dropped_unverified += 1
+            return
         try:
             entries = []
             inline: list[bytes] = []
             for ft in frozen.tensors:
+                if ft.by_name:
+                    ft.digest = ft.content
+                    self.objects.touch(ft.digest)
+                    entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
+                    continue
                 if ft.digest is None and ft.nbytes < INLINE_BYTES:
                     inline.append(bytes(self._bytes_of(ft)))
                     entries.append([f"@{len(inline) - 1}", ft.framework, ft.dtype, list(ft.shape)])
@@ -575,6 +591,7 @@ class Checkpointer:
 
     def _freeze(self, i: int, block: int, loop: str | None, frame: FrameType, names: set[str]) -> Frozen:
         tensors: list[FrozenTensor] = []
+        self.freezer.iteration = i
         freeze = self.freezer.freeze
         objects = {}
         kinds = {}

@@ -393,6 +393,7 @@ class Recorder:
             if self.checkpointer is not None:
                 policy = self.checkpointer.policy
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
+                timing["checkpoints_dropped_unverified"] = self.checkpointer.persister.dropped_unverified
                 # What the policy charged, to read the overhead by: the time training was blocked,
                 # and the persister's CPU time times the slowdown it was measured to cause.
                 timing["checkpoint_charged"] = {

@@ -117,6 +117,9 @@ class FrozenTensor:
     pinned: bool = False
     #: The object name of ``data`` when freezing already computed it (NumPy arrays).
     content: str | None = None
+    #: No copy: the tensor was unchanged since a copy taken earlier in the same iteration,
+    #: and ``content`` names its live bytes; the persister checks the store holds that object.
+    by_name: bool = False
 
     def release(self) -> None:
         """The copy has been written: hand its buffer back for the next checkpoint."""
@@ -203,10 +206,15 @@ class BufferPool:
 
 
 class _CacheEntry:
-    __slots__ = ("ref", "version", "frozen")
+    __slots__ = ("ref", "version", "frozen", "iteration")
 
-    def __init__(self, ref: Any, version: int, frozen: FrozenTensor) -> None:
-        self.ref, self.version, self.frozen = ref, version, frozen
+    def __init__(self, ref: Any, version: int, frozen: FrozenTensor, iteration: int | None = None) -> None:
+        self.ref, self.version, self.frozen, self.iteration = ref, version, frozen, iteration
+
+
+#: Below this size a tensor is copied rather than named by hash: the copy costs little, and
+#: small copies are stored inline in the checkpoint's skeleton, not as objects of their own.
+BY_NAME_MIN_BYTES = 1 << 20
 
 
 class Freezer:
@@ -215,6 +223,8 @@ class Freezer:
     def __init__(self) -> None:
         self._cache: dict[int, _CacheEntry] = {}
         self.pool = BufferPool()
+        #: The main-loop iteration being frozen, set by the checkpointer (see ``_by_name``).
+        self.iteration: int | None = None
 
     def freeze(self, value: Any, tensors: list[FrozenTensor]) -> Any:
         """A skeleton of ``value`` safe to pickle later, with tensors appended to ``tensors``."""
@@ -261,7 +271,7 @@ class Freezer:
             ref = weakref.ref(value)
         except TypeError:
             return frozen
-        entry = _CacheEntry(ref, content, frozen)
+        entry = _CacheEntry(ref, content, frozen, self.iteration)
         frozen.cache_entry = entry
         self._cache[key] = entry
         return frozen
@@ -271,8 +281,12 @@ class Freezer:
         key = id(original)
         dtype = str(t.dtype).replace("torch.", "")
         entry = self._cache.get(key)
-        if entry is not None and entry.ref() is original and _unchanged(torch, original, dtype, entry):
-            return entry.frozen
+        if entry is not None and entry.ref() is original:
+            if _unchanged(torch, original, dtype, entry):
+                return entry.frozen
+            named = self._by_name(torch, original, dtype, entry)
+            if named is not None:
+                return named
         t = t.detach()
         shape = tuple(t.shape)
         if t.is_cuda:
@@ -291,12 +305,43 @@ class Freezer:
             ref = weakref.ref(original)
         except TypeError:
             return frozen
-        entry = _CacheEntry(ref, original._version, frozen)
+        entry = _CacheEntry(ref, original._version, frozen, self.iteration)
         frozen.cache_entry = entry
         self._cache[key] = entry
         if len(self._cache) > 100_000:
             self._cache = {k: e for k, e in self._cache.items() if e.ref() is not None}
         return frozen
+
+
+    def _by_name(self, torch: Any, t: Any, dtype: str, entry: _CacheEntry) -> FrozenTensor | None:
+        """A tensor copied earlier in this iteration (at a nested loop's exit), whose copy is not
+        written yet and whose version counter has not moved since: named by the hash of its live
+        bytes instead of copied again (the hash reads the bytes once; a copy reads and writes them).
+
+        The persister writes the earlier copy first and finds an object of this name in the store
+        only if the bytes are the same. If they are not (a write that skipped the version counter
+        in between), nothing holds these bytes and it drops this checkpoint. Only within one
+        iteration: across iterations such writes (BatchNorm's statistics at every training step)
+        are the rule, and a dropped checkpoint would be the common case."""
+        frozen = entry.frozen
+        if self.iteration is None or entry.iteration != self.iteration or entry.version != t._version:
+            return None
+        if frozen.digest is not None or frozen.by_name or frozen.nbytes < BY_NAME_MIN_BYTES:
+            return None
+        if frozen.shape != tuple(t.shape) or frozen.dtype != dtype:
+            return None
+        live = _live_digest(torch, t)
+        if live is None:
+            return None
+        return FrozenTensor("torch", dtype, frozen.shape, content=live, by_name=True)
+
+
+def _live_digest(torch: Any, t: Any) -> str | None:
+    """The object name of a CPU tensor's bytes, read in place (None where they are not one plain block)."""
+    if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous() or t.is_conj() or t.is_neg():
+        return None
+    flat = t.detach().reshape(-1)
+    return digest(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
 
 
 def _unchanged(torch: Any, t: Any, dtype: str, entry: _CacheEntry) -> bool:
@@ -311,10 +356,8 @@ def _unchanged(torch: Any, t: Any, dtype: str, entry: _CacheEntry) -> bool:
     frozen = entry.frozen
     if entry.version != t._version or frozen.digest is None or frozen.shape != tuple(t.shape) or frozen.dtype != dtype:
         return False
-    if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous() or t.is_conj() or t.is_neg():
-        return False
-    flat = t.detach().reshape(-1)
-    return digest(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"") == frozen.digest
+    live = _live_digest(torch, t)
+    return live is not None and live == frozen.digest
 
 
 def tensor_specs(value: Any, torch: Any) -> list[tuple[tuple[int, ...], Any]]:
