@@ -1415,12 +1415,20 @@ RECORD_NOTES = """\
   memory bandwidth with the optimizer step). The fine-tuning shape (77 MB of
   parameters and Adam state, the size of the model and optimizer whose
   per-epoch `torch.save` made a fine-tuning loop 1.36x slower in the peer
-  measurements; 0.3 s epochs) gets a checkpoint about every third epoch.
-  finetune-large (156 MB, 0.13 s epochs) is where the bound bites: one
-  checkpoint costs training 74-98 ms there (32-34 ms blocked: the state is
-  copied at the step loop's exit and again at the iteration's end, since a
-  tensor whose first copy is not yet written cannot be checked unchanged by
-  its hash; the rest slowdown; see "What one checkpoint costs training"
+  measurements; 0.3 s epochs) gets a checkpoint about every third or fourth
+  epoch in this table (median 8 of 30). The table's code copied the state at
+  the step loop's exit and again at the iteration's end (a tensor whose first
+  copy is not yet written cannot be checked unchanged against its hash); the
+  second copy is now a hash of the live bytes, checked by name when the first
+  copy is written (see [checkpointing.md](checkpointing.md), item 2). Measured
+  after that change, the same way (`bench/bench_record.py --pairs 7 --noise
+  --workloads finetune,finetune-large --out record-byname`,
+  `bench/results/record-byname.json`): finetune 7-13 checkpoints of 30
+  (median 11, 1 per 2.7) at +3.3% (bracketed median; +2.4% with median 8
+  checkpoints in the table), finetune-large still 1 of 30, blocked 27-30 ms
+  per checkpoint against 24-32 ms. finetune-large (156 MB, 0.13 s epochs) is
+  where the bound bites: one checkpoint costs training 74-98 ms there (about
+  30 ms blocked, the rest slowdown; see "What one checkpoint costs training"
   below), so 5% of its run, less the policy's 20% margin, pays for one or two
   checkpoints in 30 epochs, not one in 4. Persisting was made cheap enough for it by measurement
   (`bench/bench_persist.py`, see [checkpointing.md](checkpointing.md)):
@@ -1504,10 +1512,13 @@ REPLAY_NOTES = """\
   Its replay of a per-epoch statement re-runs the nested loops of the other
   21 epochs: 9.8 s against 14.4 s for a full re-run, within the bound given
   the checkpoints it has, but slower than pyflor's 8.3 s, which checkpoints
-  every epoch and pays 10% at record for it. Hashing the live state at the
-  iteration's end and checking that name against the store when the first
-  copy is written, instead of copying again, would make these checkpoints
-  about a third cheaper; not done yet. sklearn's runs last
+  every epoch and pays 10% at record for it. The second copy is now a hash
+  of the live bytes, checked by name against the store once the first copy
+  is written (see the record notes): a record after that change got 13
+  checkpoints of 30 and replayed the same statement in 8.6 s (its bound
+  with those checkpoints: 8.7 s; full re-run 13.0 s; `bench/bench_replay.py
+  --workloads finetune --out replay-byname`), against pyflor's 8.3 s
+  measured in another session. sklearn's runs last
   about 2 s, mostly interpreter start and imports; with hindlog's start-up
   charged to ε they get about half their iterations checkpointed, so little
   can be saved there.
