@@ -337,6 +337,11 @@ class Persister:
         # dropped; the earlier ones of the iteration stand.
         if any(ft.by_name and not self.objects.exists(ft.content) for ft in frozen.tensors):
             self.dropped_unverified += 1
+            # Copies in it are not written: never reuse them. Their buffers are not handed back
+            # to the pool, since a later checkpoint may already hold the same copy (NumPy).
+            for ft in frozen.tensors:
+                if ft.digest is None and ft.cache_entry is not None:
+                    ft.cache_entry.version = -1
             return
         try:
             entries = []

@@ -312,7 +312,6 @@ class Freezer:
             self._cache = {k: e for k, e in self._cache.items() if e.ref() is not None}
         return frozen
 
-
     def _by_name(self, torch: Any, t: Any, dtype: str, entry: _CacheEntry) -> FrozenTensor | None:
         """A tensor copied earlier in this iteration (at a nested loop's exit), whose copy is not
         written yet and whose version counter has not moved since: named by the hash of its live
@@ -351,7 +350,8 @@ def _unchanged(torch: Any, t: Any, dtype: str, entry: _CacheEntry) -> bool:
     (``Adam(fused=True)``), BatchNorm's running statistics, and writes through ``.data`` or a
     NumPy view do not. So a counter that did not move proves nothing: the tensor's bytes are
     hashed (about half the time of copying them) and compared with the name of the earlier
-    copy; while that copy is not written yet, its name is unknown and the tensor is copied.
+    copy. While that copy is not written yet its name is unknown: within one iteration
+    ``Freezer._by_name`` names the tensor by its hash instead, otherwise it is copied.
     GPU tensors are always copied: the copy is asynchronous, the GPU does it."""
     frozen = entry.frozen
     if entry.version != t._version or frozen.digest is None or frozen.shape != tuple(t.shape) or frozen.dtype != dtype:
