@@ -337,11 +337,7 @@ class Persister:
         # dropped; the earlier ones of the iteration stand.
         if any(ft.by_name and not self.objects.exists(ft.content) for ft in frozen.tensors):
             self.dropped_unverified += 1
-            # Copies in it are not written: never reuse them. Their buffers are not handed back
-            # to the pool, since a later checkpoint may already hold the same copy (NumPy).
-            for ft in frozen.tensors:
-                if ft.digest is None and ft.cache_entry is not None:
-                    ft.cache_entry.version = -1
+            _forget_unwritten(frozen)
             return
         try:
             entries = []
@@ -379,9 +375,7 @@ class Persister:
         except Exception as e:
             self._failed.add(frozen.iteration)
             self._done.pop(frozen.iteration, None)
-            for ft in frozen.tensors:
-                if ft.digest is None and ft.cache_entry is not None:
-                    ft.cache_entry.version = -1  # never reuse a tensor that was not written
+            _forget_unwritten(frozen)
             if not self._warned:
                 self._warned = True
                 warnings.warn(
@@ -426,6 +420,15 @@ class Persister:
             _fsync(path)
         self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes) for d in done])
         self.committed.append(iteration)
+
+
+def _forget_unwritten(frozen: Frozen) -> None:
+    """A dropped checkpoint's copies were never written: later checkpoints must not reuse them.
+    Their buffers are not handed back to the pool, since a later checkpoint may already hold
+    the same copy (an unchanged NumPy array)."""
+    for ft in frozen.tensors:
+        if ft.digest is None and ft.cache_entry is not None:
+            ft.cache_entry.version = -1
 
 
 def _fsync(path: Any) -> None:

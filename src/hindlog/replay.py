@@ -262,8 +262,7 @@ def default_workers(run: dict[str, Any], cores: int | None = None, gpus: list[st
         if gpus:
             return len(gpus)
     cores = cores or os.cpu_count() or 1
-    threads = (run.get("info") or {}).get("threads") or 1
-    return max(1, cores // max(1, int(threads)))
+    return max(1, cores // recorded_threads(run))
 
 
 def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]], workers: int) -> None:
@@ -424,6 +423,11 @@ def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def recorded_threads(run: dict[str, Any]) -> int:
+    """The intra-op thread count the record computed with (1 without torch); workers keep it."""
+    return int((run.get("info") or {}).get("threads") or 1)
+
+
 def _used_gpu(run: dict[str, Any]) -> bool:
     """Whether the record saw a GPU (hindlog lists them only when the script imported torch)."""
     return bool((run.get("env") or {}).get("gpus"))
@@ -502,8 +506,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
     if not script_path.exists():
         raise ReplayError(f"{plan.script} is not in the recorded code of run {plan.run_id}")
     procs: list[tuple[Segment, subprocess.Popen[bytes], Path, Path, Path]] = []
-    threads = int((run.get("info") or {}).get("threads") or 1)
-    shared_cores = len(plan.segments) * threads > (os.cpu_count() or 1)
+    shared_cores = len(plan.segments) * recorded_threads(run) > (os.cpu_count() or 1)
     for k, seg in enumerate(plan.segments):
         spec = {
             "mode": "replay",
@@ -711,9 +714,8 @@ def replay(
                 if _used_gpu(run) and gpus:
                     p.notes.append(f"{workers} workers share this machine's {len(gpus)} GPU(s); --workers {fitting} may be faster")
                 else:
-                    threads = (run.get("info") or {}).get("threads") or 1
                     p.notes.append(
-                        f"{workers} workers x {threads} threads each (the record's count, kept so values match) exceed "
+                        f"{workers} workers x {recorded_threads(run)} threads each (the record's count, kept so values match) exceed "
                         f"this machine's {os.cpu_count()} cores: workers will share cores (their idle OpenMP threads "
                         f"wait passively); --workers {fitting} may be faster"
                     )

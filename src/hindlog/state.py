@@ -325,7 +325,7 @@ class Freezer:
         frozen = entry.frozen
         if self.iteration is None or entry.iteration != self.iteration or entry.version != t._version:
             return None
-        if frozen.digest is not None or frozen.by_name or frozen.nbytes < BY_NAME_MIN_BYTES:
+        if frozen.digest is not None or frozen.nbytes < BY_NAME_MIN_BYTES:
             return None
         if frozen.shape != tuple(t.shape) or frozen.dtype != dtype:
             return None
