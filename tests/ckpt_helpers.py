@@ -271,7 +271,7 @@ def shared(key: str, factory: Any, tmp_path_factory: Any) -> Any:
 #: LR scheduler stepped after it, a loop-carried ``best``, the last batch's ``loss`` read
 #: after the nested loop, and a draw from the torch RNG at the end of every epoch.
 TORCH_TRAIN = """
-import json, time
+import json, os, time
 import torch, torch.nn as nn
 import hindlog as hl
 
@@ -292,6 +292,13 @@ hl.checkpoints(model=model, opt=opt, sched=sched, gen=gen)
 hl.log("n_params", sum(p.numel() for p in model.parameters()))
 best = float("inf")
 for epoch in hl.loop("epoch", range(epochs)):
+    # A test that kills the run holds it here (at most 2 s an epoch, after the previous
+    # epoch's checkpoint) until it has seen a checkpoint: a slow machine must not let
+    # training finish first.
+    hold = os.environ.get("HOLD_FILE")
+    held = time.time()
+    while hold and epoch >= 4 and os.path.exists(hold) and time.time() - held < 2:
+        time.sleep(0.01)
     model.train()
     for x, y in hl.loop("step", loader):
         opt.zero_grad()

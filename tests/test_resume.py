@@ -44,10 +44,14 @@ class Killed:
 
 def _make_killed(base: Path) -> Killed:
     """Start TORCH_TRAIN, wait until iteration-end checkpoints of iteration 3 or later are
-    committed, and ``kill -9`` it in the middle of training."""
+    committed, and ``kill -9`` it in the middle of training. The script holds at the start of
+    each epoch from the fifth on while the hold file exists, so a slow machine cannot let it
+    finish before the checkpoint is seen."""
     proj = CkProject(base)
     proj.write("train.py", TORCH_TRAIN)
-    proc = proj.start("train.py")
+    hold = base / "hold"
+    hold.touch()
+    proc = proj.start("train.py", env={"HOLD_FILE": str(hold)})
     try:
         def ready() -> bool:
             return count_checkpoints(proj, iteration_end_only=True, at_least_iteration=3) > 0
@@ -57,6 +61,7 @@ def _make_killed(base: Path) -> Killed:
         proc.wait(timeout=30)
     finally:
         stop(proc)
+        hold.unlink()
     assert proc.returncode == -signal.SIGKILL
     (run_id,) = proj.run_ids()
     iterations = proj.checkpointed_iterations(run_id)
