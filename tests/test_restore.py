@@ -342,7 +342,7 @@ for epoch in hl.loop("epoch", range(6)):
     hl.log("bn_mean", model[1].running_mean)
     hl.log("exp_avg", opt.state[model[0].weight]["exp_avg"])
     hl.log("ema", ema)
-    time.sleep(0.05)
+    time.sleep(0.15)
 """
 
 
@@ -389,6 +389,61 @@ def test_state_unchanged_after_a_nested_loop_is_checkpointed_by_name_and_checked
         w = torch.zeros(4096, 4096)
         hl.restore(run_id, iteration=it, store=proj.store(), w=w)
         assert torch.equal(w[::512, ::512], torch.as_tensor(logged[(it, "w")])), f"iteration {it}"
+    # The last iteration is never named by hash: the run's final state does not hang on a check.
+    assert 5 in ends, rows
+
+
+TIED_WEIGHTS = """
+import time
+import torch, torch.nn as nn
+import hindlog as hl
+
+torch.manual_seed(0)
+emb = nn.Embedding(4096, 128)            # 2 MiB, tied to the output layer
+head = nn.Linear(128, 4096, bias=False)
+head.weight = emb.weight
+model = nn.ModuleDict({"emb": emb, "head": head})
+opt = torch.optim.SGD(model.parameters(), lr=0.5)
+hl.checkpoints(model=model, opt=opt)
+for epoch in hl.loop("epoch", range(5)):
+    for step in hl.loop("step", range(3)):
+        x = torch.randint(0, 4096, (16,))
+        loss = head(emb(x)).logsumexp(-1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hl.log("w", emb.weight[::256, ::16].detach().clone())
+    time.sleep(0.1)
+"""
+
+
+def test_tied_weights_are_copied_once_and_every_checkpoint_is_kept(tmp_path: Path) -> None:
+    # The same large parameter twice in one state dict (tied weights): the checkpoint holds one
+    # copy of it, named twice. It once looked like a tensor to name by the hash of a copy not yet
+    # written, and every checkpoint but the last was dropped.
+    torch = pytest.importorskip("torch")
+    import torch.nn as nn
+
+    proj = CkProject(tmp_path)
+    proj.write("train.py", TIED_WEIGHTS)
+    proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    run_id = proj.run_ids()[-1]
+    assert proj.run_info(run_id)["info"]["checkpoints_dropped_unverified"] == 0
+    rows = proj.checkpoints(run_id)
+    ends = {it: manifest for it, block, _loop, manifest, _n in rows if block == ITERATION_END}
+    assert sorted(ends) == list(range(5)), rows
+    for it, manifest in ends.items():
+        names = [entry[0] for entry in proj.manifest(manifest)["tensors"] if list(entry[3]) == [4096, 128]]
+        assert len(names) == 2 and names[0] == names[1], names
+    logged = {(it, name): value for it, name, value in proj.records(run_id)}
+    for it in ends:
+        emb = nn.Embedding(4096, 128)
+        head = nn.Linear(128, 4096, bias=False)
+        head.weight = emb.weight
+        model = nn.ModuleDict({"emb": emb, "head": head})
+        hl.restore(run_id, iteration=it, store=proj.store(), model=model)
+        assert head.weight is emb.weight
+        assert torch.equal(emb.weight[::256, ::16].detach(), torch.as_tensor(logged[(it, "w")])), f"iteration {it}"
 
 
 def test_checkpoints_hold_writes_that_bypass_the_version_counter(tmp_path: Path) -> None:

@@ -331,21 +331,24 @@ class Persister:
     def _persist(self, frozen: Frozen) -> None:
         if frozen.iteration in self._failed:
             return
-        # Tensors named by the hash of their bytes (state.Freezer._by_name) stand for a copy taken
-        # earlier in this iteration, written before this one: if the store has no such object,
-        # the tensor changed in between and its bytes were never taken. Only this checkpoint is
-        # dropped; the earlier ones of the iteration stand.
-        if any(ft.by_name and not self.objects.exists(ft.content) for ft in frozen.tensors):
-            self.dropped_unverified += 1
-            _forget_unwritten(frozen)
-            return
         try:
+            # Tensors named by the hash of their bytes (state.Freezer._by_name) stand for a copy
+            # taken earlier in this iteration, written before this one: if the store has no such
+            # object, the tensor changed in between and its bytes were never taken. Only this
+            # checkpoint is dropped; the earlier ones of the iteration stand.
+            if any(ft.by_name and not self.objects.exists(ft.content) for ft in frozen.tensors):
+                self.dropped_unverified += 1
+                _forget_unwritten(frozen)
+                return
             entries = []
             inline: list[bytes] = []
             for ft in frozen.tensors:
                 if ft.by_name:
                     ft.digest = ft.content
                     self.objects.touch(ft.digest)
+                    # Usually written by this iteration's earlier checkpoint; if it was found in
+                    # the store instead, its durability is still this commit's to ensure.
+                    self._written.setdefault(frozen.iteration, []).append(self.objects.path(ft.digest))
                     entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
                     continue
                 if ft.digest is None and ft.nbytes < INLINE_BYTES:
@@ -424,11 +427,14 @@ class Persister:
 
 def _forget_unwritten(frozen: Frozen) -> None:
     """A dropped checkpoint's copies were never written: later checkpoints must not reuse them.
-    Their buffers are not handed back to the pool, since a later checkpoint may already hold
-    the same copy (an unchanged NumPy array)."""
+    PyTorch copies go back to the pool (no other checkpoint can hold one whose hash is not
+    known, ``state._unchanged``); a NumPy copy may be held by a later checkpoint (an unchanged
+    array is recognised by its content), and is left to the garbage collector."""
     for ft in frozen.tensors:
         if ft.digest is None and ft.cache_entry is not None:
             ft.cache_entry.version = -1
+        if ft.digest is None and ft.framework == "torch":
+            ft.release()
 
 
 def _fsync(path: Any) -> None:
@@ -599,7 +605,9 @@ class Checkpointer:
 
     def _freeze(self, i: int, block: int, loop: str | None, frame: FrameType, names: set[str]) -> Frozen:
         tensors: list[FrozenTensor] = []
-        self.freezer.iteration = i
+        # Not in the last iteration: a by-name checkpoint may be dropped, and the run's final
+        # state must not depend on it.
+        self.freezer.begin(None if self._last else i)
         freeze = self.freezer.freeze
         objects = {}
         kinds = {}

@@ -261,7 +261,7 @@ def default_workers(run: dict[str, Any], cores: int | None = None, gpus: list[st
         gpus = visible_gpus() if gpus is None else gpus
         if gpus:
             return len(gpus)
-    cores = cores or os.cpu_count() or 1
+    cores = cores or usable_cores()
     return max(1, cores // recorded_threads(run))
 
 
@@ -425,7 +425,16 @@ _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 def recorded_threads(run: dict[str, Any]) -> int:
     """The intra-op thread count the record computed with (1 without torch); workers keep it."""
-    return int((run.get("info") or {}).get("threads") or 1)
+    return max(1, int((run.get("info") or {}).get("threads") or 1))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container or ``taskset`` narrows
+    it), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _used_gpu(run: dict[str, Any]) -> bool:
@@ -506,7 +515,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
     if not script_path.exists():
         raise ReplayError(f"{plan.script} is not in the recorded code of run {plan.run_id}")
     procs: list[tuple[Segment, subprocess.Popen[bytes], Path, Path, Path]] = []
-    shared_cores = len(plan.segments) * recorded_threads(run) > (os.cpu_count() or 1)
+    shared_cores = len(plan.segments) * recorded_threads(run) > usable_cores()
     for k, seg in enumerate(plan.segments):
         spec = {
             "mode": "replay",
@@ -716,7 +725,7 @@ def replay(
                 else:
                     p.notes.append(
                         f"{workers} workers x {recorded_threads(run)} threads each (the record's count, kept so values match) exceed "
-                        f"this machine's {os.cpu_count()} cores: workers will share cores (their idle OpenMP threads "
+                        f"the {usable_cores()} cores this process may use: workers will share cores (their idle OpenMP threads "
                         f"wait passively); --workers {fitting} may be faster"
                     )
             elif _used_gpu(run) and not gpus:

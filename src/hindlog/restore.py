@@ -75,11 +75,13 @@ def restore(
     if iteration is None:
         loaded = latest_readable(st.objects, rows)
         if loaded is None:
+            if not any(ITERATION_END in blocks for blocks in rows.values()):
+                raise CheckpointError(f"run {run_row['run_id']} has no checkpoint at the end of an iteration to restore")
             raise CheckpointError(f"none of the checkpoints of run {run_row['run_id']} can be read")
     else:
         entry = rows.get(iteration, {}).get(ITERATION_END)
         if entry is None:
-            have = ", ".join(str(i) for i in sorted(rows))
+            have = ", ".join(str(i) for i in sorted(rows) if ITERATION_END in rows[i]) or "none at an iteration's end"
             raise CheckpointError(f"run {run_row['run_id']} has no checkpoint at iteration {iteration} (it has: {have})")
         try:
             loaded = read_checkpoint(st.objects, entry[1])

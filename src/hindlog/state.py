@@ -206,10 +206,11 @@ class BufferPool:
 
 
 class _CacheEntry:
-    __slots__ = ("ref", "version", "frozen", "iteration")
+    __slots__ = ("ref", "version", "frozen", "iteration", "generation")
 
-    def __init__(self, ref: Any, version: int, frozen: FrozenTensor, iteration: int | None = None) -> None:
+    def __init__(self, ref: Any, version: int, frozen: FrozenTensor, iteration: int | None = None, generation: int = 0) -> None:
         self.ref, self.version, self.frozen, self.iteration = ref, version, frozen, iteration
+        self.generation = generation
 
 
 #: Below this size a tensor is copied rather than named by hash: the copy costs little, and
@@ -225,6 +226,13 @@ class Freezer:
         self.pool = BufferPool()
         #: The main-loop iteration being frozen, set by the checkpointer (see ``_by_name``).
         self.iteration: int | None = None
+        #: Counts checkpoints (``begin``); 0 before the first, when nothing is deduplicated.
+        self.generation = 0
+
+    def begin(self, iteration: int | None) -> None:
+        """A new checkpoint starts, in main-loop ``iteration`` (None: no naming by hash)."""
+        self.iteration = iteration
+        self.generation += 1
 
     def freeze(self, value: Any, tensors: list[FrozenTensor]) -> Any:
         """A skeleton of ``value`` safe to pickle later, with tensors appended to ``tensors``."""
@@ -282,6 +290,11 @@ class Freezer:
         dtype = str(t.dtype).replace("torch.", "")
         entry = self._cache.get(key)
         if entry is not None and entry.ref() is original:
+            if entry.generation == self.generation and self.generation:
+                # Twice in one checkpoint (tied weights, a parameter declared on its own too):
+                # one copy. Nothing ran in between, and it must not be named by a hash of a
+                # copy this same checkpoint has not written yet.
+                return entry.frozen
             if _unchanged(torch, original, dtype, entry):
                 return entry.frozen
             named = self._by_name(torch, original, dtype, entry)
@@ -305,7 +318,7 @@ class Freezer:
             ref = weakref.ref(original)
         except TypeError:
             return frozen
-        entry = _CacheEntry(ref, original._version, frozen, self.iteration)
+        entry = _CacheEntry(ref, original._version, frozen, self.iteration, self.generation)
         frozen.cache_entry = entry
         self._cache[key] = entry
         if len(self._cache) > 100_000:
