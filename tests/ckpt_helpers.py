@@ -400,7 +400,8 @@ class TorchReference:
 def make_torch_reference(base: Path) -> TorchReference:
     proj = CkProject(base)
     proj.write("train.py", TORCH_TRAIN)
-    proc = proj.run("train.py")
+    # A generous bound: tests that restore need several checkpoints even on a loaded machine.
+    proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.5"})
     run_id = last_json(proc.stdout)["run"]
     return TorchReference(proj, run_id, proj.by_iteration(run_id), 8)
 

@@ -74,9 +74,11 @@ def test_records_are_visible_while_the_run_goes_on(project: Project) -> None:
     try:
         Lines(proc).next()
         t0 = time.monotonic()
-        wait_for(lambda: project.catalog_path.exists() and project.values("marker") == [1], timeout=5, interval=0.01)
+        wait_for(lambda: project.catalog_path.exists() and project.values("marker") == [1], timeout=10, interval=0.01)
         delay = time.monotonic() - t0
-        assert delay < 1.0, f"the record took {delay:.2f} s to reach the catalog"
+        # The script sleeps 60 s after logging: only the writer's 0.25 s timer can commit it
+        # (seconds, not a minute, even on a loaded machine).
+        assert delay < 3.0, f"the record took {delay:.2f} s to reach the catalog"
         assert project.runs()["status"].tolist() == ["running"]
     finally:
         stop(proc)
@@ -99,8 +101,8 @@ def test_end_of_main_loop_iteration_commits(project: Project) -> None:
     try:
         Lines(proc).next()
         t0 = time.monotonic()
-        wait_for(lambda: 0 in project.values("x"), timeout=5, interval=0.01)
-        assert time.monotonic() - t0 < 1.0
+        wait_for(lambda: 0 in project.values("x"), timeout=10, interval=0.01)
+        assert time.monotonic() - t0 < 3.0
     finally:
         stop(proc)
 
@@ -137,7 +139,8 @@ def test_catalog_locked_for_a_while_loses_nothing_and_never_blocks_training(proj
     finally:
         stop(proc)
     assert proc.returncode == 0, err
-    assert result["worst"] < 0.1, f"a hl.log call was blocked for {result['worst']:.3f} s"
+    # Blocked by the lock, a call would wait for most of its 1.5 s.
+    assert result["worst"] < 0.3, f"a hl.log call was blocked for {result['worst']:.3f} s"
     assert project.values("i") == list(range(300))
     assert project.values("arr") == [[i, i] for i in range(300)]
     assert project.runs()["status"].tolist() == ["finished"]
@@ -190,7 +193,7 @@ print(worst)
     )
     warnings = [line for line in proc.stderr.splitlines() if "hindlog: cannot write to the catalog" in line]
     assert len(warnings) == 1, proc.stderr
-    assert float(proc.stdout) < 0.1
+    assert float(proc.stdout) < 0.3
     assert project.values("during") == list(range(100))
     assert project.values("after") == [2.0] and project.values("before") == [1.0]
     runs = project.runs()

@@ -60,7 +60,7 @@ for epoch in hl.loop("epoch", range(8)):
     hl.log("w", w.copy())
     if epoch == 6:
         break
-    time.sleep(0.05)
+    time.sleep(0.2)
 print(json.dumps({"run": hl.run_id()}))
 """
 
@@ -311,7 +311,7 @@ def test_a_recorded_run_reports_what_the_policy_charged(tmp_path: Path) -> None:
     assert charged["blocked_seconds"] > 0 and charged["persister_cpu_seconds"] > 0
     assert 1.0 <= charged["background_weight"] <= 4.0
     # hindlog's import and set-up are charged too: real, and far from the run's 2.4 s.
-    assert 0 < charged["startup_seconds"] < 0.3
+    assert 0 < charged["startup_seconds"] < 1.0  # hindlog's own start, not the run's
     shown = proj.cli("show", run_id).stdout
     total = charged["startup_seconds"] + charged["blocked_seconds"] + charged["background_weight"] * charged["persister_cpu_seconds"]
     assert re.search(rf"charged\s+{total:.2f}s: {charged['startup_seconds']:.2f}s start-up \+ {charged['blocked_seconds']:.2f}s blocked \+ "
@@ -414,7 +414,7 @@ print(json.dumps({"runs": runs}))
 def test_frozen_layer_is_stored_once_across_checkpoints_and_runs(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     proj.write("train.py", FROZEN)
-    runs = last_json(proj.run("train.py").stdout)["runs"]
+    runs = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["runs"]
     assert len(runs) == 2
     frozen_digests: set[str] = set()
     trainable: set[str] = set()
@@ -481,6 +481,7 @@ for epoch in hl.loop("epoch", range(10)):
         time.sleep(0.3)  # let the persists of earlier epochs finish
         trouble_on()
     if epoch == 7:
+        time.sleep(0.3)  # let the persists that must fail finish failing
         trouble_off()
     for b in hl.loop("batch", range(3)):
         big += 1

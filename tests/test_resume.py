@@ -51,7 +51,7 @@ def _make_killed(base: Path) -> Killed:
     proj.write("train.py", TORCH_TRAIN)
     hold = base / "hold"
     hold.touch()
-    proc = proj.start("train.py", env={"HOLD_FILE": str(hold)})
+    proc = proj.start("train.py", env={"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.5"})
     try:
         def ready() -> bool:
             return count_checkpoints(proj, iteration_end_only=True, at_least_iteration=3) > 0
@@ -99,7 +99,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(killed: Killed, torch_
     assert info["status"] == "killed"
     latest = killed.checkpointed[-1]
 
-    proc = proj.cli("resume", run_id)
+    proc = proj.cli("resume", run_id, env={"HINDLOG_EPSILON": "0.5"})
     assert _epochs_printed(proc.stdout) == list(range(latest + 1, 8)), proc.stdout
     assert proj.run_ids() == [run_id], "resume must append to the same run"
     info = proj.run_info(run_id)
