@@ -729,8 +729,11 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
     run = proj.record(slow, env=DENSE)
     proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     (tmp_path / "slow").write_text("")  # the workers' iterations take 3 s while it exists
+    # Ctrl-C reaches the replay as it reaches a terminal's foreground job, even where the tests
+    # themselves were started with SIGINT ignored (in the background, under nohup).
     driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--workers", "2"], cwd=proj.root,
-                              env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while len(_workers_of(run)) < 2 and time.monotonic() < deadline and driver.poll() is None:
