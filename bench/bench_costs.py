@@ -17,6 +17,9 @@ and for ``hindlog run`` its own start-up), the script before the main loop, the 
 and exit. Two shapes with the same total of nested iterations, few long epochs and many short
 ones, separate a cost per epoch (checkpoint, commit, the iteration's bookkeeping) from a cost
 per nested iteration (the loop wrapper): loop time difference = a * epochs + b * iterations.
+Between processes this machine drifts by tens of percent, so the same loop is also measured
+inside one recorded process (``IN_PROCESS``): the nested loop through ``hl.loop`` in odd epochs
+and over the bare range in even ones, and the time between iterations.
 
 Results: bench/results/costs.json.
 """
@@ -72,6 +75,39 @@ L1 = time.time()
 print("STAMP", json.dumps({"first_line": T0, "loop_start": L0, "loop_end": L1}))
 """
 
+#: The same loop measured inside one recorded process, where the machine's drift between
+#: processes (tens of percent here) does not enter: odd epochs run the nested loop through
+#: hl.loop, even ones over the bare range; the time between one iteration's body and the next
+#: is what hindlog's main-loop hooks (iteration end, checkpoint decision and snapshot, commit
+#: wake) took.
+IN_PROCESS = """\
+import json, os, statistics, time
+import numpy as np
+import hindlog as hl
+rng = np.random.default_rng(0)
+w = np.zeros(50)
+hl.checkpoints(w=w)
+steps = int(os.environ["STEPS"])
+gaps, wrapped, bare, body_end = [], [], [], None
+for epoch in hl.loop("epoch", range(int(os.environ["EPOCHS"]))):
+    t = time.perf_counter()
+    if body_end is not None:
+        gaps.append(t - body_end)
+    if epoch % 2:
+        for step in hl.loop("step", range(steps)):
+            w += 0.001 * rng.normal(size=50)
+        wrapped.append(time.perf_counter() - t)
+    else:
+        for step in range(steps):
+            w += 0.001 * rng.normal(size=50)
+        bare.append(time.perf_counter() - t)
+    hl.log("sum", float(w.sum()))
+    body_end = time.perf_counter()
+m = statistics.median
+print("RESULT", json.dumps({"wrapper_ns": (m(wrapped) - m(bare)) / steps * 1e9, "gap_median_us": m(gaps) * 1e6,
+                            "gap_mean_us": sum(gaps) / len(gaps) * 1e6, "gap_max_ms": max(gaps) * 1e3}))
+"""
+
 WAYS = {
     "python": [PYTHON, "plain.py"],
     "hindlog run": [PYTHON, "-m", "hindlog.cli", "run", "plain.py"],
@@ -97,7 +133,7 @@ def main() -> None:
     p.add_argument("--steps-total", type=int, default=400_000)
     args = p.parse_args()
     shapes = {"few long epochs": 10, "many short epochs": 400}
-    project = new_project({"plain.py": PLAIN, "api.py": API})
+    project = new_project({"plain.py": PLAIN, "api.py": API, "in_process.py": IN_PROCESS})
     store = project.with_name(project.name + "-store")  # outside the project: not part of its code
     results: dict[str, Any] = {}
     envs = {shape: {**os.environ, **GIT_ENV, "HINDLOG_DIR": str(store), "EPOCHS": str(epochs), "STEPS": str(args.steps_total // epochs)}
@@ -114,6 +150,11 @@ def main() -> None:
                 for way, cmd in WAYS.items():
                     runs[shape][way].append(run_once(project, cmd, env))
                 print(f"  round {r}, {shape}: " + ", ".join(f"{w} {runs[shape][w][-1]['total']:.2f}s" for w in WAYS), flush=True)
+        in_process = []
+        env = {**envs["many short epochs"], "HINDLOG_EPSILON": "0.05"}
+        for r in range(args.rounds):
+            out = subprocess.run([PYTHON, "in_process.py"], cwd=project, env=env, capture_output=True, text=True, check=True)
+            in_process.append(json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[7:]))
     finally:
         cleanup(project)
         cleanup(store)
@@ -132,7 +173,8 @@ def main() -> None:
             for s in (few, many))
         derived[way] = {"fixed_s": fixed, "per_epoch_ms": per_epoch * 1e3, "per_nested_iteration_ns": per_step * 1e9}
     data = {"benchmark": "costs", "command": " ".join(["bench/bench_costs.py", *sys.argv[1:]]), "machine": machine(),
-            "steps_total": args.steps_total, "results": results, "derived": derived}
+            "steps_total": args.steps_total, "results": results, "derived": derived, "in_process": in_process,
+            "in_process_median": {k: statistics.median(x[k] for x in in_process) for k in in_process[0]}}
     path = save("costs", data)
     print("\n| shape | way | total (s) | start (s) | before loop (s) | loop (s) | exit (s) |")
     print("|---|---|---|---|---|---|---|")
@@ -143,6 +185,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for way, d in derived.items():
         print(f"| {way} | {d['fixed_s']:.3f} | {d['per_epoch_ms']:.2f} | {d['per_nested_iteration_ns']:.0f} |")
+    ip = data["in_process_median"]
+    print(f"\nin one process (many short epochs, median of {args.rounds} runs): hl.loop costs {ip['wrapper_ns']:.0f} ns a nested "
+          f"iteration; between main-loop iterations {ip['gap_median_us']:.1f} us (median), {ip['gap_mean_us']:.1f} us (mean)")
     print(f"\nwrote {path}")
 
 

@@ -871,6 +871,13 @@ class Report:
         out.append(table(["run as", "fixed cost (s)", "per main-loop iteration (ms)", "per nested iteration (ns)"],
                          [[way, f(d.get("fixed_s"), 3), f(d.get("per_epoch_ms"), 2), f(d.get("per_nested_iteration_ns"), 0)]
                           for way, d in derived.items()]))
+        ip = src.data.get("in_process_median") or {}
+        if ip:
+            out.append(f"In one recorded process (400 epochs of 1,000 steps, odd epochs through `hl.loop`, even ones over the bare "
+                       f"range; median of {len(src.data.get('in_process') or [])} processes): `hl.loop` costs "
+                       f"**{f(ip.get('wrapper_ns'), 0)} ns** a nested iteration, and the time between two main-loop iterations "
+                       f"(hindlog's iteration end, checkpoint decision and snapshot, commit wake) is {f(ip.get('gap_median_us'), 1)} µs "
+                       f"(median), {f(ip.get('gap_mean_us'), 1)} µs (mean).")
         out.append(machine_line(src))
         out.append(COSTS_NOTES)
         return "\n\n".join(out)
@@ -1614,7 +1621,7 @@ lstm-last-loss 1.084, cnn 1.132, finetune 1.030, lstm 1.028, sklearn 1.054;
 every replay again equal to the fresh run. The table keeps the quieter run.
 Both runs put while-early at about +8%, the only script over 5% in both; the
 phase measurements in the next section do not account for that much on it
-(about 0.1 s fixed and 180,000 nested iterations at about 0.1 µs).
+(about 0.1 s fixed, and 180,000 nested iterations at about 0.2 µs: 2-3% of its 4-7 s).
 `hindlog run` first added about 1.2 s to every script: its import
 hook searched `sys.path` a second time for every module the script imported
 (torch has hundreds); it now answers "not a project module" with a couple of
@@ -1636,20 +1643,24 @@ iteration from a cost per nested iteration; every round runs all six, so a
 drift of the machine falls on all alike. Medians of the rounds."""
 
 COSTS_NOTES = """\
-**Reading these numbers.** The fixed cost, about 0.06-0.1 s, is hindlog's
-start (its import, the run's catalog row, the code snapshot begun in the
-background) and its exit (the last commit and checkpoint): 1-2% of a 5 s
-script, and the reason the shortest scripts (sklearn, 2 s) show the largest
-ratios. A nested iteration costs on the order of 100 ns (the generator that
-carries the loop's index into the records' context): nothing against a
-training step, 4% against these 2.5 µs steps. A main-loop iteration of 3 ms
-costs about 0.6-0.8 ms more than in the plain script, and that cost is not
-the checkpoints: with `HINDLOG_EPSILON=0` it stays. Measured alone (20,000
-iterations of one step each), the iteration's own bookkeeping is 5-10 µs, so
-most of that difference comes with the nested loop's 1,000 steps between two
-iterations, and is not explained yet; at these sizes the machine's noise
-between runs (up to 20%) is about as large. A training epoch lasts from a
-fraction of a second to minutes, where a fixed 1 ms is 0.1-1%."""
+**Reading these numbers.** Between processes this machine drifts by tens of
+percent (the plain script's loop took 1.15 s in one shape and 1.33 s in the
+other for the same steps), so the split of the cross-process differences into
+a cost per epoch and a cost per nested iteration is not reliable: two runs of
+9 rounds gave +0.6-0.8 ms an epoch and 75-170 ns an iteration, then negative
+per-epoch costs and 450-790 ns an iteration. What holds in both: the fixed
+cost, 0.07-0.1 s (hindlog's import, the run's catalog row, the code snapshot
+begun in the background, the last commit at exit), 1-2% of a 5 s script and
+the reason the shortest scripts (sklearn, 2 s) show the largest ratios; and a
+main loop 3-25% slower than plain on these 2.5 µs steps. Inside one process,
+where the drift cancels between alternate epochs, the parts are small: the
+nested-loop generator (which carries the loop's index into the records'
+context) costs about 0.2 µs an iteration, nothing against a training step and
+8% against these steps, and hindlog's work between main-loop iterations about
+10-35 µs. That the whole loop comes out slower across processes than these
+parts add up to is not explained; a slowdown of everything in a recorded
+process would not show in the in-process comparison, and this machine's noise
+within one process (±30% over seconds) is too large to look for one."""
 
 SCALING_INTRO = """\
 How hindlog's costs grow with the model and the run (`bench/bench_scaling.py`,
