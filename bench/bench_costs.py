@@ -1,6 +1,6 @@
 """Benchmark: where recording's cost goes on a tight loop, in the phases of a process.
 
-    .venv/bin/python bench/bench_costs.py [--rounds 7] [--steps-total 400000]
+    .venv/bin/python bench/bench_costs.py [--rounds 7] [--steps-total 400000] [--quick]
 
 A synthetic NumPy loop (a nested loop of ``--steps-total`` short steps in all, about 2.5 µs
 each, nothing logged inside it, one value per epoch) whose steps are cheap enough that what
@@ -21,7 +21,7 @@ Between processes this machine drifts by tens of percent, so the same loop is al
 inside one recorded process (``IN_PROCESS``): the nested loop through ``hl.loop`` in odd epochs
 and over the bare range in even ones, and the time between iterations.
 
-Results: bench/results/costs.json.
+Results: bench/results/costs.json (costs-quick.json with --quick: 2 rounds, 100,000 steps).
 """
 
 from __future__ import annotations
@@ -131,7 +131,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--steps-total", type=int, default=400_000)
+    p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    if args.quick:
+        args.rounds, args.steps_total = 2, 100_000
     shapes = {"few long epochs": 10, "many short epochs": 400}
     project = new_project({"plain.py": PLAIN, "api.py": API, "in_process.py": IN_PROCESS})
     store = project.with_name(project.name + "-store")  # outside the project: not part of its code
@@ -175,7 +178,7 @@ def main() -> None:
     data = {"benchmark": "costs", "command": " ".join(["bench/bench_costs.py", *sys.argv[1:]]), "machine": machine(),
             "steps_total": args.steps_total, "results": results, "derived": derived, "in_process": in_process,
             "in_process_median": {k: statistics.median(x[k] for x in in_process) for k in in_process[0]}}
-    path = save("costs", data)
+    path = save("costs" + ("-quick" if args.quick else ""), data)
     print("\n| shape | way | total (s) | start (s) | before loop (s) | loop (s) | exit (s) |")
     print("|---|---|---|---|---|---|---|")
     for shape, s in results.items():

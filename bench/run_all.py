@@ -69,6 +69,7 @@ SUITE: list[tuple[str, str, list[str], list[str]]] = [
     ("bench_scaling.py", "scaling", [], ["--quick"]),
     ("bench_persist.py", "persist", [], ["--quick"]),
     ("bench_checkpoint_cost.py", "checkpoint-cost", [], ["--quick", "--pairs", "1"]),
+    ("bench_costs.py", "costs", [], ["--quick"]),
 ]
 
 TIMEOUT = {False: 3 * 3600, True: 15 * 60}  # per script, seconds
