@@ -315,6 +315,40 @@ def test_nested_loops_give_index_columns_and_shared_rows(project: Project) -> No
     assert list(setup.columns) == ["run_id", "code_version", "lr", "setup"] and setup["setup"].tolist() == [1.0]
 
 
+def test_a_record_after_a_nested_loop_exits_belongs_to_the_enclosing_iteration(project: Project) -> None:
+    # A nested loop's context is built when something is logged; after the loop ends (by
+    # exhaustion or break), records belong to the enclosing loop's current iteration again.
+    project.run(
+        """
+        import hindlog as hl
+        for epoch in hl.loop("epoch", range(2)):
+            for step in hl.loop("step", range(3)):
+                for micro in hl.loop("micro", range(5)):
+                    if micro == 2:
+                        break
+                    hl.log("grad", epoch * 100 + step * 10 + micro)
+                hl.log("after_break", epoch * 10 + step)
+                for quiet in hl.loop("quiet", range(4)):   # logs nothing
+                    pass
+                hl.log("after_quiet", [epoch, step])        # not a number: the slow path
+            hl.log("val", epoch)
+        hl.log("end", 1)
+        """
+    )
+    grad = project.df("grad")
+    assert grad["micro"].tolist() == [0, 1] * 6
+    assert (grad["grad"] == grad["epoch"] * 100 + grad["step"] * 10 + grad["micro"]).all()
+    after = project.df("after_break")
+    assert list(after.columns) == ["run_id", "code_version", "epoch", "step", "after_break"]
+    assert (after["after_break"] == after["epoch"] * 10 + after["step"]).all() and len(after) == 6
+    quiet = project.df("after_quiet")
+    assert list(quiet.columns) == ["run_id", "code_version", "epoch", "step", "after_quiet"]
+    assert [list(v) for v in quiet["after_quiet"]] == [[e, s] for e, s in zip(quiet["epoch"], quiet["step"])]
+    val = project.df("val")
+    assert list(val.columns) == ["run_id", "code_version", "epoch", "val"] and val["val"].tolist() == [0, 1]
+    assert list(project.df("end").columns) == ["run_id", "code_version", "end"]
+
+
 def test_loop_is_lazy_and_works_with_generators_and_break(project: Project) -> None:
     project.run(
         """

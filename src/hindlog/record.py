@@ -67,7 +67,11 @@ def log(name: str, value: T) -> T:
             return value
     t = type(value)
     if (t is float or t is int) and type(name) is str and name and rec.controller is None:
-        rec.append((rec.ctx, name, value))
+        ctx = rec._ctx
+        if ctx is None:  # a nested loop moved on since the last record: Recorder.build_ctx, inlined
+            parent, loop, cell = rec._level  # type: ignore[misc]
+            ctx = rec._ctx = parent + ((loop, cell[0]),)
+        rec.append((ctx, name, value))
         return value
     return rec.log_slow(name, value)
 

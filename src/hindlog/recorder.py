@@ -71,7 +71,13 @@ class Recorder:
         self._clock_start = time.perf_counter()
         self._last_wake = 0.0
         self.run_id = new_run_id()
-        self.ctx: tuple[Any, ...] = ()
+        #: The loop context of the records logged now (see ``ctx``); None while a nested loop's
+        #: index moved since it was last built.
+        self._ctx: tuple[Any, ...] | None = ()
+        #: The innermost nested loop running: its parent's context, its name and a cell holding
+        #: its index. A nested iteration only writes the cell: the context is built when
+        #: something is logged (a loop that logs nothing pays no tuple per step).
+        self._level: tuple[tuple[Any, ...], str, list[int]] | None = None
         self.depth = 0
         self.main_loop_done = False
         self.iteration: int | None = None
@@ -194,6 +200,17 @@ class Recorder:
 
     # ------------------------------------------------------------ loops
 
+    @property
+    def ctx(self) -> tuple[Any, ...]:
+        """Where a record logged now belongs: ``((main loop, i, True), (nested loop, j), ...)``."""
+        c = self._ctx
+        return c if c is not None else self.build_ctx()
+
+    def build_ctx(self) -> tuple[Any, ...]:
+        parent, name, cell = self._level  # type: ignore[misc]
+        c = self._ctx = parent + ((name, cell[0]),)
+        return c
+
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         if type(name) is not str or not name:
             raise TypeError(f"hl.loop name must be a non-empty string, got {name!r}")
@@ -250,7 +267,7 @@ class Recorder:
         try:
             t0 = clock()
             for item in it:
-                self.ctx = ((name, i, True),)
+                self._ctx = ((name, i, True),)
                 self.iteration = i
                 self.block = 0
                 open_iteration = i
@@ -277,7 +294,7 @@ class Recorder:
                     self.checkpointer.abandon_iteration(open_iteration)
                 if self.controller is not None:
                     self.controller.main_finished = True  # left by break: code after the loop runs
-            self.ctx = ()
+            self._ctx = ()
             self.depth = 0
             self.iteration = None
             self.main_loop_done = True
@@ -301,17 +318,22 @@ class Recorder:
     def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None) -> Iterator[Any]:
         frame = frame or sys._getframe(1)
         parent = self.ctx
+        outer_level = self._level
+        cell = [0]
+        self._level = (parent, name, cell)
         self.depth += 1
         block_level = self.depth == 2 and self.iteration is not None
         t0 = time.perf_counter() if block_level else 0.0
         i = 0
         try:
             for item in iterable:
-                self.ctx = parent + ((name, i),)
+                cell[0] = i
+                self._ctx = None
                 yield item
                 i += 1
         finally:
-            self.ctx = parent
+            self._level = outer_level
+            self._ctx = parent
             self.depth -= 1
             if block_level:
                 self.block_seconds[name] = self.block_seconds.get(name, 0.0) + time.perf_counter() - t0
