@@ -1621,7 +1621,7 @@ lstm-last-loss 1.084, cnn 1.132, finetune 1.030, lstm 1.028, sklearn 1.054;
 every replay again equal to the fresh run. The table keeps the quieter run.
 Both runs put while-early at about +8%, the only script over 5% in both; the
 phase measurements in the next section do not account for that much on it
-(about 0.1 s fixed, and 180,000 nested iterations at about 0.2 µs: 2-3% of its 4-7 s).
+(about 0.1 s fixed, and 180,000 nested iterations at 0.1-0.2 µs: 2-3% of its 4-7 s).
 `hindlog run` first added about 1.2 s to every script: its import
 hook searched `sys.path` a second time for every module the script imported
 (torch has hundreds); it now answers "not a project module" with a couple of
@@ -1644,23 +1644,24 @@ drift of the machine falls on all alike. Medians of the rounds."""
 
 COSTS_NOTES = """\
 **Reading these numbers.** Between processes this machine drifts by tens of
-percent (the plain script's loop took 1.15 s in one shape and 1.33 s in the
-other for the same steps), so the split of the cross-process differences into
-a cost per epoch and a cost per nested iteration is not reliable: two runs of
-9 rounds gave +0.6-0.8 ms an epoch and 75-170 ns an iteration, then negative
-per-epoch costs and 450-790 ns an iteration. What holds in both: the fixed
-cost, 0.07-0.1 s (hindlog's import, the run's catalog row, the code snapshot
+percent (in one run the plain script's loop took 1.15 s in one shape and 1.33 s
+in the other for the same steps), so the split of the cross-process
+differences into a cost per epoch and a cost per nested iteration is not
+reliable: runs of 9 rounds gave per-epoch costs from negative to 0.8 ms and
+per-iteration costs from 37 to 790 ns. What holds in every run: the fixed
+cost, 0.06-0.11 s (hindlog's import, the run's catalog row, the code snapshot
 begun in the background, the last commit at exit), 1-2% of a 5 s script and
-the reason the shortest scripts (sklearn, 2 s) show the largest ratios; and a
-main loop 3-25% slower than plain on these 2.5 µs steps. Inside one process,
-where the drift cancels between alternate epochs, the parts are small: the
-nested-loop generator (which carries the loop's index into the records'
-context) costs about 0.2 µs an iteration, nothing against a training step and
-8% against these steps, and hindlog's work between main-loop iterations about
-10-35 µs. That the whole loop comes out slower across processes than these
-parts add up to is not explained; a slowdown of everything in a recorded
-process would not show in the in-process comparison, and this machine's noise
-within one process (±30% over seconds) is too large to look for one."""
+the reason the shortest scripts (sklearn, 2 s) show the largest ratios.
+Inside one process, where the drift cancels between alternate epochs, the
+parts are small. The nested-loop generator cost 189 ns an iteration when it
+built the records' loop context at every step; it now only moves the loop's
+index and the context is built when something is logged: 86 ns, nothing
+against a training step and 3% against these 2.5 µs steps (a loop that logs
+at every step pays the same as before). hindlog's work between main-loop
+iterations (iteration end, checkpoint decision and snapshot, commit wake) is
+5-35 µs. Before that change, the main loop came out 3-29% slower than plain
+across processes, more than these parts add up to, and that is not
+explained; after it, 2-16% (the table)."""
 
 SCALING_INTRO = """\
 How hindlog's costs grow with the model and the run (`bench/bench_scaling.py`,
