@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -363,19 +364,26 @@ for epoch in hl.loop("epoch", range(6)):
 """
 
 
+def _record_dense(tmp_path: Path, script: str) -> tuple[CkProject, str, list[Any], dict[int, str]]:
+    """Record ``script`` with a generous ε; its project, run, checkpoint rows, and the manifest
+    of each iteration's end."""
+    proj = CkProject(tmp_path)
+    proj.write("train.py", script)
+    proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    run_id = proj.run_ids()[-1]
+    rows = proj.checkpoints(run_id)
+    ends = {it: manifest for it, block, _loop, manifest, _n in rows if block == ITERATION_END}
+    return proj, run_id, rows, ends
+
+
 def test_state_unchanged_after_a_nested_loop_is_checkpointed_by_name_and_checked(tmp_path: Path) -> None:
     # A checkpointed iteration freezes its state at the nested loop's exit and again at its end.
     # A large tensor unchanged in between is named by the hash of its bytes the second time;
     # where a write the version counter does not see changed it, the iteration's end checkpoint
     # is dropped (its bytes were never taken), and every checkpoint kept restores what was logged.
     torch = pytest.importorskip("torch")
-    proj = CkProject(tmp_path)
-    proj.write("train.py", LARGE_STATE_WRITES)
-    proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
-    run_id = proj.run_ids()[-1]
+    proj, run_id, rows, ends = _record_dense(tmp_path, LARGE_STATE_WRITES)
     logged = {(it, name): value for it, name, value in proj.records(run_id)}
-    rows = proj.checkpoints(run_id)
-    ends = {it: manifest for it, block, _loop, manifest, _n in rows if block == ITERATION_END}
     exits = {it: manifest for it, block, _loop, manifest, _n in rows if block != ITERATION_END}
     even = [it for it in ends if it % 2 == 0 and it in exits]
     assert even, f"no iteration-end checkpoint of an unchanged iteration: {rows}"
@@ -424,13 +432,8 @@ def test_tied_weights_are_copied_once_and_every_checkpoint_is_kept(tmp_path: Pat
     torch = pytest.importorskip("torch")
     import torch.nn as nn
 
-    proj = CkProject(tmp_path)
-    proj.write("train.py", TIED_WEIGHTS)
-    proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
-    run_id = proj.run_ids()[-1]
+    proj, run_id, rows, ends = _record_dense(tmp_path, TIED_WEIGHTS)
     assert proj.run_info(run_id)["info"]["checkpoints_dropped_unverified"] == 0
-    rows = proj.checkpoints(run_id)
-    ends = {it: manifest for it, block, _loop, manifest, _n in rows if block == ITERATION_END}
     assert sorted(ends) == list(range(5)), rows
     for it, manifest in ends.items():
         names = [entry[0] for entry in proj.manifest(manifest)["tensors"] if list(entry[3]) == [4096, 128]]

@@ -431,9 +431,11 @@ def _forget_unwritten(frozen: Frozen) -> None:
     known, ``state._unchanged``); a NumPy copy may be held by a later checkpoint (an unchanged
     array is recognised by its content), and is left to the garbage collector."""
     for ft in frozen.tensors:
-        if ft.digest is None and ft.cache_entry is not None:
+        if ft.digest is not None:
+            continue
+        if ft.cache_entry is not None:
             ft.cache_entry.version = -1
-        if ft.digest is None and ft.framework == "torch":
+        if ft.framework == "torch":
             ft.release()
 
 
