@@ -12,6 +12,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -62,6 +63,21 @@ def test_console_script_is_installed_and_has_help() -> None:
     assert out.returncode == 0
     for name in ("runs", "show", "logs", "diff"):
         assert name in out.stdout
+
+
+def test_python_dash_m_hindlog_is_the_same_command_line(two_runs: tuple[Project, str, str]) -> None:
+    project, a, b = two_runs
+    via_script = project.cli("runs")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hindlog", "runs"], cwd=project.root, env=project.env(), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert a in proc.stdout and b in proc.stdout
+    assert proc.stdout == via_script.stdout
+    # Errors exit the same way too, naming the program as the user knows it.
+    bad = subprocess.run([sys.executable, "-m", "hindlog", "show", "no-such-run"], cwd=project.root, env=project.env(),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("hindlog: ")
 
 
 def _subcommands() -> dict[str, tuple[argparse.ArgumentParser, str | None]]:
