@@ -50,6 +50,7 @@ QUICK_WORKLOADS = {
     "bench_replay.py": "sklearn",
     "bench_handsfree.py": "while-early,sklearn-partial-fit",
     "bench_peers.py": "cnn",
+    "bench_replay_pyflor.py": "sklearn",
     "bench_flordb.py": "cnn",
 }
 
@@ -65,6 +66,9 @@ SUITE: list[tuple[str, str, list[str], list[str]]] = [
      ["--quick", "--repeats", "1", "--threads", "1", "--out", "replay-1thread-quick"]),
     ("bench_handsfree.py", "handsfree", [], ["--quick", "--pairs", "1"]),
     ("bench_peers.py", "peers-pyflor", ["--no-setup"], ["--quick", "--no-setup"]),
+    # hindlog's replay and pyflor's alternating in one run: the replay target's comparison.
+    ("bench_replay_pyflor.py", "replay-pyflor", ["--no-setup", "--matched-epsilon", "0.1"],
+     ["--quick", "--no-setup", "--pairs", "1"]),
     ("bench_flordb.py", "peers-flordb", ["--no-setup"], ["--quick", "--no-setup"]),
     ("bench_scaling.py", "scaling", [], ["--quick"]),
     ("bench_persist.py", "persist", [], ["--quick"]),

@@ -941,6 +941,81 @@ def test_segments_start_after_checkpoints_and_balance_the_work() -> None:
     assert plan_segments(4, list(range(4)), 2, seconds=[5.0, 1.0, 1.0, 1.0]) == [(0, 1), (1, 4)]
 
 
+ARRAYS = """
+import time
+
+import numpy as np
+
+import hindlog as hl
+
+w = np.zeros(300_000)  # 2.4 MB: stored as an object of its own, not inside the skeleton
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(6)):
+    for i in hl.loop("step", range(3)):
+        w += 1.0
+    for i in hl.loop("probe", range(2)):
+        pass
+    time.sleep(0.05)
+    hl.log("s", float(w.sum()))
+"""
+
+
+def test_replay_announces_the_checkpoints_its_workers_will_restore_first_ones_first(tmp_path: Path) -> None:
+    """Checkpoint data bypass the page cache when written, so replay asks the kernel to read
+    them ahead (``posix_fadvise``), in the order the workers restore them, within a budget."""
+    import json
+
+    from hindlog import catalog
+    from hindlog.checkpoint import ITERATION_END, checkpoint_rows, prefetch_checkpoints, tensor_objects
+    from hindlog.replay import RunPlan, Segment, restore_order
+    from hindlog.store import Store
+
+    proj = ReplayProject(tmp_path)
+    proj.write("train.py", ARRAYS)
+    proj.python(env=DENSE)
+    store = Store(proj.store, proj.root)
+    conn = store.connect()
+    try:
+        rows = checkpoint_rows(conn, catalog.get_run(conn, proj.run_ids()[-1])["id"])
+    finally:
+        conn.close()
+    ends = sorted(i for i in rows if ITERATION_END in rows[i])
+    assert len(ends) >= 3, f"a dense record checkpoints most iterations, got {sorted(rows)}"
+    split = ends[len(ends) // 2] + 1  # the second segment starts after a checkpointed iteration
+    plan = RunPlan("r", 1, "train.py", "v", {}, {}, {"probe"}, (0, 6), 6, ends,
+                   segments=[Segment(0, split), Segment(split, 6)])
+
+    def blocks(lo: int, hi: int, loop: str) -> list[str]:
+        return [rows[i][b][1] for i in sorted(rows) if lo <= i < hi for b in sorted(rows[i]) if b >= 0 and rows[i][b][0] == loop]
+
+    first, second = blocks(0, split, "step"), blocks(split, 6, "step")
+    start = rows[max(i for i in ends if i < split)][ITERATION_END][1]
+    order = restore_order(plan, rows)
+    # The two workers' first restores come first: the second segment's starting checkpoint, then
+    # each segment's nested-loop checkpoints in the order its worker meets them, taken in turn.
+    assert order[:2] == [first[0], start]
+    assert [m for m in order if m in first] == first and [m for m in order if m in second] == [*second]
+    assert sorted(order) == sorted([start, *first, *second]), "a probed loop runs: its checkpoints are not read"
+    plan.run_all_blocks = True
+    assert restore_order(plan, rows) == [start]
+
+    def distinct_bytes(manifests: list[str]) -> int:
+        names: set[str] = set()
+        for m in manifests:
+            manifest = json.loads(store.objects.get(m))
+            names |= {manifest["skeleton"], *tensor_objects(manifest)}
+        return sum(store.objects.size(n) for n in names)
+
+    # The budget stops it after the checkpoint that reaches it; objects shared between
+    # checkpoints (the array, unchanged by the probe loop) count once.
+    assert prefetch_checkpoints(store.objects, order, 1) == distinct_bytes(order[:1]) > 2_400_000
+    everything = [m for i in rows for _, m in rows[i].values()]
+    assert prefetch_checkpoints(store.objects, everything, 1 << 40) == distinct_bytes(everything) < sum(
+        distinct_bytes([m]) for m in everything)
+    # A checkpoint that is gone is not announced, and is not an error here (restoring it is).
+    assert prefetch_checkpoints(store.objects, ["0" * 32, *order[:1]], 1 << 40) == distinct_bytes(order[:1])
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores for PyTorch to default to two threads")
 def test_workers_compute_with_the_thread_count_of_the_record(tmp_path: Path) -> None:
     # Recorded with PyTorch's default thread count; replayed from a shell that asks for one

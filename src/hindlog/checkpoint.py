@@ -485,6 +485,8 @@ class Checkpointer:
         self._buffers_ready = False
         self._warned_undeclared = False
         self._unpicklable: set[str] = set()
+        #: Iterations the budget had room for, skipped because the previous persist still ran.
+        self.skipped_busy = 0
 
     # --------------------------------------------------------- hooks
 
@@ -513,7 +515,11 @@ class Checkpointer:
             if self.policy.cost is None and self.policy.taken == 0:
                 self.policy.estimate_first(self._state_bytes(), self._buffers_ready)
             # The last iteration queues behind a running persist rather than being skipped.
-            self.active = (self.persister.idle() or self._last) and self.policy.decide(self._iteration)
+            free = self.persister.idle() or self._last
+            wanted = self.policy.decide(self._iteration)
+            self.active = free and wanted
+            if wanted and not free:
+                self.skipped_busy += 1
             if not self.active and not self._buffers_ready and self.policy.taken == 0 and self.policy.epsilon > 0:
                 self._prepare_buffers()
         return self.active
@@ -679,6 +685,7 @@ def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
     """Read and verify one checkpoint; raise CorruptObject naming it if any part is bad."""
     try:
         manifest = json.loads(objects.get(manifest_name))
+        objects.prefetch(tensor_objects(manifest))
         skeleton, inline = pickle.loads(objects.get(manifest["skeleton"]))
         tensors = [_load_tensor(objects, *entry, inline=inline) for entry in manifest["tensors"]]
     except CorruptObject as e:
@@ -694,6 +701,59 @@ def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
         skeleton.get("unrestorable", []),
         skeleton["position"],
     )
+
+
+def tensor_objects(manifest: dict[str, Any]) -> list[str]:
+    """The names of the objects a checkpoint's tensors are stored in (inline ones excluded)."""
+    return [entry[0] for entry in manifest["tensors"] if not entry[0].startswith("@")]
+
+
+def prefetch_checkpoint(objects: ObjectStore, manifest_name: str, seen: set[str] | None = None) -> int:
+    """Start reading a checkpoint that will be restored soon (see ``ObjectStore.prefetch``;
+    the call itself takes a while for large checkpoints, so callers run it in a thread).
+    Objects in ``seen`` are skipped, and the others added to it; the bytes announced."""
+    seen = set() if seen is None else seen
+    try:
+        manifest = json.loads(objects.get(manifest_name, verify=False))
+        names = [n for n in dict.fromkeys([manifest["skeleton"], *tensor_objects(manifest)]) if n not in seen]
+        seen.update(names)
+        objects.prefetch(names)
+        return sum(objects.size(n) for n in names)
+    except (CorruptObject, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0  # read_checkpoint reports a bad checkpoint when it is restored
+
+
+def prefetch_checkpoints(objects: ObjectStore, manifests: list[str], budget: int) -> int:
+    """Announce checkpoints in this order until ``budget`` bytes are announced; the bytes announced.
+
+    Replay runs it in a thread as it starts its workers: the disk reads the first
+    checkpoints while each worker starts its interpreter and imports its libraries
+    (seconds, for torch). The budget keeps pages from being evicted again before use."""
+    announced = 0
+    seen: set[str] = set()
+    for name in manifests:
+        if announced >= budget:
+            break
+        announced += prefetch_checkpoint(objects, name, seen)
+    return announced
+
+
+def prefetch_in_background(fn: Any, *args: Any) -> None:
+    """Run a prefetch in a daemon thread: announcing a large file queues its reads, which
+    takes time the caller need not wait for (``posix_fadvise`` releases the GIL)."""
+    threading.Thread(target=fn, args=args, name="hindlog-prefetch", daemon=True).start()
+
+
+def prefetch_budget() -> int:
+    """A quarter of the memory the kernel reports as available, at most 4 GiB (1 GiB if unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return min(int(line.split()[1]) * 1024 // 4, 4 << 30)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 30
 
 
 def _load_tensor(objects: ObjectStore, name: str, framework: str, dtype: str, shape: list[int], inline: list[bytes]) -> Any:

@@ -177,6 +177,10 @@ def _show(args: argparse.Namespace) -> int:
         iterations = sorted({c["iteration"] for c in ckpts})
         total = sum(c["nbytes"] for c in ckpts)
         ckpt_line += f" at iterations {_ranges(iterations)} ({total / 2**20:.1f} MiB before dedup)"
+    busy = (info.get("info") or {}).get("checkpoints_skipped_busy")
+    if busy:
+        ckpt_line += (f"; {busy} iteration{'s' if busy > 1 else ''} skipped while the previous checkpoint was still"
+                      " being written (a slow disk)")
     lines.append(ckpt_line)
     if overhead is not None:
         eps = info.get("epsilon")

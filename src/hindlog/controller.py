@@ -12,6 +12,7 @@ existing run instead of creating one, and asks the controller at each hook:
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import os
@@ -24,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 from . import catalog
-from .checkpoint import checkpoint_rows, latest_readable
+from .checkpoint import checkpoint_rows, latest_readable, prefetch_checkpoint, prefetch_in_background
 from .errors import ReplayError
 from .restore import apply
 from .values import decode, encode, equal
@@ -129,6 +130,9 @@ class Controller:
         """The manifest to restore instead of running this nested loop, or None to run it."""
         return None
 
+    def restored_block(self) -> None:
+        """A nested loop was just skipped by restoring its checkpoint."""
+
     def close(self) -> None:
         pass
 
@@ -216,6 +220,7 @@ class ReplayController(Controller):
         self.skipped_blocks = 0
         self.run_blocks = 0
         self._keys: dict[tuple[Any, ...], str] = {}
+        self._block_keys: list[tuple[int, int]] = []
 
     def attach(self, conn: Any) -> tuple[int, str, int]:
         run = catalog.get_run(conn, self.spec["run_id"])
@@ -237,7 +242,20 @@ class ReplayController(Controller):
         ).fetchall()
         for loops, name, kind, value in rows:
             self.recorded.setdefault((loops, name), []).append(decode(kind, value))
+        #: The nested-loop checkpoints this segment may restore, in the order it meets them.
+        self._block_keys = [] if self.run_all_blocks else sorted(
+            (i, b) for i, blocks in self.rows.items() if self.start <= i < self.end
+            for b, (loop, _) in blocks.items() if b >= 0 and loop not in self.probed
+        )
         return run["id"], run["run_id"], int(self.spec.get("ctx_base", 0))
+
+    def _prefetch_from(self, iteration: int, block: int) -> None:
+        """Start reading the first checkpoint at or after (iteration, block) that this segment will
+        restore, so that the disk reads it while the code before that loop runs."""
+        k = bisect.bisect_left(self._block_keys, (iteration, block))
+        if k < len(self._block_keys):
+            i, b = self._block_keys[k]
+            prefetch_in_background(prefetch_checkpoint, self.recorder.store.objects, self.rows[i][b][1])
 
     # ------------------------------------------------------------ values
 
@@ -283,6 +301,7 @@ class ReplayController(Controller):
         self.main_started = True
         first, it = self._restore_start(self.start, it, frame)
         self.first_executed = first
+        self._prefetch_from(first, 0)
         return first, itertools.islice(it, max(self.end - first, 0))
 
     def iteration_begin(self, i: int) -> None:
@@ -310,6 +329,10 @@ class ReplayController(Controller):
             return None
         self.skipped_blocks += 1
         return entry[1]
+
+    def restored_block(self) -> None:
+        # Announced only once this restore has read its own data: the disk reads in order.
+        self._prefetch_from(self.recorder.iteration, self.recorder.block)
 
     def close(self) -> None:
         if self.result_path is None:

@@ -169,6 +169,30 @@ class ObjectStore:
             raise CorruptObject(f"object {name[:12]} in {self.root} is corrupt (its content does not match its hash)")
         return view
 
+    def prefetch(self, names: Iterable[str]) -> None:
+        """Ask the kernel to start reading these objects into the page cache, and return at once.
+
+        Checkpoint data are written around the page cache (``O_DIRECT``), so the first
+        restore after a record, and any restore days later, reads them from disk. Read
+        through a memory map, page fault by page fault, 2.2 GB of checkpoints took 3.4 s
+        on the reference machine; with every file of a checkpoint announced first, 2.1 s
+        (``cat`` of the same files: 1.7 s). A hint only: a missing object is reported
+        when it is read."""
+        advise = getattr(os, "posix_fadvise", None)
+        if advise is None:
+            return
+        for name in names:
+            try:
+                fd = os.open(self.path(name), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
     def touch(self, name: str) -> None:
         """Mark an existing object as just used (gc keeps recently used objects)."""
         try:

@@ -239,6 +239,7 @@ class Recorder:
         apply(loaded, self.declared, frame, strict=False)
         self.restore_seconds += time.perf_counter() - t0
         self.block += 1
+        self.controller.restored_block()
 
     def _main_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         frame = sys._getframe(1)
@@ -416,6 +417,7 @@ class Recorder:
                 policy = self.checkpointer.policy
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
                 timing["checkpoints_dropped_unverified"] = self.checkpointer.persister.dropped_unverified
+                timing["checkpoints_skipped_busy"] = self.checkpointer.skipped_busy
                 # What the policy charged, to read the overhead by: the time training was blocked,
                 # and the persister's CPU time times the slowdown it was measured to cause.
                 timing["checkpoint_charged"] = {

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog, codeversion, hindsight
-from .checkpoint import ITERATION_END, checkpoint_rows
+from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background
 from .controller import ENV
 from .errors import ReplayError, RunNotFound
 from .store import Store
@@ -506,8 +506,10 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
         run = catalog.get_run(conn, plan.run_id)
         args = catalog.run_args(conn, [plan.run]).get(plan.run, {})
         base = _ctx_base(conn, plan.run)
+        rows = checkpoint_rows(conn, plan.run)
     finally:
         conn.close()
+    prefetch_in_background(prefetch_checkpoints, store.objects, restore_order(plan, rows), prefetch_budget())
     scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-replay-{plan.run_id}-"))
     prepare_scratch(store, plan.code_version, plan.files, scratch, inputs_before=run.get("started"))
     argv = run.get("argv") or [plan.script]
@@ -589,6 +591,22 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def restore_order(plan: RunPlan, rows: dict[int, dict[int, tuple[str | None, str]]]) -> list[str]:
+    """The checkpoints the workers will restore, first ones first: each segment's starting
+    checkpoint, then its nested loops' checkpoints in order, the segments taken in turn."""
+    per_segment = []
+    for seg in plan.segments:
+        order = []
+        start = [it for it in rows if it < seg.start and ITERATION_END in rows[it]]
+        if seg.start > 0 and start:
+            order.append(rows[max(start)][ITERATION_END][1])
+        if not plan.run_all_blocks:
+            order += [rows[it][b][1] for it in sorted(rows) if seg.start <= it < seg.end
+                      for b in sorted(rows[it]) if b >= 0 and rows[it][b][0] not in plan.probed]
+        per_segment.append(order)
+    return [m for group in itertools.zip_longest(*per_segment) for m in group if m is not None]
 
 
 def _interrupt(signum: int, frame: Any) -> None:
