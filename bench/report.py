@@ -1708,8 +1708,13 @@ were 20-50% slower than in the table's run, and the spread of its A/A ratios
 (plain against plain) was 20-47% per script, against 4-40% in the table's.
 Its medians: cnn-engine 1.030, while-early 1.080, sklearn-partial-fit 1.031,
 lstm-last-loss 1.084, cnn 1.132, finetune 1.030, lstm 1.028, sklearn 1.054;
-every replay again equal to the fresh run. The table keeps the quieter run.
-Both runs put while-early at about +8%, the only script over 5% in both; the
+every replay again equal to the fresh run. A third run, 3 triples on the
+current code (`bench/results/handsfree-s8.json`; its A/A ratios from 0.83 to
+1.31): cnn-engine 1.064, while-early 1.079, sklearn-partial-fit 1.107,
+lstm-last-loss 1.146, cnn 1.080, finetune 1.129, lstm 0.978, sklearn 1.028,
+every replay equal to the fresh run, and the time hindlog measured itself
+blocking training the same as in the table's run (0.2-1.1% per script). The
+table keeps the quietest run. All three put while-early at about +8%; the
 phase measurements in the next section do not account for that much on it
 (about 0.1 s fixed, and 180,000 nested iterations at 0.1-0.2 µs: 2-3% of its 4-7 s).
 `hindlog run` first added about 1.2 s to every script: its import
