@@ -797,6 +797,14 @@ def checkpoint_rows(conn: Any, run: int) -> dict[int, dict[int, tuple[str | None
     return out
 
 
+def skippable_blocks(rows: dict[int, dict[int, tuple[str | None, str]]], start: int, end: int, probed: set[str]) -> list[tuple[int, int]]:
+    """``(iteration, block)`` of the nested-loop checkpoints a replay of iterations
+    [start, end) may restore instead of running the loop, in the order it meets them
+    (the loops in ``probed`` run)."""
+    return sorted((i, b) for i, blocks in rows.items() if start <= i < end
+                  for b, (loop, _) in blocks.items() if b >= 0 and loop not in probed)
+
+
 def latest_readable(objects: ObjectStore, rows: dict[int, dict[int, tuple[str | None, str]]], at_most: int | None = None) -> Loaded | None:
     """The iteration-end checkpoint of the latest iteration (at most ``at_most``) that reads back intact."""
     for it in sorted(rows, reverse=True):

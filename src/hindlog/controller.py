@@ -25,7 +25,7 @@ from types import FrameType
 from typing import Any
 
 from . import catalog
-from .checkpoint import checkpoint_rows, latest_readable, prefetch_checkpoint, prefetch_in_background
+from .checkpoint import checkpoint_rows, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
 from .errors import ReplayError
 from .restore import apply
 from .values import decode, encode, equal
@@ -243,10 +243,7 @@ class ReplayController(Controller):
         for loops, name, kind, value in rows:
             self.recorded.setdefault((loops, name), []).append(decode(kind, value))
         #: The nested-loop checkpoints this segment may restore, in the order it meets them.
-        self._block_keys = [] if self.run_all_blocks else sorted(
-            (i, b) for i, blocks in self.rows.items() if self.start <= i < self.end
-            for b, (loop, _) in blocks.items() if b >= 0 and loop not in self.probed
-        )
+        self._block_keys = [] if self.run_all_blocks else skippable_blocks(self.rows, self.start, self.end, self.probed)
         return run["id"], run["run_id"], int(self.spec.get("ctx_base", 0))
 
     def _prefetch_from(self, iteration: int, block: int) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog, codeversion, hindsight
-from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background
+from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
 from .controller import ENV
 from .errors import ReplayError, RunNotFound
 from .store import Store
@@ -603,8 +603,7 @@ def restore_order(plan: RunPlan, rows: dict[int, dict[int, tuple[str | None, str
         if seg.start > 0 and start:
             order.append(rows[max(start)][ITERATION_END][1])
         if not plan.run_all_blocks:
-            order += [rows[it][b][1] for it in sorted(rows) if seg.start <= it < seg.end
-                      for b in sorted(rows[it]) if b >= 0 and rows[it][b][0] not in plan.probed]
+            order += [rows[i][b][1] for i, b in skippable_blocks(rows, seg.start, seg.end, plan.probed)]
         per_segment.append(order)
     return [m for group in itertools.zip_longest(*per_segment) for m in group if m is not None]
 
