@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -91,6 +93,41 @@ def test_gc_removes_unreferenced_objects_and_keeps_referenced_ones(two_runs: tup
         assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id)) > 0
     # Idempotent.
     assert gc(store=store, grace=0).removed_objects == 0
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from hindlog.objects import ObjectStore
+
+store = ObjectStore(Path(sys.argv[1]))
+# Killed after the object's bytes are written, before they are renamed into place.
+os.replace = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+store.put(b"half a checkpoint " * 5000)
+"""
+
+
+def test_gc_removes_what_a_writer_killed_mid_write_left_once_it_is_old(two_runs: tuple[CkProject, str, str]) -> None:
+    proj, first, second = two_runs
+    proc = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(proj.objects_dir)], capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    store = proj.store()
+    (left,) = list(store.objects.temporaries())
+    assert left.stat().st_size == len(b"half a checkpoint " * 5000)
+    before = object_files(proj)
+    assert left.parent.name + left.name not in before  # never visible as an object
+
+    # A young one may still be written by a live process: kept.
+    report = gc(store=store)
+    assert report.removed_temporaries == 0 and left.exists()
+    old = time.time() - 2 * 3600
+    os.utime(left, (old, old))
+    out = proj.cli("gc").stdout
+    assert "1 partly written files of killed processes" in out
+    assert not left.exists()
+    assert object_files(proj) == before  # no object was touched
+    for run_id in (first, second):
+        assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id)) > 0
 
 
 def test_gc_keep_last_drops_older_runs_checkpoints_but_keeps_their_logs(two_runs: tuple[CkProject, str, str]) -> None:

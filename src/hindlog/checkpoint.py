@@ -348,7 +348,7 @@ class Persister:
                     self.objects.touch(ft.digest)
                     # Usually written by this iteration's earlier checkpoint; if it was found in
                     # the store instead, its durability is still this commit's to ensure.
-                    self._written.setdefault(frozen.iteration, []).append(self.objects.path(ft.digest))
+                    self._written.setdefault(frozen.iteration, []).append(self.objects.filename(ft.digest))
                     entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
                     continue
                 if ft.digest is None and ft.nbytes < INLINE_BYTES:
@@ -357,13 +357,13 @@ class Persister:
                     continue
                 if ft.digest is None:
                     self._write_tensor(ft)
-                    self._written.setdefault(frozen.iteration, []).append(self.objects.path(ft.digest))
+                    self._written.setdefault(frozen.iteration, []).append(self.objects.filename(ft.digest))
                 else:
                     self.objects.touch(ft.digest)  # in use again: gc's grace period starts anew
                 entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
             skeleton = self.objects.put(dumps_skeleton((frozen.skeleton, inline)), durable=False)
             written = self._written.setdefault(frozen.iteration, [])
-            written.append(self.objects.path(skeleton))
+            written.append(self.objects.filename(skeleton))
             manifest = {
                 "format": FORMAT,
                 "run": self.run_id,
@@ -374,7 +374,7 @@ class Persister:
                 "tensors": entries,
             }
             name = self.objects.put(json.dumps(manifest).encode(), durable=False)
-            written.append(self.objects.path(name))
+            written.append(self.objects.filename(name))
         except Exception as e:
             self._failed.add(frozen.iteration)
             self._done.pop(frozen.iteration, None)
@@ -634,10 +634,15 @@ class Checkpointer:
                     "replay will run the loops that assign it instead of skipping them.",
                     RuntimeWarning,
                 )
+        rng = rng_state()
+        # Python's generator state is a tuple of 625 ints, immutable: kept as it is, not walked.
+        python_rng = rng.pop("python")
+        rng = freeze(rng, tensors)
+        rng["python"] = python_rng
         skeleton = {
             "objects": objects,
             "kinds": kinds,
-            "rng": freeze(rng_state(), tensors),
+            "rng": rng,
             "locals": frame_locals,
             "unrestorable": sorted(self._unpicklable & names),
             "position": i + 1,

@@ -303,6 +303,8 @@ def _gc(args: argparse.Namespace) -> int:
 
     report = gc(store=args.store, keep_last=args.keep_last)
     extra = f", dropped {report.dropped_checkpoints} checkpoints of older runs" if args.keep_last is not None else ""
+    if report.removed_temporaries:
+        extra += f", and {report.removed_temporaries} partly written files of killed processes"
     print(f"removed {report.removed_objects} objects ({report.freed_bytes / 2**20:.1f} MiB){extra}")
     return 0
 

@@ -25,6 +25,8 @@ class GcReport:
     freed_bytes: int
     dropped_checkpoints: int
     kept_runs: int | None
+    #: Partly written objects a killed process left (counted in ``freed_bytes`` too).
+    removed_temporaries: int = 0
 
 
 def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
@@ -80,4 +82,17 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         st.objects.delete(name)
         removed += 1
         freed += stat.st_size
-    return GcReport(removed, freed, dropped, keep_last)
+    # A process killed while writing an object leaves its temporary file (never visible as an
+    # object: it was not renamed into place). One untouched for the grace period has no writer.
+    temporaries = 0
+    for path in list(st.objects.temporaries()):
+        try:
+            stat = path.stat()
+            if now - stat.st_mtime < grace:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        temporaries += 1
+        freed += stat.st_size
+    return GcReport(removed, freed, dropped, keep_last, temporaries)

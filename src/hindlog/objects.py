@@ -20,9 +20,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import mmap
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -34,6 +34,9 @@ from .errors import CorruptObject
 DIRECT_MIN_BYTES = 1 << 20
 _ALIGN = 4096
 _CHUNK = 16 << 20
+#: Objects are written under a temporary name starting so, then renamed into place.
+TEMPORARY_PREFIX = ".tmp-"
+_temporaries = itertools.count()
 
 
 def digest(data: bytes | bytearray | memoryview) -> str:
@@ -63,18 +66,26 @@ class ObjectStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._root = os.fspath(self.root)
+        #: Fan-out directories known to exist: the persister writes several objects per
+        #: checkpoint, and it runs under the GIL that training needs, so each write does as
+        #: little Python work, and as few system calls, as it can.
+        self._made: set[str] = set()
 
     def path(self, name: str) -> Path:
         return self.root / name[:2] / name[2:]
 
+    def filename(self, name: str) -> str:
+        """``path(name)`` as a string, built without pathlib (the persister's hot path)."""
+        return f"{self._root}/{name[:2]}/{name[2:]}"
+
     def exists(self, name: str) -> bool:
-        return self.path(name).exists()
+        return os.path.exists(self.filename(name))
 
     def put(self, data: bytes | bytearray | memoryview, name: str | None = None, durable: bool = True) -> str:
         """Store ``data`` (whose hash may be given when already known) and return its name."""
         name = name or digest(data)
-        target = self.path(name)
-        if target.exists():
+        if os.path.exists(self.filename(name)):
             return name
         self.put_chunks([data], name, durable=durable)
         return name
@@ -84,17 +95,18 @@ class ObjectStore:
 
     def put_chunks(self, chunks: Iterable[bytes | bytearray | memoryview], name: str, durable: bool = True) -> None:
         """Write an object whose name is already known from its chunks, atomically."""
-        target = self.path(name)
-        if target.exists():
+        target = self.filename(name)
+        if os.path.exists(target):
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = self._temporary(name[:2])
         try:
             chunks = list(chunks)
             if not (len(chunks) == 1 and self._write_direct(fd, chunks[0])):
-                with os.fdopen(os.dup(fd), "wb") as f:
-                    for chunk in chunks:
-                        f.write(chunk)
+                for chunk in chunks:
+                    view = memoryview(chunk).cast("B")
+                    written = 0
+                    while written < view.nbytes:
+                        written += os.write(fd, view[written:])
             if durable:
                 os.fsync(fd)
             os.close(fd)
@@ -108,6 +120,34 @@ class ObjectStore:
             except OSError:
                 pass
             raise
+
+    def _temporary(self, sub: str) -> tuple[int, str]:
+        """A new temporary file in fan-out directory ``sub``, opened for writing. Its name
+        starts with ``TEMPORARY_PREFIX``: readers skip such files, and ``hindlog gc`` removes
+        those a killed writer left."""
+        folder = f"{self._root}/{sub}"
+        if sub not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(sub)
+        while True:
+            tmp = f"{folder}/{TEMPORARY_PREFIX}{os.getpid()}-{next(_temporaries)}"
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp
+            except FileExistsError:
+                continue  # left by a killed process that had the same pid
+            except FileNotFoundError:
+                # The folder was removed under us (a store deleted and made again).
+                os.makedirs(folder, exist_ok=True)
+
+    def temporaries(self) -> Iterator[Path]:
+        """Temporary files in the store: objects being written, or left by a killed writer."""
+        if not self.root.exists():
+            return
+        for sub in self.root.iterdir():
+            if sub.is_dir() and len(sub.name) == 2:
+                for f in sub.iterdir():
+                    if f.name.startswith(TEMPORARY_PREFIX):
+                        yield f
 
     def _write_direct(self, fd: int, data: bytes | bytearray | memoryview) -> bool:
         """Write a large page-aligned buffer with O_DIRECT (the page-aligned part; the tail
@@ -196,7 +236,7 @@ class ObjectStore:
     def touch(self, name: str) -> None:
         """Mark an existing object as just used (gc keeps recently used objects)."""
         try:
-            os.utime(self.path(name))
+            os.utime(self.filename(name))
         except OSError:
             pass
 
@@ -213,7 +253,7 @@ class ObjectStore:
         for sub in self.root.iterdir():
             if sub.is_dir() and len(sub.name) == 2:
                 for f in sub.iterdir():
-                    if not f.name.startswith(".tmp-"):
+                    if not f.name.startswith(TEMPORARY_PREFIX):
                         yield sub.name + f.name
 
     def size(self, name: str) -> int:
