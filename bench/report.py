@@ -336,6 +336,7 @@ class Report:
         self.logcall = load(results, "peer-logcall")
         self.persist = load(results, "persist")
         self.ckcost = load(results, "checkpoint-cost")
+        self.small_objects = load(results, "small-objects")
         self.record_gpu = load(results, "record-gpu")
         suites = [read(results / n, "suite") for n in ("suite.json", "suite-quick.json") if (results / n).exists()]
         suites = [x for x in suites if x.ok]
@@ -595,7 +596,7 @@ class Report:
                  ("Replay against pyflor's, side by side", self.replay_pyflor),
                  ("Replay from a cold page cache", self.cold_replay), ("Hands-free", self.handsfree),
                  ("Scaling", self.scaling), ("Checkpoint pieces", self.persist),
-                 ("One checkpoint's cost to training", self.ckcost), ("Record overhead on a GPU", self.record_gpu)]
+                 ("One checkpoint's cost to training", self.ckcost), ("Small checkpoint files", self.small_objects), ("Record overhead on a GPU", self.record_gpu)]
         rows = []
         for label, src in items:
             if src is None:
@@ -1074,6 +1075,25 @@ class Report:
         out.append(table(["piece", "wall (ms)", "CPU of its thread (ms)"], rows))
         out.append(machine_line(src, "persist"))
         out.append(self.checkpoint_cost())
+        out.append(self.small_object_writes())
+        return "\n\n".join(out)
+
+    def small_object_writes(self) -> str:
+        src = self.small_objects
+        out = ["**Writing a small checkpoint's files** (`bench/bench_small_objects.py`): a small state's checkpoint"
+               " (an estimator, a NumPy model, loop counters) is a few small objects: the pickled skeleton, the manifest,"
+               " an index array. The persister writes them while training runs and holds the GIL for its Python work,"
+               " so its CPU time per object is taken from training whatever the number of cores. CPU time of the"
+               " writing thread per object (the commit's fsync apart), median of the rounds; with `--baseline-src`, an"
+               " earlier commit's code measured in the same run, rounds alternating."]
+        if not src or not src.ok:
+            out.append(f"`bench/bench_small_objects.py`: {self.cell_missing(src, 'small-objects')}.")
+            return "\n\n".join(out)
+        base = src.data.get("baseline_commit")
+        rows = [[f"baseline ({base})" if r.get("source") == "baseline" and base else str(r.get("source")), str(r.get("object")), f(r.get("cpu_us"), 0), f(r.get("wall_us"), 0),
+                 f(r.get("fsync_cpu_us"), 0), f(r.get("fsync_wall_us"), 0)] for r in src.results()]
+        out.append(table(["code", "object", "write CPU (us)", "write wall (us)", "fsync CPU (us)", "fsync wall (us)"], rows))
+        out.append(machine_line(src, "small-objects"))
         return "\n\n".join(out)
 
     def checkpoint_cost(self) -> str:

@@ -1,0 +1,99 @@
+"""Benchmark: the CPU time of writing a small checkpoint's files, the persister's cost on small states.
+
+    .venv/bin/python bench/bench_small_objects.py [--rounds 5] [--baseline-src PATH]
+
+A checkpoint of a small state (a scikit-learn estimator, a NumPy model, loop
+counters) is a few small objects: the pickled skeleton, the manifest, an array
+or two. The persister thread writes them while training runs, and it needs the
+GIL for its Python work, so its CPU time per object is taken from training
+whatever the number of cores. Each round writes, in a fresh store, 400 objects
+of 2.5 KB (a skeleton) and 40 of 130 KB (a 16,000-element index array), as
+``ObjectStore.put`` writes them during a persist (no fsync; the commit's fsync
+is timed apart, per file). CPU time of the writing thread, per object.
+
+``--baseline-src`` measures another checkout's ``src`` (a git worktree of an
+earlier commit) in the same run, rounds alternating, each in its own process.
+
+Results: bench/results/small-objects.json and a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PYTHON, ROOT, machine, median, save  # noqa: E402
+
+#: Run in a child process with the ``src`` under test first on sys.path.
+CHILD = r"""
+import json, os, sys, tempfile, time
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+from hindlog.objects import ObjectStore
+
+out = {}
+with tempfile.TemporaryDirectory(dir=sys.argv[2]) as tmp:
+    for label, size, count in (("2.5 KB", 2500, 400), ("130 KB", 130_000, 40)):
+        store = ObjectStore(Path(tmp) / label.replace(" ", ""))
+        blobs = [os.urandom(size) for _ in range(count)]
+        c0, w0 = time.thread_time(), time.perf_counter()
+        names = [store.put(b, durable=False) for b in blobs]
+        out[label] = {"cpu_us": (time.thread_time() - c0) / count * 1e6, "wall_us": (time.perf_counter() - w0) / count * 1e6}
+        c0, w0 = time.thread_time(), time.perf_counter()
+        for n in names:
+            fd = os.open(store.path(n), os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        out[label]["fsync_cpu_us"] = (time.thread_time() - c0) / count * 1e6
+        out[label]["fsync_wall_us"] = (time.perf_counter() - w0) / count * 1e6
+print(json.dumps(out))
+"""
+
+
+def measure(src: Path) -> dict[str, dict[str, float]]:
+    out = subprocess.run([PYTHON, "-c", CHILD, str(src), str(ROOT / "bench")], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _commit(src: Path) -> str | None:
+    out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or None
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--baseline-src", type=Path, help="another checkout's src directory, measured alternately")
+    args = p.parse_args()
+    sources = {"current": ROOT / "src"}
+    if args.baseline_src:
+        sources = {"baseline": args.baseline_src.resolve(), **sources}
+    rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in sources}
+    for r in range(args.rounds):
+        for label, src in sources.items():
+            rounds[label].append(measure(src))
+            print(f"round {r + 1} {label}: " + ", ".join(f"{k} {v['cpu_us']:.0f} us" for k, v in rounds[label][-1].items()), flush=True)
+    results = []
+    for label, runs in rounds.items():
+        for size in runs[0]:
+            results.append({"source": label, "object": size,
+                            **{m: median([run[size][m] for run in runs]) for m in ("cpu_us", "wall_us", "fsync_cpu_us", "fsync_wall_us")},
+                            "cpu_us_rounds": [run[size]["cpu_us"] for run in runs]})
+    data = {"benchmark": "small-objects", "command": " ".join(["bench/bench_small_objects.py", *sys.argv[1:]]),
+            "machine": machine(), "rounds": args.rounds,
+            "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+            "baseline_commit": _commit(args.baseline_src) if args.baseline_src else None, "results": results}
+    path = save("small-objects", data)
+    print(f"\nWriting one small object, median of {args.rounds} rounds (microseconds):\n")
+    print("| source | object | CPU | wall | fsync CPU | fsync wall |\n|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['source']} | {r['object']} | {r['cpu_us']:.0f} | {r['wall_us']:.0f} | {r['fsync_cpu_us']:.0f} | {r['fsync_wall_us']:.0f} |")
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
