@@ -28,6 +28,7 @@ import pytest
 
 from handsfree_helpers import (
     MARK,
+    PY,
     HFProject,
     apply_edits,
     assert_same_values,
@@ -863,8 +864,9 @@ def test_random_generators_of_the_script_are_state(kind: str) -> None:
 
     rng = {"generator": np.random.default_rng(3), "random_state": np.random.RandomState(3), "random": random.Random(3)}[kind]
     assert handsfree._classify(rng) is True
-    held = handsfree._RandomState(rng)
-    assert declare("rng", held).kind == "stateful"
+    declared = declare("rng", rng)  # also in hl.checkpoints(rng=rng)
+    assert declared.kind == "stateful" and declared.held is rng
+    held = declared.obj
 
     def draw() -> list[float]:
         return [float(rng.random()) for _ in range(3)] if kind != "random_state" else rng.random_sample(3).tolist()
@@ -913,3 +915,85 @@ def test_main_loop_found_through_functions_of_a_project_module(proj: HFProject) 
     assert (proc.returncode, proc.stdout) == (0, py.stdout), show(proc)
     assert "no loop" not in proc.stderr, proc.stderr
     assert [i for i, _s, _l in proj.output(run)] == [0, 1, 2]
+
+
+def _fresh_marked_lines(proj: HFProject, script: str, cwd: Path) -> list[str]:
+    fresh = subprocess.run([PY, script], cwd=cwd, env=proj.env(), capture_output=True, text=True, timeout=180)
+    assert fresh.returncode == 0, show(fresh)
+    return [line for line in fresh.stdout.splitlines() if line.startswith("HS")]
+
+
+def test_a_run_recorded_from_a_subdirectory_replays_its_added_prints(proj: HFProject) -> None:
+    """The replay's workers run the recorded code in a scratch copy of the project: its paths
+    must be those of the project, not of the subdirectory the run was recorded from."""
+    proj.write("sub/helpers.py", "def step(w, x):\n    w += 0.1 * (x - w)\n")
+    proj.write(
+        "sub/train.py",
+        dedent(
+            """
+            import numpy as np
+            from helpers import step
+
+            rng = np.random.default_rng(0)
+            w = np.zeros(3)
+            for epoch in range(4):
+                for k in range(5):
+                    x = rng.normal(size=3)
+                    step(w, x)
+                print(f"epoch {epoch} w0 {w[0]:.6f}")
+            """
+        ),
+    )
+    proj.commit()
+    sub = proj.root / "sub"
+    recorded = subprocess.run([PY, "-m", "hindlog.cli", "run", "--epsilon", "0.5", "train.py"], cwd=sub, env=proj.env(),
+                              capture_output=True, text=True, timeout=180)
+    assert recorded.returncode == 0, show(recorded)
+    (run,) = proj.run_ids()
+    text = proj.read("sub/train.py").replace('    print(f"epoch', '    print("HS", epoch, round(float(w.sum()), 6))\n    print(f"epoch')
+    proj.write("sub/train.py", text)
+    want = _fresh_marked_lines(proj, "train.py", sub)
+    assert len(want) == 4
+    for workers in ("1", "2"):
+        replayed = subprocess.run([PY, "-m", "hindlog.cli", "replay", "train.py", "--workers", workers], cwd=sub,
+                                  env=proj.env(), capture_output=True, text=True, timeout=300)
+        assert replayed.returncode == 0, show(replayed)
+        assert "4 new values stored" in replayed.stdout, show(replayed)
+        assert [line for lines in proj.new_lines(run).values() for line in lines] == want
+
+
+TRAINED_THROUGH_ITS_OPTIMIZER = """
+import torch
+
+torch.manual_seed(0)
+A, t = torch.randn(100, 5), torch.randn(100, 1)
+model = torch.nn.Linear(5, 1)
+w = torch.zeros(5, requires_grad=True)
+opt = torch.optim.SGD([*model.parameters(), w], lr=0.05)
+for epoch in range(5):
+    for i in range(0, 100, 20):
+        opt.zero_grad()
+        loss = ((model(A[i:i + 20]) + (A[i:i + 20] @ w)[:, None] - t[i:i + 20]) ** 2).mean()
+        loss.backward()
+        opt.step()
+    print(f"epoch {epoch} loss {loss.item():.6f}")
+"""
+
+
+def test_what_the_optimizer_trains_is_state_even_when_the_loop_only_calls_it(proj: HFProject) -> None:
+    """The main loop only calls ``model(x)`` and reads ``w``: the analysis sees ``opt.step()``
+    change the optimizer, and the model and the tensor it trains are checkpointed with it."""
+    pytest.importorskip("torch")
+    proj.write("train.py", TRAINED_THROUGH_ITS_OPTIMIZER)
+    proj.commit()
+    proc, run = proj.record(epsilon=0.5)
+    assert proc.returncode == 0, show(proc)
+    assert "checkpointing model, opt, w and the random generators" in proc.stderr, proc.stderr
+    assert len(proj.checkpoint_iterations(run)) >= 3
+    proj.write("train.py", TRAINED_THROUGH_ITS_OPTIMIZER.replace(
+        '    print(f"epoch', '    print("HS", epoch, round(model.bias.item(), 6), round(w[0].item(), 6))\n    print(f"epoch'))
+    want = _fresh_marked_lines(proj, "train.py", proj.root)
+    assert len(want) == 5 and len(set(line.split(" ", 2)[2] for line in want)) == 5  # the values move every epoch
+    for workers in ("1", "2"):
+        replayed = proj.replay("train.py", "--workers", workers)
+        assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)

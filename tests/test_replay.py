@@ -655,9 +655,34 @@ def test_divergence_is_reported_with_name_and_iteration(tmp_path: Path) -> None:
     recorded_pid = proj.values("pid", run)[(("epoch", 0),)]
     assert re.search(rf"pid at iteration 0: recorded {recorded_pid}, replayed \d+", result.stderr), result.stderr
     assert "x at iteration" not in result.stderr, "values that do not depend on the process agree"
+    # Every segment diverged: the values it computed came from a state that is not the
+    # record's, and are not kept.
+    assert "new values of the diverged segments were not kept" in result.stderr, result.stderr
+    assert proj.count("double", run) == 0
     # A tolerance does not excuse a real difference.
     again = proj.replay("train.py", "--workers", "1", "--tolerance", "1e-6", check=False)
     assert again.returncode != 0 and "pid at iteration 0" in again.stderr
+    assert proj.count("double", run) == 0
+    # --force keeps them (still reported, still a failure).
+    forced = proj.replay("train.py", "--workers", "2", "--force", check=False)
+    assert forced.returncode != 0 and "DIVERGED" in forced.stderr and "not kept" not in forced.stderr
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+
+
+def test_a_new_statement_logging_a_recorded_name_where_the_record_did_not_is_stored(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'if epoch % 2 == 0:\n        hl.log("even", state["x"])')
+    run = proj.record(text, env=DENSE)
+    assert set(dict(k)["epoch"] for k in proj.values("even", run)) == {0, 2, 4}
+    modified = insert_after(text, 'hl.log("x", state["x"])', 'if epoch % 2 == 1:\n        hl.log("even", -state["x"])')
+    proj.write("train.py", modified)
+    result = proj.replay("train.py", "--workers", "2")
+    assert summary(result.stdout)["stored"] == 3 and summary(result.stdout)["checked"] >= 3, result.stdout
+    want = {(("epoch", e),): (v if e % 2 == 0 else -v) for e, v in ((dict(k)["epoch"], v) for k, v in expected_x().items())}
+    assert proj.values("even", run) == want
+    # Again: the replayed values replace the earlier replay's; the recorded ones stay.
+    proj.replay("train.py", "--workers", "1")
+    assert proj.values("even", run) == want and proj.count("even", run) == 6
 
 
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:

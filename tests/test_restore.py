@@ -474,3 +474,68 @@ def test_checkpoints_hold_writes_that_bypass_the_version_counter(tmp_path: Path)
                     "exp_avg": opt.state[model[0].weight]["exp_avg"], "ema": ema}
         for name, tensor in restored.items():
             np.testing.assert_array_equal(tensor.detach().numpy(), logged[(it, name)], err_msg=f"iteration {it}: {name}")
+
+
+UNDECLARED = """
+import json
+import numpy as np
+import torch
+import hindlog as hl
+
+torch.manual_seed(0)
+rng = np.random.default_rng(0)
+model = torch.nn.Linear(3, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+w = np.zeros(3)
+hl.checkpoints(opt=opt, w=w)
+for epoch in hl.loop("epoch", range(3)):
+    x = torch.tensor(rng.normal(size=(4, 3)), dtype=torch.float32)
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+    w += 1
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_state_the_main_loop_uses_but_hl_checkpoints_leaves_out_is_named_in_a_warning(tmp_path: Path) -> None:
+    """The model trained by the declared optimizer (the loop only calls it) and a random
+    generator of the script's own (the loop draws from it): replay and resume could not
+    restore them, and the user is told which to add."""
+    pytest.importorskip("torch")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", UNDECLARED)
+    stderr = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
+    assert "the main loop changes model, rng but hl.checkpoints() does not name them" in stderr, stderr
+    assert "hl.checkpoints(model=model, ...)" in stderr
+    proj.write("train.py", UNDECLARED.replace("hl.checkpoints(opt=opt, w=w)", "hl.checkpoints(opt=opt, w=w, model=model, rng=rng)"))
+    assert "does not name" not in proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
+
+
+RNG_OBJECT = """
+import json
+import numpy as np
+import hindlog as hl
+
+rng = np.random.default_rng(7)
+w = np.zeros(2)
+hl.checkpoints(w=w, rng=rng)
+for epoch in hl.loop("epoch", range(5)):
+    w += rng.normal(size=2)
+    hl.log("w0", float(w[0]))
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_a_random_generator_object_is_restored_in_place(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", RNG_OBJECT)
+    run_id = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["run"]
+    values = proj.by_iteration(run_id)
+    k = proj.checkpointed_iterations(run_id)[0]
+    assert k < 4
+    rng, w = np.random.default_rng(123), np.zeros(2)  # `rng=` names the object, as it would any other
+    hl.restore(run_id, iteration=k, store=proj.store(), w=w, rng=rng)
+    for epoch in range(k + 1, 5):  # the script's own reference draws what the record drew
+        w += rng.normal(size=2)
+        assert float(w[0]) == values[(epoch, "w0")][0]

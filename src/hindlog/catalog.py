@@ -275,13 +275,15 @@ def list_runs(conn: sqlite3.Connection, script: str | None = None) -> list[dict[
     return [_decode_run(r) for r in rows]
 
 
-def get_run(conn: sqlite3.Connection, ref: str) -> dict[str, Any]:
-    """Resolve a run reference: a full id, a unique prefix, a name, or ``latest``."""
+def get_run(conn: sqlite3.Connection, ref: str | None) -> dict[str, Any]:
+    """Resolve a run reference: a full id, a unique prefix, a name, or ``latest`` (also None)."""
     runs = list_runs(conn)
     if not runs:
         raise RunNotFound("There are no runs in this store yet. Record one first (run a script that uses hindlog).")
-    if ref == "latest":
+    if ref is None or ref == "latest":
         return runs[-1]
+    if not isinstance(ref, str):
+        raise RunNotFound(f"a run is named by its id (a str), a unique prefix of it, its name or 'latest'; got {ref!r}")
     exact = [r for r in runs if r["run_id"] == ref]
     if exact:
         return exact[0]

@@ -50,11 +50,13 @@ from .state import (
     Frozen,
     FrozenTensor,
     capturable_locals,
+    is_random_generator,
     dumps_skeleton,
     rng_state,
     state_of,
     tensor_specs,
     thaw,
+    trained_by,
 )
 from .values import wait_for_event
 
@@ -622,7 +624,7 @@ class Checkpointer:
         for name, d in self.declared.items():
             objects[name] = freeze(state_of(d), tensors)
             kinds[name] = d.kind
-        exclude = {id(d.obj) for d in self.declared.values()}
+        exclude = {id(d.held) for d in self.declared.values()}
         frame_locals = {}
         for name, value in capturable_locals(frame, names - self._unpicklable, exclude).items():
             try:
@@ -653,12 +655,16 @@ class Checkpointer:
         if self._warned_undeclared or facts is None:
             return
         self._warned_undeclared = True
-        declared_ids = {id(d.obj) for d in self.declared.values()}
-        missing = [
-            n for n in sorted(facts.mutated)
-            if n in frame.f_locals and callable(getattr(frame.f_locals[n], "state_dict", None))
-            and id(frame.f_locals[n]) not in declared_ids
-        ]
+        declared_ids = {id(d.held) for d in self.declared.values()}
+        scope = frame.f_locals
+        undeclared = {
+            n for n in facts.mutated
+            if n in scope and (callable(getattr(scope[n], "state_dict", None)) or is_random_generator(scope[n]))
+            and id(scope[n]) not in declared_ids
+        }
+        # A model the loop only calls (``model(x)``), trained by a declared optimizer.
+        undeclared.update(trained_by({d.name: d.held for d in self.declared.values()}, {**frame.f_globals, **scope}))
+        missing = sorted(undeclared)
         if missing:
             warnings.warn(
                 f"hindlog: the main loop changes {', '.join(missing)} but hl.checkpoints() does not name "

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", metavar="A:B", help="only main-loop iterations A to B-1")
     p.add_argument("--workers", type=int, help="parallel worker processes (default: the cores divided by the record's threads per process)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
-    p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements")
+    p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements, and keep the new values of segments that diverge")
     p.add_argument("--tolerance", type=float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
 
     p = sub.add_parser("resume", help="continue a killed or failed run from its latest checkpoint")
@@ -285,6 +285,9 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)
             for d in r.divergences[:10]:
                 print(f"    {d['name']} at iteration {d['iteration']}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
+            if r.dropped_diverged:
+                print(f"  the {r.dropped_diverged} new values of the diverged segments were not kept: they were computed from "
+                      "a state that is not the record's (--tolerance allows float noise; --force keeps them)", file=sys.stderr)
     if report.skipped_runs:
         status = status or 1
     return status

@@ -54,6 +54,13 @@ def store_dir_override() -> str | None:
     return os.environ.get("HINDLOG_DIR") or None
 
 
+def project_root_override() -> str | None:
+    """``HINDLOG_ROOT``: the project's root directory, instead of the enclosing git work tree (or
+    the current directory outside git). Replay sets it for its workers, which run the recorded
+    code in a scratch copy of the project that is not a git work tree."""
+    return os.environ.get("HINDLOG_ROOT") or None
+
+
 def arg_override(name: str) -> str | None:
     """``HINDLOG_SET_<name>``: a hyperparameter value that beats the script's default."""
     return os.environ.get(f"HINDLOG_SET_{name}")

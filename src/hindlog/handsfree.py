@@ -29,6 +29,7 @@ import numpy as np
 
 from . import config, instrument, record
 from .instrument import RUNTIME
+from .state import is_random_generator, trained_by
 
 STDOUT = "@stdout"
 _SKIP_TYPES = ("DataLoader", "Dataset", "Sampler", "Logger", "SummaryWriter", "tqdm", "Thread", "Lock", "Random")
@@ -98,9 +99,10 @@ class Runtime:
             if verdict is None:
                 continue
             if verdict is True:
-                chosen[name] = _RandomState(value) if _is_rng(value) else value
+                chosen[name] = value
             else:
                 skipped.append(f"{name} ({verdict})")
+        chosen.update(trained_by(chosen, scope))
         accepted = {}
         for name, value in chosen.items():
             try:
@@ -134,45 +136,13 @@ class Runtime:
             rec.log_slow(STDOUT, text)
 
 
-def _is_rng(value: Any) -> bool:
-    """A random generator of its own (``np.random.default_rng()``, ``RandomState``, ``random.Random``):
-    the main loop draws from it, so its state at each checkpoint matters like a model's."""
-    import random
-
-    return isinstance(value, (np.random.Generator, np.random.RandomState, random.Random))
-
-
-class _RandomState:
-    """A random generator seen as a stateful object, so that restoring sets its state in place."""
-
-    def __init__(self, rng: Any) -> None:
-        self.rng = rng
-
-    def state_dict(self) -> dict[str, Any]:
-        rng = self.rng
-        if isinstance(rng, np.random.Generator):
-            return {"bit_generator": rng.bit_generator.state}
-        if isinstance(rng, np.random.RandomState):
-            return {"state": rng.get_state(legacy=False)}
-        return {"state": rng.getstate()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        rng = self.rng
-        if isinstance(rng, np.random.Generator):
-            rng.bit_generator.state = state["bit_generator"]
-        elif isinstance(rng, np.random.RandomState):
-            rng.set_state(state["state"])
-        else:
-            rng.setstate(state["state"])
-
-
 def _classify(value: Any) -> bool | str | None:
     """True: checkpoint it. A string: why not. None: not state at all (ignore silently)."""
     if value is None or isinstance(value, (int, float, complex, str, bytes, bool, tuple, frozenset, range)):
         return None
     if isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)):
         return None
-    if _is_rng(value):
+    if is_random_generator(value):
         return True
     tname = type(value).__name__
     if any(t in tname for t in _SKIP_TYPES):

@@ -80,6 +80,8 @@ class RunResult:
     restore_seconds: float = 0.0
     #: Values of an earlier replay of the same statements that this one's values replaced.
     replaced: int = 0
+    #: New values not kept because their segment diverged (its state was not the record's).
+    dropped_diverged: int = 0
 
 
 @dataclass
@@ -466,7 +468,7 @@ def gpu_for_worker(k: int, workers: int, gpus: list[str]) -> str | None:
     return gpus[k % len(gpus)]
 
 
-def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path,
+def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_path: Path, scratch: Path,
                 gpu: str | None = None, shared_cores: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     # Thread counts are those of the record (the recorded variables include OMP_NUM_THREADS
@@ -484,6 +486,9 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     env.update(_arg_env(args))
     env["HINDLOG_DIR"] = str(store.path)
+    # The scratch copy is the project: the run's script and modules have the paths they had in
+    # it, also when the run was recorded from a subdirectory.
+    env["HINDLOG_ROOT"] = str(scratch)
     env[ENV] = str(spec_path)
     env.pop("HINDLOG_DISABLED", None)
     if gpu is not None:
@@ -493,12 +498,19 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
     return env
 
 
+#: Each replay worker numbers the contexts it creates from its own base, this far apart.
+SEGMENT_CTX_SPAN = 100_000_000
+
+
 def _ctx_base(conn: Any, run: int) -> int:
     row = conn.execute("SELECT COALESCE(MAX(id), 0) FROM contexts WHERE run=?", (run,)).fetchone()
     return int(row[0]) + 1_000_000
 
 
-def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool = True, keep_scratch: bool = False) -> RunResult:
+def execute(
+    store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool = True, keep_scratch: bool = False,
+    keep_diverged: bool = False,
+) -> RunResult:
     """Run a planned replay of one run in worker processes and collect what they found."""
     t0 = time.perf_counter()
     conn = store.connect()
@@ -530,7 +542,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             "tolerance": tolerance,
             "result": str(scratch / f".hindlog-result-{k}.json"),
             "progress": str(scratch / f".hindlog-progress-{k}"),
-            "ctx_base": base + k * 100_000_000,
+            "ctx_base": base + k * SEGMENT_CTX_SPAN,
             "new_lines": {path: [list(r) for r in ranges] for path, ranges in plan.new_statements.items()},
             "driver_pid": os.getpid(),
         }
@@ -545,7 +557,7 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
             proc = subprocess.Popen(
                 [*command, str(script_path), *argv[1:]],
                 cwd=_worker_cwd(store, run, scratch),
-                env=_worker_env(store, run, args, spec_path, plan.gpus[k] if k < len(plan.gpus) else None, shared_cores),
+                env=_worker_env(store, run, args, spec_path, scratch, plan.gpus[k] if k < len(plan.gpus) else None, shared_cores),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -572,7 +584,8 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)
     result = RunResult(plan.run_id, True, 0.0)
-    for seg, proc, result_path, _progress, log_path in procs:
+    diverged: list[int] = []
+    for k, (seg, proc, result_path, _progress, log_path) in enumerate(procs):
         data = json.loads(result_path.read_text()) if result_path.exists() else None
         if proc.returncode != 0 or data is None:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
@@ -582,9 +595,17 @@ def execute(store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool 
         result.checked += data["checked"]
         result.stored += data["stored"]
         result.divergences.extend(data["divergences"])
+        if data["divergences"]:
+            diverged.append(k)
         result.skipped_blocks += data["skipped_blocks"]
         result.run_blocks += data["run_blocks"]
         result.restore_seconds += data.get("restore_seconds", 0.0)
+    if diverged and not keep_diverged:
+        # A segment whose recomputed values differ from the recorded ones did not run from the
+        # record's state: the new values it computed cannot be trusted, and are not kept (an
+        # earlier replay's values of the same statements stay).
+        result.dropped_diverged = _drop_segments(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
+        result.stored -= result.dropped_diverged
     if result.stored:
         result.replaced = _replace_previous_replay(store, plan, base)
     result.seconds = time.perf_counter() - t0
@@ -610,6 +631,24 @@ def restore_order(plan: RunPlan, rows: dict[int, dict[int, tuple[str | None, str
 
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _drop_segments(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
+    """Delete the values replay workers stored in these context-id spans (one per segment)."""
+    conn = store.connect()
+    dropped = 0
+    try:
+        with catalog.transaction(conn):
+            # Name by name, through the (name, run) index.
+            for (name,) in conn.execute("SELECT id FROM names").fetchall():
+                for lo, hi in spans:
+                    dropped += conn.execute(
+                        "DELETE FROM records WHERE name=? AND run=? AND source=? AND ctx>=? AND ctx<?",
+                        (name, run, catalog.SOURCE_REPLAY, lo, hi),
+                    ).rowcount
+    finally:
+        conn.close()
+    return dropped
 
 
 def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> int:
@@ -757,5 +796,5 @@ def replay(
     if dry_run:
         return report
     for p in plans:
-        report.results.append(execute(st, p, tolerance=tolerance, progress=progress))
+        report.results.append(execute(st, p, tolerance=tolerance, progress=progress, keep_diverged=force))
     return report

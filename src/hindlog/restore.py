@@ -51,7 +51,7 @@ def restore(
     run: str = "latest",
     iteration: int | None = None,
     store: str | os.PathLike[str] | Store | None = None,
-    rng: bool = False,
+    rng: Any = False,
     **objects: Any,
 ) -> Restored:
     """Load run ``run``'s checkpoint at the end of ``iteration`` (default: the latest) into ``objects``.
@@ -60,7 +60,11 @@ def restore(
     optimizer as they were at the end of the latest checkpointed iteration. Pass
     ``rng=True`` to restore the random generators too. A corrupt checkpoint is
     detected by its hash; without an explicit iteration an earlier one is used.
+    A random generator object declared as ``rng`` (``hl.checkpoints(rng=rng)``) is restored
+    with ``rng=rng``: any value but True or False names an object.
     """
+    if not isinstance(rng, bool):
+        objects["rng"], rng = rng, False
     if not objects:
         raise TypeError("hl.restore needs the objects to load into, e.g. hl.restore('latest', model=net, opt=opt)")
     st = store if isinstance(store, Store) else Store.for_project(store=store)

@@ -63,7 +63,7 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         proc = subprocess.run(
             [*command, str(scratch / row["script"]), *argv[1:]],
             cwd=cwd,
-            env=_worker_env(st, row, args, spec_path),
+            env=_worker_env(st, row, args, spec_path, scratch),
         )
         return proc.returncode
     finally:

@@ -40,6 +40,11 @@ class Declared:
     obj: Any
     kind: str  # 'stateful' | 'module' | 'tensor' | 'array' | 'generator' | 'pickle'
 
+    @property
+    def held(self) -> Any:
+        """The user's object (``obj`` may wrap it: a random generator)."""
+        return self.obj.rng if isinstance(self.obj, RandomGeneratorState) else self.obj
+
 
 def declare(name: str, obj: Any) -> Declared:
     """Classify ``obj``, or raise TypeError if hindlog cannot checkpoint it."""
@@ -53,6 +58,8 @@ def declare(name: str, obj: Any) -> Declared:
             return Declared(name, obj, "tensor")
     if callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None)):
         return Declared(name, obj, "stateful")
+    if is_random_generator(obj):
+        return Declared(name, RandomGeneratorState(obj), "stateful")
     if isinstance(obj, np.ndarray):
         return Declared(name, obj, "array")
     try:
@@ -64,6 +71,65 @@ def declare(name: str, obj: Any) -> Declared:
             "that hold its state instead, or give it state_dict()/load_state_dict()."
         ) from None
     return Declared(name, obj, "pickle")
+
+
+def is_random_generator(value: Any) -> bool:
+    """A random generator object of the script's own (``np.random.default_rng()``,
+    ``RandomState``, ``random.Random``): what it draws next is training state like a model's."""
+    return isinstance(value, (np.random.Generator, np.random.RandomState, random.Random))
+
+
+class RandomGeneratorState:
+    """A random generator seen as a stateful object, so that a restore sets its state in place
+    (the script's own reference to it then draws what the recorded run drew)."""
+
+    def __init__(self, rng: Any) -> None:
+        self.rng = rng
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = self.rng
+        if isinstance(rng, np.random.Generator):
+            return {"bit_generator": rng.bit_generator.state}
+        if isinstance(rng, np.random.RandomState):
+            return {"state": rng.get_state(legacy=False)}
+        return {"state": rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        rng = self.rng
+        if isinstance(rng, np.random.Generator):
+            rng.bit_generator.state = state["bit_generator"]
+        elif isinstance(rng, np.random.RandomState):
+            rng.set_state(state["state"])
+        else:
+            rng.setstate(_as_tuple(state["state"]))
+
+
+def trained_by(state: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
+    """The modules and tensors in ``scope`` that an optimizer in ``state`` trains, not in ``state``.
+
+    ``opt.step()`` shows that the optimizer changes; the model it changes may only be called
+    (``model(x)``) or read (``x @ w``) in the main loop, which changes nothing visible in the
+    code, yet its parameters are the training's main state."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    trained: set[int] = set()
+    for value in state.values():
+        if isinstance(value, torch.optim.Optimizer):
+            trained.update(id(p) for group in value.param_groups for p in group["params"])
+    if not trained:
+        return {}
+    held = {id(v) for v in state.values()}
+    out = {}
+    for name, value in scope.items():
+        if name.startswith("__") or id(value) in held:
+            continue
+        if isinstance(value, torch.nn.Module):
+            if any(id(p) in trained for p in value.parameters()):
+                out[name] = value
+        elif isinstance(value, torch.Tensor) and id(value) in trained:
+            out[name] = value
+    return out
 
 
 def _dumps(obj: Any) -> bytes:

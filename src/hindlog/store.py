@@ -33,6 +33,9 @@ def git_toplevel(start: Path) -> Path | None:
 
 def project_root(start: Path | None = None) -> Path:
     """The project root for ``start`` (default: the current directory)."""
+    override = config.project_root_override()
+    if override:
+        return Path(override).resolve()
     start = Path(start or os.getcwd()).resolve()
     return git_toplevel(start) or start
 
