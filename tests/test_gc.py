@@ -130,6 +130,23 @@ def test_gc_removes_what_a_writer_killed_mid_write_left_once_it_is_old(two_runs:
         assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id)) > 0
 
 
+def test_gc_says_what_it_keeps_for_the_grace_period_and_grace_0_frees_it(two_runs: tuple[CkProject, str, str]) -> None:
+    proj, first, second = two_runs
+    gc(store=proj.store(), grace=0)  # a clean start
+    store = proj.store()
+    junk = store.objects.put(b"unreferenced " * 100)
+    kept = proj.cli("gc").stdout
+    assert "removed 0 objects" in kept and "kept 1 unreferenced objects" in kept and "--grace 0" in kept, kept
+    assert store.objects.exists(junk)
+    freed = proj.cli("gc", "--grace", "0").stdout
+    assert "removed 1 objects" in freed and "kept" not in freed, freed
+    assert not store.objects.exists(junk)
+    for run_id in (first, second):
+        assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id)) > 0
+    bad = proj.cli("gc", "--grace", "-5", check=False)
+    assert bad.returncode == 2 and "must be 0 or more" in bad.stderr
+
+
 def test_gc_keep_last_drops_older_runs_checkpoints_but_keeps_their_logs(two_runs: tuple[CkProject, str, str]) -> None:
     proj, first, second = two_runs
     logs_before = {r: proj.by_iteration(r) for r in (first, second)}

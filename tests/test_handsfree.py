@@ -963,6 +963,8 @@ def test_a_run_recorded_from_a_subdirectory_replays_its_added_prints(proj: HFPro
 
 
 TRAINED_THROUGH_ITS_OPTIMIZER = """
+import time
+
 import torch
 
 torch.manual_seed(0)
@@ -976,6 +978,7 @@ for epoch in range(5):
         loss = ((model(A[i:i + 20]) + (A[i:i + 20] @ w)[:, None] - t[i:i + 20]) ** 2).mean()
         loss.backward()
         opt.step()
+    time.sleep(0.1)  # epochs long enough for a checkpoint each
     print(f"epoch {epoch} loss {loss.item():.6f}")
 """
 
@@ -997,3 +1000,37 @@ def test_what_the_optimizer_trains_is_state_even_when_the_loop_only_calls_it(pro
     for workers in ("1", "2"):
         replayed = proj.replay("train.py", "--workers", workers)
         assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
+
+
+def test_replay_compares_what_the_replayed_code_prints_with_the_record(proj: HFProject) -> None:
+    """Lines the recorded code prints again in the replay are compared with the record's: a
+    difference is a note (lines may hold times), not a failure."""
+    proj.write(
+        "train.py",
+        dedent(
+            """
+            import time
+            import numpy as np
+
+            w = np.zeros(2)
+            for epoch in range(4):
+                for k in range(3):
+                    w += 0.5
+                print("epoch", epoch, float(w.sum()))
+                print("took", time.perf_counter_ns())
+            """
+        ),
+    )
+    proj.commit()
+    _proc, run = proj.record(epsilon=0.5)
+    proj.write("train.py", proj.read().replace('    print("took"', '    print("HS", epoch)\n    print("took"'))
+    replayed = proj.replay("train.py", "--workers", "1")
+    assert "note: 4 of the 8 lines the replayed code printed differ from the record's (iteration 0: recorded 'took" in replayed.stderr, show(replayed)
+    assert [line for lines in proj.new_lines(run).values() for line in lines] == [f"HS {e}" for e in range(4)]
+    # Deterministic lines only: nothing to note.
+    proj.write("train.py", proj.read().replace('    print("took", time.perf_counter_ns())\n', ""))
+    proj.commit()
+    _proc, run = proj.record(epsilon=0.5)
+    proj.write("train.py", proj.read().replace('    print("epoch"', '    print("HS", epoch)\n    print("epoch"'))
+    quiet = proj.replay("train.py", "--workers", "2")
+    assert "note:" not in quiet.stderr, show(quiet)

@@ -125,7 +125,19 @@ def test_a_new_else_branch_is_not_a_whole_statement() -> None:
 def test_a_source_that_does_not_parse_is_reported() -> None:
     new = BASE + "hl.log('x', (\n"
     found = find_additions("train.py", BASE, new)
-    assert found.statements == [] and "does not parse" in found.other_changes
+    assert found.statements == [] and "does not parse" in found.syntax_error and found.other_changes == ""
+    # Also when the error is in a changed line (not something --force could replay).
+    broken = BASE.replace("sched.step()", "sched.step(")
+    assert "does not parse" in find_additions("train.py", BASE, broken).syntax_error
+
+
+def test_a_comment_added_to_or_changed_on_a_line_changes_no_code() -> None:
+    new = BASE.replace("sched.step()", "sched.step()  # once per epoch")
+    new = add_after(new, 'hl.log("val", val)', '    hl.log("lr", 0.1)  # hindsight')
+    found = find_additions("train.py", BASE, new)
+    assert found.other_changes == "" and len(found.statements) == 1
+    # A '#' inside a string is code, not a comment.
+    assert find_additions("m.py", "x = 'a'\n", "x = 'a#b'\n").other_changes != ""
 
 
 # ----------------------------------------------------------------- place

@@ -151,3 +151,26 @@ def test_a_script_reads_its_own_records_at_once(project: Project) -> None:
         env={"HINDLOG_FLUSH_INTERVAL": "30"},
     ).stdout.strip()
     assert out == "[0, 2, 4, 6, 8] ['running']"
+
+
+def test_names_that_are_also_loops_columns_or_args_get_columns_of_their_own(project: Project) -> None:
+    project.run(
+        """
+        import hindlog as hl
+        step = hl.arg("step", 7)
+        for epoch in hl.loop("epoch", range(2)):
+            hl.log("epoch", epoch * 10)
+            hl.log("run_id", "x")
+            for s in hl.loop("step", range(2)):
+                hl.log("v", s)
+        """
+    )
+    df = project.df("epoch", "run_id", "v", "v")
+    assert list(df.columns) == ["run_id", "code_version", "step_arg", "epoch", "step", "epoch_logged", "run_id_logged", "v"]
+    assert (df["step_arg"] == 7).all()
+    at_epoch = df[df["step"].isna()]
+    assert at_epoch["epoch"].tolist() == [0, 1] and at_epoch["epoch_logged"].tolist() == [0, 10]
+    assert (at_epoch["run_id_logged"] == "x").all() and df["run_id"].str.len().min() > 1
+    assert df.dropna(subset=["v"])["v"].tolist() == [0, 1, 0, 1]
+    out = project.cli("logs", "epoch").stdout
+    assert "epoch_logged" in out and "Traceback" not in out

@@ -271,6 +271,53 @@ def test_bad_arg_name_or_default(inproc: Project) -> None:
     assert hl.arg("ok", 2) == 2
 
 
+def test_an_arg_asked_for_twice_has_one_value(inproc: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay sets each recorded argument by its name: one name cannot stand for two values."""
+    import hindlog as hl
+
+    assert hl.arg("scale", 2) == 2
+    assert hl.arg("scale", 2) == 2  # the same again: fine
+    assert hl.arg("nan", float("nan")) != hl.arg("nan", float("nan"))  # NaN is one value too
+    with pytest.raises(ValueError, match=r"'scale' is already an argument of this run, with the value 2"):
+        hl.arg("scale", 10)
+    with pytest.raises(ValueError, match="already an argument"):
+        hl.arg("scale", 2.0)
+    monkeypatch.setenv("HINDLOG_SET_lr", "0.5")
+    assert hl.arg("lr", 0.1) == 0.5 and hl.arg("lr", 0.2) == 0.5  # overridden: one value whatever the default
+    rec = hl.record.current()
+    assert rec.args == {"scale": 2, "nan": rec.args["nan"], "lr": 0.5}
+
+
+def test_an_override_no_arg_asks_for_is_named_at_the_end(project: Project) -> None:
+    script = """
+        import hindlog as hl
+        scale = hl.arg("scale", 2)
+        for epoch in hl.loop("epoch", range(2)):
+            hl.log("x", scale * epoch)
+        """
+    typo = project.run(script, env={"HINDLOG_SET_scal": "5"})
+    assert "HINDLOG_SET_scal had no effect: the script never called hl.arg with that name (its args: scale)" in typo.stderr, typo.stderr
+    right = project.run(script, env={"HINDLOG_SET_scale": "5"})
+    assert "no effect" not in right.stderr, right.stderr
+
+
+def test_hl_checkpoints_inside_the_main_loop_is_warned_about(project: Project) -> None:
+    out = project.run(
+        """
+        import numpy as np
+        import hindlog as hl
+        w = np.zeros(3)
+        for epoch in hl.loop("epoch", range(3)):
+            if epoch == 1:
+                hl.checkpoints(w=w)
+            w += 1
+        """
+    )
+    assert "hl.checkpoints(w) was called inside the main loop (iteration 1)" in out.stderr, out.stderr
+    assert "train.py" in out.stderr  # points at the user's line
+    assert out.stderr.count("inside the main loop") == 1
+
+
 def test_nested_loops_give_index_columns_and_shared_rows(project: Project) -> None:
     out = project.run(
         """

@@ -766,7 +766,7 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
         assert len(_workers_of(run)) == 2, "the workers did not start"
         time.sleep(0.5)
         driver.send_signal(getattr(signal, how))
-        driver.communicate(timeout=60)
+        _out, err = driver.communicate(timeout=60)
         # Each worker has 4 iterations of 3 s left: they must stop, not finish.
         deadline = time.monotonic() + 5
         while _workers_of(run) and time.monotonic() < deadline:
@@ -779,6 +779,12 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
         for pid in _workers_of(run):
             os.kill(pid, signal.SIGKILL)
     assert driver.returncode != 0
+    if how != "SIGKILL":
+        # Said in one line, not a traceback, with what to replay again; the scratch copy is gone.
+        assert driver.returncode == 130, err
+        assert "Traceback" not in err and f"replay of run {run} interrupted" in err, err
+        assert re.search(rf"Replay the rest with --run {run} --iterations \d+:8\.", err), err
+        assert not list((tmp_path / "tmp").glob(f"hindlog-replay-{run}-*"))
     # The store stays usable: the replay can be run again (here with short iterations), to the end.
     (tmp_path / "slow").unlink()
     proj.replay("train.py", "--workers", "2")
@@ -801,6 +807,11 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
         ("train.py", "--where", "lr > 100"): "matches",
         ("train.py", "--where", "no_such_arg == 1"): "--where",
         ("train.py", "--iterations", "x:y"): "--iterations",
+        ("train.py", "--where", "True"): "not a condition on the args",
+        ("--where", "lr > 100"): "no run matches --where",
+        ("train.py", "--workers", "0"): "must be 1 or more",
+        ("train.py", "--workers", "-2"): "must be 1 or more",
+        ("train.py", "--tolerance", "-1"): "must be 0 or more",
     }
     for args, words in cases.items():
         result = proj.replay(*args, check=False)
@@ -811,11 +822,47 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
     # --where picks the runs whose args match.
     proj.replay("train.py", "--where", "lr > 0.2", "--workers", "1")
     assert proj.count("double", first) == 0
+    # A run named twice is replayed once.
+    twice = proj.replay("train.py", "--run", first, "--run", first[:-2], "--workers", "1")
+    assert twice.stdout.count(f"run {first}:") == 1, twice.stdout
+    assert proj.values("double", first) == {k: 2 * v for k, v in expected_x().items()}
     assert proj.values("double", second) == {k: 2 * v for k, v in expected_x().items()}
     # Without added statements there is nothing to replay.
     proj.write("train.py", COUNTER)
     same = proj.replay("train.py", check=False)
     assert same.returncode != 0 and "no statements were added" in same.stderr
+
+
+def test_a_changed_statement_leaves_none_of_its_former_values(counter) -> None:
+    """Replayed values of a name replace the earlier replay's over the iterations replayed, in
+    every loop context: a statement made conditional keeps no value of its former version."""
+    proj, run = counter
+    every = insert_after(dedent(COUNTER), 'state["x"] += i + epoch', 'hl.log("double", 2 * state["x"])')
+    proj.write("train.py", every)
+    proj.replay("train.py", "--workers", "2")
+    assert proj.count("double", run) == 24
+    proj.write("train.py", every.replace('hl.log("double", 2 * state["x"])', 'if i == 3:\n            hl.log("double", 2 * state["x"])'))
+    proj.replay("train.py", "--workers", "1", "--iterations", "0:3")
+    # Iterations 0-2 hold the new statement's values only; 3-5 keep the former ones.
+    got = proj.values("double", run)
+    assert sorted((dict(k)["epoch"], dict(k)["step"]) for k in got if dict(k)["epoch"] < 3) == [(0, 3), (1, 3), (2, 3)]
+    assert sum(1 for k in got if dict(k)["epoch"] >= 3) == 12
+
+
+def test_a_failed_run_replays_up_to_its_error(tmp_path: Path) -> None:
+    """The recorded run raised in iteration 3: its replay raises there again, having replayed
+    everything before; that is the replay of that run, not a failed replay."""
+    proj = ReplayProject(tmp_path)
+    failing = insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'if epoch == 3:\n        raise RuntimeError("boom")')
+    proj.write("train.py", failing)
+    assert proj.python(env=DENSE, check=False).returncode == 1
+    (run,) = proj.run_ids()
+    proj.write("train.py", insert_after(failing, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    for workers in ("1", "2"):
+        result = proj.replay("train.py", "--workers", workers)
+        assert "the script ended with an error, as the recorded run did: RuntimeError: boom" in result.stdout, result.stdout
+        assert summary(result.stdout)["stored"] == 4, result.stdout
+        assert proj.values("double", run) == {k: 2 * v for k, v in expected_x(4).items()}
 
 
 def test_a_statement_that_cannot_be_placed_skips_that_run_only(tmp_path: Path) -> None:

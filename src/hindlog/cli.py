@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import query
-from .errors import HindlogError
+from .errors import HindlogError, ReplayInterrupted
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -21,6 +21,36 @@ def command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callab
         return fn
 
     return register
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,16 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--all", action="store_true", dest="all_runs", help="replay every run of the script")
     target.add_argument("--where", help='replay the runs whose args match, e.g. "lr > 0.01"')
     p.add_argument("--iterations", metavar="A:B", help="only main-loop iterations A to B-1")
-    p.add_argument("--workers", type=int, help="parallel worker processes (default: the cores divided by the record's threads per process)")
+    p.add_argument("--workers", type=_positive_int, help="parallel worker processes (default: the cores divided by the record's threads per process)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
     p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements, and keep the new values of segments that diverge")
-    p.add_argument("--tolerance", type=float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
+    p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
 
     p = sub.add_parser("resume", help="continue a killed or failed run from its latest checkpoint")
     p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (default)")
 
     p = sub.add_parser("gc", help="remove stored objects that no checkpoint or code snapshot needs")
-    p.add_argument("--keep-last", type=int, metavar="N", help="first drop the checkpoints of all but the N latest runs (logs are kept)")
+    p.add_argument("--keep-last", type=_non_negative_int, metavar="N", help="first drop the checkpoints of all but the N latest runs (logs are kept)")
+    p.add_argument("--grace", type=_non_negative_float, default=None, metavar="SECONDS",
+                   help="keep unreferenced objects younger than this, which a running process may still need (default: 3600)")
     return parser
 
 
@@ -79,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except ReplayInterrupted as e:
+        print(f"hindlog: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("hindlog: interrupted", file=sys.stderr)
+        return 130
     except HindlogError as e:
         print(f"hindlog: {e}", file=sys.stderr)
         return 2
@@ -148,9 +186,13 @@ def _runs(args: argparse.Namespace) -> int:
 @command("show")
 def _show(args: argparse.Namespace) -> int:
     if args.output:
-        for iteration, source, line in query.output(args.run, store=args.store):
+        lines_out = query.output(args.run, store=args.store)
+        for iteration, source, line in lines_out:
             where = "     " if iteration is None else f"{iteration:>4} "
             print(f"{where}{'+' if source else ' '} {line}")
+        if not lines_out:
+            print("(no printed output was captured for this run: `hindlog run SCRIPT` captures what a script prints; "
+                  "a script that calls hindlog itself logs with hl.log)", file=sys.stderr)
         return 0
     info = query.run_info(args.run, store=args.store)
     started, ended = info.get("started"), info.get("ended")
@@ -276,10 +318,21 @@ def _replay(args: argparse.Namespace) -> int:
         if r.replaced:
             line += f" (they replace {r.replaced} values of an earlier replay)"
         print(line)
+        if r.recorded_failure:
+            print(f"  the script ended with an error, as the recorded run did: {r.recorded_failure}")
+        if r.printed_differ:
+            e = r.printed_examples[0] if r.printed_examples else None
+            example = f" (iteration {e['iteration']}: recorded {e['recorded']!r}, replayed {e['replayed']!r})" if e else ""
+            print(f"  note: {r.printed_differ} of the {r.printed_checked} lines the replayed code printed differ from the "
+                  f"record's{example}. Fine if they hold times; otherwise the replay did not restore some state the "
+                  "script changes, and the new values may be wrong.", file=sys.stderr)
         for start, end, tail in r.failed_segments:
             status = 1
             print(f"  segment {start}:{end} failed; replay it alone with --run {r.run_id} --iterations {start}:{end}", file=sys.stderr)
             print("  " + tail.strip().replace("\n", "\n  "), file=sys.stderr)
+        if r.failed_segments and r.scratch:
+            print(f"  the recorded code and the workers' logs (.hindlog-worker-K.log) are in {r.scratch}; "
+                  "delete it when done", file=sys.stderr)
         if r.divergences:
             status = 1
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)
@@ -304,11 +357,18 @@ def _resume(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from .gc import gc
 
-    report = gc(store=args.store, keep_last=args.keep_last)
+    from .gc import GRACE_SECONDS
+
+    grace = GRACE_SECONDS if args.grace is None else args.grace
+    report = gc(store=args.store, keep_last=args.keep_last, grace=grace)
     extra = f", dropped {report.dropped_checkpoints} checkpoints of older runs" if args.keep_last is not None else ""
     if report.removed_temporaries:
         extra += f", and {report.removed_temporaries} partly written files of killed processes"
     print(f"removed {report.removed_objects} objects ({report.freed_bytes / 2**20:.1f} MiB){extra}")
+    if report.kept_young:
+        print(f"kept {report.kept_young} unreferenced objects ({report.kept_young_bytes / 2**20:.1f} MiB) written in the last "
+              f"{_duration(grace)}: a running process may still need them. `hindlog gc` frees them later; "
+              "`--grace 0` now, if no run or replay is running.")
     return 0
 
 

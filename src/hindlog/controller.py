@@ -216,6 +216,10 @@ class ReplayController(Controller):
         self.seen: dict[tuple[str, str], int] = {}
         self.divergences: list[dict[str, Any]] = []
         self.checked = 0
+        self.seen_printed: dict[tuple[str, str], int] = {}
+        self.printed_checked = 0
+        self.printed_differ = 0
+        self.printed_examples: list[dict[str, Any]] = []
         self.stored = 0
         self.skipped_blocks = 0
         self.run_blocks = 0
@@ -264,12 +268,7 @@ class ReplayController(Controller):
             return self.first
         return self.last and self.main_finished
 
-    def on_log(self, name: str, value: Any) -> bool:
-        if not self._in_segment():
-            return False
-        if name not in self.recorded_names or name == "@stdout":
-            self.stored += 1
-            return True
+    def _context_key(self) -> str:
         ctx = self.recorder.ctx
         key = self._keys.get(ctx)
         if key is None:
@@ -277,6 +276,33 @@ class ReplayController(Controller):
             if len(self._keys) > 10_000:
                 self._keys.clear()
             self._keys[ctx] = key
+        return key
+
+    def check_printed(self, line: str) -> None:
+        """A line the replayed code printed (not a hindsight print): compared with the line the
+        record printed there. A difference is reported, not a divergence: printed lines often
+        hold times; but a loss line that differs means some state was not restored."""
+        if not self._in_segment():
+            return
+        k = (self._context_key(), "@stdout")
+        n = self.seen_printed.get(k, 0)
+        self.seen_printed[k] = n + 1
+        recorded = self.recorded.get(k)
+        if recorded is None or n >= len(recorded):
+            return
+        self.printed_checked += 1
+        if recorded[n] != line:
+            self.printed_differ += 1
+            if len(self.printed_examples) < 3:
+                self.printed_examples.append({"iteration": self.recorder.iteration, "recorded": recorded[n], "replayed": line})
+
+    def on_log(self, name: str, value: Any) -> bool:
+        if not self._in_segment():
+            return False
+        if name not in self.recorded_names or name == "@stdout":
+            self.stored += 1
+            return True
+        key = self._context_key()
         k = (key, name)
         n = self.seen.get(k, 0)
         self.seen[k] = n + 1
@@ -347,6 +373,9 @@ class ReplayController(Controller):
             "skipped_blocks": self.skipped_blocks,
             "run_blocks": self.run_blocks,
             "restore_seconds": self.recorder.restore_seconds,
+            "printed_checked": self.printed_checked,
+            "printed_differ": self.printed_differ,
+            "printed_examples": self.printed_examples,
             "completed": True,
         }
         tmp = self.result_path.with_suffix(".tmp")

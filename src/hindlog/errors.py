@@ -31,5 +31,9 @@ class ReplayError(HindlogError):
     """A replay cannot be planned or carried out."""
 
 
+class ReplayInterrupted(ReplayError):
+    """Ctrl-C (or SIGTERM) stopped a replay; what its workers stored is kept."""
+
+
 class CodeVersionError(HindlogError):
     """The code of a run cannot be snapshotted or materialized."""

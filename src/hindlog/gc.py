@@ -27,6 +27,9 @@ class GcReport:
     kept_runs: int | None
     #: Partly written objects a killed process left (counted in ``freed_bytes`` too).
     removed_temporaries: int = 0
+    #: Unreferenced objects kept because they are younger than the grace period.
+    kept_young: int = 0
+    kept_young_bytes: int = 0
 
 
 def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
@@ -68,7 +71,7 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         conn.close()
     keep = referenced_objects(st, manifests)
     now = time.time()
-    removed = freed = 0
+    removed = freed = young = young_bytes = 0
     for name in list(st.objects.names()):
         if name in keep:
             continue
@@ -78,6 +81,8 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         except FileNotFoundError:
             continue
         if now - stat.st_mtime < grace:
+            young += 1
+            young_bytes += stat.st_size
             continue
         st.objects.delete(name)
         removed += 1
@@ -95,4 +100,4 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
             continue
         temporaries += 1
         freed += stat.st_size
-    return GcReport(removed, freed, dropped, keep_last, temporaries)
+    return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes)

@@ -127,7 +127,11 @@ class Runtime:
 
     def hindsight_print(self, *args: Any, **kwargs: Any) -> None:
         """A ``print`` added after the fact: printed, and stored for the run and iteration."""
-        print(*args, **kwargs)
+        _Tee.hindsight += 1
+        try:
+            print(*args, **kwargs)
+        finally:
+            _Tee.hindsight -= 1
         if kwargs.get("file") not in (None, sys.stdout):
             return
         text = kwargs.get("sep", " ").join(str(a) for a in args)
@@ -164,7 +168,11 @@ def _classify(value: Any) -> bool | str | None:
 
 
 class _Tee:
-    """stdout that also records complete lines under ``@stdout``."""
+    """stdout that also records complete lines under ``@stdout`` (in a replay: checks them
+    against the recorded ones)."""
+
+    #: Above 0 while a hindsight ``print`` writes: its lines are stored by it, not checked.
+    hindsight = 0
 
     def __init__(self, real: Any) -> None:
         self._real = real
@@ -173,12 +181,18 @@ class _Tee:
     def write(self, text: str) -> int:
         n = self._real.write(text)
         rec = record._recorder
-        if rec is None or rec.finished or rec.controller is not None:
+        if rec is None or rec.finished:
+            return n
+        check = getattr(rec.controller, "check_printed", None)
+        if rec.controller is not None and (check is None or _Tee.hindsight):
             return n
         data = self._partial + text
         *lines, self._partial = data.split("\n")
         for line in lines:
-            rec.append((rec.ctx, STDOUT, line))
+            if check is not None:
+                check(line)
+            else:
+                rec.append((rec.ctx, STDOUT, line))
         return n
 
     def flush(self) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import io
+import tokenize
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,43 +28,58 @@ class Additions:
     statements: list[tuple[int, int]] = field(default_factory=list)
     #: A unified diff of the lines that changed other than by adding statements.
     other_changes: str = ""
+    #: Why the new source does not parse, if it does not.
+    syntax_error: str = ""
 
 
-def _is_trivial(line: str) -> bool:
-    stripped = line.strip()
-    return not stripped or stripped.startswith("#")
+def code_lines(src: str) -> list[str]:
+    """The lines of ``src`` without their comments (a comment added to a line changes no code),
+    right-stripped; the raw lines where ``src`` does not tokenize."""
+    lines = src.splitlines()
+    try:
+        comments = [tok for tok in tokenize.generate_tokens(io.StringIO(src).readline) if tok.type == tokenize.COMMENT]
+    except (tokenize.TokenError, SyntaxError):
+        return [l.rstrip() for l in lines]
+    out = list(lines)
+    for tok in comments:
+        row, col = tok.start
+        if row - 1 < len(out):
+            out[row - 1] = out[row - 1][:col]
+    return [l.rstrip() for l in out]
 
 
 def find_additions(path: str, old_src: str, new_src: str) -> Additions:
     """The statements ``new_src`` adds to ``old_src``, and any other change."""
+    try:
+        ast.parse(new_src)
+    except SyntaxError as e:
+        # Not a change --force could replay: the code must run.
+        return Additions(path, syntax_error=f"{path} does not parse now: {e}")
     old_lines = old_src.splitlines()
     new_lines = new_src.splitlines()
-    matcher = difflib.SequenceMatcher(None, [l.rstrip() for l in old_lines], [l.rstrip() for l in new_lines], autojunk=False)
+    matcher = difflib.SequenceMatcher(None, code_lines(old_src), code_lines(new_src), autojunk=False)
     inserted: set[int] = set()
     bad: list[str] = []
+    old_code, new_code = matcher.a, matcher.b
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
             continue
-        removed = [l for l in old_lines[i1:i2] if not _is_trivial(l)]
+        removed = [l for l in old_code[i1:i2] if l.strip()]
         if tag in ("replace", "delete") and removed:
             bad.append(f"@@ -{i1 + 1},{i2 - i1} +{j1 + 1},{j2 - j1} @@")
             bad.extend("-" + l for l in old_lines[i1:i2])
             bad.extend("+" + l for l in new_lines[j1:j2])
             continue
-        inserted.update(j + 1 for j in range(j1, j2) if not _is_trivial(new_lines[j]))
+        inserted.update(j + 1 for j in range(j1, j2) if new_code[j].strip())
     out = Additions(path)
     if not inserted:
         out.other_changes = "\n".join(bad)
         return out
-    try:
-        tree = ast.parse(new_src)
-    except SyntaxError as e:
-        out.other_changes = f"{path} does not parse now: {e}"
-        return out
+    tree = ast.parse(new_src)
     covered: set[int] = set()
     for stmt in _all_statements(tree):
         lines = set(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
-        own = {l for l in lines if not _is_trivial(new_lines[l - 1])}
+        own = {l for l in lines if new_code[l - 1].strip()}
         if own and own <= inserted and not (covered & own):
             out.statements.append((stmt.lineno, stmt.end_lineno or stmt.lineno))
             covered |= own

@@ -77,7 +77,9 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
 
     Columns: ``run_id``, ``code_version``, each of the run's args, each loop's
     index (e.g. ``epoch``, ``step``), then one column per name. Recorded and
-    replayed values appear together.
+    replayed values appear together. A logged name that is also a loop's or one
+    of the first two columns' gets the column ``<name>_logged``; an arg whose name
+    is a loop's, ``<name>_arg`` (an arg named like a logged name is left out).
     """
     import pandas as pd
 
@@ -86,6 +88,7 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     for n in names:
         if type(n) is not str or not n:
             raise TypeError(f"hl.dataframe names must be non-empty strings, got {n!r}")
+    names = tuple(dict.fromkeys(names))  # a name asked for twice is one column
     _flush_own_run()
     st = _open(store)
     if not st.exists():
@@ -112,22 +115,25 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
                     loop_names.append(loop_name)
                 row[loop_name] = index
             table[key] = row
-        row[name] = decode(kind, value)
+        row[(name,)] = decode(kind, value)  # a tuple key: a value never overwrites a loop's index
 
-    arg_names: list[str] = []
+    fixed = {"run_id", "code_version", *loop_names}
+    value_column = {n: f"{n}_logged" if n in fixed else n for n in names}
+    arg_column: dict[str, str] = {}
     for a in args.values():
         for k in a:
-            if k not in arg_names and k not in names and k not in loop_names:
-                arg_names.append(k)
+            if k not in arg_column and k not in names:
+                arg_column[k] = f"{k}_arg" if k in fixed else k
     records = []
     for (run, _), row in table.items():
         r = by_key[run]
         full = {"run_id": r["run_id"], "code_version": r.get("code_version")}
-        for k in arg_names:
-            full[k] = args.get(run, {}).get(k)
-        full.update(row)
+        for k, column in arg_column.items():
+            full[column] = args.get(run, {}).get(k)
+        for k, v in row.items():
+            full[value_column[k[0]] if isinstance(k, tuple) else k] = v
         records.append(full)
-    columns = ["run_id", "code_version", *arg_names, *loop_names, *names]
+    columns = ["run_id", "code_version", *arg_column.values(), *loop_names, *value_column.values()]
     df = pd.DataFrame(records, columns=columns)
     for loop_name in loop_names:
         if df[loop_name].notna().all():

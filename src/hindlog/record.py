@@ -98,7 +98,9 @@ def loop(name: str, iterable: Iterable[T]) -> Iterator[T]:
 def checkpoints(**objects: Any) -> None:
     """Name the training state to checkpoint: models, optimizers, schedulers, arrays, picklable objects.
 
-    Random generators (Python, NumPy, torch CPU and CUDA) are always included.
+    The global random generators (Python's, NumPy's, torch's CPU and CUDA ones) are always
+    included; a generator object of the script's own (``np.random.default_rng()``,
+    ``random.Random``, a ``torch.Generator``) is state like a model: name it here.
     Raises TypeError naming any object that has no state_dict and cannot be pickled.
     """
     rec = current()

@@ -94,6 +94,7 @@ class Recorder:
 
         #: Objects named in hl.checkpoints, by name.
         self.declared: dict[str, Any] = {}
+        self._warned_late_checkpoints = False
         #: Seconds spent in each block loop (by name) and per main-loop iteration, for replay plans.
         self.block_seconds: dict[str, float] = {}
         self.iteration_seconds: list[float] = []
@@ -194,6 +195,15 @@ class Recorder:
                 f"hl.arg({name!r}) got a default of type {type(default).__name__}; "
                 "use a number, bool, string, None, or a JSON-able list or dict"
             ) from None
+        if name in self.args:
+            previous = self.args[name]
+            if type(previous) is not type(value) or json.dumps(previous, sort_keys=True) != json.dumps(value, sort_keys=True):
+                # One name, one value per run: replay sets each recorded arg by its name.
+                raise ValueError(
+                    f"hl.arg({name!r}, {default!r}): {name!r} is already an argument of this run, with the value "
+                    f"{self.args[name]!r}; give each argument its own name, or read the first one's value"
+                )
+            return self.args[name]
         self.args[name] = value
         self.writer.change("arg", (name, value))
         return value
@@ -349,6 +359,15 @@ class Recorder:
         from .state import declare
 
         declared = {name: declare(name, obj) for name, obj in objects.items()}
+        if self.iteration is not None and self.controller is None and not self._warned_late_checkpoints:
+            self._warned_late_checkpoints = True
+            warnings.warn(
+                f"hindlog: hl.checkpoints({', '.join(declared)}) was called inside the main loop (iteration "
+                f"{self.iteration}): the checkpoints of earlier iterations do not hold these objects, and a replay "
+                "that starts later does not restore them. Call hl.checkpoints() once, before the main loop.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self.declared.update(declared)
         if self.checkpointer is None and (self.controller is None or self.controller.checkpointing):
             from .checkpoint import Checkpointer
@@ -384,6 +403,18 @@ class Recorder:
             except (ValueError, OSError):
                 pass
 
+    def _warn_unused_overrides(self) -> None:
+        """An override no ``hl.arg`` asked for (a typo in its name) changed nothing: say so."""
+        unused = sorted(k[len("HINDLOG_SET_"):] for k in os.environ if k.startswith("HINDLOG_SET_") and k[len("HINDLOG_SET_"):] not in self.args)
+        if unused:
+            have = ", ".join(sorted(self.args)) or "none"
+            warnings.warn(
+                f"hindlog: {', '.join('HINDLOG_SET_' + n for n in unused)} had no effect: the script never called "
+                f"hl.arg with {'that name' if len(unused) == 1 else 'those names'} (its args: {have})",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
     def _atexit(self) -> None:
         self.finish(self._exc_status or "finished")
 
@@ -401,6 +432,8 @@ class Recorder:
             self.checkpointer.close()
         if self.controller is not None:
             self.controller.close()
+        else:
+            self._warn_unused_overrides()
         if self._snapshot_thread.is_alive():
             self._snapshot_thread.join(timeout=120)
         if self.controller is None or self.controller.owns_run:

@@ -28,7 +28,7 @@ from typing import Any
 from . import catalog, codeversion, hindsight
 from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
 from .controller import ENV
-from .errors import ReplayError, RunNotFound
+from .errors import ReplayError, ReplayInterrupted, RunNotFound
 from .store import Store
 
 
@@ -82,6 +82,14 @@ class RunResult:
     replaced: int = 0
     #: New values not kept because their segment diverged (its state was not the record's).
     dropped_diverged: int = 0
+    #: Where the recorded code ran and the workers' logs are, kept when a segment failed.
+    scratch: str | None = None
+    #: The error the last segment ended with, as the recorded (failed) run did.
+    recorded_failure: str | None = None
+    #: Lines the replayed code printed that the record printed too, and how many differ.
+    printed_checked: int = 0
+    printed_differ: int = 0
+    printed_examples: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -111,24 +119,34 @@ def _rel_script(store: Store, script: str) -> str:
 def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None) -> list[dict[str, Any]]:
     """The target runs: given ones, all of the script's, those matching ``where``, or the script's latest."""
     if runs:
-        return [catalog.get_run(conn, r) for r in runs]
+        chosen_runs = {}  # one replay per run, however often it is named
+        for r in runs:
+            row = catalog.get_run(conn, r)
+            chosen_runs.setdefault(row["run_id"], row)
+        return list(chosen_runs.values())
     candidates = catalog.list_runs(conn, script)
     if not candidates:
         if script is None:
             raise RunNotFound("No runs are recorded in this store yet.")
-        raise RunNotFound(f"{script} has never been recorded in this store. Run it first (python {script} ...).")
+        raise RunNotFound(f"{script} has never been recorded in this store. Record it first: `python {script} ...` "
+                          f"if it uses hindlog, `hindlog run {script} ...` if it does not.")
     if where:
         import pandas as pd
 
         args = catalog.run_args(conn, [r["id"] for r in candidates])
         frame = pd.DataFrame([{**args.get(r["id"], {}), "_id": r["run_id"]} for r in candidates])
         try:
-            chosen = set(frame.query(where)["_id"])
+            mask = frame.eval(where)
+            if not (isinstance(mask, pd.Series) and mask.dtype == bool):
+                raise ValueError("it is not a condition on the args (e.g. \"lr > 0.01 and batch == 32\")")
+            chosen = set(frame[mask]["_id"])
         except Exception as e:
-            raise ReplayError(f"--where {where!r} cannot be evaluated over the runs' args ({e})") from None
+            names = ", ".join(c for c in frame.columns if c != "_id") or "none"
+            raise ReplayError(f"--where {where!r} cannot be evaluated over the runs' args ({e}; their args: {names})") from None
         candidates = [r for r in candidates if r["run_id"] in chosen]
         if not candidates:
-            raise RunNotFound(f"no run of {script} matches --where {where!r}")
+            of = f"of {script} " if script else ""
+            raise RunNotFound(f"no run {of}matches --where {where!r}")
         return candidates
     if all_runs:
         return candidates
@@ -166,6 +184,8 @@ def hindsight_changes(store: Store, base_version: str, force: bool) -> tuple[dic
             additions[path] = hindsight.Additions(path)
             continue
         found = hindsight.find_additions(path, old, new)
+        if found.syntax_error:
+            raise ReplayError(f"{found.syntax_error}. Fix it and replay again.")
         if found.other_changes:
             problems.append(f"--- {path}\n{found.other_changes}")
         additions[path] = found
@@ -579,7 +599,19 @@ def execute(
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        raise
+        finished = [seg for seg, proc, result_path, *_ in procs if proc.returncode == 0 and result_path.exists()]
+        rest = [seg for seg, *_ in procs if seg not in finished]
+        try:
+            _replace_previous_replay(store, plan, base)  # what was stored is kept, once
+        except Exception:
+            pass
+        shutil.rmtree(scratch, ignore_errors=True)
+        done = ", ".join(f"{s.start}:{s.end}" for s in finished) or "none"
+        again = f"--iterations {min(s.start for s in rest)}:{max(s.end for s in rest)}" if rest else ""
+        raise ReplayInterrupted(
+            f"replay of run {plan.run_id} interrupted. Segments finished: {done}; their values are kept, and so are "
+            f"those the others stored before they stopped." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
+        ) from None
     finally:
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)
@@ -587,13 +619,22 @@ def execute(
     diverged: list[int] = []
     for k, (seg, proc, result_path, _progress, log_path) in enumerate(procs):
         data = json.loads(result_path.read_text()) if result_path.exists() else None
-        if proc.returncode != 0 or data is None:
+        if proc.returncode != 0 and data is not None and run.get("status") == "failed" and k == len(procs) - 1 \
+                and seg.end >= plan.total_iterations:
+            # The recorded run failed: its last segment fails again where it did, having
+            # replayed everything before. That is the replay of that run, not a failure of it.
+            tail = log_path.read_text(errors="replace").strip().splitlines() if log_path.exists() else []
+            result.recorded_failure = tail[-1] if tail else f"exit status {proc.returncode}"
+        elif proc.returncode != 0 or data is None:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
             result.ok = False
             result.failed_segments.append((seg.start, seg.end, tail))
             continue
         result.checked += data["checked"]
         result.stored += data["stored"]
+        result.printed_checked += data.get("printed_checked", 0)
+        result.printed_differ += data.get("printed_differ", 0)
+        result.printed_examples.extend(data.get("printed_examples", [])[: max(0, 3 - len(result.printed_examples))])
         result.divergences.extend(data["divergences"])
         if data["divergences"]:
             diverged.append(k)
@@ -611,6 +652,8 @@ def execute(
     result.seconds = time.perf_counter() - t0
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        result.scratch = str(scratch)
     return result
 
 
@@ -652,29 +695,34 @@ def _drop_segments(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
 
 
 def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> int:
-    """Replaying the same statements again replaces their earlier values instead of duplicating them;
-    returns how many earlier values were dropped."""
+    """A replay's values of a name replace the earlier replays' values of that name over the
+    iterations it replayed (and outside the main loop, where it stored some there): replaying
+    the same statements again does not duplicate them, and a changed statement (a print made
+    conditional) leaves none of its former version's values. Returns how many were dropped."""
     # Name by name, through the (name, run) index: a single correlated DELETE compared every old
     # value with every new one and took 3 s for 2,300 values replayed twice. CROSS JOIN keeps
     # records as the outer loop; left to itself SQLite scanned contexts first, for each one all
     # records of the name (12 s).
     replaced = 0
+    lo, hi = plan.iterations
     conn = store.connect()
     try:
         with catalog.transaction(conn):
             for (name,) in conn.execute("SELECT id FROM names").fetchall():
-                params = {"name": name, "run": plan.run, "src": catalog.SOURCE_REPLAY, "base": base}
-                loops = [row[0] for row in conn.execute(
-                    "SELECT DISTINCT c.loops FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
-                    " WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx>=:base", params)]
-                if not loops:
+                params = {"name": name, "run": plan.run, "src": catalog.SOURCE_REPLAY, "base": base, "lo": lo, "hi": hi}
+                stored = conn.execute(
+                    "SELECT COUNT(*), COUNT(*) - COUNT(c.iteration) FROM records r CROSS JOIN contexts c"
+                    " ON c.run=r.run AND c.id=r.ctx WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx>=:base",
+                    params,
+                ).fetchone()
+                if not stored[0]:
                     continue
                 replaced += conn.execute(
                     "DELETE FROM records WHERE rowid IN ("
                     " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
                     " WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx<:base"
-                    " AND c.loops IN (SELECT value FROM json_each(:loops)))",
-                    {**params, "loops": json.dumps(loops)},
+                    " AND ((c.iteration>=:lo AND c.iteration<:hi) OR (:outside AND c.iteration IS NULL)))",
+                    {**params, "outside": 1 if stored[1] else 0},
                 ).rowcount
     finally:
         conn.close()
