@@ -255,3 +255,11 @@ def test_gc_keep_last_never_drops_a_running_runs_checkpoints(numpy_rec: NumpyRec
             os.kill(proc.pid, signal.SIGCONT)
     finally:
         stop(proc)
+
+
+def test_gc_of_a_store_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    missing = tmp_path / "no-store-here"
+    out = proj.cli("--store", str(missing), "gc", check=False)
+    assert out.returncode == 2 and f"there is no hindlog store at {missing}" in out.stderr, out.stderr
+    assert not missing.exists()

@@ -174,3 +174,26 @@ def test_names_that_are_also_loops_columns_or_args_get_columns_of_their_own(proj
     assert df.dropna(subset=["v"])["v"].tolist() == [0, 1, 0, 1]
     out = project.cli("logs", "epoch").stdout
     assert "epoch_logged" in out and "Traceback" not in out
+
+
+def test_a_name_logged_twice_in_one_context_is_warned_about_and_kept(project: Project) -> None:
+    project.run(
+        """
+        import hindlog as hl
+        for epoch in hl.loop("epoch", range(2)):
+            hl.log("twice", 1.0)
+            hl.log("twice", 2.0)
+            hl.log("once", 3.0)
+        """
+    )
+    with pytest.warns(RuntimeWarning, match=r"'twice' has 2 more value\(s\) in a loop context that already has one"):
+        df = project.df("twice", "once")
+    assert df["twice"].tolist() == [2.0, 2.0] and df["once"].tolist() == [3.0, 3.0]
+    import sqlite3
+
+    conn = sqlite3.connect(project.store_path / "catalog.db")
+    try:
+        stored = conn.execute("SELECT COUNT(*) FROM records r JOIN names n ON n.id=r.name WHERE n.name='twice'").fetchone()[0]
+    finally:
+        conn.close()
+    assert stored == 4

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -831,6 +832,22 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
     proj.write("train.py", COUNTER)
     same = proj.replay("train.py", check=False)
     assert same.returncode != 0 and "no statements were added" in same.stderr
+
+
+def test_the_plan_says_how_many_iterations_run_their_nested_loops_for_want_of_a_checkpoint(counter) -> None:
+    proj, run = counter
+    key = proj.sql("SELECT id FROM runs WHERE run_id=?", (run,))[0][0]
+    conn = sqlite3.connect(proj.store / "catalog.db")
+    with conn:
+        conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration IN (1, 2) AND block>=0", (key,))
+    conn.close()
+    with_blocks = {r[0] for r in proj.sql("SELECT DISTINCT iteration FROM checkpoints WHERE run=? AND block>=0", (key,))}
+    bare = len(set(range(6)) - with_blocks)
+    assert bare >= 2
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    out = proj.replay("train.py", "--dry-run").stdout
+    assert f"note: {bare} of the 6 iterations have no checkpoint of their nested loops" in out, out
+    assert "nested loops that must run: none (all are skipped)" in out
 
 
 def test_a_changed_statement_leaves_none_of_its_former_values(counter) -> None:

@@ -55,6 +55,8 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     Logs, args and code versions of every run are always kept.
     """
     st = store if isinstance(store, Store) else Store.for_project(store=store)
+    if not st.exists():  # never create a store to clean it
+        raise HindlogError(f"there is no hindlog store at {st.path}")
     conn = st.connect()
     dropped = 0
     try:

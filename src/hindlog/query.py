@@ -103,6 +103,7 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
         conn.close()
 
     loop_names: list[str] = []
+    repeated: dict[str, int] = {}
     table: dict[tuple[int, str], dict[str, Any]] = {}
     for run, _ctx, _iteration, loops_json, name, kind, value, _source in rows:
         loops_json = loops_json or "[]"
@@ -115,7 +116,19 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
                     loop_names.append(loop_name)
                 row[loop_name] = index
             table[key] = row
+        if (name,) in row:
+            repeated[name] = repeated.get(name, 0) + 1
         row[(name,)] = decode(kind, value)  # a tuple key: a value never overwrites a loop's index
+    if repeated:
+        import warnings
+
+        warnings.warn(
+            "hl.dataframe: " + ", ".join(f"{n!r} has {k} more value(s)" for n, k in repeated.items())
+            + " in a loop context that already has one (logged twice in one iteration, or in two loops of the same "
+            "name); each cell shows the last. All are stored: log them under different names, or name the loops apart.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     fixed = {"run_id", "code_version", *loop_names}
     value_column = {n: f"{n}_logged" if n in fixed else n for n in names}

@@ -250,6 +250,13 @@ def plan_run(
     _estimate(plan, run, rows, workers)
     if not rows:
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
+    elif not run_all_blocks and set(info.get("block_seconds") or {}) - probed:
+        bare = sum(1 for i in range(lo, hi) if not any(b != ITERATION_END for b in rows.get(i, {})))
+        if bare:
+            plan.notes.append(
+                f"{bare} of the {hi - lo} iterations have no checkpoint of their nested loops (the record's overhead "
+                "budget spaced them): those iterations run their nested loops"
+            )
     return plan
 
 
