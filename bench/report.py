@@ -1534,8 +1534,8 @@ RECORD_NOTES = """\
   memory bandwidth with the optimizer step). The fine-tuning shape (77 MB of
   parameters and Adam state, the size of the model and optimizer whose
   per-epoch `torch.save` made a fine-tuning loop 1.36x slower in the peer
-  measurements; 0.3 s epochs) gets a checkpoint about every third or fourth
-  epoch in this table (9-15 of 30, median 13, 1 per 2.3). At the end of a
+  measurements; 0.3 s epochs) gets a checkpoint about every third epoch in
+  this table (8-14 of 30, median 10; 9-15, median 13, in the run before). At the end of a
   checkpointed iteration a tensor unchanged since the nested loop's exit is
   named by a hash of its live bytes instead of copied a second time, and
   checked by name once the first copy is written (see
@@ -1561,11 +1561,18 @@ RECORD_NOTES = """\
   the policy charged cnn under 0.1 s (0.3% of its run) each time. The run
   before this one, read as bracketed triples, gives cnn +2.3% instead of
   +9.7%: its alternating pairs took the order of the majority (see above).
-  The run before this one (7 triples, before the checkpoint-by-name change)
+  Two runs before this one (7 triples, before the checkpoint-by-name change)
   gave cnn +3.5%, finetune +2.4%, lstm +0.7%, sklearn +7.4%, finetune-large
-  +1.9%; this one gives cnn +0.5%, finetune +3.1%, lstm +4.4%, sklearn
-  +5.0%, finetune-large -3.5%, while the policy charged about the same each
-  time: cnn 0.07-0.09 s per run (0.8% of its 10 s), lstm 0.16-0.20 s
+  +1.9%; the run before this one (`bench/results/record-9339453.json`, 7
+  triples, A/A median 5.4%) cnn +0.5%, finetune +3.1%, lstm +4.4%, sklearn
+  +5.0%, finetune-large -3.5%; this one (5 triples, A/A median 9.2%, up to
+  40%) the figures in the table, with the same blocked times (cnn 0.20-0.27%,
+  lstm 0.35-0.40%), and sklearn's plain runs took 3.2-3.4 s in the first slot
+  of four triples and 2.3-2.6 s in the last, for the same work. Between
+  those two runs the persister's writes of small objects became cheaper
+  (`bench/bench_small_objects.py`), and sklearn's checkpoints went from 11-17
+  of 30 (median 13) to 12-22 (median 16) under the same ε. The policy charged
+  about the same each time: cnn 0.07-0.09 s per run (0.8% of its 10 s), lstm 0.16-0.20 s
   (0.9%), sklearn 0.09-0.16 s (about 4% of its 2.5 s: start-up, blocked
   copies and weighted persister CPU, since the policy spends up to 80% of ε
   on checkpoints), finetune 0.59-0.74 s (about 4% of its 16 s). lstm's
@@ -1721,7 +1728,9 @@ whose checkpoints use most of ε, and one run of 3 triples does not separate
 their cost from the machine's noise. lstm's three triples were steady (1.043,
 1.024, 1.032, plain runs within 3%) against +0.7% for the same script under
 the API in the record table: about 3% that hands-free adds there is not yet
-explained.
+explained. (These figures are from the run at commit 9a2c17d,
+`bench/results/handsfree-9a2c17d.json`, which this table showed until the
+latest run below replaced it.)
 A second run with 7 triples per script (`bench/bench_handsfree.py --pairs 7`,
 `bench/results/handsfree-p7.json`) met a much noisier machine: its plain runs
 were 20-50% slower than in the table's run, and the spread of its A/A ratios
@@ -1733,10 +1742,17 @@ current code (`bench/results/handsfree-s8.json`; its A/A ratios from 0.83 to
 1.31): cnn-engine 1.064, while-early 1.079, sklearn-partial-fit 1.107,
 lstm-last-loss 1.146, cnn 1.080, finetune 1.129, lstm 0.978, sklearn 1.028,
 every replay equal to the fresh run, and the time hindlog measured itself
-blocking training the same as in the table's run (0.2-1.1% per script). The
-table keeps the quietest run. All three put while-early at about +8%; the
-phase measurements in the next section do not account for that much on it
-(about 0.1 s fixed, and 180,000 nested iterations at 0.1-0.2 µs: 2-3% of its 4-7 s).
+blocking training the same as in the first run (0.2-1.1% per script). The
+table is the latest run, 3 triples on the current code (A/A ratios from 0.84
+to 1.15): cnn-engine, lstm-last-loss and lstm within the noise, cnn +11% and
+sklearn +14% on triples whose A/A ratios were within 2-5%, every replay equal
+to the fresh run again. All four runs put while-early at +8% to +14% and
+sklearn-partial-fit at +6% to +11%, the two short NumPy scripts with tight
+nested loops. The phase measurements in the next section do not account for
+that much (about 0.1 s fixed, and 180,000 nested iterations at 0.1-0.2 µs:
+2-3% of while-early's 4-7 s), and alternating `python` and `hindlog run` of
+while-early by hand, six times each outside the benchmark, put them 2-4%
+apart, within that run's noise: the rest is not yet explained.
 `hindlog run` first added about 1.2 s to every script: its import
 hook searched `sys.path` a second time for every module the script imported
 (torch has hundreds); it now answers "not a project module" with a couple of

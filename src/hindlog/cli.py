@@ -318,6 +318,8 @@ def _replay(args: argparse.Namespace) -> int:
         if r.replaced:
             line += f" (they replace {r.replaced} values of an earlier replay)"
         print(line)
+        for w in r.worker_warnings:
+            print(f"  {w}", file=sys.stderr)
         if r.recorded_failure:
             print(f"  the script ended with an error, as the recorded run did: {r.recorded_failure}")
         if r.printed_differ:

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -203,6 +204,18 @@ class ReplayController(Controller):
 
         follow_driver(spec.get("driver_pid"))
         checkpoint.remember_verified = True
+        #: hindlog's warnings in this worker (a damaged checkpoint passed over, a local that
+        #: cannot be restored), for the driver to show: the worker's own stderr is a log file.
+        self.warnings: list[str] = []
+        shown = warnings.showwarning
+
+        def keep(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            text = str(message)
+            if text.startswith("hindlog:") and text not in self.warnings and len(self.warnings) < 10:
+                self.warnings.append(text)
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = keep
         self.start, self.end = spec["segment"]
         self.first = spec.get("first", True)
         self.last = spec.get("last", True)
@@ -376,6 +389,7 @@ class ReplayController(Controller):
             "printed_checked": self.printed_checked,
             "printed_differ": self.printed_differ,
             "printed_examples": self.printed_examples,
+            "warnings": self.warnings,
             "completed": True,
         }
         tmp = self.result_path.with_suffix(".tmp")

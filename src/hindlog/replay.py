@@ -90,6 +90,8 @@ class RunResult:
     printed_checked: int = 0
     printed_differ: int = 0
     printed_examples: list[dict[str, Any]] = field(default_factory=list)
+    #: hindlog's warnings in the workers (e.g. a damaged checkpoint passed over), each once.
+    worker_warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -642,6 +644,7 @@ def execute(
         result.printed_checked += data.get("printed_checked", 0)
         result.printed_differ += data.get("printed_differ", 0)
         result.printed_examples.extend(data.get("printed_examples", [])[: max(0, 3 - len(result.printed_examples))])
+        result.worker_warnings.extend(w for w in data.get("warnings", []) if w not in result.worker_warnings)
         result.divergences.extend(data["divergences"])
         if data["divergences"]:
             diverged.append(k)
