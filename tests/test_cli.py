@@ -252,3 +252,24 @@ def test_store_option_and_environment_variable(two_runs, tmp_path) -> None:
     assert out.returncode == 0, out.stderr
     assert "lr: 0.1 -> 0.2" in out.stdout and "+for epoch" in out.stdout
     assert not (elsewhere / ".hindlog").exists()
+
+
+def test_logs_tells_a_logged_nan_from_no_value_and_keeps_integers(project: Project) -> None:
+    project.run(
+        "import hindlog as hl\nhl.log('answer', 42)\n"
+        "for epoch in hl.loop('epoch', range(3)):\n"
+        "    hl.log('loss', float('nan') if epoch == 1 else 1.0 / (epoch + 1))\n"
+        "    hl.log('big', float('inf') if epoch == 2 else 3)\n"
+    )
+    df = project.df("answer", "big")
+    assert str(df["answer"].dtype) == "Int64" and df["answer"].iloc[0] == 42
+    rows = json.loads(main(project, "logs", "answer", "loss", "big", "--format", "json").stdout)
+    assert [r["answer"] for r in rows] == [42, None, None, None]  # 42, not 42.0
+    assert [r["loss"] for r in rows] == [None, 1.0, "NaN", 1 / 3]
+    assert [r["big"] for r in rows] == [None, 3, 3, "Infinity"]
+    csv = pd.read_csv(io.StringIO(main(project, "logs", "answer", "loss", "--format", "csv").stdout), keep_default_na=False)
+    assert csv["loss"].tolist() == ["", "1.0", "nan", "0.3333333333333333"]
+    assert csv["answer"].astype(str).tolist() == ["42", "", "", ""]
+    table = main(project, "logs", "answer", "loss").stdout.splitlines()
+    assert table[1].split()[-1] == "42" and table[3].split()[-1] == "nan"
+    assert "NaN" not in "\n".join(table) and "<NA>" not in "\n".join(table)

@@ -741,6 +741,13 @@ def test_script_without_loop_runs_plainly(proj: HFProject) -> None:
     assert [l for l in hf.stderr.splitlines() if not l.startswith("hindlog: ")] == py.stderr.splitlines()
     for run in proj.run_ids():
         assert not proj.checkpoint_iterations(run)
+    # A print added to it replays by running the whole script once, and the plan says so.
+    (run,) = proj.run_ids()
+    proj.write("train.py", proj.read() + 'print("max", max(values))\n')
+    replayed = proj.replay("--run", run)
+    assert "the run has no main loop: the whole script runs once" in replayed.stdout, replayed.stdout
+    assert "0:0" not in replayed.stdout and "no checkpoints" not in replayed.stdout, replayed.stdout
+    assert proj.new_lines(run) == {None: ["max 3"]}
 
 
 def test_set_overrides_hl_arg(proj: HFProject) -> None:

@@ -126,6 +126,7 @@ def test_a_source_that_does_not_parse_is_reported() -> None:
     new = BASE + "hl.log('x', (\n"
     found = find_additions("train.py", BASE, new)
     assert found.statements == [] and "does not parse" in found.syntax_error and found.other_changes == ""
+    assert f"(line {len(new.splitlines())})" in found.syntax_error and "<unknown>" not in found.syntax_error
     # Also when the error is in a changed line (not something --force could replay).
     broken = BASE.replace("sched.step()", "sched.step(")
     assert "does not parse" in find_additions("train.py", BASE, broken).syntax_error

@@ -788,6 +788,8 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
         assert driver.returncode == 130, err
         assert "Traceback" not in err and f"replay of run {run} interrupted" in err, err
         assert re.search(rf"Replay the rest with --run {run} --iterations \d+:8\.", err), err
+        # The plan was shown when the replay started, not held back until it would have ended.
+        assert "iterations 0:8 of 8" in _out, _out
         assert not list((tmp_path / "tmp").glob(f"hindlog-replay-{run}-*"))
     # The store stays usable: the replay can be run again (here with short iterations), to the end.
     (tmp_path / "slow").unlink()
@@ -835,6 +837,8 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
     proj.write("train.py", COUNTER)
     same = proj.replay("train.py", check=False)
     assert same.returncode != 0 and "no statements were added" in same.stderr
+    # Two runs of train.py: the latest may have been made with the statements already in.
+    assert "replay an earlier run with --run RUN" in same.stderr, same.stderr
 
 
 def test_the_plan_says_how_many_iterations_run_their_nested_loops_for_want_of_a_checkpoint(counter) -> None:

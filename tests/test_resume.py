@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ckpt_helpers import (
+    HINDLOG_SCRIPT,
     ITERATION_END,
     TORCH_TRAIN,
     CkProject,
@@ -246,3 +248,73 @@ def test_resume_with_every_checkpoint_corrupt_fails_clearly(tmp_path: Path) -> N
     assert proj.run_ids() == [run_id]
     assert proj.by_iteration(run_id) == before
     assert proj.run_info(run_id)["status"] == "failed"
+
+
+# ----------------------------------------------------------------- a hands-free run
+
+#: An unmodified script (no hindlog in it), run with ``hindlog run``. It holds at the start of
+#: each epoch from the fifth on while the hold file exists (at most 2 s), so the test can kill
+#: it mid-training after a checkpoint is committed.
+PLAIN_HELD = """
+import os, time
+import numpy as np
+
+rng = np.random.default_rng(0)
+w = np.zeros(4)
+hold = os.environ.get("HOLD_FILE")
+for epoch in range(10):
+    held = time.time()
+    while hold and epoch >= 4 and os.path.exists(hold) and time.time() - held < 2:
+        time.sleep(0.01)
+    for step in range(5):
+        w += rng.normal(size=4) * 0.1
+    print(f"epoch {epoch} norm {np.linalg.norm(w):.6f}", flush=True)
+    time.sleep(0.05)
+print("done", float(w.sum()))
+"""
+
+
+def test_resume_of_a_hands_free_run_after_kill_9_records_the_rest_of_the_run(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", PLAIN_HELD)
+    hold = tmp_path / "hold"
+    hold.touch()
+    proc = subprocess.Popen(
+        [str(HINDLOG_SCRIPT), "run", "train.py"], cwd=proj.root, text=True,
+        env=proj.env({"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.5"}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: count_checkpoints(proj, iteration_end_only=True, at_least_iteration=2) > 0,
+                 timeout=90, interval=0.01, proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+        hold.unlink()
+    (run_id,) = proj.run_ids()
+    latest = max(proj.checkpointed_iterations(run_id))
+    assert latest < 9
+
+    resumed = proj.cli("resume", run_id, env={"HINDLOG_EPSILON": "0.5"})
+    assert resumed.stdout.startswith(f"epoch {latest + 1} norm "), resumed.stdout
+    reference = proj.cli("run", "train.py")
+    ref_id = [r for r in proj.run_ids() if r != run_id][0]
+    # What the script printed, per iteration, as an uninterrupted run records it: the
+    # resumed part's lines included, none twice.
+    assert proj.by_iteration(run_id) == proj.by_iteration(ref_id)
+    assert resumed.stdout.splitlines()[-1] == reference.stdout.splitlines()[-1]
+    info = proj.run_info(run_id)
+    assert info["status"] == "finished" and "resumed" in info["flags"]
+    # Replay plans index the timings by iteration: there is one per iteration of the run.
+    assert len(info["info"]["iteration_seconds"]) == 10
+    assert all(s > 0 for s in info["info"]["iteration_seconds"])
+    plan = proj.cli("replay", "--run", run_id, "--dry-run", "--force").stdout
+    assert "of 10" in plan, plan
+    # Its duration leaves out the time it stood killed.
+    stopped = info["info"]["stopped_seconds"]
+    assert stopped > 0
+    assert "stood killed for" in proj.cli("show", run_id).stdout
+    from hindlog import query
+
+    assert query.run_duration(info) == pytest.approx(info["ended"] - info["started"] - stopped)

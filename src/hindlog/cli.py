@@ -196,6 +196,8 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     info = query.run_info(args.run, store=args.store)
     started, ended = info.get("started"), info.get("ended")
+    stopped = (info.get("info") or {}).get("stopped_seconds")
+    stood = f"; it stood killed for {_duration(stopped)} before it was resumed" if stopped else ""
     lines = [
         f"run          {info['run_id']}" + (f"  ({info['name']})" if info.get("name") else ""),
         f"status       {info['status']}" + (f"  flags: {', '.join(info['flags'])}" if info.get("flags") else ""),
@@ -203,7 +205,7 @@ def _show(args: argparse.Namespace) -> int:
         f"code         {info.get('code_version') or '-'} ({info.get('code_kind') or 'pending'})",
         f"argv         {' '.join(info.get('argv') or [])}",
         f"started      {_time(started)}",
-        f"ended        {_time(ended)}" + (f"  ({_duration(ended - started)})" if ended and started else ""),
+        f"ended        {_time(ended)}" + (f"  ({_duration(query.run_duration(info))}{stood})" if ended and started else ""),
         f"records      {info['records']}  names: {', '.join(info['names']) or '-'}",
     ]
     if info["args"]:
@@ -257,17 +259,51 @@ def _ranges(values: list[int]) -> str:
 
 @command("logs")
 def _logs(args: argparse.Namespace) -> int:
-    df = query.dataframe(*args.names, runs=args.runs, store=args.store)
+    df, logged = query.logged_frame(*args.names, runs=args.runs, store=args.store)
     if df.empty:
         print(f"No values logged under {', '.join(args.names)}.", file=sys.stderr)
         return 1
+    if args.format == "json":
+        print(json.dumps([
+            {c: (_json_value(v) if c not in logged or logged.at[i, c] else None) for c, v in row.items()}
+            for i, row in zip(df.index, df.to_dict("records"))
+        ], allow_nan=False, default=_json_default))
+        return 0
+    # A context with no value is blank; a logged NaN reads "nan" (pandas would show both as NaN).
+    for column in logged.columns:
+        nan_logged = logged[column] & df[column].isna()
+        if nan_logged.any():
+            df[column] = df[column].astype(object)
+            df.loc[nan_logged, column] = df.loc[nan_logged, column].map(lambda v: "None" if v is None else "nan")
     if args.format == "csv":
         df.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
-        print(df.to_json(orient="records", default_handler=_json_default))
     else:
-        print(df.to_string(index=False))
+        for column in df.columns:
+            if str(df[column].dtype) == "Int64" and df[column].isna().any():
+                df[column] = df[column].astype(object).where(df[column].notna(), "")  # not "<NA>"
+        print(df.to_string(index=False, na_rep=""))
     return 0
+
+
+def _json_value(value: Any) -> Any:
+    """A value as strict JSON holds it: NaN and the infinities as the strings "NaN",
+    "Infinity" and "-Infinity" (null is a context without a value)."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", 1) == 0:
+        value = item()
+    if isinstance(value, float) and value != value:
+        return "NaN"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
+        try:
+            import pandas as pd
+
+            if pd.isna(value):
+                return None
+        except (TypeError, ValueError):
+            pass
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -298,17 +334,19 @@ def _parse_iterations(text: str | None) -> tuple[int | None, int | None] | None:
 
 @command("replay")
 def _replay(args: argparse.Namespace) -> int:
-    from .replay import describe_plan, replay
+    from .replay import ReplayReport, describe_plan, replay
+
+    def show_plans(report: ReplayReport) -> None:
+        for run_id, why in report.skipped_runs:
+            print(f"skipped run {run_id}: {why}", file=sys.stderr)
+        for plan in report.plans:
+            print(describe_plan(plan), flush=True)
 
     report = replay(
         args.script, runs=args.runs, all_runs=args.all_runs, where=args.where,
         iterations=_parse_iterations(args.iterations), workers=args.workers, dry_run=args.dry_run,
-        force=args.force, tolerance=args.tolerance, store=args.store,
+        force=args.force, tolerance=args.tolerance, store=args.store, on_plans=show_plans,
     )
-    for run_id, why in report.skipped_runs:
-        print(f"skipped run {run_id}: {why}", file=sys.stderr)
-    for plan in report.plans:
-        print(describe_plan(plan))
     if args.dry_run:
         return 0
     status = 0
@@ -363,7 +401,11 @@ def _gc(args: argparse.Namespace) -> int:
 
     grace = GRACE_SECONDS if args.grace is None else args.grace
     report = gc(store=args.store, keep_last=args.keep_last, grace=grace)
-    extra = f", dropped {report.dropped_checkpoints} checkpoints of older runs" if args.keep_last is not None else ""
+    extra = ""
+    if args.keep_last is not None:
+        whose = "of every run" if args.keep_last == 0 else \
+            f"of the runs before the {'latest' if args.keep_last == 1 else f'{args.keep_last} latest'}"
+        extra = f", dropped {report.dropped_checkpoints} checkpoints {whose} (their logs are kept)"
     if report.removed_temporaries:
         extra += f", and {report.removed_temporaries} partly written files of killed processes"
     print(f"removed {report.removed_objects} objects ({report.freed_bytes / 2**20:.1f} MiB){extra}")

@@ -137,6 +137,10 @@ class Controller:
     def close(self) -> None:
         pass
 
+    def timing(self, timing: dict[str, Any]) -> dict[str, Any]:
+        """The run's timings (``info``) to store, given this process's own."""
+        return timing
+
     def _restore_start(self, start: int, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
         """Restore the latest iteration-end checkpoint before ``start`` and skip the iterations it covers."""
         if start <= 0:
@@ -169,6 +173,10 @@ class ResumeController(Controller):
             )
             conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration>?", (run["id"], last))
             flags = run.get("flags") or []
+            # The time it stood killed is not part of the run's duration.
+            info = run.get("info") or {}
+            stopped = max(0.0, time.time() - (run.get("heartbeat") or run.get("ended") or time.time()))
+            catalog.merge_run_info(conn, run["id"], {"stopped_seconds": info.get("stopped_seconds", 0.0) + stopped})
             catalog.update_run(
                 conn,
                 run["id"],
@@ -177,6 +185,8 @@ class ResumeController(Controller):
             )
             ctx_base = conn.execute("SELECT COALESCE(MAX(id), 0) FROM contexts WHERE run=?", (run["id"],)).fetchone()[0]
         self.recorder.script = run.get("script")
+        self.prior_info = run.get("info") or {}
+        self.first = last + 1
         return run["id"], run["run_id"], int(ctx_base)
 
     def on_log(self, name: str, value: Any) -> bool:
@@ -189,6 +199,31 @@ class ResumeController(Controller):
         apply(loaded, self.recorder.declared, frame, strict=False)
         first = loaded.iteration + 1
         return first, skip(it, first)
+
+    def timing(self, timing: dict[str, Any]) -> dict[str, Any]:
+        """This process timed only the iterations after the checkpoint; replay plans index
+        ``iteration_seconds`` by iteration and divide ``block_seconds`` by the run's length.
+        The earlier iterations keep the killed process's timings where it wrote them (a failed
+        run did, a ``kill -9`` did not) and get the resumed iterations' mean otherwise."""
+        new = list(timing.get("iteration_seconds") or [])
+        prior = list(self.prior_info.get("iteration_seconds") or [])
+        first = self.first
+        mean_new = sum(new) / len(new) if new else 0.0
+        if len(prior) >= first:
+            before = prior[:first]
+            blocks_before = {k: v * first / len(prior) for k, v in (self.prior_info.get("block_seconds") or {}).items()} if prior else {}
+        else:
+            before = prior + [mean_new] * (first - len(prior))
+            blocks_before = {k: v * first / len(new) for k, v in (timing.get("block_seconds") or {}).items()} if new else {}
+        blocks = dict(timing.get("block_seconds") or {})
+        for k, v in blocks_before.items():
+            blocks[k] = blocks.get(k, 0.0) + v
+        out = dict(timing)
+        out["iteration_seconds"] = before + new
+        out["block_seconds"] = blocks
+        if self.prior_info.get("preloop_seconds") is not None:
+            out["preloop_seconds"] = self.prior_info["preloop_seconds"]
+        return out
 
 
 class ReplayController(Controller):

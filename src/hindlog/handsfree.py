@@ -183,8 +183,11 @@ class _Tee:
         rec = record._recorder
         if rec is None or rec.finished:
             return n
-        check = getattr(rec.controller, "check_printed", None)
-        if rec.controller is not None and (check is None or _Tee.hindsight):
+        controller = rec.controller
+        check = getattr(controller, "check_printed", None)
+        if controller is not None and (_Tee.hindsight or (check is None and not controller.on_log(STDOUT, None))):
+            # A replay stores hindsight prints itself; a resumed run records what it prints
+            # from its main loop on (the killed process recorded what came before).
             return n
         data = self._partial + text
         *lines, self._partial = data.split("\n")

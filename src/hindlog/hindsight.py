@@ -51,10 +51,10 @@ def code_lines(src: str) -> list[str]:
 def find_additions(path: str, old_src: str, new_src: str) -> Additions:
     """The statements ``new_src`` adds to ``old_src``, and any other change."""
     try:
-        ast.parse(new_src)
+        ast.parse(new_src, filename=path or "<unknown>")
     except SyntaxError as e:
         # Not a change --force could replay: the code must run.
-        return Additions(path, syntax_error=f"{path} does not parse now: {e}")
+        return Additions(path, syntax_error=f"{path} does not parse now: {e.msg} (line {e.lineno})")
     old_lines = old_src.splitlines()
     new_lines = new_src.splitlines()
     matcher = difflib.SequenceMatcher(None, code_lines(old_src), code_lines(new_src), autojunk=False)

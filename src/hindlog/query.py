@@ -55,7 +55,7 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     out = []
     for r in rows:
         row = {c: r.get(c) for c in RUN_COLUMNS if c != "duration"}
-        row["duration"] = (r["ended"] - r["started"]) if r.get("ended") and r.get("started") else None
+        row["duration"] = run_duration(r)
         row["started"] = pd.to_datetime(r["started"], unit="s") if r.get("started") else None
         row["ended"] = pd.to_datetime(r["ended"], unit="s") if r.get("ended") else None
         row.update(args.get(r["id"], {}))
@@ -72,6 +72,13 @@ def resolve_runs(conn: Any, refs: Sequence[str] | str | None) -> list[dict[str, 
     return [catalog.get_run(conn, ref) for ref in refs]
 
 
+def run_duration(run: dict[str, Any]) -> float | None:
+    """Seconds the run ran: from start to end, less the time it stood killed before a resume."""
+    if not (run.get("ended") and run.get("started")):
+        return None
+    return run["ended"] - run["started"] - float((run.get("info") or {}).get("stopped_seconds") or 0.0)
+
+
 def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     """Values of ``names`` with one row per run and loop context.
 
@@ -80,7 +87,18 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     replayed values appear together. A logged name that is also a loop's or one
     of the first two columns' gets the column ``<name>_logged``; an arg whose name
     is a loop's, ``<name>_arg`` (an arg named like a logged name is left out).
+    A name whose values are all integers has a nullable integer column (``Int64``),
+    so that a context without a value does not turn them into floats.
     """
+    return logged_frame(*names, runs=runs, store=store)[0]
+
+
+def logged_frame(
+    *names: str, runs: Sequence[str] | str | None = None, store: str | os.PathLike[str] | Store | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``dataframe(*names)`` and, for its value columns, a frame of booleans that is True where
+    a value was logged: a logged NaN or None is then told apart from no value (``hindlog logs``)."""
+    import numpy as np
     import pandas as pd
 
     if not names:
@@ -92,7 +110,7 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     _flush_own_run()
     st = _open(store)
     if not st.exists():
-        return pd.DataFrame(columns=["run_id", "code_version", *names])
+        return pd.DataFrame(columns=["run_id", "code_version", *names]), pd.DataFrame(columns=list(names), dtype=bool)
     conn = st.connect()
     try:
         selected = resolve_runs(conn, runs)
@@ -148,12 +166,19 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
         records.append(full)
     columns = ["run_id", "code_version", *arg_column.values(), *loop_names, *value_column.values()]
     df = pd.DataFrame(records, columns=columns)
+    logged = pd.DataFrame({c: [c in rec for rec in records] for c in value_column.values()}, columns=list(value_column.values()), dtype=bool)
     for loop_name in loop_names:
         if df[loop_name].notna().all():
             df[loop_name] = df[loop_name].astype("int64")
         else:
             df[loop_name] = df[loop_name].astype("Int64")
-    return df.sort_values(["run_id", *loop_names], kind="stable", na_position="first").reset_index(drop=True)
+    for column in value_column.values():
+        present = [rec[column] for rec in records if column in rec]
+        if present and len(present) < len(records) and all(type(v) is int or isinstance(v, np.integer) for v in present):
+            if all(-(2**63) <= int(v) < 2**63 for v in present):
+                df[column] = df[column].astype("Int64")
+    order = df.sort_values(["run_id", *loop_names], kind="stable", na_position="first").index
+    return df.loc[order].reset_index(drop=True), logged.loc[order].reset_index(drop=True)
 
 
 def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> dict[str, Any]:

@@ -459,6 +459,8 @@ class Recorder:
                     "persister_cpu_seconds": policy.background_cpu,
                     "background_weight": policy.weight,
                 }
+            if self.controller is not None:
+                timing = self.controller.timing(timing)
             self.writer.change("update_run", fields)
             self.writer.change("info", timing)
         self.writer.close()

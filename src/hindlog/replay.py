@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,7 @@ def plan_run(
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
     _estimate(plan, run, rows, workers)
-    if not rows:
+    if not rows and total:
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
     elif not run_all_blocks and set(info.get("block_seconds") or {}) - probed:
         bare = sum(1 for i in range(lo, hi) if not any(b != ITERATION_END for b in rows.get(i, {})))
@@ -343,6 +344,8 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     plan.estimate = preloop + max(s.estimate for s in segments)
     if run.get("started") and run.get("ended"):
         plan.full_rerun = run["ended"] - run["started"]
+        if plan.total_iterations == 0:
+            plan.estimate = plan.full_rerun  # no main loop: all of it runs again
 
 
 def describe_plan(plan: RunPlan) -> str:
@@ -351,14 +354,18 @@ def describe_plan(plan: RunPlan) -> str:
         src = plan.files[path].splitlines()
         for lo, hi in ranges:
             lines.append(f"  + {path}:{lo}: {src[lo - 1].strip()}" + (" ..." if hi > lo else ""))
-    if plan.run_all_blocks:
-        lines.append("  nested loops that must run: all")
+    if plan.total_iterations == 0:
+        # Nothing to skip or split: the recorded run entered no main loop.
+        lines.append("  the run has no main loop: the whole script runs once")
     else:
-        must_run = sorted(plan.probed - {plan.main_loop})
-        lines.append(f"  nested loops that must run: {', '.join(must_run) or 'none (all are skipped)'}")
-    lines.append(f"  iterations {plan.iterations[0]}:{plan.iterations[1]} of {plan.total_iterations}; "
-                 f"checkpointed: {len(plan.checkpointed)}")
-    lines.append("  segments: " + ", ".join(f"{s.start}:{s.end}" for s in plan.segments))
+        if plan.run_all_blocks:
+            lines.append("  nested loops that must run: all")
+        else:
+            must_run = sorted(plan.probed - {plan.main_loop})
+            lines.append(f"  nested loops that must run: {', '.join(must_run) or 'none (all are skipped)'}")
+        lines.append(f"  iterations {plan.iterations[0]}:{plan.iterations[1]} of {plan.total_iterations}; "
+                     f"checkpointed: {len(plan.checkpointed)}")
+        lines.append("  segments: " + ", ".join(f"{s.start}:{s.end}" for s in plan.segments))
     if any(g is not None for g in plan.gpus):
         lines.append("  GPUs: " + ", ".join(f"{s.start}:{s.end} on {g}" for s, g in zip(plan.segments, plan.gpus)))
     full = f"{plan.full_rerun:.1f}s" if plan.full_rerun else "unknown"
@@ -781,8 +788,12 @@ def replay(
     tolerance: float = 0.0,
     store: str | os.PathLike[str] | Store | None = None,
     progress: bool = True,
+    on_plans: Callable[[ReplayReport], None] | None = None,
 ) -> ReplayReport:
-    """Replay recorded runs of ``script`` with the log statements added since they were recorded."""
+    """Replay recorded runs of ``script`` with the log statements added since they were recorded.
+
+    ``on_plans`` is called with the report once the plans are made, before anything runs (the
+    CLI prints them then, not after a long replay)."""
     st = store if isinstance(store, Store) else Store.for_project(store=store)
     if not st.exists():
         raise ReplayError(f"there is no hindlog store at {st.path}; record a run first")
@@ -816,7 +827,13 @@ def replay(
             assert first_error is not None
             raise first_error
         if not any(a.statements for a in additions.values()) and not force:
-            raise ReplayError(f"no statements were added to the code of run {targets[-1]['run_id']}; add hl.log(...) calls first")
+            hint = "add hl.log(...) or print(...) calls first"
+            if not (runs or all_runs or where) and len(catalog.list_runs(conn, rel)) > 1:
+                # Running the edited script with python records a run of the current code, which
+                # then is the latest: the run to replay is an earlier one.
+                hint += (f", or, if the latest run of {rel} was made with the statements already in, replay an earlier "
+                         f"run with --run RUN (`hindlog runs --script {rel}` lists them)")
+            raise ReplayError(f"no statements were added to the code of run {targets[-1]['run_id']}; {hint}")
         plans: list[RunPlan] = []
         skipped: list[tuple[str, str]] = []
         gpus = visible_gpus() if any(_used_gpu(r) for r in targets) else []
@@ -851,6 +868,8 @@ def replay(
     if not plans:
         reasons = "; ".join(f"{r}: {why}" for r, why in skipped)
         raise ReplayError(f"no run can be replayed ({reasons})")
+    if on_plans is not None:
+        on_plans(report)
     if dry_run:
         return report
     for p in plans:
