@@ -98,7 +98,12 @@ def test_git_snapshot_holds_the_working_tree_and_leaves_the_users_repo_alone(pro
     info = project.run_info(run_id)
     assert info["code_version"] == commit and info["code_kind"] == "git"
     assert project.git("rev-parse", f"{commit}^").strip() == before["HEAD"].strip()  # parent is HEAD
-    assert run_id in project.git("log", "-1", "--format=%s", commit)
+    assert project.git("log", "-1", "--format=%s", commit).strip() == "hindlog: snapshot of the working tree"
+    # The same code again is the same version; changed code is another.
+    again = project.run().stdout.strip()
+    assert project.run_info(again)["code_version"] == commit
+    project.write("untracked.py", "print('changed')\n")
+    assert project.run_info(project.run().stdout.strip())["code_version"] != commit
     files = tree_files(project, commit)
     assert files == {
         "README.md", ".gitignore", "train.py", "staged.txt", "new_staged.txt", "untracked.py", "sub/dir/untracked.txt"
@@ -135,7 +140,9 @@ def test_git_snapshot_with_a_detached_head(project: Project) -> None:
     run_id = project.run().stdout.strip()
     assert project.git("rev-parse", "HEAD").strip() == head
     assert project.git("symbolic-ref", "-q", "HEAD", check=False) == ""  # still detached
-    assert project.git("rev-parse", f"refs/hindlog/runs/{run_id}^").strip() == head
+    # A clean working tree: the run's code is HEAD's commit itself.
+    assert project.git("rev-parse", f"refs/hindlog/runs/{run_id}").strip() == head
+    assert project.run_info(run_id)["code_version"] == head
 
 
 def test_file_names_that_look_like_pathspec_magic_are_snapshotted(project: Project) -> None:

@@ -3,7 +3,9 @@
 In a git work tree the working tree (tracked files plus untracked files that
 are not ignored) becomes a commit under ``refs/hindlog/runs/<run-id>``, built
 with a temporary index so the user's HEAD, branch, index and working tree are
-never touched. Outside git the project's source files are stored in the object
+never touched. A clean working tree is HEAD's commit itself; otherwise the
+commit is made from the tree and HEAD alone, so the same code is the same
+version in every run. Outside git the project's source files are stored in the object
 store under a manifest, and the version is ``snap-<hash>``.
 """
 
@@ -67,8 +69,17 @@ def snapshot(store: Store, run_id: str) -> CodeVersion:
 def _snapshot_git(root: Path, run_id: str) -> CodeVersion:
     tree, skipped = working_tree(root)
     head = _git_head(root)
-    parents = ["-p", head] if head else []
-    commit = _git(root, "commit-tree", tree, *parents, "-m", f"hindlog run {run_id}").decode().strip()
+    if head and _git(root, "rev-parse", f"{head}^{{tree}}").decode().strip() == tree:
+        commit = head  # a clean working tree: the run's code is the user's own commit
+    else:
+        # The commit depends on the tree and HEAD only (not on the run or the time), so runs of
+        # the same code show the same version.
+        parents = ["-p", head] if head else []
+        date = _git(root, "show", "-s", "--format=%cI", head).decode().strip() if head else "1970-01-01T00:00:00+00:00"
+        commit = _git(
+            root, "commit-tree", tree, *parents, "-m", "hindlog: snapshot of the working tree",
+            env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date},
+        ).decode().strip()
     _git(root, "update-ref", f"refs/hindlog/runs/{run_id}", commit)
     return CodeVersion(commit, "git", skipped)
 
