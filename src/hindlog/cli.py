@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="print logged values as a table, CSV or JSON")
     p.add_argument("names", nargs="+", metavar="NAME", help="logged names, e.g. loss acc")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN", help="only this run (repeatable; default: all)")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default: table). A context without a value is blank (JSON: null); a logged NaN is "
+                        "nan (JSON, which has no NaN or infinity: the strings \"NaN\", \"Infinity\", \"-Infinity\")")
 
     p = sub.add_parser("diff", help="code and args of RUN compared with RUN2 (default: the working tree)")
     p.add_argument("run", help="run id, unique prefix, name, or 'latest'")
