@@ -420,6 +420,30 @@ def test_loop_is_lazy_and_works_with_generators_and_break(project: Project) -> N
     assert y["second"].tolist() == [0, 1] and y["y"].tolist() == [0, 1]
 
 
+def test_loops_in_lockstep_or_left_open_keep_the_contexts_right(project: Project) -> None:
+    out = project.run(
+        """
+        import hindlog as hl
+        for epoch in hl.loop("epoch", range(2)):
+            for a, b in zip(hl.loop("a", range(3)), hl.loop("b", range(3))):
+                hl.log("ab", a * 10 + b)
+            hl.log("e", epoch)                       # after the zip: the epoch's context again
+            kept = hl.loop("step", range(5))         # epoch 1: the generator kept from epoch 0 closes here
+            hl.log("after_kept", epoch)
+            for s in kept:                           # left by break, kept alive until the next epoch
+                if s == 1:
+                    break
+        """
+    )
+    assert "advances in lockstep" in out.stderr and "zip(...)" in out.stderr, out.stderr
+    ab = project.df("ab")
+    assert ab[["epoch", "a", "b", "ab"]].values.tolist() == [[e, k, k, 11 * k] for e in range(2) for k in range(3)]
+    for name in ("e", "after_kept"):
+        df = project.df(name)
+        assert list(df.columns) == ["run_id", "code_version", "epoch", name], df
+        assert df[name].tolist() == [0, 1]
+
+
 def test_runs_table(project: Project) -> None:
     script = """
         import hindlog as hl

@@ -69,7 +69,7 @@ def log(name: str, value: T) -> T:
     if (t is float or t is int) and type(name) is str and name and rec.controller is None:
         ctx = rec._ctx
         if ctx is None:  # a nested loop moved on since the last record: Recorder.build_ctx, inlined
-            parent, loop, cell = rec._level  # type: ignore[misc]
+            parent, loop, cell, _outer = rec._level  # type: ignore[misc]
             ctx = rec._ctx = parent + ((loop, cell[0]),)
         rec.append((ctx, name, value))
         return value

@@ -77,7 +77,8 @@ class Recorder:
         #: The innermost nested loop running: its parent's context, its name and a cell holding
         #: its index. A nested iteration only writes the cell: the context is built when
         #: something is logged (a loop that logs nothing pays no tuple per step).
-        self._level: tuple[tuple[Any, ...], str, list[int]] | None = None
+        self._level: tuple[tuple[Any, ...], str, list[int], Any] | None = None
+        self._warned_lockstep = False
         self.depth = 0
         self.main_loop_done = False
         self.iteration: int | None = None
@@ -217,7 +218,7 @@ class Recorder:
         return c if c is not None else self.build_ctx()
 
     def build_ctx(self) -> tuple[Any, ...]:
-        parent, name, cell = self._level  # type: ignore[misc]
+        parent, name, cell, _outer = self._level  # type: ignore[misc]
         c = self._ctx = parent + ((name, cell[0]),)
         return c
 
@@ -279,6 +280,7 @@ class Recorder:
             t0 = clock()
             for item in it:
                 self._ctx = ((name, i, True),)
+                self._level = None  # nested loops left open in the last iteration are over
                 self.iteration = i
                 self.block = 0
                 open_iteration = i
@@ -329,26 +331,61 @@ class Recorder:
     def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None) -> Iterator[Any]:
         frame = frame or sys._getframe(1)
         parent = self.ctx
-        outer_level = self._level
         cell = [0]
-        self._level = (parent, name, cell)
+        # (context of the enclosing loop, name, [index], the enclosing loop's level)
+        level = (parent, name, cell, self._level)
+        self._level = level
         self.depth += 1
         block_level = self.depth == 2 and self.iteration is not None
         t0 = time.perf_counter() if block_level else 0.0
         i = 0
         try:
             for item in iterable:
+                if self._level is not level:
+                    level = self._reenter(level)
                 cell[0] = i
                 self._ctx = None
                 yield item
                 i += 1
         finally:
-            self._level = outer_level
-            self._ctx = parent
             self.depth -= 1
+            if self._is_open(level):
+                # Loops this one holds that were left open (a generator kept alive) close with it.
+                self._level = level[3]
+                self._ctx = level[0]
             if block_level:
                 self.block_seconds[name] = self.block_seconds.get(name, 0.0) + time.perf_counter() - t0
                 self._block_exit(name, frame)
+
+    def _is_open(self, level: tuple[Any, ...]) -> bool:
+        current = self._level
+        while current is not None:
+            if current is level:
+                return True
+            current = current[3]
+        return False
+
+    def _reenter(self, level: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A loop moves on while another one's level is current. If that one runs inside it (left
+        open, e.g. a generator kept alive after ``break``), it is over: this loop is current again.
+        Otherwise the two advance in lockstep (``zip(hl.loop(...), hl.loop(...))``): this one is
+        put under the other's current index, and the user is told how to name such a loop."""
+        if self._is_open(level):
+            self._level = level
+            return level
+        if not self._warned_lockstep:
+            self._warned_lockstep = True
+            outer = self._level[1] if self._level is not None else None
+            warnings.warn(
+                f"hindlog: hl.loop({level[1]!r}) advances in lockstep with hl.loop({outer!r}) (zip of two hl.loops?): "
+                f"its values are logged under both loops' indices; wrap the zip in one loop instead, "
+                f"hl.loop({outer!r}, zip(...))",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        moved = (self.ctx, level[1], level[2], self._level)
+        self._level = moved
+        return moved
 
     def _block_exit(self, name: str, frame: Any) -> None:
         if self.checkpointer is not None:
