@@ -1041,3 +1041,53 @@ def test_replay_compares_what_the_replayed_code_prints_with_the_record(proj: HFP
     proj.write("train.py", proj.read().replace('    print("epoch"', '    print("HS", epoch)\n    print("epoch"'))
     quiet = proj.replay("train.py", "--workers", "2")
     assert "note:" not in quiet.stderr, show(quiet)
+
+
+def test_show_output_puts_replayed_prints_where_they_were_printed(proj: HFProject) -> None:
+    """Hindsight prints before and after the main loop, inside a nested loop and at main-loop
+    level: ``show --output`` lists the run's lines in the order a fresh run of the modified
+    script prints them, and lines printed before and after the main loop are not compared with
+    each other (the last of two segments prints only the latter)."""
+    proj.write(
+        "train.py",
+        dedent(
+            """
+            import numpy as np
+
+            rng = np.random.default_rng(0)
+            w = np.zeros(3)
+            print("start")
+            for epoch in range(4):
+                for k in range(2):
+                    w += rng.normal(size=3)
+                    print("step", epoch, k)
+                print("epoch", epoch, round(float(w.sum()), 6))
+            print("done")
+            print("end", round(float(w.sum()), 6))
+            """
+        ),
+    )
+    proj.commit()
+    _proc, run = proj.record(epsilon=0.9)
+    text = proj.read()
+    for anchor, added in [
+        ('print("start")\n', 'print("HS after start")\n'),
+        ('        print("step", epoch, k)\n', '        print("HS step", epoch, k)\n'),
+        ('    print("epoch", epoch', '    print("HS before epoch", epoch)\n    print("epoch", epoch'),
+        ('print("done")\n', 'print("HS between", 1)\n'),
+    ]:
+        assert anchor in text
+        text = text.replace(anchor, anchor + added if anchor.endswith("\n") else added, 1)
+    proj.write("train.py", text)
+    fresh = proj.python().stdout.splitlines()
+    replayed = proj.replay("train.py", "--run", run, "--workers", "2")
+    assert re.search(r"segments: 0:\d, \d:4", replayed.stdout), show(replayed)
+    assert "note:" not in replayed.stderr, show(replayed)
+    lines = proj.output(run)
+    assert [text for _i, _s, text in lines] == fresh
+    assert [text for _i, source, text in lines if source] == [l for l in fresh if l.startswith("HS")]
+    assert [i for i, _s, text in lines if text.startswith("HS step 2")] == [2, 2]
+    # Replayed again: the same lines, in the same places, once.
+    proj.replay("train.py", "--run", run, "--workers", "1")
+    assert [text for _i, _s, text in proj.output(run)] == fresh
+    assert "@stdout@at" not in proj.hindlog("show", run, check=True).stdout

@@ -400,6 +400,26 @@ def query_records(
     return conn.execute(sql + " ORDER BY r.run, r.rowid", params).fetchall()
 
 
+#: The name under which a replay stores, for each line a hindsight ``print`` printed, where it
+#: was printed among the recorded lines (``query.output``).
+STDOUT_AT = "@stdout@at"
+
+#: Appended to the key of the context outside every loop (``"[]"``) for what a run logged after
+#: its main loop: the lines it printed before and after the loop must not be taken for each other.
+AFTER_MAIN_LOOP = "#after"
+
+
+def main_loop_first_rowid(conn: sqlite3.Connection, run: int) -> int | None:
+    """The rowid of the first value the record logged inside the main loop (None: it logged none
+    there). Values outside every loop with a later rowid were logged after the main loop."""
+    row = conn.execute(
+        "SELECT MIN(r.rowid) FROM records r JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
+        "WHERE r.run=? AND r.source=? AND c.iteration IS NOT NULL",
+        (run, SOURCE_RECORD),
+    ).fetchone()
+    return row[0] if row else None
+
+
 def logged_names(conn: sqlite3.Connection, run: int | None = None) -> list[str]:
     """Names with at least one record (of one run, or of any)."""
     if run is None:

@@ -287,12 +287,15 @@ class ReplayController(Controller):
         }
         # Recorded values of this segment, to check the replayed ones against.
         rows = conn.execute(
-            "SELECT c.loops, n.name, r.kind, r.value FROM names n CROSS JOIN records r ON r.name=n.id "
+            "SELECT r.rowid, c.iteration, c.loops, n.name, r.kind, r.value FROM names n CROSS JOIN records r ON r.name=n.id "
             "CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx WHERE r.run=? AND r.source=? "
             "AND (c.iteration IS NULL OR (c.iteration>=? AND c.iteration<?)) ORDER BY r.rowid",
             (run["id"], catalog.SOURCE_RECORD, self.start, self.end),
         ).fetchall()
-        for loops, name, kind, value in rows:
+        boundary = catalog.main_loop_first_rowid(conn, run["id"])
+        for rowid, iteration, loops, name, kind, value in rows:
+            if iteration is None and boundary is not None and rowid > boundary and loops == "[]":
+                loops += catalog.AFTER_MAIN_LOOP
             self.recorded.setdefault((loops, name), []).append(decode(kind, value))
         #: The nested-loop checkpoints this segment may restore, in the order it meets them.
         self._block_keys = [] if self.run_all_blocks else skippable_blocks(self.rows, self.start, self.end, self.probed)
@@ -324,7 +327,16 @@ class ReplayController(Controller):
             if len(self._keys) > 10_000:
                 self._keys.clear()
             self._keys[ctx] = key
+        if not ctx and self.main_started:
+            return key + catalog.AFTER_MAIN_LOOP
         return key
+
+    def printed_position(self) -> list[int]:
+        """Where a hindsight ``print`` goes among the lines the record printed (``query.output``):
+        ``[how many of its context's the replayed code has printed so far, 1 if after the main
+        loop else 0]``."""
+        key = self._context_key()
+        return [self.seen_printed.get((key, "@stdout"), 0), int(key.endswith(catalog.AFTER_MAIN_LOOP))]
 
     def check_printed(self, line: str) -> None:
         """A line the replayed code printed (not a hindsight print): compared with the line the

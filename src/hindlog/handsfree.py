@@ -27,11 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from . import config, instrument, record
+from . import catalog, config, instrument, record
 from .instrument import RUNTIME
 from .state import is_random_generator, trained_by
+from .values import capture
 
 STDOUT = "@stdout"
+STDOUT_AT = catalog.STDOUT_AT
 _SKIP_TYPES = ("DataLoader", "Dataset", "Sampler", "Logger", "SummaryWriter", "tqdm", "Thread", "Lock", "Random")
 
 
@@ -136,8 +138,15 @@ class Runtime:
             return
         text = kwargs.get("sep", " ").join(str(a) for a in args)
         rec = record._recorder
-        if rec is not None:
-            rec.log_slow(STDOUT, text)
+        if rec is None:
+            return
+        position = getattr(rec.controller, "printed_position", None)
+        if rec.controller is not None and not rec.controller.on_log(STDOUT, text):
+            return
+        rec.append((rec.ctx, STDOUT, text))
+        if position is not None:
+            # Its place among the recorded lines of its context, for show --output.
+            rec.append((rec.ctx, STDOUT_AT, capture(position())))
 
 
 def _classify(value: Any) -> bool | str | None:

@@ -191,7 +191,7 @@ def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> d
     try:
         run = catalog.get_run(conn, ref)
         run["args"] = catalog.run_args(conn, [run["id"]]).get(run["id"], {})
-        run["names"] = catalog.logged_names(conn, run["id"])
+        run["names"] = [n for n in catalog.logged_names(conn, run["id"]) if n != catalog.STDOUT_AT]
         run["records"] = catalog.count_records(conn, run["id"])
         run["checkpoints"] = [
             {"iteration": it, "block": block, "loop": loop, "nbytes": nbytes}
@@ -223,31 +223,95 @@ def code_diff(ref: str, other: str | None = None, store: str | os.PathLike[str] 
     return text, changed
 
 
+def _group_order(group: Any) -> tuple[int, int]:
+    """Before the main loop, its iterations in order, after it."""
+    if group == "pre":
+        return (0, 0)
+    if group == "post":
+        return (2, 0)
+    return (1, group)
+
+
 def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> list[tuple[int | None, int, str]]:
     """Lines a hands-free run printed: ``(main-loop iteration, source, text)`` in order.
 
-    Source 0 is the recording, 1 a replay (lines of ``print`` calls added after the fact)."""
+    Source 0 is the recording, 1 a replay (lines of ``print`` calls added after the fact). A
+    replayed line goes where it was printed among the recorded lines of its loop context (the
+    replay stores how many came before it); one whose context printed nothing in the record
+    goes right after the replayed line printed before it, and the first of an iteration's
+    before the next one that has a place (else after the iteration's recorded lines)."""
     _flush_own_run()
     st = _open(store)
     conn = st.connect()
     try:
         run = catalog.get_run(conn, ref)
-        rows = catalog.query_records(conn, ["@stdout"], [run["id"]])
+        rows = conn.execute(
+            "SELECT r.rowid, c.iteration, c.loops, n.name, r.kind, r.value, r.source FROM records r "
+            "JOIN names n ON n.id=r.name LEFT JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
+            "WHERE r.run=? AND n.name IN (?, ?) ORDER BY r.rowid",
+            (run["id"], "@stdout", catalog.STDOUT_AT),
+        ).fetchall()
+        boundary = catalog.main_loop_first_rowid(conn, run["id"])
     finally:
         conn.close()
-    recorded = [(it, src, decode(kind, value)) for _r, _c, it, _l, _n, kind, value, src in rows if src == 0]
-    replayed: dict[int | None, list[tuple[int | None, int, str]]] = {}
-    for _r, _c, it, _l, _n, kind, value, src in rows:
-        if src != 0:
-            replayed.setdefault(it, []).append((it, src, decode(kind, value)))
-    # Recorded lines in the order they were printed; replayed lines after the recorded
-    # lines of their iteration (those outside the main loop at the end).
-    last_index = {it: k for k, (it, _s, _t) in enumerate(recorded)}
-    out: list[tuple[int | None, int, str]] = []
-    for k, line in enumerate(recorded):
-        out.append(line)
-        if line[0] is not None and last_index.get(line[0]) == k:
-            out.extend(replayed.pop(line[0], []))
-    for it in sorted(replayed, key=lambda i: (i is None, i if i is not None else 0)):
-        out.extend(replayed[it])
-    return out
+
+    # Lines outside the main loop belong to the part before it ("pre") or after it ("post").
+    recorded: list[tuple[Any, int | None, str]] = []  # (group, iteration, text)
+    recorded_in: dict[str, list[int]] = {}  # context key -> indices into recorded
+    replayed: dict[str, list[tuple[int, int | None, str]]] = {}  # context -> (rowid, iteration, text)
+    positions: dict[str, list[Any]] = {}
+    for rowid, it, loops, name, kind, value, src in rows:
+        loops = loops or "[]"
+        if src == 0:
+            if name == "@stdout":
+                post = it is None and boundary is not None and rowid > boundary
+                key = loops + catalog.AFTER_MAIN_LOOP if post and loops == "[]" else loops
+                recorded_in.setdefault(key, []).append(len(recorded))
+                recorded.append((it if it is not None else ("post" if post else "pre"), it, decode(kind, value)))
+        elif name == "@stdout":
+            replayed.setdefault(loops, []).append((rowid, it, decode(kind, value)))
+        else:
+            positions.setdefault(loops, []).append(decode(kind, value))
+
+    # Each line gets a sort key (recorded index, slot, order stored): slot 0 before that recorded
+    # line, 1 the line itself, 2 after it; 3 after the group's last line; lines of a group with no
+    # recorded line go last, in the order stored.
+    last_of: dict[Any, int] = {g: k for k, (g, _i, _t) in enumerate(recorded)}
+    pending: list[tuple[int, Any, tuple[int, int] | None, tuple[int | None, int, str]]] = []  # (rowid, group, place, line)
+    for loops, lines in replayed.items():
+        at = positions.get(loops, [])
+        if len(at) != len(lines) or not all(isinstance(a, list) and len(a) == 2 for a in at):
+            at = [None] * len(lines)  # stored without positions
+        for (rowid, it, text), position in zip(lines, at):
+            after_loop = bool(position[1]) if position is not None else it is None
+            group = it if it is not None else ("post" if after_loop else "pre")
+            key = loops + catalog.AFTER_MAIN_LOOP if after_loop and loops == "[]" else loops
+            indices = recorded_in.get(key, [])
+            place = None
+            if position is not None and indices:
+                count = position[0]
+                place = (indices[count], 0) if count < len(indices) else (indices[-1], 2)
+            pending.append((rowid, group, place, (it, 1, text)))
+    # The stored order is the print order within a worker: sort by it, then fill the places of
+    # lines that have none from their neighbours.
+    pending.sort(key=lambda p: p[0])
+    by_group: dict[Any, list[list[Any]]] = {}
+    for s_, group, place, line in pending:
+        by_group.setdefault(group, []).append([s_, place, line])
+    keyed: list[tuple[tuple[Any, ...], tuple[int | None, int, str]]] = []
+    for group, items in by_group.items():
+        previous = None
+        for n, item in enumerate(items):
+            if item[1] is None:
+                if previous is not None:
+                    item[1] = previous
+                else:
+                    following = next((other[1] for other in items[n + 1:] if other[1] is not None), None)
+                    item[1] = following if following is not None else (
+                        (last_of[group], 3) if group in last_of else None)
+            previous = item[1]
+            place = item[1]
+            keyed.append(((0, place[0], place[1], item[0]) if place is not None else (1, _group_order(group), item[0], 0), item[2]))
+    keyed.extend(((0, k, 1, 0), (it, 0, text)) for k, (_g, it, text) in enumerate(recorded))
+    keyed.sort(key=lambda kv: kv[0])
+    return [line for _k, line in keyed]

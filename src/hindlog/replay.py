@@ -725,7 +725,7 @@ def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> int:
     conn = store.connect()
     try:
         with catalog.transaction(conn):
-            for (name,) in conn.execute("SELECT id FROM names").fetchall():
+            for name, text in conn.execute("SELECT id, name FROM names").fetchall():
                 params = {"name": name, "run": plan.run, "src": catalog.SOURCE_REPLAY, "base": base, "lo": lo, "hi": hi}
                 stored = conn.execute(
                     "SELECT COUNT(*), COUNT(*) - COUNT(c.iteration) FROM records r CROSS JOIN contexts c"
@@ -734,13 +734,15 @@ def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> int:
                 ).fetchone()
                 if not stored[0]:
                     continue
-                replaced += conn.execute(
+                dropped = conn.execute(
                     "DELETE FROM records WHERE rowid IN ("
                     " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
                     " WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx<:base"
                     " AND ((c.iteration>=:lo AND c.iteration<:hi) OR (:outside AND c.iteration IS NULL)))",
                     {**params, "outside": 1 if stored[1] else 0},
                 ).rowcount
+                if text != catalog.STDOUT_AT:  # where a replayed line was printed: not a value of its own
+                    replaced += dropped
     finally:
         conn.close()
     return replaced
