@@ -1,6 +1,6 @@
 """Benchmark: hands-free mode on unmodified scripts, record overhead and replay speed.
 
-    .venv/bin/python bench/bench_handsfree.py [--pairs 3] [--quick] [--wait-load X] [--malloc steady|default]
+    .venv/bin/python bench/bench_handsfree.py [--pairs 3] [--quick] [--wait-load X] [--malloc steady|default] [--out NAME]
         [--workloads cnn-engine,while-early,sklearn-partial-fit,lstm-last-loss,cnn,finetune,lstm,sklearn]
 
 Two kinds of workloads, none of which imports hindlog:
@@ -316,6 +316,7 @@ def main() -> None:
     p.add_argument("--poll", type=float, default=30.0)
     p.add_argument("--malloc", default="steady", choices=["steady", "default"],
                    help="glibc's allocator held steady for both sides (default), or left adaptive (bench/common.py)")
+    p.add_argument("--out", default=None, help="results file name under bench/results (default: handsfree[-quick])")
     args = p.parse_args()
     names = [n for n in args.workloads.split(",") if n]
     for n in names:
@@ -335,7 +336,7 @@ def main() -> None:
         mach["wait_load"] = load
     data = {"benchmark": "handsfree", "command": " ".join(["bench/bench_handsfree.py", *sys.argv[1:]]),
             "machine": mach, "results": results}
-    path = save("handsfree" + ("-quick" if args.quick else ""), data)
+    path = save(args.out or ("handsfree" + ("-quick" if args.quick else "")), data)
     print("\n| workload | python (s) | hindlog run (s) | bracketed ratio (median) | checkpoints / iterations | replay, default workers (s) "
           "| replay, 1 worker (s) | re-run (s) | speedup | output = fresh run |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -273,3 +273,18 @@ def test_logs_tells_a_logged_nan_from_no_value_and_keeps_integers(project: Proje
     table = main(project, "logs", "answer", "loss").stdout.splitlines()
     assert table[1].split()[-1] == "42" and table[3].split()[-1] == "nan"
     assert "NaN" not in "\n".join(table) and "<NA>" not in "\n".join(table)
+
+
+def test_logs_json_of_nested_nans_a_logged_none_and_a_missing_arg(project: Project) -> None:
+    project.run("import numpy as np, hindlog as hl\nhl.arg('lr', 0.1)\n"
+                "hl.log('vec', np.array([np.nan, 1.0]))\nhl.log('d', {'a': float('nan'), 'b': [float('-inf')]})\n"
+                "for i in hl.loop('it', range(3)):\n    hl.log('maybe', None if i == 1 else 0.5)\n")
+    project.run("import hindlog as hl\nhl.log('vec', [2.0])\n")  # no hl.arg: no lr
+    rows = json.loads(main(project, "logs", "vec", "d", "maybe", "--format", "json").stdout)
+    assert rows[0]["vec"] == ["NaN", 1.0] and rows[0]["d"] == {"a": "NaN", "b": ["-Infinity"]}
+    assert [r["it"] for r in rows[:4]] == [None, 0, 1, 2]
+    assert [r["maybe"] for r in rows[:4]] == [None, 0.5, None, 0.5]
+    assert rows[0]["lr"] == 0.1 and rows[-1]["lr"] is None and rows[-1]["vec"] == [2.0]
+    table = main(project, "logs", "maybe").stdout.splitlines()
+    assert [l.split()[-1] for l in table[1:]] == ["0.5", "None", "0.5"]
+    assert project.df("maybe")["maybe"].tolist()[1] is None

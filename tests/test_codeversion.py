@@ -273,3 +273,44 @@ def test_each_run_gets_its_own_ref(project: Project, n: int) -> None:
     # Unchanged code: the snapshots share one tree.
     trees = {project.git("rev-parse", f"{r}^{{tree}}").strip() for r in refs}
     assert len(trees) == 1
+
+
+def test_helper_commands_run_without_pipes(tmp_path: Path) -> None:
+    from hindlog.processes import run_captured
+
+    done = run_captured(["sh", "-c", "cat; echo out; echo err >&2; exit 3"], input=b"in\n")
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"in\nout\n", b"err\n")
+    assert run_captured(["git", "-C", str(tmp_path), "--version"]).stdout.startswith(b"git version")
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_captured(["sleep", "5"], timeout=0.2)
+    with pytest.raises(OSError):
+        run_captured(["no-such-command-here"])
+
+
+PERSISTENT_LOADER = """
+import torch
+import hindlog as hl
+
+X = torch.randn(128, 4)
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=32, shuffle=True,
+                                     num_workers=2, persistent_workers=True)
+w = torch.zeros(4)
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(3)):
+    for (x,) in hl.loop("step", loader):
+        w += x.mean(0)
+    hl.log("w", float(w.sum()))
+print(hl.run_id())
+"""
+
+
+@pytest.mark.slow
+def test_a_dataloader_forking_persistent_workers_while_the_code_is_snapshotted(project: Project) -> None:
+    """The workers fork while git runs in the background: a pipe they inherit (subprocess's
+    own, for the exec) once kept the run from ending for 120 s and lost its code version."""
+    pytest.importorskip("torch")
+    project.write("train.py", PERSISTENT_LOADER)
+    for _ in range(3):
+        proc = project.run(timeout=60)
+        info = project.run_info(proc.stdout.strip())
+        assert info["code_kind"] == "git" and info["code_version"], proc.stderr

@@ -1091,3 +1091,28 @@ def test_show_output_puts_replayed_prints_where_they_were_printed(proj: HFProjec
     proj.replay("train.py", "--run", run, "--workers", "1")
     assert [text for _i, _s, text in proj.output(run)] == fresh
     assert "@stdout@at" not in proj.hindlog("show", run, check=True).stdout
+
+
+def test_show_output_places_prints_of_iterations_that_printed_nothing(proj: HFProject) -> None:
+    proj.write(
+        "train.py",
+        dedent(
+            """
+            import numpy as np
+
+            w = np.zeros(2)
+            print("start")
+            for epoch in range(5):
+                w += epoch
+                if epoch % 2 == 0:
+                    print("epoch", epoch)
+            print("done")
+            """
+        ),
+    )
+    proj.commit()
+    _proc, run = proj.record(epsilon=0.9)
+    proj.write("train.py", proj.read().replace("    w += epoch\n", '    w += epoch\n    print("HS", epoch)\n'))
+    fresh = proj.python().stdout.splitlines()
+    proj.replay("train.py", "--workers", "2")
+    assert [text for _i, _s, text in proj.output(run)] == fresh

@@ -444,6 +444,26 @@ def test_loops_in_lockstep_or_left_open_keep_the_contexts_right(project: Project
         assert df[name].tolist() == [0, 1]
 
 
+def test_a_loop_inside_a_generator_another_loop_iterates_is_not_lockstep(project: Project) -> None:
+    out = project.run(
+        """
+        import hindlog as hl
+        def batches(n):
+            for i in hl.loop("i", range(n)):
+                yield i * 10
+        for epoch in hl.loop("epoch", range(2)):
+            for b in hl.loop("batch", batches(3)):
+                hl.log("b", b)
+            hl.log("e", epoch)
+        """
+    )
+    assert "lockstep" not in out.stderr, out.stderr
+    b = project.df("b")
+    assert b["b"].tolist() == [0, 10, 20] * 2 and b["batch"].tolist() == [0, 1, 2] * 2
+    e = project.df("e")
+    assert list(e.columns) == ["run_id", "code_version", "epoch", "e"] and e["e"].tolist() == [0, 1]
+
+
 def test_runs_table(project: Project) -> None:
     script = """
         import hindlog as hl

@@ -841,6 +841,19 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
     assert "replay an earlier run with --run RUN" in same.stderr, same.stderr
 
 
+def test_a_run_of_another_script_is_refused(counter) -> None:
+    proj, run = counter
+    proj.write("other.py", "import hindlog as hl\nfor i in hl.loop('i', range(2)):\n    hl.log('y', i)\n")
+    proj.python("other.py")
+    other = proj.run_ids()[-1]
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    wrong = proj.replay("train.py", "--run", other, check=False)
+    assert wrong.returncode != 0 and f"run {other} is a run of other.py, not of train.py" in wrong.stderr, wrong.stderr
+    mixed = proj.replay("--run", other, "--run", run, check=False)
+    assert mixed.returncode != 0 and "runs of different scripts" in mixed.stderr, mixed.stderr
+    assert proj.count("double") == 0
+
+
 def test_the_plan_says_how_many_iterations_run_their_nested_loops_for_want_of_a_checkpoint(counter) -> None:
     proj, run = counter
     key = proj.sql("SELECT id FROM runs WHERE run_id=?", (run,))[0][0]
@@ -1207,3 +1220,55 @@ def test_workers_of_a_gpu_run_are_spread_over_the_visible_gpus(counter: tuple[Re
     seen = [by_epoch[e] for e in range(6)]
     first = seen.index("7")                                            # segment 2 starts there
     assert 0 < first and seen == ["4"] * first + ["7"] * (6 - first), seen
+
+
+def test_values_logged_before_and_after_the_main_loop_are_checked_on_their_own_side(tmp_path: Path) -> None:
+    """The same name logged before and after the main loop (whose iterations log nothing): the
+    last of two segments runs only the part after the loop, and its value is checked against
+    the record's value from after the loop, not stored again nor compared with the one before."""
+    proj = ReplayProject(tmp_path)
+    text = dedent(
+        """
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        rng = np.random.default_rng(0)
+        w = np.zeros(3)
+        hl.checkpoints(w=w)
+        hl.log("stage", float(w.sum()))
+        for epoch in hl.loop("epoch", range(4)):
+            for k in hl.loop("step", range(2)):
+                w += rng.normal(size=3)
+            time.sleep(0.03)
+        hl.log("stage", float(w.sum()))
+        """
+    )
+    run = proj.record(text, env=DENSE)
+    before = proj.count("stage", run)
+    assert before == 2
+    proj.write("train.py", text.replace("    time.sleep(0.03)\n", '    time.sleep(0.03)\n    hl.log("wsum", float(w.sum()))\n'))
+    result = proj.replay("train.py", "--workers", "2")
+    assert re.search(r"segments: 0:\d, \d:4", result.stdout), result.stdout
+    assert "4 new values stored, " in result.stdout and "DIVERGED" not in result.stderr, result.stdout + result.stderr
+    assert proj.count("stage", run) == before  # checked, not stored a second time
+    stage = proj.sql("SELECT r.value FROM records r JOIN names n ON n.id=r.name WHERE n.name='stage' ORDER BY r.rowid")
+    wsum = proj.values("wsum", run)
+    assert float(stage[-1][0]) == wsum[(("epoch", 3),)]
+
+
+def test_a_changed_line_is_refused_also_when_an_older_version_lacks_it(tmp_path: Path) -> None:
+    """v1, then v2 adds a statement; changing that statement must be refused, not read as a
+    statement added to v1 (which would then be replayed into v2's code next to the original)."""
+    proj = ReplayProject(tmp_path)
+    v1 = dedent(COUNTER)
+    proj.record(v1, env=DENSE)
+    proj.commit("v1")
+    v2 = insert_after(v1, 'hl.log("x", state["x"])', 'hl.log("half", state["x"] / 2)')
+    run = proj.record(v2, env=DENSE)
+    proj.commit("v2")
+    proj.write("train.py", v2.replace('hl.log("half", state["x"] / 2)', 'hl.log("half", state["x"] / 4)'))
+    refused = proj.replay("train.py", check=False)
+    assert refused.returncode != 0 and "--force" in refused.stderr, refused.stdout + refused.stderr
+    assert '+    hl.log("half", state["x"] / 4)' in refused.stderr, refused.stderr
+    assert proj.count("half", run) == 6  # nothing replayed

@@ -318,3 +318,53 @@ def test_resume_of_a_hands_free_run_after_kill_9_records_the_rest_of_the_run(tmp
     from hindlog import query
 
     assert query.run_duration(info) == pytest.approx(info["ended"] - info["started"] - stopped)
+
+
+PRINTS_AFTER_LOOP = """
+import os, time
+import numpy as np
+
+rng = np.random.default_rng(0)
+w = np.zeros(2)
+print("start")
+for epoch in range(4):
+    for k in range(3):
+        w += rng.normal(size=2)
+    print("epoch", epoch, round(float(w.sum()), 6), flush=True)
+    time.sleep(0.05)
+print("training done", flush=True)
+held = time.time()
+while os.path.exists(os.environ.get("HOLD_FILE", "")) and time.time() - held < 30:
+    time.sleep(0.01)
+print("final eval", round(float(w.sum()), 6))
+"""
+
+
+def test_resume_of_a_run_killed_after_its_main_loop_logs_what_follows_once(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", PRINTS_AFTER_LOOP)
+    hold = tmp_path / "hold"
+    hold.touch()
+    proc = subprocess.Popen(
+        [str(HINDLOG_SCRIPT), "run", "train.py"], cwd=proj.root, text=True,
+        env=proj.env({"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.9"}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        def done_is_recorded() -> bool:
+            try:
+                return any(v == "training done" for _i, _n, v in proj.records(proj.run_ids()[0]))
+            except Exception:  # the catalog is still being created
+                return False
+
+        wait_for(done_is_recorded, timeout=90, interval=0.05, proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+        hold.unlink()
+    (run_id,) = proj.run_ids()
+    proj.cli("resume", run_id)
+    lines = [v for _i, name, v in proj.records(run_id) if name == "@stdout"]
+    reference = proj.cli("run", "train.py").stdout.splitlines()
+    assert lines == reference, lines

@@ -12,7 +12,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -409,15 +409,26 @@ STDOUT_AT = "@stdout@at"
 AFTER_MAIN_LOOP = "#after"
 
 
-def main_loop_first_rowid(conn: sqlite3.Connection, run: int) -> int | None:
-    """The rowid of the first value the record logged inside the main loop (None: it logged none
-    there). Values outside every loop with a later rowid were logged after the main loop."""
-    row = conn.execute(
-        "SELECT MIN(r.rowid) FROM records r JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
-        "WHERE r.run=? AND r.source=? AND c.iteration IS NOT NULL",
-        (run, SOURCE_RECORD),
-    ).fetchone()
-    return row[0] if row else None
+def split_outside_loops(info: dict[str, Any]) -> Callable[[str | None, str, int | None], bool] | None:
+    """A function that says, for the record's values in log order, whether a value logged
+    outside every loop (``iteration`` None) was logged after the main loop: those of a name
+    beyond the count the writer stored for before it (``info.preloop_counts``), and those of
+    loops after the main loop. None for a run recorded without the counts."""
+    counts = info.get("preloop_counts")
+    if counts is None:
+        return None
+    seen: dict[str, int] = {}
+
+    def after(loops: str | None, name: str, iteration: int | None) -> bool:
+        if iteration is not None:
+            return False
+        if loops not in (None, "[]"):
+            return True  # an hl.loop outside the main loop comes after it (the first one is the main loop)
+        n = seen.get(name, 0)
+        seen[name] = n + 1
+        return n >= counts.get(name, 0)
+
+    return after
 
 
 def logged_names(conn: sqlite3.Connection, run: int | None = None) -> list[str]:

@@ -266,10 +266,9 @@ def _logs(args: argparse.Namespace) -> int:
         print(f"No values logged under {', '.join(args.names)}.", file=sys.stderr)
         return 1
     if args.format == "json":
-        print(json.dumps([
-            {c: (_json_value(v) if c not in logged or logged.at[i, c] else None) for c, v in row.items()}
-            for i, row in zip(df.index, df.to_dict("records"))
-        ], allow_nan=False, default=_json_default))
+        columns = [str(c) for c in df.columns]
+        cells = [_json_column(df[c], logged[c].to_numpy() if c in logged.columns else None) for c in df.columns]
+        print(json.dumps([dict(zip(columns, row)) for row in zip(*cells)], allow_nan=False, default=_json_default))
         return 0
     # A context with no value is blank; a logged NaN reads "nan" (pandas would show both as NaN).
     for column in logged.columns:
@@ -287,24 +286,56 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_value(value: Any) -> Any:
-    """A value as strict JSON holds it: NaN and the infinities as the strings "NaN",
-    "Infinity" and "-Infinity" (null is a context without a value)."""
-    item = getattr(value, "item", None)
-    if callable(item) and getattr(value, "ndim", 1) == 0:
-        value = item()
-    if isinstance(value, float) and value != value:
-        return "NaN"
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return "Infinity" if value > 0 else "-Infinity"
-    if value is not None and not isinstance(value, (str, int, float, bool, list, dict)):
-        try:
-            import pandas as pd
+def _json_column(column: Any, logged: Any) -> list[Any]:
+    """A column's cells as strict JSON holds them. ``logged``: where a value was logged (value
+    columns); elsewhere a missing cell (NaN, None, NA) is null."""
+    import numpy as np
 
-            if pd.isna(value):
-                return None
-        except (TypeError, ValueError):
-            pass
+    # Nullable integer columns become Python ints and NA, not floats.
+    values = column.astype(object).to_numpy() if str(column.dtype) == "Int64" else column.to_numpy()
+    if values.dtype.kind == "f":
+        out = values.tolist()
+        for k in np.flatnonzero(~np.isfinite(values)).tolist():
+            out[k] = _json_value(out[k]) if logged is not None and logged[k] else None
+    elif values.dtype.kind in "iub":
+        out = values.tolist()
+    else:
+        out = [_json_value(v) if (logged[k] if logged is not None else not _missing(v)) else None for k, v in enumerate(values)]
+    if logged is not None and values.dtype.kind != "O":
+        for k in np.flatnonzero(~logged).tolist():
+            out[k] = None
+    return out
+
+
+def _missing(value: Any) -> bool:
+    if value is None or (isinstance(value, float) and value != value):
+        return True
+    try:
+        import pandas as pd
+
+        return value is pd.NA or value is pd.NaT
+    except ImportError:
+        return False
+
+
+def _json_value(value: Any) -> Any:
+    """A logged value as strict JSON holds it: NaN and the infinities, at any depth, as the
+    strings "NaN", "Infinity" and "-Infinity" (null is None, or a context without a value)."""
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist) and not isinstance(value, (str, bytes)):
+        value = tolist()  # NumPy arrays and scalars
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (float("inf"), float("-inf")):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if value is not None and not isinstance(value, (str, int, bool)) and _missing(value):
+        return None
     return value
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import catalog, config
 from .errors import CodeVersionError
+from .processes import run_captured
 from .store import Store
 
 _GIT_IDENTITY = {
@@ -46,7 +47,7 @@ class CodeVersion:
 def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> bytes:
     full_env = {**os.environ, **_GIT_IDENTITY, **(env or {})}
     try:
-        out = subprocess.run(["git", *args], cwd=root, env=full_env, capture_output=True, input=input, timeout=120)
+        out = run_captured(["git", "-C", str(root), *args], env=full_env, input=input, timeout=120)
     except (OSError, subprocess.SubprocessError) as e:
         raise CodeVersionError(f"git {' '.join(args)} could not run: {e}") from None
     if out.returncode != 0:

@@ -166,12 +166,25 @@ class ResumeController(Controller):
             raise ReplayError(f"run {run['run_id']} has no readable checkpoint to resume from")
         last = self.loaded.iteration
         with catalog.transaction(conn):
-            # Records of iterations after the checkpoint are re-made by the resumed run.
+            # Records of iterations after the checkpoint are re-made by the resumed run. Values a
+            # replay stored for them stay: the resumed run computes those iterations as before.
             conn.execute(
-                "DELETE FROM records WHERE run=? AND ctx IN (SELECT id FROM contexts WHERE run=? AND iteration>?)",
-                (run["id"], run["id"], last),
+                "DELETE FROM records WHERE run=? AND source=? AND ctx IN (SELECT id FROM contexts WHERE run=? AND iteration>?)",
+                (run["id"], catalog.SOURCE_RECORD, run["id"], last),
             )
             conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration>?", (run["id"], last))
+            # So are the values the killed process logged after its main loop (if it got there).
+            after = catalog.split_outside_loops(run.get("info") or {})
+            if after is not None:
+                late = [
+                    rowid for rowid, loops, name in conn.execute(
+                        "SELECT r.rowid, c.loops, n.name FROM contexts c CROSS JOIN records r ON r.run=c.run AND r.ctx=c.id "
+                        "JOIN names n ON n.id=r.name WHERE c.run=? AND c.iteration IS NULL AND r.source=? ORDER BY r.rowid",
+                        (run["id"], catalog.SOURCE_RECORD),
+                    )
+                    if after(loops, name, None)
+                ]
+                conn.executemany("DELETE FROM records WHERE rowid=?", [(r,) for r in late])
             flags = run.get("flags") or []
             # The time it stood killed is not part of the run's duration.
             info = run.get("info") or {}
@@ -273,6 +286,7 @@ class ReplayController(Controller):
         self.run_blocks = 0
         self._keys: dict[tuple[Any, ...], str] = {}
         self._block_keys: list[tuple[int, int]] = []
+        self._split_after = False
 
     def attach(self, conn: Any) -> tuple[int, str, int]:
         run = catalog.get_run(conn, self.spec["run_id"])
@@ -287,14 +301,17 @@ class ReplayController(Controller):
         }
         # Recorded values of this segment, to check the replayed ones against.
         rows = conn.execute(
-            "SELECT r.rowid, c.iteration, c.loops, n.name, r.kind, r.value FROM names n CROSS JOIN records r ON r.name=n.id "
+            "SELECT c.iteration, c.loops, n.name, r.kind, r.value FROM names n CROSS JOIN records r ON r.name=n.id "
             "CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx WHERE r.run=? AND r.source=? "
             "AND (c.iteration IS NULL OR (c.iteration>=? AND c.iteration<?)) ORDER BY r.rowid",
             (run["id"], catalog.SOURCE_RECORD, self.start, self.end),
         ).fetchall()
-        boundary = catalog.main_loop_first_rowid(conn, run["id"])
-        for rowid, iteration, loops, name, kind, value in rows:
-            if iteration is None and boundary is not None and rowid > boundary and loops == "[]":
+        after = catalog.split_outside_loops(run.get("info") or {})
+        #: Values outside every loop are keyed apart before and after the main loop (the last
+        #: segment runs only the latter), where the record says which is which.
+        self._split_after = after is not None
+        for iteration, loops, name, kind, value in rows:
+            if after is not None and after(loops, name, iteration) and loops == "[]":
                 loops += catalog.AFTER_MAIN_LOOP
             self.recorded.setdefault((loops, name), []).append(decode(kind, value))
         #: The nested-loop checkpoints this segment may restore, in the order it meets them.
@@ -327,7 +344,7 @@ class ReplayController(Controller):
             if len(self._keys) > 10_000:
                 self._keys.clear()
             self._keys[ctx] = key
-        if not ctx and self.main_started:
+        if not ctx and self.main_started and self._split_after:
             return key + catalog.AFTER_MAIN_LOOP
         return key
 
@@ -335,8 +352,8 @@ class ReplayController(Controller):
         """Where a hindsight ``print`` goes among the lines the record printed (``query.output``):
         ``[how many of its context's the replayed code has printed so far, 1 if after the main
         loop else 0]``."""
-        key = self._context_key()
-        return [self.seen_printed.get((key, "@stdout"), 0), int(key.endswith(catalog.AFTER_MAIN_LOOP))]
+        after_main_loop = self.main_started and self.recorder.iteration is None
+        return [self.seen_printed.get((self._context_key(), "@stdout"), 0), int(after_main_loop)]
 
     def check_printed(self, line: str) -> None:
         """A line the replayed code printed (not a hindsight print): compared with the line the

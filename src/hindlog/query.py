@@ -174,6 +174,10 @@ def logged_frame(
             df[loop_name] = df[loop_name].astype("Int64")
     for column in value_column.values():
         present = [rec[column] for rec in records if column in rec]
+        if any(v is None for v in present):
+            # A logged None stays None (not NaN, which would read as a logged NaN or no value).
+            df[column] = pd.Series([rec.get(column, np.nan) for rec in records], dtype=object, index=df.index)
+            continue
         if present and len(present) < len(records) and all(type(v) is int or isinstance(v, np.integer) for v in present):
             if all(-(2**63) <= int(v) < 2**63 for v in present):
                 df[column] = df[column].astype("Int64")
@@ -237,52 +241,65 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
 
     Source 0 is the recording, 1 a replay (lines of ``print`` calls added after the fact). A
     replayed line goes where it was printed among the recorded lines of its loop context (the
-    replay stores how many came before it); one whose context printed nothing in the record
-    goes right after the replayed line printed before it, and the first of an iteration's
-    before the next one that has a place (else after the iteration's recorded lines)."""
+    replay stores how many came before it). One whose context printed nothing in the record
+    goes right after the replayed line printed before it in its iteration (or before the one
+    after it); if none of its iteration's has a place, before the next iteration's lines."""
     _flush_own_run()
     st = _open(store)
     conn = st.connect()
     try:
         run = catalog.get_run(conn, ref)
         rows = conn.execute(
-            "SELECT r.rowid, c.iteration, c.loops, n.name, r.kind, r.value, r.source FROM records r "
+            "SELECT r.rowid, r.ctx, c.iteration, c.loops, n.name, r.kind, r.value, r.source FROM records r "
             "JOIN names n ON n.id=r.name LEFT JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
             "WHERE r.run=? AND n.name IN (?, ?) ORDER BY r.rowid",
             (run["id"], "@stdout", catalog.STDOUT_AT),
         ).fetchall()
-        boundary = catalog.main_loop_first_rowid(conn, run["id"])
     finally:
         conn.close()
+    after_main = catalog.split_outside_loops(run.get("info") or {})
 
-    # Lines outside the main loop belong to the part before it ("pre") or after it ("post").
     recorded: list[tuple[Any, int | None, str]] = []  # (group, iteration, text)
     recorded_in: dict[str, list[int]] = {}  # context key -> indices into recorded
-    replayed: dict[str, list[tuple[int, int | None, str]]] = {}  # context -> (rowid, iteration, text)
-    positions: dict[str, list[Any]] = {}
-    for rowid, it, loops, name, kind, value, src in rows:
+    # A replay worker's lines and their places, by context id (each worker has its own ids):
+    # a line and its place are paired in the order that worker stored them.
+    replayed: dict[int, list[tuple[int, int | None, str, str]]] = {}
+    positions: dict[int, list[Any]] = {}
+    for rowid, ctx, it, loops, name, kind, value, src in rows:
         loops = loops or "[]"
         if src == 0:
             if name == "@stdout":
-                post = it is None and boundary is not None and rowid > boundary
+                post = after_main is not None and after_main(loops, name, it)
                 key = loops + catalog.AFTER_MAIN_LOOP if post and loops == "[]" else loops
                 recorded_in.setdefault(key, []).append(len(recorded))
                 recorded.append((it if it is not None else ("post" if post else "pre"), it, decode(kind, value)))
         elif name == "@stdout":
-            replayed.setdefault(loops, []).append((rowid, it, decode(kind, value)))
+            replayed.setdefault(ctx, []).append((rowid, it, loops, decode(kind, value)))
         else:
-            positions.setdefault(loops, []).append(decode(kind, value))
+            positions.setdefault(ctx, []).append(decode(kind, value))
 
-    # Each line gets a sort key (recorded index, slot, order stored): slot 0 before that recorded
-    # line, 1 the line itself, 2 after it; 3 after the group's last line; lines of a group with no
-    # recorded line go last, in the order stored.
-    last_of: dict[Any, int] = {g: k for k, (g, _i, _t) in enumerate(recorded)}
+    first_of: dict[Any, int] = {}
+    last_of: dict[Any, int] = {}
+    for k, (g, _i, _t) in enumerate(recorded):
+        first_of.setdefault(g, k)
+        last_of[g] = k
+    groups_with_lines = sorted(first_of, key=_group_order)
+
+    def anchor(group: Any) -> tuple[int, int] | None:
+        """Where a group's lines go when none has a place of its own."""
+        if group in last_of:
+            return (last_of[group], 3)
+        later = [g for g in groups_with_lines if _group_order(g) > _group_order(group)]
+        if later:
+            return (first_of[later[0]], 0)
+        return (len(recorded) - 1, 3) if recorded else None
+
     pending: list[tuple[int, Any, tuple[int, int] | None, tuple[int | None, int, str]]] = []  # (rowid, group, place, line)
-    for loops, lines in replayed.items():
-        at = positions.get(loops, [])
+    for ctx, lines in replayed.items():
+        at = positions.get(ctx, [])
         if len(at) != len(lines) or not all(isinstance(a, list) and len(a) == 2 for a in at):
-            at = [None] * len(lines)  # stored without positions
-        for (rowid, it, text), position in zip(lines, at):
+            at = [None] * len(lines)  # stored without places
+        for (rowid, it, loops, text), position in zip(lines, at):
             after_loop = bool(position[1]) if position is not None else it is None
             group = it if it is not None else ("post" if after_loop else "pre")
             key = loops + catalog.AFTER_MAIN_LOOP if after_loop and loops == "[]" else loops
@@ -292,26 +309,22 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
                 count = position[0]
                 place = (indices[count], 0) if count < len(indices) else (indices[-1], 2)
             pending.append((rowid, group, place, (it, 1, text)))
-    # The stored order is the print order within a worker: sort by it, then fill the places of
-    # lines that have none from their neighbours.
+    # Within a worker the stored order is the printed order: the lines without a place of their
+    # own take their neighbours'.
     pending.sort(key=lambda p: p[0])
     by_group: dict[Any, list[list[Any]]] = {}
-    for s_, group, place, line in pending:
-        by_group.setdefault(group, []).append([s_, place, line])
+    for rowid, group, place, line in pending:
+        by_group.setdefault(group, []).append([rowid, place, line])
     keyed: list[tuple[tuple[Any, ...], tuple[int | None, int, str]]] = []
     for group, items in by_group.items():
         previous = None
         for n, item in enumerate(items):
             if item[1] is None:
-                if previous is not None:
-                    item[1] = previous
-                else:
-                    following = next((other[1] for other in items[n + 1:] if other[1] is not None), None)
-                    item[1] = following if following is not None else (
-                        (last_of[group], 3) if group in last_of else None)
+                following = next((other[1] for other in items[n + 1:] if other[1] is not None), None)
+                item[1] = previous or following or anchor(group)
             previous = item[1]
-            place = item[1]
-            keyed.append(((0, place[0], place[1], item[0]) if place is not None else (1, _group_order(group), item[0], 0), item[2]))
-    keyed.extend(((0, k, 1, 0), (it, 0, text)) for k, (_g, it, text) in enumerate(recorded))
+            order = _group_order(group)
+            keyed.append(((0, *item[1], order, item[0]) if item[1] is not None else (1, order, item[0]), item[2]))
+    keyed.extend(((0, k, 1, (0, 0), 0), (it, 0, text)) for k, (_g, it, text) in enumerate(recorded))
     keyed.sort(key=lambda kv: kv[0])
     return [line for _k, line in keyed]

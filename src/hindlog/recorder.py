@@ -138,7 +138,8 @@ class Recorder:
         finally:
             conn.close()
         source = self.controller.source if self.controller is not None else catalog.SOURCE_RECORD
-        self.writer = Writer(store.catalog_path, store.spill_dir, self.run, self.run_id, source=source, ctx_base=ctx_base)
+        self.writer = Writer(store.catalog_path, store.spill_dir, self.run, self.run_id, source=source, ctx_base=ctx_base,
+                             count_before_main_loop=self.controller is None)
         self.append = self.writer.append
         self._snapshot_thread = threading.Thread(target=self._snapshot_code, name="hindlog-code", daemon=True)
         if self.controller is None:
@@ -262,6 +263,7 @@ class Recorder:
         checkpointer = self.checkpointer
         if checkpointer is not None:
             checkpointer.main_loop_started(name, frame, iterable)
+        self.writer.main_loop_starts()
         i = start
         open_iteration = None
         clock = time.perf_counter
@@ -365,6 +367,18 @@ class Recorder:
             current = current[3]
         return False
 
+    def _pulled_by_current(self, level: tuple[Any, ...]) -> bool:
+        """Whether the loop now current is fetching its next item from this one (a loop inside
+        a generator that another loop iterates): the current loop's frame is on the stack."""
+        current = self._level
+        frame = sys._getframe(2)
+        code = Recorder._inner_loop.__code__
+        while frame is not None:
+            if frame.f_code is code and frame.f_locals.get("level") is current:
+                return True
+            frame = frame.f_back
+        return False
+
     def _reenter(self, level: tuple[Any, ...]) -> tuple[Any, ...]:
         """A loop moves on while another one's level is current. If that one runs inside it (left
         open, e.g. a generator kept alive after ``break``), it is over: this loop is current again.
@@ -373,7 +387,7 @@ class Recorder:
         if self._is_open(level):
             self._level = level
             return level
-        if not self._warned_lockstep:
+        if not self._warned_lockstep and not self._pulled_by_current(level):
             self._warned_lockstep = True
             outer = self._level[1] if self._level is not None else None
             warnings.warn(

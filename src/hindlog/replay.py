@@ -125,7 +125,14 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
         chosen_runs = {}  # one replay per run, however often it is named
         for r in runs:
             row = catalog.get_run(conn, r)
+            if script is not None and row.get("script") and row["script"] != script:
+                raise ReplayError(f"run {row['run_id']} is a run of {row['script']}, not of {script}: replay "
+                                  f"{row['script']} (or leave SCRIPT out to replay the run's own script)")
             chosen_runs.setdefault(row["run_id"], row)
+        scripts = {r.get("script") for r in chosen_runs.values()}
+        if len(scripts) > 1:
+            raise ReplayError(f"the runs given are runs of different scripts ({', '.join(sorted(map(str, scripts)))}): "
+                              "replay each script's runs on their own")
         return list(chosen_runs.values())
     candidates = catalog.list_runs(conn, script)
     if not candidates:
@@ -343,7 +350,9 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     plan.segments = segments
     plan.estimate = preloop + max(s.estimate for s in segments)
     if run.get("started") and run.get("ended"):
-        plan.full_rerun = run["ended"] - run["started"]
+        from .query import run_duration
+
+        plan.full_rerun = run_duration(run)
         if plan.total_iterations == 0:
             plan.estimate = plan.full_rerun  # no main loop: all of it runs again
 
@@ -700,12 +709,14 @@ def _drop_segments(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
     try:
         with catalog.transaction(conn):
             # Name by name, through the (name, run) index.
-            for (name,) in conn.execute("SELECT id FROM names").fetchall():
+            for name, text in conn.execute("SELECT id, name FROM names").fetchall():
                 for lo, hi in spans:
-                    dropped += conn.execute(
+                    n = conn.execute(
                         "DELETE FROM records WHERE name=? AND run=? AND source=? AND ctx>=? AND ctx<?",
                         (name, run, catalog.SOURCE_REPLAY, lo, hi),
                     ).rowcount
+                    if text != catalog.STDOUT_AT:  # where a replayed line was printed: not a value
+                        dropped += n
     finally:
         conn.close()
     return dropped
@@ -815,7 +826,11 @@ def replay(
         base = next((r["code_version"] for r in reversed(targets) if r.get("code_version")), None)
         if base is None:
             raise ReplayError("none of the target runs has a code version")
-        later = [r["code_version"] for r in reversed(catalog.list_runs(conn, rel)) if r.get("code_version")]
+        # Only code recorded since the newest target: against an older version, a changed line
+        # would read as an added statement.
+        newest = max((r.get("started") or 0) for r in targets)
+        later = [r["code_version"] for r in reversed(catalog.list_runs(conn, rel))
+                 if r.get("code_version") and (r.get("started") or 0) >= newest]
         first_error: ReplayError | None = None
         for version in dict.fromkeys([base, *later]):
             try:

@@ -16,19 +16,18 @@ from pathlib import Path
 
 from . import catalog, config
 from .objects import ObjectStore
+from .processes import run_captured
 
 
 def git_toplevel(start: Path) -> Path | None:
     """The git work tree containing ``start``, or None."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, timeout=30
-        )
+        out = run_captured(["git", "-C", str(start), "rev-parse", "--show-toplevel"], timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
         return None
-    return Path(out.stdout.strip())
+    return Path(os.fsdecode(out.stdout.strip()))
 
 
 def project_root(start: Path | None = None) -> Path:

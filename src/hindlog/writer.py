@@ -65,11 +65,19 @@ def apply_command(conn: sqlite3.Connection, run: int, data: tuple[str, Any]) -> 
         raise ValueError(f"unknown catalog command {kind!r}")
 
 
+#: A writer with nothing to write still marks the run alive this often (seconds).
+HEARTBEAT_SECONDS = 10.0
+
+#: Queued where the main loop starts (``Writer.main_loop_starts``).
+_MAIN_LOOP_STARTS = object()
+
+
 class Writer:
     """One per recording process; see the module docstring."""
 
     def __init__(
-        self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD, ctx_base: int = 0
+        self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD, ctx_base: int = 0,
+        count_before_main_loop: bool = False,
     ) -> None:
         self.catalog_path = catalog_path
         self.spill_dir = spill_dir
@@ -87,6 +95,11 @@ class Writer:
         self._prev_prefix = "["
         self._prev_iteration: int | None = None
         self._next_ctx = ctx_base
+        self._last_commit = time.monotonic()
+        #: Per name, the values logged outside every loop so far, until the main loop starts
+        #: (``main_loop_starts``): stored as the run's ``info.preloop_counts``, they tell the values
+        #: logged before the main loop from those logged after it, which share the context ``[]``.
+        self._preloop_counts: dict[str, int] | None = {} if count_before_main_loop else None
         #: Pending loop contexts, flattened the same way: ``ctx_id, iteration, loops_json, ...``.
         self._pending_contexts: list[Any] = []
         #: Pending records, flattened: ``ctx_id, name, kind, value, ctx_id, name, ...`` (no tuple per
@@ -115,6 +128,10 @@ class Writer:
             return True
         self._wake.set()
         return done.wait(timeout)
+
+    def main_loop_starts(self) -> None:
+        """Mark, in the order of the records, where the main loop starts."""
+        self.queue.append(_MAIN_LOOP_STARTS)
 
     def change(self, kind: str, payload: Any) -> None:
         """Queue a catalog change for this run: ``update_run`` (fields), ``flag`` (a name),
@@ -156,6 +173,10 @@ class Writer:
         queue = self.queue
         n = len(queue)
         if n == 0 and not self._pending_cells and not self._pending_commands:
+            if time.monotonic() - self._last_commit >= HEARTBEAT_SECONDS:
+                # Nothing to write, but the run is alive: a resume after kill -9 tells from the
+                # heartbeat how long the run stood killed.
+                self._commit()
             return
         if n:
             # Take exactly the n items queued so far, in order, in one C-level call
@@ -165,6 +186,19 @@ class Writer:
             self._ctx_ids.clear()  # a repeated context gets a new id with the same loops: harmless
         self._commit()
 
+    def _count_before_main_loop(self, items: list[Any]) -> None:
+        counts = self._preloop_counts
+        assert counts is not None
+        for k, item in enumerate(items):
+            if type(item) is tuple:
+                if not item[0]:  # the context outside every loop
+                    counts[item[1]] = counts.get(item[1], 0) + 1
+            elif item is _MAIN_LOOP_STARTS:
+                self._preloop_counts = None
+                data = ("info", {"preloop_counts": counts})
+                items[k] = _Command(lambda conn: apply_command(conn, self.run, data), None, data)
+                return
+
     def _take(self, items: list[Any]) -> None:
         """Turn queued items into pending records (``ctx_id, name, kind, value``) and commands, in order.
 
@@ -173,6 +207,8 @@ class Writer:
         last one is remembered by identity instead of hashing every context;
         finite floats and int64 ints (almost everything) skip ``encode``.
         """
+        if self._preloop_counts is not None:
+            self._count_before_main_loop(items)
         cells_extend = self._pending_cells.extend
         commands_append = self._pending_commands.append
         ctx_ids = self._ctx_ids
@@ -201,7 +237,7 @@ class Writer:
                     self._warn(f"could not store a value of {name!r}: {e}")
                     continue
                 cells_extend((cid, name, kind, enc))
-            else:
+            elif item is not _MAIN_LOOP_STARTS:  # a mark not counted (replay, resume) is dropped
                 commands_append(item)
 
     def _new_context(self, ctx: tuple[Any, ...]) -> int:
@@ -254,6 +290,7 @@ class Writer:
                 for cmd in commands:
                     cmd.fn(conn)
                 conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
+            self._last_commit = time.monotonic()
         except sqlite3.Error as e:
             self._on_failure(e)
             for cmd in commands:  # waiters must not hang on an unwritable catalog
