@@ -307,3 +307,24 @@ def test_a_statement_in_a_nested_loop_reads_what_its_loop_just_assigned() -> Non
     # Unless the statement assigns it first.
     new = add_after(inline, '    hl.log("loss", float(loss))', "    h = model(val_x)\n    hl.log('h2', float(h.mean()))")
     assert probed(new, {"train.py": inline}) == {"epoch"}
+
+
+def test_a_statement_reading_its_own_loops_target_does_not_probe_a_sibling_loop() -> None:
+    """``for x, y in train`` then ``for x, y in val``: a new statement in the val loop reading
+    ``y`` reads the val loop's own ``y``, not the one the train loop left."""
+    base = dedent("""
+        import hindlog as hl
+
+        for epoch in hl.loop("epoch", range(3)):
+            for x, y in hl.loop("train", [(1, 2)]):
+                w = x + y
+            for x, y in hl.loop("val", [(3, 4)]):
+                out = x * 2
+    """)
+    new = base.replace("        out = x * 2\n", "        out = x * 2\n        hl.log('q', y + out)\n")
+    ranges = find_additions("train.py", base, new).statements
+    assert probed_loops({"train.py": new}, {"train.py": ranges}) == {"epoch", "val"}
+    # Reading w, which only the train loop assigns and nothing reads after it: train must run.
+    new = base.replace("        out = x * 2\n", "        out = x * 2\n        hl.log('q', w)\n")
+    ranges = find_additions("train.py", base, new).statements
+    assert probed_loops({"train.py": new}, {"train.py": ranges}) == {"epoch", "val", "train"}

@@ -897,7 +897,7 @@ def test_a_failed_run_replays_up_to_its_error(tmp_path: Path) -> None:
     proj.write("train.py", insert_after(failing, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     for workers in ("1", "2"):
         result = proj.replay("train.py", "--workers", workers)
-        assert "the script ended with an error, as the recorded run did: RuntimeError: boom" in result.stdout, result.stdout
+        assert "the script ended with an error, as the recorded run did: exit status 1 (RuntimeError: boom)" in result.stdout, result.stdout
         assert summary(result.stdout)["stored"] == 4, result.stdout
         assert proj.values("double", run) == {k: 2 * v for k, v in expected_x(4).items()}
 
@@ -1272,3 +1272,32 @@ def test_a_changed_line_is_refused_also_when_an_older_version_lacks_it(tmp_path:
     assert refused.returncode != 0 and "--force" in refused.stderr, refused.stdout + refused.stderr
     assert '+    hl.log("half", state["x"] / 4)' in refused.stderr, refused.stderr
     assert proj.count("half", run) == 6  # nothing replayed
+
+
+def test_a_divergence_only_in_segments_that_start_mid_run_says_to_replay_in_one(tmp_path: Path) -> None:
+    """An iterator made once before the main loop and drawn from in every iteration is not in
+    the checkpoints: a segment that starts mid-run starts it afresh and diverges; one segment
+    does not."""
+    proj = ReplayProject(tmp_path)
+    text = dedent(
+        """
+        import time
+        import hindlog as hl
+
+        draws = iter(range(100))
+        state = {"x": 0}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(6)):
+            for k in hl.loop("step", range(2)):
+                state["x"] += k
+            time.sleep(0.03)
+            hl.log("draw", next(draws))
+        """
+    )
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", text + 'hl.log("end", state["x"])\n')
+    two = proj.replay("train.py", "--workers", "2", check=False)
+    assert "DIVERGED" in two.stderr and "--workers 1 replays the run in one segment" in two.stderr, two.stdout + two.stderr
+    one = proj.replay("train.py", "--workers", "1")
+    assert "DIVERGED" not in one.stderr
+    assert proj.values("end", run) == {(): 6}

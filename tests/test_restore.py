@@ -506,10 +506,16 @@ def test_state_the_main_loop_uses_but_hl_checkpoints_leaves_out_is_named_in_a_wa
     proj = CkProject(tmp_path)
     proj.write("train.py", UNDECLARED)
     stderr = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
-    assert "the main loop changes model, rng but hl.checkpoints() does not name them" in stderr, stderr
+    assert "the main loop changes model, rng but the checkpoints do not hold them" in stderr, stderr
     assert "hl.checkpoints(model=model, ...)" in stderr
-    proj.write("train.py", UNDECLARED.replace("hl.checkpoints(opt=opt, w=w)", "hl.checkpoints(opt=opt, w=w, model=model, rng=rng)"))
-    assert "does not name" not in proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
+    assert "train.py:" in stderr and "checkpoint.py" not in stderr, stderr  # shown at the user's loop
+    # All declared; a loop variable that is one of the model's parameters (an EMA update) is
+    # checkpointed with the model.
+    declared = UNDECLARED.replace("hl.checkpoints(opt=opt, w=w)", "hl.checkpoints(opt=opt, w=w, model=model, rng=rng)")
+    declared = declared.replace("    w += 1\n", "    w += 1\n    with torch.no_grad():\n        for p in model.parameters():\n            p.mul_(0.99)\n")
+    assert "p.mul_(0.99)" in declared
+    proj.write("train.py", declared)
+    assert "checkpoints do not hold" not in proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
 
 
 RNG_OBJECT = """

@@ -666,11 +666,17 @@ class Checkpointer:
         undeclared.update(trained_by({d.name: d.held for d in self.declared.values()}, {**frame.f_globals, **scope}))
         missing = sorted(undeclared)
         if missing:
-            warnings.warn(
-                f"hindlog: the main loop changes {', '.join(missing)} but hl.checkpoints() does not name "
-                f"{'it' if len(missing) == 1 else 'them'}; replay and resume cannot restore "
-                f"{'its' if len(missing) == 1 else 'their'} state. Add it: hl.checkpoints({missing[0]}={missing[0]}, ...).",
-                RuntimeWarning,
+            them = "it" if len(missing) == 1 else "them"
+            if getattr(sys.modules.get("hindlog.handsfree"), "RUNNING", False):
+                advice = (f"hindlog run did not find {them} in the script's code: a replay that skips loops may "
+                          "not reproduce the run (it reports a divergence if so)")
+            else:
+                advice = f"Add {them}: hl.checkpoints({missing[0]}={missing[0]}, ...)."
+            # Shown at the user's main loop, not at this line.
+            warnings.warn_explicit(
+                f"hindlog: the main loop changes {', '.join(missing)} but the checkpoints do not hold "
+                f"{them}; replay and resume cannot restore {'its' if len(missing) == 1 else 'their'} state. {advice}",
+                RuntimeWarning, frame.f_code.co_filename, frame.f_lineno,
             )
 
 

@@ -166,7 +166,13 @@ def _runs(args: argparse.Namespace) -> int:
     if args.script:
         df = df[df["script"] == args.script]
     if df.empty:
-        print("No runs yet. Run a script that uses hindlog to record one.")
+        from .store import Store
+
+        path = Store.for_project(store=args.store).path
+        where = f"in {path}" if path.exists() else f"(there is no hindlog store at {path})"
+        if (path / ".hindlog" / "catalog.db").exists():
+            where += f"; the store of the project there is {path / '.hindlog'}"
+        print(f"No runs yet {where}. Run a script that uses hindlog, or `hindlog run SCRIPT`, to record one.")
         return 0
     import pandas as pd
 
@@ -226,7 +232,7 @@ def _show(args: argparse.Namespace) -> int:
     busy = (info.get("info") or {}).get("checkpoints_skipped_busy")
     if busy:
         ckpt_line += (f"; {busy} iteration{'s' if busy > 1 else ''} skipped while the previous checkpoint was still"
-                      " being written (a slow disk)")
+                      " being written (its write took longer than an iteration)")
     lines.append(ckpt_line)
     if overhead is not None:
         eps = info.get("epsilon")
@@ -261,10 +267,19 @@ def _ranges(values: list[int]) -> str:
 
 @command("logs")
 def _logs(args: argparse.Namespace) -> int:
-    df, logged = query.logged_frame(*args.names, runs=args.runs, store=args.store)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        df, logged = query.logged_frame(*args.names, runs=args.runs, store=args.store)
+    for w in caught:  # said as a line of the command's output, not as a Python warning
+        print(f"note: {str(w.message).removeprefix('hl.dataframe: ')}", file=sys.stderr)
     if df.empty:
         print(f"No values logged under {', '.join(args.names)}.", file=sys.stderr)
         return 1
+    never = [c for c in logged.columns if not logged[c].any()]
+    if never:
+        print(f"note: nothing was logged under {', '.join(never)} in these runs (a typo?)", file=sys.stderr)
     if args.format == "json":
         columns = [str(c) for c in df.columns]
         cells = [_json_column(df[c], logged[c].to_numpy() if c in logged.columns else None) for c in df.columns]
@@ -411,6 +426,12 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)
             for d in r.divergences[:10]:
                 print(f"    {d['name']} at iteration {d['iteration']}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
+            plan = next((p for p in report.plans if p.run_id == r.run_id), None)
+            diverged_at = [d["iteration"] for d in r.divergences if d.get("iteration") is not None]
+            if plan is not None and len(plan.segments) > 1 and diverged_at and min(diverged_at) >= plan.segments[0].end:
+                print("  only segments that start mid-run diverged: something made once, at the start, is not in the "
+                      "checkpoints (a DataLoader with persistent workers draws its seed when it is first iterated); "
+                      "--workers 1 replays the run in one segment", file=sys.stderr)
             if r.dropped_diverged:
                 print(f"  the {r.dropped_diverged} new values of the diverged segments were not kept: they were computed from "
                       "a state that is not the record's (--tolerance allows float noise; --force keeps them)", file=sys.stderr)

@@ -34,6 +34,8 @@ from .values import capture
 
 STDOUT = "@stdout"
 STDOUT_AT = catalog.STDOUT_AT
+#: True in a process that ``hindlog run`` started (hindlog's advice to the user differs there).
+RUNNING = False
 _SKIP_TYPES = ("DataLoader", "Dataset", "Sampler", "Logger", "SummaryWriter", "tqdm", "Thread", "Lock", "Random")
 
 
@@ -325,6 +327,8 @@ def _imports_numpy_stack(tree: ast.Module) -> bool:
 
 def run_script(script: str, args: list[str], epsilon: float | None = None, sets: list[str] | None = None) -> int:
     """Run ``script`` with ``args`` under hands-free recording; returns its exit code."""
+    global RUNNING
+    RUNNING = True
     path = Path(script)
     if not path.is_file():
         print(f"{Path(sys.executable).name}: can't open file {str(path.resolve())!r}: [Errno 2] No such file or directory", file=sys.stderr)

@@ -385,6 +385,12 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set
                 fresh -= assigned_names([before])
             else:
                 fresh = (fresh - assigned_names([before])) | _surely_assigned([before])
+        # A loop around the statement binds its target before the statement runs: reading
+        # ``y`` in ``for x, y in val_loader:`` does not read the ``y`` an earlier loop left.
+        for outer in ast.walk(scope):
+            if isinstance(outer, (ast.For, ast.AsyncFor)) and outer is not node and \
+                    any(n is node for stmt in outer.body for n in ast.walk(stmt)):
+                fresh |= assigned_names([outer.target])
         own = _read_before_written([node]) - _comprehension_names([node]) - fresh
         reads.setdefault(id(scope), set()).update(own)
     # The recorded code is the tree without the new statements.

@@ -181,6 +181,11 @@ def logged_frame(
         if present and len(present) < len(records) and all(type(v) is int or isinstance(v, np.integer) for v in present):
             if all(-(2**63) <= int(v) < 2**63 for v in present):
                 df[column] = df[column].astype("Int64")
+    for column in arg_column.values():
+        present = [rec[column] for rec in records if rec.get(column) is not None]
+        if present and len(present) < len(records) and all(type(v) is int for v in present):
+            if all(-(2**63) <= v < 2**63 for v in present):
+                df[column] = df[column].astype("Int64")  # runs without the arg: <NA>, not 2.0 for 2
     order = df.sort_values(["run_id", *loop_names], kind="stable", na_position="first").index
     return df.loc[order].reset_index(drop=True), logged.loc[order].reset_index(drop=True)
 

@@ -246,6 +246,8 @@ def plan_run(
     if iterations is not None:
         lo = iterations[0] if iterations[0] is not None else 0
         hi = iterations[1] if iterations[1] is not None else total
+        if lo >= hi:
+            raise ReplayError(f"--iterations {lo}:{hi} is empty: A:B replays iterations A to B-1, so A must be less than B")
         if not (0 <= lo < hi <= max(total, 1)):
             raise ReplayError(f"--iterations {lo}:{hi} is outside run {run['run_id']}'s main loop (0:{total})")
     rows = checkpoint_rows(conn, run["id"])
@@ -265,7 +267,7 @@ def plan_run(
         if bare:
             plan.notes.append(
                 f"{bare} of the {hi - lo} iterations have no checkpoint of their nested loops (the record's overhead "
-                "budget spaced them): those iterations run their nested loops"
+                "budget spaced them, or a write still ran): those iterations run their nested loops"
             )
     return plan
 
@@ -369,6 +371,8 @@ def describe_plan(plan: RunPlan) -> str:
     else:
         if plan.run_all_blocks:
             lines.append("  nested loops that must run: all")
+        elif not plan.checkpointed:
+            lines.append("  nested loops that must run: all (without checkpoints, none can be skipped)")
         else:
             must_run = sorted(plan.probed - {plan.main_loop})
             lines.append(f"  nested loops that must run: {', '.join(must_run) or 'none (all are skipped)'}")
@@ -649,7 +653,7 @@ def execute(
             # The recorded run failed: its last segment fails again where it did, having
             # replayed everything before. That is the replay of that run, not a failure of it.
             tail = log_path.read_text(errors="replace").strip().splitlines() if log_path.exists() else []
-            result.recorded_failure = tail[-1] if tail else f"exit status {proc.returncode}"
+            result.recorded_failure = f"exit status {proc.returncode}" + (f" ({tail[-1].strip()})" if tail else "")
         elif proc.returncode != 0 or data is None:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
             result.ok = False

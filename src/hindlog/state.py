@@ -120,14 +120,18 @@ def trained_by(state: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
     if not trained:
         return {}
     held = {id(v) for v in state.values()}
+    # Parameters of a module in ``state`` are checkpointed with it: a loop variable that is one
+    # of them (``for p in model.parameters()``), or a submodule, is not missing.
+    covered = {id(p) for v in state.values() if isinstance(v, torch.nn.Module) for p in v.parameters()}
     out = {}
     for name, value in scope.items():
         if name.startswith("__") or id(value) in held:
             continue
         if isinstance(value, torch.nn.Module):
-            if any(id(p) in trained for p in value.parameters()):
+            params = [id(p) for p in value.parameters()]
+            if any(p in trained for p in params) and not all(p in covered for p in params):
                 out[name] = value
-        elif isinstance(value, torch.Tensor) and id(value) in trained:
+        elif isinstance(value, torch.Tensor) and id(value) in trained and id(value) not in covered:
             out[name] = value
     return out
 
