@@ -1116,3 +1116,32 @@ def test_show_output_places_prints_of_iterations_that_printed_nothing(proj: HFPr
     fresh = proj.python().stdout.splitlines()
     proj.replay("train.py", "--workers", "2")
     assert [text for _i, _s, text in proj.output(run)] == fresh
+
+
+def test_where_sees_a_hands_free_runs_command_line_options_and_diff_shows_them(proj: HFProject) -> None:
+    proj.write(
+        "train.py",
+        dedent(
+            """
+            import argparse
+            import numpy as np
+
+            p = argparse.ArgumentParser()
+            p.add_argument("--lr", type=float, default=0.1)
+            a = p.parse_args()
+            w = np.ones(2)
+            for epoch in range(3):
+                for k in range(2):
+                    w -= a.lr * w
+                print("epoch", epoch, float(w.sum()))
+            """
+        ),
+    )
+    proj.commit()
+    _p, high = proj.record(args=["--lr", "0.1"], epsilon=0.9)
+    _p, low = proj.record(args=["--lr=0.01"], epsilon=0.9)
+    proj.write("train.py", proj.read().replace('    print("epoch"', '    print("HS", epoch)\n    print("epoch"'))
+    plan = proj.replay("train.py", "--where", "lr > 0.05", "--dry-run").stdout
+    assert f"run {high}" in plan and f"run {low}" not in plan, plan
+    diff = proj.hindlog("diff", high, low, check=True).stdout
+    assert "argv: train.py --lr 0.1 -> train.py --lr=0.01" in diff, diff

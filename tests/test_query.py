@@ -197,3 +197,11 @@ def test_a_name_logged_twice_in_one_context_is_warned_about_and_kept(project: Pr
     finally:
         conn.close()
     assert stored == 4
+
+
+def test_argv_options_are_named_as_argparse_names_them() -> None:
+    from hindlog.query import argv_options
+
+    argv = ["train.py", "pos", "--lr", "0.1", "--batch-size=32", "--fast", "--name", "resnet", "--last"]
+    assert argv_options(argv) == {"lr": 0.1, "batch_size": 32, "fast": True, "name": "resnet", "last": True}
+    assert argv_options(None) == {} and argv_options(["train.py"]) == {}

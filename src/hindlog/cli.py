@@ -362,6 +362,10 @@ def _json_default(value: Any) -> Any:
 @command("diff")
 def _diff(args: argparse.Namespace) -> int:
     text, changed = query.code_diff(args.run, args.run2, store=args.store)
+    if args.run2:
+        argv = [query.run_info(r, store=args.store).get("argv") or [] for r in (args.run, args.run2)]
+        if argv[0] != argv[1]:
+            print(f"argv: {' '.join(argv[0])} -> {' '.join(argv[1])}")
     if changed:
         print("args:")
         for k, (a, b) in changed.items():

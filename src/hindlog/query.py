@@ -211,6 +211,39 @@ def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> d
     return run
 
 
+def argv_options(argv: Sequence[str] | None) -> dict[str, Any]:
+    """The ``--name value``, ``--name=value`` and ``--flag`` options of a command line, as an
+    argparse script would name them (``--batch-size 32`` -> ``batch_size: 32``), with numbers
+    as numbers: what ``--where`` sees of a run recorded with ``hindlog run``."""
+    out: dict[str, Any] = {}
+    args = list(argv or [])[1:]
+    k = 0
+    while k < len(args):
+        token = args[k]
+        k += 1
+        if not token.startswith("--") or token == "--":
+            continue
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if k < len(args) and not args[k].startswith("--"):
+                value = args[k]
+                k += 1
+            else:
+                out[name.replace("-", "_")] = True
+                continue
+        out[name.replace("-", "_")] = _number(value)
+    return out
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def code_diff(ref: str, other: str | None = None, store: str | os.PathLike[str] | Store | None = None) -> tuple[str, dict[str, tuple[Any, Any]]]:
     """The code diff and the changed args from run ``ref`` to run ``other`` (default: the working tree).
 

@@ -143,8 +143,11 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
     if where:
         import pandas as pd
 
+        from .query import argv_options
+
         args = catalog.run_args(conn, [r["id"] for r in candidates])
-        frame = pd.DataFrame([{**args.get(r["id"], {}), "_id": r["run_id"]} for r in candidates])
+        # A run's args, and the options of its command line (a script's argparse arguments).
+        frame = pd.DataFrame([{**argv_options(r.get("argv")), **args.get(r["id"], {}), "_id": r["run_id"]} for r in candidates])
         try:
             mask = frame.eval(where)
             if not (isinstance(mask, pd.Series) and mask.dtype == bool):
@@ -152,7 +155,8 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
             chosen = set(frame[mask]["_id"])
         except Exception as e:
             names = ", ".join(c for c in frame.columns if c != "_id") or "none"
-            raise ReplayError(f"--where {where!r} cannot be evaluated over the runs' args ({e}; their args: {names})") from None
+            raise ReplayError(f"--where {where!r} cannot be evaluated over the runs' args and options ({e}; "
+                              f"their args and options: {names})") from None
         candidates = [r for r in candidates if r["run_id"] in chosen]
         if not candidates:
             of = f"of {script} " if script else ""
