@@ -151,6 +151,7 @@ def median(xs: list[float]) -> float:
 
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
+    data.setdefault("saved_at", time.time())  # when it was measured, for the report
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str))
     return path

@@ -18,6 +18,7 @@ import json
 import math
 import statistics
 import sys
+import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -70,10 +71,23 @@ class Source:
 
     @property
     def started(self) -> float:
-        if self.data and isinstance(self.data.get("started"), (int, float)):
-            return float(self.data["started"])
+        """When it was measured: as the file says, else when it was committed (a fresh clone's
+        files all have the time of the clone), else the file's time."""
+        for key in ("started", "saved_at"):
+            if self.data and isinstance(self.data.get(key), (int, float)):
+                return float(self.data[key])
+        if self.path is None:
+            return 0.0
         try:
-            return self.path.stat().st_mtime if self.path else 0.0
+            out = subprocess.run(["git", "log", "-1", "--format=%at", "--", str(self.path)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=20).stdout.strip()
+            if out and not subprocess.run(["git", "diff", "--quiet", "HEAD", "--", str(self.path)], cwd=ROOT,
+                                          capture_output=True, timeout=20).returncode:
+                return float(out)  # committed and unchanged since
+        except (OSError, subprocess.SubprocessError, ValueError):
+            pass
+        try:
+            return self.path.stat().st_mtime
         except OSError:
             return 0.0
 
@@ -1753,6 +1767,20 @@ that much (about 0.1 s fixed, and 180,000 nested iterations at 0.1-0.2 µs:
 2-3% of while-early's 4-7 s), and alternating `python` and `hindlog run` of
 while-early by hand, six times each outside the benchmark, put them 2-4%
 apart, within that run's noise: the rest is not yet explained.
+A fifth run of just those two scripts, 5 triples each
+(`bench/bench_handsfree.py --pairs 5 --workloads while-early,sklearn-partial-fit
+--out handsfree-short-scripts`, `bench/results/handsfree-short-scripts.json`),
+gave medians of 1.080 and 1.075 (while-early per triple: 1.064, 1.080,
+1.229, 1.237, 1.022, the two highest while a test ran beside it;
+sklearn-partial-fit 1.034 to 1.131), both replays equal to the fresh run.
+By hand the same day, 5 alternations of `python`, `hindlog run --epsilon 0`
+and `hindlog run` put the three within the noise of each other
+(sklearn-partial-fit medians 3.76 s, 3.67 s, 3.88 s; plain runs from 3.40 to
+4.29 s), and while-early's main loop alone (timed inside the script) at
+3.51 s plain, 3.54 s at ε = 0, 3.65 s at the default ε: checkpointing spends
+its budget (`show`: 0.16 s charged, 3.9% of the run) and hindlog's fixed
+cost is about 0.09 s a process. Since then the code snapshot's CPU time (its
+git processes, reading package versions) is charged to the budget too.
 `hindlog run` first added about 1.2 s to every script: its import
 hook searched `sys.path` a second time for every module the script imported
 (torch has hundreds); it now answers "not a project module" with a couple of

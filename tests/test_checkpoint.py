@@ -347,7 +347,7 @@ def test_a_recorded_run_reports_what_the_policy_charged(tmp_path: Path) -> None:
     shown = proj.cli("show", run_id).stdout
     total = charged["startup_seconds"] + charged["blocked_seconds"] + charged["background_weight"] * charged["persister_cpu_seconds"]
     assert re.search(rf"charged\s+{total:.2f}s: {charged['startup_seconds']:.2f}s start-up \+ {charged['blocked_seconds']:.2f}s blocked \+ "
-                     rf"{charged['persister_cpu_seconds']:.2f}s of background writes x {charged['background_weight']:.2f}", shown), shown
+                     rf"{charged['persister_cpu_seconds']:.2f}s of background work \(checkpoint writes, the code snapshot\) x {charged['background_weight']:.2f}", shown), shown
 
 
 def test_a_start_up_that_spent_the_budget_leaves_no_room_for_checkpoints(tmp_path: Path) -> None:

@@ -214,6 +214,13 @@ def test_resume_a_failed_run(tmp_path: Path) -> None:
     assert info["status"] == "finished" and "resumed" in info["flags"]
 
 
+def test_resume_without_a_store_says_so_and_creates_none(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proc = proj.cli("resume", "latest", check=False)
+    assert proc.returncode != 0 and "there is no hindlog store" in proc.stderr, proc.stderr
+    assert not proj.store_path.exists()
+
+
 def test_resume_refuses_a_run_without_checkpoints(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     proj.write("train.py", FLAKY)

@@ -242,8 +242,8 @@ def _show(args: argparse.Namespace) -> int:
         blocked, cpu, weight = charged["blocked_seconds"], charged["persister_cpu_seconds"], charged["background_weight"]
         startup = charged.get("startup_seconds", 0.0)
         lines.append(f"charged      {startup + blocked + weight * cpu:.2f}s: {startup:.2f}s start-up + {blocked:.2f}s blocked"
-                     f" + {cpu:.2f}s of background writes x {weight:.2f} (the slowdown of training per second of their CPU"
-                     " time, measured; at least 1)")
+                     f" + {cpu:.2f}s of background work (checkpoint writes, the code snapshot) x {weight:.2f} (the slowdown"
+                     " of training per second of its CPU time, measured; at least 1)")
     print("\n".join(lines))
     return 0
 

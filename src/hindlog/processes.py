@@ -51,12 +51,19 @@ def run_captured(
         return subprocess.CompletedProcess(cmd, returncode, out.read(), err.read())
 
 
+#: CPU seconds the commands started here have used, once finished: work that competes with
+#: training for the machine's cores, which the checkpoint policy charges to its budget.
+children_cpu = 0.0
+
+
 def _wait(pid: int, cmd: list[str], timeout: float) -> int:
+    global children_cpu
     deadline = time.monotonic() + timeout
     pause = 0.0005
     while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
+        done, status, usage = os.wait4(pid, os.WNOHANG)
         if done:
+            children_cpu += usage.ru_utime + usage.ru_stime
             return os.waitstatus_to_exitcode(status)
         if time.monotonic() > deadline:
             os.kill(pid, signal.SIGKILL)

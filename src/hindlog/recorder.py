@@ -87,6 +87,9 @@ class Recorder:
         #: Seconds the training thread spent blocked inside hindlog (snapshots).
         self.blocked = 0.0
         self.checkpointer: Any = None
+        #: Background CPU seconds (the code snapshot) done before there was a checkpointer to charge.
+        self.pending_background_cpu = 0.0
+        self._charge_lock = threading.Lock()
         #: Set in replay and resume processes (see controller.py).
         self.controller: Any = None
         self.finished = False
@@ -153,6 +156,25 @@ class Recorder:
     # ------------------------------------------------------------ code version
 
     def _snapshot_code(self) -> None:
+        from . import processes
+
+        cpu0, children0 = time.thread_time(), processes.children_cpu
+        try:
+            self._snapshot_code_now()
+        finally:
+            # Reading package versions and git's processes take CPU that training wants too.
+            self.charge_background(time.thread_time() - cpu0 + processes.children_cpu - children0)
+
+    def charge_background(self, cpu_seconds: float) -> None:
+        """Charge hindlog's background CPU time to the checkpoint budget (now, or when the
+        checkpointer is made)."""
+        with self._charge_lock:
+            if self.checkpointer is not None:
+                self.checkpointer.policy.charge(0.0, cpu_seconds, checkpoint=False)
+            else:
+                self.pending_background_cpu += cpu_seconds
+
+    def _snapshot_code_now(self) -> None:
         try:
             self.writer.change("update_run", {"env": {**self._env, "packages": environment.package_versions()}})
         except Exception:
@@ -423,7 +445,10 @@ class Recorder:
         if self.checkpointer is None and (self.controller is None or self.controller.checkpointing):
             from .checkpoint import Checkpointer
 
-            self.checkpointer = Checkpointer(self)
+            with self._charge_lock:
+                self.checkpointer = Checkpointer(self)
+                self.checkpointer.policy.charge(0.0, self.pending_background_cpu, checkpoint=False)
+                self.pending_background_cpu = 0.0
 
     # ------------------------------------------------------------ lifecycle
 

@@ -29,6 +29,8 @@ from .store import Store
 def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = None) -> int:
     """Resume run ``run``; returns the resumed script's exit code."""
     st = store if isinstance(store, Store) else Store.for_project(store=store)
+    if not st.exists():  # nothing to resume, and no store to create
+        raise ReplayError(f"there is no hindlog store at {st.path}; no run can be resumed")
     conn = st.connect()
     try:
         row = catalog.get_run(conn, run)
