@@ -1145,3 +1145,43 @@ def test_where_sees_a_hands_free_runs_command_line_options_and_diff_shows_them(p
     assert f"run {high}" in plan and f"run {low}" not in plan, plan
     diff = proj.hindlog("diff", high, low, check=True).stdout
     assert "argv: train.py --lr 0.1 -> train.py --lr=0.01" in diff, diff
+
+
+def test_a_main_loop_through_a_progress_generator_keeps_its_nested_loops(proj: HFProject) -> None:
+    proj.write(
+        "train.py",
+        dedent(
+            """
+            import numpy as np
+
+            def progress(it):
+                for x in it:
+                    yield x
+
+            w = np.zeros(2)
+            for epoch in progress(range(4)):
+                for i in range(0, 64, 16):
+                    w += i
+                print("epoch", epoch, float(w.sum()))
+            """
+        ),
+    )
+    proj.commit()
+    rec, run = proj.record(epsilon=0.9)
+    assert "lockstep" not in rec.stderr, show(rec)
+    proj.write("train.py", proj.read().replace('    print("epoch"', '    print("HS", epoch, float(w[0]))\n    print("epoch"'))
+    fresh = [l for l in proj.python().stdout.splitlines() if l.startswith("HS")]
+    replayed = proj.replay("train.py", "--workers", "2")
+    assert "lockstep" not in replayed.stderr, show(replayed)
+    assert int(re.search(r"(\d+) loops skipped", replayed.stdout).group(1)) > 0, show(replayed)
+    assert [l for lines in proj.new_lines(run).values() for l in lines] == fresh
+
+
+def test_hindlog_disabled_runs_the_script_plainly_and_records_nothing(proj: HFProject) -> None:
+    proj.write("train.py", "import sys\nfor i in range(3):\n    print('step', i, sys.argv[1:])\nsys.exit(3)\n")
+    proj.commit()
+    py = proj.python(args=["--x", "1"])
+    hf = proj.hrun(args=["--x", "1"], env={"HINDLOG_DISABLED": "1"})
+    assert (hf.returncode, hf.stdout) == (py.returncode, py.stdout) == (3, py.stdout), show(hf)
+    assert "HINDLOG_DISABLED is set" in hf.stderr
+    assert not (proj.store / "catalog.db").exists() or proj.run_ids() == []

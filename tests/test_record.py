@@ -464,6 +464,29 @@ def test_a_loop_inside_a_generator_another_loop_iterates_is_not_lockstep(project
     assert list(e.columns) == ["run_id", "code_version", "epoch", "e"] and e["e"].tolist() == [0, 1]
 
 
+def test_hl_init_after_hl_checkpoints_or_hl_arg_takes_over_the_run_they_started(project: Project) -> None:
+    out = project.run(
+        """
+        import numpy as np
+        import hindlog as hl
+        lr = hl.arg("lr", 0.05)
+        state = {"w": np.zeros(2)}
+        hl.checkpoints(state=state)
+        hl.init(name=f"lr={lr}")
+        for epoch in hl.loop("epoch", range(3)):
+            state["w"] += lr
+            hl.log("w", float(state["w"].sum()))
+        print(hl.run_id())
+        """,
+        env={"HINDLOG_SET_lr": "0.2", "HINDLOG_EPSILON": "0.9"},
+    )
+    assert "had no effect" not in out.stderr, out.stderr
+    runs = project.runs()
+    assert len(runs) == 1 and runs["name"].tolist() == ["lr=0.2"] and runs["lr"].tolist() == [0.2]
+    info = project.run_info(out.stdout.strip())
+    assert info["checkpoints"], "the state declared before hl.init is checkpointed"
+
+
 def test_runs_table(project: Project) -> None:
     script = """
         import hindlog as hl

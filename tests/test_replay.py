@@ -854,6 +854,13 @@ def test_a_run_of_another_script_is_refused(counter) -> None:
     assert proj.count("double") == 0
 
 
+def test_a_new_print_in_a_script_that_calls_hindlog_is_said_to_show_nothing(counter) -> None:
+    proj, run = counter
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'print("x now", state["x"])'))
+    plan = proj.replay("train.py", "--dry-run").stdout
+    assert "a new print(...) shows nothing here" in plan and "hl.log(...) instead" in plan, plan
+
+
 def test_the_plan_says_how_many_iterations_run_their_nested_loops_for_want_of_a_checkpoint(counter) -> None:
     proj, run = counter
     key = proj.sql("SELECT id FROM runs WHERE run_id=?", (run,))[0][0]
@@ -1301,3 +1308,73 @@ def test_a_divergence_only_in_segments_that_start_mid_run_says_to_replay_in_one(
     one = proj.replay("train.py", "--workers", "1")
     assert "DIVERGED" not in one.stderr
     assert proj.values("end", run) == {(): 6}
+
+
+def test_a_process_that_records_several_runs_replays_its_first_and_says_why_not_the_others(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = dedent(
+        """
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        for scale in [1.0, 10.0]:
+            hl.init(name=f"scale{scale}")
+            state = {"w": np.zeros(2)}
+            hl.checkpoints(state=state)
+            for epoch in hl.loop("epoch", range(4)):
+                for k in hl.loop("step", range(3)):
+                    state["w"] += scale * k
+                time.sleep(0.03)
+                hl.log("w", float(state["w"].sum()))
+            hl.finish()
+        """
+    )
+    proj.write("train.py", text)
+    proj.python(env=DENSE)
+    first, second = proj.run_ids()[-2:]
+    proj.write("train.py", text.replace('        hl.log("w", float(state["w"].sum()))\n',
+                                        '        hl.log("w", float(state["w"].sum()))\n        hl.log("w0", float(state["w"][0]))\n'))
+    result = proj.replay("train.py", "--all", "--workers", "2", check=False)
+    assert f"skipped run {second}: it is run 2 of the process that recorded it" in result.stderr, result.stderr
+    assert proj.values("w0", first) == {(("epoch", e),): 3.0 * (e + 1) for e in range(4)}
+    assert proj.count("w0", second) == 0 and proj.count("w", first) == 4
+    # Resume refuses it too (had it failed, its process's first run is what the script would redo).
+    import sqlite3
+
+    conn = sqlite3.connect(str(proj.store / "catalog.db"))
+    with conn:
+        conn.execute("UPDATE runs SET status='failed' WHERE run_id=?", (second,))
+    conn.close()
+    resumed = proj.hindlog("resume", second, check=False)
+    assert resumed.returncode != 0 and "not the first run of the process" in resumed.stderr, resumed.stderr
+
+
+def test_a_run_still_recording_is_not_replayed(tmp_path: Path) -> None:
+    import time
+
+    proj = ReplayProject(tmp_path)
+    hold = tmp_path / "hold"
+    hold.touch()
+    text = dedent(COUNTER).replace("time.sleep(0.03)", f"time.sleep(0.03)\n    while epoch == 2 and os.path.exists({str(hold)!r}):\n        time.sleep(0.01)")
+    proj.write("train.py", text)
+    proc = proj.start("train.py", env=DENSE)
+    try:
+        deadline = time.monotonic() + 60
+        # The run's code is snapshotted in the background: edit the script only once it is.
+        def snapshotted() -> bool:
+            try:
+                return bool(proj.sql("SELECT 1 FROM runs WHERE code_version IS NOT NULL"))
+            except sqlite3.Error:  # the catalog is still being made
+                return False
+
+        while not snapshotted() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+        result = proj.replay("train.py", check=False)
+        assert result.returncode != 0 and "it is still recording; replay it once it has finished" in result.stderr, result.stderr
+    finally:
+        hold.unlink()
+        proj.finish(proc)
+    proj.replay("train.py")  # finished now
+    assert proj.values("double", proj.run_ids()[-1]) == {k: 2 * v for k, v in expected_x().items()}

@@ -325,6 +325,19 @@ def _imports_numpy_stack(tree: ast.Module) -> bool:
     return False
 
 
+def _run_plainly(abs_path: Path) -> int:
+    import runpy
+
+    try:
+        runpy.run_path(str(abs_path), run_name="__main__")
+    except SystemExit as e:
+        return _exit_code(e.code)
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def run_script(script: str, args: list[str], epsilon: float | None = None, sets: list[str] | None = None) -> int:
     """Run ``script`` with ``args`` under hands-free recording; returns its exit code."""
     global RUNNING
@@ -354,6 +367,9 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     abs_path = path.resolve()
     sys.argv = [script, *args]
     sys.path[0] = str(abs_path.parent)
+    if config.disabled():
+        print("hindlog: HINDLOG_DISABLED is set: the script runs plainly, and nothing is recorded", file=sys.stderr)
+        return _run_plainly(abs_path)
     from .controller import current_spec
 
     spec = current_spec() or {}

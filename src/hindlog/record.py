@@ -25,11 +25,23 @@ _recorder: Recorder | None = None
 _broken = False
 
 
+#: Runs this process has started (a script may call ``hl.init`` several times, a sweep).
+_runs_started = 0
+
+
 def _start(**kwargs: Any) -> Recorder | None:
-    global _recorder, _broken
+    global _recorder, _broken, _runs_started
+    index = _runs_started
+    _runs_started += 1
+    if index and os.environ.get("HINDLOG_CONTROL"):
+        # A replay or resume process stands for one run, its process's first (replay refuses
+        # the others): the script going on to a next run is past it.
+        raise SystemExit(0)
     try:
         store = Store.for_project(store=kwargs.pop("store", None))
         _recorder = Recorder(store, **kwargs)
+        if index and _recorder.controller is None:
+            _recorder.writer.change("info", {"process_index": index})
     except Exception as e:
         if os.environ.get("HINDLOG_CONTROL"):
             raise  # a replay worker or resumed run that cannot attach must fail, not run unrecorded
@@ -124,6 +136,12 @@ def init(
     if config.disabled():
         return None
     config.epsilon(epsilon)  # a bad bound is the caller's error, raised here
+    rec = _recorder
+    if rec is not None and not rec.finished and rec.nothing_logged_yet() and \
+            (store is None or Store.for_project(store=store).path == rec.store.path):
+        # hl.checkpoints(...) or hl.arg(...) came first and started the run: it is this one.
+        rec.rename(project, name, epsilon)
+        return rec.run_id
     if _recorder is not None and not _recorder.finished:
         _recorder.finish()
     _broken = False

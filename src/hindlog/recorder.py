@@ -194,6 +194,27 @@ class Recorder:
         fields = {"code_version": version.version, "code_kind": version.kind}
         self.writer.change("update_run", fields)
 
+    def nothing_logged_yet(self) -> bool:
+        """No value logged and no loop entered: ``hl.init`` may take this run over (it was started
+        implicitly by ``hl.checkpoints`` or ``hl.arg`` before ``hl.init``)."""
+        if self.depth or self.main_loop_done or self.writer.written or self.writer._pending_cells:
+            return False
+        return not any(type(item) is tuple for item in list(self.writer.queue))
+
+    def rename(self, project: str | None, name: str | None, epsilon: float | None) -> None:
+        """``hl.init``'s settings for this run, which it takes over."""
+        if epsilon is not None:
+            self.epsilon = config.epsilon(epsilon)
+            if self.checkpointer is not None:
+                self.checkpointer.policy.epsilon = self.epsilon
+        fields: dict[str, Any] = {"epsilon": self.epsilon}
+        if project:
+            self.project = fields["project"] = project
+        if name:
+            self.name = fields["name"] = name
+        if self.controller is None:
+            self.writer.change("update_run", fields)
+
     # ------------------------------------------------------------ logging
 
     def log_slow(self, name: Any, value: Any) -> Any:
@@ -250,6 +271,10 @@ class Recorder:
             raise TypeError(f"hl.loop name must be a non-empty string, got {name!r}")
         if self.depth == 0 and not self.main_loop_done:
             return self._main_loop(name, iterable)
+        if _fetching_for_a_loop(sys._getframe(1)):
+            # A loop inside the iterator a loop is fetching its next item from (a progress
+            # wrapper, a batch generator): part of that loop's iteration, not a loop of its own.
+            return iterable
         if self.depth == 1 and self.iteration is not None and self.controller is not None:
             manifest = self.controller.block_checkpoint(name)
             if manifest is not None:
@@ -394,9 +419,11 @@ class Recorder:
         a generator that another loop iterates): the current loop's frame is on the stack."""
         current = self._level
         frame = sys._getframe(2)
-        code = Recorder._inner_loop.__code__
+        inner, main = Recorder._inner_loop.__code__, Recorder._main_loop.__code__
         while frame is not None:
-            if frame.f_code is code and frame.f_locals.get("level") is current:
+            if current is None and frame.f_code is main:
+                return True  # the main loop fetches from a generator that loops (a progress wrapper)
+            if frame.f_code is inner and frame.f_locals.get("level") is current:
                 return True
             frame = frame.f_back
         return False
@@ -540,6 +567,19 @@ class Recorder:
             self.writer.change("update_run", fields)
             self.writer.change("info", timing)
         self.writer.close()
+
+
+def _fetching_for_a_loop(frame: Any) -> bool:
+    """Whether a loop of hindlog's is on the stack below ``frame``: it runs only while it fetches
+    its next item (while the loop's body runs, its generator is suspended, off the stack)."""
+    loops = (Recorder._main_loop.__code__, Recorder._inner_loop.__code__)
+    depth = 0
+    while frame is not None and depth < 200:
+        if frame.f_code in loops:
+            return True
+        frame = frame.f_back
+        depth += 1
+    return False
 
 
 def _import_seconds() -> float:

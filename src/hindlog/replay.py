@@ -260,6 +260,11 @@ def plan_run(
     first = conn.execute("SELECT loops FROM contexts WHERE run=? AND iteration IS NOT NULL LIMIT 1", (run["id"],)).fetchone()
     if first:
         plan.main_loop = json.loads(first[0])[0][0]
+    if not info.get("handsfree") and any(
+        "print(" in "\n".join(files[path].splitlines()[lo - 1:hi]) for path, ranges in new_statements.items() for lo, hi in ranges
+    ):
+        plan.notes.append("a new print(...) shows nothing here: a replay keeps what prints print only for runs "
+                          "recorded with `hindlog run`; log the value with hl.log(...) instead")
     if run_all_blocks:
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
@@ -863,6 +868,14 @@ def replay(
         skipped: list[tuple[str, str]] = []
         gpus = visible_gpus() if any(_used_gpu(r) for r in targets) else []
         for run in targets:
+            if run.get("status") == "running":
+                skipped.append((run["run_id"], "it is still recording; replay it once it has finished"))
+                continue
+            index = (run.get("info") or {}).get("process_index", 0)
+            if index:
+                skipped.append((run["run_id"], f"it is run {index + 1} of the process that recorded it (hl.init called "
+                                "several times): replay can replay only the first run of a process"))
+                continue
             fitting = default_workers(run, gpus=gpus)
             try:
                 p = plan_run(st, conn, run, current, additions, base, iterations, workers or fitting, force)

@@ -40,6 +40,9 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         args = catalog.run_args(conn, [row["id"]]).get(row["id"], {})
     finally:
         conn.close()
+    if (row.get("info") or {}).get("process_index"):
+        raise ReplayError(f"run {row['run_id']} is not the first run of the process that recorded it (hl.init called "
+                          "several times): resume can continue only a process's first run")
     if not any(ITERATION_END in blocks for blocks in rows.values()):
         raise ReplayError(f"run {row['run_id']} has no checkpoint to resume from; run the script again instead")
     if not row.get("code_version") or not row.get("script"):
