@@ -1185,3 +1185,49 @@ def test_hindlog_disabled_runs_the_script_plainly_and_records_nothing(proj: HFPr
     assert (hf.returncode, hf.stdout) == (py.returncode, py.stdout) == (3, py.stdout), show(hf)
     assert "HINDLOG_DISABLED is set" in hf.stderr
     assert not (proj.store / "catalog.db").exists() or proj.run_ids() == []
+
+
+def test_globals_that_functions_rebind_are_state(proj: HFProject) -> None:
+    """``global step; step += 1`` in a function the main loop calls: the module's variable is
+    checkpointed by name (a number cannot be restored in place), so skipped loops restore it."""
+    proj.write(
+        "train.py",
+        dedent(
+            """
+            import time
+            import numpy as np
+
+            step = 0
+            hist = []
+
+
+            def bump(x):
+                global step, hist
+                step += 1
+                hist = hist + [x]
+
+
+            def main():
+                w = np.zeros(2)
+                for epoch in range(8):
+                    for k in range(3):
+                        w += k
+                        bump(float(w[0]))
+                    time.sleep(0.05)
+                    print("epoch", epoch, "step", step, len(hist))
+
+
+            if __name__ == "__main__":
+                main()
+            """
+        ),
+    )
+    proj.commit()
+    rec, run = proj.record(epsilon=0.9)
+    assert "checkpointing hist, step" in rec.stderr, show(rec)
+    proj.write("train.py", proj.read().replace('        print("epoch"', '        print("HS", epoch, step, hist[-1])\n        print("epoch"'))
+    fresh = [l for l in proj.python().stdout.splitlines() if l.startswith("HS")]
+    replayed = proj.replay("train.py", "--workers", "2")
+    assert int(re.search(r"(\d+) loops skipped", replayed.stdout).group(1)) > 0, show(replayed)
+    assert "note:" not in replayed.stderr, show(replayed)
+    assert [l for lines in proj.new_lines(run).values() for l in lines] == fresh

@@ -55,9 +55,10 @@ class FakeRuntime:
         self.entered.append(("nested", name))
         return iterable
 
-    def auto_state(self, names: list[str]) -> None:
+    def auto_state(self, names: list[str], rebound: list[str] | None = None) -> None:
         assert self.state is None, "auto_state called twice"
         self.state = list(names)
+        self.rebound = list(rebound or [])
 
 
 def run_both(text: str, filename: str = "/proj/train.py") -> tuple[dict[str, Any], dict[str, Any], FakeRuntime]:

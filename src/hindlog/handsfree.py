@@ -83,8 +83,9 @@ class Runtime:
             return iterable  # not inside the main loop: an ordinary loop
         return rec.loop(name, iterable)
 
-    def auto_state(self, names: list[str]) -> None:
-        """Declare, as training state, the candidates found by analysis that can be checkpointed."""
+    def auto_state(self, names: list[str], rebound: list[str] | None = None) -> None:
+        """Declare, as training state, the candidates found by analysis that can be checkpointed.
+        ``rebound``: module globals that functions rebind (``global step``), held by name."""
         rec = record.current()
         if rec is None:
             return
@@ -106,6 +107,13 @@ class Runtime:
                 chosen[name] = value
             else:
                 skipped.append(f"{name} ({verdict})")
+        for name in rebound or []:
+            if name in names and name in frame.f_globals:
+                from .state import GlobalValue
+
+                # Held by name, not by the object it names now: the function binds a new one.
+                skipped = [s for s in skipped if not s.startswith(f"{name} (")]
+                chosen[name] = GlobalValue(frame.f_globals, name)
         chosen.update(trained_by(chosen, scope))
         accepted = {}
         for name, value in chosen.items():

@@ -37,6 +37,8 @@ class Plan:
     #: loop node line -> given name, for every loop that is wrapped (main and nested).
     names: dict[int, str] = field(default_factory=dict)
     state_candidates: list[str] = field(default_factory=list)
+    #: Module globals that project functions the main loop calls rebind (``global step``).
+    rebound_globals: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -375,6 +377,21 @@ def _assigned_in(body: list[ast.stmt]) -> set[str]:
     return {n.id for s in body for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
 
 
+def _global_writes(fn: ast.AST) -> set[str]:
+    """Names a function declares ``global`` and assigns: it rebinds the module's variable."""
+    declared = {n for node in ast.walk(fn) if isinstance(node, ast.Global) for n in node.names}
+    return declared & {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+
+
+def _rebound_globals(loop: ast.AST, functions: dict[str, ast.AST]) -> set[str]:
+    """Module globals rebound by the project functions the main loop calls (by name)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.Module(body=list(getattr(loop, "body", [])), type_ignores=[])):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
+            out |= _global_writes(functions[node.func.id])
+    return out
+
+
 def _global_reads(fn: ast.AST) -> set[str]:
     params = {a.arg for a in ast.walk(fn) if isinstance(a, ast.arg)}
     stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
@@ -433,10 +450,12 @@ def _wrap(loop: ast.AST, func: str, name: str) -> list[ast.stmt]:
 
 
 class _Rewriter(ast.NodeTransformer):
-    def __init__(self, wrap: dict[int, tuple[str, str]], state_before: int | None, candidates: list[str]) -> None:
+    def __init__(self, wrap: dict[int, tuple[str, str]], state_before: int | None, candidates: list[str],
+                 rebound: list[str] | None = None) -> None:
         self.wrap = wrap  # id(loop node) -> (function, name)
         self.state_before = state_before
         self.candidates = candidates
+        self.rebound = rebound or []
 
     def _visit_block(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
@@ -445,7 +464,8 @@ class _Rewriter(ast.NodeTransformer):
                 declare = ast.Expr(
                     value=ast.Call(
                         func=ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="auto_state", ctx=ast.Load()),
-                        args=[ast.List(elts=[ast.Constant(value=n) for n in self.candidates], ctx=ast.Load())],
+                        args=[ast.List(elts=[ast.Constant(value=n) for n in self.candidates], ctx=ast.Load()),
+                              ast.List(elts=[ast.Constant(value=n) for n in self.rebound], ctx=ast.Load())],
                         keywords=[],
                     )
                 )
@@ -516,12 +536,13 @@ def instrument(
             plan.names[loop.lineno] = n  # type: ignore[attr-defined]
     state_before = None
     if main is not None and holder is not None:
-        plan.state_candidates = _state_candidates(main, holder, functions)
+        plan.rebound_globals = sorted(_rebound_globals(main, functions))
+        plan.state_candidates = sorted(set(_state_candidates(main, holder, functions)) | set(plan.rebound_globals))
         for stmt in holder:
             if stmt is main or any(n is main for n in ast.walk(stmt)):
                 state_before = id(stmt)
                 break
-    _Rewriter(wrap, state_before, plan.state_candidates).visit(tree)
+    _Rewriter(wrap, state_before, plan.state_candidates, plan.rebound_globals).visit(tree)
     ast.fix_missing_locations(tree)
     return plan
 

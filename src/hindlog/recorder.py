@@ -175,15 +175,19 @@ class Recorder:
                 self.pending_background_cpu += cpu_seconds
 
     def _snapshot_code_now(self) -> None:
-        try:
-            self.writer.change("update_run", {"env": {**self._env, "packages": environment.package_versions()}})
-        except Exception:
-            pass  # the versions are information only
+        # The code first, as soon as possible: a file the user edits after starting the run must
+        # not make it into the run's version.
         try:
             version = codeversion.snapshot(self.store, self.run_id)
         except Exception as e:
             warnings.warn(f"hindlog: could not snapshot the code of run {self.run_id}: {e}", RuntimeWarning)
             self.writer.change("flag", "no_code_version")
+            version = None
+        try:
+            self.writer.change("update_run", {"env": {**self._env, "packages": environment.package_versions()}})
+        except Exception:
+            pass  # the versions are information only
+        if version is None:
             return
         if version.skipped:
             warnings.warn(

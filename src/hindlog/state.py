@@ -73,6 +73,21 @@ def declare(name: str, obj: Any) -> Declared:
     return Declared(name, obj, "pickle")
 
 
+class GlobalValue:
+    """A module global that functions rebind (``global step; step += 1``), checkpointed by name:
+    restoring it binds the name in the module again (a number cannot change in place)."""
+
+    def __init__(self, namespace: dict[str, Any], name: str) -> None:
+        self.namespace = namespace
+        self.name = name
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.namespace.get(self.name)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.namespace[self.name] = state["value"]
+
+
 def is_random_generator(value: Any) -> bool:
     """A random generator object of the script's own (``np.random.default_rng()``,
     ``RandomState``, ``random.Random``): what it draws next is training state like a model's."""
