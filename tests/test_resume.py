@@ -10,6 +10,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,24 +282,29 @@ print("done", float(w.sum()))
 """
 
 
-def test_resume_of_a_hands_free_run_after_kill_9_records_the_rest_of_the_run(tmp_path: Path) -> None:
-    proj = CkProject(tmp_path)
-    proj.write("train.py", PLAIN_HELD)
-    hold = tmp_path / "hold"
+def _hindlog_run_then_kill_9(proj: CkProject, hold: Path, epsilon: str, ready: Any) -> None:
+    """``hindlog run train.py`` (the script waits while ``hold`` exists), ``kill -9`` once ``ready()``."""
     hold.touch()
     proc = subprocess.Popen(
         [str(HINDLOG_SCRIPT), "run", "train.py"], cwd=proj.root, text=True,
-        env=proj.env({"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.5"}),
+        env=proj.env({"HOLD_FILE": str(hold), "HINDLOG_EPSILON": epsilon}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     try:
-        wait_for(lambda: count_checkpoints(proj, iteration_end_only=True, at_least_iteration=2) > 0,
-                 timeout=90, interval=0.01, proc=proc)
+        wait_for(ready, timeout=90, interval=0.01, proc=proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         stop(proc)
         hold.unlink()
+
+
+def test_resume_of_a_hands_free_run_after_kill_9_records_the_rest_of_the_run(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", PLAIN_HELD)
+    _hindlog_run_then_kill_9(
+        proj, tmp_path / "hold", "0.5", lambda: count_checkpoints(proj, iteration_end_only=True, at_least_iteration=2) > 0
+    )
     (run_id,) = proj.run_ids()
     latest = max(proj.checkpointed_iterations(run_id))
     assert latest < 9
@@ -350,26 +356,14 @@ print("final eval", round(float(w.sum()), 6))
 def test_resume_of_a_run_killed_after_its_main_loop_logs_what_follows_once(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     proj.write("train.py", PRINTS_AFTER_LOOP)
-    hold = tmp_path / "hold"
-    hold.touch()
-    proc = subprocess.Popen(
-        [str(HINDLOG_SCRIPT), "run", "train.py"], cwd=proj.root, text=True,
-        env=proj.env({"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.9"}),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
-        def done_is_recorded() -> bool:
-            try:
-                return any(v == "training done" for _i, _n, v in proj.records(proj.run_ids()[0]))
-            except Exception:  # the catalog is still being created
-                return False
 
-        wait_for(done_is_recorded, timeout=90, interval=0.05, proc=proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        stop(proc)
-        hold.unlink()
+    def done_is_recorded() -> bool:
+        try:
+            return any(v == "training done" for _i, _n, v in proj.records(proj.run_ids()[0]))
+        except Exception:  # the catalog is still being created
+            return False
+
+    _hindlog_run_then_kill_9(proj, tmp_path / "hold", "0.9", done_is_recorded)
     (run_id,) = proj.run_ids()
     proj.cli("resume", run_id)
     lines = [v for _i, name, v in proj.records(run_id) if name == "@stdout"]
