@@ -149,6 +149,16 @@ def test_show_by_id_prefix_and_latest(two_runs) -> None:
     assert b in main(project, "show", prefix).stdout
 
 
+def test_store_is_taken_before_or_after_the_command(two_runs, tmp_path) -> None:
+    project, a, b = two_runs
+    elsewhere = {"HINDLOG_DIR": str(tmp_path / "nowhere")}  # only --store finds the runs
+    after = project.cli("runs", "--store", str(project.store_path), env=elsewhere).stdout
+    before = project.cli("--store", str(project.store_path), "runs", env=elsewhere).stdout
+    assert a in after and b in after and after == before
+    shown = project.cli("show", b, "--store", str(project.store_path), env=elsewhere).stdout
+    assert f"run          {b}" in shown and "project      " in shown
+
+
 def test_show_unknown_or_ambiguous_run_fails_clearly(two_runs) -> None:
     project, a, b = two_runs
     out = project.cli("show", "nope", check=False)

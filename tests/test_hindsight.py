@@ -328,3 +328,18 @@ def test_a_statement_reading_its_own_loops_target_does_not_probe_a_sibling_loop(
     new = base.replace("        out = x * 2\n", "        out = x * 2\n        hl.log('q', w)\n")
     ranges = find_additions("train.py", base, new).statements
     assert probed_loops({"train.py": new}, {"train.py": ranges}) == {"epoch", "val", "train"}
+
+
+def test_new_statements_that_draw_random_numbers_are_found() -> None:
+    from hindlog.hindsight import draws_random_numbers
+
+    base = BASE
+    for added, draws in [
+        ('    hl.log("r", torch.rand(1).item())', True),
+        ('    hl.log("r", rng.normal())', True),
+        ('    hl.log("n", float(np.linalg.norm([1.0])))', False),
+        ('    hl.log("lr", sched.get_last_lr()[0])', False),
+    ]:
+        new = add_after(base, 'hl.log("val", val)', added)
+        ranges = find_additions("train.py", base, new).statements
+        assert draws_random_numbers({"train.py": new}, {"train.py": ranges}) is draws, added

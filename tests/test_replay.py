@@ -1378,3 +1378,11 @@ def test_a_run_still_recording_is_not_replayed(tmp_path: Path) -> None:
         proj.finish(proc)
     proj.replay("train.py")  # finished now
     assert proj.values("double", proj.run_ids()[-1]) == {k: 2 * v for k, v in expected_x().items()}
+
+
+def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:
+    proj, run = counter
+    proj.write("train.py", insert_after(dedent(COUNTER).replace("import time\n", "import random\nimport time\n"),
+                                        'hl.log("x", state["x"])', 'hl.log("r", random.random())'))
+    plan = proj.replay("train.py", "--dry-run").stdout
+    assert "a new statement draws random numbers" in plan, plan

@@ -443,7 +443,12 @@ def logged_names(conn: sqlite3.Connection, run: int | None = None) -> list[str]:
 
 
 def count_records(conn: sqlite3.Connection, run: int) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM records WHERE run=?", (run,)).fetchone()[0])
+    """The values logged in a run (recorded and replayed; not where replayed lines were printed)."""
+    total = int(conn.execute("SELECT COUNT(*) FROM records WHERE run=?", (run,)).fetchone()[0])
+    places = conn.execute(
+        "SELECT COUNT(*) FROM records r JOIN names n ON n.id=r.name WHERE n.name=? AND r.run=?", (STDOUT_AT, run)
+    ).fetchone()[0]
+    return total - int(places)
 
 
 # ----------------------------------------------------------------- checkpoints

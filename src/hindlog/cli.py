@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=_non_negative_int, metavar="N", help="first drop the checkpoints of all but the N latest runs (logs are kept)")
     p.add_argument("--grace", type=_non_negative_float, default=None, metavar="SECONDS",
                    help="keep unreferenced objects younger than this, which a running process may still need (default: 3600)")
+    for command in sub.choices.values():
+        # Also after the command (`hindlog runs --store DIR`); absent there, the one before it stands.
+        command.add_argument("--store", default=argparse.SUPPRESS, help="the .hindlog directory to use (as before the command)")
     return parser
 
 
@@ -209,6 +212,7 @@ def _show(args: argparse.Namespace) -> int:
     lines = [
         f"run          {info['run_id']}" + (f"  ({info['name']})" if info.get("name") else ""),
         f"status       {info['status']}" + (f"  flags: {', '.join(info['flags'])}" if info.get("flags") else ""),
+        f"project      {info.get('project') or '-'}",
         f"script       {info.get('script') or '-'}",
         f"code         {info.get('code_version') or '-'} ({info.get('code_kind') or 'pending'})",
         f"argv         {' '.join(info.get('argv') or [])}",
@@ -432,7 +436,8 @@ def _replay(args: argparse.Namespace) -> int:
                 print(f"    {d['name']} at iteration {d['iteration']}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
             diverged_at = [d["iteration"] for d in r.divergences if d.get("iteration") is not None]
-            if plan is not None and len(plan.segments) > 1 and diverged_at and min(diverged_at) >= plan.segments[0].end:
+            if plan is not None and not plan.draws_random and len(plan.segments) > 1 and diverged_at \
+                    and min(diverged_at) >= plan.segments[0].end:
                 print("  only segments that start mid-run diverged: something made once, at the start, is not in the "
                       "checkpoints (a DataLoader with persistent workers draws its seed when it is first iterated); "
                       "--workers 1 replays the run in one segment", file=sys.stderr)

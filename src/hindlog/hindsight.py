@@ -457,6 +457,31 @@ def _strip(tree: ast.AST, ids: set[int]) -> None:
             handler.body = [s for s in handler.body if id(s) not in ids] or [ast.Pass()]
 
 
+#: Functions and methods that draw random numbers (torch, NumPy, ``random``, generator objects).
+RANDOM_DRAWS = frozenset({
+    "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal", "uniform",
+    "bernoulli", "multinomial", "poisson", "random", "integers", "choice", "shuffle", "permutation", "sample",
+    "gauss", "randrange", "binomial", "exponential", "standard_normal", "random_sample",
+})
+
+
+def draws_random_numbers(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
+    """Whether a new statement calls a function that draws random numbers: every later draw of
+    the run then differs from the record's."""
+    for path, ranges in new_statements.items():
+        try:
+            tree = ast.parse(files.get(path, ""))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not any(lo <= node.lineno <= hi for lo, hi in ranges):
+                continue
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+            if name in RANDOM_DRAWS:
+                return True
+    return False
+
+
 def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
     """Whether a new statement reads ``.grad`` (directly or in a project function it calls).
 

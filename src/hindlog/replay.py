@@ -59,6 +59,8 @@ class RunPlan:
     run_all_blocks: bool = False
     estimate: float = 0.0
     full_rerun: float | None = None
+    #: A new statement draws from the run's random generators.
+    draws_random: bool = False
     notes: list[str] = field(default_factory=list)
     #: The main loop's name (it always runs; the plan lists the nested loops that must run too).
     main_loop: str | None = None
@@ -265,6 +267,11 @@ def plan_run(
     ):
         plan.notes.append("a new print(...) shows nothing here: a replay keeps what prints print only for runs "
                           "recorded with `hindlog run`; log the value with hl.log(...) instead")
+    if hindsight.draws_random_numbers(files, new_statements):
+        plan.draws_random = True
+        plan.notes.append("a new statement draws random numbers: whatever the run draws after it differs from the "
+                          "record, and values computed from those draws diverge; draw from a generator of its own "
+                          "(np.random.default_rng(0), torch.Generator().manual_seed(0)) to leave the run's alone")
     if run_all_blocks:
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
