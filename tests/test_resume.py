@@ -45,6 +45,17 @@ class Killed:
     logged: list[int]
 
 
+def _kill_9_when(proc: subprocess.Popen[str], hold: Path, ready: Any) -> None:
+    """``kill -9`` the recording ``proc`` once ``ready()``; then let go of the held script."""
+    try:
+        wait_for(ready, timeout=90, interval=0.01, proc=proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+        hold.unlink()
+
+
 def _make_killed(base: Path) -> Killed:
     """Start TORCH_TRAIN, wait until iteration-end checkpoints of iteration 3 or later are
     committed, and ``kill -9`` it in the middle of training. The script holds at the start of
@@ -55,16 +66,7 @@ def _make_killed(base: Path) -> Killed:
     hold = base / "hold"
     hold.touch()
     proc = proj.start("train.py", env={"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.5"})
-    try:
-        def ready() -> bool:
-            return count_checkpoints(proj, iteration_end_only=True, at_least_iteration=3) > 0
-
-        wait_for(ready, timeout=90, interval=0.01, proc=proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        stop(proc)
-        hold.unlink()
+    _kill_9_when(proc, hold, lambda: count_checkpoints(proj, iteration_end_only=True, at_least_iteration=3) > 0)
     assert proc.returncode == -signal.SIGKILL
     (run_id,) = proj.run_ids()
     iterations = proj.checkpointed_iterations(run_id)
@@ -290,13 +292,7 @@ def _hindlog_run_then_kill_9(proj: CkProject, hold: Path, epsilon: str, ready: A
         env=proj.env({"HOLD_FILE": str(hold), "HINDLOG_EPSILON": epsilon}),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    try:
-        wait_for(ready, timeout=90, interval=0.01, proc=proc)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        stop(proc)
-        hold.unlink()
+    _kill_9_when(proc, hold, ready)
 
 
 def test_resume_of_a_hands_free_run_after_kill_9_records_the_rest_of_the_run(tmp_path: Path) -> None:

@@ -409,6 +409,12 @@ STDOUT_AT = "@stdout@at"
 AFTER_MAIN_LOOP = "#after"
 
 
+def context_key(loops: str, after_main_loop: bool) -> str:
+    """A context's key for pairing recorded and replayed values: ``loops``, with the context
+    outside every loop (``[]``) keyed apart after the main loop."""
+    return loops + AFTER_MAIN_LOOP if after_main_loop and loops == "[]" else loops
+
+
 def split_outside_loops(info: dict[str, Any]) -> Callable[[str | None, str, int | None], bool] | None:
     """A function that says, for the record's values in log order, whether a value logged
     outside every loop (``iteration`` None) was logged after the main loop: those of a name

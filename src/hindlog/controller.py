@@ -311,9 +311,8 @@ class ReplayController(Controller):
         #: segment runs only the latter), where the record says which is which.
         self._split_after = after is not None
         for iteration, loops, name, kind, value in rows:
-            if after is not None and after(loops, name, iteration) and loops == "[]":
-                loops += catalog.AFTER_MAIN_LOOP
-            self.recorded.setdefault((loops, name), []).append(decode(kind, value))
+            key = catalog.context_key(loops, after is not None and after(loops, name, iteration))
+            self.recorded.setdefault((key, name), []).append(decode(kind, value))
         #: The nested-loop checkpoints this segment may restore, in the order it meets them.
         self._block_keys = [] if self.run_all_blocks else skippable_blocks(self.rows, self.start, self.end, self.probed)
         return run["id"], run["run_id"], int(self.spec.get("ctx_base", 0))
@@ -344,9 +343,7 @@ class ReplayController(Controller):
             if len(self._keys) > 10_000:
                 self._keys.clear()
             self._keys[ctx] = key
-        if not ctx and self.main_started and self._split_after:
-            return key + catalog.AFTER_MAIN_LOOP
-        return key
+        return catalog.context_key(key, self.main_started and self._split_after)
 
     def printed_position(self) -> list[int]:
         """Where a hindsight ``print`` goes among the lines the record printed (``query.output``):

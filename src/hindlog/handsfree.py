@@ -33,7 +33,6 @@ from .state import is_random_generator, trained_by
 from .values import capture
 
 STDOUT = "@stdout"
-STDOUT_AT = catalog.STDOUT_AT
 #: True in a process that ``hindlog run`` started (hindlog's advice to the user differs there).
 RUNNING = False
 _SKIP_TYPES = ("DataLoader", "Dataset", "Sampler", "Logger", "SummaryWriter", "tqdm", "Thread", "Lock", "Random")
@@ -156,7 +155,7 @@ class Runtime:
         rec.append((rec.ctx, STDOUT, text))
         if position is not None:
             # Its place among the recorded lines of its context, for show --output.
-            rec.append((rec.ctx, STDOUT_AT, capture(position())))
+            rec.append((rec.ctx, catalog.STDOUT_AT, capture(position())))
 
 
 def _classify(value: Any) -> bool | str | None:

@@ -172,20 +172,22 @@ def logged_frame(
             df[loop_name] = df[loop_name].astype("int64")
         else:
             df[loop_name] = df[loop_name].astype("Int64")
+    def gaps_in_integers(present: list[Any]) -> bool:
+        """Integers only, with rows that lack them: pandas would make them floats (2.0 for 2)."""
+        return bool(present) and len(present) < len(records) and all(
+            (type(v) is int or isinstance(v, np.integer)) and -(2**63) <= int(v) < 2**63 for v in present
+        )
+
     for column in value_column.values():
         present = [rec[column] for rec in records if column in rec]
         if any(v is None for v in present):
             # A logged None stays None (not NaN, which would read as a logged NaN or no value).
             df[column] = pd.Series([rec.get(column, np.nan) for rec in records], dtype=object, index=df.index)
-            continue
-        if present and len(present) < len(records) and all(type(v) is int or isinstance(v, np.integer) for v in present):
-            if all(-(2**63) <= int(v) < 2**63 for v in present):
-                df[column] = df[column].astype("Int64")
+        elif gaps_in_integers(present):
+            df[column] = df[column].astype("Int64")
     for column in arg_column.values():
-        present = [rec[column] for rec in records if rec.get(column) is not None]
-        if present and len(present) < len(records) and all(type(v) is int for v in present):
-            if all(-(2**63) <= v < 2**63 for v in present):
-                df[column] = df[column].astype("Int64")  # runs without the arg: <NA>, not 2.0 for 2
+        if gaps_in_integers([rec[column] for rec in records if rec.get(column) is not None]):
+            df[column] = df[column].astype("Int64")  # runs without the arg: <NA>
     order = df.sort_values(["run_id", *loop_names], kind="stable", na_position="first").index
     return df.loc[order].reset_index(drop=True), logged.loc[order].reset_index(drop=True)
 
@@ -308,8 +310,7 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
         if src == 0:
             if name == "@stdout":
                 post = after_main is not None and after_main(loops, name, it)
-                key = loops + catalog.AFTER_MAIN_LOOP if post and loops == "[]" else loops
-                recorded_in.setdefault(key, []).append(len(recorded))
+                recorded_in.setdefault(catalog.context_key(loops, post), []).append(len(recorded))
                 recorded.append((it if it is not None else ("post" if post else "pre"), it, decode(kind, value)))
         elif name == "@stdout":
             replayed.setdefault(ctx, []).append((rowid, it, loops, decode(kind, value)))
@@ -340,8 +341,7 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
         for (rowid, it, loops, text), position in zip(lines, at):
             after_loop = bool(position[1]) if position is not None else it is None
             group = it if it is not None else ("post" if after_loop else "pre")
-            key = loops + catalog.AFTER_MAIN_LOOP if after_loop and loops == "[]" else loops
-            indices = recorded_in.get(key, [])
+            indices = recorded_in.get(catalog.context_key(loops, after_loop), [])
             place = None
             if position is not None and indices:
                 count = position[0]

@@ -418,20 +418,6 @@ class Recorder:
             current = current[3]
         return False
 
-    def _pulled_by_current(self, level: tuple[Any, ...]) -> bool:
-        """Whether the loop now current is fetching its next item from this one (a loop inside
-        a generator that another loop iterates): the current loop's frame is on the stack."""
-        current = self._level
-        frame = sys._getframe(2)
-        inner, main = Recorder._inner_loop.__code__, Recorder._main_loop.__code__
-        while frame is not None:
-            if current is None and frame.f_code is main:
-                return True  # the main loop fetches from a generator that loops (a progress wrapper)
-            if frame.f_code is inner and frame.f_locals.get("level") is current:
-                return True
-            frame = frame.f_back
-        return False
-
     def _reenter(self, level: tuple[Any, ...]) -> tuple[Any, ...]:
         """A loop moves on while another one's level is current. If that one runs inside it (left
         open, e.g. a generator kept alive after ``break``), it is over: this loop is current again.
@@ -440,7 +426,7 @@ class Recorder:
         if self._is_open(level):
             self._level = level
             return level
-        if not self._warned_lockstep and not self._pulled_by_current(level):
+        if not self._warned_lockstep:
             self._warned_lockstep = True
             outer = self._level[1] if self._level is not None else None
             warnings.warn(
