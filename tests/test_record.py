@@ -570,6 +570,49 @@ def test_init_and_finish_are_optional_and_explicit_runs_work(project: Project) -
     assert project.run_info("second")["run_id"] == b
 
 
+def test_a_value_logged_after_finish_starts_a_new_run_of_the_same_project_and_says_so(project: Project) -> None:
+    proc = project.run(
+        """
+        import hindlog as hl
+        first = hl.init(project="sweep")
+        hl.log("acc", 0.5)
+        hl.finish()
+        hl.log("test_acc", 0.4)                     # line 5: after finish
+        print(first, hl.run_id())
+        """
+    )
+    first, second = proc.stdout.split()
+    assert first != second and project.runs()["run_id"].tolist() == [first, second]
+    assert project.run_info(second)["project"] == "sweep"
+    assert project.values("test_acc", second) == [0.4]
+    warning = [line for line in proc.stderr.splitlines() if "after hl.finish()" in line]
+    assert len(warning) == 1 and "train.py:5:" in warning[0] and second in warning[0], proc.stderr
+    # hl.init() after hl.finish() is the explicit way: no warning.
+    proc = project.run(
+        """
+        import hindlog as hl
+        hl.init(project="sweep")
+        hl.log("acc", 0.5)
+        hl.finish()
+        hl.init(project="sweep")
+        hl.log("acc", 0.6)
+        """
+    )
+    assert "after hl.finish()" not in proc.stderr
+
+
+def test_runs_can_be_listed_by_project(project: Project) -> None:
+    for name in ("vision", "text", "vision"):
+        project.run(f"import hindlog as hl\nhl.init(project={name!r})\nhl.log('x', 1)\n")
+    runs = project.runs()
+    assert runs["project"].tolist() == ["vision", "text", "vision"]
+    listing = project.cli("runs").stdout
+    assert "project" in listing.splitlines()[0].split() and "text" in listing
+    vision = project.cli("runs", "--project", "vision").stdout
+    assert len(vision.strip().splitlines()) == 3 and "text" not in vision
+    assert runs["run_id"][1] not in vision
+
+
 def test_implicit_run_starts_at_first_call(project: Project) -> None:
     out = project.run(
         """
@@ -604,6 +647,16 @@ def test_a_bad_epsilon_in_the_environment_is_named_and_training_goes_on(project:
     assert proc.stdout.strip() == "total 3"
     assert "HINDLOG_EPSILON=" in proc.stderr and raw in proc.stderr, proc.stderr
     assert "Fix the setting" in proc.stderr and "writable" not in proc.stderr
+    # An explicit hl.init() without an epsilon of its own reads the same setting: same warning, no crash.
+    proc = project.run(
+        """
+        import hindlog as hl
+        hl.init(name="explicit")
+        print("total", sum(hl.log("x", i) for i in hl.loop("step", range(3))))
+        """,
+        env={"HINDLOG_EPSILON": raw},
+    )
+    assert proc.stdout.strip() == "total 3" and "train.py:2: RuntimeWarning" in proc.stderr, proc.stderr
 
 
 def test_disabled_is_a_pass_through_and_creates_no_store(project: Project) -> None:

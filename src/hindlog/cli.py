@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("runs", help="list the runs of this project")
     p.add_argument("--script", help="only runs of this script")
+    p.add_argument("--project", help="only runs of this project (hl.init(project=...))")
 
     p = sub.add_parser("show", help="show one run: status, code version, args, environment, checkpoints")
     p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (the default)")
@@ -168,6 +169,8 @@ def _runs(args: argparse.Namespace) -> int:
     df = query.runs(store=args.store)
     if args.script:
         df = df[df["script"] == args.script]
+    if args.project:
+        df = df[df["project"] == args.project]
     if df.empty:
         from .store import Store
 
@@ -179,10 +182,12 @@ def _runs(args: argparse.Namespace) -> int:
         return 0
     import pandas as pd
 
+    columns = {"run": df["run_id"], "name": df["name"].fillna("")}
+    if df["project"].nunique() > 1:
+        columns["project"] = df["project"].fillna("")
     view = pd.DataFrame(
         {
-            "run": df["run_id"],
-            "name": df["name"].fillna(""),
+            **columns,
             "script": df["script"].fillna(""),
             "status": df["status"],
             "started": df["started"].map(_time),

@@ -1,6 +1,21 @@
-"""The exceptions hindlog raises: one base class, one subclass per kind of failure."""
+"""The exceptions hindlog raises (one base class, one subclass per kind of failure), and its warnings."""
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str) -> None:
+    """A RuntimeWarning shown at the user's line that led to it: the first frame outside hindlog."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2: warn_user's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, RuntimeWarning, stacklevel=level)
 
 
 class HindlogError(Exception):

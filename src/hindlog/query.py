@@ -17,7 +17,7 @@ from .values import decode
 if TYPE_CHECKING:
     import pandas as pd
 
-RUN_COLUMNS = ["run_id", "name", "script", "status", "code_version", "started", "ended", "duration", "overhead", "flags"]
+RUN_COLUMNS = ["run_id", "name", "project", "script", "status", "code_version", "started", "ended", "duration", "overhead", "flags"]
 
 
 def _open(store: str | os.PathLike[str] | Store | None) -> Store:

@@ -9,11 +9,11 @@ path (a number under a valid name) is a type check and a deque append.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import config
+from .errors import warn_user
 from .recorder import Recorder
 from .store import Store
 from .values import capture, check_name
@@ -27,6 +27,8 @@ _broken = False
 
 #: Runs this process has started (a script may call ``hl.init`` several times, a sweep).
 _runs_started = 0
+#: The run ``hl.finish()`` ended and its project, until a call starts the next run.
+_finished_by_call: tuple[str, str] | None = None
 
 
 def _start(**kwargs: Any) -> Recorder | None:
@@ -50,11 +52,9 @@ def _start(**kwargs: Any) -> Recorder | None:
             "Fix the setting named above." if isinstance(e, ValueError)
             else "Check that the project directory is writable, or set HINDLOG_DIR."
         )
-        warnings.warn(
+        warn_user(
             f"hindlog: could not start recording ({type(e).__name__}: {e}); training goes on "
-            f"but nothing is being logged. {advice}",
-            RuntimeWarning,
-            stacklevel=3,
+            f"but nothing is being logged. {advice}"
         )
         return None
     return _recorder
@@ -62,8 +62,21 @@ def _start(**kwargs: Any) -> Recorder | None:
 
 def current() -> Recorder | None:
     """The active recorder, starting one if there is none."""
+    global _finished_by_call
     rec = _recorder
     if rec is None and not _broken:
+        if _finished_by_call is not None:
+            # Values logged after hl.finish() (a final test metric) would otherwise land in a
+            # run of their own without a word: say so, and keep them in the same project.
+            finished, project = _finished_by_call
+            _finished_by_call = None
+            rec = _start(project=project)
+            if rec is not None:
+                warn_user(
+                    f"hindlog: a hindlog call after hl.finish() started a new run, {rec.run_id} (the finished one is "
+                    f"{finished}); call hl.init() to start the next run explicitly, or log before hl.finish()"
+                )
+            return rec
         rec = _start()
     return rec
 
@@ -132,10 +145,11 @@ def init(
     store: str | os.PathLike[str] | None = None,
 ) -> str | None:
     """Start a run explicitly (optional). Returns its id. A run already active is finished first."""
-    global _broken
+    global _broken, _finished_by_call
     if config.disabled():
         return None
-    config.epsilon(epsilon)  # a bad bound is the caller's error, raised here
+    if epsilon is not None:
+        config.epsilon(epsilon)  # a bad argument is the caller's error, raised here; a bad HINDLOG_EPSILON only warns
     rec = _recorder
     if rec is not None and not rec.finished and rec.nothing_logged_yet() and \
             (store is None or Store.for_project(store=store).path == rec.store.path):
@@ -145,15 +159,17 @@ def init(
     if _recorder is not None and not _recorder.finished:
         _recorder.finish()
     _broken = False
+    _finished_by_call = None
     rec = _start(project=project, name=name, epsilon=epsilon, store=store)
     return rec.run_id if rec else None
 
 
 def finish() -> None:
     """Finish the current run now (optional: runs finish at exit)."""
-    global _recorder
+    global _recorder, _finished_by_call
     if _recorder is not None:
         _recorder.finish()
+        _finished_by_call = (_recorder.run_id, _recorder.project)
         _recorder = None
 
 
