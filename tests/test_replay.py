@@ -797,6 +797,40 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
     assert proj.values("double", run) == {k: 2 * v for k, v in expected_x(8).items()}
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_second_replay_of_a_run_being_replayed_is_refused_and_nothing_is_stored_twice(tmp_path: Path) -> None:
+    import time
+
+    proj = ReplayProject(tmp_path)
+    slow = dedent(COUNTER).replace("time.sleep(0.03)", f"time.sleep(0.5 if os.path.exists({str(tmp_path / 'slow')!r}) else 0.02)")
+    run = proj.record(slow, env=DENSE)
+    proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    (tmp_path / "slow").write_text("")
+    first = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--workers", "1"], cwd=proj.root,
+                             env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not _workers_of(run) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert _workers_of(run), "the first replay's worker did not start"
+        second = proj.replay("train.py", "--workers", "1", check=False)
+        (tmp_path / "slow").unlink()
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert second.returncode != 0 and "Traceback" not in second.stderr, second.stderr
+    assert f"another hindlog replay (process {first.pid}) is replaying run {run}" in second.stderr, second.stderr
+    assert first.returncode == 0, out + err
+    want = {k: 2 * v for k, v in expected_x().items()}
+    assert proj.values("double", run) == want and proj.count("double", run) == len(want)
+    # Once the first has finished, the same replay runs, and replaces rather than adds.
+    again = proj.replay("train.py", "--workers", "2")
+    assert f"they replace {len(want)} values of an earlier replay" in again.stdout, again.stdout
+    assert proj.values("double", run) == want and proj.count("double", run) == len(want)
+
+
 def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     proj.write("train.py", COUNTER)

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,20 @@ def test_resume_a_failed_run(tmp_path: Path) -> None:
     assert all(len(v) == 1 for v in proj.by_iteration(run_id).values())
 
     (proj.root / "fail.flag").unlink()
+    # While another resume of the run is starting (it holds the run's resume lock), a second one is refused.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hindlog.store import Store; "
+         f"lock = Store({str(proj.store_path)!r}).lock('resume-{run_id}'); assert lock.acquire(); print('held', flush=True); "
+         "sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        busy = proj.cli("resume", run_id, check=False)
+    finally:
+        holder.communicate("", timeout=30)
+    assert busy.returncode != 0 and f"is being resumed already (process {holder.pid})" in busy.stderr, busy.stderr
+    assert proj.run_info(run_id)["status"] == "failed"
     proj.cli("resume", run_id, env={"TMPDIR": str(scratch_parent)})
     assert list(scratch_parent.iterdir()) == [], "resume left its scratch copy of the code behind"
     reference_id = last_json(proj.run("train.py").stdout)["run"]

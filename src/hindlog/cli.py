@@ -412,6 +412,10 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
     status = 0
     for r in report.results:
+        if r.refused:
+            status = 1
+            print(f"run {r.run_id} not replayed: {r.refused}", file=sys.stderr)
+            continue
         line = f"run {r.run_id}: {r.stored} new values stored, {r.checked} recorded values checked, " \
                f"{r.skipped_blocks} loops skipped, {r.run_blocks} run, in {r.seconds:.1f}s"
         if r.replaced:

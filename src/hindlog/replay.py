@@ -95,6 +95,8 @@ class RunResult:
     printed_examples: list[dict[str, Any]] = field(default_factory=list)
     #: hindlog's warnings in the workers (e.g. a damaged checkpoint passed over), each once.
     worker_warnings: list[str] = field(default_factory=list)
+    #: Why the run was not replayed at all (another replay of it was running).
+    refused: str | None = None
 
 
 @dataclass
@@ -577,6 +579,25 @@ def execute(
     keep_diverged: bool = False,
 ) -> RunResult:
     """Run a planned replay of one run in worker processes and collect what they found."""
+    # Two replays of one run at once would each count the other's values as new and keep both.
+    lock = store.lock(f"replay-{plan.run_id}")
+    if not lock.acquire():
+        return RunResult(plan.run_id, False, 0.0, refused=_busy(plan.run_id, lock))
+    try:
+        return _execute(store, plan, tolerance, progress, keep_scratch, keep_diverged)
+    finally:
+        lock.release()
+
+
+def _busy(run_id: str, lock: Any) -> str:
+    pid = lock.holder()
+    by = f" (process {pid})" if pid else ""
+    return f"another hindlog replay{by} is replaying run {run_id}; run this again when it has finished"
+
+
+def _execute(
+    store: Store, plan: RunPlan, tolerance: float, progress: bool, keep_scratch: bool, keep_diverged: bool,
+) -> RunResult:
     t0 = time.perf_counter()
     conn = store.connect()
     try:
@@ -883,6 +904,11 @@ def replay(
                 skipped.append((run["run_id"], f"it is run {index + 1} of the process that recorded it (hl.init called "
                                 "several times): replay can replay only the first run of a process"))
                 continue
+            lock = st.lock(f"replay-{run['run_id']}")
+            if not dry_run and not lock.acquire():
+                skipped.append((run["run_id"], _busy(run["run_id"], lock)))
+                continue
+            lock.release()
             fitting = default_workers(run, gpus=gpus)
             try:
                 p = plan_run(st, conn, run, current, additions, base, iterations, workers or fitting, force)

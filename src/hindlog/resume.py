@@ -53,6 +53,11 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
     if readable is None:
         # Checked here: a resumed process that cannot attach would run the script unrecorded.
         raise ReplayError(f"none of the checkpoints of run {row['run_id']} can be read (all are damaged); it cannot be resumed")
+    # Two resumes of one run at once would both continue it, each appending the same iterations.
+    lock = st.lock(f"resume-{row['run_id']}")
+    if not lock.acquire():
+        pid = lock.holder()
+        raise ReplayError(f"run {row['run_id']} is being resumed already" + (f" (process {pid})" if pid else ""))
     scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-resume-{row['run_id']}-"))
     try:
         prepare_scratch(st, row["code_version"], {}, scratch)
@@ -73,3 +78,4 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         return proc.returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the recorded code, materialized for this resume only
+        lock.release()

@@ -2,12 +2,14 @@
 
 ``.hindlog/`` sits at the project root (the git top level, else the current
 directory; ``HINDLOG_DIR`` overrides) and holds the SQLite catalog
-(``catalog.db``), the object store (``objects/``) and spill files of records
-that could not be written to the catalog (``spill/``).
+(``catalog.db``), the object store (``objects/``), spill files of records
+that could not be written to the catalog (``spill/``) and the lock files of
+work that must not run twice at once (``locks/``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import subprocess
@@ -37,6 +39,41 @@ def project_root(start: Path | None = None) -> Path:
         return Path(override).resolve()
     start = Path(start or os.getcwd()).resolve()
     return git_toplevel(start) or start
+
+
+class Lock:
+    """An exclusive lock on a file under ``.hindlog/locks``, taken without waiting. The kernel
+    releases it when its process ends, ``kill -9`` included: a crash never leaves it stuck."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock; False (and nothing held) if another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return True
+
+    def holder(self) -> int | None:
+        """The process id the holder wrote, if it can be read."""
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
 
 
 class Store:
@@ -79,6 +116,10 @@ class Store:
         """A new connection to the catalog (created if needed)."""
         self.ensure()
         return catalog.connect(self.catalog_path)
+
+    def lock(self, name: str) -> Lock:
+        """The lock ``name`` of this store (not taken yet)."""
+        return Lock(self.path / "locks" / f"{name}.lock")
 
     def exists(self) -> bool:
         return self.catalog_path.exists()
