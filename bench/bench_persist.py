@@ -88,7 +88,7 @@ def main() -> None:
             store = ObjectStore(Path(tmp) / ("direct" if direct else "buffered"))
             ObjectStore.direct_io = direct
             for k, v in enumerate(views):
-                store.put_chunks([v], f"{time.perf_counter_ns():x}{k:02d}".ljust(32, "0"), durable=True)
+                store.write([v], f"{time.perf_counter_ns():x}{k:02d}".ljust(32, "0"), durable=True)
 
         rows["write + fsync: buffered"] = measure(lambda: write(False), repeats)
         rows["write + fsync: O_DIRECT"] = measure(lambda: write(True), repeats)

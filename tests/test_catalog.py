@@ -236,6 +236,58 @@ def test_records_still_unwritable_at_exit_go_to_a_spill_file_and_are_loaded_late
     assert df["step"].tolist() == list(range(500))  # loop contexts were spilled too
 
 
+def test_spilled_records_survive_a_commit_that_fails_after_loading_them(project: Project) -> None:
+    # Every commit fails (a trigger aborts its last statement), so the writer spills its
+    # records to a file; the commits that then load the file fail too: the file must stay
+    # until one commits, and every record reach the catalog.
+    proc = project.run(
+        """
+import sqlite3, time
+import hindlog as hl
+from hindlog import config, record
+hl.log("before", 1.0)
+rec = record._recorder
+rec.writer.flush()
+keep = sqlite3.connect(str(rec.store.catalog_path))
+keep.execute("CREATE TRIGGER fail_commit BEFORE UPDATE OF heartbeat ON runs BEGIN SELECT RAISE(ABORT, 'commit failed'); END")
+keep.commit()
+for k in range(config.SPILL_THRESHOLD + 300):   # more than the writer holds in memory: it spills
+    hl.log("during", k)
+deadline = time.time() + 60
+while not rec.writer._spill_files and time.time() < deadline:
+    time.sleep(0.02)
+spilled = list(rec.writer._spill_files)
+time.sleep(0.5)                                  # commits that load the spill file, and fail
+on_disk = bool(spilled) and all(p.exists() for p in spilled)
+keep.execute("DROP TRIGGER fail_commit")
+keep.commit()
+hl.log("after", 2.0)
+print(len(spilled), on_disk)
+""",
+        env={"HINDLOG_FLUSH_INTERVAL": "0.05"},
+    )
+    assert proc.stdout.split() == ["1", "True"], proc.stdout + proc.stderr
+    from hindlog import config
+
+    assert project.values("during") == list(range(config.SPILL_THRESHOLD + 300))
+    assert project.values("after") == [2.0] and project.values("before") == [1.0]
+    assert not list(project.store_path.glob("spill/*.pkl"))
+
+
+def test_a_damaged_catalog_is_named_with_what_to_do_and_training_goes_on(project: Project) -> None:
+    project.run("import hindlog as hl\nfor e in hl.loop('epoch', range(3)):\n    hl.log('x', e)\n")
+    catalog_path = project.store_path / "catalog.db"
+    with open(catalog_path, "r+b") as f:  # a disk that lost the second half of the file
+        f.truncate(catalog_path.stat().st_size // 2)
+    for command in (["runs"], ["logs", "x"], ["show"]):
+        proc = project.cli(*command, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"the catalog {catalog_path} is damaged" in proc.stderr and ".recover" in proc.stderr, proc.stderr
+    proc = project.run("import hindlog as hl\ntotal = sum(hl.log('y', i) for i in range(5))\nprint(total)\n")
+    assert proc.stdout.strip() == "10"
+    assert "is damaged" in proc.stderr and "writable" not in proc.stderr, proc.stderr
+
+
 def test_a_run_that_finished_while_the_catalog_was_unwritable_is_shown_finished(project: Project) -> None:
     run_id = project.run(_STILL_UNWRITABLE_AT_EXIT, env={"HINDLOG_FLUSH_INTERVAL": "0.05"}).stdout.strip()
     project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")

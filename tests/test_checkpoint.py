@@ -612,3 +612,13 @@ def test_kill_9_during_a_persist_leaves_no_partial_checkpoint_visible(tmp_path: 
     big = np.zeros(6_000_000)
     r = hl.restore(run_id, store=proj.store(), big=big)
     assert big[0] == r.iteration + 1 and big[-1] == r.iteration + 1
+
+
+def test_a_failed_checkpoint_write_gets_advice_that_fits_its_cause(tmp_path: Path) -> None:
+    import errno
+
+    from hindlog.checkpoint import _write_advice
+
+    assert "Free some disk space" in _write_advice(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
+    assert f"Make {tmp_path} writable" in _write_advice(PermissionError(errno.EACCES, "Permission denied"), tmp_path)
+    assert "disk space" not in _write_advice(OSError(errno.EIO, "Input/output error"), tmp_path)

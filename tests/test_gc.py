@@ -257,6 +257,53 @@ def test_gc_keep_last_never_drops_a_running_runs_checkpoints(numpy_rec: NumpyRec
         stop(proc)
 
 
+SEEDED = """
+import time
+import numpy as np
+import hindlog as hl
+
+np.random.seed(0)
+pause = hl.arg("pause", 0.0)
+rng = np.random.default_rng(0)
+w = np.zeros(32 * 1024)
+hl.checkpoints(w=w, rng=rng)
+for epoch in hl.loop("epoch", range(12)):
+    for step in hl.loop("step", range(3)):
+        w += rng.standard_normal(w.shape) * 0.01
+    hl.log("mean", float(np.abs(w).mean()))
+    time.sleep(pause)
+"""
+
+
+def test_gc_during_a_recording_keeps_what_its_checkpoints_reuse_from_older_runs(tmp_path: Path) -> None:
+    # A run of the same seeded script writes checkpoints identical to an old run's: found in
+    # the store, they are named again, not written. gc must not remove them between the moment
+    # the new run finds them and the moment it commits its checkpoint, even with --grace 0.
+    proj = CkProject(tmp_path)
+    proj.write("train.py", SEEDED)
+    proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    day_ago = time.time() - 86400
+    for path in proj.objects_dir.rglob("*"):
+        if path.is_file():
+            os.utime(path, (day_ago, day_ago))
+    proc = proj.start("train.py", env={"HINDLOG_EPSILON": "0.9", "HINDLOG_SET_pause": "0.15"})
+    removed = 0
+    try:
+        while proc.poll() is None:
+            removed += gc(store=proj.store(), keep_last=1, grace=0).removed_objects
+            time.sleep(0.05)
+    finally:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    old, new = proj.run_ids()
+    assert removed > 0, "the old run's checkpoints were dropped: some of their objects had to go"
+    assert proj.checkpoints(old) == [] and len(proj.checkpoints(new)) >= 12
+    assert read_all_checkpoints(proj, new) == len(proj.checkpoints(new))
+    # And once nothing runs, gc frees what the new run does not use.
+    gc(store=proj.store(), grace=0)
+    assert read_all_checkpoints(proj, new) == len(proj.checkpoints(new))
+
+
 def test_gc_of_a_store_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     missing = tmp_path / "no-store-here"

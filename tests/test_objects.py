@@ -70,6 +70,19 @@ def test_same_content_is_stored_once(tmp_path: Path) -> None:
     assert list(store.names()) == [a]
 
 
+def test_storing_content_already_there_marks_it_used_and_replaces_a_truncated_file(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = b"weights" * 1000
+    name = store.put(data)
+    path = store.path(name)
+    os.utime(path, (1_000_000, 1_000_000))
+    assert store.put(data) == name
+    assert path.stat().st_mtime > 1_000_000, "found again, it is in use: gc's grace starts anew"
+    path.write_bytes(data[:100])  # damaged (a disk that lost its tail)
+    assert store.put(data) == name
+    assert store.get(name) == data
+
+
 def test_corruption_is_detected_on_read(tmp_path: Path) -> None:
     store = ObjectStore(tmp_path / "objects")
     name = store.put(b"x" * 100_000)

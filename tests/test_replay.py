@@ -798,6 +798,60 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path: Path, how: str) -> None:
+    import signal
+    import time
+
+    proj = ReplayProject(tmp_path)
+    slow = dedent(COUNTER).replace("range(6)", "range(8)")
+    run = proj.record(slow, env=DENSE)
+    statement = f'hl.log("double", 2 * state["x"])\ntime.sleep(3.0 if os.path.exists({str(tmp_path / "slow")!r}) else 0)'
+    proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', statement))
+    proj.replay("train.py", "--workers", "2")
+    want = {k: 2 * v for k, v in expected_x(8).items()}
+    assert proj.values("double", run) == want and proj.count("double", run) == 8
+
+    # Again, slowly: each worker stores its first iteration's value, then is stopped in its second.
+    (tmp_path / "slow").write_text("")
+    driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--workers", "2"], cwd=proj.root,
+                              env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and driver.poll() is None and \
+                len(proj.sql("SELECT DISTINCT ctx / 100000000 FROM records WHERE source=2")) < 2:
+            time.sleep(0.05)
+        assert driver.poll() is None, driver.communicate()
+        driver.send_signal(getattr(signal, how))
+        out, err = driver.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while _workers_of(run) and time.monotonic() < deadline:  # after kill -9 they stop on their own
+            time.sleep(0.05)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode != 0
+    # The earlier replay's values of the iterations the stopped one did not finish are all there, none twice.
+    assert proj.values("double", run) == want
+    visible = "SELECT COUNT(*) FROM records r JOIN names n ON n.id=r.name WHERE n.name='double' AND r.source {}"
+    assert proj.sql(visible.format("< 2")) == [(8,)]
+    # After kill -9 the workers' values stay hidden until the next replay of the run discards them.
+    assert proj.sql(visible.format("= 2")) == [(2 if how == "SIGKILL" else 0,)]
+    proj.hindlog("gc", check=True)  # or gc does, once no replay of the run is running
+    assert proj.sql(visible.format("= 2")) == [(0,)] and proj.sql(visible.format("< 2")) == [(8,)]
+    logs = proj.hindlog("logs", "double", "--run", run, check=True)
+    assert "more value" not in logs.stderr, logs.stderr
+    if how == "SIGINT":
+        assert f"replay of run {run} interrupted" in err, err
+    (tmp_path / "slow").unlink()
+    again = proj.replay("train.py", "--workers", "2")
+    assert "they replace 8 values" in again.stdout, again.stdout
+    assert proj.values("double", run) == want and proj.count("double", run) == 8  # pending ones included
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_second_replay_of_a_run_being_replayed_is_refused_and_nothing_is_stored_twice(tmp_path: Path) -> None:
     import time
 

@@ -300,7 +300,8 @@ def test_damaged_latest_checkpoint(numpy_rec: NumpyRecording, tmp_path: Path, ho
         r = hl.restore(run_id, store=proj.store(), **objs)
     assert r.iteration == previous
     assert objs["w"].tolist() == numpy_rec.values[(previous, "w")][0]
-    assert any("falling back" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert any(f"the checkpoint of iteration {latest} is damaged" in str(w.message) and "falling back" in str(w.message)
+               for w in caught), [str(w.message) for w in caught]
 
     # The earlier checkpoints are untouched and still restore on request.
     r = hl.restore(run_id, iteration=previous, store=proj.store(), **_fresh_numpy_objects())

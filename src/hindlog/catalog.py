@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import RunNotFound, SchemaError
+from .errors import RunNotFound, SchemaError, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -81,7 +81,9 @@ CREATE TABLE IF NOT EXISTS contexts (
 
 -- One row per logged value. kind: 0 native SQLite value (int, float, str,
 -- NULL), 1 bool, 2 JSON text, 3 NumPy .npy bytes, 4 non-finite float as text.
--- source: 0 recorded, 1 replayed.
+-- source: 0 recorded, 1 replayed, 2 stored by a replay that has not finished
+-- (hidden from queries: the replay makes them 1 when it ends, or they are
+-- deleted if it never does).
 CREATE TABLE IF NOT EXISTS records (
     run    INTEGER NOT NULL,
     ctx    INTEGER NOT NULL,
@@ -115,7 +117,7 @@ CREATE TABLE IF NOT EXISTS code_snapshots (
 """
 
 KIND_NATIVE, KIND_BOOL, KIND_JSON, KIND_NPY, KIND_FLOAT_TEXT = 0, 1, 2, 3, 4
-SOURCE_RECORD, SOURCE_REPLAY = 0, 1
+SOURCE_RECORD, SOURCE_REPLAY, SOURCE_PENDING = 0, 1, 2
 STATUSES = ("running", "finished", "failed", "killed")
 
 _RUN_COLUMNS = (
@@ -126,8 +128,29 @@ _RUN_COLUMNS = (
 _JSON_RUN_COLUMNS = {"flags", "argv", "env", "info"}
 
 
+def is_damage(error: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite's error says the database file itself is damaged."""
+    text = str(error).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def damaged_message(path: Path, error: sqlite3.DatabaseError) -> str:
+    return (f"the catalog {path} is damaged (SQLite: {error}). Its records cannot be read as they are: "
+            f"`sqlite3 {path} .recover | sqlite3 recovered.db` saves what can be read; moving the file "
+            "aside makes hindlog start a new, empty catalog")
+
+
 def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     """Open (creating if needed) the catalog at ``path`` and check its schema version."""
+    try:
+        return _connect(path, timeout)
+    except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            raise StoreError(damaged_message(path, e)) from None
+        raise
+
+
+def _connect(path: Path, timeout: float) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
     # Switching a new database to WAL needs it alone, and SQLite reports "database is locked" at
@@ -392,7 +415,7 @@ def query_records(
         "SELECT r.run, r.ctx, c.iteration, c.loops, n.name, r.kind, r.value, r.source "
         "FROM records r JOIN names n ON n.id = r.name "
         "LEFT JOIN contexts c ON c.run = r.run AND c.id = r.ctx "
-        f"WHERE n.name IN ({', '.join('?' * len(names))})"
+        f"WHERE n.name IN ({', '.join('?' * len(names))}) AND r.source != {SOURCE_PENDING}"
     )
     if runs is not None:
         sql += f" AND r.run IN ({', '.join('?' * len(runs))})"
@@ -440,19 +463,32 @@ def split_outside_loops(info: dict[str, Any]) -> Callable[[str | None, str, int 
 def logged_names(conn: sqlite3.Connection, run: int | None = None) -> list[str]:
     """Names with at least one record (of one run, or of any)."""
     if run is None:
-        rows = conn.execute("SELECT name FROM names WHERE id IN (SELECT DISTINCT name FROM records) ORDER BY name")
+        rows = conn.execute(
+            f"SELECT name FROM names WHERE id IN (SELECT DISTINCT name FROM records WHERE source != {SOURCE_PENDING}) ORDER BY name"
+        )
     else:
         rows = conn.execute(
-            "SELECT name FROM names WHERE id IN (SELECT DISTINCT name FROM records WHERE run=?) ORDER BY name", (run,)
+            f"SELECT name FROM names WHERE id IN (SELECT DISTINCT name FROM records WHERE run=? AND source != {SOURCE_PENDING}) "
+            "ORDER BY name", (run,)
         )
     return [r[0] for r in rows]
 
 
+def discard_pending(conn: sqlite3.Connection, runs: Sequence[int]) -> int:
+    """Delete the values replays of these runs stored but never made visible (they were killed)."""
+    if not runs:
+        return 0
+    return conn.execute(
+        f"DELETE FROM records WHERE source={SOURCE_PENDING} AND run IN ({', '.join('?' * len(runs))})", list(runs)
+    ).rowcount
+
+
 def count_records(conn: sqlite3.Connection, run: int) -> int:
     """The values logged in a run (recorded and replayed; not where replayed lines were printed)."""
-    total = int(conn.execute("SELECT COUNT(*) FROM records WHERE run=?", (run,)).fetchone()[0])
+    total = int(conn.execute(f"SELECT COUNT(*) FROM records WHERE run=? AND source != {SOURCE_PENDING}", (run,)).fetchone()[0])
     places = conn.execute(
-        "SELECT COUNT(*) FROM records r JOIN names n ON n.id=r.name WHERE n.name=? AND r.run=?", (STDOUT_AT, run)
+        f"SELECT COUNT(*) FROM records r JOIN names n ON n.id=r.name WHERE n.name=? AND r.run=? AND r.source != {SOURCE_PENDING}",
+        (STDOUT_AT, run),
     ).fetchone()[0]
     return total - int(places)
 

@@ -24,6 +24,7 @@ running, the iteration is skipped.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -35,6 +36,7 @@ import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -199,6 +201,16 @@ class Policy:
             # What was charged for the persister's CPU at the old weight is made up to the new one.
             self.spent += (weight - self.weight) * self.background_cpu
             self.weight = weight
+
+
+def _write_advice(error: Exception, where: Path) -> str:
+    """What to do about a failed checkpoint write, by its cause."""
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"Free some disk space under {where} for later checkpoints."
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"Make {where} writable again for later checkpoints."
+    return "Later checkpoints are tried as usual."
 
 
 def process_start(fallback: float) -> float:
@@ -385,7 +397,7 @@ class Persister:
                 self._warned = True
                 warnings.warn(
                     f"hindlog: could not write the checkpoint of iteration {frozen.iteration} ({type(e).__name__}: {e}); "
-                    "it is dropped and training goes on. Free some disk space for later checkpoints.",
+                    f"it is dropped and training goes on. {_write_advice(e, self.objects.root)}",
                     RuntimeWarning,
                 )
             self.writer.change("flag", "checkpoint_dropped")
@@ -405,10 +417,8 @@ class Persister:
     def _write_tensor(self, ft: FrozenTensor) -> None:
         view = self._bytes_of(ft)
         name = ft.content or digest(view)
-        if self.objects.exists(name):
-            self.objects.touch(name)
-        else:
-            self.objects.put(view, name, durable=False)
+        if not self.objects.have(name, view.nbytes):
+            self.objects.write([view], name, durable=False)
             self.bytes_written += view.nbytes
         ft.digest = name
         ft.release()  # later checkpoints of an unchanged tensor reuse the digest
@@ -833,7 +843,8 @@ def latest_readable(objects: ObjectStore, rows: dict[int, dict[int, tuple[str | 
         try:
             return read_checkpoint(objects, entry[1])
         except CorruptObject as e:
-            warnings.warn(f"hindlog: {e}; falling back to an earlier checkpoint", RuntimeWarning)
+            warnings.warn(f"hindlog: the checkpoint of iteration {it} is damaged ({e}); falling back to an earlier one",
+                          RuntimeWarning)
     return None
 
 

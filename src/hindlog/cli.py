@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -125,6 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except HindlogError as e:
         print(f"hindlog: {e}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:
+        from . import catalog
+        from .store import Store
+
+        if not catalog.is_damage(e):
+            raise
+        print(f"hindlog: {catalog.damaged_message(Store.for_project(store=args.store).catalog_path, e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
@@ -482,9 +491,14 @@ def _gc(args: argparse.Namespace) -> int:
         extra += f", and {report.removed_temporaries} partly written files of killed processes"
     print(f"removed {report.removed_objects} objects ({report.freed_bytes / 2**20:.1f} MiB){extra}")
     if report.kept_young:
-        print(f"kept {report.kept_young} unreferenced objects ({report.kept_young_bytes / 2**20:.1f} MiB) written in the last "
-              f"{_duration(grace)}: a running process may still need them. `hindlog gc` frees them later; "
-              "`--grace 0` now, if no run or replay is running.")
+        if report.active_runs:
+            why = (f"used in the last {_duration(grace)}, or since the earliest of the {report.active_runs} run(s) recording, "
+                   "replaying or resuming now started: they may be part of a checkpoint not committed yet. `hindlog gc` "
+                   "frees them once those have ended")
+        else:
+            why = (f"written in the last {_duration(grace)}: a running process may still need them. `hindlog gc` frees "
+                   "them later; `--grace 0` now")
+        print(f"kept {report.kept_young} unreferenced objects ({report.kept_young_bytes / 2**20:.1f} MiB) {why}.")
     return 0
 
 

@@ -242,7 +242,9 @@ class ResumeController(Controller):
 class ReplayController(Controller):
     """Run one segment of a replay: restore, skip un-probed loops, check and store values."""
 
-    source = catalog.SOURCE_REPLAY
+    # Hidden until the replay ends: the driver then makes them replayed values, over the
+    # iterations its workers finished, or a replay that never ends leaves nothing visible.
+    source = catalog.SOURCE_PENDING
     checkpointing = False
     owns_run = False
 

@@ -1,4 +1,11 @@
-"""``hindlog gc``: remove stored objects no checkpoint or code snapshot refers to."""
+"""``hindlog gc``: remove stored objects no checkpoint or code snapshot refers to.
+
+gc may run while runs record, replay or resume in the same store. What they write or reuse
+is not referenced by a committed checkpoint until their persister commits it, so gc keeps
+every object used since the earliest of them started (writing or finding an object in the
+store marks it used), whatever the grace period, and never drops the checkpoints of a run
+that records, replays or resumes.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from .store import Store
 
 #: Objects younger than this are kept: a running process may be writing a checkpoint.
 GRACE_SECONDS = 3600.0
+#: Objects used up to this long before the earliest active process started are kept too
+#: (clocks of file times and of the catalog may differ a little).
+SINCE_MARGIN_SECONDS = 60.0
 
 
 class BadKeepLast(HindlogError, ValueError):
@@ -30,6 +40,8 @@ class GcReport:
     #: Unreferenced objects kept because they are younger than the grace period.
     kept_young: int = 0
     kept_young_bytes: int = 0
+    #: Runs recording, replaying or resuming while gc ran: what they used is kept.
+    active_runs: int = 0
 
 
 def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
@@ -57,22 +69,31 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     st = store if isinstance(store, Store) else Store.for_project(store=store)
     if not st.exists():  # never create a store to clean it
         raise HindlogError(f"there is no hindlog store at {st.path}")
+    if keep_last is not None and keep_last < 0:
+        raise BadKeepLast(f"--keep-last must be 0 or more, got {keep_last}")
     conn = st.connect()
     dropped = 0
     try:
+        runs = catalog.list_runs(conn)
+        locks = st.held_locks()
+        busy = {name.split("-", 1)[1] for name in locks if name.startswith(("replay-", "resume-"))}
+        active = [r for r in runs if r["status"] == "running" or r["run_id"] in busy]
+        # Objects used since this moment may belong to a checkpoint not committed yet.
+        since = min([r["started"] for r in runs if r["status"] == "running" and r.get("started")] + list(locks.values()),
+                    default=None)
         if keep_last is not None:
-            if keep_last < 0:
-                raise BadKeepLast(f"--keep-last must be 0 or more, got {keep_last}")
-            runs = catalog.list_runs(conn)
-            old = [r["id"] for r in runs[: max(len(runs) - keep_last, 0)] if r["status"] != "running"]
+            old = [r["id"] for r in runs[: max(len(runs) - keep_last, 0)] if r not in active]
             if old:
                 with catalog.transaction(conn):
                     dropped = catalog.delete_checkpoints(conn, old)
+        with catalog.transaction(conn):  # values of replays killed before they ended
+            catalog.discard_pending(conn, [r["id"] for r in runs if f"replay-{r['run_id']}" not in locks])
         manifests = catalog.all_manifests(conn)
     finally:
         conn.close()
     keep = referenced_objects(st, manifests)
     now = time.time()
+    cutoff = now - grace if since is None else min(now - grace, since - SINCE_MARGIN_SECONDS)
     removed = freed = young = young_bytes = 0
     for name in list(st.objects.names()):
         if name in keep:
@@ -82,7 +103,7 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
             stat = path.stat()
         except FileNotFoundError:
             continue
-        if now - stat.st_mtime < grace:
+        if stat.st_mtime >= cutoff:
             young += 1
             young_bytes += stat.st_size
             continue
@@ -95,11 +116,11 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     for path in list(st.objects.temporaries()):
         try:
             stat = path.stat()
-            if now - stat.st_mtime < grace:
+            if stat.st_mtime >= cutoff:
                 continue
             path.unlink()
         except FileNotFoundError:
             continue
         temporaries += 1
         freed += stat.st_size
-    return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes)
+    return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes, len(active))

@@ -82,22 +82,34 @@ class ObjectStore:
     def exists(self, name: str) -> bool:
         return os.path.exists(self.filename(name))
 
+    def have(self, name: str, size: int) -> bool:
+        """Whether the store holds object ``name`` with ``size`` bytes. It is marked as just used:
+        ``hindlog gc`` keeps what a running process used since it started, so an object found
+        here and about to be named by a new checkpoint is not removed before that is committed.
+        A file of another size is damaged: False, and writing the object again replaces it."""
+        path = self.filename(name)
+        try:
+            if os.stat(path).st_size != size:
+                return False
+            os.utime(path)
+        except OSError:
+            return False
+        return True
+
     def put(self, data: bytes | bytearray | memoryview, name: str | None = None, durable: bool = True) -> str:
         """Store ``data`` (whose hash may be given when already known) and return its name."""
         name = name or digest(data)
-        if os.path.exists(self.filename(name)):
-            return name
-        self.put_chunks([data], name, durable=durable)
+        if not self.have(name, memoryview(data).nbytes):
+            self.write([data], name, durable=durable)
         return name
 
     #: False once the file system refused an O_DIRECT write (tmpfs, some network file systems).
     direct_io = hasattr(os, "O_DIRECT")
 
-    def put_chunks(self, chunks: Iterable[bytes | bytearray | memoryview], name: str, durable: bool = True) -> None:
-        """Write an object whose name is already known from its chunks, atomically."""
+    def write(self, chunks: Iterable[bytes | bytearray | memoryview], name: str, durable: bool = True) -> None:
+        """Write an object whose name is already known from its chunks, atomically (replacing a
+        damaged file of that name)."""
         target = self.filename(name)
-        if os.path.exists(target):
-            return
         fd, tmp = self._temporary(name[:2])
         try:
             chunks = list(chunks)

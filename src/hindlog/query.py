@@ -292,8 +292,8 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
         rows = conn.execute(
             "SELECT r.rowid, r.ctx, c.iteration, c.loops, n.name, r.kind, r.value, r.source FROM records r "
             "JOIN names n ON n.id=r.name LEFT JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
-            "WHERE r.run=? AND n.name IN (?, ?) ORDER BY r.rowid",
-            (run["id"], "@stdout", catalog.STDOUT_AT),
+            "WHERE r.run=? AND n.name IN (?, ?) AND r.source != ? ORDER BY r.rowid",
+            (run["id"], "@stdout", catalog.STDOUT_AT, catalog.SOURCE_PENDING),
         ).fetchall()
     finally:
         conn.close()

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import config
-from .errors import warn_user
+from .errors import StoreError, warn_user
 from .recorder import Recorder
 from .store import Store
 from .values import capture, check_name
@@ -48,10 +48,12 @@ def _start(**kwargs: Any) -> Recorder | None:
         if os.environ.get("HINDLOG_CONTROL"):
             raise  # a replay worker or resumed run that cannot attach must fail, not run unrecorded
         _broken = True
-        advice = (
-            "Fix the setting named above." if isinstance(e, ValueError)
-            else "Check that the project directory is writable, or set HINDLOG_DIR."
-        )
+        if isinstance(e, ValueError):
+            advice = "Fix the setting named above."
+        elif isinstance(e, StoreError):
+            advice = "See above, or set HINDLOG_DIR to record into another store."
+        else:
+            advice = "Check that the project directory is writable, or set HINDLOG_DIR."
         warn_user(
             f"hindlog: could not start recording ({type(e).__name__}: {e}); training goes on "
             f"but nothing is being logged. {advice}"

@@ -603,6 +603,8 @@ def _execute(
     try:
         run = catalog.get_run(conn, plan.run_id)
         args = catalog.run_args(conn, [plan.run]).get(plan.run, {})
+        with catalog.transaction(conn):
+            catalog.discard_pending(conn, [plan.run])  # left by a replay of this run that was killed before it ended
         base = _ctx_base(conn, plan.run)
         rows = checkpoint_rows(conn, plan.run)
     finally:
@@ -667,8 +669,11 @@ def _execute(
                 os.killpg(proc.pid, signal.SIGKILL)
         finished = [seg for seg, proc, result_path, *_ in procs if proc.returncode == 0 and result_path.exists()]
         rest = [seg for seg, *_ in procs if seg not in finished]
+        covered = [(seg.start, seg.end) if seg in finished else (seg.start, _begun(progress_path, seg))
+                   for seg, _proc, _result, progress_path, _log in procs]
         try:
-            _replace_previous_replay(store, plan, base)  # what was stored is kept, once
+            # What the workers finished is kept, once; an iteration cut short keeps the earlier replay's values.
+            _publish(store, plan, base, len(procs), covered, outside=bool(procs) and procs[-1][0] in finished and plan.segments[-1].end >= plan.total_iterations)
         except Exception:
             pass
         shutil.rmtree(scratch, ignore_errors=True)
@@ -683,8 +688,16 @@ def _execute(
             signal.signal(signal.SIGTERM, restore_sigterm)
     result = RunResult(plan.run_id, True, 0.0)
     diverged: list[int] = []
-    for k, (seg, proc, result_path, _progress, log_path) in enumerate(procs):
+    covered: list[tuple[int, int]] = []
+    outside = False
+    for k, (seg, proc, result_path, progress_path, log_path) in enumerate(procs):
         data = json.loads(result_path.read_text()) if result_path.exists() else None
+        last = k == len(procs) - 1 and seg.end >= plan.total_iterations
+        if data is not None and (proc.returncode == 0 or (run.get("status") == "failed" and last)):
+            covered.append((seg.start, seg.end))
+            outside = outside or last
+        else:
+            covered.append((seg.start, _begun(progress_path, seg)))
         if proc.returncode != 0 and data is not None and run.get("status") == "failed" and k == len(procs) - 1 \
                 and seg.end >= plan.total_iterations:
             # The recorded run failed: its last segment fails again where it did, having
@@ -714,8 +727,9 @@ def _execute(
         # earlier replay's values of the same statements stay).
         result.dropped_diverged = _drop_segments(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
         result.stored -= result.dropped_diverged
-    if result.stored:
-        result.replaced = _replace_previous_replay(store, plan, base)
+        covered = [span for k, span in enumerate(covered) if k not in diverged]
+        outside = outside and len(procs) - 1 not in diverged
+    result.replaced = _publish(store, plan, base, len(procs), covered, outside)
     result.seconds = time.perf_counter() - t0
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -754,7 +768,7 @@ def _drop_segments(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
                 for lo, hi in spans:
                     n = conn.execute(
                         "DELETE FROM records WHERE name=? AND run=? AND source=? AND ctx>=? AND ctx<?",
-                        (name, run, catalog.SOURCE_REPLAY, lo, hi),
+                        (name, run, catalog.SOURCE_PENDING, lo, hi),
                     ).rowcount
                     if text != catalog.STDOUT_AT:  # where a replayed line was printed: not a value
                         dropped += n
@@ -763,36 +777,61 @@ def _drop_segments(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
     return dropped
 
 
-def _replace_previous_replay(store: Store, plan: RunPlan, base: int) -> int:
-    """A replay's values of a name replace the earlier replays' values of that name over the
-    iterations it replayed (and outside the main loop, where it stored some there): replaying
-    the same statements again does not duplicate them, and a changed statement (a print made
-    conditional) leaves none of its former version's values. Returns how many were dropped."""
+def _begun(progress_path: Path, seg: Segment) -> int:
+    """The iteration a stopped segment's worker had begun (its iterations before that are done)."""
+    try:
+        return max(seg.start, min(int(progress_path.read_text().strip()), seg.end))
+    except (OSError, ValueError):
+        return seg.start
+
+
+def _publish(store: Store, plan: RunPlan, base: int, segments: int, covered: list[tuple[int, int]], outside: bool) -> int:
+    """Make this replay's values visible, in one transaction, over the iterations its workers
+    finished (``covered``; ``outside``: and the code after the main loop ran to its end).
+
+    A name's new values replace the earlier replays' values of that name over those iterations,
+    so that replaying the same statements again does not duplicate them, and a changed
+    statement (a print made conditional) leaves none of its former version's values. Where the
+    replay did not finish an iteration (stopped, crashed), its values there are dropped and
+    the earlier ones stay. Returns how many earlier values were replaced."""
     # Name by name, through the (name, run) index: a single correlated DELETE compared every old
     # value with every new one and took 3 s for 2,300 values replayed twice. CROSS JOIN keeps
     # records as the outer loop; left to itself SQLite scanned contexts first, for each one all
     # records of the name (12 s).
+    spans = [(lo, hi) for lo, hi in covered if hi > lo]
+    in_covered = " OR ".join(["(c.iteration>=? AND c.iteration<?)"] * len(spans)) or "0"
+    span_params = [v for span in spans for v in span]
+    top = base + segments * SEGMENT_CTX_SPAN
     replaced = 0
-    lo, hi = plan.iterations
     conn = store.connect()
     try:
         with catalog.transaction(conn):
             for name, text in conn.execute("SELECT id, name FROM names").fetchall():
-                params = {"name": name, "run": plan.run, "src": catalog.SOURCE_REPLAY, "base": base, "lo": lo, "hi": hi}
-                stored = conn.execute(
-                    "SELECT COUNT(*), COUNT(*) - COUNT(c.iteration) FROM records r CROSS JOIN contexts c"
-                    " ON c.run=r.run AND c.id=r.ctx WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx>=:base",
-                    params,
-                ).fetchone()
-                if not stored[0]:
+                mine = [name, plan.run, catalog.SOURCE_PENDING, base, top]
+                pending = "r.name=? AND r.run=? AND r.source=? AND r.ctx>=? AND r.ctx<?"
+                if not conn.execute(f"SELECT EXISTS (SELECT 1 FROM records r WHERE {pending})", mine).fetchone()[0]:
+                    continue
+                # Values of iterations cut short, or outside the loops when the end did not run: not kept.
+                conn.execute(
+                    f"DELETE FROM records WHERE rowid IN (SELECT r.rowid FROM records r CROSS JOIN contexts c "
+                    f"ON c.run=r.run AND c.id=r.ctx WHERE {pending} AND NOT ((c.iteration IS NULL AND ?) OR {in_covered}))",
+                    [*mine, 1 if outside else 0, *span_params],
+                )
+                new_outside = conn.execute(
+                    f"SELECT COUNT(*) FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
+                    f"WHERE {pending} AND c.iteration IS NULL", mine,
+                ).fetchone()[0]
+                new_any = conn.execute(f"SELECT EXISTS (SELECT 1 FROM records r WHERE {pending})", mine).fetchone()[0]
+                if not new_any:
                     continue
                 dropped = conn.execute(
                     "DELETE FROM records WHERE rowid IN ("
                     " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
-                    " WHERE r.name=:name AND r.run=:run AND r.source=:src AND r.ctx<:base"
-                    " AND ((c.iteration>=:lo AND c.iteration<:hi) OR (:outside AND c.iteration IS NULL)))",
-                    {**params, "outside": 1 if stored[1] else 0},
+                    f" WHERE r.name=? AND r.run=? AND r.source=? AND (({in_covered}) OR (? AND c.iteration IS NULL)))",
+                    [name, plan.run, catalog.SOURCE_REPLAY, *span_params, 1 if new_outside else 0],
                 ).rowcount
+                conn.execute(f"UPDATE records SET source=? WHERE rowid IN (SELECT r.rowid FROM records r WHERE {pending})",
+                             [catalog.SOURCE_REPLAY, *mine])
                 if text != catalog.STDOUT_AT:  # where a replayed line was printed: not a value of its own
                     replaced += dropped
     finally:

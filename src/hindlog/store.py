@@ -63,6 +63,20 @@ class Lock:
         self._fd = fd
         return True
 
+    def held(self) -> bool:
+        """Whether a process holds the lock now (probed without taking it from anyone)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def holder(self) -> int | None:
         """The process id the holder wrote, if it can be read."""
         try:
@@ -120,6 +134,18 @@ class Store:
     def lock(self, name: str) -> Lock:
         """The lock ``name`` of this store (not taken yet)."""
         return Lock(self.path / "locks" / f"{name}.lock")
+
+    def held_locks(self) -> dict[str, float]:
+        """The locks some process holds now, by name, with when they were taken."""
+        held = {}
+        for path in sorted((self.path / "locks").glob("*.lock")):
+            lock = Lock(path)
+            try:
+                if lock.held():
+                    held[path.stem] = path.stat().st_mtime
+            except OSError:
+                continue
+        return held
 
     def exists(self) -> bool:
         return self.catalog_path.exists()

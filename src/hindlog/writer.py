@@ -278,7 +278,7 @@ class Writer:
         try:
             conn = self._connection()
             with catalog.transaction(conn):
-                self._load_spills(conn)
+                spilled = self._load_spills(conn)
                 if contexts:
                     catalog.bulk_insert_contexts(conn, self.run, contexts)
                 if cells:
@@ -291,6 +291,9 @@ class Writer:
                     cmd.fn(conn)
                 conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
             self._last_commit = time.monotonic()
+            for path in spilled:  # only once their rows are committed
+                self._spill_files.remove(path)
+                _unlink(path)
         except sqlite3.Error as e:
             self._on_failure(e)
             for cmd in commands:  # waiters must not hang on an unwritable catalog
@@ -346,23 +349,34 @@ class Writer:
         self._pending_cells, self._pending_contexts = [], []
         self._pending_commands = [c for c in self._pending_commands if c.data is None]
 
-    def _load_spills(self, conn: sqlite3.Connection) -> None:
-        if self._spill_files:
-            for path in list(self._spill_files):
-                load_spill_file(conn, path)
-                self._spill_files.remove(path)
+    def _load_spills(self, conn: sqlite3.Connection) -> list[Path]:
+        """Insert this writer's spill files into the transaction; the files, to delete once it commits."""
+        loaded = list(self._spill_files)
+        for path in loaded:
+            load_spill_file(conn, path)
+        if loaded:
             catalog.add_run_flag(conn, self.run, "spilled")
         if self._failed_since is not None:
             catalog.add_run_flag(conn, self.run, "catalog_write_failed")
+        return loaded
 
 
-def load_spill_file(conn: sqlite3.Connection, path: Path) -> None:
-    """Insert a spill file's rows into the catalog (inside the caller's transaction) and delete it."""
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def load_spill_file(conn: sqlite3.Connection, path: Path) -> bool:
+    """Insert a spill file's rows into the catalog, inside the caller's transaction; the caller
+    deletes the file once that has committed (deleted before, a failed commit would lose them).
+    False, inserting nothing, if the catalog has no such run."""
     with open(path, "rb") as f:
         data = pickle.load(f)
     row = conn.execute("SELECT id FROM runs WHERE run_id=?", (data["run_id"],)).fetchone()
     if row is None:
-        return
+        return False
     run = row[0]
     catalog.insert_contexts(conn, run, data["contexts"])
     rows = data["rows"]
@@ -372,7 +386,7 @@ def load_spill_file(conn: sqlite3.Connection, path: Path) -> None:
     for command in data.get("commands", []):
         apply_command(conn, run, tuple(command))
     catalog.add_run_flag(conn, run, "spilled")
-    path.unlink()
+    return True
 
 
 def recover_spills(conn: sqlite3.Connection, spill_dir: Path) -> int:
@@ -386,7 +400,9 @@ def recover_spills(conn: sqlite3.Connection, spill_dir: Path) -> int:
             continue
         try:
             with catalog.transaction(conn):
-                load_spill_file(conn, path)
+                if not load_spill_file(conn, path):
+                    continue
+            _unlink(path)
             loaded += 1
         except (OSError, sqlite3.Error, pickle.UnpicklingError, EOFError):
             continue
