@@ -202,6 +202,59 @@ for epoch in hl.loop("epoch", range(epochs)):
 
 
 
+# A trainer written as a class: the main loop is in a method, the state lives on ``self``
+# (which every checkpoint holds as a local, with the declared model and optimizer inside it),
+# with a dataset of its own (arrays large enough to be stored as tensors of the checkpoint).
+TRAINER = """
+import torch
+import torch.nn as nn
+import hindlog as hl
+
+
+class Trainer:
+    def __init__(self, epochs):
+        torch.manual_seed(0)
+        self.epochs = epochs
+        self.X = torch.randn(1200, 20)
+        self.y = (self.X[:, :5].sum(1) > 0).long()
+        data = torch.utils.data.TensorDataset(self.X[:1000], self.y[:1000])
+        self.loader = torch.utils.data.DataLoader(data, batch_size=100, shuffle=True)
+        self.model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=2, gamma=0.5)
+        self.history = []
+        hl.checkpoints(model=self.model, opt=self.opt, sched=self.sched)
+
+    def train_epoch(self):
+        self.model.train()
+        for x, y in hl.loop("step", self.loader):
+            self.opt.zero_grad()
+            out = self.model(x)
+            loss = nn.functional.cross_entropy(out, y)
+            loss.backward()
+            self.opt.step()
+        return loss.item()
+
+    def validate(self):
+        self.model.eval()
+        with torch.no_grad():
+            return (self.model(self.X[1000:]).argmax(1) == self.y[1000:]).float().mean().item()
+
+    def fit(self):
+        for epoch in hl.loop("epoch", range(self.epochs)):
+            last = self.train_epoch()
+            self.sched.step()
+            acc = self.validate()
+            self.history.append(acc)
+            hl.log("loss", last)
+            hl.log("acc", acc)
+
+
+if __name__ == "__main__":
+    Trainer(epochs=5).fit()
+"""
+
+
 @dataclass
 class Case:
     #: path -> source of the recorded project
@@ -294,6 +347,24 @@ CASES: dict[str, Case] = {
         },
         names={"main": ["gap", "best_epoch", "lr_now"], "nested": ["step_loss", "pre_clip"]},
         recorded=["train_loss", "val_loss", "best_acc"],
+        probed={"main": set(), "nested": {"step"}},
+    ),
+    "trainer": Case(
+        {"train.py": TRAINER},
+        edits={
+            "main": [("train.py", 'hl.log("acc", acc)', """
+                wsq = sum(float((p.detach() ** 2).sum()) for p in self.model.parameters())
+                hl.log("wnorm", wsq ** 0.5)
+                hl.log("lr_now", self.sched.get_last_lr()[0])
+                hl.log("seen", len(self.history))
+            """)],
+            "nested": [("train.py", "self.opt.step()", """
+                hl.log("step_loss", loss.item())
+                hl.log("out_std", out.std().item())
+            """)],
+        },
+        names={"main": ["wnorm", "lr_now", "seen"], "nested": ["step_loss", "out_std"]},
+        recorded=["loss", "acc"],
         probed={"main": set(), "nested": {"step"}},
     ),
 }
@@ -398,6 +469,8 @@ def record_count(proj: ReplayProject) -> int:
         ("train_step", "function"),
         ("functions", "main"),
         ("functions", "nested"),
+        ("trainer", "main"),
+        ("trainer", "nested"),
     ],
 )
 def test_replayed_values_equal_a_fresh_run(recorded, tmp_path: Path, case: str, kind: str) -> None:

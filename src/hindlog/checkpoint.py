@@ -636,16 +636,21 @@ class Checkpointer:
             kinds[name] = d.kind
         exclude = {id(d.held) for d in self.declared.values()}
         frame_locals = {}
+        # A local holding declared objects (a trainer's self.model) keeps references to them.
+        self.freezer.declared_ids = {id(d.held): name for name, d in self.declared.items()}
         for name, value in capturable_locals(frame, names - self._unpicklable, exclude).items():
+            mark = len(tensors)
             try:
                 frame_locals[name] = freeze(value, tensors)
             except Exception:
+                del tensors[mark:]
                 self._unpicklable.add(name)
                 warnings.warn(
                     f"hindlog: the local {name!r} ({type(value).__name__}) cannot be checkpointed; "
                     "replay will run the loops that assign it instead of skipping them.",
                     RuntimeWarning,
                 )
+        self.freezer.declared_ids = {}
         rng = rng_state()
         # Python's generator state is a tuple of 625 ints, immutable: kept as it is, not walked.
         python_rng = rng.pop("python")

@@ -372,7 +372,9 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     if run.get("started") and run.get("ended"):
         from .query import run_duration
 
-        plan.full_rerun = run_duration(run)
+        # The run's duration counts from its first hindlog call; the estimate, like a re-run, from
+        # the process's start (imports and data loading before the run began included).
+        plan.full_rerun = max(run_duration(run) or 0.0, preloop + sum(iteration_seconds))
         if plan.total_iterations == 0:
             plan.estimate = plan.full_rerun  # no main loop: all of it runs again
 

@@ -10,7 +10,7 @@ from typing import Any
 from . import catalog
 from .checkpoint import ITERATION_END, Loaded, checkpoint_rows, latest_readable, read_checkpoint
 from .errors import CheckpointError, CorruptObject
-from .state import Declared, declare, load_into, set_frame_locals, set_rng_state
+from .state import Declared, declare, load_into, resolve, set_frame_locals, set_rng_state
 from .store import Store
 
 
@@ -43,7 +43,7 @@ def apply(
     if rng:
         set_rng_state(loaded.rng)
     if frame is not None:
-        set_frame_locals(frame, loaded.locals)
+        set_frame_locals(frame, resolve(loaded.locals, {name: d.held for name, d in declared.items()}))
     return out
 
 
@@ -93,4 +93,4 @@ def restore(
             raise CheckpointError(f"the checkpoint of run {run_row['run_id']} at iteration {iteration} is damaged: {e}") from None
     declared = {name: declare(name, obj) for name, obj in objects.items()}
     restored = apply(loaded, declared, rng=rng)
-    return Restored(run_row["run_id"], loaded.iteration, restored, loaded.locals)
+    return Restored(run_row["run_id"], loaded.iteration, restored, resolve(loaded.locals, {n: d.held for n, d in declared.items()}))

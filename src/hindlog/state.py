@@ -187,6 +187,89 @@ class Pickled:
         return (Pickled, (self.data,))
 
 
+class PickledWithRefs(Pickled):
+    """A local value pickled with references in place of the declared objects it holds (a
+    trainer's ``self.model``) and of its large arrays and tensors (stored as tensors of the
+    checkpoint, deduplicated). It is unpickled only when restored (``resolve``), where the
+    references become the live declared objects: a restored trainer trains the model the
+    checkpoints restore, not a copy of it."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PickledWithRefs, (self.data,))
+
+
+class DeclaredRef:
+    """A declared object (by its name) within a frozen local value."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DeclaredRef, (self.name,))
+
+
+class Unresolved:
+    """A ``PickledWithRefs`` read back, with its checkpoint's tensors, waiting for ``resolve``."""
+
+    __slots__ = ("data", "tensors")
+
+    def __init__(self, data: bytes, tensors: list[Any]) -> None:
+        self.data, self.tensors = data, tensors
+
+
+def _persistent_id(pickler: Any, obj: Any) -> Any:
+    """For the picklers of ``Freezer._pickle_with_refs``: a reference for a declared object or
+    a large array or tensor (appended to the checkpoint's tensors), else None (pickled inline)."""
+    freezer, tensors = pickler.freezer, pickler.tensors
+    name = freezer.declared_ids.get(id(obj))
+    if name is not None:
+        return ("declared", name)
+    t = type(obj)
+    if t is np.ndarray and not obj.dtype.hasobject and obj.nbytes >= OWN_OBJECT_BYTES:
+        tensors.append(freezer._freeze_array(obj))
+        return ("tensor", len(tensors) - 1)
+    torch = sys.modules.get("torch")
+    if torch is not None and t is torch.Tensor and not obj.requires_grad and obj.numel() * obj.element_size() >= OWN_OBJECT_BYTES:
+        tensors.append(freezer._freeze_tensor(torch, obj))
+        return ("tensor", len(tensors) - 1)
+    return None
+
+
+class _RefPickler(pickle.Pickler):
+    persistent_id = _persistent_id
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, tensors: list[Any], live: dict[str, Any]) -> None:
+        super().__init__(file)
+        self.tensors, self.live = tensors, live
+
+    def persistent_load(self, pid: Any) -> Any:
+        kind, key = pid
+        if kind == "tensor":
+            return self.tensors[key]
+        return self.live.get(key)  # a declared object the caller did not pass: None
+
+
+def resolve(value: Any, live: dict[str, Any]) -> Any:
+    """A thawed local value with its references made the live declared objects (by name)."""
+    if isinstance(value, Unresolved):
+        return _RefUnpickler(io.BytesIO(value.data), value.tensors, live).load()
+    if isinstance(value, DeclaredRef):
+        return live.get(value.name)
+    if type(value) is dict:
+        return {k: resolve(v, live) for k, v in value.items()}
+    if type(value) is list:
+        return [resolve(v, live) for v in value]
+    if type(value) is tuple:
+        return tuple(resolve(v, live) for v in value)
+    return value
+
+
 @dataclass
 class FrozenTensor:
     """A tensor or array copied at freeze time (or known by hash, when unchanged)."""
@@ -298,6 +381,10 @@ class _CacheEntry:
         self.generation = generation
 
 
+#: Arrays and tensors at least this large inside a pickled local value are stored as tensors
+#: of their own (deduplicated across checkpoints), not inside its pickle.
+OWN_OBJECT_BYTES = 64 * 1024
+
 #: Below this size a tensor is copied rather than named by hash: the copy costs little, and
 #: small copies are stored inline in the checkpoint's skeleton, not as objects of their own.
 BY_NAME_MIN_BYTES = 1 << 20
@@ -313,6 +400,8 @@ class Freezer:
         self.iteration: int | None = None
         #: Counts checkpoints (``begin``); 0 before the first, when nothing is deduplicated.
         self.generation = 0
+        #: ``id`` of each declared object -> its name: in a local value, a reference to it is kept.
+        self.declared_ids: dict[int, str] = {}
 
     def begin(self, iteration: int | None) -> None:
         """A new checkpoint starts, in main-loop ``iteration`` (None: no naming by hash)."""
@@ -343,7 +432,30 @@ class Freezer:
             return TensorRef(len(tensors) - 1)
         if isinstance(value, _IMMUTABLE):
             return value
+        if self.declared_ids:
+            name = self.declared_ids.get(id(value))
+            if name is not None:
+                return DeclaredRef(name)
+            return self._pickle_with_refs(value, tensors)
         return Pickled(_dumps(value))
+
+    def _pickle_with_refs(self, value: Any, tensors: list[FrozenTensor]) -> Pickled:
+        mark = len(tensors)
+        buf = io.BytesIO()
+        try:
+            pickler: Any = _RefPickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+            pickler.freezer, pickler.tensors = self, tensors
+            pickler.dump(value)
+        except Exception:
+            del tensors[mark:]
+            buf = io.BytesIO()
+            pickler = _cloud_ref_pickler()(buf, protocol=pickle.HIGHEST_PROTOCOL)  # the script's own functions, by value
+            pickler.freezer, pickler.tensors = self, tensors
+            pickler.dump(value)
+        data = buf.getvalue()
+        if len(tensors) == mark and b"declared" not in data:
+            return Pickled(data)  # no reference in it: an ordinary pickle
+        return PickledWithRefs(data)
 
     def _freeze_array(self, value: np.ndarray) -> FrozenTensor:
         if value.nbytes < BufferPool.MIN_BYTES:
@@ -477,6 +589,8 @@ def thaw(skeleton: Any, tensors: list[Any]) -> Any:
     """Rebuild a frozen value from its skeleton and loaded tensors."""
     if isinstance(skeleton, TensorRef):
         return tensors[skeleton.index]
+    if isinstance(skeleton, PickledWithRefs):
+        return Unresolved(skeleton.data, tensors)
     if isinstance(skeleton, Pickled):
         return pickle.loads(skeleton.data)
     if type(skeleton) is dict:
@@ -664,7 +778,35 @@ def set_frame_locals(frame: types.FrameType, values: dict[str, Any]) -> None:
 def _restore_value(current: Any, new: Any) -> Any:
     if current is not None and type(current) in (list, dict, set) and type(current) is type(new):
         return replace_in_place(current, new)
+    if current is not None and type(current) is type(new) and _own_class(type(current)) \
+            and isinstance(getattr(current, "__dict__", None), dict):
+        # An object of the script's own class (a trainer's ``self``) is restored in place: the
+        # frames further up the stack that hold it see the restored state too.
+        current.__dict__.clear()
+        current.__dict__.update(new.__dict__)
+        return current
     return new
+
+
+def _own_class(cls: type) -> bool:
+    """Whether ``cls`` is defined by the user's code, not by Python or an installed package."""
+    if cls.__module__ == "__main__":
+        return True
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None) or ""
+    return bool(path) and cls.__module__.split(".")[0] not in sys.stdlib_module_names \
+        and "site-packages" not in path and "dist-packages" not in path
+
+
+_CLOUD_REF_PICKLER: Any = None
+
+
+def _cloud_ref_pickler() -> Any:
+    global _CLOUD_REF_PICKLER
+    if _CLOUD_REF_PICKLER is None:
+        import cloudpickle
+
+        _CLOUD_REF_PICKLER = type("_CloudRefPickler", (cloudpickle.CloudPickler,), {"persistent_id": _persistent_id})
+    return _CLOUD_REF_PICKLER
 
 
 def dumps_skeleton(skeleton: Any) -> bytes:
