@@ -100,6 +100,16 @@ def test_a_changed_line_is_another_change_with_its_diff() -> None:
     assert '+for epoch in hl.loop("epoch", range(5)):' in found.other_changes
 
 
+def test_a_log_statement_next_to_a_changed_line_is_still_new_for_force() -> None:
+    # The natural way to log a gradient norm: keep what clip_grad_norm_ returns (a changed
+    # line), and log it on the next (a new statement, in the same diff hunk).
+    new = BASE.replace("    opt.step()\n", "    gn = opt.step()\n    hl.log('gn', gn)\n    print(gn)\n")
+    assert new != BASE
+    found = find_additions("train.py", BASE, new)
+    assert "-    opt.step()" in found.other_changes and "+    gn = opt.step()" in found.other_changes
+    assert lines_of(new, found.statements) == ["    hl.log('gn', gn)", "    print(gn)"]
+
+
 def test_a_removed_line_is_another_change() -> None:
     new = BASE.replace("    sched.step()\n", "")
     found = find_additions("train.py", BASE, new)

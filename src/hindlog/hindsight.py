@@ -59,6 +59,9 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
     new_lines = new_src.splitlines()
     matcher = difflib.SequenceMatcher(None, code_lines(old_src), code_lines(new_src), autojunk=False)
     inserted: set[int] = set()
+    #: Lines of changed hunks (a line changed next to an added one): a log statement among them
+    #: is still a new statement, which --force replays as such.
+    changed: set[int] = set()
     bad: list[str] = []
     old_code, new_code = matcher.a, matcher.b
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
@@ -69,10 +72,11 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
             bad.append(f"@@ -{i1 + 1},{i2 - i1} +{j1 + 1},{j2 - j1} @@")
             bad.extend("-" + l for l in old_lines[i1:i2])
             bad.extend("+" + l for l in new_lines[j1:j2])
+            changed.update(j + 1 for j in range(j1, j2) if new_code[j].strip())
             continue
         inserted.update(j + 1 for j in range(j1, j2) if new_code[j].strip())
     out = Additions(path)
-    if not inserted:
+    if not inserted and not changed:
         out.other_changes = "\n".join(bad)
         return out
     tree = ast.parse(new_src)
@@ -80,7 +84,7 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
     for stmt in _all_statements(tree):
         lines = set(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
         own = {l for l in lines if new_code[l - 1].strip()}
-        if own and own <= inserted and not (covered & own):
+        if own and not (covered & own) and (own <= inserted or (own <= inserted | changed and _is_log_or_print(stmt))):
             out.statements.append((stmt.lineno, stmt.end_lineno or stmt.lineno))
             covered |= own
     for line in sorted(inserted - covered):
@@ -89,6 +93,15 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
     out.statements.sort()
     out.other_changes = "\n".join(bad)
     return out
+
+
+def _is_log_or_print(stmt: ast.stmt) -> bool:
+    """``hl.log(...)`` or ``print(...)`` as a statement of its own."""
+    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
+        return False
+    func = stmt.value.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+    return name in ("log", "print")
 
 
 def _all_statements(tree: ast.AST) -> list[ast.stmt]:
