@@ -222,7 +222,8 @@ def test_resume_a_failed_run(tmp_path: Path) -> None:
         holder.communicate("", timeout=30)
     assert busy.returncode != 0 and f"is being resumed already (process {holder.pid})" in busy.stderr, busy.stderr
     assert proj.run_info(run_id)["status"] == "failed"
-    proj.cli("resume", run_id, env={"TMPDIR": str(scratch_parent)})
+    resumed = proj.cli("resume", run_id, env={"TMPDIR": str(scratch_parent)})
+    assert f"resuming run {run_id} after iteration" in resumed.stderr and "working tree are not used" in resumed.stderr
     assert list(scratch_parent.iterdir()) == [], "resume left its scratch copy of the code behind"
     reference_id = last_json(proj.run("train.py").stdout)["run"]
     resumed, reference = proj.by_iteration(run_id), proj.by_iteration(reference_id)
@@ -338,7 +339,7 @@ def test_resume_of_a_hands_free_run_after_kill_9_records_the_rest_of_the_run(tmp
     # Its duration leaves out the time it stood killed.
     stopped = info["info"]["stopped_seconds"]
     assert stopped > 0
-    assert "stood killed for" in proj.cli("show", run_id).stdout
+    assert "stood stopped for" in proj.cli("show", run_id).stdout
     from hindlog import query
 
     assert query.run_duration(info) == pytest.approx(info["ended"] - info["started"] - stopped)

@@ -222,7 +222,7 @@ def _show(args: argparse.Namespace) -> int:
     info = query.run_info(args.run, store=args.store)
     started, ended = info.get("started"), info.get("ended")
     stopped = (info.get("info") or {}).get("stopped_seconds")
-    stood = f"; it stood killed for {_duration(stopped)} before it was resumed" if stopped else ""
+    stood = f"; it stood stopped for {_duration(stopped)} before it was resumed" if stopped else ""
     lines = [
         f"run          {info['run_id']}" + (f"  ({info['name']})" if info.get("name") else ""),
         f"status       {info['status']}" + (f"  flags: {', '.join(info['flags'])}" if info.get("flags") else ""),

@@ -188,7 +188,8 @@ class ResumeController(Controller):
             flags = run.get("flags") or []
             # The time it stood killed is not part of the run's duration.
             info = run.get("info") or {}
-            stopped = max(0.0, time.time() - (run.get("heartbeat") or run.get("ended") or time.time()))
+            # A failed run stopped when it ended; a killed one at its last sign of life.
+            stopped = max(0.0, time.time() - (run.get("ended") or run.get("heartbeat") or time.time()))
             catalog.merge_run_info(conn, run["id"], {"stopped_seconds": info.get("stopped_seconds", 0.0) + stopped})
             catalog.update_run(
                 conn,
