@@ -1128,6 +1128,7 @@ def test_where_sees_a_hands_free_runs_command_line_options_and_diff_shows_them(p
 
             p = argparse.ArgumentParser()
             p.add_argument("--lr", type=float, default=0.1)
+            p.add_argument("--batch-size", type=int, default=32)
             a = p.parse_args()
             w = np.ones(2)
             for epoch in range(3):
@@ -1143,6 +1144,10 @@ def test_where_sees_a_hands_free_runs_command_line_options_and_diff_shows_them(p
     proj.write("train.py", proj.read().replace('    print("epoch"', '    print("HS", epoch)\n    print("epoch"'))
     plan = proj.replay("train.py", "--where", "lr > 0.05", "--dry-run").stdout
     assert f"run {high}" in plan and f"run {low}" not in plan, plan
+    # Options left at their defaults count too: the parser's result is recorded.
+    plan = proj.replay("train.py", "--where", "batch_size == 32", "--dry-run").stdout
+    assert f"run {high}" in plan and f"run {low}" in plan, plan
+    assert "options      lr=0.01, batch_size=32" in proj.hindlog("show", low, check=True).stdout
     diff = proj.hindlog("diff", high, low, check=True).stdout
     assert "argv: train.py --lr 0.1 -> train.py --lr=0.01" in diff, diff
 

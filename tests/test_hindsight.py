@@ -353,3 +353,20 @@ def test_new_statements_that_draw_random_numbers_are_found() -> None:
         new = add_after(base, 'hl.log("val", val)', added)
         ranges = find_additions("train.py", base, new).statements
         assert draws_random_numbers({"train.py": new}, {"train.py": ranges}) is draws, added
+
+
+def test_new_statements_writing_output_a_replay_does_not_store_are_told_apart() -> None:
+    from hindlog.hindsight import writes_unstored_output
+
+    for statement, unstored in [
+        ('    log.info("val %f", val)', True),
+        ('    sys.stdout.write(f"{val}\\n")', True),
+        ('    print(val, file=sys.stderr)', True),
+        ('    print(val)', False),
+        ('    hl.log("v", val)', False),
+    ]:
+        new = add_after(BASE, 'hl.log("val", val)', statement)
+        found = find_additions("train.py", BASE, new)
+        assert len(found.statements) == 1, statement
+        assert writes_unstored_output({"train.py": new}, {"train.py": found.statements}) is unstored, statement
+

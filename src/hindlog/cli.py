@@ -236,6 +236,9 @@ def _show(args: argparse.Namespace) -> int:
     ]
     if info["args"]:
         lines.append("args         " + ", ".join(f"{k}={v!r}" for k, v in info["args"].items()))
+    options = (info.get("info") or {}).get("options")
+    if options:
+        lines.append("options      " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
     env = info.get("env") or {}
     if env:
         pkgs = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items())

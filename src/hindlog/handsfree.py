@@ -413,6 +413,7 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         rec.startup_seconds = time.perf_counter() - hindlog.IMPORT_STARTED
         if _imports_numpy_stack(tree):
             rec.startup_seconds -= hindlog.NUMPY_IMPORT_SECONDS
+    restore_argparse = _record_options(rec) if rec is not None and rec.controller is None else None
     main = types.ModuleType("__main__")
     main.__dict__.update({"__file__": str(abs_path), "__builtins__": builtins, RUNTIME: runtime, "__cached__": None})
     saved_main = sys.modules.get("__main__")
@@ -432,6 +433,8 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         status, code_out = "failed", 1
         _print_user_traceback(*sys.exc_info(), str(abs_path))
     finally:
+        if restore_argparse is not None:
+            restore_argparse()
         sys.stdout.flush()
         sys.stdout = real_stdout
         if finder in sys.meta_path:
@@ -442,6 +445,35 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     if rec is not None and not rec.finished:
         rec.finish(status)
     return code_out
+
+
+def _record_options(rec: Any) -> Callable[[], None]:
+    """Record the options the script's argparse parser returns for its command line (defaults
+    included), as the run's ``info.options``: what ``--where`` and ``hindlog show`` see of a
+    run whose script has no ``hl.arg``. Returns the function that takes the hook away."""
+    import argparse
+
+    real = argparse.ArgumentParser.parse_known_args
+    done = []
+
+    def parse_known_args(self: Any, args: Any = None, namespace: Any = None) -> Any:
+        result = real(self, args, namespace)
+        if args is None and not done:  # the command line's parser, not one parsing a list of its own
+            done.append(True)
+            try:
+                options = {k: v for k, v in vars(result[0]).items()
+                           if v is None or type(v) in (bool, int, float, str)}
+                rec.writer.change("info", {"options": options})
+            except Exception:
+                pass  # recording the options never changes what the script gets
+        return result
+
+    argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+    def restore() -> None:
+        argparse.ArgumentParser.parse_known_args = real  # type: ignore[method-assign]
+
+    return restore
 
 
 def _exit_code(code: Any) -> int:

@@ -495,6 +495,29 @@ def draws_random_numbers(files: dict[str, str], new_statements: dict[str, list[t
     return False
 
 
+#: Methods that write output a replay does not store: a logger's, a stream's ``write``.
+UNSTORED_OUTPUT = frozenset({"debug", "info", "warning", "warn", "error", "critical", "exception", "write"})
+
+
+def writes_unstored_output(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
+    """Whether a new statement writes output other than ``print(...)`` to stdout and ``hl.log``
+    (``logger.info(...)``, ``sys.stdout.write(...)``, ``print(..., file=sys.stderr)``): it runs,
+    but what it writes is not stored."""
+    for path, ranges in new_statements.items():
+        try:
+            tree = ast.parse(files.get(path, ""))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or not any(lo <= node.lineno <= hi for lo, hi in ranges):
+                continue
+            if isinstance(node.func, ast.Attribute) and node.func.attr in UNSTORED_OUTPUT:
+                return True
+            if isinstance(node.func, ast.Name) and node.func.id == "print" and any(k.arg == "file" for k in node.keywords):
+                return True
+    return False
+
+
 def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
     """Whether a new statement reads ``.grad`` (directly or in a project function it calls).
 

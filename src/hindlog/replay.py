@@ -151,7 +151,8 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
 
         args = catalog.run_args(conn, [r["id"] for r in candidates])
         # A run's args, and the options of its command line (a script's argparse arguments).
-        frame = pd.DataFrame([{**argv_options(r.get("argv")), **args.get(r["id"], {}), "_id": r["run_id"]} for r in candidates])
+        frame = pd.DataFrame([{**argv_options(r.get("argv")), **((r.get("info") or {}).get("options") or {}),
+                               **args.get(r["id"], {}), "_id": r["run_id"]} for r in candidates])
         try:
             mask = frame.eval(where)
             if not (isinstance(mask, pd.Series) and mask.dtype == bool):
@@ -269,6 +270,9 @@ def plan_run(
     ):
         plan.notes.append("a new print(...) shows nothing here: a replay keeps what prints print only for runs "
                           "recorded with `hindlog run`; log the value with hl.log(...) instead")
+    if hindsight.writes_unstored_output(files, new_statements):
+        plan.notes.append("a new statement writes through a logger or a stream (log.info, sys.stdout.write, print(..., "
+                          "file=...)): it runs, but a replay stores only what new print(...) calls print and hl.log(...) logs")
     if hindsight.draws_random_numbers(files, new_statements):
         plan.draws_random = True
         plan.notes.append("a new statement draws random numbers: whatever the run draws after it differs from the "
