@@ -214,6 +214,29 @@ def test_logs_of_an_unknown_name(two_runs) -> None:
     assert out.returncode != 0 and "No values logged under nothing" in out.stderr
 
 
+def test_logs_without_names_lists_the_names_logged(two_runs) -> None:
+    project, a, _ = two_runs
+    out = main(project, "logs")
+    assert out.returncode == 0 and out.stdout.splitlines()[-1].split() == ["acc", "loss"], out.stdout
+    assert "hindlog logs acc loss" in out.stdout
+
+
+def test_show_says_why_a_run_got_no_checkpoint(project: Project) -> None:
+    project.write("train.py", """
+import time
+import numpy as np
+import hindlog as hl
+state = np.zeros(10)
+hl.checkpoints(state=state)
+for epoch in hl.loop("epoch", range(5)):
+    state += 1
+    time.sleep(0.05)
+""")
+    project.run(env={"HINDLOG_EPSILON": "0.001"})
+    shown = main(project, "show").stdout
+    assert "checkpoints  0 (hindlog's start-up" in shown and "ε = 0.001" in shown, shown
+
+
 def test_diff_shows_code_and_args_changes(project: Project) -> None:
     project, a, b = record_two_runs(project)
     out = project.cli("diff", a, b).stdout

@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", action="store_true", help="print the lines the script printed, per main-loop iteration")
 
     p = sub.add_parser("logs", help="print logged values as a table, CSV or JSON")
-    p.add_argument("names", nargs="+", metavar="NAME", help="logged names, e.g. loss acc")
+    p.add_argument("names", nargs="*", metavar="NAME", help="logged names, e.g. loss acc (none: list the names logged)")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN", help="only this run (repeatable; default: all)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table). A context without a value is blank (JSON: null); a logged NaN is "
@@ -254,11 +254,16 @@ def _show(args: argparse.Namespace) -> int:
     if busy:
         ckpt_line += (f"; {busy} iteration{'s' if busy > 1 else ''} skipped while the previous checkpoint was still"
                       " being written (its write took longer than an iteration)")
+    charged = (info.get("info") or {}).get("checkpoint_charged")
+    if not ckpts and charged and info.get("epsilon") and started and ended:
+        startup = charged.get("startup_seconds", 0.0)
+        if startup >= info["epsilon"] * (ended - started) * 0.5:
+            ckpt_line += (f" (hindlog's start-up, {startup:.2f}s, took most of what ε = {info['epsilon']:g} allows this "
+                          f"{ended - started:.1f}s run; a longer run, or a larger ε, gets checkpoints)")
     lines.append(ckpt_line)
     if overhead is not None:
         eps = info.get("epsilon")
         lines.append(f"overhead     {overhead * 100:.2f}% of wall time (bound {eps * 100:.1f}%)" if eps is not None else f"overhead     {overhead * 100:.2f}%")
-    charged = (info.get("info") or {}).get("checkpoint_charged")
     if charged and ckpts:
         blocked, cpu, weight = charged["blocked_seconds"], charged["persister_cpu_seconds"], charged["background_weight"]
         startup = charged.get("startup_seconds", 0.0)
@@ -290,6 +295,14 @@ def _ranges(values: list[int]) -> str:
 def _logs(args: argparse.Namespace) -> int:
     import warnings
 
+    if not args.names:
+        names = query.logged_names(runs=args.runs, store=args.store)
+        if not names:
+            print("No values are logged in these runs yet.", file=sys.stderr)
+            return 1
+        print("Logged names (give some to see their values, e.g. `hindlog logs " + " ".join(names[:2]) + "`):")
+        print("  " + "  ".join(names))
+        return 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         df, logged = query.logged_frame(*args.names, runs=args.runs, store=args.store)

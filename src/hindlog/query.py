@@ -213,6 +213,23 @@ def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> d
     return run
 
 
+def logged_names(runs: Sequence[str] | str | None = None, store: str | os.PathLike[str] | Store | None = None) -> list[str]:
+    """The names values were logged under (in these runs, or any), replayed ones included."""
+    _flush_own_run()
+    st = _open(store)
+    if not st.exists():
+        return []
+    conn = st.connect()
+    try:
+        if runs is None:
+            found = catalog.logged_names(conn)
+        else:
+            found = sorted({n for r in resolve_runs(conn, runs) for n in catalog.logged_names(conn, r["id"])})
+    finally:
+        conn.close()
+    return [n for n in found if not n.startswith("@")]  # hands-free output is shown by `show --output`
+
+
 def argv_options(argv: Sequence[str] | None) -> dict[str, Any]:
     """The ``--name value``, ``--name=value`` and ``--flag`` options of a command line, as an
     argparse script would name them (``--batch-size 32`` -> ``batch_size: 32``), with numbers
