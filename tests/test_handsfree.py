@@ -1009,6 +1009,79 @@ def test_what_the_optimizer_trains_is_state_even_when_the_loop_only_calls_it(pro
         assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
 
 
+CLASS_TRAINER = """
+import argparse
+import torch
+import torch.nn as nn
+
+
+class Trainer:
+    def __init__(self, args):
+        torch.manual_seed(0)
+        X = torch.randn(3000, 20)
+        y = (X[:, :4].sum(1, keepdim=True) > 0).float()
+        self.val = (X[2500:], y[2500:])
+        self.loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X[:2500], y[:2500]), batch_size=250, shuffle=True)
+        self.model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 1))
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=args.lr, momentum=0.9)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=2, gamma=0.5)
+        self.epochs = args.epochs
+        self.best = 0.0
+
+    def train_epoch(self):
+        self.model.train()
+        for xb, yb in self.loader:
+            self.opt.zero_grad()
+            loss = nn.functional.binary_cross_entropy_with_logits(self.model(xb), yb)
+            loss.backward()
+            self.opt.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def validate(self):
+        self.model.eval()
+        X, y = self.val
+        return ((self.model(X) > 0).float() == y).float().mean().item()
+
+    def fit(self):
+        for epoch in range(self.epochs):
+            last = self.train_epoch()
+            self.sched.step()
+            acc = self.validate()
+            self.best = max(self.best, acc)
+            print(f"epoch {epoch} loss {last:.6f} acc {acc:.4f}")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--epochs", type=int, default=6)
+    Trainer(p.parse_args()).fit()
+"""
+
+
+def test_a_trainer_class_is_checkpointed_with_its_data_stored_once_and_replays_exactly(proj: HFProject) -> None:
+    """The state is ``self``: checkpointed whole, its dataset's tensors (200 KB) are stored as
+    objects of their own, once for every checkpoint, and a replay from mid-run restores it."""
+    pytest.importorskip("torch")
+    proj.write("train.py", CLASS_TRAINER)
+    proj.commit()
+    proc, run = proj.record(epsilon=0.9)
+    assert proc.returncode == 0 and "checkpointing self" in proc.stderr, show(proc)
+    iterations = proj.checkpoint_iterations(run)
+    assert len(iterations) >= 4, iterations
+    objects = proj.store / "objects"
+    sizes = sorted((f.stat().st_size for f in objects.rglob("*") if f.is_file()), reverse=True)
+    assert sizes[0] >= 200_000 and sizes.count(sizes[0]) == 1, sizes[:8]  # the training inputs, stored once
+    proj.write("train.py", CLASS_TRAINER.replace(
+        '            print(f"epoch', '            print("HS", epoch, self.best, sum(float(p.sum()) for p in self.model.parameters()))\n            print(f"epoch'))
+    want = _fresh_marked_lines(proj, "train.py", proj.root)
+    assert len(want) == 6 and len(set(want)) == 6
+    for workers in ("1", "2"):
+        replayed = proj.replay("train.py", "--workers", workers)
+        assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
+
+
 def test_replay_compares_what_the_replayed_code_prints_with_the_record(proj: HFProject) -> None:
     """Lines the recorded code prints again in the replay are compared with the record's: a
     difference is a note (lines may hold times), not a failure."""
@@ -1148,6 +1221,15 @@ def test_where_sees_a_hands_free_runs_command_line_options_and_diff_shows_them(p
     plan = proj.replay("train.py", "--where", "batch_size == 32", "--dry-run").stdout
     assert f"run {high}" in plan and f"run {low}" in plan, plan
     assert "options      lr=0.01, batch_size=32" in proj.hindlog("show", low, check=True).stdout
+    # A config pre-parser first, then the main parser on what it left (as timm's scripts do).
+    proj.write("train.py", proj.read().replace(
+        "p = argparse.ArgumentParser()",
+        "pre = argparse.ArgumentParser(add_help=False)\npre.add_argument('--config', default='base')\n"
+        "known, rest = pre.parse_known_args()\np = argparse.ArgumentParser()").replace(
+        "a = p.parse_args()", "a = p.parse_args(rest)"))
+    proj.commit()
+    _p, both = proj.record(args=["--config", "big", "--lr", "0.3"], epsilon=0.9)
+    assert "options      config='big', lr=0.3, batch_size=32" in proj.hindlog("show", both, check=True).stdout
     diff = proj.hindlog("diff", high, low, check=True).stdout
     assert "argv: train.py --lr 0.1 -> train.py --lr=0.01" in diff, diff
 

@@ -574,7 +574,7 @@ def test_a_value_logged_after_finish_starts_a_new_run_of_the_same_project_and_sa
     proc = project.run(
         """
         import hindlog as hl
-        first = hl.init(project="sweep")
+        first = hl.init(project="sweep", epsilon=0.2)
         hl.log("acc", 0.5)
         hl.finish()
         hl.log("test_acc", 0.4)                     # line 5: after finish
@@ -583,7 +583,7 @@ def test_a_value_logged_after_finish_starts_a_new_run_of_the_same_project_and_sa
     )
     first, second = proc.stdout.split()
     assert first != second and project.runs()["run_id"].tolist() == [first, second]
-    assert project.run_info(second)["project"] == "sweep"
+    assert project.run_info(second)["project"] == "sweep" and project.run_info(second)["epsilon"] == 0.2
     assert project.values("test_acc", second) == [0.4]
     warning = [line for line in proc.stderr.splitlines() if "after hl.finish()" in line]
     assert len(warning) == 1 and "train.py:5:" in warning[0] and second in warning[0], proc.stderr

@@ -505,6 +505,60 @@ def test_replayed_values_equal_a_fresh_run(recorded, tmp_path: Path, case: str, 
         previous = rows
 
 
+NUMPY_TRAINER = """
+import numpy as np
+import hindlog as hl
+
+
+class Watch:
+    def __init__(self, trainer):
+        self.trainer = trainer          # a back-reference to the object that holds this one
+        self.seen = 0
+
+    def after_epoch(self):
+        self.seen += 1
+
+
+class Trainer:
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+        self.W = np.zeros((120, 120))   # 115 KB: stored as a tensor of its own
+        self.params = [self.W]          # an alias: the update below goes through it
+        self.watch = Watch(self)
+        hl.checkpoints(rng=self.rng)
+
+    def step(self):
+        grad = self.rng.standard_normal(self.W.shape)
+        for p in self.params:
+            p -= 0.01 * grad
+
+    def fit(self):
+        for epoch in hl.loop("epoch", range(6)):
+            for step in hl.loop("step", range(3)):
+                self.step()             # changes self: a checkpoint holds it
+            self.watch.after_epoch()
+            hl.log("w", float(self.W.sum()))
+
+
+Trainer().fit()
+"""
+
+
+def test_a_trainer_object_keeps_its_aliases_and_back_references_when_restored(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    run = proj.record(NUMPY_TRAINER, env=DENSE)
+    modified = NUMPY_TRAINER.replace('            hl.log("w", float(self.W.sum()))', """            hl.log("w", float(self.W.sum()))
+            hl.log("via_alias", float(self.params[0].sum()))
+            hl.log("seen", self.watch.trainer.watch.seen)""")
+    truth = ground_truth(tmp_path, {"train.py": modified}, ["w", "via_alias", "seen"])
+    proj.write("train.py", modified)
+    for workers in ("1", "2"):
+        out = proj.replay("train.py", "--workers", workers)
+        assert "DIVERGED" not in out.stderr, out.stderr
+        for name in ("via_alias", "seen"):
+            assert_same_values(proj.values(name, run), truth[name], f"{name}, {workers} worker(s)")
+
+
 @pytest.mark.slow
 def test_dry_run_prints_the_plan_and_an_estimate_and_stores_nothing(recorded, tmp_path: Path) -> None:
     rec = recorded("classic")

@@ -631,13 +631,21 @@ class Checkpointer:
         freeze = self.freezer.freeze
         objects = {}
         kinds = {}
+        ids = {id(d.held): name for name, d in self.declared.items()}
         for name, d in self.declared.items():
-            objects[name] = freeze(state_of(d), tensors)
+            if d.kind == "pickle":
+                # A pickled object (a hands-free trainer's self) holds references to the other
+                # declared objects, and its large arrays and tensors become deduplicated tensors.
+                self.freezer.declared_ids = {k: v for k, v in ids.items() if v != name}
+                objects[name] = self.freezer.pickle_with_refs(d.obj, tensors)
+                self.freezer.declared_ids = {}
+            else:
+                objects[name] = freeze(state_of(d), tensors)
             kinds[name] = d.kind
         exclude = {id(d.held) for d in self.declared.values()}
         frame_locals = {}
         # A local holding declared objects (a trainer's self.model) keeps references to them.
-        self.freezer.declared_ids = {id(d.held): name for name, d in self.declared.items()}
+        self.freezer.declared_ids = ids
         for name, value in capturable_locals(frame, names - self._unpicklable, exclude).items():
             mark = len(tensors)
             try:

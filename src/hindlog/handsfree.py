@@ -454,16 +454,16 @@ def _record_options(rec: Any) -> Callable[[], None]:
     import argparse
 
     real = argparse.ArgumentParser.parse_known_args
-    done = []
+    options: dict[str, Any] = {}
 
     def parse_known_args(self: Any, args: Any = None, namespace: Any = None) -> Any:
         result = real(self, args, namespace)
-        if args is None and not done:  # the command line's parser, not one parsing a list of its own
-            done.append(True)
+        # Parses of the command line, or of what an earlier parse left of it (a config
+        # pre-parser, then the main parser on the rest), not of lists of the script's own.
+        if args is None or (isinstance(args, list) and args and set(args) <= set(sys.argv[1:])):
             try:
-                options = {k: v for k, v in vars(result[0]).items()
-                           if v is None or type(v) in (bool, int, float, str)}
-                rec.writer.change("info", {"options": options})
+                options.update({k: v for k, v in vars(result[0]).items() if v is None or type(v) in (bool, int, float, str)})
+                rec.writer.change("info", {"options": dict(options)})
             except Exception:
                 pass  # recording the options never changes what the script gets
         return result

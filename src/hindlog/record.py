@@ -27,8 +27,9 @@ _broken = False
 
 #: Runs this process has started (a script may call ``hl.init`` several times, a sweep).
 _runs_started = 0
-#: The run ``hl.finish()`` ended and its project, until a call starts the next run.
-_finished_by_call: tuple[str, str] | None = None
+#: The run ``hl.finish()`` ended and how it was started (project, ε, store), until a call
+#: starts the next run.
+_finished_by_call: tuple[str, dict[str, Any]] | None = None
 
 
 def _start(**kwargs: Any) -> Recorder | None:
@@ -70,9 +71,9 @@ def current() -> Recorder | None:
         if _finished_by_call is not None:
             # Values logged after hl.finish() (a final test metric) would otherwise land in a
             # run of their own without a word: say so, and keep them in the same project.
-            finished, project = _finished_by_call
+            finished, settings = _finished_by_call
             _finished_by_call = None
-            rec = _start(project=project)
+            rec = _start(**settings)
             if rec is not None:
                 warn_user(
                     f"hindlog: a hindlog call after hl.finish() started a new run, {rec.run_id} (the finished one is "
@@ -171,7 +172,8 @@ def finish() -> None:
     global _recorder, _finished_by_call
     if _recorder is not None:
         _recorder.finish()
-        _finished_by_call = (_recorder.run_id, _recorder.project)
+        _finished_by_call = (_recorder.run_id, {"project": _recorder.project, "epsilon": _recorder.epsilon,
+                                                "store": str(_recorder.store.path)})
         _recorder = None
 
 

@@ -675,35 +675,34 @@ def _execute(
                 os.killpg(proc.pid, signal.SIGKILL)
         finished = [seg for seg, proc, result_path, *_ in procs if proc.returncode == 0 and result_path.exists()]
         rest = [seg for seg, *_ in procs if seg not in finished]
-        covered = [(seg.start, seg.end) if seg in finished else (seg.start, _begun(progress_path, seg))
-                   for seg, _proc, _result, progress_path, _log in procs]
+        kept = []
+        for k, (seg, _proc, result_path, *_rest) in enumerate(procs):
+            if seg in finished and (keep_diverged or not json.loads(result_path.read_text()).get("divergences")):
+                kept.append(k)
         try:
-            # What the workers finished is kept, once; an iteration cut short keeps the earlier replay's values.
-            _publish(store, plan, base, len(procs), covered, outside=bool(procs) and procs[-1][0] in finished and plan.segments[-1].end >= plan.total_iterations)
+            # Segments that ran to their end, their values checked, are kept, once; the others'
+            # values are not (not all of them were checked), and the earlier replay's stay.
+            _publish(store, plan, base, len(procs), kept)
         except Exception:
             pass
         shutil.rmtree(scratch, ignore_errors=True)
         done = ", ".join(f"{s.start}:{s.end}" for s in finished) or "none"
         again = f"--iterations {min(s.start for s in rest)}:{max(s.end for s in rest)}" if rest else ""
         raise ReplayInterrupted(
-            f"replay of run {plan.run_id} interrupted. Segments finished: {done}; their values are kept, and so are "
-            f"those the others stored before they stopped." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
+            f"replay of run {plan.run_id} interrupted. Segments finished: {done}; their values are kept (those of "
+            f"segments stopped midway are not, and earlier values stay)." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
         ) from None
     finally:
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)
     result = RunResult(plan.run_id, True, 0.0)
     diverged: list[int] = []
-    covered: list[tuple[int, int]] = []
-    outside = False
-    for k, (seg, proc, result_path, progress_path, log_path) in enumerate(procs):
+    kept: list[int] = []  # the segments whose values are published
+    for k, (seg, proc, result_path, _progress, log_path) in enumerate(procs):
         data = json.loads(result_path.read_text()) if result_path.exists() else None
         last = k == len(procs) - 1 and seg.end >= plan.total_iterations
         if data is not None and (proc.returncode == 0 or (run.get("status") == "failed" and last)):
-            covered.append((seg.start, seg.end))
-            outside = outside or last
-        else:
-            covered.append((seg.start, _begun(progress_path, seg)))
+            kept.append(k)
         if proc.returncode != 0 and data is not None and run.get("status") == "failed" and k == len(procs) - 1 \
                 and seg.end >= plan.total_iterations:
             # The recorded run failed: its last segment fails again where it did, having
@@ -733,9 +732,8 @@ def _execute(
         # earlier replay's values of the same statements stay).
         result.dropped_diverged = _drop_segments(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
         result.stored -= result.dropped_diverged
-        covered = [span for k, span in enumerate(covered) if k not in diverged]
-        outside = outside and len(procs) - 1 not in diverged
-    result.replaced = _publish(store, plan, base, len(procs), covered, outside)
+        kept = [k for k in kept if k not in diverged]
+    result.replaced = _publish(store, plan, base, len(procs), kept)
     result.seconds = time.perf_counter() - t0
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -783,57 +781,45 @@ def _drop_segments(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
     return dropped
 
 
-def _begun(progress_path: Path, seg: Segment) -> int:
-    """The iteration a stopped segment's worker had begun (its iterations before that are done)."""
-    try:
-        return max(seg.start, min(int(progress_path.read_text().strip()), seg.end))
-    except (OSError, ValueError):
-        return seg.start
+def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[int]) -> int:
+    """Make the values of the segments in ``kept`` visible, in one transaction: those that ran
+    to their end, their recomputed values checked. The others' values are dropped.
 
-
-def _publish(store: Store, plan: RunPlan, base: int, segments: int, covered: list[tuple[int, int]], outside: bool) -> int:
-    """Make this replay's values visible, in one transaction, over the iterations its workers
-    finished (``covered``; ``outside``: and the code after the main loop ran to its end).
-
-    A name's new values replace the earlier replays' values of that name over those iterations,
-    so that replaying the same statements again does not duplicate them, and a changed
-    statement (a print made conditional) leaves none of its former version's values. Where the
-    replay did not finish an iteration (stopped, crashed), its values there are dropped and
-    the earlier ones stay. Returns how many earlier values were replaced."""
+    A name's new values replace the earlier replays' values of that name over the kept
+    segments' iterations (and outside the loops, where it has new values there), so that
+    replaying the same statements again does not duplicate them, and a changed statement (a
+    print made conditional) leaves none of its former version's values; where no segment was
+    kept, the earlier values stay. Returns how many earlier values were replaced."""
     # Name by name, through the (name, run) index: a single correlated DELETE compared every old
     # value with every new one and took 3 s for 2,300 values replayed twice. CROSS JOIN keeps
     # records as the outer loop; left to itself SQLite scanned contexts first, for each one all
     # records of the name (12 s).
-    spans = [(lo, hi) for lo, hi in covered if hi > lo]
-    in_covered = " OR ".join(["(c.iteration>=? AND c.iteration<?)"] * len(spans)) or "0"
+    spans = [(plan.segments[k].start, plan.segments[k].end) for k in kept]
+    in_kept = " OR ".join(["(c.iteration>=? AND c.iteration<?)"] * len(spans)) or "0"
     span_params = [v for span in spans for v in span]
-    top = base + segments * SEGMENT_CTX_SPAN
+    dropped_spans = [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in range(segments) if k not in kept]
     replaced = 0
     conn = store.connect()
     try:
         with catalog.transaction(conn):
+            for lo, hi in dropped_spans:
+                conn.execute("DELETE FROM records WHERE run=? AND source=? AND ctx>=? AND ctx<?",
+                             (plan.run, catalog.SOURCE_PENDING, lo, hi))
+            top = base + segments * SEGMENT_CTX_SPAN
             for name, text in conn.execute("SELECT id, name FROM names").fetchall():
                 mine = [name, plan.run, catalog.SOURCE_PENDING, base, top]
                 pending = "r.name=? AND r.run=? AND r.source=? AND r.ctx>=? AND r.ctx<?"
                 if not conn.execute(f"SELECT EXISTS (SELECT 1 FROM records r WHERE {pending})", mine).fetchone()[0]:
                     continue
-                # Values of iterations cut short, or outside the loops when the end did not run: not kept.
-                conn.execute(
-                    f"DELETE FROM records WHERE rowid IN (SELECT r.rowid FROM records r CROSS JOIN contexts c "
-                    f"ON c.run=r.run AND c.id=r.ctx WHERE {pending} AND NOT ((c.iteration IS NULL AND ?) OR {in_covered}))",
-                    [*mine, 1 if outside else 0, *span_params],
-                )
                 new_outside = conn.execute(
-                    f"SELECT COUNT(*) FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
-                    f"WHERE {pending} AND c.iteration IS NULL", mine,
+                    f"SELECT EXISTS (SELECT 1 FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
+                    f"WHERE {pending} AND c.iteration IS NULL)", mine,
                 ).fetchone()[0]
-                new_any = conn.execute(f"SELECT EXISTS (SELECT 1 FROM records r WHERE {pending})", mine).fetchone()[0]
-                if not new_any:
-                    continue
                 dropped = conn.execute(
                     "DELETE FROM records WHERE rowid IN ("
                     " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
-                    f" WHERE r.name=? AND r.run=? AND r.source=? AND (({in_covered}) OR (? AND c.iteration IS NULL)))",
+                    " WHERE r.name=? AND r.run=? AND r.source=?"
+                    f" AND ((c.iteration IS NOT NULL AND ({in_kept})) OR (? AND c.iteration IS NULL)))",
                     [name, plan.run, catalog.SOURCE_REPLAY, *span_params, 1 if new_outside else 0],
                 ).rowcount
                 conn.execute(f"UPDATE records SET source=? WHERE rowid IN (SELECT r.rowid FROM records r WHERE {pending})",

@@ -39,11 +39,12 @@ def apply(
             f"the checkpoint of iteration {loaded.iteration} holds no state for {', '.join(missing)} "
             f"(it holds: {', '.join(loaded.objects) or 'nothing'})"
         )
-    out = {name: load_into(d, loaded.objects[name]) for name, d in declared.items() if name in loaded.objects}
+    live = {name: d.held for name, d in declared.items()}
+    out = {name: load_into(d, resolve(loaded.objects[name], live, d.held)) for name, d in declared.items() if name in loaded.objects}
     if rng:
         set_rng_state(loaded.rng)
     if frame is not None:
-        set_frame_locals(frame, resolve(loaded.locals, {name: d.held for name, d in declared.items()}))
+        set_frame_locals(frame, loaded.locals, live)
     return out
 
 

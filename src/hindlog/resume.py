@@ -53,13 +53,13 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
     if readable is None:
         # Checked here: a resumed process that cannot attach would run the script unrecorded.
         raise ReplayError(f"none of the checkpoints of run {row['run_id']} can be read (all are damaged); it cannot be resumed")
-    print(f"hindlog: resuming run {row['run_id']} after iteration {readable.iteration}, with the code it was recorded with "
-          f"({row['code_version'][:12]}): edits made since to the working tree are not used", file=sys.stderr, flush=True)
     # Two resumes of one run at once would both continue it, each appending the same iterations.
     lock = st.lock(f"resume-{row['run_id']}")
     if not lock.acquire():
         pid = lock.holder()
         raise ReplayError(f"run {row['run_id']} is being resumed already" + (f" (process {pid})" if pid else ""))
+    print(f"hindlog: resuming run {row['run_id']} after iteration {readable.iteration}, with the code it was recorded with "
+          f"({row['code_version'][:12]}): edits made since to the working tree are not used", file=sys.stderr, flush=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-resume-{row['run_id']}-"))
     try:
         prepare_scratch(st, row["code_version"], {}, scratch)

@@ -221,22 +221,45 @@ class Unresolved:
         self.data, self.tensors = data, tensors
 
 
+#: Types that never hold a declared object or a large array: pickled as they are, at once.
+_PLAIN = frozenset({str, bytes, int, float, bool, complex, type(None)})
+
+
 def _persistent_id(pickler: Any, obj: Any) -> Any:
-    """For the picklers of ``Freezer._pickle_with_refs``: a reference for a declared object or
-    a large array or tensor (appended to the checkpoint's tensors), else None (pickled inline)."""
-    freezer, tensors = pickler.freezer, pickler.tensors
-    name = freezer.declared_ids.get(id(obj))
-    if name is not None:
-        return ("declared", name)
+    """For the picklers of ``Freezer.pickle_with_refs``: a reference for a declared object, for
+    the root object itself met again (a callback holding its trainer), or for a large array or
+    tensor (appended to the checkpoint's tensors, once however often it is met); else None."""
     t = type(obj)
-    if t is np.ndarray and not obj.dtype.hasobject and obj.nbytes >= OWN_OBJECT_BYTES:
-        tensors.append(freezer._freeze_array(obj))
-        return ("tensor", len(tensors) - 1)
-    torch = sys.modules.get("torch")
-    if torch is not None and t is torch.Tensor and not obj.requires_grad and obj.numel() * obj.element_size() >= OWN_OBJECT_BYTES:
-        tensors.append(freezer._freeze_tensor(torch, obj))
-        return ("tensor", len(tensors) - 1)
-    return None
+    if t in _PLAIN:
+        return None
+    key = id(obj)
+    pid = pickler.pids.get(key)
+    if pid is not None:
+        return pid
+    name = pickler.freezer.declared_ids.get(key)
+    if name is not None:
+        pid = ("declared", name)
+    elif key == pickler.root_id:
+        if not pickler.root_seen:
+            pickler.root_seen = True  # the object being pickled: by value
+            return None
+        pid = ("root",)
+    elif isinstance(obj, np.ndarray) and t in (np.ndarray, np.memmap) and not obj.dtype.hasobject \
+            and obj.nbytes >= OWN_OBJECT_BYTES:
+        pickler.tensors.append(pickler.freezer._freeze_array(obj))
+        pid = ("tensor", len(pickler.tensors) - 1)
+    else:
+        torch = sys.modules.get("torch")
+        # A view is pickled with its whole storage (a validation slice of the data set): the size
+        # that counts is the storage's.
+        if torch is None or t is not torch.Tensor or obj.requires_grad or obj.device.type != "cpu" \
+                or obj.untyped_storage().nbytes() < OWN_OBJECT_BYTES:
+            return None
+        pickler.tensors.append(pickler.freezer._freeze_tensor(torch, obj))
+        pid = ("tensor", len(pickler.tensors) - 1)
+    pickler.pids[key] = pid  # met again (an alias), it is the same object after restore too
+    pickler.keep.append(obj)  # ids stay unique while the pickle is made
+    return pid
 
 
 class _RefPickler(pickle.Pickler):
@@ -244,21 +267,28 @@ class _RefPickler(pickle.Pickler):
 
 
 class _RefUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, tensors: list[Any], live: dict[str, Any]) -> None:
+    def __init__(self, file: Any, tensors: list[Any], live: dict[str, Any], root: Any) -> None:
         super().__init__(file)
-        self.tensors, self.live = tensors, live
+        self.tensors, self.live, self.root = tensors, live, root
 
     def persistent_load(self, pid: Any) -> Any:
-        kind, key = pid
-        if kind == "tensor":
-            return self.tensors[key]
-        return self.live.get(key)  # a declared object the caller did not pass: None
+        if pid[0] == "tensor":
+            return self.tensors[pid[1]]
+        if pid[0] == "root":
+            return self.root
+        if pid[1] not in self.live:
+            import warnings
+
+            warnings.warn(f"hindlog: a restored value refers to the checkpointed object {pid[1]!r}, which was not "
+                          f"given: it gets None there (pass {pid[1]}=... too)", RuntimeWarning, stacklevel=2)
+        return self.live.get(pid[1])
 
 
-def resolve(value: Any, live: dict[str, Any]) -> Any:
-    """A thawed local value with its references made the live declared objects (by name)."""
+def resolve(value: Any, live: dict[str, Any], current: Any = None) -> Any:
+    """A thawed value with its references made the live declared objects (by name), and
+    references to itself ``current`` (the object it is restored into)."""
     if isinstance(value, Unresolved):
-        return _RefUnpickler(io.BytesIO(value.data), value.tensors, live).load()
+        return _RefUnpickler(io.BytesIO(value.data), value.tensors, live, current).load()
     if isinstance(value, DeclaredRef):
         return live.get(value.name)
     if type(value) is dict:
@@ -436,24 +466,28 @@ class Freezer:
             name = self.declared_ids.get(id(value))
             if name is not None:
                 return DeclaredRef(name)
-            return self._pickle_with_refs(value, tensors)
+            return self.pickle_with_refs(value, tensors)
         return Pickled(_dumps(value))
 
-    def _pickle_with_refs(self, value: Any, tensors: list[FrozenTensor]) -> Pickled:
+    def pickle_with_refs(self, value: Any, tensors: list[FrozenTensor]) -> Pickled:
+        """``value`` pickled with references for the declared objects and the large arrays and
+        tensors in it (``PickledWithRefs``), or plainly if it holds none."""
         mark = len(tensors)
-        buf = io.BytesIO()
-        try:
-            pickler: Any = _RefPickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
-            pickler.freezer, pickler.tensors = self, tensors
+
+        def dump(kind: Any) -> tuple[bytes, Any]:
+            buf = io.BytesIO()
+            pickler = kind(buf, protocol=pickle.HIGHEST_PROTOCOL)
+            pickler.freezer, pickler.tensors, pickler.pids, pickler.keep = self, tensors, {}, []
+            pickler.root_id, pickler.root_seen = id(value), False
             pickler.dump(value)
+            return buf.getvalue(), pickler
+
+        try:
+            data, pickler = dump(_RefPickler)
         except Exception:
             del tensors[mark:]
-            buf = io.BytesIO()
-            pickler = _cloud_ref_pickler()(buf, protocol=pickle.HIGHEST_PROTOCOL)  # the script's own functions, by value
-            pickler.freezer, pickler.tensors = self, tensors
-            pickler.dump(value)
-        data = buf.getvalue()
-        if len(tensors) == mark and b"declared" not in data:
+            data, pickler = dump(_cloud_ref_pickler())  # the script's own functions, by value
+        if not pickler.pids:
             return Pickled(data)  # no reference in it: an ordinary pickle
         return PickledWithRefs(data)
 
@@ -760,17 +794,20 @@ def capturable_locals(frame: types.FrameType, names: frozenset[str] | set[str], 
     return out
 
 
-def set_frame_locals(frame: types.FrameType, values: dict[str, Any]) -> None:
-    """Bind ``values`` in a running frame (module globals, or a function's fast locals)."""
+def set_frame_locals(frame: types.FrameType, values: dict[str, Any], live: dict[str, Any] | None = None) -> None:
+    """Bind ``values`` in a running frame (module globals, or a function's fast locals), their
+    references resolved to the ``live`` declared objects and to the values they replace."""
     if not values:
         return
     if frame.f_code.co_flags & 0x0002 == 0 and frame.f_locals is frame.f_globals:  # module level
         for k, v in values.items():
-            frame.f_globals[k] = _restore_value(frame.f_globals.get(k), v)
+            current = frame.f_globals.get(k)
+            frame.f_globals[k] = _restore_value(current, resolve(v, live or {}, current))
         return
     f_locals = frame.f_locals
     for k, v in values.items():
-        f_locals[k] = _restore_value(f_locals.get(k), v)
+        current = f_locals.get(k)
+        f_locals[k] = _restore_value(current, resolve(v, live or {}, current))
     if sys.version_info < (3, 13):
         ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
 

@@ -13,6 +13,7 @@ import fcntl
 import os
 import sqlite3
 import subprocess
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -53,11 +54,15 @@ class Lock:
         """Take the lock; False (and nothing held) if another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        for attempt in range(5):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 4:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)  # ``held`` probes take the lock shared for an instant: not a holder
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
