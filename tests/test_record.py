@@ -8,7 +8,9 @@ import math
 import platform
 import re
 import socket
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -710,6 +712,27 @@ def test_store_is_at_the_git_top_level_when_run_from_a_subdirectory(project: Pro
     assert project.runs()["script"].tolist() == ["sub/deeper/train.py"]
     # The store ignores itself, so the user's `git status` does not show it.
     assert project.git("status", "--porcelain").splitlines() == ["?? sub/"]
+
+
+def test_the_project_root_is_the_one_git_finds_worktrees_and_submodules_included(
+    project: Project, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hindlog.store import project_root
+
+    # Without git's environment variables hindlog looks for .git itself, as git does.
+    monkeypatch.delenv("GIT_CEILING_DIRECTORIES", raising=False)
+
+    project.write("a.py", "x = 1\n")
+    project.git("add", "a.py")
+    project.git("commit", "-q", "-m", "a")
+    other = tmp_path / "linked"
+    project.git("worktree", "add", "-q", str(other))  # a worktree's .git is a file
+    (other / "deep" / "er").mkdir(parents=True)
+    (project.root / "deep").mkdir()
+    for start in (project.root / "deep", other / "deep" / "er", tmp_path):
+        git = subprocess.run(["git", "-C", str(start), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        want = Path(git.stdout.strip()) if git.returncode == 0 else start
+        assert project_root(start) == want.resolve(), start
 
 
 def test_store_is_in_the_current_directory_outside_git(plain_project: Project) -> None:
