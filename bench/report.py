@@ -1809,7 +1809,17 @@ out the background persister's CPU time and took 4 consecutive 156 MB
 checkpoints; counting that time (see the record notes) removed the slowdown
 in later quiet runs. A per-epoch `print` replays faster than a re-run where
 the run is long against process start and checkpoints exist (lstm, cnn); on a
-2 s script (sklearn) or with few checkpoints (finetune) it cannot be."""
+2 s script (sklearn) or with few checkpoints (finetune) it cannot be.
+**The table now** is a run on another, quieter 2-core machine (Intel Xeon;
+the runs above were on an AMD EPYC), at commit c7d3b8c (the earlier table
+is `bench/results/handsfree-d707e0e.json`): 3 triples per script, every
+replay's output equal to the fresh run's. Six of the eight scripts are
+within 5% (cnn-engine +0.7%, while-early +1.0%, lstm-last-loss +4.3%, cnn
++2.0%, finetune +2.7%, lstm -0.2%); the two short NumPy/scikit-learn
+scripts are over it (sklearn-partial-fit +5.3% in a 3.5 s run, sklearn
++6.5% in a 1.9 s run, where hindlog's start-up under `hindlog run` alone is
+3-4%). sklearn got no checkpoint (start-up and the code snapshot took its
+budget), so its replay re-executes and is no faster than a re-run."""
 
 COSTS_INTRO = """\
 What hindlog adds to a process, phase by phase (`bench/bench_costs.py`): a
