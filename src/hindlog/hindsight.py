@@ -15,6 +15,7 @@ import ast
 import difflib
 import io
 import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -478,21 +479,25 @@ RANDOM_DRAWS = frozenset({
 })
 
 
-def draws_random_numbers(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
-    """Whether a new statement calls a function that draws random numbers: every later draw of
-    the run then differs from the record's."""
+def _new_calls(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> Iterator[ast.Call]:
+    """The calls that the new statements make."""
     for path, ranges in new_statements.items():
         try:
             tree = ast.parse(files.get(path, ""))
         except SyntaxError:
             continue
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Call) or not any(lo <= node.lineno <= hi for lo, hi in ranges):
-                continue
-            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
-            if name in RANDOM_DRAWS:
-                return True
-    return False
+            if isinstance(node, ast.Call) and any(lo <= node.lineno <= hi for lo, hi in ranges):
+                yield node
+
+
+def draws_random_numbers(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
+    """Whether a new statement calls a function that draws random numbers: every later draw of
+    the run then differs from the record's."""
+    return any(
+        (node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)) in RANDOM_DRAWS
+        for node in _new_calls(files, new_statements)
+    )
 
 
 #: Methods that write output a replay does not store: a logger's, a stream's ``write``.
@@ -503,19 +508,11 @@ def writes_unstored_output(files: dict[str, str], new_statements: dict[str, list
     """Whether a new statement writes output other than ``print(...)`` to stdout and ``hl.log``
     (``logger.info(...)``, ``sys.stdout.write(...)``, ``print(..., file=sys.stderr)``): it runs,
     but what it writes is not stored."""
-    for path, ranges in new_statements.items():
-        try:
-            tree = ast.parse(files.get(path, ""))
-        except SyntaxError:
-            continue
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.Call) or not any(lo <= node.lineno <= hi for lo, hi in ranges):
-                continue
-            if isinstance(node.func, ast.Attribute) and node.func.attr in UNSTORED_OUTPUT:
-                return True
-            if isinstance(node.func, ast.Name) and node.func.id == "print" and any(k.arg == "file" for k in node.keywords):
-                return True
-    return False
+    return any(
+        (isinstance(node.func, ast.Attribute) and node.func.attr in UNSTORED_OUTPUT)
+        or (isinstance(node.func, ast.Name) and node.func.id == "print" and any(k.arg == "file" for k in node.keywords))
+        for node in _new_calls(files, new_statements)
+    )
 
 
 def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
