@@ -1615,8 +1615,8 @@ RECORD_NOTES = """\
   less of ε for checkpoints: finetune 6-9 of 30 (median 7, short of one per
   4), sklearn 2-6 of 30 in its 2 s runs. Outside git, side by side on the
   same machine, the code before and after this session's changes gave the
-  same counts (finetune 14-20 checkpointed iterations of 30 both, sklearn
-  14-19 and 14-18; `docs/benchmarks.md` records no table for that by-hand
+  same counts (checkpointed iterations of 30 in 3 runs each, before and
+  after: finetune 15-19 and 14-20, sklearn 14-19 and 15-18; `docs/benchmarks.md` records no table for that by-hand
   check). The wall overheads: cnn +0.9%, finetune +5.2%, lstm +1.2%, sklearn
   +2.8% (median +2.0%), finetune-large +3.9%; finetune's is over ε although
   the policy charged under 4%: what it does not see (the exit, the writer,
