@@ -1611,8 +1611,9 @@ RECORD_NOTES = """\
   code snapshot's git processes are charged to ε (their CPU, at the measured
   weight), and so are hindlog's start-up and blocked copies as before. In
   these benchmark projects (a fresh `git init` with the workload untracked,
-  so the snapshot writes a commit through a temporary index) that leaves
-  less of ε for checkpoints: finetune 6-9 of 30 (median 7, short of one per
+  so the snapshot writes a commit through a temporary index) that likely
+  leaves less of ε for checkpoints (not proven: by hand in such a project,
+  sklearn got 1 to 15 checkpointed iterations over 9 runs): finetune 6-9 of 30 (median 7, short of one per
   4), sklearn 2-6 of 30 in its 2 s runs. Outside git, side by side on the
   same machine, the code before and after this session's changes gave the
   same counts (checkpointed iterations of 30 in 3 runs each, before and
