@@ -730,7 +730,8 @@ def _execute(
         # A segment whose recomputed values differ from the recorded ones did not run from the
         # record's state: the new values it computed cannot be trusted, and are not kept (an
         # earlier replay's values of the same statements stay).
-        result.dropped_diverged = _drop_segments(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
+        # (``_publish`` drops them.)
+        result.dropped_diverged = _pending_values(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
         result.stored -= result.dropped_diverged
         kept = [k for k in kept if k not in diverged]
     result.replaced = _publish(store, plan, base, len(procs), kept)
@@ -761,24 +762,20 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _drop_segments(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
-    """Delete the values replay workers stored in these context-id spans (one per segment)."""
+def _pending_values(store: Store, run: int, spans: list[tuple[int, int]]) -> int:
+    """How many values replay workers stored, not yet published, in these context-id spans
+    (one per segment); where a replayed line was printed is not counted as a value."""
     conn = store.connect()
-    dropped = 0
     try:
-        with catalog.transaction(conn):
+        return sum(
+            conn.execute("SELECT COUNT(*) FROM records WHERE name=? AND run=? AND source=? AND ctx>=? AND ctx<?",
+                         (name, run, catalog.SOURCE_PENDING, lo, hi)).fetchone()[0]
             # Name by name, through the (name, run) index.
-            for name, text in conn.execute("SELECT id, name FROM names").fetchall():
-                for lo, hi in spans:
-                    n = conn.execute(
-                        "DELETE FROM records WHERE name=? AND run=? AND source=? AND ctx>=? AND ctx<?",
-                        (name, run, catalog.SOURCE_PENDING, lo, hi),
-                    ).rowcount
-                    if text != catalog.STDOUT_AT:  # where a replayed line was printed: not a value
-                        dropped += n
+            for name, text in conn.execute("SELECT id, name FROM names").fetchall() if text != catalog.STDOUT_AT
+            for lo, hi in spans
+        )
     finally:
         conn.close()
-    return dropped
 
 
 def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[int]) -> int:

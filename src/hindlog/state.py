@@ -813,15 +813,10 @@ def set_frame_locals(frame: types.FrameType, values: dict[str, Any], live: dict[
 
 
 def _restore_value(current: Any, new: Any) -> Any:
-    if current is not None and type(current) in (list, dict, set) and type(current) is type(new):
+    # Containers, and objects of the script's own class (a trainer's ``self``), are restored in
+    # place: the frames further up the stack that hold them see the restored state too.
+    if current is not None and type(current) is type(new) and (type(current) in (list, dict, set) or _own_class(type(current))):
         return replace_in_place(current, new)
-    if current is not None and type(current) is type(new) and _own_class(type(current)) \
-            and isinstance(getattr(current, "__dict__", None), dict):
-        # An object of the script's own class (a trainer's ``self``) is restored in place: the
-        # frames further up the stack that hold it see the restored state too.
-        current.__dict__.clear()
-        current.__dict__.update(new.__dict__)
-        return current
     return new
 
 
