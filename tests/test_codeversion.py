@@ -165,11 +165,14 @@ def test_file_names_that_look_like_pathspec_magic_are_snapshotted(project: Proje
 def test_large_untracked_files_are_left_out_with_a_warning(project: Project) -> None:
     (project.root / "big.bin").write_bytes(b"\0" * (5 * 2**20 + 1))
     (project.root / "small.bin").write_bytes(b"\1" * 100)
+    # Left out by its literal name: as a glob, "[ab].bin" would leave out a.bin and b.bin too.
+    (project.root / "[ab].bin").write_bytes(b"\0" * (5 * 2**20 + 1))
+    (project.root / "a.bin").write_bytes(b"\1" * 100)
     proc = project.run(LOG_SCRIPT)
     info = project.run_info(proc.stdout.strip())
     files = tree_files(project, info["code_version"])
-    assert "small.bin" in files and "big.bin" not in files
-    assert "large untracked file" in proc.stderr and "big.bin" in proc.stderr
+    assert {"small.bin", "a.bin"} <= files and not {"big.bin", "[ab].bin"} & files
+    assert "left 2 large untracked file(s)" in proc.stderr and "[ab].bin" in proc.stderr
     assert info["flags"] == []
 
 

@@ -68,15 +68,17 @@ def snapshot(store: Store, run_id: str) -> CodeVersion:
 
 
 def _snapshot_git(root: Path, run_id: str) -> CodeVersion:
+    # Each git process costs a few milliseconds of CPU that a short run's overhead budget
+    # pays for: the snapshot asks for what it needs in as few of them as it can.
     tree, skipped = working_tree(root)
     head = _git_head(root)
-    if head and _git(root, "rev-parse", f"{head}^{{tree}}").decode().strip() == tree:
-        commit = head  # a clean working tree: the run's code is the user's own commit
+    if head and head[1] == tree:
+        commit = head[0]  # a clean working tree: the run's code is the user's own commit
     else:
         # The commit depends on the tree and HEAD only (not on the run or the time), so runs of
         # the same code show the same version.
-        parents = ["-p", head] if head else []
-        date = _git(root, "show", "-s", "--format=%cI", head).decode().strip() if head else "1970-01-01T00:00:00+00:00"
+        parents = ["-p", head[0]] if head else []
+        date = head[2] if head else "1970-01-01T00:00:00+00:00"
         commit = _git(
             root, "commit-tree", tree, *parents, "-m", "hindlog: snapshot of the working tree",
             env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date},
@@ -89,7 +91,19 @@ def working_tree(root: Path) -> tuple[str, list[str]]:
     """Write the working tree (tracked + untracked-not-ignored files) as a git tree, with a
     temporary index so that the user's index is untouched. Returns the tree and the files
     left out for their size."""
-    git_dir = Path(_git(root, "rev-parse", "--absolute-git-dir").decode().strip())
+    dot_git = root / ".git"
+    git_dir = dot_git if dot_git.is_dir() else Path(_git(root, "rev-parse", "--absolute-git-dir").decode().strip())
+    untracked = _git(root, "ls-files", "-z", "--others", "--exclude-standard").split(b"\0")
+    skipped = []
+    for raw in untracked:
+        if not raw:
+            continue
+        rel = os.fsdecode(raw)
+        try:
+            if (root / rel).stat().st_size > config.MAX_SNAPSHOT_FILE_BYTES:
+                skipped.append(rel)
+        except OSError:
+            continue
     fd, index = tempfile.mkstemp(prefix="hindlog-index-")
     os.close(fd)
     try:
@@ -100,22 +114,9 @@ def working_tree(root: Path) -> tuple[str, list[str]]:
             shutil.copyfile(real_index, index)
         else:
             os.unlink(index)
-        _git(root, "add", "-u", "--", ".", env=env)
-        untracked = _git(root, "ls-files", "-z", "--others", "--exclude-standard", env=env).split(b"\0")
-        keep, skipped = [], []
-        for raw in untracked:
-            if not raw:
-                continue
-            rel = os.fsdecode(raw)
-            try:
-                too_big = (root / rel).stat().st_size > config.MAX_SNAPSHOT_FILE_BYTES
-            except OSError:
-                continue
-            (skipped if too_big else keep).append(rel)
-        if keep:
-            # Literal pathspecs: a file named ':x' or '[ab].py' is a file, not pathspec magic or a glob.
-            paths = b"\0".join(os.fsencode(k) for k in keep)
-            _git(root, "--literal-pathspecs", "add", "--pathspec-from-file=-", "--pathspec-file-nul", env=env, input=paths)
+        # Literal pathspecs: a file named ':x' or '[ab].py' is a file, not pathspec magic or a glob.
+        pathspecs = [b"."] + [b":(exclude,literal)" + os.fsencode(rel) for rel in skipped]
+        _git(root, "add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul", env=env, input=b"\0".join(pathspecs))
         return _git(root, "write-tree", env=env).decode().strip(), skipped
     finally:
         for path in (index, index + ".lock"):
@@ -125,11 +126,14 @@ def working_tree(root: Path) -> tuple[str, list[str]]:
                 pass
 
 
-def _git_head(root: Path) -> str | None:
+def _git_head(root: Path) -> tuple[str, str, str] | None:
+    """HEAD's commit, tree and commit date, or None in a repository with no commit yet."""
     try:
-        return _git(root, "rev-parse", "--verify", "-q", "HEAD").decode().strip() or None
+        out = _git(root, "log", "-1", "--no-show-signature", "--format=%H%x00%T%x00%cI", "HEAD", "--").decode().strip()
     except CodeVersionError:
         return None
+    commit, tree, date = out.split("\0")
+    return commit, tree, date
 
 
 def _snapshot_files(store: Store) -> CodeVersion:

@@ -233,6 +233,25 @@ class _Finder(importlib.abc.MetaPathFinder):
         self.root = root.resolve()
         self.runtime = runtime
         self.skip = skip
+        self._first: str | None = None
+        self._first_dirs: list[str] = []
+
+    def _top_level_dirs(self) -> list[str]:
+        """Where the project's top-level modules are: ``sys.path[0]`` (the script's directory)
+        if it is inside the project, and the project root; resolved once, not at every import."""
+        first = sys.path[0] if sys.path else ""
+        if first != self._first:
+            self._first = first
+            resolved = str(Path(first).resolve()) if first else ""
+            root = str(self.root)
+            # The script's directory as sys.path has it, so modules' __file__ is what python gives.
+            if resolved == root:
+                self._first_dirs = [first]
+            elif resolved.startswith(root + os.sep):
+                self._first_dirs = [first, root]
+            else:
+                self._first_dirs = [root]
+        return self._first_dirs
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         # Asked about every import the script makes (torch's hundreds of submodules too):
@@ -240,7 +259,7 @@ class _Finder(importlib.abc.MetaPathFinder):
         root = str(self.root)
         if path is None:
             top = fullname.partition(".")[0]
-            dirs = [d for d in sys.path[:1] if d and str(Path(d).resolve()).startswith(root)] + [root]
+            dirs = self._top_level_dirs()
             if not any(os.path.exists(os.path.join(d, top + ".py")) or os.path.isdir(os.path.join(d, top)) for d in dirs):
                 return None
             search = dirs

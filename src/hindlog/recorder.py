@@ -184,7 +184,7 @@ class Recorder:
             self.writer.change("flag", "no_code_version")
             version = None
         try:
-            self.writer.change("update_run", {"env": {**self._env, "packages": environment.package_versions()}})
+            self.writer.change("update_run", {"env": {**self._env, **environment.packages_description()}})
         except Exception:
             pass  # the versions are information only
         if version is None:
