@@ -146,11 +146,13 @@ def test_a_tensor_unchanged_within_an_iteration_is_named_by_hash_not_copied_agai
     freezer.freeze({"w": w}, first)  # a nested loop's exit: copied
     assert not first[0].by_name and torch.equal(first[0].data, w)
     second: list = []
-    freezer.freeze({"w": w}, second)  # the iteration's end, the copy not yet written: named
+    freezer.freeze({"w": w}, second)  # the iteration's end, the copy not yet written: named ...
+    freezer.end()  # ... by the hash of its bytes, once the checkpoint's freezing ends
     assert second[0].by_name and second[0].data is None and second[0].content == live_name(w)
     w.data.mul_(2.0)  # a write the version counter does not see: the name follows the bytes
     third: list = []
     freezer.freeze({"w": w}, third)
+    freezer.end()
     assert third[0].by_name and third[0].content == live_name(w) != second[0].content
     freezer.iteration = 4  # across iterations such writes are common: copied
     fourth: list = []
@@ -162,6 +164,16 @@ def test_a_tensor_unchanged_within_an_iteration_is_named_by_hash_not_copied_agai
     freezer.freeze({"s": small}, a)
     freezer.freeze({"s": small}, b)
     assert not b[0].by_name
+    # Many megabytes named at once are hashed on several threads: each name is its own tensor's.
+    state = {f"w{k}": torch.randn(1024, 1024) for k in range(4)}  # 4 x 4 MiB
+    freezer.begin(7)
+    freezer.freeze(state, [])
+    freezer.begin(7)
+    named: list = []
+    frozen = freezer.freeze(state, named)
+    freezer.end()
+    assert all(ft.by_name for ft in named) and [ft.content for ft in named] == [live_name(t) for t in state.values()]
+    assert len({ft.content for ft in named}) == 4 and frozen.keys() == state.keys()
 
 
 def test_buffers_reserved_ahead_receive_the_first_freeze_of_a_model_and_optimizer() -> None:

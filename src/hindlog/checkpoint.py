@@ -79,6 +79,8 @@ MAX_BACKGROUND_WEIGHT = 4.0
 BASELINE_ITERATIONS = 15
 #: Quiet iterations needed before the slowdown during persists is measured against them.
 MIN_BASELINE = 3
+#: Persists whose measured slowdown sets the weight (the latest ones, by their median).
+MEASURED_PERSISTS = 31
 #: An iteration that a persist overlapped for at most this share of a quiet iteration's time
 #: counts as quiet:
 #: the persister's small jobs (an iteration's commit, the tail of a write) touch nearly every
@@ -106,8 +108,8 @@ class Policy:
     fills, and can be more (hashing and writing share memory bandwidth with
     the optimizer step). The policy measures it: it compares the iterations
     that a persist overlapped with the median of recent iterations that none
-    did, and charges the persister's CPU time times the observed ratio (at
-    least ``BACKGROUND_WEIGHT``).
+    did, and charges the persister's CPU time times the observed ratio (its
+    median over the latest persists, at least ``BACKGROUND_WEIGHT``).
     """
 
     def __init__(self, epsilon: float, start: float, total: int | None = None) -> None:
@@ -129,8 +131,8 @@ class Policy:
         self.background_cpu = 0.0
         self._quiet: deque[float] = deque(maxlen=BASELINE_ITERATIONS)
         self._episode: list[float] | None = None  # [slowdown so far, background CPU at its start]
-        self._slowdown = 0.0  # measured over the persists observed so far ...
-        self._slowdown_cpu = 0.0  # ... and the persister CPU time they took
+        #: Slowdown per second of persister CPU, one entry per persist observed (the latest ones).
+        self._ratios: deque[float] = deque(maxlen=MEASURED_PERSISTS)
         #: The training thread and the persister both charge; ``spent`` must not lose an update.
         self._lock = threading.Lock()
 
@@ -193,9 +195,12 @@ class Policy:
         cpu = self.background_cpu - cpu0
         if cpu <= 0:
             return
-        self._slowdown += slowdown
-        self._slowdown_cpu += cpu
-        measured = self._slowdown / self._slowdown_cpu
+        self._ratios.append(slowdown / cpu)
+        # The median over persists, not their total over their CPU time: a persist overlaps one
+        # or two iterations, and iteration times scatter to the slow side (another process, the
+        # allocator); in a total, such an iteration reads as slowdown of the persist it met,
+        # and charging it takes checkpoints the budget has room for.
+        measured = statistics.median(self._ratios)
         weight = min(MAX_BACKGROUND_WEIGHT, max(BACKGROUND_WEIGHT, measured))
         with self._lock:
             # What was charged for the persister's CPU at the old weight is made up to the new one.
@@ -664,6 +669,7 @@ class Checkpointer:
         python_rng = rng.pop("python")
         rng = freeze(rng, tensors)
         rng["python"] = python_rng
+        self.freezer.end()
         skeleton = {
             "objects": objects,
             "kinds": kinds,

@@ -14,6 +14,7 @@ import ctypes
 import io
 import math
 import mmap
+import os
 import pickle
 import random
 import sys
@@ -419,6 +420,9 @@ OWN_OBJECT_BYTES = 64 * 1024
 #: small copies are stored inline in the checkpoint's skeleton, not as objects of their own.
 BY_NAME_MIN_BYTES = 1 << 20
 
+#: Tensors named by hash in one checkpoint are hashed on several threads from this many bytes in all.
+PARALLEL_HASH_BYTES = 8 << 20
+
 
 class Freezer:
     """Copies state consistently; remembers tensors so unchanged ones are not copied again."""
@@ -432,11 +436,14 @@ class Freezer:
         self.generation = 0
         #: ``id`` of each declared object -> its name: in a local value, a reference to it is kept.
         self.declared_ids: dict[int, str] = {}
+        #: Tensors ``_by_name`` chose in this checkpoint and their live bytes, hashed by ``end``.
+        self._to_name: list[tuple[FrozenTensor, memoryview]] = []
 
     def begin(self, iteration: int | None) -> None:
         """A new checkpoint starts, in main-loop ``iteration`` (None: no naming by hash)."""
         self.iteration = iteration
         self.generation += 1
+        self._to_name = []  # left by a checkpoint whose freezing failed before its end()
 
     def freeze(self, value: Any, tensors: list[FrozenTensor]) -> Any:
         """A skeleton of ``value`` safe to pickle later, with tensors appended to ``tensors``."""
@@ -573,18 +580,50 @@ class Freezer:
             return None
         if frozen.shape != tuple(t.shape) or frozen.dtype != dtype:
             return None
-        live = _live_digest(torch, t)
-        if live is None:
+        flat = _live_bytes(torch, t)
+        if flat is None:
             return None
-        return FrozenTensor("torch", dtype, frozen.shape, content=live, by_name=True)
+        named = FrozenTensor("torch", dtype, frozen.shape, by_name=True)
+        self._to_name.append((named, flat))
+        return named
+
+    def end(self) -> None:
+        """Name the tensors of this checkpoint that ``_by_name`` chose, by hashing their live
+        bytes: spread over the cores, which training leaves idle while it waits here (XXH3
+        releases the GIL; 77 MB took 5.7 ms on one core and 2.7 ms on two)."""
+        pending, self._to_name = self._to_name, []
+        if len(pending) > 1 and sum(view.nbytes for _, view in pending) >= PARALLEL_HASH_BYTES:
+            digests = list(_hash_pool().map(digest, [view for _, view in pending]))
+        else:
+            digests = [digest(view) for _, view in pending]
+        for (named, _), name in zip(pending, digests):
+            named.content = name
+
+
+def _live_bytes(torch: Any, t: Any) -> memoryview | None:
+    """A CPU tensor's bytes, in place (None where they are not one plain block)."""
+    if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous() or t.is_conj() or t.is_neg():
+        return None
+    flat = t.detach().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
 def _live_digest(torch: Any, t: Any) -> str | None:
     """The object name of a CPU tensor's bytes, read in place (None where they are not one plain block)."""
-    if t.device.type != "cpu" or t.layout != torch.strided or not t.is_contiguous() or t.is_conj() or t.is_neg():
-        return None
-    flat = t.detach().reshape(-1)
-    return digest(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
+    flat = _live_bytes(torch, t)
+    return None if flat is None else digest(flat)
+
+
+_HASH_POOL: Any = None
+
+
+def _hash_pool() -> Any:
+    global _HASH_POOL
+    if _HASH_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _HASH_POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="hindlog-hash")
+    return _HASH_POOL
 
 
 def _unchanged(torch: Any, t: Any, dtype: str, entry: _CacheEntry) -> bool:
