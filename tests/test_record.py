@@ -530,6 +530,10 @@ def test_run_records_argv_environment_and_times(project: Project) -> None:
     env = info["env"]
     assert env["python"] == platform.python_version()
     assert env["packages"]["numpy"] == np.__version__ and "hindlog" in env["packages"]
+    # Every installed distribution, by normalized name, as importlib.metadata knows it.
+    from importlib import metadata
+    assert env["installed"]["numpy"] == np.__version__ and env["installed"]["pytest"] == metadata.version("pytest")
+    assert env["packages"]["scikit-learn"] == env["installed"]["scikit-learn"] == metadata.version("scikit-learn")
     assert info["host"] == socket.gethostname() and env["host"] == socket.gethostname()
     assert env["executable"] == sys.executable
     assert info["started"] <= info["ended"] and info["status"] == "finished"
