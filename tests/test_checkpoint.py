@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -284,21 +287,32 @@ def test_an_iteration_is_skipped_not_waited_for_while_the_previous_checkpoint_is
     assert f"{busy} iteration{'s' if busy > 1 else ''} skipped while the previous checkpoint was still being written" in shown
 
 
+def _persist(policy: Policy, cpu: float, seconds: float, persisting: float, quiet: float = 0.1) -> None:
+    """One persist of ``cpu`` seconds overlapping one iteration that took ``seconds``, then a quiet one."""
+    before = policy.background_cpu
+    policy.charge(0.0, cpu, checkpoint=False)
+    policy.observe(seconds, persisting=persisting, background_cpu=before)
+    policy.observe(quiet, persisting=0.0, background_cpu=before + cpu)
+
+
 def test_policy_charges_the_slowdown_a_persist_causes_beyond_its_cpu_time() -> None:
     policy = _policy_with_baseline(0.1)
-    # A persist overlaps one iteration: 40 ms slower than the quiet ones, 20 ms of persister CPU.
+    # Persists overlap one iteration each: 40 ms slower than the quiet ones, 20 ms of persister CPU.
     policy.charge(0.0, 0.02, checkpoint=False)
     policy.observe(0.14, persisting=0.06, background_cpu=0.0)
-    assert policy.weight == 1.0  # measured once the persist is over
+    assert policy.weight == 1.0  # measured once the persist is over ...
     policy.observe(0.1, persisting=0.0, background_cpu=0.02)
+    assert policy.weight == 1.0  # ... and one persist does not outweigh the prior of PRIOR_PERSISTS at 1
+    _persist(policy, 0.02, 0.14, 0.06)
+    _persist(policy, 0.02, 0.14, 0.06)
     assert policy.weight == pytest.approx(2.0)
-    # The CPU charged at the old weight is made up to the new one: 40 ms in all.
-    assert policy.spent == pytest.approx(0.04)
+    # The CPU charged at the old weight is made up to the new one: 3 x 40 ms in all.
+    assert policy.spent == pytest.approx(0.12)
     # And the next checkpoint's expected cost uses it.
     policy.persist_cpu = 0.02
     policy.cost = 0.01
-    assert not policy.decide(5, now=1.0)  # 0.04 + 0.01 + 2 x 0.02 > 0.8 x 0.05 x 1 s
-    assert policy.decide(5, now=3.0)
+    assert not policy.decide(5, now=4.0)  # 0.12 + 0.01 + 2 x 0.02 > 0.8 x 0.05 x 4 s
+    assert policy.decide(5, now=5.0)
 
 
 def test_policy_counts_iterations_a_persist_barely_touched_as_quiet() -> None:
@@ -308,30 +322,29 @@ def test_policy_counts_iterations_a_persist_barely_touched_as_quiet() -> None:
     policy = Policy(0.05, start=0.0)
     for _ in range(3):
         policy.observe(0.1, persisting=0.0005, background_cpu=0.0)
-    policy.charge(0.0, 0.02, checkpoint=False)
-    policy.observe(0.14, persisting=0.06, background_cpu=0.0)
-    policy.observe(0.1, persisting=0.0008, background_cpu=0.02)
+    for _ in range(3):
+        before = policy.background_cpu
+        policy.charge(0.0, 0.02, checkpoint=False)
+        policy.observe(0.14, persisting=0.06, background_cpu=before)
+        policy.observe(0.1, persisting=0.0008, background_cpu=before + 0.02)
     assert policy.weight == pytest.approx(2.0)
 
 
 def test_policy_weight_is_at_least_the_cpu_time_and_ignores_noise_beyond_the_persist() -> None:
-    # A persist that does not slow training is still charged its CPU time.
+    # Persists that do not slow training are still charged their CPU time.
     policy = _policy_with_baseline(0.1)
-    policy.charge(0.0, 0.02, checkpoint=False)
-    policy.observe(0.1, persisting=0.03, background_cpu=0.0)
-    policy.observe(0.1, persisting=0.0, background_cpu=0.02)
-    assert policy.weight == 1.0 and policy.spent == pytest.approx(0.02)
-    # An iteration 2 s slower while a 10 ms persist ran: at most those 10 ms are its doing.
+    for _ in range(3):
+        _persist(policy, 0.02, 0.1, 0.03)
+    assert policy.weight == 1.0 and policy.spent == pytest.approx(0.06)
+    # Iterations 2 s slower while 10 ms persists ran: at most those 10 ms are their doing.
     policy = _policy_with_baseline(0.1)
-    policy.charge(0.0, 0.005, checkpoint=False)
-    policy.observe(2.1, persisting=0.01, background_cpu=0.0)
-    policy.observe(0.1, persisting=0.0, background_cpu=0.005)
+    for _ in range(3):
+        _persist(policy, 0.005, 2.1, 0.01)
     assert policy.weight == pytest.approx(2.0)
     # Without enough quiet iterations to compare with, nothing is measured.
     policy = Policy(0.05, start=0.0)
-    policy.charge(0.0, 0.02, checkpoint=False)
-    policy.observe(0.5, persisting=0.1, background_cpu=0.0)
-    policy.observe(0.1, persisting=0.0, background_cpu=0.02)
+    for _ in range(3):
+        _persist(policy, 0.02, 0.5, 0.1)
     assert policy.weight == 1.0
 
 
@@ -339,17 +352,13 @@ def test_policy_weight_is_the_median_slowdown_of_the_persists_not_one_slow_itera
     # Five persists of 20 ms of CPU each. Four slow training by about their CPU time; during one,
     # the machine was slow for other reasons (+60 ms, the most a 60 ms persist can be blamed for).
     policy = _policy_with_baseline(0.1)
-    for k, extra in enumerate([0.02, 0.06, 0.018, 0.022, 0.02]):
-        policy.charge(0.0, 0.02, checkpoint=False)
-        policy.observe(0.1 + extra, persisting=0.06, background_cpu=0.02 * k)
-        policy.observe(0.1, persisting=0.0, background_cpu=0.02 * (k + 1))
+    for extra in [0.02, 0.06, 0.018, 0.022, 0.02]:
+        _persist(policy, 0.02, 0.1 + extra, 0.06)
     # The slow iteration counts as one persist among five, not as 60 ms in a 160 ms total (1.4).
     assert policy.weight == pytest.approx(1.0)
     # Persists that do slow training more than their CPU time are charged for it.
-    for k in range(5, 12):
-        policy.charge(0.0, 0.02, checkpoint=False)
-        policy.observe(0.15, persisting=0.06, background_cpu=0.02 * k)
-        policy.observe(0.1, persisting=0.0, background_cpu=0.02 * (k + 1))
+    for _ in range(7):
+        _persist(policy, 0.02, 0.15, 0.06)
     assert policy.weight == pytest.approx(2.5)
 
 
@@ -376,6 +385,30 @@ def test_a_start_up_that_spent_the_budget_leaves_no_room_for_checkpoints(tmp_pat
     run_id = last_json(proj.run("train.py").stdout)["run"]
     assert proj.checkpointed_iterations(run_id) == []
     assert proj.run_info(run_id)["info"]["checkpoint_charged"]["startup_seconds"] == 100.0
+    assert "(hindlog's start-up, 100.00s, took most of what ε = 0.05 allows" in proj.cli("show", run_id).stdout
+
+
+def test_show_says_when_the_code_snapshot_took_the_budget(tmp_path: Path) -> None:
+    # git that burns 0.3 s of CPU before each of its commands: the snapshot's processes are charged to ε,
+    # as background CPU, and the 2.5 s run has nothing left for checkpoints after it.
+    proj = CkProject(tmp_path)
+    real_git = shutil.which("git")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-C" ]; then {sys.executable} -c "import time; t = time.process_time()\nwhile time.process_time() - t < 0.3: pass"; fi\n'
+        f'exec {real_git} "$@"\n'
+    )
+    (bin_dir / "git").chmod(0o755)
+    # The run starts at hl.checkpoints; the snapshot is charged once it is done, before the loop.
+    proj.write("train.py", CHEAP.replace("hl.checkpoints(state=state)\n", "hl.checkpoints(state=state)\ntime.sleep(4)\n"))
+    env = {"PATH": f"{bin_dir}{os.pathsep}{proj.env()['PATH']}"}
+    run_id = last_json(proj.run("train.py", env=env).stdout)["run"]
+    charged = proj.run_info(run_id)["info"]["checkpoint_charged"]
+    assert charged["snapshot_cpu_seconds"] >= 1.0, charged
+    assert proj.checkpointed_iterations(run_id) == []
+    assert "(the snapshot of the code, " in proj.cli("show", run_id).stdout
 
 
 # ----------------------------------------------------------------- declaring state

@@ -5,6 +5,7 @@ real recordings; the object files are checked on disk."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import hindlog as hl
 from hindlog import codeversion
 from hindlog.errors import CheckpointError
 from hindlog.gc import gc
+from hindlog.store import keep_scratch
 
 from ckpt_helpers import (
     NUMPY_TRAIN,
@@ -128,6 +130,30 @@ def test_gc_removes_what_a_writer_killed_mid_write_left_once_it_is_old(two_runs:
     assert object_files(proj) == before  # no object was touched
     for run_id in (first, second):
         assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id)) > 0
+
+
+def test_gc_removes_scratch_copies_no_process_uses_and_keeps_the_others(two_runs: tuple[CkProject, str, str], tmp_path: Path) -> None:
+    proj, first, second = two_runs
+    store = proj.store()
+    other = CkProject(tmp_path / "other", git=False).store()
+    dead = store.scratch_dir(f"replay-{first}")  # its process was killed: nothing holds the lock
+    (dead / "train.py").write_text("x = 1\n")
+    live = store.scratch_dir(f"resume-{second}")
+    kept = store.scratch_dir(f"replay-{second}")  # a failed replay's logs, handed to the user
+    keep_scratch(kept)
+    elsewhere = other.scratch_dir(f"replay-{first}")  # another store's
+    lock = store.lock(f"resume-{second}")
+    assert lock.acquire()
+    try:
+        report = gc(store=store)
+        assert report.removed_scratch == 1 and not dead.exists()
+        assert live.exists() and kept.exists() and elsewhere.exists()
+        assert gc(store=store, grace=0).removed_scratch == 1 and not kept.exists() and live.exists()
+    finally:
+        lock.release()
+    assert "1 scratch copies of the code that killed replays or resumes left" in proj.cli("gc").stdout
+    assert not live.exists() and elsewhere.exists()
+    shutil.rmtree(elsewhere)
 
 
 def test_gc_says_what_it_keeps_for_the_grace_period_and_grace_0_frees_it(two_runs: tuple[CkProject, str, str]) -> None:

@@ -503,6 +503,9 @@ def test_replay_matches_fresh_run(recorded: Recorded, replayed: dict[int, Any], 
     assert "DIVERGED" not in rep.stderr, show(rep)
     m = re.search(r"(\d+) new values stored, (\d+) recorded values checked, (\d+) loops skipped, (\d+) run", rep.stdout)
     assert m, show(rep)
+    # What the replay recomputed of the recorded printed lines was compared, and was the same.
+    same = re.search(r"; (\d+) of (\d+) printed lines the same as the record's", rep.stdout)
+    assert same and same.group(1) == same.group(2) and int(same.group(2)) > 0, show(rep)
     if workers > 1:
         assert re.search(r"segments: \d+:\d+, \d+:\d+", rep.stdout), f"expected 2 segments\n{show(rep)}"
     if sc.skips:

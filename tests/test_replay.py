@@ -966,8 +966,13 @@ def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path:
     assert proj.sql(visible.format("< 2")) == [(8,)]
     # After kill -9 the workers' values stay hidden until the next replay of the run discards them.
     assert proj.sql(visible.format("= 2")) == [(2 if how == "SIGKILL" else 0,)]
-    proj.hindlog("gc", check=True)  # or gc does, once no replay of the run is running
+    # So does the scratch copy of the code that the killed replay could not remove.
+    scratch = [p for p in Path(proj.env()["TMPDIR"]).glob(f"hindlog-replay-{run}-*") if (p / ".hindlog-scratch.json").exists()]
+    assert len(scratch) == (1 if how == "SIGKILL" else 0), scratch
+    collected = proj.hindlog("gc", check=True)  # or gc does, once no replay of the run is running
     assert proj.sql(visible.format("= 2")) == [(0,)] and proj.sql(visible.format("< 2")) == [(8,)]
+    assert not any(p.exists() for p in scratch)
+    assert ("1 scratch copies of the code that killed replays or resumes left" in collected.stdout) == (how == "SIGKILL"), collected.stdout
     logs = proj.hindlog("logs", "double", "--run", run, check=True)
     assert "more value" not in logs.stderr, logs.stderr
     if how == "SIGINT":

@@ -257,8 +257,14 @@ def _show(args: argparse.Namespace) -> int:
     charged = (info.get("info") or {}).get("checkpoint_charged")
     if not ckpts and charged and info.get("epsilon") and started and ended:
         startup = charged.get("startup_seconds", 0.0)
-        if startup >= info["epsilon"] * (ended - started) * 0.5:
-            ckpt_line += (f" (hindlog's start-up, {startup:.2f}s, took most of what ε = {info['epsilon']:g} allows this "
+        snapshot = charged.get("snapshot_cpu_seconds", 0.0) * charged.get("background_weight", 1.0)
+        if startup + snapshot >= info["epsilon"] * (ended - started) * 0.5:
+            what = f"hindlog's start-up, {startup:.2f}s,"
+            if snapshot >= startup:
+                what = f"the snapshot of the code, {snapshot:.2f}s (git's processes),"
+            elif snapshot >= 0.25 * startup:
+                what = f"hindlog's start-up and the snapshot of the code, {startup + snapshot:.2f}s,"
+            ckpt_line += (f" ({what} took most of what ε = {info['epsilon']:g} allows this "
                           f"{ended - started:.1f}s run; a longer run, or a larger ε, gets checkpoints)")
     lines.append(ckpt_line)
     if overhead is not None:
@@ -445,6 +451,9 @@ def _replay(args: argparse.Namespace) -> int:
                f"{r.skipped_blocks} loops skipped, {r.run_blocks} run, in {r.seconds:.1f}s"
         if r.replaced:
             line += f" (they replace {r.replaced} values of an earlier replay)"
+        if r.printed_checked:
+            # Hands-free runs log little but print: their check is mostly the printed lines.
+            line += f"; {r.printed_checked - r.printed_differ} of {r.printed_checked} printed lines the same as the record's"
         print(line)
         for w in r.worker_warnings:
             print(f"  {w}", file=sys.stderr)
@@ -505,6 +514,8 @@ def _gc(args: argparse.Namespace) -> int:
         extra = f", dropped {report.dropped_checkpoints} checkpoints {whose} (their logs are kept)"
     if report.removed_temporaries:
         extra += f", and {report.removed_temporaries} partly written files of killed processes"
+    if report.removed_scratch:
+        extra += f", and {report.removed_scratch} scratch copies of the code that killed replays or resumes left"
     print(f"removed {report.removed_objects} objects ({report.freed_bytes / 2**20:.1f} MiB){extra}")
     if report.kept_young:
         if report.active_runs:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import catalog
 from .errors import HindlogError
@@ -42,6 +44,8 @@ class GcReport:
     kept_young_bytes: int = 0
     #: Runs recording, replaying or resuming while gc ran: what they used is kept.
     active_runs: int = 0
+    #: Scratch copies of the code left in the temporary directory by killed replays and resumes.
+    removed_scratch: int = 0
 
 
 def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
@@ -123,4 +127,24 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
             continue
         temporaries += 1
         freed += stat.st_size
-    return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes, len(active))
+    # Scratch copies of the code that replays and resumes killed with -9 could not remove: their
+    # lock is free. One handed to the user to read (a failed replay's logs) stays for the grace period.
+    scratch = 0
+    for path, lock, kept, marked in st.scratch_dirs():
+        if lock in locks or st.lock(lock).held() or (kept and marked >= now - grace):
+            continue
+        freed += _tree_bytes(path)
+        shutil.rmtree(path, ignore_errors=True)
+        scratch += 1
+    return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes, len(active), scratch)
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                continue
+    return total

@@ -89,6 +89,8 @@ class Recorder:
         self.checkpointer: Any = None
         #: Background CPU seconds (the code snapshot) done before there was a checkpointer to charge.
         self.pending_background_cpu = 0.0
+        #: CPU seconds the code snapshot took (its git processes included), charged like a persist's.
+        self.snapshot_cpu_seconds = 0.0
         self._charge_lock = threading.Lock()
         #: Set in replay and resume processes (see controller.py).
         self.controller: Any = None
@@ -163,7 +165,8 @@ class Recorder:
             self._snapshot_code_now()
         finally:
             # Reading package versions and git's processes take CPU that training wants too.
-            self.charge_background(time.thread_time() - cpu0 + processes.children_cpu - children0)
+            self.snapshot_cpu_seconds = time.thread_time() - cpu0 + processes.children_cpu - children0
+            self.charge_background(self.snapshot_cpu_seconds)
 
     def charge_background(self, cpu_seconds: float) -> None:
         """Charge hindlog's background CPU time to the checkpoint budget (now, or when the
@@ -551,6 +554,8 @@ class Recorder:
                     "blocked_seconds": self.blocked,
                     "persister_cpu_seconds": policy.background_cpu,
                     "background_weight": policy.weight,
+                    # Of the persister's CPU seconds, those of the code snapshot.
+                    "snapshot_cpu_seconds": self.snapshot_cpu_seconds,
                 }
             if self.controller is not None:
                 timing = self.controller.timing(timing)

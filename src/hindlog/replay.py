@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from . import catalog, codeversion, hindsight
 from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
 from .controller import ENV
 from .errors import ReplayError, ReplayInterrupted, RunNotFound
-from .store import Store
+from .store import Store, keep_scratch as keep_scratch_dir
 
 
 @dataclass
@@ -616,7 +615,7 @@ def _execute(
     finally:
         conn.close()
     prefetch_in_background(prefetch_checkpoints, store.objects, restore_order(plan, rows), prefetch_budget())
-    scratch = Path(tempfile.mkdtemp(prefix=f"hindlog-replay-{plan.run_id}-"))
+    scratch = store.scratch_dir(f"replay-{plan.run_id}")
     prepare_scratch(store, plan.code_version, plan.files, scratch, inputs_before=run.get("started"))
     argv = run.get("argv") or [plan.script]
     script_path = scratch / plan.script
@@ -739,6 +738,7 @@ def _execute(
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
     else:
+        keep_scratch_dir(scratch)
         result.scratch = str(scratch)
     return result
 

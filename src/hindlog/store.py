@@ -10,9 +10,11 @@ work that must not run twice at once (``locks/``).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import subprocess
+import tempfile
 import time
 from functools import cached_property
 from pathlib import Path
@@ -20,6 +22,22 @@ from pathlib import Path
 from . import catalog, config
 from .objects import ObjectStore
 from .processes import run_captured
+
+
+#: The file that marks a scratch directory (``Store.scratch_dir``) with its store and lock.
+SCRATCH_MARK = ".hindlog-scratch.json"
+
+
+def keep_scratch(path: Path) -> None:
+    """Mark a scratch directory as kept for the user to read: ``hindlog gc`` leaves it for its
+    grace period after it was handed over, not only while its process runs."""
+    mark = path / SCRATCH_MARK
+    try:
+        facts = json.loads(mark.read_text())
+        facts["kept"] = True
+        mark.write_text(json.dumps(facts))
+    except (OSError, ValueError):
+        pass
 
 
 def git_toplevel(start: Path) -> Path | None:
@@ -160,6 +178,34 @@ class Store:
             except OSError:
                 continue
         return held
+
+    def scratch_dir(self, lock: str) -> Path:
+        """A new scratch directory in the system's temporary directory, for the process that
+        holds lock ``lock`` (``replay-RUN``) to copy the recorded code into. It is marked with
+        this store and the lock: ``hindlog gc`` removes it once no process holds the lock (a
+        replay killed with ``kill -9`` cannot remove its own)."""
+        path = Path(tempfile.mkdtemp(prefix=f"hindlog-{lock}-"))
+        (path / SCRATCH_MARK).write_text(json.dumps({"store": str(self.path.resolve()), "lock": lock, "kept": False}))
+        return path
+
+    def scratch_dirs(self) -> list[tuple[Path, str, bool, float]]:
+        """This store's scratch directories: path, lock, whether they were kept for the user to
+        read (a failed replay's logs), and when they were marked so."""
+        out = []
+        me = str(self.path.resolve())
+        try:
+            entries = list(Path(tempfile.gettempdir()).glob("hindlog-*-*"))
+        except OSError:
+            return out
+        for path in entries:
+            mark = path / SCRATCH_MARK
+            try:
+                facts = json.loads(mark.read_text())
+                if facts.get("store") == me:
+                    out.append((path, str(facts["lock"]), bool(facts.get("kept")), mark.stat().st_mtime))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+        return out
 
     def exists(self) -> bool:
         return self.catalog_path.exists()
