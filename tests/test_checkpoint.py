@@ -300,9 +300,9 @@ def test_policy_charges_the_slowdown_a_persist_causes_beyond_its_cpu_time() -> N
     # Persists overlap one iteration each: 40 ms slower than the quiet ones, 20 ms of persister CPU.
     policy.charge(0.0, 0.02, checkpoint=False)
     policy.observe(0.14, persisting=0.06, background_cpu=0.0)
-    assert policy.weight == 1.0  # measured once the persist is over ...
+    assert policy.weight == 1.0  # measured once the persist is over
     policy.observe(0.1, persisting=0.0, background_cpu=0.02)
-    assert policy.weight == 1.0  # ... and one persist does not outweigh the prior of PRIOR_PERSISTS at 1
+    assert policy.weight == pytest.approx(2.0)
     _persist(policy, 0.02, 0.14, 0.06)
     _persist(policy, 0.02, 0.14, 0.06)
     assert policy.weight == pytest.approx(2.0)

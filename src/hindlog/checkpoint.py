@@ -81,8 +81,6 @@ BASELINE_ITERATIONS = 15
 MIN_BASELINE = 3
 #: Persists whose measured slowdown sets the weight (the latest ones, by their median).
 MEASURED_PERSISTS = 31
-#: Persists counted as slowing training by exactly their CPU time before any is measured.
-PRIOR_PERSISTS = 2
 #: An iteration that a persist overlapped for at most this share of a quiet iteration's time
 #: counts as quiet:
 #: the persister's small jobs (an iteration's commit, the tail of a write) touch nearly every
@@ -202,10 +200,7 @@ class Policy:
         # or two iterations, and iteration times scatter to the slow side (another process, the
         # allocator); in a total, such an iteration reads as slowdown of the persist it met,
         # and charging it takes checkpoints the budget has room for.
-        # Until many persists are measured, PRIOR_PERSISTS of them count as slowing training by
-        # their CPU time: a median of three noisy ratios, floored at 1, errs high (the fine-tuning
-        # shape measured 1.2 to 2.4 from run to run, for a cost of about 1.1 times its CPU time).
-        measured = statistics.median([*self._ratios, *[BACKGROUND_WEIGHT] * PRIOR_PERSISTS])
+        measured = statistics.median(self._ratios)
         weight = min(MAX_BACKGROUND_WEIGHT, max(BACKGROUND_WEIGHT, measured))
         with self._lock:
             # What was charged for the persister's CPU at the old weight is made up to the new one.
