@@ -348,20 +348,6 @@ def test_policy_weight_is_at_least_the_cpu_time_and_ignores_noise_beyond_the_per
     assert policy.weight == 1.0
 
 
-def test_policy_weight_is_the_median_slowdown_of_the_persists_not_one_slow_iteration() -> None:
-    # Five persists of 20 ms of CPU each. Four slow training by about their CPU time; during one,
-    # the machine was slow for other reasons (+60 ms, the most a 60 ms persist can be blamed for).
-    policy = _policy_with_baseline(0.1)
-    for extra in [0.02, 0.06, 0.018, 0.022, 0.02]:
-        _persist(policy, 0.02, 0.1 + extra, 0.06)
-    # The slow iteration counts as one persist among five, not as 60 ms in a 160 ms total (1.4).
-    assert policy.weight == pytest.approx(1.0)
-    # Persists that do slow training more than their CPU time are charged for it.
-    for _ in range(7):
-        _persist(policy, 0.02, 0.15, 0.06)
-    assert policy.weight == pytest.approx(2.5)
-
-
 def test_a_recorded_run_reports_what_the_policy_charged(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     proj.write("train.py", CHEAP)

@@ -79,8 +79,6 @@ MAX_BACKGROUND_WEIGHT = 4.0
 BASELINE_ITERATIONS = 15
 #: Quiet iterations needed before the slowdown during persists is measured against them.
 MIN_BASELINE = 3
-#: Persists whose measured slowdown sets the weight (the latest ones, by their median).
-MEASURED_PERSISTS = 31
 #: An iteration that a persist overlapped for at most this share of a quiet iteration's time
 #: counts as quiet:
 #: the persister's small jobs (an iteration's commit, the tail of a write) touch nearly every
@@ -108,8 +106,8 @@ class Policy:
     fills, and can be more (hashing and writing share memory bandwidth with
     the optimizer step). The policy measures it: it compares the iterations
     that a persist overlapped with the median of recent iterations that none
-    did, and charges the persister's CPU time times the observed ratio (its
-    median over the latest persists, at least ``BACKGROUND_WEIGHT``).
+    did, and charges the persister's CPU time times the observed ratio (at
+    least ``BACKGROUND_WEIGHT``).
     """
 
     def __init__(self, epsilon: float, start: float, total: int | None = None) -> None:
@@ -131,8 +129,8 @@ class Policy:
         self.background_cpu = 0.0
         self._quiet: deque[float] = deque(maxlen=BASELINE_ITERATIONS)
         self._episode: list[float] | None = None  # [slowdown so far, background CPU at its start]
-        #: Slowdown per second of persister CPU, one entry per persist observed (the latest ones).
-        self._ratios: deque[float] = deque(maxlen=MEASURED_PERSISTS)
+        self._slowdown = 0.0  # measured over the persists observed so far ...
+        self._slowdown_cpu = 0.0  # ... and the persister CPU time they took
         #: The training thread and the persister both charge; ``spent`` must not lose an update.
         self._lock = threading.Lock()
 
@@ -195,12 +193,11 @@ class Policy:
         cpu = self.background_cpu - cpu0
         if cpu <= 0:
             return
-        self._ratios.append(slowdown / cpu)
-        # The median over persists, not their total over their CPU time: a persist overlaps one
-        # or two iterations, and iteration times scatter to the slow side (another process, the
-        # allocator); in a total, such an iteration reads as slowdown of the persist it met,
-        # and charging it takes checkpoints the budget has room for.
-        measured = statistics.median(self._ratios)
+        self._slowdown += slowdown
+        self._slowdown_cpu += cpu
+        # The total over the total CPU time, not a median of per-persist ratios: the budget is
+        # for the whole cost, and a persist that sometimes slows training a lot costs that.
+        measured = self._slowdown / self._slowdown_cpu
         weight = min(MAX_BACKGROUND_WEIGHT, max(BACKGROUND_WEIGHT, measured))
         with self._lock:
             # What was charged for the persister's CPU at the old weight is made up to the new one.
