@@ -19,7 +19,7 @@ import hindlog as hl
 from hindlog import codeversion
 from hindlog.errors import CheckpointError
 from hindlog.gc import gc
-from hindlog.store import keep_scratch
+from hindlog.store import mark_scratch_kept
 
 from ckpt_helpers import (
     NUMPY_TRAIN,
@@ -140,7 +140,7 @@ def test_gc_removes_scratch_copies_no_process_uses_and_keeps_the_others(two_runs
     (dead / "train.py").write_text("x = 1\n")
     live = store.scratch_dir(f"resume-{second}")
     kept = store.scratch_dir(f"replay-{second}")  # a failed replay's logs, handed to the user
-    keep_scratch(kept)
+    mark_scratch_kept(kept)
     elsewhere = other.scratch_dir(f"replay-{first}")  # another store's
     lock = store.lock(f"resume-{second}")
     assert lock.acquire()

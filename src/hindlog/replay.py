@@ -29,7 +29,7 @@ from . import catalog, codeversion, hindsight
 from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
 from .controller import ENV
 from .errors import ReplayError, ReplayInterrupted, RunNotFound
-from .store import Store, keep_scratch as keep_scratch_dir
+from .store import Store, mark_scratch_kept
 
 
 @dataclass
@@ -738,7 +738,7 @@ def _execute(
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
     else:
-        keep_scratch_dir(scratch)
+        mark_scratch_kept(scratch)
         result.scratch = str(scratch)
     return result
 

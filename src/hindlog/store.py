@@ -28,7 +28,7 @@ from .processes import run_captured
 SCRATCH_MARK = ".hindlog-scratch.json"
 
 
-def keep_scratch(path: Path) -> None:
+def mark_scratch_kept(path: Path) -> None:
     """Mark a scratch directory as kept for the user to read: ``hindlog gc`` leaves it for its
     grace period after it was handed over, not only while its process runs."""
     mark = path / SCRATCH_MARK
