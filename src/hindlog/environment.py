@@ -46,9 +46,8 @@ def installed_packages() -> dict[str, str]:
     return out
 
 
-def package_versions(installed: dict[str, str] | None = None) -> dict[str, str]:
-    """Versions of the key packages installed, the ones ``hindlog show`` names."""
-    installed = installed_packages() if installed is None else installed
+def package_versions(installed: dict[str, str]) -> dict[str, str]:
+    """Versions of the key packages among ``installed``, the ones ``hindlog show`` names."""
     out = {}
     for name in KEY_PACKAGES:
         version = installed.get(_normalized(name))

@@ -98,11 +98,13 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
 
 def _is_log_or_print(stmt: ast.stmt) -> bool:
     """``hl.log(...)`` or ``print(...)`` as a statement of its own."""
-    if not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)):
-        return False
-    func = stmt.value.func
-    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-    return name in ("log", "print")
+    return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and call_name(stmt.value) in ("log", "print")
+
+
+def call_name(call: ast.Call) -> str | None:
+    """The name a call calls: ``f`` of ``f(...)`` and of ``obj.f(...)``."""
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
 
 
 def _all_statements(tree: ast.AST) -> list[ast.stmt]:
@@ -273,9 +275,7 @@ def api_loop_name(node: ast.AST) -> str | None:
         return None
     call = node.iter
     if isinstance(call, ast.Call):
-        func = call.func
-        fname = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
-        if fname == "loop" and call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+        if call_name(call) == "loop" and call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
             return call.args[0].value
     return None
 
@@ -494,10 +494,7 @@ def _new_calls(files: dict[str, str], new_statements: dict[str, list[tuple[int, 
 def draws_random_numbers(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
     """Whether a new statement calls a function that draws random numbers: every later draw of
     the run then differs from the record's."""
-    return any(
-        (node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)) in RANDOM_DRAWS
-        for node in _new_calls(files, new_statements)
-    )
+    return any(call_name(node) in RANDOM_DRAWS for node in _new_calls(files, new_statements))
 
 
 #: Methods that write output a replay does not store: a logger's, a stream's ``write``.

@@ -26,6 +26,11 @@ class Restored:
     locals: dict[str, Any]
 
 
+def _live(declared: dict[str, Declared]) -> dict[str, Any]:
+    """The objects restored into, by name: what references in restored values resolve to."""
+    return {name: d.held for name, d in declared.items()}
+
+
 def apply(
     loaded: Loaded, declared: dict[str, Declared], frame: FrameType | None = None, rng: bool = True, strict: bool = True
 ) -> dict[str, Any]:
@@ -39,7 +44,7 @@ def apply(
             f"the checkpoint of iteration {loaded.iteration} holds no state for {', '.join(missing)} "
             f"(it holds: {', '.join(loaded.objects) or 'nothing'})"
         )
-    live = {name: d.held for name, d in declared.items()}
+    live = _live(declared)
     out = {name: load_into(d, resolve(loaded.objects[name], live, d.held)) for name, d in declared.items() if name in loaded.objects}
     if rng:
         set_rng_state(loaded.rng)
@@ -94,4 +99,4 @@ def restore(
             raise CheckpointError(f"the checkpoint of run {run_row['run_id']} at iteration {iteration} is damaged: {e}") from None
     declared = {name: declare(name, obj) for name, obj in objects.items()}
     restored = apply(loaded, declared, rng=rng)
-    return Restored(run_row["run_id"], loaded.iteration, restored, resolve(loaded.locals, {n: d.held for n, d in declared.items()}))
+    return Restored(run_row["run_id"], loaded.iteration, restored, resolve(loaded.locals, _live(declared)))

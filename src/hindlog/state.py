@@ -185,7 +185,7 @@ class Pickled:
         self.data = data
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Pickled, (self.data,))
+        return (type(self), (self.data,))  # PickledWithRefs too
 
 
 class PickledWithRefs(Pickled):
@@ -196,9 +196,6 @@ class PickledWithRefs(Pickled):
     checkpoints restore, not a copy of it."""
 
     __slots__ = ()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (PickledWithRefs, (self.data,))
 
 
 class DeclaredRef:
