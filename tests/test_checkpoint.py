@@ -654,6 +654,41 @@ def test_kill_9_during_a_persist_leaves_no_partial_checkpoint_visible(tmp_path: 
     assert big[0] == r.iteration + 1 and big[-1] == r.iteration + 1
 
 
+FSYNC_SPY = """
+import atexit, json, os
+flushed = []
+_fsync = os.fsync
+
+
+def spy(fd):
+    flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return _fsync(fd)
+
+
+os.fsync = spy
+atexit.register(lambda: print(json.dumps({"flushed": flushed})))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the names of open files from /proc")
+def test_a_committed_checkpoint_has_its_files_and_their_directories_flushed(tmp_path: Path) -> None:
+    # A rename is durable only once its directory is: without that, a power cut after the
+    # catalog's commit could leave a checkpoint whose objects have no name on disk.
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FSYNC_SPY + CHEAP.replace("np.zeros(16)", "np.zeros(20_000)").replace("rand(16)", "rand(20_000)"))
+    out = proj.run("train.py").stdout
+    run_id = last_json(out.split("\n{\"flushed")[0])["run"]
+    flushed = set(json.loads(out.strip().splitlines()[-1])["flushed"])
+    rows = proj.checkpoints(run_id)
+    assert rows
+    objects = proj.objects_dir.resolve()
+    for _it, _b, _l, manifest, _n in rows:
+        m = proj.manifest(manifest)
+        for name in [manifest, m["skeleton"], *(e[0] for e in m["tensors"] if not e[0].startswith("@"))]:
+            assert str(objects / name[:2] / name[2:]) in flushed, name
+            assert str(objects / name[:2]) in flushed, name
+
+
 def test_a_failed_checkpoint_write_gets_advice_that_fits_its_cause(tmp_path: Path) -> None:
     import errno
 

@@ -236,6 +236,37 @@ def test_file_snapshot_outside_git(plain_project: Project) -> None:
     assert "train.py" not in text
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the names of open files from /proc")
+def test_file_snapshot_flushes_its_files_and_their_directories_before_its_manifest(
+    plain_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = plain_project
+    p.write("train.py", LOG_SCRIPT)
+    p.write("lib/util.py", "X = 1\n")
+    flushed: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = p.store()
+    version = codeversion.snapshot(store, "run-1")
+    assert version.kind == "snapshot"
+    paths = [Path(store.objects.filename(digest(p.root.joinpath(rel).read_bytes()))).resolve() for rel in ("train.py", "lib/util.py")]
+    # Each new file and its directory, then the manifest (written under a temporary name,
+    # then its directory): a crash can leave files no manifest names, never the reverse.
+    for path in paths:
+        assert str(path) in flushed and str(path.parent) in flushed
+    last_file = max(flushed.index(str(path)) for path in paths)
+    assert len(flushed) > last_file + 1 and all(".tmp-" in f or Path(f).is_dir() for f in flushed[last_file + 1 :])
+    # Files an earlier snapshot stored were flushed then.
+    flushed.clear()
+    assert codeversion.snapshot(store, "run-2").version == version.version
+    assert not {str(path) for path in paths} & set(flushed)
+
+
 def test_without_git_installed_the_code_is_snapshotted_as_files(project: Project) -> None:
     project.write("train.py", LOG_SCRIPT)
     proc = project.run(env={"PATH": ""})

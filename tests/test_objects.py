@@ -109,3 +109,23 @@ def test_objects_named_by_sha256_are_still_verified(tmp_path: Path) -> None:
     store.path(old).write_bytes(b"an altered object")
     with pytest.raises(CorruptObject):
         store.get(old)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the names of open files from /proc")
+def test_a_durable_put_flushes_the_file_and_its_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = ObjectStore(tmp_path / "objects")
+    name = store.put(b"durable content")
+    path = Path(store.filename(name)).resolve()
+    # The data is flushed under its temporary name, then the directory holding its final name.
+    assert len(flushed) == 2 and Path(flushed[0]).parent == path.parent, flushed
+    assert flushed[1] == str(path.parent)
+    store.put(b"not durable", durable=False)
+    assert len(flushed) == 2

@@ -44,7 +44,7 @@ import numpy as np
 
 from . import catalog, sourceinfo
 from .errors import CheckpointError, CorruptObject
-from .objects import ObjectStore, digest, matches
+from .objects import ObjectStore, digest, fsync_path, matches
 from .state import (
     BY_NAME_MIN_BYTES,
     Declared,
@@ -432,9 +432,13 @@ class Persister:
             return
         # The rows below are committed only once the iteration's data is on disk. The files
         # are flushed together here (not one fsync per write, and not a system-wide sync,
-        # which would wait for every other process's writes too).
-        for path in self._written.pop(iteration, []):
-            _fsync(path)
+        # which would wait for every other process's writes too). A renamed file's name lives in
+        # its directory: that is flushed too, once per fan-out directory.
+        paths = self._written.pop(iteration, [])
+        for path in paths:
+            fsync_path(path)
+        for folder in {path.rpartition("/")[0] for path in paths}:
+            fsync_path(folder)
         self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes) for d in done])
         self.committed.append(iteration)
 
@@ -451,19 +455,6 @@ def _forget_unwritten(frozen: Frozen) -> None:
             ft.cache_entry.version = -1
         if ft.framework == "torch":
             ft.release()
-
-
-def _fsync(path: Any) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _torch() -> Any:

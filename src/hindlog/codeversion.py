@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import catalog, config
+from . import catalog, config, objects
 from .errors import CodeVersionError
 from .processes import run_captured
 from .store import Store
@@ -140,6 +140,7 @@ def _snapshot_files(store: Store) -> CodeVersion:
     root = store.root
     files: dict[str, str] = {}
     skipped: list[str] = []
+    new_files: list[str] = []  # paths in the object store
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for fname in sorted(filenames):
@@ -151,11 +152,21 @@ def _snapshot_files(store: Store) -> CodeVersion:
                 if path.stat().st_size > config.MAX_SNAPSHOT_FILE_BYTES:
                     skipped.append(rel)
                     continue
-                files[rel] = store.objects.put(path.read_bytes(), durable=False)
+                data = path.read_bytes()
             except OSError:
                 continue
+            files[rel] = name = objects.digest(data)
+            if not store.objects.have(name, len(data)):
+                store.objects.write([data], name, durable=False)
+                new_files.append(store.objects.filename(name))
             if len(files) >= _MAX_SNAPSHOT_FILES:
                 break
+    # Flushed together before the manifest that names them (a file stored by an earlier
+    # snapshot was flushed then), and their directories, which hold the new names.
+    for stored in new_files:
+        objects.fsync_path(stored)
+    for folder in {stored.rpartition("/")[0] for stored in new_files}:
+        objects.fsync_path(folder)
     manifest = json.dumps(files, sort_keys=True).encode()
     manifest_name = store.objects.put(manifest)
     version = "snap-" + manifest_name[:16]

@@ -21,7 +21,7 @@ import builtins
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .hindsight import loop_name as api_loop_name
+from .hindsight import call_name, loop_name as api_loop_name
 from .sourceinfo import _mutated_containers
 
 RUNTIME = "__hindlog__"
@@ -252,7 +252,7 @@ def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str
     for node in ast.walk(ast.Module(body=list(body), type_ignores=[])):
         if isinstance(node, ast.Call):
             f = node.func
-            fname = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+            fname = call_name(node)
             if isinstance(f, ast.Name) and hasattr(builtins, f.id) and f.id != "next":
                 continue  # len(x), float(v), print(...) change nothing; next(stream) advances stream
             # Objects handed to other code may be changed by it (train_one_epoch(model, loader, opt)),

@@ -44,6 +44,21 @@ def digest(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+def fsync_path(path: str) -> None:
+    """Flush a file or a directory (a renamed file's new name) to disk; a file system that
+    cannot (some network or virtual ones) is left as it is."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def matches(name: str, data: bytes | bytearray | memoryview) -> bool:
     """Whether ``data`` is the content named ``name``."""
     if len(name) == 64:  # named by SHA-256
@@ -124,6 +139,8 @@ class ObjectStore:
             os.close(fd)
             fd = -1
             os.replace(tmp, target)
+            if durable:
+                fsync_path(target.rpartition("/")[0])  # the new name is durable only then
         except BaseException:
             if fd >= 0:
                 os.close(fd)
