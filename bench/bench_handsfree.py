@@ -1,6 +1,6 @@
 """Benchmark: hands-free mode on unmodified scripts, record overhead and replay speed.
 
-    .venv/bin/python bench/bench_handsfree.py [--pairs 3] [--quick] [--wait-load X] [--malloc steady|default] [--out NAME]
+    .venv/bin/python bench/bench_handsfree.py [--pairs 3] [--min-seconds 30] [--quick] [--wait-load X] [--malloc steady|default] [--out NAME]
         [--workloads cnn-engine,while-early,sklearn-partial-fit,lstm-last-loss,cnn,finetune,lstm,sklearn]
 
 Two kinds of workloads, none of which imports hindlog:
@@ -21,7 +21,8 @@ Two kinds of workloads, none of which imports hindlog:
 For each workload, in a temporary git project (stores outside it):
 
 - record overhead: ``hindlog run SCRIPT`` between two runs of ``python SCRIPT``,
-  ``--pairs`` such triples, median of the bracketed wall ratios (the recorded run
+  ``--pairs`` such triples (more for a short script: enough for ``--min-seconds``
+  of plain runs), median of the bracketed wall ratios (the recorded run
   against the mean of the plain runs around it: a drift of the machine's speed
   cancels; ``common.bracketed_ratio``; target <= 1.05; the ratio against the first
   plain run alone and the plain/plain ratio, the noise floor, are kept too),
@@ -55,7 +56,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_replay import CASES  # noqa: E402
-from common import GIT_ENV, PYTHON, VARIANT_ARGS, WORKLOADS, allocator_env, bracketed_ratio, cleanup, machine, median, new_project, save  # noqa: E402
+from common import GIT_ENV, MIN_TIMED_SECONDS, PYTHON, VARIANT_ARGS, WORKLOADS, allocator_env, bracketed_ratio, cleanup, machine, median, new_project, save, triples_for  # noqa: E402
 
 HF = WORKLOADS / "handsfree"
 HINDLOG = [PYTHON, "-m", "hindlog.cli"]
@@ -205,7 +206,7 @@ def replay_summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     return out
 
 
-def bench(name: str, pairs: int, quick: bool, malloc: str = "steady") -> dict:
+def bench(name: str, pairs: int, quick: bool, malloc: str = "steady", min_seconds: float = 0.0) -> dict:
     sp = spec(name, quick)
     script, args, env = sp["script"], sp["args"], {**sp["env"], **allocator_env(malloc)}
     project = new_project({".gitignore": "__pycache__/\n", **sp["files"]})
@@ -214,7 +215,8 @@ def bench(name: str, pairs: int, quick: bool, malloc: str = "steady") -> dict:
                            "new_statement": sp["new_statement"], "after": sp["after"]}
     try:
         if not quick:  # a quick run's numbers are not evidence: it keeps the suite under 5 minutes
-            run([PYTHON, script, *args], project, env)  # warm-up, not counted
+            warm, _ = run([PYTHON, script, *args], project, env)  # warm-up, not counted
+            pairs = triples_for(pairs, warm, min_seconds)
         ratios, plain_t, rec_t, facts, plain2_t, bracketed, aa = [], [], [], [], [], [], []
         plain_stdout = None
         for k in range(pairs):
@@ -336,6 +338,8 @@ def max_relative_difference(got: list[str], want: list[str]) -> float | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=3, help="triples plain, hindlog run, plain")
+    p.add_argument("--min-seconds", type=float, default=MIN_TIMED_SECONDS,
+                   help="more triples for a short script: at least this many seconds of plain runs")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--workloads", default=",".join(DEFAULT_WORKLOADS))
     p.add_argument("--wait-load", type=float, default=None,
@@ -353,7 +357,7 @@ def main() -> None:
     results, failed = [], []
     for n in names:
         try:
-            results.append(bench(n, args.pairs, args.quick, args.malloc))
+            results.append(bench(n, args.pairs, args.quick, args.malloc, args.min_seconds))
         except Exception as e:  # noqa: BLE001 -- one failing workload must not lose the others' numbers
             print(f"  {n} FAILED: {str(e)[-2000:]}", flush=True)
             results.append({"workload": n, "error": str(e)[-4000:]})

@@ -1,6 +1,6 @@
 """Benchmark: record overhead, as the wall-time ratio recorded / plain of whole processes.
 
-    .venv/bin/python bench/bench_record.py [--pairs 3] [--quick] [--workloads cnn,finetune,...] [--noise] [--malloc steady|default]
+    .venv/bin/python bench/bench_record.py [--pairs 3] [--min-seconds 30] [--quick] [--workloads cnn,finetune,...] [--noise] [--malloc steady|default]
 
 For each workload in bench/workloads, run the script plain (``HINDLOG_DISABLED=1``:
 every hindlog call is a pass-through) and recorded, alternating, ``--pairs``
@@ -11,7 +11,9 @@ ones: the plain/plain ratios are the machine's noise floor, against which a
 1% overhead must be read, and the recorded run against the mean of the two
 plain runs around it (the bracketed ratio, ``common.bracketed_ratio``)
 cancels a drift of the machine's speed within the triple. Each workload first runs once
-plain, untimed (a warm-up: the first run of a fresh project reads cold files).
+plain, untimed (a warm-up: the first run of a fresh project reads cold files); a short
+workload then gets more pairs than ``--pairs``, enough for ``--min-seconds`` of plain runs
+(a 2-second script 15: its ratios scatter as widely as a long one's, and each says less).
 Both sides run with glibc's allocator held steady (``common.STEADY_MALLOC``;
 ``--malloc default`` leaves it adaptive). Results: bench/results/record.json.
 """
@@ -26,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, WORKLOADS, allocator_env, bracketed_ratio, cleanup, machine, median, new_project, save, script_args_env, timed_cpu  # noqa: E402
+from common import MIN_TIMED_SECONDS, PYTHON, WORKLOADS, allocator_env, bracketed_ratio, cleanup, machine, median, new_project, save, script_args_env, timed_cpu, triples_for  # noqa: E402
 
 WORKLOADS_ALL = {
     "cnn": ("cnn.py", [], "small CNN, long epochs, validation loop"),
@@ -56,7 +58,7 @@ def run_stats(store: Path) -> dict:
     }
 
 
-def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str = "steady") -> dict:
+def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str = "steady", min_seconds: float = 0.0) -> dict:
     script, argv, what = WORKLOADS_ALL[name]
     env_args = script_args_env(name, QUICK_ARGS[name] if quick else None)
     env_args.update(allocator_env(malloc))
@@ -64,7 +66,8 @@ def bench(name: str, pairs: int, quick: bool, noise: bool = False, malloc: str =
     plain, recorded, ratios, stats, cpu_ratios, aa, plain2, bracketed = [], [], [], [], [], [], [], []
     try:
         if not quick:  # a quick run's numbers are not evidence: it keeps the suite under 5 minutes
-            timed_cpu([PYTHON, script, *argv], project, {**env_args, "HINDLOG_DISABLED": "1"})  # warm-up, not counted
+            warm, _ = timed_cpu([PYTHON, script, *argv], project, {**env_args, "HINDLOG_DISABLED": "1"})  # warm-up, not counted
+            pairs = triples_for(pairs, warm, min_seconds)
         for k in range(pairs):
             store = project / f".store-{k}"
             order = ["plain", "record"] if k % 2 == 0 else ["record", "plain"]
@@ -112,6 +115,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--min-seconds", type=float, default=MIN_TIMED_SECONDS,
+                   help="more pairs for a short workload: at least this many seconds of plain runs")
     p.add_argument("--workloads", default=",".join(WORKLOADS_ALL))
     p.add_argument("--noise", action="store_true", help="run plain twice per pair: the plain/plain ratios show the noise floor")
     p.add_argument("--malloc", default="steady", choices=["steady", "default"],
@@ -120,7 +125,7 @@ def main() -> None:
     args = p.parse_args()
     results = []
     for name in args.workloads.split(","):
-        results.append(bench(name, args.pairs, args.quick, args.noise, args.malloc))
+        results.append(bench(name, args.pairs, args.quick, args.noise, args.malloc, args.min_seconds))
     data = {
         "benchmark": "record", "command": " ".join(["bench/bench_record.py", *sys.argv[1:]]),
         "machine": machine(), "results": results,

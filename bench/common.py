@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import shutil
@@ -133,6 +134,18 @@ def timed_cpu(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, chec
     if check and out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
     return elapsed, cpu
+
+
+#: A workload's plain runs are timed for at least this long in all: a 2-second script gets more
+#: pairs than a 15-second one, since its ratios scatter as much while each says less.
+MIN_TIMED_SECONDS = 30.0
+
+
+def triples_for(pairs: int, plain_seconds: float, min_seconds: float) -> int:
+    """The number of pairs (or triples) to time: ``pairs``, or more when a plain run is short."""
+    if plain_seconds <= 0:
+        return pairs
+    return max(pairs, math.ceil(min_seconds / plain_seconds))
 
 
 def bracketed_ratio(before: float, treated: float, after: float) -> float:
