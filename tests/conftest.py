@@ -331,3 +331,19 @@ def stop(proc: subprocess.Popen[str]) -> None:
                     pipe.close()
                 except OSError:
                     pass
+
+
+@pytest.fixture
+def flushed_paths(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths this process calls ``os.fsync`` on, in order (read from /proc; skips elsewhere)."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("reads the names of open files from /proc")
+    flushed: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return flushed

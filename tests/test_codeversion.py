@@ -236,21 +236,13 @@ def test_file_snapshot_outside_git(plain_project: Project) -> None:
     assert "train.py" not in text
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the names of open files from /proc")
 def test_file_snapshot_flushes_its_files_and_their_directories_before_its_manifest(
-    plain_project: Project, monkeypatch: pytest.MonkeyPatch
+    plain_project: Project, flushed_paths: list[str]
 ) -> None:
     p = plain_project
     p.write("train.py", LOG_SCRIPT)
     p.write("lib/util.py", "X = 1\n")
-    flushed: list[str] = []
-    real = os.fsync
-
-    def spy(fd: int) -> None:
-        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", spy)
+    flushed = flushed_paths
     store = p.store()
     version = codeversion.snapshot(store, "run-1")
     assert version.kind == "snapshot"
