@@ -1614,7 +1614,7 @@ RECORD_NOTES = """\
   overheads: cnn -0.5%, finetune +2.1%, lstm -0.1%, sklearn +3.4% (median
   +1.0%, at the target's line), finetune-large +2.3%, every one within ε;
   finetune got 5-13 checkpointed iterations of 30 (median 12, one per 2.5),
-  sklearn 4-14. sklearn's 15 triples lie between +0.4% and +9.7%, 13 of
+  sklearn 4-14. sklearn's 15 triples lie between +0.4% and +9.7%, 12 of
   them above +1%: its overhead is about what the policy charged (start-up,
   blocked time and the persister's work, at most ε), not noise. The
   earlier runs of this table, on the same machine: at 35b6bfc
