@@ -44,7 +44,7 @@ import numpy as np
 
 from . import catalog, sourceinfo
 from .errors import CheckpointError, CorruptObject
-from .objects import ObjectStore, digest, fsync_path, matches
+from .objects import ObjectStore, digest, fsync_together, matches
 from .state import (
     BY_NAME_MIN_BYTES,
     Declared,
@@ -432,13 +432,8 @@ class Persister:
             return
         # The rows below are committed only once the iteration's data is on disk. The files
         # are flushed together here (not one fsync per write, and not a system-wide sync,
-        # which would wait for every other process's writes too). A renamed file's name lives in
-        # its directory: that is flushed too, once per fan-out directory.
-        paths = self._written.pop(iteration, [])
-        for path in paths:
-            fsync_path(path)
-        for folder in {path.rpartition("/")[0] for path in paths}:
-            fsync_path(folder)
+        # which would wait for every other process's writes too), with their directories.
+        fsync_together(self._written.pop(iteration, []))
         self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes) for d in done])
         self.committed.append(iteration)
 

@@ -162,11 +162,8 @@ def _snapshot_files(store: Store) -> CodeVersion:
             if len(files) >= _MAX_SNAPSHOT_FILES:
                 break
     # Flushed together before the manifest that names them (a file stored by an earlier
-    # snapshot was flushed then), and their directories, which hold the new names.
-    for stored in new_files:
-        objects.fsync_path(stored)
-    for folder in {stored.rpartition("/")[0] for stored in new_files}:
-        objects.fsync_path(folder)
+    # snapshot was flushed then).
+    objects.fsync_together(new_files)
     manifest = json.dumps(files, sort_keys=True).encode()
     manifest_name = store.objects.put(manifest)
     version = "snap-" + manifest_name[:16]

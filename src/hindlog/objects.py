@@ -59,6 +59,15 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def fsync_together(paths: list[str]) -> None:
+    """Flush files written without ``durable``, then once each directory holding their new
+    names: what a commit that names them needs on disk first."""
+    for path in paths:
+        fsync_path(path)
+    for folder in {path.rpartition("/")[0] for path in paths}:
+        fsync_path(folder)
+
+
 def matches(name: str, data: bytes | bytearray | memoryview) -> bool:
     """Whether ``data`` is the content named ``name``."""
     if len(name) == 64:  # named by SHA-256
