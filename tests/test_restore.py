@@ -402,6 +402,102 @@ def test_state_unchanged_after_a_nested_loop_is_checkpointed_by_name_and_checked
     assert 5 in ends, rows
 
 
+LOGGING_TAIL = """
+import time
+import torch
+import hindlog as hl
+
+
+class Sneaky:
+    \"\"\"Looks like a loss; its item() writes the weights where the version counter does not see it.\"\"\"
+
+    def __init__(self, w):
+        self.w = w
+
+    def item(self):
+        self.w.data.mul_(0.5)
+        return 0.0
+
+
+w = torch.zeros(1024, 1024)      # 4 MiB: large enough to be named by hash
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(6)):
+    time.sleep(0.1)
+    for step in hl.loop("step", range(2)):
+        w.add_(epoch + 1)
+        loss = w.sum() if epoch % 2 == 0 else Sneaky(w)
+    hl.log("loss", loss.item())  # only logs: the iteration's end takes the loop exit's copies
+    hl.log("w", w[::128, ::128].clone())
+"""
+
+
+def test_an_iteration_end_after_code_that_only_logs_takes_the_loop_exits_copies(tmp_path: Path) -> None:
+    # Between the nested loop and the iteration's end the script only logs, so the end's
+    # snapshot takes the copies made at the loop's exit: nothing copied or hashed twice. The
+    # check is made on the values: where `loss` is not a tensor its item() may do anything, and
+    # here it halves the weights through .data; those ends are checked by hash as before.
+    torch = pytest.importorskip("torch")
+    proj, run_id, rows, ends = _record_dense(tmp_path, LOGGING_TAIL)
+    info = proj.run_info(run_id)["info"]
+    exits = {it for it, block, _loop, _m, _n in rows if block != ITERATION_END}
+    even = [it for it in exits if it % 2 == 0]
+    assert even and all(it in ends for it in even), rows
+    assert info["checkpoints_reusing_loop_exit"] == len(even), (info, rows)
+    logged = {(it, name): value for it, name, value in proj.records(run_id)}
+    for it in ends:
+        w = torch.zeros(1024, 1024)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            restored = hl.restore(run_id, iteration=it, store=proj.store(), w=w)
+        assert torch.equal(w[::128, ::128], torch.as_tensor(logged[(it, "w")])), f"iteration {it}"
+        # A Sneaky `loss` (its class is the script's) cannot be loaded here: it is named, and the
+        # weights asked for are restored all the same.
+        sneaky = it % 2 == 1
+        assert ("loss" in restored.locals_not_loaded) == sneaky and ("loss" in restored.locals) != sneaky, restored
+        assert any("'loss'" in str(c.message) or " loss " in str(c.message) for c in caught) == sneaky, [str(c.message) for c in caught]
+    for it in [it for it in exits if it % 2]:  # halved after the loop: never the loop exit's bytes
+        if it in ends:
+            assert proj.manifest(ends[it])["tensors"] != proj.manifest(
+                next(m for i, b, _l, m, _n in rows if i == it and b != ITERATION_END))["tensors"]
+
+
+@pytest.mark.parametrize("tail, reused", [
+    ('history[epoch] = round(loss.item(), 3)\n    hl.log("loss", history[epoch])', True),
+    ('with torch.no_grad():\n        norm = w.norm().item()\n    hl.log("norm", f"{norm:.2f}")', True),
+    ("sched.step()", False),               # any other call may write state
+    ("bump(w)", False),
+    ("w.data.mul_(1.0)", False),
+    ("for p in [w]:\n        hl.log('p', p.sum().item())", False),
+])
+def test_what_code_after_the_nested_loop_lets_the_iteration_end_reuse_the_loop_exits_copies(
+        tmp_path: Path, tail: str, reused: bool) -> None:
+    pytest.importorskip("torch")
+    script = f"""
+import time
+import torch
+import hindlog as hl
+
+def bump(t):
+    t.data.add_(1.0)
+
+w = torch.zeros(1024, 1024)
+opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+history = {{}}
+hl.checkpoints(w=w, sched=sched)
+for epoch in hl.loop("epoch", range(3)):
+    time.sleep(0.1)
+    for step in hl.loop("step", range(2)):
+        w.add_(1.0)
+        loss = w.mean()
+    {tail}
+"""
+    _proj, _run_id, rows, ends = _record_dense(tmp_path, script)
+    assert ends, rows
+    count = _proj.run_info(_run_id)["info"]["checkpoints_reusing_loop_exit"]
+    assert (count == len(ends)) if reused else (count == 0), (count, rows)
+
+
 TIED_WEIGHTS = """
 import time
 import torch, torch.nn as nn

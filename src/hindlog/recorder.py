@@ -547,6 +547,8 @@ class Recorder:
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
                 timing["checkpoints_dropped_unverified"] = self.checkpointer.persister.dropped_unverified
                 timing["checkpoints_skipped_busy"] = self.checkpointer.skipped_busy
+                # Iteration ends whose snapshot took the copies made at the nested loop's exit.
+                timing["checkpoints_reusing_loop_exit"] = self.checkpointer.reused_exit_snapshots
                 # What the policy charged, to read the overhead by: the time training was blocked,
                 # and the persister's CPU time times the slowdown it was measured to cause.
                 timing["checkpoint_charged"] = {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -24,6 +25,9 @@ class Restored:
     objects: dict[str, Any]
     #: The loop-carried local values the checkpoint holds (e.g. ``best_acc``).
     locals: dict[str, Any]
+    #: Locals that cannot be loaded in this process, with why (an object of a class defined in
+    #: the training script, which a notebook does not have); the objects asked for are restored.
+    locals_not_loaded: dict[str, str] = field(default_factory=dict)
 
 
 def _live(declared: dict[str, Declared]) -> dict[str, Any]:
@@ -99,4 +103,24 @@ def restore(
             raise CheckpointError(f"the checkpoint of run {run_row['run_id']} at iteration {iteration} is damaged: {e}") from None
     declared = {name: declare(name, obj) for name, obj in objects.items()}
     restored = apply(loaded, declared, rng=rng)
-    return Restored(run_row["run_id"], loaded.iteration, restored, resolve(loaded.locals, _live(declared)))
+    values, not_loaded = _resolve_locals(loaded.locals, _live(declared))
+    if not_loaded:
+        warnings.warn(
+            f"hindlog: restored {', '.join(objects)}; the checkpoint's local value(s) {', '.join(not_loaded)} cannot be "
+            f"loaded here ({next(iter(not_loaded.values()))}) and are left out of .locals",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return Restored(run_row["run_id"], loaded.iteration, restored, values, not_loaded)
+
+
+def _resolve_locals(values: dict[str, Any], live: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The locals that can be loaded in this process, and why the others cannot."""
+    out: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for name, value in values.items():
+        try:
+            out[name] = resolve(value, live)
+        except Exception as e:
+            failed[name] = f"{type(e).__name__}: {e}"
+    return out, failed

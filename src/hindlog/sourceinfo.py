@@ -12,6 +12,7 @@ import ast
 import linecache
 from dataclasses import dataclass
 from functools import lru_cache
+import types
 from types import FrameType
 
 
@@ -271,3 +272,203 @@ def _surely_assigned(stmts: list[ast.stmt]) -> set[str]:
         if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.Import, ast.ImportFrom, ast.FunctionDef, ast.ClassDef)):
             out |= assigned_names([stmt])
     return out
+
+
+# ---------------------------------------------------------------- read-only tails
+
+#: Builtins a read-only tail may call (they convert or print values; they write no tensor).
+_READING_BUILTINS = frozenset({"print", "float", "int", "str", "bool", "round", "len", "abs", "min", "max", "sum", "repr",
+                               "format", "isinstance", "list", "tuple", "dict"})
+#: Tensor and array methods that read their receiver and return a new value.
+_READING_METHODS = frozenset({"item", "tolist", "detach", "cpu", "numpy", "float", "double", "mean", "sum", "norm", "max", "min",
+                              "argmax", "argmin", "std", "var", "abs", "size", "dim", "numel", "clone", "sqrt"})
+#: Module functions a read-only tail may call, by module.
+_READING_FUNCTIONS = {"hindlog": frozenset({"log"}), "time": frozenset({"time", "perf_counter", "monotonic", "process_time"}),
+                      "math": frozenset({"sqrt", "exp", "log", "isfinite", "isnan", "fsum"})}
+#: Context managers a read-only tail may enter and leave.
+_READING_CONTEXTS = {"torch": frozenset({"no_grad", "inference_mode", "enable_grad"})}
+
+#: One condition checked on the running frame: (kind, name, detail). Kinds: "builtin" (``name``
+#: is the builtin ``detail``), "context" (``name`` is the module ``detail``), "attribute"
+#: (``name.detail(...)`` is one of the module functions or tensor methods above), "array"
+#: (``name`` holds a tensor or array), "container" (``name`` holds a list or dict).
+Requirement = tuple[str, str, str]
+
+
+class _NotReadOnly(Exception):
+    pass
+
+
+def _tail_requirements(stmts: list[ast.stmt]) -> list[Requirement]:
+    """What must hold at run time for ``stmts`` to write no tensor; raises _NotReadOnly when
+    they may write one whatever the values (a call to the script's own function, an optimizer
+    step, a nested loop)."""
+    out: list[Requirement] = []
+    for stmt in stmts:
+        if isinstance(stmt, ast.Expr):
+            _expr_requirements(stmt.value, out)
+        elif isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            if stmt.value is not None:
+                _expr_requirements(stmt.value, out)
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            for target in targets:
+                _target_requirements(target, out)
+        elif isinstance(stmt, ast.If):
+            _expr_requirements(stmt.test, out)
+            out += _tail_requirements(stmt.body) + _tail_requirements(stmt.orelse)
+        elif isinstance(stmt, ast.With):
+            for item in stmt.items:
+                _context_requirements(item.context_expr, out)
+                if item.optional_vars is not None:
+                    _target_requirements(item.optional_vars, out)
+            out += _tail_requirements(stmt.body)
+        elif isinstance(stmt, (ast.Pass, ast.Break, ast.Continue, ast.Global, ast.Nonlocal)):
+            pass
+        else:
+            raise _NotReadOnly
+    return out
+
+
+def _target_requirements(target: ast.expr, out: list[Requirement]) -> None:
+    if isinstance(target, ast.Name):
+        return
+    if isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            _target_requirements(element, out)
+    elif isinstance(target, ast.Starred):
+        _target_requirements(target.value, out)
+    elif isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
+        # history[epoch] = acc: an item of a list or dict (of a tensor it would be a write)
+        _expr_requirements(target.slice, out)
+        out.append(("container", target.value.id, ""))
+    else:
+        raise _NotReadOnly  # obj.attr = ...: may be a parameter's .data
+
+
+def _context_requirements(expr: ast.expr, out: list[Requirement]) -> None:
+    if (isinstance(expr, ast.Call) and not expr.args and not expr.keywords and isinstance(expr.func, ast.Attribute)
+            and isinstance(expr.func.value, ast.Name)):
+        for module, names in _READING_CONTEXTS.items():
+            if expr.func.attr in names:
+                out.append(("context", expr.func.value.id, module))
+                return
+    raise _NotReadOnly
+
+
+def _array_root(expr: ast.expr) -> str | None:
+    """The name at the root of ``loss``, ``loss.detach().cpu()`` or ``out[0]``: reading methods and
+    indexing of a tensor give tensors or numbers."""
+    while True:
+        if isinstance(expr, ast.Name):
+            return expr.id
+        if isinstance(expr, ast.Subscript):
+            expr = expr.value
+        elif (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute) and expr.func.attr in _READING_METHODS):
+            expr = expr.func.value
+        else:
+            return None
+
+
+def _expr_requirements(expr: ast.expr, out: list[Requirement]) -> None:
+    for node in ast.walk(expr):
+        if isinstance(node, (ast.Lambda, ast.Await, ast.Yield, ast.YieldFrom)):
+            raise _NotReadOnly
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Name):
+            if func.id not in _READING_BUILTINS:
+                raise _NotReadOnly
+            out.append(("builtin", func.id, func.id))
+        elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and (
+                func.attr in _READING_METHODS or any(func.attr in names for names in _READING_FUNCTIONS.values())):
+            out.append(("attribute", func.value.id, func.attr))  # hl.log(...), time.time(), loss.item()
+        elif isinstance(func, ast.Attribute) and func.attr in _READING_METHODS:
+            root = _array_root(func.value)
+            if root is None:
+                raise _NotReadOnly
+            out.append(("array", root, ""))
+        else:
+            raise _NotReadOnly
+
+
+_tail_cache: dict[tuple[object, int, int], tuple[Requirement, ...] | None] = {}
+
+
+def _tail_after(main: ast.For | ast.While, loop_line: int) -> tuple[list[ast.stmt], list[ast.expr]] | None:
+    """The statements of ``main``'s body that run after the loop whose header is at
+    ``loop_line`` finishes, to the end of the iteration, and the context managers that are left
+    on the way (None if that loop is not in the body, or a loop or ``try`` lies between)."""
+    inner = next((n for n in ast.walk(main) if isinstance(n, (ast.For, ast.AsyncFor, ast.While)) and n is not main
+                  and n.lineno <= loop_line <= ((n.iter if isinstance(n, (ast.For, ast.AsyncFor)) else n.test).end_lineno or n.lineno)),
+                 None)
+    path = _path_to(main.body, inner) if inner is not None else []
+    if not path:
+        return None
+    tail: list[ast.stmt] = []
+    contexts: list[ast.expr] = []
+    for depth in range(len(path) - 1, -1, -1):
+        block, index = path[depth]
+        tail.extend(block[index + 1 :])
+        if depth > 0:
+            parent = path[depth - 1][0][path[depth - 1][1]]
+            if not isinstance(parent, (ast.If, ast.With)):
+                return None  # the rest of a loop or a try is not one sequence of statements
+            if isinstance(parent, ast.With):
+                contexts.extend(item.context_expr for item in parent.items)
+    return tail, contexts
+
+
+def read_only_tail(frame: FrameType, loop_line: int) -> bool:
+    """Whether the code that ran in ``frame`` from the exit of the nested loop at ``loop_line`` to
+    the end of the main loop's iteration (``frame`` stands at the main loop's header) can have
+    written no tensor: it only calls ``hl.log``, ``print``, conversions and tensors' reading
+    methods (``loss.item()``), checked against the values the names hold now."""
+    key = (frame.f_code, frame.f_lineno, loop_line)
+    if key in _tail_cache:
+        requirements = _tail_cache[key]
+    else:
+        requirements = None
+        tree = _module_ast(frame.f_code.co_filename, frame.f_globals)
+        if tree is not None:
+            _scope, main = _scope_nodes(tree, frame.f_lineno)
+            found = _tail_after(main, loop_line) if main is not None else None
+            if found is not None:
+                tail, contexts = found
+                try:
+                    out = _tail_requirements(tail)
+                    for context in contexts:
+                        _context_requirements(context, out)
+                    requirements = tuple(dict.fromkeys(out))
+                except _NotReadOnly:
+                    requirements = None
+        _tail_cache[key] = requirements
+    return requirements is not None and all(_holds(frame, r) for r in requirements)
+
+
+_MISSING = object()
+
+
+def _holds(frame: FrameType, requirement: Requirement) -> bool:
+    import builtins
+    import sys
+
+    kind, name, detail = requirement
+    value = frame.f_locals.get(name, _MISSING)
+    if value is _MISSING:
+        value = frame.f_globals.get(name, _MISSING)
+    if value is _MISSING:
+        value = getattr(builtins, name, _MISSING)
+    if kind == "builtin":
+        return value is getattr(builtins, detail, None)
+    if kind == "container":
+        return type(value) in (list, dict)
+    module = getattr(value, "__name__", None) if isinstance(value, types.ModuleType) else None
+    if kind == "context":
+        return module == detail
+    np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
+    is_array = (np is not None and isinstance(value, (np.ndarray, np.generic))) or (torch is not None and isinstance(value, torch.Tensor))
+    if kind == "array":
+        return is_array
+    # "attribute": a reading function of an allowed module, or a reading method of a tensor
+    return (module is not None and detail in _READING_FUNCTIONS.get(module, ())) or (is_array and detail in _READING_METHODS)

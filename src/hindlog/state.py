@@ -435,11 +435,21 @@ class Freezer:
         self.declared_ids: dict[int, str] = {}
         #: Tensors ``_by_name`` chose in this checkpoint and their live bytes, hashed by ``end``.
         self._to_name: list[tuple[FrozenTensor, memoryview]] = []
+        #: The checkpoint whose copies this one takes as they are (see ``begin``).
+        self._reuse_generation: int | None = None
+        self.named_by_hash = False
 
-    def begin(self, iteration: int | None) -> None:
-        """A new checkpoint starts, in main-loop ``iteration`` (None: no naming by hash)."""
+    def begin(self, iteration: int | None, reuse: int | None = None) -> None:
+        """A new checkpoint starts, in main-loop ``iteration`` (None: no naming by hash).
+
+        ``reuse``: the ``generation`` of an earlier checkpoint of this iteration after which
+        nothing can have written a tensor without moving its version counter (the code in
+        between only logged and read values, ``sourceinfo.read_only_tail``). A tensor copied or
+        verified by that checkpoint, whose counter has not moved since, is taken as it is:
+        neither copied again nor hashed."""
         self.iteration = iteration
         self.generation += 1
+        self._reuse_generation = reuse
         self._to_name = []  # left by a checkpoint whose freezing failed before its end()
 
     def freeze(self, value: Any, tensors: list[FrozenTensor]) -> Any:
@@ -530,8 +540,14 @@ class Freezer:
                 # one copy. Nothing ran in between, and it must not be named by a hash of a
                 # copy this same checkpoint has not written yet.
                 return entry.frozen
+            frozen = entry.frozen
+            if (self._reuse_generation is not None and entry.generation == self._reuse_generation and entry.version == original._version
+                    and frozen.shape == tuple(original.shape) and frozen.dtype == dtype):
+                entry.generation = self.generation
+                return frozen
             if _unchanged(torch, original, dtype, entry):
-                return entry.frozen
+                entry.generation = self.generation  # verified for this checkpoint: the next may reuse it
+                return frozen
             named = self._by_name(torch, original, dtype, entry)
             if named is not None:
                 return named
@@ -589,6 +605,9 @@ class Freezer:
         bytes: spread over the cores, which training leaves idle while it waits here (XXH3
         releases the GIL; 77 MB took 5.7 ms on one core and 2.7 ms on two)."""
         pending, self._to_name = self._to_name, []
+        #: Whether this checkpoint named tensors by hash: the persister may drop it (and hand its
+        #: copies back), so a later checkpoint must not take its copies as they are.
+        self.named_by_hash = bool(pending)
         if len(pending) > 1 and sum(view.nbytes for _, view in pending) >= PARALLEL_HASH_BYTES:
             digests = list(_hash_pool().map(digest, [view for _, view in pending]))
         else:
