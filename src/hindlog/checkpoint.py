@@ -603,6 +603,7 @@ class Checkpointer:
         if self.active:
             self.persister.discard(i)
         self.active = False
+        self._exit_snapshot = None  # holds the script's frame
 
     def close(self, timeout: float = 600.0) -> None:
         """Wait for the last persist (the run's end is delayed by it: counted as blocked time)."""
