@@ -1861,8 +1861,9 @@ sklearn-partial-fit +3.4%, lstm-last-loss +4.9%, cnn +3.0%, lstm +1.7%),
 sklearn at +5.7% over 15 triples (one checkpoint in 30 epochs) and finetune
 at +9.3% over its 3 triples (1.032, 1.093, 1.098). finetune alone again, 7
 triples (`bench/bench_handsfree.py --pairs 7 --workloads finetune --out
-handsfree-finetune`, `bench/results/handsfree-finetune.json`), gave +4.7%
-(1.006 to 1.075, 4-8 checkpointed epochs of 30): the ten triples together
+handsfree-finetune`), gave +4.7%
+(1.006 to 1.075, 4-8 checkpointed epochs of 30,
+`bench/results/handsfree-finetune-d79b75e.json`): the ten triples together
 have a median of +4.8%.
 **The table now** is the same benchmark at commit 023a6d8, on a day this
 machine ran the same work about 30% slower (finetune's plain run 14.9 s
@@ -1871,16 +1872,22 @@ sklearn-partial-fit +3.5%, lstm-last-loss +3.7%, cnn +4.3%, lstm +1.2%),
 three are over: while-early +6.0% (5 triples, 1.010 to 1.069), finetune
 +6.1% (3 triples: 1.026, 1.079, 1.061; 7-10 checkpointed epochs of 30) and
 sklearn +7.2% (11 triples, 1.031 to 1.099, one checkpoint in 30 epochs).
+finetune alone right after, 7 triples (`bench/bench_handsfree.py --pairs 7
+--workloads finetune --out handsfree-finetune`,
+`bench/results/handsfree-finetune.json`; the earlier one is
+`handsfree-finetune-d79b75e.json`), gave +1.7% (0.998 to 1.060, 8-12
+checkpointed epochs): the ten triples together have a median of +2.5%.
 Every replay's output equals a fresh run's. The time hindlog measured
 itself blocking training stayed at 0.3-1.3% of each run. The policy aims at
 0.8 ε of what it charges, and what it charges matches the measured overhead
 only on average (on the record table's runs at 9270e73: sklearn charged
 3.4-5.3% of the run against 0.4-9.7% measured, finetune 3.7-4.9% against
 -1.2-6.3%), so a script whose checkpoints are dear lands near ε, and one
-run's noise can put it over. The same day, alternating by hand 6 times
-(`python`, the script under the API, `hindlog run`), the API version of
-finetune cost +0.9% and `hindlog run` +2.4%: what hands-free adds to
-finetune beyond its start-up is not yet explained. sklearn's 2 s script is
+run's noise can put it over. The same day, alternating the script under
+the API and under `hindlog run` by hand, 4 times each at the default ε, both
+took a median 17.2 s, with 11-18 and 10-15 checkpointed epochs (and at
+ε = 0, 16.7 s and 16.3 s): on finetune, hands-free adds nothing measurable
+to what recording costs under the API. sklearn's 2 s script is
 different: hindlog's start-up takes most of its budget, and `hindlog run
 --epsilon 0` costs it about as much as the default ε (+5.9% and +6.1% over
 8 alternations by hand: 0.15 s, of which importing hindlog is 0.02-0.05 s and
