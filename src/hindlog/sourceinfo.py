@@ -9,11 +9,12 @@ running it did. Results are cached per code object and line.
 from __future__ import annotations
 
 import ast
+import builtins
 import linecache
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
-import types
-from types import FrameType
+from types import FrameType, ModuleType
 
 
 @dataclass(frozen=True)
@@ -395,14 +396,11 @@ def _expr_requirements(expr: ast.expr, out: list[Requirement]) -> None:
 _tail_cache: dict[tuple[object, int, int], tuple[Requirement, ...] | None] = {}
 
 
-def _tail_after(main: ast.For | ast.While, loop_line: int) -> tuple[list[ast.stmt], list[ast.expr]] | None:
-    """The statements of ``main``'s body that run after the loop whose header is at
-    ``loop_line`` finishes, to the end of the iteration, and the context managers that are left
-    on the way (None if that loop is not in the body, or a loop or ``try`` lies between)."""
-    inner = next((n for n in ast.walk(main) if isinstance(n, (ast.For, ast.AsyncFor, ast.While)) and n is not main
-                  and n.lineno <= loop_line <= ((n.iter if isinstance(n, (ast.For, ast.AsyncFor)) else n.test).end_lineno or n.lineno)),
-                 None)
-    path = _path_to(main.body, inner) if inner is not None else []
+def _tail_after(main: ast.For | ast.While, inner: ast.For | ast.While) -> tuple[list[ast.stmt], list[ast.expr]] | None:
+    """The statements of ``main``'s body that run after its nested loop ``inner`` finishes, to
+    the end of the iteration, and the context managers that are left on the way (None if
+    ``inner`` is not in the body, or a loop or ``try`` lies between)."""
+    path = _path_to(main.body, inner)
     if not path:
         return None
     tail: list[ast.stmt] = []
@@ -431,8 +429,9 @@ def read_only_tail(frame: FrameType, loop_line: int) -> bool:
         requirements = None
         tree = _module_ast(frame.f_code.co_filename, frame.f_globals)
         if tree is not None:
-            _scope, main = _scope_nodes(tree, frame.f_lineno)
-            found = _tail_after(main, loop_line) if main is not None else None
+            main = _scope_nodes(tree, frame.f_lineno)[1]
+            inner = _scope_nodes(tree, loop_line)[1]
+            found = _tail_after(main, inner) if main is not None and inner is not None and inner is not main else None
             if found is not None:
                 tail, contexts = found
                 try:
@@ -443,27 +442,27 @@ def read_only_tail(frame: FrameType, loop_line: int) -> bool:
                 except _NotReadOnly:
                     requirements = None
         _tail_cache[key] = requirements
-    return requirements is not None and all(_holds(frame, r) for r in requirements)
+    if requirements is None:
+        return False
+    f_locals = frame.f_locals  # a function frame's is built on each access: once
+    return all(_holds(f_locals, frame.f_globals, r) for r in requirements)
 
 
 _MISSING = object()
 
 
-def _holds(frame: FrameType, requirement: Requirement) -> bool:
-    import builtins
-    import sys
-
+def _holds(f_locals: dict, f_globals: dict, requirement: Requirement) -> bool:
     kind, name, detail = requirement
-    value = frame.f_locals.get(name, _MISSING)
+    value = f_locals.get(name, _MISSING)
     if value is _MISSING:
-        value = frame.f_globals.get(name, _MISSING)
+        value = f_globals.get(name, _MISSING)
     if value is _MISSING:
         value = getattr(builtins, name, _MISSING)
     if kind == "builtin":
         return value is getattr(builtins, detail, None)
     if kind == "container":
         return type(value) in (list, dict)
-    module = getattr(value, "__name__", None) if isinstance(value, types.ModuleType) else None
+    module = getattr(value, "__name__", None) if isinstance(value, ModuleType) else None
     if kind == "context":
         return module == detail
     np, torch = sys.modules.get("numpy"), sys.modules.get("torch")
