@@ -1249,14 +1249,16 @@ def test_replay_does_not_write_into_the_project(tmp_path: Path) -> None:
 
 
 def plan_segments(total: int, checkpointed: list[int], workers: int, iterations: tuple[int, int] | None = None,
-                  seconds: list[float] | None = None) -> list[tuple[int, int]]:
+                  seconds: list[float] | None = None, worker_start: float = 0.0, notes: list[str] | None = None) -> list[tuple[int, int]]:
     from hindlog.checkpoint import ITERATION_END
     from hindlog.replay import RunPlan, _estimate
 
     lo, hi = iterations or (0, total)
     plan = RunPlan("r", 1, "train.py", "v", {}, {}, set(), (lo, hi), total, sorted(checkpointed))
     rows = {i: {ITERATION_END: (None, "manifest")} for i in checkpointed}
-    _estimate(plan, {"info": {"iteration_seconds": seconds or [1.0] * total}}, rows, workers)
+    _estimate(plan, {"info": {"iteration_seconds": seconds or [1.0] * total}}, rows, workers, worker_start=worker_start)
+    if notes is not None:
+        notes.extend(plan.notes)
     return [(s.start, s.end) for s in plan.segments]
 
 
@@ -1275,6 +1277,29 @@ def test_segments_start_after_checkpoints_and_balance_the_work() -> None:
     # Within --iterations; slow iterations weigh more.
     assert plan_segments(10, list(range(10)), 2, iterations=(3, 7)) == [(3, 5), (5, 7)]
     assert plan_segments(4, list(range(4)), 2, seconds=[5.0, 1.0, 1.0, 1.0]) == [(0, 1), (1, 4)]
+
+
+def test_a_worker_is_planned_only_for_more_work_than_its_start() -> None:
+    """Unless the user chose the count, a worker's segment must cost more than the script's run
+    up to its main loop, which every worker repeats first."""
+    notes: list[str] = []
+    # The only checkpoint is near the end: one iteration of 30 is not worth a worker starting 2 s.
+    assert plan_segments(30, [28], 2) == [(0, 29), (29, 30)]
+    assert plan_segments(30, [28], 2, worker_start=2.0, notes=notes) == [(0, 30)]
+    assert any("1 worker of the 2" in n and "2.0s" in n and "--workers N" in n for n in notes), notes
+    # Enough work for two, not for eight: as many workers as there are starts' worth of work.
+    assert plan_segments(30, list(range(30)), 8, worker_start=12.0) == [(0, 15), (15, 30)]
+    assert plan_segments(30, list(range(30)), 8, worker_start=10.0) == [(0, 10), (10, 20), (20, 30)]
+    seven = plan_segments(30, list(range(30)), 8, worker_start=4.0)
+    assert len(seven) == 7 and all(end - start >= 4 for start, end in seven), seven
+    # Work to spare: the split is the same as without the rule.
+    assert plan_segments(10, list(range(10)), 2, worker_start=1.0) == [(0, 5), (5, 10)]
+    # Sparse checkpoints: the cut nearest half the work that leaves each side its start's worth.
+    assert plan_segments(10, [0, 7], 2, worker_start=2.0) == [(0, 8), (8, 10)]
+    assert plan_segments(10, [0, 8], 2, worker_start=2.0) == [(0, 10)]
+    notes.clear()
+    # No checkpoint to start a segment at: one segment, and no note blaming the workers' start.
+    assert plan_segments(10, [], 2, worker_start=20.0, notes=notes) == [(0, 10)] and notes == []
 
 
 ARRAYS = """
@@ -1404,6 +1429,31 @@ def test_workers_that_share_cores_wait_passively(counter: tuple[ReplayProject, s
     assert set(proj.values("wait", run).values()) == {"unset"}
 
 
+def test_the_default_workers_are_only_those_whose_share_outweighs_their_start(counter: tuple[ReplayProject, str]) -> None:
+    """Every worker first runs the script up to its main loop: with the default count, a replay
+    whose main-loop work is short next to that starts fewer workers, and says why."""
+    from hindlog.replay import usable_cores
+
+    if usable_cores() < 2:
+        pytest.skip("one core: the default is one worker anyway")
+    proj, run = counter
+    proj.sql("UPDATE runs SET info=json_set(info, '$.threads', 1) WHERE run_id=?", (run,))
+    proj.write("train.py", insert_after(proj.read(), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    # As recorded (a start far shorter than the main loop), the default splits the main loop.
+    proj.sql("UPDATE runs SET info=json_set(info, '$.preloop_seconds', 0.001) WHERE run_id=?", (run,))
+    assert len(segments(proj.replay("train.py", "--dry-run").stdout)) >= 2
+    # A 100 s start before the main loop (a dataset loaded): no further worker pays for it.
+    proj.sql("UPDATE runs SET info=json_set(info, '$.preloop_seconds', 100.0) WHERE run_id=?", (run,))
+    plan = proj.replay("train.py", "--dry-run").stdout
+    assert segments(plan) == [(0, 6)], plan
+    assert "the script up to its main loop (100.0s in the record)" in plan and "--workers N" in plan, plan
+    # The user's count is kept.
+    plan = proj.replay("train.py", "--workers", "2", "--dry-run").stdout
+    assert len(segments(plan)) == 2 and "up to its main loop" not in plan, plan
+    proj.replay("train.py")
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+
+
 def test_default_workers_fit_the_cores_at_the_record_thread_count() -> None:
     from hindlog.replay import default_workers
 
@@ -1437,6 +1487,9 @@ def test_workers_of_a_gpu_run_are_spread_over_the_visible_gpus(counter: tuple[Re
     # The record saw a GPU (as a CUDA machine's run would say); the replay machine shows two.
     proj, run = counter
     proj.sql("UPDATE runs SET env=json_set(env, '$.gpus', json('[\"NVIDIA H100\"]')) WHERE run_id=?", (run,))
+    # A start before the main loop far shorter than the loop, as in a real training run: the
+    # default starts a worker for every GPU (a segment shorter than a worker's start gets none).
+    proj.sql("UPDATE runs SET info=json_set(info, '$.preloop_seconds', 0.001) WHERE run_id=?", (run,))
     proj.write("train.py", insert_after(proj.read(), 'hl.log("x", state["x"])',
                                         'hl.log("gpu", os.environ.get("CUDA_VISIBLE_DEVICES"))'))
     plan = proj.replay("train.py", "--dry-run", env={"CUDA_VISIBLE_DEVICES": "4,7"}).stdout

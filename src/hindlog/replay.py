@@ -220,7 +220,11 @@ def hindsight_changes(store: Store, base_version: str, force: bool) -> tuple[dic
 def plan_run(
     store: Store, conn: Any, run: dict[str, Any], current: dict[str, str], additions: dict[str, hindsight.Additions],
     base_version: str, iterations: tuple[int | None, int | None] | None, workers: int, force: bool,
+    workers_given: bool = True,
 ) -> RunPlan:
+    """What replaying ``run`` with the added statements takes: the code, the probed loops, and the
+    segments of the main loop for up to ``workers`` workers. Unless the user chose the count
+    (``workers_given``), a worker is started only for a segment that does more work than its start."""
     version = run.get("code_version")
     if not version:
         raise ReplayError(f"run {run['run_id']} has no code version (its code snapshot failed)")
@@ -280,7 +284,7 @@ def plan_run(
     if run_all_blocks:
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
-    _estimate(plan, run, rows, workers)
+    _estimate(plan, run, rows, workers, worker_start=0.0 if workers_given else (info.get("preloop_seconds") or 0.0))
     if not rows and total:
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
     elif not run_all_blocks and set(info.get("block_seconds") or {}) - probed:
@@ -327,8 +331,14 @@ def default_workers(run: dict[str, Any], cores: int | None = None, gpus: list[st
     return max(1, cores // recorded_threads(run))
 
 
-def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]], workers: int) -> None:
-    """Per-iteration costs from the recorded timings, and segments of about equal cost."""
+def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]], workers: int, worker_start: float = 0.0) -> None:
+    """Per-iteration costs from the recorded timings, and segments of about equal cost.
+
+    Every worker repeats the script up to its main loop, ``worker_start`` seconds, before it
+    starts its segment; next to one that runs it too, on a machine whose cores the workers
+    fill. A segment that costs less than that is not worth a worker of its own: fewer, longer
+    segments are planned instead (0 splits into ``workers`` segments wherever checkpoints allow).
+    """
     info = run.get("info") or {}
     iteration_seconds: list[float] = info.get("iteration_seconds") or []
     block_seconds: dict[str, float] = info.get("block_seconds") or {}
@@ -356,19 +366,34 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     # (not only at one past the share: with sparse checkpoints that may not exist).
     segments: list[Segment] = []
     start = lo
+    asked = workers
+    if worker_start > 0:
+        workers = max(1, min(workers, int(sum(costs.values()) // worker_start)))
+    fewer = workers < asked and len(starts_ok) > 1  # fewer than asked, for want of work worth their start
     while len(segments) < workers - 1:
         left = sum(costs[i] for i in range(start, hi))
         share = left / (workers - len(segments))
-        best, best_acc, acc = None, 0.0, 0.0
+        best, best_acc, acc, unworthy = None, 0.0, 0.0, False
         for i in range(start + 1, hi):
             acc += costs[i - 1]
-            if i in starts_ok and (best is None or abs(acc - share) < abs(best_acc - share)):
+            if i not in starts_ok or not 0.0 < acc < left:
+                continue
+            if acc < worker_start or left - acc < worker_start:
+                unworthy = True
+            elif best is None or abs(acc - share) < abs(best_acc - share):
                 best, best_acc = i, acc
-        if best is None or not 0.0 < best_acc < left:
+        if best is None:
+            fewer = fewer or unworthy
             break
         segments.append(Segment(start, best, best_acc))
         start = best
     segments.append(Segment(start, hi, sum(costs[i] for i in range(start, hi))))
+    if fewer and len(segments) < asked:
+        plan.notes.append(
+            f"{len(segments)} worker{'s' if len(segments) > 1 else ''} of the {asked} this machine fits: each worker first runs "
+            f"the script up to its main loop ({worker_start:.1f}s in the record), and a further one would have less of the "
+            "main loop left to run than that; --workers N splits the main loop anyway"
+        )
     segments[0].estimate += warmup
     plan.segments = segments
     plan.estimate = preloop + max(s.estimate for s in segments)
@@ -939,7 +964,8 @@ def replay(
             lock.release()
             fitting = default_workers(run, gpus=gpus)
             try:
-                p = plan_run(st, conn, run, current, additions, base, iterations, workers or fitting, force)
+                p = plan_run(st, conn, run, current, additions, base, iterations, workers or fitting, force,
+                             workers_given=workers is not None)
             except ReplayError as e:
                 skipped.append((run["run_id"], str(e)))
                 continue
