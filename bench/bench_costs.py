@@ -19,7 +19,9 @@ ones, separate a cost per epoch (checkpoint, commit, the iteration's bookkeeping
 per nested iteration (the loop wrapper): loop time difference = a * epochs + b * iterations.
 Between processes this machine drifts by tens of percent, so the same loop is also measured
 inside one recorded process (``IN_PROCESS``): the nested loop through ``hl.loop`` in odd epochs
-and over the bare range in even ones, and the time between iterations.
+and over the bare range in even ones, and the time between iterations; once with the steps
+above, once with steps that gather 32 random rows of a 200 MB array (the while-early script's
+step), which evict the caches the loop's generator lives in.
 
 Results: bench/results/costs.json (costs-quick.json with --quick: 2 rounds, 100,000 steps).
 """
@@ -88,6 +90,20 @@ rng = np.random.default_rng(0)
 w = np.zeros(50)
 hl.checkpoints(w=w)
 steps = int(os.environ["STEPS"])
+if os.environ.get("BODY") == "gather":
+    # while-early's step: 32 random rows of a 200 MB array, which evicts the caches every step.
+    X = rng.normal(size=(250_000, 100))
+    order = rng.permutation(len(X))
+    v = np.zeros(100)
+
+    def step_body(step):
+        global v
+        start = (step * 32) % (len(X) - 32)
+        v = v + X[order[start:start + 32]].sum(axis=0) * 1e-6
+else:
+    def step_body(step):
+        global w
+        w += 0.001 * rng.normal(size=50)
 gaps, wrapped, bare, body_end = [], [], [], None
 for epoch in hl.loop("epoch", range(int(os.environ["EPOCHS"]))):
     t = time.perf_counter()
@@ -95,11 +111,11 @@ for epoch in hl.loop("epoch", range(int(os.environ["EPOCHS"]))):
         gaps.append(t - body_end)
     if epoch % 2:
         for step in hl.loop("step", range(steps)):
-            w += 0.001 * rng.normal(size=50)
+            step_body(step)
         wrapped.append(time.perf_counter() - t)
     else:
         for step in range(steps):
-            w += 0.001 * rng.normal(size=50)
+            step_body(step)
         bare.append(time.perf_counter() - t)
     hl.log("sum", float(w.sum()))
     body_end = time.perf_counter()
@@ -153,11 +169,13 @@ def main() -> None:
                 for way, cmd in WAYS.items():
                     runs[shape][way].append(run_once(project, cmd, env))
                 print(f"  round {r}, {shape}: " + ", ".join(f"{w} {runs[shape][w][-1]['total']:.2f}s" for w in WAYS), flush=True)
-        in_process = []
+        in_process, in_process_gather = [], []
         env = {**envs["many short epochs"], "HINDLOG_EPSILON": "0.05"}
         for r in range(args.rounds):
-            out = subprocess.run([PYTHON, "in_process.py"], cwd=project, env=env, capture_output=True, text=True, check=True)
-            in_process.append(json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[7:]))
+            for body, into in (("small", in_process), ("gather", in_process_gather)):
+                out = subprocess.run([PYTHON, "in_process.py"], cwd=project, env={**env, "BODY": body}, capture_output=True,
+                                     text=True, check=True)
+                into.append(json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[7:]))
     finally:
         cleanup(project)
         cleanup(store)
@@ -177,7 +195,9 @@ def main() -> None:
         derived[way] = {"fixed_s": fixed, "per_epoch_ms": per_epoch * 1e3, "per_nested_iteration_ns": per_step * 1e9}
     data = {"benchmark": "costs", "command": " ".join(["bench/bench_costs.py", *sys.argv[1:]]), "machine": machine(),
             "steps_total": args.steps_total, "results": results, "derived": derived, "in_process": in_process,
-            "in_process_median": {k: statistics.median(x[k] for x in in_process) for k in in_process[0]}}
+            "in_process_median": {k: statistics.median(x[k] for x in in_process) for k in in_process[0]},
+            "in_process_gather": in_process_gather,
+            "in_process_gather_median": {k: statistics.median(x[k] for x in in_process_gather) for k in in_process_gather[0]}}
     path = save("costs" + ("-quick" if args.quick else ""), data)
     print("\n| shape | way | total (s) | start (s) | before loop (s) | loop (s) | exit (s) |")
     print("|---|---|---|---|---|---|---|")
@@ -191,6 +211,8 @@ def main() -> None:
     ip = data["in_process_median"]
     print(f"\nin one process (many short epochs, median of {args.rounds} runs): hl.loop costs {ip['wrapper_ns']:.0f} ns a nested "
           f"iteration; between main-loop iterations {ip['gap_median_us']:.1f} us (median), {ip['gap_mean_us']:.1f} us (mean)")
+    print(f"with a step that gathers rows of a 200 MB array: hl.loop costs {data['in_process_gather_median']['wrapper_ns']:.0f} ns "
+          "a nested iteration")
     print(f"\nwrote {path}")
 
 

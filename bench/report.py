@@ -966,6 +966,11 @@ class Report:
                        f"**{f(ip.get('wrapper_ns'), 0)} ns** a nested iteration, and the time between two main-loop iterations "
                        f"(hindlog's iteration end, checkpoint decision and snapshot, commit wake) is {f(ip.get('gap_median_us'), 1)} µs "
                        f"(median), {f(ip.get('gap_mean_us'), 1)} µs (mean).")
+        gather = src.data.get("in_process_gather_median") or {}
+        if gather:
+            out.append(f"The same with steps that gather 32 random rows of a 200 MB array (while-early's step, which "
+                       f"evicts the caches the loop's generator lives in; median of {len(src.data.get('in_process_gather') or [])} "
+                       f"processes): `hl.loop` costs **{f(gather.get('wrapper_ns'), 0)} ns** a nested iteration.")
         out.append(machine_line(src))
         out.append(COSTS_NOTES)
         return "\n\n".join(out)

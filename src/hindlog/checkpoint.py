@@ -86,6 +86,15 @@ MIN_BASELINE = 3
 QUIET_OVERLAP = 0.02
 #: Fraction of ε the policy aims for, leaving room for noise.
 SAFETY = 0.8
+#: What the end of a recorded run costs it, charged from its start: the last commit, closing the
+#: catalog, and the interpreter unloading hindlog's modules and threads. The exit phase of a
+#: process took 0.02 s longer under hindlog (bench/bench_costs.py).
+EXIT_SECONDS = 0.02
+#: What one iteration of a nested ``hl.loop`` costs the loop: its generator, and the cache misses
+#: of switching to it from a step that streams memory. bench/bench_costs.py measures 86 ns with
+#: small NumPy steps and several times that with steps that gather rows of a large array (a
+#: tight loop of 180,000 such steps in a 6 s script); charged at the next checkpoint decision.
+NESTED_ITERATION_SECONDS = 2.5e-7
 
 
 # ----------------------------------------------------------------- policy
@@ -470,8 +479,10 @@ class Checkpointer:
         self.declared: dict[str, Declared] = recorder.declared
         self.freezer = Freezer()
         self.policy = Policy(recorder.epsilon, process_start(recorder._clock_start))
-        # hindlog's own start-up counts against the same budget as its checkpoints.
-        self.policy.spent = recorder.startup_seconds
+        # hindlog's own start-up, and its end, count against the same budget as its checkpoints.
+        self.policy.spent = recorder.startup_seconds + EXIT_SECONDS
+        #: Nested-loop iterations charged so far (``NESTED_ITERATION_SECONDS`` each).
+        self.nested_iterations_charged = 0
         self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)
         self.active = False
         self._decided = True
@@ -520,6 +531,10 @@ class Checkpointer:
             self._decided = True
             if self.policy.cost is None and self.policy.taken == 0:
                 self.policy.estimate_first(self._state_bytes(), self._buffers_ready)
+            nested = self.recorder.nested_iterations - self.nested_iterations_charged
+            if nested > 0:
+                self.nested_iterations_charged += nested
+                self.policy.charge(nested * NESTED_ITERATION_SECONDS, checkpoint=False)
             # The last iteration queues behind a running persist rather than being skipped.
             free = self.persister.idle() or self._last
             wanted = self.policy.decide(self._iteration)
@@ -546,9 +561,15 @@ class Checkpointer:
                     return
         if specs:
             pool = self.freezer.pool
-            # Two copies: a checkpointed iteration snapshots at a nested loop's exit and again at its
-            # end, before the persister has written (and handed back) the first copy.
-            self.persister.prepare(lambda: pool.reserve(torch, specs, copies=2))
+            # One copy of each tensor: a later snapshot point of the same iteration copies only the
+            # tensors changed since the first (unchanged ones are taken as copied, or named by
+            # hash), and those of another nested loop have buffers of their own. A tensor changed
+            # again before the persister hands its buffer back gets a fresh one (its page faults
+            # charged as blocked time, once: it is pooled after). A second copy of everything,
+            # mapped ahead, cost the persister the page faults of the whole state again (most of
+            # the 58 ms against 11 ms of a copy into fresh memory of 156 MB, bench/bench_persist.py)
+            # for buffers such scripts never use.
+            self.persister.prepare(lambda: pool.reserve(torch, specs, copies=1))
 
     def _state_bytes(self) -> int:
         total = 0

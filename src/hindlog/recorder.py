@@ -80,6 +80,8 @@ class Recorder:
         self._level: tuple[tuple[Any, ...], str, list[int], Any] | None = None
         self._warned_lockstep = False
         self.depth = 0
+        #: Iterations of nested loops run so far (the policy charges what their wrapper costs).
+        self.nested_iterations = 0
         self.main_loop_done = False
         self.iteration: int | None = None
         self.block = 0
@@ -405,6 +407,7 @@ class Recorder:
                 i += 1
         finally:
             self.depth -= 1
+            self.nested_iterations += i
             if self._is_open(level):
                 # Loops this one holds that were left open (a generator kept alive) close with it.
                 self._level = level[3]
@@ -551,6 +554,8 @@ class Recorder:
                 timing["checkpoints_reusing_loop_exit"] = self.checkpointer.reused_exit_snapshots
                 # What the policy charged, to read the overhead by: the time training was blocked,
                 # and the persister's CPU time times the slowdown it was measured to cause.
+                from .checkpoint import EXIT_SECONDS, NESTED_ITERATION_SECONDS
+
                 timing["checkpoint_charged"] = {
                     "startup_seconds": self.startup_seconds,
                     "blocked_seconds": self.blocked,
@@ -558,6 +563,10 @@ class Recorder:
                     "background_weight": policy.weight,
                     # Of the persister's CPU seconds, those of the code snapshot.
                     "snapshot_cpu_seconds": self.snapshot_cpu_seconds,
+                    # Estimates, not measured in this run: the run's end, and the nested loops' wrappers.
+                    "exit_seconds": EXIT_SECONDS,
+                    "nested_iterations": self.checkpointer.nested_iterations_charged,
+                    "nested_loop_seconds": self.checkpointer.nested_iterations_charged * NESTED_ITERATION_SECONDS,
                 }
             if self.controller is not None:
                 timing = self.controller.timing(timing)
