@@ -249,6 +249,10 @@ def bench(name: str, pairs: int, quick: bool, malloc: str = "steady", min_second
                    checkpoint_rows=[f["checkpoint_rows"] for f in facts], checkpoint_bytes=[f["checkpoint_bytes"] for f in facts],
                    measured_overhead=[f["overhead"] for f in facts], run_status=[f["status"] for f in facts])
         out["record_stdout_equal"] = first_record.stdout == plain_stdout
+        if not out["record_stdout_equal"]:
+            got, want = first_record.stdout.splitlines(), (plain_stdout or "").splitlines()
+            out["record_stdout_first_difference"] = next(
+                ({"recorded": g, "plain": w} for g, w in zip(got, want) if g != w), {"recorded_lines": len(got), "plain_lines": len(want)})
         out["hindlog_stderr"] = [line for line in first_record.stderr.splitlines() if line.startswith("hindlog:")][:20]
 
         # Replay a new main-loop print, with the default workers and with one, each on its own store copy.

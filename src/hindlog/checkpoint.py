@@ -88,12 +88,12 @@ QUIET_OVERLAP = 0.02
 SAFETY = 0.8
 #: What the end of a recorded run costs it, charged from its start: the last commit, closing the
 #: catalog, and the interpreter unloading hindlog's modules and threads. The exit phase of a
-#: process took 0.02 s longer under hindlog (bench/bench_costs.py).
+#: process took 0.015-0.022 s longer under hindlog (bench/bench_costs.py).
 EXIT_SECONDS = 0.02
 #: What one iteration of a nested ``hl.loop`` costs the loop: its generator, and the cache misses
-#: of switching to it from a step that streams memory. bench/bench_costs.py measures 86 ns with
-#: small NumPy steps and several times that with steps that gather rows of a large array (a
-#: tight loop of 180,000 such steps in a 6 s script); charged at the next checkpoint decision.
+#: of switching to it from a step that streams memory. bench/bench_costs.py measures about 0.1 µs
+#: beside small NumPy steps and 0.25 µs beside steps that gather rows of a 200 MB array (0.05 s
+#: of a 6 s script with 180,000 such steps); charged at the next checkpoint decision.
 NESTED_ITERATION_SECONDS = 2.5e-7
 
 
