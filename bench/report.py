@@ -1722,17 +1722,19 @@ REPLAY_NOTES = """\
 - Replay is only as good as the checkpoints the policy allowed: iterations
   without a checkpoint before them are re-run. Side by side with pyflor (the
   table above; each system replaying its own recording, alternating in one
-  run, at commit 023a6d8), finetune's record got 9 checkpoints in 30 epochs
+  run, at commit 86bac6b), finetune's record got 9 checkpoints in 30 epochs
   under ε = 5%, and its replay of a per-epoch statement re-ran the nested
-  loops of the other 21 epochs: 11.6-14.1 s. pyflor checkpoints every epoch
-  and pays for it at record (its record took 24.9 s against hindlog's
-  15.5 s in this run; +10% on this workload in the peer measurements); its
-  replays took 7.6-13.0 s, so the median of the per-pair ratios is 1.23x.
-  Recorded at ε = 0.1, near pyflor's record overhead, hindlog checkpointed
-  all 30 epochs and replayed in 4.4-4.6 s (12.8 s in the first pair, which
-  ran slowly for all three systems), 0.57x pyflor's. On cnn, lstm and
-  sklearn hindlog's replay is the faster at the default ε (0.94x, 0.97x,
-  0.79x). The run before, at 12d5bdb
+  loops of the other 21 epochs: 9.1-11.5 s. pyflor checkpoints every epoch
+  and pays for it at record (its record took 19.4 s against hindlog's
+  11.7 s in this run; +10% on this workload in the peer measurements); its
+  replays took 6.4-11.2 s, so the median of the per-pair ratios is 1.075x.
+  Recorded at ε = 0.1, near pyflor's record overhead, hindlog replayed in
+  3.4-3.8 s (11.1 s in the first pair, which ran slowly for all three
+  systems), 0.54x pyflor's. On cnn, lstm and sklearn hindlog's replay is the
+  faster at the default ε (0.95x, 0.93x, 0.84x). The run at 023a6d8
+  (`bench/results/replay-pyflor-023a6d8.json`), on a slower day, gave
+  finetune 1.23x (9 checkpoints; 11.6-14.1 s against pyflor's 7.6-13.0 s),
+  0.57x at ε = 0.1, cnn 0.94x, lstm 0.97x, sklearn 0.79x. The run before, at 12d5bdb
   (`bench/results/replay-pyflor-12d5bdb.json`), gave finetune 1.08x with 15
   checkpoints in 30 epochs (8.3-8.9 s against pyflor's 6.5-11.4 s), and
   0.57x at ε = 0.1; cnn 0.96x, lstm 0.97x, sklearn 0.68x. How many
