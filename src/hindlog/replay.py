@@ -334,10 +334,10 @@ def default_workers(run: dict[str, Any], cores: int | None = None, gpus: list[st
 def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]], workers: int, worker_start: float = 0.0) -> None:
     """Per-iteration costs from the recorded timings, and segments of about equal cost.
 
-    Every worker repeats the script up to its main loop, ``worker_start`` seconds, before it
-    starts its segment; next to one that runs it too, on a machine whose cores the workers
-    fill. A segment that costs less than that is not worth a worker of its own: fewer, longer
-    segments are planned instead (0 splits into ``workers`` segments wherever checkpoints allow).
+    Every worker first repeats the script up to its main loop, ``worker_start`` seconds, on
+    cores the other workers use for their segments meanwhile. A segment that costs less than
+    that is not worth a worker of its own: fewer, longer segments are planned instead (with 0,
+    the main loop is split into ``workers`` segments wherever checkpoints allow).
     """
     info = run.get("info") or {}
     iteration_seconds: list[float] = info.get("iteration_seconds") or []
