@@ -649,11 +649,14 @@ RAISES = dedent(
 
 RAISES_STEPS = dedent(
     """
+    import time
+
     import numpy as np
 
 
     def apply_update(model, epoch, k):
         model.w += np.random.normal(size=3)
+        time.sleep(0.03)  # a run long enough for ε to pay hindlog's start-up and some checkpoints
         if epoch == 3 and k == 1:
             raise ValueError(f"bad batch {k} in epoch {epoch}")
     """
@@ -1128,6 +1131,7 @@ def test_show_output_puts_replayed_prints_where_they_were_printed(proj: HFProjec
         "train.py",
         dedent(
             """
+            import time
             import numpy as np
 
             rng = np.random.default_rng(0)
@@ -1138,6 +1142,7 @@ def test_show_output_puts_replayed_prints_where_they_were_printed(proj: HFProjec
                     w += rng.normal(size=3)
                     print("step", epoch, k)
                 print("epoch", epoch, round(float(w.sum()), 6))
+                time.sleep(0.1)  # long enough for ε to pay hindlog's start-up and checkpoints
             print("done")
             print("end", round(float(w.sum()), 6))
             """
@@ -1242,6 +1247,7 @@ def test_a_main_loop_through_a_progress_generator_keeps_its_nested_loops(proj: H
         "train.py",
         dedent(
             """
+            import time
             import numpy as np
 
             def progress(it):
@@ -1253,6 +1259,7 @@ def test_a_main_loop_through_a_progress_generator_keeps_its_nested_loops(proj: H
                 for i in range(0, 64, 16):
                     w += i
                 print("epoch", epoch, float(w.sum()))
+                time.sleep(0.1)  # long enough for ε to pay hindlog's start-up and checkpoints
             """
         ),
     )

@@ -86,10 +86,6 @@ MIN_BASELINE = 3
 QUIET_OVERLAP = 0.02
 #: Fraction of ε the policy aims for, leaving room for noise.
 SAFETY = 0.8
-#: What the end of a recorded run costs it, charged from its start: the last commit, closing the
-#: catalog, and the interpreter unloading hindlog's modules and threads. The exit phase of a
-#: process took 0.015-0.022 s longer under hindlog (bench/bench_costs.py).
-EXIT_SECONDS = 0.02
 #: What one iteration of a nested ``hl.loop`` costs the loop: its generator, and the cache misses
 #: of switching to it from a step that streams memory. bench/bench_costs.py measures about 0.1 µs
 #: beside small NumPy steps and 0.25 µs beside steps that gather rows of a 200 MB array (0.05 s
@@ -479,8 +475,8 @@ class Checkpointer:
         self.declared: dict[str, Declared] = recorder.declared
         self.freezer = Freezer()
         self.policy = Policy(recorder.epsilon, process_start(recorder._clock_start))
-        # hindlog's own start-up, and its end, count against the same budget as its checkpoints.
-        self.policy.spent = recorder.startup_seconds + EXIT_SECONDS
+        # hindlog's own start-up counts against the same budget as its checkpoints.
+        self.policy.spent = recorder.startup_seconds
         #: Nested-loop iterations charged so far (``NESTED_ITERATION_SECONDS`` each).
         self.nested_iterations_charged = 0
         self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)

@@ -273,11 +273,11 @@ def _show(args: argparse.Namespace) -> int:
     if charged and ckpts:
         blocked, cpu, weight = charged["blocked_seconds"], charged["persister_cpu_seconds"], charged["background_weight"]
         startup = charged.get("startup_seconds", 0.0)
-        # Estimated, not measured (runs recorded before they were charged have neither).
-        end, nested = charged.get("exit_seconds", 0.0), charged.get("nested_loop_seconds", 0.0)
-        estimated = (f" + {end:.2f}s for the run's end + {nested:.2f}s for {charged.get('nested_iterations', 0):,} iterations"
-                     " of nested loops (both estimated)" if end or nested else "")
-        lines.append(f"charged      {startup + blocked + weight * cpu + end + nested:.2f}s: {startup:.2f}s start-up + {blocked:.2f}s blocked"
+        # Estimated, not measured (runs recorded before it was charged have none).
+        nested = charged.get("nested_loop_seconds", 0.0)
+        estimated = (f" + {nested:.2f}s for {charged.get('nested_iterations', 0):,} iterations of nested loops (estimated)"
+                     if "nested_loop_seconds" in charged else "")
+        lines.append(f"charged      {startup + blocked + weight * cpu + nested:.2f}s: {startup:.2f}s start-up + {blocked:.2f}s blocked"
                      f" + {cpu:.2f}s of background work (checkpoint writes, the code snapshot) x {weight:.2f} (the slowdown"
                      f" of training per second of its CPU time, measured; at least 1){estimated}")
     print("\n".join(lines))

@@ -554,7 +554,7 @@ class Recorder:
                 timing["checkpoints_reusing_loop_exit"] = self.checkpointer.reused_exit_snapshots
                 # What the policy charged, to read the overhead by: the time training was blocked,
                 # and the persister's CPU time times the slowdown it was measured to cause.
-                from .checkpoint import EXIT_SECONDS, NESTED_ITERATION_SECONDS
+                from .checkpoint import NESTED_ITERATION_SECONDS
 
                 timing["checkpoint_charged"] = {
                     "startup_seconds": self.startup_seconds,
@@ -563,8 +563,7 @@ class Recorder:
                     "background_weight": policy.weight,
                     # Of the persister's CPU seconds, those of the code snapshot.
                     "snapshot_cpu_seconds": self.snapshot_cpu_seconds,
-                    # Estimates, not measured in this run: the run's end, and the nested loops' wrappers.
-                    "exit_seconds": EXIT_SECONDS,
+                    # An estimate, not measured in this run: what the nested loops' wrapper cost.
                     "nested_iterations": self.checkpointer.nested_iterations_charged,
                     "nested_loop_seconds": self.checkpointer.nested_iterations_charged * NESTED_ITERATION_SECONDS,
                 }
