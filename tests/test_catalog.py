@@ -12,6 +12,7 @@ import pytest
 
 from conftest import Lines, Project, stop, wait_for
 from hindlog import catalog
+from hindlog.recorder import COMMIT_GAP
 from hindlog.errors import SchemaError
 
 
@@ -76,8 +77,8 @@ def test_records_are_visible_while_the_run_goes_on(project: Project) -> None:
         t0 = time.monotonic()
         wait_for(lambda: project.catalog_path.exists() and project.values("marker") == [1], timeout=10, interval=0.01)
         delay = time.monotonic() - t0
-        # The script sleeps 60 s after logging: only the writer's 0.25 s timer can commit it
-        # (seconds, not a minute, even on a loaded machine).
+        # The script sleeps 60 s after logging: only the writer's timer (0.05 s in tests) can
+        # commit it (seconds, not a minute, even on a loaded machine).
         assert delay < 3.0, f"the record took {delay:.2f} s to reach the catalog"
         assert project.runs()["status"].tolist() == ["running"]
     finally:
@@ -105,6 +106,43 @@ def test_end_of_main_loop_iteration_commits(project: Project) -> None:
         assert time.monotonic() - t0 < 3.0
     finally:
         stop(proc)
+
+
+def test_fast_iterations_share_their_commits(project: Project) -> None:
+    # A commit costs the training thread more than the writer's CPU time: the ends of a fast
+    # loop's iterations ask for one at most every COMMIT_GAP seconds. With a 30 s timer, only
+    # iteration ends commit here.
+    result = project.run(
+        """
+        import time
+        import hindlog as hl
+        t0 = time.perf_counter()
+        for i in hl.loop("epoch", range(400)):
+            hl.log("x", i)
+            time.sleep(0.002)
+        print(time.perf_counter() - t0)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+    )
+    elapsed = float(result.stdout.strip())
+    info = json.loads(project.db().execute("SELECT info FROM runs").fetchone()[0])
+    assert project.values("x") == list(range(400))
+    # One commit per COMMIT_GAP, give or take the first and the start; every 50 ms would be 16+.
+    assert 1 <= info["writer_commits"] <= elapsed / COMMIT_GAP + 3, (info["writer_commits"], elapsed)
+
+
+def test_a_bad_flush_interval_warns_once_and_records_with_the_default(project: Project) -> None:
+    result = project.run(
+        """
+        import hindlog as hl
+        for i in hl.loop("epoch", range(3)):
+            hl.log("x", i)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "soon"},
+    )
+    assert result.stderr.count("HINDLOG_FLUSH_INTERVAL='soon' is not a number") == 1, result.stderr
+    assert "committing every 0.25 s instead" in result.stderr
+    assert project.values("x") == [0, 1, 2]
 
 
 def test_catalog_locked_for_a_while_loses_nothing_and_never_blocks_training(project: Project) -> None:

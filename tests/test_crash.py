@@ -83,7 +83,8 @@ def test_kill_9_loses_at_most_the_last_half_second_and_shows_killed(project: Pro
 
 def test_kill_9_keeps_every_main_loop_iteration_that_ended(project: Project) -> None:
     # The timer would commit only every 30 s: what survives was committed as each iteration
-    # ended. Iterations of 1 ms are committed together (at most every 50 ms), slow ones each.
+    # ended. Iterations of 1 ms are committed together (at most every COMMIT_GAP, 0.2 s), slow
+    # ones each.
     proc = project.start(
         """
         import time

@@ -10,7 +10,8 @@ import os
 
 #: Overhead bound: the fraction of a run's wall time hindlog may block training.
 DEFAULT_EPSILON = 0.05
-#: The background writer commits buffered records at least this often (seconds).
+#: The background writer commits buffered records at least this often (seconds): what a
+#: ``kill -9`` can lose.
 FLUSH_INTERVAL = 0.25
 #: Largest array or tensor ``hl.log`` accepts, in bytes.
 MAX_ARRAY_BYTES = 64 * 1024 * 1024
@@ -45,8 +46,21 @@ def epsilon(explicit: float | None = None) -> float:
 
 
 def flush_interval() -> float:
-    """Seconds between background commits (``HINDLOG_FLUSH_INTERVAL``)."""
-    return _env_float("HINDLOG_FLUSH_INTERVAL", FLUSH_INTERVAL)
+    """Seconds between background commits (``HINDLOG_FLUSH_INTERVAL``). A value that is not a
+    positive number gets the default, with a warning: it must not stop a run from recording."""
+    try:
+        value = _env_float("HINDLOG_FLUSH_INTERVAL", FLUSH_INTERVAL)
+    except ValueError as e:
+        value = -1.0
+        reason = str(e)
+    else:
+        reason = f"HINDLOG_FLUSH_INTERVAL={value!r} is not a positive number of seconds"
+    if value > 0 and value != float("inf"):
+        return value
+    import warnings
+
+    warnings.warn(f"hindlog: {reason}; committing every {FLUSH_INTERVAL} s instead", RuntimeWarning, stacklevel=2)
+    return FLUSH_INTERVAL
 
 
 def store_dir_override() -> str | None:

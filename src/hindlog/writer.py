@@ -77,8 +77,12 @@ class Writer:
 
     def __init__(
         self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD, ctx_base: int = 0,
-        count_before_main_loop: bool = False,
+        count_before_main_loop: bool = False, interval: float | None = None,
     ) -> None:
+        #: Seconds between commits when nothing wakes the writer sooner.
+        self.interval = config.flush_interval() if interval is None else interval
+        #: ``time.perf_counter()`` when the writer last drained the queue (0: never).
+        self.last_drain = 0.0
         self.catalog_path = catalog_path
         self.spill_dir = spill_dir
         self.run = run
@@ -110,6 +114,8 @@ class Writer:
         self._warned = False
         self._failed_since: float | None = None
         self.written = 0
+        #: Transactions committed so far.
+        self.commits = 0
         self._conn: sqlite3.Connection | None = None
         self._thread = threading.Thread(target=self._loop, name="hindlog-writer", daemon=True)
         self._thread.start()
@@ -163,10 +169,11 @@ class Writer:
     # ------------------------------------------------------------ writer thread
 
     def _loop(self) -> None:
-        interval = config.flush_interval()
+        interval = self.interval
         while not self._stop:
             self._wake.wait(interval)
             self._wake.clear()
+            self.last_drain = time.perf_counter()
             self._drain_once()
 
     def _drain_once(self) -> None:
@@ -291,6 +298,7 @@ class Writer:
                     cmd.fn(conn)
                 conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
             self._last_commit = time.monotonic()
+            self.commits += 1
             for path in spilled:  # only once their rows are committed
                 self._spill_files.remove(path)
                 _unlink(path)
