@@ -12,7 +12,6 @@ because a new statement is in them or in a project function they call.
 from __future__ import annotations
 
 import ast
-import difflib
 import io
 import tokenize
 from collections.abc import Iterator
@@ -58,6 +57,8 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
         return Additions(path, syntax_error=f"{path} does not parse now: {e.msg} (line {e.lineno})")
     old_lines = old_src.splitlines()
     new_lines = new_src.splitlines()
+    import difflib  # only replay diffs code; recording imports this module too
+
     matcher = difflib.SequenceMatcher(None, code_lines(old_src), code_lines(new_src), autojunk=False)
     inserted: set[int] = set()
     #: Lines of changed hunks (a line changed next to an added one): a log statement among them
