@@ -12,8 +12,8 @@ import pytest
 
 from conftest import Lines, Project, stop, wait_for
 from hindlog import catalog
-from hindlog.recorder import COMMIT_GAP
 from hindlog.errors import SchemaError
+from hindlog.recorder import COMMIT_GAP
 
 
 def test_catalog_schema_and_wal_mode(project: Project) -> None:
@@ -125,7 +125,11 @@ def test_fast_iterations_share_their_commits(project: Project) -> None:
         env={"HINDLOG_FLUSH_INTERVAL": "30"},
     )
     elapsed = float(result.stdout.strip())
-    info = json.loads(project.db().execute("SELECT info FROM runs").fetchone()[0])
+    conn = project.db()
+    try:
+        info = json.loads(conn.execute("SELECT info FROM runs").fetchone()[0])
+    finally:
+        conn.close()
     assert project.values("x") == list(range(400))
     # One commit per COMMIT_GAP, give or take the first and the start; every 50 ms would be 16+.
     assert 1 <= info["writer_commits"] <= elapsed / COMMIT_GAP + 3, (info["writer_commits"], elapsed)
