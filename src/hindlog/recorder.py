@@ -383,7 +383,7 @@ class Recorder:
         # the writer's CPU time (on scikit-learn's 30 ms epochs, 1.5 ms for 0.4 ms: the sqlite3
         # module hands the GIL back and forth at every statement), and a commit every 50 ms on top
         # of the timer's cost such a script 1-2% of its time.
-        if time.perf_counter() - self.writer.last_drain >= self._commit_gap:
+        if time.monotonic() - self.writer.last_commit >= self._commit_gap:
             self.writer.wake()
 
     def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None) -> Iterator[Any]:

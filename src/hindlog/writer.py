@@ -81,8 +81,6 @@ class Writer:
     ) -> None:
         #: Seconds between commits when nothing wakes the writer sooner.
         self.interval = config.flush_interval() if interval is None else interval
-        #: ``time.perf_counter()`` when the writer last drained the queue (0: never).
-        self.last_drain = 0.0
         self.catalog_path = catalog_path
         self.spill_dir = spill_dir
         self.run = run
@@ -99,7 +97,8 @@ class Writer:
         self._prev_prefix = "["
         self._prev_iteration: int | None = None
         self._next_ctx = ctx_base
-        self._last_commit = time.monotonic()
+        #: ``time.monotonic()`` of the last commit (0: none yet, so the first asked for is made).
+        self.last_commit = 0.0
         #: Per name, the values logged outside every loop so far, until the main loop starts
         #: (``main_loop_starts``): stored as the run's ``info.preloop_counts``, they tell the values
         #: logged before the main loop from those logged after it, which share the context ``[]``.
@@ -173,14 +172,13 @@ class Writer:
         while not self._stop:
             self._wake.wait(interval)
             self._wake.clear()
-            self.last_drain = time.perf_counter()
             self._drain_once()
 
     def _drain_once(self) -> None:
         queue = self.queue
         n = len(queue)
         if n == 0 and not self._pending_cells and not self._pending_commands:
-            if time.monotonic() - self._last_commit >= HEARTBEAT_SECONDS:
+            if time.monotonic() - self.last_commit >= HEARTBEAT_SECONDS:
                 # Nothing to write, but the run is alive: a resume after kill -9 tells from the
                 # heartbeat how long the run stood killed.
                 self._commit()
@@ -297,7 +295,7 @@ class Writer:
                 for cmd in commands:
                     cmd.fn(conn)
                 conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
-            self._last_commit = time.monotonic()
+            self.last_commit = time.monotonic()
             self.commits += 1
             for path in spilled:  # only once their rows are committed
                 self._spill_files.remove(path)
