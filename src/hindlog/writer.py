@@ -77,10 +77,10 @@ class Writer:
 
     def __init__(
         self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD, ctx_base: int = 0,
-        count_before_main_loop: bool = False, interval: float | None = None,
+        count_before_main_loop: bool = False,
     ) -> None:
-        #: Seconds between commits when nothing wakes the writer sooner.
-        self.interval = config.flush_interval() if interval is None else interval
+        #: Seconds between commits when nothing wakes the writer sooner (read once: a bad value warns once).
+        self.interval = config.flush_interval()
         self.catalog_path = catalog_path
         self.spill_dir = spill_dir
         self.run = run
