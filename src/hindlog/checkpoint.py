@@ -111,7 +111,9 @@ class Policy:
     the optimizer step). The policy measures it: it compares the iterations
     that a persist overlapped with the median of recent iterations that none
     did, and charges the persister's CPU time times the observed ratio (at
-    least ``BACKGROUND_WEIGHT``).
+    least ``BACKGROUND_WEIGHT``). Costs that are not checkpoints (start-up, the
+    catalog writer's CPU time, nested-loop iterations) are charged too, so that
+    hindlog's whole cost stays under ε.
     """
 
     def __init__(self, epsilon: float, start: float, total: int | None = None) -> None:
@@ -485,6 +487,8 @@ class Checkpointer:
         self.policy.spent = recorder.startup_seconds
         #: Nested-loop iterations charged so far (``NESTED_ITERATION_SECONDS`` each).
         self.nested_iterations_charged = 0
+        #: The catalog writer's CPU seconds charged so far.
+        self.writer_cpu_charged = 0.0
         self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)
         self.active = False
         self._decided = True
@@ -537,6 +541,12 @@ class Checkpointer:
             if nested > 0:
                 self.nested_iterations_charged += nested
                 self.policy.charge(nested * NESTED_ITERATION_SECONDS, checkpoint=False)
+            # The writer's commits take CPU time from training as a persist does; they are charged
+            # like blocked time, at their CPU time (they are not the persists the weight measures).
+            writer_cpu = self.recorder.writer.cpu_seconds - self.writer_cpu_charged
+            if writer_cpu > 0:
+                self.writer_cpu_charged += writer_cpu
+                self.policy.charge(writer_cpu, checkpoint=False)
             # The last iteration queues behind a running persist rather than being skipped.
             free = self.persister.idle() or self._last
             wanted = self.policy.decide(self._iteration)

@@ -568,6 +568,8 @@ class Recorder:
                     # An estimate, not measured in this run: what the nested loops' wrapper cost.
                     "nested_iterations": self.checkpointer.nested_iterations_charged,
                     "nested_loop_seconds": self.checkpointer.nested_iterations_charged * NESTED_ITERATION_SECONDS,
+                    # The catalog writer's CPU time up to the last checkpoint decision.
+                    "writer_cpu_seconds": self.checkpointer.writer_cpu_charged,
                 }
             if self.controller is not None:
                 timing = self.controller.timing(timing)

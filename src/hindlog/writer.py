@@ -115,6 +115,9 @@ class Writer:
         self.written = 0
         #: Transactions committed so far.
         self.commits = 0
+        #: CPU seconds the writer's thread spent draining (encoding and committing): it competes
+        #: with training for the cores, so the checkpoint policy charges it to the overhead budget.
+        self.cpu_seconds = 0.0
         self._conn: sqlite3.Connection | None = None
         self._thread = threading.Thread(target=self._loop, name="hindlog-writer", daemon=True)
         self._thread.start()
@@ -172,7 +175,9 @@ class Writer:
         while not self._stop:
             self._wake.wait(interval)
             self._wake.clear()
+            cpu0 = time.thread_time()
             self._drain_once()
+            self.cpu_seconds += time.thread_time() - cpu0
 
     def _drain_once(self) -> None:
         queue = self.queue
