@@ -1746,16 +1746,22 @@ REPLAY_NOTES = """\
 - Replay is only as good as the checkpoints the policy allowed: iterations
   without a checkpoint before them are re-run. Side by side with pyflor (the
   table above; each system replaying its own recording, alternating in one
-  run, at commit 86bac6b), finetune's record got 9 checkpoints in 30 epochs
+  run, at commit 2646521), finetune's record got 13 checkpoints in 30 epochs
   under ε = 5%, and its replay of a per-epoch statement re-ran the nested
-  loops of the other 21 epochs: 9.1-11.5 s. pyflor checkpoints every epoch
-  and pays for it at record (its record took 19.4 s against hindlog's
-  11.7 s in this run; +10% on this workload in the peer measurements); its
-  replays took 6.4-11.2 s, so the median of the per-pair ratios is 1.075x.
+  loops of the other 17 epochs: 7.5-8.2 s. pyflor checkpoints every epoch
+  and pays for it at record (its record took 16.8 s against hindlog's
+  11.2 s in this run; +10% on this workload in the peer measurements); its
+  replays took 4.7-8.7 s, so the median of the per-pair ratios is 1.05x.
+  pyflor's replay times fell in two groups by their place in a pair: 4.7 and
+  5.1 s when it ran first, 7.3-8.7 s when it ran after hindlog's two replays
+  (hindlog's own times did not depend on their place: 7.5-8.2 s).
   Recorded at ε = 0.1, near pyflor's record overhead, hindlog replayed in
-  3.4-3.8 s (11.1 s in the first pair, which ran slowly for all three
-  systems), 0.54x pyflor's. On cnn, lstm and sklearn hindlog's replay is the
-  faster at the default ε (0.95x, 0.93x, 0.84x). The run at 023a6d8
+  3.1-3.2 s (8.5 s in the first pair, which ran slowly for all three
+  systems), 0.60x pyflor's. On cnn, lstm and sklearn hindlog's replay is the
+  faster at the default ε (0.94x, 0.99x, 0.73x). The run at 86bac6b
+  (`bench/results/replay-pyflor-86bac6b.json`) gave finetune 1.075x with 9
+  checkpoints (9.1-11.5 s against pyflor's 6.4-11.2 s), 0.54x at ε = 0.1,
+  cnn 0.95x, lstm 0.93x, sklearn 0.84x. The run at 023a6d8
   (`bench/results/replay-pyflor-023a6d8.json`), on a slower day, gave
   finetune 1.23x (9 checkpoints; 11.6-14.1 s against pyflor's 7.6-13.0 s),
   0.57x at ε = 0.1, cnn 0.94x, lstm 0.97x, sklearn 0.79x. The run before, at 12d5bdb
