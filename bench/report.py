@@ -351,6 +351,7 @@ class Report:
         self.persist = load(results, "persist")
         self.ckcost = load(results, "checkpoint-cost")
         self.small_objects = load(results, "small-objects")
+        self.background_priority = load(results, "background-priority")
         self.record_gpu = load(results, "record-gpu")
         suites = [read(results / n, "suite") for n in ("suite.json", "suite-quick.json") if (results / n).exists()]
         suites = [x for x in suites if x.ok]
@@ -610,7 +611,8 @@ class Report:
                  ("Replay against pyflor's, side by side", self.replay_pyflor),
                  ("Replay from a cold page cache", self.cold_replay), ("Hands-free", self.handsfree),
                  ("Scaling", self.scaling), ("Checkpoint pieces", self.persist),
-                 ("One checkpoint's cost to training", self.ckcost), ("Small checkpoint files", self.small_objects), ("Record overhead on a GPU", self.record_gpu)]
+                 ("One checkpoint's cost to training", self.ckcost), ("Small checkpoint files", self.small_objects),
+                 ("Persister priority", self.background_priority), ("Record overhead on a GPU", self.record_gpu)]
         rows = []
         for label, src in items:
             if src is None:
@@ -1101,6 +1103,28 @@ class Report:
         out.append(machine_line(src, "persist"))
         out.append(self.checkpoint_cost())
         out.append(self.small_object_writes())
+        out.append(self.persister_priority())
+        return "\n\n".join(out)
+
+    def persister_priority(self) -> str:
+        src = self.background_priority
+        out = ["**The persister's priority** (`bench/bench_background_priority.py`): one process trains the fine-tuning"
+               " shape while a background thread persists a 77 MB buffer again and again as a checkpoint's persist does"
+               " (hash, `O_DIRECT` write, fsync), at normal priority or at the lowest (nice 19), in alternating phases"
+               " against phases with no background work. Medians over the rounds."]
+        if not src or not src.ok:
+            out.append(f"`bench/bench_background_priority.py`: {self.cell_missing(src, 'background-priority')}.")
+            return "\n\n".join(out)
+        def ms(seconds: Any) -> str:
+            return f(None if seconds is None else seconds * 1e3, 1, none="")
+
+        rows = [[str(r.get("mode")), f(r.get("phase_s"), 3), f(r.get("slowdown_s"), 3, none=""), f(r.get("persists"), 1, none=""),
+                 ms(r.get("slowdown_per_persist_s")), ms(r.get("persister_cpu_per_persist_s")), f(r.get("weight"), 2, none="")]
+                for r in src.results()]
+        out.append(table(["persister", "epochs' time (s)", "slowdown (s)", "persists", "slowdown per persist (ms)",
+                          "persister CPU per persist (ms)", "slowdown per CPU second"], rows))
+        out.append(PRIORITY_NOTES)
+        out.append(machine_line(src, "background-priority"))
         return "\n\n".join(out)
 
     def small_object_writes(self) -> str:
@@ -1615,7 +1639,22 @@ RECORD_NOTES = """\
   sklearn), because then the policy takes as many as ε allows, as the issue
   asks. A median of 1% over these four workloads would need the dear ones
   to take fewer checkpoints than the budget allows.
-- **This run** (the table), at commit 51130c7, on a day this machine ran
+- **This run** (the table), at commit e5040dd, later the same day as the
+  run at 51130c7 below: cnn +2.2%, finetune +3.8%, lstm +2.8%, sklearn
+  +2.4% (17 triples): median +2.6%, the 1% target missed; every workload
+  within ε, finetune-large +3.4% (2-3 checkpoints). What changed in the code
+  since 51130c7: the policy charges the catalog writer's CPU time (11 ms
+  per finetune run, 3-6 ms on the others: a fraction of one checkpoint).
+  What changed on the machine: the same work now slowed training more
+  per second of persister CPU. The weight the policy measured on finetune
+  was 1.5-2.5 (1.0 in the morning run) and on sklearn 1.6-2.5, so finetune
+  took 6-10 checkpoints of 30 (median 8, one per 3.75 epochs; 11-15 in the
+  morning) for a charge of 3.9-4.6% of its run. cnn and lstm were charged
+  1.0-1.4% of their runs, as in the morning, yet measured +2.2% and +2.8%;
+  lstm's A/A ratios reached 1.072 in this run. So whether a run of this
+  table meets the 1% median depends on the hour as much as on hindlog.
+- The run at commit 51130c7 (`bench/results/record-46494fc.json`, named by
+  the commit that added it), on a day this machine ran
   the same work faster than at 86bac6b (finetune's plain run 9.2 s against
   11.5 s) and changed speed within the hour (7.6 s in the hands-free run
   just before): cnn +1.1%, finetune **+6.8%**, lstm +0.7%, sklearn +2.1%
@@ -1690,6 +1729,15 @@ new file after every epoch, what a training script without hindlog does) is
 measured by the scaling benchmark on its MLP, below. The counts differ per
 system: hindlog takes only the checkpoints its ε budget allows, so fewer
 bytes can also mean fewer checkpoints (and slower replays)."""
+
+PRIORITY_NOTES = """\
+At the lowest priority the persister did fewer persists in the same
+epochs, and each cost training about what it costs at normal priority:
+on this machine training leaves no gaps for it to fill, so the priority
+changes how fast checkpoints are written, not what they cost. The
+persister runs at normal priority, which writes each checkpoint sooner
+(an iteration is skipped while the previous persist still runs), and the
+policy charges its CPU time at the weight it measures."""
 
 REPLAY_INTRO = """\
 On one recorded run of each workload: a new per-epoch statement (all nested
@@ -1983,7 +2031,30 @@ d79b75e, lstm's recorded run printed otherwise than the plain run the
 benchmark compares it with; those runs kept no copy of the lines, so what
 differed is not known (the benchmark now keeps the first differing pair,
 `record_stdout_first_difference`).
-**The table now** is the benchmark at commit 51130c7, on a day this machine
+**The table now** is the benchmark at commit e5040dd, run right after the
+record table's run, two hours after the run at 51130c7 below
+(`bench/results/handsfree-51130c7.json`), on the same day: cnn-engine
++2.4%, cnn +2.6%, lstm +2.2%, while-early +4.6% (0-2 checkpointed epochs
+of 23) within 5%; lstm-last-loss +4.6%; sklearn-partial-fit +6.2% (10
+triples from 1.019 to 1.132, 5-9 checkpointed iterations of 12), sklearn
++6.2% (17 triples from 1.027 to 1.096, one checkpointed epoch) and
+finetune +10.7% (4 triples: 1.104, 1.117, 1.012, 1.111; 8-12 checkpointed
+epochs of 30) over it. The code's one change since 51130c7 that touches a
+recorded run is that the policy also charges the catalog writer's CPU
+time, a few milliseconds per run. Alternating the previous commit
+(2646521) and this one by hand right after, 15 rounds each of sklearn
+under `hindlog run` beside `python`: +5.8% and +6.2%, the same within
+noise. The machine ran the same work slower than in the morning
+(sklearn's plain run 1.69 s against 1.54 s) and training lost more to the
+same background work: the record table's run just before measured
+finetune's slowdown weight at 1.5-2.5 per second of persister CPU against
+1.0 in the morning, and `bench/bench_background_priority.py` right after
+measured 13 ms of training lost per 77 MB persist of 9 ms CPU. finetune's
+hands-free runs took more checkpoints (8-12) than its API runs in the
+record table an hour earlier (6-10) under the same policy, and its
+triples here lie at +10-12% but for one at +1.2%; the cause is not
+established.
+**The run at commit 51130c7** (`bench/results/handsfree-51130c7.json`), on a day this machine
 ran the same work 30-45% faster than at 86bac6b (sklearn's plain run 1.54 s
 against 2.15 s, finetune's 7.6 s against 13.5 s), so a fixed cost weighs
 more. Five scripts are within 5% (cnn-engine +2.0%, sklearn-partial-fit
