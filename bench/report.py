@@ -1107,42 +1107,46 @@ class Report:
         return "\n\n".join(out)
 
     def persister_priority(self) -> str:
-        src = self.background_priority
-        out = ["**The persister's priority** (`bench/bench_background_priority.py`): one process trains the fine-tuning"
-               " shape while a background thread persists a 77 MB buffer again and again as a checkpoint's persist does"
-               " (hash, `O_DIRECT` write, fsync), at normal priority or at the lowest (nice 19), in alternating phases"
-               " against phases with no background work. Medians over the rounds."]
-        if not src or not src.ok:
-            out.append(f"`bench/bench_background_priority.py`: {self.cell_missing(src, 'background-priority')}.")
-            return "\n\n".join(out)
         def ms(seconds: Any) -> str:
             return f(None if seconds is None else seconds * 1e3, 1, none="")
 
-        rows = [[str(r.get("mode")), f(r.get("phase_s"), 3), f(r.get("slowdown_s"), 3, none=""), f(r.get("persists"), 1, none=""),
-                 ms(r.get("slowdown_per_persist_s")), ms(r.get("persister_cpu_per_persist_s")), f(r.get("weight"), 2, none="")]
-                for r in src.results()]
-        out.append(table(["persister", "epochs' time (s)", "slowdown (s)", "persists", "slowdown per persist (ms)",
-                          "persister CPU per persist (ms)", "slowdown per CPU second"], rows))
-        out.append(PRIORITY_NOTES)
-        out.append(machine_line(src, "background-priority"))
-        return "\n\n".join(out)
+        return self.result_section(
+            self.background_priority, "background-priority", "bench/bench_background_priority.py",
+            "**The persister's priority** (`bench/bench_background_priority.py`): one process trains the fine-tuning"
+            " shape while a background thread persists a 77 MB buffer again and again as a checkpoint's persist does"
+            " (hash, `O_DIRECT` write, fsync), at normal priority or at the lowest (nice 19), in alternating phases"
+            " against phases with no background work. Medians over the rounds.",
+            ["persister", "epochs' time (s)", "slowdown (s)", "persists", "slowdown per persist (ms)",
+             "persister CPU per persist (ms)", "slowdown per CPU second"],
+            lambda r: [str(r.get("mode")), f(r.get("phase_s"), 3), f(r.get("slowdown_s"), 3, none=""), f(r.get("persists"), 1, none=""),
+                       ms(r.get("slowdown_per_persist_s")), ms(r.get("persister_cpu_per_persist_s")), f(r.get("weight"), 2, none="")],
+            PRIORITY_NOTES)
 
     def small_object_writes(self) -> str:
-        src = self.small_objects
-        out = ["**Writing a small checkpoint's files** (`bench/bench_small_objects.py`): a small state's checkpoint"
-               " (an estimator, a NumPy model, loop counters) is a few small objects: the pickled skeleton, the manifest,"
-               " an index array. The persister writes them while training runs and holds the GIL for its Python work,"
-               " so its CPU time per object is taken from training whatever the number of cores. CPU time of the"
-               " writing thread per object (the commit's fsync apart), median of the rounds; with `--baseline-src`, an"
-               " earlier commit's code measured in the same run, rounds alternating."]
+        base = self.small_objects.data.get("baseline_commit") if self.small_objects and self.small_objects.ok else None
+        return self.result_section(
+            self.small_objects, "small-objects", "bench/bench_small_objects.py",
+            "**Writing a small checkpoint's files** (`bench/bench_small_objects.py`): a small state's checkpoint"
+            " (an estimator, a NumPy model, loop counters) is a few small objects: the pickled skeleton, the manifest,"
+            " an index array. The persister writes them while training runs and holds the GIL for its Python work,"
+            " so its CPU time per object is taken from training whatever the number of cores. CPU time of the"
+            " writing thread per object (the commit's fsync apart), median of the rounds; with `--baseline-src`, an"
+            " earlier commit's code measured in the same run, rounds alternating.",
+            ["code", "object", "write CPU (us)", "write wall (us)", "fsync CPU (us)", "fsync wall (us)"],
+            lambda r: [f"baseline ({base})" if r.get("source") == "baseline" and base else str(r.get("source")), str(r.get("object")),
+                       f(r.get("cpu_us"), 0), f(r.get("wall_us"), 0), f(r.get("fsync_cpu_us"), 0), f(r.get("fsync_wall_us"), 0)])
+
+    def result_section(self, src: Any, name: str, script: str, intro: str, headers: list[str],
+                       row: Any, notes: str = "") -> str:
+        """A benchmark's paragraph: what it measures, its table (one row per result), notes, the machine."""
+        out = [intro]
         if not src or not src.ok:
-            out.append(f"`bench/bench_small_objects.py`: {self.cell_missing(src, 'small-objects')}.")
+            out.append(f"`{script}`: {self.cell_missing(src, name)}.")
             return "\n\n".join(out)
-        base = src.data.get("baseline_commit")
-        rows = [[f"baseline ({base})" if r.get("source") == "baseline" and base else str(r.get("source")), str(r.get("object")), f(r.get("cpu_us"), 0), f(r.get("wall_us"), 0),
-                 f(r.get("fsync_cpu_us"), 0), f(r.get("fsync_wall_us"), 0)] for r in src.results()]
-        out.append(table(["code", "object", "write CPU (us)", "write wall (us)", "fsync CPU (us)", "fsync wall (us)"], rows))
-        out.append(machine_line(src, "small-objects"))
+        out.append(table(headers, [row(r) for r in src.results()]))
+        if notes:
+            out.append(notes)
+        out.append(machine_line(src, name))
         return "\n\n".join(out)
 
     def checkpoint_cost(self) -> str:
