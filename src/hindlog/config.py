@@ -51,12 +51,11 @@ def flush_interval() -> float:
     try:
         value = _env_float("HINDLOG_FLUSH_INTERVAL", FLUSH_INTERVAL)
     except ValueError as e:
-        value = -1.0
         reason = str(e)
     else:
+        if 0 < value < float("inf"):
+            return value
         reason = f"HINDLOG_FLUSH_INTERVAL={value!r} is not a positive number of seconds"
-    if value > 0 and value != float("inf"):
-        return value
     import warnings
 
     warnings.warn(f"hindlog: {reason}; committing every {FLUSH_INTERVAL} s instead", RuntimeWarning, stacklevel=2)

@@ -381,8 +381,8 @@ class Recorder:
         # An iteration's records are committed as it ends (what ``kill -9`` leaves is whole
         # iterations), but at most every COMMIT_GAP seconds: each commit costs training more than
         # the writer's CPU time (on scikit-learn's 30 ms epochs, 1.5 ms for 0.4 ms: the sqlite3
-        # module hands the GIL back and forth at every statement), and a commit every 50 ms on top
-        # of the timer's cost such a script 1-2% of its time.
+        # module hands the GIL back and forth at every statement); a commit every 50 ms, on top of
+        # the timer's, cost such a script 1-2% of its time.
         if time.monotonic() - self.writer.last_commit >= self._commit_gap:
             self.writer.wake()
 
