@@ -249,7 +249,11 @@ def _show(args: argparse.Namespace) -> int:
     if ckpts:
         iterations = sorted({c["iteration"] for c in ckpts})
         total = sum(c["nbytes"] for c in ckpts)
-        ckpt_line += f" at iterations {_ranges(iterations)} ({total / 2**20:.1f} MiB before dedup)"
+        # A checkpointed iteration has one snapshot per nested loop's exit and one at its end:
+        # the count that matters for replay is the iterations'.
+        snapshots = f"{len(ckpts)} snapshots, " if len(ckpts) != len(iterations) else ""
+        ckpt_line = (f"checkpoints  {len(iterations)} iteration{'s' if len(iterations) > 1 else ''}: {_ranges(iterations)}"
+                     f" ({snapshots}{total / 2**20:.1f} MiB before dedup)")
     busy = (info.get("info") or {}).get("checkpoints_skipped_busy")
     if busy:
         ckpt_line += (f"; {busy} iteration{'s' if busy > 1 else ''} skipped while the previous checkpoint was still"
