@@ -1657,6 +1657,14 @@ RECORD_NOTES = """\
   1.0-1.4% of their runs, as in the morning, yet measured +2.2% and +2.8%;
   lstm's A/A ratios reached 1.072 in this run. So whether a run of this
   table meets the 1% median depends on the hour as much as on hindlog.
+- A run at commit 66ab5ca (`bench/results/record-66ab5ca.json`), whose
+  snapshot buffers asked for transparent huge pages: the persister's CPU
+  time grew instead of shrinking. Mapping the buffers while training waits
+  for the first checkpoint cost finetune-large's persister 0.36-0.41 s of
+  CPU (0.10-0.13 s with small pages, 2-3 checkpoints included), the policy
+  charged it, and finetune-large took no checkpoint in 30 epochs (+5.6%
+  bracketed, over ε); finetune took 2-10 (median 8). The change was
+  reverted (docs/checkpointing.md, item 5, has the measurements).
 - The run at commit 51130c7 (`bench/results/record-46494fc.json`, named by
   the commit that added it), on a day this machine ran
   the same work faster than at 86bac6b (finetune's plain run 9.2 s against

@@ -337,38 +337,18 @@ def _itemsize(framework: str, dtype: str) -> int:
     return torch.empty((), dtype=getattr(torch, dtype)).element_size()
 
 
-#: Transparent huge pages on x86-64 and most arm64 kernels.
-HUGE_PAGE_BYTES = 2 << 20
-_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
-
-
 def page_aligned(nbytes: int, populate: bool = False) -> np.ndarray:
     """A zeroed uint8 array of ``nbytes`` whose data starts on a page boundary; with
     ``populate``, its pages are mapped now rather than on first touch.
 
-    From one huge page up, the array starts on a huge-page boundary and its whole huge
-    pages ask the kernel for transparent huge pages (the tail stays in small pages, so no
-    memory is wasted). Every pass over a snapshot then misses the TLB 512 times less: for
-    77 MB, an ``O_DIRECT`` write took 0.5 ms of CPU against 3.2 ms from small pages, and
-    XXH3 4.7 ms against 7.7 ms (bench/bench_persist.py). Where the kernel has them off,
-    the advice does nothing."""
-    if nbytes < HUGE_PAGE_BYTES or _MADV_HUGEPAGE is None:
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
-        if populate:
-            flags |= getattr(mmap, "MAP_POPULATE", 0)
-        return np.frombuffer(mmap.mmap(-1, max(nbytes, 1), flags=flags), dtype=np.uint8)[:nbytes]
-    # One huge page more than needed, to start the array on a huge-page boundary.
-    region = mmap.mmap(-1, nbytes + HUGE_PAGE_BYTES, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    whole = np.frombuffer(region, dtype=np.uint8)
-    start = -whole.ctypes.data % HUGE_PAGE_BYTES
-    try:
-        region.madvise(_MADV_HUGEPAGE, start, nbytes - nbytes % HUGE_PAGE_BYTES)
-    except (OSError, ValueError):
-        pass  # no transparent huge pages here: small pages, as below the threshold
-    out = whole[start : start + nbytes]
+    Small pages: asking for transparent huge pages made each pass over a snapshot cheaper
+    (XXH3 and the ``O_DIRECT`` write, about 4 ms of CPU per 156 MB), but mapping them could
+    cost ten times more while the kernel compacted memory to find them (0.3 s for 150 MB, charged
+    before the first checkpoint; docs/checkpointing.md)."""
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
     if populate:
-        out[::mmap.PAGESIZE] = 0  # a write fault per page (per huge page where granted) maps it now
-    return out
+        flags |= getattr(mmap, "MAP_POPULATE", 0)
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, 1), flags=flags), dtype=np.uint8)[:nbytes]
 
 
 class BufferPool:
