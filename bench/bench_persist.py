@@ -113,6 +113,8 @@ def main() -> None:
     pool = [torch.from_numpy(page_aligned(t.numel() * 4, populate=True)).view(torch.float32) for t in tensors]
     rows["snapshot: copy into pooled buffers"] = measure(lambda: [b.copy_(t) for b, t in zip(pool, tensors)], repeats)
     views = [memoryview(b.numpy().view(np.uint8)) for b in pool]
+    # Each pair below is measured back to back (the small-page rows repeat the ones above), so
+    # that a drift of this shared machine's speed falls on both alike.
     rows["pages: map and populate, huge pages, the first time in this process"] = {"wall_s": first_huge[0], "cpu_s": first_huge[1]}
     rows["pages: map and populate, small pages"] = measure(lambda: [page_aligned(t.numel() * 4, populate=True) for t in tensors], repeats)
     rows["pages: map and populate, huge pages"] = measure(lambda: [huge_pages(t.numel() * 4) for t in tensors], repeats)

@@ -245,7 +245,7 @@ def _show(args: argparse.Namespace) -> int:
         lines.append(f"python       {env.get('python')} on {env.get('host')}  ({pkgs})")
     ckpts = info["checkpoints"]
     overhead = info.get("overhead")
-    ckpt_line = f"checkpoints  {len(ckpts)}"
+    ckpt_line = "checkpoints  0"
     if ckpts:
         iterations = sorted({c["iteration"] for c in ckpts})
         total = sum(c["nbytes"] for c in ckpts)

@@ -341,10 +341,10 @@ def page_aligned(nbytes: int, populate: bool = False) -> np.ndarray:
     """A zeroed uint8 array of ``nbytes`` whose data starts on a page boundary; with
     ``populate``, its pages are mapped now rather than on first touch.
 
-    Small pages: asking for transparent huge pages made each pass over a snapshot cheaper
-    (XXH3 and the ``O_DIRECT`` write, about 4 ms of CPU per 156 MB), but mapping them could
-    cost ten times more while the kernel compacted memory to find them (0.3 s for 150 MB, charged
-    before the first checkpoint; docs/checkpointing.md)."""
+    Small pages: transparent huge pages made each pass over a snapshot cheaper (XXH3 and the
+    ``O_DIRECT`` write, about 3 ms of CPU per 156 MB), but mapping them the first time in a
+    process cost ten times more (0.38 s for 156 MB, charged before the first checkpoint;
+    docs/checkpointing.md)."""
     flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
     if populate:
         flags |= getattr(mmap, "MAP_POPULATE", 0)
