@@ -316,18 +316,58 @@ print(len(spilled), on_disk)
     assert not list(project.store_path.glob("spill/*.pkl"))
 
 
-def test_a_damaged_catalog_is_named_with_what_to_do_and_training_goes_on(project: Project) -> None:
-    project.run("import hindlog as hl\nfor e in hl.loop('epoch', range(3)):\n    hl.log('x', e)\n")
+def test_a_damaged_catalog_is_named_with_what_to_do_and_the_next_run_is_recorded(project: Project) -> None:
+    project.run(
+        "import numpy as np\nimport hindlog as hl\nw = np.zeros(3)\nhl.checkpoints(w=w)\n"
+        "for e in hl.loop('epoch', range(3)):\n    w += 1\n    hl.log('x', e)\n",
+        env={"HINDLOG_EPSILON": "0.9"},
+    )
+    objects_before = sorted(project.store().objects.names())
+    assert objects_before
     catalog_path = project.store_path / "catalog.db"
     with open(catalog_path, "r+b") as f:  # a disk that lost the second half of the file
         f.truncate(catalog_path.stat().st_size // 2)
+    damaged = catalog_path.read_bytes()
     for command in (["runs"], ["logs", "x"], ["show"]):
         proc = project.cli(*command, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert f"the catalog {catalog_path} is damaged" in proc.stderr and ".recover" in proc.stderr, proc.stderr
+        assert "The next run that records moves it aside" in proc.stderr, proc.stderr
+
+    # Recording moves it aside, every byte kept, and records this run into a new catalog.
     proc = project.run("import hindlog as hl\ntotal = sum(hl.log('y', i) for i in range(5))\nprint(total)\n")
     assert proc.stdout.strip() == "10"
-    assert "is damaged" in proc.stderr and "writable" not in proc.stderr, proc.stderr
+    [aside] = project.store_path.glob("catalog.damaged-*.db")
+    assert aside.read_bytes() == damaged
+    assert f"the catalog {catalog_path} is damaged" in proc.stderr and f"moved it to {aside}" in proc.stderr, proc.stderr
+    assert "this run records into a new catalog" in proc.stderr and "nothing is being logged" not in proc.stderr
+    assert project.values("y") == [0, 1, 2, 3, 4]
+
+    listed = project.cli("runs")
+    assert f"{aside} is a damaged catalog set aside" in listed.stderr and ".recover" in listed.stderr, listed.stderr
+    assert len(project.runs()) == 1
+    # gc cannot tell which objects the damaged catalog's checkpoints use: it removes none.
+    proc = project.cli("gc", check=False)
+    assert proc.returncode == 2 and f"{aside} is a damaged catalog set aside" in proc.stderr, proc.stderr
+    assert sorted(project.store().objects.names()) == objects_before
+    # Once the user has recovered what they need and deleted it, gc works again.
+    aside.unlink()
+    project.cli("gc")
+    assert "damaged" not in project.cli("runs").stderr
+
+
+def test_runs_that_find_the_catalog_damaged_at_once_set_it_aside_once_and_are_all_recorded(project: Project) -> None:
+    project.run("import hindlog as hl\nhl.log('x', 1)\n")
+    catalog_path = project.store_path / "catalog.db"
+    catalog_path.write_bytes(b"this is not a database " * 200)
+    script = "import sys\nimport hindlog as hl\nhl.log('who', int(sys.argv[1]))\n"
+    project.write("train.py", script)
+    procs = [project.start(args=[str(k)]) for k in range(3)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    assert len(list(project.store_path.glob("catalog.damaged-*.db"))) == 1
+    assert sorted(project.values("who")) == [0, 1, 2]
 
 
 def test_a_run_that_finished_while_the_catalog_was_unwritable_is_shown_finished(project: Project) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import RunNotFound, SchemaError, StoreError
+from .errors import DamagedCatalog, RunNotFound, SchemaError
 
 SCHEMA_VERSION = 1
 
@@ -136,8 +136,16 @@ def is_damage(error: sqlite3.DatabaseError) -> bool:
 
 def damaged_message(path: Path, error: sqlite3.DatabaseError) -> str:
     return (f"the catalog {path} is damaged (SQLite: {error}). Its records cannot be read as they are: "
-            f"`sqlite3 {path} .recover | sqlite3 recovered.db` saves what can be read; moving the file "
-            "aside makes hindlog start a new, empty catalog")
+            f"{recover_advice(path)}. The next run that records moves it aside (to "
+            f"{DAMAGED_PREFIX}<time>.db) and starts a new catalog")
+
+
+def recover_advice(path: Path) -> str:
+    return f"`sqlite3 {path} .recover | sqlite3 recovered.db` saves what can be read"
+
+
+#: A damaged catalog moved aside is renamed so (``Store.set_aside_damaged_catalog``).
+DAMAGED_PREFIX = "catalog.damaged-"
 
 
 def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
@@ -146,7 +154,7 @@ def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
         return _connect(path, timeout)
     except sqlite3.DatabaseError as e:
         if is_damage(e):
-            raise StoreError(damaged_message(path, e)) from None
+            raise DamagedCatalog(damaged_message(path, e), str(e)) from None
         raise
 
 

@@ -175,14 +175,19 @@ def _run(args: argparse.Namespace) -> int:
 
 @command("runs")
 def _runs(args: argparse.Namespace) -> int:
+    from . import catalog
+    from .store import Store
+
+    for aside in Store.for_project(store=args.store).damaged_catalogs():
+        # Not an error: the runs recorded since are here. Those before are in that file.
+        print(f"hindlog: {aside} is a damaged catalog set aside: the runs recorded before it was damaged are in it, "
+              f"not listed here ({catalog.recover_advice(aside)})", file=sys.stderr)
     df = query.runs(store=args.store)
     if args.script:
         df = df[df["script"] == args.script]
     if args.project:
         df = df[df["project"] == args.project]
     if df.empty:
-        from .store import Store
-
         path = Store.for_project(store=args.store).path
         where = f"in {path}" if path.exists() else f"(there is no hindlog store at {path})"
         if (path / ".hindlog" / "catalog.db").exists():

@@ -26,6 +26,15 @@ class StoreError(HindlogError):
     """The store (catalog or objects) cannot be read or written."""
 
 
+class DamagedCatalog(StoreError):
+    """SQLite says the catalog file itself is damaged (malformed, or not a database)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        #: SQLite's own words.
+        self.cause = cause
+
+
 class SchemaError(StoreError):
     """The catalog was written by an incompatible version of hindlog."""
 

@@ -75,6 +75,13 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         raise HindlogError(f"there is no hindlog store at {st.path}")
     if keep_last is not None and keep_last < 0:
         raise BadKeepLast(f"--keep-last must be 0 or more, got {keep_last}")
+    damaged = st.damaged_catalogs()
+    if damaged:
+        # Its checkpoints' objects are referenced from a file gc cannot read: none is removed.
+        raise HindlogError(
+            f"{damaged[0]} is a damaged catalog set aside{f' (and {len(damaged) - 1} more)' if len(damaged) > 1 else ''}; "
+            f"the objects its runs' checkpoints use cannot be told apart, so gc removes nothing while it is there. "
+            f"Recover its records ({catalog.recover_advice(damaged[0])}), then delete it and run gc again")
     conn = st.connect()
     dropped = 0
     try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog, codeversion, config, environment
+from .errors import DamagedCatalog, warn_user
 from .store import Store
 from .values import capture, check_name
 from .writer import Writer, recover_spills
@@ -118,7 +119,7 @@ class Recorder:
 
         self.controller = load_controller(self)
         ctx_base = 0
-        conn = store.connect()
+        conn = self._connect(store)
         try:
             recover_spills(conn, store.spill_dir)
             if self.controller is not None:
@@ -516,6 +517,21 @@ class Recorder:
 
     def _atexit(self) -> None:
         self.finish(self._exc_status or "finished")
+
+    def _connect(self, store: Store) -> Any:
+        """The catalog, for a new run. A damaged one is moved aside, every byte kept, and the run
+        records into a new catalog: training that cannot be recorded is a loss, a catalog that
+        cannot be read is not yet one. A replay or resume must find its run, so it fails instead."""
+        try:
+            return store.connect()
+        except DamagedCatalog as e:
+            if self.controller is not None:
+                raise
+            aside = store.set_aside_damaged_catalog()
+            if aside is not None:
+                warn_user(f"hindlog: the catalog {store.catalog_path} is damaged (SQLite: {e.cause}); moved it to {aside}, "
+                          f"every byte kept ({catalog.recover_advice(aside)}); this run records into a new catalog")
+            return store.connect()
 
     def finish(self, status: str = "finished") -> None:
         """Flush everything, record the end of the run and stop the writer."""

@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import catalog, config
+from .errors import DamagedCatalog
 from .objects import ObjectStore
 from .processes import run_captured
 
@@ -162,6 +163,49 @@ class Store:
         """A new connection to the catalog (created if needed)."""
         self.ensure()
         return catalog.connect(self.catalog_path)
+
+    def set_aside_damaged_catalog(self, timeout: float = 60.0) -> Path | None:
+        """Rename a damaged catalog, with its write-ahead log and shared-memory files, to
+        ``catalog.damaged-<time>.db`` beside it, so that recording can start a new one; the
+        damaged file keeps every byte for recovery. None if the catalog at hand is not damaged
+        (another process that found it damaged set it aside first)."""
+        path = self.catalog_path
+        lock_path = self.path / "locks" / "catalog-repair.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:  # processes that found it damaged at once take turns: one renames it
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
+            try:
+                catalog.connect(path).close()
+                return None
+            except DamagedCatalog:
+                pass
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+            target = path.with_name(f"{catalog.DAMAGED_PREFIX}{stamp}.db")
+            n = 1
+            while target.exists():
+                n += 1
+                target = path.with_name(f"{catalog.DAMAGED_PREFIX}{stamp}-{n}.db")
+            # The log and shared memory first: the catalog's name must not meet another's log.
+            for suffix in ("-wal", "-shm"):
+                if Path(f"{path}{suffix}").exists():
+                    os.replace(f"{path}{suffix}", f"{target}{suffix}")
+            os.replace(path, target)
+            return target
+        finally:
+            os.close(fd)  # releases the lock
+
+    def damaged_catalogs(self) -> list[Path]:
+        """Damaged catalogs set aside in this store, oldest first."""
+        return sorted(self.path.glob(f"{catalog.DAMAGED_PREFIX}*.db")) if self.path.is_dir() else []
 
     def lock(self, name: str) -> Lock:
         """The lock ``name`` of this store (not taken yet)."""
