@@ -930,6 +930,8 @@ class Report:
                 check = f"within {drift:.0e} (the fresh run drifts from the record)"
             elif ok and not eq and drift is not None:
                 check = f"output differs, by at most {drift:.0e} (relative)"
+            if ok and not eq and (r.get("plain_stdouts_distinct") or 0) > 1:
+                check += f"; the plain script's own runs printed {r['plain_stdouts_distinct']} different outputs"
             br = bracketed(r)
             headline = (f"**{f(overhead_ratio(r), 3)}** (" + ", ".join(f"{x:.3f}" for x in br) + ")") if br else f"**{f(r.get('median_ratio'), 3)}** ({per})"
             aa = ", ".join(f"{x:.3f}" for x in r.get("aa_ratios") or [] if num(x) is not None) or "-"
@@ -1804,9 +1806,19 @@ REPLAY_NOTES = """\
   process on this machine). A lower bound computed from a record slowed by
   another job can come out above the replay (a ratio below 1).
 - Replay is only as good as the checkpoints the policy allowed: iterations
-  without a checkpoint before them are re-run. Side by side with pyflor (the
-  table above; each system replaying its own recording, alternating in one
-  run, at commit 2646521), finetune's record got 13 checkpoints in 30 epochs
+  without a checkpoint before them are re-run. **The table above** is the
+  run at commit 24c2e2d: finetune's record got 9 checkpoints in 30 epochs
+  and its replays took 8.0-9.4 s; pyflor's took 9.1 s in the first pair,
+  then 4.7 s both times it ran first in a pair and 7.1-8.2 s when it ran
+  after hindlog's replays, so the per-pair ratios were 1.03, 1.77, 0.98,
+  1.74 and 1.22 (median 1.22x). Recorded at ε = 0.1 (30 checkpoints of 30),
+  hindlog replayed in 3.1 s after a first pair of 9.3 s: 0.65x. cnn 0.96x,
+  lstm 1.00x, sklearn 0.73x (14 checkpoints of 30). Since 2646521 the
+  policy also charges the catalog writer's CPU time (a few milliseconds a
+  run); replay is unchanged.
+  Side by side with pyflor at commit 2646521
+  (`bench/results/replay-pyflor-2646521.json`; each system replaying its own
+  recording, alternating in one run), finetune's record got 13 checkpoints in 30 epochs
   under ε = 5%, and its replay of a per-epoch statement re-ran the nested
   loops of the other 17 epochs: 7.5-8.2 s. pyflor checkpoints every epoch
   and pays for it at record (its record took 16.8 s against hindlog's
@@ -2043,7 +2055,27 @@ d79b75e, lstm's recorded run printed otherwise than the plain run the
 benchmark compares it with; those runs kept no copy of the lines, so what
 differed is not known (the benchmark now keeps the first differing pair,
 `record_stdout_first_difference`).
-**The table now** is the benchmark at commit e5040dd, run right after the
+**The table now** is the benchmark at commit 24c2e2d with five triples a
+workload (`--pairs 5`; three before): cnn-engine +3.3%, cnn +3.0%, lstm
++1.3%, lstm-last-loss +4.1% and finetune +0.2% (5 triples from 0.993 to
+1.095, 9-11 checkpointed epochs of 30) within 5%; sklearn +5.2% (18
+triples from 1.001 to 1.121), sklearn-partial-fit +5.4% (9 triples from
+0.991 to 1.101) and while-early +6.1% (7 triples from 0.972 to 1.088, 1-5
+checkpointed epochs of 23) over it. Since e5040dd nothing changed in what a
+recorded run does. finetune's +10.7% in the run at e5040dd and +0.2% here
+are the same code: its A/A ratio was 0.979 in this run, and its triples
+spread over 10 points in both. lstm's recorded run again printed otherwise
+than the plain run beside it (`loss 5.29955780506134` against
+`loss 5.299557745456696`), and its replay's `wnorm` lines differ from the
+fresh run's by up to 9e-8. The plain script does that on its own: three
+`python lstm.py` runs in a row by hand, right after, printed
+`loss 5.299557745456696` twice and `loss 5.29955780506134` once (with the
+allocator held steady as in the benchmark), and two `hindlog run` runs
+printed the former. PyTorch's LSTM on two CPU threads does not give the
+same bits from run to run here, so a replay of it can equal the record
+(it does: the record's checked values never diverged) but not always a
+fresh run.
+**The run at commit e5040dd** (`bench/results/handsfree-e5040dd.json`), run right after the
 record table's run, two hours after the run at 51130c7 below
 (`bench/results/handsfree-51130c7.json`), on the same day: cnn-engine
 +2.4%, cnn +2.6%, lstm +2.2%, while-early +4.6% (0-2 checkpointed epochs
