@@ -148,6 +148,11 @@ def recover_advice(path: Path) -> str:
 DAMAGED_PREFIX = "catalog.damaged-"
 
 
+def set_aside_notice(aside: Path) -> str:
+    return (f"{aside} is a damaged catalog set aside: the runs recorded before it was damaged are in it, "
+            f"not listed here ({recover_advice(aside)})")
+
+
 def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     """Open (creating if needed) the catalog at ``path`` and check its schema version."""
     try:

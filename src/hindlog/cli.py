@@ -7,6 +7,7 @@ import datetime as _dt
 import json
 import sqlite3
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -180,9 +181,11 @@ def _runs(args: argparse.Namespace) -> int:
 
     for aside in Store.for_project(store=args.store).damaged_catalogs():
         # Not an error: the runs recorded since are here. Those before are in that file.
-        print(f"hindlog: {aside} is a damaged catalog set aside: the runs recorded before it was damaged are in it, "
-              f"not listed here ({catalog.recover_advice(aside)})", file=sys.stderr)
-    df = query.runs(store=args.store)
+        print(f"hindlog: {catalog.set_aside_notice(aside)}", file=sys.stderr)
+    with warnings.catch_warnings():
+        # query warns of the same; said above, without the warning's source line.
+        warnings.filterwarnings("ignore", message=".*is a damaged catalog set aside")
+        df = query.runs(store=args.store)
     if args.script:
         df = df[df["script"] == args.script]
     if args.project:

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import catalog
-from .errors import RunNotFound
+from .errors import CodeVersionError, RunNotFound, warn_user
 from .store import Store
-from .errors import CodeVersionError
 from .values import decode
 
 if TYPE_CHECKING:
@@ -27,6 +26,19 @@ def _open(store: str | os.PathLike[str] | Store | None) -> Store:
         # A project's own store: its project (where code diffs are read) is its parent, not the cwd.
         return Store(Path(store))
     return Store.for_project(store=store)
+
+
+#: Damaged catalogs set aside that a read in this process has mentioned already.
+_noticed_set_aside: set[Path] = set()
+
+
+def _notice_set_aside(st: Store) -> None:
+    """Say, once per process, that the runs recorded before a damaged catalog was set aside are
+    not in what this store returns (``Store.set_aside_damaged_catalog``)."""
+    for aside in st.damaged_catalogs():
+        if aside not in _noticed_set_aside:
+            _noticed_set_aside.add(aside)
+            warn_user(f"hindlog: {catalog.set_aside_notice(aside)}")
 
 
 def _flush_own_run() -> None:
@@ -46,6 +58,7 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     st = _open(store)
     if not st.exists():
         return pd.DataFrame(columns=RUN_COLUMNS)
+    _notice_set_aside(st)
     conn = st.connect()
     try:
         rows = catalog.list_runs(conn)
@@ -111,6 +124,7 @@ def logged_frame(
     st = _open(store)
     if not st.exists():
         return pd.DataFrame(columns=["run_id", "code_version", *names]), pd.DataFrame(columns=list(names), dtype=bool)
+    _notice_set_aside(st)
     conn = st.connect()
     try:
         selected = resolve_runs(conn, runs)
