@@ -347,6 +347,8 @@ def test_a_damaged_catalog_is_named_with_what_to_do_and_the_next_run_is_recorded
     listed = project.cli("runs")
     assert f"{aside} is a damaged catalog set aside" in listed.stderr and ".recover" in listed.stderr, listed.stderr
     assert "Warning" not in listed.stderr, listed.stderr  # said once, plainly
+    logs = project.cli("logs", "y")
+    assert f"note: {aside} is a damaged catalog set aside" in logs.stderr and "Warning" not in logs.stderr, logs.stderr
     # In Python, once per process: the runs before are not in these results.
     with pytest.warns(RuntimeWarning, match="is a damaged catalog set aside"):
         assert len(project.runs()) == 1

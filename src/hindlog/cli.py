@@ -331,7 +331,7 @@ def _logs(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         df, logged = query.logged_frame(*args.names, runs=args.runs, store=args.store)
     for w in caught:  # said as a line of the command's output, not as a Python warning
-        print(f"note: {str(w.message).removeprefix('hl.dataframe: ')}", file=sys.stderr)
+        print(f"note: {str(w.message).removeprefix('hl.dataframe: ').removeprefix('hindlog: ')}", file=sys.stderr)
     if df.empty:
         print(f"No values logged under {', '.join(args.names)}.", file=sys.stderr)
         return 1
