@@ -174,18 +174,22 @@ def _run(args: argparse.Namespace) -> int:
     return run_script(args.script, args.args, epsilon=args.epsilon, sets=args.sets)
 
 
+def _noting_warnings(read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``read(...)``, its warnings (a damaged catalog set aside, values logged twice in one
+    context) said as ``note:`` lines of the command's output, not as Python warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = read(*args, **kwargs)
+    for w in caught:
+        print(f"note: {str(w.message).removeprefix('hl.dataframe: ').removeprefix('hindlog: ')}", file=sys.stderr)
+    return result
+
+
 @command("runs")
 def _runs(args: argparse.Namespace) -> int:
-    from . import catalog
     from .store import Store
 
-    for aside in Store.for_project(store=args.store).damaged_catalogs():
-        # Not an error: the runs recorded since are here. Those before are in that file.
-        print(f"hindlog: {catalog.set_aside_notice(aside)}", file=sys.stderr)
-    with warnings.catch_warnings():
-        # query warns of the same; said above, without the warning's source line.
-        warnings.filterwarnings("ignore", message=".*is a damaged catalog set aside")
-        df = query.runs(store=args.store)
+    df = _noting_warnings(query.runs, store=args.store)
     if args.script:
         df = df[df["script"] == args.script]
     if args.project:
@@ -317,8 +321,6 @@ def _ranges(values: list[int]) -> str:
 
 @command("logs")
 def _logs(args: argparse.Namespace) -> int:
-    import warnings
-
     if not args.names:
         names = query.logged_names(runs=args.runs, store=args.store)
         if not names:
@@ -327,11 +329,7 @@ def _logs(args: argparse.Namespace) -> int:
         print("Logged names (give some to see their values, e.g. `hindlog logs " + " ".join(names[:2]) + "`):")
         print("  " + "  ".join(names))
         return 0
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        df, logged = query.logged_frame(*args.names, runs=args.runs, store=args.store)
-    for w in caught:  # said as a line of the command's output, not as a Python warning
-        print(f"note: {str(w.message).removeprefix('hl.dataframe: ').removeprefix('hindlog: ')}", file=sys.stderr)
+    df, logged = _noting_warnings(query.logged_frame, *args.names, runs=args.runs, store=args.store)
     if df.empty:
         print(f"No values logged under {', '.join(args.names)}.", file=sys.stderr)
         return 1

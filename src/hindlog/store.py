@@ -20,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import catalog, config
-from .errors import DamagedCatalog
+from .errors import DamagedCatalog, StoreError
 from .objects import ObjectStore
 from .processes import run_captured
 
@@ -170,19 +170,13 @@ class Store:
         damaged file keeps every byte for recovery. None if the catalog at hand is not damaged
         (another process that found it damaged set it aside first)."""
         path = self.catalog_path
-        lock_path = self.path / "locks" / "catalog-repair.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        lock = self.lock("catalog-repair")
+        deadline = time.monotonic() + timeout
+        while not lock.acquire():  # processes that found it damaged at once take turns: one renames it
+            if time.monotonic() > deadline:
+                raise StoreError(f"another process has held {lock.path} for {timeout:.0f} s; the damaged catalog {path} stays")
+            time.sleep(0.01)
         try:
-            deadline = time.monotonic() + timeout
-            while True:  # processes that found it damaged at once take turns: one renames it
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.01)
             try:
                 catalog.connect(path).close()
                 return None
@@ -201,7 +195,7 @@ class Store:
             os.replace(path, target)
             return target
         finally:
-            os.close(fd)  # releases the lock
+            lock.release()
 
     def damaged_catalogs(self) -> list[Path]:
         """Damaged catalogs set aside in this store, oldest first."""
