@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .environment import hostname
 from .errors import DamagedCatalog, RunNotFound, SchemaError
 
 SCHEMA_VERSION = 1
@@ -275,7 +275,7 @@ def _process_alive(pid: int | None, host: str | None, heartbeat: float | None) -
     """Whether the process that is writing a 'running' run still exists."""
     if pid is None:
         return False
-    if host != socket.gethostname():
+    if host != hostname():
         # Another machine: trust the heartbeat for a few minutes.
         return heartbeat is not None and time.time() - heartbeat < 300
     try:

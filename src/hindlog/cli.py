@@ -55,41 +55,37 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hindlog",
-        description="Hindsight logging for model training: record, add log statements later, replay.",
-    )
-    parser.add_argument("--store", help="the .hindlog directory to use (default: <project root>/.hindlog, or $HINDLOG_DIR)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    p = sub.add_parser("run", help="record an unmodified script hands-free: python SCRIPT ARGS, instrumented")
+def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, help="overhead bound for checkpointing (default 0.05)")
     p.add_argument("--set", action="append", dest="sets", default=[], metavar="NAME=VALUE", help="override hl.arg NAME (repeatable)")
     p.add_argument("script", help="the Python script to run, as with `python SCRIPT`")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
 
-    p = sub.add_parser("runs", help="list the runs of this project")
+
+def _runs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--script", help="only runs of this script")
     p.add_argument("--project", help="only runs of this project (hl.init(project=...))")
 
-    p = sub.add_parser("show", help="show one run: status, code version, args, environment, checkpoints")
+
+def _show_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (the default)")
     p.add_argument("--output", action="store_true", help="print the lines the script printed, per main-loop iteration")
 
-    p = sub.add_parser("logs", help="print logged values as a table, CSV or JSON")
+
+def _logs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="logged names, e.g. loss acc (none: list the names logged)")
     p.add_argument("--run", action="append", dest="runs", metavar="RUN", help="only this run (repeatable; default: all)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table). A context without a value is blank (JSON: null); a logged NaN is "
                         "nan (JSON, which has no NaN or infinity: the strings \"NaN\", \"Infinity\", \"-Infinity\")")
 
-    p = sub.add_parser("diff", help="code and args of RUN compared with RUN2 (default: the working tree)")
+
+def _diff_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run id, unique prefix, name, or 'latest'")
     p.add_argument("run2", nargs="?", help="the run to compare with (default: the working tree)")
 
-    p = sub.add_parser("replay", help="replay recorded runs with the log statements added since they were recorded")
+
+def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("script", nargs="?", help="the script (default: the script of the target run)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--run", action="append", dest="runs", metavar="RUN", help="replay this run (repeatable; default: the script's latest)")
@@ -101,22 +97,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements, and keep the new values of segments that diverge")
     p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
 
-    p = sub.add_parser("resume", help="continue a killed or failed run from its latest checkpoint")
+
+def _resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (default)")
 
-    p = sub.add_parser("gc", help="remove stored objects that no checkpoint or code snapshot needs")
+
+def _gc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-last", type=_non_negative_int, metavar="N", help="first drop the checkpoints of all but the N latest runs (logs are kept)")
     p.add_argument("--grace", type=_non_negative_float, default=None, metavar="SECONDS",
                    help="keep unreferenced objects younger than this, which a running process may still need (default: 3600)")
-    for command in sub.choices.values():
-        # Also after the command (`hindlog runs --store DIR`); absent there, the one before it stands.
-        command.add_argument("--store", default=argparse.SUPPRESS, help="the .hindlog directory to use (as before the command)")
+
+
+#: Each command: its one-line help and what adds its arguments, in the order ``--help`` lists them.
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
+    "run": ("record an unmodified script hands-free: python SCRIPT ARGS, instrumented", _run_args),
+    "runs": ("list the runs of this project", _runs_args),
+    "show": ("show one run: status, code version, args, environment, checkpoints", _show_args),
+    "logs": ("print logged values as a table, CSV or JSON", _logs_args),
+    "diff": ("code and args of RUN compared with RUN2 (default: the working tree)", _diff_args),
+    "replay": ("replay recorded runs with the log statements added since they were recorded", _replay_args),
+    "resume": ("continue a killed or failed run from its latest checkpoint", _resume_args),
+    "gc": ("remove stored objects that no checkpoint or code snapshot needs", _gc_args),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, one that knows that command alone (what
+    parsing it needs: ``hindlog run`` should start as fast as ``python``)."""
+    parser = argparse.ArgumentParser(
+        prog="hindlog",
+        description="Hindsight logging for model training: record, add log statements later, replay.",
+    )
+    parser.add_argument("--store", help="the .hindlog directory to use (default: <project root>/.hindlog, or $HINDLOG_DIR)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (help_text, add_arguments) in SUBCOMMANDS.items():
+        if only is None or name == only:
+            p = sub.add_parser(name, help=help_text)
+            add_arguments(p)
+            # Also after the command (`hindlog runs --store DIR`); absent there, the one before it stands.
+            p.add_argument("--store", default=argparse.SUPPRESS, help="the .hindlog directory to use (as before the command)")
     return parser
 
 
+def _command_named(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, if it is plain to see (after an optional ``--store DIR``)."""
+    k = 0
+    if k < len(argv) and argv[k] == "--store":
+        k += 2
+    elif k < len(argv) and argv[k].startswith("--store="):
+        k += 1
+    return argv[k] if k < len(argv) and argv[k] in SUBCOMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=_command_named(argv)).parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except ReplayInterrupted as e:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import catalog, config, objects
 from .errors import CodeVersionError
-from .processes import run_captured
 from .store import Store
+
+# shutil, subprocess and tempfile are imported where git is used: outside a git work tree a
+# run never needs them, and importing them cost its start a few milliseconds.
 
 _GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "hindlog",
@@ -45,6 +44,10 @@ class CodeVersion:
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> bytes:
+    import subprocess
+
+    from .processes import run_captured
+
     full_env = {**os.environ, **_GIT_IDENTITY, **(env or {})}
     try:
         out = run_captured(["git", "-C", str(root), *args], env=full_env, input=input, timeout=120)
@@ -62,8 +65,11 @@ def is_git_repo(root: Path) -> bool:
 def snapshot(store: Store, run_id: str) -> CodeVersion:
     """Snapshot the code of ``store.root`` for run ``run_id``."""
     root = store.root
-    if is_git_repo(root) and shutil.which("git"):
-        return _snapshot_git(root, run_id)
+    if is_git_repo(root):
+        import shutil
+
+        if shutil.which("git"):
+            return _snapshot_git(root, run_id)
     return _snapshot_files(store)
 
 
@@ -91,6 +97,9 @@ def working_tree(root: Path) -> tuple[str, list[str]]:
     """Write the working tree (tracked + untracked-not-ignored files) as a git tree, with a
     temporary index so that the user's index is untouched. Returns the tree and the files
     left out for their size."""
+    import shutil
+    import tempfile
+
     dot_git = root / ".git"
     git_dir = dot_git if dot_git.is_dir() else Path(_git(root, "rev-parse", "--absolute-git-dir").decode().strip())
     untracked = _git(root, "ls-files", "-z", "--others", "--exclude-standard").split(b"\0")

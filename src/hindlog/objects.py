@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import itertools
 import mmap
 import os
@@ -70,7 +69,9 @@ def fsync_together(paths: list[str]) -> None:
 
 def matches(name: str, data: bytes | bytearray | memoryview) -> bool:
     """Whether ``data`` is the content named ``name``."""
-    if len(name) == 64:  # named by SHA-256
+    if len(name) == 64:  # named by SHA-256 (stores of earlier versions)
+        import hashlib
+
         return hashlib.sha256(data).hexdigest() == name
     return digest(data) == name
 

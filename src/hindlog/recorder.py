@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
-import secrets
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,6 +35,13 @@ _last_id_lock = threading.Lock()
 _last_id = ""
 
 
+def _children_cpu() -> float:
+    """CPU seconds of the helper processes (git) run so far: none before ``processes`` is
+    imported, which only a snapshot in a git work tree needs."""
+    processes = sys.modules.get(f"{__package__}.processes")
+    return processes.children_cpu if processes is not None else 0.0
+
+
 def new_run_id() -> str:
     """A unique, time-sortable run id, e.g. ``20261127-071854-3f9a1c``."""
     global _last_id
@@ -44,7 +49,7 @@ def new_run_id() -> str:
         while True:
             now = time.time()
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-            rid = f"{stamp}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
+            rid = f"{stamp}{int(now * 1000) % 1000:03d}-{os.urandom(3).hex()}"
             if rid > _last_id:
                 _last_id = rid
                 return rid
@@ -137,7 +142,7 @@ class Recorder:
                         "env": self._env,
                         "cwd": os.getcwd(),
                         "pid": os.getpid(),
-                        "host": socket.gethostname(),
+                        "host": environment.hostname(),
                         "started": self.started,
                         "heartbeat": self.started,
                         "epsilon": self.epsilon,
@@ -162,14 +167,12 @@ class Recorder:
     # ------------------------------------------------------------ code version
 
     def _snapshot_code(self) -> None:
-        from . import processes
-
-        cpu0, children0 = time.thread_time(), processes.children_cpu
+        cpu0, children0 = time.thread_time(), _children_cpu()
         try:
             self._snapshot_code_now()
         finally:
             # Reading package versions and git's processes take CPU that training wants too.
-            self.snapshot_cpu_seconds = time.thread_time() - cpu0 + processes.children_cpu - children0
+            self.snapshot_cpu_seconds = time.thread_time() - cpu0 + _children_cpu() - children0
             self.charge_background(self.snapshot_cpu_seconds)
 
     def charge_background(self, cpu_seconds: float) -> None:

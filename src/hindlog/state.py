@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import instance_dicts
 from .objects import digest
 
 _IMMUTABLE = (int, float, complex, bool, str, bytes, type(None), range, slice)
@@ -154,11 +155,28 @@ def trained_by(state: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
 
 def _dumps(obj: Any) -> bytes:
     try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return _dump_with(pickle.Pickler, obj)
     except Exception:
         import cloudpickle
 
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return _dump_with(cloudpickle.CloudPickler, obj)
+
+
+def _dump_with(pickler_class: Any, obj: Any) -> bytes:
+    buf = io.BytesIO()
+    pickler = pickler_class(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        pickler.dump(obj)
+    finally:
+        instance_dicts.repack_pickled(pickler)  # also after a failed dump: it reached some
+    return buf.getvalue()
+
+
+def _loads(data: bytes) -> Any:
+    unpickler = pickle.Unpickler(io.BytesIO(data))
+    value = unpickler.load()
+    instance_dicts.repack_unpickled(unpickler)
+    return value
 
 
 # ----------------------------------------------------------------- frozen values
@@ -286,7 +304,10 @@ def resolve(value: Any, live: dict[str, Any], current: Any = None) -> Any:
     """A thawed value with its references made the live declared objects (by name), and
     references to itself ``current`` (the object it is restored into)."""
     if isinstance(value, Unresolved):
-        return _RefUnpickler(io.BytesIO(value.data), value.tensors, live, current).load()
+        unpickler = _RefUnpickler(io.BytesIO(value.data), value.tensors, live, current)
+        out = unpickler.load()
+        instance_dicts.repack_unpickled(unpickler)
+        return out
     if isinstance(value, DeclaredRef):
         return live.get(value.name)
     if type(value) is dict:
@@ -498,7 +519,10 @@ class Freezer:
             pickler = kind(buf, protocol=pickle.HIGHEST_PROTOCOL)
             pickler.freezer, pickler.tensors, pickler.pids, pickler.keep = self, tensors, {}, []
             pickler.root_id, pickler.root_seen = id(value), False
-            pickler.dump(value)
+            try:
+                pickler.dump(value)
+            finally:
+                instance_dicts.repack_pickled(pickler)
             return buf.getvalue(), pickler
 
         try:
@@ -686,7 +710,7 @@ def thaw(skeleton: Any, tensors: list[Any]) -> Any:
     if isinstance(skeleton, PickledWithRefs):
         return Unresolved(skeleton.data, tensors)
     if isinstance(skeleton, Pickled):
-        return pickle.loads(skeleton.data)
+        return _loads(skeleton.data)
     if type(skeleton) is dict:
         return {k: thaw(v, tensors) for k, v in skeleton.items()}
     if type(skeleton) is list:

@@ -13,8 +13,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import subprocess
-import tempfile
 import time
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +20,6 @@ from pathlib import Path
 from . import catalog, config
 from .errors import DamagedCatalog, StoreError
 from .objects import ObjectStore
-from .processes import run_captured
 
 
 #: The file that marks a scratch directory (``Store.scratch_dir``) with its store and lock.
@@ -52,6 +49,10 @@ def git_toplevel(start: Path) -> Path | None:
             if git.is_dir() and (git / "HEAD").is_file() or git.is_file():
                 return folder
         return None
+    import subprocess
+
+    from .processes import run_captured
+
     try:
         out = run_captured(["git", "-C", str(start), "rev-parse", "--show-toplevel"], timeout=30)
     except (OSError, subprocess.SubprocessError):
@@ -222,6 +223,8 @@ class Store:
         holds lock ``lock`` (``replay-RUN``) to copy the recorded code into. It is marked with
         this store and the lock: ``hindlog gc`` removes it once no process holds the lock (a
         replay killed with ``kill -9`` cannot remove its own)."""
+        import tempfile
+
         path = Path(tempfile.mkdtemp(prefix=f"hindlog-{lock}-"))
         (path / SCRATCH_MARK).write_text(json.dumps({"store": str(self.path.resolve()), "lock": lock, "kept": False}))
         return path
@@ -229,6 +232,8 @@ class Store:
     def scratch_dirs(self) -> list[tuple[Path, str, bool, float]]:
         """This store's scratch directories: path, lock, whether they were kept for the user to
         read (a failed replay's logs), and when they were marked so."""
+        import tempfile
+
         out = []
         me = str(self.path.resolve())
         try:
