@@ -11,8 +11,9 @@ at every step.
 
 Each round runs, in a fresh process and store, such a model (a two-layer MLP
 on 16 features, batches of 8): epochs timed before any hindlog call, then
-``hl.checkpoints(model=...)`` and a recorded ``hl.loop`` with a checkpoint at
-every iteration (ε = 0.9), then epochs timed again once the run is finished (no
+``hl.checkpoints(model=...)`` and a recorded ``hl.loop`` checkpointing as often
+as ε = 0.9 allows (about every other 30 ms epoch), then epochs timed again once the
+run is finished (no
 hindlog thread at work: what is left is what the checkpoints did to the model
 object). The epochs inside the recorded iterations after the first checkpoint
 are timed too; they also pay for the persist of the checkpoint before them,
