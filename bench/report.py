@@ -351,6 +351,7 @@ class Report:
         self.persist = load(results, "persist")
         self.ckcost = load(results, "checkpoint-cost")
         self.small_objects = load(results, "small-objects")
+        self.attribute_access = load(results, "attribute-access")
         self.background_priority = load(results, "background-priority")
         self.record_gpu = load(results, "record-gpu")
         suites = [read(results / n, "suite") for n in ("suite.json", "suite-quick.json") if (results / n).exists()]
@@ -612,6 +613,7 @@ class Report:
                  ("Replay from a cold page cache", self.cold_replay), ("Hands-free", self.handsfree),
                  ("Scaling", self.scaling), ("Checkpoint pieces", self.persist),
                  ("One checkpoint's cost to training", self.ckcost), ("Small checkpoint files", self.small_objects),
+                 ("Attribute access after checkpoints", self.attribute_access),
                  ("Persister priority", self.background_priority), ("Record overhead on a GPU", self.record_gpu)]
         rows = []
         for label, src in items:
@@ -736,7 +738,28 @@ class Report:
             out.append("flordb: " + machine_lines(self.flordb_srcs, "peers-flordb"))
         out.append(self.plot("overhead", self.plot_overhead, "Record overhead per workload"))
         out.append(RECORD_NOTES)
+        out.append(self.attribute_access_section())
         return "\n\n".join(out)
+
+    def attribute_access_section(self) -> str:
+        src = self.attribute_access
+        base = src.data.get("baseline_commit") if src and src.ok else None
+        return self.result_section(
+            src, "attribute-access", "bench/bench_attribute_access.py",
+            "**A plain Python model after its checkpoints** (`bench/bench_attribute_access.py`): on CPython 3.11"
+            " and 3.12, pickling an ordinary object (as checkpointing it does) moves its attributes out of the"
+            " storage the interpreter's attribute caches read, for the rest of the process, and every `self.W1`"
+            " of it gets slower; `hindlog.instance_dicts` rebuilds those dictionaries in place after each pickle"
+            " and unpickle. A two-layer NumPy MLP in a plain class, batches of 8: its fastest epoch before any"
+            " hindlog call, inside recorded iterations (which also pay for the persist of the checkpoint before"
+            " them), and after the run finished (what the checkpoints left the object with), median of the"
+            " rounds; with `--baseline-src`, an earlier commit's code in the same run, rounds alternating.",
+            ["code", "Python", "epoch before (ms)", "while recorded (ms)", "after the run (ms)", "after / before (per round)",
+             "checkpointed iterations (of 10)"],
+            lambda r: [f"baseline ({base})" if r.get("source") == "baseline" and base else str(r.get("source")), str(r.get("python", "?")),
+                       f(r.get("before_ms"), 1), f(r.get("during_ms"), 1), f(r.get("after_ms"), 1),
+                       f"{f(r.get('ratio'), 3)} (" + ", ".join(f"{x:.3f}" for x in r.get("ratios") or []) + ")",
+                       f(r.get("checkpointed"), 0)])
 
     def section_record_gpu(self) -> str:
         out = ["## Record on a GPU", RECORD_GPU_INTRO]
