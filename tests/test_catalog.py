@@ -318,11 +318,11 @@ print(len(spilled), on_disk)
 
 
 def test_a_damaged_catalog_is_named_with_what_to_do_and_the_next_run_is_recorded(project: Project) -> None:
-    project.run(
+    first = project.run(
         "import numpy as np\nimport hindlog as hl\nw = np.zeros(3)\nhl.checkpoints(w=w)\n"
-        "for e in hl.loop('epoch', range(3)):\n    w += 1\n    hl.log('x', e)\n",
+        "for e in hl.loop('epoch', range(3)):\n    w += 1\n    hl.log('x', e)\nprint(hl.run_id())\n",
         env={"HINDLOG_EPSILON": "0.9"},
-    )
+    ).stdout.strip()
     objects_before = sorted(project.store().objects.names())
     assert objects_before
     catalog_path = project.store_path / "catalog.db"
@@ -349,6 +349,11 @@ def test_a_damaged_catalog_is_named_with_what_to_do_and_the_next_run_is_recorded
     assert "Warning" not in listed.stderr, listed.stderr  # said once, plainly
     logs = project.cli("logs", "y")
     assert f"note: {aside} is a damaged catalog set aside" in logs.stderr and "Warning" not in logs.stderr, logs.stderr
+    shown = project.cli("show")
+    assert f"note: {aside} is a damaged catalog set aside" in shown.stderr and "status       finished" in shown.stdout
+    # A run recorded before is not found, and the note says where it is.
+    missing = project.cli("show", first, check=False)
+    assert missing.returncode == 2 and f"note: {aside} is a damaged catalog set aside" in missing.stderr, missing.stderr
     # In Python, once per process: the runs before are not in these results.
     with pytest.warns(RuntimeWarning, match="is a damaged catalog set aside"):
         assert len(project.runs()) == 1

@@ -212,13 +212,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _noting_warnings(read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """``read(...)``, its warnings (a damaged catalog set aside, values logged twice in one
-    context) said as ``note:`` lines of the command's output, not as Python warnings."""
+    context) said as ``note:`` lines of the command's output, not as Python warnings; also when
+    the read fails (a run not found may be in a catalog set aside)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = read(*args, **kwargs)
-    for w in caught:
-        print(f"note: {str(w.message).removeprefix('hl.dataframe: ').removeprefix('hindlog: ')}", file=sys.stderr)
-    return result
+        try:
+            return read(*args, **kwargs)
+        finally:
+            for w in caught:
+                print(f"note: {str(w.message).removeprefix('hl.dataframe: ').removeprefix('hindlog: ')}", file=sys.stderr)
 
 
 @command("runs")
@@ -267,7 +269,7 @@ def _show(args: argparse.Namespace) -> int:
             print("(no printed output was captured for this run: `hindlog run SCRIPT` captures what a script prints; "
                   "a script that calls hindlog itself logs with hl.log)", file=sys.stderr)
         return 0
-    info = query.run_info(args.run, store=args.store)
+    info = _noting_warnings(query.run_info, args.run, store=args.store)
     started, ended = info.get("started"), info.get("ended")
     stopped = (info.get("info") or {}).get("stopped_seconds")
     stood = f"; it stood stopped for {_duration(stopped)} before it was resumed" if stopped else ""

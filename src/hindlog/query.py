@@ -212,6 +212,7 @@ def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> d
     st = _open(store)
     if not st.exists():  # a read must not create a store
         raise RunNotFound(f"There are no runs in {st.path} yet. Record one first (run a script that uses hindlog).")
+    _notice_set_aside(st)
     conn = st.connect()
     try:
         run = catalog.get_run(conn, ref)
