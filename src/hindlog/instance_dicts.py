@@ -45,11 +45,12 @@ def _dict_slot(cls: type) -> Any:
 
 
 def _rebuild(d: dict[Any, Any]) -> None:
-    items = dict(d)
-    # Cleared and refilled within one C-level call: no bytecode runs in between, so another
-    # thread never sees the object without its attributes. Nothing is freed there either
-    # (``items`` holds every key and value), so no finalizer runs.
-    any(map(operator.call, (d.clear, partial(d.update, items))))  # type: ignore[attr-defined]
+    items: dict[Any, Any] = {}
+    # Copied, cleared and refilled within one C-level call: no bytecode runs in between, so
+    # no other thread runs either. None sees the object without its attributes, and none
+    # sets an attribute between the copy and the refill (it would be lost). Nothing is freed
+    # there (``items`` holds every key and value), so no finalizer runs.
+    any(map(operator.call, (partial(items.update, d), d.clear, partial(d.update, items))))  # type: ignore[attr-defined]
 
 
 def repack(objects: Iterable[Any]) -> None:
