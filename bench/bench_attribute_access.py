@@ -28,13 +28,11 @@ Results: bench/results/attribute-access.json and a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, ROOT, machine, median, save  # noqa: E402
+from common import ROOT, baseline_fields, machine, median, run_child, save, sources_to_compare  # noqa: E402
 
 EPOCHS = 10
 
@@ -116,14 +114,7 @@ print(json.dumps({"before_ms": min(before) * 1e3, "during_ms": min(during) * 1e3
 
 
 def measure(src: Path) -> dict[str, float]:
-    out = subprocess.run([PYTHON, "-c", CHILD, str(src), str(ROOT / "bench"), str(EPOCHS)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _commit(src: Path) -> str | None:
-    out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or None
+    return run_child(CHILD, str(src), str(ROOT / "bench"), str(EPOCHS))
 
 
 def main() -> None:
@@ -131,9 +122,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline-src", type=Path, help="another checkout's src directory, measured alternately")
     args = p.parse_args()
-    sources = {"current": ROOT / "src"}
-    if args.baseline_src:
-        sources = {"baseline": args.baseline_src.resolve(), **sources}
+    sources = sources_to_compare(args.baseline_src)
     rounds: dict[str, list[dict[str, float]]] = {k: [] for k in sources}
     for r in range(args.rounds):
         for label, src in (sources.items() if r % 2 == 0 else reversed(sources.items())):
@@ -150,9 +139,7 @@ def main() -> None:
                 "checkpointed": median([m["checkpointed"] for m in runs]), "epochs": EPOCHS, "python": runs[0]["python"]}
                for label, runs in rounds.items()]
     data = {"benchmark": "attribute-access", "command": " ".join(["bench/bench_attribute_access.py", *sys.argv[1:]]),
-            "machine": machine(), "rounds": args.rounds,
-            "baseline_src": str(args.baseline_src) if args.baseline_src else None,
-            "baseline_commit": _commit(args.baseline_src) if args.baseline_src else None, "results": results}
+            "machine": machine(), "rounds": args.rounds, **baseline_fields(args.baseline_src), "results": results}
     path = save("attribute-access", data)
     print(f"\nFastest epoch before, while and after recording with checkpoints, median of {args.rounds} rounds:\n")
     print("| code | before (ms) | while recorded (ms) | after (ms) | after / before |\n|---|---|---|---|---|")

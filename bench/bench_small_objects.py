@@ -20,13 +20,11 @@ Results: bench/results/small-objects.json and a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PYTHON, ROOT, machine, median, save  # noqa: E402
+from common import ROOT, baseline_fields, machine, median, run_child, save, sources_to_compare  # noqa: E402
 
 #: Run in a child process with the ``src`` under test first on sys.path.
 CHILD = r"""
@@ -55,13 +53,7 @@ print(json.dumps(out))
 
 
 def measure(src: Path) -> dict[str, dict[str, float]]:
-    out = subprocess.run([PYTHON, "-c", CHILD, str(src), str(ROOT / "bench")], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def _commit(src: Path) -> str | None:
-    out = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or None
+    return run_child(CHILD, str(src), str(ROOT / "bench"))
 
 
 def main() -> None:
@@ -69,9 +61,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline-src", type=Path, help="another checkout's src directory, measured alternately")
     args = p.parse_args()
-    sources = {"current": ROOT / "src"}
-    if args.baseline_src:
-        sources = {"baseline": args.baseline_src.resolve(), **sources}
+    sources = sources_to_compare(args.baseline_src)
     rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in sources}
     for r in range(args.rounds):
         for label, src in sources.items():
@@ -84,9 +74,7 @@ def main() -> None:
                             **{m: median([run[size][m] for run in runs]) for m in ("cpu_us", "wall_us", "fsync_cpu_us", "fsync_wall_us")},
                             "cpu_us_rounds": [run[size]["cpu_us"] for run in runs]})
     data = {"benchmark": "small-objects", "command": " ".join(["bench/bench_small_objects.py", *sys.argv[1:]]),
-            "machine": machine(), "rounds": args.rounds,
-            "baseline_src": str(args.baseline_src) if args.baseline_src else None,
-            "baseline_commit": _commit(args.baseline_src) if args.baseline_src else None, "results": results}
+            "machine": machine(), "rounds": args.rounds, **baseline_fields(args.baseline_src), "results": results}
     path = save("small-objects", data)
     print(f"\nWriting one small object, median of {args.rounds} rounds (microseconds):\n")
     print("| source | object | CPU | wall | fsync CPU | fsync wall |\n|---|---|---|---|---|---|")

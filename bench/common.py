@@ -170,6 +170,27 @@ def save(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
+def run_child(code: str, *args: str) -> Any:
+    """Run ``code`` with ``python -c`` and these arguments; what it printed last, as JSON."""
+    out = subprocess.run([PYTHON, "-c", code, *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def sources_to_compare(baseline_src: Path | None) -> dict[str, Path]:
+    """The ``src`` trees a ``--baseline-src`` benchmark measures: this checkout's ("current"),
+    after another checkout's ("baseline", a git worktree of an earlier commit) if given."""
+    current = {"current": ROOT / "src"}
+    return {"baseline": baseline_src.resolve(), **current} if baseline_src else current
+
+
+def baseline_fields(baseline_src: Path | None) -> dict[str, str | None]:
+    """The result file's record of which earlier code a ``--baseline-src`` run measured."""
+    if not baseline_src:
+        return {"baseline_src": None, "baseline_commit": None}
+    out = subprocess.run(["git", "-C", str(baseline_src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return {"baseline_src": str(baseline_src), "baseline_commit": out.stdout.strip() or None}
+
+
 def cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
