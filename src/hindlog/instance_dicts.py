@@ -73,7 +73,9 @@ def repack(objects: Iterable[Any]) -> None:
         if not any(type(r) is dict for r in gc.get_referents(obj)):
             continue
         d = slot.__get__(obj, cls)
-        if type(d) is dict and d:
+        # Only string keys, as every split dictionary has: no key's own __hash__ or __eq__ (which
+        # could let another thread run) is called while it is rebuilt.
+        if type(d) is dict and d and set(map(type, d)) == {str}:
             _rebuild(d)
 
 
