@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, baseline_fields, machine, median, run_child, save, sources_to_compare  # noqa: E402
+from common import ROOT, baseline_fields, compare_rounds, machine, median, run_child, save  # noqa: E402
 
 EPOCHS = 10
 
@@ -114,7 +114,15 @@ print(json.dumps({"before_ms": min(before) * 1e3, "during_ms": min(during) * 1e3
 
 
 def measure(src: Path) -> dict[str, float]:
-    return run_child(CHILD, str(src), str(ROOT / "bench"), str(EPOCHS))
+    m = run_child(CHILD, str(src), str(ROOT / "bench"), str(EPOCHS))
+    m["ratio"] = m["after_ms"] / m["before_ms"]
+    m["during_ratio"] = m["during_ms"] / m["before_ms"]
+    return m
+
+
+def describe(m: dict[str, float]) -> str:
+    return (f"epoch {m['before_ms']:.1f} ms before, {m['during_ms']:.1f} ms while recorded ({m['during_ratio'] - 1:+.1%}), "
+            f"{m['after_ms']:.1f} ms after ({m['ratio'] - 1:+.1%}), {m['checkpointed']} checkpointed iterations")
 
 
 def main() -> None:
@@ -122,17 +130,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline-src", type=Path, help="another checkout's src directory, measured alternately")
     args = p.parse_args()
-    sources = sources_to_compare(args.baseline_src)
-    rounds: dict[str, list[dict[str, float]]] = {k: [] for k in sources}
-    for r in range(args.rounds):
-        for label, src in (sources.items() if r % 2 == 0 else reversed(sources.items())):
-            m = measure(src)
-            m["ratio"] = m["after_ms"] / m["before_ms"]
-            m["during_ratio"] = m["during_ms"] / m["before_ms"]
-            rounds[label].append(m)
-            print(f"round {r + 1} {label}: epoch {m['before_ms']:.1f} ms before, {m['during_ms']:.1f} ms while recorded "
-                  f"({m['during_ratio'] - 1:+.1%}), {m['after_ms']:.1f} ms after ({m['ratio'] - 1:+.1%}), "
-                  f"{m['checkpointed']} checkpointed iterations", flush=True)
+    rounds = compare_rounds(args.baseline_src, args.rounds, measure, describe)
     results = [{"source": label, "before_ms": median([m["before_ms"] for m in runs]), "after_ms": median([m["after_ms"] for m in runs]),
                 "during_ms": median([m["during_ms"] for m in runs]), "during_ratio": median([m["during_ratio"] for m in runs]),
                 "ratio": median([m["ratio"] for m in runs]), "ratios": [m["ratio"] for m in runs],

@@ -12,7 +12,8 @@ of 2.5 KB (a skeleton) and 40 of 130 KB (a 16,000-element index array), as
 is timed apart, per file). CPU time of the writing thread, per object.
 
 ``--baseline-src`` measures another checkout's ``src`` (a git worktree of an
-earlier commit) in the same run, rounds alternating, each in its own process.
+earlier commit) in the same run, the order alternating round by round, each
+in its own process.
 
 Results: bench/results/small-objects.json and a markdown table.
 """
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, baseline_fields, machine, median, run_child, save, sources_to_compare  # noqa: E402
+from common import ROOT, baseline_fields, compare_rounds, machine, median, run_child, save  # noqa: E402
 
 #: Run in a child process with the ``src`` under test first on sys.path.
 CHILD = r"""
@@ -61,12 +62,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--baseline-src", type=Path, help="another checkout's src directory, measured alternately")
     args = p.parse_args()
-    sources = sources_to_compare(args.baseline_src)
-    rounds: dict[str, list[dict[str, dict[str, float]]]] = {k: [] for k in sources}
-    for r in range(args.rounds):
-        for label, src in sources.items():
-            rounds[label].append(measure(src))
-            print(f"round {r + 1} {label}: " + ", ".join(f"{k} {v['cpu_us']:.0f} us" for k, v in rounds[label][-1].items()), flush=True)
+    rounds = compare_rounds(args.baseline_src, args.rounds, measure,
+                            lambda m: ", ".join(f"{k} {v['cpu_us']:.0f} us" for k, v in m.items()))
     results = []
     for label, runs in rounds.items():
         for size in runs[0]:

@@ -183,6 +183,19 @@ def sources_to_compare(baseline_src: Path | None) -> dict[str, Path]:
     return {"baseline": baseline_src.resolve(), **current} if baseline_src else current
 
 
+def compare_rounds(baseline_src: Path | None, rounds: int, measure: Any, describe: Any) -> dict[str, list[Any]]:
+    """``measure(src)`` of each source tree (``sources_to_compare``) in each round, the order
+    alternating round by round; each result printed as ``describe(result)``. Results by label."""
+    sources = list(sources_to_compare(baseline_src).items())
+    out: dict[str, list[Any]] = {label: [] for label, _ in sources}
+    for r in range(rounds):
+        for label, src in (sources if r % 2 == 0 else sources[::-1]):
+            result = measure(src)
+            out[label].append(result)
+            print(f"round {r + 1} {label}: {describe(result)}", flush=True)
+    return out
+
+
 def baseline_fields(baseline_src: Path | None) -> dict[str, str | None]:
     """The result file's record of which earlier code a ``--baseline-src`` run measured."""
     if not baseline_src:
