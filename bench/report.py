@@ -2222,7 +2222,21 @@ iterations (iteration end, checkpoint decision and snapshot, commit wake) is
 across processes, more than these parts add up to, and that is not
 explained; after it, 2-16%. (Those figures are from the AMD EPYC machine at
 commit 99aa20a, `bench/results/costs-99aa20a.json`.)
-**This run** (the Intel Xeon machine, 5 rounds) adds a second in-process
+**The run in the table** (commit ad08800's code, 5 rounds, on a quieter
+hour: the plain script 0.77 s against 1.06 s in the run before) puts the
+fixed cost at 0.047 s under `hindlog run` and 0.034 s with the API, against
+0.071 s and 0.052 s in the run before at 86bac6b
+(`bench/results/costs-86bac6b.json`): `hindlog run`'s process start is
+0.089-0.093 s (NumPy's import included, which the plain script pays before
+its loop) against 0.150-0.157 s. Part of that is the quieter hour; the rest
+is hindlog's import no longer pulling in `socket`, `tempfile`, `subprocess`,
+`shutil`, `hashlib` and `importlib.abc`, and `hindlog run` building only its
+own command's parser (a trivial NumPy script, alternated by hand 15 times
+with the commit before: 55 ms added, now 41 ms). In one process `hl.loop`
+cost 61 ns a nested iteration beside small steps and 133 ns beside the
+gathering ones (108 and 248 ns in the run before, on the slower hour); the
+policy's estimate stays at 0.25 µs.
+**The run before** (the Intel Xeon machine, 5 rounds) added a second in-process
 measurement, with steps that gather 32 random rows of a 200 MB array as the
 hands-free while-early script does: there `hl.loop` costs about 2.5 times
 what it costs beside small steps (the generator's frame and the recorder's
