@@ -1845,7 +1845,14 @@ REPLAY_NOTES = """\
   another job can come out above the replay (a ratio below 1).
 - Replay is only as good as the checkpoints the policy allowed: iterations
   without a checkpoint before them are re-run. **The table above** is the
-  run at commit 24c2e2d: finetune's record got 9 checkpoints in 30 epochs
+  run at commit ad08800: finetune's record got 7 checkpoints in 30 epochs,
+  its per-pair ratios 1.02, 1.91, 1.19, 1.82 and 1.18 (median 1.19x; pyflor
+  again fastest when it ran first in a pair); recorded at ε = 0.1 (30 of
+  30), 0.65x. cnn 0.95x, lstm 1.00x (0.996), sklearn 0.80x (4 checkpoints
+  of 30). Replay's code did not change since the run before; its workers
+  start hindlog faster (its import no longer pulls in `socket`, `tempfile`,
+  `subprocess`, `shutil` or `hashlib`). The run before, at 24c2e2d
+  (`bench/results/replay-pyflor-24c2e2d.json`): finetune's record got 9 checkpoints in 30 epochs
   and its replays took 8.0-9.4 s; pyflor's took 9.1 s in the first pair,
   then 4.7 s both times it ran first in a pair and 7.1-8.2 s when it ran
   after hindlog's replays, so the per-pair ratios were 1.03, 1.77, 0.98,
