@@ -70,6 +70,32 @@ def test_repack_leaves_inline_attributes_and_foreign_dicts_alone() -> None:
     assert odd.a == 1 and odd.__dict__ == {"not": "mine"}
 
 
+class SetsItsOwnState:
+    """Unpickled through ``__setstate__`` with ``setattr``: its attributes stay inline."""
+
+    def __init__(self) -> None:
+        self.a, self.b = 1, [2]
+
+    def __getstate__(self) -> tuple:
+        return (self.a, self.b)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.a, self.b = state
+
+
+def test_unpickled_objects_are_rebuilt_only_where_their_attributes_moved() -> None:
+    import io
+
+    unpickler = pickle.Unpickler(io.BytesIO(pickle.dumps([Model(), SetsItsOwnState()])))
+    plain, own = unpickler.load()
+    assert is_split(plain.__dict__)  # unpickling a plain object moves its attributes (control)
+    instance_dicts.repack_unpickled(unpickler)
+    assert not is_split(plain.__dict__) and plain.steps == 0
+    # Its __setstate__ kept them inline: left so (asking for its dict would move them).
+    assert not any(type(r) is dict for r in gc.get_referents(own))
+    assert (own.a, own.b) == (1, [2])
+
+
 RECORD = """
 import json, pickle, sys, time
 import hindlog as hl
