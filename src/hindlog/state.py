@@ -155,21 +155,24 @@ def trained_by(state: dict[str, Any], scope: dict[str, Any]) -> dict[str, Any]:
 
 def _dumps(obj: Any) -> bytes:
     try:
-        return _dump_with(pickle.Pickler, obj)
+        return _dump_with(pickle.Pickler, obj)[0]
     except Exception:
         import cloudpickle
 
-        return _dump_with(cloudpickle.CloudPickler, obj)
+        return _dump_with(cloudpickle.CloudPickler, obj)[0]
 
 
-def _dump_with(pickler_class: Any, obj: Any) -> bytes:
+def _dump_with(pickler_class: Any, obj: Any, **attributes: Any) -> tuple[bytes, Any]:
+    """``obj`` pickled by a new ``pickler_class`` given these attributes; the bytes and the pickler."""
     buf = io.BytesIO()
     pickler = pickler_class(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    for name, value in attributes.items():
+        setattr(pickler, name, value)
     try:
         pickler.dump(obj)
     finally:
         instance_dicts.repack_pickled(pickler)  # also after a failed dump: it reached some
-    return buf.getvalue()
+    return buf.getvalue(), pickler
 
 
 def _loads(data: bytes) -> Any:
@@ -515,15 +518,7 @@ class Freezer:
         mark = len(tensors)
 
         def dump(kind: Any) -> tuple[bytes, Any]:
-            buf = io.BytesIO()
-            pickler = kind(buf, protocol=pickle.HIGHEST_PROTOCOL)
-            pickler.freezer, pickler.tensors, pickler.pids, pickler.keep = self, tensors, {}, []
-            pickler.root_id, pickler.root_seen = id(value), False
-            try:
-                pickler.dump(value)
-            finally:
-                instance_dicts.repack_pickled(pickler)
-            return buf.getvalue(), pickler
+            return _dump_with(kind, value, freezer=self, tensors=tensors, pids={}, keep=[], root_id=id(value), root_seen=False)
 
         try:
             data, pickler = dump(_RefPickler)
