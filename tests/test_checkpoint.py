@@ -724,3 +724,17 @@ def test_a_failed_checkpoint_write_gets_advice_that_fits_its_cause(tmp_path: Pat
     assert "Free some disk space" in _write_advice(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
     assert f"Make {tmp_path} writable" in _write_advice(PermissionError(errno.EACCES, "Permission denied"), tmp_path)
     assert "disk space" not in _write_advice(OSError(errno.EIO, "Input/output error"), tmp_path)
+
+
+def test_policy_keeps_its_margin_in_the_last_iteration_and_budgets_the_wait_for_its_persist() -> None:
+    # 10 s into a 30-iteration run at ε = 5%: 0.5 s of budget, 0.4 s of it inside the margin.
+    policy = Policy(0.05, start=0.0, total=30)
+    policy.cost, policy.persist_cpu, policy.persist_wall = 0.02, 0.01, 0.05
+    policy.spent = 0.34
+    assert policy.decide(28, now=10.0)  # 0.34 + 0.03 fits in 0.4
+    assert not policy.decide(29, now=10.0)  # the last also waits for its persist: 0.42 does not
+    policy.spent = 0.30
+    assert policy.decide(29, now=10.0)
+    # Spending all of ε at the end (0.49 s of 0.5) would leave the run over ε by what no charge sees.
+    policy.spent = 0.41
+    assert not policy.decide(29, now=10.0)

@@ -100,7 +100,7 @@ class Policy:
 
     The rule keeps ``spent <= ε · elapsed`` at every decision: a checkpoint is
     taken when the time charged so far plus its expected cost fits in ε of the
-    run's elapsed time (with a safety margin, except for the last iteration).
+    run's elapsed time (with a safety margin).
     In steady state this spaces checkpoints evenly, every iteration when they
     are cheap.
 
@@ -155,11 +155,11 @@ class Policy:
         cost = self.cost if self.cost is not None else self.initial_cost
         if self.persist_cpu is not None:
             cost += self.weight * self.persist_cpu
-        last = self.total is not None and i == self.total - 1
-        if last:
+        if self.total is not None and i == self.total - 1:
+            # The run's end waits for the last persist. It keeps the margin too: spending all of
+            # ε there left a run whose budget binds at ε plus the costs no charge sees.
             cost += self.persist_wall if self.persist_wall is not None else cost
-        margin = 1.0 if last else SAFETY
-        return self.spent + cost <= self.epsilon * margin * (now - self.start)
+        return self.spent + cost <= self.epsilon * SAFETY * (now - self.start)
 
     def charge(self, blocked: float, background_cpu: float = 0.0, checkpoint: bool = True) -> None:
         with self._lock:
