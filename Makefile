@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick clean
+.PHONY: demo test test-pythons bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The torch-free tests on Python 3.10, 3.12 and 3.13 (those on this machine), each in .venv-3.X.
+test-pythons:
+	.ci/other-pythons
+
 BENCH_STAMP := $(VENV)/.installed-bench
 
 $(BENCH_STAMP): $(STAMP)
@@ -33,4 +37,4 @@ bench-quick: $(BENCH_STAMP)
 	$(BIN)/python bench/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .venv-3.* .pytest_cache build src/*.egg-info

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import hindlog as hl
-from hindlog.checkpoint import NESTED_ITERATION_SECONDS, Policy, read_checkpoint
+from hindlog.checkpoint import EXIT_SECONDS, NESTED_ITERATION_SECONDS, Policy, read_checkpoint
 from hindlog.cli import _ranges
 
 from ckpt_helpers import (
@@ -384,10 +384,13 @@ def test_a_recorded_run_reports_what_the_policy_charged(tmp_path: Path) -> None:
     # The catalog writer committed the epochs' values before the last decision: its CPU time is
     # charged, and is a small part of the run's.
     assert 0 < charged["writer_cpu_seconds"] < 1.0
+    # The run's end comes after the last decision: an estimate, charged from the start.
+    assert charged["exit_seconds"] == EXIT_SECONDS
     shown = proj.cli("show", run_id).stdout
-    total = (charged["startup_seconds"] + charged["blocked_seconds"] + charged["background_weight"] * charged["persister_cpu_seconds"]
-             + charged["writer_cpu_seconds"] + charged["nested_loop_seconds"])
-    assert re.search(rf"charged\s+{total:.2f}s: {charged['startup_seconds']:.2f}s start-up \+ {charged['blocked_seconds']:.2f}s blocked \+ "
+    total = (charged["startup_seconds"] + charged["exit_seconds"] + charged["blocked_seconds"]
+             + charged["background_weight"] * charged["persister_cpu_seconds"] + charged["writer_cpu_seconds"] + charged["nested_loop_seconds"])
+    assert re.search(rf"charged\s+{total:.2f}s: {charged['startup_seconds']:.2f}s start-up \+ {EXIT_SECONDS:.3f}s for the run's end \(estimated\)"
+                     rf" \+ {charged['blocked_seconds']:.2f}s blocked \+ "
                      rf"{charged['persister_cpu_seconds']:.2f}s of background work \(checkpoint writes, the code snapshot\) x {charged['background_weight']:.2f}"
                      rf" .* \+ {charged['writer_cpu_seconds']:.2f}s of the catalog writer's CPU time"
                      rf" \+ {charged['nested_loop_seconds']:.2f}s for 6,000 iterations of nested loops \(estimated\)", shown), shown

@@ -327,13 +327,16 @@ def _show(args: argparse.Namespace) -> int:
     if charged and ckpts:
         blocked, cpu, weight = charged["blocked_seconds"], charged["persister_cpu_seconds"], charged["background_weight"]
         startup = charged.get("startup_seconds", 0.0)
-        # Estimated, not measured (runs recorded before it was charged have none).
+        # Estimated, not measured (runs recorded before they were charged have none).
+        exiting = charged.get("exit_seconds", 0.0)
         nested = charged.get("nested_loop_seconds", 0.0)
         writer = charged.get("writer_cpu_seconds", 0.0)
         writing = f" + {writer:.2f}s of the catalog writer's CPU time" if "writer_cpu_seconds" in charged else ""
         estimated = (f" + {nested:.2f}s for {charged.get('nested_iterations', 0):,} iterations of nested loops (estimated)"
                      if "nested_loop_seconds" in charged else "")
-        lines.append(f"charged      {startup + blocked + weight * cpu + writer + nested:.2f}s: {startup:.2f}s start-up + {blocked:.2f}s blocked"
+        ending = f" + {exiting:.3f}s for the run's end (estimated)" if "exit_seconds" in charged else ""
+        lines.append(f"charged      {startup + exiting + blocked + weight * cpu + writer + nested:.2f}s: {startup:.2f}s start-up{ending}"
+                     f" + {blocked:.2f}s blocked"
                      f" + {cpu:.2f}s of background work (checkpoint writes, the code snapshot) x {weight:.2f} (the slowdown"
                      f" of training per second of its CPU time, measured; at least 1){writing}{estimated}")
     print("\n".join(lines))

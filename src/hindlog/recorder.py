@@ -575,10 +575,12 @@ class Recorder:
                 timing["checkpoints_reusing_loop_exit"] = self.checkpointer.reused_exit_snapshots
                 # What the policy charged, to read the overhead by: the time training was blocked,
                 # and the persister's CPU time times the slowdown it was measured to cause.
-                from .checkpoint import NESTED_ITERATION_SECONDS
+                from .checkpoint import EXIT_SECONDS, NESTED_ITERATION_SECONDS
 
                 timing["checkpoint_charged"] = {
                     "startup_seconds": self.startup_seconds,
+                    # An estimate, charged at the start: the run's end after the last decision.
+                    "exit_seconds": EXIT_SECONDS,
                     "blocked_seconds": self.blocked,
                     "persister_cpu_seconds": policy.background_cpu,
                     "background_weight": policy.weight,
