@@ -32,7 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, baseline_fields, compare_rounds, machine, median, run_child, save  # noqa: E402
+from common import ROOT, compare_rounds, median, run_child, save_comparison  # noqa: E402
 
 EPOCHS = 10
 
@@ -136,9 +136,7 @@ def main() -> None:
                 "ratio": median([m["ratio"] for m in runs]), "ratios": [m["ratio"] for m in runs],
                 "checkpointed": median([m["checkpointed"] for m in runs]), "epochs": EPOCHS, "python": runs[0]["python"]}
                for label, runs in rounds.items()]
-    data = {"benchmark": "attribute-access", "command": " ".join(["bench/bench_attribute_access.py", *sys.argv[1:]]),
-            "machine": machine(), "rounds": args.rounds, **baseline_fields(args.baseline_src), "results": results}
-    path = save("attribute-access", data)
+    path = save_comparison("attribute-access", "bench/bench_attribute_access.py", args.rounds, args.baseline_src, results)
     print(f"\nFastest epoch before, while and after recording with checkpoints, median of {args.rounds} rounds:\n")
     print("| code | before (ms) | while recorded (ms) | after (ms) | after / before |\n|---|---|---|---|---|")
     for r in results:

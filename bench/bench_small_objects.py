@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, baseline_fields, compare_rounds, machine, median, run_child, save  # noqa: E402
+from common import ROOT, compare_rounds, median, run_child, save_comparison  # noqa: E402
 
 #: Run in a child process with the ``src`` under test first on sys.path.
 CHILD = r"""
@@ -70,9 +70,7 @@ def main() -> None:
             results.append({"source": label, "object": size,
                             **{m: median([run[size][m] for run in runs]) for m in ("cpu_us", "wall_us", "fsync_cpu_us", "fsync_wall_us")},
                             "cpu_us_rounds": [run[size]["cpu_us"] for run in runs]})
-    data = {"benchmark": "small-objects", "command": " ".join(["bench/bench_small_objects.py", *sys.argv[1:]]),
-            "machine": machine(), "rounds": args.rounds, **baseline_fields(args.baseline_src), "results": results}
-    path = save("small-objects", data)
+    path = save_comparison("small-objects", "bench/bench_small_objects.py", args.rounds, args.baseline_src, results)
     print(f"\nWriting one small object, median of {args.rounds} rounds (microseconds):\n")
     print("| source | object | CPU | wall | fsync CPU | fsync wall |\n|---|---|---|---|---|---|")
     for r in results:

@@ -204,6 +204,14 @@ def baseline_fields(baseline_src: Path | None) -> dict[str, str | None]:
     return {"baseline_src": str(baseline_src), "baseline_commit": out.stdout.strip() or None}
 
 
+def save_comparison(name: str, script: str, rounds: int, baseline_src: Path | None, results: list[dict[str, Any]]) -> Path:
+    """Save the results of a ``compare_rounds`` benchmark as ``name``, with the command that ran
+    it (``script`` and this process's arguments), the machine and the code compared."""
+    data = {"benchmark": name, "command": " ".join([script, *sys.argv[1:]]), "machine": machine(), "rounds": rounds,
+            **baseline_fields(baseline_src), "results": results}
+    return save(name, data)
+
+
 def cleanup(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 

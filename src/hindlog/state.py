@@ -175,11 +175,15 @@ def _dump_with(pickler_class: Any, obj: Any, **attributes: Any) -> tuple[bytes, 
     return buf.getvalue(), pickler
 
 
-def _loads(data: bytes) -> Any:
-    unpickler = pickle.Unpickler(io.BytesIO(data))
+def _load_with(unpickler: Any) -> Any:
+    """What ``unpickler`` loads, the objects it made given fast attributes again."""
     value = unpickler.load()
     instance_dicts.repack_unpickled(unpickler)
     return value
+
+
+def _loads(data: bytes) -> Any:
+    return _load_with(pickle.Unpickler(io.BytesIO(data)))
 
 
 # ----------------------------------------------------------------- frozen values
@@ -307,10 +311,7 @@ def resolve(value: Any, live: dict[str, Any], current: Any = None) -> Any:
     """A thawed value with its references made the live declared objects (by name), and
     references to itself ``current`` (the object it is restored into)."""
     if isinstance(value, Unresolved):
-        unpickler = _RefUnpickler(io.BytesIO(value.data), value.tensors, live, current)
-        out = unpickler.load()
-        instance_dicts.repack_unpickled(unpickler)
-        return out
+        return _load_with(_RefUnpickler(io.BytesIO(value.data), value.tensors, live, current))
     if isinstance(value, DeclaredRef):
         return live.get(value.name)
     if type(value) is dict:
