@@ -1,4 +1,4 @@
-"""Benchmark: what a checkpoint's background persist costs training, at normal and at the lowest priority.
+"""Benchmark: what a checkpoint's background persist costs training, at normal priority, the lowest, and in the idle class.
 
     .venv/bin/python bench/bench_background_priority.py [--rounds 12] [--epochs 4] [--quick]
 
@@ -6,20 +6,22 @@ The persister thread hashes and writes a checkpoint while training runs. On a
 machine whose cores training fills, that work takes cycles from training; the
 policy charges it at its CPU time times a measured slowdown weight. Would a
 persister at the lowest scheduling priority (nice 19; on Linux a thread's
-nice value is its own) cost training less for the same work, by running in
-the gaps training leaves?
+nice value is its own), or in the idle scheduling class (``SCHED_IDLE``: it
+runs only on a core nothing else wants), cost training less for the same
+work, by running in the gaps training leaves?
 
 One process trains the fine-tuning shape of bench/workloads/finetune.py (a
 6.4M-parameter MLP with Adam, 77 MB of state, 16 steps an epoch, PyTorch's
-default threads) and runs two background threads that each persist a 77 MB
+default threads) and runs three background threads that each persist a 77 MB
 page-aligned buffer again and again as a checkpoint is persisted (XXH3 hash,
-``O_DIRECT`` write into an object store, fsync), one at normal priority and
-one at nice 19. Each round times ``--epochs`` epochs three times: with no
-background work, with the normal thread persisting, with the low-priority
-thread persisting (the order rotates from round to round), and counts the
-persists done and the persisting thread's CPU time. Medians over the rounds:
-the slowdown of training per persist and per second of the persister's CPU
-(the weight the policy measures).
+``O_DIRECT`` write into an object store, fsync): one at normal priority, one
+at nice 19 and one in the idle class. Each round times ``--epochs`` epochs
+four times: with no background work and with each thread persisting in turn
+(the order rotates from round to round), and counts the persists done and the
+persisting thread's CPU time. Medians over the rounds: the slowdown of
+training per persist and per second of the persister's CPU (the weight the
+policy measures). A class that gets few persists done in a phase would leave
+the checkpoints after the first one skipped as busy.
 
 Results: bench/results/background-priority.json (background-priority-quick.json
 with --quick: 3 rounds of 2 epochs) and a markdown table.
@@ -64,7 +66,7 @@ size = sum(p.numel() * 4 * 3 for p in model.parameters())  # parameters and Adam
 buffer = mmap.mmap(-1, size)
 np.frombuffer(buffer, dtype=np.uint8)[:] = 1
 view = memoryview(buffer)
-mode_on = {"normal": threading.Event(), "lowest": threading.Event()}
+mode_on = {"normal": threading.Event(), "lowest": threading.Event(), "idle": threading.Event()}
 idle = {m: threading.Event() for m in mode_on}
 done = {m: [0, 0.0] for m in mode_on}  # persists finished, CPU seconds
 stop = False
@@ -75,6 +77,8 @@ with tempfile.TemporaryDirectory(dir=sys.argv[2]) as tmp:
     def persister(mode):
         if mode == "lowest":
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        elif mode == "idle":  # Linux: 0 is the calling thread, whose policy is its own
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         k = 0
         while True:
             idle[mode].set()
@@ -99,10 +103,10 @@ with tempfile.TemporaryDirectory(dir=sys.argv[2]) as tmp:
         t.start()
     for _ in range(3):
         epoch()  # warm-up: the optimizer's state exists, the allocator has its pools
-    modes = ["none", "normal", "lowest"]
+    modes = ["none", "normal", "lowest", "idle"]
     out = {m: {"seconds": [], "persists": [], "cpu": []} for m in modes}
     for r in range(rounds):
-        for mode in modes[r % 3:] + modes[:r % 3]:
+        for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
             if mode != "none":
                 n0, c0 = done[mode]
                 mode_on[mode].set()
@@ -126,7 +130,10 @@ def summarize(raw: dict) -> list[dict]:
     modes = raw["modes"]
     base = median(modes["none"]["seconds"])
     rows = [{"mode": "no background work", "phase_s": base}]
-    for mode, label in (("normal", "normal priority"), ("lowest", "lowest priority (nice 19)")):
+    for mode, label in (("normal", "normal priority"), ("lowest", "lowest priority (nice 19)"),
+                        ("idle", "idle class (SCHED_IDLE)")):
+        if mode not in modes:  # results saved before the idle class was measured
+            continue
         m = modes[mode]
         phase, persists, cpu = median(m["seconds"]), median(m["persists"]), median(m["cpu"])
         slowdown = phase - base

@@ -1139,7 +1139,8 @@ class Report:
             self.background_priority, "background-priority", "bench/bench_background_priority.py",
             "**The persister's priority** (`bench/bench_background_priority.py`): one process trains the fine-tuning"
             " shape while a background thread persists a 77 MB buffer again and again as a checkpoint's persist does"
-            " (hash, `O_DIRECT` write, fsync), at normal priority or at the lowest (nice 19), in alternating phases"
+            " (hash, `O_DIRECT` write, fsync), at normal priority, at the lowest (nice 19) or in the idle scheduling class"
+            " (`SCHED_IDLE`), in alternating phases"
             " against phases with no background work. Medians over the rounds.",
             ["persister", "epochs' time (s)", "slowdown (s)", "persists", "slowdown per persist (ms)",
              "persister CPU per persist (ms)", "slowdown per CPU second"],
@@ -1793,13 +1794,17 @@ system: hindlog takes only the checkpoints its ε budget allows, so fewer
 bytes can also mean fewer checkpoints (and slower replays)."""
 
 PRIORITY_NOTES = """\
-At the lowest priority the persister did fewer persists in the same
-epochs, and each cost training about what it costs at normal priority:
-on this machine training leaves no gaps for it to fill, so the priority
-changes how fast checkpoints are written, not what they cost. The
-persister runs at normal priority, which writes each checkpoint sooner
-(an iteration is skipped while the previous persist still runs), and the
-policy charges its CPU time at the weight it measures."""
+At the lowest priority the persister did fewer persists in the same epochs
+(5 against 69 at normal priority in this run), each costing training about
+its own CPU time; in the run before (`background-priority-e5040dd.json`) each
+cost training a little more than at normal priority (16 ms against 13 ms), so
+on this machine the priority changes how fast checkpoints are written more
+than what they cost. The idle class starves: training leaves no core idle,
+and its persister finished one 77 MB persist in a whole phase of four
+epochs (2.4 s), so a run's second checkpoint would mostly be skipped as
+busy. The persister runs at normal priority, which writes each checkpoint
+sooner (an iteration is skipped while the previous persist still runs), and
+the policy charges its CPU time at the weight it measures."""
 
 REPLAY_INTRO = """\
 On one recorded run of each workload: a new per-epoch statement (all nested
