@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import subprocess
@@ -329,6 +330,38 @@ def command(src: Source) -> str:
 
 def machine_lines(srcs: list[Source], name: str = "") -> str:
     return "\n\n".join(machine_line(s) for s in srcs) if srcs else machine_line(None, name)
+
+
+# ----------------------------------------------------------------------------- earlier runs
+
+
+def kept_runs(results: Path, prefix: str) -> list[Source]:
+    """A benchmark's full runs, oldest first: PREFIX.json (the tables' run) and the earlier runs
+    kept beside it as PREFIX-<commit>.json. Experiments kept under other names (PREFIX-byname,
+    PREFIX-median-<commit>, one workload's re-run) are left to the notes that explain them."""
+    paths = [results / f"{prefix}.json"] + sorted(results.glob(f"{prefix}-*.json"))
+    named = [p for p in paths if p.exists() and (p.stem == prefix or re.fullmatch(re.escape(prefix) + r"-[0-9a-f]{7}", p.stem))]
+    runs = [s for s in (read(p, prefix) for p in named) if s.ok and not s.quick]
+    return sorted(runs, key=lambda s: s.started)
+
+
+def history_table(runs: list[Source], columns: list[tuple[str, str, Callable[[dict], str]]],
+                  summary: tuple[str, Callable[[dict[str, dict]], str]] | None = None) -> str:
+    """One row per kept run: when, the code measured, the machine, the ``columns`` (header,
+    workload, cell of that workload's result), an optional summary over the row's workloads,
+    and the file; the tables' own run is marked."""
+    header = ["measured", "code", "machine", *(c[0] for c in columns), *([summary[0]] if summary else []), "file"]
+    rows = []
+    for src in runs:
+        m = src.data.get("machine") or {}
+        by = {r["workload"]: r for r in src.results() if "workload" in r}
+        cpu = str(m.get("cpu") or "?").replace("Intel(R) Xeon(R) Processor", "Intel Xeon")
+        file = src.rel.removeprefix("bench/results/")
+        rows.append([when(src), str(m.get("git_head") or "?"), cpu,
+                     *(cell(by[w]) if w in by else "-" for _h, w, cell in columns),
+                     *([summary[1](by)] if summary else []),
+                     f"`{file}`" + (" (the table above)" if file == f"{src.name}.json" else "")])
+    return table(header, rows, "lll" + "r" * (len(columns) + (1 if summary else 0)) + "l")
 
 
 # ----------------------------------------------------------------------------- the report
@@ -738,8 +771,76 @@ class Report:
             out.append("flordb: " + machine_lines(self.flordb_srcs, "peers-flordb"))
         out.append(self.plot("overhead", self.plot_overhead, "Record overhead per workload"))
         out.append(RECORD_NOTES)
+        out.append(self.record_history())
         out.append(self.attribute_access_section())
         return "\n\n".join(out)
+
+    def record_history(self) -> str:
+        def over(r: dict) -> str:
+            return pct(overhead_ratio(r))
+
+        def median_of_targets(by: dict[str, dict]) -> str:
+            ratios = [overhead_ratio(by[w]) for w in WORKLOADS if w in by]
+            return pct(statistics.median([x for x in ratios if x is not None])) if len(ratios) == len(WORKLOADS) and None not in ratios else "-"
+
+        def checkpoints(r: dict) -> str:
+            ck = [c for c in r.get("checkpoints") or [] if num(c) is not None]
+            return f"{med(ck):g} ({min(ck)}-{max(ck)}) of {r.get('iterations', '?')}" if ck else "-"
+
+        def triples(r: dict) -> str:
+            return str(len(bracketed(r) or r.get("ratios") or []))
+
+        def noise(r: dict) -> str:
+            return pct(r.get("median_aa_ratio"))
+
+        runs = kept_runs(self.results_dir, "record")
+        columns = [(w, w, over) for w in WORKLOADS] + [("finetune-large", "finetune-large", over),
+                                                        ("finetune's checkpointed iterations", "finetune", checkpoints),
+                                                        ("finetune's A/A", "finetune", noise), ("triples (finetune)", "finetune", triples)]
+        return "\n\n".join([
+            "**Every kept run of this table** (oldest first; the overhead is the median bracketed ratio, as in"
+            " the table, or the median of alternating pairs for runs before the triples; A/A is the plain script"
+            " against itself in the same triples, the noise floor):",
+            history_table(runs, columns, ("median of the four", median_of_targets)),
+        ])
+
+    def handsfree_history(self) -> str:
+        def over(r: dict) -> str:
+            return pct(overhead_ratio(r)) if not r.get("error") else "failed"
+
+        def within(by: dict[str, dict]) -> str:
+            ratios = [overhead_ratio(r) for r in by.values() if not r.get("error")]
+            return f"{sum(1 for x in ratios if x is not None and x <= 1.05)} of {len(by)}"
+
+        runs = kept_runs(self.results_dir, "handsfree")
+        names: list[str] = []
+        for src in runs:
+            names += [r["workload"] for r in src.results() if "workload" in r and r["workload"] not in names]
+        columns = [(w, w, over) for w in names]
+        return "\n\n".join([
+            "**Every kept run of this table** (oldest first; bracketed overhead, or the median of alternating"
+            " pairs for runs before the triples; \"within 5%\" counts the scripts the run measured; \"-\": not in that"
+            " run):",
+            history_table(runs, columns, ("within 5%", within)),
+        ])
+
+    def replay_pyflor_history(self) -> str:
+        def ratio(key: str) -> Callable[[dict], str]:
+            return lambda r: f(r.get(key), 2, none="-", suffix="x")
+
+        def checkpoints(r: dict) -> str:
+            rec = r.get("hindlog_record") or {}
+            return f"{rec.get('checkpointed_iterations', '?')} of {rec.get('iterations', '?')}"
+
+        runs = kept_runs(self.results_dir, "replay-pyflor")
+        columns = [(w, w, ratio("median_ratio")) for w in WORKLOADS] + [
+            ("finetune's checkpointed iterations", "finetune", checkpoints),
+            ("finetune recorded at ε = 0.1", "finetune", ratio("median_matched_ratio"))]
+        return "\n\n".join([
+            "**Every kept run of the side-by-side table** (oldest first; hindlog's replay time over pyflor's,"
+            " median of the per-pair ratios; below 1.00x hindlog is the faster):",
+            history_table(runs, columns),
+        ])
 
     def attribute_access_section(self) -> str:
         src = self.attribute_access
@@ -878,6 +979,7 @@ class Report:
                        "compare each system's replay with its own full re-run.")
         out.append(self.plot("replay", self.plot_replay, "Replay of a new main-loop statement per system"))
         out.append(REPLAY_NOTES)
+        out.append(self.replay_pyflor_history())
         return "\n\n".join(out)
 
     def replay_cold(self) -> str:
@@ -969,6 +1071,7 @@ class Report:
                           "replayed lines equal a fresh run's"], rows))
         out.append(machine_line(self.handsfree, "handsfree"))
         out.append(HANDSFREE_NOTES)
+        out.append(self.handsfree_history())
         return "\n\n".join(out)
 
     def section_costs(self) -> str:
@@ -1613,9 +1716,9 @@ RECORD_NOTES = """\
   memory bandwidth with the optimizer step). The fine-tuning shape (77 MB of
   parameters and Adam state, the size of the model and optimizer whose
   per-epoch `torch.save` made a fine-tuning loop 1.36x slower in the peer
-  measurements; 0.3-0.5 s epochs) gets a checkpoint about every second or
-  third epoch in this table (11-15 of 30, median 13; see the last bullet;
-  7-12, median 8, and 6-9, median 7, in older runs). At the end of a
+  measurements; 0.3-0.5 s epochs) gets a checkpoint about every third
+  epoch (the "checkpointed iterations" column; every kept run below lies
+  between 7 and 14 of 30 as its median). At the end of a
   checkpointed iteration a tensor unchanged since the nested loop's exit is
   taken as the loop's exit copied it when the code in between only logs
   (finetune's `hl.log("loss", loss.item())`), and otherwise named by a hash
@@ -1636,150 +1739,53 @@ RECORD_NOTES = """\
   checkpoint (same bytes, checked by hash: fused optimizers, BatchNorm and
   `.data` writes leave the version counter alone) is not copied again, and
   identical bytes are stored once; see the storage and scaling sections.
-- **How far one run of this table can be trusted.** Successive full runs
-  of it, with alternating pairs, gave cnn -2.5%, +7.0%, +7.2%, +9.7%; lstm
-  +5.3%, -1.2%, +2.4%, -0.3%; sklearn +7.0%, -0.6%, +3.6%, +0.3%, while
-  the policy charged cnn under 0.1 s (0.3% of its run) each time. The run
-  before this one, read as bracketed triples, gives cnn +2.3% instead of
-  +9.7%: its alternating pairs took the order of the majority (see above).
-  Two runs before this one (7 triples, before the checkpoint-by-name change)
-  gave cnn +3.5%, finetune +2.4%, lstm +0.7%, sklearn +7.4%, finetune-large
-  +1.9%; the run before this one (`bench/results/record-9339453.json`, 7
-  triples, A/A median 5.4%) cnn +0.5%, finetune +3.1%, lstm +4.4%, sklearn
-  +5.0%, finetune-large -3.5%; the next (`bench/results/record-d707e0e.json`,
-  5 triples, A/A median 9.2%, up to
-  40%) cnn +5.3%, finetune +2.2%, lstm +6.2%, sklearn +16.9%, finetune-large +0.0%, with the same blocked times (cnn 0.20-0.27%,
-  lstm 0.35-0.40%), and sklearn's plain runs took 3.2-3.4 s in the first slot
-  of four triples and 2.3-2.6 s in the last, for the same work. Between
-  those two runs the persister's writes of small objects became cheaper
-  (`bench/bench_small_objects.py`), and sklearn's checkpoints went from 11-17
-  of 30 (median 13) to 12-22 (median 16) under the same ε. The policy charged
-  about the same each time: cnn 0.07-0.09 s per run (0.8% of its 10 s), lstm 0.16-0.20 s
-  (0.9%), sklearn 0.09-0.16 s (about 4% of its 2.5 s: start-up, blocked
-  copies and weighted persister CPU, since the policy spends up to 80% of ε
-  on checkpoints), finetune 0.59-0.74 s (about 4% of its 16 s). lstm's
-  +4.4% rests on triples from 0.947 to 1.238 whose A/A ratios run from
-  0.845 to 1.089; sklearn's plain runs took 2.3 to 2.8 s for the same work
-  and its triples range from 0.962 to 1.299. One run of this table can show
-  a 1% overhead, or a 5% one, only as well as that noise allows; the CPU
-  ratio follows the wall ratio, so the noise is in how fast this shared
-  machine runs the same work, not in hindlog's threads. What the policy
-  charges is the steadier figure: under 1% where every iteration gets a
-  checkpoint (cnn, lstm), about 4% where checkpoints are dear (finetune,
-  sklearn), because then the policy takes as many as ε allows, as the issue
-  asks. A median of 1% over these four workloads would need the dear ones
-  to take fewer checkpoints than the budget allows.
-- **This run** (the table), at commit e5040dd, later the same day as the
-  run at 51130c7 below: cnn +2.2%, finetune +3.8%, lstm +2.8%, sklearn
-  +2.4% (17 triples): median +2.6%, the 1% target missed; every workload
-  within ε, finetune-large +3.4% (2-3 checkpoints). What changed in the code
-  since 51130c7: the policy charges the catalog writer's CPU time (11 ms
-  per finetune run, 3-6 ms on the others: a fraction of one checkpoint).
-  What changed on the machine: the same work now slowed training more
-  per second of persister CPU. The weight the policy measured on finetune
-  was 1.5-2.5 (1.0 in the morning run) and on sklearn 1.6-2.5, so finetune
-  took 6-10 checkpoints of 30 (median 8, one per 3.75 epochs; 11-15 in the
-  morning) for a charge of 3.9-4.6% of its run. cnn and lstm were charged
-  1.0-1.4% of their runs, as in the morning, yet measured +2.2% and +2.8%;
-  lstm's A/A ratios reached 1.072 in this run. So whether a run of this
-  table meets the 1% median depends on the hour as much as on hindlog.
-- A run at commit 66ab5ca (`bench/results/record-66ab5ca.json`), whose
-  snapshot buffers asked for transparent huge pages: the persister's CPU
-  time grew instead of shrinking. Mapping the buffers while training waits
-  for the first checkpoint cost finetune-large's persister 0.36-0.41 s of
-  CPU (0.10-0.13 s with small pages, 2-3 checkpoints included), the policy
-  charged it, and finetune-large took no checkpoint in 30 epochs (+5.6%
-  bracketed, over ε); finetune took 2-10 (median 8). The change was
-  reverted (docs/checkpointing.md, item 5, has the measurements).
-- The run at commit 51130c7 (`bench/results/record-46494fc.json`, named by
-  the commit that added it), on a day this machine ran
-  the same work faster than at 86bac6b (finetune's plain run 9.2 s against
-  11.5 s) and changed speed within the hour (7.6 s in the hands-free run
-  just before): cnn +1.1%, finetune **+6.8%**, lstm +0.7%, sklearn +2.1%
-  (20 triples; 2-10 checkpointed epochs of 30): median +1.6%, and finetune
-  over ε, so both targets are missed in this run; finetune-large +5.2%
-  with 0-3 checkpoints. What changed since 86bac6b is small (iteration ends
-  ask the catalog writer for a commit at most every 0.2 s instead of 50 ms,
-  and two imports fewer at start-up): the same benchmark of finetune on
-  86bac6b's successor fdf34f7 right after (`bench/bench_record.py --pairs 5
-  --noise --workloads finetune --out record-finetune-fdf34f7`, run from a
-  checkout of fdf34f7; `bench/results/record-finetune-fdf34f7.json`) gave
-  +10.5% against one plain run and +13.1% bracketed (A/A 0.93-1.01, 6-13
-  checkpointed epochs). On that day a checkpoint of the fine-tuning shape
-  cost training about 0.1 s (1.1 s of overhead for 10 checkpoints, at
-  fdf34f7) while the policy charged 0.04 s for one (14 ms blocked, 25 ms
-  of persister CPU at a measured weight of 1.0-1.3): the policy's charge
-  follows the persister's CPU time and the slowdown measured while a
-  persist runs, and on this machine state most of the cost fell outside
-  that. finetune-large shows the other side: 0-1 checkpoints, yet +5.2%,
-  with 0.13-0.24 s of persister CPU spent mapping snapshot buffers ahead
-  of a first checkpoint that mostly never came. Both are open (see
-  [checkpointing.md](checkpointing.md), "The policy").
-- The run at commit 86bac6b on the Intel Xeon machine,
-  after the policy began charging its nested loops' iterations as an
-  estimate (`bench/bench_costs.py`; see [checkpointing.md](checkpointing.md),
-  "The policy"; at that commit it also charged 0.02 s for the run's end,
-  since dropped: see the notes on where recording's cost goes) and the buffers mapped
-  ahead of the first checkpoint became one per tensor instead of two. On a
-  quieter day than the run before (finetune's plain run 11.5 s against
-  15.3 s; A/A medians 0.96-1.01): cnn +0.3%, finetune +2.9%, lstm +0.2%,
-  sklearn +0.6% (15 triples): **median +0.47%, the target met in this
-  run**; finetune-large +1.8% with 1-2 checkpoints; finetune 10-15
-  checkpointed iterations of 30 (median 12). The run before, at 023a6d8
-  (`bench/results/record-023a6d8.json`) missed it on a slower day, below.
-- The run at commit 023a6d8, on the Intel Xeon machine,
-  after the iteration's end stopped copying or hashing again what the
-  nested loop's exit had just copied when the code in between only logs
-  (see [checkpointing.md](checkpointing.md), item 2): finetune's blocked time
-  fell to 1.2-1.6% of its run (2.2% before), and it got 11-15 checkpointed
-  iterations of 30 (median 13; 5-13, median 12, before). The machine ran
-  the same work about 30% slower than in the run before (finetune's plain
-  run 15.3 s against 11.6 s). The overheads: cnn +0.8%, finetune +1.2%,
-  lstm +1.9%, sklearn +3.1% (median +1.55%: the target is missed in this
-  run), finetune-large +5.4%, over ε. lstm's +1.9% is not its checkpoints:
-  hindlog blocked it for 0.35-0.45% of its run, and its A/A ratio is
-  +1.1%. finetune-large's 1-2 checkpoints were charged 0.28-0.31 s and its
-  triples lie at +4.6% to +8.0%; the persister's CPU for them was
-  0.17-0.26 s against 0.12-0.14 s in the run before, on a machine that
-  ran everything slower; that part is charged as measured, and the
-  difference between charge and cost is not explained yet.
-  The run before, at 9270e73 (`bench/results/record-9270e73.json`): cnn
-  -0.5%, finetune +2.1%, lstm -0.1%, sklearn +3.4% (median +1.0%, at the
-  target's line), finetune-large +2.3%, with 15 triples for sklearn (+0.4%
-  to +9.7%, 12 above +1%: about what the policy charged, at most ε, not
-  noise). Earlier runs on the same machine: at 35b6bfc
-  (`bench/results/record-35b6bfc.json`, 5 triples each) cnn -0.2%, finetune
-  +3.7%, lstm +1.2%, sklearn +0.4% (median +0.8%); with the slowdown weight
-  taken as the median of per-persist ratios (tried, and dropped: see
-  [checkpointing.md](checkpointing.md)) medians +2.65% and +2.4%
-  (`bench/results/record-median-6de3fc6.json`); at c7d3b8c
-  (`bench/results/record-c7d3b8c.json`) +2.0%. A median of 1% over these
-  four workloads sits inside what one run can tell on this machine.
+- **How far one run of this table can be trusted.** The table below lists
+  every kept run. Code that changed little between runs measured a median
+  over the four workloads of +0.5% to +2.6% on the Intel Xeon machine, and
+  finetune alone +0.4% to +6.8%, while a run's median A/A ratio (the plain
+  script against itself in the same triples) lay anywhere from -4% to +5%.
+  The time hindlog blocked training moves little from run to run (cnn
+  0.25-0.46%, lstm 0.33-0.54%, sklearn 0.2-0.84%, finetune 0.8-2.2% of the
+  run, the last falling as its snapshots got cheaper); what moves the wall ratios by a point or two is
+  how fast this shared machine runs the same work that hour. The CPU ratio
+  follows the wall ratio, so the noise is the machine's, not hindlog's
+  threads'. What the policy charges is the steadier figure: under 1.5% of
+  the run where every iteration gets a checkpoint (cnn, lstm), about 4%
+  where checkpoints are dear (finetune, sklearn), because there the policy
+  takes as many as 80% of ε allows, as the issue asks. A median of 1% over
+  these four workloads would need the dear ones to take fewer checkpoints
+  than the budget allows, and replay would be slower for it.
+- **Where the charge falls short.** On some days a checkpoint of the
+  fine-tuning shape costs training more than the policy charges for it:
+  `bench/results/record-finetune-fdf34f7.json` (`bench/bench_record.py
+  --pairs 5 --noise --workloads finetune --out record-finetune-fdf34f7`,
+  run from a checkout of fdf34f7) measured about 0.1 s per checkpoint (1.1 s
+  of overhead for 10) against a charge of 0.04 s (14 ms blocked, 25 ms of
+  persister CPU at a measured weight of 1.0-1.3), +13.1% bracketed; the
+  same code measured +2.9% in the table's run before it. "What one
+  checkpoint costs training" below measures the gap directly (35.8 ms of
+  cost against 28.8 ms charged at 41a5ff1); see "Where the charge falls
+  short" in [checkpointing.md](checkpointing.md).
+- **Experiments kept beside the runs.** `record-66ab5ca.json`: snapshot
+  buffers that asked for transparent huge pages made the persister's CPU
+  time grow (mapping them cost finetune-large's persister 0.36-0.41 s
+  against 0.10-0.13 s with small pages), finetune-large took no checkpoint
+  and measured +5.6%; reverted (docs/checkpointing.md, item 5).
+  `record-median-6de3fc6.json`: the slowdown weight taken as the median of
+  per-persist ratios instead of their ratio of sums; medians +2.65% and
+  +2.4%, dropped. `record-byname.json`: the run that measured the
+  iteration's end naming an unchanged tensor by a hash of its live bytes
+  instead of copying it again (kept; docs/checkpointing.md, item 2).
 - **The run in the table**, at commit a517b09 (5 triples, 17 for sklearn):
   cnn +2.7%, finetune +6.2%, lstm +1.4%, sklearn +1.0%: **median +2.05%**;
   finetune-large +1.6% with 1-3 checkpoints; finetune 7-12 checkpointed
   iterations of 30 (median 10). finetune's triples were +1.1% to +10.0%
-  with A/A ratios (plain against plain) of 0.96 to 1.08, median 1.027, and
-  the policy charged about 0.43 s of its 10.8 s (4%): on this day a
-  checkpoint of the fine-tuning shape cost training more than its charge,
-  as "Where the charge falls short" in [checkpointing.md](checkpointing.md)
-  describes. What changed since the run before: the last iteration keeps
-  the policy's 20% margin (it was allowed all of ε), and the run's end is
-  charged from the start (0.012 s). Neither adds cost; the difference from
-  the run before is the machine's day: cnn recorded with ad08800's code and
-  with a517b09's, alternating with the plain script by hand (4 rounds each),
-  took a median 6.955 s and 6.95 s against 6.8 s plain. An earlier run the
-  same day, at 4d95fdc (its log only): cnn +2.2%, finetune +4.1%, lstm +1.9%,
-  sklearn +2.4% (median +2.3%), finetune-large +3.6%.
-  The run before, at ad08800 (`bench/results/record-ad08800.json`, 5
-  triples, 18 for sklearn; A/A medians 0.98-1.03): cnn +1.4%, finetune
-  +0.4%, lstm +1.1%, sklearn +2.1%: median +1.25%; finetune-large +3.5%;
-  finetune 7-12 checkpoints (median 9). The run before that, at e5040dd
-  (`bench/results/record-e5040dd.json`): cnn +2.2%, finetune +3.8%, lstm
-  +2.8%, sklearn +2.4% (median +2.6%). The blocked times barely move from
-  run to run (this run: cnn 0.32%, finetune 0.79%, lstm 0.36%, sklearn
-  0.21% of the run): what moves the wall ratios by a point or two is the
-  machine."""
+  with A/A ratios of 0.96 to 1.08, and the policy charged about 0.43 s of
+  its 10.8 s (4%). What changed since the run before (ad08800): the last
+  iteration keeps the policy's 20% margin, and the run's end is charged
+  from the start (0.012 s). Neither adds cost: cnn recorded with ad08800's
+  code and with a517b09's, alternating with the plain script by hand (4
+  rounds each), took a median 6.955 s and 6.95 s against 6.8 s plain."""
 
 STORAGE_INTRO = """\
 Bytes of checkpoint data one recorded run leaves behind. hindlog: bytes its
@@ -1859,64 +1865,30 @@ REPLAY_NOTES = """\
   process on this machine). A lower bound computed from a record slowed by
   another job can come out above the replay (a ratio below 1).
 - Replay is only as good as the checkpoints the policy allowed: iterations
-  without a checkpoint before them are re-run. **The table above** is the
-  run at commit a517b09: finetune's record got 9 checkpoints in 30 epochs,
-  hindlog's replays took 8.3-8.8 s and pyflor's 4.7-9.2 s (4.7 and 5.6 s
-  when it ran first in a pair), per-pair ratios 0.94, 1.77, 1.04, 1.58 and
-  1.20 (median 1.20x); recorded at ε = 0.1 (30 of 30), 0.62x. cnn 0.96x,
-  lstm 0.95x, sklearn 0.79x (5 checkpoints of 30). Replay's code did not
-  change since the run before, at b1e5cbf
-  (`bench/results/replay-pyflor-b1e5cbf.json`): finetune 7 checkpoints,
-  per-pair ratios 1.02, 1.91, 1.19, 1.82 and 1.18 (median 1.19x); at
-  ε = 0.1, 0.65x. cnn 0.95x, lstm 1.00x (0.996), sklearn 0.80x (4
-  checkpoints of 30). Before that run, replay's code did not change either; its workers
-  start hindlog faster (its import no longer pulls in `socket`, `tempfile`,
-  `subprocess`, `shutil` or `hashlib`). The run before, at 24c2e2d
-  (`bench/results/replay-pyflor-24c2e2d.json`): finetune's record got 9 checkpoints in 30 epochs
-  and its replays took 8.0-9.4 s; pyflor's took 9.1 s in the first pair,
-  then 4.7 s both times it ran first in a pair and 7.1-8.2 s when it ran
-  after hindlog's replays, so the per-pair ratios were 1.03, 1.77, 0.98,
-  1.74 and 1.22 (median 1.22x). Recorded at ε = 0.1 (30 checkpoints of 30),
-  hindlog replayed in 3.1 s after a first pair of 9.3 s: 0.65x. cnn 0.96x,
-  lstm 1.00x, sklearn 0.73x (14 checkpoints of 30). Since 2646521 the
-  policy also charges the catalog writer's CPU time (a few milliseconds a
-  run); replay is unchanged.
-  Side by side with pyflor at commit 2646521
-  (`bench/results/replay-pyflor-2646521.json`; each system replaying its own
-  recording, alternating in one run), finetune's record got 13 checkpoints in 30 epochs
-  under ε = 5%, and its replay of a per-epoch statement re-ran the nested
-  loops of the other 17 epochs: 7.5-8.2 s. pyflor checkpoints every epoch
-  and pays for it at record (its record took 16.8 s against hindlog's
-  11.2 s in this run; +10% on this workload in the peer measurements); its
-  replays took 4.7-8.7 s, so the median of the per-pair ratios is 1.05x.
-  pyflor's replay times fell in two groups by their place in a pair: 4.7 and
-  5.1 s when it ran first, 7.3-8.7 s when it ran after hindlog's two replays
-  (hindlog's own times did not depend on their place: 7.5-8.2 s).
-  Recorded at ε = 0.1, near pyflor's record overhead, hindlog replayed in
-  3.1-3.2 s (8.5 s in the first pair, which ran slowly for all three
-  systems), 0.60x pyflor's. On cnn, lstm and sklearn hindlog's replay is the
-  faster at the default ε (0.94x, 0.99x, 0.73x). The run at 86bac6b
-  (`bench/results/replay-pyflor-86bac6b.json`) gave finetune 1.075x with 9
-  checkpoints (9.1-11.5 s against pyflor's 6.4-11.2 s), 0.54x at ε = 0.1,
-  cnn 0.95x, lstm 0.93x, sklearn 0.84x. The run at 023a6d8
-  (`bench/results/replay-pyflor-023a6d8.json`), on a slower day, gave
-  finetune 1.23x (9 checkpoints; 11.6-14.1 s against pyflor's 7.6-13.0 s),
-  0.57x at ε = 0.1, cnn 0.94x, lstm 0.97x, sklearn 0.79x. The run before, at 12d5bdb
-  (`bench/results/replay-pyflor-12d5bdb.json`), gave finetune 1.08x with 15
-  checkpoints in 30 epochs (8.3-8.9 s against pyflor's 6.5-11.4 s), and
-  0.57x at ε = 0.1; cnn 0.96x, lstm 0.97x, sklearn 0.68x. How many
-  checkpoints finetune's record gets under ε = 5% varies from run to run
-  (9 to 15 of 30 in these runs), and its replay time follows. A
+  without a checkpoint before them are re-run. How many checkpoints
+  finetune's record gets under ε = 5% varies from run to run (7 to 15 of
+  30 in the kept runs below), and its replay time follows: 1.05x to 1.23x
+  pyflor's at the default ε, 0.54x to 0.65x when recorded at ε = 0.1. A
   checkpoint of its 77 MB costs about 10 ms of blocked copy and 27 ms of
   the persister's CPU (hashing 8 ms, `O_DIRECT` writes 11 ms, the rest
   manifests, skeletons and the commit's flush), which slows training by up
-  to 1.5 times that. ε = 5% of a 0.5 s epoch, less the policy's margin,
-  pays for about one checkpoint in two epochs. So the one target row that is
-  not met is a choice of ε: the default spends less than pyflor spends on
-  recording, and finetune's replay pays for it. pyflor's replay of lstm
-  did not equal its own fresh run of the modified script in the run at
-  12d5bdb (epochs 3 and 4 differed by up to 9e-8); in this run it did.
-  hindlog's replays equal the recorded values exactly.
+  to 1.5 times that. ε = 5% of a 0.3-0.5 s epoch, less the policy's
+  margin, pays for about one checkpoint in two or three epochs. pyflor
+  checkpoints every epoch and pays for it at record (+10% on this workload
+  in the peer measurements; its record took 16.8 s against hindlog's 11.2
+  s in the run at 2646521). So the one target row that is not met is a
+  choice of ε: the default spends less than pyflor spends on recording,
+  and finetune's replay pays for it. On cnn, lstm and sklearn hindlog's
+  replay is the faster in every kept run but one, where lstm's ratio was
+  1.000 (24c2e2d).
+- pyflor's replay times fall in two groups by their place in a pair
+  (finetune at 2646521: 4.7 and 5.1 s when it ran first, 7.3-8.7 s when it
+  ran after hindlog's two replays; hindlog's own times did not depend on
+  their place), so the per-pair ratios scatter widely (at a517b09: 0.94,
+  1.77, 1.04, 1.58 and 1.20). pyflor's replay of lstm did not equal its own
+  fresh run of the modified script in the run at 12d5bdb (epochs 3 and 4
+  differed by up to 9e-8); in the later runs it did. hindlog's replays
+  equal the recorded values exactly.
 - **Two workers on two cores.** A worker keeps the thread count the record
   used (hindlog records PyTorch's count and sets it in every worker): a
   different count changes the order of float reductions, and the replayed
@@ -1962,287 +1934,74 @@ most ε = 5% on each script."""
 
 HANDSFREE_NOTES = """\
 **The run in the table**, at commit a517b09 (7 triples, more for the short
-scripts): six of the eight scripts within 5%; lstm-last-loss at +5.1% and
-sklearn at +6.3%, both with A/A medians of 1.00. sklearn (1.7 s) took no
-checkpoint in any of its 18 triples: its +6.3% is hindlog's fixed cost
-alone. Timed phase by phase by hand (8 alternations of `python` and
-`hindlog run`, the script stamping the time at its first line, after its
-imports, before and after its main loop), that cost was 43 ms (2.4%) at
-the default ε and 59 ms at ε = 0: about 40 ms before the script starts
-(hindlog's import, the analysis, the run's set-up; NumPy's import, which
-the script would pay anyway, left out), 3-8 ms during the loop, 6-14 ms
-at the exit. The benchmark records each triple into a fresh store, in a git
-project with nothing committed; timed so (a new store for every run), the
-same phases gave 81-82 ms (4.6%) against 64 ms with one store kept across
-runs, as a user's project keeps it: a new store's catalog and object
-folders, and the first code snapshot into it, cost about 18 ms more, most
-of it while the loop runs. The benchmark's triples put the cost at about
-0.1 s; the rest of that is not found yet.
-lstm-last-loss took 9 checkpoints of 10 (10 in the run before at +3.7%):
-the last iteration now keeps the policy's margin. finetune +4.5% with 6-11
-checkpoints (+5.6% with 8-11 in the run before). What changed since then:
-the last iteration keeps the 20% margin (it was allowed all of ε) and the
-run's end is charged from the start (0.012 s). The run before, at 4d95fdc
-(`bench/results/handsfree-4d95fdc.json`, 7 triples; only the first of the
-two changes): cnn-engine +1.3%, while-early +2.2%, sklearn-partial-fit
-+3.2%, lstm-last-loss +3.7%, cnn +0.7%, finetune +5.6%, lstm +1.9%,
-sklearn +5.8%. And at ad08800 (`bench/results/handsfree-ad08800.json`, 5
-triples): six of the eight scripts within 5%, while-early,
-sklearn-partial-fit and sklearn at +5.1% each (their A/A medians
-1.00-1.01), finetune at +8.9%.
-`hindlog run` now adds 41 ms to a trivial NumPy script's 69 ms (55 ms
-before, in the same alternation: `socket`, `tempfile`, `subprocess`,
-`shutil`, `hashlib` and `importlib.abc` are no longer imported at start, and
-only the named command's parser is built), and `show` charges 0.03 s of
-start-up to a hands-free run (0.05-0.07 s before). The short scripts' medians
-did not move with it (the run before, at 24c2e2d,
-`bench/results/handsfree-24c2e2d.json`: while-early +6.1%, sklearn +5.2%,
-sklearn-partial-fit +5.4%): the policy spends what the start-up no longer
-takes on checkpoints (sklearn-partial-fit: 8-9 of 12 iterations), and
-while-early, with 0-1 checkpoints, still pays for 180,000 nested
-iterations and its threads. finetune's triples at ad08800 followed its checkpoints:
-+0.0% and +0.1% with 4 and 9, +8.9% to +15.9% with 12-13; the policy
-measured no slowdown in the iterations its persists overlapped (weight 1.0),
-and by hand, iteration by iteration, checkpointed iterations were no slower
-than the others, while whole runs on this machine drifted by 5-10% from one
-to the next. A slowdown weight assumed at 2.0 until measured was tried and
-dropped: the runs measured 1.0 and took as many checkpoints.
+scripts): six of the eight scripts within 5%; lstm-last-loss at +5.1% (9
+checkpoints of 10: the last iteration now keeps the policy's 20% margin)
+and sklearn at +6.3%, both with A/A medians of 1.00. Every replay's output
+equalled a fresh run's.
 
-**Earlier notes.** hindlog's start-up (about 0.07 s under `hindlog run`) is charged
-to ε before any checkpoint, so the 2 s sklearn script now gets 1 to 4
-checkpoints in 30 epochs, and its replay is no faster than a re-run; the
-start-up itself is still 3-4% of such a script. `while-early` no longer
-checkpoints its 40 MB validation set (the state analysis sees that
-`model.loss(Xv, yv)` only reads it). cnn-engine measured +19%, then +9% in alternating
-pairs, and -1.2% in this run, the first with each `hindlog run` between two
-`python` runs (bracketed triples, as in the record table); the same 10
-checkpoints of 10 iterations every time. Three triples per script still
-scatter by 5-15% (while-early 1.008, 1.097, 1.087): the scripts over 5% here
-(while-early, sklearn-partial-fit, finetune) are the short ones, or the ones
-whose checkpoints use most of ε, and one run of 3 triples does not separate
-their cost from the machine's noise. lstm's three triples were steady (1.043,
-1.024, 1.032, plain runs within 3%) against +0.7% for the same script under
-the API in the record table: about 3% that hands-free adds there is not yet
-explained. (These figures are from the run at commit 9a2c17d,
-`bench/results/handsfree-9a2c17d.json`, which this table showed until the
-latest run below replaced it.)
-A second run with 7 triples per script (`bench/bench_handsfree.py --pairs 7`,
-`bench/results/handsfree-p7.json`) met a much noisier machine: its plain runs
-were 20-50% slower than in the table's run, and the spread of its A/A ratios
-(plain against plain) was 20-47% per script, against 4-40% in the table's.
-Its medians: cnn-engine 1.030, while-early 1.080, sklearn-partial-fit 1.031,
-lstm-last-loss 1.084, cnn 1.132, finetune 1.030, lstm 1.028, sklearn 1.054;
-every replay again equal to the fresh run. A third run, 3 triples on the
-current code (`bench/results/handsfree-s8.json`; its A/A ratios from 0.83 to
-1.31): cnn-engine 1.064, while-early 1.079, sklearn-partial-fit 1.107,
-lstm-last-loss 1.146, cnn 1.080, finetune 1.129, lstm 0.978, sklearn 1.028,
-every replay equal to the fresh run, and the time hindlog measured itself
-blocking training the same as in the first run (0.2-1.1% per script). The
-table is the latest run, 3 triples on the current code (A/A ratios from 0.84
-to 1.15): cnn-engine, lstm-last-loss and lstm within the noise, cnn +11% and
-sklearn +14% on triples whose A/A ratios were within 2-5%, every replay equal
-to the fresh run again. All four runs put while-early at +8% to +14% and
-sklearn-partial-fit at +6% to +11%, the two short NumPy scripts with tight
-nested loops. The phase measurements in the next section do not account for
-that much (about 0.1 s fixed, and 180,000 nested iterations at 0.1-0.2 µs:
-2-3% of while-early's 4-7 s), and alternating `python` and `hindlog run` of
-while-early by hand, six times each outside the benchmark, put them 2-4%
-apart, within that run's noise: the rest is not yet explained.
-A fifth run of just those two scripts, 5 triples each
-(`bench/bench_handsfree.py --pairs 5 --workloads while-early,sklearn-partial-fit
---out handsfree-short-scripts`, `bench/results/handsfree-short-scripts.json`),
-gave medians of 1.080 and 1.075 (while-early per triple: 1.064, 1.080,
-1.229, 1.237, 1.022, the two highest while a test ran beside it;
-sklearn-partial-fit 1.034 to 1.131), both replays equal to the fresh run.
-By hand the same day, 5 alternations of `python`, `hindlog run --epsilon 0`
-and `hindlog run` put the three within the noise of each other
-(sklearn-partial-fit medians 3.76 s, 3.67 s, 3.88 s; plain runs from 3.40 to
-4.29 s), and while-early's main loop alone (timed inside the script) at
-3.51 s plain, 3.54 s at ε = 0, 3.65 s at the default ε: checkpointing spends
-its budget (`show`: 0.16 s charged, 3.9% of the run) and hindlog's fixed
-cost is about 0.09 s a process. Since then the code snapshot's CPU time (its
-git processes, reading package versions) is charged to the budget too.
-`hindlog run` first added about 1.2 s to every script: its import
-hook searched `sys.path` a second time for every module the script imported
-(torch has hundreds); it now answers "not a project module" with a couple of
-`stat` calls. Hands-free finetune once cost 13-33%: the policy's estimate left
-out the background persister's CPU time and took 4 consecutive 156 MB
-checkpoints; counting that time (see the record notes) removed the slowdown
-in later quiet runs. A per-epoch `print` replays faster than a re-run where
-the run is long against process start and checkpoints exist (lstm, cnn); on a
-2 s script (sklearn) or with few checkpoints (finetune) it cannot be.
-**An earlier run** (`bench/results/handsfree-c7d3b8c.json`, commit
-c7d3b8c, the Intel Xeon machine) put six of the eight scripts within 5%
-(cnn-engine +0.7%, while-early +1.0%, lstm-last-loss +4.3%, cnn +2.0%,
-finetune +2.7%, lstm -0.2%) and the two short scikit-learn scripts over it
-(sklearn-partial-fit +5.3%, sklearn +6.5%, no checkpoint).
-**The run before this one** (`bench/results/handsfree-35b6bfc.json`, commit
-35b6bfc, 3 triples per script) put seven of the eight scripts within 5%
-(cnn-engine +2.1%, while-early +3.0%, sklearn-partial-fit +3.2%,
-lstm-last-loss +4.6%, cnn +2.4%, finetune +4.8%, lstm +1.6%) and sklearn, a
-2 s script, at +6.0% with one checkpoint in 30 epochs. A run of this
-benchmark earlier that day found the replayed `wnorm` lines of finetune 9e-8
-(relative) away from a fresh run's: that fresh run's own `loss` lines
-differed from the record's too, since the statement added to the script
-allocates tensors and moves later allocations, and float rounding with them.
-The benchmark records the largest such relative difference, and the table
-says "within ..." when the fresh run itself drifts from the record.
-**The run before this one**, at commit d79b75e
-(`bench/results/handsfree-d79b75e.json`), timed each script for at least
-30 s of plain runs (`--min-seconds`): 3 to 15 triples. Six of the eight
-scripts were within 5% (cnn-engine +2.7%, while-early +4.2%,
-sklearn-partial-fit +3.4%, lstm-last-loss +4.9%, cnn +3.0%, lstm +1.7%),
-sklearn at +5.7% over 15 triples (one checkpoint in 30 epochs) and finetune
-at +9.3% over its 3 triples (1.032, 1.093, 1.098). finetune alone again, 7
-triples (`bench/bench_handsfree.py --pairs 7 --workloads finetune --out
-handsfree-finetune`), gave +4.7%
-(1.006 to 1.075, 4-8 checkpointed epochs of 30,
-`bench/results/handsfree-finetune-d79b75e.json`): the ten triples together
-have a median of +4.8%.
-**The run at commit 023a6d8** (`bench/results/handsfree-023a6d8.json`) was the same benchmark, on a day this
-machine ran the same work about 30% slower (finetune's plain run 14.9 s
-against 10.6 s). Five scripts are within 5% (cnn-engine +2.2%,
-sklearn-partial-fit +3.5%, lstm-last-loss +3.7%, cnn +4.3%, lstm +1.2%),
-three are over: while-early +6.0% (5 triples, 1.010 to 1.069), finetune
-+6.1% (3 triples: 1.026, 1.079, 1.061; 7-10 checkpointed epochs of 30) and
-sklearn +7.2% (11 triples, 1.031 to 1.099, one checkpoint in 30 epochs).
-finetune alone right after, 7 triples (`bench/bench_handsfree.py --pairs 7
---workloads finetune --out handsfree-finetune`,
-`bench/results/handsfree-finetune.json`; the earlier one is
-`handsfree-finetune-d79b75e.json`), gave +1.7% (0.998 to 1.060, 8-12
-checkpointed epochs): the ten triples together have a median of +2.5%.
-Every replay's output equals a fresh run's. The time hindlog measured
-itself blocking training stayed at 0.3-1.3% of each run. The policy aims at
-0.8 ε of what it charges, and what it charges matches the measured overhead
-only on average (on the record table's runs at 9270e73: sklearn charged
-3.4-5.3% of the run against 0.4-9.7% measured, finetune 3.7-4.9% against
--1.2-6.3%), so a script whose checkpoints are dear lands near ε, and one
-run's noise can put it over. The same day, alternating the script under
-the API and under `hindlog run` by hand, 4 times each at the default ε, both
-took a median 17.2 s, with 11-18 and 10-15 checkpointed epochs (and at
-ε = 0, 16.7 s and 16.3 s): on finetune, hands-free adds nothing measurable
-to what recording costs under the API. sklearn's 2 s script is
-different: hindlog's start-up takes most of its budget, and `hindlog run
---epsilon 0` costs it about as much as the default ε (+5.9% and +6.1% over
-8 alternations by hand: 0.15 s, of which importing hindlog is 0.02-0.05 s and
-`hindlog run`'s set-up 0.04 s more); the rest of that difference is not yet
-explained.
-**The run at commit 9277cc4** (`bench/results/handsfree-9277cc4.json`), the
-next day, put three scripts within 5% (cnn-engine +2.3%, cnn +1.0%, lstm
-0.0%) and five over (while-early +5.6%, sklearn-partial-fit +5.3%,
-lstm-last-loss +6.0%, finetune +5.9%, sklearn +6.7%). Timed phase by phase
-by hand that day (16 alternations of while-early run as `python` with NumPy
-imported first and as `hindlog run --epsilon 0`, no checkpoints), hindlog's
-part without any checkpoint was 2.6-4.7% of while-early: its start 0.09 s,
-its main loop 0.05 s longer (the nested-loop wrapper, 180,000 iterations:
-`bench/bench_costs.py`'s gather measurement puts it at 0.25 µs each), and
-its exit 0.02 s longer. The policy charged the start but not the other two.
-It now charges the nested loops, as an estimate (0.25 µs per nested
-iteration; `hindlog show` lists it), and maps one snapshot buffer per
-tensor instead of two ahead of the first checkpoint. (At 86bac6b, the
-table's commit, it also charged 0.02 s for the run's end; that was
-dropped right after, see the notes on where recording's cost goes.)
-**The run at commit 86bac6b** (`bench/results/handsfree-86bac6b.json`), right after: seven of
-the eight scripts within 5% (cnn-engine +3.3%, while-early +2.2%,
-sklearn-partial-fit +4.5%, lstm-last-loss +4.4%, cnn +0.1%, finetune -0.4%,
-lstm +2.0%), sklearn at +5.4% over 13 triples (its A/A median 0.995). That
-2 s script's overhead is hindlog's fixed cost: it had 0 or 1 checkpointed
-epochs in every triple, and the `hindlog run --epsilon 0` runs by hand above
-cost it as much. while-early, its budget now charged with its nested loops,
-got 1 to 7 checkpointed epochs of 23 (8 to 12 before), and its replay took
-4.3 s instead of 3.5 s: fewer checkpoints, more of its loop to re-run. Its
-A/A median was 0.992 and four of its five triples were under 5%; one run
-does not separate this change from the quieter machine. The replays use
-the planner's new rule for the default worker count: a worker is started
-only for a segment whose recorded time exceeds the script's run up to its
-main loop, which every worker repeats first. sklearn's replay had split its
-30 epochs 0:29 and 29:30 (3.3 s against 3.1 s with one worker); it now
-runs one segment. lstm's replayed `wnorm` lines differ from the fresh
-run's by at most 9e-8 (relative, one float32 rounding step), while the
-fresh run's other lines equal the record's: the norm is summed over
-tensors at other addresses in the replay, which restored them, than in the
-fresh run. In the run at 9277cc4 finetune's replayed lines showed the same
-kind of difference (7e-7). In this run and in those at 9277cc4 and
-d79b75e, lstm's recorded run printed otherwise than the plain run the
-benchmark compares it with; those runs kept no copy of the lines, so what
-differed is not known (the benchmark now keeps the first differing pair,
-`record_stdout_first_difference`).
-**The table now** is the benchmark at commit 24c2e2d with five triples a
-workload (`--pairs 5`; three before): cnn-engine +3.3%, cnn +3.0%, lstm
-+1.3%, lstm-last-loss +4.1% and finetune +0.2% (5 triples from 0.993 to
-1.095, 9-11 checkpointed epochs of 30) within 5%; sklearn +5.2% (18
-triples from 1.001 to 1.121), sklearn-partial-fit +5.4% (9 triples from
-0.991 to 1.101) and while-early +6.1% (7 triples from 0.972 to 1.088, 1-5
-checkpointed epochs of 23) over it. Since e5040dd nothing changed in what a
-recorded run does. finetune's +10.7% in the run at e5040dd and +0.2% here
-are the same code: its A/A ratio was 0.979 in this run, and its triples
-spread over 10 points in both. lstm's recorded run again printed otherwise
-than the plain run beside it (`loss 5.29955780506134` against
-`loss 5.299557745456696`), and its replay's `wnorm` lines differ from the
-fresh run's by up to 9e-8. The plain script does that on its own: three
-`python lstm.py` runs in a row by hand, right after, printed
-`loss 5.299557745456696` twice and `loss 5.29955780506134` once (with the
-allocator held steady as in the benchmark), and two `hindlog run` runs
-printed the former. PyTorch's LSTM on two CPU threads does not give the
-same bits from run to run here, so a replay of it can equal the record
-(it does: the record's checked values never diverged) but not always a
-fresh run.
-**The run at commit e5040dd** (`bench/results/handsfree-e5040dd.json`), run right after the
-record table's run, two hours after the run at 51130c7 below
-(`bench/results/handsfree-51130c7.json`), on the same day: cnn-engine
-+2.4%, cnn +2.6%, lstm +2.2%, while-early +4.6% (0-2 checkpointed epochs
-of 23) within 5%; lstm-last-loss +4.6%; sklearn-partial-fit +6.2% (10
-triples from 1.019 to 1.132, 5-9 checkpointed iterations of 12), sklearn
-+6.2% (17 triples from 1.027 to 1.096, one checkpointed epoch) and
-finetune +10.7% (4 triples: 1.104, 1.117, 1.012, 1.111; 8-12 checkpointed
-epochs of 30) over it. The code's one change since 51130c7 that touches a
-recorded run is that the policy also charges the catalog writer's CPU
-time, a few milliseconds per run. Alternating the previous commit
-(2646521) and this one by hand right after, 15 rounds each of sklearn
-under `hindlog run` beside `python`: +5.8% and +6.2%, the same within
-noise. The machine ran the same work slower than in the morning
-(sklearn's plain run 1.69 s against 1.54 s) and training lost more to the
-same background work: the record table's run just before measured
-finetune's slowdown weight at 1.5-2.5 per second of persister CPU against
-1.0 in the morning, and `bench/bench_background_priority.py` right after
-measured 13 ms of training lost per 77 MB persist of 9 ms CPU. finetune's
-hands-free runs took more checkpoints (8-12) than its API runs in the
-record table an hour earlier (6-10) under the same policy, and its
-triples here lie at +10-12% but for one at +1.2%; the cause is not
-established.
-**The run at commit 51130c7** (`bench/results/handsfree-51130c7.json`), on a day this machine
-ran the same work 30-45% faster than at 86bac6b (sklearn's plain run 1.54 s
-against 2.15 s, finetune's 7.6 s against 13.5 s), so a fixed cost weighs
-more. Five scripts are within 5% (cnn-engine +2.0%, sklearn-partial-fit
-+4.0%, lstm-last-loss +4.1%, cnn +2.4%, lstm +2.0%), three are just over:
-while-early +5.3% (8 triples, 1 checkpointed epoch of 23 in each), finetune
-+5.2% (4 triples, 6-9 checkpointed epochs of 30; its A/A median was 1.050,
-so those triples do not separate hindlog's cost from the noise) and sklearn
-+5.4% (20 triples from 1.030 to 1.069, A/A median 1.005, one checkpointed
-epoch). Right after, the same benchmark of those three scripts on the
-previous commit, fdf34f7 (`bench/bench_handsfree.py --pairs 3 --workloads
-sklearn,finetune,while-early`, run from a checkout of fdf34f7;
-`bench/results/handsfree-fdf34f7.json`) gave sklearn +5.8% (19 triples),
-finetune +3.6% (1.001 to 1.103) and while-early +4.4%: the same within
-their noise, sklearn a little lower now. What changed between them: a
-main-loop iteration's end asks the catalog writer for a commit only when
-none was made in the last 0.2 s (it did every 50 ms). Each commit cost the
-training thread about 1.5 ms on sklearn's 30 ms epochs, against the writer's
-0.4 ms of CPU (timed per epoch, alternating runs: every second epoch was
-1.5-2 ms longer, and not with the writer's wakes turned off); the sqlite3
-module hands the GIL back and forth at every statement. sklearn's overhead
-now is all fixed cost, about 0.08 s of its 1.54 s, itemized by hand
-(alternating `python` and `hindlog run` 10-15 times, timestamps inside the
-script and in hindlog): importing hindlog 15 ms beyond what the script
-imports; `hindlog run`'s set-up 12 ms (argument parsing, the catalog of a
-new store, the script's analysis); the code snapshot's 6 git processes,
-about 20 ms of the run's wall time although they run beside the script
-(`hindlog run` with the snapshot turned off: +0.053 s against +0.073 s);
-the end of the run 8-10 ms (waiting for the last checkpoint's write and
-fsync, 5 ms, and the catalog's close, which checkpoints SQLite's WAL); and
-the first epoch 6 ms. At ε = 0, with no checkpoint, it costs +0.058 s.
-Python's own teardown after the script (140 ms for scikit-learn and SciPy)
-is the same with and without hindlog."""
+**Reading these numbers.**
+
+- **The short scikit-learn script is over ε in nearly every run** (+5.2% to
+  +7.2% on the Intel Xeon machine, in the table below), and that is
+  hindlog's fixed cost, not its checkpoints: the 1.7 s script gets no
+  checkpoint (0 or 1 in most runs), and `hindlog run --epsilon 0` costs it
+  about as much as the default ε (+5.9% and +6.1% over 8 alternations by
+  hand). Timed phase by phase by hand (`python` and `hindlog run`
+  alternating, the script stamping the time at its first line, after its
+  imports, before and after its main loop), the cost was 43 ms (2.4%) with
+  one store kept across runs, as a user's project keeps it, and 81-82 ms
+  (4.6%) with a new store per run, as the benchmark records: about 40 ms
+  before the script starts (hindlog's import, the analysis, the run's
+  set-up; NumPy's import, which the script pays anyway, left out), 3-15 ms
+  during the loop, 6-14 ms at the exit, and a new store's catalog, object
+  folders and first code snapshot about 18 ms more. The benchmark's triples
+  put the cost near 0.1 s; the rest is not found yet. Python's own teardown
+  after the script (140 ms for scikit-learn and SciPy) is the same with and
+  without hindlog.
+- **Where the fixed cost was cut.** `hindlog run` once added about 1.2 s to
+  every script: its import hook searched `sys.path` a second time for every
+  module the script imported; it now answers "not a project module" with a
+  couple of `stat` calls. Later `socket`, `tempfile`, `subprocess`,
+  `shutil`, `hashlib` and `importlib.abc` stopped being imported at start
+  and only the named command's parser is built (a trivial NumPy script:
+  +41 ms instead of +55 ms). A main-loop iteration's end asks the catalog
+  writer for a commit at most every 0.2 s instead of every 50 ms: each
+  commit cost the training thread about 1.5 ms on sklearn's 30 ms epochs,
+  since the sqlite3 module hands the GIL back and forth at every statement.
+- **The policy charges** the start-up, the code snapshot's CPU time (its
+  git processes, reading package versions), the catalog writer's CPU time,
+  the nested loops' iterations (0.25 µs each, an estimate from
+  `bench/bench_costs.py`) and 0.012 s for the run's end, before any
+  checkpoint. What it charges matches the measured overhead only on
+  average (on the record table's run at 9270e73: sklearn charged 3.4-5.3%
+  of the run against 0.4-9.7% measured, finetune 3.7-4.9% against -1.2% to
+  6.3%), so a script whose checkpoints are dear lands near ε, and one run's
+  noise can put it over.
+- **finetune under `hindlog run` and under the API cost the same**: by
+  hand, 4 alternations each at the default ε, both took a median 17.2 s
+  (11-18 and 10-15 checkpointed epochs); at ε = 0, 16.7 s and 16.3 s. Its
+  triples in one run scatter over 10 points (+0.2% and +10.7% for the same
+  code, at 24c2e2d and e5040dd), with A/A medians from 0.98 to 1.05.
+- **Replayed output against a fresh run.** A replay's checked values never
+  diverged from the record's. Its new lines can differ from a fresh run's
+  in the last float32 bit (up to 9e-8 relative): an added statement
+  allocates tensors and moves later allocations, and a norm summed over
+  tensors at other addresses rounds otherwise; PyTorch's LSTM on two CPU
+  threads does not even give the same bits from one `python lstm.py` to the
+  next here. The table says "within ..." when the fresh run itself drifts
+  from the record.
+- **Replay speed-up.** A per-epoch `print` replays faster than a re-run
+  where the run is long against process start and checkpoints exist (lstm,
+  cnn); on a 2 s script (sklearn) or with few checkpoints (finetune) it
+  cannot be. A worker is started only for a segment whose recorded time
+  exceeds the script's run up to its main loop, which every worker repeats.
+- **Experiments kept beside the runs:** `handsfree-p7.json` (7 triples on a
+  much noisier machine, A/A spread 20-47%), `handsfree-s8.json` (3 triples,
+  A/A 0.83-1.31), `handsfree-short-scripts.json` (while-early and
+  sklearn-partial-fit alone, 5 triples each: +8.0% and +7.5%, the two
+  highest while-early triples while a test ran beside it),
+  `handsfree-finetune-d79b75e.json` and `handsfree-finetune.json` (finetune
+  alone, 7 triples: +4.7% and +1.7%)."""
 
 COSTS_INTRO = """\
 What hindlog adds to a process, phase by phase (`bench/bench_costs.py`): a

@@ -984,6 +984,29 @@ def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_next_replay_of_a_run_removes_the_scratch_copy_a_killed_replay_of_it_left(counter, monkeypatch) -> None:
+    import tempfile
+
+    from hindlog.store import Store, mark_scratch_kept
+
+    proj, run = counter
+    tmp = Path(proj.env()["TMPDIR"])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where the replay processes make theirs
+    store = Store(proj.store, proj.root)
+    dead = store.scratch_dir(f"replay-{run}")  # what kill -9 leaves: a marked copy whose lock nobody holds
+    (dead / "train.py").write_text("# the killed replay's copy of the code\n")
+    kept = store.scratch_dir(f"replay-{run}")  # a failed replay's logs, handed to the user to read
+    mark_scratch_kept(kept)
+    other_run = store.scratch_dir("replay-20000101-000000000-aaaaaa")  # another run's: its own replay's business
+    other_store = Store(proj.base / "other-store", proj.root).scratch_dir(f"replay-{run}")
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    proj.replay("train.py")
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+    assert not dead.exists()
+    assert kept.exists() and other_run.exists() and other_store.exists()
+    assert sorted(tmp.glob(f"hindlog-replay-{run}-*")) == sorted([kept, other_store]), "the replay's own copy is gone too"
+
+
 def test_a_second_replay_of_a_run_being_replayed_is_refused_and_nothing_is_stored_twice(tmp_path: Path) -> None:
     import time
 

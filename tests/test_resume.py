@@ -9,11 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from hindlog.store import Store
 
 from ckpt_helpers import (
     HINDLOG_SCRIPT,
@@ -185,7 +188,7 @@ main()
 """
 
 
-def test_resume_a_failed_run(tmp_path: Path) -> None:
+def test_resume_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     proj = CkProject(tmp_path)
     proj.write("train.py", FLAKY)
     (proj.root / "fail.flag").write_text("x")
@@ -222,8 +225,12 @@ def test_resume_a_failed_run(tmp_path: Path) -> None:
         holder.communicate("", timeout=30)
     assert busy.returncode != 0 and f"is being resumed already (process {holder.pid})" in busy.stderr, busy.stderr
     assert proj.run_info(run_id)["status"] == "failed"
+    # A resume killed with -9 leaves its marked scratch copy with nobody holding the lock; the next resume removes it.
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_parent))
+    dead = Store(proj.store_path, proj.root).scratch_dir(f"resume-{run_id}")
     resumed = proj.cli("resume", run_id, env={"TMPDIR": str(scratch_parent)})
     assert f"resuming run {run_id} after iteration" in resumed.stderr and "working tree are not used" in resumed.stderr
+    assert not dead.exists()
     assert list(scratch_parent.iterdir()) == [], "resume left its scratch copy of the code behind"
     reference_id = last_json(proj.run("train.py").stdout)["run"]
     resumed, reference = proj.by_iteration(run_id), proj.by_iteration(reference_id)

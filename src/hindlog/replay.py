@@ -640,6 +640,7 @@ def _execute(
     finally:
         conn.close()
     prefetch_in_background(prefetch_checkpoints, store.objects, restore_order(plan, rows), prefetch_budget())
+    store.remove_dead_scratch(f"replay-{plan.run_id}")  # a killed replay's copy, as its pending rows above
     scratch = store.scratch_dir(f"replay-{plan.run_id}")
     prepare_scratch(store, plan.code_version, plan.files, scratch, inputs_before=run.get("started"))
     argv = run.get("argv") or [plan.script]

@@ -59,6 +59,7 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         raise ReplayError(f"run {row['run_id']} is being resumed already" + (f" (process {pid})" if pid else ""))
     print(f"hindlog: resuming run {row['run_id']} after iteration {readable.iteration}, with the code it was recorded with "
           f"({row['code_version'][:12]}): edits made since to the working tree are not used", file=sys.stderr, flush=True)
+    st.remove_dead_scratch(f"resume-{row['run_id']}")  # a killed resume's copy
     scratch = st.scratch_dir(f"resume-{row['run_id']}")
     try:
         prepare_scratch(st, row["code_version"], {}, scratch)

@@ -221,13 +221,27 @@ class Store:
     def scratch_dir(self, lock: str) -> Path:
         """A new scratch directory in the system's temporary directory, for the process that
         holds lock ``lock`` (``replay-RUN``) to copy the recorded code into. It is marked with
-        this store and the lock: ``hindlog gc`` removes it once no process holds the lock (a
-        replay killed with ``kill -9`` cannot remove its own)."""
+        this store and the lock: a replay killed with ``kill -9`` cannot remove its own, so the
+        next process to hold the lock (``remove_dead_scratch``), or ``hindlog gc`` once no
+        process holds it, does."""
         import tempfile
 
         path = Path(tempfile.mkdtemp(prefix=f"hindlog-{lock}-"))
         (path / SCRATCH_MARK).write_text(json.dumps({"store": str(self.path.resolve()), "lock": lock, "kept": False}))
         return path
+
+    def remove_dead_scratch(self, lock: str) -> int:
+        """Remove the scratch directories an earlier process holding ``lock`` left (it was killed
+        with ``kill -9``), except one kept for the user to read. Only for the process that holds
+        ``lock`` now: no other process can be using them. Returns how many were removed."""
+        import shutil
+
+        removed = 0
+        for path, held_by, kept, _marked in self.scratch_dirs():
+            if held_by == lock and not kept:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
 
     def scratch_dirs(self) -> list[tuple[Path, str, bool, float]]:
         """This store's scratch directories: path, lock, whether they were kept for the user to
