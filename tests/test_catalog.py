@@ -279,6 +279,46 @@ def test_records_still_unwritable_at_exit_go_to_a_spill_file_and_are_loaded_late
     assert df["step"].tolist() == list(range(500))  # loop contexts were spilled too
 
 
+def test_gc_keeps_the_objects_of_checkpoints_whose_rows_wait_in_a_spill_file(project: Project) -> None:
+    from hindlog.gc import gc
+
+    # The catalog is unwritable from the second epoch to the end: the checkpoints' rows are spilled at exit.
+    first = project.run(
+        _UNWRITABLE_PRELUDE.replace("hl.log(\"before\", 1.0)", "hl.log(\"before\", 1.0)\nimport numpy as np\nw = np.zeros(10_000)\nhl.checkpoints(w=w)")
+        + """
+for epoch in hl.loop("epoch", range(4)):
+    for b in hl.loop("batch", range(3)):
+        w += b
+    hl.log("w", float(w.sum()))
+    time.sleep(0.1)
+print(rec.run_id)
+""",
+        env={"HINDLOG_FLUSH_INTERVAL": "0.05", "HINDLOG_EPSILON": "0.9"},
+    )
+    run_id = first.stdout.strip()
+    (spill,) = (project.store_path / "spill").glob("*.pkl")
+    before = set(project.store().objects.names())
+    assert before
+    report = gc(store=project.store(), grace=0)
+    assert report.removed_objects == 0 and set(project.store().objects.names()) == before
+    # The next process loads the spill: its checkpoints are listed and read back intact.
+    project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")
+    assert not spill.exists()
+    conn = project.db()
+    try:
+        iterations = sorted({r[0] for r in conn.execute(
+            "SELECT c.iteration FROM checkpoints c JOIN runs r ON r.id = c.run WHERE r.run_id=?", (run_id,))})
+    finally:
+        conn.close()
+    assert iterations
+    restored = project.run(
+        f"import json, numpy as np, hindlog as hl\nout = {{}}\nfor i in {iterations!r}:\n"
+        f"    w = np.zeros(10_000)\n    hl.restore({run_id!r}, iteration=i, w=w)\n    out[i] = float(w.sum())\n"
+        "print(json.dumps(out))\n", script="check.py")
+    logged = project.values("w", run_id)
+    assert {int(k): v for k, v in json.loads(restored.stdout.strip().splitlines()[-1]).items()} == {i: logged[i] for i in iterations}
+
+
 def test_spilled_records_survive_a_commit_that_fails_after_loading_them(project: Project) -> None:
     # Every commit fails (a trigger aborts its last statement), so the writer spills its
     # records to a file; the commits that then load the file fail too: the file must stay
@@ -315,6 +355,46 @@ print(len(spilled), on_disk)
     assert project.values("during") == list(range(config.SPILL_THRESHOLD + 300))
     assert project.values("after") == [2.0] and project.values("before") == [1.0]
     assert not list(project.store_path.glob("spill/*.pkl"))
+
+
+def test_a_spill_file_another_process_loaded_first_does_not_stop_the_writer(project: Project) -> None:
+    # The writer spills while its commits fail; another process's recovery (one that cannot see
+    # this process's pid, in another container sharing the store) loads the spill file into
+    # the catalog and deletes it. The writer's next commits must go on without that file.
+    proc = project.run(
+        """
+import sqlite3, time
+import hindlog as hl
+from hindlog import catalog, config, record
+from hindlog.writer import load_spill_file
+hl.log("before", 1.0)
+rec = record._recorder
+rec.writer.flush()
+keep = sqlite3.connect(str(rec.store.catalog_path), isolation_level=None)
+keep.execute("CREATE TRIGGER fail_commit BEFORE UPDATE OF heartbeat ON runs BEGIN SELECT RAISE(ABORT, 'commit failed'); END")
+for k in range(config.SPILL_THRESHOLD + 300):
+    hl.log("during", k)
+deadline = time.time() + 60
+while not rec.writer._spill_files and time.time() < deadline:
+    time.sleep(0.02)
+(path,) = rec.writer._spill_files
+with catalog.transaction(keep):                  # the other process's recovery
+    load_spill_file(keep, path)
+path.unlink()
+time.sleep(0.3)                                  # the writer's commits find the file gone, and still fail
+keep.execute("DROP TRIGGER fail_commit")
+hl.log("after", 2.0)
+rec.writer.flush()
+print(rec.writer._thread.is_alive())
+""",
+        env={"HINDLOG_FLUSH_INTERVAL": "0.05"},
+    )
+    assert proc.stdout.split() == ["True"], proc.stdout + proc.stderr
+    from hindlog import config
+
+    assert project.values("during") == list(range(config.SPILL_THRESHOLD + 300))
+    assert project.values("after") == [2.0] and project.values("before") == [1.0]
+    assert project.runs()["status"].tolist() == ["finished"]
 
 
 def test_a_damaged_catalog_is_named_with_what_to_do_and_the_next_run_is_recorded(project: Project) -> None:

@@ -626,6 +626,100 @@ def test_write_error_while_persisting_drops_the_checkpoint_and_training_goes_on(
     assert "checkpoint_dropped" in shown
 
 
+SNAPSHOT_TROUBLE = """
+import json, time
+import numpy as np
+import hindlog as hl
+
+class Flaky:
+    \"\"\"A user object whose state_dict fails in some epochs (host memory exhausted, say).\"\"\"
+    def __init__(self):
+        self.w = np.zeros(4)
+        self.epoch = 0
+    def state_dict(self):
+        if self.epoch in (3, 4):
+            raise MemoryError("cannot allocate the copy")
+        return {"w": self.w.copy(), "epoch": self.epoch}
+    def load_state_dict(self, state):
+        self.w[:] = state["w"]
+        self.epoch = state["epoch"]
+
+model = Flaky()
+hl.checkpoints(model=model)
+for epoch in hl.loop("epoch", range(8)):
+    model.epoch = epoch
+    for b in hl.loop("batch", range(3)):
+        model.w += b
+    hl.log("w", float(model.w.sum()))
+    time.sleep(0.08)  # each checkpoint's write ends before the next iteration's
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_a_snapshot_that_fails_drops_that_checkpoint_and_training_goes_on(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", SNAPSHOT_TROUBLE)
+    proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    assert proc.returncode == 0, proc.stderr
+    run_id = last_json(proc.stdout)["run"]
+    assert proc.stderr.count("could not snapshot the training state") == 1, proc.stderr
+    assert "MemoryError: cannot allocate the copy" in proc.stderr and "training goes on" in proc.stderr
+    values = proj.by_iteration(run_id)
+    assert [values[(e, "w")] for e in range(8)] == [[float(4 * 3 * (e + 1))] for e in range(8)]
+    info = proj.run_info(run_id)
+    assert info["status"] == "finished" and "checkpoint_dropped" in info["flags"]
+    iterations = proj.checkpointed_iterations(run_id)
+    assert not set(iterations) & {3, 4}, iterations
+    assert any(i >= 5 for i in iterations), f"checkpoints did not come back after the failures: {iterations}"
+    assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id))
+
+
+FSYNC_TROUBLE = """
+import errno, json, os, time
+import numpy as np
+import hindlog as hl
+
+# The disk reports an I/O error when written-back data is flushed (EIO from fsync), as a failing
+# or thin-provisioned volume does, in epochs 3 and 4.
+real_fsync, failing = os.fsync, [False]
+def fsync(fd):
+    if failing[0]:
+        raise OSError(errno.EIO, "Input/output error")
+    return real_fsync(fd)
+os.fsync = fsync
+
+w = np.zeros(1000)
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(8)):
+    if epoch in (3, 5):
+        time.sleep(0.3)  # the commits of the epochs before are done
+        failing[0] = epoch == 3
+    for b in hl.loop("batch", range(3)):
+        w += b
+    hl.log("w", float(w.sum()))
+    time.sleep(0.08)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_an_fsync_that_fails_drops_the_checkpoint_it_would_have_committed(tmp_path: Path) -> None:
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FSYNC_TROUBLE)
+    proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    assert proc.returncode == 0, proc.stderr
+    run_id = last_json(proc.stdout)["run"]
+    assert proc.stderr.count("could not write the checkpoint") == 1, proc.stderr
+    assert "Input/output error" in proc.stderr, proc.stderr
+    values = proj.by_iteration(run_id)
+    assert [values[(e, "w")] for e in range(8)] == [[float(1000 * 3 * (e + 1))] for e in range(8)]
+    info = proj.run_info(run_id)
+    assert info["status"] == "finished" and "checkpoint_dropped" in info["flags"]
+    iterations = proj.checkpointed_iterations(run_id)
+    assert not set(iterations) & {3, 4}, iterations
+    assert any(i < 3 for i in iterations) and any(i >= 5 for i in iterations), iterations
+    assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id))
+
+
 # ----------------------------------------------------------------- kill -9 during a persist
 
 BIG_STATE = """

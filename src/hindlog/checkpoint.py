@@ -344,6 +344,10 @@ class Persister:
                         self._done.pop(iteration, None)
                         self._failed.discard(iteration)
                         self._written.pop(iteration, None)
+            except Exception as e:  # noqa: BLE001 - the persister must outlive any one checkpoint
+                iteration = item.iteration if isinstance(item, Frozen) else item[1]
+                self._done.pop(iteration, None)
+                self._drop(iteration, e)
             finally:
                 cpu = time.thread_time() - cpu0
                 self.policy.charge(0.0, cpu, checkpoint=False)
@@ -414,14 +418,7 @@ class Persister:
             self._failed.add(frozen.iteration)
             self._done.pop(frozen.iteration, None)
             _forget_unwritten(frozen)
-            if not self._warned:
-                self._warned = True
-                warnings.warn(
-                    f"hindlog: could not write the checkpoint of iteration {frozen.iteration} ({type(e).__name__}: {e}); "
-                    f"it is dropped and training goes on. {_write_advice(e, self.objects.root)}",
-                    RuntimeWarning,
-                )
-            self.writer.change("flag", "checkpoint_dropped")
+            self._drop(frozen.iteration, e)
             return
         self._done.setdefault(frozen.iteration, []).append(_Done(frozen.block, frozen.loop, name, frozen.nbytes))
 
@@ -446,15 +443,37 @@ class Persister:
 
     def _commit(self, iteration: int) -> None:
         done = self._done.pop(iteration, None)
+        written = self._written.pop(iteration, [])
         if iteration in self._failed or not done:
             self._failed.discard(iteration)
+            # Tensors this iteration did write are reused by name by later checkpoints, which
+            # only touch them: they are flushed now, as their own commit would have.
+            try:
+                fsync_together(written)
+            except OSError:
+                pass  # a later checkpoint that names one is checked by its hash when read
             return
         # The rows below are committed only once the iteration's data is on disk. The files
         # are flushed together here (not one fsync per write, and not a system-wide sync,
         # which would wait for every other process's writes too), with their directories.
-        fsync_together(self._written.pop(iteration, []))
+        try:
+            fsync_together(written)
+        except OSError as e:
+            self._drop(iteration, e)
+            return
         self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes) for d in done])
         self.committed.append(iteration)
+
+    def _drop(self, iteration: int, error: Exception) -> None:
+        """A checkpoint that could not be written: one warning a run, the run flagged, training goes on."""
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"hindlog: could not write the checkpoint of iteration {iteration} ({type(error).__name__}: {error}); "
+                f"it is dropped and training goes on. {_write_advice(error, self.objects.root)}",
+                RuntimeWarning,
+            )
+        self.writer.change("flag", "checkpoint_dropped")
 
 
 def _forget_unwritten(frozen: Frozen) -> None:
@@ -507,6 +526,7 @@ class Checkpointer:
         self._iter_background = 0.0
         self._buffers_ready = False
         self._warned_undeclared = False
+        self._warned_snapshot = False
         self._unpicklable: set[str] = set()
         #: Iterations the budget had room for, skipped because the previous persist still ran.
         self.skipped_busy = 0
@@ -606,7 +626,10 @@ class Checkpointer:
         facts = sourceinfo.loop_facts(frame)
         names = set(facts.live_after) | self._containers(frame, facts.mutated) if facts else set()
         self._exit_snapshot = None
-        self.persister.submit(self._freeze(i, block, loop, frame, names))
+        frozen = self._freeze_or_drop(i, block, loop, frame, names)
+        if frozen is None:
+            return
+        self.persister.submit(frozen)
         if not self.freezer.named_by_hash:
             self._exit_snapshot = (frame, frame.f_lineno, self.freezer.generation)
         self._blocked(time.perf_counter() - t0)
@@ -628,11 +651,13 @@ class Checkpointer:
             if exit_snapshot is not None and exit_snapshot[0] is frame and sourceinfo.read_only_tail(frame, exit_snapshot[1]):
                 reuse = exit_snapshot[2]
                 self.reused_exit_snapshots += 1
-            self.persister.submit(self._freeze(i, ITERATION_END, None, frame, names, reuse))
-            self.persister.commit(i)
+            frozen = self._freeze_or_drop(i, ITERATION_END, None, frame, names, reuse)
+            if frozen is not None:
+                self.persister.submit(frozen)
+                self.persister.commit(i)
+                self.policy.taken += 1
             self._blocked(time.perf_counter() - t_end)
             self.policy.charge(self._iter_hindlog)
-            self.policy.taken += 1
             self._warn_undeclared(frame, facts)
         self.active = False
         self._decided = True
@@ -667,6 +692,27 @@ class Checkpointer:
             if isinstance(v, (list, dict, set, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__":
                 out.add(n)
         return out
+
+    def _freeze_or_drop(self, i: int, block: int, loop: str | None, frame: FrameType, names: set[str],
+                        reuse: int | None = None) -> Frozen | None:
+        """The snapshot, or None when taking it failed (host memory exhausted, a ``state_dict``
+        that raised): then the iteration's checkpoint is dropped, the run flagged, and training
+        goes on."""
+        try:
+            return self._freeze(i, block, loop, frame, names, reuse)
+        except Exception as e:  # noqa: BLE001 - a failed snapshot must not stop training
+            self.persister.discard(i)
+            self.active = False
+            self._exit_snapshot = None
+            if not self._warned_snapshot:
+                self._warned_snapshot = True
+                warnings.warn(
+                    f"hindlog: could not snapshot the training state in iteration {i} ({type(e).__name__}: {e}); "
+                    "that checkpoint is dropped and training goes on.",
+                    RuntimeWarning,
+                )
+            self.recorder.writer.change("flag", "checkpoint_dropped")
+            return None
 
     def _freeze(self, i: int, block: int, loop: str | None, frame: FrameType, names: set[str], reuse: int | None = None) -> Frozen:
         tensors: list[FrozenTensor] = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import catalog
-from .errors import HindlogError
+from .errors import CorruptObject, HindlogError
 from .store import Store
 
 #: Objects younger than this are kept: a running process may be writing a checkpoint.
@@ -55,14 +55,42 @@ def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
         keep.add(name)
         try:
             data = json.loads(store.objects.get(name, verify=False))
-        except Exception:
-            continue
+        except (CorruptObject, ValueError):
+            continue  # missing or damaged: the checkpoint cannot be restored, whatever gc keeps
+        except OSError as e:
+            # Unreadable now (permissions, an I/O error): the objects it names cannot be told
+            # apart from garbage, and deleting them would damage an intact checkpoint.
+            raise HindlogError(f"cannot read the manifest {name[:12]} in {store.objects.root} ({e}); gc removes nothing "
+                               "while a checkpoint's manifest cannot be read. Fix the cause and run gc again") from None
         if isinstance(data, dict) and "tensors" in data:
             keep.add(data["skeleton"])
             keep.update(entry[0] for entry in data["tensors"] if not entry[0].startswith("@"))
         elif isinstance(data, dict):
             keep.update(v for v in data.values() if isinstance(v, str))
     return keep
+
+
+def spilled_manifests(store: Store) -> list[str]:
+    """Manifests of checkpoints whose catalog rows wait in spill files (a run that could not
+    write its catalog), to be loaded by the next process that records in the store."""
+    import pickle
+
+    names: list[str] = []
+    spill_dir = store.spill_dir
+    for path in sorted(spill_dir.glob("*.pkl")) if spill_dir.is_dir() else []:
+        try:
+            with open(path, "rb") as f:
+                data = pickle.load(f)
+        except FileNotFoundError:
+            continue  # loaded meanwhile: its rows are in the catalog, which gc read after this
+        except Exception as e:  # noqa: BLE001 - whatever it is, its checkpoints cannot be told apart
+            raise HindlogError(f"cannot read the spill file {path} ({type(e).__name__}: {e}); the objects its "
+                               "checkpoints use cannot be told apart, so gc removes nothing while it is there. "
+                               "Record a run in this project to load it, or move it away, then run gc again") from None
+        for command in data.get("commands", []):
+            if command and command[0] == "checkpoints":
+                names.extend(row[3] for row in command[1])
+    return names
 
 
 def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | None = None, grace: float = GRACE_SECONDS) -> GcReport:
@@ -82,6 +110,10 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
             f"{damaged[0]} is a damaged catalog set aside{f' (and {len(damaged) - 1} more)' if len(damaged) > 1 else ''}; "
             f"the objects its runs' checkpoints use cannot be told apart, so gc removes nothing while it is there. "
             f"Recover its records ({catalog.recover_advice(damaged[0])}), then delete it and run gc again")
+    # Before anything is read: an object a run writes or reuses from now on is younger than this.
+    now = time.time()
+    # Read before the catalog: a spill file loaded meanwhile has its rows in the catalog then.
+    spilled = spilled_manifests(st)
     conn = st.connect()
     dropped = 0
     try:
@@ -102,8 +134,7 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         manifests = catalog.all_manifests(conn)
     finally:
         conn.close()
-    keep = referenced_objects(st, manifests)
-    now = time.time()
+    keep = referenced_objects(st, manifests + spilled)
     cutoff = now - grace if since is None else min(now - grace, since - SINCE_MARGIN_SECONDS)
     removed = freed = young = young_bytes = 0
     for name in list(st.objects.names()):

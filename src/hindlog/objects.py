@@ -43,17 +43,27 @@ def digest(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_128_hexdigest(data)
 
 
+#: What fsync answers on a file system that cannot flush (some network or virtual ones): the
+#: data is as durable there as it will get, so it is not an error.
+_CANNOT_FSYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EROFS, errno.EBADF, errno.EACCES, errno.EISDIR}
+
+
 def fsync_path(path: str) -> None:
-    """Flush a file or a directory (a renamed file's new name) to disk; a file system that
-    cannot (some network or virtual ones) is left as it is."""
+    """Flush a file or a directory (a renamed file's new name) to disk. A file system that
+    cannot is left as it is; any other failure (the disk full or failing when the data is
+    written back, the file gone) raises ``OSError``: a commit that names the file must not
+    follow."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
+    except OSError as e:
+        if e.errno in _CANNOT_FSYNC:
+            return
+        raise
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if e.errno not in _CANNOT_FSYNC:
+            raise
     finally:
         os.close(fd)
 

@@ -156,7 +156,10 @@ class Writer:
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush, stop the thread, and leave anything unwritable in a spill file."""
-        self.flush(timeout)
+        try:
+            self.flush(timeout)
+        except Exception as e:  # noqa: BLE001 - what could not be written is spilled below
+            self._warn(f"cannot write to the catalog {self.catalog_path} ({type(e).__name__}: {e})")
         self._stop = True
         self._wake.set()
         self._thread.join(timeout)
@@ -176,7 +179,10 @@ class Writer:
             self._wake.wait(interval)
             self._wake.clear()
             cpu0 = time.thread_time()
-            self._drain_once()
+            try:
+                self._drain_once()
+            except Exception as e:  # noqa: BLE001 - a dead writer would lose everything logged after
+                self._warn(f"the catalog writer failed ({type(e).__name__}: {e}); retrying")
             self.cpu_seconds += time.thread_time() - cpu0
 
     def _drain_once(self) -> None:
@@ -305,7 +311,7 @@ class Writer:
             for path in spilled:  # only once their rows are committed
                 self._spill_files.remove(path)
                 _unlink(path)
-        except sqlite3.Error as e:
+        except Exception as e:  # noqa: BLE001 - an unreadable catalog or spill file must not stop the writer
             self._on_failure(e)
             for cmd in commands:  # waiters must not hang on an unwritable catalog
                 if cmd.done is not None:
@@ -362,9 +368,16 @@ class Writer:
 
     def _load_spills(self, conn: sqlite3.Connection) -> list[Path]:
         """Insert this writer's spill files into the transaction; the files, to delete once it commits."""
-        loaded = list(self._spill_files)
-        for path in loaded:
-            load_spill_file(conn, path)
+        loaded = []
+        for path in list(self._spill_files):
+            try:
+                load_spill_file(conn, path)
+            except FileNotFoundError:
+                # Loaded and removed by another process's recovery, which took this process for
+                # gone (one that cannot see its pid): its rows are in the catalog already.
+                self._spill_files.remove(path)
+                continue
+            loaded.append(path)
         if loaded:
             catalog.add_run_flag(conn, self.run, "spilled")
         if self._failed_since is not None:
