@@ -116,8 +116,13 @@ def test_a_durable_put_flushes_the_file_and_its_directory(tmp_path: Path, flushe
     store = ObjectStore(tmp_path / "objects")
     name = store.put(b"durable content")
     path = Path(store.filename(name)).resolve()
-    # The data is flushed under its temporary name, then the directory holding its final name.
-    assert len(flushed) == 2 and Path(flushed[0]).parent == path.parent, flushed
-    assert flushed[1] == str(path.parent)
-    store.put(b"not durable", durable=False)
-    assert len(flushed) == 2
+    # A new fan-out folder's name is flushed into the store's root first; then the data under
+    # its temporary name, then the folder holding its final name.
+    assert len(flushed) == 3 and flushed[0] == str(path.parent.parent), flushed
+    assert Path(flushed[1]).parent == path.parent and flushed[2] == str(path.parent)
+    # In that folder again: the data and the folder only; not durable: nothing.
+    same_folder = [c for c in (f"content {k}".encode() for k in range(5000)) if digest(c)[:2] == name[:2]]
+    store.put(same_folder[0])
+    assert len(flushed) == 5 and flushed[4] == str(path.parent), flushed
+    store.put(same_folder[1], durable=False)
+    assert len(flushed) == 5

@@ -176,7 +176,9 @@ class ObjectStore:
         those a killed writer left."""
         folder = f"{self._root}/{sub}"
         if sub not in self._made:
-            os.makedirs(folder, exist_ok=True)
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
+                fsync_path(self._root)  # the fan-out folder's own name, before objects are named in it
             self._made.add(sub)
         while True:
             tmp = f"{folder}/{TEMPORARY_PREFIX}{os.getpid()}-{next(_temporaries)}"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog, config
+from .objects import fsync_path
 from .values import encode
 
 Command = Callable[[sqlite3.Connection], None]
@@ -359,6 +360,7 @@ class Writer:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            fsync_path(str(self.spill_dir))  # the new name too: the rows leave memory next
         except OSError as e:
             self._warn(f"cannot spill records to {self.spill_dir} either ({e}); keeping them in memory")
             return
