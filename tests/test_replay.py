@@ -983,7 +983,45 @@ def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path:
     assert proj.values("double", run) == want and proj.count("double", run) == 8  # pending ones included
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+EVALUATED = """
+import time
+import hindlog as hl
+
+state = {"w": 0.0}
+hl.checkpoints(state=state)
+
+def evaluate(data):
+    total = 0.0
+    for x in hl.loop("val", data):
+        total += x * state["w"]
+    return total
+
+for epoch in hl.loop("epoch", range(4)):
+    for x in hl.loop("step", range(3)):
+        state["w"] += 0.5
+        time.sleep(0.02)
+    val = evaluate([1.0, 2.0])
+    hl.log("val", val)
+    for x in hl.loop("val", range(2)):  # a second loop of the same name, after the validation
+        state["w"] -= 0.25
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_new_call_of_a_function_that_holds_a_loop_runs_it_and_skips_the_recorded_loops(tmp_path: Path, workers: str) -> None:
+    """A statement added since the record calls ``evaluate`` on other data: the loop inside runs
+    for it, and is not taken for one of the iteration's recorded loops (the recorded ``val``
+    after it keeps its own checkpoint, and so does the last loop, of the same name)."""
+    proj = ReplayProject(tmp_path)
+    run = proj.record(EVALUATED, env=DENSE)
+    proj.write("train.py", insert_before(dedent(EVALUATED), "val = evaluate([1.0, 2.0])", 'hl.log("test", evaluate([100.0]))'))
+    out = proj.replay("train.py", "--workers", workers).stdout
+    result = summary(out)
+    assert result["skipped"] > 0 and result["checked"] == 4, out
+    # w after epoch e's training loop: 1.5 per epoch, less 0.5 per epoch's last loop before it.
+    assert proj.values("test", run) == {(("epoch", e),): 100.0 * (1.5 * (e + 1) - 0.5 * e) for e in range(4)}
+
+
 def test_the_next_replay_of_a_run_removes_the_scratch_copy_a_killed_replay_of_it_left(counter, monkeypatch) -> None:
     import tempfile
 
@@ -1007,6 +1045,7 @@ def test_the_next_replay_of_a_run_removes_the_scratch_copy_a_killed_replay_of_it
     assert sorted(tmp.glob(f"hindlog-replay-{run}-*")) == sorted([kept, other_store]), "the replay's own copy is gone too"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_second_replay_of_a_run_being_replayed_is_refused_and_nothing_is_stored_twice(tmp_path: Path) -> None:
     import time
 

@@ -110,6 +110,10 @@ class Controller:
         self.rows: dict[int, dict[int, tuple[str | None, str]]] = {}
         self.main_started = False
         self.main_finished = False
+        #: Absolute path -> line numbers of the statements added since the record (a replay's;
+        #: built on first use).
+        self._hindsight_lines: dict[str, frozenset[int]] | None = None
+        self._real_paths: dict[str, str] = {}
 
     def attach(self, conn: Any) -> tuple[int, str, int]:
         raise NotImplementedError
@@ -128,6 +132,33 @@ class Controller:
 
     def main_loop_done(self) -> None:
         self.main_finished = True
+
+    def entered_from_hindsight(self, frame: FrameType | None) -> bool:
+        """Whether a loop starting in ``frame`` runs for a statement added since the record (a
+        new ``evaluate(test_loader)`` call, whose function holds a loop): some frame on the
+        stack is executing a new line. Such a loop always runs and is not one of the recorded
+        nested loops: counting it would shift every later loop of the iteration onto another
+        loop's checkpoint."""
+        lines = self._hindsight_lines
+        if lines is None:
+            root = self.recorder.store.root
+            lines = self._hindsight_lines = {}
+            for rel, ranges in (self.spec.get("new_lines") or {}).items():
+                numbers = frozenset(n for lo, hi in ranges for n in range(lo, hi + 1))
+                lines[os.path.realpath(os.path.join(root, rel))] = numbers
+        if not lines:
+            return False
+        real = self._real_paths
+        while frame is not None:
+            filename = frame.f_code.co_filename
+            path = real.get(filename)
+            if path is None:
+                path = real[filename] = os.path.realpath(filename)
+            numbers = lines.get(path)
+            if numbers is not None and frame.f_lineno in numbers:
+                return True
+            frame = frame.f_back
+        return False
 
     def block_checkpoint(self, name: str) -> str | None:
         """The manifest to restore instead of running this nested loop, or None to run it."""

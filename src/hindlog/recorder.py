@@ -290,6 +290,8 @@ class Recorder:
             # wrapper, a batch generator): part of that loop's iteration, not a loop of its own.
             return iterable
         if self.depth == 1 and self.iteration is not None and self.controller is not None:
+            if self.controller.entered_from_hindsight(sys._getframe(1)):
+                return self._inner_loop(name, iterable, block=False)
             manifest = self.controller.block_checkpoint(name)
             if manifest is not None:
                 return self._skipped_block(name, iterable, manifest)
@@ -390,7 +392,9 @@ class Recorder:
         if time.monotonic() - self.writer.last_commit >= self._commit_gap:
             self.writer.wake()
 
-    def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None) -> Iterator[Any]:
+    def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None, block: bool = True) -> Iterator[Any]:
+        """A nested loop; ``block``: whether, directly in a main-loop iteration, it is one of the
+        iteration's blocks (numbered, timed, checkpointed at its exit)."""
         frame = frame or sys._getframe(1)
         parent = self.ctx
         cell = [0]
@@ -398,7 +402,7 @@ class Recorder:
         level = (parent, name, cell, self._level)
         self._level = level
         self.depth += 1
-        block_level = self.depth == 2 and self.iteration is not None
+        block_level = block and self.depth == 2 and self.iteration is not None
         t0 = time.perf_counter() if block_level else 0.0
         i = 0
         try:
