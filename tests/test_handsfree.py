@@ -1088,6 +1088,48 @@ def test_a_trainer_class_is_checkpointed_with_its_data_stored_once_and_replays_e
         assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
 
 
+INLINE_MAIN = """
+import time
+
+
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def step(self, k):
+        self.n += k
+
+
+if __name__ == "__main__":
+    counter = Counter()
+    history = []
+    for epoch in range(5):
+        for k in range(3):
+            counter.step(k + epoch)
+            time.sleep(0.02)
+        history.append(counter.n)
+        print("epoch", epoch, counter.n)
+    print("history", history)
+"""
+
+
+def test_training_code_written_inline_under_the_main_guard_is_checkpointed(proj: HFProject) -> None:
+    """The state is made inside ``if __name__ == "__main__":``, right before the main loop: it
+    is declared there, not before the ``if`` (where it does not exist yet)."""
+    proj.write("train.py", INLINE_MAIN)
+    proj.commit()
+    proc, run = proj.record(epsilon=0.9)
+    assert proc.returncode == 0 and "checkpointing counter, history" in proc.stderr, show(proc)
+    assert len(proj.checkpoint_iterations(run)) >= 3, proj.checkpoint_iterations(run)
+    proj.write("train.py", INLINE_MAIN.replace('        print("epoch", epoch, counter.n)',
+                                               '        print("epoch", epoch, counter.n)\n        print("HS", epoch, counter.n * 2)'))
+    want = _fresh_marked_lines(proj, "train.py", proj.root)
+    assert len(want) == 5
+    replayed = proj.replay("train.py", "--workers", "1")
+    assert int(re.search(r"(\d+) loops skipped", replayed.stdout).group(1)) > 0, show(replayed)
+    assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
+
+
 def test_replay_compares_what_the_replayed_code_prints_with_the_record(proj: HFProject) -> None:
     """Lines the recorded code prints again in the replay are compared with the record's: a
     difference is a note (lines may hold times), not a failure."""

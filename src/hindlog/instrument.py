@@ -538,10 +538,10 @@ def instrument(
     if main is not None and holder is not None:
         plan.rebound_globals = sorted(_rebound_globals(main, functions))
         plan.state_candidates = sorted(set(_state_candidates(main, holder, functions)) | set(plan.rebound_globals))
-        for stmt in holder:
-            if stmt is main or any(n is main for n in ast.walk(stmt)):
-                state_before = id(stmt)
-                break
+        # Declared right before the main loop, in the block that holds it: under ``if __name__ ==
+        # "__main__":`` or in a ``with``, the state is made in that block, after the statement
+        # of the module or function that encloses the loop has begun.
+        state_before = id(main)
     _Rewriter(wrap, state_before, plan.state_candidates, plan.rebound_globals).visit(tree)
     ast.fix_missing_locations(tree)
     return plan
