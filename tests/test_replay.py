@@ -983,6 +983,31 @@ def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path:
     assert proj.values("double", run) == want and proj.count("double", run) == 8  # pending ones included
 
 
+LONG_MAIN_LOOP = """
+import hindlog as hl
+from hindlog import recorder
+
+recorder.MAX_TIMED_ITERATIONS = 5  # stands for the 100,000 iterations whose timings a run keeps
+state = {"x": 0}
+hl.checkpoints(state=state)
+for step in hl.loop("step", range(12)):
+    state["x"] += step
+    if step % 4 == 0:
+        hl.log("x", state["x"])
+"""
+
+
+def test_a_main_loop_longer_than_its_timings_is_replayed_to_its_end(tmp_path: Path) -> None:
+    """A run keeps the durations of its first iterations only; replay still runs them all (the
+    last logged iteration, 8 here, is not the last one)."""
+    proj = ReplayProject(tmp_path)
+    run = proj.record(LONG_MAIN_LOOP, env=DENSE)
+    proj.write("train.py", insert_after(dedent(LONG_MAIN_LOOP), 'state["x"] += step', 'hl.log("total", state["x"])'))
+    out = proj.replay("train.py").stdout
+    assert "iterations 0:12 of 12" in out, out
+    assert proj.values("total", run) == {(("step", k),): sum(range(k + 1)) for k in range(12)}
+
+
 EVALUATED = """
 import time
 import hindlog as hl

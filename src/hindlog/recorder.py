@@ -30,6 +30,9 @@ from .writer import Writer, recover_spills
 #: Least seconds between the commits that main-loop iteration ends ask of the writer (or the
 #: flush interval, if shorter): a commit costs training about 1.5 ms, under 1% at this pace.
 COMMIT_GAP = 0.2
+#: Main-loop iterations whose durations a run keeps (for replay's estimates); a longer main loop
+#: is estimated from their mean.
+MAX_TIMED_ITERATIONS = 100_000
 
 _last_id_lock = threading.Lock()
 _last_id = ""
@@ -112,6 +115,8 @@ class Recorder:
         #: Seconds spent in each block loop (by name) and per main-loop iteration, for replay plans.
         self.block_seconds: dict[str, float] = {}
         self.iteration_seconds: list[float] = []
+        #: Main-loop iterations entered (the timings stop at MAX_TIMED_ITERATIONS; replay needs all).
+        self.main_loop_iterations: int | None = None
         self.preloop_seconds: float | None = None
         #: Replay: seconds spent reading and applying checkpoints.
         self.restore_seconds = 0.0
@@ -358,15 +363,17 @@ class Recorder:
                 self._iteration_end(i, frame)
                 open_iteration = None
                 t1 = clock()
-                if len(iteration_seconds) < 100_000:
+                if len(iteration_seconds) < MAX_TIMED_ITERATIONS:
                     iteration_seconds.append(t1 - t0)
                 t0 = t1
                 i += 1
+                self.main_loop_iterations = i
         finally:
             if open_iteration is not None:
                 # Left by break or an exception: it counts as an iteration (replay runs it),
                 # but a mid-iteration state is never committed as a checkpoint.
-                if len(iteration_seconds) < 100_000:
+                self.main_loop_iterations = open_iteration + 1
+                if len(iteration_seconds) < MAX_TIMED_ITERATIONS:
                     iteration_seconds.append(clock() - t0)
                 if self.checkpointer is not None:
                     self.checkpointer.abandon_iteration(open_iteration)
@@ -566,6 +573,7 @@ class Recorder:
             timing = {
                 "preloop_seconds": self.preloop_seconds,
                 "iteration_seconds": self.iteration_seconds,
+                "main_loop_iterations": self.main_loop_iterations,
                 "block_seconds": self.block_seconds,
                 # Transactions the writer committed before the last one: what ``COMMIT_GAP`` bounds.
                 "writer_commits": self.writer.commits,

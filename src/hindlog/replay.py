@@ -251,9 +251,11 @@ def plan_run(
     names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
     probed = hindsight.probed_loops(all_sources, new_statements, names)
     run_all_blocks = hindsight.reads_gradients(all_sources, new_statements)
-    # Iterations the record entered: its timings, or (a killed run) the contexts it logged in.
+    # Iterations the record entered: as it counted them, its timings (kept for the first
+    # MAX_TIMED_ITERATIONS), or (a killed run) the contexts it logged in.
     row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
-    total = max(len(info.get("iteration_seconds") or []), (row[0] + 1) if row and row[0] is not None else 0)
+    total = max(len(info.get("iteration_seconds") or []), int(info.get("main_loop_iterations") or 0),
+                (row[0] + 1) if row and row[0] is not None else 0)
     lo, hi = 0, total
     if iterations is not None:
         lo = iterations[0] if iterations[0] is not None else 0
