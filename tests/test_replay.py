@@ -1008,6 +1008,69 @@ def test_a_main_loop_longer_than_its_timings_is_replayed_to_its_end(tmp_path: Pa
     assert proj.values("total", run) == {(("step", k),): sum(range(k + 1)) for k in range(12)}
 
 
+BROKEN_OFF = """
+import time
+import hindlog as hl
+
+state = {"w": 0.0}
+hl.checkpoints(state=state)
+for epoch in hl.loop("epoch", range(4)):
+    for step in hl.loop("batch", range(10)):
+        state["w"] += 0.5
+        loss = state["w"] * 3
+        time.sleep(0.01)
+        if step == epoch + 1:
+            break
+    hl.log("loss", loss)
+"""
+
+
+def test_a_nested_loop_left_by_break_keeps_the_locals_read_after_it(tmp_path: Path) -> None:
+    """The last batch's ``loss`` of a loop left by ``break`` is in its checkpoint: skipped in
+    replay, the loop leaves it as running it did (the recorded ``loss`` values are checked)."""
+    proj = ReplayProject(tmp_path)
+    run = proj.record(BROKEN_OFF, env=DENSE)
+    proj.write("train.py", insert_after(dedent(BROKEN_OFF), 'hl.log("loss", loss)', 'hl.log("double", 2 * loss)'))
+    out = proj.replay("train.py", "--workers", "1").stdout
+    result = summary(out)
+    assert result["checked"] == 4 and result["skipped"] > 0, out
+    assert proj.values("double", run) == {k: 2 * v for k, v in proj.values("loss", run).items()}
+
+
+FOR_ELSE = """
+import time
+import hindlog as hl
+
+state = {"w": 0.0, "elses": 0}
+hl.checkpoints(state=state)
+for epoch in hl.loop("epoch", range(4)):
+    for x in hl.loop("step", range(3)):
+        state["w"] += 0.5
+        time.sleep(0.02)
+        if epoch % 2 == 1 and x == 1:
+            break
+    else:
+        state["elses"] += 1
+    hl.log("elses", state["elses"])
+"""
+
+
+def test_a_nested_loop_left_by_break_before_its_else_clause_runs_again_in_replay(tmp_path: Path) -> None:
+    """Skipped, a loop ends as an empty one and its ``else:`` runs: where the record left it by
+    ``break`` (odd epochs), replay runs it instead, and the ``else:`` stays skipped."""
+    proj = ReplayProject(tmp_path)
+    run = proj.record(FOR_ELSE, env=DENSE)
+    proj.write("train.py", insert_after(dedent(FOR_ELSE), 'hl.log("elses", state["elses"])', 'hl.log("w", state["w"])'))
+    out = proj.replay("train.py", "--workers", "1").stdout
+    result = summary(out)
+    assert result["checked"] == 4 and result["run"] >= 2, out  # the odd epochs' loops ran
+    w, want = 0.0, {}
+    for e in range(4):
+        w += 1.5 if e % 2 == 0 else 1.0  # three steps, or two and the break
+        want[(("epoch", e),)] = w
+    assert proj.values("w", run) == want
+
+
 EVALUATED = """
 import time
 import hindlog as hl

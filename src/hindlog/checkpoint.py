@@ -619,11 +619,18 @@ class Checkpointer:
                 total += obj.nbytes
         return total
 
-    def block_exit(self, i: int, block: int, loop: str, frame: FrameType) -> None:
+    def block_exit(self, i: int, block: int, loop: str, frame: FrameType, broke: bool = False, header: int | None = None) -> None:
+        """A nested loop of iteration ``i`` ended (``broke``: by ``break``); ``header``: its
+        ``for`` line (the frame's line, unless it ended by ``break``)."""
         if not self._may_snapshot():
             return
         t0 = time.perf_counter()
-        facts = sourceinfo.loop_facts(frame)
+        facts = sourceinfo.loop_facts(frame, header)
+        if broke and facts is not None and facts.has_else:
+            # Left by ``break``, its ``else:`` did not run; a replay that skipped the loop would
+            # run it (a skipped loop ends as an empty one). Without a checkpoint, replay runs it.
+            self._exit_snapshot = None
+            return
         names = set(facts.live_after) | self._containers(frame, facts.mutated) if facts else set()
         self._exit_snapshot = None
         frozen = self._freeze_or_drop(i, block, loop, frame, names)
@@ -631,7 +638,7 @@ class Checkpointer:
             return
         self.persister.submit(frozen)
         if not self.freezer.named_by_hash:
-            self._exit_snapshot = (frame, frame.f_lineno, self.freezer.generation)
+            self._exit_snapshot = (frame, header if header is not None else frame.f_lineno, self.freezer.generation)
         self._blocked(time.perf_counter() - t0)
 
     def iteration_end(self, i: int, frame: FrameType) -> None:

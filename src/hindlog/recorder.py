@@ -403,6 +403,8 @@ class Recorder:
         """A nested loop; ``block``: whether, directly in a main-loop iteration, it is one of the
         iteration's blocks (numbered, timed, checkpointed at its exit)."""
         frame = frame or sys._getframe(1)
+        # The loop's header: the line the frame is at when the loop ends is a ``break``'s.
+        header = frame.f_lineno
         parent = self.ctx
         cell = [0]
         # (context of the enclosing loop, name, [index], the enclosing loop's level)
@@ -412,6 +414,7 @@ class Recorder:
         block_level = block and self.depth == 2 and self.iteration is not None
         t0 = time.perf_counter() if block_level else 0.0
         i = 0
+        exhausted = False
         try:
             for item in iterable:
                 if self._level is not level:
@@ -420,6 +423,7 @@ class Recorder:
                 self._ctx = None
                 yield item
                 i += 1
+            exhausted = True
         finally:
             self.depth -= 1
             self.nested_iterations += i
@@ -429,7 +433,7 @@ class Recorder:
                 self._ctx = level[0]
             if block_level:
                 self.block_seconds[name] = self.block_seconds.get(name, 0.0) + time.perf_counter() - t0
-                self._block_exit(name, frame)
+                self._block_exit(name, frame, broke=not exhausted, header=header)
 
     def _is_open(self, level: tuple[Any, ...]) -> bool:
         current = self._level
@@ -461,9 +465,9 @@ class Recorder:
         self._level = moved
         return moved
 
-    def _block_exit(self, name: str, frame: Any) -> None:
+    def _block_exit(self, name: str, frame: Any, broke: bool = False, header: int | None = None) -> None:
         if self.checkpointer is not None:
-            self.checkpointer.block_exit(self.iteration, self.block, name, frame)
+            self.checkpointer.block_exit(self.iteration, self.block, name, frame, broke, header)
         self.block += 1
 
     def checkpoints(self, objects: dict[str, Any]) -> None:

@@ -32,6 +32,8 @@ class LoopFacts:
     #: kept at iteration ends (``best_epoch``), even if the recorded code never reads them
     #: again: a statement added later may, and a replay segment starting there must find them.
     carried: frozenset[str] = frozenset()
+    #: Whether the loop has an ``else:`` clause (which runs unless the loop was left by ``break``).
+    has_else: bool = False
 
 
 def _scope_nodes(tree: ast.AST, lineno: int) -> tuple[ast.AST, ast.For | ast.While | None]:
@@ -154,7 +156,8 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While) -> LoopFacts:
     own_target = assigned_names([loop.target]) if isinstance(loop, (ast.For, ast.AsyncFor)) else set()
     carried = _assigned_outside_loops(loop.body) - own_target
     return LoopFacts(
-        loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated), frozenset(carried)
+        loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated), frozenset(carried),
+        bool(loop.orelse),
     )
 
 
