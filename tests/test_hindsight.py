@@ -200,6 +200,16 @@ def test_place_reindents_to_the_target_and_keeps_multi_line_statements() -> None
     assert placed_statements(two_spaces, placed) == ["hl.log(\n      'lr',\n      sched.get_last_lr()[0],\n  )"]
 
 
+def test_place_a_compound_statement_written_on_one_line() -> None:
+    new = add_after(BASE, 'hl.log("val", val)', '    if epoch % 2 == 0: hl.log("even", val)')
+    ranges = find_additions("train.py", BASE, new).statements
+    older = BASE.replace("    sched.step()\n", "")
+    placed = place(new, ranges, older)
+    assert placed_statements(older, placed) == ['if epoch % 2 == 0: hl.log("even", val)']
+    lines = placed.splitlines()
+    assert lines[lines.index('    if epoch % 2 == 0: hl.log("even", val)') - 1] == '    hl.log("val", val)'
+
+
 def test_place_refuses_an_ambiguous_or_missing_neighbour() -> None:
     new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", 0.1)')
     ranges = find_additions("train.py", BASE, new).statements

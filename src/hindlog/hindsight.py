@@ -199,6 +199,9 @@ def units(new_src: str, statements: list[tuple[int, int]]) -> list[Unit]:
     new_set = set(statements)
     out: list[Unit] = []
     for block in _blocks(tree):
+        parent = block.parent
+        if parent is not None and any(lo <= parent.lineno and (parent.end_lineno or parent.lineno) <= hi for lo, hi in statements):
+            continue  # inside a new compound statement, which is placed whole (`if c: hl.log(x)` on one line)
         run: list[ast.stmt] = []
         for idx, stmt in enumerate(block.stmts + [None]):  # type: ignore[operator]
             is_new = stmt is not None and (stmt.lineno, stmt.end_lineno or stmt.lineno) in new_set
