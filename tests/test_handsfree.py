@@ -590,6 +590,52 @@ def test_script_environment_is_that_of_python(proj: HFProject) -> None:
     assert "hindlog: checkpointing history" in hf.stderr, show(hf)
 
 
+ASYNC_LOOPS = """
+import asyncio
+
+
+class Opt:
+    def __init__(self):
+        self.n = 0
+
+    def step(self):
+        self.n += 1
+
+
+async def batches():
+    for i in range(3):
+        yield i
+
+
+async def main():
+    opt = Opt()
+    for epoch in range(2):
+        async for b in batches():
+            opt.step()
+        print("epoch", epoch, opt.n)
+    async for b in batches():
+        print("after", b)
+
+
+asyncio.run(main())
+"""
+
+
+def test_async_for_loops_run_as_under_python(proj: HFProject) -> None:
+    """An ``async for`` needs an asynchronous iterator: hindlog leaves such loops as they are
+    (they run, and are never skipped in replay), in the main loop and as the main loop."""
+    proj.write("train.py", ASYNC_LOOPS)
+    main_async = ASYNC_LOOPS.replace("    for epoch in range(2):\n        async for b in batches():\n            opt.step()\n",
+                                     "    async for epoch in batches():\n        for b in range(3):\n            opt.step()\n")
+    proj.write("main_async.py", main_async)
+    proj.commit()
+    for script in ("train.py", "main_async.py"):
+        py, hf = proj.python(script), proj.hrun(script)
+        assert py.returncode == 0, show(py)
+        assert (hf.returncode, hf.stdout) == (0, py.stdout), show(hf)
+    assert "is an `async for`, which hindlog cannot follow" in hf.stderr, show(hf)
+
+
 def test_missing_script_like_python(proj: HFProject) -> None:
     py = proj.python("nothere.py")
     hf = proj.hrun("nothere.py", ["--x"])

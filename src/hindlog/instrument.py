@@ -507,6 +507,10 @@ def instrument(
     main = holder = None
     if is_script:
         main, holder = find_main_loop(tree, external)
+        if isinstance(main, ast.AsyncFor):
+            plan.notes.append(f"the main loop (line {main.lineno}) is an `async for`, which hindlog cannot follow: "
+                              "the script runs plainly, without checkpoints")
+            main = holder = None
     # Names given with hl.loop are taken: a loop named from its target never reuses one.
     namer.used |= {n for n in map(api_loop_name, ast.walk(tree)) if n}
     if main is not None:
@@ -518,16 +522,16 @@ def instrument(
         plan.main_loop, plan.main_line = name, main.lineno  # type: ignore[attr-defined]
         # The loops in its body are nested loops, also when the main loop itself is an hl.loop.
         for inner in _outer_loops(main.body):  # type: ignore[attr-defined]
-            if api_loop_name(inner) is None and inner.lineno not in skip_lines:  # type: ignore[attr-defined]
+            if api_loop_name(inner) is None and inner.lineno not in skip_lines and not isinstance(inner, ast.AsyncFor):  # type: ignore[attr-defined]
                 n = namer.name(inner)
                 wrap[id(inner)] = ("nested_loop", n)
                 plan.names[inner.lineno] = n  # type: ignore[attr-defined]
-    elif is_script:
+    elif is_script and not plan.notes:
         plan.notes.append("no loop holds training work here: the script runs plainly, without checkpoints")
     all_functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     for fn in sorted(all_functions, key=lambda f: f.lineno):
         for loop in _outer_loops(fn.body):
-            if id(loop) in wrap or api_loop_name(loop) is not None or loop.lineno in skip_lines:  # type: ignore[attr-defined]
+            if id(loop) in wrap or api_loop_name(loop) is not None or loop.lineno in skip_lines or isinstance(loop, ast.AsyncFor):  # type: ignore[attr-defined]
                 continue
             if main is not None and any(loop is n for n in ast.walk(main)):
                 continue
