@@ -636,6 +636,44 @@ def test_async_for_loops_run_as_under_python(proj: HFProject) -> None:
     assert "is an `async for`, which hindlog cannot follow" in hf.stderr, show(hf)
 
 
+WALRUS_WHILE_ELSE = """
+class Opt:
+    def __init__(self):
+        self.n = 0
+
+    def step(self):
+        self.n += 1
+
+
+opt = Opt()
+data = [1, 2, 3]
+for epoch in range(4):
+    it = iter(data)
+    while (x := next(it, None)) is not None:
+        opt.step()
+        if epoch == 2 and x == 2:
+            break
+    else:
+        print("else", epoch, opt.n)
+        if epoch == 1:
+            continue
+        if epoch == 3:
+            break
+    print("end", epoch)
+print("done", opt.n)
+"""
+
+
+def test_a_while_loop_with_an_assigning_condition_keeps_its_else_clause_meaning(proj: HFProject) -> None:
+    """Its ``else:`` runs once the condition fails, not after a ``break``, and a ``break`` or
+    ``continue`` in it acts on the enclosing loop."""
+    proj.write("train.py", WALRUS_WHILE_ELSE)
+    proj.commit()
+    py, hf = proj.python("train.py"), proj.hrun("train.py")
+    assert py.returncode == 0 and py.stdout.split("\n")[:2] == ["else 0 3", "end 0"], show(py)
+    assert (hf.returncode, hf.stdout) == (0, py.stdout), show(hf)
+
+
 def test_missing_script_like_python(proj: HFProject) -> None:
     py = proj.python("nothere.py")
     hf = proj.hrun("nothere.py", ["--x"])

@@ -428,13 +428,17 @@ def _wrap(loop: ast.AST, func: str, name: str) -> list[ast.stmt]:
         return [new]
     # A condition that assigns (``:=``) or yields cannot move into a lambda: it is checked at the
     # top of the body instead, and its last, failing check is an iteration of its own.
-    # while COND: BODY else: ELSE  ->  for _ in loop(count()): if not COND: ELSE; break / BODY
+    # while COND: BODY  ->  for _ in loop(count()): if not COND: break / BODY
+    # With ``else: ELSE``, a flag set by the failing check runs ELSE after the loop, where a
+    # ``break`` or ``continue`` in it still means the enclosing loop's.
     counter = ast.Call(
         func=ast.Attribute(value=ast.Name(id=RUNTIME, ctx=ast.Load()), attr="count", ctx=ast.Load()), args=[], keywords=[]
     )
+    flag = f"__hindlog_{name}_exhausted"
     check = ast.If(
         test=ast.UnaryOp(op=ast.Not(), operand=loop.test),
-        body=[*loop.orelse, ast.Break()],
+        body=[*([ast.Assign(targets=[ast.Name(id=flag, ctx=ast.Store())], value=ast.Constant(value=True))] if loop.orelse else []),
+              ast.Break()],
         orelse=[],
     )
     new = ast.For(
@@ -446,7 +450,11 @@ def _wrap(loop: ast.AST, func: str, name: str) -> list[ast.stmt]:
     )
     ast.copy_location(new, loop)
     ast.copy_location(check, loop.test)
-    return [new]
+    if not loop.orelse:
+        return [new]
+    before = ast.copy_location(ast.Assign(targets=[ast.Name(id=flag, ctx=ast.Store())], value=ast.Constant(value=False)), loop)
+    after = ast.copy_location(ast.If(test=ast.Name(id=flag, ctx=ast.Load()), body=loop.orelse, orelse=[]), loop.orelse[0])
+    return [before, new, after]
 
 
 class _Rewriter(ast.NodeTransformer):
