@@ -674,6 +674,14 @@ def test_a_while_loop_with_an_assigning_condition_keeps_its_else_clause_meaning(
     assert (hf.returncode, hf.stdout) == (0, py.stdout), show(hf)
 
 
+def test_the_scripts_arguments_reach_it_as_given_a_double_dash_included(proj: HFProject) -> None:
+    proj.write("show_argv.py", "import sys\nprint(sys.argv)\n")
+    proj.commit()
+    for args in (["--", "--x", "a"], ["--x", "--", "a"], ["-v", "--epsilon", "3"]):
+        py, hf = proj.python("show_argv.py", args), proj.hrun("show_argv.py", args)
+        assert (hf.returncode, hf.stdout) == (0, py.stdout), show(hf)
+
+
 def test_missing_script_like_python(proj: HFProject) -> None:
     py = proj.python("nothere.py")
     hf = proj.hrun("nothere.py", ["--x"])

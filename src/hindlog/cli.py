@@ -150,9 +150,35 @@ def _command_named(argv: Sequence[str]) -> str | None:
     return argv[k] if k < len(argv) and argv[k] in SUBCOMMANDS else None
 
 
+def _script_args_as_given(argv: Sequence[str], script: str) -> list[str] | None:
+    """What follows the script in ``hindlog [--store DIR] run [OPTIONS] SCRIPT ARGS...``, exactly
+    as given: argparse drops a ``--`` right after the script, which ``python SCRIPT`` passes on.
+    None if the command line is not of that plain shape."""
+    k = 0
+    if k < len(argv) and argv[k] == "--store":
+        k += 2
+    elif k < len(argv) and argv[k].startswith("--store="):
+        k += 1
+    if k >= len(argv) or argv[k] != "run":
+        return None
+    k += 1
+    while k < len(argv) and argv[k] != script:
+        if argv[k] in ("--epsilon", "--set"):
+            k += 2
+        elif argv[k].startswith(("--epsilon=", "--set=")):
+            k += 1
+        else:
+            return None
+    return list(argv[k + 1:]) if k < len(argv) else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(only=_command_named(argv)).parse_args(argv)
+    if args.command == "run":
+        given = _script_args_as_given(argv, args.script)
+        if given is not None:
+            args.args = given
     try:
         return COMMANDS[args.command](args)
     except ReplayInterrupted as e:
