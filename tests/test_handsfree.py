@@ -682,6 +682,28 @@ def test_the_scripts_arguments_reach_it_as_given_a_double_dash_included(proj: HF
         assert (hf.returncode, hf.stdout) == (0, py.stdout), show(hf)
 
 
+def test_the_scripts_own_excepthook_reports_its_error(proj: HFProject) -> None:
+    proj.write("hooked.py", dedent(
+        """
+        import sys
+
+        def report(kind, error, tb):
+            print("reported:", kind.__name__, error, tb.tb_frame.f_code.co_filename.endswith("hooked.py"), file=sys.stderr)
+
+        sys.excepthook = report
+        w = [0.0]
+        for epoch in range(3):
+            for b in range(2):
+                w[0] += b
+        raise ValueError("diverged")
+        """))
+    proj.commit()
+    py, hf = proj.python("hooked.py"), proj.hrun("hooked.py")
+    assert py.returncode == 1 and "reported: ValueError diverged True" in py.stderr, show(py)
+    assert hf.returncode == 1 and "reported: ValueError diverged True" in hf.stderr, show(hf)
+    assert "Traceback" not in hf.stderr, show(hf)
+
+
 def test_missing_script_like_python(proj: HFProject) -> None:
     py = proj.python("nothere.py")
     hf = proj.hrun("nothere.py", ["--x"])

@@ -210,9 +210,22 @@ class transaction:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                # A COMMIT that fails (the disk full) may leave the transaction open, holding the
+                # write lock: the connection's next BEGIN would fail too.
+                self._rollback()
+                raise
         else:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # rolled back already, or the connection is unusable: the caller reconnects
 
 
 # ----------------------------------------------------------------- runs

@@ -517,4 +517,12 @@ def _print_user_traceback(exc_type: Any, exc: Any, tb: Any, script: str) -> None
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(package):
         tb = tb.tb_next
     sys.stderr.flush()
+    if sys.excepthook is not sys.__excepthook__:
+        # The script installed its own (rich's pretty tracebacks, a crash reporter): python
+        # would have called it.
+        try:
+            sys.excepthook(exc_type, exc, tb)
+            return
+        except Exception:
+            pass
     traceback.print_exception(exc_type, exc, tb)
