@@ -517,6 +517,8 @@ def _print_user_traceback(exc_type: Any, exc: Any, tb: Any, script: str) -> None
     while tb is not None and tb.tb_frame.f_code.co_filename.startswith(package):
         tb = tb.tb_next
     sys.stderr.flush()
+    if exc is not None:
+        exc = exc.with_traceback(tb)  # a hook may print the exception's own traceback
     if sys.excepthook is not sys.__excepthook__:
         # The script installed its own (rich's pretty tracebacks, a crash reporter): python
         # would have called it.
