@@ -1095,6 +1095,44 @@ for epoch in hl.loop("epoch", range(4)):
 """
 
 
+LOGGING_EVALUATE = """
+import hindlog as hl
+
+state = {"w": 0.0}
+hl.checkpoints(state=state)
+
+def evaluate(data):
+    total = 0.0
+    for x in hl.loop("val", data):
+        total += x * state["w"]
+    hl.log("val_total", total)
+    return total
+
+for epoch in hl.loop("epoch", range(4)):
+    for x in hl.loop("step", range(3)):
+        state["w"] += 0.5
+    evaluate([1.0, 2.0])
+"""
+
+
+def test_a_recorded_name_logged_by_code_a_new_statement_runs_is_new_not_checked(tmp_path: Path) -> None:
+    """``evaluate`` logs ``val_total``; a new statement calls it first, on other data. Its value
+    is stored, as a fresh run would log it, and the recorded call's value is still the one
+    compared with the record (no false divergence)."""
+    proj = ReplayProject(tmp_path)
+    run = proj.record(LOGGING_EVALUATE, env=DENSE)
+    recorded = proj.values("val_total", run)
+    proj.write("train.py", insert_before(dedent(LOGGING_EVALUATE), "evaluate([1.0, 2.0])", 'hl.log("test", evaluate([10.0]))'))
+    out = proj.replay("train.py", "--workers", "1").stdout
+    result = summary(out)
+    assert result["checked"] == 4 and result["stored"] == 8, out  # test, and the new call's val_total
+    assert proj.values("test", run) == {(("epoch", e),): 10.0 * 1.5 * (e + 1) for e in range(4)}
+    by_source = "SELECT r.source, r.value FROM records r JOIN names n ON n.id = r.name WHERE n.name = 'val_total' ORDER BY r.ctx, r.source"
+    rows = proj.sql(by_source)
+    assert [v for source, v in rows if source == 0] == list(recorded.values())  # the recorded values, untouched
+    assert [v for source, v in rows if source != 0] == [10.0 * 1.5 * (e + 1) for e in range(4)]  # the new call's
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_new_call_of_a_function_that_holds_a_loop_runs_it_and_skips_the_recorded_loops(tmp_path: Path, workers: str) -> None:
     """A statement added since the record calls ``evaluate`` on other data: the loop inside runs

@@ -134,11 +134,11 @@ class Controller:
         self.main_finished = True
 
     def entered_from_hindsight(self, frame: FrameType | None) -> bool:
-        """Whether a loop starting in ``frame`` runs for a statement added since the record (a
-        new ``evaluate(test_loader)`` call, whose function holds a loop): some frame on the
-        stack is executing a new line. Such a loop always runs and is not one of the recorded
-        nested loops: counting it would shift every later loop of the iteration onto another
-        loop's checkpoint."""
+        """Whether code running in ``frame`` runs for a statement added since the record (a new
+        ``evaluate(test_loader)`` call): some frame on the stack is executing a new line. A loop
+        it starts always runs and is not one of the recorded nested loops (counting it would
+        shift every later loop of the iteration onto another loop's checkpoint), and what it
+        logs is new, not compared with the record."""
         lines = self._hindsight_lines
         if lines is None:
             root = self.recorder.store.root
@@ -410,7 +410,10 @@ class ReplayController(Controller):
     def on_log(self, name: str, value: Any) -> bool:
         if not self._in_segment():
             return False
-        if name not in self.recorded_names or name == "@stdout":
+        if name not in self.recorded_names or name == "@stdout" or self.entered_from_hindsight(sys._getframe(1)):
+            # A new name, or a recorded one logged by code a new statement runs (an existing
+            # ``evaluate`` that logs, called on other data): stored, not compared with the
+            # record, whose occurrences stay matched to the code that logged them.
             self.stored += 1
             return True
         key = self._context_key()
