@@ -187,6 +187,11 @@ def overhead_ratio(r: dict[str, Any]) -> float | None:
     return statistics.median(b) if b else num(r.get("median_ratio"))
 
 
+def overhead_cell(r: dict[str, Any]) -> str:
+    """A workload's overhead in a history table: its ratio as a percentage, or why it has none."""
+    return "failed" if r.get("error") else pct(overhead_ratio(r))
+
+
 def amdahl_bound(r: dict[str, Any]) -> float | None:
     """The best 2-worker speedup of a nested-loop replay whose workers each repeat the setup
     (the main-loop replay's code that must run) and split the rest evenly."""
@@ -776,8 +781,7 @@ class Report:
         return "\n\n".join(out)
 
     def record_history(self) -> str:
-        def over(r: dict) -> str:
-            return pct(overhead_ratio(r))
+        over = overhead_cell
 
         def median_of_targets(by: dict[str, dict]) -> str:
             ratios = [overhead_ratio(by[w]) for w in WORKLOADS if w in by]
@@ -805,8 +809,7 @@ class Report:
         ])
 
     def handsfree_history(self) -> str:
-        def over(r: dict) -> str:
-            return pct(overhead_ratio(r)) if not r.get("error") else "failed"
+        over = overhead_cell
 
         def within(by: dict[str, dict]) -> str:
             ratios = [overhead_ratio(r) for r in by.values() if not r.get("error")]

@@ -140,13 +140,16 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _command_index(argv: Sequence[str]) -> int:
+    """Where the command is in ``argv``, if it is plain to see (after an optional ``--store DIR``)."""
+    if argv and argv[0] == "--store":
+        return 2
+    return 1 if argv and argv[0].startswith("--store=") else 0
+
+
 def _command_named(argv: Sequence[str]) -> str | None:
-    """The command ``argv`` names, if it is plain to see (after an optional ``--store DIR``)."""
-    k = 0
-    if k < len(argv) and argv[k] == "--store":
-        k += 2
-    elif k < len(argv) and argv[k].startswith("--store="):
-        k += 1
+    """The command ``argv`` names, if it is plain to see."""
+    k = _command_index(argv)
     return argv[k] if k < len(argv) and argv[k] in SUBCOMMANDS else None
 
 
@@ -154,11 +157,7 @@ def _script_args_as_given(argv: Sequence[str], script: str) -> list[str] | None:
     """What follows the script in ``hindlog [--store DIR] run [OPTIONS] SCRIPT ARGS...``, exactly
     as given: argparse drops a ``--`` right after the script, which ``python SCRIPT`` passes on.
     None if the command line is not of that plain shape."""
-    k = 0
-    if k < len(argv) and argv[k] == "--store":
-        k += 2
-    elif k < len(argv) and argv[k].startswith("--store="):
-        k += 1
+    k = _command_index(argv)
     if k >= len(argv) or argv[k] != "run":
         return None
     k += 1

@@ -73,14 +73,13 @@ def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
 def spilled_manifests(store: Store) -> list[str]:
     """Manifests of checkpoints whose catalog rows wait in spill files (a run that could not
     write its catalog), to be loaded by the next process that records in the store."""
-    import pickle
+    from .writer import read_spill_file
 
     names: list[str] = []
     spill_dir = store.spill_dir
     for path in sorted(spill_dir.glob("*.pkl")) if spill_dir.is_dir() else []:
         try:
-            with open(path, "rb") as f:
-                data = pickle.load(f)
+            data = read_spill_file(path)
         except FileNotFoundError:
             continue  # loaded meanwhile: its rows are in the catalog, which gc read after this
         except Exception as e:  # noqa: BLE001 - whatever it is, its checkpoints cannot be told apart

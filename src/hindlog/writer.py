@@ -394,12 +394,17 @@ def _unlink(path: Path) -> None:
         pass
 
 
+def read_spill_file(path: Path) -> dict[str, Any]:
+    """A spill file's contents: ``run_id``, ``source``, ``contexts``, ``rows`` and ``commands``."""
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
 def load_spill_file(conn: sqlite3.Connection, path: Path) -> bool:
     """Insert a spill file's rows into the catalog, inside the caller's transaction; the caller
     deletes the file once that has committed (deleted before, a failed commit would lose them).
     False, inserting nothing, if the catalog has no such run."""
-    with open(path, "rb") as f:
-        data = pickle.load(f)
+    data = read_spill_file(path)
     row = conn.execute("SELECT id FROM runs WHERE run_id=?", (data["run_id"],)).fetchone()
     if row is None:
         return False
