@@ -120,9 +120,13 @@ CNN_ENGINE = dedent(
 )
 
 #: A ``while`` main loop with early stopping; the state is plain Python objects (a model
-#: class holding NumPy arrays, an early stopper, lists) and a NumPy generator.
+#: class holding NumPy arrays, an early stopper, lists) and a NumPy generator. Its epochs sleep:
+#: without, four of them take less time than hindlog's start-up on a loaded machine, and ε
+#: leaves no room for the checkpoints the replays need.
 WHILE_TRAIN = dedent(
     """
+    import time
+
     import numpy as np
 
 
@@ -169,6 +173,7 @@ WHILE_TRAIN = dedent(
     epoch = 0
     stop = False
     while not stop and epoch < 100:
+        time.sleep(0.05)  # an epoch of real training takes time: the budget for checkpoints
         order = rng.permutation(len(X))
         for start in range(0, len(X), 16):
             idx = order[start:start + 16]
