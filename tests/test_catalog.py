@@ -5,9 +5,11 @@ catalog while the run goes on, and what happens when the catalog cannot be writt
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -449,6 +451,60 @@ def test_a_damaged_catalog_is_named_with_what_to_do_and_the_next_run_is_recorded
     aside.unlink()
     project.cli("gc")
     assert "damaged" not in project.cli("runs").stderr
+
+
+def test_a_run_recording_when_its_catalog_is_set_aside_goes_on_in_the_new_one_under_its_own_name(project: Project) -> None:
+    """Another process sets the catalog aside (as it does a damaged one) and starts a new one
+    while a run records: the run's later records go to the new catalog under a row of its own,
+    never under the key another run got there, and its loop contexts are written again."""
+    go = project.root / "go"
+    proc = project.start(
+        f"""
+        import os, time
+        import hindlog as hl
+        hl.log("before", 1)
+        for i in hl.loop("step", range(10)):
+            if i == 5:
+                hl.runs()                          # returns once the records so far are committed
+                print(hl.run_id(), flush=True)
+                while not os.path.exists({str(go)!r}):
+                    time.sleep(0.02)
+            hl.log("a", i)
+        hl.log("after", 2)
+        """
+    )
+    lines = Lines(proc)
+    try:
+        recording = lines.next()
+        catalog_path = project.catalog_path
+        aside = catalog_path.with_name(f"{catalog.DAMAGED_PREFIX}test.db")
+        for suffix in ("-wal", "-shm", ""):  # as Store.set_aside_damaged_catalog renames them
+            if Path(f"{catalog_path}{suffix}").exists():
+                os.replace(f"{catalog_path}{suffix}", f"{aside}{suffix}")
+        other = project.run("import hindlog as hl\nfor k in range(3):\n    hl.log('b', k)\nprint(hl.run_id())\n",
+                            script="other.py").stdout.strip()
+        go.touch()
+        _, err = lines.rest()
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert f"the catalog {catalog_path} was replaced while run {recording} recorded" in err, err
+    with pytest.warns(RuntimeWarning, match="is a damaged catalog set aside"):
+        runs = project.runs().set_index("run_id")
+    assert set(runs.index) == {recording, other}
+    assert runs.loc[other, "status"] == "finished" and "catalog_replaced" not in runs.loc[other, "flags"]
+    assert runs.loc[recording, "status"] == "finished" and "catalog_replaced" in runs.loc[recording, "flags"]
+    assert runs.loc[recording, "script"] == "train.py"
+    assert project.values("b") == [0, 1, 2] and project.values("a", run=other) == []
+    df = project.df("a", "after", runs=[recording])
+    assert df.dropna(subset=["a"])[["step", "a"]].astype(int).values.tolist() == [[i, i] for i in range(5, 10)]
+    assert df["after"].dropna().tolist() == [2]  # its context (outside every loop) was written before
+    # What it recorded before stays in the catalog set aside.
+    old = sqlite3.connect(str(aside))
+    try:
+        assert old.execute("SELECT count(*) FROM records r JOIN names n ON n.id=r.name WHERE n.name='a'").fetchone()[0] >= 5
+    finally:
+        old.close()
 
 
 def test_runs_that_find_the_catalog_damaged_at_once_set_it_aside_once_and_are_all_recorded(project: Project) -> None:

@@ -129,35 +129,35 @@ class Recorder:
 
         self.controller = load_controller(self)
         ctx_base = 0
+        run_fields: dict[str, Any] | None = None  # a new run's row, as inserted
         conn = self._connect(store)
         try:
             recover_spills(conn, store.spill_dir)
             if self.controller is not None:
                 self.run, self.run_id, ctx_base = self.controller.attach(conn)
             else:
-                self.run = catalog.insert_run(
-                    conn,
-                    {
-                        "run_id": self.run_id,
-                        "name": name,
-                        "project": self.project,
-                        "script": self.script,
-                        "status": "running",
-                        "argv": self.argv,
-                        "env": self._env,
-                        "cwd": os.getcwd(),
-                        "pid": os.getpid(),
-                        "host": environment.hostname(),
-                        "started": self.started,
-                        "heartbeat": self.started,
-                        "epsilon": self.epsilon,
-                    },
-                )
+                run_fields = {
+                    "run_id": self.run_id,
+                    "name": name,
+                    "project": self.project,
+                    "script": self.script,
+                    "status": "running",
+                    "argv": self.argv,
+                    "env": self._env,
+                    "cwd": os.getcwd(),
+                    "pid": os.getpid(),
+                    "host": environment.hostname(),
+                    "started": self.started,
+                    "heartbeat": self.started,
+                    "epsilon": self.epsilon,
+                }
+                self.run = catalog.insert_run(conn, run_fields)
         finally:
             conn.close()
         source = self.controller.source if self.controller is not None else catalog.SOURCE_RECORD
         self.writer = Writer(store.catalog_path, store.spill_dir, self.run, self.run_id, source=source, ctx_base=ctx_base,
-                             count_before_main_loop=self.controller is None)
+                             count_before_main_loop=self.controller is None,
+                             run_fields=run_fields)
         self._commit_gap = min(COMMIT_GAP, self.writer.interval)
         self.append = self.writer.append
         self._snapshot_thread = threading.Thread(target=self._snapshot_code, name="hindlog-code", daemon=True)

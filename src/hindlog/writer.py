@@ -78,7 +78,7 @@ class Writer:
 
     def __init__(
         self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD, ctx_base: int = 0,
-        count_before_main_loop: bool = False,
+        count_before_main_loop: bool = False, run_fields: dict[str, Any] | None = None,
     ) -> None:
         #: Seconds between commits when nothing wakes the writer sooner (read once: a bad value warns once).
         self.interval = config.flush_interval()
@@ -87,6 +87,16 @@ class Writer:
         self.run = run
         self.run_id = run_id
         self.source = source
+        #: The run's row as first inserted, to register the run again in a catalog that replaced
+        #: the one it started in (a damaged catalog another process set aside); None where the
+        #: run must be in the catalog already (replay, resume), whose records then wait.
+        self.run_fields = run_fields
+        #: What this writer's commands have changed in the run's row since: fields, info keys,
+        #: flags and arguments (merged, so it stays small), for the same purpose.
+        self._row_fields: dict[str, Any] = {}
+        self._row_info: dict[str, Any] = {}
+        self._row_flags: dict[str, None] = {}
+        self._row_args: dict[str, Any] = {}
         self.queue: deque[Any] = deque()
         #: The training thread's entry point: ``append((ctx, name, value))``.
         self.append = self.queue.append
@@ -120,6 +130,9 @@ class Writer:
         #: with training for the cores, so the checkpoint policy charges it to the overhead budget.
         self.cpu_seconds = 0.0
         self._conn: sqlite3.Connection | None = None
+        #: (device, inode) of the catalog file the connection opened: another file at its path
+        #: is a new catalog, which the connection would not see.
+        self._conn_file: tuple[int, int] | None = None
         self._thread = threading.Thread(target=self._loop, name="hindlog-writer", daemon=True)
         self._thread.start()
 
@@ -166,11 +179,7 @@ class Writer:
         self._thread.join(timeout)
         if self._pending_cells or self._pending_contexts or self._pending_commands:
             self._spill()
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except sqlite3.Error:
-                pass
+        self._close_connection()
 
     # ------------------------------------------------------------ writer thread
 
@@ -286,9 +295,79 @@ class Writer:
         return f"[{q}, {int.__repr__(index)}]" if type(index) is int else f"[{q}, {json.dumps(index)}]"
 
     def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and _file_identity(self.catalog_path) != self._conn_file:
+            # Replaced under this connection (a damaged catalog set aside): what it wrote from
+            # now on would go to the old file, out of every query's sight.
+            self._close_connection()
         if self._conn is None:
-            self._conn = catalog.connect(self.catalog_path)
+            identity = _file_identity(self.catalog_path)  # before: a file replaced meanwhile is seen next time
+            conn = catalog.connect(self.catalog_path)
+            try:
+                self._find_run(conn)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn, self._conn_file = conn, identity or _file_identity(self.catalog_path)
         return self._conn
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def _find_run(self, conn: sqlite3.Connection) -> None:
+        """Point this writer at its run's row in the catalog just opened. A catalog that lacks the
+        run replaced the one it started in: the run is registered in it again, so that what it
+        records from now on is kept and queryable (and never written under another run's key)."""
+        row = conn.execute("SELECT id FROM runs WHERE run_id=?", (self.run_id,)).fetchone()
+        if row is not None:
+            self.run = row[0]
+            return
+        if self.run_fields is None:
+            raise RuntimeError(f"run {self.run_id} is not in the catalog {self.catalog_path}, which was replaced "
+                               f"since the run started; its records are kept for when it is back")
+        fields = {**self.run_fields, **self._row_fields}
+        fields["flags"] = [*self._row_flags, "catalog_replaced"]
+        fields["info"] = {**(fields.get("info") or {}), **self._row_info}
+        self.run = catalog.insert_run(conn, fields)
+        with catalog.transaction(conn):
+            for name, value in self._row_args.items():
+                catalog.set_arg(conn, self.run, name, value)
+        # The loop contexts written so far went to the old catalog; the records still to come
+        # may refer to any of them.
+        pending = set(self._pending_contexts[0::3])
+        for ctx, cid in self._ctx_ids.items():
+            if cid not in pending:
+                self._pending_contexts.extend((cid, *self._context_row(ctx)))
+        warnings.warn(
+            f"hindlog: the catalog {self.catalog_path} was replaced while run {self.run_id} recorded (another process "
+            f"set a damaged catalog aside?). The run goes on recording into the new one, flagged catalog_replaced; "
+            f"what it recorded before is in the old catalog.", RuntimeWarning, stacklevel=2,
+        )
+
+    def _context_row(self, ctx: tuple[Any, ...]) -> tuple[int | None, str]:
+        """A context's ``iteration`` and ``loops`` columns, as ``_new_context`` computes them."""
+        first = ctx[0] if ctx else None
+        iteration = first[1] if first is not None and first[0] is not None and len(first) > 2 and first[2] else None
+        return iteration, "[" + ", ".join(self._loop_json(c) for c in ctx) + "]"
+
+    def _remember(self, commands: list[_Command]) -> None:
+        """Note what committed commands changed in the run's row (see ``run_fields``)."""
+        for cmd in commands:
+            if cmd.data is None:
+                continue
+            kind, payload = cmd.data
+            if kind == "update_run":
+                self._row_fields.update(payload)
+            elif kind == "info":
+                self._row_info.update(payload)
+            elif kind == "flag":
+                self._row_flags[payload] = None
+            elif kind == "arg":
+                self._row_args[payload[0]] = payload[1]
 
     def _commit(self) -> None:
         cells, contexts, commands = self._pending_cells, self._pending_contexts, self._pending_commands
@@ -309,6 +388,8 @@ class Writer:
                 conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
             self.last_commit = time.monotonic()
             self.commits += 1
+            if self.run_fields is not None:
+                self._remember(commands)
             for path in spilled:  # only once their rows are committed
                 self._spill_files.remove(path)
                 _unlink(path)
@@ -333,7 +414,7 @@ class Writer:
             f"cannot write to the catalog {self.catalog_path} ({error}); keeping records in memory "
             f"and retrying. Training goes on."
         )
-        self._conn = None  # reconnect on the next attempt
+        self._close_connection()  # reconnect on the next attempt
         if len(self._pending_cells) // 4 >= config.SPILL_THRESHOLD:
             self._spill()
 
@@ -373,18 +454,27 @@ class Writer:
         loaded = []
         for path in list(self._spill_files):
             try:
-                load_spill_file(conn, path)
+                found = load_spill_file(conn, path)
             except FileNotFoundError:
                 # Loaded and removed by another process's recovery, which took this process for
                 # gone (one that cannot see its pid): its rows are in the catalog already.
                 self._spill_files.remove(path)
                 continue
-            loaded.append(path)
+            if found:  # a file not loaded must outlive the commit
+                loaded.append(path)
         if loaded:
             catalog.add_run_flag(conn, self.run, "spilled")
         if self._failed_since is not None:
             catalog.add_run_flag(conn, self.run, "catalog_write_failed")
         return loaded
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _unlink(path: Path) -> None:
