@@ -1779,16 +1779,17 @@ RECORD_NOTES = """\
   +2.4%, dropped. `record-byname.json`: the run that measured the
   iteration's end naming an unchanged tensor by a hash of its live bytes
   instead of copying it again (kept; docs/checkpointing.md, item 2).
-- **The run in the table**, at commit a517b09 (5 triples, 17 for sklearn):
-  cnn +2.7%, finetune +6.2%, lstm +1.4%, sklearn +1.0%: **median +2.05%**;
-  finetune-large +1.6% with 1-3 checkpoints; finetune 7-12 checkpointed
-  iterations of 30 (median 10). finetune's triples were +1.1% to +10.0%
-  with A/A ratios of 0.96 to 1.08, and the policy charged about 0.43 s of
-  its 10.8 s (4%). What changed since the run before (ad08800): the last
-  iteration keeps the policy's 20% margin, and the run's end is charged
-  from the start (0.012 s). Neither adds cost: cnn recorded with ad08800's
-  code and with a517b09's, alternating with the plain script by hand (4
-  rounds each), took a median 6.955 s and 6.95 s against 6.8 s plain."""
+- **The run in the table**, with the code of acb716e (5 triples, 12 for
+  sklearn): cnn -3.4%, finetune +3.2%, lstm +1.1%, sklearn +1.7%: **median
+  +1.4%**; finetune-large +3.4% with 1-2 checkpoints; finetune 7-15
+  checkpointed iterations of 30 (median 9). It is weak evidence: the noise
+  floor was 3.8% (A/A median), the test suite ran beside cnn's triples (the
+  last one at load 2.8 measured +50%, and two others -10% to -13%), and
+  finetune's second plain run of every triple was 1-8% faster than its first.
+  The run before it, at a517b09 (`record-a517b09.json`, a quieter machine:
+  A/A median 1.7%), measured finetune at +6.2% and the median at +2.05%; no
+  change to recording since then was meant to lower its cost. Both are in
+  the history table above."""
 
 STORAGE_INTRO = """\
 Bytes of checkpoint data one recorded run leaves behind. hindlog: bytes its
