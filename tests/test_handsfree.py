@@ -1094,6 +1094,46 @@ def test_a_run_recorded_from_a_subdirectory_replays_its_added_prints(proj: HFPro
         assert [line for lines in proj.new_lines(run).values() for line in lines] == want
 
 
+
+def test_a_script_in_a_subdirectory_finds_the_projects_modules_where_python_does(proj: HFProject) -> None:
+    """The root's modules are importable from scripts/ only through PYTHONPATH, under hindlog run
+    as under python; through it, they are the project's (instrumented), and replay imports their
+    recorded copies whatever PYTHONPATH the replaying shell has."""
+    proj.write("mylib.py", "SCALE = 2\n\n\ndef total_of(n):\n    s = 0\n    for k in range(n):\n        s += k * SCALE\n    return s\n")
+    text = dedent(
+        """
+        import time
+
+        import mylib
+
+        acc = 0
+        for epoch in range(4):
+            acc += mylib.total_of(3 + epoch)
+            time.sleep(0.05)
+            print(f"epoch {epoch} acc {acc}")
+        """
+    )
+    proj.write("scripts/train.py", text)
+    proj.commit()
+    plain = proj.python("scripts/train.py", env={"PYTHONPATH": ""})
+    under = proj.hrun("scripts/train.py", env={"PYTHONPATH": ""})
+    assert plain.returncode == 1 and "No module named 'mylib'" in plain.stderr, show(plain)
+    assert under.returncode == 1 and "No module named 'mylib'" in under.stderr, show(under)
+
+    proc, run = proj.record("scripts/train.py", env={"PYTHONPATH": "."}, epsilon=0.9)
+    assert proc.returncode == 0, show(proc)
+    assert proc.stdout == proj.python("scripts/train.py", env={"PYTHONPATH": "."}).stdout
+    proj.write("scripts/train.py", text.replace('    print(f"epoch', '    print("HS", epoch, mylib.total_of(2))\n    print(f"epoch'))
+    want = [line for line in proj.python("scripts/train.py", env={"PYTHONPATH": "."}).stdout.splitlines() if line.startswith("HS")]
+    assert want == [f"HS {e} 2" for e in range(4)]
+    elsewhere = proj.base / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mylib.py").write_text("SCALE = 5\n\n\ndef total_of(n):\n    return -1\n")
+    for pythonpath in ("", str(elsewhere)):
+        replayed = proj.replay("scripts/train.py", "--workers", "2", env={"PYTHONPATH": pythonpath})
+        assert "4 new values stored" in replayed.stdout, show(replayed)
+        assert [line for lines in proj.new_lines(run).values() for line in lines] == want
+
 TRAINED_THROUGH_ITS_OPTIMIZER = """
 import time
 

@@ -816,6 +816,38 @@ def test_a_new_statement_logging_a_recorded_name_where_the_record_did_not_is_sto
     assert proj.values("even", run) == want and proj.count("even", run) == 6
 
 
+
+def test_modules_imported_through_the_records_pythonpath_are_the_recorded_ones(tmp_path: Path) -> None:
+    """A script in a subdirectory imports a root module through ``PYTHONPATH=.``: replay's workers
+    get that PYTHONPATH pointed at the recorded code, whatever the replaying shell sets (another
+    copy of the module elsewhere, or nothing)."""
+    proj = ReplayProject(tmp_path)
+    proj.write("mylib.py", "SCALE = 2\n\n\ndef f(x):\n    return x * SCALE\n")
+    text = dedent(
+        """
+        import hindlog as hl
+        import mylib
+
+        total = 0
+        for epoch in hl.loop("epoch", range(4)):
+            for step in hl.loop("step", range(3)):
+                total += mylib.f(step)
+            hl.log("total", total)
+        """
+    )
+    proj.write("scripts/train.py", text)
+    proj.commit()
+    run = proj.record(script="scripts/train.py", env={"PYTHONPATH": ".", **DENSE})
+    assert proj.values("total", run) == {(("epoch", e),): 6 * (e + 1) for e in range(4)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mylib.py").write_text("SCALE = 5\n\n\ndef f(x):\n    return x * SCALE\n")
+    proj.write("scripts/train.py", insert_after(text, 'hl.log("total", total)', 'hl.log("twice", 2 * total)'))
+    for pythonpath in (str(elsewhere), ""):
+        result = proj.replay("scripts/train.py", "--workers", "2", env={"PYTHONPATH": pythonpath})
+        assert summary(result.stdout)["checked"] == 4, result.stdout
+        assert proj.values("twice", run) == {(("epoch", e),): 12 * (e + 1) for e in range(4)}
+
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     # A recorded value with noise in its last digits (like a GPU reduction), different every time.

@@ -117,6 +117,9 @@ def describe(packages: bool = True) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "gpus": gpus(),
         "variables": recorded_variables(),
+        # Where the script's imports were found besides its own directory; replay points the
+        # entries inside the project at its copy of the recorded code (None: not set).
+        "pythonpath": os.environ.get("PYTHONPATH"),
     }
     if packages:
         out.update(packages_description())

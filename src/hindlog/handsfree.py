@@ -234,25 +234,28 @@ class _Finder:
         self.root = root.resolve()
         self.runtime = runtime
         self.skip = skip
-        self._first: str | None = None
-        self._first_dirs: list[str] = []
+        self._sys_path: list[str] | None = None  # sys.path when _dirs was made from it
+        self._dirs: list[str] = []
 
     def _top_level_dirs(self) -> list[str]:
-        """Where the project's top-level modules are: ``sys.path[0]`` (the script's directory)
-        if it is inside the project, and the project root; resolved once, not at every import."""
-        first = sys.path[0] if sys.path else ""
-        if first != self._first:
-            self._first = first
-            resolved = str(Path(first).resolve()) if first else ""
-            root = str(self.root)
-            # The script's directory as sys.path has it, so modules' __file__ is what python gives.
-            if resolved == root:
-                self._first_dirs = [first]
-            elif resolved.startswith(root + os.sep):
-                self._first_dirs = [first, root]
-            else:
-                self._first_dirs = [root]
-        return self._first_dirs
+        """Where python finds the project's top-level modules: the entries of ``sys.path`` inside
+        the project (the script's directory, PYTHONPATH's, an editable install's), as sys.path
+        gives them so that modules' ``__file__`` is what python gives. Made again only when
+        sys.path changes, not at every import."""
+        if sys.path != self._sys_path:
+            self._sys_path = list(sys.path)
+            dirs: list[str] = []
+            for entry in self._sys_path:
+                if not isinstance(entry, str) or entry in dirs:
+                    continue
+                try:
+                    resolved = Path(entry or ".").resolve()
+                except (OSError, RuntimeError):
+                    continue
+                if resolved == self.root or _is_project_file(resolved, self.root):
+                    dirs.append(entry)
+            self._dirs = dirs
+        return self._dirs
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         # Asked about every import the script makes (torch's hundreds of submodules too):

@@ -584,6 +584,12 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
         # 2 cores it made 2 workers of 2 threads replay a CNN in 8 s instead of 20-33 s.
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     env.update(_arg_env(args))
+    if "pythonpath" in (run.get("env") or {}):  # recorded since it is (older runs keep this shell's)
+        pythonpath = _scratch_pythonpath(run["env"]["pythonpath"], run.get("cwd"), store.root, scratch)
+        if pythonpath is None:
+            env.pop("PYTHONPATH", None)
+        else:
+            env["PYTHONPATH"] = pythonpath
     env["HINDLOG_DIR"] = str(store.path)
     # The scratch copy is the project: the run's script and modules have the paths they had in
     # it, also when the run was recorded from a subdirectory.
@@ -595,6 +601,29 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
         # the script's "cuda" (device 0) is that one.
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
+
+
+def _scratch_pythonpath(recorded: str | None, cwd: str | None, root: Path, scratch: Path) -> str | None:
+    """The record's ``PYTHONPATH`` for a worker: an entry inside the project names the same
+    directory in the scratch copy, so that the modules imported through it are the recorded
+    code (not the working tree's, nor those of a PYTHONPATH set in the shell that replays);
+    a relative entry outside it becomes absolute (the worker runs elsewhere)."""
+    if not recorded:
+        return None
+    base = Path(cwd) if cwd else root
+    entries = []
+    for entry in recorded.split(os.pathsep):
+        if not entry:
+            entries.append(entry)  # the current directory: the worker's is the recorded one's copy
+            continue
+        path = base / entry
+        try:
+            rel = path.resolve().relative_to(root.resolve())
+        except (ValueError, OSError):
+            entries.append(str(path))
+            continue
+        entries.append(str(scratch / rel))
+    return os.pathsep.join(entries)
 
 
 #: Each replay worker numbers the contexts it creates from its own base, this far apart.
