@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from replay_helpers import (
+    PY,
     ReplayProject,
     apply_edits,
     assert_same_values,
@@ -847,6 +848,39 @@ def test_modules_imported_through_the_records_pythonpath_are_the_recorded_ones(t
         result = proj.replay("scripts/train.py", "--workers", "2", env={"PYTHONPATH": pythonpath})
         assert summary(result.stdout)["checked"] == 4, result.stdout
         assert proj.values("twice", run) == {(("epoch", e),): 12 * (e + 1) for e in range(4)}
+
+
+def test_a_run_started_with_python_m_replays_as_a_module(tmp_path: Path) -> None:
+    """``python -m pkg.train``, whose relative import needs its package: the workers start it
+    the same way (a file run by path has no package), also named by module to ``hindlog replay``."""
+    proj = ReplayProject(tmp_path)
+    proj.write("pkg/__init__.py", "")
+    proj.write("pkg/model.py", "def f(x):\n    return 2 * x\n")
+    text = dedent(
+        """
+        import hindlog as hl
+        from .model import f
+
+        total = 0
+        for epoch in hl.loop("epoch", range(4)):
+            for step in hl.loop("step", range(3)):
+                total += f(step)
+            hl.log("total", total)
+        """
+    )
+    proj.write("pkg/train.py", text)
+    proj.commit()
+    recorded = subprocess.run([PY, "-m", "pkg.train"], cwd=proj.root, env=proj.env(DENSE), capture_output=True, text=True, timeout=120)
+    assert recorded.returncode == 0, recorded.stderr
+    (run,) = proj.run_ids()
+    assert proj.hindlog("show", run, check=True).stdout.count("pkg/train.py  (run as -m pkg.train)") == 1
+    proj.write("pkg/train.py", insert_after(text, 'hl.log("total", total)', 'hl.log("twice", 2 * total)'))
+    for how in (["pkg/train.py", "--workers", "2"], ["-m", "pkg.train", "--workers", "1"]):
+        result = proj.replay(*how)
+        assert summary(result.stdout)["checked"] == 4, result.stdout
+        assert proj.values("twice", run) == {(("epoch", e),): 12 * (e + 1) for e in range(4)}
+    missing = proj.replay("-m", "pkg.nope", check=False)
+    assert missing.returncode == 2 and "no module pkg.nope under" in missing.stderr, missing.stderr
 
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)

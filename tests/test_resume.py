@@ -240,6 +240,38 @@ def test_resume_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert info["status"] == "finished" and "resumed" in info["flags"]
 
 
+
+@pytest.mark.parametrize("launcher", [["-m"], ["-m", "hindlog.cli", "run", "-m"]], ids=["python", "hindlog-run"])
+def test_resume_a_run_started_with_python_m(tmp_path: Path, launcher: list[str]) -> None:
+    """A run started as ``python -m pkg.train`` or ``hindlog run -m pkg.train`` (with a relative
+    import) resumes as a module, in its directory, from the recorded code: the working tree's
+    edit of the imported module is not used."""
+    proj = CkProject(tmp_path)
+    proj.write("pkg/__init__.py", "")
+    proj.write("pkg/rate.py", "LR = 0.05\n")
+    proj.write("pkg/train.py", FLAKY.replace("import hindlog as hl\n", "import hindlog as hl\nfrom .rate import LR\n", 1)
+               .replace("w -= 0.05 *", "w -= LR *"))
+    env = {"HINDLOG_EPSILON": "0.5"}
+
+    def python_m() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, *launcher, "pkg.train"], cwd=proj.root, env=proj.env(env), capture_output=True,
+                              text=True, timeout=120)
+
+    reference_id = last_json(python_m().stdout)["run"]
+    (proj.root / "fail.flag").write_text("x")
+    failed = python_m()
+    assert failed.returncode == 1 and "the disk went away" in failed.stderr, failed.stderr
+    run_id = proj.run_ids()[-1]
+    (proj.root / "fail.flag").unlink()
+    proj.write("pkg/rate.py", "LR = 0.5\n")
+    resumed = proj.cli("resume", run_id, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    def logged(run: str) -> dict[tuple[int | None, str], list[Any]]:
+        return {k: v for k, v in proj.by_iteration(run).items() if k[1] != "@stdout"}  # it prints its own run id
+
+    assert logged(run_id) == logged(reference_id) and (4, "mse") in logged(run_id)
+    assert proj.run_info(run_id)["status"] == "finished"
+
 def test_resume_without_a_store_says_so_and_creates_none(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     proc = proj.cli("resume", "latest", check=False)

@@ -58,7 +58,9 @@ def _non_negative_int(text: str) -> int:
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epsilon", type=float, help="overhead bound for checkpointing (default 0.05)")
     p.add_argument("--set", action="append", dest="sets", default=[], metavar="NAME=VALUE", help="override hl.arg NAME (repeatable)")
-    p.add_argument("script", help="the Python script to run, as with `python SCRIPT`")
+    p.add_argument("-m", dest="module", action="store_true",
+                   help="SCRIPT names a module, run as with `python -m MODULE` (its relative imports work)")
+    p.add_argument("script", help="the Python script to run, as with `python SCRIPT` (or with -m, a module)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the script's own arguments")
 
 
@@ -87,6 +89,7 @@ def _diff_args(p: argparse.ArgumentParser) -> None:
 
 def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("script", nargs="?", help="the script (default: the script of the target run)")
+    p.add_argument("-m", dest="module", metavar="MODULE", help="the script named as a module, as in `python -m MODULE`")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--run", action="append", dest="runs", metavar="RUN", help="replay this run (repeatable; default: the script's latest)")
     target.add_argument("--all", action="store_true", dest="all_runs", help="replay every run of the script")
@@ -164,7 +167,7 @@ def _script_args_as_given(argv: Sequence[str], script: str) -> list[str] | None:
     while k < len(argv) and argv[k] != script:
         if argv[k] in ("--epsilon", "--set"):
             k += 2
-        elif argv[k].startswith(("--epsilon=", "--set=")):
+        elif argv[k].startswith(("--epsilon=", "--set=")) or argv[k] == "-m":
             k += 1
         else:
             return None
@@ -232,7 +235,7 @@ def _run(args: argparse.Namespace) -> int:
         import os
 
         os.environ["HINDLOG_DIR"] = args.store
-    return run_script(args.script, args.args, epsilon=args.epsilon, sets=args.sets)
+    return run_script(args.script, args.args, epsilon=args.epsilon, sets=args.sets, module=args.module)
 
 
 def _noting_warnings(read: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -302,7 +305,7 @@ def _show(args: argparse.Namespace) -> int:
         f"run          {info['run_id']}" + (f"  ({info['name']})" if info.get("name") else ""),
         f"status       {info['status']}" + (f"  flags: {', '.join(info['flags'])}" if info.get("flags") else ""),
         f"project      {info.get('project') or '-'}",
-        f"script       {info.get('script') or '-'}",
+        f"script       {info.get('script') or '-'}" + (f"  (run as -m {module})" if (module := (info.get("info") or {}).get("module")) else ""),
         f"code         {info.get('code_version') or '-'} ({info.get('code_kind') or 'pending'})",
         f"argv         {' '.join(info.get('argv') or [])}",
         f"started      {_time(started)}",
@@ -506,6 +509,21 @@ def _parse_iterations(text: str | None) -> tuple[int | None, int | None] | None:
         raise HindlogError(f"--iterations takes A:B (e.g. 3:7), got {text!r}") from None
 
 
+def _module_file(name: str) -> str:
+    """The file ``python -m NAME`` runs from here, found without importing anything (a package's
+    ``__init__`` may import torch): under the current directory or an entry of PYTHONPATH."""
+    import os
+    from pathlib import Path
+
+    parts = name.split(".")
+    for base in [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]:
+        for candidate in (Path(base, *parts[:-1], parts[-1] + ".py"), Path(base, *parts, "__main__.py")):
+            if candidate.is_file():
+                return str(candidate)
+    raise HindlogError(f"no module {name} under {os.getcwd()} or PYTHONPATH: run this from where you ran "
+                       f"python -m {name}, or give the script's path")
+
+
 @command("replay")
 def _replay(args: argparse.Namespace) -> int:
     from .replay import ReplayReport, describe_plan, replay
@@ -516,6 +534,10 @@ def _replay(args: argparse.Namespace) -> int:
         for plan in report.plans:
             print(describe_plan(plan), flush=True)
 
+    if args.module:
+        if args.script:
+            raise HindlogError(f"give the script or -m {args.module}, not both")
+        args.script = _module_file(args.module)
     report = replay(
         args.script, runs=args.runs, all_runs=args.all_runs, where=args.where,
         iterations=_parse_iterations(args.iterations), workers=args.workers, dry_run=args.dry_run,

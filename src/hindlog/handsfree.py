@@ -355,11 +355,14 @@ def _imports_numpy_stack(tree: ast.Module) -> bool:
     return False
 
 
-def _run_plainly(abs_path: Path) -> int:
+def _run_plainly(abs_path: Path, module: str | None = None) -> int:
     import runpy
 
     try:
-        runpy.run_path(str(abs_path), run_name="__main__")
+        if module is not None:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(str(abs_path), run_name="__main__")
     except SystemExit as e:
         return _exit_code(e.code)
     except BaseException:
@@ -370,11 +373,49 @@ def _run_plainly(abs_path: Path) -> int:
     return 0
 
 
-def run_script(script: str, args: list[str], epsilon: float | None = None, sets: list[str] | None = None) -> int:
-    """Run ``script`` with ``args`` under hands-free recording; returns its exit code."""
+def _main_module_spec(name: str) -> Any:
+    """What ``python -m NAME`` runs: the module's spec (a package's ``__main__``'s), found from
+    the current directory as python finds it (from ``$HINDLOG_MODULE_DIR`` in a resume, which
+    runs in the recorded directory with the recorded code elsewhere); or the message python
+    gives when there is none."""
+    import importlib.util
+
+    sys.path[0] = os.environ.pop("HINDLOG_MODULE_DIR", None) or os.getcwd()
+    python = sys.executable
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            main = importlib.util.find_spec(f"{name}.__main__")
+            if main is None:
+                return f"{python}: No module named {name}.__main__; {name!r} is a package and cannot be directly executed"
+            spec = main
+    except (ImportError, ValueError) as e:
+        return f"{python}: Error while finding module specification for {name!r} ({type(e).__name__}: {e})"
+    if spec is None:
+        return f"{python}: No module named {name}"
+    if not spec.origin or not spec.origin.endswith(".py") or not os.path.isfile(spec.origin):
+        return f"hindlog: {name} is not a module with Python source ({spec.origin}); hindlog run -m needs one"
+    return spec
+
+
+def run_script(script: str, args: list[str], epsilon: float | None = None, sets: list[str] | None = None,
+               module: bool = False) -> int:
+    """Run ``script`` with ``args`` under hands-free recording (``module``: ``script`` names a
+    module, run as ``python -m`` runs it); returns its exit code."""
     global RUNNING
     RUNNING = True
-    path = Path(script)
+    module_spec = None
+    package_seconds = 0.0  # importing the module's package is the script's start, not hindlog's
+    if module:
+        finding = time.perf_counter()
+        module_spec = _main_module_spec(script)  # imports its package, as python -m does
+        package_seconds = time.perf_counter() - finding
+        if isinstance(module_spec, str):
+            print(module_spec, file=sys.stderr)
+            return 1
+        path = Path(module_spec.origin)
+    else:
+        path = Path(script)
     if not path.is_file():
         print(f"{Path(sys.executable).name}: can't open file {str(path.resolve())!r}: [Errno 2] No such file or directory", file=sys.stderr)
         return 2
@@ -399,11 +440,16 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         os.environ[f"HINDLOG_SET_{name}"] = value
 
     abs_path = path.resolve()
-    sys.argv = [script, *args]
-    sys.path[0] = str(abs_path.parent)
+    if module_spec is not None:
+        # As python -m: argv[0] is the module's file, and the current directory is on sys.path
+        # (set by _main_module_spec), not the module's own.
+        sys.argv = [module_spec.origin, *args]
+    else:
+        sys.argv = [script, *args]
+        sys.path[0] = str(abs_path.parent)
     if config.disabled():
         print("hindlog: HINDLOG_DISABLED is set: the script runs plainly, and nothing is recorded", file=sys.stderr)
-        return _run_plainly(abs_path)
+        return _run_plainly(abs_path, script if module else None)
     from .controller import current_spec
 
     spec = current_spec() or {}
@@ -429,6 +475,8 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         print(f"hindlog: {notes}", file=sys.stderr)
     if rec is not None and rec.controller is None:
         info = {"handsfree": True, "main_loop": plan.main_loop, "state_candidates": plan.state_candidates}
+        if module:
+            info["module"] = script
         rec.writer.change("info", info)
     finder = _Finder(root, runtime, skip)
     sys.meta_path.insert(0, finder)
@@ -438,11 +486,16 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         import hindlog
 
         rec.startup_seconds = time.perf_counter() - hindlog.IMPORT_STARTED
+        rec.startup_seconds -= package_seconds
         if _imports_numpy_stack(tree):
             rec.startup_seconds -= hindlog.NUMPY_IMPORT_SECONDS
     restore_argparse = _record_options(rec) if rec is not None and rec.controller is None else None
     main = types.ModuleType("__main__")
     main.__dict__.update({"__file__": str(abs_path), "__builtins__": builtins, RUNTIME: runtime, "__cached__": None})
+    if module_spec is not None:
+        # What runpy gives a module run as __main__: its relative imports resolve in its package.
+        main.__dict__.update({"__file__": module_spec.origin, "__spec__": module_spec, "__package__": module_spec.parent,
+                              "__loader__": module_spec.loader})
     saved_main = sys.modules.get("__main__")
     sys.modules["__main__"] = main
     real_stdout = sys.stdout

@@ -151,6 +151,9 @@ class Recorder:
                     "heartbeat": self.started,
                     "epsilon": self.epsilon,
                 }
+                module = _main_module(self.argv)
+                if module is not None:
+                    run_fields["info"] = {"module": module}
                 self.run = catalog.insert_run(conn, run_fields)
         finally:
             conn.close()
@@ -665,6 +668,22 @@ def _script_path(root: Path, argv: list[str]) -> str | None:
         return path.relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+def _main_module(argv: list[str]) -> str | None:
+    """The module this process runs as ``python -m MODULE`` runs it (its script is that module's
+    file), or None: replay and resume start their workers the same way, so that its relative
+    imports work."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name, origin = getattr(spec, "name", None), getattr(spec, "origin", None)
+    if not name or not origin or not argv or not argv[0]:
+        return None
+    try:
+        if Path(argv[0]).resolve() != Path(origin).resolve():
+            return None  # e.g. python -m hindlog.cli run train.py: hindlog's module, not the script
+    except OSError:
+        return None
+    return name.removesuffix(".__main__")
 
 
 def cast_like(default: Any, raw: str, name: str) -> Any:

@@ -500,6 +500,27 @@ def _newest_mtime(directory: Path) -> float:
     return newest
 
 
+#: ``python -m MODULE``, but finding MODULE under ``$HINDLOG_MODULE_DIR`` instead of the current
+#: directory (resume runs in the recorded directory, with the recorded code elsewhere).
+_RUN_MODULE_FROM = ("import os, runpy, sys; sys.path[0] = os.environ.pop('HINDLOG_MODULE_DIR'); "
+                    "runpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)")
+
+
+def worker_command(run: dict[str, Any], script_path: Path, module_dir: bool = False) -> list[str]:
+    """How a worker starts the recorded script (its arguments follow): as it was started, by
+    ``hindlog run`` or not, and as a file or a module (``python -m``, found from the worker's
+    directory, the scratch copy of the recorded one; ``module_dir``: from
+    ``$HINDLOG_MODULE_DIR``)."""
+    info = run.get("info") or {}
+    module = info.get("module")
+    if info.get("handsfree"):
+        command = [sys.executable, "-m", "hindlog.cli", "run"]
+        return [*command, "-m", module] if module else [*command, str(script_path)]
+    if module:
+        return [sys.executable, "-c", _RUN_MODULE_FROM, module] if module_dir else [sys.executable, "-m", module]
+    return [sys.executable, str(script_path)]
+
+
 def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
     """Where a worker runs: the scratch copy of the directory the run was recorded in, so that
     the script's relative paths resolve as they did (the scratch root if that was elsewhere)."""
@@ -702,10 +723,8 @@ def _execute(
         spec_path.write_text(json.dumps(spec))
         log_path = scratch / f".hindlog-worker-{k}.log"
         with open(log_path, "wb") as log_file:
-            handsfree = (run.get("info") or {}).get("handsfree")
-            command = [sys.executable, "-m", "hindlog.cli", "run"] if handsfree else [sys.executable]
             proc = subprocess.Popen(
-                [*command, str(script_path), *argv[1:]],
+                [*worker_command(run, script_path), *argv[1:]],
                 cwd=_worker_cwd(store, run, scratch),
                 env=_worker_env(store, run, args, spec_path, scratch, plan.gpus[k] if k < len(plan.gpus) else None, shared_cores),
                 stdout=log_file,

@@ -21,7 +21,7 @@ from pathlib import Path
 from . import catalog
 from .checkpoint import ITERATION_END, checkpoint_rows, latest_readable
 from .errors import ReplayError
-from .replay import _worker_env, prepare_scratch
+from .replay import _worker_cwd, _worker_env, prepare_scratch, worker_command
 from .store import Store
 
 
@@ -71,12 +71,12 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         spec_path.write_text(json.dumps(spec))
         argv = row.get("argv") or [row["script"]]
         cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)
-        command = [sys.executable, "-m", "hindlog.cli", "run"] if info.get("handsfree") else [sys.executable]
-        proc = subprocess.run(
-            [*command, str(scratch / row["script"]), *argv[1:]],
-            cwd=cwd,
-            env=_worker_env(st, row, args, spec_path, scratch),
-        )
+        env = _worker_env(st, row, args, spec_path, scratch)
+        if info.get("module"):
+            # The run goes on in its own directory, where python -m would find the working tree's
+            # module: it is found in the recorded code's copy of that directory instead.
+            env["HINDLOG_MODULE_DIR"] = str(_worker_cwd(st, row, scratch))
+        proc = subprocess.run([*worker_command(row, scratch / row["script"], module_dir=True), *argv[1:]], cwd=cwd, env=env)
         return proc.returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the recorded code, materialized for this resume only
