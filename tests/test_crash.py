@@ -203,9 +203,12 @@ def test_uncaught_exception_marks_failed_and_keeps_every_record(project: Project
     assert runs["status"].tolist() == ["failed"] and runs["ended"].notna().all()
 
 
-@pytest.mark.parametrize("call, status", [("sys.exit(1)", "failed"), ('sys.exit("diverged")', "failed"),
-                                          ("sys.exit(0)", "finished"), ("sys.exit()", "finished")])
-def test_sys_exit_with_a_non_zero_status_marks_the_run_failed(project: Project, call: str, status: str) -> None:
+@pytest.mark.parametrize("call, status, code", [("sys.exit(1)", "failed", 1), ('sys.exit("diverged")', "failed", 1),
+                                                ("sys.exit(0)", "finished", 0), ("sys.exit()", "finished", 0),
+                                                ("exit(2)", "failed", 2), ("quit(3)", "failed", 3), ("exit()", "finished", 0)])
+def test_sys_exit_with_a_non_zero_status_marks_the_run_failed(project: Project, call: str, status: str, code: int) -> None:
+    """``sys.exit`` and the builtins ``exit`` and ``quit`` end a script without an exception that
+    reaches ``sys.excepthook``: a non-zero status still marks the run failed (resume takes it)."""
     proc = project.run(
         f"""
         import sys
@@ -217,7 +220,7 @@ def test_sys_exit_with_a_non_zero_status_marks_the_run_failed(project: Project, 
         """,
         check=False,
     )
-    assert proc.returncode == (0 if status == "finished" else 1)
+    assert proc.returncode == code
     assert project.values("loss") == [1.0, 0.5, 1.0 / 3]
     runs = project.runs()
     assert runs["status"].tolist() == [status] and runs["ended"].notna().all()

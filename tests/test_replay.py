@@ -1279,8 +1279,12 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
     first = proj.record(env=DENSE)
     second = proj.record(env={**DENSE, "HINDLOG_SET_lr": "0.3"})
     proj.write("other.py", "import hindlog as hl\nhl.log('y', 1)\n")
+    proj.record("import hindlog as hl\nhl.log('z', hl.arg('lr', 0.5))\n", script="third.py")
     proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     cases = {
+        # Without SCRIPT, a selection of the runs of two scripts: whose new statements?
+        ("--where", "lr > 0"): "selects runs of 2 scripts (third.py, train.py): name the one to replay",
+        ("--all",): "--all selects runs of 2 scripts",
         ("other.py",): "never been recorded",
         ("missing.py",): "does not exist",
         ("train.py", "--run", "20000101-nosuchrun"): "20000101-nosuchrun",

@@ -516,6 +516,12 @@ class Recorder:
             return previous_exit(status)
 
         sys.exit = exit
+        import builtins
+
+        for name in ("exit", "quit"):  # site's, which raise SystemExit without sys.exit
+            quitter = getattr(builtins, name, None)
+            if quitter is not None:
+                setattr(builtins, name, _ExitWatcher(quitter, self))
         if threading.current_thread() is threading.main_thread():
             try:
                 previous = signal.getsignal(signal.SIGTERM)
@@ -655,6 +661,22 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         rec.finish("killed")
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+class _ExitWatcher:
+    """The builtin ``exit`` or ``quit``, noting a non-zero status as ``sys.exit``'s wrapper does."""
+
+    def __init__(self, quitter: Any, recorder: Recorder) -> None:
+        self.quitter, self.recorder = quitter, recorder
+
+    def __call__(self, code: object = None) -> Any:
+        rec = self.recorder
+        if code is not None and code != 0 and rec._exc_status is None and not rec.finished:
+            rec._exc_status = "failed"
+        return self.quitter(code)
+
+    def __repr__(self) -> str:
+        return repr(self.quitter)
 
 
 def _script_path(root: Path, argv: list[str]) -> str | None:

@@ -165,10 +165,19 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
         if not candidates:
             of = f"of {script} " if script else ""
             raise RunNotFound(f"no run {of}matches --where {where!r}")
-        return candidates
+        return _of_one_script(candidates, f"--where {where!r}")
     if all_runs:
-        return candidates
+        return _of_one_script(candidates, "--all")
     return [candidates[-1]]
+
+
+def _of_one_script(rows: list[dict[str, Any]], selection: str) -> list[dict[str, Any]]:
+    """``rows``, if they are runs of one script: the new statements come from one script."""
+    scripts = sorted({str(r.get("script")) for r in rows})
+    if len(scripts) > 1:
+        raise ReplayError(f"{selection} selects runs of {len(scripts)} scripts ({', '.join(scripts)}): name the one "
+                          f"to replay, e.g. `hindlog replay {scripts[0]} {selection}`")
+    return rows
 
 
 def _working_sources(store: Store, paths: set[str]) -> dict[str, str]:
