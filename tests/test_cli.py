@@ -186,9 +186,38 @@ def test_show_unknown_or_ambiguous_run_fails_clearly(two_runs) -> None:
 
 
 def test_show_without_a_store(project: Project) -> None:
-    out = project.cli("show", "latest", check=False)
-    assert out.returncode != 0 and "no runs" in out.stderr.lower() and "Traceback" not in out.stderr
-    assert not project.store_path.exists()
+    for args in (["show", "latest"], ["show", "--output"]):
+        out = project.cli(*args, check=False)
+        assert out.returncode != 0 and "no runs" in out.stderr.lower() and "Traceback" not in out.stderr, out.stderr
+        assert not project.store_path.exists()
+
+
+def test_runs_filters_by_the_script_as_given_and_says_when_none_matches(two_runs) -> None:
+    project, a, b = two_runs
+    for given in ("train.py", "./train.py", str(project.root / "train.py")):
+        listed = project.cli("runs", "--script", given).stdout
+        assert a in listed and b in listed, (given, listed)
+    for option in (["--script", "other.py"], ["--project", "nope"]):
+        none = project.cli("runs", *option).stdout
+        assert "among the 2 runs recorded here" in none and "No runs yet" not in none, none
+
+
+def test_runs_and_show_give_a_runs_start_in_the_same_local_time(two_runs) -> None:
+    project, a, _b = two_runs
+    for zone in ("UTC", "America/New_York", "Asia/Kolkata"):
+        listed = project.cli("runs", env={"TZ": zone}).stdout
+        shown = project.cli("show", a, env={"TZ": zone}).stdout
+        started = next(line for line in shown.splitlines() if line.startswith("started")).split(None, 1)[1].strip()
+        assert started in next(line for line in listed.splitlines() if a in line), (zone, started, listed)
+
+
+def test_an_arg_named_like_a_run_column_gets_a_column_of_its_own(project: Project) -> None:
+    project.run("import hindlog as hl\nhl.arg('status', 'draft')\nhl.arg('name', 'baseline')\nhl.arg('duration', 30)\nhl.log('x', 1)\n")
+    runs = project.runs()
+    assert runs["status"].tolist() == ["finished"] and runs["name"].isna().all() and runs["duration"].iloc[0] < 30
+    assert runs[["status_arg", "name_arg", "duration_arg"]].iloc[0].tolist() == ["draft", "baseline", 30]
+    listed = project.cli("runs").stdout
+    assert "finished" in listed and "draft" not in listed, listed
 
 
 def test_logs_csv_matches_the_python_api(two_runs) -> None:

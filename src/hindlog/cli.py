@@ -207,10 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _time(ts: Any) -> str:
     import pandas as pd  # imported when needed: `hindlog run` must start as fast as python
 
-    if ts is None or (isinstance(ts, float) and pd.isna(ts)):
+    if ts is None or pd.isna(ts):
         return "-"
-    if isinstance(ts, pd.Timestamp):
-        return ts.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(ts, pd.Timestamp):  # hl.runs() gives UTC: shown in local time, as floats are
+        ts = ts.timestamp()
     return _dt.datetime.fromtimestamp(float(ts)).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -256,10 +256,20 @@ def _runs(args: argparse.Namespace) -> int:
     from .store import Store
 
     df = _noting_warnings(query.runs, store=args.store)
+    recorded = len(df)
+    chosen = []
     if args.script:
-        df = df[df["script"] == args.script]
+        from .replay import _rel_script
+
+        script = _rel_script(Store.for_project(store=args.store), args.script)  # as runs store it
+        df = df[df["script"] == script]
+        chosen.append(f"of {script}")
     if args.project:
         df = df[df["project"] == args.project]
+        chosen.append(f"of project {args.project}")
+    if df.empty and recorded:
+        print(f"No run {' and '.join(chosen)} among the {recorded} runs recorded here (`hindlog runs` lists them all).")
+        return 0
     if df.empty:
         path = Store.for_project(store=args.store).path
         where = f"in {path}" if path.exists() else f"(there is no hindlog store at {path})"

@@ -51,7 +51,8 @@ def _flush_own_run() -> None:
 
 
 def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
-    """One row per run: id, name, script, status, code version, times, overhead, flags and args."""
+    """One row per run: id, name, script, status, code version, times, overhead, flags and args
+    (an arg named like one of these columns gets a column ``<name>_arg``)."""
     import pandas as pd
 
     _flush_own_run()
@@ -71,7 +72,7 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
         row["duration"] = run_duration(r)
         row["started"] = pd.to_datetime(r["started"], unit="s") if r.get("started") else None
         row["ended"] = pd.to_datetime(r["ended"], unit="s") if r.get("ended") else None
-        row.update(args.get(r["id"], {}))
+        row.update({(f"{k}_arg" if k in RUN_COLUMNS else k): v for k, v in args.get(r["id"], {}).items()})
         out.append(row)
     return pd.DataFrame(out, columns=None if out else RUN_COLUMNS)
 
@@ -318,6 +319,8 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
     after it); if none of its iteration's has a place, before the next iteration's lines."""
     _flush_own_run()
     st = _open(store)
+    if not st.exists():  # a read must not create a store
+        raise RunNotFound(f"There are no runs in {st.path} yet. Record one first (run a script that uses hindlog).")
     conn = st.connect()
     try:
         run = catalog.get_run(conn, ref)
