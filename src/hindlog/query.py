@@ -157,8 +157,9 @@ def logged_frame(
 
         warnings.warn(
             "hl.dataframe: " + ", ".join(f"{n!r} has {k} more value(s)" for n, k in repeated.items())
-            + " in a loop context that already has one (logged twice in one iteration, or in two loops of the same "
-            "name); each cell shows the last. All are stored: log them under different names, or name the loops apart.",
+            + " in a loop context that already has one (logged twice in one iteration, in two loops of the same "
+            "name, or outside every loop both before and after the main loop); each cell shows the last. All are "
+            "stored: log them under different names, or name the loops apart.",
             RuntimeWarning,
             stacklevel=2,
         )
