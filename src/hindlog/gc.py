@@ -129,7 +129,10 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
                 with catalog.transaction(conn):
                     dropped = catalog.delete_checkpoints(conn, old)
         with catalog.transaction(conn):  # values of replays killed before they ended
-            catalog.discard_pending(conn, [r["id"] for r in runs if f"replay-{r['run_id']}" not in locks])
+            # The locks read again, holding the catalog's write lock: a replay that started since
+            # the first read holds its run's lock by now, or writes no value before this commits.
+            held = st.held_locks()
+            catalog.discard_pending(conn, [r["id"] for r in runs if f"replay-{r['run_id']}" not in held])
         manifests = catalog.all_manifests(conn)
     finally:
         conn.close()
