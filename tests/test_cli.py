@@ -367,4 +367,6 @@ def test_logs_json_of_nested_nans_a_logged_none_and_a_missing_arg(project: Proje
     assert rows[0]["lr"] == 0.1 and rows[-1]["lr"] is None and rows[-1]["vec"] == [2.0]
     table = main(project, "logs", "maybe").stdout.splitlines()
     assert [l.split()[-1] for l in table[1:]] == ["0.5", "None", "0.5"]
+    nested = main(project, "logs", "d", "vec").stdout  # the floats inside a list or dict, as Python shows them
+    assert "{'a': nan, 'b': [-inf]}" in nested and "[2.0]" in nested and "'2.0'" not in nested, nested
     assert project.df("maybe")["maybe"].tolist()[1] is None

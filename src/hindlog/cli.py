@@ -432,6 +432,9 @@ def _logs(args: argparse.Namespace) -> int:
         for column in df.columns:
             if str(df[column].dtype) == "Int64" and df[column].isna().any():
                 df[column] = df[column].astype(object).where(df[column].notna(), "")  # not "<NA>"
+            elif df[column].dtype == object:
+                # pandas formats the floats inside a logged list or dict as quoted strings.
+                df[column] = df[column].map(lambda v: repr(v) if isinstance(v, (list, dict, tuple)) else v)
         print(df.to_string(index=False, na_rep=""))
     return 0
 
