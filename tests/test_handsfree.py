@@ -1133,20 +1133,27 @@ def test_a_script_in_a_subdirectory_finds_the_projects_modules_where_python_does
         replayed = proj.replay("scripts/train.py", "--workers", "2", env={"PYTHONPATH": pythonpath})
         assert "4 new values stored" in replayed.stdout, show(replayed)
         assert [line for lines in proj.new_lines(run).values() for line in lines] == want
+    # A run recorded before runs kept their PYTHONPATH: hindlog run then let such a script import
+    # the root's modules, and its replay still does.
+    proj.sql("UPDATE runs SET env=json_remove(env, '$.pythonpath') WHERE run_id=?", (run,))
+    replayed = proj.replay("scripts/train.py", "--workers", "1", env={"PYTHONPATH": ""})
+    assert "4 new values stored" in replayed.stdout, show(replayed)
 
 
 def test_hindlog_run_m_runs_a_module_as_python_m_does_and_replays_it(proj: HFProject) -> None:
     """``hindlog run -m pkg.train ARGS``: ``__name__``, ``__package__``, ``sys.argv``, relative
-    imports and the exit code as under ``python -m``; the package's module is instrumented and
-    the replay's workers run the module the same way."""
-    proj.write("pkg/__init__.py", "")
-    proj.write("pkg/model.py", "def step(w, k):\n    for j in range(3):\n        w[0] += 0.1 * (k - w[0])\n    return w[0]\n")
+    imports and the exit code as under ``python -m``. The main loop is found through the
+    function a relative import brings, the module the package's ``__init__`` loads is
+    instrumented, and the replay's workers run the module the same way."""
+    proj.write("pkg/__init__.py", "from .model import train_epoch  # loaded with the package, before pkg.train\n")
+    model = "def train_epoch(w, epoch):\n    for k in range(5):\n        w[0] += 0.1 * (k + epoch - w[0])\n    return w[0]\n"
+    proj.write("pkg/model.py", model)
     text = dedent(
         """
         import argparse
         import sys
         import time
-        from .model import step
+        from .model import train_epoch
 
         p = argparse.ArgumentParser()
         p.add_argument("--epochs", type=int, default=3)
@@ -1154,8 +1161,7 @@ def test_hindlog_run_m_runs_a_module_as_python_m_does_and_replays_it(proj: HFPro
         print("as", sys.argv[0].endswith("train.py"), sys.argv[1:], __name__, __package__, __spec__.name)
         w = [0.0]
         for epoch in range(a.epochs):
-            for k in range(5):
-                loss = step(w, k)
+            loss = train_epoch(w, epoch)
             time.sleep(0.05)
             print(f"epoch {epoch} w {w[0]:.6f}")
         """
@@ -1167,15 +1173,16 @@ def test_hindlog_run_m_runs_a_module_as_python_m_does_and_replays_it(proj: HFPro
     proc, run = proj.record("-m", ["pkg.train", "--epochs", "4"], epsilon=0.9)
     assert proc.returncode == 0 and proc.stdout == plain.stdout, show(proc)
     assert "as True ['--epochs', '4'] __main__ pkg pkg.train" in proc.stdout
+    assert "hindlog: checkpointing w and the random generators" in proc.stderr, show(proc)
     assert proj.run_row(run)["info"]["module"] == "pkg.train"
     assert proj.checkpoint_iterations(run), "the hands-free run has no checkpoints"
-    proj.write("pkg/train.py", text.replace('    print(f"epoch', '    print("HS", epoch, round(loss, 6))\n    print(f"epoch'))
+    proj.write("pkg/model.py", model.replace("    return", "        print('HS', epoch, k, round(w[0], 6))\n    return"))
     fresh = subprocess.run([PY, "-m", "pkg.train", "--epochs", "4"], cwd=proj.root, env=proj.env(), capture_output=True, text=True, timeout=60)
     want = [line for line in fresh.stdout.splitlines() if line.startswith("HS")]
-    assert len(want) == 4
+    assert len(want) == 20
     for how in (["-m", "pkg.train", "--workers", "2"], ["pkg/train.py", "--workers", "1"]):
         replayed = proj.replay(*how)
-        assert "4 new values stored" in replayed.stdout, show(replayed)
+        assert "20 new values stored" in replayed.stdout, show(replayed)
         assert [line for lines in proj.new_lines(run).values() for line in lines] == want
     # What python says of a module it cannot run, hindlog says too, with python's exit code.
     for name in ("pkg.nope", "pkg"):

@@ -854,8 +854,10 @@ def test_a_run_started_with_python_m_replays_as_a_module(tmp_path: Path) -> None
     """``python -m pkg.train``, whose relative import needs its package: the workers start it
     the same way (a file run by path has no package), also named by module to ``hindlog replay``."""
     proj = ReplayProject(tmp_path)
-    proj.write("pkg/__init__.py", "")
-    proj.write("pkg/model.py", "def f(x):\n    return 2 * x\n")
+    # The package's __init__ calls hindlog (hl.arg) while python -m still imports it.
+    proj.write("pkg/__init__.py", "from . import config\n")
+    proj.write("pkg/config.py", "import hindlog as hl\n\nSCALE = hl.arg('scale', 2)\n")
+    proj.write("pkg/model.py", "from .config import SCALE\n\n\ndef f(x):\n    return SCALE * x\n")
     text = dedent(
         """
         import hindlog as hl
@@ -873,7 +875,8 @@ def test_a_run_started_with_python_m_replays_as_a_module(tmp_path: Path) -> None
     recorded = subprocess.run([PY, "-m", "pkg.train"], cwd=proj.root, env=proj.env(DENSE), capture_output=True, text=True, timeout=120)
     assert recorded.returncode == 0, recorded.stderr
     (run,) = proj.run_ids()
-    assert proj.hindlog("show", run, check=True).stdout.count("pkg/train.py  (run as -m pkg.train)") == 1
+    shown = proj.hindlog("show", run, check=True).stdout
+    assert shown.count("pkg/train.py  (run as -m pkg.train)") == 1 and "scale=2" in shown, shown
     proj.write("pkg/train.py", insert_after(text, 'hl.log("total", total)', 'hl.log("twice", 2 * total)'))
     for how in (["pkg/train.py", "--workers", "2"], ["-m", "pkg.train", "--workers", "1"]):
         result = proj.replay(*how)

@@ -272,6 +272,27 @@ def test_resume_a_run_started_with_python_m(tmp_path: Path, launcher: list[str])
     assert logged(run_id) == logged(reference_id) and (4, "mse") in logged(run_id)
     assert proj.run_info(run_id)["status"] == "finished"
 
+
+def test_resume_imports_the_recorded_modules_through_an_empty_pythonpath_entry(tmp_path: Path) -> None:
+    """``PYTHONPATH=":."`` (what ``export PYTHONPATH=$PYTHONPATH:.`` leaves): both entries name
+    the run's directory, whose modules a resume takes from the recorded code, not the edited
+    working tree, though it runs in that directory."""
+    proj = CkProject(tmp_path)
+    proj.write("mylib.py", "LR = 0.05\n")
+    proj.write("scripts/train.py", FLAKY.replace("import hindlog as hl\n", "import hindlog as hl\nfrom mylib import LR\n", 1)
+               .replace("w -= 0.05 *", "w -= LR *"))
+    env = {"HINDLOG_EPSILON": "0.5", "PYTHONPATH": ":."}
+    reference_id = last_json(proj.run("scripts/train.py", env=env).stdout)["run"]
+    (proj.root / "fail.flag").write_text("x")
+    failed = proj.run("scripts/train.py", env=env, check=False)
+    assert failed.returncode == 1 and "the disk went away" in failed.stderr, failed.stderr
+    run_id = proj.run_ids()[-1]
+    (proj.root / "fail.flag").unlink()
+    proj.write("mylib.py", "LR = 0.5\n")
+    resumed = proj.cli("resume", run_id, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)
+
 def test_resume_without_a_store_says_so_and_creates_none(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     proc = proj.cli("resume", "latest", check=False)

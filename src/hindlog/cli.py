@@ -526,15 +526,14 @@ def _module_file(name: str) -> str:
     """The file ``python -m NAME`` runs from here, found without importing anything (a package's
     ``__init__`` may import torch): under the current directory or an entry of PYTHONPATH."""
     import os
-    from pathlib import Path
 
-    parts = name.split(".")
-    for base in [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]:
-        for candidate in (Path(base, *parts[:-1], parts[-1] + ".py"), Path(base, *parts, "__main__.py")):
-            if candidate.is_file():
-                return str(candidate)
-    raise HindlogError(f"no module {name} under {os.getcwd()} or PYTHONPATH: run this from where you ran "
-                       f"python -m {name}, or give the script's path")
+    from .mainmodule import find
+
+    spec = find(name, [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+    if spec is None or not spec.origin:
+        raise HindlogError(f"no module {name} under {os.getcwd()} or PYTHONPATH: run this from where you ran "
+                           f"python -m {name}, or give the script's path")
+    return spec.origin
 
 
 @command("replay")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import importlib
 import importlib.machinery
 import itertools
 import os
@@ -244,17 +245,7 @@ class _Finder:
         sys.path changes, not at every import."""
         if sys.path != self._sys_path:
             self._sys_path = list(sys.path)
-            dirs: list[str] = []
-            for entry in self._sys_path:
-                if not isinstance(entry, str) or entry in dirs:
-                    continue
-                try:
-                    resolved = Path(entry or ".").resolve()
-                except (OSError, RuntimeError):
-                    continue
-                if resolved == self.root or _is_project_file(resolved, self.root):
-                    dirs.append(entry)
-            self._dirs = dirs
+            self._dirs = project_dirs(self.root)
         return self._dirs
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
@@ -281,13 +272,43 @@ class _Finder:
         return spec
 
 
+def project_dirs(root: Path) -> list[str]:
+    """The entries of ``sys.path`` inside the project at ``root`` (resolved), environments left
+    out, as sys.path gives them: where python finds the project's top-level modules."""
+    dirs: list[str] = []
+    for entry in sys.path:
+        if not isinstance(entry, str) or entry in dirs:
+            continue
+        try:
+            resolved = Path(entry or ".").resolve()
+        except (OSError, RuntimeError):
+            continue
+        if resolved == root or _is_project_file(resolved, root):
+            dirs.append(entry)
+    return dirs
+
+
 def _is_project_file(path: Path, root: Path) -> bool:
     try:
         rel = path.relative_to(root)
     except ValueError:
         return False
     parts = set(rel.parts)
-    return not (parts & {"site-packages", "dist-packages", ".venv", "venv", ".hindlog", ".git"})
+    if parts & {"site-packages", "dist-packages", ".venv", "venv", ".hindlog", ".git"}:
+        return False
+    # An environment inside the project under another name (a conda env in ./env): its
+    # standard library is not the project's code.
+    return not any(path.is_relative_to(prefix) for prefix in _prefixes_inside(root))
+
+
+def _prefixes_inside(root: Path) -> list[Path]:
+    """The interpreter's environment directories that lie inside the project at ``root``."""
+    out = []
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+        resolved = Path(prefix).resolve()
+        if resolved != root and resolved.is_relative_to(root):
+            out.append(resolved)
+    return out
 
 
 class _Loader(importlib.machinery.SourceFileLoader):
@@ -376,22 +397,17 @@ def _run_plainly(abs_path: Path, module: str | None = None) -> int:
 def _main_module_spec(name: str) -> Any:
     """What ``python -m NAME`` runs: the module's spec (a package's ``__main__``'s), found from
     the current directory as python finds it (from ``$HINDLOG_MODULE_DIR`` in a resume, which
-    runs in the recorded directory with the recorded code elsewhere); or the message python
-    gives when there is none."""
-    import importlib.util
+    runs in the recorded directory with the recorded code elsewhere), without importing its
+    packages yet; or the message python gives when there is none."""
+    from . import mainmodule
 
     sys.path[0] = os.environ.pop("HINDLOG_MODULE_DIR", None) or os.getcwd()
     python = sys.executable
-    try:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.submodule_search_locations is not None:
-            main = importlib.util.find_spec(f"{name}.__main__")
-            if main is None:
-                return f"{python}: No module named {name}.__main__; {name!r} is a package and cannot be directly executed"
-            spec = main
-    except (ImportError, ValueError) as e:
-        return f"{python}: Error while finding module specification for {name!r} ({type(e).__name__}: {e})"
+    spec = mainmodule.find(name, sys.path)
     if spec is None:
+        package = mainmodule.lookup(name, sys.path)
+        if package is not None and package.submodule_search_locations is not None:
+            return f"{python}: No module named {name}.__main__; {name!r} is a package and cannot be directly executed"
         return f"{python}: No module named {name}"
     if not spec.origin or not spec.origin.endswith(".py") or not os.path.isfile(spec.origin):
         return f"hindlog: {name} is not a module with Python source ({spec.origin}); hindlog run -m needs one"
@@ -405,11 +421,8 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     global RUNNING
     RUNNING = True
     module_spec = None
-    package_seconds = 0.0  # importing the module's package is the script's start, not hindlog's
     if module:
-        finding = time.perf_counter()
-        module_spec = _main_module_spec(script)  # imports its package, as python -m does
-        package_seconds = time.perf_counter() - finding
+        module_spec = _main_module_spec(script)
         if isinstance(module_spec, str):
             print(module_spec, file=sys.stderr)
             return 1
@@ -462,11 +475,17 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     skip = new_lines
     runtime = Runtime()
 
-    def read_project_file(rel_path: str) -> str | None:
-        candidate = root / rel_path
-        return candidate.read_text() if candidate.is_file() else None
+    top_dirs = project_dirs(root.resolve())
 
-    external = instrument.imported_functions(tree, read_project_file)
+    def read_project_module(rel_path: str) -> str | None:
+        for top in top_dirs:
+            candidate = Path(top or ".") / rel_path
+            if candidate.is_file():
+                return candidate.read_text()
+        return None
+
+    package = module_spec.parent if module_spec is not None else None
+    external = instrument.imported_functions(tree, read_project_module, package)
     plan = instrument.instrument(tree, is_script=True, skip_lines=skip.get(rel, set()), external=external)
     if rel in new_lines:
         _hindsight_prints(tree, new_lines[rel])
@@ -486,7 +505,6 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         import hindlog
 
         rec.startup_seconds = time.perf_counter() - hindlog.IMPORT_STARTED
-        rec.startup_seconds -= package_seconds
         if _imports_numpy_stack(tree):
             rec.startup_seconds -= hindlog.NUMPY_IMPORT_SECONDS
     restore_argparse = _record_options(rec) if rec is not None and rec.controller is None else None
@@ -502,6 +520,10 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     sys.stdout = _Tee(real_stdout)
     status, code_out = "finished", 0
     try:
+        if module_spec is not None and module_spec.parent:
+            # As python -m, the module's packages first; with the import hook in place, the
+            # modules their __init__ imports are instrumented too.
+            importlib.import_module(module_spec.parent)
         exec(code, main.__dict__)
     except SystemExit as e:
         code_out = _exit_code(e.code)

@@ -194,16 +194,24 @@ def _fn_score(fn: ast.AST, functions: dict[str, ast.AST], depth: int) -> tuple[i
     return nested, training
 
 
-def imported_functions(tree: ast.Module, read: Callable[[str], str | None]) -> dict[str, ast.AST]:
+def imported_functions(tree: ast.Module, read: Callable[[str], str | None], package: str | None = None) -> dict[str, ast.AST]:
     """Top-level functions of the project modules ``tree`` imports (``read`` gives a project
-    file's source by relative path, or None), so that the main loop's work is seen through
-    calls like ``train_one_epoch(...)`` defined in another file."""
+    module's source by its path relative to where top-level modules are found, or None), so
+    that the main loop's work is seen through calls like ``train_one_epoch(...)`` defined in
+    another file. ``package``: the package of a module run with ``python -m``, against which
+    its relative imports resolve."""
     out: dict[str, ast.AST] = {}
     modules: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            modules.add(node.module)
-            modules.update(f"{node.module}.{a.name}" for a in node.names)
+        if isinstance(node, ast.ImportFrom) and (node.module or node.level):
+            base = node.module
+            if node.level:
+                parts = (package or "").split(".") if package else []
+                if node.level - 1 >= len(parts):
+                    continue  # beyond the top package (or not in one): python refuses it too
+                base = ".".join([*parts[: len(parts) - (node.level - 1)], *([node.module] if node.module else [])])
+            modules.add(base)
+            modules.update(f"{base}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             modules.update(a.name for a in node.names)
     for module in sorted(modules):

@@ -74,6 +74,13 @@ class Recorder:
         self.store = store
         self.epsilon = config.epsilon(epsilon)
         self.argv = list(sys.argv if argv is None else argv)
+        #: The module run as ``python -m MODULE``, if the script was started so.
+        self.module = _main_module(self.argv)
+        if argv is None and self.argv[:1] == ["-m"]:
+            # hindlog called while python -m still imports the module's packages.
+            from .mainmodule import started_as
+
+            self.module, self.argv = started_as() or (None, self.argv)
         self.script = script if script is not None else _script_path(store.root, self.argv)
         self.project = project or store.root.name
         self.name = name
@@ -151,9 +158,8 @@ class Recorder:
                     "heartbeat": self.started,
                     "epsilon": self.epsilon,
                 }
-                module = _main_module(self.argv)
-                if module is not None:
-                    run_fields["info"] = {"module": module}
+                if self.module is not None:
+                    run_fields["info"] = {"module": self.module}
                 self.run = catalog.insert_run(conn, run_fields)
         finally:
             conn.close()

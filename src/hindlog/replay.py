@@ -620,6 +620,10 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
             env.pop("PYTHONPATH", None)
         else:
             env["PYTHONPATH"] = pythonpath
+    elif (run.get("info") or {}).get("handsfree"):
+        # Recorded before PYTHONPATH was, by a hindlog run that let a script in a subdirectory
+        # import the project root's modules: the workers' scripts still may.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), str(scratch)) if p)
     env["HINDLOG_DIR"] = str(store.path)
     # The scratch copy is the project: the run's script and modules have the paths they had in
     # it, also when the run was recorded from a subdirectory.
@@ -643,10 +647,7 @@ def _scratch_pythonpath(recorded: str | None, cwd: str | None, root: Path, scrat
     base = Path(cwd) if cwd else root
     entries = []
     for entry in recorded.split(os.pathsep):
-        if not entry:
-            entries.append(entry)  # the current directory: the worker's is the recorded one's copy
-            continue
-        path = base / entry
+        path = base / (entry or ".")  # an empty entry is the current directory
         try:
             rel = path.resolve().relative_to(root.resolve())
         except (ValueError, OSError):
