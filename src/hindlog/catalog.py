@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status       TEXT NOT NULL,   -- running | finished | failed | killed
     flags        TEXT NOT NULL DEFAULT '[]',  -- JSON list of problems met while recording
     argv         TEXT,            -- JSON list
-    env          TEXT,            -- JSON: python, packages, host, gpus, environment variables
+    env          TEXT,            -- JSON: python, packages, host, gpus, environment variables, PYTHONPATH
     cwd          TEXT,
     pid          INTEGER,
     host         TEXT,
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
     heartbeat    REAL,            -- last time the writer committed
     epsilon      REAL,
     overhead     REAL,            -- measured: time training was blocked / elapsed
-    info         TEXT NOT NULL DEFAULT '{}'   -- JSON: anything else (checkpoint policy stats, ...)
+    info         TEXT NOT NULL DEFAULT '{}'   -- JSON: anything else (checkpoint policy stats, the module of a python -m run, ...)
 );
 
 -- Hyperparameters given through hl.arg (values as JSON).
