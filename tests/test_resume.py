@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,26 @@ def test_resume_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 
+def _flaky_importing_lr(import_line: str) -> str:
+    """FLAKY with its learning rate imported by ``import_line``."""
+    return FLAKY.replace("import hindlog as hl\n", f"import hindlog as hl\n{import_line}\n", 1).replace("w -= 0.05 *", "w -= LR *")
+
+
+def _fail_edit_and_resume(proj: CkProject, start: Callable[[], subprocess.CompletedProcess[str]], lr_module: str) -> tuple[str, str]:
+    """Run the script ``start`` starts to its end (the reference), then to its failure at epoch 4;
+    edit ``lr_module`` in the working tree and resume the failed run. (resumed run, reference)."""
+    reference_id = last_json(start().stdout)["run"]
+    (proj.root / "fail.flag").write_text("x")
+    failed = start()
+    assert failed.returncode == 1 and "the disk went away" in failed.stderr, failed.stderr
+    run_id = proj.run_ids()[-1]
+    (proj.root / "fail.flag").unlink()
+    proj.write(lr_module, "LR = 0.5\n")
+    resumed = proj.cli("resume", run_id, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    return run_id, reference_id
+
+
 @pytest.mark.parametrize("launcher", [["-m"], ["-m", "hindlog.cli", "run", "-m"]], ids=["python", "hindlog-run"])
 def test_resume_a_run_started_with_python_m(tmp_path: Path, launcher: list[str]) -> None:
     """A run started as ``python -m pkg.train`` or ``hindlog run -m pkg.train`` (with a relative
@@ -249,23 +270,14 @@ def test_resume_a_run_started_with_python_m(tmp_path: Path, launcher: list[str])
     proj = CkProject(tmp_path)
     proj.write("pkg/__init__.py", "")
     proj.write("pkg/rate.py", "LR = 0.05\n")
-    proj.write("pkg/train.py", FLAKY.replace("import hindlog as hl\n", "import hindlog as hl\nfrom .rate import LR\n", 1)
-               .replace("w -= 0.05 *", "w -= LR *"))
-    env = {"HINDLOG_EPSILON": "0.5"}
+    proj.write("pkg/train.py", _flaky_importing_lr("from .rate import LR"))
 
     def python_m() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, *launcher, "pkg.train"], cwd=proj.root, env=proj.env(env), capture_output=True,
-                              text=True, timeout=120)
+        return subprocess.run([sys.executable, *launcher, "pkg.train"], cwd=proj.root, env=proj.env({"HINDLOG_EPSILON": "0.5"}),
+                              capture_output=True, text=True, timeout=120)
 
-    reference_id = last_json(python_m().stdout)["run"]
-    (proj.root / "fail.flag").write_text("x")
-    failed = python_m()
-    assert failed.returncode == 1 and "the disk went away" in failed.stderr, failed.stderr
-    run_id = proj.run_ids()[-1]
-    (proj.root / "fail.flag").unlink()
-    proj.write("pkg/rate.py", "LR = 0.5\n")
-    resumed = proj.cli("resume", run_id, check=False)
-    assert resumed.returncode == 0, resumed.stderr
+    run_id, reference_id = _fail_edit_and_resume(proj, python_m, "pkg/rate.py")
+
     def logged(run: str) -> dict[tuple[int | None, str], list[Any]]:
         return {k: v for k, v in proj.by_iteration(run).items() if k[1] != "@stdout"}  # it prints its own run id
 
@@ -279,19 +291,11 @@ def test_resume_imports_the_recorded_modules_through_an_empty_pythonpath_entry(t
     working tree, though it runs in that directory."""
     proj = CkProject(tmp_path)
     proj.write("mylib.py", "LR = 0.05\n")
-    proj.write("scripts/train.py", FLAKY.replace("import hindlog as hl\n", "import hindlog as hl\nfrom mylib import LR\n", 1)
-               .replace("w -= 0.05 *", "w -= LR *"))
+    proj.write("scripts/train.py", _flaky_importing_lr("from mylib import LR"))
     env = {"HINDLOG_EPSILON": "0.5", "PYTHONPATH": ":."}
-    reference_id = last_json(proj.run("scripts/train.py", env=env).stdout)["run"]
-    (proj.root / "fail.flag").write_text("x")
-    failed = proj.run("scripts/train.py", env=env, check=False)
-    assert failed.returncode == 1 and "the disk went away" in failed.stderr, failed.stderr
-    run_id = proj.run_ids()[-1]
-    (proj.root / "fail.flag").unlink()
-    proj.write("mylib.py", "LR = 0.5\n")
-    resumed = proj.cli("resume", run_id, check=False)
-    assert resumed.returncode == 0, resumed.stderr
+    run_id, reference_id = _fail_edit_and_resume(proj, lambda: proj.run("scripts/train.py", env=env, check=False), "mylib.py")
     assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)
+
 
 def test_resume_without_a_store_says_so_and_creates_none(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)

@@ -259,9 +259,7 @@ def _runs(args: argparse.Namespace) -> int:
     recorded = len(df)
     chosen = []
     if args.script:
-        from .replay import _rel_script
-
-        script = _rel_script(Store.for_project(store=args.store), args.script)  # as runs store it
+        script = Store.for_project(store=args.store).script_key(args.script)
         df = df[df["script"] == script]
         chosen.append(f"of {script}")
     if args.project:

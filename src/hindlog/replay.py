@@ -112,16 +112,6 @@ class ReplayReport:
 # ----------------------------------------------------------------- planning
 
 
-def _rel_script(store: Store, script: str) -> str:
-    path = Path(script)
-    if not path.is_absolute():
-        path = (Path.cwd() / path).resolve()
-    try:
-        return path.relative_to(store.root).as_posix()
-    except ValueError:
-        return str(path)
-
-
 def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None) -> list[dict[str, Any]]:
     """The target runs: given ones, all of the script's, those matching ``where``, or the script's latest."""
     if runs:
@@ -965,7 +955,7 @@ def replay(
     st = store if isinstance(store, Store) else Store.for_project(store=store)
     if not st.exists():
         raise ReplayError(f"there is no hindlog store at {st.path}; record a run first")
-    rel = _rel_script(st, script) if script else None
+    rel = st.script_key(script) if script else None
     if rel is not None and not (st.root / rel).is_file():
         raise ReplayError(f"{script} does not exist")
     conn = st.connect()

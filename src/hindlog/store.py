@@ -198,6 +198,17 @@ class Store:
         finally:
             lock.release()
 
+    def script_key(self, script: str) -> str:
+        """A script's path as runs record it: relative to the project root (absolute outside it),
+        whether given from the current directory or absolute."""
+        path = Path(script)
+        if not path.is_absolute():
+            path = (Path.cwd() / path).resolve()
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
     def damaged_catalogs(self) -> list[Path]:
         """Damaged catalogs set aside in this store, oldest first."""
         return sorted(self.path.glob(f"{catalog.DAMAGED_PREFIX}*.db")) if self.path.is_dir() else []
