@@ -20,8 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The torch-free tests on Python 3.10, 3.12 and 3.13 (those on this machine), each in .venv-3.X.
-test-pythons:
+# The torch-free tests on Python 3.10, 3.12 and 3.13 (those on this machine), each in .venv-3.X,
+# installed by .venv's pip.
+test-pythons: $(STAMP)
 	.ci/other-pythons
 
 BENCH_STAMP := $(VENV)/.installed-bench
