@@ -330,6 +330,71 @@ def test_gc_during_a_recording_keeps_what_its_checkpoints_reuse_from_older_runs(
     assert read_all_checkpoints(proj, new) == len(proj.checkpoints(new))
 
 
+REUSED = """
+import os, time
+import numpy as np
+import hindlog as hl
+from hindlog.objects import digest
+
+fixed = np.arange(40_000, dtype=np.float64)  # 320 KB that never change: written once, then named again
+w = np.zeros(4)
+hl.checkpoints(fixed=fixed, w=w)
+for epoch in hl.loop("epoch", range(6)):
+    if epoch == 3:
+        # What gc does to an object it found unused, at the moment this run reuses it.
+        time.sleep(0.3)  # the checkpoint of epoch 2 is written
+        name = digest(memoryview(fixed.view(np.uint8)))
+        os.remove(os.path.join(os.environ["HINDLOG_DIR"], "objects", name[:2], name[2:]))
+    for step in hl.loop("step", range(3)):
+        w += 1
+        time.sleep(0.02)
+    hl.log("w", float(w.sum()))
+"""
+
+
+def test_a_checkpoint_never_names_an_object_the_store_lost_before_it_was_reused(tmp_path: Path) -> None:
+    """An unchanged array is named again by each checkpoint, not written again. If the store no
+    longer holds it when a checkpoint reuses it, that checkpoint is dropped with a warning, and
+    the next one writes the array again: every committed checkpoint reads back."""
+    proj = CkProject(tmp_path)
+    proj.write("train.py", REUSED)
+    proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    assert "was removed meanwhile" in proc.stderr and "training goes on" in proc.stderr, proc.stderr
+    (run,) = proj.run_ids()
+    rows = proj.checkpoints(run)
+    iterations = sorted({it for it, *_ in rows})
+    assert 3 not in iterations and [it for it in iterations if it > 3], rows
+    objects = proj.store().objects
+    from hindlog.checkpoint import read_checkpoint
+
+    for it, _block, _loop, manifest, _n in rows:
+        if it >= 3:  # the earlier ones named the array this test removed by hand
+            read_checkpoint(objects, manifest)
+    assert "checkpoint_dropped" in proj.run_info(run)["flags"]
+    assert [v for _it, n, v in proj.records(run) if n == "w"] == [12.0 * (e + 1) for e in range(6)]  # training went on
+
+
+def test_gc_puts_back_an_object_a_run_reused_after_gc_found_it_unused(tmp_path: Path) -> None:
+    """gc sets an object aside before removing it: a run that reused it just before (it touched
+    the file) keeps it; one that reuses it just after is told it is gone (and writes it again)."""
+    from hindlog.gc import remove_if_unused
+
+    st = CkProject(tmp_path).store()
+    name = st.objects.put(b"x" * 1000)
+    path = st.objects.path(name)
+    day_ago = time.time() - 86400
+    cutoff = time.time() - 3600  # what gc keeps: used since then
+    os.utime(path, (day_ago, day_ago))
+    assert st.objects.touch(name)  # reused between gc's look at it and its removal
+    assert remove_if_unused(path, cutoff) is None
+    assert path.read_bytes() == b"x" * 1000 and not list(st.objects.temporaries())
+    os.utime(path, (day_ago, day_ago))
+    assert remove_if_unused(path, cutoff) == 1000
+    assert not path.exists() and not list(st.objects.temporaries())
+    assert not st.objects.touch(name)  # a run that would name it now learns it is gone
+    assert not st.objects.have(name, 1000)
+
+
 def test_gc_of_a_store_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     missing = tmp_path / "no-store-here"

@@ -384,7 +384,8 @@ class Persister:
             for ft in frozen.tensors:
                 if ft.by_name:
                     ft.digest = ft.content
-                    self.objects.touch(ft.digest)
+                    if not self.objects.touch(ft.digest):
+                        raise _removed_meanwhile(ft)
                     # Usually written by this iteration's earlier checkpoint; if it was found in
                     # the store instead, its durability is still this commit's to ensure.
                     self._written.setdefault(frozen.iteration, []).append(self.objects.filename(ft.digest))
@@ -397,8 +398,8 @@ class Persister:
                 if ft.digest is None:
                     self._write_tensor(ft)
                     self._written.setdefault(frozen.iteration, []).append(self.objects.filename(ft.digest))
-                else:
-                    self.objects.touch(ft.digest)  # in use again: gc's grace period starts anew
+                elif not self.objects.touch(ft.digest):  # in use again: gc's grace period starts anew
+                    raise _removed_meanwhile(ft)
                 entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
             skeleton = self.objects.put(dumps_skeleton((frozen.skeleton, inline)), durable=False)
             written = self._written.setdefault(frozen.iteration, [])
@@ -474,6 +475,17 @@ class Persister:
                 RuntimeWarning,
             )
         self.writer.change("flag", "checkpoint_dropped")
+
+
+def _removed_meanwhile(ft: FrozenTensor) -> FileNotFoundError:
+    """The error for a checkpoint that names an object an earlier checkpoint wrote, which the
+    store no longer holds (``hindlog gc`` found it unused before this checkpoint touched it).
+    The tensor's next checkpoint copies and writes it again instead of naming it."""
+    if ft.cache_entry is not None:
+        ft.cache_entry.version = -1
+    return FileNotFoundError(
+        errno.ENOENT, f"the stored copy of a tensor it reuses, object {ft.digest}, was removed meanwhile "
+        "(by hindlog gc, which had found it unused); the tensor's next checkpoint writes it again")
 
 
 def _forget_unwritten(frozen: Frozen) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import catalog
 from .errors import CorruptObject, HindlogError
+from .objects import TEMPORARY_PREFIX
 from .store import Store
 
 #: Objects younger than this are kept: a running process may be writing a checkpoint.
@@ -151,9 +152,11 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
             young += 1
             young_bytes += stat.st_size
             continue
-        st.objects.delete(name)
+        size = remove_if_unused(path, cutoff)
+        if size is None:
+            continue
         removed += 1
-        freed += stat.st_size
+        freed += size
     # A process killed while writing an object leaves its temporary file (never visible as an
     # object: it was not renamed into place). One untouched for the grace period has no writer.
     temporaries = 0
@@ -177,6 +180,28 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         shutil.rmtree(path, ignore_errors=True)
         scratch += 1
     return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes, len(active), scratch)
+
+
+def remove_if_unused(path: Path, cutoff: float) -> int | None:
+    """Remove the object at ``path``, which gc found unreferenced and unused since ``cutoff``;
+    its size, or None if it stays.
+
+    A running process may reuse the object at any moment: it touches the file, then names it
+    in a checkpoint. The file is renamed aside first, so that a touch from then on fails and
+    that process writes the object again; a touch that came before shows in the file's time,
+    and the object is put back. (A gc killed in between leaves a temporary file, which a later
+    gc removes.)"""
+    aside = path.with_name(f"{TEMPORARY_PREFIX}gc-{os.getpid()}-{path.name}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None  # removed by another gc, or set aside by one
+    stat = aside.stat()
+    if stat.st_mtime >= cutoff:
+        os.rename(aside, path)  # a copy written meanwhile has the same bytes: either may stay
+        return None
+    aside.unlink()
+    return stat.st_size
 
 
 def _tree_bytes(path: Path) -> int:

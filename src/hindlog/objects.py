@@ -284,18 +284,17 @@ class ObjectStore:
             finally:
                 os.close(fd)
 
-    def touch(self, name: str) -> None:
-        """Mark an existing object as just used (gc keeps recently used objects)."""
+    def touch(self, name: str) -> bool:
+        """Mark an existing object as just used (gc keeps recently used objects). False when
+        the store no longer holds it: ``hindlog gc`` sets an object aside before it removes it,
+        so a use it did not see fails here and the caller must not name the object."""
         try:
             os.utime(self.filename(name))
-        except OSError:
-            pass
-
-    def delete(self, name: str) -> None:
-        try:
-            self.path(name).unlink()
         except FileNotFoundError:
-            pass
+            return False
+        except OSError:
+            pass  # a read-only store: the object is there, only its time stays
+        return True
 
     def names(self) -> Iterator[str]:
         """Every stored object's name."""
