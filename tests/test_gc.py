@@ -336,15 +336,17 @@ import numpy as np
 import hindlog as hl
 from hindlog.objects import digest
 
-fixed = np.arange(40_000, dtype=np.float64)  # 320 KB that never change: written once, then named again
+# Three arrays of 320 KB that never change: written once, then named again by each checkpoint.
+fixed = [np.arange(40_000, dtype=np.float64) + k for k in range(3)]
 w = np.zeros(4)
 hl.checkpoints(fixed=fixed, w=w)
-for epoch in hl.loop("epoch", range(6)):
+for epoch in hl.loop("epoch", range(8)):
     if epoch == 3:
-        # What gc does to an object it found unused, at the moment this run reuses it.
+        # What gc does to objects it found unused (another run's, say), as this run reuses them.
         time.sleep(0.3)  # the checkpoint of epoch 2 is written
-        name = digest(memoryview(fixed.view(np.uint8)))
-        os.remove(os.path.join(os.environ["HINDLOG_DIR"], "objects", name[:2], name[2:]))
+        for a in fixed:
+            name = digest(memoryview(a.view(np.uint8)))
+            os.remove(os.path.join(os.environ["HINDLOG_DIR"], "objects", name[:2], name[2:]))
     for step in hl.loop("step", range(3)):
         w += 1
         time.sleep(0.02)
@@ -353,25 +355,27 @@ for epoch in hl.loop("epoch", range(6)):
 
 
 def test_a_checkpoint_never_names_an_object_the_store_lost_before_it_was_reused(tmp_path: Path) -> None:
-    """An unchanged array is named again by each checkpoint, not written again. If the store no
-    longer holds it when a checkpoint reuses it, that checkpoint is dropped with a warning, and
-    the next one writes the array again: every committed checkpoint reads back."""
+    """Unchanged arrays are named again by each checkpoint, not written again. If the store no
+    longer holds them when a checkpoint reuses them, that checkpoint is dropped with a warning,
+    and the next one writes them all again: every committed checkpoint reads back."""
     proj = CkProject(tmp_path)
     proj.write("train.py", REUSED)
     proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
-    assert "was removed meanwhile" in proc.stderr and "training goes on" in proc.stderr, proc.stderr
     (run,) = proj.run_ids()
     rows = proj.checkpoints(run)
-    iterations = sorted({it for it, *_ in rows})
-    assert 3 not in iterations and [it for it in iterations if it > 3], rows
+    later = sorted({it for it, *_ in rows if it >= 3})
+    # One checkpoint lost, not one per array (a policy's skip may cost one more).
+    assert len(later) >= 3 and later[-1] == 7, rows
+    assert "3 tensor(s) it reuses" in proc.stderr and "removed meanwhile" in proc.stderr, proc.stderr
+    assert "training goes on" in proc.stderr, proc.stderr
     objects = proj.store().objects
     from hindlog.checkpoint import read_checkpoint
 
     for it, _block, _loop, manifest, _n in rows:
-        if it >= 3:  # the earlier ones named the array this test removed by hand
+        if it >= 3:  # the earlier ones named the arrays this test removed by hand
             read_checkpoint(objects, manifest)
     assert "checkpoint_dropped" in proj.run_info(run)["flags"]
-    assert [v for _it, n, v in proj.records(run) if n == "w"] == [12.0 * (e + 1) for e in range(6)]  # training went on
+    assert [v for _it, n, v in proj.records(run) if n == "w"] == [12.0 * (e + 1) for e in range(8)]  # training went on
 
 
 def test_gc_puts_back_an_object_a_run_reused_after_gc_found_it_unused(tmp_path: Path) -> None:
@@ -393,6 +397,22 @@ def test_gc_puts_back_an_object_a_run_reused_after_gc_found_it_unused(tmp_path: 
     assert not path.exists() and not list(st.objects.temporaries())
     assert not st.objects.touch(name)  # a run that would name it now learns it is gone
     assert not st.objects.have(name, 1000)
+
+
+def test_an_object_a_stopped_gc_left_set_aside_is_put_back(numpy_rec: NumpyRecording, tmp_path: Path) -> None:
+    """A gc stopped between setting an object aside and removing it (or putting it back) leaves
+    it under a temporary name; a checkpoint may name it (a run reused it just before). The next
+    gc puts it back, whatever its age, instead of removing it as a writer's leftover."""
+    proj = copy_store(numpy_rec.proj, tmp_path)
+    run = numpy_rec.run_id
+    _it, _b, _l, manifest, _n = proj.checkpoints(run)[-1]
+    name = [e[0] for e in proj.manifest(manifest)["tensors"] if not e[0].startswith("@")][0]
+    path = proj.store().objects.path(name)
+    aside = path.with_name(f".tmp-gc-0123456789abcdef-{path.name}")
+    os.rename(path, aside)
+    gc(store=proj.store(), grace=0)
+    assert path.exists() and not aside.exists()
+    assert read_all_checkpoints(proj, run) == len(proj.checkpoints(run))
 
 
 def test_gc_of_a_store_that_does_not_exist_says_so_and_creates_nothing(tmp_path: Path) -> None:

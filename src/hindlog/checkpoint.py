@@ -379,13 +379,18 @@ class Persister:
                 self.dropped_unverified += 1
                 _forget_unwritten(frozen)
                 return
+            # Objects written before and named again: each is marked used (gc keeps what a run
+            # used since it started). Any the store no longer holds ends this checkpoint, and
+            # every such tensor's next checkpoint writes it again.
+            gone = [ft for ft in frozen.tensors
+                    if (ft.by_name or ft.digest is not None) and not self.objects.touch(ft.content if ft.by_name else ft.digest)]
+            if gone:
+                raise _removed_meanwhile(gone)
             entries = []
             inline: list[bytes] = []
             for ft in frozen.tensors:
                 if ft.by_name:
                     ft.digest = ft.content
-                    if not self.objects.touch(ft.digest):
-                        raise _removed_meanwhile(ft)
                     # Usually written by this iteration's earlier checkpoint; if it was found in
                     # the store instead, its durability is still this commit's to ensure.
                     self._written.setdefault(frozen.iteration, []).append(self.objects.filename(ft.digest))
@@ -398,8 +403,6 @@ class Persister:
                 if ft.digest is None:
                     self._write_tensor(ft)
                     self._written.setdefault(frozen.iteration, []).append(self.objects.filename(ft.digest))
-                elif not self.objects.touch(ft.digest):  # in use again: gc's grace period starts anew
-                    raise _removed_meanwhile(ft)
                 entries.append([ft.digest, ft.framework, ft.dtype, list(ft.shape)])
             skeleton = self.objects.put(dumps_skeleton((frozen.skeleton, inline)), durable=False)
             written = self._written.setdefault(frozen.iteration, [])
@@ -477,15 +480,18 @@ class Persister:
         self.writer.change("flag", "checkpoint_dropped")
 
 
-def _removed_meanwhile(ft: FrozenTensor) -> FileNotFoundError:
-    """The error for a checkpoint that names an object an earlier checkpoint wrote, which the
-    store no longer holds (``hindlog gc`` found it unused before this checkpoint touched it).
-    The tensor's next checkpoint copies and writes it again instead of naming it."""
-    if ft.cache_entry is not None:
-        ft.cache_entry.version = -1
+def _removed_meanwhile(gone: list[FrozenTensor]) -> FileNotFoundError:
+    """The error for a checkpoint that names objects earlier checkpoints wrote, which the store
+    no longer holds (``hindlog gc`` found them unused before this checkpoint touched them).
+    Each tensor's next checkpoint copies and writes it again instead of naming it."""
+    for ft in gone:
+        if ft.cache_entry is not None:
+            ft.cache_entry.version = -1
+    first = gone[0].content if gone[0].by_name else gone[0].digest
     return FileNotFoundError(
-        errno.ENOENT, f"the stored copy of a tensor it reuses, object {ft.digest}, was removed meanwhile "
-        "(by hindlog gc, which had found it unused); the tensor's next checkpoint writes it again")
+        errno.ENOENT, f"the stored copies of {len(gone)} tensor(s) it reuses (object {first}"
+        f"{f' and {len(gone) - 1} more' if len(gone) > 1 else ''}) were removed meanwhile (by hindlog gc, which "
+        "had found them unused); their next checkpoint writes them again")
 
 
 def _forget_unwritten(frozen: Frozen) -> None:

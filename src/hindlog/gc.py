@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -161,6 +162,8 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     # object: it was not renamed into place). One untouched for the grace period has no writer.
     temporaries = 0
     for path in list(st.objects.temporaries()):
+        if restore_set_aside(path):
+            continue
         try:
             stat = path.stat()
             if stat.st_mtime >= cutoff:
@@ -182,6 +185,11 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes, len(active), scratch)
 
 
+#: The prefix of the name gc gives an object it sets aside before removing it: a temporary
+#: file's, so that readers and ``ObjectStore.names`` skip it.
+SET_ASIDE_PREFIX = f"{TEMPORARY_PREFIX}gc-"
+
+
 def remove_if_unused(path: Path, cutoff: float) -> int | None:
     """Remove the object at ``path``, which gc found unreferenced and unused since ``cutoff``;
     its size, or None if it stays.
@@ -189,19 +197,50 @@ def remove_if_unused(path: Path, cutoff: float) -> int | None:
     A running process may reuse the object at any moment: it touches the file, then names it
     in a checkpoint. The file is renamed aside first, so that a touch from then on fails and
     that process writes the object again; a touch that came before shows in the file's time,
-    and the object is put back. (A gc killed in between leaves a temporary file, which a later
-    gc removes.)"""
-    aside = path.with_name(f"{TEMPORARY_PREFIX}gc-{os.getpid()}-{path.name}")
+    and the object is put back. A gc stopped in between leaves the file aside, and the next
+    one puts it back (``restore_set_aside``)."""
+    # A name no other gc (another process, host or container) can pick at the same time.
+    aside = path.with_name(f"{SET_ASIDE_PREFIX}{secrets.token_hex(8)}-{path.name}")
     try:
         os.rename(path, aside)
     except FileNotFoundError:
         return None  # removed by another gc, or set aside by one
-    stat = aside.stat()
-    if stat.st_mtime >= cutoff:
-        os.rename(aside, path)  # a copy written meanwhile has the same bytes: either may stay
+    try:
+        stat = aside.stat()
+        if stat.st_mtime >= cutoff:
+            os.rename(aside, path)  # a copy written meanwhile has the same bytes: either may stay
+            return None
+        aside.unlink()
+    except FileNotFoundError:
         return None
-    aside.unlink()
+    except BaseException:
+        _put_back(aside, path)
+        raise
     return stat.st_size
+
+
+def restore_set_aside(aside: Path) -> bool:
+    """Put back an object a stopped gc left set aside (it may be named by a checkpoint committed
+    meanwhile); whether ``aside`` was such a file. The next gc judges the object as any other."""
+    if not aside.name.startswith(SET_ASIDE_PREFIX):
+        return False
+    name = aside.name[len(SET_ASIDE_PREFIX):].partition("-")[2]
+    if name:
+        _put_back(aside, aside.with_name(name))
+    return True
+
+
+def _put_back(aside: Path, path: Path) -> None:
+    try:
+        os.link(aside, path)  # never over a copy written meanwhile (the same bytes)
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # left aside: the next gc tries again
+    try:
+        aside.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _tree_bytes(path: Path) -> int:

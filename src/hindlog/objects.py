@@ -123,13 +123,17 @@ class ObjectStore:
         here and about to be named by a new checkpoint is not removed before that is committed.
         A file of another size is damaged: False, and writing the object again replaces it."""
         path = self.filename(name)
+        # The time first, then the size: see ``touch``.
         try:
-            if os.stat(path).st_size != size:
-                return False
             os.utime(path)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass  # a read-only store: the object is there, only its time stays
+        try:
+            return os.stat(path).st_size == size
         except OSError:
             return False
-        return True
 
     def put(self, data: bytes | bytearray | memoryview, name: str | None = None, durable: bool = True) -> str:
         """Store ``data`` (whose hash may be given when already known) and return its name."""
@@ -288,12 +292,20 @@ class ObjectStore:
         """Mark an existing object as just used (gc keeps recently used objects). False when
         the store no longer holds it: ``hindlog gc`` sets an object aside before it removes it,
         so a use it did not see fails here and the caller must not name the object."""
+        path = self.filename(name)
         try:
-            os.utime(self.filename(name))
+            os.utime(path)
         except FileNotFoundError:
             return False
         except OSError:
             pass  # a read-only store: the object is there, only its time stays
+        # Still there once its time is set: gc, which renames an object aside and reads its time
+        # before removing it, has either not set it aside yet (and will see the new time) or put
+        # it back. (utime can find the file at its path and set the time after gc read it.)
+        try:
+            os.stat(path)
+        except OSError:
+            return False
         return True
 
     def names(self) -> Iterator[str]:
