@@ -1238,6 +1238,47 @@ def test_what_the_optimizer_trains_is_state_even_when_the_loop_only_calls_it(pro
     assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
 
 
+STATE_THROUGH_ITS_PARTS = """
+import time
+
+import numpy as np
+
+rng = np.random.default_rng(0)
+X, t = rng.standard_normal((60, 4)), rng.standard_normal(60)
+params = [np.zeros(4), np.zeros(1)]
+ema = [p.copy() for p in params]
+history = {"loss": []}
+for epoch in range(5):
+    for i in range(0, 60, 20):
+        err = X[i:i + 20] @ params[0] + params[1][0] - t[i:i + 20]
+        params[0] -= 0.05 * X[i:i + 20].T @ err / 20
+        params[1] -= 0.05 * err.mean()
+        for e, p in zip(ema, params):
+            e *= 0.5
+            e += 0.5 * p
+    history["loss"].append(float((err ** 2).mean()))
+    time.sleep(0.1)  # epochs long enough for a checkpoint each
+    print(f"epoch {epoch} loss {history['loss'][-1]:.6f}")
+"""
+
+
+def test_what_the_loop_changes_through_an_entry_or_an_element_is_state(proj: HFProject) -> None:
+    """``history["loss"].append(...)`` changes ``history``; ``for e, p in zip(ema, params): e *= d``
+    changes ``ema``: both are checkpointed, so a replay from a checkpoint sees them as they were."""
+    proj.write("train.py", STATE_THROUGH_ITS_PARTS)
+    proj.commit()
+    proc, run = proj.record(epsilon=0.5)
+    assert proc.returncode == 0, show(proc)
+    assert "checkpointing ema, history, params" in proc.stderr, proc.stderr
+    proj.write("train.py", STATE_THROUGH_ITS_PARTS.replace(
+        '    print(f"epoch', '    print("HS", epoch, len(history["loss"]), round(float(ema[0].sum()), 9))\n    print(f"epoch'))
+    want = _fresh_marked_lines(proj, "train.py", proj.root)
+    assert len(want) == 5
+    replayed = proj.replay("train.py", "--workers", "2")
+    assert_second_segment_restored(replayed)
+    assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
+
+
 CLASS_TRAINER = """
 import argparse
 import torch

@@ -340,6 +340,40 @@ def test_state_candidates_are_what_the_main_loop_changes_and_exist_before_it() -
     assert not {"epoch", "x", "loss"} & cands
 
 
+def test_state_changed_through_an_element_or_an_entry_is_state() -> None:
+    """What the loop changes through a container's entry (``history["loss"].append``) or through
+    a name bound to its elements (an EMA of the weights kept in a list) is the container's change."""
+    text = """
+    import torch
+
+    history = {"loss": []}
+    metrics = {}
+    ema = [p.detach().clone() for p in model.parameters()]
+    state = {"w": torch.zeros(3)}
+    groups = [[torch.zeros(2)]]
+    batches = make_batches()
+
+    for epoch in range(3):
+        for x, y in batches:
+            x = x.to("cpu")
+            y.float()
+        history["loss"].append(1.0)
+        metrics.setdefault("acc", []).append(0.5)
+        with torch.no_grad():
+            for e, p in zip(ema, model.parameters()):
+                e.mul_(0.5).add_(p, alpha=0.5)
+        w = state["w"]
+        w += 1
+        for group in groups:
+            for t in group:
+                t.zero_()
+    """
+    cands = set(plan_of(text).state_candidates)
+    assert {"history", "metrics", "ema", "state", "groups"} <= cands
+    # Reading a batch's tensors (x.to(...), y.float()) changes nothing the loop iterates over.
+    assert "batches" not in cands
+
+
 def test_arguments_a_project_function_only_reads_are_not_state() -> None:
     text = """
     import numpy as np

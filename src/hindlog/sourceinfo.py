@@ -201,19 +201,87 @@ def _path_to(block: list[ast.stmt], target: ast.AST) -> list[tuple[list[ast.stmt
     return []
 
 
+#: Methods that change the object they are called on, whatever it is reached through
+#: (``history["loss"].append(x)``, ``self.opt.step()``, ``e.mul_(0.9)``); a PyTorch method whose
+#: name ends in ``_`` works in place too.
+MUTATING_METHODS = frozenset({
+    "append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault", "add",
+    "discard", "sort", "reverse", "appendleft", "extendleft", "rotate", "fill", "resize", "put",
+    "step", "zero_grad", "partial_fit", "fit", "train", "eval", "load_state_dict",
+})
+
+
 def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
-    """Names whose objects the statements change in place: ``x.append(...)``, ``x[k] = v``, ``x.a = v``."""
+    """Names whose objects the statements change in place: ``x.append(...)``, ``x[k] = v``,
+    ``x.a = v``, ``x["k"].append(v)``; and the containers an element changed in place came from
+    (``for e, p in zip(ema, params): e.mul_(d)`` changes ``ema``; ``w = state["w"]; w += g``
+    changes ``state``)."""
     out: set[str] = set()
+    in_place: set[str] = set()  # changed by an operation that surely works in place
+    #: Names bound to an element or a part of other names' objects (loop targets, subscripts).
+    parts_of: dict[str, set[str]] = {}
     for node in ast.walk(ast.Module(body=list(stmts), type_ignores=[])):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
-            out.add(node.func.value.id)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            receiver, method = node.func.value, node.func.attr
+            surely = method in MUTATING_METHODS or (method.endswith("_") and not method.startswith("_"))
+            if isinstance(receiver, ast.Name):
+                out.add(receiver.id)
+                if surely:
+                    in_place.add(receiver.id)
+            elif surely and (base := _base_name(receiver)) is not None:
+                out.add(base)
+                in_place.add(base)
         elif isinstance(node, (ast.Subscript, ast.Attribute)) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            base = node.value
-            while isinstance(base, (ast.Subscript, ast.Attribute)):
-                base = base.value
-            if isinstance(base, ast.Name):
-                out.add(base.id)
+            base = _base_name(node.value)
+            if base is not None:
+                out.add(base)
+                in_place.add(base)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            in_place.add(node.target.id)  # in place for arrays and tensors (rebinding for numbers)
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+            sources = _iterated(node.iter)
+            for target in ast.walk(node.target):
+                if isinstance(target, ast.Name) and sources:
+                    parts_of.setdefault(target.id, set()).update(sources)
+        elif isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute)):
+            base = _base_name(node.value)
+            for target in node.targets:
+                if isinstance(target, ast.Name) and base is not None:
+                    parts_of.setdefault(target.id, set()).add(base)
+    # A part changed in place changes the object it belongs to.
+    pending = [n for n in in_place if n in parts_of]
+    while pending:
+        for source in parts_of.get(pending.pop(), ()):
+            if source not in out or source not in in_place:
+                out.add(source)
+                in_place.add(source)
+                pending.append(source)
     return out
+
+
+def _base_name(expr: ast.expr) -> str | None:
+    """The name an expression reaches its object through: ``a`` of ``a.b[0].c`` and of
+    ``a.setdefault(k, [])``."""
+    while True:
+        if isinstance(expr, (ast.Subscript, ast.Attribute)):
+            expr = expr.value
+        elif isinstance(expr, ast.Call) and isinstance(expr.func, ast.Attribute):
+            expr = expr.func.value
+        else:
+            return expr.id if isinstance(expr, ast.Name) else None
+
+
+#: Builtins whose result iterates over the elements of their arguments.
+_ELEMENT_ITERATORS = frozenset({"zip", "enumerate", "reversed", "iter", "list", "tuple", "sorted"})
+
+
+def _iterated(expr: ast.expr) -> set[str]:
+    """The names whose elements a loop over ``expr`` binds: ``ema`` and ``model`` in
+    ``zip(ema, model.parameters())``, ``d`` in ``d.values()``."""
+    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id in _ELEMENT_ITERATORS:
+        return set().union(*(_iterated(a) for a in expr.args)) if expr.args else set()
+    base = _base_name(expr)
+    return {base} if base is not None else set()
 
 
 def _read_before_written(stmts: list[ast.stmt], defined: set[str] | None = None) -> set[str]:
