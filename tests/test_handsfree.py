@@ -1279,6 +1279,46 @@ def test_what_the_loop_changes_through_an_entry_or_an_element_is_state(proj: HFP
     assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
 
 
+TRAINER_MODULE = """
+import time
+
+import numpy as np
+
+
+class Trainer:
+    def __init__(self, epochs):
+        self.rng = np.random.default_rng(0)
+        self.w = np.zeros(3)
+        self.epochs = epochs
+
+    def fit(self):
+        for epoch in range(self.epochs):
+            for step in range(4):
+                self.w -= 0.1 * (self.w - self.rng.standard_normal(3))
+            time.sleep(0.05)  # epochs long enough for a checkpoint each
+            print("epoch", epoch, round(float(self.w.sum()), 6))
+"""
+
+
+def test_a_training_loop_in_another_modules_method_is_named_with_what_to_do(proj: HFProject) -> None:
+    """``Trainer(...).fit()`` with the loop in trainer.py: hindlog run finds the main loop only in
+    the script, and says where the loop it does not checkpoint is, and how to checkpoint it. With
+    that loop marked ``hl.loop`` and its state named, the run is checkpointed, and nothing is said."""
+    proj.write("trainer.py", TRAINER_MODULE)
+    proj.write("train.py", "from trainer import Trainer\n\nTrainer(3).fit()\n")
+    proj.commit()
+    proc, run = proj.record()
+    assert (proc.returncode, proc.stdout) == (0, proj.python().stdout), show(proc)
+    assert "the loop that holds the training work is in another module (trainer.py:14, in fit)" in proc.stderr, proc.stderr
+    assert "hl.loop(" in proc.stderr and not proj.checkpoint_iterations(run), proc.stderr
+    proj.write("trainer.py", TRAINER_MODULE.replace("import numpy as np", "import numpy as np\nimport hindlog as hl").replace(
+        "        for epoch in range(self.epochs):",
+        "        hl.checkpoints(w=self.w, rng=self.rng)\n        for epoch in hl.loop(\"epoch\", range(self.epochs)):"))
+    proc, run = proj.record(epsilon=0.9)
+    assert proc.returncode == 0 and "hindlog:" not in proc.stderr, show(proc)
+    assert proj.checkpoint_iterations(run), show(proc)
+
+
 CLASS_TRAINER = """
 import argparse
 import torch

@@ -93,6 +93,10 @@ class _Namer:
         return f"{base}_{k}"
 
 
+#: The note of a script in which no loop holds training work.
+NO_MAIN_LOOP = "no loop holds training work here: the script runs plainly, without checkpoints"
+
+
 def _is_loop(node: ast.AST) -> bool:
     return isinstance(node, (ast.For, ast.AsyncFor, ast.While))
 
@@ -194,13 +198,11 @@ def _fn_score(fn: ast.AST, functions: dict[str, ast.AST], depth: int) -> tuple[i
     return nested, training
 
 
-def imported_functions(tree: ast.Module, read: Callable[[str], str | None], package: str | None = None) -> dict[str, ast.AST]:
-    """Top-level functions of the project modules ``tree`` imports (``read`` gives a project
-    module's source by its path relative to where top-level modules are found, or None), so
-    that the main loop's work is seen through calls like ``train_one_epoch(...)`` defined in
-    another file. ``package``: the package of a module run with ``python -m``, against which
-    its relative imports resolve."""
-    out: dict[str, ast.AST] = {}
+def imported_modules(tree: ast.Module, read: Callable[[str], str | None], package: str | None = None) -> list[tuple[str, ast.Module]]:
+    """The project modules ``tree`` imports, parsed, with their paths (``read`` gives a project
+    module's source by its path relative to where top-level modules are found, or None).
+    ``package``: the package of a module run with ``python -m``, against which its relative
+    imports resolve."""
     modules: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or node.level):
@@ -214,6 +216,7 @@ def imported_functions(tree: ast.Module, read: Callable[[str], str | None], pack
             modules.update(f"{base}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             modules.update(a.name for a in node.names)
+    out = []
     for module in sorted(modules):
         base = module.replace(".", "/")
         for rel in (f"{base}.py", f"{base}/__init__.py"):
@@ -221,14 +224,49 @@ def imported_functions(tree: ast.Module, read: Callable[[str], str | None], pack
             if src is None:
                 continue
             try:
-                other = ast.parse(src)
+                out.append((rel, ast.parse(src)))
             except SyntaxError:
-                break
-            for stmt in other.body:
-                if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    out.setdefault(stmt.name, stmt)
+                pass
             break
     return out
+
+
+def imported_functions(modules: list[tuple[str, ast.Module]]) -> dict[str, ast.AST]:
+    """Top-level functions of the project modules a script imports (``imported_modules``), so
+    that the main loop's work is seen through calls like ``train_one_epoch(...)`` defined in
+    another file."""
+    out: dict[str, ast.AST] = {}
+    for _rel, other in modules:
+        for stmt in other.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out.setdefault(stmt.name, stmt)
+    return out
+
+
+def training_loop_elsewhere(tree: ast.Module, modules: list[tuple[str, ast.Module]]) -> tuple[str, bool] | None:
+    """For a script whose own code holds no main loop: where the loop that holds its training
+    work is, in a function or method of another project module that the script calls
+    (``trainer.fit()``), as ``"trainer.py:14, in fit"``, and whether it is an ``hl.loop``
+    (which records as in any script that calls hindlog). None if there is none."""
+    defs: dict[str, list[tuple[str, ast.AST]]] = {}
+    for rel, other in modules:
+        for node in ast.walk(other):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                defs.setdefault(node.name, []).append((rel, node))
+    functions = {name: found[0][1] for name, found in defs.items()}
+    seen: set[str] = set()
+    pending = [c for body in _execution_path(tree, _functions(tree)) for stmt in body for c in _calls(stmt)]
+    while pending:
+        name = pending.pop(0)
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        for rel, fn in defs[name]:
+            for loop in _outer_loops(fn.body):  # type: ignore[attr-defined]
+                if _work_score(loop, functions) != (0, 0):
+                    return f"{rel}:{loop.lineno}, in {name}", api_loop_name(loop) is not None  # type: ignore[attr-defined]
+            pending.extend(c for stmt in fn.body for c in _calls(stmt))  # type: ignore[attr-defined]
+    return None
 
 
 def find_main_loop(
@@ -543,7 +581,7 @@ def instrument(
                 wrap[id(inner)] = ("nested_loop", n)
                 plan.names[inner.lineno] = n  # type: ignore[attr-defined]
     elif is_script and not plan.notes:
-        plan.notes.append("no loop holds training work here: the script runs plainly, without checkpoints")
+        plan.notes.append(NO_MAIN_LOOP)
     all_functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     for fn in sorted(all_functions, key=lambda f: f.lineno):
         for loop in _outer_loops(fn.body):
@@ -572,7 +610,7 @@ def loop_names(
 ) -> dict[int, str]:
     """Line of each loop -> the name instrumentation gives it (for replay's planning)."""
     tree = ast.parse(source)
-    external = imported_functions(tree, read) if is_script and read is not None else None
+    external = imported_functions(imported_modules(tree, read)) if is_script and read is not None else None
     plan = instrument(tree, is_script, skip_lines, external)
     out = dict(plan.names)
     for node in ast.walk(ast.parse(source)):
