@@ -1360,6 +1360,20 @@ def test_the_plan_says_how_many_iterations_run_their_nested_loops_for_want_of_a_
     assert "nested loops that must run: none (all are skipped)" in out
 
 
+def test_the_plan_of_a_run_that_logged_nothing_in_its_main_loop_names_no_nested_loop(tmp_path: Path) -> None:
+    """The main loop is known by its name, not only from the values logged in it: a run that
+    logged only after it gets a plan that skips every nested loop, the main loop not among them."""
+    proj = ReplayProject(tmp_path)
+    quiet = dedent(COUNTER).replace('    hl.log("x", state["x"])\n', "") + 'hl.log("final", state["x"])\n'
+    run = proj.record(quiet, env=DENSE)
+    proj.write("train.py", insert_after(quiet, 'print("epoch", epoch)', 'hl.log("x", state["x"])'))
+    out = proj.replay("train.py", "--dry-run").stdout
+    assert "nested loops that must run: none (all are skipped)" in out, out
+    out = proj.replay("train.py").stdout
+    assert summary(out)["skipped"] > 0, out
+    assert proj.values("x", run) == expected_x()
+
+
 def test_a_changed_statement_leaves_none_of_its_former_values(counter) -> None:
     """Replayed values of a name replace the earlier replay's over the iterations replayed, in
     every loop context: a statement made conditional keeps no value of its former version."""

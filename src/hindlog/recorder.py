@@ -124,6 +124,8 @@ class Recorder:
         self.iteration_seconds: list[float] = []
         #: Main-loop iterations entered (the timings stop at MAX_TIMED_ITERATIONS; replay needs all).
         self.main_loop_iterations: int | None = None
+        #: The main loop's name (its hl.loop's, or the one hands-free mode gave it).
+        self.main_loop_name: str | None = None
         self.preloop_seconds: float | None = None
         #: Replay: seconds spent reading and applying checkpoints.
         self.restore_seconds = 0.0
@@ -333,6 +335,7 @@ class Recorder:
     def _main_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         frame = sys._getframe(1)
         self.depth = 1
+        self.main_loop_name = name
         start = 0
         it = iter(iterable)
         if self.controller is not None:
@@ -593,6 +596,7 @@ class Recorder:
                 "preloop_seconds": self.preloop_seconds,
                 "iteration_seconds": self.iteration_seconds,
                 "main_loop_iterations": self.main_loop_iterations,
+                "main_loop": self.main_loop_name,
                 "block_seconds": self.block_seconds,
                 # Transactions the writer committed before the last one: what ``COMMIT_GAP`` bounds.
                 "writer_commits": self.writer.commits,

@@ -266,9 +266,11 @@ def plan_run(
     rows = checkpoint_rows(conn, run["id"])
     checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed)
-    first = conn.execute("SELECT loops FROM contexts WHERE run=? AND iteration IS NOT NULL LIMIT 1", (run["id"],)).fetchone()
-    if first:
-        plan.main_loop = json.loads(first[0])[0][0]
+    plan.main_loop = info.get("main_loop")
+    if plan.main_loop is None:  # recorded before runs kept its name: the loop of the values logged in it
+        first = conn.execute("SELECT loops FROM contexts WHERE run=? AND iteration IS NOT NULL LIMIT 1", (run["id"],)).fetchone()
+        if first:
+            plan.main_loop = json.loads(first[0])[0][0]
     if not info.get("handsfree") and any(
         "print(" in "\n".join(files[path].splitlines()[lo - 1:hi]) for path, ranges in new_statements.items() for lo, hi in ranges
     ):
