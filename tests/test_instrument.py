@@ -352,6 +352,7 @@ def test_state_changed_through_an_element_or_an_entry_is_state() -> None:
     state = {"w": torch.zeros(3)}
     groups = [[torch.zeros(2)]]
     batches = make_batches()
+    config = Config()
 
     for epoch in range(3):
         for x, y in batches:
@@ -364,12 +365,13 @@ def test_state_changed_through_an_element_or_an_entry_is_state() -> None:
                 e.mul_(0.5).add_(p, alpha=0.5)
         w = state["w"]
         w += 1
+        setattr(config, "lr", 0.1 / (epoch + 1))
         for group in groups:
             for t in group:
                 t.zero_()
     """
     cands = set(plan_of(text).state_candidates)
-    assert {"history", "metrics", "ema", "state", "groups"} <= cands
+    assert {"history", "metrics", "ema", "state", "groups", "config"} <= cands
     # Reading a batch's tensors (x.to(...), y.float()) changes nothing the loop iterates over.
     assert "batches" not in cands
 

@@ -289,6 +289,10 @@ def find_main_loop(
     return (best[1], best[2]) if best else (None, None)
 
 
+#: Builtins that change what they are given: ``next(stream)`` advances it, ``setattr(cfg, k, v)``.
+_CHANGING_BUILTINS = frozenset({"next", "setattr", "delattr"})
+
+
 def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str, ast.AST]) -> list[str]:
     """Names defined before the main loop that it may change: method-call bases, stored-into
     objects, and arguments passed to project functions."""
@@ -299,8 +303,8 @@ def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str
         if isinstance(node, ast.Call):
             f = node.func
             fname = call_name(node)
-            if isinstance(f, ast.Name) and hasattr(builtins, f.id) and f.id != "next":
-                continue  # len(x), float(v), print(...) change nothing; next(stream) advances stream
+            if isinstance(f, ast.Name) and hasattr(builtins, f.id) and f.id not in _CHANGING_BUILTINS:
+                continue  # len(x), float(v), print(...) change nothing
             # Objects handed to other code may be changed by it (train_one_epoch(model, loader, opt)),
             # unless that code is a project function seen to only read them.
             callee = _project_callee(node, functions, instances)
