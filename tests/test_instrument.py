@@ -353,6 +353,7 @@ def test_state_changed_through_an_element_or_an_entry_is_state() -> None:
     groups = [[torch.zeros(2)]]
     batches = make_batches()
     config = Config()
+    journal = []
 
     for epoch in range(3):
         for x, y in batches:
@@ -366,12 +367,14 @@ def test_state_changed_through_an_element_or_an_entry_is_state() -> None:
         w = state["w"]
         w += 1
         setattr(config, "lr", 0.1 / (epoch + 1))
+        log = journal
+        log.extend([epoch])
         for group in groups:
             for t in group:
                 t.zero_()
     """
     cands = set(plan_of(text).state_candidates)
-    assert {"history", "metrics", "ema", "state", "groups", "config"} <= cands
+    assert {"history", "metrics", "ema", "state", "groups", "config", "journal"} <= cands
     # Reading a batch's tensors (x.to(...), y.float()) changes nothing the loop iterates over.
     assert "batches" not in cands
 

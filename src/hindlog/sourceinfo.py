@@ -215,10 +215,10 @@ def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
     """Names whose objects the statements change in place: ``x.append(...)``, ``x[k] = v``,
     ``x.a = v``, ``x["k"].append(v)``; and the containers an element changed in place came from
     (``for e, p in zip(ema, params): e.mul_(d)`` changes ``ema``; ``w = state["w"]; w += g``
-    changes ``state``)."""
+    changes ``state``; ``h = history; h.append(x)`` changes ``history``)."""
     out: set[str] = set()
     in_place: set[str] = set()  # changed by an operation that surely works in place
-    #: Names bound to an element or a part of other names' objects (loop targets, subscripts).
+    #: Names bound to other names' objects, their elements or parts (loop targets, subscripts).
     parts_of: dict[str, set[str]] = {}
     for node in ast.walk(ast.Module(body=list(stmts), type_ignores=[])):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
@@ -243,7 +243,7 @@ def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
             for target in ast.walk(node.target):
                 if isinstance(target, ast.Name) and sources:
                     parts_of.setdefault(target.id, set()).update(sources)
-        elif isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute)):
+        elif isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute, ast.Name)):
             base = _base_name(node.value)
             for target in node.targets:
                 if isinstance(target, ast.Name) and base is not None:
