@@ -239,10 +239,10 @@ def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             in_place.add(node.target.id)  # in place for arrays and tensors (rebinding for numbers)
         elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
-            sources = _iterated(node.iter)
-            for target in ast.walk(node.target):
-                if isinstance(target, ast.Name) and sources:
-                    parts_of.setdefault(target.id, set()).update(sources)
+            for target, sources in _loop_bindings(node.target, node.iter):
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name) and sources:
+                        parts_of.setdefault(name.id, set()).update(sources)
         elif isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute, ast.Name)):
             base = _base_name(node.value)
             for target in node.targets:
@@ -273,6 +273,18 @@ def _base_name(expr: ast.expr) -> str | None:
 
 #: Builtins whose result iterates over the elements of their arguments.
 _ELEMENT_ITERATORS = frozenset({"zip", "enumerate", "reversed", "iter", "list", "tuple", "sorted"})
+
+
+def _loop_bindings(target: ast.expr, iterable: ast.expr) -> list[tuple[ast.expr, set[str]]]:
+    """What each part of a loop's target is bound to an element of: ``e`` of ``ema`` and ``p`` of
+    ``params`` in ``for e, p in zip(ema, params)``, ``x`` of ``xs`` in ``for i, x in enumerate(xs)``."""
+    if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) and isinstance(target, ast.Tuple) \
+            and not iterable.keywords and not any(isinstance(a, ast.Starred) for a in iterable.args):
+        if iterable.func.id == "zip" and len(target.elts) == len(iterable.args):
+            return [(t, _iterated(a)) for t, a in zip(target.elts, iterable.args)]
+        if iterable.func.id == "enumerate" and len(target.elts) == 2 and len(iterable.args) >= 1:
+            return [(target.elts[1], _iterated(iterable.args[0]))]
+    return [(target, _iterated(iterable))]
 
 
 def _iterated(expr: ast.expr) -> set[str]:
