@@ -215,3 +215,31 @@ def test_while_loops_and_loops_inside_with_and_try() -> None:
     )
     facts = facts_at(source, "while n < 3:")
     assert {"n", "seen"} <= facts.live_after
+
+
+NESTED_CHANGES = """
+for epoch in range(3):
+    for x, y in batches:
+        x = x.to(device)
+        x.sub_(mean).div_(std)
+        random.shuffle(order)
+        np.add(total, y, out=total)
+        torch._foreach_lerp_(ema_params, params, 0.1)
+        xb = X_train[perm[:4]]
+        xb -= mean
+        for i, (e, p) in enumerate(zip(ema, model.parameters())):
+            e.mul_(0.5).add_(p, alpha=0.5)
+        W, b = weights["W"], weights["b"]
+        W -= 0.1
+        for s in [sched_g, sched_d]:
+            s.step()
+"""
+
+
+def test_what_a_loop_changes_through_functions_and_aliases_and_what_it_only_reads() -> None:
+    """In-place functions of modules change their first argument (or ``out=``); a part changed
+    through an alias changes its whole; a name rebound to a new object (``x = x.to(device)``),
+    an element of a list zipped with the one changed, and a copy made by fancy indexing do not."""
+    mutated = facts_at(NESTED_CHANGES, "for x, y in batches:").mutated
+    assert {"order", "total", "ema_params", "ema", "weights", "sched_g", "sched_d"} <= mutated
+    assert not {"batches", "std", "mean", "X_train", "params"} & mutated

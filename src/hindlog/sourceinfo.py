@@ -206,57 +206,139 @@ def _path_to(block: list[ast.stmt], target: ast.AST) -> list[tuple[list[ast.stmt
 #: name ends in ``_`` works in place too.
 MUTATING_METHODS = frozenset({
     "append", "extend", "insert", "pop", "popitem", "remove", "clear", "update", "setdefault", "add",
-    "discard", "sort", "reverse", "appendleft", "extendleft", "rotate", "fill", "resize", "put",
-    "step", "zero_grad", "partial_fit", "fit", "train", "eval", "load_state_dict",
+    "discard", "sort", "reverse", "appendleft", "extendleft", "rotate", "fill", "resize", "put", "push",
+    "store", "step", "zero_grad", "partial_fit", "fit", "train", "eval", "load_state_dict", "update_parameters",
 })
+
+#: Functions that change their first argument in place (``random.shuffle(data)``,
+#: ``np.copyto(dst, src)``, ``heapq.heappush(heap, x)``); one whose name ends in ``_`` does too
+#: (``torch.nn.init.zeros_(w)``, ``torch._foreach_mul_(ema, d)``).
+MUTATING_FUNCTIONS = frozenset({"shuffle", "copyto", "heappush", "heappop", "heapify", "heapreplace", "heappushpop"})
 
 
 def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
     """Names whose objects the statements change in place: ``x.append(...)``, ``x[k] = v``,
-    ``x.a = v``, ``x["k"].append(v)``; and the containers an element changed in place came from
-    (``for e, p in zip(ema, params): e.mul_(d)`` changes ``ema``; ``w = state["w"]; w += g``
-    changes ``state``; ``h = history; h.append(x)`` changes ``history``)."""
+    ``x.a = v``, ``x["k"].append(v)``, ``random.shuffle(x)``, ``np.add(a, b, out=x)``; and the
+    objects an element or part changed in place belongs to (``for e, p in zip(ema, params):
+    e.mul_(d)`` changes ``ema``; ``w = state["w"]; w += g`` changes ``state``)."""
     out: set[str] = set()
     in_place: set[str] = set()  # changed by an operation that surely works in place
-    #: Names bound to other names' objects, their elements or parts (loop targets, subscripts).
+
+    def changed(expr: ast.expr | None) -> None:
+        base = _base_name(expr) if expr is not None else None
+        if base is not None:
+            out.add(base)
+            in_place.add(base)
+
+    #: Names bound to other names' objects, their elements or parts (loop targets, ``w = s["w"]``).
     parts_of: dict[str, set[str]] = {}
+    #: Names also bound to a new object (``x = x.to(device)``): what changes through them later
+    #: may be that object, so they are no one's part.
+    rebound: set[str] = set()
     for node in ast.walk(ast.Module(body=list(stmts), type_ignores=[])):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
-            receiver, method = node.func.value, node.func.attr
-            surely = method in MUTATING_METHODS or (method.endswith("_") and not method.startswith("_"))
-            if isinstance(receiver, ast.Name):
-                out.add(receiver.id)
-                if surely:
-                    in_place.add(receiver.id)
-            elif surely and (base := _base_name(receiver)) is not None:
-                out.add(base)
-                in_place.add(base)
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+            for k in node.keywords:
+                if k.arg == "out":
+                    changed(k.value)
+            if isinstance(f, ast.Attribute):
+                surely = name in MUTATING_METHODS or (name.endswith("_") and not name.startswith("__"))
+                if isinstance(f.value, ast.Name):
+                    out.add(f.value.id)
+                    if surely:
+                        in_place.add(f.value.id)
+                elif surely:
+                    changed(f.value)
+            # A function that changes its argument (random.shuffle(x)); of the in-place ``_`` names,
+            # only functions (torch.nn.init.zeros_(w)), not methods (x.add_(y) leaves y alone).
+            if node.args and (name in MUTATING_FUNCTIONS or (name.endswith("_") and not name.startswith("__") and (
+                    isinstance(f, ast.Name) or _module_path(f.value)))):
+                changed(node.args[0])
         elif isinstance(node, (ast.Subscript, ast.Attribute)) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            base = _base_name(node.value)
-            if base is not None:
-                out.add(base)
-                in_place.add(base)
+            changed(node.value)
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             in_place.add(node.target.id)  # in place for arrays and tensors (rebinding for numbers)
         elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
             for target, sources in _loop_bindings(node.target, node.iter):
-                for name in ast.walk(target):
-                    if isinstance(name, ast.Name) and sources:
-                        parts_of.setdefault(name.id, set()).update(sources)
-        elif isinstance(node, ast.Assign) and isinstance(node.value, (ast.Subscript, ast.Attribute, ast.Name)):
-            base = _base_name(node.value)
+                _bind(parts_of, target, sources)
+        elif isinstance(node, ast.Assign):
             for target in node.targets:
-                if isinstance(target, ast.Name) and base is not None:
-                    parts_of.setdefault(target.id, set()).add(base)
+                for t, value in _pairs(target, node.value):
+                    base = _alias_base(value)
+                    if base is not None:
+                        _bind(parts_of, t, {base})
+                    else:
+                        rebound.update(_bound_names(t))
+        elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and isinstance(node.target, ast.Name):
+            rebound.add(node.target.id)
     # A part changed in place changes the object it belongs to.
-    pending = [n for n in in_place if n in parts_of]
+    pending = [n for n in in_place if n in parts_of and n not in rebound]
     while pending:
         for source in parts_of.get(pending.pop(), ()):
             if source not in out or source not in in_place:
                 out.add(source)
                 in_place.add(source)
-                pending.append(source)
+                if source not in rebound:
+                    pending.append(source)
     return out
+
+
+#: Modules whose in-place functions are called through a plain name (``torch._foreach_mul_(xs, d)``,
+#: ``init.zeros_(w)``), not objects whose in-place methods leave their arguments alone.
+_MODULE_LIKE = frozenset({"torch", "init", "nn", "F"})
+
+
+def _module_path(expr: ast.expr) -> bool:
+    """Whether ``expr`` names a module (``torch``, ``torch.nn.init``), not an object."""
+    while isinstance(expr, ast.Attribute):
+        expr = expr.value
+    return isinstance(expr, ast.Name) and expr.id in _MODULE_LIKE
+
+
+def _bound_names(target: ast.expr) -> list[str]:
+    """The names an assignment or loop target binds (``a`` and ``b`` of ``a, *b``; none of
+    ``x.w`` or ``x[0]``, which change ``x``)."""
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Starred):
+        return _bound_names(target.value)
+    if isinstance(target, (ast.Tuple, ast.List)):
+        return [n for e in target.elts for n in _bound_names(e)]
+    return []
+
+
+def _bind(parts_of: dict[str, set[str]], target: ast.expr, sources: set[str]) -> None:
+    for name in _bound_names(target):
+        if sources:
+            parts_of.setdefault(name, set()).update(sources)
+
+
+def _pairs(target: ast.expr, value: ast.expr) -> list[tuple[ast.expr, ast.expr]]:
+    """The targets of an assignment with the values they get: ``W, b = m["W"], m["b"]`` pairs
+    them; ``W1, b1 = params`` binds each to a part of ``params``."""
+    if isinstance(target, (ast.Tuple, ast.List)) and isinstance(value, (ast.Tuple, ast.List)) \
+            and len(target.elts) == len(value.elts) and not any(isinstance(e, ast.Starred) for e in (*target.elts, *value.elts)):
+        return [pair for t, v in zip(target.elts, value.elts) for pair in _pairs(t, v)]
+    return [(target, value)]
+
+
+def _alias_base(expr: ast.expr) -> str | None:
+    """The name whose object ``expr`` is, or is a part of, without a call or a computed index
+    (``state``, ``state["w"]``, ``self.ema``, ``x[:, 0]``; not ``x.float()`` nor ``X[perm]``)."""
+    while isinstance(expr, (ast.Subscript, ast.Attribute)):
+        if isinstance(expr, ast.Subscript) and not _simple_index(expr.slice):
+            return None
+        expr = expr.value
+    return expr.id if isinstance(expr, ast.Name) else None
+
+
+def _simple_index(index: ast.expr) -> bool:
+    """A constant, a slice or a key variable: an index that names a part (a view, an entry)."""
+    if isinstance(index, ast.Tuple):
+        return all(_simple_index(e) for e in index.elts)
+    return isinstance(index, (ast.Constant, ast.Slice, ast.Name)) or (
+        isinstance(index, ast.UnaryOp) and isinstance(index.operand, ast.Constant))
 
 
 def _base_name(expr: ast.expr) -> str | None:
@@ -272,26 +354,36 @@ def _base_name(expr: ast.expr) -> str | None:
 
 
 #: Builtins whose result iterates over the elements of their arguments.
-_ELEMENT_ITERATORS = frozenset({"zip", "enumerate", "reversed", "iter", "list", "tuple", "sorted"})
+_ELEMENT_ITERATORS = frozenset({"zip", "enumerate", "reversed", "iter", "list", "tuple", "sorted", "chain"})
 
 
 def _loop_bindings(target: ast.expr, iterable: ast.expr) -> list[tuple[ast.expr, set[str]]]:
     """What each part of a loop's target is bound to an element of: ``e`` of ``ema`` and ``p`` of
-    ``params`` in ``for e, p in zip(ema, params)``, ``x`` of ``xs`` in ``for i, x in enumerate(xs)``."""
-    if isinstance(iterable, ast.Call) and isinstance(iterable.func, ast.Name) and isinstance(target, ast.Tuple) \
-            and not iterable.keywords and not any(isinstance(a, ast.Starred) for a in iterable.args):
-        if iterable.func.id == "zip" and len(target.elts) == len(iterable.args):
+    ``params`` in ``for e, p in zip(ema, params)``, ``x`` of ``xs`` in ``for i, x in enumerate(xs)``
+    (and in ``for i, (e, p) in enumerate(zip(ema, params))``)."""
+    if isinstance(iterable, ast.Call) and isinstance(target, ast.Tuple) and not any(isinstance(a, ast.Starred) for a in iterable.args):
+        func = iterable.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if name == "zip" and len(target.elts) == len(iterable.args):
             return [(t, _iterated(a)) for t, a in zip(target.elts, iterable.args)]
-        if iterable.func.id == "enumerate" and len(target.elts) == 2 and len(iterable.args) >= 1:
-            return [(target.elts[1], _iterated(iterable.args[0]))]
+        if name == "enumerate" and len(target.elts) == 2 and iterable.args:
+            inner = target.elts[1]
+            if isinstance(inner, ast.Tuple) and isinstance(iterable.args[0], ast.Call):
+                return _loop_bindings(inner, iterable.args[0])
+            return [(inner, _iterated(iterable.args[0]))]
     return [(target, _iterated(iterable))]
 
 
 def _iterated(expr: ast.expr) -> set[str]:
     """The names whose elements a loop over ``expr`` binds: ``ema`` and ``model`` in
-    ``zip(ema, model.parameters())``, ``d`` in ``d.values()``."""
-    if isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id in _ELEMENT_ITERATORS:
-        return set().union(*(_iterated(a) for a in expr.args)) if expr.args else set()
+    ``zip(ema, model.parameters())``, ``d`` in ``d.values()``, ``a`` and ``b`` in ``[a, b]``."""
+    if isinstance(expr, ast.Call):
+        func = expr.func
+        name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if name in _ELEMENT_ITERATORS and (isinstance(func, ast.Name) or name == "chain"):
+            return set().union(*(_iterated(a) for a in expr.args)) if expr.args else set()
+    if isinstance(expr, (ast.List, ast.Tuple, ast.Set)):
+        return {b for e in expr.elts if (b := _alias_base(e)) is not None}
     base = _base_name(expr)
     return {base} if base is not None else set()
 
