@@ -122,18 +122,8 @@ class ObjectStore:
         ``hindlog gc`` keeps what a running process used since it started, so an object found
         here and about to be named by a new checkpoint is not removed before that is committed.
         A file of another size is damaged: False, and writing the object again replaces it."""
-        path = self.filename(name)
-        # The time first, then the size: see ``touch``.
-        try:
-            os.utime(path)
-        except FileNotFoundError:
-            return False
-        except OSError:
-            pass  # a read-only store: the object is there, only its time stays
-        try:
-            return os.stat(path).st_size == size
-        except OSError:
-            return False
+        stat = self._touched(self.filename(name))
+        return stat is not None and stat.st_size == size
 
     def put(self, data: bytes | bytearray | memoryview, name: str | None = None, durable: bool = True) -> str:
         """Store ``data`` (whose hash may be given when already known) and return its name."""
@@ -292,21 +282,24 @@ class ObjectStore:
         """Mark an existing object as just used (gc keeps recently used objects). False when
         the store no longer holds it: ``hindlog gc`` sets an object aside before it removes it,
         so a use it did not see fails here and the caller must not name the object."""
-        path = self.filename(name)
+        return self._touched(self.filename(name)) is not None
+
+    @staticmethod
+    def _touched(path: str) -> os.stat_result | None:
+        """Set the file's time to now, then read what is at its path (None: nothing). In that
+        order: gc, which renames an object aside and reads its time before removing it, has then
+        either not set it aside yet (and will see the new time) or put it back. (utime can find
+        the file at its path and set the time after gc read it.)"""
         try:
             os.utime(path)
         except FileNotFoundError:
-            return False
+            return None
         except OSError:
             pass  # a read-only store: the object is there, only its time stays
-        # Still there once its time is set: gc, which renames an object aside and reads its time
-        # before removing it, has either not set it aside yet (and will see the new time) or put
-        # it back. (utime can find the file at its path and set the time after gc read it.)
         try:
-            os.stat(path)
+            return os.stat(path)
         except OSError:
-            return False
-        return True
+            return None
 
     def names(self) -> Iterator[str]:
         """Every stored object's name."""
