@@ -1937,7 +1937,7 @@ new output lines the replayed ones must equal. Target: recording overhead at
 most ε = 5% on each script."""
 
 HANDSFREE_NOTES = """\
-**The run in the table**, at commit f132cb6 on 2026-12-06 (7 triples, 14 for
+**The run in the table**, at commit f132cb6 on 2026-12-06 (7 triples, 12 for
 sklearn), on a machine whose plain runs of one script varied by 20-50% that
 day: four scripts over 5% (while-early +6.6%, lstm-last-loss +9.4%, finetune
 +7.0%, sklearn +9.7%), every replay's output equal to a fresh run's. The
