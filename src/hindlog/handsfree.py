@@ -486,16 +486,7 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
 
     package = module_spec.parent if module_spec is not None else None
     modules = instrument.imported_modules(tree, read_project_module, package)
-    plan = instrument.instrument(tree, is_script=True, skip_lines=skip.get(rel, set()), external=instrument.imported_functions(modules))
-    if plan.main_loop is None and plan.notes == [instrument.NO_MAIN_LOOP]:
-        elsewhere = instrument.training_loop_elsewhere(tree, modules)
-        if elsewhere is not None:
-            where, is_api_loop = elsewhere
-            plan.notes = [] if is_api_loop else [
-                f"the loop that holds the training work is in another module ({where}), and hindlog run looks for "
-                f"the main loop in the script and its functions: the script runs plainly, without checkpoints. "
-                f"To checkpoint it, mark that loop with hl.loop(\"epoch\", ...) and name its state with "
-                f"hl.checkpoints(...) (see the README's Use it), or move the loop into the script"]
+    plan = instrument.instrument(tree, is_script=True, skip_lines=skip.get(rel, set()), modules=modules)
     if rel in new_lines:
         _hindsight_prints(tree, new_lines[rel])
         ast.fix_missing_locations(tree)

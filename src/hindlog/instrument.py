@@ -93,10 +93,6 @@ class _Namer:
         return f"{base}_{k}"
 
 
-#: The note of a script in which no loop holds training work.
-NO_MAIN_LOOP = "no loop holds training work here: the script runs plainly, without checkpoints"
-
-
 def _is_loop(node: ast.AST) -> bool:
     return isinstance(node, (ast.For, ast.AsyncFor, ast.While))
 
@@ -551,13 +547,14 @@ class _Rewriter(ast.NodeTransformer):
 
 
 def instrument(
-    tree: ast.Module, is_script: bool, skip_lines: set[int] | None = None, external: dict[str, ast.AST] | None = None
+    tree: ast.Module, is_script: bool, skip_lines: set[int] | None = None, modules: list[tuple[str, ast.Module]] | None = None
 ) -> Plan:
     """Rewrite ``tree`` in place (see the module docstring) and say what was done.
 
-    ``external``: functions of other project modules (``imported_functions``), used to
-    judge which loop holds the training work."""
+    ``modules``: the project modules the script imports (``imported_modules``), whose
+    functions help judge which loop holds the training work."""
     skip_lines = skip_lines or set()
+    external = imported_functions(modules) if modules is not None else None
     plan = Plan()
     functions = {**(external or {}), **_functions(tree)}
     namer = _Namer()
@@ -585,7 +582,15 @@ def instrument(
                 wrap[id(inner)] = ("nested_loop", n)
                 plan.names[inner.lineno] = n  # type: ignore[attr-defined]
     elif is_script and not plan.notes:
-        plan.notes.append(NO_MAIN_LOOP)
+        elsewhere = training_loop_elsewhere(tree, modules or [])
+        if elsewhere is None:
+            plan.notes.append("no loop holds training work here: the script runs plainly, without checkpoints")
+        elif not elsewhere[1]:  # an hl.loop records as in any script that calls hindlog
+            plan.notes.append(
+                f"the loop that holds the training work is in another module ({elsewhere[0]}), and hindlog run looks for "
+                f"the main loop in the script and its functions: the script runs plainly, without checkpoints. "
+                f"To checkpoint it, mark that loop with hl.loop(\"epoch\", ...) and name its state with "
+                f"hl.checkpoints(...) (see the README's Use it), or move the loop into the script")
     all_functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     for fn in sorted(all_functions, key=lambda f: f.lineno):
         for loop in _outer_loops(fn.body):
@@ -614,8 +619,8 @@ def loop_names(
 ) -> dict[int, str]:
     """Line of each loop -> the name instrumentation gives it (for replay's planning)."""
     tree = ast.parse(source)
-    external = imported_functions(imported_modules(tree, read)) if is_script and read is not None else None
-    plan = instrument(tree, is_script, skip_lines, external)
+    modules = imported_modules(tree, read) if is_script and read is not None else None
+    plan = instrument(tree, is_script, skip_lines, modules)
     out = dict(plan.names)
     for node in ast.walk(ast.parse(source)):
         name = api_loop_name(node)
