@@ -132,6 +132,47 @@ def test_a_new_else_branch_is_not_a_whole_statement() -> None:
     assert "+else:" in found.other_changes
 
 
+def test_an_added_statement_the_diff_aligns_off_by_a_repeated_line_is_found() -> None:
+    # Black-formatted calls end in a lone ``)``: the diff may take the old statement's ``)`` as
+    # the inserted one; a repeated header (``with torch.no_grad():``) the same the other way.
+    old = "x = f(\n    1,\n)\ny = 2\nz = 3\nw = 4\n"
+    new = "x = f(\n    1,\n)\nhl.log(\n    'x',\n    x,\n)\ny = 2\nz = 3\nw = 4\n"
+    found = find_additions("m.py", old, new)
+    assert found.other_changes == "" and lines_of(new, found.statements) == ["hl.log(\n    'x',\n    x,\n)"]
+    old = "a = 1\nb = 2\nc = 3\nwith torch.no_grad():\n    d = 4\n"
+    new = "a = 1\nb = 2\nc = 3\nwith torch.no_grad():\n    hl.log('c', c)\nwith torch.no_grad():\n    d = 4\n"
+    found = find_additions("m.py", old, new)
+    assert found.other_changes == "" and found.statements == [(4, 5)]
+
+
+def test_a_new_decorated_function_is_one_statement_with_its_decorator() -> None:
+    old = "import torch\nx = 1\n"
+    new = "import torch\n\n@torch.no_grad()\ndef norm(m):\n    return 1.0\nx = 1\n"
+    found = find_additions("m.py", old, new)
+    assert found.other_changes == "" and found.statements == [(3, 5)]
+    assert place(new, found.statements, "import torch\ny = 0\nx = 1\n").splitlines()[1:4] == [
+        "@torch.no_grad()", "def norm(m):", "    return 1.0"]
+
+
+def test_a_new_clause_written_on_its_header_line_is_not_a_new_statement() -> None:
+    # ``elif b: hl.log(...)`` changes which branch runs: not an addition, whatever its body.
+    old = "if a:\n    x = 1\nelse:\n    x = 2\n"
+    new = "if a:\n    x = 1\nelif b: hl.log('b', 1)\nelse:\n    x = 2\n"
+    found = find_additions("m.py", old, new)
+    assert "+elif b: hl.log('b', 1)" in found.other_changes
+    # A log statement on a changed line is still new for --force (it runs and its values are stored).
+    found = find_additions("m.py", "for i in hl.loop('e', range(3)):\n    x = i * 2\n",
+                           "for i in hl.loop('e', range(3)):\n    x = i * 2; hl.log('x', x)\n")
+    assert found.statements == [(2, 2)] and "+    x = i * 2; hl.log('x', x)" in found.other_changes
+
+
+def test_place_refuses_a_block_the_recorded_version_writes_on_its_header_line() -> None:
+    new = "for i in hl.loop('e', range(3)):\n    x = i\n    hl.log('x', x)\n"
+    ranges = find_additions("t.py", "for i in hl.loop('e', range(3)):\n    x = i\n", new).statements
+    with pytest.raises(PlacementError, match="on the line of its header"):
+        place(new, ranges, "y = 0\nfor i in hl.loop('e', range(3)): x = i\n")
+
+
 def test_a_source_that_does_not_parse_is_reported() -> None:
     new = BASE + "hl.log('x', (\n"
     found = find_additions("train.py", BASE, new)
@@ -213,9 +254,12 @@ def test_place_a_compound_statement_written_on_one_line() -> None:
 def test_place_refuses_an_ambiguous_or_missing_neighbour() -> None:
     new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", 0.1)')
     ranges = find_additions("train.py", BASE, new).statements
-    twice = BASE.replace('    hl.log("val", val)\n', '    hl.log("val", val)\n    x = 1\n    hl.log("val", val)\n')
+    twice = BASE.replace('    hl.log("val", val)\n', '    hl.log("val", val)\n    x = 1\n    hl.log("val", val)\n    y = 2\n')
     with pytest.raises(PlacementError, match="2 places match"):
         place(new, ranges, twice)
+    # Where one occurrence also has the statement's other neighbour (here: the block's end), it is that one.
+    at_end = BASE.replace('    hl.log("val", val)\n', '    hl.log("val", val)\n    x = 1\n    hl.log("val", val)\n')
+    assert place(new, ranges, at_end).endswith('    x = 1\n    hl.log("val", val)\n    hl.log("lr", 0.1)\n')
     without = BASE.replace('    hl.log("val", val)\n', '    hl.log("validation", val)\n')
     with pytest.raises(PlacementError, match="no place matches"):
         place(new, ranges, without)
@@ -223,6 +267,37 @@ def test_place_refuses_an_ambiguous_or_missing_neighbour() -> None:
     renamed = BASE.replace('hl.loop("epoch", range(3))', 'hl.loop("round", range(3))')
     with pytest.raises(PlacementError):
         place(new, ranges, renamed)
+
+
+def test_place_after_its_neighbour_when_the_older_version_has_a_line_between() -> None:
+    new = add_after(BASE, "sched.step()", '    hl.log("lr", 0.1)')
+    ranges = find_additions("train.py", BASE, new).statements
+    older = BASE.replace("    sched.step()\n", "    sched.step()\n    print(epoch)\n")
+    lines = place(new, ranges, older).splitlines()
+    assert lines[lines.index('    hl.log("lr", 0.1)') - 1] == "    sched.step()"
+
+
+def test_place_into_a_file_indented_with_tabs() -> None:
+    base = 'import hindlog as hl\nfor e in hl.loop("epoch", range(3)):\n\tif e:\n\t\ta = 1\n'
+    new = base.replace("\t\ta = 1\n", "\t\ta = 1\n\t\tif a:\n\t\t\thl.log('a', a)\n")
+    placed = place(new, find_additions("t.py", base, new).statements, "x = 0\n" + base)
+    assert placed == "x = 0\n" + new
+    compile(placed, "t.py", "exec")
+
+
+def test_place_inside_a_match_case() -> None:
+    base = dedent("""
+        import hindlog as hl
+        for e in hl.loop("epoch", range(3)):
+            match e:
+                case 0:
+                    a = 1
+                case _:
+                    a = 2
+    """)
+    new = base.replace("a = 1\n", "a = 1\n            hl.log('a', a)\n")
+    placed = place(new, find_additions("t.py", base, new).statements, "x = 0\n" + base)
+    assert placed == "x = 0\n" + new
 
 
 def test_place_into_the_same_version_gives_the_new_source() -> None:
@@ -284,6 +359,61 @@ def test_calls_are_followed_through_functions_and_modules() -> None:
     assert probed(new_helper, files, path="helpers.py") == {"epoch", "step"}
 
 
+def test_a_statement_in_forward_probes_the_loops_that_call_the_model() -> None:
+    # ``model(x)`` runs ``forward`` without naming it.
+    base = dedent("""
+        import torch
+        import hindlog as hl
+
+        class Net(torch.nn.Module):
+            def forward(self, x):
+                h = x * 2
+                return h
+
+        model = Net()
+        for epoch in hl.loop("epoch", range(3)):
+            for x in hl.loop("prefetch", range(2)):
+                pass
+            for x in hl.loop("step", range(4)):
+                out = model(x)
+            for x in hl.loop("val", range(4)):
+                out = model(x)
+    """)
+    new = base.replace("        h = x * 2\n", "        h = x * 2\n        hl.log('h', float(h))\n")
+    assert probed(new, {"train.py": base}) == {"epoch", "step", "val"}
+
+
+def test_a_statement_in_a_hook_probes_the_loops_that_may_run_it() -> None:
+    base = dedent("""
+        import hindlog as hl
+
+        def on_output(module, inputs, output):
+            return None
+
+        model.register_forward_hook(on_output)
+        for epoch in hl.loop("epoch", range(3)):
+            for x in hl.loop("step", range(4)):
+                out = model(x)
+    """)
+    new = base.replace("    return None\n", "    hl.log('out', float(output.sum()))\n    return None\n")
+    assert probed(new, {"train.py": base}) == {"epoch", "step"}
+
+
+def test_a_function_imported_under_another_name_is_followed() -> None:
+    helper = "import hindlog as hl\n\ndef grad_norm(m):\n    return 1.0\n"
+    main = dedent("""
+        import hindlog as hl
+        from helpers import grad_norm as gn
+        for e in hl.loop("epoch", range(3)):
+            for x in hl.loop("step", range(4)):
+                g = gn(x)
+            for x in hl.loop("val", range(4)):
+                g = x
+    """)
+    new_helper = helper.replace("def grad_norm(m):\n", "def grad_norm(m):\n    hl.log('g', 1)\n")
+    assert probed(new_helper, {"train.py": main, "helpers.py": helper}, path="helpers.py") == {"epoch", "step"}
+
+
 def test_a_statement_reading_a_local_the_recorded_code_never_reads_after_the_loop() -> None:
     # `x` is assigned by the step loop and nothing after it reads it: its checkpoint does not
     # hold it, so the loop must run for the new statement to see the right value.
@@ -305,6 +435,55 @@ def test_a_statement_reading_a_local_the_recorded_code_never_reads_after_the_loo
     assigning = add_after(BASE, "sched.step()", "    x = model.weight")
     new = add_after(assigning, "    x = model.weight", "    hl.log('wx2', float(x.sum()))")
     assert probed(new, {"train.py": assigning}) == {"epoch"}
+
+
+def test_a_statement_in_a_function_reading_a_global_a_nested_loop_assigned() -> None:
+    old = dedent("""
+        import hindlog as hl
+
+        def report(scale):
+            pass
+
+        for e in hl.loop("epoch", range(3)):
+            for x in hl.loop("step", range(4)):
+                out = x * 2
+            for x in hl.loop("val", range(2)):
+                scale = x
+            report(1.0)
+    """)
+    # ``out`` is the step loop's (no checkpoint holds it); ``scale`` is report's own parameter.
+    new = old.replace("    pass\n", "    pass\n    hl.log('o', out * scale)\n")
+    assert probed(new, {"train.py": old}) == {"epoch", "step"}
+
+
+def test_a_statement_reading_through_a_closure_or_a_called_function_what_a_loop_assigned() -> None:
+    closure = dedent("""
+        import hindlog as hl
+
+        def main():
+            def report():
+                pass
+            for e in hl.loop("epoch", range(3)):
+                for x in hl.loop("step", range(4)):
+                    out = x * 2
+                report()
+        main()
+    """)
+    new = closure.replace("        pass\n", "        pass\n        hl.log('o', out)\n")
+    assert probed(new, {"train.py": closure}) == {"epoch", "step"}
+    callee = dedent("""
+        import hindlog as hl
+
+        def summary():
+            return out
+
+        for e in hl.loop("epoch", range(3)):
+            for x in hl.loop("step", range(4)):
+                out = x * 2
+            y = 1
+    """)
+    new = callee.replace("    y = 1\n", "    y = 1\n    hl.log('o', summary())\n")
+    assert probed(new, {"train.py": callee}) == {"epoch", "step"}
 
 
 def test_a_statement_in_a_nested_loop_reads_what_its_loop_just_assigned() -> None:
@@ -357,6 +536,8 @@ def test_new_statements_that_draw_random_numbers_are_found() -> None:
     for added, draws in [
         ('    hl.log("r", torch.rand(1).item())', True),
         ('    hl.log("r", rng.normal())', True),
+        ('    hl.log("r", float(torch.empty(3).uniform_().sum()))', True),
+        ('    hl.log("r", random.choices([1, 2], k=2))', True),
         ('    hl.log("n", float(np.linalg.norm([1.0])))', False),
         ('    hl.log("lr", sched.get_last_lr()[0])', False),
     ]:

@@ -1936,3 +1936,68 @@ def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> No
                                         'hl.log("x", state["x"])', 'hl.log("r", random.random())'))
     plan = proj.replay("train.py", "--dry-run").stdout
     assert "a new statement draws random numbers" in plan, plan
+
+
+def test_a_statement_in_a_models_call_method_runs_the_loops_that_call_the_model(tmp_path: Path) -> None:
+    """``model(x)`` runs ``__call__`` (``forward`` for torch modules) without naming it: the
+    loops that call the model must run, or the new statement logs nothing there."""
+    text = dedent("""
+        import time
+        import hindlog as hl
+
+        class Model:
+            def __init__(self):
+                self.w = 1.0
+
+            def __call__(self, x):
+                y = self.w * x
+                return y
+
+        model = Model()
+        hl.checkpoints(model=model)
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("step", range(3)):
+                model.w += 0.1 * model(i)
+            for i in hl.loop("shuffle", range(2)):
+                order = [i, epoch]
+            time.sleep(0.03)
+            hl.log("w", model.w)
+    """)
+    new = insert_after(text, "y = self.w * x", "hl.log('y', y)")
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py").stdout
+    assert must_run(out) == {"step"}
+    truth = ground_truth(tmp_path, {"train.py": new}, ["y"])
+    assert len(truth["y"]) == 15
+    assert_same_values(proj.values("y", run), truth["y"], "y")
+
+
+def test_a_loop_local_that_a_function_called_after_the_loop_reads_is_restored(tmp_path: Path) -> None:
+    """``summary()`` reads the global ``last`` that the skipped step loop assigned: its
+    checkpoint must hold it, or the recorded ``o`` replays stale."""
+    text = dedent("""
+        import time
+        import hindlog as hl
+
+        def summary():
+            return last * 10
+
+        state = {"x": 0}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("step", range(3)):
+                last = epoch * 3 + i
+                state["x"] += i
+            time.sleep(0.03)
+            hl.log("o", summary())
+    """)
+    new = insert_after(text, 'hl.log("o", summary())', 'hl.log("x2", state["x"] * 2)')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py").stdout
+    assert must_run(out) == set()
+    truth = ground_truth(tmp_path, {"train.py": new}, ["x2"])
+    assert_same_values(proj.values("x2", run), truth["x2"], "x2")

@@ -111,6 +111,36 @@ def test_module_level_loops() -> None:
     assert "best" in outer.live_after
 
 
+def test_what_a_function_called_after_the_loop_reads_is_live() -> None:
+    source = textwrap.dedent(
+        """
+        def summary():
+            return last
+
+        def main():
+            def report():
+                return total
+            for epoch in range(3):
+                for batch in range(4):
+                    total = batch * 3
+                print(report())
+
+        for epoch in range(3):
+            for batch in range(4):
+                last = batch * 2
+                unused = batch
+            print(summary())
+        """
+    )
+    # A global the called function reads, and a closure variable of the function the loop is in.
+    tree = ast.parse(source)
+    live = {}
+    for loop in (n for n in ast.walk(tree) if isinstance(n, ast.For) and ast.unparse(n.target) == "batch"):
+        scope, found = _scope_nodes(tree, loop.lineno)
+        live[ast.unparse(loop.body[0].targets[0])] = _facts_for(scope, found).live_after
+    assert live == {"last": frozenset({"last"}), "total": frozenset({"total"})}
+
+
 # ----------------------------------------------------------------- from live frames
 
 

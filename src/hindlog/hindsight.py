@@ -48,6 +48,12 @@ def code_lines(src: str) -> list[str]:
     return [l.rstrip() for l in out]
 
 
+def span(stmt: ast.stmt) -> tuple[int, int]:
+    """The lines a statement takes, its decorators included."""
+    first = min([d.lineno for d in getattr(stmt, "decorator_list", []) or []] + [stmt.lineno])
+    return first, stmt.end_lineno or stmt.lineno
+
+
 def find_additions(path: str, old_src: str, new_src: str) -> Additions:
     """The statements ``new_src`` adds to ``old_src``, and any other change."""
     try:
@@ -66,7 +72,16 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
     changed: set[int] = set()
     bad: list[str] = []
     old_code, new_code = matcher.a, matcher.b
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+    tree = ast.parse(new_src)
+    # Statements that begin their line (not the body of ``elif c: ...`` on its header's line),
+    # by the non-blank lines they take.
+    statements = [
+        (stmt, {l for l in range(span(stmt)[0], span(stmt)[1] + 1) if new_code[l - 1].strip()}, _begins_line(new_lines, stmt))
+        for stmt in _all_statements(tree)
+    ]
+    whole = [(stmt, own) for stmt, own, begins in statements if begins]
+    opcodes = matcher.get_opcodes()
+    for k, (tag, i1, i2, j1, j2) in enumerate(opcodes):
         if tag == "equal":
             continue
         removed = [l for l in old_code[i1:i2] if l.strip()]
@@ -76,25 +91,73 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
             bad.extend("+" + l for l in new_lines[j1:j2])
             changed.update(j + 1 for j in range(j1, j2) if new_code[j].strip())
             continue
+        if tag == "insert":
+            j1, j2 = _aligned_insert(new_code, opcodes, k, whole)
         inserted.update(j + 1 for j in range(j1, j2) if new_code[j].strip())
     out = Additions(path)
     if not inserted and not changed:
         out.other_changes = "\n".join(bad)
         return out
-    tree = ast.parse(new_src)
     covered: set[int] = set()
-    for stmt in _all_statements(tree):
-        lines = set(range(stmt.lineno, (stmt.end_lineno or stmt.lineno) + 1))
-        own = {l for l in lines if new_code[l - 1].strip()}
-        if own and not (covered & own) and (own <= inserted or (own <= inserted | changed and _is_log_or_print(stmt))):
-            out.statements.append((stmt.lineno, stmt.end_lineno or stmt.lineno))
+    for stmt, own, begins in statements:
+        if not own or covered & own:
+            continue
+        if own <= inserted and begins:
+            out.statements.append(span(stmt))
             covered |= own
+        elif own <= inserted | changed and _is_log_or_print(stmt):
+            # A log statement on a changed line (``x = 1; hl.log("x", x)``) or on a new clause's
+            # header line (``elif c: hl.log(...)``) is new for --force; its line is still a change.
+            out.statements.append(span(stmt))
+            if begins:
+                covered |= own
     for line in sorted(inserted - covered):
         bad.append(f"@@ +{line} @@ (an added line that is not a whole new statement)")
         bad.append("+" + new_lines[line - 1])
     out.statements.sort()
     out.other_changes = "\n".join(bad)
     return out
+
+
+def _begins_line(lines: list[str], stmt: ast.stmt) -> bool:
+    """Whether ``stmt`` begins its line (not ``x = 1; y = 2``'s second, nor ``if c: y()``'s body)."""
+    return not lines[stmt.lineno - 1][: stmt.col_offset].strip()
+
+
+def _aligned_insert(
+    new_code: list[str], opcodes: list[tuple[str, int, int, int, int]], k: int, whole: list[tuple[ast.stmt, set[int]]]
+) -> tuple[int, int]:
+    """Where the lines of the insert ``opcodes[k]`` are, among the equally good alignments.
+
+    Where an inserted block's last line equals the line before it (a closing ``)``), or its
+    first line the line after it (a second ``with torch.no_grad():``), the diff may put the
+    block one or more lines off the statement that was added; of the alignments the equal
+    lines around it allow, the first whose lines are whole statements is taken."""
+    _, _, _, j1, j2 = opcodes[k]
+    lo = opcodes[k - 1][3] if k > 0 and opcodes[k - 1][0] == "equal" else j1
+    hi = opcodes[k + 1][4] if k + 1 < len(opcodes) and opcodes[k + 1][0] == "equal" else j2
+
+    def is_whole(a: int, b: int) -> bool:
+        lines = {j + 1 for j in range(a, b) if new_code[j].strip()}
+        covered: set[int] = set()
+        for _stmt, own in whole:
+            if own and own <= lines:
+                covered |= own
+        return covered == lines
+
+    if is_whole(j1, j2):
+        return j1, j2
+    shift = 1
+    while j1 - shift >= lo and new_code[j1 - shift] == new_code[j2 - shift]:
+        if is_whole(j1 - shift, j2 - shift):
+            return j1 - shift, j2 - shift
+        shift += 1
+    shift = 1
+    while j2 + shift <= hi and new_code[j1 + shift - 1] == new_code[j2 + shift - 1]:
+        if is_whole(j1 + shift, j2 + shift):
+            return j1 + shift, j2 + shift
+        shift += 1
+    return j1, j2
 
 
 def _is_log_or_print(stmt: ast.stmt) -> bool:
@@ -150,6 +213,8 @@ def _header(stmt: ast.stmt) -> str:
         return f"if {ast.unparse(stmt.test)}"
     if isinstance(stmt, (ast.With, ast.AsyncWith)):
         return "with " + ", ".join(ast.unparse(i) for i in stmt.items)
+    if isinstance(stmt, ast.Match):
+        return f"match {ast.unparse(stmt.subject)}"
     return type(stmt).__name__
 
 
@@ -178,6 +243,8 @@ def _blocks(tree: ast.Module) -> list[_Block]:
                     visit(sub, path + (f"{_header(stmt)}.{name}",), stmt)
             for k, handler in enumerate(getattr(stmt, "handlers", []) or []):
                 visit(handler.body, path + (f"{_header(stmt)}.handler{k}",), stmt)
+            for case in getattr(stmt, "cases", []) or []:
+                visit(case.body, path + (f"{_header(stmt)}.case {ast.unparse(case.pattern)}",), stmt)
 
     visit(tree.body, (), None)
     return out
@@ -204,15 +271,15 @@ def units(new_src: str, statements: list[tuple[int, int]]) -> list[Unit]:
             continue  # inside a new compound statement, which is placed whole (`if c: hl.log(x)` on one line)
         run: list[ast.stmt] = []
         for idx, stmt in enumerate(block.stmts + [None]):  # type: ignore[operator]
-            is_new = stmt is not None and (stmt.lineno, stmt.end_lineno or stmt.lineno) in new_set
+            is_new = stmt is not None and span(stmt) in new_set
             if is_new:
                 run.append(stmt)
                 continue
             if run:
                 first = block.stmts.index(run[0])
-                before = next((_text(s) for s in reversed(block.stmts[:first]) if (s.lineno, s.end_lineno) not in new_set), None)
+                before = next((_text(s) for s in reversed(block.stmts[:first]) if span(s) not in new_set), None)
                 after = _text(stmt) if stmt is not None else None
-                out.append(Unit((run[0].lineno, run[-1].end_lineno or run[-1].lineno), block.path, before, after))
+                out.append(Unit((span(run[0])[0], span(run[-1])[1]), block.path, before, after))
                 run = []
     return out
 
@@ -230,24 +297,39 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
     tree = ast.parse(target_src)
     blocks = [b for b in _blocks(tree)]
     insertions: list[tuple[int, list[str]]] = []
-    for unit in units(new_src, statements):
+    placed = units(new_src, statements)
+    for lo, hi in statements:
+        if not any(u.lines[0] <= lo and hi <= u.lines[1] for u in placed):
+            raise PlacementError(f"cannot place the statement at line {lo}: its block has no counterpart hindlog can match")
+    for unit in placed:
         candidates = [b for b in blocks if b.path == unit.path]
-        spots: list[tuple[int, int]] = []  # (insert before line index, indent column)
-        for b in candidates:
-            texts = [_text(s) for s in b.stmts]
-            if unit.before is not None:
-                for k, t in enumerate(texts):
-                    if t == unit.before and (unit.after is None or k + 1 >= len(texts) or texts[k + 1] == unit.after or unit.after not in texts):
-                        s = b.stmts[k]
-                        spots.append(((s.end_lineno or s.lineno), b.stmts[0].col_offset))
-            elif unit.after is not None:
-                if texts and texts[0] == unit.after:
-                    spots.append((b.stmts[0].lineno - 1, b.stmts[0].col_offset))
+        spots: list[tuple[int, str, _Block]] = []  # (insert before line index, indentation, block)
+        if unit.before is not None:
+            # After the statement it follows in the new code; where that statement occurs more
+            # than once in the block, after the occurrence that the following one follows too.
+            matches = [(b, k) for b in candidates for k, s in enumerate(b.stmts) if _text(s) == unit.before]
+            if len(matches) > 1:
+                def followed(b: _Block, k: int) -> bool:
+                    if k + 1 == len(b.stmts):
+                        return True
+                    texts = [_text(s) for s in b.stmts]
+                    return unit.after is not None and (texts[k + 1] == unit.after or unit.after not in texts)
+                matches = [m for m in matches if followed(*m)] or matches
+            for b, k in matches:
+                s = b.stmts[k]
+                spots.append(((s.end_lineno or s.lineno), _indent(target_lines, b.stmts[0]), b))
+        elif unit.after is not None:
+            for b in candidates:
+                if b.stmts and _text(b.stmts[0]) == unit.after:
+                    spots.append((span(b.stmts[0])[0] - 1, _indent(target_lines, b.stmts[0]), b))
+        if len(spots) == 1 and not _begins_line(target_lines, spots[0][2].stmts[0]):
+            raise PlacementError(f"cannot place the statement at line {unit.lines[0]}: the recorded version writes its "
+                                 "block on the line of its header")
         if len(spots) != 1:
             what = f"after `{unit.before}`" if unit.before else f"before `{unit.after}`"
             reason = "no place matches" if not spots else f"{len(spots)} places match"
             raise PlacementError(f"cannot place the statement at line {unit.lines[0]} ({what}): {reason}")
-        line_index, indent = spots[0]
+        line_index, indent, _ = spots[0]
         chunk = new_lines[unit.lines[0] - 1 : unit.lines[1]]
         insertions.append((line_index, _reindent(chunk, indent)))
     for line_index, chunk in sorted(insertions, key=lambda x: -x[0]):
@@ -255,14 +337,21 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
     return "".join(target_lines)
 
 
-def _reindent(lines: list[str], indent: int) -> list[str]:
+def _indent(lines: list[str], stmt: ast.stmt) -> str:
+    """The indentation of ``stmt``'s block as written (spaces or tabs)."""
+    line = lines[span(stmt)[0] - 1]
+    return line[: len(line) - len(line.lstrip())]
+
+
+def _reindent(lines: list[str], indent: str) -> list[str]:
     first = lines[0]
-    current = len(first) - len(first.lstrip())
+    current = first[: len(first) - len(first.lstrip())]
     out = []
     for line in lines:
         if line.strip():
-            lead = len(line) - len(line.lstrip())
-            out.append(" " * (indent + max(lead - current, 0)) + line.lstrip())
+            # Deeper lines keep what they have beyond the first line's indentation.
+            rest = line[len(current):] if line.startswith(current) else line.lstrip()
+            out.append(indent + rest)
         else:
             out.append(line)
     if out and not out[-1].endswith("\n"):
@@ -294,6 +383,119 @@ def _called_names(node: ast.AST) -> set[str]:
             elif isinstance(f, ast.Attribute):
                 out.add(f.attr)
     return out
+
+
+def _used_names(node: ast.AST, aliases: dict[str, str]) -> set[str]:
+    """The names ``node`` calls or refers to (a function handed to ``sorted(key=...)`` is called
+    there), with the imported names its aliases rename."""
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            out.add(n.id)
+            if n.id in aliases:
+                out.add(aliases[n.id])
+        elif isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load):
+            out.add(n.attr)
+    return out
+
+
+@dataclass
+class _Names:
+    """What the names of one file are bound to, as far as calls through them go."""
+
+    #: Names bound by imports (modules, and functions or classes of other packages) ...
+    imported: set[str]
+    #: ... and those of them that rename what they import (``as``): alias -> imported name.
+    aliases: dict[str, str]
+
+
+def _file_names(tree: ast.AST, project_modules: set[str]) -> _Names:
+    imported: set[str] = set()
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            # What the project's own modules define (``from nets import net``: a model) is not
+            # explained by importing it.
+            project = isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "") in project_modules)
+            for a in node.names:
+                bound = a.asname or a.name.split(".")[0]
+                if not project and not (isinstance(node, ast.Import) and a.name in project_modules):
+                    imported.add(bound)
+                if a.asname and isinstance(node, ast.ImportFrom):
+                    aliases[a.asname] = a.name
+    return _Names(imported, aliases)
+
+
+def _module_names(paths: list[str]) -> set[str]:
+    """The dotted names the project's files may be imported by (``src/pkg/mod.py``: ``src.pkg.mod``,
+    ``pkg.mod``, ``mod``)."""
+    out: set[str] = set()
+    for path in paths:
+        if not path.endswith(".py"):
+            continue
+        parts = path[:-3].replace("\\", "/").split("/")
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        for k in range(len(parts)):
+            out.add(".".join(parts[k:]))
+    return out
+
+
+#: Methods Python calls without naming them at the call: ``model(x)`` runs ``forward``
+#: (through ``nn.Module.__call__``) or ``__call__``.
+CALLED_BY_CALLING_THE_OBJECT = frozenset({"forward", "__call__"})
+_BUILTINS = frozenset(dir(__import__("builtins")))
+
+
+def _root(node: ast.AST) -> ast.AST:
+    """``torch`` of ``torch.nn.functional.relu``, ``self`` of ``self.layers[0].fc``."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node
+
+
+def _calls_an_object(node: ast.AST, names: _Names, defined: set[str]) -> bool:
+    """Whether ``node`` may call an object of a project class (``model(x)``, ``self.net(x)``) or
+    a function it was handed (a hook, a callback): a call through a name that no import,
+    builtin or project definition explains, or a call that hands such a name to a library
+    (``checkpoint(model, x)``). Method calls on values (``loss.backward()``) count too: their
+    syntax is that of calling an attribute that holds a model."""
+
+    def explained(expr: ast.AST) -> bool:
+        root = _root(expr)
+        return isinstance(root, ast.Name) and (root.id in names.imported or root.id in _BUILTINS or root.id in defined)
+
+    for n in ast.walk(node):
+        if not isinstance(n, ast.Call):
+            continue
+        f = n.func
+        if isinstance(f, ast.Name):
+            if not explained(f):
+                return True
+        elif isinstance(f, ast.Attribute):
+            if not explained(f) and f.attr not in defined:
+                return True
+        else:
+            return True  # handlers[k](x), (lambda: ...)()
+        if any(isinstance(a, (ast.Name, ast.Attribute, ast.Subscript)) and not explained(a)
+               for a in [*n.args, *(k.value for k in n.keywords)]):
+            return True
+    return False
+
+
+def _referenced_not_called(trees: dict[str, ast.AST], functions: set[str]) -> bool:
+    """Whether one of ``functions`` is used as a value (a hook, a callback, ``partial(f)``):
+    whatever it is handed to may call it from anywhere."""
+    for tree in trees.values():
+        called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for n in ast.walk(tree):
+            if id(n) in called:
+                continue
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in functions:
+                return True
+            if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load) and n.attr in functions:
+                return True  # self.on_output, monitor.on_output
+    return False
 
 
 def probed_loops(
@@ -339,24 +541,38 @@ def probed_loops(
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     touched_functions.add(node.name)
     # Functions that (transitively) call a touched function are touched too.
-    functions: dict[str, list[ast.AST]] = {}
-    for tree in trees.values():
+    project_modules = _module_names(list(trees))
+    file_names = {path: _file_names(tree, project_modules) for path, tree in trees.items()}
+    functions: dict[str, list[tuple[ast.AST, _Names]]] = {}
+    defined: set[str] = set()
+    for path, tree in trees.items():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                functions.setdefault(node.name, []).append(node)
+                functions.setdefault(node.name, []).append((node, file_names[path]))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+    # A touched ``forward`` runs wherever a model is called, and a touched hook or callback
+    # wherever what it was handed to runs: calls through unknown names reach them.
+    indirect = False
+
+    def reaches(node: ast.AST, names: _Names) -> bool:
+        return bool(_used_names(node, names.aliases) & touched_functions) or (indirect and _calls_an_object(node, names, defined))
+
     changed = True
     while changed:
         changed = False
+        if not indirect:
+            indirect = bool(touched_functions & CALLED_BY_CALLING_THE_OBJECT) or _referenced_not_called(trees, touched_functions)
         for fname, defs in functions.items():
             if fname in touched_functions:
                 continue
-            if any(_called_names(d) & touched_functions for d in defs):
+            if any(reaches(d, names) for d, names in defs):
                 touched_functions.add(fname)
                 changed = True
     for path, tree in trees.items():
         for node in ast.walk(tree):
             name = loop_name(node, path)
-            if name and _called_names(node) & touched_functions:
+            if name and reaches(node, file_names[path]):
                 probed.add(name)
     # A loop whose checkpoint lacks a value that a new statement reads must run too.
     for path, ranges in new_statements.items():
@@ -382,11 +598,11 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set
     code does not read that local after the loop. A loop's checkpoint holds only the locals the
     recorded code reads after it, so skipping such a loop would leave the new statement reading
     a stale or unbound name."""
-    from .sourceinfo import _facts_for, _read_before_written, _surely_assigned, assigned_names
+    from .sourceinfo import _facts_for, _read_before_written, _surely_assigned, assigned_names, free_names, names_read_by_callees
 
     tree = ast.parse(src)
     wanted = set(ranges)
-    new_nodes = [s for s in _all_statements(tree) if (s.lineno, s.end_lineno or s.lineno) in wanted]
+    new_nodes = [s for s in _all_statements(tree) if span(s) in wanted]
     if not new_nodes:
         return set()
     # The names each scope's new statements read, leaving out those that statements just before
@@ -411,6 +627,16 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set
                 fresh |= assigned_names([outer.target])
         own = _read_before_written([node]) - _comprehension_names([node]) - fresh
         reads.setdefault(id(scope), set()).update(own)
+        # What a function reads and never binds comes from the functions around it or the
+        # module, whose loops may have assigned it (``report()`` logging the last batch's
+        # ``out``); so do the globals of the file's functions that the statement calls.
+        callees = names_read_by_callees(tree, [node])
+        reads[id(scope)] |= callees
+        free = (free_names(scope, own) if scope is not tree else set()) | callees
+        for outer in _enclosing_scopes(tree, node):
+            if outer is not scope and free:
+                by_scope.setdefault(id(outer), (outer, []))
+                reads.setdefault(id(outer), set()).update(free)
     # The recorded code is the tree without the new statements.
     _strip(tree, {id(n) for n in new_nodes})
     out: set[str] = set()
@@ -423,6 +649,13 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set
             if (reads[key] & facts.assigned) - facts.live_after:
                 out.add(name)
     return out
+
+
+def _enclosing_scopes(tree: ast.Module, node: ast.stmt) -> list[ast.AST]:
+    """The functions whose bodies hold ``node``, innermost first, then the module."""
+    around = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not node
+              and n.lineno < node.lineno <= (n.end_lineno or n.lineno)]
+    return sorted(around, key=lambda n: -n.lineno) + [tree]
 
 
 def _scope_of(tree: ast.Module, node: ast.stmt) -> ast.AST:
@@ -479,7 +712,8 @@ def _strip(tree: ast.AST, ids: set[int]) -> None:
 RANDOM_DRAWS = frozenset({
     "rand", "randn", "randint", "randperm", "rand_like", "randn_like", "randint_like", "normal", "uniform",
     "bernoulli", "multinomial", "poisson", "random", "integers", "choice", "shuffle", "permutation", "sample",
-    "gauss", "randrange", "binomial", "exponential", "standard_normal", "random_sample",
+    "gauss", "randrange", "binomial", "exponential", "standard_normal", "random_sample", "choices",
+    "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "geometric_", "cauchy_", "log_normal_",
 })
 
 
@@ -546,6 +780,6 @@ def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[
         if tree is None:
             continue
         for stmt in _all_statements(tree):
-            if (stmt.lineno, stmt.end_lineno or stmt.lineno) in {tuple(r) for r in ranges} and reads(stmt):
+            if span(stmt) in {tuple(r) for r in ranges} and reads(stmt):
                 return True
     return False

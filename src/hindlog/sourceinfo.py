@@ -147,6 +147,9 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While) -> LoopFacts:
         if isinstance(block[index], (ast.For, ast.AsyncFor, ast.While)):
             outermost = block[index]
     live = assigned & _read_before_written(following)
+    # Functions the code after the loop calls may read what the loop assigned, as globals or
+    # closure variables of this scope.
+    live |= assigned & names_read_by_callees(scope, [*following, *outermost.body])  # type: ignore[attr-defined]
     # Values carried from one pass of the outermost loop to the next are live too (its own
     # target is bound afresh at the top of every pass, so reading it is not such a value).
     fresh = assigned_names([outermost.target]) if isinstance(outermost, (ast.For, ast.AsyncFor)) else set()
@@ -159,6 +162,39 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While) -> LoopFacts:
         loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated), frozenset(carried),
         bool(loop.orelse),
     )
+
+
+def free_names(function: ast.AST, names: set[str]) -> set[str]:
+    """Those of ``names`` that ``function`` does not bind (its parameters and assignments, less
+    what it declares ``global`` or ``nonlocal``)."""
+    local = assigned_names(function.body) | {a.arg for a in ast.walk(function.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
+    declared = {n for g in ast.walk(function) if isinstance(g, (ast.Global, ast.Nonlocal)) for n in g.names}
+    return names - (local - declared)
+
+
+def names_read_by_callees(scope: ast.AST, nodes: list[ast.AST]) -> set[str]:
+    """The names that functions defined in ``scope`` read without binding them (its globals, or
+    a closure's variables), where ``nodes`` call those functions, directly or through others:
+    ``hl.log("o", summary())`` reads the ``out`` that ``summary`` returns."""
+    functions = {f.name: f for f in ast.walk(scope) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f is not scope}
+    if not functions:
+        return set()
+    out: set[str] = set()
+    seen: set[str] = set()
+    pending = list(nodes)
+    while pending:
+        for n in ast.walk(pending.pop()):
+            if not isinstance(n, ast.Call):
+                continue
+            name = n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id if isinstance(n.func, ast.Name) else None
+            f = functions.get(name) if name else None
+            if f is None or name in seen:
+                continue
+            seen.add(name)  # type: ignore[arg-type]
+            read = {m.id for m in ast.walk(f) if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)}
+            out |= free_names(f, read)
+            pending.append(f)
+    return out - set(functions)
 
 
 def _assigned_outside_loops(stmts: list[ast.stmt]) -> set[str]:
