@@ -1937,22 +1937,28 @@ new output lines the replayed ones must equal. Target: recording overhead at
 most ε = 5% on each script."""
 
 HANDSFREE_NOTES = """\
-**The run in the table**, at commit f132cb6 on 2026-12-06 (7 triples, 12 for
-sklearn), on a machine whose plain runs of one script varied by 20-50% that
-day: four scripts over 5% (while-early +6.6%, lstm-last-loss +9.4%, finetune
-+7.0%, sklearn +9.7%), every replay's output equal to a fresh run's. The
-run an hour before it (`handsfree-f715395.log`, below) put three others over
-5%, and neither shows the same script twice except sklearn: the target is
-not shown met on this day's machine. **The run before, at 18adb73**
-(`handsfree-18adb73.json`, 7 triples): all eight scripts within 5%
-(cnn-engine +1.4%, while-early +4.3%, sklearn-partial-fit +2.4%,
-lstm-last-loss +1.2%, cnn +1.9%, finetune +3.6%, lstm +1.1%, sklearn +3.4%).
-What changed since in the code a hands-free recording runs: the project's
-modules are found through the `sys.path` entries inside the project, the
-state analysis follows changes through entries and aliases (more state
-where a loop changes a container through them; the same state for these
-eight scripts, but for one array more in sklearn-partial-fit's iteration
-checkpoints), and `exit()` is watched.
+**The run in the table**, at commit b1ab4da on 2026-12-07 (7 triples; 8 for
+sklearn-partial-fit and 10 for sklearn, the short scripts): seven scripts
+within 5% (cnn-engine -2.2%, while-early +3.2%, sklearn-partial-fit +4.5%,
+lstm-last-loss +3.8%, finetune +3.0%, lstm +3.1%, sklearn +4.3%), cnn over
+it at +5.5%, whose triples scattered from -5.8% to +14.8% while its plain
+runs took 8.6 to 10.5 s; every replay's output equal to a fresh run's. Runs
+of one unit-test file (under a second each) went on beside some of cnn's
+triples. The target is not shown met by this run either. **The run before,
+at f132cb6** (`handsfree-f132cb6.json`, finished 2026-12-07 00:04, on a machine whose plain
+runs of one script varied by 20-50% that day): four scripts over 5%
+(while-early +6.6%, lstm-last-loss +9.4%, finetune +7.0%, sklearn +9.7%);
+the run an hour before that (`handsfree-f715395.log`, below) put three
+others over 5%. **At 18adb73** (`handsfree-18adb73.json`, 7 triples): all
+eight scripts within 5% (cnn-engine +1.4%, while-early +4.3%,
+sklearn-partial-fit +2.4%, lstm-last-loss +1.2%, cnn +1.9%, finetune +3.6%,
+lstm +1.1%, sklearn +3.4%). What changed since 18adb73 in the code a
+hands-free recording runs: the project's modules are found through the
+`sys.path` entries inside the project, the state analysis follows changes
+through entries and aliases (more state where a loop changes a container
+through them; the same state for these eight scripts, but for one array
+more in sklearn-partial-fit's iteration checkpoints), and `exit()` is
+watched.
 
 **Reading these numbers.**
 
@@ -2017,7 +2023,7 @@ checkpoints), and `exit()` is watched.
   highest while-early triples while a test ran beside it),
   `handsfree-finetune-d79b75e.json` and `handsfree-finetune.json` (finetune
   alone, 7 triples: +4.7% and +1.7%), `handsfree-f715395.log` (the printed
-  output of a 5-triple run on 2026-12-06, an hour before the one in the table,
+  output of a 5-triple run on 2026-12-06, an hour before f132cb6's run,
   whose JSON file was lost: cnn-engine +7.2%, while-early +2.2%,
   sklearn-partial-fit +0.8%, lstm-last-loss -0.3%, cnn +5.7%, finetune -4.9%,
   lstm -0.4%, sklearn +9.2%; plain against plain up to +14.7%). That day the
