@@ -1213,6 +1213,7 @@ def test_a_new_call_of_a_function_that_holds_a_loop_runs_it_and_skips_the_record
     run = proj.record(EVALUATED, env=DENSE)
     proj.write("train.py", insert_before(dedent(EVALUATED), "val = evaluate([1.0, 2.0])", 'hl.log("test", evaluate([100.0]))'))
     out = proj.replay("train.py", "--workers", workers).stdout
+    assert plan_field(out, "loops the new statements run themselves") == "val"
     result = summary(out)
     assert result["skipped"] > 0 and result["checked"] == 4, out
     # w after epoch e's training loop: 1.5 per epoch, less 0.5 per epoch's last loop before it.

@@ -593,6 +593,48 @@ def probed_loops(
 loop_name = api_loop_name
 
 
+def loops_new_code_runs(
+    files: dict[str, str],
+    new_statements: dict[str, list[tuple[int, int]]],
+    names: dict[str, dict[int, str]] | None = None,
+) -> set[str]:
+    """Names of the loops in project functions that the new statements call (directly or through
+    other functions): a new ``hl.log("test", evaluate(test_loader))`` runs ``evaluate``'s loop
+    itself, apart from the loops the record ran."""
+    names = names or {}
+    trees = {}
+    for path, src in files.items():
+        try:
+            trees[path] = ast.parse(src)
+        except SyntaxError:
+            continue
+    functions: dict[str, list[tuple[str, ast.AST]]] = {}
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                functions.setdefault(node.name, []).append((path, node))
+    pending: list[ast.AST] = []
+    for path, ranges in new_statements.items():
+        tree = trees.get(path)
+        if tree is not None:
+            pending.extend(s for s in _all_statements(tree) if span(s) in set(ranges))
+    out: set[str] = set()
+    seen: set[str] = set()
+    while pending:
+        for called in _called_names(pending.pop()):
+            if called in seen:
+                continue
+            seen.add(called)
+            for path, fn in functions.get(called, []):
+                for node in ast.walk(fn):
+                    given = names.get(path, {}).get(getattr(node, "lineno", -1))
+                    name = given if given is not None and isinstance(node, (ast.For, ast.AsyncFor, ast.While)) else api_loop_name(node)
+                    if name:
+                        out.add(name)
+                pending.append(fn)
+    return out
+
+
 def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set[str]:
     """Loops that assign a local which a new statement of their scope reads, where the recorded
     code does not read that local after the loop. A loop's checkpoint holds only the locals the

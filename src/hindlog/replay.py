@@ -63,6 +63,8 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)
     #: The main loop's name (it always runs; the plan lists the nested loops that must run too).
     main_loop: str | None = None
+    #: Loops in the functions that new statements call: they run for those statements.
+    run_by_new_code: set[str] = field(default_factory=set)
     #: The GPU each segment's worker is given (``CUDA_VISIBLE_DEVICES``); None: as the record ran.
     gpus: list[str | None] = field(default_factory=list)
 
@@ -250,6 +252,7 @@ def plan_run(
     names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
     probed = hindsight.probed_loops(all_sources, new_statements, names)
     run_all_blocks = hindsight.reads_gradients(all_sources, new_statements)
+    run_by_new_code = hindsight.loops_new_code_runs(all_sources, new_statements, names)
     # Iterations the record entered: as it counted them, its timings (kept for the first
     # MAX_TIMED_ITERATIONS), or (a killed run) the contexts it logged in.
     row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
@@ -266,6 +269,7 @@ def plan_run(
     rows = checkpoint_rows(conn, run["id"])
     checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed)
+    plan.run_by_new_code = run_by_new_code
     plan.main_loop = info.get("main_loop")
     if plan.main_loop is None:  # recorded before runs kept its name: the loop of the values logged in it
         first = conn.execute("SELECT loops FROM contexts WHERE run=? AND iteration IS NOT NULL LIMIT 1", (run["id"],)).fetchone()
@@ -427,6 +431,8 @@ def describe_plan(plan: RunPlan) -> str:
         else:
             must_run = sorted(plan.probed - {plan.main_loop})
             lines.append(f"  nested loops that must run: {', '.join(must_run) or 'none (all are skipped)'}")
+        if plan.run_by_new_code:
+            lines.append(f"  loops the new statements run themselves: {', '.join(sorted(plan.run_by_new_code))}")
         lines.append(f"  iterations {plan.iterations[0]}:{plan.iterations[1]} of {plan.total_iterations}; "
                      f"checkpointed: {len(plan.checkpointed)}")
         lines.append("  segments: " + ", ".join(f"{s.start}:{s.end}" for s in plan.segments))
