@@ -2002,3 +2002,37 @@ def test_a_loop_local_that_a_function_called_after_the_loop_reads_is_restored(tm
     assert must_run(out) == set()
     truth = ground_truth(tmp_path, {"train.py": new}, ["x2"])
     assert_same_values(proj.values("x2", run), truth["x2"], "x2")
+
+
+def test_a_segment_of_a_main_loop_over_a_shuffling_loader_reads_the_recorded_batches(tmp_path: Path) -> None:
+    """The loader's order is drawn when its first batch is read: a segment reads the batches
+    before its start, then restores the generators, as the record drew them."""
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+        from torch.utils.data import DataLoader, TensorDataset
+
+        torch.manual_seed(0)
+        X = torch.randn(160, 6)
+        Y = X.sum(1, keepdim=True)
+        loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
+        model = torch.nn.Linear(6, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        hl.checkpoints(model=model, opt=opt)
+        for step, (xb, yb) in hl.loop("step", enumerate(loader)):
+            loss = ((model(xb) - yb) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            hl.log("loss", loss.item())
+            time.sleep(0.05)
+    """)
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("first_x", float(xb[0, 0]))')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--iterations", "5:10").stdout
+    assert summary(out)["checked"] == 5, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["first_x"])
+    assert proj.values("first_x", run) == {k: v for k, v in truth["first_x"].items() if k[0][1] >= 5}

@@ -85,13 +85,20 @@ def follow_driver(driver_pid: int | None) -> None:
 
 
 def skip(it: Iterator[Any], n: int) -> Iterator[Any]:
-    """``it`` after its first ``n`` items, which a restored checkpoint stands for. An iterator
-    that can skip without computing them (a ``while`` loop's condition) is not run."""
+    """``it`` after its first ``n`` items, which a restored checkpoint stands for, read now. An
+    iterator that can skip without computing them (a ``while`` loop's condition) is not run.
+
+    Call it before restoring the checkpoint's random generators: the record drew what reading
+    those items draws (a shuffling sampler's order, on the first item) before the state the
+    checkpoint holds, and reading them after the restore would draw from that state instead."""
     skip_items = getattr(it, "skip", None)
     if callable(skip_items):
         skip_items(n)
         return it
-    return itertools.islice(it, n, None)
+    it = iter(it)
+    for _ in itertools.islice(it, n):
+        pass
+    return it
 
 
 def loops_key(ctx: tuple[Any, ...]) -> str:
@@ -182,10 +189,13 @@ class Controller:
         loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)
         if loaded is None:
             return 0, it
-        apply(loaded, self.recorder.declared, frame, strict=False)
-        self.recorder.restore_seconds += time.perf_counter() - t0
+        read = time.perf_counter() - t0
         first = loaded.iteration + 1
-        return first, skip(it, first)
+        it = skip(it, first)  # not restore time: the record read these items too
+        t1 = time.perf_counter()
+        apply(loaded, self.recorder.declared, frame, strict=False)
+        self.recorder.restore_seconds += read + time.perf_counter() - t1
+        return first, it
 
 
 class ResumeController(Controller):
@@ -243,9 +253,10 @@ class ResumeController(Controller):
     def main_loop_start(self, name: str, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
         self.main_started = True
         loaded = self.loaded
-        apply(loaded, self.recorder.declared, frame, strict=False)
         first = loaded.iteration + 1
-        return first, skip(it, first)
+        it = skip(it, first)
+        apply(loaded, self.recorder.declared, frame, strict=False)
+        return first, it
 
     def timing(self, timing: dict[str, Any]) -> dict[str, Any]:
         """This process timed only the iterations after the checkpoint; replay plans index
