@@ -226,6 +226,49 @@ def test_restore_bad_requests(numpy_rec: NumpyRecording) -> None:
         hl.restore("no-such-run", store=proj.store(), w=np.zeros(4))
 
 
+def test_restore_refuses_objects_unlike_the_checkpointed_ones_and_changes_none(numpy_rec: NumpyRecording, tmp_path: Path) -> None:
+    proj, run_id = numpy_rec.proj, numpy_rec.run_id
+    k = proj.checkpointed_iterations(run_id)[-1]
+    for bad, says in [
+        ({"w": np.zeros((2, 4))}, r"cannot restore w .*shape \(4,\) of float64, the object passed is \(2, 4\) of float64"),
+        ({"w": np.zeros(4, dtype=np.int64)}, r"cannot restore w .*\(4,\) of int64"),
+        ({"stats": [1, 2]}, r"cannot restore stats .*holds a dict, not a list"),
+    ]:
+        objs = {**_fresh_numpy_objects(), **bad}
+        with pytest.raises(CheckpointError, match=says + r".*nothing was restored"):
+            hl.restore(run_id, iteration=k, store=proj.store(), **objs)
+        # Checked before any object is loaded: the valid ones are as they were too.
+        assert objs["big"].tolist() == [0.0] * 20000 and objs["history"] == ["stale"]
+    # An iteration given as text is the number; a store that is not there is not created.
+    assert hl.restore(run_id, iteration=str(k), store=proj.store(), w=np.zeros(4)).iteration == k
+    with pytest.raises(CheckpointError, match="there is no hindlog store at"):
+        hl.restore(run_id, store=tmp_path / "typo", w=np.zeros(4))
+    assert not (tmp_path / "typo").exists()
+
+
+def test_restore_refuses_a_model_or_optimizer_unlike_the_checkpointed_one(torch_ref: TorchReference) -> None:
+    import torch
+
+    proj, run_id = torch_ref.proj, torch_ref.run_id
+
+    def model(width: int = 16) -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(8, width), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(width, 2))
+
+    with pytest.raises(CheckpointError, match=r"cannot restore model .*0.weight has shape \(16, 8\) in the checkpoint, \(32, 8\)"):
+        hl.restore(run_id, store=proj.store(), model=model(32))
+    m = model()
+    before = [p.detach().clone() for p in m.parameters()]
+    with pytest.raises(CheckpointError, match="cannot restore opt .*another kind of optimizer"):
+        hl.restore(run_id, store=proj.store(), model=m, opt=torch.optim.Adam(m.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters())), "the model was changed by a refused restore"
+    with pytest.raises(CheckpointError, match="cannot restore model .*something other than an optimizer"):
+        hl.restore(run_id, store=proj.store(), model=torch.optim.SGD(m.parameters(), lr=0.1))
+    with pytest.raises(CheckpointError, match="cannot restore model .*holds a .*dict, not a list"):
+        hl.restore(run_id, store=proj.store(), model=[1, 2])
+    # The optimizer of the recorded class, made without the scheduler that added options: fine.
+    hl.restore(run_id, store=proj.store(), model=m, opt=torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.9))
+
+
 def test_restore_of_a_run_without_checkpoints_says_so(tmp_path: Path) -> None:
     proj = CkProject(tmp_path)
     proj.write("plain.py", """

@@ -77,7 +77,14 @@ def restore(
         objects["rng"], rng = rng, False
     if not objects:
         raise TypeError("hl.restore needs the objects to load into, e.g. hl.restore('latest', model=net, opt=opt)")
+    if iteration is not None and not isinstance(iteration, int):
+        if isinstance(iteration, str) and iteration.strip().lstrip("-").isdigit():
+            iteration = int(iteration)
+        else:
+            raise TypeError(f"hl.restore's iteration is a main-loop iteration number, not {iteration!r}")
     st = store if isinstance(store, Store) else Store.for_project(store=store)
+    if not st.exists():  # nothing to restore, and no store to create
+        raise CheckpointError(f"there is no hindlog store at {st.path}; no run can be restored")
     conn = st.connect()
     try:
         run_row = catalog.get_run(conn, run)
@@ -102,7 +109,20 @@ def restore(
         except CorruptObject as e:
             raise CheckpointError(f"the checkpoint of run {run_row['run_id']} at iteration {iteration} is damaged: {e}") from None
     declared = {name: declare(name, obj) for name, obj in objects.items()}
-    restored = apply(loaded, declared, rng=rng)
+    where = f"run {run_row['run_id']}'s checkpoint of iteration {loaded.iteration}"
+    # Every object is checked before any is changed: a restore that fails leaves them all as they were.
+    for name, d in declared.items():
+        if name in loaded.objects:
+            problem = mismatch(d, loaded.objects[name])
+            if problem:
+                raise CheckpointError(f"cannot restore {name} from {where}: {problem}; nothing was restored")
+    try:
+        restored = apply(loaded, declared, rng=rng)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"restoring from {where} failed ({type(e).__name__}: {e}); the objects passed may be "
+                              "partly restored") from e
     values, not_loaded = _resolve_locals(loaded.locals, _live(declared))
     if not_loaded:
         warnings.warn(
@@ -112,6 +132,70 @@ def restore(
             stacklevel=2,
         )
     return Restored(run_row["run_id"], loaded.iteration, restored, values, not_loaded)
+
+
+def _type_name(value: Any) -> str:
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _shape_and_dtype(value: Any) -> tuple[tuple[int, ...], str]:
+    return tuple(getattr(value, "shape", ())), str(getattr(value, "dtype", ""))
+
+
+def mismatch(d: Declared, value: Any) -> str | None:
+    """Why the checkpoint's ``value`` cannot be loaded into the declared object, or None.
+
+    What a user hands ``hl.restore`` may not be what the run checkpointed: another model's
+    shape, an optimizer of another class, an array of another dtype. Loading it would fail
+    half-way or, for arrays and plain objects, silently broadcast or do nothing."""
+    obj = d.held
+    if d.kind in ("tensor", "array"):
+        if not hasattr(value, "shape") or type(value).__module__.split(".")[0] != type(obj).__module__.split(".")[0]:
+            return f"the checkpoint holds a {_type_name(value)}, not a {_type_name(obj)}"
+        held, given = _shape_and_dtype(value), _shape_and_dtype(obj)
+        if held != given:
+            return f"the checkpoint holds shape {held[0]} of {held[1]}, the object passed is {given[0]} of {given[1]}"
+        return None
+    if d.kind == "module" and not isinstance(value, dict):
+        return f"the checkpoint holds a {_type_name(value)}, not the state of a {_type_name(obj)}"
+    if d.kind == "stateful":
+        current = d.obj.state_dict()
+        if not isinstance(current, dict) or not isinstance(value, dict):
+            if type(current) is not type(value):
+                return f"the checkpoint holds a {_type_name(value)}, not the state of a {_type_name(obj)}"
+            return None
+    if d.kind == "module":
+        current = obj.state_dict()
+        missing, unexpected = [k for k in current if k not in value], [k for k in value if k not in current]
+        if missing or unexpected:
+            return (f"the checkpoint's state has {len(value)} entries, the model passed {len(current)}"
+                    + (f"; not in the checkpoint: {', '.join(missing[:3])}" if missing else "")
+                    + (f"; not in the model: {', '.join(unexpected[:3])}" if unexpected else ""))
+        for k, v in current.items():
+            if _shape_and_dtype(v)[0] != _shape_and_dtype(value[k])[0]:
+                return f"{k} has shape {_shape_and_dtype(value[k])[0]} in the checkpoint, {_shape_and_dtype(v)[0]} in the model passed"
+        return None
+    if d.kind == "stateful" and ("param_groups" in value) != ("param_groups" in current):
+        held = "an optimizer's state" if "param_groups" in value else "the state of something other than an optimizer"
+        return f"the checkpoint holds {held}, and a {_type_name(obj)} was passed"
+    if d.kind == "stateful" and "param_groups" in value:
+        held_groups, groups = value["param_groups"], current["param_groups"]
+        if [len(g.get("params", [])) for g in held_groups] != [len(g.get("params", [])) for g in groups]:
+            return (f"the checkpoint's optimizer has {[len(g['params']) for g in held_groups]} parameters per group, "
+                    f"the one passed {[len(g['params']) for g in groups]}")
+        held_options = set().union(*(set(g) for g in held_groups)) if held_groups else set()
+        # Options of the class passed that the checkpoint's groups lack: another class (SGD's
+        # momentum and dampening, Adam's betas and eps). One alone may be an option a newer
+        # PyTorch added; extra ones in the checkpoint may be a scheduler's (initial_lr).
+        lacking = set(getattr(d.obj, "defaults", {}) or {}) - held_options
+        if held_groups and len(lacking) >= 2:
+            return (f"the checkpoint's optimizer has none of the options {', '.join(sorted(lacking))} of the "
+                    f"{_type_name(obj)} passed: it was another kind of optimizer")
+        return None
+    if d.kind == "pickle" and type(value) is not type(obj):
+        return f"the checkpoint holds a {_type_name(value)}, not a {_type_name(obj)}"
+    return None
 
 
 def _resolve_locals(values: dict[str, Any], live: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
