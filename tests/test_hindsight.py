@@ -399,6 +399,67 @@ def test_a_statement_in_a_hook_probes_the_loops_that_may_run_it() -> None:
     assert probed(new, {"train.py": base}) == {"epoch", "step"}
 
 
+def test_a_new_hook_or_lambda_probes_the_loops_that_may_run_it() -> None:
+    base = dedent("""
+        import hindlog as hl
+
+        model = Net()
+        for epoch in hl.loop("epoch", range(3)):
+            for x in hl.loop("step", range(4)):
+                out = model(x)
+            for i in hl.loop("count", range(2)):
+                n = i + 1
+    """)
+    hook = base.replace("model = Net()\n", "model = Net()\n\ndef on_output(m, i, o):\n    hl.log('o', o)\n\n"
+                        "model.register_forward_hook(on_output)\n")
+    assert probed(hook, {"train.py": base}) == {"epoch", "step"}
+    lam = base.replace("model = Net()\n", "model = Net()\nmodel.register_forward_hook(lambda m, i, o: print(o))\n")
+    assert probed(lam, {"train.py": base}) == {"epoch", "step"}
+
+
+def test_a_statement_in_a_data_sets_getitem_probes_the_loops_reading_the_loader() -> None:
+    base = dedent("""
+        import hindlog as hl
+        from torch.utils.data import DataLoader
+
+        class Pairs:
+            def __getitem__(self, i):
+                x = i * 2
+                return x
+
+        loader = DataLoader(Pairs(), batch_size=4)
+        for epoch in hl.loop("epoch", range(3)):
+            for x in hl.loop("step", loader):
+                y = x
+            for i in hl.loop("count", range(2)):
+                n = i + 1
+    """)
+    new = base.replace("        x = i * 2\n", "        x = i * 2\n        hl.log('x', x)\n")
+    assert probed(new, {"train.py": base}) == {"epoch", "step"}
+
+
+def test_a_statement_reading_an_undeclared_object_a_skipped_loop_changed() -> None:
+    base = dedent("""
+        import types
+        import hindlog as hl
+
+        tracker = types.SimpleNamespace(last=0.0)
+        hl.checkpoints(model=model, opt=opt)
+        for epoch in hl.loop("epoch", range(3)):
+            for x in hl.loop("step", range(4)):
+                opt.step()
+                tracker.last = x
+            for i in hl.loop("val", range(2)):
+                model.eval()
+    """)
+    # No checkpoint holds ``tracker``: the loop that changes it must run ...
+    new = base.replace("        model.eval()\n", "        model.eval()\n    hl.log('last', tracker.last)\n")
+    assert probed(new, {"train.py": base}) == {"epoch", "step"}
+    # ... while the declared objects the loops change are restored from their checkpoints.
+    new = base.replace("        model.eval()\n", "        model.eval()\n    hl.log('lr', opt.lr + model.w)\n")
+    assert probed(new, {"train.py": base}) == {"epoch"}
+
+
 def test_a_function_imported_under_another_name_is_followed() -> None:
     helper = "import hindlog as hl\n\ndef grad_norm(m):\n    return 1.0\n"
     main = dedent("""

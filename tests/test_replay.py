@@ -2036,3 +2036,44 @@ def test_a_segment_of_a_main_loop_over_a_shuffling_loader_reads_the_recorded_bat
     assert summary(out)["checked"] == 5, out
     truth = ground_truth(tmp_path, {"train.py": new}, ["first_x"])
     assert proj.values("first_x", run) == {k: v for k, v in truth["first_x"].items() if k[0][1] >= 5}
+
+
+def test_a_new_forward_hook_logs_in_every_loop_that_calls_the_model(tmp_path: Path) -> None:
+    """Registering a hook is the usual way to log activations after the fact: the hook runs
+    inside ``model(x)`` in the training and validation loops, which must both run."""
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        X, VX = torch.randn(24, 4), torch.randn(8, 4)
+        hl.checkpoints(model=model, opt=opt)
+        for epoch in hl.loop("epoch", range(4)):
+            for k in hl.loop("step", range(3)):
+                loss = model(X[k * 8:(k + 1) * 8]).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            with torch.no_grad():
+                for k in hl.loop("val", range(2)):
+                    val = model(VX[k * 4:(k + 1) * 4]).sum().item()
+            time.sleep(0.03)
+            hl.log("val", val)
+    """)
+    new = insert_before(text, "hl.checkpoints(model=model, opt=opt)", dedent("""
+        def activations(module, inputs, output):
+            hl.log("act", float(output.abs().mean()))
+
+        model[1].register_forward_hook(activations)
+    """))
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py").stdout
+    assert must_run(out) == {"step", "val"}
+    truth = ground_truth(tmp_path, {"train.py": new}, ["act"])
+    assert len(truth["act"]) == 4 * 5
+    assert_same_values(proj.values("act", run), truth["act"], "act")

@@ -441,9 +441,11 @@ def _module_names(paths: list[str]) -> set[str]:
     return out
 
 
-#: Methods Python calls without naming them at the call: ``model(x)`` runs ``forward``
-#: (through ``nn.Module.__call__``) or ``__call__``.
-CALLED_BY_CALLING_THE_OBJECT = frozenset({"forward", "__call__"})
+def _called_implicitly(name: str) -> bool:
+    """Methods Python calls without naming them at the call: ``model(x)`` runs ``forward``
+    (through ``nn.Module.__call__``), a ``DataLoader`` a data set's ``__getitem__``, and so on
+    for every special method."""
+    return name == "forward" or (name.startswith("__") and name.endswith("__") and name != "__init__")
 _BUILTINS = frozenset(dir(__import__("builtins")))
 
 
@@ -540,6 +542,19 @@ def probed_loops(
                     probed.add(name)
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     touched_functions.add(node.name)
+    # Functions the new statements define (a hook they register) log wherever they are called;
+    # a new lambda, wherever it is handed to.
+    new_lambda = False
+    for path, ranges in new_statements.items():
+        tree = trees.get(path)
+        if tree is None:
+            continue
+        for stmt in _all_statements(tree):
+            if span(stmt) in set(ranges):
+                for node in ast.walk(stmt):
+                    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                        touched_functions.add(node.name)
+                    new_lambda = new_lambda or isinstance(node, ast.Lambda)
     # Functions that (transitively) call a touched function are touched too.
     project_modules = _module_names(list(trees))
     file_names = {path: _file_names(tree, project_modules) for path, tree in trees.items()}
@@ -562,7 +577,8 @@ def probed_loops(
     while changed:
         changed = False
         if not indirect:
-            indirect = bool(touched_functions & CALLED_BY_CALLING_THE_OBJECT) or _referenced_not_called(trees, touched_functions)
+            indirect = new_lambda or any(_called_implicitly(f) for f in touched_functions) \
+                or _referenced_not_called(trees, touched_functions)
         for fname, defs in functions.items():
             if fname in touched_functions:
                 continue
@@ -577,7 +593,8 @@ def probed_loops(
     # A loop whose checkpoint lacks a value that a new statement reads must run too.
     for path, ranges in new_statements.items():
         if path in trees and ranges:
-            probed |= _loops_feeding(files[path], ranges, lambda node, path=path: loop_name(node, path))
+            probed |= _loops_feeding(files[path], ranges, lambda node, path=path: loop_name(node, path),
+                                     declared=None if names else declared_names(trees.values()))
     # A probed loop's enclosing loops run too (except the outermost, which always runs).
     for path, tree in trees.items():
         for node in ast.walk(tree):
@@ -635,11 +652,30 @@ def loops_new_code_runs(
     return out
 
 
-def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set[str]:
+def declared_names(trees: Any) -> set[str]:
+    """The names of the objects that ``hl.checkpoints(...)`` calls declare (their keywords and the
+    variables given), which every checkpoint restores."""
+    out: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and call_name(node) == "checkpoints":
+                for k in node.keywords:
+                    if k.arg:
+                        out.add(k.arg)
+                    if isinstance(k.value, ast.Name):
+                        out.add(k.value.id)
+    return out
+
+
+def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any, declared: set[str] | None = None) -> set[str]:
     """Loops that assign a local which a new statement of their scope reads, where the recorded
     code does not read that local after the loop. A loop's checkpoint holds only the locals the
     recorded code reads after it, so skipping such a loop would leave the new statement reading
-    a stale or unbound name."""
+    a stale or unbound name.
+
+    ``declared``: the names ``hl.checkpoints`` declares; with it, an object that the loop changes
+    in place (``tracker.last = loss``) and that is not declared counts too (no checkpoint holds
+    it). None: hands-free mode, which checkpoints every object its main loop changes."""
     from .sourceinfo import _facts_for, _read_before_written, _surely_assigned, assigned_names, free_names, names_read_by_callees
 
     tree = ast.parse(src)
@@ -688,7 +724,8 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any) -> set
             if name is None or any(loop.lineno <= n.lineno <= (loop.end_lineno or loop.lineno) for n in nodes):
                 continue
             facts = _facts_for(scope, loop)
-            if (reads[key] & facts.assigned) - facts.live_after:
+            changed = facts.assigned | (facts.mutated - declared if declared is not None else frozenset())
+            if (reads[key] & changed) - facts.live_after:
                 out.add(name)
     return out
 
