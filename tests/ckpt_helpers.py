@@ -89,10 +89,11 @@ class CkProject:
             text=True,
         )
 
-    def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, check: bool = True, env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(HINDLOG_SCRIPT), *args],
-            cwd=self.root,
+            cwd=cwd or self.root,
             env=self.env(env),
             capture_output=True,
             text=True,

@@ -484,6 +484,9 @@ def test_resume_a_main_loop_over_a_shuffling_loader_keeps_the_recorded_order(tmp
     (run_id,) = proj.run_ids()
     assert proj.checkpointed_iterations(run_id), "no checkpoint to resume from"
     (proj.root / "fail.flag").unlink()
-    proj.cli("resume", run_id)
+    # From another directory (the store named by HINDLOG_DIR): the code is the project's.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proj.cli("resume", run_id, cwd=elsewhere)
     reference_id = last_json(proj.run("train.py").stdout)["run"]
     assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)

@@ -22,7 +22,7 @@ from . import catalog
 from .checkpoint import ITERATION_END, checkpoint_rows, latest_readable
 from .errors import ReplayError
 from .replay import _worker_cwd, _worker_env, prepare_scratch, worker_command
-from .store import Store
+from .store import Store, project_root
 
 
 def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = None) -> int:
@@ -39,6 +39,12 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         args = catalog.run_args(conn, [row["id"]]).get(row["id"], {})
     finally:
         conn.close()
+    recorded_in = Path(row["cwd"]) if row.get("cwd") else None
+    if not isinstance(store, Store) and recorded_in is not None and recorded_in.is_dir():
+        # The run's code versions live in the project it ran in, wherever this command runs.
+        root = project_root(recorded_in)
+        if root != st.root:
+            st = Store(st.path, root)
     if (row.get("info") or {}).get("process_index"):
         raise ReplayError(f"run {row['run_id']} is not the first run of the process that recorded it (hl.init called "
                           "several times): resume can continue only a process's first run")
@@ -77,7 +83,8 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
             # module: it is found in the recorded code's copy of that directory instead.
             env["HINDLOG_MODULE_DIR"] = str(_worker_cwd(st, row, scratch))
         proc = subprocess.run([*worker_command(row, scratch / row["script"], module_dir=True), *argv[1:]], cwd=cwd, env=env)
-        return proc.returncode
+        # Killed by a signal: the exit status a shell gives (137 for kill -9), not -9 taken modulo 256.
+        return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the recorded code, materialized for this resume only
         lock.release()
