@@ -85,6 +85,10 @@ MIN_BASELINE = 3
 QUIET_OVERLAP = 0.02
 #: Fraction of ε the policy aims for, leaving room for noise.
 SAFETY = 0.8
+#: A state up to this size is checkpointed even while the previous iteration's persist still
+#: runs (one at most waits behind it): its snapshot needs few fresh buffers, and with epochs
+#: shorter than a persist's fsyncs (a few ms to tens of ms) every other iteration was skipped.
+QUEUE_BEHIND_BYTES = 8 * 1024 * 1024
 #: What one iteration of a nested ``hl.loop`` costs the loop: its generator, and the cache misses
 #: of switching to it from a step that streams memory. bench/bench_costs.py measures about 0.1 µs
 #: beside small NumPy steps and 0.25 µs beside steps that gather rows of a 200 MB array (0.05 s
@@ -270,6 +274,8 @@ class Persister:
         self.policy = policy
         self.queue: queue.Queue[Any] = queue.Queue()
         self.outstanding = 0
+        #: Iterations submitted (committed or discarded) whose persist has not finished.
+        self.iterations_in_flight = 0
         self._lock = threading.Lock()
         self._done: dict[int, list[_Done]] = {}
         self._failed: set[int] = set()
@@ -303,11 +309,13 @@ class Persister:
     def commit(self, iteration: int) -> None:
         with self._lock:
             self.outstanding += 1
+            self.iterations_in_flight += 1
         self.queue.put(("commit", iteration))
 
     def discard(self, iteration: int) -> None:
         with self._lock:
             self.outstanding += 1
+            self.iterations_in_flight += 1
         self.queue.put(("discard", iteration))
 
     def prepare(self, work: Any) -> None:
@@ -366,6 +374,8 @@ class Persister:
                     self._iteration_wall = self._iteration_cpu = 0.0
                 with self._lock:
                     self.outstanding -= 1
+                    if isinstance(item, tuple) and item[0] in ("commit", "discard"):
+                        self.iterations_in_flight -= 1
 
     def _persist(self, frozen: Frozen) -> None:
         if frozen.iteration in self._failed:
@@ -553,6 +563,8 @@ class Checkpointer:
         self._exit_snapshot: tuple[FrameType, int, int] | None = None
         #: Iteration-end snapshots that took the copies of the loop exit's (nothing to copy or hash).
         self.reused_exit_snapshots = 0
+        #: The most bytes one snapshot held (pickled objects and optimizer state included).
+        self.largest_snapshot = 0
 
     # --------------------------------------------------------- hooks
 
@@ -591,8 +603,11 @@ class Checkpointer:
             if writer_cpu > 0:
                 self.writer_cpu_charged += writer_cpu
                 self.policy.charge(writer_cpu, checkpoint=False)
-            # The last iteration queues behind a running persist rather than being skipped.
-            free = self.persister.idle() or self._last
+            # The last iteration queues behind a running persist rather than being skipped, and
+            # so does a small state's (one iteration at most).
+            free = self.persister.idle() or self._last or (
+                self.persister.iterations_in_flight <= 1
+                and max(self._state_bytes(), self.largest_snapshot) <= QUEUE_BEHIND_BYTES)
             wanted = self.policy.decide(self._iteration)
             self.active = free and wanted
             if wanted and not free:
@@ -655,6 +670,7 @@ class Checkpointer:
         if frozen is None:
             return
         self.persister.submit(frozen)
+        self.largest_snapshot = max(self.largest_snapshot, frozen.nbytes)
         if not self.freezer.named_by_hash:
             self._exit_snapshot = (frame, header if header is not None else frame.f_lineno, self.freezer.generation)
         self._blocked(time.perf_counter() - t0)
@@ -679,6 +695,7 @@ class Checkpointer:
             frozen = self._freeze_or_drop(i, ITERATION_END, None, frame, names, reuse)
             if frozen is not None:
                 self.persister.submit(frozen)
+                self.largest_snapshot = max(self.largest_snapshot, frozen.nbytes)
                 self.persister.commit(i)
                 self.policy.taken += 1
             self._blocked(time.perf_counter() - t_end)
