@@ -300,6 +300,51 @@ def test_place_inside_a_match_case() -> None:
     assert placed == "x = 0\n" + new
 
 
+def test_place_tells_handlers_and_cases_by_what_they_catch_not_by_position() -> None:
+    v1 = dedent("""
+        for i in hl.loop("step", range(9)):
+            try:
+                v = risky(i)
+            except ZeroDivisionError:
+                bad += 1
+    """)
+    v3 = v1.replace("    except ZeroDivisionError:\n", "    except OverflowError:\n        bad += 2\n    except ZeroDivisionError:\n")
+    in_new = v3.replace("        bad += 2\n", "        hl.log('ovf', i)\n        bad += 2\n")
+    with pytest.raises(PlacementError):
+        place(in_new, find_additions("t.py", v3, in_new).statements, v1)
+    in_old = v3.replace("        bad += 1\n", "        hl.log('zero', i)\n        bad += 1\n")
+    placed = place(in_old, find_additions("t.py", v3, in_old).statements, v1)
+    assert placed == v1.replace("        bad += 1\n", "        hl.log('zero', i)\n        bad += 1\n")
+    cases = dedent("""
+        match n:
+            case n if n < 2:
+                x = f(n)
+            case _:
+                x = 0
+    """)
+    more = cases.replace("    case _:\n", "    case n if n < 3:\n        x = g(n)\n    case _:\n")
+    new = more.replace("        x = g(n)\n", "        x = g(n)\n        hl.log('x', x)\n")
+    with pytest.raises(PlacementError):
+        place(new, find_additions("t.py", more, new).statements, cases)
+
+
+def test_place_refuses_a_neighbour_the_new_code_repeats_unless_the_next_statement_matches_too() -> None:
+    v1 = "w = 1\nev = evaluate(w)\nsleep()\nhl.log('ev', ev)\n"
+    v3 = "ev = evaluate(w)\nhl.log('ev_pre', ev)\nw = 1\nev = evaluate(w)\nsleep()\nhl.log('ev', ev)\n"
+    first = v3.replace("ev = evaluate(w)\nhl.log('ev_pre'", "ev = evaluate(w)\nhl.log('h', ev)\nhl.log('ev_pre'", 1)
+    with pytest.raises(PlacementError, match="no place matches"):
+        place(first, find_additions("t.py", v3, first).statements, v1)
+    second = v3.replace("ev = evaluate(w)\nsleep()", "ev = evaluate(w)\nhl.log('h', ev)\nsleep()")
+    assert place(second, find_additions("t.py", v3, second).statements, v1) == "w = 1\nev = evaluate(w)\nhl.log('h', ev)\nsleep()\nhl.log('ev', ev)\n"
+
+
+def test_place_refuses_a_neighbour_that_shares_its_line_in_the_recorded_version() -> None:
+    new = "loss = f(w)\nhl.log('w0', w[0])\nw *= 0.5\n"
+    ranges = find_additions("t.py", "loss = f(w)\nw *= 0.5\n", new).statements
+    with pytest.raises(PlacementError, match="another statement on the same line"):
+        place(new, ranges, "loss = f(w); w *= 0.5\n")
+
+
 def test_place_into_the_same_version_gives_the_new_source() -> None:
     new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", 0.1)')
     new = add_after(new, "sched.step()", '    hl.log("s", 2)')
@@ -441,6 +486,7 @@ def test_a_statement_in_a_data_sets_getitem_probes_the_loops_reading_the_loader(
 def test_a_statement_reading_an_undeclared_object_a_skipped_loop_changed() -> None:
     base = dedent("""
         import types
+        import numpy as np
         import hindlog as hl
 
         tracker = types.SimpleNamespace(last=0.0)
@@ -455,9 +501,12 @@ def test_a_statement_reading_an_undeclared_object_a_skipped_loop_changed() -> No
     # No checkpoint holds ``tracker``: the loop that changes it must run ...
     new = base.replace("        model.eval()\n", "        model.eval()\n    hl.log('last', tracker.last)\n")
     assert probed(new, {"train.py": base}) == {"epoch", "step"}
-    # ... while the declared objects the loops change are restored from their checkpoints.
-    new = base.replace("        model.eval()\n", "        model.eval()\n    hl.log('lr', opt.lr + model.w)\n")
-    assert probed(new, {"train.py": base}) == {"epoch"}
+    # ... while the declared objects the loops change are restored from their checkpoints, and
+    # a module whose functions a loop calls (``hl.log``, ``np.random.shuffle``) is no state.
+    logging = base.replace("        model.eval()\n", "        model.eval()\n        hl.log('x', np.random.shuffle(x))\n")
+    new = logging.replace("        hl.log('x', np.random.shuffle(x))\n",
+                          "        hl.log('x', np.random.shuffle(x))\n    hl.log('lr', opt.lr + model.w + np.pi)\n")
+    assert probed(new, {"train.py": logging}) == {"epoch"}
 
 
 def test_a_function_imported_under_another_name_is_followed() -> None:

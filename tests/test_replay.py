@@ -1414,6 +1414,8 @@ def test_a_statement_that_cannot_be_placed_skips_that_run_only(tmp_path: Path) -
     new = proj.record(newer_text, env=DENSE)
     # The new statement follows a line the older version does not have.
     proj.write("train.py", insert_after(newer_text, 'hl.log("x3", 3 * state["x"])', 'hl.log("double", 2 * state["x"])'))
+    planned = proj.replay("train.py", "--all", "--dry-run", check=False)
+    assert planned.returncode == 1 and f"skipped run {old}" in planned.stderr, planned.stderr  # as the replay will be
     result = proj.replay("train.py", "--all", "--workers", "1", check=False)
     assert result.returncode != 0
     assert f"skipped run {old}" in result.stderr and "cannot place" in result.stderr, result.stderr
@@ -2077,3 +2079,35 @@ def test_a_new_forward_hook_logs_in_every_loop_that_calls_the_model(tmp_path: Pa
     truth = ground_truth(tmp_path, {"train.py": new}, ["act"])
     assert len(truth["act"]) == 4 * 5
     assert_same_values(proj.values("act", run), truth["act"], "act")
+
+
+def test_an_older_run_gets_only_the_new_statements_with_run_or_force(tmp_path: Path) -> None:
+    """A line a later recorded version added (``lr = lr * 0.5``) is that version's code: replayed
+    alone (``--run``) or with --force, the oldest run gets only the statement added now."""
+    v1 = dedent("""
+        import time
+        import hindlog as hl
+
+        lr = hl.arg("lr", 0.1)
+        w = {"x": 1.0}
+        hl.checkpoints(w=w)
+        for epoch in hl.loop("epoch", range(4)):
+            for i in hl.loop("step", range(3)):
+                w["x"] -= lr * w["x"]
+            time.sleep(0.03)
+            hl.log("w", w["x"])
+    """)
+    v2 = insert_after(v1, 'hl.log("w", w["x"])', "lr = lr * 0.5")
+    proj = ReplayProject(tmp_path)
+    old = proj.record(v1, env=DENSE)
+    proj.commit("v1")
+    proj.record(v2, env=DENSE)
+    new = insert_before(v2, "for i in hl.loop", 'hl.log("h_lr", lr)')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--run", old).stdout
+    assert "lr = lr * 0.5" not in out, out
+    assert proj.values("h_lr", old) == {(("epoch", e),): 0.1 for e in range(4)}
+    # --force with a changed line: the older run still gets its own code and the statement only.
+    proj.write("train.py", new.replace("time.sleep(0.03)", "time.sleep(0.031)"))
+    out = proj.replay("train.py", "--all", "--force").stdout
+    assert proj.values("h_lr", old) == {(("epoch", e),): 0.1 for e in range(4)}, out

@@ -554,7 +554,7 @@ def _replay(args: argparse.Namespace) -> int:
         force=args.force, tolerance=args.tolerance, store=args.store, on_plans=show_plans,
     )
     if args.dry_run:
-        return 0
+        return 1 if report.skipped_runs else 0  # as the replay itself would
     status = 0
     for r in report.results:
         if r.refused:

@@ -241,10 +241,14 @@ def _blocks(tree: ast.Module) -> list[_Block]:
                 sub = getattr(stmt, name, None)
                 if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt):
                     visit(sub, path + (f"{_header(stmt)}.{name}",), stmt)
-            for k, handler in enumerate(getattr(stmt, "handlers", []) or []):
-                visit(handler.body, path + (f"{_header(stmt)}.handler{k}",), stmt)
+            # A handler or case is known by what it catches or matches, not by its position
+            # (a version may add one before it).
+            for handler in getattr(stmt, "handlers", []) or []:
+                caught = ast.unparse(handler.type) if handler.type is not None else ""
+                visit(handler.body, path + (f"{_header(stmt)}.except {caught} as {handler.name}",), stmt)
             for case in getattr(stmt, "cases", []) or []:
-                visit(case.body, path + (f"{_header(stmt)}.case {ast.unparse(case.pattern)}",), stmt)
+                guard = f" if {ast.unparse(case.guard)}" if case.guard is not None else ""
+                visit(case.body, path + (f"{_header(stmt)}.case {ast.unparse(case.pattern)}{guard}",), stmt)
 
     visit(tree.body, (), None)
     return out
@@ -258,6 +262,9 @@ class Unit:
     path: tuple[str, ...]
     before: str | None  # text of the nearest old statement before the unit, in the same block
     after: str | None  # text of the nearest old statement after it
+    #: The statement before it occurs more than once in its block: only an occurrence that the
+    #: statement after it follows too is the place.
+    before_repeated: bool = False
 
 
 def units(new_src: str, statements: list[tuple[int, int]]) -> list[Unit]:
@@ -279,7 +286,9 @@ def units(new_src: str, statements: list[tuple[int, int]]) -> list[Unit]:
                 first = block.stmts.index(run[0])
                 before = next((_text(s) for s in reversed(block.stmts[:first]) if span(s) not in new_set), None)
                 after = _text(stmt) if stmt is not None else None
-                out.append(Unit((span(run[0])[0], span(run[-1])[1]), block.path, before, after))
+                repeated = before is not None and sum(
+                    1 for s in block.stmts if span(s) not in new_set and _text(s) == before) > 1
+                out.append(Unit((span(run[0])[0], span(run[-1])[1]), block.path, before, after, repeated))
                 run = []
     return out
 
@@ -308,7 +317,11 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
             # After the statement it follows in the new code; where that statement occurs more
             # than once in the block, after the occurrence that the following one follows too.
             matches = [(b, k) for b in candidates for k, s in enumerate(b.stmts) if _text(s) == unit.before]
-            if len(matches) > 1:
+            if unit.before_repeated:
+                # Which of the new code's occurrences it follows, only the next statement tells.
+                matches = [(b, k) for b, k in matches if (k + 1 < len(b.stmts) and _text(b.stmts[k + 1]) == unit.after)
+                           or (unit.after is None and k + 1 == len(b.stmts))]
+            elif len(matches) > 1:
                 def followed(b: _Block, k: int) -> bool:
                     if k + 1 == len(b.stmts):
                         return True
@@ -317,6 +330,9 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
                 matches = [m for m in matches if followed(*m)] or matches
             for b, k in matches:
                 s = b.stmts[k]
+                if k + 1 < len(b.stmts) and b.stmts[k + 1].lineno == (s.end_lineno or s.lineno):
+                    raise PlacementError(f"cannot place the statement at line {unit.lines[0]} (after `{unit.before}`): "
+                                         "the recorded version has another statement on the same line")
                 spots.append(((s.end_lineno or s.lineno), _indent(target_lines, b.stmts[0]), b))
         elif unit.after is not None:
             for b in candidates:
@@ -715,6 +731,8 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any, declar
             if outer is not scope and free:
                 by_scope.setdefault(id(outer), (outer, []))
                 reads.setdefault(id(outer), set()).update(free)
+    not_state = {n for n in assigned_names([s for s in ast.walk(tree) if isinstance(s, (ast.Import, ast.ImportFrom))])} | {
+        s.name for s in ast.walk(tree) if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     # The recorded code is the tree without the new statements.
     _strip(tree, {id(n) for n in new_nodes})
     out: set[str] = set()
@@ -724,7 +742,9 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any, declar
             if name is None or any(loop.lineno <= n.lineno <= (loop.end_lineno or loop.lineno) for n in nodes):
                 continue
             facts = _facts_for(scope, loop)
-            changed = facts.assigned | (facts.mutated - declared if declared is not None else frozenset())
+            # Modules are not state (``hl.log(...)`` is no change of ``hl``), nor are the file's
+            # own functions and classes.
+            changed = facts.assigned | (facts.mutated - declared - not_state if declared is not None else frozenset())
             if (reads[key] & changed) - facts.live_after:
                 out.add(name)
     return out

@@ -232,7 +232,9 @@ def plan_run(
     files: dict[str, str] = {}
     new_statements: dict[str, list[tuple[int, int]]] = {}
     for path, add in additions.items():
-        if version == base_version or force:
+        if version == base_version:
+            # With --force, the current code, changed lines and all; an older version gets only the
+            # new statements placed into its own code, whatever else changed since.
             files[path] = current[path]
             new_statements[path] = add.statements
             continue
@@ -973,9 +975,11 @@ def replay(
             rel = targets[-1].get("script")
             if not rel:
                 raise ReplayError("the run has no script recorded; give SCRIPT")
-        # The hindsight statements are what was added since the newest target's code, or, when the
-        # code differs from that by more (a target recorded under older code, chosen with --run or
-        # --where), since the script's most recent recorded code that it only adds to.
+        # The hindsight statements are what was added since the script's most recent recorded code
+        # (from the newest target's on) that the code only adds to: a statement a later recorded
+        # version added (``lr = lr * 0.5``) is that version's code, placed into none of the older
+        # runs, not a new statement. Code that adds nothing to the newest version (it was recorded
+        # with the statements in) is compared with the versions before it, down to the target's.
         base = next((r["code_version"] for r in reversed(targets) if r.get("code_version")), None)
         if base is None:
             raise ReplayError("none of the target runs has a code version")
@@ -985,17 +989,21 @@ def replay(
         later = [r["code_version"] for r in reversed(catalog.list_runs(conn, rel))
                  if r.get("code_version") and (r.get("started") or 0) >= newest]
         first_error: ReplayError | None = None
-        for version in dict.fromkeys([base, *later]):
+        found: tuple[str, Any] | None = None
+        for version in dict.fromkeys([*later, base]):
             try:
-                current, additions, notes = hindsight_changes(st, version, force)
+                changes = hindsight_changes(st, version, force)
             except ReplayError as e:
                 first_error = first_error or e
                 continue
-            base = version
-            break
-        else:
+            if found is None or not any(a.statements for a in found[1][1].values()):
+                found = (version, changes)
+            if any(a.statements for a in changes[1].values()):
+                break
+        if found is None:
             assert first_error is not None
             raise first_error
+        base, (current, additions, notes) = found
         if not any(a.statements for a in additions.values()) and not force:
             hint = "add hl.log(...) or print(...) calls first"
             if not (runs or all_runs or where) and len(catalog.list_runs(conn, rel)) > 1:
