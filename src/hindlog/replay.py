@@ -214,7 +214,8 @@ def hindsight_changes(store: Store, base_version: str, force: bool) -> tuple[dic
             "statements (use --force to replay anyway, with the current code):\n" + "\n".join(problems)
         )
     if problems:
-        notes.append("--force: replaying the current code despite changes other than added statements")
+        notes.append("--force: the runs of the version compared with replay the current code despite changes other "
+                     "than added statements; runs of older versions get only the new statements, placed into their own code")
     return current, additions, notes
 
 
