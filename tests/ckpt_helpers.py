@@ -458,3 +458,33 @@ def make_numpy_recording(base: Path) -> NumpyRecording:
     proc = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"})
     run_id = last_json(proc.stdout)["run"]
     return NumpyRecording(proj, run_id, proj.by_iteration(run_id), 6)
+
+
+#: A main loop that reads a shuffling DataLoader (its order is drawn when the first batch is
+#: read); ``fail.flag`` in the working directory makes step 6 raise.
+LOADER_MAIN_LOOP = """
+import json, os, time
+import torch
+import hindlog as hl
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+X = torch.randn(160, 6)
+Y = X.sum(1, keepdim=True)
+loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
+model = torch.nn.Linear(6, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+hl.checkpoints(model=model, opt=opt)
+# The main loop reads a shuffling loader: its order is drawn when the first batch is read.
+for step, (xb, yb) in hl.loop("step", enumerate(loader)):
+    loss = ((model(xb) - yb) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    hl.log("loss", loss.item())
+    hl.log("first_x", float(xb[0, 0]))
+    if step == 6 and os.path.exists("fail.flag"):
+        raise RuntimeError("the disk went away")
+    time.sleep(0.05)
+print(json.dumps({"run": hl.run_id()}))
+"""

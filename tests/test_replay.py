@@ -2009,36 +2009,18 @@ def test_a_loop_local_that_a_function_called_after_the_loop_reads_is_restored(tm
 def test_a_segment_of_a_main_loop_over_a_shuffling_loader_reads_the_recorded_batches(tmp_path: Path) -> None:
     """The loader's order is drawn when its first batch is read: a segment reads the batches
     before its start, then restores the generators, as the record drew them."""
-    text = dedent("""
-        import time
-        import torch
-        import hindlog as hl
-        from torch.utils.data import DataLoader, TensorDataset
+    from ckpt_helpers import LOADER_MAIN_LOOP
 
-        torch.manual_seed(0)
-        X = torch.randn(160, 6)
-        Y = X.sum(1, keepdim=True)
-        loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
-        model = torch.nn.Linear(6, 1)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        hl.checkpoints(model=model, opt=opt)
-        for step, (xb, yb) in hl.loop("step", enumerate(loader)):
-            loss = ((model(xb) - yb) ** 2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            hl.log("loss", loss.item())
-            time.sleep(0.05)
-    """)
-    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("first_x", float(xb[0, 0]))')
+    text = dedent(LOADER_MAIN_LOOP)
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("first_y", float(yb[0, 0]))')
     proj = ReplayProject(tmp_path)
     run = proj.record(text, env=DENSE)
     proj.write("train.py", new)
     # Each replayed loss is checked against the record's: another batch gives another loss, and
     # the replay fails.
     out = proj.replay("train.py", "--iterations", "5:10").stdout
-    assert summary(out)["checked"] == 5, out
-    assert sorted(k[0][1] for k in proj.values("first_x", run)) == [5, 6, 7, 8, 9]
+    assert summary(out)["checked"] == 10, out  # loss and first_x
+    assert sorted(k[0][1] for k in proj.values("first_y", run)) == [5, 6, 7, 8, 9]
 
 
 def test_a_new_forward_hook_logs_in_every_loop_that_calls_the_model(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 from hindlog.store import Store
 
 from ckpt_helpers import (
+    LOADER_MAIN_LOOP,
     HINDLOG_SCRIPT,
     ITERATION_END,
     TORCH_TRAIN,
@@ -447,32 +448,6 @@ def test_resume_of_a_run_killed_after_its_main_loop_logs_what_follows_once(tmp_p
     assert lines == reference, lines
 
 
-LOADER_MAIN_LOOP = """
-import json, os, time
-import torch
-import hindlog as hl
-from torch.utils.data import DataLoader, TensorDataset
-
-torch.manual_seed(0)
-X = torch.randn(160, 6)
-Y = X.sum(1, keepdim=True)
-loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
-model = torch.nn.Linear(6, 1)
-opt = torch.optim.SGD(model.parameters(), lr=0.05)
-hl.checkpoints(model=model, opt=opt)
-# The main loop reads a shuffling loader: its order is drawn when the first batch is read.
-for step, (xb, yb) in hl.loop("step", enumerate(loader)):
-    loss = ((model(xb) - yb) ** 2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    hl.log("loss", loss.item())
-    hl.log("first_x", float(xb[0, 0]))
-    if step == 6 and os.path.exists("fail.flag"):
-        raise RuntimeError("the disk went away")
-    time.sleep(0.05)
-print(json.dumps({"run": hl.run_id()}))
-"""
 
 
 def test_resume_a_main_loop_over_a_shuffling_loader_keeps_the_recorded_order(tmp_path: Path) -> None:

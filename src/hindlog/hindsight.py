@@ -516,6 +516,31 @@ def _referenced_not_called(trees: dict[str, ast.AST], functions: set[str]) -> bo
     return False
 
 
+def _parse_all(files: dict[str, str]) -> dict[str, ast.Module]:
+    """The syntax trees of the sources that parse."""
+    trees = {}
+    for path, src in files.items():
+        try:
+            trees[path] = ast.parse(src)
+        except SyntaxError:
+            continue
+    return trees
+
+
+def _loop_namer(names: dict[str, dict[int, str]] | None) -> Any:
+    """``loop_name(node, path)``: a loop's ``hl.loop`` name, or the one ``names`` (path -> line ->
+    name, hands-free instrumentation's) gives it; None for other nodes."""
+    given_names = names or {}
+
+    def loop_name(node: ast.AST, path: str = "") -> str | None:
+        given = given_names.get(path, {}).get(getattr(node, "lineno", -1))
+        if given is not None and isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+            return given
+        return api_loop_name(node)
+
+    return loop_name
+
+
 def probed_loops(
     files: dict[str, str],
     new_statements: dict[str, list[tuple[int, int]]],
@@ -528,20 +553,8 @@ def probed_loops(
     their ``hl.loop("name", ...)`` call, or by ``names`` (path -> line -> name,
     the names hands-free instrumentation gives).
     """
-    names = names or {}
-
-    def loop_name(node: ast.AST, path: str = "") -> str | None:
-        given = names.get(path, {}).get(getattr(node, "lineno", -1))
-        if given is not None and isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
-            return given
-        return api_loop_name(node)
-
-    trees = {}
-    for path, src in files.items():
-        try:
-            trees[path] = ast.parse(src)
-        except SyntaxError:
-            continue
+    loop_name = _loop_namer(names)
+    trees = _parse_all(files)
     probed: set[str] = set()
     touched_functions: set[str] = set()
     for path, ranges in new_statements.items():
@@ -634,13 +647,8 @@ def loops_new_code_runs(
     """Names of the loops in project functions that the new statements call (directly or through
     other functions): a new ``hl.log("test", evaluate(test_loader))`` runs ``evaluate``'s loop
     itself, apart from the loops the record ran."""
-    names = names or {}
-    trees = {}
-    for path, src in files.items():
-        try:
-            trees[path] = ast.parse(src)
-        except SyntaxError:
-            continue
+    loop_name = _loop_namer(names)
+    trees = _parse_all(files)
     functions: dict[str, list[tuple[str, ast.AST]]] = {}
     for path, tree in trees.items():
         for node in ast.walk(tree):
@@ -660,8 +668,7 @@ def loops_new_code_runs(
             seen.add(called)
             for path, fn in functions.get(called, []):
                 for node in ast.walk(fn):
-                    given = names.get(path, {}).get(getattr(node, "lineno", -1))
-                    name = given if given is not None and isinstance(node, (ast.For, ast.AsyncFor, ast.While)) else api_loop_name(node)
+                    name = loop_name(node, path)
                     if name:
                         out.add(name)
                 pending.append(fn)
@@ -853,12 +860,7 @@ def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[
     """Whether a new statement reads ``.grad`` (directly or in a project function it calls).
 
     Checkpoints do not hold gradients, so replay runs the nested loops before such statements."""
-    trees = {}
-    for path, src in files.items():
-        try:
-            trees[path] = ast.parse(src)
-        except SyntaxError:
-            continue
+    trees = _parse_all(files)
     functions = {n.name: n for t in trees.values() for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     seen: set[str] = set()
 
