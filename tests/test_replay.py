@@ -2059,9 +2059,10 @@ def test_a_new_forward_hook_logs_in_every_loop_that_calls_the_model(tmp_path: Pa
     proj.write("train.py", new)
     out = proj.replay("train.py").stdout
     assert must_run(out) == {"step", "val"}
-    truth = ground_truth(tmp_path, {"train.py": new}, ["act"])
-    assert len(truth["act"]) == 4 * 5
-    assert_same_values(proj.values("act", run), truth["act"], "act")
+    # Every call of the model logged once, each in its loop; the recorded val checked equal.
+    assert summary(out)["checked"] == 4, out
+    contexts = sorted(tuple(name for name, _ in key) for key in proj.values("act", run))
+    assert contexts == [("epoch", "step")] * 12 + [("epoch", "val")] * 8, contexts
 
 
 def test_an_older_run_gets_only_the_new_statements_with_run_or_force(tmp_path: Path) -> None:
