@@ -1937,15 +1937,19 @@ new output lines the replayed ones must equal. Target: recording overhead at
 most ε = 5% on each script."""
 
 HANDSFREE_NOTES = """\
-**The run in the table**, at commit b1ab4da on 2026-12-07 (7 triples; 8 for
-sklearn-partial-fit and 10 for sklearn, the short scripts): seven scripts
-within 5% (cnn-engine -2.2%, while-early +3.2%, sklearn-partial-fit +4.5%,
-lstm-last-loss +3.8%, finetune +3.0%, lstm +3.1%, sklearn +4.3%), cnn over
-it at +5.5%, whose triples scattered from -5.8% to +14.8% while its plain
-runs took 8.6 to 10.5 s; every replay's output equal to a fresh run's. Runs
-of one unit-test file (under a second each) went on beside some of cnn's
-triples. The target is not shown met by this run either. **The run before,
-at f132cb6** (`handsfree-f132cb6.json`, finished 2026-12-07 00:04, on a machine whose plain
+**The run in the table**, at commit 84b3a2f on 2026-12-07 (7 triples each
+script): all eight scripts within 5% (cnn-engine +1.3%, while-early +4.7%,
+sklearn-partial-fit +3.7%, lstm-last-loss +0.9%, cnn -0.2%, finetune +3.3%,
+lstm +4.1%, sklearn +1.1%), every replay's output equal to a fresh run's,
+on a machine whose A/A medians (the plain script against itself in the same
+triples) ran from -5.8% to +8.9%. Nothing else ran beside it. It records
+with this day's later code: a state of at most 8 MB may queue a checkpoint
+behind one running persist (sklearn-partial-fit: 8 of 12 iterations
+checkpointed against 6 of 12). **The run before, at b1ab4da**
+(`handsfree-b1ab4da.json`, three hours earlier): seven scripts within 5%,
+cnn at +5.5%, its triples from -5.8% to +14.8% while its plain runs took
+8.6 to 10.5 s, with runs of one unit-test file (under a second each) beside
+some of them. **At f132cb6** (`handsfree-f132cb6.json`, finished 2026-12-07 00:04, on a machine whose plain
 runs of one script varied by 20-50% that day): four scripts over 5%
 (while-early +6.6%, lstm-last-loss +9.4%, finetune +7.0%, sklearn +9.7%);
 the run an hour before that (`handsfree-f715395.log`, below) put three
