@@ -390,15 +390,7 @@ def api_loop_name(node: ast.AST) -> str | None:
 
 
 def _called_names(node: ast.AST) -> set[str]:
-    out = set()
-    for n in ast.walk(node):
-        if isinstance(n, ast.Call):
-            f = n.func
-            if isinstance(f, ast.Name):
-                out.add(f.id)
-            elif isinstance(f, ast.Attribute):
-                out.add(f.attr)
-    return out
+    return {name for n in ast.walk(node) if isinstance(n, ast.Call) and (name := call_name(n)) is not None}
 
 
 def _used_names(node: ast.AST, aliases: dict[str, str]) -> set[str]:

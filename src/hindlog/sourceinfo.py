@@ -182,15 +182,14 @@ def names_read_by_callees(scope: ast.AST, nodes: list[ast.AST]) -> set[str]:
     out: set[str] = set()
     seen: set[str] = set()
     pending = list(nodes)
+    from .hindsight import _called_names
+
     while pending:
-        for n in ast.walk(pending.pop()):
-            if not isinstance(n, ast.Call):
-                continue
-            name = n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id if isinstance(n.func, ast.Name) else None
-            f = functions.get(name) if name else None
+        for name in _called_names(pending.pop()):
+            f = functions.get(name)
             if f is None or name in seen:
                 continue
-            seen.add(name)  # type: ignore[arg-type]
+            seen.add(name)
             read = {m.id for m in ast.walk(f) if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)}
             out |= free_names(f, read)
             pending.append(f)
