@@ -50,7 +50,7 @@ def drop_caches() -> None:
 def replay(project: Path, script: str, env: dict[str, str], src: str | None) -> float:
     run_env = {**env, **({"PYTHONPATH": src} if src else {})}
     t0 = time.perf_counter()
-    out = subprocess.run([PYTHON, "-c", REPLAY, "replay", script, "--workers", "1", "--no-checkpoints"], cwd=project,
+    out = subprocess.run([PYTHON, "-c", REPLAY, "replay", script, "--workers", "1"], cwd=project,
                          env={**os.environ, **GIT_ENV, **run_env}, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if out.returncode != 0 or "diverged" in out.stdout + out.stderr:

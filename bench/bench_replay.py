@@ -63,20 +63,17 @@ QUICK_ARGS = {"cnn": {"epochs": 4, "samples": 4096}, "finetune": {"epochs": 16},
 RUNNER = """
 import json, sys
 from hindlog.replay import replay
-r = replay(sys.argv[1], workers=int(sys.argv[2]), progress=False, store_checkpoints=sys.argv[3] == "1")
+r = replay(sys.argv[1], workers=int(sys.argv[2]), progress=False)
 res = r.results[0]
 print(json.dumps({"ok": res.ok and not res.divergences, "restore_seconds": res.restore_seconds,
-                  "checkpoints_stored": res.checkpoints_stored,
                   "skipped_blocks": res.skipped_blocks, "run_blocks": res.run_blocks, "stored": res.stored,
                   "checked": res.checked, "divergences": len(res.divergences), "failed": [f[:2] for f in res.failed_segments]}))
 """
 
 
-def replay_once(project: Path, script: str, workers: int, env: dict[str, str], store_checkpoints: bool = False) -> tuple[float, dict]:
-    """One replay, timed. By default it stores no checkpoints of what it re-executes, so that
-    every replay of one recording does the same work (the first replay after the record)."""
+def replay_once(project: Path, script: str, workers: int, env: dict[str, str]) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    out = subprocess.run([PYTHON, "-c", RUNNER, script, str(workers), "1" if store_checkpoints else "0"], cwd=project,
+    out = subprocess.run([PYTHON, "-c", RUNNER, script, str(workers)], cwd=project,
                          env={**os.environ, **GIT_ENV, **env}, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     if out.returncode != 0:

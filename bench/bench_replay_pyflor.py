@@ -1,7 +1,7 @@
 """Benchmark: hindlog's replay against pyflor's, side by side in one run.
 
     .venv/bin/python bench/bench_replay_pyflor.py [--pairs 5] [--workloads cnn,finetune,lstm,sklearn]
-        [--matched-epsilon 0.10] [--after-a-replay] [--quick] [--no-setup] [--out NAME]
+        [--matched-epsilon 0.10] [--quick] [--no-setup] [--out NAME]
 
 The replay target compares hindlog's replay of a new main-loop statement (one
 worker) with pyflor's (one process). Measured in separate runs, hours apart,
@@ -15,10 +15,7 @@ Each system replays its own recording: hindlog's took as many checkpoints as
 that costs (+10% on the fine-tuning shape in bench_peers). ``--matched-epsilon``
 also records hindlog with that ε, near pyflor's measured record overhead, and
 times its replay in the same pairs: the two systems' replays at a comparable
-record overhead. ``--after-a-replay`` also records hindlog once more, replays
-that recording once (a first hindsight statement, which stores checkpoints of
-the iterations it re-executes, within ε of its time), and times its later
-replays in the same pairs: what the next statement a user adds costs.
+record overhead.
 
 Every process runs with glibc's allocator held steady (``common.STEADY_MALLOC``),
 pyflor's too. The statement and its place are bench_replay's CASES (``hl.log``
@@ -86,7 +83,7 @@ def pyflor_recording(name: str, base: Path, args: dict[str, Any]) -> tuple[Path,
     return project, env, facts
 
 
-def bench(name: str, pairs: int, quick: bool, matched_epsilon: float | None, base: Path, after_a_replay: bool = False) -> dict[str, Any]:
+def bench(name: str, pairs: int, quick: bool, matched_epsilon: float | None, base: Path) -> dict[str, Any]:
     script, main_anchor, main_stmt, *_ = CASES[name]
     args = peers.QUICK_ARGS[name] if quick else {}  # the same sizes for both systems
     env = {**{f"HINDLOG_SET_{k}": str(v) for k, v in args.items()}, **STEADY_MALLOC}
@@ -100,24 +97,6 @@ def bench(name: str, pairs: int, quick: bool, matched_epsilon: float | None, bas
         projects.append(hl_project)
         out["hindlog_record"] = facts
         variants = {"hindlog": (hl_project, env)}
-        if after_a_replay:
-            # The same recording, replayed once before the pairs (a first hindsight statement):
-            # that replay stores checkpoints of the iterations it re-executes, within ε of its
-            # time. The timed replays after it store none, so that each does the same work.
-            a_project, a_facts = hindlog_recording(name, source, modified, env)
-            projects.append(a_project)
-            first_s, first = replay_once(a_project, script, 1, env, store_checkpoints=True)
-            conn = sqlite3.connect(a_project / ".hindlog" / "catalog.db")
-            try:
-                after = conn.execute("SELECT COUNT(DISTINCT iteration) FROM checkpoints").fetchone()[0]
-            finally:
-                conn.close()
-            out["hindlog_after_replay_record"] = {**a_facts, "first_replay_s": first_s,
-                                                  "checkpoints_stored": first["checkpoints_stored"],
-                                                  "checkpointed_after_first_replay": after}
-            peers.log(f"  hindlog after a replay: recorded {a_facts['checkpointed_iterations']} of {a_facts['iterations']} "
-                      f"iterations checkpointed; its first replay took {first_s:.1f}s and stored {first['checkpoints_stored']}")
-            variants["hindlog_after_replay"] = (a_project, env)
         if matched_epsilon is not None:
             env_m = {**env, "HINDLOG_EPSILON": str(matched_epsilon)}
             m_project, m_facts = hindlog_recording(name, source, modified, env_m)
@@ -148,9 +127,6 @@ def bench(name: str, pairs: int, quick: bool, matched_epsilon: float | None, bas
         out["replay_s"] = times
         out["ratios"] = [h / p for h, p in zip(times["hindlog"], times["pyflor"])]
         out["median_ratio"] = median(out["ratios"])
-        if "hindlog_after_replay" in times:
-            out["after_replay_ratios"] = [h / p for h, p in zip(times["hindlog_after_replay"], times["pyflor"])]
-            out["median_after_replay_ratio"] = median(out["after_replay_ratios"])
         if "hindlog_matched" in times:
             out["matched_ratios"] = [h / p for h, p in zip(times["hindlog_matched"], times["pyflor"])]
             out["median_matched_ratio"] = median(out["matched_ratios"])
@@ -162,8 +138,7 @@ def bench(name: str, pairs: int, quick: bool, matched_epsilon: float | None, bas
         for p in projects:
             cleanup(p)
     peers.log(f"  hindlog/pyflor median {out['median_ratio']:.3f}"
-              + (f", at ε={matched_epsilon}: {out['median_matched_ratio']:.3f}" if matched_epsilon is not None else "")
-              + (f", after a replay: {out['median_after_replay_ratio']:.3f}" if after_a_replay else ""))
+              + (f", at ε={matched_epsilon}: {out['median_matched_ratio']:.3f}" if matched_epsilon is not None else ""))
     return out
 
 
@@ -173,9 +148,6 @@ def main() -> None:
     p.add_argument("--workloads", default="cnn,finetune,lstm,sklearn")
     p.add_argument("--matched-epsilon", type=float, default=None,
                    help="also record hindlog with this ε (pyflor's record overhead) and time its replay in the same pairs")
-    p.add_argument("--after-a-replay", action="store_true",
-                   help="also time, in the same pairs, the replay of a recording replayed once before (which stored "
-                        "checkpoints of the iterations it re-executed)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-setup", action="store_true", help="do not run bench/peers/setup_pyflor.sh first")
     p.add_argument("--out", help="results name (default: replay-pyflor, replay-pyflor-quick)")
@@ -185,8 +157,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="hindlog-vs-pyflor-"))
     t0 = time.perf_counter()
     try:
-        results = [bench(n, args.pairs, args.quick, args.matched_epsilon, base, args.after_a_replay)
-                   for n in args.workloads.split(",")]
+        results = [bench(n, args.pairs, args.quick, args.matched_epsilon, base) for n in args.workloads.split(",")]
     finally:
         shutil.rmtree(base, ignore_errors=True)
     data = {"benchmark": "replay-pyflor", "command": " ".join(["bench/bench_replay_pyflor.py", *sys.argv[1:]]),

@@ -550,15 +550,9 @@ class Report:
                        f"{r['hindlog_matched_record']['iterations']} iterations checkpointed)"
                        for w, r in side.items() if num(r.get("median_matched_ratio")) is not None]
             eps = next((r["hindlog_matched_record"]["epsilon"] for r in side.values() if r.get("hindlog_matched_record")), None)
-            after = [f"{w} {r['median_s']['hindlog_after_replay']:.1f} s ({r['median_after_replay_ratio']:.2f}x; the first replay "
-                     f"stored {r['hindlog_after_replay_record']['checkpoints_stored']}, "
-                     f"{r['hindlog_after_replay_record']['checkpointed_after_first_replay']} of "
-                     f"{r['hindlog_after_replay_record']['iterations']} iterations then checkpointed)"
-                     for w, r in side.items() if num(r.get("median_after_replay_ratio")) is not None]
             value = (f"faster on {sum(r['median_ratio'] < 1 for r in side.values())} of {len(side)}, side by side "
-                     f"(median of {n} alternating pairs, hindlog/pyflor; hindlog's first replay after the record): " + "; ".join(parts)
-                     + (f"; hindlog recorded at ε = {eps:g}, near pyflor's record overhead: " + ", ".join(matched) if matched else "")
-                     + ("; the next replay, after one that stored checkpoints of what it re-executed: " + ", ".join(after) if after else ""))
+                     f"(median of {n} alternating pairs, hindlog/pyflor): " + "; ".join(parts)
+                     + (f"; hindlog recorded at ε = {eps:g}, near pyflor's record overhead: " + ", ".join(matched) if matched else ""))
             add("hindlog replay faster than pyflor's (new main-loop statement, 1 worker / 1 process)", value,
                 all(r["median_ratio"] < 1 for r in side.values()), self.replay_pyflor.rel)
         elif verdicts:
@@ -844,8 +838,7 @@ class Report:
         runs = kept_runs(self.results_dir, "replay-pyflor")
         columns = [(w, w, ratio("median_ratio")) for w in WORKLOADS] + [
             ("finetune's checkpointed iterations", "finetune", checkpoints),
-            ("finetune recorded at ε = 0.1", "finetune", ratio("median_matched_ratio")),
-            ("finetune after one replay", "finetune", ratio("median_after_replay_ratio"))]
+            ("finetune recorded at ε = 0.1", "finetune", ratio("median_matched_ratio"))]
         return "\n\n".join([
             "**Every kept run of the side-by-side table** (oldest first; hindlog's replay time over pyflor's,"
             " median of the per-pair ratios; below 1.00x hindlog is the faster):",
@@ -1013,22 +1006,13 @@ class Report:
         ])
 
     def replay_side_by_side(self) -> str:
-        def after_cell(r: dict) -> str:
-            a = r.get("hindlog_after_replay_record")
-            if not a:
-                return "-"
-            per = ", ".join(f"{x:.3f}" for x in r.get("after_replay_ratios") or [])
-            return (f"{a['checkpointed_after_first_replay']} of {a['iterations']} (the first replay, {a['first_replay_s']:.1f} s, "
-                    f"stored {a['checkpoints_stored']}), {f(r['median_s'].get('hindlog_after_replay'), 2)} s, "
-                    f"{f(r.get('median_after_replay_ratio'), 3)} ({per})")
-
         side = self.by_workload(self.replay_pyflor)
         if not side:
             return f"**hindlog's and pyflor's replays side by side:** {self.cell_missing(self.replay_pyflor, 'replay-pyflor')}."
         rows = []
         for w, r in side.items():
             if r.get("error"):
-                rows.append([w, failed(r["error"])] + [""] * 7)
+                rows.append([w, failed(r["error"])] + [""] * 6)
                 continue
             rec, m = r.get("hindlog_record") or {}, r.get("hindlog_matched_record") or {}
             per = ", ".join(f"{x:.3f}" for x in r.get("ratios") or [])
@@ -1038,7 +1022,6 @@ class Report:
                          f"**{f(r.get('median_ratio'), 3)}** ({per})",
                          f"{m.get('checkpointed_iterations', '?')} of {m.get('iterations', '?')}, {f(r['median_s'].get('hindlog_matched'), 2)} s" if m else "-",
                          f"{f(r.get('median_matched_ratio'), 3)} ({mper})" if m else "-",
-                         after_cell(r),
                          "yes" if r.get("pyflor_valid") else "no"])
         eps = next((r["hindlog_matched_record"]["epsilon"] for r in side.values() if r.get("hindlog_matched_record")), None)
         matched = f"hindlog at ε = {eps:g}" if eps is not None else "hindlog at a matched ε"
@@ -1046,7 +1029,6 @@ class Report:
             REPLAY_PYFLOR_INTRO,
             table(["workload", "hindlog checkpointed iterations (ε = 0.05)", "hindlog, 1 worker (s)", "pyflor, 1 process (s)",
                    "hindlog/pyflor, median (per pair)", f"{matched}: checkpointed, replay (s)", f"{matched} / pyflor (per pair)",
-                   "hindlog after one replay: checkpointed, replay (s), / pyflor (per pair)",
                    "pyflor's values equal its re-run"], rows),
             machine_line(self.replay_pyflor, "replay-pyflor"),
         ])

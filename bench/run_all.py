@@ -67,7 +67,7 @@ SUITE: list[tuple[str, str, list[str], list[str]]] = [
     ("bench_handsfree.py", "handsfree", [], ["--quick", "--pairs", "1"]),
     ("bench_peers.py", "peers-pyflor", ["--no-setup"], ["--quick", "--no-setup"]),
     # hindlog's replay and pyflor's alternating in one run: the replay target's comparison.
-    ("bench_replay_pyflor.py", "replay-pyflor", ["--no-setup", "--matched-epsilon", "0.1", "--after-a-replay"],
+    ("bench_replay_pyflor.py", "replay-pyflor", ["--no-setup", "--matched-epsilon", "0.1"],
      ["--quick", "--no-setup", "--pairs", "1"]),
     ("bench_flordb.py", "peers-flordb", ["--no-setup"], ["--quick", "--no-setup"]),
     ("bench_scaling.py", "scaling", [], ["--quick"]),

@@ -523,19 +523,18 @@ def count_records(conn: sqlite3.Connection, run: int) -> int:
 
 
 def insert_checkpoint(
-    conn: sqlite3.Connection, run: int, iteration: int, block: int, loop: str | None, manifest: str, nbytes: int,
-    created: float | None = None,
+    conn: sqlite3.Connection, run: int, iteration: int, block: int, loop: str | None, manifest: str, nbytes: int
 ) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (run, iteration, block, loop, manifest, nbytes, time.time() if created is None else created),
+        (run, iteration, block, loop, manifest, nbytes, time.time()),
     )
 
 
-def list_checkpoints(conn: sqlite3.Connection, run: int) -> list[tuple[int, int, str | None, str, int, float]]:
-    """``(iteration, block, loop, manifest, nbytes, created)`` of a run, in order."""
+def list_checkpoints(conn: sqlite3.Connection, run: int) -> list[tuple[int, int, str | None, str, int]]:
+    """``(iteration, block, loop, manifest, nbytes)`` of a run, in order."""
     return conn.execute(
-        "SELECT iteration, block, loop, manifest, nbytes, created FROM checkpoints WHERE run=? ORDER BY iteration, block", (run,)
+        "SELECT iteration, block, loop, manifest, nbytes FROM checkpoints WHERE run=? ORDER BY iteration, block", (run,)
     ).fetchall()
 
 

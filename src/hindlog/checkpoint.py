@@ -280,8 +280,6 @@ class Persister:
         self._done: dict[int, list[_Done]] = {}
         self._failed: set[int] = set()
         self._warned = False
-        #: Whether a dropped checkpoint flags the run (a replay's does not: the run is the record's).
-        self.flag_drops = True
         self.committed: list[int] = []
         self.bytes_written = 0
         #: Checkpoints dropped because a tensor named by hash had changed since its earlier copy.
@@ -353,12 +351,7 @@ class Persister:
                     else:
                         self._done.pop(iteration, None)
                         self._failed.discard(iteration)
-                        # Later checkpoints may name what this iteration wrote (an unchanged
-                        # tensor): it is flushed as a commit would have.
-                        try:
-                            fsync_together(self._written.pop(iteration, []))
-                        except OSError:
-                            pass  # a later checkpoint that names one is checked by its hash when read
+                        self._written.pop(iteration, None)
             except Exception as e:  # noqa: BLE001 - the persister must outlive any one checkpoint
                 iteration = item.iteration if isinstance(item, Frozen) else item[1]
                 self._done.pop(iteration, None)
@@ -482,8 +475,7 @@ class Persister:
         except OSError as e:
             self._drop(iteration, e)
             return
-        now = time.time()
-        self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes, now) for d in done])
+        self.writer.change("checkpoints", [(iteration, d.block, d.loop, d.manifest, d.nbytes) for d in done])
         self.committed.append(iteration)
 
     def _drop(self, iteration: int, error: Exception) -> None:
@@ -495,8 +487,7 @@ class Persister:
                 f"it is dropped and training goes on. {_write_advice(error, self.objects.root)}",
                 RuntimeWarning,
             )
-        if self.flag_drops:
-            self.writer.change("flag", "checkpoint_dropped")
+        self.writer.change("flag", "checkpoint_dropped")
 
 
 def _removed_meanwhile(gone: list[FrozenTensor]) -> FileNotFoundError:
@@ -552,12 +543,6 @@ class Checkpointer:
         #: The catalog writer's CPU seconds charged so far.
         self.writer_cpu_charged = 0.0
         self.persister = Persister(recorder.store.objects, recorder.writer, recorder.run, recorder.run_id, self.policy)
-        #: A replay's controller says which iterations it may store checkpoints of (those it
-        #: re-executes for want of one); the record and a resume checkpoint every iteration.
-        self.controller = recorder.controller
-        if self.controller is not None and not self.controller.owns_run:
-            # A replay's failed write is its own: the recorded run is not flagged for it.
-            self.persister.flag_drops = False
         self.active = False
         self._decided = True
         self._last = False
@@ -606,9 +591,6 @@ class Checkpointer:
         time elapsed so far is known; an iteration is skipped if the previous persist still runs."""
         if not self._decided:
             self._decided = True
-            if not self._eligible():
-                self.active = False
-                return False
             if self.policy.cost is None and self.policy.taken == 0:
                 self.policy.estimate_first(self._state_bytes(), self._buffers_ready)
             nested = self.recorder.nested_iterations - self.nested_iterations_charged
@@ -633,10 +615,6 @@ class Checkpointer:
             if not self.active and not self._buffers_ready and self.policy.taken == 0 and self.policy.epsilon > 0:
                 self._prepare_buffers()
         return self.active
-
-    def _eligible(self) -> bool:
-        """Whether this iteration may be checkpointed at all (a replay: only one it re-executes)."""
-        return self.controller is None or self.controller.may_checkpoint(self._iteration)
 
     def _prepare_buffers(self) -> None:
         """Have the persister map the snapshot buffers while training waits for the budget of
@@ -702,9 +680,7 @@ class Checkpointer:
         persisting = self.persister.busy_seconds(t_end) - self._iter_busy
         if persisting <= 0 and not self.persister.idle():
             persisting = 1e-9  # work queued but not started: not a quiet iteration, no slowdown yet
-        if self._eligible():
-            # (A replay's restored iterations are not training's pace: they would skew the baseline.)
-            self.policy.observe(t_end - self._iter_start - self._iter_hindlog, persisting, self._iter_background)
+        self.policy.observe(t_end - self._iter_start - self._iter_hindlog, persisting, self._iter_background)
         if self._may_snapshot():
             facts = sourceinfo.loop_facts(frame)
             names = set(facts.live_after) | set(facts.carried) | self._containers(frame, facts.mutated) if facts else set()
@@ -717,19 +693,14 @@ class Checkpointer:
                 reuse = exit_snapshot[2]
                 self.reused_exit_snapshots += 1
             frozen = self._freeze_or_drop(i, ITERATION_END, None, frame, names, reuse)
-            if frozen is not None and not self._eligible():
-                # A replay found a divergence in this iteration: its state is not the record's.
-                _forget_unwritten(frozen)
-                self.persister.discard(i)
-            elif frozen is not None:
+            if frozen is not None:
                 self.persister.submit(frozen)
                 self.largest_snapshot = max(self.largest_snapshot, frozen.nbytes)
                 self.persister.commit(i)
                 self.policy.taken += 1
             self._blocked(time.perf_counter() - t_end)
             self.policy.charge(self._iter_hindlog)
-            if self.controller is None or self.controller.owns_run:
-                self._warn_undeclared(frame, facts)  # a replay's record was warned
+            self._warn_undeclared(frame, facts)
         self.active = False
         self._decided = True
 
@@ -995,7 +966,7 @@ def _typed(raw: np.ndarray, framework: str, dtype: str, shape: list[int]) -> Any
 def checkpoint_rows(conn: Any, run: int) -> dict[int, dict[int, tuple[str | None, str]]]:
     """``{iteration: {block: (loop, manifest)}}`` for a run."""
     out: dict[int, dict[int, tuple[str | None, str]]] = {}
-    for it, block, loop, manifest, _nbytes, _created in catalog.list_checkpoints(conn, run):
+    for it, block, loop, manifest, _nbytes in catalog.list_checkpoints(conn, run):
         out.setdefault(it, {})[block] = (loop, manifest)
     return out
 

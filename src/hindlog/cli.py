@@ -98,9 +98,6 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, help="parallel worker processes (default: the cores divided by the record's threads per process)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
     p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements, and keep the new values of segments that diverge")
-    p.add_argument("--no-checkpoints", action="store_false", dest="store_checkpoints",
-                   help="store no checkpoints of the iterations the replay re-executes (by default it stores, "
-                        "within the run's overhead bound, so that later replays skip them)")
     p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
 
 
@@ -341,12 +338,8 @@ def _show(args: argparse.Namespace) -> int:
         # A checkpointed iteration has one snapshot per nested loop's exit and one at its end:
         # the count that matters for replay is the iterations'.
         snapshots = f"{len(ckpts)} snapshots, " if len(ckpts) != len(iterations) else ""
-        # Checkpoints written after the run ended were stored by replays (of iterations they re-executed).
-        ended = info.get("ended")
-        by_replays = sorted({c["iteration"] for c in ckpts if ended and (c.get("created") or 0) > ended})
-        stored = f"; {len(by_replays)} of them stored by replays: {_ranges(by_replays)}" if by_replays else ""
         ckpt_line = (f"checkpoints  {len(iterations)} iteration{'s' if len(iterations) > 1 else ''}: {_ranges(iterations)}"
-                     f" ({snapshots}{total / 2**20:.1f} MiB before dedup{stored})")
+                     f" ({snapshots}{total / 2**20:.1f} MiB before dedup)")
     busy = (info.get("info") or {}).get("checkpoints_skipped_busy")
     if busy:
         ckpt_line += (f"; {busy} iteration{'s' if busy > 1 else ''} skipped while the previous checkpoint was still"
@@ -559,7 +552,6 @@ def _replay(args: argparse.Namespace) -> int:
         args.script, runs=args.runs, all_runs=args.all_runs, where=args.where,
         iterations=_parse_iterations(args.iterations), workers=args.workers, dry_run=args.dry_run,
         force=args.force, tolerance=args.tolerance, store=args.store, on_plans=show_plans,
-        store_checkpoints=args.store_checkpoints,
     )
     if args.dry_run:
         return 1 if report.skipped_runs else 0  # as the replay itself would
@@ -573,9 +565,6 @@ def _replay(args: argparse.Namespace) -> int:
                f"{r.skipped_blocks} loops skipped, {r.run_blocks} run, in {r.seconds:.1f}s"
         if r.replaced:
             line += f" (they replace {r.replaced} values of an earlier replay)"
-        if r.checkpoints_stored:
-            line += (f"; stored checkpoints of {r.checkpoints_stored} re-executed iteration"
-                     f"{'s' if r.checkpoints_stored > 1 else ''} for later replays")
         if r.printed_checked:
             # Hands-free runs log little but print: their check is mostly the printed lines.
             line += f"; {r.printed_checked - r.printed_differ} of {r.printed_checked} printed lines the same as the record's"

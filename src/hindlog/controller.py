@@ -171,10 +171,6 @@ class Controller:
         """The manifest to restore instead of running this nested loop, or None to run it."""
         return None
 
-    def may_checkpoint(self, iteration: int) -> bool:
-        """Whether the checkpointer may checkpoint ``iteration`` (as its policy decides)."""
-        return True
-
     def restored_block(self) -> None:
         """A nested loop was just skipped by restoring its checkpoint."""
 
@@ -316,9 +312,6 @@ class ReplayController(Controller):
 
         warnings.showwarning = keep
         self.start, self.end = spec["segment"]
-        #: Whether this worker stores checkpoints of the iterations it re-executes for want of one,
-        #: within the run's overhead bound, for later replays to skip (``may_checkpoint``).
-        self.checkpointing = bool(spec.get("store_checkpoints", False))
         self.first = spec.get("first", True)
         self.last = spec.get("last", True)
         self.probed = set(spec.get("probed", []))
@@ -495,14 +488,6 @@ class ReplayController(Controller):
         self.skipped_blocks += 1
         return entry[1]
 
-    def may_checkpoint(self, iteration: int) -> bool:
-        # Only an iteration the record has no checkpoint of (none of its loops was restored), in
-        # this segment, and only while every recorded value recomputed so far equals the record's:
-        # its state is then the record's, as the code without the new statements leaves it (they
-        # draw no random numbers, or the plan would not store checkpoints). A divergence found
-        # later in the iteration discards it before it is committed.
-        return self.start <= iteration < self.end and iteration not in self.rows and not self.divergences
-
     def restored_block(self) -> None:
         # Announced only once this restore has read its own data: the disk reads in order.
         self._prefetch_from(self.recorder.iteration, self.recorder.block)
@@ -510,7 +495,6 @@ class ReplayController(Controller):
     def close(self) -> None:
         if self.result_path is None:
             return
-        checkpointer = self.recorder.checkpointer
         result = {
             "segment": [self.start, self.end],
             "checked": self.checked,
@@ -520,8 +504,6 @@ class ReplayController(Controller):
             "skipped_blocks": self.skipped_blocks,
             "run_blocks": self.run_blocks,
             "restore_seconds": self.recorder.restore_seconds,
-            "checkpoints_stored": len(checkpointer.persister.committed) if checkpointer is not None else 0,
-            "checkpoint_iterations": list(checkpointer.persister.committed) if checkpointer is not None else [],
             "printed_checked": self.printed_checked,
             "printed_differ": self.printed_differ,
             "printed_examples": self.printed_examples,

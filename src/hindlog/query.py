@@ -222,8 +222,8 @@ def run_info(ref: str, store: str | os.PathLike[str] | Store | None = None) -> d
         run["names"] = [n for n in catalog.logged_names(conn, run["id"]) if n != catalog.STDOUT_AT]
         run["records"] = catalog.count_records(conn, run["id"])
         run["checkpoints"] = [
-            {"iteration": it, "block": block, "loop": loop, "nbytes": nbytes, "created": created}
-            for it, block, loop, _manifest, nbytes, created in catalog.list_checkpoints(conn, run["id"])
+            {"iteration": it, "block": block, "loop": loop, "nbytes": nbytes}
+            for it, block, loop, _manifest, nbytes in catalog.list_checkpoints(conn, run["id"])
         ]
     finally:
         conn.close()

@@ -67,13 +67,6 @@ class RunPlan:
     run_by_new_code: set[str] = field(default_factory=set)
     #: The GPU each segment's worker is given (``CUDA_VISIBLE_DEVICES``); None: as the record ran.
     gpus: list[str | None] = field(default_factory=list)
-    #: Whether the workers store checkpoints of the iterations they re-execute for want of one
-    #: (within the run's overhead bound), so that later replays of the run skip them. Not when
-    #: the replayed code is not the record's plus new statements (--force), nor when a new
-    #: statement draws from the run's random generators: the state would not be the record's.
-    store_checkpoints: bool = True
-    #: Iterations in the replayed range that re-execute their nested loops for want of a checkpoint.
-    bare_iterations: int = 0
 
 
 @dataclass
@@ -89,8 +82,6 @@ class RunResult:
     run_blocks: int = 0
     #: Seconds the workers spent reading and applying checkpoints (summed over workers).
     restore_seconds: float = 0.0
-    #: Iterations the workers stored checkpoints of (re-executed for want of one).
-    checkpoints_stored: int = 0
     #: Values of an earlier replay of the same statements that this one's values replaced.
     replaced: int = 0
     #: New values not kept because their segment diverged (its state was not the record's).
@@ -300,17 +291,14 @@ def plan_run(
         plan.notes.append("a new statement draws random numbers: whatever the run draws after it differs from the "
                           "record, and values computed from those draws diverge; draw from a generator of its own "
                           "(np.random.default_rng(0), torch.Generator().manual_seed(0)) to leave the run's alone")
-    plan.store_checkpoints = not force and not plan.draws_random
     if run_all_blocks:
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
     _estimate(plan, run, rows, workers, worker_start=0.0 if workers_given else (info.get("preloop_seconds") or 0.0))
     if not rows and total:
-        plan.bare_iterations = hi - lo
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
     elif not run_all_blocks and set(info.get("block_seconds") or {}) - probed:
         bare = sum(1 for i in range(lo, hi) if not any(b != ITERATION_END for b in rows.get(i, {})))
-        plan.bare_iterations = bare
         if bare:
             plan.notes.append(
                 f"{bare} of the {hi - lo} iterations have no checkpoint of their nested loops (the record's overhead "
@@ -456,9 +444,6 @@ def describe_plan(plan: RunPlan) -> str:
     full = f"{plan.full_rerun:.1f}s" if plan.full_rerun else "unknown"
     lines.append(f"  estimated time: {plan.estimate:.1f}s (a full re-run: {full})")
     lines.extend(f"  note: {n}" for n in plan.notes)
-    if plan.store_checkpoints and plan.bare_iterations and not plan.run_all_blocks:
-        lines.append("  note: the replay stores checkpoints of the iterations it re-executes, as many as the run's "
-                     "overhead bound allows of the replay's time, so that later replays skip them (--no-checkpoints: not)")
     return "\n".join(lines)
 
 
@@ -736,7 +721,6 @@ def _execute(
             "last": k == len(plan.segments) - 1 and seg.end >= plan.total_iterations,
             "probed": sorted(plan.probed),
             "run_all_blocks": plan.run_all_blocks,
-            "store_checkpoints": plan.store_checkpoints,
             "tolerance": tolerance,
             "result": str(scratch / f".hindlog-result-{k}.json"),
             "progress": str(scratch / f".hindlog-progress-{k}"),
@@ -799,7 +783,6 @@ def _execute(
             signal.signal(signal.SIGTERM, restore_sigterm)
     result = RunResult(plan.run_id, True, 0.0)
     diverged: list[int] = []
-    untrusted: list[int] = []  # iterations whose checkpoints a diverged segment stored
     kept: list[int] = []  # the segments whose values are published
     for k, (seg, proc, result_path, _progress, log_path) in enumerate(procs):
         data = json.loads(result_path.read_text()) if result_path.exists() else None
@@ -826,13 +809,9 @@ def _execute(
         result.divergences.extend(data["divergences"])
         if data["divergences"]:
             diverged.append(k)
-            # Its checkpoints were stored while its values still matched; something of its state
-            # was not the record's after all, so none of them is kept.
-            untrusted.extend(data.get("checkpoint_iterations", []))
         result.skipped_blocks += data["skipped_blocks"]
         result.run_blocks += data["run_blocks"]
         result.restore_seconds += data.get("restore_seconds", 0.0)
-        result.checkpoints_stored += data.get("checkpoints_stored", 0)
     if diverged and not keep_diverged:
         # A segment whose recomputed values differ from the recorded ones did not run from the
         # record's state: the new values it computed cannot be trusted, and are not kept (an
@@ -841,8 +820,6 @@ def _execute(
         result.dropped_diverged = _pending_values(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
         result.stored -= result.dropped_diverged
         kept = [k for k in kept if k not in diverged]
-    if untrusted:
-        result.checkpoints_stored -= _drop_checkpoints(store, plan.run, untrusted)
     result.replaced = _publish(store, plan, base, len(procs), kept)
     result.seconds = time.perf_counter() - t0
     if not keep_scratch and result.ok:
@@ -886,21 +863,6 @@ def _pending_values(store: Store, run: int, spans: list[tuple[int, int]]) -> int
         )
     finally:
         conn.close()
-
-
-def _drop_checkpoints(store: Store, run: int, iterations: list[int]) -> int:
-    """Remove the checkpoints a replay stored of ``iterations`` (the record has none of them);
-    returns how many iterations had some. Their objects go with the next ``hindlog gc``."""
-    conn = store.connect()
-    try:
-        with catalog.transaction(conn):
-            marks = ", ".join("?" * len(iterations))
-            found = conn.execute(f"SELECT COUNT(DISTINCT iteration) FROM checkpoints WHERE run=? AND iteration IN ({marks})",
-                                 (run, *iterations)).fetchone()[0]
-            conn.execute(f"DELETE FROM checkpoints WHERE run=? AND iteration IN ({marks})", (run, *iterations))
-    finally:
-        conn.close()
-    return int(found)
 
 
 def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[int]) -> int:
@@ -996,13 +958,8 @@ def replay(
     store: str | os.PathLike[str] | Store | None = None,
     progress: bool = True,
     on_plans: Callable[[ReplayReport], None] | None = None,
-    store_checkpoints: bool = True,
 ) -> ReplayReport:
     """Replay recorded runs of ``script`` with the log statements added since they were recorded.
-
-    ``store_checkpoints``: the workers store checkpoints of the iterations they re-execute for
-    want of one (within the run's overhead bound ε of the replay's time), so that the next
-    replay of the run skips them too; False leaves the store as the record left it.
 
     ``on_plans`` is called with the report once the plans are made, before anything runs (the
     CLI prints them then, not after a long replay)."""
@@ -1081,7 +1038,6 @@ def replay(
                 skipped.append((run["run_id"], str(e)))
                 continue
             p.notes = notes + p.notes
-            p.store_checkpoints = p.store_checkpoints and store_checkpoints
             if _used_gpu(run) and len(p.segments) > 1:
                 # The recorded variables apply in the workers: a recorded CUDA_VISIBLE_DEVICES narrows the choice.
                 recorded = (run.get("env") or {}).get("variables") or {}

@@ -60,9 +60,8 @@ def apply_command(conn: sqlite3.Connection, run: int, data: tuple[str, Any]) -> 
     elif kind == "info":
         catalog.merge_run_info(conn, run, payload)
     elif kind == "checkpoints":
-        # Rows carry the time their data was durable (a spill file of an older version: not).
-        for iteration, block, loop, manifest, nbytes, *created in payload:
-            catalog.insert_checkpoint(conn, run, iteration, block, loop, manifest, nbytes, *created[:1])
+        for iteration, block, loop, manifest, nbytes in payload:
+            catalog.insert_checkpoint(conn, run, iteration, block, loop, manifest, nbytes)
     else:
         raise ValueError(f"unknown catalog command {kind!r}")
 
