@@ -8,7 +8,7 @@ import ast
 
 import pytest
 
-from hindlog.hindsight import PlacementError, find_additions, place, probed_loops
+from hindlog.hindsight import HINDSIGHT_ITER, HINDSIGHT_PREFIX, PlacementError, find_additions, isolate_new_code, place, probed_loops
 from replay_helpers import dedent
 
 BASE = dedent("""
@@ -671,3 +671,95 @@ def test_new_statements_writing_output_a_replay_does_not_store_are_told_apart() 
         assert len(found.statements) == 1, statement
         assert writes_unstored_output({"train.py": new}, {"train.py": found.statements}) is unstored, statement
 
+
+
+# ----------------------------------------------------------------- new code leaves the generators alone
+
+ISOLATED_OLD = """
+import random
+import hindlog as hl
+
+def gen():
+    yield 1
+
+log = []
+for epoch in range(3):
+    x = random.random()
+    log.append(x)
+"""
+
+ISOLATED_NEW = """
+import random
+import hindlog as hl
+
+def gen():
+    yield 1
+    yield random.random()
+
+log = []
+for epoch in range(3):
+    x = random.random()
+    log.append(x)
+    import math
+    hl.log("r", random.random()); hl.log("s", random.random())
+    hl.log("m",
+           random.random())
+    for ü in [random.random() for _ in range(2)]:
+        hl.log("u", ü)
+    if epoch:
+        hl.log("e", random.random())
+"""
+
+
+def test_new_code_is_wrapped_so_that_it_sets_the_generators_back_and_no_line_moves() -> None:
+    added = find_additions("t.py", dedent(ISOLATED_OLD), dedent(ISOLATED_NEW))
+    assert added.statements and not added.other_changes
+    src = dedent(ISOLATED_NEW)
+    out = isolate_new_code(src, added.statements)
+    old_lines, new_lines = src.splitlines(), out.splitlines()
+    assert len(old_lines) == len(new_lines)
+    changed = {k + 1: line for k, (a, line) in enumerate(zip(old_lines, new_lines)) if a != line}
+    by_text = {old_lines[k - 1].strip(): line for k, line in changed.items()}
+    # One `with` a line (two statements share it), at the statement's own indentation.
+    assert by_text['hl.log("r", random.random()); hl.log("s", random.random())'] == \
+        "    " + HINDSIGHT_PREFIX + 'hl.log("r", random.random()); hl.log("s", random.random())'
+    # A statement over several lines: its first.
+    assert by_text['hl.log("m",'] == "    " + HINDSIGHT_PREFIX + 'hl.log("m",'
+    # A new for loop reads its iterable through the wrapper; the column is right after a non-ASCII name.
+    assert by_text["for ü in [random.random() for _ in range(2)]:"] == \
+        "    for ü in " + HINDSIGHT_ITER + "[random.random() for _ in range(2)]):"
+    assert by_text['hl.log("u", ü)'].strip() == HINDSIGHT_PREFIX + 'hl.log("u", ü)'
+    assert by_text['hl.log("e", random.random())'] == "        " + HINDSIGHT_PREFIX + 'hl.log("e", random.random())'
+    # Left alone: recorded lines, an import, a compound header, a statement that yields.
+    assert set(by_text) == {'hl.log("r", random.random()); hl.log("s", random.random())', 'hl.log("m",',
+                            "for ü in [random.random() for _ in range(2)]:", 'hl.log("u", ü)', 'hl.log("e", random.random())'}
+    ast.parse(out)
+
+
+def test_wrapped_new_code_runs_and_leaves_the_runs_draws_as_recorded() -> None:
+    import random
+
+    src = dedent(ISOLATED_NEW)
+    out = isolate_new_code(src, find_additions("t.py", dedent(ISOLATED_OLD), src).statements)
+    logged: list[tuple[str, float]] = []
+    import hindlog as hl
+
+    def run(code: str) -> list[float]:
+        random.seed(7)
+        scope: dict = {"__name__": "isolated"}
+        real = hl.log
+        hl.log = lambda name, value: logged.append((name, value)) or value
+        try:
+            exec(compile(code, "t.py", "exec"), scope)
+        finally:
+            hl.log = real
+        return scope["log"]
+
+    recorded = run(dedent(ISOLATED_OLD))
+    assert run(out) == recorded  # the run's own draws, as the recorded code drew them
+    assert run(src) != recorded  # the same new code, not wrapped, moves them
+    # Each new statement drew what the run would have drawn next.
+    first = [v for n, v in logged if n == "r"][0]
+    random.seed(7)
+    random.random()
+    assert first == random.random()

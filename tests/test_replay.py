@@ -1933,6 +1933,66 @@ def test_a_run_still_recording_is_not_replayed(tmp_path: Path) -> None:
     assert proj.values("double", proj.run_ids()[-1]) == {k: 2 * v for k, v in expected_x().items()}
 
 
+LOADER_SEED = """
+import torch
+import hindlog as hl
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+X = torch.randn(64, 4)
+Y = X.sum(1, keepdim=True)
+loader = DataLoader(TensorDataset(X, Y), batch_size=16, shuffle=True)
+val_loader = DataLoader(TensorDataset(X[:16], Y[:16]), batch_size=8)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+hl.checkpoints(model=model, opt=opt)
+
+
+def evaluate(dl):
+    with torch.no_grad():
+        return sum(float(((model(x) - y) ** 2).mean()) for x, y in dl)
+
+
+for epoch in hl.loop("epoch", range(4)):
+    for x, y in hl.loop("step", loader):
+        loss = torch.nn.functional.dropout(((model(x) - y) ** 2), 0.2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hl.log("loss", loss.item())
+"""
+
+LOADER_SEED_NEW = """
+hl.log("val", evaluate(val_loader))
+seen = 0
+for xb, yb in val_loader:
+    seen += len(xb) + int(torch.randint(0, 1, ()).item())
+hl.log("seen", seen)
+"""
+
+
+def test_new_code_that_reads_a_loader_leaves_the_runs_random_draws_as_recorded(tmp_path: Path) -> None:
+    """Reading a DataLoader draws a seed from torch's generator: a new ``evaluate(val_loader)``
+    (or a new loop over it) moved every later shuffle and dropout, and the first iteration that
+    re-executed diverged. The replay sets the generators back after new code."""
+    proj = ReplayProject(tmp_path / "p")
+    run = proj.record(dedent(LOADER_SEED), env={"HINDLOG_EPSILON": "0"})  # no checkpoint: every iteration re-executes
+    new = insert_after(dedent(LOADER_SEED), 'hl.log("loss", loss.item())', LOADER_SEED_NEW)
+    proj.write("train.py", new)
+    for workers in ("1", "2"):
+        result = proj.replay("train.py", "--workers", workers, check=False)
+        assert result.returncode == 0 and "DIVERGED" not in result.stdout, result.stdout + result.stderr
+    # Ground truth: the modified script run afresh with the new code under torch's own fork_rng.
+    truth = ReplayProject(tmp_path / "t")
+    forked = insert_after(dedent(LOADER_SEED), 'hl.log("loss", loss.item())',
+                          "with torch.random.fork_rng():\n" + "".join("    " + line + "\n" for line in dedent(LOADER_SEED_NEW).strip().splitlines()))
+    truth_run = truth.record(forked, env={"HINDLOG_EPSILON": "0"})
+    for name in ("val", "seen", "loss"):
+        want = truth.values(name, truth_run)
+        assert len(want) == 4
+        assert_same_values(proj.values(name, run), want, name)
+
+
 def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:
     proj, run = counter
     proj.write("train.py", insert_after(dedent(COUNTER).replace("import time\n", "import random\nimport time\n"),

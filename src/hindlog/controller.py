@@ -13,6 +13,7 @@ existing run instead of creating one, and asks the controller at each hook:
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import json
 import os
@@ -20,7 +21,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -104,6 +105,44 @@ def skip(it: Iterator[Any], n: int) -> Iterator[Any]:
 def loops_key(ctx: tuple[Any, ...]) -> str:
     """The catalog's text form of a loop context (as the writer stores it)."""
     return json.dumps([[c[0], c[1]] for c in ctx])
+
+
+@contextlib.contextmanager
+def hindsight_code() -> Iterator[None]:
+    """Around a statement added since the record, in a replay's copy of the code: the run's
+    random generators (Python's, NumPy's, torch's CPU and CUDA ones, and the declared ones) are
+    set back after it to where it found them. A new ``evaluate(val_loader)`` draws a seed from
+    torch's generator as it starts reading the loader; without this, the next iteration that
+    re-executes would shuffle, or drop out, otherwise than the record did, and diverge. The new
+    statement draws what the run would have drawn next, and the run goes on as recorded."""
+    from . import record
+    from .state import load_into, rng_state, set_rng_state, state_of
+
+    rec = record._recorder
+    generators = [d for d in rec.declared.values() if d.kind == "generator"] if rec is not None else []
+    saved = rng_state()
+    declared = [(d, state_of(d)) for d in generators]
+    try:
+        yield
+    finally:
+        set_rng_state(saved)
+        for d, st in declared:
+            load_into(d, st)
+
+
+def hindsight_iter(make: Callable[[], Iterable[Any]]) -> Iterator[Any]:
+    """The iterable of a ``for`` loop added since the record (``make`` evaluates its expression),
+    made and read under ``hindsight_code``: making it, starting to read a loader (its seed) and
+    each step of it (a shuffling sampler) may draw from the run's generators."""
+    with hindsight_code():
+        it = iter(make())
+    while True:
+        with hindsight_code():
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
 
 
 class Controller:

@@ -815,6 +815,50 @@ RANDOM_DRAWS = frozenset({
 })
 
 
+#: What a replay's copy of the code puts before a new simple statement, on its own line, and
+#: around the iterable of a new ``for`` loop, evaluated there too (``controller.hindsight_code``,
+#: ``hindsight_iter``):
+#: the run's random generators are set back after the new code, which leaves the lines as they are.
+HINDSIGHT_PREFIX = 'with __import__("hindlog")._hindsight_code(): '
+HINDSIGHT_ITER = '__import__("hindlog")._hindsight_iter(lambda: '
+#: Simple statements left as they are: they draw nothing, and ``global`` must stay where it is.
+_NOT_WRAPPED = (ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom, ast.Pass)
+
+
+def isolate_new_code(src: str, ranges: list[tuple[int, int]]) -> str:
+    """``src`` with the new statements in ``ranges`` run so that they leave the run's random
+    generators as they found them: each new simple statement gets ``HINDSIGHT_PREFIX`` on its
+    first line, and a new ``for`` loop reads its iterable through ``HINDSIGHT_ITER``. Line
+    numbers do not change (the replay finds new code by them). Code that a new function or
+    lambda runs later, called from recorded code (a hook), is not covered."""
+    if not ranges:
+        return src
+    tree = ast.parse(src)
+    new = lambda node: any(lo <= node.lineno <= hi for lo, hi in ranges)  # noqa: E731
+    # (line, byte column, text): inserted right to left, so earlier offsets stay valid.
+    edits: list[tuple[int, int, str]] = []
+    wrapped_lines: set[int] = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.stmt) or not new(node):
+            continue
+        if isinstance(node, ast.For):
+            it = node.iter
+            edits.append((it.end_lineno, it.end_col_offset, ")"))
+            edits.append((it.lineno, it.col_offset, HINDSIGHT_ITER))
+        elif (not isinstance(node, _NOT_WRAPPED) and not _child_blocks(node) and node.lineno not in wrapped_lines
+              # A generator suspended inside the ``with`` would set the generators back when it
+              # resumes, over what the code between drew.
+              and not any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(node))):
+            # The first statement of its line (``a(); b()`` shares one ``with``).
+            wrapped_lines.add(node.lineno)
+            edits.append((node.lineno, node.col_offset, HINDSIGHT_PREFIX))
+    lines = src.splitlines(keepends=True)
+    for lineno, col, text in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
+        raw = lines[lineno - 1].encode()  # AST columns count UTF-8 bytes
+        lines[lineno - 1] = (raw[:col] + text.encode() + raw[col:]).decode()
+    return "".join(lines)
+
+
 def _new_calls(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> Iterator[ast.Call]:
     """The calls that the new statements make."""
     for path, ranges in new_statements.items():

@@ -288,9 +288,9 @@ def plan_run(
                           "file=...)): it runs, but a replay stores only what new print(...) calls print and hl.log(...) logs")
     if hindsight.draws_random_numbers(files, new_statements):
         plan.draws_random = True
-        plan.notes.append("a new statement draws random numbers: whatever the run draws after it differs from the "
-                          "record, and values computed from those draws diverge; draw from a generator of its own "
-                          "(np.random.default_rng(0), torch.Generator().manual_seed(0)) to leave the run's alone")
+        plan.notes.append("a new statement draws random numbers: it draws what the run would have drawn next, and the "
+                          "replay sets the run's generators back after it, so the run goes on as recorded (a fresh run "
+                          "of the new code would draw otherwise from there on)")
     if run_all_blocks:
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
@@ -705,7 +705,9 @@ def _execute(
     prefetch_in_background(prefetch_checkpoints, store.objects, restore_order(plan, rows), prefetch_budget())
     store.remove_dead_scratch(f"replay-{plan.run_id}")  # a killed replay's copy, as its pending rows above
     scratch = store.scratch_dir(f"replay-{plan.run_id}")
-    prepare_scratch(store, plan.code_version, plan.files, scratch, inputs_before=run.get("started"))
+    # New statements set the run's random generators back after them (hindsight.isolate_new_code).
+    files = {path: hindsight.isolate_new_code(src, plan.new_statements.get(path, [])) for path, src in plan.files.items()}
+    prepare_scratch(store, plan.code_version, files, scratch, inputs_before=run.get("started"))
     argv = run.get("argv") or [plan.script]
     script_path = scratch / plan.script
     if not script_path.exists():
