@@ -8,7 +8,7 @@ import ast
 
 import pytest
 
-from hindlog.hindsight import HINDSIGHT_ITER, HINDSIGHT_PREFIX, PlacementError, find_additions, isolate_new_code, place, probed_loops
+from hindlog.hindsight import HINDSIGHT_ITER, HINDSIGHT_ITER_END, HINDSIGHT_PREFIX, PlacementError, find_additions, isolate_new_code, place, probed_loops
 from replay_helpers import dedent
 
 BASE = dedent("""
@@ -704,45 +704,66 @@ for epoch in range(3):
     hl.log("r", random.random()); hl.log("s", random.random())
     hl.log("m",
            random.random())
+    hl.log("x", x)
     for ü in [random.random() for _ in range(2)]:
         hl.log("u", ü)
+    for v in 1, 2:
+        hl.log("v", v)
     if epoch:
         hl.log("e", random.random())
+    draws = []
+    for _ in range(3):
+        draws.append(random.random())
+    hl.log("draws", draws)
 """
 
 
-def test_new_code_is_wrapped_so_that_it_sets_the_generators_back_and_no_line_moves() -> None:
-    added = find_additions("t.py", dedent(ISOLATED_OLD), dedent(ISOLATED_NEW))
-    assert added.statements and not added.other_changes
+def _isolated() -> tuple[str, str]:
     src = dedent(ISOLATED_NEW)
-    out = isolate_new_code(src, added.statements)
-    old_lines, new_lines = src.splitlines(), out.splitlines()
+    added = find_additions("t.py", dedent(ISOLATED_OLD), src)
+    assert added.statements and not added.other_changes
+    return src, isolate_new_code(src, added.statements)
+
+
+def test_new_code_is_wrapped_so_that_it_sets_the_generators_back_and_no_line_moves() -> None:
+    src, out = _isolated()
+    old_lines, new_lines = src.split("\n"), out.split("\n")
     assert len(old_lines) == len(new_lines)
-    changed = {k + 1: line for k, (a, line) in enumerate(zip(old_lines, new_lines)) if a != line}
-    by_text = {old_lines[k - 1].strip(): line for k, line in changed.items()}
+    by_text = {a.strip(): b for a, b in zip(old_lines, new_lines) if a != b}
     # One `with` a line (two statements share it), at the statement's own indentation.
     assert by_text['hl.log("r", random.random()); hl.log("s", random.random())'] == \
         "    " + HINDSIGHT_PREFIX + 'hl.log("r", random.random()); hl.log("s", random.random())'
-    # A statement over several lines: its first.
-    assert by_text['hl.log("m",'] == "    " + HINDSIGHT_PREFIX + 'hl.log("m",'
-    # A new for loop reads its iterable through the wrapper; the column is right after a non-ASCII name.
+    assert by_text['hl.log("m",'] == "    " + HINDSIGHT_PREFIX + 'hl.log("m",'  # a statement over two lines: its first
+    # A new for loop reads its iterable through the wrapper, placed by byte columns after a non-ASCII name.
     assert by_text["for ü in [random.random() for _ in range(2)]:"] == \
-        "    for ü in " + HINDSIGHT_ITER + "[random.random() for _ in range(2)]):"
-    assert by_text['hl.log("u", ü)'].strip() == HINDSIGHT_PREFIX + 'hl.log("u", ü)'
+        "    for ü in " + HINDSIGHT_ITER + "[random.random() for _ in range(2)]" + HINDSIGHT_ITER_END + ":"
+    assert by_text["for v in 1, 2:"] == "    for v in " + HINDSIGHT_ITER + "1, 2" + HINDSIGHT_ITER_END + ":"
     assert by_text['hl.log("e", random.random())'] == "        " + HINDSIGHT_PREFIX + 'hl.log("e", random.random())'
-    # Left alone: recorded lines, an import, a compound header, a statement that yields.
-    assert set(by_text) == {'hl.log("r", random.random()); hl.log("s", random.random())', 'hl.log("m",',
-                            "for ü in [random.random() for _ in range(2)]:", 'hl.log("u", ü)', 'hl.log("e", random.random())'}
+    # Left alone: recorded lines, an import, a statement that yields, statements that cannot draw.
+    assert set(by_text) == {
+        'hl.log("r", random.random()); hl.log("s", random.random())', 'hl.log("m",', 'hl.log("e", random.random())',
+        "for ü in [random.random() for _ in range(2)]:", "for v in 1, 2:", "for _ in range(3):",
+        "draws.append(random.random())"}
     ast.parse(out)
+
+
+def test_a_new_statement_after_another_on_its_line_is_left_as_it_is_and_compiles() -> None:
+    old = "for epoch in range(3):\n    x = epoch\n"
+    new = old + "    if epoch: hl.log('x', f(x))\n    with lock: v = evaluate(x)\n    import random; y = random.random()\n"
+    ranges = find_additions("t.py", old, new).statements
+    assert ranges
+    out = isolate_new_code(new, ranges)
+    ast.parse(out)
+    assert HINDSIGHT_PREFIX not in out
 
 
 def test_wrapped_new_code_runs_and_leaves_the_runs_draws_as_recorded() -> None:
     import random
 
-    src = dedent(ISOLATED_NEW)
-    out = isolate_new_code(src, find_additions("t.py", dedent(ISOLATED_OLD), src).statements)
-    logged: list[tuple[str, float]] = []
     import hindlog as hl
+
+    src, out = _isolated()
+    logged: list[tuple[str, object]] = []
 
     def run(code: str) -> list[float]:
         random.seed(7)
@@ -756,10 +777,13 @@ def test_wrapped_new_code_runs_and_leaves_the_runs_draws_as_recorded() -> None:
         return scope["log"]
 
     recorded = run(dedent(ISOLATED_OLD))
-    assert run(out) == recorded  # the run's own draws, as the recorded code drew them
-    assert run(src) != recorded  # the same new code, not wrapped, moves them
-    # Each new statement drew what the run would have drawn next.
-    first = [v for n, v in logged if n == "r"][0]
+    assert run(src) != recorded  # new code, as written, moves the run's draws
+    logged.clear()
+    assert run(out) == recorded  # wrapped, the run draws as recorded
+    # New code draws from a stream of its own: what the run would have drawn next, then on
+    # from there (a loop of draws gives different numbers, not one number three times).
     random.seed(7)
     random.random()
-    assert first == random.random()
+    assert [v for n, v in logged if n == "r"][0] == random.random()
+    draws = [v for n, v in logged if n == "draws"]
+    assert len(draws) == 3 and all(len(set(d)) == 3 for d in draws)

@@ -1966,7 +1966,7 @@ LOADER_SEED_NEW = """
 hl.log("val", evaluate(val_loader))
 seen = 0
 for xb, yb in val_loader:
-    seen += len(xb) + int(torch.randint(0, 1, ()).item())
+    seen += len(xb) + int(torch.randint(0, 3, ()).item())
 hl.log("seen", seen)
 """
 

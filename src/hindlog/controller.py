@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -107,35 +107,91 @@ def loops_key(ctx: tuple[Any, ...]) -> str:
     return json.dumps([[c[0], c[1]] for c in ctx])
 
 
-@contextlib.contextmanager
-def hindsight_code() -> Iterator[None]:
-    """Around a statement added since the record, in a replay's copy of the code: the run's
-    random generators (Python's, NumPy's, torch's CPU and CUDA ones, and the declared ones) are
-    set back after it to where it found them. A new ``evaluate(val_loader)`` draws a seed from
-    torch's generator as it starts reading the loader; without this, the next iteration that
-    re-executes would shuffle, or drop out, otherwise than the record did, and diverge. The new
-    statement draws what the run would have drawn next, and the run goes on as recorded."""
+#: New code's own random stream: (the run's generator states when new code last ended, new
+#: code's states then). New code continues it while the run has drawn nothing since.
+_new_code_stream: tuple[list[Any], list[Any]] | None = None
+_new_code_depth = 0
+
+
+def _generator_states() -> list[Any]:
     from . import record
-    from .state import load_into, rng_state, set_rng_state, state_of
+    from .state import RandomGeneratorState, rng_state, state_of
 
     rec = record._recorder
-    generators = [d for d in rec.declared.values() if d.kind == "generator"] if rec is not None else []
-    saved = rng_state()
-    declared = [(d, state_of(d)) for d in generators]
+    declared = [d for d in rec.declared.values() if d.kind == "generator" or isinstance(d.obj, RandomGeneratorState)] \
+        if rec is not None else []
+    return [rng_state(), [(d, state_of(d)) for d in declared]]
+
+
+def _set_generator_states(states: list[Any]) -> None:
+    from .state import load_into, set_rng_state
+
+    set_rng_state(states[0])
+    for d, st in states[1]:
+        load_into(d, st)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if hasattr(a, "shape") and hasattr(b, "shape"):  # NumPy arrays, torch tensors
+        return a.shape == b.shape and bool((a == b).all())
+    return a is b or a == b
+
+
+def hindsight_enter() -> list[Any] | None:
+    """New code (a statement added since the record) starts: the run's generator states are
+    put aside, and new code's own stream goes on where it stopped if the run has drawn nothing
+    since (consecutive new statements draw as one block of new code would), else it forks from
+    the run's states. Returns what ``hindsight_exit`` sets back."""
+    global _new_code_depth
+    _new_code_depth += 1
+    if _new_code_depth > 1:
+        return None  # new code called from new code: one stream
+    run = _generator_states()
+    if _new_code_stream is not None and _same(run[0], _new_code_stream[0][0]) and \
+            all(_same(x[1], y[1]) for x, y in zip(run[1], _new_code_stream[0][1])):
+        _set_generator_states(_new_code_stream[1])
+    return run
+
+
+def hindsight_exit(run: list[Any] | None) -> None:
+    """New code ended: its stream is kept for the next new code, and the run's generators are
+    set back to where it found them."""
+    global _new_code_depth, _new_code_stream
+    _new_code_depth -= 1
+    if run is None:
+        return
+    mine = _generator_states()
+    _set_generator_states(run)
+    _new_code_stream = (run, mine)
+
+
+@contextlib.contextmanager
+def hindsight_code() -> Iterator[None]:
+    """Around a statement added since the record, in a replay's copy of the code: it leaves the
+    run's random generators (Python's, NumPy's, torch's CPU and CUDA ones, and the declared ones)
+    where it found them. A new ``evaluate(val_loader)`` draws a seed from torch's generator as it
+    starts reading the loader; without this, the next iteration that re-executes would shuffle,
+    or drop out, otherwise than the record did, and diverge. New code draws from a stream of its
+    own, forked from the run's (``hindsight_enter``)."""
+    run = hindsight_enter()
     try:
         yield
     finally:
-        set_rng_state(saved)
-        for d, st in declared:
-            load_into(d, st)
+        hindsight_exit(run)
 
 
-def hindsight_iter(make: Callable[[], Iterable[Any]]) -> Iterator[Any]:
-    """The iterable of a ``for`` loop added since the record (``make`` evaluates its expression),
-    made and read under ``hindsight_code``: making it, starting to read a loader (its seed) and
-    each step of it (a shuffling sampler) may draw from the run's generators."""
-    with hindsight_code():
-        it = iter(make())
+def hindsight_iter(run: list[Any] | None, iterable: Iterable[Any]) -> Iterator[Any]:
+    """The iterable of a ``for`` loop added since the record, evaluated after ``run =
+    hindsight_enter()``: starting to read it (a loader draws its seed) and each step of it (a
+    shuffling sampler) draw from new code's stream too."""
+    try:
+        it = iter(iterable)
+    finally:
+        hindsight_exit(run)
     while True:
         with hindsight_code():
             try:

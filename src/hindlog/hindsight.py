@@ -383,6 +383,8 @@ def api_loop_name(node: ast.AST) -> str | None:
     if not isinstance(node, (ast.For, ast.AsyncFor)):
         return None
     call = node.iter
+    if isinstance(call, ast.Call) and call_name(call) == "_hindsight_iter" and len(call.args) == 2:
+        call = call.args[1]  # a new loop in a replay's copy of the code (isolate_new_code)
     if isinstance(call, ast.Call):
         if call_name(call) == "loop" and call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
             return call.args[0].value
@@ -815,48 +817,68 @@ RANDOM_DRAWS = frozenset({
 })
 
 
-#: What a replay's copy of the code puts before a new simple statement, on its own line, and
-#: around the iterable of a new ``for`` loop, evaluated there too (``controller.hindsight_code``,
-#: ``hindsight_iter``):
-#: the run's random generators are set back after the new code, which leaves the lines as they are.
+#: What a replay's copy of the code puts before a new simple statement that begins its line, and
+#: around the iterable of a new ``for`` loop (``controller.hindsight_code``, ``hindsight_enter``
+#: and ``hindsight_iter``): the run's random generators are where new code found them after it.
+#: Both leave every line where it was.
 HINDSIGHT_PREFIX = 'with __import__("hindlog")._hindsight_code(): '
-HINDSIGHT_ITER = '__import__("hindlog")._hindsight_iter(lambda: '
+HINDSIGHT_ITER = '__import__("hindlog")._hindsight_iter(__import__("hindlog")._hindsight_enter(), ('
+HINDSIGHT_ITER_END = "))"
 #: Simple statements left as they are: they draw nothing, and ``global`` must stay where it is.
-_NOT_WRAPPED = (ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom, ast.Pass)
+_NOT_WRAPPED = (ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom, ast.Pass, ast.Break, ast.Continue)
+#: Calls that draw no random numbers: a statement that makes only these (``hl.log("loss",
+#: loss.item())``) is not wrapped, which would cost it 0.1-0.2 ms each time it runs.
+_DRAW_FREE_CALLS = frozenset({
+    "log", "item", "tolist", "float", "int", "str", "bool", "len", "round", "abs", "min", "max", "print",
+    "append", "detach", "cpu", "numpy", "clone", "format", "isinstance", "dict", "list", "tuple", "sorted",
+    "keys", "values", "items", "get", "numel", "size", "copy", "sqrt", "exp", "log10", "argmax", "argmin",
+})
+
+
+def _may_draw(node: ast.AST) -> bool:
+    """Whether ``node`` may draw random numbers: it calls anything else than ``_DRAW_FREE_CALLS``
+    or iterates (a comprehension over a loader)."""
+    return any((isinstance(n, ast.Call) and call_name(n) not in _DRAW_FREE_CALLS) or isinstance(n, ast.comprehension)
+               for n in ast.walk(node))
 
 
 def isolate_new_code(src: str, ranges: list[tuple[int, int]]) -> str:
     """``src`` with the new statements in ``ranges`` run so that they leave the run's random
-    generators as they found them: each new simple statement gets ``HINDSIGHT_PREFIX`` on its
-    first line, and a new ``for`` loop reads its iterable through ``HINDSIGHT_ITER``. Line
-    numbers do not change (the replay finds new code by them). Code that a new function or
-    lambda runs later, called from recorded code (a hook), is not covered."""
+    generators as they found them: a new simple statement that begins its line and may draw
+    gets ``HINDSIGHT_PREFIX``, and a new ``for`` loop reads its iterable through
+    ``HINDSIGHT_ITER``. Line numbers do not change (the replay finds new code by them). Not
+    covered: a new statement after another on its line (``if c: hl.log(...)``), the headers of
+    other new compound statements, and new lambdas that recorded code calls later (a hook); the
+    statements of a new function are wrapped like any other."""
     if not ranges:
         return src
     tree = ast.parse(src)
+    # Lines as the parser counts them (``str.splitlines`` also splits at form feeds and more).
+    lines = src.split("\n")
+    encoded = [line.encode() for line in lines]
     new = lambda node: any(lo <= node.lineno <= hi for lo, hi in ranges)  # noqa: E731
     # (line, byte column, text): inserted right to left, so earlier offsets stay valid.
     edits: list[tuple[int, int, str]] = []
-    wrapped_lines: set[int] = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.stmt) or not new(node):
             continue
         if isinstance(node, ast.For):
             it = node.iter
-            edits.append((it.end_lineno, it.end_col_offset, ")"))
+            edits.append((it.end_lineno, it.end_col_offset, HINDSIGHT_ITER_END))
             edits.append((it.lineno, it.col_offset, HINDSIGHT_ITER))
-        elif (not isinstance(node, _NOT_WRAPPED) and not _child_blocks(node) and node.lineno not in wrapped_lines
+        elif (not isinstance(node, _NOT_WRAPPED) and not _child_blocks(node)
+              # Only where a statement may begin: a ``with`` cannot follow ``if c:`` or ``a;``.
+              and not encoded[node.lineno - 1][: node.col_offset].strip()
+              and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))  # a docstring
               # A generator suspended inside the ``with`` would set the generators back when it
               # resumes, over what the code between drew.
-              and not any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(node))):
-            # The first statement of its line (``a(); b()`` shares one ``with``).
-            wrapped_lines.add(node.lineno)
+              and not any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(node))
+              and _may_draw(node)):
             edits.append((node.lineno, node.col_offset, HINDSIGHT_PREFIX))
-    lines = src.splitlines(keepends=True)
     for lineno, col, text in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
-        raw = lines[lineno - 1].encode()  # AST columns count UTF-8 bytes
-        lines[lineno - 1] = (raw[:col] + text.encode() + raw[col:]).decode()
-    return "".join(lines)
+        raw = encoded[lineno - 1]
+        encoded[lineno - 1] = raw[:col] + text.encode() + raw[col:]  # AST columns count UTF-8 bytes
+    return "\n".join(raw.decode() for raw in encoded)
 
 
 def _new_calls(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> Iterator[ast.Call]:
