@@ -749,12 +749,56 @@ def test_new_code_is_wrapped_so_that_it_sets_the_generators_back_and_no_line_mov
 
 def test_a_new_statement_after_another_on_its_line_is_left_as_it_is_and_compiles() -> None:
     old = "for epoch in range(3):\n    x = epoch\n"
-    new = old + "    if epoch: hl.log('x', f(x))\n    with lock: v = evaluate(x)\n    import random; y = random.random()\n"
+    new = old + ("    if epoch: hl.log('x', f(x))\n    with lock: v = evaluate(x)\n"
+                 "    if x: \\\n        g()\n    z = 1; \\\n    y = f()\n")
     ranges = find_additions("t.py", old, new).statements
     assert ranges
     out = isolate_new_code(new, ranges)
     ast.parse(out)
     assert HINDSIGHT_PREFIX not in out
+
+
+@pytest.mark.parametrize("line, wrapped", [
+    ("import random; y = random.random()", True),  # one with covers the line
+    ('hl.log("a", 1); v = evaluate(val_loader)', True),  # the second may draw
+    ('hl.log("n", len(list(val_loader)))', True),  # reading a loader draws its seed
+    ('hl.log("loss", loss.item())', False),  # cannot draw
+    ("global step", False),
+])
+def test_a_line_of_new_statements_is_wrapped_when_any_may_draw(line: str, wrapped: bool) -> None:
+    old = "def f(loss, val_loader):\n    x = 1\n"
+    new = old + f"    {line}\n"
+    out = isolate_new_code(new, find_additions("t.py", old, new).statements)
+    assert out.split("\n")[2] == "    " + (HINDSIGHT_PREFIX if wrapped else "") + line
+    ast.parse(out)
+
+
+def test_a_new_loop_over_an_awaited_iterable_is_left_as_it_is() -> None:
+    old = "async def f(q):\n    x = 1\n"
+    new = old + "    for v in await q.get():\n        print(v)\n"
+    out = isolate_new_code(new, find_additions("t.py", old, new).statements)
+    assert HINDSIGHT_ITER not in out
+    ast.parse(out)
+
+
+def test_a_new_loop_whose_iterable_raises_leaves_no_new_code_open() -> None:
+    import random
+
+    import hindlog.controller as controller
+
+    old = "import random\nlog = []\nfor e in range(3):\n    log.append(random.random())\n"
+    new = old + ("    try:\n        for v in [f()]:\n            pass\n    except NameError:\n        pass\n"
+                 "    n = random.random()\n")
+    out = isolate_new_code(new, find_additions("t.py", old, new).statements)
+    random.seed(3)
+    scope: dict = {}
+    exec(compile(old, "t.py", "exec"), scope)
+    recorded = scope["log"]
+    random.seed(3)
+    scope = {}
+    exec(compile(out, "t.py", "exec"), scope)
+    assert controller._new_code_depth == 0
+    assert scope["log"] == recorded  # the statement after it is still isolated
 
 
 def test_wrapped_new_code_runs_and_leaves_the_runs_draws_as_recorded() -> None:

@@ -184,14 +184,27 @@ def hindsight_code() -> Iterator[None]:
         hindsight_exit(run)
 
 
+def hindsight_mark() -> list[Any] | None:
+    """The run's generator states before the iterable of a new ``for`` loop is evaluated (it is
+    an expression: it cannot be put under ``hindsight_code``); ``hindsight_iter`` sets them back,
+    what the expression drew becoming new code's stream. (So the expression draws the run's next
+    numbers, not new code's, and if it raises, what it drew stays drawn; nothing is left half
+    done.) None inside new code, which already is."""
+    return _generator_states() if _new_code_depth == 0 else None
+
+
 def hindsight_iter(run: list[Any] | None, iterable: Iterable[Any]) -> Iterator[Any]:
     """The iterable of a ``for`` loop added since the record, evaluated after ``run =
-    hindsight_enter()``: starting to read it (a loader draws its seed) and each step of it (a
+    hindsight_mark()``: what evaluating it drew becomes new code's stream and the run's states
+    are set back; starting to read it (a loader draws its seed) and each step of it (a
     shuffling sampler) draw from new code's stream too."""
-    try:
+    global _new_code_stream
+    if run is not None:
+        mine = _generator_states()
+        _set_generator_states(run)
+        _new_code_stream = (run, mine)
+    with hindsight_code():
         it = iter(iterable)
-    finally:
-        hindsight_exit(run)
     while True:
         with hindsight_code():
             try:

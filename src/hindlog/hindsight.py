@@ -818,19 +818,20 @@ RANDOM_DRAWS = frozenset({
 
 
 #: What a replay's copy of the code puts before a new simple statement that begins its line, and
-#: around the iterable of a new ``for`` loop (``controller.hindsight_code``, ``hindsight_enter``
+#: around the iterable of a new ``for`` loop (``controller.hindsight_code``, ``hindsight_mark``
 #: and ``hindsight_iter``): the run's random generators are where new code found them after it.
 #: Both leave every line where it was.
 HINDSIGHT_PREFIX = 'with __import__("hindlog")._hindsight_code(): '
-HINDSIGHT_ITER = '__import__("hindlog")._hindsight_iter(__import__("hindlog")._hindsight_enter(), ('
+HINDSIGHT_ITER = '__import__("hindlog")._hindsight_iter(__import__("hindlog")._hindsight_mark(), ('
 HINDSIGHT_ITER_END = "))"
 #: Simple statements left as they are: they draw nothing, and ``global`` must stay where it is.
 _NOT_WRAPPED = (ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom, ast.Pass, ast.Break, ast.Continue)
 #: Calls that draw no random numbers: a statement that makes only these (``hl.log("loss",
 #: loss.item())``) is not wrapped, which would cost it 0.1-0.2 ms each time it runs.
+#: (Not ``list``, ``sorted``, ``min`` and the like: they read an iterable, and reading a loader draws.)
 _DRAW_FREE_CALLS = frozenset({
-    "log", "item", "tolist", "float", "int", "str", "bool", "len", "round", "abs", "min", "max", "print",
-    "append", "detach", "cpu", "numpy", "clone", "format", "isinstance", "dict", "list", "tuple", "sorted",
+    "log", "item", "tolist", "float", "int", "str", "bool", "len", "round", "abs", "print",
+    "append", "detach", "cpu", "numpy", "clone", "format", "isinstance",
     "keys", "values", "items", "get", "numel", "size", "copy", "sqrt", "exp", "log10", "argmax", "argmin",
 })
 
@@ -857,24 +858,37 @@ def isolate_new_code(src: str, ranges: list[tuple[int, int]]) -> str:
     lines = src.split("\n")
     encoded = [line.encode() for line in lines]
     new = lambda node: any(lo <= node.lineno <= hi for lo, hi in ranges)  # noqa: E731
+    suspends = lambda node: any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(node))  # noqa: E731
     # (line, byte column, text): inserted right to left, so earlier offsets stay valid.
     edits: list[tuple[int, int, str]] = []
+    simple: dict[int, list[ast.stmt]] = {}  # new simple statements by the line they start on
     for node in ast.walk(tree):
         if not isinstance(node, ast.stmt) or not new(node):
             continue
         if isinstance(node, ast.For):
-            it = node.iter
-            edits.append((it.end_lineno, it.end_col_offset, HINDSIGHT_ITER_END))
-            edits.append((it.lineno, it.col_offset, HINDSIGHT_ITER))
-        elif (not isinstance(node, _NOT_WRAPPED) and not _child_blocks(node)
-              # Only where a statement may begin: a ``with`` cannot follow ``if c:`` or ``a;``.
-              and not encoded[node.lineno - 1][: node.col_offset].strip()
-              and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))  # a docstring
-              # A generator suspended inside the ``with`` would set the generators back when it
-              # resumes, over what the code between drew.
-              and not any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(node))
-              and _may_draw(node)):
-            edits.append((node.lineno, node.col_offset, HINDSIGHT_PREFIX))
+            # A generator suspended between the wrapper's two halves would set the run's
+            # generators back over what other code drew meanwhile.
+            if not suspends(node.iter):
+                it = node.iter
+                edits.append((it.end_lineno, it.end_col_offset, HINDSIGHT_ITER_END))
+                edits.append((it.lineno, it.col_offset, HINDSIGHT_ITER))
+        elif not _child_blocks(node):
+            simple.setdefault(node.lineno, []).append(node)
+    for lineno, nodes in simple.items():
+        first = min(nodes, key=lambda n: n.col_offset)
+        previous = lines[lineno - 2].rstrip() if lineno > 1 else ""
+        if (
+            # Only where a statement may begin its logical line: a ``with`` cannot follow
+            # ``if c:``, ``a;`` or a backslash that continues the line before.
+            not encoded[lineno - 1][: first.col_offset].strip() and not previous.endswith("\\")
+            # ``global`` must stay where it is; a docstring stays one.
+            and not any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in nodes)
+            and not (len(nodes) == 1 and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant))
+            and not any(suspends(n) for n in nodes)
+            # One ``with`` covers the statements that share the line: wrapped if any may draw.
+            and any(not isinstance(n, _NOT_WRAPPED) and _may_draw(n) for n in nodes)
+        ):
+            edits.append((lineno, first.col_offset, HINDSIGHT_PREFIX))
     for lineno, col, text in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
         raw = encoded[lineno - 1]
         encoded[lineno - 1] = raw[:col] + text.encode() + raw[col:]  # AST columns count UTF-8 bytes
