@@ -135,7 +135,10 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        try:
+            return bool(a == b)  # plain values (Python's 625 ints) compare at C speed
+        except (ValueError, RuntimeError):  # an array inside: no single truth value
+            return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if hasattr(a, "shape") and hasattr(b, "shape"):  # NumPy arrays, torch tensors
         return a.shape == b.shape and bool((a == b).all())
     return a is b or a == b
@@ -151,8 +154,7 @@ def hindsight_enter() -> list[Any] | None:
     if _new_code_depth > 1:
         return None  # new code called from new code: one stream
     run = _generator_states()
-    if _new_code_stream is not None and _same(run[0], _new_code_stream[0][0]) and \
-            all(_same(x[1], y[1]) for x, y in zip(run[1], _new_code_stream[0][1])):
+    if _new_code_stream is not None and _same(run, _new_code_stream[0]):
         _set_generator_states(_new_code_stream[1])
     return run
 
@@ -160,10 +162,15 @@ def hindsight_enter() -> list[Any] | None:
 def hindsight_exit(run: list[Any] | None) -> None:
     """New code ended: its stream is kept for the next new code, and the run's generators are
     set back to where it found them."""
-    global _new_code_depth, _new_code_stream
+    global _new_code_depth
     _new_code_depth -= 1
-    if run is None:
-        return
+    if run is not None:
+        _set_back(run)
+
+
+def _set_back(run: list[Any]) -> None:
+    """The generators' states become new code's stream, and the run's (``run``) are set back."""
+    global _new_code_stream
     mine = _generator_states()
     _set_generator_states(run)
     _new_code_stream = (run, mine)
@@ -195,14 +202,11 @@ def hindsight_mark() -> list[Any] | None:
 
 def hindsight_iter(run: list[Any] | None, iterable: Iterable[Any]) -> Iterator[Any]:
     """The iterable of a ``for`` loop added since the record, evaluated after ``run =
-    hindsight_mark()``: what evaluating it drew becomes new code's stream and the run's states
-    are set back; starting to read it (a loader draws its seed) and each step of it (a
+    hindsight_mark()``: what evaluating it drew, if anything, becomes new code's stream and the
+    run's states are set back; starting to read it (a loader draws its seed) and each step of it (a
     shuffling sampler) draw from new code's stream too."""
-    global _new_code_stream
-    if run is not None:
-        mine = _generator_states()
-        _set_generator_states(run)
-        _new_code_stream = (run, mine)
+    if run is not None and not _same(_generator_states(), run):
+        _set_back(run)  # (an iterable that drew nothing, a loader, leaves new code's stream going on)
     with hindsight_code():
         it = iter(iterable)
     while True:
