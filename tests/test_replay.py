@@ -1993,6 +1993,33 @@ def test_new_code_that_reads_a_loader_leaves_the_runs_random_draws_as_recorded(t
         assert_same_values(proj.values(name, run), want, name)
 
 
+def test_new_code_that_draws_from_a_declared_generator_leaves_it_as_recorded(tmp_path: Path) -> None:
+    """A NumPy Generator named in hl.checkpoints is the run's too: new code that draws from it
+    (a new noisy estimate) must leave it where the record had it for the next iteration."""
+    text = dedent("""
+        import numpy as np
+        import hindlog as hl
+
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(64, 3))
+        y = X @ np.array([1.0, -2.0, 0.5])
+        w = np.zeros(3)
+        hl.checkpoints(w=w, rng=rng)
+        for epoch in hl.loop("epoch", range(4)):
+            order = rng.permutation(len(X))
+            for b in hl.loop("batch", range(0, 64, 16)):
+                idx = order[b:b + 16]
+                w -= 0.1 * X[idx].T @ (X[idx] @ w - y[idx]) / len(idx)
+            hl.log("mse", float(np.mean((X @ w - y) ** 2)))
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env={"HINDLOG_EPSILON": "0"})  # no checkpoint: every iteration re-executes
+    proj.write("train.py", insert_after(text, 'hl.log("mse"', 'hl.log("noisy", float(w[0] + rng.normal()))'))
+    result = proj.replay("train.py", "--workers", "1", check=False)
+    assert result.returncode == 0 and "DIVERGED" not in result.stdout, result.stdout + result.stderr
+    assert len(proj.values("noisy", run)) == 4
+
+
 def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:
     proj, run = counter
     proj.write("train.py", insert_after(dedent(COUNTER).replace("import time\n", "import random\nimport time\n"),
