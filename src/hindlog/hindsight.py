@@ -824,8 +824,6 @@ RANDOM_DRAWS = frozenset({
 HINDSIGHT_PREFIX = 'with __import__("hindlog")._hindsight_code(): '
 HINDSIGHT_ITER = '__import__("hindlog")._hindsight_iter(__import__("hindlog")._hindsight_mark(), ('
 HINDSIGHT_ITER_END = "))"
-#: Simple statements left as they are: they draw nothing, and ``global`` must stay where it is.
-_NOT_WRAPPED = (ast.Global, ast.Nonlocal, ast.Import, ast.ImportFrom, ast.Pass, ast.Break, ast.Continue)
 #: Calls that draw no random numbers: a statement that makes only these (``hl.log("loss",
 #: loss.item())``) is not wrapped, which would cost it 0.1-0.2 ms each time it runs.
 #: (Not ``list``, ``sorted``, ``min`` and the like: they read an iterable, and reading a loader draws.)
@@ -886,7 +884,8 @@ def isolate_new_code(src: str, ranges: list[tuple[int, int]]) -> str:
             and not (len(nodes) == 1 and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant))
             and not any(suspends(n) for n in nodes)
             # One ``with`` covers the statements that share the line: wrapped if any may draw.
-            and any(not isinstance(n, _NOT_WRAPPED) and _may_draw(n) for n in nodes)
+            # (``import``, ``pass``, ``break`` call nothing: they never may.)
+            and any(_may_draw(n) for n in nodes)
         ):
             edits.append((lineno, first.col_offset, HINDSIGHT_PREFIX))
     for lineno, col, text in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
