@@ -1379,7 +1379,9 @@ def test_a_trainer_class_is_checkpointed_with_its_data_stored_once_and_replays_e
     proc, run = proj.record(epsilon=0.9)
     assert proc.returncode == 0 and "checkpointing self" in proc.stderr, show(proc)
     iterations = proj.checkpoint_iterations(run)
-    assert len(iterations) >= 4, iterations
+    # (A checkpoint is skipped while the last one persists, which a loaded machine slows: two or
+    # more are what storing the data once, and a second segment's restore, need.)
+    assert len(iterations) >= 2, iterations
     objects = proj.store / "objects"
     sizes = sorted((f.stat().st_size for f in objects.rglob("*") if f.is_file()), reverse=True)
     assert sizes[0] >= 200_000 and sizes.count(sizes[0]) == 1, sizes[:8]  # the training inputs, stored once

@@ -8,7 +8,7 @@ import ast
 
 import pytest
 
-from hindlog.hindsight import HINDSIGHT_ITER, HINDSIGHT_ITER_END, HINDSIGHT_PREFIX, PlacementError, find_additions, isolate_new_code, place, probed_loops
+from hindlog.hindsight import HINDSIGHT_CALL, HINDSIGHT_CALL_END, HINDSIGHT_ITER, HINDSIGHT_ITER_END, HINDSIGHT_PREFIX, PlacementError, find_additions, isolate_new_code, place, probed_loops
 from replay_helpers import dedent
 
 BASE = dedent("""
@@ -166,6 +166,24 @@ def test_a_new_clause_written_on_its_header_line_is_not_a_new_statement() -> Non
     assert found.statements == [(2, 2)] and "+    x = i * 2; hl.log('x', x)" in found.other_changes
 
 
+def test_new_statements_sharing_a_line_are_new_together_when_the_second_spans_lines() -> None:
+    old = "for e in range(3):\n    x = e\n    y = 2\n"
+    new = "for e in range(3):\n    x = e\n    hl.log('a', x); hl.log('b',\n        f(x))\n    y = 2\n"
+    found = find_additions("t.py", old, new)
+    assert found.statements == [(3, 3), (3, 4)] and not found.other_changes
+    # Placed into another version, they go together.
+    placed = place(new, found.statements, "import os\nfor e in range(3):\n    z = 3\n    x = e\n    y = 2\n")
+    assert placed == "import os\nfor e in range(3):\n    z = 3\n    x = e\n    hl.log('a', x); hl.log('b',\n        f(x))\n    y = 2\n"
+    # The same where the diff could align the added lines one line early (a `x)` line repeats).
+    old = "for e in range(3):\n    foo(x,\n        x)\n    y = 2\n    z = 3\n    w = 4\n"
+    new = "for e in range(3):\n    foo(x,\n        x)\n    hl.log('a', x); hl.log('b',\n        x)\n    y = 2\n    z = 3\n    w = 4\n"
+    found = find_additions("t.py", old, new)
+    assert found.statements == [(4, 4), (4, 5)] and not found.other_changes
+    # A recorded statement's line is still a change when a statement is added after it.
+    found = find_additions("t.py", "for e in range(3):\n    x = e\n    y = 2\n", "for e in range(3):\n    x = e; hl.log('b',\n        x)\n    y = 2\n")
+    assert "+    x = e; hl.log('b'," in found.other_changes
+
+
 def test_place_refuses_a_block_the_recorded_version_writes_on_its_header_line() -> None:
     new = "for i in hl.loop('e', range(3)):\n    x = i\n    hl.log('x', x)\n"
     ranges = find_additions("t.py", "for i in hl.loop('e', range(3)):\n    x = i\n", new).statements
@@ -239,6 +257,14 @@ def test_place_reindents_to_the_target_and_keeps_multi_line_statements() -> None
     # The statement's first line takes the block's indentation; later lines keep theirs relative to it.
     assert "  hl.log(\n      'lr',\n      sched.get_last_lr()[0],\n  )\n" in placed
     assert placed_statements(two_spaces, placed) == ["hl.log(\n      'lr',\n      sched.get_last_lr()[0],\n  )"]
+
+
+def test_place_leaves_the_lines_of_a_multi_line_string_as_written() -> None:
+    old = "for e in range(3):\n    x = e\n    y = 2\n"
+    new = 'for e in range(3):\n    x = e\n    hl.log("t", f"""a\n    {x}\nb""" + """\n    c""")\n    y = 2\n'
+    placed = place(new, find_additions("t.py", old, new).statements, old.replace("    ", "  "))
+    # Reindented, the string would lose two of its spaces: its value would change.
+    assert placed == 'for e in range(3):\n  x = e\n  hl.log("t", f"""a\n    {x}\nb""" + """\n    c""")\n  y = 2\n'
 
 
 def test_place_a_compound_statement_written_on_one_line() -> None:
@@ -747,15 +773,111 @@ def test_new_code_is_wrapped_so_that_it_sets_the_generators_back_and_no_line_mov
     ast.parse(out)
 
 
-def test_a_new_statement_after_another_on_its_line_is_left_as_it_is_and_compiles() -> None:
+def test_a_new_statement_after_another_on_its_line_has_its_value_computed_in_isolation() -> None:
+    """A ``with`` cannot follow ``if c:``, ``a;`` or a backslash: the value is computed through
+    a lambda instead, and the statement stays where it is."""
     old = "for epoch in range(3):\n    x = epoch\n"
-    new = old + ("    if epoch: hl.log('x', f(x))\n    with lock: v = evaluate(x)\n"
-                 "    if x: \\\n        g()\n    z = 1; \\\n    y = f()\n")
+    added = ("    if epoch: hl.log('x', f(x))\n    with lock: v = evaluate(x)\n"
+             "    if x: \\\n        g()\n    z = 1; \\\n    y = f()\n    if epoch: hl.log('y', x.item())\n")
+    new = old + added
     ranges = find_additions("t.py", old, new).statements
     assert ranges
     out = isolate_new_code(new, ranges)
     ast.parse(out)
+    call = lambda text: HINDSIGHT_CALL + text + HINDSIGHT_CALL_END  # noqa: E731
+    first = call("hl.log('x', f(x))")
+    assert out == old + (f"    if epoch: {first}\n    with lock: v = {call('evaluate(x)')}\n"
+                         f"    if x: \\\n        {call('g()')}\n    z = 1; \\\n    y = {call('f()')}\n"
+                         "    if epoch: hl.log('y', x.item())\n")  # the last cannot draw
     assert HINDSIGHT_PREFIX not in out
+
+
+@pytest.mark.parametrize("line", [
+    "class C:\n        if f(): x = g()",  # in a class body a lambda would not see the body's names
+    "if c: y = (z := f())",  # := would bind in the lambda
+    "if c: s = super().f()",
+    "if c: print(locals())",
+])
+def test_a_value_whose_meaning_a_lambda_would_change_is_left_as_it_is(line: str) -> None:
+    old = "def f(c):\n    x = 1\n"
+    new = old + f"    {line}\n"
+    out = isolate_new_code(new, find_additions("t.py", old, new).statements)
+    assert out == new
+
+
+def test_an_async_comprehension_is_not_put_in_a_lambda() -> None:
+    old = "async def f(g, c):\n    x = 1\n"
+    new = old + "    if c: y = [a async for a in g()]\n    while {a async for a in g()}:\n        pass\n"
+    out = isolate_new_code(new, find_additions("t.py", old, new).statements)
+    assert out == new  # a lambda cannot hold it: the copy would not compile
+    compile(out, "t.py", "exec")
+
+
+def test_recorded_code_on_the_line_of_a_forced_new_log_statement_is_not_isolated() -> None:
+    """``--force`` replays a print added to a recorded line: the recorded statements there draw
+    the run's numbers as recorded."""
+    import random
+
+    old = "import random\nlog = []\nfor epoch in range(4):\n    if random.random() < 2: x = random.random()\n    log.append(random.random())\n"
+    new = old.replace("x = random.random()", "x = random.random(); print(random.random())")
+    found = find_additions("t.py", old, new)
+    assert found.statements == [(4, 4)] and found.shared_lines == [4] and found.other_changes
+    out = isolate_new_code(new, found.statements, found.shared_lines)
+    assert out.split("\n")[3] == f"    if random.random() < 2: x = random.random(); {HINDSIGHT_CALL}print(random.random()){HINDSIGHT_CALL_END}"
+
+    def run(code: str) -> list[float]:
+        random.seed(5)
+        scope: dict = {"print": lambda *a: None}
+        exec(compile(code, "t.py", "exec"), scope)
+        return scope["log"]
+
+    assert run(out) == run(old)
+
+
+def test_the_test_of_a_new_if_or_while_is_computed_in_isolation() -> None:
+    old = "def f(rng):\n    x = 1\n"
+    new = old + "    if rng.normal() > 0:\n        pass\n    while x < 2 and g():\n        x += 1\n    if x > 1:\n        pass\n"
+    out = isolate_new_code(new, find_additions("t.py", old, new).statements)
+    assert out.split("\n")[2:] == [
+        f"    if {HINDSIGHT_CALL}rng.normal() > 0{HINDSIGHT_CALL_END}:", "        pass",
+        f"    while {HINDSIGHT_CALL}x < 2 and g(){HINDSIGHT_CALL_END}:", "        x += 1",
+        "    if x > 1:", "        pass", ""]  # a test that calls nothing is left alone
+
+
+def test_one_line_new_statements_leave_the_runs_draws_as_recorded() -> None:
+    """``if epoch % 2 == 0: hl.log(...)`` and a new ``if`` whose test draws: the run draws as
+    recorded after them, and new code draws the numbers that fork_rng around it would give."""
+    import random
+
+    old = "import random\nlog, new = [], []\nfor epoch in range(4):\n    log.append(random.random())\n"
+    new_code = ("    if epoch % 2 == 0: new.append(random.random())\n"
+                "    if random.random() > 2:\n        pass\n"
+                "    for _ in range(2): new.append(random.random())\n")
+    new = old + new_code
+    out = isolate_new_code(new, find_additions("t.py", old, new).statements)
+
+    def run(code: str) -> dict:
+        random.seed(11)
+        scope: dict = {}
+        exec(compile(code, "t.py", "exec"), scope)
+        return scope
+
+    recorded = run(old)["log"]
+    assert run(new)["log"] != recorded  # as written, new code moves the run's draws
+    isolated = run(out)
+    assert isolated["log"] == recorded
+    # Ground truth: each iteration's new code run on a copy of the run's generator (fork_rng).
+    random.seed(11)
+    want = []
+    for epoch in range(4):
+        random.random()
+        state = random.getstate()
+        if epoch % 2 == 0:
+            want.append(random.random())
+        random.random()
+        want += [random.random(), random.random()]
+        random.setstate(state)
+    assert isolated["new"] == want
 
 
 @pytest.mark.parametrize("line, wrapped", [

@@ -1993,7 +1993,12 @@ def test_new_code_that_reads_a_loader_leaves_the_runs_random_draws_as_recorded(t
         assert_same_values(proj.values(name, run), want, name)
 
 
-def test_new_code_that_draws_from_a_declared_generator_leaves_it_as_recorded(tmp_path: Path) -> None:
+@pytest.mark.parametrize("line, count", [
+    ('hl.log("noisy", float(w[0] + rng.normal()))', 4),
+    ('if epoch % 2 == 0: hl.log("noisy", float(w[0] + rng.normal()))', 2),  # after `if c:`: no `with` there
+    ('if rng.normal() > -100:\n    hl.log("noisy", float(w[0]))', 4),  # the test of a new `if` draws
+])
+def test_new_code_that_draws_from_a_declared_generator_leaves_it_as_recorded(tmp_path: Path, line: str, count: int) -> None:
     """A NumPy Generator named in hl.checkpoints is the run's too: new code that draws from it
     (a new noisy estimate) must leave it where the record had it for the next iteration."""
     text = dedent("""
@@ -2014,10 +2019,10 @@ def test_new_code_that_draws_from_a_declared_generator_leaves_it_as_recorded(tmp
     """)
     proj = ReplayProject(tmp_path)
     run = proj.record(text, env={"HINDLOG_EPSILON": "0"})  # no checkpoint: every iteration re-executes
-    proj.write("train.py", insert_after(text, 'hl.log("mse"', 'hl.log("noisy", float(w[0] + rng.normal()))'))
+    proj.write("train.py", insert_after(text, 'hl.log("mse"', line))
     result = proj.replay("train.py", "--workers", "1", check=False)
     assert result.returncode == 0 and "DIVERGED" not in result.stdout, result.stdout + result.stderr
-    assert len(proj.values("noisy", run)) == 4
+    assert len(proj.values("noisy", run)) == count
 
 
 def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:

@@ -33,7 +33,8 @@ from .query import dataframe, runs
 from .record import arg, checkpoints, finish, init, log, loop, run_id
 from .restore import restore
 # The replay's copy of the code calls these around the statements added since the record.
-from .controller import hindsight_code as _hindsight_code, hindsight_mark as _hindsight_mark
+from .controller import hindsight_call as _hindsight_call, hindsight_code as _hindsight_code
+from .controller import hindsight_mark as _hindsight_mark
 from .controller import hindsight_iter as _hindsight_iter, replaying
 
 __version__ = "0.1.0"

@@ -21,7 +21,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -189,6 +189,13 @@ def hindsight_code() -> Iterator[None]:
         yield
     finally:
         hindsight_exit(run)
+
+
+def hindsight_call(compute: Callable[[], Any]) -> Any:
+    """``compute()`` under ``hindsight_code``: the value of a new statement where a ``with``
+    cannot go (``if c: hl.log("val", evaluate(val_loader))``), or the test of a new ``if``."""
+    with hindsight_code():
+        return compute()
 
 
 def hindsight_mark() -> list[Any] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,9 @@ class Additions:
     other_changes: str = ""
     #: Why the new source does not parse, if it does not.
     syntax_error: str = ""
+    #: Lines where a new log statement shares its line with recorded code (``x = f(); print(x)``,
+    #: which only --force replays): the other statements there are not new.
+    shared_lines: list[int] = field(default_factory=list)
 
 
 def code_lines(src: str) -> list[str]:
@@ -79,7 +82,9 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
         (stmt, {l for l in range(span(stmt)[0], span(stmt)[1] + 1) if new_code[l - 1].strip()}, _begins_line(new_lines, stmt))
         for stmt in _all_statements(tree)
     ]
-    whole = [(stmt, own) for stmt, own, begins in statements if begins]
+    # ``a; b(`` over two lines: ``b`` shares ``a``'s line and is new with it.
+    follows = {id(b): a for block in _statement_blocks(tree) for a, b in zip(block, block[1:]) if b.lineno == a.end_lineno}
+    whole = [(stmt, own) for stmt, own, begins in statements if begins or id(stmt) in follows]
     opcodes = matcher.get_opcodes()
     for k, (tag, i1, i2, j1, j2) in enumerate(opcodes):
         if tag == "equal":
@@ -99,22 +104,30 @@ def find_additions(path: str, old_src: str, new_src: str) -> Additions:
         out.other_changes = "\n".join(bad)
         return out
     covered: set[int] = set()
+    added: set[int] = set()
     for stmt, own, begins in statements:
+        if own and id(follows.get(id(stmt))) in added and own <= inserted:
+            out.statements.append(span(stmt))
+            added.add(id(stmt))
+            covered |= own
+            continue
         if not own or covered & own:
             continue
         if own <= inserted and begins:
             out.statements.append(span(stmt))
+            added.add(id(stmt))
             covered |= own
         elif own <= inserted | changed and _is_log_or_print(stmt):
             # A log statement on a changed line (``x = 1; hl.log("x", x)``) or on a new clause's
             # header line (``elif c: hl.log(...)``) is new for --force; its line is still a change.
             out.statements.append(span(stmt))
+            out.shared_lines.extend(sorted(own & changed))
             if begins:
                 covered |= own
     for line in sorted(inserted - covered):
         bad.append(f"@@ +{line} @@ (an added line that is not a whole new statement)")
         bad.append("+" + new_lines[line - 1])
-    out.statements.sort()
+    out.statements = sorted(set(out.statements))  # (``a = f(); hl.log("a", a)``: one line, two statements)
     out.other_changes = "\n".join(bad)
     return out
 
@@ -183,6 +196,13 @@ def _all_statements(tree: ast.AST) -> list[ast.stmt]:
 
     visit(tree.body)  # type: ignore[attr-defined]
     return out
+
+
+def _statement_blocks(tree: ast.AST) -> Iterator[list[ast.stmt]]:
+    """Every block of statements: the module's body and each compound statement's."""
+    yield tree.body  # type: ignore[attr-defined]
+    for stmt in _all_statements(tree):
+        yield from _child_blocks(stmt)
 
 
 def _child_blocks(stmt: ast.stmt) -> list[list[ast.stmt]]:
@@ -307,6 +327,7 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
     blocks = [b for b in _blocks(tree)]
     insertions: list[tuple[int, list[str]]] = []
     placed = units(new_src, statements)
+    inside_strings = _lines_inside_strings(new_src)
     for lo, hi in statements:
         if not any(u.lines[0] <= lo and hi <= u.lines[1] for u in placed):
             raise PlacementError(f"cannot place the statement at line {lo}: its block has no counterpart hindlog can match")
@@ -347,7 +368,8 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
             raise PlacementError(f"cannot place the statement at line {unit.lines[0]} ({what}): {reason}")
         line_index, indent, _ = spots[0]
         chunk = new_lines[unit.lines[0] - 1 : unit.lines[1]]
-        insertions.append((line_index, _reindent(chunk, indent)))
+        literal = [unit.lines[0] + k in inside_strings for k in range(len(chunk))]
+        insertions.append((line_index, _reindent(chunk, indent, literal)))
     for line_index, chunk in sorted(insertions, key=lambda x: -x[0]):
         target_lines[line_index:line_index] = chunk
     return "".join(target_lines)
@@ -359,12 +381,26 @@ def _indent(lines: list[str], stmt: ast.stmt) -> str:
     return line[: len(line) - len(line.lstrip())]
 
 
-def _reindent(lines: list[str], indent: str) -> list[str]:
+def _lines_inside_strings(src: str) -> set[int]:
+    """The lines that begin inside a string literal (the second and later lines of a
+    triple-quoted string): their text is the string's, so reindenting them would change it."""
+    out: set[int] = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", None):
+                out.update(range(tok.start[0] + 1, tok.end[0] + 1))
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return out
+
+
+def _reindent(lines: list[str], indent: str, literal: list[bool]) -> list[str]:
+    """``lines`` moved to ``indent``, but for those that begin inside a string (``literal``)."""
     first = lines[0]
     current = first[: len(first) - len(first.lstrip())]
     out = []
-    for line in lines:
-        if line.strip():
+    for line, inside_string in zip(lines, literal):
+        if line.strip() and not inside_string:
             # Deeper lines keep what they have beyond the first line's indentation.
             rest = line[len(current):] if line.startswith(current) else line.lstrip()
             out.append(indent + rest)
@@ -824,6 +860,10 @@ RANDOM_DRAWS = frozenset({
 HINDSIGHT_PREFIX = 'with __import__("hindlog")._hindsight_code(): '
 HINDSIGHT_ITER = '__import__("hindlog")._hindsight_iter(__import__("hindlog")._hindsight_mark(), ('
 HINDSIGHT_ITER_END = "))"
+#: Around the value of a new statement where a ``with`` cannot go (after ``if c:`` or ``a;`` on
+#: its line), and around the test of a new ``if`` or ``while`` (``controller.hindsight_call``).
+HINDSIGHT_CALL = '__import__("hindlog")._hindsight_call(lambda: ('
+HINDSIGHT_CALL_END = "))"
 #: Calls that draw no random numbers: a statement that makes only these (``hl.log("loss",
 #: loss.item())``) is not wrapped, which would cost it 0.1-0.2 ms each time it runs.
 #: (Not ``list``, ``sorted``, ``min`` and the like: they read an iterable, and reading a loader draws.)
@@ -841,57 +881,122 @@ def _may_draw(node: ast.AST) -> bool:
                for n in ast.walk(node))
 
 
-def isolate_new_code(src: str, ranges: list[tuple[int, int]]) -> str:
+def isolate_new_code(src: str, ranges: list[tuple[int, int]], shared_lines: Collection[int] = ()) -> str:
     """``src`` with the new statements in ``ranges`` run so that they leave the run's random
     generators as they found them: a new simple statement that begins its line and may draw
-    gets ``HINDSIGHT_PREFIX``, and a new ``for`` loop reads its iterable through
-    ``HINDSIGHT_ITER``. Line numbers do not change (the replay finds new code by them). Not
-    covered: a new statement after another on its line (``if c: hl.log(...)``), the headers of
-    other new compound statements, and new lambdas that recorded code calls later (a hook); the
-    statements of a new function are wrapped like any other."""
+    gets ``HINDSIGHT_PREFIX``; one that follows another on its line (``if c: hl.log(...)``)
+    has its value computed through ``HINDSIGHT_CALL``, as have the tests of new ``if`` and
+    ``while`` statements; a new ``for`` loop reads its iterable through ``HINDSIGHT_ITER``.
+    Line numbers do not change (the replay finds new code by them). Not covered: new lambdas that
+    recorded code calls later (a hook), and where a lambda would change what the expression means
+    (in a class body, or with ``:=``, ``super()``, ``locals()``); the statements of a new function
+    are wrapped like any other. On ``shared_lines`` (``Additions.shared_lines``) only the log
+    statements are new."""
     if not ranges:
         return src
     tree = ast.parse(src)
     # Lines as the parser counts them (``str.splitlines`` also splits at form feeds and more).
     lines = src.split("\n")
     encoded = [line.encode() for line in lines]
-    new = lambda node: any(lo <= node.lineno <= hi for lo, hi in ranges)  # noqa: E731
-    suspends = lambda node: any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(node))  # noqa: E731
+    # The new statements and the statements within them; not a recorded statement that shares
+    # a line with a new one (``x = f(); print(x)`` under --force).
+    wanted = {tuple(r) for r in ranges}
+    new_ids: set[int] = set()
+    for stmt in _all_statements(tree):
+        if id(stmt) not in new_ids and span(stmt) in wanted and (stmt.lineno not in shared_lines or _is_log_or_print(stmt)):
+            new_ids.update(id(n) for n in ast.walk(stmt) if isinstance(n, ast.stmt))
+    new = lambda node: id(node) in new_ids  # noqa: E731
+    in_class = _class_level_statements(tree)
     # (line, byte column, text): inserted right to left, so earlier offsets stay valid.
     edits: list[tuple[int, int, str]] = []
-    simple: dict[int, list[ast.stmt]] = {}  # new simple statements by the line they start on
+
+    def wrap(expr: ast.expr, around: str, end: str) -> None:
+        edits.append((expr.end_lineno or expr.lineno, expr.end_col_offset or 0, end))
+        edits.append((expr.lineno, expr.col_offset, around))
+
+    simple: dict[int, list[ast.stmt]] = {}  # simple statements, new or not, by the line they start on
     for node in ast.walk(tree):
-        if not isinstance(node, ast.stmt) or not new(node):
+        if not isinstance(node, ast.stmt):
             continue
-        if isinstance(node, ast.For):
+        if not _child_blocks(node):
+            simple.setdefault(node.lineno, []).append(node)
+        elif not new(node):
+            continue
+        elif isinstance(node, ast.For):
             # A generator suspended between the wrapper's two halves would set the run's
             # generators back over what other code drew meanwhile.
-            if not suspends(node.iter):
-                it = node.iter
-                edits.append((it.end_lineno, it.end_col_offset, HINDSIGHT_ITER_END))
-                edits.append((it.lineno, it.col_offset, HINDSIGHT_ITER))
-        elif not _child_blocks(node):
-            simple.setdefault(node.lineno, []).append(node)
-    for lineno, nodes in simple.items():
+            if not _suspends(node.iter):
+                wrap(node.iter, HINDSIGHT_ITER, HINDSIGHT_ITER_END)
+        elif isinstance(node, (ast.If, ast.While)):
+            if id(node) not in in_class and _may_draw(node.test) and _lambda_keeps_meaning(node.test):
+                wrap(node.test, HINDSIGHT_CALL, HINDSIGHT_CALL_END)
+    for lineno, line_statements in simple.items():
+        nodes = [n for n in line_statements if new(n)]
+        if not any(_may_draw(n) for n in nodes):  # ``import``, ``pass``, ``break`` call nothing
+            continue
         first = min(nodes, key=lambda n: n.col_offset)
         previous = lines[lineno - 2].rstrip() if lineno > 1 else ""
-        if (
-            # Only where a statement may begin its logical line: a ``with`` cannot follow
-            # ``if c:``, ``a;`` or a backslash that continues the line before.
-            not encoded[lineno - 1][: first.col_offset].strip() and not previous.endswith("\\")
-            # ``global`` must stay where it is; a docstring stays one.
-            and not any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in nodes)
-            and not (len(nodes) == 1 and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant))
-            and not any(suspends(n) for n in nodes)
-            # One ``with`` covers the statements that share the line: wrapped if any may draw.
-            # (``import``, ``pass``, ``break`` call nothing: they never may.)
-            and any(_may_draw(n) for n in nodes)
-        ):
-            edits.append((lineno, first.col_offset, HINDSIGHT_PREFIX))
+        # A ``with`` goes only where a statement may begin its logical line (not after ``if
+        # c:``, ``a;`` or a backslash that continues the line before), and only over new code.
+        if (len(nodes) == len(line_statements) and not encoded[lineno - 1][: first.col_offset].strip()
+                and not previous.endswith("\\")):
+            if (
+                # ``global`` must stay where it is; a docstring stays one.
+                not any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in nodes)
+                and not (len(nodes) == 1 and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant))
+                and not any(_suspends(n) for n in nodes)
+            ):
+                # One ``with`` covers the statements that share the line.
+                edits.append((lineno, first.col_offset, HINDSIGHT_PREFIX))
+            continue
+        for n in nodes:
+            value = getattr(n, "value", None) if isinstance(n, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return)) else None
+            if value is not None and id(n) not in in_class and _may_draw(value) and _lambda_keeps_meaning(value):
+                wrap(value, HINDSIGHT_CALL, HINDSIGHT_CALL_END)
     for lineno, col, text in sorted(edits, key=lambda e: (e[0], e[1]), reverse=True):
         raw = encoded[lineno - 1]
         encoded[lineno - 1] = raw[:col] + text.encode() + raw[col:]  # AST columns count UTF-8 bytes
     return "\n".join(raw.decode() for raw in encoded)
+
+
+def _suspends(node: ast.AST) -> bool:
+    return any(isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await)) for n in ast.walk(node))
+
+
+#: Calls whose meaning depends on the function they are made in: a lambda would change it.
+_SCOPE_CALLS = frozenset({"super", "locals", "vars", "dir", "eval", "exec"})
+
+
+def _lambda_keeps_meaning(expr: ast.expr) -> bool:
+    """Whether ``lambda: (expr)`` computes what ``expr`` does where it stands: it neither
+    suspends nor assigns (``:=`` would bind in the lambda) nor asks for its own scope."""
+    return not any(
+        isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr))
+        or (isinstance(n, ast.comprehension) and n.is_async)  # only in an ``async def``
+        or (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _SCOPE_CALLS)
+        for n in ast.walk(expr)
+    )
+
+
+def _class_level_statements(tree: ast.AST) -> set[int]:
+    """The ids of statements that run in a class body, where a lambda cannot see the names the
+    body defined."""
+    found: set[int] = set()
+
+    def visit(stmts: list[ast.stmt], in_class: bool) -> None:
+        for stmt in stmts:
+            if in_class:
+                found.add(id(stmt))
+            if isinstance(stmt, ast.ClassDef):
+                visit(stmt.body, True)
+            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(stmt.body, False)
+            else:
+                for block in _child_blocks(stmt):
+                    visit(block, in_class)
+
+    visit(getattr(tree, "body", []), False)
+    return found
 
 
 def _new_calls(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> Iterator[ast.Call]:

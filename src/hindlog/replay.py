@@ -56,6 +56,8 @@ class RunPlan:
     segments: list[Segment] = field(default_factory=list)
     #: Run every nested loop (nothing skipped), e.g. when new statements read gradients.
     run_all_blocks: bool = False
+    #: Lines where a new log statement follows recorded code (--force): ``Additions.shared_lines``.
+    shared_lines: dict[str, list[int]] = field(default_factory=dict)
     estimate: float = 0.0
     full_rerun: float | None = None
     #: A new statement draws from the run's random generators.
@@ -232,17 +234,15 @@ def plan_run(
         raise ReplayError(f"run {run['run_id']} has no code version (its code snapshot failed)")
     files: dict[str, str] = {}
     new_statements: dict[str, list[tuple[int, int]]] = {}
+    shared_lines: dict[str, list[int]] = {}
     for path, add in additions.items():
-        if version == base_version:
+        target = codeversion.read_file(store, version, path) if version != base_version else None
+        if target is None:
             # With --force, the current code, changed lines and all; an older version gets only the
             # new statements placed into its own code, whatever else changed since.
             files[path] = current[path]
             new_statements[path] = add.statements
-            continue
-        target = codeversion.read_file(store, version, path)
-        if target is None:
-            files[path] = current[path]
-            new_statements[path] = add.statements
+            shared_lines[path] = add.shared_lines
             continue
         try:
             patched = hindsight.place(current[path], add.statements, target.decode())
@@ -271,7 +271,8 @@ def plan_run(
             raise ReplayError(f"--iterations {lo}:{hi} is outside run {run['run_id']}'s main loop (0:{total})")
     rows = checkpoint_rows(conn, run["id"])
     checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
-    plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed)
+    plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed,
+                   shared_lines=shared_lines)
     plan.run_by_new_code = run_by_new_code
     plan.main_loop = info.get("main_loop")
     if plan.main_loop is None:  # recorded before runs kept its name: the loop of the values logged in it
@@ -706,7 +707,8 @@ def _execute(
     store.remove_dead_scratch(f"replay-{plan.run_id}")  # a killed replay's copy, as its pending rows above
     scratch = store.scratch_dir(f"replay-{plan.run_id}")
     # New statements set the run's random generators back after them (hindsight.isolate_new_code).
-    files = {path: hindsight.isolate_new_code(src, plan.new_statements.get(path, [])) for path, src in plan.files.items()}
+    files = {path: hindsight.isolate_new_code(src, plan.new_statements.get(path, []), plan.shared_lines.get(path, ()))
+             for path, src in plan.files.items()}
     prepare_scratch(store, plan.code_version, files, scratch, inputs_before=run.get("started"))
     argv = run.get("argv") or [plan.script]
     script_path = scratch / plan.script
