@@ -393,6 +393,16 @@ def test_a_main_loop_statement_probes_no_nested_loop() -> None:
     assert probed(add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", sched.get_last_lr()[0])')) == {"epoch"}
 
 
+@pytest.mark.parametrize("iterable", [
+    'enumerate(hl.loop("step", loader))', 'tqdm(hl.loop("step", loader), total=n)',
+    'zip(hl.loop("step", loader), range(n))', 'enumerate(iterable=hl.loop("step", loader))',
+])
+def test_a_loop_handed_to_another_iterable_is_named_by_its_hl_loop(iterable: str) -> None:
+    old = f"for epoch in hl.loop('epoch', range(3)):\n    for k, b in {iterable}:\n        x = b\n"
+    new = old + "        hl.log('x', x)\n"
+    assert probed(new, {"train.py": old}) == {"epoch", "step"}
+
+
 def test_a_statement_after_the_main_loop_probes_nothing() -> None:
     assert probed(BASE + 'hl.log("final", float(model.weight.sum()))\n') == set()
 

@@ -2025,6 +2025,43 @@ def test_new_code_that_draws_from_a_declared_generator_leaves_it_as_recorded(tmp
     assert len(proj.values("noisy", run)) == count
 
 
+ENUMERATED = """
+import numpy as np
+import hindlog as hl
+
+rng = np.random.default_rng(0)
+w = np.zeros(3)
+hl.checkpoints(w=w, rng=rng)
+for epoch in hl.loop("epoch", range(4)):
+    for k, i in enumerate(hl.loop("step", range(3))):
+        x = rng.normal(size=3)
+        w += 0.1 * (x - w) * (k + 1)
+    hl.log("w0", float(w[0]))
+"""
+
+
+@pytest.mark.parametrize("anchor, line, name, count", [
+    ("w += 0.1", "hl.log('x0', float(x[0]))", "x0", 12),  # in the nested loop
+    ('hl.log("w0"', "hl.log('k', k)", "k", 4),  # reads what the skipped loop assigned
+])
+def test_a_nested_loop_handed_to_enumerate_is_one_the_analysis_sees(tmp_path: Path, anchor: str, line: str, name: str, count: int) -> None:
+    """``enumerate(hl.loop("step", ...))``: the loop is still hl.loop's. Taken for an ordinary
+    loop, it was skipped: the new statement in it logged nothing, and one after it read a loop
+    variable the skip had not restored (NameError)."""
+    text = dedent(ENUMERATED)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, anchor, line)
+    proj.write("train.py", new)
+    result = proj.replay("train.py", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Both run the loop: one logs in it, the other reads `k`, which its checkpoints do not hold.
+    assert must_run(result.stdout) == {"step"}, result.stdout
+    truth = ground_truth(tmp_path, {"train.py": new}, [name])
+    assert len(truth[name]) == count
+    assert_same_values(proj.values(name, run), truth[name], name)
+
+
 def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:
     proj, run = counter
     proj.write("train.py", insert_after(dedent(COUNTER).replace("import time\n", "import random\nimport time\n"),

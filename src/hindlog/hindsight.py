@@ -415,15 +415,21 @@ def _reindent(lines: list[str], indent: str, literal: list[bool]) -> list[str]:
 
 
 def api_loop_name(node: ast.AST) -> str | None:
-    """The name of a ``for ... in hl.loop("name", ...)`` loop, or None."""
+    """The name of a ``for ... in hl.loop("name", ...)`` loop, or None. The ``hl.loop`` call may
+    be handed to others: ``enumerate(hl.loop("step", loader))``, ``tqdm(...)``, ``zip(...)``."""
     if not isinstance(node, (ast.For, ast.AsyncFor)):
         return None
-    call = node.iter
-    if isinstance(call, ast.Call) and call_name(call) == "_hindsight_iter" and len(call.args) == 2:
-        call = call.args[1]  # a new loop in a replay's copy of the code (isolate_new_code)
-    if isinstance(call, ast.Call):
+    # (A new loop in a replay's copy of the code reads its iterable through ``_hindsight_iter``:
+    # isolate_new_code; the search below sees through it like through ``enumerate``.)
+    calls = [node.iter]
+    while calls:
+        call = calls.pop(0)
+        if not isinstance(call, ast.Call):
+            continue
         if call_name(call) == "loop" and call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
             return call.args[0].value
+        calls.extend(a.value if isinstance(a, ast.Starred) else a for a in call.args)
+        calls.extend(k.value for k in call.keywords)
     return None
 
 
