@@ -2062,6 +2062,45 @@ def test_a_nested_loop_handed_to_enumerate_is_one_the_analysis_sees(tmp_path: Pa
     assert_same_values(proj.values(name, run), truth[name], name)
 
 
+GRADIENTS = """
+import torch
+import hindlog as hl
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+hl.checkpoints(model=model, opt=opt)
+for epoch in hl.loop("epoch", range(3)):
+    for i in hl.loop("step", range(4)):
+        x = torch.randn(8, 4)
+        opt.zero_grad()
+        loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+        loss.backward()
+        opt.step()
+    hl.log("loss", loss.item())
+"""
+
+
+@pytest.mark.parametrize("line", [
+    'hl.log("gn", torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9).item())',
+    'hl.log("gn", float(model.weight.grad.norm()))',
+])
+def test_a_new_main_loop_statement_that_reads_gradients_gets_them(tmp_path: Path, line: str) -> None:
+    """Checkpoints hold no gradients: skipping the nested loop left none, and a gradient norm
+    from ``clip_grad_norm_`` was replayed as 0.0."""
+    pytest.importorskip("torch")
+    text = dedent(GRADIENTS)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("loss"', line)
+    proj.write("train.py", new)
+    result = proj.replay("train.py")
+    assert "reads gradients" in result.stdout, result.stdout
+    truth = ground_truth(tmp_path, {"train.py": new}, ["gn"])
+    assert len(truth["gn"]) == 3 and all(v > 0 for v in truth["gn"].values())
+    assert_same_values(proj.values("gn", run), truth["gn"], "gn")
+
+
 def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:
     proj, run = counter
     proj.write("train.py", insert_after(dedent(COUNTER).replace("import time\n", "import random\nimport time\n"),

@@ -1038,8 +1038,13 @@ def writes_unstored_output(files: dict[str, str], new_statements: dict[str, list
     )
 
 
+#: Library functions that read the gradients of what they are given (``torch.nn.utils``'s).
+GRADIENT_READERS = frozenset({"clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_"})
+
+
 def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
-    """Whether a new statement reads ``.grad`` (directly or in a project function it calls).
+    """Whether a new statement reads ``.grad`` or calls a ``GRADIENT_READERS`` function (directly
+    or in a project function it calls).
 
     Checkpoints do not hold gradients, so replay runs the nested loops before such statements."""
     trees = _parse_all(files)
@@ -1049,6 +1054,8 @@ def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[
     def reads(node: ast.AST) -> bool:
         for n in ast.walk(node):
             if isinstance(n, ast.Attribute) and n.attr == "grad":
+                return True
+            if isinstance(n, ast.Call) and call_name(n) in GRADIENT_READERS:
                 return True
         for name in _called_names(node):
             fn = functions.get(name)
