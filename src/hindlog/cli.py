@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sqlite3
 import sys
 import warnings
@@ -520,6 +521,16 @@ def _parse_iterations(text: str | None) -> tuple[int | None, int | None] | None:
         raise HindlogError(f"--iterations takes A:B (e.g. 3:7), got {text!r}") from None
 
 
+def _shown_path(path: str | None) -> str:
+    """``path`` relative to the current directory where it is inside it."""
+    if not path:
+        return ""
+    try:
+        return os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    except ValueError:
+        return path
+
+
 def _module_file(name: str) -> str:
     """The file ``python -m NAME`` runs from here, found without importing anything (a package's
     ``__init__`` may import torch): under the current directory or an entry of PYTHONPATH."""
@@ -571,6 +582,9 @@ def _replay(args: argparse.Namespace) -> int:
         print(line)
         for w in r.worker_warnings:
             print(f"  {w}", file=sys.stderr)
+        if r.outputs:
+            shown = ", ".join(r.outputs[:5]) + (f" and {len(r.outputs) - 5} more" if len(r.outputs) > 5 else "")
+            print(f"  files the replayed code wrote ({shown}): in {_shown_path(r.outputs_dir)}")
         if r.recorded_failure:
             print(f"  the script ended with an error, as the recorded run did: {r.recorded_failure}")
         if r.printed_differ:

@@ -16,10 +16,12 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +102,10 @@ class RunResult:
     worker_warnings: list[str] = field(default_factory=list)
     #: Why the run was not replayed at all (another replay of it was running).
     refused: str | None = None
+    #: Files the replayed code wrote in its scratch copy (paths relative to the copy's root),
+    #: moved to ``outputs_dir`` (``keep_outputs``).
+    outputs: list[str] = field(default_factory=list)
+    outputs_dir: str | None = None
 
 
 @dataclass
@@ -483,6 +489,45 @@ def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: 
     return scratch
 
 
+def _regular_files(root: Path) -> dict[str, tuple[int, int]]:
+    """The regular files under ``root`` (relative paths) with their sizes and modification times;
+    not those in linked folders (the project's own) nor in ``__pycache__``."""
+    out: dict[str, tuple[int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):  # (symlinked folders are not entered)
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def keep_outputs(store: Store, run_id: str, scratch: Path, before: dict[str, tuple[int, int]]) -> tuple[Path, list[str]]:
+    """Move the files the replayed code wrote in ``scratch`` (new or changed since ``before``)
+    to ``.hindlog/outputs/RUN/``, under the same relative paths: a hindsight ``savefig`` or
+    ``np.save`` is the user's to keep, and the scratch copy is removed. Never into the project
+    itself, where they would overwrite what the run wrote. Returns the folder and the paths."""
+    dest = store.path / "outputs" / run_id
+    written = sorted(
+        rel for rel, signature in _regular_files(scratch).items()
+        if before.get(rel) != signature and not os.path.basename(rel).startswith(".hindlog-")
+    )
+    kept = []
+    for rel in written:
+        try:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(scratch / rel), str(target))  # (a later replay's file replaces an earlier one's)
+            kept.append(rel)
+        except OSError as e:
+            warnings.warn(f"hindlog: could not keep {rel}, which the replay of run {run_id} wrote: {e}", RuntimeWarning, stacklevel=2)
+    return dest, kept
+
+
 def _link_inputs(src: Path, dst: Path, cutoff: float) -> None:
     try:
         if src.is_dir() and not src.is_symlink():
@@ -710,6 +755,7 @@ def _execute(
     files = {path: hindsight.isolate_new_code(src, plan.new_statements.get(path, []), plan.shared_lines.get(path, ()))
              for path, src in plan.files.items()}
     prepare_scratch(store, plan.code_version, files, scratch, inputs_before=run.get("started"))
+    before = _regular_files(scratch)
     argv = run.get("argv") or [plan.script]
     script_path = scratch / plan.script
     if not script_path.exists():
@@ -775,12 +821,14 @@ def _execute(
             _publish(store, plan, base, len(procs), kept)
         except Exception:
             pass
+        outputs_dir, outputs = keep_outputs(store, plan.run_id, scratch, before)
         shutil.rmtree(scratch, ignore_errors=True)
         done = ", ".join(f"{s.start}:{s.end}" for s in finished) or "none"
         again = f"--iterations {min(s.start for s in rest)}:{max(s.end for s in rest)}" if rest else ""
         raise ReplayInterrupted(
             f"replay of run {plan.run_id} interrupted. Segments finished: {done}; their values are kept (those of "
             f"segments stopped midway are not, and earlier values stay)." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
+            + (f" The {len(outputs)} files it wrote are in {outputs_dir}." if outputs else "")
         ) from None
     finally:
         if restore_sigterm is not None:
@@ -825,6 +873,8 @@ def _execute(
         result.stored -= result.dropped_diverged
         kept = [k for k in kept if k not in diverged]
     result.replaced = _publish(store, plan, base, len(procs), kept)
+    outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, before)
+    result.outputs_dir = str(outputs_dir) if result.outputs else None
     result.seconds = time.perf_counter() - t0
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
