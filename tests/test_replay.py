@@ -1325,6 +1325,33 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
     assert "replay an earlier run with --run RUN" in same.stderr, same.stderr
 
 
+def test_where_says_which_runs_it_cannot_tell_for(tmp_path: Path) -> None:
+    """An argparse default is not recorded for a script that uses the API (only what its command
+    line set): --where must not leave such a run out without a word."""
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import argparse
+        import hindlog as hl
+
+        p = argparse.ArgumentParser()
+        p.add_argument("--lr", type=float, default=0.1)
+        lr = p.parse_args().lr
+        x = 0.0
+        for epoch in hl.loop("epoch", range(3)):
+            x += lr
+            hl.log("x", x)
+    """)
+    default = proj.record(text, env=DENSE)
+    given = proj.record(env=DENSE, args=["--lr", "0.01"])
+    proj.write("train.py", insert_after(text, 'hl.log("x", x)', 'hl.log("double", 2 * x)'))
+    none = proj.replay("train.py", "--where", "lr > 0.05", check=False)
+    assert none.returncode != 0 and f"cannot tell for 1 run ({default}) with no recorded value of lr" in none.stderr, none.stderr
+    assert 'hl.arg("lr", default)' in none.stderr
+    some = proj.replay("train.py", "--where", "lr < 0.05")
+    assert f"leaves out 1 run ({default})" in some.stderr, some.stderr
+    assert proj.count("double", given) == 3 and proj.count("double", default) == 0
+
+
 def test_a_run_of_another_script_is_refused(counter) -> None:
     proj, run = counter
     proj.write("other.py", "import hindlog as hl\nfor i in hl.loop('i', range(2)):\n    hl.log('y', i)\n")

@@ -161,7 +161,18 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
             names = ", ".join(c for c in frame.columns if c != "_id") or "none"
             raise ReplayError(f"--where {where!r} cannot be evaluated over the runs' args and options ({e}; "
                               f"their args and options: {names})") from None
+        unknown = _runs_without(frame, where)
         candidates = [r for r in candidates if r["run_id"] in chosen]
+        if unknown:
+            # (A script's argparse default is not known unless it ran under ``hindlog run``.)
+            names = ", ".join(sorted({n for missing in unknown.values() for n in missing}))
+            left_out = (f"{len(unknown)} run{'s' if len(unknown) > 1 else ''} ({', '.join(list(unknown)[:3])}"
+                        f"{', ...' if len(unknown) > 3 else ''}) with no recorded value of {names}")
+            advice = (f"their command lines did not set it, and a script's own defaults are recorded only through "
+                      f"hl.arg(\"{names.split(', ')[0]}\", default) or under `hindlog run`; name runs with --run")
+            if not candidates:
+                raise RunNotFound(f"no run matches --where {where!r}: it cannot tell for {left_out}; {advice}")
+            print(f"note: --where {where!r} leaves out {left_out}: {advice}", file=sys.stderr)
         if not candidates:
             of = f"of {script} " if script else ""
             raise RunNotFound(f"no run {of}matches --where {where!r}")
@@ -169,6 +180,23 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
     if all_runs:
         return _of_one_script(candidates, "--all")
     return [candidates[-1]]
+
+
+def _runs_without(frame: Any, where: str) -> dict[str, list[str]]:
+    """The runs (by id) that have no value for some name ``where`` reads, and those names."""
+    import ast
+
+    try:
+        used = {n.id for n in ast.walk(ast.parse(where, mode="eval")) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        return {}
+    columns = [c for c in frame.columns if c in used]
+    out: dict[str, list[str]] = {}
+    for _, row in frame.iterrows():
+        missing = [c for c in columns if row[c] is None or (isinstance(row[c], float) and row[c] != row[c])]
+        if missing:
+            out[row["_id"]] = missing
+    return out
 
 
 def _of_one_script(rows: list[dict[str, Any]], selection: str) -> list[dict[str, Any]]:
