@@ -1591,6 +1591,15 @@ def plan_segments(total: int, checkpointed: list[int], workers: int, iterations:
     return [(s.start, s.end) for s in plan.segments]
 
 
+def test_the_plan_shows_a_line_of_new_statements_once() -> None:
+    from hindlog.replay import RunPlan, describe_plan
+
+    src = "for e in hl.loop('e', x):\n    a = f(e); hl.log('b',\n        a)\n    hl.log('c', 1)\n"
+    plan = RunPlan("r", 1, "train.py", "0" * 40, {"train.py": src}, {"train.py": [(2, 2), (2, 3), (4, 4)]}, set(), (0, 0), 0, [])
+    shown = [line for line in describe_plan(plan).splitlines() if line.startswith("  + ")]
+    assert shown == ["  + train.py:2: a = f(e); hl.log('b', ...", "  + train.py:4: hl.log('c', 1)"]
+
+
 def test_segments_start_after_checkpoints_and_balance_the_work() -> None:
     assert plan_segments(10, list(range(10)), 1) == [(0, 10)]
     assert plan_segments(10, list(range(10)), 2) == [(0, 5), (5, 10)]

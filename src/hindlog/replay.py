@@ -456,7 +456,10 @@ def describe_plan(plan: RunPlan) -> str:
     lines = [f"run {plan.run_id} (code {plan.code_version[:12]})"]
     for path, ranges in plan.new_statements.items():
         src = plan.files[path].splitlines()
+        ends: dict[int, int] = {}  # by first line: ``a; b`` are two statements on one line
         for lo, hi in ranges:
+            ends[lo] = max(ends.get(lo, hi), hi)
+        for lo, hi in sorted(ends.items()):
             lines.append(f"  + {path}:{lo}: {src[lo - 1].strip()}" + (" ..." if hi > lo else ""))
     if plan.total_iterations == 0:
         # Nothing to skip or split: the recorded run entered no main loop.
