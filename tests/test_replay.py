@@ -2159,6 +2159,23 @@ def test_a_new_main_loop_statement_that_reads_gradients_gets_them(tmp_path: Path
     assert_same_values(proj.values("gn", run), truth["gn"], "gn")
 
 
+def test_a_worker_does_not_pass_on_torchs_warning_about_a_skipped_optimizer_step(tmp_path: Path) -> None:
+    """A skipped nested loop steps no optimizer: torch then warns that the scheduler stepped
+    after it was called first, which the user's code does not do. A failed segment shows its
+    worker's output: the warning must not be in it."""
+    pytest.importorskip("torch")
+    text = dedent(GRADIENTS).replace("hl.checkpoints(model=model, opt=opt)",
+                                     "sched = torch.optim.lr_scheduler.StepLR(opt, 1)\nhl.checkpoints(model=model, opt=opt, sched=sched)")
+    text = insert_after(text, 'hl.log("loss"', "sched.step()")
+    proj = ReplayProject(tmp_path)
+    proj.record(text, env=DENSE)
+    proj.write("train.py", insert_after(text, "sched.step()", 'hl.log("lr", sched.get_last_lr()[0]); assert epoch < 2, "boom"'))
+    result = proj.replay("train.py", "--workers", "1", check=False)
+    assert result.returncode != 0 and "boom" in result.stderr, result.stdout + result.stderr
+    assert "skipped" in result.stdout or "loops skipped" in result.stdout
+    assert "Detected call of `lr_scheduler.step()`" not in result.stderr, result.stderr
+
+
 def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:
     proj, run = counter
     proj.write("train.py", insert_after(dedent(COUNTER).replace("import time\n", "import random\nimport time\n"),

@@ -430,6 +430,9 @@ class ReplayController(Controller):
             shown(message, category, filename, lineno, file, line)
 
         warnings.showwarning = keep
+        # A skipped nested loop steps no optimizer, so the scheduler stepped after it makes
+        # torch warn of a wrong order that the recorded code does not have.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
         self.start, self.end = spec["segment"]
         self.first = spec.get("first", True)
         self.last = spec.get("last", True)
