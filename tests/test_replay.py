@@ -1325,9 +1325,10 @@ def test_bad_input_gives_a_clear_message_and_a_non_zero_exit(tmp_path: Path) -> 
     assert "replay an earlier run with --run RUN" in same.stderr, same.stderr
 
 
-def test_where_says_which_runs_it_cannot_tell_for(tmp_path: Path) -> None:
-    """An argparse default is not recorded for a script that uses the API (only what its command
-    line set): --where must not leave such a run out without a word."""
+def test_where_sees_argparse_defaults_and_says_which_runs_it_cannot_tell_for(tmp_path: Path) -> None:
+    """A script that uses the API and argparse: its options are recorded, defaults included (the
+    command line is parsed before the first hindlog call). A run of a version without the option
+    has no value for it: --where says so instead of leaving the run out without a word."""
     proj = ReplayProject(tmp_path)
     text = dedent("""
         import argparse
@@ -1341,15 +1342,20 @@ def test_where_says_which_runs_it_cannot_tell_for(tmp_path: Path) -> None:
             x += lr
             hl.log("x", x)
     """)
-    default = proj.record(text, env=DENSE)
+    older = proj.record(text.replace('p.add_argument("--lr", type=float, default=0.1)\nlr = p.parse_args().lr',
+                                     "p.parse_args()\nlr = 0.1"), env=DENSE)
+    proj.write("train.py", text)
+    proj.commit()
+    default = proj.record(env=DENSE)
     given = proj.record(env=DENSE, args=["--lr", "0.01"])
+    assert "options      lr=0.1" in proj.hindlog("show", default).stdout
     proj.write("train.py", insert_after(text, 'hl.log("x", x)', 'hl.log("double", 2 * x)'))
-    none = proj.replay("train.py", "--where", "lr > 0.05", check=False)
-    assert none.returncode != 0 and f"cannot tell for 1 run ({default}) with no recorded value of lr" in none.stderr, none.stderr
-    assert 'hl.arg("lr", default)' in none.stderr
-    some = proj.replay("train.py", "--where", "lr < 0.05")
-    assert f"leaves out 1 run ({default})" in some.stderr, some.stderr
-    assert proj.count("double", given) == 3 and proj.count("double", default) == 0
+    some = proj.replay("train.py", "--where", "lr > 0.05")
+    assert proj.count("double", default) == 3 and proj.count("double", given) == 0
+    assert f"leaves out 1 run ({older}) with no recorded value of lr" in some.stderr, some.stderr
+    assert 'hl.arg("lr", default)' in some.stderr
+    none = proj.replay("train.py", "--where", "lr > 5", check=False)
+    assert none.returncode != 0 and f"cannot tell for 1 run ({older})" in none.stderr, none.stderr
 
 
 def test_a_run_of_another_script_is_refused(counter) -> None:

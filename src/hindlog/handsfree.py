@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import catalog, config, instrument, record
+from . import catalog, config, instrument, options, record
 from .instrument import RUNTIME
 from .state import is_random_generator, trained_by
 from .values import capture
@@ -468,6 +468,7 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     spec = current_spec() or {}
     new_lines = _expand(spec.get("new_lines", {}))
     if record._recorder is None:
+        options.forget()  # hindlog's own command line's, parsed by now
         record.init(epsilon=epsilon)
     rec = record._recorder
     root = rec.store.root if rec is not None else abs_path.parent
@@ -507,7 +508,6 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         rec.startup_seconds = time.perf_counter() - hindlog.IMPORT_STARTED
         if _imports_numpy_stack(tree):
             rec.startup_seconds -= hindlog.NUMPY_IMPORT_SECONDS
-    restore_argparse = _record_options(rec) if rec is not None and rec.controller is None else None
     main = types.ModuleType("__main__")
     main.__dict__.update({"__file__": str(abs_path), "__builtins__": builtins, RUNTIME: runtime, "__cached__": None})
     if module_spec is not None:
@@ -535,8 +535,6 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         status, code_out = "failed", 1
         _print_user_traceback(*sys.exc_info(), str(abs_path))
     finally:
-        if restore_argparse is not None:
-            restore_argparse()
         sys.stdout.flush()
         sys.stdout = real_stdout
         if finder in sys.meta_path:
@@ -547,35 +545,6 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     if rec is not None and not rec.finished:
         rec.finish(status)
     return code_out
-
-
-def _record_options(rec: Any) -> Callable[[], None]:
-    """Record the options the script's argparse parser returns for its command line (defaults
-    included), as the run's ``info.options``: what ``--where`` and ``hindlog show`` see of a
-    run whose script has no ``hl.arg``. Returns the function that takes the hook away."""
-    import argparse
-
-    real = argparse.ArgumentParser.parse_known_args
-    options: dict[str, Any] = {}
-
-    def parse_known_args(self: Any, args: Any = None, namespace: Any = None) -> Any:
-        result = real(self, args, namespace)
-        # Parses of the command line, or of what an earlier parse left of it (a config
-        # pre-parser, then the main parser on the rest), not of lists of the script's own.
-        if args is None or (isinstance(args, list) and args and set(args) <= set(sys.argv[1:])):
-            try:
-                options.update({k: v for k, v in vars(result[0]).items() if v is None or type(v) in (bool, int, float, str)})
-                rec.writer.change("info", {"options": dict(options)})
-            except Exception:
-                pass  # recording the options never changes what the script gets
-        return result
-
-    argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-    def restore() -> None:
-        argparse.ArgumentParser.parse_known_args = real  # type: ignore[method-assign]
-
-    return restore
 
 
 def _exit_code(code: Any) -> int:

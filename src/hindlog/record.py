@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from . import config
+from . import config, options
 from .errors import StoreError, warn_user
 from .recorder import Recorder
 from .store import Store
@@ -43,8 +43,11 @@ def _start(**kwargs: Any) -> Recorder | None:
     try:
         store = Store.for_project(store=kwargs.pop("store", None))
         _recorder = Recorder(store, **kwargs)
-        if index and _recorder.controller is None:
-            _recorder.writer.change("info", {"process_index": index})
+        if _recorder.controller is None:
+            if index:
+                _recorder.writer.change("info", {"process_index": index})
+            writer = _recorder.writer
+            options.attach(lambda parsed: writer.change("info", {"options": parsed}))
     except Exception as e:
         if os.environ.get("HINDLOG_CONTROL"):
             raise  # a replay worker or resumed run that cannot attach must fail, not run unrecorded
@@ -210,6 +213,8 @@ def _checkpoints_disabled(**objects: Any) -> None:
     return None
 
 
+if not config.disabled():
+    options.watch()  # (the script's command line is usually parsed before its first hindlog call)
 if config.disabled():
     log = _log_disabled  # type: ignore[assignment]  # noqa: F811
     arg = _arg_disabled  # type: ignore[assignment]  # noqa: F811

@@ -1,0 +1,73 @@
+"""The options a script's argparse parser returns for its command line, defaults included.
+
+They are recorded as the run's ``info.options``: what ``hindlog replay --where`` and ``hindlog
+show`` see of a script's arguments besides its ``hl.arg`` calls. A script usually parses its
+command line before its first hindlog call starts the run, so ``watch`` wraps
+``ArgumentParser.parse_known_args`` as soon as hindlog is imported (if the script has imported
+argparse, as stdlib imports come first) and keeps what the parses return until a run takes them
+(``attach``). Recording never changes what the script gets.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+#: What the command-line parses returned so far, plain values only.
+_parsed: dict[str, Any] = {}
+#: Where new options go (the recording run), if any.
+_sink: Callable[[dict[str, Any]], None] | None = None
+_real_parse: Any = None
+
+
+def watch() -> None:
+    """Wrap ``argparse.ArgumentParser.parse_known_args`` (once) if argparse is imported."""
+    global _real_parse
+    argparse = sys.modules.get("argparse")
+    if argparse is None or _real_parse is not None:
+        return
+    real = _real_parse = argparse.ArgumentParser.parse_known_args
+
+    def parse_known_args(self: Any, args: Any = None, namespace: Any = None) -> Any:
+        result = real(self, args, namespace)
+        # Parses of the command line, or of what an earlier parse left of it (a config
+        # pre-parser, then the main parser on the rest), not of lists of the script's own.
+        if args is None or (isinstance(args, list) and args and set(args) <= set(sys.argv[1:])):
+            try:
+                _parsed.update({k: v for k, v in vars(result[0]).items() if v is None or type(v) in (bool, int, float, str)})
+                if _sink is not None:
+                    _sink(dict(_parsed))
+            except Exception:
+                pass  # recording the options never changes what the script gets
+        return result
+
+    argparse.ArgumentParser.parse_known_args = parse_known_args
+
+
+def attach(sink: Callable[[dict[str, Any]], None] | None) -> None:
+    """Send the options parsed so far, and those parsed from now on, to ``sink`` (a run's
+    ``info``); None stops sending."""
+    global _sink
+    watch()
+    _sink = sink
+    if sink is not None and _parsed:
+        try:
+            sink(dict(_parsed))
+        except Exception:
+            pass
+
+
+def forget() -> None:
+    """Drop the options parsed so far (hands-free mode: hindlog's own command line's)."""
+    _parsed.clear()
+
+
+def unwatch() -> None:
+    """Put argparse's own ``parse_known_args`` back (hands-free mode, once its script ends)."""
+    global _real_parse, _sink
+    argparse = sys.modules.get("argparse")
+    if argparse is not None and _real_parse is not None:
+        argparse.ArgumentParser.parse_known_args = _real_parse
+    _real_parse = None
+    _sink = None
