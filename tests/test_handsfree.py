@@ -1522,6 +1522,37 @@ def test_show_output_puts_replayed_prints_where_they_were_printed(proj: HFProjec
     assert "@stdout@at" not in proj.hindlog("show", run, check=True).stdout
 
 
+def test_show_output_puts_a_print_in_a_silent_nested_loop_before_its_iterations_later_lines(proj: HFProject) -> None:
+    """The nested loop printed nothing in the record: its new lines go where they were printed
+    among the iteration's main-loop lines, before the epoch line printed after the loop."""
+    proj.write(
+        "train.py",
+        dedent(
+            """
+            import time
+            import numpy as np
+
+            rng = np.random.default_rng(0)
+            w = np.zeros(3)
+            for epoch in range(3):
+                print("begin", epoch)
+                for k in range(2):
+                    w += rng.normal(size=3)
+                print("epoch", epoch, round(float(w.sum()), 6))
+                time.sleep(0.1)
+            """
+        ),
+    )
+    proj.commit()
+    _proc, run = proj.record(epsilon=0.9)
+    proj.write("train.py", proj.read().replace("        w += rng.normal(size=3)\n",
+                                               '        w += rng.normal(size=3)\n        print("HS in", epoch, k)\n'))
+    fresh = proj.python().stdout.splitlines()
+    assert fresh[:4] == ["begin 0", "HS in 0 0", "HS in 0 1", fresh[3]] and fresh[3].startswith("epoch 0")
+    proj.replay("train.py", "--run", run, "--workers", "1")
+    assert [text for _i, _s, text in proj.output(run)] == fresh
+
+
 def test_show_output_places_prints_of_iterations_that_printed_nothing(proj: HFProject) -> None:
     proj.write(
         "train.py",

@@ -518,9 +518,14 @@ class ReplayController(Controller):
     def printed_position(self) -> list[int]:
         """Where a hindsight ``print`` goes among the lines the record printed (``query.output``):
         ``[how many of its context's the replayed code has printed so far, 1 if after the main
-        loop else 0]``."""
+        loop else 0]``, and in a nested loop, how many its iteration's main-loop code has printed
+        (which always runs: a place for a line whose loop printed nothing in the record)."""
         after_main_loop = self.main_started and self.recorder.iteration is None
-        return [self.seen_printed.get((self._context_key(), "@stdout"), 0), int(after_main_loop)]
+        position = [self.seen_printed.get((self._context_key(), "@stdout"), 0), int(after_main_loop)]
+        ctx = self.recorder.ctx
+        if self.recorder.iteration is not None and len(ctx) > 1:
+            position.append(self.seen_printed.get((loops_key(ctx[:1]), "@stdout"), 0))
+        return position
 
     def check_printed(self, line: str) -> None:
         """A line the replayed code printed (not a hindsight print): compared with the line the

@@ -315,9 +315,10 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
 
     Source 0 is the recording, 1 a replay (lines of ``print`` calls added after the fact). A
     replayed line goes where it was printed among the recorded lines of its loop context (the
-    replay stores how many came before it). One whose context printed nothing in the record
-    goes right after the replayed line printed before it in its iteration (or before the one
-    after it); if none of its iteration's has a place, before the next iteration's lines."""
+    replay stores how many came before it). One whose nested loop printed nothing in the record
+    goes where it was printed among its iteration's main-loop lines. Any other goes right after
+    the replayed line printed before it in its iteration (or before the one after it); if none of
+    its iteration's has a place, before the next iteration's lines."""
     _flush_own_run()
     st = _open(store)
     if not st.exists():  # a read must not create a store
@@ -372,7 +373,7 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
     pending: list[tuple[int, Any, tuple[int, int] | None, tuple[int | None, int, str]]] = []  # (rowid, group, place, line)
     for ctx, lines in replayed.items():
         at = positions.get(ctx, [])
-        if len(at) != len(lines) or not all(isinstance(a, list) and len(a) == 2 for a in at):
+        if len(at) != len(lines) or not all(isinstance(a, list) and len(a) in (2, 3) for a in at):
             at = [None] * len(lines)  # stored without places
         for (rowid, it, loops, text), position in zip(lines, at):
             after_loop = bool(position[1]) if position is not None else it is None
@@ -382,6 +383,12 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
             if position is not None and indices:
                 count = position[0]
                 place = (indices[count], 0) if count < len(indices) else (indices[-1], 2)
+            elif position is not None and len(position) == 3:
+                # A nested loop that printed nothing in the record: among its iteration's lines.
+                outer = recorded_in.get(catalog.context_key(json.dumps(json.loads(loops)[:1]), False), [])
+                if outer:
+                    count = position[2]
+                    place = (outer[count], 0) if count < len(outer) else (outer[-1], 2)
             pending.append((rowid, group, place, (it, 1, text)))
     # Within a worker the stored order is the printed order: the lines without a place of their
     # own take their neighbours'.
