@@ -541,11 +541,15 @@ def keep_outputs(store: Store, run_id: str, scratch: Path, before: dict[str, tup
     """Move the files the replayed code wrote in ``scratch`` (new or changed since ``before``)
     to ``.hindlog/outputs/RUN/``, under the same relative paths: a hindsight ``savefig`` or
     ``np.save`` is the user's to keep, and the scratch copy is removed. Never into the project
-    itself, where they would overwrite what the run wrote. Returns the folder and the paths."""
+    itself, where they would overwrite what the run wrote; and not the files the project has
+    at the same path (what the recorded code wrote again: the run's own model files, say, which
+    a replay that skipped loops may not even have written whole). Returns the folder and the
+    paths."""
     dest = store.path / "outputs" / run_id
     written = sorted(
         rel for rel, signature in _regular_files(scratch).items()
         if before.get(rel) != signature and not os.path.basename(rel).startswith(".hindlog-")
+        and not os.path.lexists(store.root / rel)
     )
     kept = []
     for rel in written:
