@@ -1356,6 +1356,9 @@ def test_where_sees_argparse_defaults_and_says_which_runs_it_cannot_tell_for(tmp
     assert 'hl.arg("lr", default)' in some.stderr
     none = proj.replay("train.py", "--where", "lr > 5", check=False)
     assert none.returncode != 0 and f"cannot tell for 1 run ({older})" in none.stderr, none.stderr
+    # A missing value satisfies `!=` in pandas: the run is still not picked.
+    other = proj.replay("train.py", "--where", "lr != 0.01")
+    assert f"leaves out 1 run ({older})" in other.stderr and proj.count("double", older) == 0, other.stderr
 
 
 def test_a_run_of_another_script_is_refused(counter) -> None:
@@ -1579,6 +1582,25 @@ def test_files_the_replayed_code_writes_are_kept_apart_from_the_project(tmp_path
     assert not (kept / "log.out").exists()  # written again by the recorded code: the project has it
     assert not (kept / "plots" / "README").exists()  # not written: the recorded code's own file
     assert (proj.root / "log.out").read_text() == log and not list((proj.root / "plots").glob("x*"))
+
+
+def test_a_replays_files_are_kept_unless_the_record_wrote_them_and_a_failed_replay_replaces_none(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = dedent(COUNTER)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("x", state["x"])', 'with open("curve.txt", "a") as f: f.write(f"{state[\'x\']} ")')
+    proj.write("train.py", new)
+    proj.python("train.py", env=DENSE)  # a later run of the new code writes curve.txt into the project
+    proj.replay("train.py", "--run", run, "--workers", "1")
+    kept = tmp_path / "proj-store" / "outputs" / run / "curve.txt"
+    # The project's curve.txt was not written while the replayed run ran: the replay's is kept.
+    good = " ".join(str(v) for v in expected_x().values()) + " "
+    assert kept.read_text() == good
+    # A replay that fails leaves its files with its copy of the code: they replace no good ones.
+    proj.write("train.py", new.replace('f.write(f"{state[\'x\']} ")', 'f.write("bad"); assert epoch < 3'))
+    failed = proj.replay("train.py", "--run", run, "--workers", "1", check=False)
+    assert failed.returncode != 0 and "not kept with the outputs: the replay did not succeed" in failed.stdout, failed.stdout
+    assert kept.read_text() == good
 
 
 # ----------------------------------------------------------------- the plan's segments

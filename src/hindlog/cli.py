@@ -584,7 +584,11 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"  {w}", file=sys.stderr)
         if r.outputs:
             shown = ", ".join(r.outputs[:5]) + (f" and {len(r.outputs) - 5} more" if len(r.outputs) > 5 else "")
-            print(f"  files the replayed code wrote ({shown}): in {_shown_path(r.outputs_dir)}")
+            where = _shown_path(r.outputs_dir) if r.outputs_dir != r.scratch else \
+                f"{r.outputs_dir}, with the recorded code (not kept with the outputs: the replay did not succeed)"
+            print(f"  files the replayed code wrote ({shown}): in {where}")
+        if r.outputs_again:
+            print(f"  {r.outputs_again} files it wrote again that the record wrote too (the project has them) were not kept")
         if r.recorded_failure:
             print(f"  the script ended with an error, as the recorded run did: {r.recorded_failure}")
         if r.printed_differ:

@@ -102,10 +102,12 @@ class RunResult:
     worker_warnings: list[str] = field(default_factory=list)
     #: Why the run was not replayed at all (another replay of it was running).
     refused: str | None = None
-    #: Files the replayed code wrote in its scratch copy (paths relative to the copy's root),
-    #: moved to ``outputs_dir`` (``keep_outputs``).
+    #: Files the replayed code wrote in its scratch copy (paths relative to the copy's root):
+    #: in ``outputs_dir``, where ``keep_outputs`` moved them, or the kept copy (a failed or
+    #: diverged replay); and how many it wrote that the record wrote too (``written_files``).
     outputs: list[str] = field(default_factory=list)
     outputs_dir: str | None = None
+    outputs_again: int = 0
 
 
 @dataclass
@@ -161,8 +163,10 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
             names = ", ".join(c for c in frame.columns if c != "_id") or "none"
             raise ReplayError(f"--where {where!r} cannot be evaluated over the runs' args and options ({e}; "
                               f"their args and options: {names})") from None
+        # A run with no value for a name the condition reads is not picked, whatever pandas
+        # makes of the missing value (``lr != 0.3`` holds for it).
         unknown = _runs_without(frame, where)
-        candidates = [r for r in candidates if r["run_id"] in chosen]
+        candidates = [r for r in candidates if r["run_id"] in chosen and r["run_id"] not in unknown]
         if unknown:
             # (A script's argparse default is not known unless it ran under ``hindlog run``.)
             names = ", ".join(sorted({n for missing in unknown.values() for n in missing}))
@@ -537,26 +541,41 @@ def _regular_files(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def keep_outputs(store: Store, run_id: str, scratch: Path, before: dict[str, tuple[int, int]]) -> tuple[Path, list[str]]:
-    """Move the files the replayed code wrote in ``scratch`` (new or changed since ``before``)
-    to ``.hindlog/outputs/RUN/``, under the same relative paths: a hindsight ``savefig`` or
-    ``np.save`` is the user's to keep, and the scratch copy is removed. Never into the project
-    itself, where they would overwrite what the run wrote; and not the files the project has
-    at the same path (what the recorded code wrote again: the run's own model files, say, which
-    a replay that skipped loops may not even have written whole). Returns the folder and the
-    paths."""
+def written_files(store: Store, run: dict[str, Any], scratch: Path, before: dict[str, tuple[int, int]]) -> tuple[list[str], int]:
+    """The files the replayed code wrote in ``scratch`` (new or changed since ``before``), and how
+    many others it wrote that the record wrote too: the project has them at the same path,
+    written while the run ran (the run's own model files, say, which a replay that skipped
+    loops may not even have written whole)."""
+    started = run.get("started") or 0.0
+    ended = run.get("ended") or float("inf")
+    out, again = [], 0
+    for rel, signature in sorted(_regular_files(scratch).items()):
+        if before.get(rel) == signature or os.path.basename(rel).startswith(".hindlog-"):
+            continue
+        try:
+            if started <= os.lstat(store.root / rel).st_mtime <= ended:
+                again += 1
+                continue
+        except OSError:
+            pass  # not in the project
+        out.append(rel)
+    return out, again
+
+
+def keep_outputs(store: Store, run_id: str, scratch: Path, written: list[str]) -> tuple[Path, list[str]]:
+    """Move ``written`` (``written_files``) from ``scratch`` to ``.hindlog/outputs/RUN/``, under
+    the same relative paths: a hindsight ``savefig`` or ``np.save`` is the user's to keep, and
+    the scratch copy is removed. Not into the project, where they would overwrite what the run
+    wrote (a folder linked into the copy whole is the project's own: writes into it land there).
+    A file of an earlier replay of the run at the same path is replaced. Returns the folder and
+    the paths moved."""
     dest = store.path / "outputs" / run_id
-    written = sorted(
-        rel for rel, signature in _regular_files(scratch).items()
-        if before.get(rel) != signature and not os.path.basename(rel).startswith(".hindlog-")
-        and not os.path.lexists(store.root / rel)
-    )
     kept = []
     for rel in written:
         try:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(scratch / rel), str(target))  # (a later replay's file replaces an earlier one's)
+            shutil.move(str(scratch / rel), str(target))
             kept.append(rel)
         except OSError as e:
             warnings.warn(f"hindlog: could not keep {rel}, which the replay of run {run_id} wrote: {e}", RuntimeWarning, stacklevel=2)
@@ -856,14 +875,17 @@ def _execute(
             _publish(store, plan, base, len(procs), kept)
         except Exception:
             pass
-        outputs_dir, outputs = keep_outputs(store, plan.run_id, scratch, before)
-        shutil.rmtree(scratch, ignore_errors=True)
+        written, _again = written_files(store, run, scratch, before)
+        if written:
+            mark_scratch_kept(scratch)  # an unfinished replay's files replace no earlier replay's
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
         done = ", ".join(f"{s.start}:{s.end}" for s in finished) or "none"
         again = f"--iterations {min(s.start for s in rest)}:{max(s.end for s in rest)}" if rest else ""
         raise ReplayInterrupted(
             f"replay of run {plan.run_id} interrupted. Segments finished: {done}; their values are kept (those of "
             f"segments stopped midway are not, and earlier values stay)." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
-            + (f" The {len(outputs)} files it wrote are in {outputs_dir}." if outputs else "")
+            + (f" The {len(written)} files it wrote are in {scratch} (delete it when done)." if written else "")
         ) from None
     finally:
         if restore_sigterm is not None:
@@ -908,8 +930,15 @@ def _execute(
         result.stored -= result.dropped_diverged
         kept = [k for k in kept if k not in diverged]
     result.replaced = _publish(store, plan, base, len(procs), kept)
-    outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, before)
-    result.outputs_dir = str(outputs_dir) if result.outputs else None
+    written, result.outputs_again = written_files(store, run, scratch, before)
+    if result.ok and not result.divergences:
+        outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, written)
+        result.outputs_dir = str(outputs_dir) if result.outputs else None
+    elif written:
+        # A failed or diverged replay's files are left in its copy: they replace no earlier
+        # replay's good ones.
+        result.outputs, result.outputs_dir = written, str(scratch)
+        keep_scratch = True
     result.seconds = time.perf_counter() - t0
     if not keep_scratch and result.ok:
         shutil.rmtree(scratch, ignore_errors=True)
