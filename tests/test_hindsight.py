@@ -393,6 +393,20 @@ def test_a_main_loop_statement_probes_no_nested_loop() -> None:
     assert probed(add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", sched.get_last_lr()[0])')) == {"epoch"}
 
 
+@pytest.mark.parametrize("imports, line, reads", [
+    ("import torch", "hl.log('g', float(model.weight.grad.norm()))", True),
+    ("import torch", "hl.log('g', float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1e9)))", True),
+    ("from torch.nn.utils import clip_grad_norm_ as clip", "hl.log('g', float(clip(model.parameters(), 1e9)))", True),
+    ("from torch.nn.utils import clip_grad_norm_ as clip", "hl.log('w', float(model.weight.norm()))", False),
+])
+def test_a_new_statement_reads_gradients_through_grad_or_a_gradient_reader(imports: str, line: str, reads: bool) -> None:
+    from hindlog.hindsight import reads_gradients
+
+    old = f"{imports}\nfor epoch in hl.loop('epoch', range(3)):\n    train(model)\n"
+    new = old + f"    {line}\n"
+    assert reads_gradients({"t.py": new}, {"t.py": find_additions("t.py", old, new).statements}) is reads
+
+
 @pytest.mark.parametrize("iterable", [
     'enumerate(hl.loop("step", loader))', 'tqdm(hl.loop("step", loader), total=n)',
     'zip(hl.loop("step", loader), range(n))', 'enumerate(iterable=hl.loop("step", loader))',

@@ -1049,13 +1049,16 @@ def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[
     Checkpoints do not hold gradients, so replay runs the nested loops before such statements."""
     trees = _parse_all(files)
     functions = {n.name: n for t in trees.values() for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    # ``from torch.nn.utils import clip_grad_norm_ as clip``: the names they go by.
+    readers = GRADIENT_READERS | {a.asname for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ImportFrom)
+                                  for a in n.names if a.asname and a.name in GRADIENT_READERS}
     seen: set[str] = set()
 
     def reads(node: ast.AST) -> bool:
         for n in ast.walk(node):
             if isinstance(n, ast.Attribute) and n.attr == "grad":
                 return True
-            if isinstance(n, ast.Call) and call_name(n) in GRADIENT_READERS:
+            if isinstance(n, ast.Call) and call_name(n) in readers:
                 return True
         for name in _called_names(node):
             fn = functions.get(name)
