@@ -168,12 +168,12 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
         unknown = _runs_without(frame, where)
         candidates = [r for r in candidates if r["run_id"] in chosen and r["run_id"] not in unknown]
         if unknown:
-            # (A script's argparse default is not known unless it ran under ``hindlog run``.)
+            # (A version of the script without the option, or a default hindlog did not see.)
             names = ", ".join(sorted({n for missing in unknown.values() for n in missing}))
             left_out = (f"{len(unknown)} run{'s' if len(unknown) > 1 else ''} ({', '.join(list(unknown)[:3])}"
                         f"{', ...' if len(unknown) > 3 else ''}) with no recorded value of {names}")
-            advice = (f"their command lines did not set it, and a script's own defaults are recorded only through "
-                      f"hl.arg(\"{names.split(', ')[0]}\", default) or under `hindlog run`; name runs with --run")
+            advice = (f"their version of the script had no such option, or parsed it where hindlog could not see "
+                      f"(hl.arg(\"{names.split(', ')[0]}\", default) records a value for sure); name runs with --run")
             if not candidates:
                 raise RunNotFound(f"no run matches --where {where!r}: it cannot tell for {left_out}; {advice}")
             print(f"note: --where {where!r} leaves out {left_out}: {advice}", file=sys.stderr)
