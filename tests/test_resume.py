@@ -410,6 +410,23 @@ def test_resume_of_a_hands_free_run_after_kill_9_records_the_rest_of_the_run(tmp
     assert query.run_duration(info) == pytest.approx(info["ended"] - info["started"] - stopped)
 
 
+def test_a_resumed_hands_free_torch_run_goes_on_taking_checkpoints(tmp_path: Path) -> None:
+    """A resume reads its checkpoint, importing torch, before the script runs: that import is
+    the script's own cost, not hindlog's. Charged to the budget (a second), it left the resumed
+    run no room for a checkpoint, and a second kill lost everything since the first."""
+    pytest.importorskip("torch")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", PLAIN_HELD.replace("import numpy as np\n", "import numpy as np\nimport torch\n")
+               .replace("    print(f\"epoch", "    torch.manual_seed(epoch)\n    print(f\"epoch"))
+    _hindlog_run_then_kill_9(
+        proj, tmp_path / "hold", "0.5", lambda: count_checkpoints(proj, iteration_end_only=True, at_least_iteration=2) > 0
+    )
+    (run_id,) = proj.run_ids()
+    latest = max(proj.checkpointed_iterations(run_id))
+    proj.cli("resume", run_id, env={"HINDLOG_EPSILON": "0.5"})
+    assert max(proj.checkpointed_iterations(run_id)) > latest + 1, proj.cli("show", run_id).stdout
+
+
 PRINTS_AFTER_LOOP = """
 import os, time
 import numpy as np

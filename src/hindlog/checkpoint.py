@@ -518,9 +518,19 @@ def _forget_unwritten(frozen: Frozen) -> None:
             ft.release()
 
 
-def _torch() -> Any:
-    import torch
+#: Seconds this process spent importing torch to read a checkpoint (a resume reads its
+#: checkpoint before the script runs): a script that imports torch would have paid them anyway.
+TORCH_IMPORT_SECONDS = 0.0
 
+
+def _torch() -> Any:
+    global TORCH_IMPORT_SECONDS
+    torch = sys.modules.get("torch")
+    if torch is None:
+        started = time.perf_counter()
+        import torch
+
+        TORCH_IMPORT_SECONDS += time.perf_counter() - started
     return torch
 
 

@@ -367,11 +367,11 @@ def _expand(ranges: dict[str, list[list[int]]]) -> dict[str, set[int]]:
 _NUMPY_STACK = {"numpy", "torch", "sklearn", "scipy", "pandas", "jax", "tensorflow", "transformers", "lightning", "matplotlib"}
 
 
-def _imports_numpy_stack(tree: ast.Module) -> bool:
+def _imports_numpy_stack(tree: ast.Module, packages: frozenset[str] | set[str] = _NUMPY_STACK) -> bool:
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(a.name.split(".")[0] in _NUMPY_STACK for a in node.names):
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] in packages for a in node.names):
             return True
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in _NUMPY_STACK:
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] in packages:
             return True
     return False
 
@@ -508,6 +508,10 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         rec.startup_seconds = time.perf_counter() - hindlog.IMPORT_STARTED
         if _imports_numpy_stack(tree):
             rec.startup_seconds -= hindlog.NUMPY_IMPORT_SECONDS
+        if _imports_numpy_stack(tree, {"torch"}):
+            from . import checkpoint
+
+            rec.startup_seconds -= checkpoint.TORCH_IMPORT_SECONDS  # (a resume read its checkpoint first)
     main = types.ModuleType("__main__")
     main.__dict__.update({"__file__": str(abs_path), "__builtins__": builtins, RUNTIME: runtime, "__cached__": None})
     if module_spec is not None:
