@@ -341,6 +341,56 @@ def test_resume_with_every_checkpoint_corrupt_fails_clearly(tmp_path: Path) -> N
     assert proj.run_info(run_id)["status"] == "failed"
 
 
+#: Holds in the middle of iteration 4, after logging `lr` and before `acc`, while the hold file exists.
+HELD_MID_ITERATION = """
+import os, time
+import numpy as np
+import hindlog as hl
+
+state = np.zeros(1)
+hl.checkpoints(state=state)
+hold = os.environ.get("HOLD_FILE")
+for epoch in hl.loop("epoch", range(8)):
+    hl.log("lr", 0.1)
+    state += 1.0
+    held = time.time()
+    while hold and epoch == 4 and os.path.exists(hold) and time.time() - held < 30:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    hl.log("acc", float(state[0]))
+"""
+
+
+def test_a_replay_of_a_run_killed_mid_iteration_stores_nothing_the_run_did_not_log(tmp_path: Path) -> None:
+    """The replay runs the killed run's last iteration to its end: what the recorded code logs
+    there past the kill (`acc`) is not the run's value. Stored, it looked recorded, and the
+    resume logged it a second time."""
+    proj = CkProject(tmp_path)
+    proj.write("train.py", HELD_MID_ITERATION)
+    hold = tmp_path / "hold"
+    hold.touch()
+    proc = proj.start("train.py", env={"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.9"})
+    _kill_9_when(proc, hold, lambda: any(it == 4 and name == "lr" for it, name, _v in _records_so_far(proj)))
+    (run_id,) = proj.run_ids()
+    assert (4, "acc") not in proj.by_iteration(run_id)
+    proj.write("train.py", HELD_MID_ITERATION + '    hl.log("double", 2 * float(state[0]))\n')
+    proj.cli("replay", "train.py", "--run", run_id)
+    logged = proj.by_iteration(run_id)
+    assert (4, "acc") not in logged and logged[(3, "double")] == [8.0]
+    proj.write("train.py", HELD_MID_ITERATION)
+    resumed = proj.cli("resume", run_id)
+    assert "logged twice" not in resumed.stderr, resumed.stderr
+    logged = proj.by_iteration(run_id)
+    assert all(logged[(i, "acc")] == [float(i + 1)] for i in range(8)), logged
+
+
+def _records_so_far(proj: CkProject) -> list[tuple[Any, str, Any]]:
+    try:
+        return proj.records(proj.run_ids()[0])
+    except Exception:  # the catalog is still being created
+        return []
+
+
 # ----------------------------------------------------------------- a hands-free run
 
 #: An unmodified script (no hindlog in it), run with ``hindlog run``. It holds at the start of

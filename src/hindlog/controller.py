@@ -560,11 +560,11 @@ class ReplayController(Controller):
         self.seen[k] = n + 1
         recorded = self.recorded.get(k)
         if recorded is None or n >= len(recorded):
-            # The record logged this name, but not here: a statement added since logs it (a
-            # second hl.log of a recorded name, one under a new condition). Code the record ran
-            # logs the same occurrences again, and skipped loops log nothing.
-            self.stored += 1
-            return True
+            # Code the record ran logs a recorded name where the record did not: past where a
+            # killed run stopped, mid-iteration. Not the run's value (its resume logs it), and
+            # not new: neither stored nor checked. (A statement added since that logs it is
+            # new code, stored above.)
+            return False
         self.checked += 1
         replayed = decode(*encode(value))
         if not equal(recorded[n], replayed, self.tolerance):
