@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +260,11 @@ def test_bad_arg_override_is_a_clear_value_error(inproc: Project, monkeypatch: p
         hl.arg("x", default)
     msg = str(e.value)
     assert f"HINDLOG_SET_x={raw!r}" in msg and type(default).__name__ in msg
+    # The script did ask for x: the run's end must not say the override had no effect.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        hl.finish()
+    assert not [w for w in caught if "had no effect" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_bad_arg_name_or_default(inproc: Project) -> None:

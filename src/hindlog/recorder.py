@@ -102,6 +102,8 @@ class Recorder:
         self.iteration: int | None = None
         self.block = 0
         self.args: dict[str, Any] = {}
+        #: Names hl.arg was called with whose HINDLOG_SET_ override it found (read or not).
+        self.asked_for: set[str] = set()
         #: Seconds the training thread spent blocked inside hindlog (snapshots).
         self.blocked = 0.0
         self.checkpointer: Any = None
@@ -260,6 +262,8 @@ class Recorder:
         if type(name) is not str or not name:
             raise TypeError(f"hl.arg name must be a non-empty string, got {name!r}")
         override = config.arg_override(name)
+        if override is not None:
+            self.asked_for.add(name)  # (asked for even if the override cannot be read)
         value = default if override is None else cast_like(default, override, name)
         try:
             import json
@@ -541,7 +545,8 @@ class Recorder:
 
     def _warn_unused_overrides(self) -> None:
         """An override no ``hl.arg`` asked for (a typo in its name) changed nothing: say so."""
-        unused = sorted(k[len("HINDLOG_SET_"):] for k in os.environ if k.startswith("HINDLOG_SET_") and k[len("HINDLOG_SET_"):] not in self.args)
+        unused = sorted(k[len("HINDLOG_SET_"):] for k in os.environ
+                        if k.startswith("HINDLOG_SET_") and k[len("HINDLOG_SET_"):] not in {*self.args, *self.asked_for})
         if unused:
             have = ", ".join(sorted(self.args)) or "none"
             warnings.warn(
