@@ -1361,6 +1361,25 @@ def test_where_sees_argparse_defaults_and_says_which_runs_it_cannot_tell_for(tmp
     assert f"leaves out 1 run ({older})" in other.stderr and proj.count("double", older) == 0, other.stderr
 
 
+def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Path) -> None:
+    """Another script of the project, edited since the record: the replay runs the recorded
+    code, which never ran it, so it is left out with a note. A changed module the script
+    imports still blocks it."""
+    proj = ReplayProject(tmp_path)
+    proj.write("other.py", 'print("a helper script")\n')
+    proj.write("helpers.py", "def scale(x):\n    return 1.5 * x\n")
+    text = "import hindlog as hl\nfrom helpers import scale\nw = 0.0\nfor epoch in hl.loop('epoch', range(4)):\n    w += scale(1)\n    hl.log('w', w)\n"
+    run = proj.record(text, env=DENSE)
+    proj.write("other.py", 'print("a helper script, edited")\n')
+    proj.write("train.py", text + "    hl.log('w2', 2 * w)\n")
+    result = proj.replay("train.py")
+    assert "other.py changed, but no file of the project imports it" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert proj.values("w2", run) == {k: 2 * v for k, v in proj.values("w", run).items()}
+    proj.write("helpers.py", "def scale(x):\n    return 2.5 * x\n")
+    refused = proj.replay("train.py", check=False)
+    assert refused.returncode != 0 and "--- helpers.py" in refused.stderr, refused.stderr
+
+
 def test_a_run_of_another_script_is_refused(counter) -> None:
     proj, run = counter
     proj.write("other.py", "import hindlog as hl\nfor i in hl.loop('i', range(2)):\n    hl.log('y', i)\n")

@@ -11,6 +11,7 @@ values they recompute against the recorded ones and store the new values.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
@@ -221,8 +222,12 @@ def _working_sources(store: Store, paths: set[str]) -> dict[str, str]:
     return out
 
 
-def hindsight_changes(store: Store, base_version: str, force: bool) -> tuple[dict[str, str], dict[str, hindsight.Additions], list[str]]:
-    """Current sources of changed .py files, their additions against ``base_version``, and notes."""
+def hindsight_changes(store: Store, base_version: str, force: bool, script: str | None = None) -> tuple[dict[str, str], dict[str, hindsight.Additions], list[str]]:
+    """Current sources of changed .py files, their additions against ``base_version``, and notes.
+
+    A file changed otherwise than by added statements that neither is ``script`` nor is
+    imported by any file of the project (another script) is left out, with a note: the replay
+    runs its recorded version, which the run never ran anyway."""
     recorded = codeversion.read_files(store, base_version)
     current_py = {p for p in codeversion._working_files(store.root) if p.endswith(".py")}
     recorded_py = {p for p in recorded if p.endswith(".py")}
@@ -243,6 +248,10 @@ def hindsight_changes(store: Store, base_version: str, force: bool) -> tuple[dic
             additions[path] = hindsight.Additions(path)
             continue
         found = hindsight.find_additions(path, old, new)
+        if (found.syntax_error or found.other_changes) and script is not None and path != script \
+                and not _imported_by_any(path, {**{p: b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")}, **current}):
+            notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept")
+            continue
         if found.syntax_error:
             raise ReplayError(f"{found.syntax_error}. Fix it and replay again.")
         if found.other_changes:
@@ -257,6 +266,35 @@ def hindsight_changes(store: Store, base_version: str, force: bool) -> tuple[dic
         notes.append("--force: the runs of the version compared with replay the current code despite changes other "
                      "than added statements; runs of older versions get only the new statements, placed into their own code")
     return current, additions, notes
+
+
+def _imported_by_any(path: str, sources: dict[str, str]) -> bool:
+    """Whether some import statement in ``sources`` may import the module at ``path``
+    (``a/b/c.py``: ``import c``, ``from b import c``, ``from a.b.c import x``, ``from . import
+    c``...). Where the project's top-level folders are is not known, so every suffix of the
+    dotted path counts."""
+    parts = path[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    names = {".".join(parts[k:]) for k in range(len(parts))} - {""}
+    imported: set[str] = set()
+    for src in sources.values():
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    pieces = a.name.split(".")
+                    imported.update(".".join(pieces[: k + 1]) for k in range(len(pieces)))
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if base:
+                    pieces = base.split(".")
+                    imported.update(".".join(pieces[: k + 1]) for k in range(len(pieces)))
+                imported.update(f"{base}.{a.name}" if base else a.name for a in node.names)
+    return any(name in imported or any(i.endswith("." + name) for i in imported) for name in names)
 
 
 def plan_run(
@@ -1111,7 +1149,7 @@ def replay(
         found: tuple[str, Any] | None = None
         for version in dict.fromkeys([*later, base]):
             try:
-                changes = hindsight_changes(st, version, force)
+                changes = hindsight_changes(st, version, force, rel)
             except ReplayError as e:
                 first_error = first_error or e
                 continue
