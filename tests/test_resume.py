@@ -231,7 +231,7 @@ def test_resume_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(tempfile, "tempdir", str(scratch_parent))
     dead = Store(proj.store_path, proj.root).scratch_dir(f"resume-{run_id}")
     resumed = proj.cli("resume", run_id, env={"TMPDIR": str(scratch_parent)})
-    assert f"resuming run {run_id} after iteration" in resumed.stderr and "working tree are not used" in resumed.stderr
+    assert f"resuming run {run_id} after iteration" in resumed.stderr and "edits made since" not in resumed.stderr  # none were
     assert not dead.exists()
     assert list(scratch_parent.iterdir()) == [], "resume left its scratch copy of the code behind"
     reference_id = last_json(proj.run("train.py").stdout)["run"]
@@ -260,6 +260,7 @@ def _fail_edit_and_resume(proj: CkProject, start: Callable[[], subprocess.Comple
     proj.write(lr_module, "LR = 0.5\n")
     resumed = proj.cli("resume", run_id, check=False)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"edits made since to {lr_module} are not used" in resumed.stderr, resumed.stderr
     return run_id, reference_id
 
 

@@ -261,6 +261,19 @@ def diff(store: Store, old: str, new: str | None) -> str:
     return "".join(chunks)
 
 
+def changed_files(store: Store, version: str, suffixes: frozenset[str] = frozenset({".py"})) -> list[str]:
+    """The files of the working tree with these suffixes that differ from code version
+    ``version`` (changed, added or removed), sorted."""
+    before = {rel: data for rel, data in read_files(store, version).items() if Path(rel).suffix in suffixes}
+    out = []
+    for rel in sorted(before.keys() | {rel for rel in _working_files(store.root) if Path(rel).suffix in suffixes}):
+        p = store.root / rel
+        now = p.read_bytes() if p.is_file() else None
+        if now != before.get(rel):
+            out.append(rel)
+    return out
+
+
 def _working_files(root: Path) -> set[str]:
     out = set()
     for dirpath, dirnames, filenames in os.walk(root):

@@ -18,7 +18,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import catalog
+from . import catalog, codeversion
 from .checkpoint import ITERATION_END, checkpoint_rows, latest_readable
 from .errors import ReplayError
 from .replay import _worker_cwd, _worker_env, prepare_scratch, worker_command
@@ -63,8 +63,14 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
     if not lock.acquire():
         pid = lock.holder()
         raise ReplayError(f"run {row['run_id']} is being resumed already" + (f" (process {pid})" if pid else ""))
+    try:
+        changed = codeversion.changed_files(st, row["code_version"])
+    except Exception:  # (telling is a courtesy: a store without the version's files still resumes)
+        changed = []
+    edits = (f": edits made since to {', '.join(changed[:3])}{' and more' if len(changed) > 3 else ''} are not used"
+             if changed else "")
     print(f"hindlog: resuming run {row['run_id']} after iteration {readable.iteration}, with the code it was recorded with "
-          f"({row['code_version'][:12]}): edits made since to the working tree are not used", file=sys.stderr, flush=True)
+          f"({row['code_version'][:12]}){edits}", file=sys.stderr, flush=True)
     st.remove_dead_scratch(f"resume-{row['run_id']}")  # a killed resume's copy
     scratch = st.scratch_dir(f"resume-{row['run_id']}")
     try:
