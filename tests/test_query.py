@@ -90,6 +90,13 @@ def test_dataframe_of_a_name_never_logged_is_empty(two_runs) -> None:
     assert df.empty and list(df.columns)[:2] == ["run_id", "code_version"] and "never" in df.columns
 
 
+def test_dataframe_says_which_names_were_never_logged_beside_others(two_runs) -> None:
+    project, a, _ = two_runs
+    with pytest.warns(RuntimeWarning, match="nothing was logged under nevr in these runs"):
+        df = project.df("acc", "nevr", runs=a)
+    assert df["acc"].tolist() == [0.0, 0.5] and df["nevr"].isna().all()
+
+
 def test_queries_on_a_project_without_a_store_create_nothing(project: Project) -> None:
     runs = project.runs()
     assert runs.empty and list(runs.columns) == query.RUN_COLUMNS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,7 +105,12 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     A name whose values are all integers has a nullable integer column (``Int64``),
     so that a context without a value does not turn them into floats.
     """
-    return logged_frame(*names, runs=runs, store=store)[0]
+    frame, logged = logged_frame(*names, runs=runs, store=store)
+    never = [str(c) for c in logged.columns if not logged[c].any()]
+    if never and not frame.empty:
+        warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(never)} in these runs (a typo?); "
+                      "its column is empty", RuntimeWarning, stacklevel=2)
+    return frame
 
 
 def logged_frame(
@@ -153,8 +159,6 @@ def logged_frame(
             repeated[name] = repeated.get(name, 0) + 1
         row[(name,)] = decode(kind, value)  # a tuple key: a value never overwrites a loop's index
     if repeated:
-        import warnings
-
         warnings.warn(
             "hl.dataframe: " + ", ".join(f"{n!r} has {k} more value(s)" for n, k in repeated.items())
             + " in a loop context that already has one (logged twice in one iteration, in two loops of the same "
