@@ -184,6 +184,7 @@ def test_gc_keep_last_drops_older_runs_checkpoints_but_keeps_their_logs(two_runs
     assert f"dropped {n_first} checkpoints of the runs before the latest" in out, out
     assert proj.checkpoints(first) == []
     assert len(proj.checkpoints(second)) > 0
+    assert "checkpoints  0 (dropped by hindlog gc --keep-last; the logs are kept)" in proj.cli("show", first).stdout
     # The CLI keeps young objects (grace period); an immediate gc with no grace removes them.
     gc(store=proj.store(), grace=0)
     on_disk = object_files(proj)

@@ -341,6 +341,8 @@ def _show(args: argparse.Namespace) -> int:
         snapshots = f"{len(ckpts)} snapshots, " if len(ckpts) != len(iterations) else ""
         ckpt_line = (f"checkpoints  {len(iterations)} iteration{'s' if len(iterations) > 1 else ''}: {_ranges(iterations)}"
                      f" ({snapshots}{total / 2**20:.1f} MiB before dedup)")
+    if not ckpts and (info.get("info") or {}).get("checkpoints_dropped_by_gc"):
+        ckpt_line += " (dropped by hindlog gc --keep-last; the logs are kept)"
     busy = (info.get("info") or {}).get("checkpoints_skipped_busy")
     if busy:
         ckpt_line += (f"; {busy} iteration{'s' if busy > 1 else ''} skipped while the previous checkpoint was still"

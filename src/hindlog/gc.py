@@ -129,7 +129,11 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
             old = [r["id"] for r in runs[: max(len(runs) - keep_last, 0)] if r not in active]
             if old:
                 with catalog.transaction(conn):
+                    had = {run for (run,) in conn.execute(
+                        f"SELECT DISTINCT run FROM checkpoints WHERE run IN ({', '.join('?' * len(old))})", old)}
                     dropped = catalog.delete_checkpoints(conn, old)
+                    for run in had:  # (``hindlog show`` says where they went)
+                        catalog.merge_run_info(conn, run, {"checkpoints_dropped_by_gc": time.time()})
         with catalog.transaction(conn):  # values of replays killed before they ended
             # The locks read again, holding the catalog's write lock: a replay that started since
             # the first read holds its run's lock by now, or writes no value before this commits.
