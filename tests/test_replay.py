@@ -596,11 +596,13 @@ def test_iterations_limits_the_replayed_iterations(recorded, tmp_path: Path) -> 
     df = proj.df("acc", "wnorm", runs=[rec.run])
     assert len(df) == 5 and df["acc"].notna().all()
     assert list(df["wnorm"].notna()) == [False, False, True, True, False]
-    # Open ranges; a range outside the run.
+    # Open ranges; a range past the run's end ends with it, as a slice does; one outside the run.
     out = proj.replay("train.py", "--iterations", "4:", "--dry-run").stdout
     assert plan_field(out, "iterations").startswith("4:5 of 5")
-    bad = proj.replay("train.py", "--iterations", "3:9", check=False)
-    assert bad.returncode != 0 and "3:9" in bad.stderr and "Traceback" not in bad.stderr
+    out = proj.replay("train.py", "--iterations", "3:9", "--dry-run").stdout
+    assert plan_field(out, "iterations").startswith("3:5 of 5")
+    bad = proj.replay("train.py", "--iterations", "6:9", check=False)
+    assert bad.returncode != 0 and "6:9" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

@@ -343,6 +343,8 @@ def plan_run(
         hi = iterations[1] if iterations[1] is not None else total
         if lo >= hi:
             raise ReplayError(f"--iterations {lo}:{hi} is empty: A:B replays iterations A to B-1, so A must be less than B")
+        if 0 <= lo < total < hi:
+            hi = total  # (as a Python slice: up to the run's last iteration)
         if not (0 <= lo < hi <= max(total, 1)):
             raise ReplayError(f"--iterations {lo}:{hi} is outside run {run['run_id']}'s main loop (0:{total})")
     rows = checkpoint_rows(conn, run["id"])
