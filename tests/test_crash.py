@@ -201,6 +201,7 @@ def test_uncaught_exception_marks_failed_and_keeps_every_record(project: Project
     assert len(df) == 400 and df["epoch"].max() == 3
     runs = project.runs()
     assert runs["status"].tolist() == ["failed"] and runs["ended"].notna().all()
+    assert "\nerror        RuntimeError: boom in epoch 3\n" in project.cli("show").stdout
 
 
 @pytest.mark.parametrize("call, status, code", [("sys.exit(1)", "failed", 1), ('sys.exit("diverged")', "failed", 1),

@@ -800,6 +800,7 @@ def test_raising_script_keeps_users_traceback_and_run(proj: HFProject) -> None:
     # The run is failed, and what it printed before the error is kept, per iteration.
     row = proj.run_row(run)
     assert row["status"] == "failed"
+    assert "\nerror        ValueError: bad batch " in proj.hindlog("show", run).stdout
     output = proj.output(run)
     assert [line for _i, _s, line in output] == py.stdout.splitlines()
     assert [i for i, _s, _l in output] == [0, 1, 2]

@@ -312,7 +312,8 @@ def _show(args: argparse.Namespace) -> int:
     stood = f"; it stood stopped for {_duration(stopped)} before it was resumed" if stopped else ""
     lines = [
         f"run          {info['run_id']}" + (f"  ({info['name']})" if info.get("name") else ""),
-        f"status       {info['status']}" + (f"  flags: {', '.join(info['flags'])}" if info.get("flags") else ""),
+        f"status       {info['status']}" + (f"  flags: {', '.join(info['flags'])}" if info.get("flags") else "")
+        + (f"\nerror        {error}" if info["status"] == "failed" and (error := (info.get("info") or {}).get("error")) else ""),
         f"project      {info.get('project') or '-'}",
         f"script       {info.get('script') or '-'}" + (f"  (run as -m {module})" if (module := (info.get("info") or {}).get("module")) else ""),
         f"code         {info.get('code_version') or '-'} ({info.get('code_kind') or 'pending'})",

@@ -537,6 +537,8 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         _print_user_traceback(*sys.exc_info(), str(abs_path))
     except BaseException:
         status, code_out = "failed", 1
+        if record._recorder is not None:
+            record._recorder.note_error(sys.exc_info()[1])
         _print_user_traceback(*sys.exc_info(), str(abs_path))
     finally:
         sys.stdout.flush()

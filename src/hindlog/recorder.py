@@ -117,6 +117,8 @@ class Recorder:
         self.finished = False
         self.status: str | None = None
         self._exc_status: str | None = None
+        #: The exception the script ended with (``note_error``), if any.
+        self.error: str | None = None
 
         #: Objects named in hl.checkpoints, by name.
         self.declared: dict[str, Any] = {}
@@ -516,6 +518,7 @@ class Recorder:
 
         def excepthook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
             self._exc_status = "killed" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+            self.note_error(exc)
             previous_hook(exc_type, exc, tb)
 
         sys.excepthook = excepthook
@@ -555,6 +558,16 @@ class Recorder:
                 RuntimeWarning,
                 stacklevel=2,
             )
+
+    def note_error(self, exc: BaseException | None) -> None:
+        """The exception the script ended with, for ``hindlog show`` (its last line, as Python
+        prints it)."""
+        if exc is not None and not isinstance(exc, KeyboardInterrupt):
+            try:
+                text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self.error = text if len(text) <= 500 else text[:497] + "..."
+            except Exception:
+                pass
 
     def _atexit(self) -> None:
         self.finish(self._exc_status or "finished")
@@ -606,6 +619,8 @@ class Recorder:
                 # Transactions the writer committed before the last one: what ``COMMIT_GAP`` bounds.
                 "writer_commits": self.writer.commits,
             }
+            if self.error is not None and status == "failed":
+                timing["error"] = self.error
             if self.checkpointer is not None:
                 policy = self.checkpointer.policy
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
