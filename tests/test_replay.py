@@ -2226,6 +2226,30 @@ def test_a_worker_does_not_pass_on_torchs_warning_about_a_skipped_optimizer_step
     assert "Detected call of `lr_scheduler.step()`" not in result.stderr, result.stderr
 
 
+def test_a_recorded_log_that_new_code_makes_fire_more_often_is_stored(tmp_path: Path) -> None:
+    """`EVERY = 1` added after `EVERY = 2`: the recorded `hl.log` in the step loop now logs at
+    every step. The values the record did not have are new values, stored."""
+    text = dedent("""
+        import hindlog as hl
+
+        EVERY = 2
+        w = 0.0
+        for epoch in hl.loop("epoch", range(3)):
+            for i in hl.loop("step", range(4)):
+                w += 0.5 * i
+                if i % EVERY == 0:
+                    hl.log("loss", w)
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    assert proj.count("loss", run) == 6
+    proj.write("train.py", insert_after(text, "EVERY = 2", "EVERY = 1"))
+    proj.replay("train.py")
+    truth = ground_truth(tmp_path, {"train.py": insert_after(text, "EVERY = 2", "EVERY = 1")}, ["loss"])
+    assert len(truth["loss"]) == 12
+    assert_same_values(proj.values("loss", run), truth["loss"], "loss")
+
+
 def test_the_plan_notes_a_new_statement_that_draws_random_numbers(counter) -> None:
     proj, run = counter
     proj.write("train.py", insert_after(dedent(COUNTER).replace("import time\n", "import random\nimport time\n"),

@@ -375,7 +375,8 @@ def test_a_replay_of_a_run_killed_mid_iteration_stores_nothing_the_run_did_not_l
     (run_id,) = proj.run_ids()
     assert (4, "acc") not in proj.by_iteration(run_id)
     proj.write("train.py", HELD_MID_ITERATION + '    hl.log("double", 2 * float(state[0]))\n')
-    proj.cli("replay", "train.py", "--run", run_id)
+    replayed = proj.cli("replay", "train.py", "--run", run_id)
+    assert "1 values the recorded code logged past where the run stopped were not kept" in replayed.stdout, replayed.stdout
     logged = proj.by_iteration(run_id)
     assert (4, "acc") not in logged and logged[(3, "double")] == [8.0]
     proj.write("train.py", HELD_MID_ITERATION)

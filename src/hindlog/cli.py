@@ -592,6 +592,9 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"  files the replayed code wrote ({shown}): in {where}")
         if r.outputs_again:
             print(f"  {r.outputs_again} files it wrote again that the record wrote too (the project has them) were not kept")
+        if r.past_record:
+            print(f"  {r.past_record} values the recorded code logged past where the run stopped were not kept: they are "
+                  "not the run's (resuming it logs them)")
         if r.recorded_failure:
             print(f"  the script ended with an error, as the recorded run did: {r.recorded_failure}")
         if r.printed_differ:

@@ -452,6 +452,11 @@ class ReplayController(Controller):
         self.printed_differ = 0
         self.printed_examples: list[dict[str, Any]] = []
         self.stored = 0
+        #: Values of recorded names the recorded code logged past where the run stopped.
+        self.past_record = 0
+        #: The record is incomplete from this main-loop iteration on (a killed or failed run's
+        #: last one, and what follows the main loop), or None (a finished run).
+        self.incomplete_from: int | None = spec.get("record_incomplete_from")
         self.skipped_blocks = 0
         self.run_blocks = 0
         self._keys: dict[tuple[Any, ...], str] = {}
@@ -560,11 +565,17 @@ class ReplayController(Controller):
         self.seen[k] = n + 1
         recorded = self.recorded.get(k)
         if recorded is None or n >= len(recorded):
-            # Code the record ran logs a recorded name where the record did not: past where a
-            # killed run stopped, mid-iteration. Not the run's value (its resume logs it), and
-            # not new: neither stored nor checked. (A statement added since that logs it is
-            # new code, stored above.)
-            return False
+            # Code the record ran logs a recorded name where the record did not.
+            it = self.recorder.iteration
+            if self.incomplete_from is not None and (it >= self.incomplete_from if it is not None else self.main_finished):
+                # Past where a killed or failed run stopped: not the run's value (its resume
+                # logs it), and not new. Neither stored nor checked.
+                self.past_record += 1
+                return False
+            # Else new code made it log more often (a statement added since changed the
+            # condition of a recorded hl.log): stored, as a value the record did not have.
+            self.stored += 1
+            return True
         self.checked += 1
         replayed = decode(*encode(value))
         if not equal(recorded[n], replayed, self.tolerance):
@@ -626,6 +637,7 @@ class ReplayController(Controller):
             "segment": [self.start, self.end],
             "checked": self.checked,
             "stored": self.stored,
+            "past_record": self.past_record,
             "divergences": self.divergences[:100],
             "divergence_count": len(self.divergences),
             "skipped_blocks": self.skipped_blocks,

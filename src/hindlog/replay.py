@@ -109,6 +109,8 @@ class RunResult:
     outputs: list[str] = field(default_factory=list)
     outputs_dir: str | None = None
     outputs_again: int = 0
+    #: Values the recorded code logged past where the (killed or failed) run stopped: not kept.
+    past_record: int = 0
 
 
 @dataclass
@@ -869,6 +871,7 @@ def _execute(
             "result": str(scratch / f".hindlog-result-{k}.json"),
             "progress": str(scratch / f".hindlog-progress-{k}"),
             "ctx_base": base + k * SEGMENT_CTX_SPAN,
+            "record_incomplete_from": max(plan.total_iterations - 1, 0) if run.get("status") != "finished" else None,
             "new_lines": {path: [list(r) for r in ranges] for path, ranges in plan.new_statements.items()},
             "driver_pid": os.getpid(),
         }
@@ -951,6 +954,7 @@ def _execute(
             continue
         result.checked += data["checked"]
         result.stored += data["stored"]
+        result.past_record += data.get("past_record", 0)
         result.printed_checked += data.get("printed_checked", 0)
         result.printed_differ += data.get("printed_differ", 0)
         result.printed_examples.extend(data.get("printed_examples", [])[: max(0, 3 - len(result.printed_examples))])
