@@ -1380,6 +1380,24 @@ def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Pa
     proj.write("helpers.py", "def scale(x):\n    return 2.5 * x\n")
     refused = proj.replay("train.py", check=False)
     assert refused.returncode != 0 and "--- helpers.py" in refused.stderr, refused.stderr
+    # A module imported by name at run time, or one with statements added in it, is not "unrelated".
+    proj.write("helpers.py", "def scale(x):\n    return 1.5 * x\n")
+    proj.write("dyn.py", "import hindlog as hl\ndef report(w):\n    return w * 1.0\n")
+    proj.write("train.py", text.replace("w = 0.0", "import importlib\ndyn = importlib.import_module('dyn')\nw = 0.0")
+               + "    dyn.report(w)\n")
+    proj.commit()
+    dyn_run = proj.record(env=DENSE)
+    proj.write("dyn.py", "import hindlog as hl\ndef report(w):\n    return w * 2.0\n")
+    proj.write("train.py", proj.read("train.py") + "    hl.log('w3', 3 * w)\n")
+    refused = proj.replay("train.py", "--run", dyn_run, check=False)
+    assert refused.returncode != 0 and "--- dyn.py" in refused.stderr, refused.stderr
+    proj.write("dyn.py", "import hindlog as hl\ndef report(w):\n    return w * 1.0\n")
+    proj.write("other.py", 'print("a helper script, edited again")\nx = 1\nprint(x)\n')
+    proj.commit()
+    dyn_run = proj.record(env=DENSE)
+    proj.write("other.py", 'print("a helper script, edited once more")\nx = 1\nprint(x)\nprint(2 * x)\n')
+    refused = proj.replay("train.py", "--run", dyn_run, check=False)
+    assert refused.returncode != 0 and "--- other.py" in refused.stderr, refused.stderr
 
 
 def test_a_run_of_another_script_is_refused(counter) -> None:

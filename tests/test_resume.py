@@ -230,6 +230,8 @@ def test_resume_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     # A resume killed with -9 leaves its marked scratch copy with nobody holding the lock; the next resume removes it.
     monkeypatch.setattr(tempfile, "tempdir", str(scratch_parent))
     dead = Store(proj.store_path, proj.root).scratch_dir(f"resume-{run_id}")
+    proj.write(".gitignore", "out/\n")
+    proj.write("out/generated.py", "x = 1\n")  # ignored by git: not the code, not an edit of it
     resumed = proj.cli("resume", run_id, env={"TMPDIR": str(scratch_parent)})
     assert f"resuming run {run_id} after iteration" in resumed.stderr and "edits made since" not in resumed.stderr  # none were
     assert not dead.exists()

@@ -263,7 +263,11 @@ def diff(store: Store, old: str, new: str | None) -> str:
 
 def changed_files(store: Store, version: str, suffixes: frozenset[str] = frozenset({".py"})) -> list[str]:
     """The files of the working tree with these suffixes that differ from code version
-    ``version`` (changed, added or removed), sorted."""
+    ``version`` (changed, added or removed; files git ignores are not the code), sorted."""
+    if not version.startswith("snap-"):
+        current = working_tree(store.root)[0]
+        names = _git(store.root, "diff", "--name-only", "-z", version, current).split(b"\0")
+        return sorted(n for n in map(os.fsdecode, names) if n and Path(n).suffix in suffixes)
     before = {rel: data for rel, data in read_files(store, version).items() if Path(rel).suffix in suffixes}
     out = []
     for rel in sorted(before.keys() | {rel for rel in _working_files(store.root) if Path(rel).suffix in suffixes}):

@@ -250,7 +250,10 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
             additions[path] = hindsight.Additions(path)
             continue
         found = hindsight.find_additions(path, old, new)
-        if (found.syntax_error or found.other_changes) and script is not None and path != script \
+        # (A file with statements added in it, not only a log on a changed line, is meant to
+        # run: never left out.)
+        added = any(not set(range(lo, hi + 1)) <= set(found.shared_lines) for lo, hi in found.statements)
+        if (found.syntax_error or found.other_changes) and not added and script is not None and path != script \
                 and not _imported_by_any(path, {**{p: b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")}, **current}):
             notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept")
             continue
@@ -279,6 +282,8 @@ def _imported_by_any(path: str, sources: dict[str, str]) -> bool:
     if parts[-1] == "__init__":
         parts = parts[:-1]
     names = {".".join(parts[k:]) for k in range(len(parts))} - {""}
+    if not names:
+        return True  # the project's own __init__.py
     imported: set[str] = set()
     for src in sources.values():
         try:
@@ -296,6 +301,9 @@ def _imported_by_any(path: str, sources: dict[str, str]) -> bool:
                     pieces = base.split(".")
                     imported.update(".".join(pieces[: k + 1]) for k in range(len(pieces)))
                 imported.update(f"{base}.{a.name}" if base else a.name for a in node.names)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
+                # ``importlib.import_module("models.net")``, ``__import__``, a config's target
+                imported.add(node.value)
     return any(name in imported or any(i.endswith("." + name) for i in imported) for name in names)
 
 
