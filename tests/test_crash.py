@@ -225,6 +225,8 @@ def test_sys_exit_with_a_non_zero_status_marks_the_run_failed(project: Project, 
     assert project.values("loss") == [1.0, 0.5, 1.0 / 3]
     runs = project.runs()
     assert runs["status"].tolist() == [status] and runs["ended"].notna().all()
+    if '"' in call:  # a message: what Python prints, and what `hindlog show` names
+        assert "\nerror        diverged\n" in project.cli("show").stdout
 
 
 def test_caught_exception_is_not_a_failure(project: Project) -> None:

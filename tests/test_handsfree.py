@@ -842,6 +842,8 @@ def test_exit_code_like_python(proj: HFProject, exit_call: str, code: int) -> No
     assert [l for l in proc.stderr.splitlines() if not l.startswith("hindlog: ")] == py.stderr.splitlines()
     assert proj.run_row(run)["status"] == ("finished" if code == 0 else "failed")
     assert [line for _i, _s, line in proj.output(run)] == py.stdout.splitlines()
+    if '"' in exit_call:
+        assert "\nerror        giving up\n" in proj.hindlog("show", run).stdout
 
 
 def test_script_without_loop_runs_plainly(proj: HFProject) -> None:

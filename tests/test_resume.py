@@ -198,6 +198,7 @@ def test_resume_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert failed.returncode == 1 and "the disk went away" in failed.stderr
     (run_id,) = proj.run_ids()
     assert proj.run_info(run_id)["status"] == "failed"
+    assert "\nerror        " in proj.cli("show", run_id).stdout and "the disk went away" in proj.cli("show", run_id).stdout
     checkpointed = proj.checkpointed_iterations(run_id)
     assert checkpointed and max(checkpointed) <= 3, checkpointed  # epoch 4 never completed
     # Its logs of epoch 4 are there (it failed after logging them) and get replaced, not doubled.

@@ -532,6 +532,8 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
     except SystemExit as e:
         code_out = _exit_code(e.code)
         status = "finished" if code_out == 0 else "failed"
+        if isinstance(e.code, str) and record._recorder is not None:
+            record._recorder.error = e.code  # sys.exit("giving up"): what Python prints
     except KeyboardInterrupt:
         status, code_out = "killed", 130
         _print_user_traceback(*sys.exc_info(), str(abs_path))

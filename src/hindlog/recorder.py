@@ -529,6 +529,8 @@ class Recorder:
             # cannot see the exit status: a non-zero one marks the run failed here.
             if status is not None and status != 0 and self._exc_status is None:
                 self._exc_status = "failed"
+                if isinstance(status, str):
+                    self.error = status  # sys.exit("diverged"): what Python prints
             return previous_exit(status)
 
         sys.exit = exit
@@ -619,8 +621,8 @@ class Recorder:
                 # Transactions the writer committed before the last one: what ``COMMIT_GAP`` bounds.
                 "writer_commits": self.writer.commits,
             }
-            if self.error is not None and status == "failed":
-                timing["error"] = self.error
+            # (None clears an earlier process's: a resumed run that finished or failed otherwise.)
+            timing["error"] = self.error if status == "failed" else None
             if self.checkpointer is not None:
                 policy = self.checkpointer.policy
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
