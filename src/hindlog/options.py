@@ -61,13 +61,3 @@ def attach(sink: Callable[[dict[str, Any]], None] | None) -> None:
 def forget() -> None:
     """Drop the options parsed so far (hands-free mode: hindlog's own command line's)."""
     _parsed.clear()
-
-
-def unwatch() -> None:
-    """Put argparse's own ``parse_known_args`` back (hands-free mode, once its script ends)."""
-    global _real_parse, _sink
-    argparse = sys.modules.get("argparse")
-    if argparse is not None and _real_parse is not None:
-        argparse.ArgumentParser.parse_known_args = _real_parse
-    _real_parse = None
-    _sink = None
