@@ -95,6 +95,10 @@ def test_dataframe_says_which_names_were_never_logged_beside_others(two_runs) ->
     with pytest.warns(RuntimeWarning, match="nothing was logged under nevr in these runs"):
         df = project.df("acc", "nevr", runs=a)
     assert df["acc"].tolist() == [0.0, 0.5] and df["nevr"].isna().all()
+    # A name that is also a loop's gets the column `epoch_logged`; the warning names what was asked.
+    with pytest.warns(RuntimeWarning, match="nothing was logged under epoch in these runs"):
+        df = project.df("acc", "epoch", runs=a)
+    assert "epoch_logged" in df.columns
 
 
 def test_queries_on_a_project_without_a_store_create_nothing(project: Project) -> None:

@@ -106,7 +106,9 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     so that a context without a value does not turn them into floats.
     """
     frame, logged = logged_frame(*names, runs=runs, store=store)
-    never = [str(c) for c in logged.columns if not logged[c].any()]
+    # (By the name asked for: a column renamed ``<name>_logged`` beside a loop's is that name's.)
+    never = [str(c)[: -len("_logged")] if str(c).endswith("_logged") and str(c)[: -len("_logged")] in names else str(c)
+             for c in logged.columns if not logged[c].any()]
     if never and not frame.empty:
         warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(never)} in these runs (a typo?); "
                       "its column is empty", RuntimeWarning, stacklevel=2)
