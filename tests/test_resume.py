@@ -62,6 +62,14 @@ def _kill_9_when(proc: subprocess.Popen[str], hold: Path, ready: Any) -> None:
         hold.unlink()
 
 
+def _python_then_kill_9(proj: CkProject, hold: Path, epsilon: str, ready: Any) -> subprocess.Popen[str]:
+    """``python train.py`` (the script waits while ``hold`` exists), ``kill -9`` once ``ready()``."""
+    hold.touch()
+    proc = proj.start("train.py", env={"HOLD_FILE": str(hold), "HINDLOG_EPSILON": epsilon})
+    _kill_9_when(proc, hold, ready)
+    return proc
+
+
 def _make_killed(base: Path) -> Killed:
     """Start TORCH_TRAIN, wait until iteration-end checkpoints of iteration 3 or later are
     committed, and ``kill -9`` it in the middle of training. The script holds at the start of
@@ -69,10 +77,8 @@ def _make_killed(base: Path) -> Killed:
     finish before the checkpoint is seen."""
     proj = CkProject(base)
     proj.write("train.py", TORCH_TRAIN)
-    hold = base / "hold"
-    hold.touch()
-    proc = proj.start("train.py", env={"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.5"})
-    _kill_9_when(proc, hold, lambda: count_checkpoints(proj, iteration_end_only=True, at_least_iteration=3) > 0)
+    proc = _python_then_kill_9(proj, base / "hold", "0.5",
+                               lambda: count_checkpoints(proj, iteration_end_only=True, at_least_iteration=3) > 0)
     assert proc.returncode == -signal.SIGKILL
     (run_id,) = proj.run_ids()
     iterations = proj.checkpointed_iterations(run_id)
@@ -371,10 +377,7 @@ def test_a_replay_of_a_run_killed_mid_iteration_stores_nothing_the_run_did_not_l
     resume logged it a second time."""
     proj = CkProject(tmp_path)
     proj.write("train.py", HELD_MID_ITERATION)
-    hold = tmp_path / "hold"
-    hold.touch()
-    proc = proj.start("train.py", env={"HOLD_FILE": str(hold), "HINDLOG_EPSILON": "0.9"})
-    _kill_9_when(proc, hold, lambda: any(it == 4 and name == "lr" for it, name, _v in _records_so_far(proj)))
+    _python_then_kill_9(proj, tmp_path / "hold", "0.9", lambda: any(it == 4 and name == "lr" for it, name, _v in _records_so_far(proj)))
     (run_id,) = proj.run_ids()
     assert (4, "acc") not in proj.by_iteration(run_id)
     proj.write("train.py", HELD_MID_ITERATION + '    hl.log("double", 2 * float(state[0]))\n')

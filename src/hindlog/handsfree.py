@@ -367,7 +367,8 @@ def _expand(ranges: dict[str, list[list[int]]]) -> dict[str, set[int]]:
 _NUMPY_STACK = {"numpy", "torch", "sklearn", "scipy", "pandas", "jax", "tensorflow", "transformers", "lightning", "matplotlib"}
 
 
-def _imports_numpy_stack(tree: ast.Module, packages: frozenset[str] | set[str] = _NUMPY_STACK) -> bool:
+def _imports_any(tree: ast.Module, packages: frozenset[str] | set[str] = _NUMPY_STACK) -> bool:
+    """Whether the script imports any of ``packages`` (by default, those that import NumPy)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Import) and any(a.name.split(".")[0] in packages for a in node.names):
             return True
@@ -506,9 +507,9 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
         import hindlog
 
         rec.startup_seconds = time.perf_counter() - hindlog.IMPORT_STARTED
-        if _imports_numpy_stack(tree):
+        if _imports_any(tree):
             rec.startup_seconds -= hindlog.NUMPY_IMPORT_SECONDS
-        if _imports_numpy_stack(tree, {"torch"}):
+        if _imports_any(tree, {"torch"}):
             from . import checkpoint
 
             rec.startup_seconds -= checkpoint.TORCH_IMPORT_SECONDS  # (a resume read its checkpoint first)

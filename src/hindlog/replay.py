@@ -237,6 +237,7 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
     current = _working_sources(store, current_py | recorded_py)
     additions: dict[str, hindsight.Additions] = {}
     problems = []
+    imported: set[str] | None = None  # what the project's files import, read once if needed
     for path in sorted(current_py | recorded_py):
         old = recorded.get(path, b"").decode(errors="replace")
         new = current.get(path)
@@ -253,10 +254,13 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
         # (A file with statements added in it, not only a log on a changed line, is meant to
         # run: never left out.)
         added = any(not set(range(lo, hi + 1)) <= set(found.shared_lines) for lo, hi in found.statements)
-        if (found.syntax_error or found.other_changes) and not added and script is not None and path != script \
-                and not _imported_by_any(path, {**{p: b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")}, **current}):
-            notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept")
-            continue
+        if (found.syntax_error or found.other_changes) and not added and script is not None and path != script:
+            if imported is None:
+                imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
+                                            *current.values()])
+            if not _may_be_imported(path, imported):
+                notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept")
+                continue
         if found.syntax_error:
             raise ReplayError(f"{found.syntax_error}. Fix it and replay again.")
         if found.other_changes:
@@ -273,19 +277,17 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
     return current, additions, notes
 
 
-def _imported_by_any(path: str, sources: dict[str, str]) -> bool:
-    """Whether some import statement in ``sources`` may import the module at ``path``
-    (``a/b/c.py``: ``import c``, ``from b import c``, ``from a.b.c import x``, ``from . import
-    c``...). Where the project's top-level folders are is not known, so every suffix of the
-    dotted path counts."""
-    parts = path[: -len(".py")].split("/")
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    names = {".".join(parts[k:]) for k in range(len(parts))} - {""}
-    if not names:
-        return True  # the project's own __init__.py
+def _imported_names(sources: list[str]) -> set[str]:
+    """Every module name the import statements of ``sources`` may import (``import a.b``: a and
+    a.b; ``from a import b``: a and a.b), and every string they hold
+    (``importlib.import_module("models.net")``, ``__import__``, a config's target)."""
     imported: set[str] = set()
-    for src in sources.values():
+
+    def with_parents(name: str) -> list[str]:
+        pieces = name.split(".")
+        return [".".join(pieces[: k + 1]) for k in range(len(pieces))]
+
+    for src in sources:
         try:
             tree = ast.parse(src)
         except SyntaxError:
@@ -293,17 +295,27 @@ def _imported_by_any(path: str, sources: dict[str, str]) -> bool:
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
-                    pieces = a.name.split(".")
-                    imported.update(".".join(pieces[: k + 1]) for k in range(len(pieces)))
+                    imported.update(with_parents(a.name))
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if base:
-                    pieces = base.split(".")
-                    imported.update(".".join(pieces[: k + 1]) for k in range(len(pieces)))
+                    imported.update(with_parents(base))
                 imported.update(f"{base}.{a.name}" if base else a.name for a in node.names)
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 200:
-                # ``importlib.import_module("models.net")``, ``__import__``, a config's target
                 imported.add(node.value)
+    return imported
+
+
+def _may_be_imported(path: str, imported: set[str]) -> bool:
+    """Whether the module at ``path`` may be one of ``imported`` (``_imported_names``): where the
+    project's top-level folders are is not known, so every suffix of its dotted path counts
+    (``a/b/c.py``: ``c``, ``b.c``, ``a.b.c``, and any name ending in ``.c``)."""
+    parts = path[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    names = {".".join(parts[k:]) for k in range(len(parts))} - {""}
+    if not names:
+        return True  # the project's own __init__.py
     return any(name in imported or any(i.endswith("." + name) for i in imported) for name in names)
 
 
