@@ -547,6 +547,30 @@ def test_run_records_argv_environment_and_times(project: Project) -> None:
     assert info["script"] == "train.py"
 
 
+def test_argparse_options_are_recorded_when_argparse_is_imported_after_hindlog(project: Project) -> None:
+    """The command line is parsed before the first hindlog call starts the run, and argparse is
+    imported only after hindlog: the options (defaults included) are still recorded, and
+    argparse works as usual (its source is readable, as tracebacks and inspect need)."""
+    project.run(
+        """
+        import hindlog as hl
+        import inspect
+        import sys
+        assert "argparse" not in sys.modules
+        import argparse
+        assert "class ArgumentParser" in inspect.getsource(argparse)
+        p = argparse.ArgumentParser()
+        p.add_argument("--lr", type=float, default=0.1)
+        p.add_argument("--layers", type=int, default=3)
+        a = p.parse_args()
+        hl.log("lr", a.lr)
+        """,
+        args=["--lr", "0.3"],
+    )
+    assert project.run_info("latest")["info"]["options"] == {"lr": 0.3, "layers": 3}
+    assert project.values("lr") == [0.3]
+
+
 def test_run_records_gpus(project: Project) -> None:
     project.run("import hindlog as hl\nhl.log('x', 1)\n")
     assert isinstance(project.run_info()["env"].get("gpus"), list)

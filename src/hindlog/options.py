@@ -3,8 +3,8 @@
 They are recorded as the run's ``info.options``: what ``hindlog replay --where`` and ``hindlog
 show`` see of a script's arguments besides its ``hl.arg`` calls. A script usually parses its
 command line before its first hindlog call starts the run, so ``watch`` wraps
-``ArgumentParser.parse_known_args`` as soon as hindlog is imported (if the script has imported
-argparse, as stdlib imports come first) and keeps what the parses return until a run takes them
+``ArgumentParser.parse_known_args`` as soon as hindlog is imported, or as soon as argparse is
+imported when that comes later, and keeps what the parses return until a run takes them
 (``attach``). Recording never changes what the script gets.
 """
 
@@ -21,12 +21,63 @@ _sink: Callable[[dict[str, Any]], None] | None = None
 _real_parse: Any = None
 
 
+class _WhenImported:
+    """A ``sys.meta_path`` entry that calls ``watch`` once argparse is imported. Importing
+    argparse here instead would add its import (2 ms) to every script that never uses it."""
+
+    @classmethod
+    def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "argparse":
+            return None
+        _stop_waiting()
+        for finder in sys.meta_path:
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _ThenWatch(spec.loader)
+        return spec
+
+
+class _ThenWatch:
+    """argparse's own loader, which calls ``watch`` once the module has run."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        watch()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)  # get_source and the rest, for tracebacks and inspect
+
+
+def _stop_waiting() -> None:
+    try:
+        sys.meta_path.remove(_WhenImported)  # type: ignore[arg-type]
+    except ValueError:
+        pass
+
+
 def watch() -> None:
-    """Wrap ``argparse.ArgumentParser.parse_known_args`` (once) if argparse is imported."""
+    """Wrap ``argparse.ArgumentParser.parse_known_args`` (once), now if argparse is imported,
+    else when it is."""
     global _real_parse
     argparse = sys.modules.get("argparse")
-    if argparse is None or _real_parse is not None:
+    if _real_parse is not None:
         return
+    if argparse is None:
+        if _WhenImported not in sys.meta_path:
+            sys.meta_path.insert(0, _WhenImported)  # type: ignore[arg-type]
+        return
+    _stop_waiting()
     real = _real_parse = argparse.ArgumentParser.parse_known_args
 
     def parse_known_args(self: Any, args: Any = None, namespace: Any = None) -> Any:
