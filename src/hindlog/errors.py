@@ -18,6 +18,22 @@ def warn_user(message: str) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=level)
 
 
+_standard_format = warnings.formatwarning
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    # A warning raised at a line of hindlog's own (a checkpoint that could not be written, a
+    # damaged one passed over) is shown as its message alone: the file, line and source line
+    # would point into hindlog, not at anything the user can act on. Warnings shown at the
+    # user's line (``warn_user``) and everyone else's keep the standard form.
+    if filename.startswith(_PACKAGE_DIR):
+        return f"{message}\n"
+    return _standard_format(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_warning
+
+
 class HindlogError(Exception):
     """Base class of every error hindlog raises on purpose."""
 
