@@ -626,6 +626,8 @@ def test_a_run_whose_checkpoints_are_gone_replays_by_re_executing(recorded, tmp_
     else:
         # The workers' fallbacks are said by the replay itself, not only in their logs.
         assert re.search(r"hindlog: checkpoint \w+ cannot be read: object \w+ is missing", result.stderr), result.stderr
+        # A loop whose checkpoint could not be read ran: it is counted as run, not as skipped.
+        assert summary(out)["skipped"] == 0 and summary(out)["run"] > 0, out
     for n in rec.case.names["main"]:
         assert_same_values(proj.values(n, rec.run), rec.truth[n], f"{how} gone: {n}")
 

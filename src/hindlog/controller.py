@@ -290,6 +290,9 @@ class Controller:
         """The manifest to restore instead of running this nested loop, or None to run it."""
         return None
 
+    def block_ran_instead(self) -> None:
+        """The checkpoint ``block_checkpoint`` named could not be read: the loop runs after all."""
+
     def restored_block(self) -> None:
         """A nested loop was just skipped by restoring its checkpoint."""
 
@@ -625,6 +628,10 @@ class ReplayController(Controller):
             return None
         self.skipped_blocks += 1
         return entry[1]
+
+    def block_ran_instead(self) -> None:
+        self.skipped_blocks -= 1
+        self.run_blocks += 1
 
     def restored_block(self) -> None:
         # Announced only once this restore has read its own data: the disk reads in order.

@@ -331,6 +331,7 @@ class Recorder:
             loaded = read_checkpoint(self.store.objects, manifest)
         except CorruptObject as e:
             warnings.warn(f"hindlog: {e}; running loop {name!r} of iteration {self.iteration} instead", RuntimeWarning)
+            self.controller.block_ran_instead()
             yield from self._inner_loop(name, iterable, frame)
             return
         apply(loaded, self.declared, frame, strict=False)
