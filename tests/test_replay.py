@@ -20,6 +20,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1642,6 +1643,42 @@ def test_a_replays_files_are_kept_unless_the_record_wrote_them_and_a_failed_repl
     failed = proj.replay("train.py", "--run", run, "--workers", "1", check=False)
     assert failed.returncode != 0 and "not kept with the outputs: the replay did not succeed" in failed.stdout, failed.stdout
     assert kept.read_text() == good
+
+
+def test_replayed_code_that_writes_through_linked_inputs_leaves_the_projects_files_alone(tmp_path: Path) -> None:
+    """The project's data (ignored by git, older than the run) is linked into the replay's copy.
+    Replayed code that appends to a linked file, overwrites one, makes, renames or removes files
+    in a linked folder, or removes a linked folder's subfolder changes the copy only: the
+    project's files are as they were, and what the code wrote is kept with the outputs."""
+    proj = ReplayProject(tmp_path)
+    proj.write(".gitignore", "data/\nnotes.txt\nplot.png\n")
+    originals = {"data/input.txt": "3\n", "data/old.tmp": "keep me\n", "data/sub/deep.txt": "deep\n",
+                 "notes.txt": "user notes\n", "plot.png": "user plot"}
+    for rel, content in originals.items():
+        proj.write(rel, content)
+    past = time.time() - 600  # older than the run: inputs, linked into the replay's copy
+    for path in [proj.root / "data", proj.root / "data" / "sub", *(proj.root / rel for rel in originals)]:
+        os.utime(path, (past, past))
+    text = dedent(COUNTER).replace('state = {"x": 0, "hist": []}',
+                                   'state = {"x": int(open("data/input.txt").read()), "hist": []}')
+    run = proj.record(text, env=DENSE)
+    writes = dedent("""
+        with open("notes.txt", "a") as f: f.write(f"epoch {epoch}\\n")
+        with open("plot.png", "w") as f: f.write(f"plot {state['x']}")
+        with open(f"data/x{epoch}.txt", "w") as f: f.write(str(state["x"]))
+        if epoch == 5: os.remove("data/old.tmp"); os.rename("data/input.txt", "data/moved.txt"); shutil.rmtree("data/sub")
+    """).strip()
+    new = insert_after(text, 'hl.log("x", state["x"])', writes).replace("import os\n", "import os\nimport shutil\n")
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    for rel, content in originals.items():
+        assert (proj.root / rel).read_text() == content, rel
+    assert sorted(p.name for p in (proj.root / "data").iterdir()) == ["input.txt", "old.tmp", "sub"]
+    kept = tmp_path / "proj-store" / "outputs" / run
+    assert "files the replayed code wrote" in out, out
+    assert (kept / "plot.png").read_text().startswith("plot ") and (kept / "data" / "x5.txt").exists()
+    # Appended to the linked file's content, as the record would have; by the last segment's worker.
+    assert (kept / "notes.txt").read_text().startswith("user notes\n") and "epoch 5" in (kept / "notes.txt").read_text()
 
 
 # ----------------------------------------------------------------- the plan's segments

@@ -6,6 +6,7 @@ later, replay them from checkpoints, and query everything as DataFrames.
 
 from __future__ import annotations
 
+import os as _os
 import sys as _sys
 import time as _time
 
@@ -38,6 +39,12 @@ from .controller import hindsight_mark as _hindsight_mark
 from .controller import hindsight_iter as _hindsight_iter, replaying
 
 __version__ = "0.1.0"
+
+if "HINDLOG_SCRATCH" in _os.environ:
+    # A replay worker: what the replayed code writes stays in the replay's scratch copy.
+    from .scratchguard import install as _install_scratch_guard
+
+    _install_scratch_guard(_os.environ["HINDLOG_SCRATCH"])
 
 #: Seconds this package's import took (the modules it needs that the script had not imported yet included).
 IMPORT_SECONDS = _time.perf_counter() - IMPORT_STARTED

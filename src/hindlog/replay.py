@@ -572,7 +572,8 @@ def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: 
 
     Only files older than ``inputs_before`` (the run's start) are linked: they were the run's
     inputs. Files the run (or anything later) wrote are left out, so a replayed script that
-    writes its outputs again writes them into the scratch directory, never into the project."""
+    writes its outputs again writes them into the scratch directory, never into the project;
+    the workers' ``scratchguard`` keeps writes through the links in the scratch directory too."""
     codeversion.materialize(store, version, scratch)
     for rel, src in files.items():
         target = scratch / rel
@@ -628,7 +629,7 @@ def keep_outputs(store: Store, run_id: str, scratch: Path, written: list[str]) -
     """Move ``written`` (``written_files``) from ``scratch`` to ``.hindlog/outputs/RUN/``, under
     the same relative paths: a hindsight ``savefig`` or ``np.save`` is the user's to keep, and
     the scratch copy is removed. Not into the project, where they would overwrite what the run
-    wrote (a folder linked into the copy whole is the project's own: writes into it land there).
+    wrote.
     A file of an earlier replay of the run at the same path is replaced. Returns the folder and
     the paths moved."""
     dest = store.path / "outputs" / run_id
@@ -791,6 +792,7 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
     # The scratch copy is the project: the run's script and modules have the paths they had in
     # it, also when the run was recorded from a subdirectory.
     env["HINDLOG_ROOT"] = str(scratch)
+    env["HINDLOG_SCRATCH"] = str(scratch)  # (scratchguard: its writes stay in it)
     env[ENV] = str(spec_path)
     env.pop("HINDLOG_DISABLED", None)
     if gpu is not None:

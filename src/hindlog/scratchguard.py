@@ -1,0 +1,160 @@
+"""Keeps what a replay writes inside its scratch copy of the project.
+
+A replay runs the recorded code in a scratch copy whose data files and folders are symbolic
+links to the project's own (``replay.prepare_scratch`` links them so that the script finds
+its inputs without a copy). A write through such a link would change the user's files: a
+hindsight ``savefig("plot.png")`` over an older file of that name, a log opened for appending,
+a file made, renamed or removed in a linked folder, a NumPy memmap opened ``r+``.
+
+``install`` adds an audit hook (PEP 578) to a replay worker. It sees each such call before it
+happens and takes the links out of its way: a linked folder on the path becomes a real folder
+of links to its entries, and a linked file about to be written becomes the scratch copy's own
+(removed when the write truncates it, a copy when it keeps its content). The call then acts
+on the scratch copy as it would have on the project. Writes from C code that bypasses Python's
+``open`` (some HDF5 or database libraries) are not seen.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sys
+import threading
+from typing import Any
+
+#: Open flags of a call that may change the file.
+_WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+#: Audit events that change the file system, and which of their arguments are paths: for each,
+#: (positions of paths whose folders must be the copy's own, positions of paths that are
+#: themselves changed in place).
+_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "os.remove": ((0,), ()),
+    "os.rmdir": ((0,), ()),
+    "os.mkdir": ((0,), ()),
+    "os.rename": ((0, 1), ()),
+    "os.replace": ((0, 1), ()),
+    "os.symlink": ((1,), ()),
+    "os.link": ((1,), ()),
+    "os.truncate": ((0,), (0,)),
+    "os.chmod": ((0,), (0,)),
+    "os.chown": ((0,), (0,)),
+    "os.utime": ((0,), (0,)),
+    "sqlite3.connect": ((0,), (0,)),
+}
+
+#: In the copy's root: held while a worker changes the copy's links.
+LOCK = ".hindlog-guard.lock"
+
+_busy = threading.local()
+
+
+def install(scratch: str) -> None:
+    """Keep this process's writes under ``scratch`` out of the links in it."""
+    # The scratch path as given (the script's __file__ is under it) and as resolved (the
+    # working directory is): a path under either is in the copy.
+    roots = tuple(dict.fromkeys((os.path.abspath(scratch), os.path.realpath(scratch))))
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event == "open":
+            if len(args) < 3 or not isinstance(args[2], int) or not args[2] & _WRITING:
+                return
+            # A write that truncates the file needs none of the linked file's content.
+            keep = not args[2] & os.O_TRUNC
+            _guard(roots, args[0], keep_content=keep, changed=True)
+        elif event == "shutil.rmtree":
+            _guard(roots, args[0], keep_content=False, changed=False, whole_tree=True)
+        elif event in _EVENTS:
+            folders, changed = _EVENTS[event]
+            for k in folders:
+                if k < len(args):
+                    _guard(roots, args[k], keep_content=True, changed=k in changed)
+
+    sys.addaudithook(hook)
+
+
+def _guard(roots: tuple[str, ...], path: Any, keep_content: bool, changed: bool, whole_tree: bool = False) -> None:
+    if getattr(_busy, "active", False) or isinstance(path, int) or path is None:
+        return
+    _busy.active = True  # the copies below open files themselves
+    try:
+        path = os.fsdecode(os.fspath(path))
+        full = os.path.abspath(path)
+        root = next((r for r in roots if full.startswith(r + os.sep)), None)
+        if root is None or not _linked_on_the_way(root, full, changed or whole_tree):
+            return
+        # The replay's workers share the copy: one at a time changes its links.
+        with open(os.path.join(root, LOCK), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _own_folders(root, full):
+                return
+            if whole_tree:
+                _unfold_tree(full)
+            elif changed and os.path.islink(full):
+                _own_file(full, keep_content)
+    except Exception:  # noqa: BLE001 - the script's own call goes on and fails or not as it would
+        pass
+    finally:
+        _busy.active = False
+
+
+def _linked_on_the_way(root: str, full: str, itself: bool) -> bool:
+    """Whether a folder on the way from ``root`` to ``full`` (or ``full`` itself) is a link."""
+    current = root
+    parts = os.path.relpath(full, root).split(os.sep)
+    for part in parts if itself else parts[:-1]:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return True
+    return False
+
+
+def _own_folders(root: str, full: str) -> bool:
+    """Make each folder on the way from ``root`` to ``full`` a real folder of the copy.
+    False when the way does not lead through folders (the call then fails as it would)."""
+    current = root
+    for part in os.path.relpath(full, root).split(os.sep)[:-1]:
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            if not os.path.isdir(current):
+                return False
+            _unfold(current)
+        elif not os.path.isdir(current):
+            return False
+    return True
+
+
+def _unfold(link: str) -> None:
+    """A link to a folder becomes a folder of links to that folder's entries."""
+    target = os.path.realpath(link)
+    entries = os.listdir(target)
+    os.unlink(link)
+    os.mkdir(link)
+    for name in entries:
+        os.symlink(os.path.join(target, name), os.path.join(link, name))
+
+
+def _unfold_tree(full: str) -> None:
+    """Every linked folder at or under ``full`` unfolded: removing it removes links only."""
+    if os.path.islink(full):
+        if not os.path.isdir(full):
+            return
+        _unfold(full)
+    if not os.path.isdir(full):
+        return
+    for name in os.listdir(full):
+        child = os.path.join(full, name)
+        if os.path.islink(child) and os.path.isdir(child):
+            _unfold_tree(child)
+
+
+def _own_file(link: str, keep_content: bool) -> None:
+    """A link to a file becomes the copy's own file: a copy of it, or nothing when the write
+    about to happen truncates it."""
+    target = os.path.realpath(link)
+    if os.path.isdir(target):
+        return
+    os.unlink(link)
+    if keep_content and os.path.exists(target):
+        shutil.copy2(target, link)
