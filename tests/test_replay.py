@@ -1681,6 +1681,54 @@ def test_replayed_code_that_writes_through_linked_inputs_leaves_the_projects_fil
     assert (kept / "notes.txt").read_text().startswith("user notes\n") and "epoch 5" in (kept / "notes.txt").read_text()
 
 
+def test_objects_a_loop_changes_through_project_functions_are_restored_or_recomputed(tmp_path: Path) -> None:
+    """A nested loop changes an undeclared array and a dict only through project functions (one
+    in another file, imported by name): a new statement that
+    reads them after the loop gets the values a fresh run logs, not those of a skipped loop
+    (the checkpoints hold them, or the loop runs)."""
+    proj = ReplayProject(tmp_path)
+    proj.write("helpers.py", "def accumulate(totals, value):\n    totals['sum'] += value\n    totals['n'] += 1\n")
+    text = dedent("""
+        import numpy as np
+        import hindlog as hl
+        from helpers import accumulate
+
+        w = np.zeros(4)
+        shadow = np.zeros(4)
+        stats = {"sum": 0.0, "n": 0}
+        hl.checkpoints(w=w)
+
+        def shadow_update(target, source, decay=0.5):
+            target *= decay
+            target += (1 - decay) * source
+
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("step", range(3)):
+                w += i + epoch
+                shadow_update(shadow, w)
+                accumulate(stats, float(w.sum()))
+            hl.log("w", float(w.sum()))
+    """)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("w", float(w.sum()))',
+                       'hl.log("shadow", float(shadow.sum()))\nhl.log("mean", stats["sum"] / stats["n"])')
+    proj.write("train.py", new)
+    proj.replay("train.py", "--workers", "2")
+    import numpy as np
+
+    w, shadow, total, n = np.zeros(4), np.zeros(4), 0.0, 0
+    want_shadow, want_mean = {}, {}
+    for epoch in range(5):
+        for i in range(3):
+            w += i + epoch
+            shadow = 0.5 * shadow + 0.5 * w
+            total, n = total + float(w.sum()), n + 1
+        want_shadow[(("epoch", epoch),)] = float(shadow.sum())
+        want_mean[(("epoch", epoch),)] = total / n
+    assert proj.values("shadow", run) == want_shadow
+    assert proj.values("mean", run) == want_mean
+
+
 # ----------------------------------------------------------------- the plan's segments
 
 

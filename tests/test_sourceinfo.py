@@ -11,7 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hindlog.sourceinfo import _facts_for, _scope_nodes, loop_facts
+from hindlog.sourceinfo import Functions, _facts_for, _scope_nodes, loop_facts
 
 TRAIN = textwrap.dedent(
     """
@@ -40,13 +40,14 @@ TRAIN = textwrap.dedent(
 )
 
 
-def facts_at(source: str, line_text: str) -> Any:
-    """Facts of the loop whose header is the (first) line containing ``line_text``."""
+def facts_at(source: str, line_text: str, others: tuple[str, ...] = ()) -> Any:
+    """Facts of the loop whose header is the (first) line containing ``line_text``; ``others``:
+    other project files, whose functions the loop may call."""
     tree = ast.parse(source)
     lineno = next(i for i, line in enumerate(source.splitlines(), 1) if line_text in line)
     scope, loop = _scope_nodes(tree, lineno)
     assert loop is not None and loop.lineno == lineno
-    return _facts_for(scope, loop)
+    return _facts_for(scope, loop, Functions([tree, *map(ast.parse, others)]))
 
 
 def test_last_batch_loss_is_live_after_the_training_loop() -> None:
@@ -273,3 +274,70 @@ def test_what_a_loop_changes_through_functions_and_aliases_and_what_it_only_read
     mutated = facts_at(NESTED_CHANGES, "for x, y in batches:").mutated
     assert {"order", "total", "ema_params", "ema", "weights", "sched_g", "sched_d"} <= mutated
     assert not {"batches", "std", "mean", "X_train", "params"} & mutated
+
+
+CALLED_CHANGES = textwrap.dedent(
+    """
+    stats = {"loss": 0.0, "n": 0}
+    log = []
+
+    def ema_update(ema, model, decay=0.9):
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.mul_(decay).add_(pm, alpha=1 - decay)
+
+    def accumulate(totals, value):
+        totals["loss"] += value
+        totals["n"] += 1
+
+    def remember(value):
+        log.append(value)          # a global changed in place
+
+    def decay(target, source, rate=0.5):
+        target *= rate             # in place for the caller's array or tensor
+        source = source * 2        # rebinding its own name changes nothing of the caller's
+
+    def through(a, b):
+        accumulate(a, b)           # changes its argument through another function
+
+    def only_reads(model, x):
+        fresh = []
+        fresh.append(model(x))     # its own local
+        return fresh
+
+    class Meter:
+        def add(self, v):
+            self.total += v
+
+    def step(x):                   # shares its name with opt.step(), a method: not this function
+        x.append(1)
+
+    for epoch in range(3):
+        for x, y in loader:
+            loss = model(x)
+            ema_update(ema, model)
+            accumulate(stats, loss)
+            through(other, loss)
+            remember(loss)
+            decay(shadow2, y)
+            only_reads(net, x)
+            meter.add(loss)
+            helper_update(shadow, model)
+            opt.step()
+    """
+)
+
+
+def test_what_a_loop_changes_through_the_project_functions_it_calls() -> None:
+    """A project function called in a loop changes what its parameters are bound to (and the
+    globals it changes): ``ema_update(ema, model)`` changes ``ema``, a method changes the object
+    it is called on; what it only reads, or its own locals, are not changed, and a library
+    method that shares a function's name (``opt.step()``) is not that function. Functions of
+    another project file count too."""
+    helpers = "def helper_update(target, source):\n    target.copy_(source)\n"
+    mutated = facts_at(CALLED_CHANGES, "for x, y in loader:", others=(helpers,)).mutated
+    assert {"ema", "stats", "other", "log", "meter", "shadow", "shadow2"} <= mutated, mutated
+    assert not {"net", "x", "y", "fresh", "loader"} & mutated, mutated
+    # Without the project's functions, only the method call's object is seen changed.
+    tree = ast.parse(CALLED_CHANGES)
+    scope, loop = _scope_nodes(tree, next(i for i, line in enumerate(CALLED_CHANGES.splitlines(), 1) if "for x, y in loader:" in line))
+    assert not {"ema", "stats", "other", "log", "shadow"} & _facts_for(scope, loop).mutated

@@ -659,7 +659,8 @@ def probed_loops(
     for path, ranges in new_statements.items():
         if path in trees and ranges:
             probed |= _loops_feeding(files[path], ranges, lambda node, path=path: loop_name(node, path),
-                                     declared=None if names else declared_names(trees.values()))
+                                     declared=None if names else declared_names(trees.values()),
+                                     others=[t for p, t in trees.items() if p != path])
     # A probed loop's enclosing loops run too (except the outermost, which always runs).
     for path, tree in trees.items():
         for node in ast.walk(tree):
@@ -726,7 +727,8 @@ def declared_names(trees: Any) -> set[str]:
     return out
 
 
-def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any, declared: set[str] | None = None) -> set[str]:
+def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any, declared: set[str] | None = None,
+                   others: list[ast.Module] | None = None) -> set[str]:
     """Loops that assign a local which a new statement of their scope reads, where the recorded
     code does not read that local after the loop. A loop's checkpoint holds only the locals the
     recorded code reads after it, so skipping such a loop would leave the new statement reading
@@ -734,8 +736,9 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any, declar
 
     ``declared``: the names ``hl.checkpoints`` declares; with it, an object that the loop changes
     in place (``tracker.last = loss``) and that is not declared counts too (no checkpoint holds
-    it). None: hands-free mode, which checkpoints every object its main loop changes."""
-    from .sourceinfo import _facts_for, _read_before_written, _surely_assigned, assigned_names, free_names, names_read_by_callees
+    it). None: hands-free mode, which checkpoints every object its main loop changes.
+    ``others``: the project's other files, whose functions a loop may call to change objects."""
+    from .sourceinfo import Functions, _facts_for, _read_before_written, _surely_assigned, assigned_names, free_names, names_read_by_callees
 
     tree = ast.parse(src)
     wanted = set(ranges)
@@ -778,13 +781,14 @@ def _loops_feeding(src: str, ranges: list[tuple[int, int]], name_of: Any, declar
         s.name for s in ast.walk(tree) if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
     # The recorded code is the tree without the new statements.
     _strip(tree, {id(n) for n in new_nodes})
+    functions = Functions([tree, *(others or [])])
     out: set[str] = set()
     for key, (scope, nodes) in by_scope.items():
         for loop in _scope_loops(scope):
             name = name_of(loop)
             if name is None or any(loop.lineno <= n.lineno <= (loop.end_lineno or loop.lineno) for n in nodes):
                 continue
-            facts = _facts_for(scope, loop)
+            facts = _facts_for(scope, loop, functions)
             # Modules are not state (``hl.log(...)`` is no change of ``hl``), nor are the file's
             # own functions and classes.
             changed = facts.assigned | (facts.mutated - declared - not_state if declared is not None else frozenset())

@@ -106,6 +106,32 @@ def _module_ast(filename: str, module_globals: dict | None = None) -> ast.Module
     return _parse(filename, "".join(lines))
 
 
+def _imported_function_trees(tree: ast.Module, module_globals: dict) -> list[ast.Module]:
+    """The source trees of the modules that the functions this module imports by name come
+    from (``from utils import ema_update``), outside the installed packages and the standard
+    library: what they change, a call of them changes."""
+    import os
+    import types
+
+    outside = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    out, seen = [], set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        for alias in node.names:
+            value = module_globals.get(alias.asname or alias.name)
+            code = getattr(value, "__code__", None) if isinstance(value, types.FunctionType) else None
+            if code is None or code.co_filename in seen:
+                continue
+            seen.add(code.co_filename)
+            if os.path.realpath(code.co_filename).startswith(outside) or "site-packages" in code.co_filename:
+                continue
+            other = _module_ast(code.co_filename)
+            if other is not None:
+                out.append(other)
+    return out
+
+
 _facts_cache: dict[tuple[object, int], LoopFacts | None] = {}
 
 
@@ -120,12 +146,12 @@ def loop_facts(frame: FrameType, lineno: int | None = None) -> LoopFacts | None:
     if tree is not None:
         scope, loop = _scope_nodes(tree, line)
         if loop is not None:
-            facts = _facts_for(scope, loop)
+            facts = _facts_for(scope, loop, Functions([tree, *_imported_function_trees(tree, frame.f_globals)]))
     _facts_cache[key] = facts
     return facts
 
 
-def _facts_for(scope: ast.AST, loop: ast.For | ast.While) -> LoopFacts:
+def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions | None = None) -> LoopFacts:
     targets = [loop.target] if isinstance(loop, (ast.For, ast.AsyncFor)) else []
     assigned = assigned_names([*targets, *loop.body, *loop.orelse])
     body = scope.body if isinstance(scope.body, list) else [scope.body]  # type: ignore[attr-defined]
@@ -154,8 +180,8 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While) -> LoopFacts:
     # target is bound afresh at the top of every pass, so reading it is not such a value).
     fresh = assigned_names([outermost.target]) if isinstance(outermost, (ast.For, ast.AsyncFor)) else set()
     live |= assigned & _read_before_written(outermost.body, fresh)  # type: ignore[attr-defined]
-    live |= assigned & _mutated_containers(outermost.body)  # type: ignore[attr-defined]
-    mutated = _mutated_containers([*loop.body, *loop.orelse])
+    live |= assigned & _mutated_containers(outermost.body, functions)  # type: ignore[attr-defined]
+    mutated = _mutated_containers([*loop.body, *loop.orelse], functions)
     own_target = assigned_names([loop.target]) if isinstance(loop, (ast.For, ast.AsyncFor)) else set()
     carried = _assigned_outside_loops(loop.body) - own_target
     return LoopFacts(
@@ -251,11 +277,15 @@ MUTATING_METHODS = frozenset({
 MUTATING_FUNCTIONS = frozenset({"shuffle", "copyto", "heappush", "heappop", "heapify", "heapreplace", "heappushpop"})
 
 
-def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
+def _mutated_containers(stmts: list[ast.stmt], functions: Functions | None = None,
+                        _seen: frozenset[int] = frozenset()) -> set[str]:
     """Names whose objects the statements change in place: ``x.append(...)``, ``x[k] = v``,
     ``x.a = v``, ``x["k"].append(v)``, ``random.shuffle(x)``, ``np.add(a, b, out=x)``; and the
     objects an element or part changed in place belongs to (``for e, p in zip(ema, params):
-    e.mul_(d)`` changes ``ema``; ``w = state["w"]; w += g`` changes ``state``)."""
+    e.mul_(d)`` changes ``ema``; ``w = state["w"]; w += g`` changes ``state``).
+
+    With ``functions`` (the project's, by name), a call of one of them changes the arguments
+    it changes, and the globals: ``ema_update(ema, model)``, ``meter.add(loss)``."""
     out: set[str] = set()
     in_place: set[str] = set()  # changed by an operation that surely works in place
 
@@ -290,6 +320,22 @@ def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
             if node.args and (name in MUTATING_FUNCTIONS or (name.endswith("_") and not name.startswith("__") and (
                     isinstance(f, ast.Name) or _module_path(f.value)))):
                 changed(node.args[0])
+            callee = functions.find(name, method=isinstance(f, ast.Attribute)) if functions is not None else None
+            if callee is not None and id(callee) not in _seen:
+                params, free = _changes_of(callee, functions, _seen | {id(callee)})
+                names = [a.arg for a in (*callee.args.posonlyargs, *callee.args.args)]
+                if isinstance(f, ast.Attribute) and names and names[0] in ("self", "cls"):
+                    if names[0] in params:
+                        changed(f.value)
+                    names = names[1:]
+                for param, arg in zip(names, node.args):
+                    if param in params:
+                        changed(arg)
+                for k in node.keywords:
+                    if k.arg in params:
+                        changed(k.value)
+                out.update(free)
+                in_place.update(free)
         elif isinstance(node, (ast.Subscript, ast.Attribute)) and isinstance(node.ctx, (ast.Store, ast.Del)):
             changed(node.value)
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
@@ -317,6 +363,49 @@ def _mutated_containers(stmts: list[ast.stmt]) -> set[str]:
                 if source not in rebound:
                     pending.append(source)
     return out
+
+
+class Functions:
+    """The project's functions by name, as a call names them: plain functions for ``f(x)``,
+    methods for ``obj.f(x)`` (a method of a class, not a function that happens to share the
+    name of a library method such as ``opt.step``)."""
+
+    def __init__(self, trees: list[ast.AST]) -> None:
+        self.plain: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        self.methods: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        for tree in trees:
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ClassDef):
+                    for item in node.body:
+                        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                            self.methods.setdefault(item.name, item)
+            methods = set(map(id, self.methods.values()))
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) not in methods:
+                    self.plain.setdefault(node.name, node)
+        self._changes: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+
+    def find(self, name: str, method: bool) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+        return (self.methods if method else self.plain).get(name)
+
+
+def _changes_of(fn: ast.FunctionDef | ast.AsyncFunctionDef, functions: Functions,
+                seen: frozenset[int]) -> tuple[frozenset[str], frozenset[str]]:
+    """The parameters whose objects ``fn`` changes in place, and the free names (globals,
+    closure variables) it changes."""
+    known = functions._changes.get(id(fn))
+    if known is not None:
+        return known
+    changed = _mutated_containers(fn.body, functions, seen)
+    params = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
+    # ``target *= decay`` changes the caller's array or tensor in place (a number it only rebinds).
+    changed |= {n.target.id for n in ast.walk(fn) if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)} & params
+    # A name the function binds is its own local, unless it declares it global or nonlocal.
+    declared = {n for g in ast.walk(fn) if isinstance(g, (ast.Global, ast.Nonlocal)) for n in g.names}
+    own = (assigned_names(fn.body) | params) - declared
+    result = (frozenset(changed & params), frozenset(changed - own))
+    functions._changes[id(fn)] = result
+    return result
 
 
 #: Modules whose in-place functions are called through a plain name (``torch._foreach_mul_(xs, d)``,
