@@ -1729,6 +1729,50 @@ def test_objects_a_loop_changes_through_project_functions_are_restored_or_recomp
     assert proj.values("mean", run) == want_mean
 
 
+LOADER_GENERATOR = """
+import torch
+import torch.nn as nn
+import hindlog as hl
+
+torch.manual_seed(0)
+X = torch.randn(96, 6)
+Y = (X[:, 0] - X[:, 2] > 0).long()
+g = torch.Generator().manual_seed(123)
+loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=16, shuffle=True, generator=g)
+noise = torch.Generator().manual_seed(7)
+model = nn.Linear(6, 2)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+hl.checkpoints(model=model, opt=opt)
+
+for epoch in hl.loop("epoch", range(6)):
+    for x, y in hl.loop("step", loader):
+        x = x + 0.01 * torch.randn(x.shape, generator=noise)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hl.log("acc", (model(X).argmax(1) == Y).float().mean().item())
+"""
+
+
+def test_generators_the_script_hands_to_its_data_loader_are_checkpointed_without_being_declared(tmp_path: Path) -> None:
+    """``DataLoader(..., generator=g)`` and a generator drawn from with ``generator=noise``, not
+    in ``hl.checkpoints``: what they draw next is training state. Segments that start mid-run
+    restore them, so a new statement in the nested loop gets the batches a fresh run sees."""
+    text = dedent(LOADER_GENERATOR)
+    new = insert_after(text, "opt.step()", 'hl.log("first_y", y[:4].tolist())')
+    fresh = ReplayProject(tmp_path, name="fresh")
+    truth = fresh.record(new, env=DENSE)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    checkpointed = {r[0] for r in proj.sql("SELECT iteration FROM checkpoints c JOIN runs r ON r.id = c.run WHERE r.run_id = ?", (run,))}
+    assert len(checkpointed - {0}) >= 2, checkpointed  # segments can start mid-run
+    proj.write("train.py", new)
+    proj.replay("train.py", "--workers", "2")
+    assert proj.values("first_y", run) == fresh.values("first_y", truth)
+    assert proj.values("acc", run) == fresh.values("acc", truth)
+
+
 # ----------------------------------------------------------------- the plan's segments
 
 

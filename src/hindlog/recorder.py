@@ -344,6 +344,14 @@ class Recorder:
         self.depth = 1
         self.main_loop_name = name
         start = 0
+        try:
+            if "torch" in sys.modules:
+                from .state import undeclared_generators
+
+                held = {id(d.held) for d in self.declared.values()}
+                self.declared.update(undeclared_generators(frame.f_locals, held))
+        except Exception:  # noqa: BLE001 - only more state to hold: the run goes on without it
+            pass
         it = iter(iterable)
         if self.controller is not None:
             start, it = self.controller.main_loop_start(name, it, frame)

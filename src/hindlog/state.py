@@ -75,6 +75,33 @@ def declare(name: str, obj: Any) -> Declared:
     return Declared(name, obj, "pickle")
 
 
+def undeclared_generators(scope: dict[str, Any], held: set[int]) -> dict[str, Declared]:
+    """The ``torch.Generator`` objects in ``scope`` (the main loop's) that are not in ``held``:
+    named ones (``g``, drawn from with ``generator=g``), and those handed to a DataLoader or its
+    sampler (as ``loader.generator``). What they draw next (the next epoch's order) is training
+    state, as the global generators' is, which checkpoints always hold."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return {}
+    out: dict[str, Declared] = {}
+
+    def add(name: str, value: Any) -> None:
+        if isinstance(value, torch.Generator) and id(value) not in held:
+            held.add(id(value))
+            out[name] = Declared(name, value, "generator")
+
+    loader_type = getattr(getattr(getattr(torch, "utils", None), "data", None), "DataLoader", None)
+    for name, value in list(scope.items()):
+        if isinstance(value, torch.Generator):
+            add(name, value)
+        elif loader_type is not None and isinstance(value, loader_type):
+            sampler = getattr(value, "sampler", None)
+            batch_sampler = getattr(value, "batch_sampler", None)
+            for part in (value, sampler, batch_sampler, getattr(batch_sampler, "sampler", None)):
+                add(f"{name}.generator", getattr(part, "generator", None))
+    return out
+
+
 class GlobalValue:
     """A module global that functions rebind (``global step; step += 1``), checkpointed by name:
     restoring it binds the name in the module again (a number cannot change in place)."""
