@@ -407,6 +407,36 @@ def test_a_new_statement_reads_gradients_through_grad_or_a_gradient_reader(impor
     assert reads_gradients({"t.py": new}, {"t.py": find_additions("t.py", old, new).statements}) is reads
 
 
+@pytest.mark.parametrize("body, reads", [
+    ("    train(model)\n    hl.log('g', float(model.weight.grad.norm()))\n", True),
+    ("    for x in hl.loop('step', data):\n        step(x)\n        clip_grad_norm_(model.parameters(), 1.0)\n", False),
+    ("    train_one_epoch(model)\n", False),  # its clip_grad_norm_ is in its step loop
+    ("    train_one_epoch(model)\n    report(model)\n", True),  # report reads .grad outside any loop
+    ("    if epoch % 2:\n        hl.log('g', total_norm(model))\n", True),
+])
+def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: str, reads: bool) -> None:
+    from hindlog.hindsight import main_loop_reads_gradients
+
+    src = dedent("""
+        from torch.nn.utils import clip_grad_norm_
+        import hindlog as hl
+
+        def train_one_epoch(model):
+            for x in hl.loop("step", data):
+                step(x)
+                clip_grad_norm_(model.parameters(), 1.0)
+
+        def report(model):
+            print(model.weight.grad.norm())
+
+        def total_norm(model):
+            return sum(p.grad.norm() for p in model.parameters())
+
+        for epoch in hl.loop("epoch", range(3)):
+    """) + body
+    assert main_loop_reads_gradients({"t.py": src}, "epoch") is reads
+
+
 @pytest.mark.parametrize("iterable", [
     'enumerate(hl.loop("step", loader))', 'tqdm(hl.loop("step", loader), total=n)',
     'zip(hl.loop("step", loader), range(n))', 'enumerate(iterable=hl.loop("step", loader))',

@@ -2358,6 +2358,23 @@ def test_a_new_main_loop_statement_that_reads_gradients_gets_them(tmp_path: Path
     assert_same_values(proj.values("gn", run), truth["gn"], "gn")
 
 
+def test_a_recorded_statement_that_reads_gradients_after_the_nested_loop_gets_them(tmp_path: Path) -> None:
+    """The record logged a gradient norm after the step loop; a replay of an unrelated new
+    statement must not skip that loop (checkpoints hold no gradients: the recorded statement
+    read none, and the replay failed), and the recorded norms check equal."""
+    pytest.importorskip("torch")
+    text = insert_after(dedent(GRADIENTS), 'hl.log("loss"', 'hl.log("gn", float(model.weight.grad.norm()))')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("gn"', 'hl.log("wn", float(model.weight.norm()))')
+    proj.write("train.py", new)
+    result = proj.replay("train.py", "--workers", "2")
+    assert "the recorded code reads gradients after its nested loops" in result.stdout, result.stdout
+    assert "divergen" not in result.stdout.lower(), result.stdout
+    truth = ground_truth(tmp_path, {"train.py": new}, ["wn"])
+    assert_same_values(proj.values("wn", run), truth["wn"], "wn")
+
+
 def test_a_worker_does_not_pass_on_torchs_warning_about_a_skipped_optimizer_step(tmp_path: Path) -> None:
     """A skipped nested loop steps no optimizer: torch then warns that the scheduler stepped
     after it was called first, which the user's code does not do. A failed segment shows its

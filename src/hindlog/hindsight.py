@@ -1046,31 +1046,98 @@ def writes_unstored_output(files: dict[str, str], new_statements: dict[str, list
 GRADIENT_READERS = frozenset({"clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_"})
 
 
+def _gradient_reader(trees: dict[str, ast.Module], skipped: Any = None) -> Any:
+    """``reads(node, path)``: whether ``node`` (of file ``path``) reads ``.grad`` or calls a
+    ``GRADIENT_READERS`` function, directly or in a project function it calls; not inside the
+    loops ``skipped(node, path)`` names (those a replay skips, or runs whole)."""
+    functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    # ``from torch.nn.utils import clip_grad_norm_ as clip``: the names they go by.
+    readers = GRADIENT_READERS | {a.asname for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ImportFrom)
+                                  for a in n.names if a.asname and a.name in GRADIENT_READERS}
+    seen: set[str] = set()
+
+    def nodes(node: ast.AST, path: str) -> Iterator[ast.AST]:
+        pending = [node]
+        while pending:
+            n = pending.pop()
+            if skipped is not None and n is not node and skipped(n, path):
+                continue
+            yield n
+            pending.extend(ast.iter_child_nodes(n))
+
+    def reads(node: ast.AST, path: str = "") -> bool:
+        for n in nodes(node, path):
+            if isinstance(n, ast.Attribute) and n.attr == "grad":
+                return True
+            if isinstance(n, ast.Call) and call_name(n) in readers:
+                return True
+        called = {name for n in nodes(node, path) if isinstance(n, ast.Call) and (name := call_name(n)) is not None}
+        for name in called:
+            found = functions.get(name)
+            if found is not None and name not in seen:
+                seen.add(name)
+                if reads(found[1], found[0]):
+                    return True
+        return False
+
+    return reads
+
+
 def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
     """Whether a new statement reads ``.grad`` or calls a ``GRADIENT_READERS`` function (directly
     or in a project function it calls).
 
     Checkpoints do not hold gradients, so replay runs the nested loops before such statements."""
     trees = _parse_all(files)
-    functions = {n.name: n for t in trees.values() for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    # ``from torch.nn.utils import clip_grad_norm_ as clip``: the names they go by.
-    readers = GRADIENT_READERS | {a.asname for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ImportFrom)
-                                  for a in n.names if a.asname and a.name in GRADIENT_READERS}
-    seen: set[str] = set()
+    reads = _gradient_reader(trees)
+    for path, ranges in new_statements.items():
+        tree = trees.get(path)
+        if tree is None:
+            continue
+        for stmt in _all_statements(tree):
+            if span(stmt) in {tuple(r) for r in ranges} and reads(stmt):
+                return True
+    return False
 
-    def reads(node: ast.AST) -> bool:
-        for n in ast.walk(node):
-            if isinstance(n, ast.Attribute) and n.attr == "grad":
-                return True
-            if isinstance(n, ast.Call) and call_name(n) in readers:
-                return True
-        for name in _called_names(node):
-            fn = functions.get(name)
-            if fn is not None and name not in seen:
-                seen.add(name)
-                if reads(fn):
-                    return True
+
+def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> bool:
+    """Whether the main loop's own code (outside its nested loops, which a replay may skip)
+    reads gradients: a recorded ``hl.log("grad_norm", ...)`` after the step loop. It would read
+    none, or stale ones, where that loop was skipped."""
+    if main_loop is None:
         return False
+    loop_name = _loop_namer(names)
+    trees = _parse_all(files)
+
+    def nested(node: ast.AST, path: str) -> bool:
+        return isinstance(node, (ast.For, ast.AsyncFor, ast.While)) and loop_name(node, path) is not None
+
+    reads = _gradient_reader(trees, nested)
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if loop_name(node, path) != main_loop:
+                continue
+            pending: list[ast.AST] = list(getattr(node, "body", []))
+            while pending:
+                stmt = pending.pop()
+                if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While)) and loop_name(stmt, path) is not None:
+                    continue  # a nested loop: skipped with its checkpoint, or run whole
+                if isinstance(stmt, (ast.For, ast.AsyncFor, ast.While, ast.If, ast.With, ast.AsyncWith, ast.Try)) or \
+                        type(stmt).__name__ in ("TryStar", "Match"):
+                    header = [getattr(stmt, f) for f in ("test", "iter", "subject") if getattr(stmt, f, None) is not None]
+                    header += [item.context_expr for item in getattr(stmt, "items", [])]
+                    if any(reads(h, path) for h in header):
+                        return True
+                    for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+                        pending.extend(getattr(stmt, field, None) or [])
+                    continue
+                if isinstance(stmt, (ast.ExceptHandler,)) or type(stmt).__name__ == "match_case":
+                    pending.extend(stmt.body)  # type: ignore[attr-defined]
+                    continue
+                if reads(stmt, path):
+                    return True
+    return False
 
     for path, ranges in new_statements.items():
         tree = trees.get(path)

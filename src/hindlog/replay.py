@@ -395,6 +395,10 @@ def plan_run(
     if run_all_blocks:
         plan.run_all_blocks = True
         plan.notes.append("a new statement reads gradients, which checkpoints do not hold: the nested loops run")
+    elif hindsight.main_loop_reads_gradients(all_sources, plan.main_loop, names):
+        run_all_blocks = plan.run_all_blocks = True
+        plan.notes.append("the recorded code reads gradients after its nested loops (a logged gradient norm), and "
+                          "checkpoints do not hold them: the nested loops run")
     _estimate(plan, run, rows, workers, worker_start=0.0 if workers_given else (info.get("preloop_seconds") or 0.0))
     if not rows and total:
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
