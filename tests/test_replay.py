@@ -1773,6 +1773,47 @@ def test_generators_the_script_hands_to_its_data_loader_are_checkpointed_without
     assert proj.values("acc", run) == fresh.values("acc", truth)
 
 
+def test_a_main_loop_that_carries_a_local_no_checkpoint_can_hold_is_replayed_from_its_start(tmp_path: Path) -> None:
+    """``next(stream)`` of a generator made before the main loop: no checkpoint can hold it, so
+    a segment that started mid-run would draw from a fresh one. The record warns, the replay
+    runs the main loop from iteration 0 in one segment (also for --iterations), and says why;
+    a resume says what it cannot restore."""
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        def batches():
+            k = 0
+            while True:
+                k += 1
+                yield np.full(3, float(k))
+
+        stream = batches()
+        w = np.zeros(3)
+        hl.checkpoints(w=w)
+        for step in hl.loop("step", range(8)):
+            b = next(stream)
+            w += b
+            time.sleep(0.02)
+            hl.log("w", float(w.sum()))
+    """)
+    proj.write("train.py", text)
+    recorded = proj.python("train.py", env=DENSE)
+    assert "the local 'stream' (generator) cannot be checkpointed; replay will run the main loop from its first iteration" \
+        in recorded.stderr, recorded.stderr
+    run = proj.run_ids()[-1]
+    proj.write("train.py", insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("b", float(b.sum()))'))
+    result = proj.replay("train.py", "--workers", "2")
+    assert "the main loop's stream could not be checkpointed" in result.stdout, result.stdout
+    assert "segments: 0:8\n" in result.stdout, result.stdout
+    assert proj.values("b", run) == {(("step", k),): 3.0 * (k + 1) for k in range(8)}
+    later = proj.replay("train.py", "--iterations", "5:8", "--workers", "2")
+    assert "segments: 5:8\n" in later.stdout, later.stdout
+    assert proj.values("b", run) == {(("step", k),): 3.0 * (k + 1) for k in range(8)}
+
+
 # ----------------------------------------------------------------- the plan's segments
 
 

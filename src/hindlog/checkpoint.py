@@ -25,6 +25,7 @@ running, the iteration is skipped.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import pickle
@@ -566,6 +567,7 @@ class Checkpointer:
         self._warned_undeclared = False
         self._warned_snapshot = False
         self._unpicklable: set[str] = set()
+        self._noted_unrestorable: set[str] = set()
         #: Iterations the budget had room for, skipped because the previous persist still ran.
         self.skipped_busy = 0
         #: The latest snapshot at a nested loop's exit in this iteration: (its frame, the loop's
@@ -736,12 +738,15 @@ class Checkpointer:
         self.recorder.blocked += seconds
 
     def _containers(self, frame: FrameType, names: frozenset[str]) -> set[str]:
-        """The mutated names whose values are plain containers or user objects worth restoring."""
+        """The mutated names whose values are plain containers, user objects or iterators
+        (``next(stream)``) worth restoring. An iterator that cannot be pickled is then named in
+        the checkpoint as one it cannot restore."""
         out = set()
         f_locals = frame.f_locals
         for n in names:
             v = f_locals.get(n)
-            if isinstance(v, (list, dict, set, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__":
+            if isinstance(v, (list, dict, set, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__" or (
+                    hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
                 out.add(n)
         return out
 
@@ -796,9 +801,10 @@ class Checkpointer:
             except Exception:
                 del tensors[mark:]
                 self._unpicklable.add(name)
+                then = ("replay will run the main loop from its first iteration instead of starting mid-run" if loop is None
+                        else "replay will run the loops that assign it instead of skipping them")
                 warnings.warn(
-                    f"hindlog: the local {name!r} ({type(value).__name__}) cannot be checkpointed; "
-                    "replay will run the loops that assign it instead of skipping them.",
+                    f"hindlog: the local {name!r} ({type(value).__name__}) cannot be checkpointed; {then}.",
                     RuntimeWarning,
                 )
         self.freezer.declared_ids = {}
@@ -816,6 +822,11 @@ class Checkpointer:
             "unrestorable": sorted(self._unpicklable & names),
             "position": i + 1,
         }
+        if loop is None and skeleton["unrestorable"] and not set(skeleton["unrestorable"]) <= self._noted_unrestorable:
+            # What the main loop carries from one iteration to the next, which no iteration-end
+            # checkpoint holds: a replay must not start after iteration 0 (replay.RunPlan.unrestorable).
+            self._noted_unrestorable.update(skeleton["unrestorable"])
+            self.recorder.writer.change("info", {"unrestorable_locals": sorted(self._noted_unrestorable)})
         return Frozen(i, block, loop, skeleton, tensors)
 
     def _warn_undeclared(self, frame: FrameType, facts: Any) -> None:

@@ -305,7 +305,7 @@ class Controller:
 
     def _restore_start(self, start: int, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
         """Restore the latest iteration-end checkpoint before ``start`` and skip the iterations it covers."""
-        if start <= 0:
+        if start <= 0 or not self.spec.get("restore_start", True):
             return 0, it
         t0 = time.perf_counter()
         loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)

@@ -72,6 +72,10 @@ class RunPlan:
     run_by_new_code: set[str] = field(default_factory=set)
     #: The GPU each segment's worker is given (``CUDA_VISIBLE_DEVICES``); None: as the record ran.
     gpus: list[str | None] = field(default_factory=list)
+    #: Locals of the main loop that its checkpoints could not hold (an iterator over a loader):
+    #: no iteration-end checkpoint stands for the iterations before it, so the replay runs the
+    #: main loop from its first iteration, in one segment.
+    unrestorable: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -399,6 +403,13 @@ def plan_run(
         run_all_blocks = plan.run_all_blocks = True
         plan.notes.append("the recorded code reads gradients after its nested loops (a logged gradient norm), and "
                           "checkpoints do not hold them: the nested loops run")
+    plan.unrestorable = list(info.get("unrestorable_locals") or [])
+    if plan.unrestorable:
+        them = "it" if len(plan.unrestorable) == 1 else "them"
+        plan.notes.append(
+            f"the main loop's {', '.join(plan.unrestorable)} could not be checkpointed (hindlog warned when it recorded): "
+            f"the replay runs the main loop from its first iteration, in one segment, so that {them} "
+            f"{'is' if them == 'it' else 'are'} as the record had {them}")
     _estimate(plan, run, rows, workers, worker_start=0.0 if workers_given else (info.get("preloop_seconds") or 0.0))
     if not rows and total:
         plan.notes.append("this run has no checkpoints: every iteration is re-executed from the start")
@@ -476,6 +487,8 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     costs = {i: cost(i) for i in range(lo, hi)}
     # Iterations before lo (back to the checkpoint before it) are re-run too.
     anchor = max([i + 1 for i in plan.checkpointed if i + 1 <= lo] + [0])
+    if plan.unrestorable:
+        starts_ok, anchor = {lo}, 0
     warmup = sum(iteration_seconds[i] if i < len(iteration_seconds) else mean_iter for i in range(anchor, lo))
     # Each cut goes at the allowed start that comes closest to an equal share of what is left
     # (not only at one past the share: with sparse checkpoints that may not exist).
@@ -893,6 +906,7 @@ def _execute(
             "last": k == len(plan.segments) - 1 and seg.end >= plan.total_iterations,
             "probed": sorted(plan.probed),
             "run_all_blocks": plan.run_all_blocks,
+            "restore_start": not plan.unrestorable,
             "tolerance": tolerance,
             "result": str(scratch / f".hindlog-result-{k}.json"),
             "progress": str(scratch / f".hindlog-progress-{k}"),
@@ -1231,7 +1245,7 @@ def replay(
                 recorded = (run.get("env") or {}).get("variables") or {}
                 choice = visible_gpus({**os.environ, **recorded}) if "CUDA_VISIBLE_DEVICES" in recorded else gpus
                 p.gpus = [gpu_for_worker(k, len(p.segments), choice) for k in range(len(p.segments))]
-            if workers and workers > fitting:
+            if workers and workers > fitting and len(p.segments) > fitting:
                 if _used_gpu(run) and gpus:
                     p.notes.append(f"{workers} workers share this machine's {len(gpus)} GPU(s); --workers {fitting} may be faster")
                 else:

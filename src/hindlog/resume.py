@@ -71,6 +71,11 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
              if changed else "")
     print(f"hindlog: resuming run {row['run_id']} after iteration {readable.iteration}, with the code it was recorded with "
           f"({row['code_version'][:12]}){edits}", file=sys.stderr, flush=True)
+    unrestorable = (row.get("info") or {}).get("unrestorable_locals")
+    if unrestorable:
+        print(f"hindlog: the main loop's {', '.join(unrestorable)} could not be checkpointed: the resumed run makes "
+              f"{'it' if len(unrestorable) == 1 else 'them'} afresh, so what follows may differ from a run that was "
+              "never stopped", file=sys.stderr, flush=True)
     st.remove_dead_scratch(f"resume-{row['run_id']}")  # a killed resume's copy
     scratch = st.scratch_dir(f"resume-{row['run_id']}")
     try:
@@ -84,6 +89,9 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         argv = row.get("argv") or [row["script"]]
         cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)
         env = _worker_env(st, row, args, spec_path, scratch)
+        # A resumed run is the user's run going on: what it writes through the copy's links
+        # (next to its script) belongs in the project, unlike a replay's.
+        env.pop("HINDLOG_SCRATCH", None)
         if info.get("module"):
             # The run goes on in its own directory, where python -m would find the working tree's
             # module: it is found in the recorded code's copy of that directory instead.

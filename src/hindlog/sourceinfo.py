@@ -274,7 +274,7 @@ MUTATING_METHODS = frozenset({
 #: Functions that change their first argument in place (``random.shuffle(data)``,
 #: ``np.copyto(dst, src)``, ``heapq.heappush(heap, x)``); one whose name ends in ``_`` does too
 #: (``torch.nn.init.zeros_(w)``, ``torch._foreach_mul_(ema, d)``).
-MUTATING_FUNCTIONS = frozenset({"shuffle", "copyto", "heappush", "heappop", "heapify", "heapreplace", "heappushpop"})
+MUTATING_FUNCTIONS = frozenset({"shuffle", "copyto", "heappush", "heappop", "heapify", "heapreplace", "heappushpop", "next"})
 
 
 def _mutated_containers(stmts: list[ast.stmt], functions: Functions | None = None,
