@@ -437,6 +437,36 @@ def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: 
     assert main_loop_reads_gradients({"t.py": src}, "epoch") is reads
 
 
+@pytest.mark.parametrize("step_loop, carried", [
+    # Gradient accumulation: cleared only every ACCUM steps, what the last steps leave goes on.
+    ("    for k, x in enumerate(hl.loop('step', data)):\n        model(x).backward()\n"
+     "        if (k + 1) % ACCUM == 0:\n            opt.step()\n            opt.zero_grad()\n", "step"),
+    ("    for x in hl.loop('step', data):\n        opt.zero_grad()\n        model(x).backward()\n        opt.step()\n", None),
+    ("    opt.zero_grad()\n    for k, x in enumerate(hl.loop('step', data)):\n        model(x).backward()\n"
+     "        if (k + 1) % ACCUM == 0:\n            opt.step()\n", None),  # cleared before the loop, each iteration
+    ("    for x in hl.loop('step', data):\n        loss = train_step(x)\n", None),  # train_step clears them
+    ("    for x in hl.loop('step', data):\n        model(x).backward()\n"
+     "        for p in model.parameters():\n            p.grad = None\n", None),
+    ("    for x in hl.loop('val', data):\n        total += model(x)\n", None),  # no backward at all
+])
+def test_gradients_that_one_main_loop_iteration_leaves_to_the_next_are_found(step_loop: str, carried: str | None) -> None:
+    from hindlog.hindsight import gradients_carry_over
+
+    src = dedent("""
+        import hindlog as hl
+
+        def train_step(x):
+            opt.zero_grad()
+            loss = model(x)
+            loss.backward()
+            opt.step()
+            return loss
+
+        for epoch in hl.loop("epoch", range(3)):
+    """) + step_loop
+    assert gradients_carry_over({"t.py": src}, "epoch") == carried
+
+
 @pytest.mark.parametrize("iterable", [
     'enumerate(hl.loop("step", loader))', 'tqdm(hl.loop("step", loader), total=n)',
     'zip(hl.loop("step", loader), range(n))', 'enumerate(iterable=hl.loop("step", loader))',

@@ -2416,6 +2416,26 @@ def test_a_recorded_statement_that_reads_gradients_after_the_nested_loop_gets_th
     assert_same_values(proj.values("wn", run), truth["wn"], "wn")
 
 
+def test_gradients_accumulated_across_main_loop_iterations_are_replayed_from_the_start(tmp_path: Path) -> None:
+    """Gradient accumulation over 3 steps, 4 steps an epoch: every epoch leaves gradients to the
+    next, which no checkpoint holds. The replay runs from the first iteration in one segment with
+    every nested loop, so it neither diverges nor logs other batches' values, also for
+    --iterations."""
+    pytest.importorskip("torch")
+    text = dedent(GRADIENTS).replace(
+        "        opt.zero_grad()\n", "").replace(
+        "        opt.step()\n", "        if (epoch * 4 + i + 1) % 3 == 0:\n            opt.step()\n            opt.zero_grad()\n")
+    assert "if (epoch * 4 + i + 1) % 3 == 0:" in text
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("loss"', 'hl.log("wn", float(model.weight.norm()))')
+    proj.write("train.py", new)
+    result = proj.replay("train.py", "--iterations", "1:3", "--workers", "2")
+    assert "clears the gradients only under a condition" in result.stdout and "segments: 1:3\n" in result.stdout, result.stdout
+    truth = ground_truth(tmp_path, {"train.py": new}, ["wn"])
+    assert_same_values(proj.values("wn", run), {k: v for k, v in truth["wn"].items() if dict(k)["epoch"] >= 1}, "wn")
+
+
 def test_a_worker_does_not_pass_on_torchs_warning_about_a_skipped_optimizer_step(tmp_path: Path) -> None:
     """A skipped nested loop steps no optimizer: torch then warns that the scheduler stepped
     after it was called first, which the user's code does not do. A failed segment shows its

@@ -1101,6 +1101,59 @@ def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[
     return False
 
 
+def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> str | None:
+    """A nested loop that calls ``.backward()`` and clears the gradients only under a condition
+    (``if (k + 1) % accum == 0: opt.step(); opt.zero_grad()``), with nothing clearing them
+    before it: the gradients of its last steps go on into the next iteration of the main loop.
+    Checkpoints do not hold gradients, so no restore can stand for the iterations before.
+    Returns the loop's name, or None."""
+    loop_name = _loop_namer(names)
+    trees = _parse_all(files)
+    functions = {n.name: n for t in trees.values() for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+    def called_bodies(nodes: list[ast.AST]) -> list[ast.AST]:
+        out, seen, pending = list(nodes), set(), list(nodes)
+        while pending:
+            for name in _called_names(pending.pop()):
+                fn = functions.get(name)
+                if fn is not None and name not in seen:
+                    seen.add(name)
+                    out.append(fn)
+                    pending.append(fn)
+        return out
+
+    def clears(stmt: ast.AST) -> bool:
+        """Whether ``stmt`` surely clears gradients: ``opt.zero_grad()``, ``model.zero_grad()``,
+        ``p.grad = None``, or a project function that does so unconditionally."""
+        value = getattr(stmt, "value", None) if isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign)) else None
+        if isinstance(value, ast.Call):  # (``loss = train_step(batch)`` as well)
+            name = call_name(value)
+            if name == "zero_grad":
+                return True
+            fn = functions.get(name or "")
+            return fn is not None and any(clears(s) for s in fn.body)
+        if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and stmt.value.value is None:
+            return any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in stmt.targets)
+        if isinstance(stmt, (ast.For, ast.AsyncFor)) and stmt.body:
+            return all(clears(s) for s in stmt.body)  # for p in model.parameters(): p.grad = None
+        if isinstance(stmt, (ast.With, ast.AsyncWith)):
+            return any(clears(s) for s in stmt.body)
+        return False
+
+    for path, tree in trees.items():
+        for block in _statement_blocks(tree):
+            for k, loop in enumerate(block):
+                name = loop_name(loop, path)
+                if name is None or name == main_loop or not isinstance(loop, (ast.For, ast.AsyncFor, ast.While)):
+                    continue
+                backward = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward"
+                               for body in called_bodies(list(loop.body)) for n in ast.walk(body))
+                if not backward or any(clears(s) for s in loop.body) or any(clears(s) for s in block[:k]):
+                    continue
+                return name
+    return None
+
+
 def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> bool:
     """Whether the main loop's own code (outside its nested loops, which a replay may skip)
     reads gradients: a recorded ``hl.log("grad_norm", ...)`` after the step loop. It would read

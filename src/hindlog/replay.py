@@ -76,6 +76,9 @@ class RunPlan:
     #: no iteration-end checkpoint stands for the iterations before it, so the replay runs the
     #: main loop from its first iteration, in one segment.
     unrestorable: list[str] = field(default_factory=list)
+    #: Run the main loop from its first iteration in one segment (``unrestorable``, or gradients
+    #: that one iteration leaves to the next).
+    from_start: bool = False
 
 
 @dataclass
@@ -404,7 +407,15 @@ def plan_run(
         plan.notes.append("the recorded code reads gradients after its nested loops (a logged gradient norm), and "
                           "checkpoints do not hold them: the nested loops run")
     plan.unrestorable = list(info.get("unrestorable_locals") or [])
+    carried = hindsight.gradients_carry_over(all_sources, plan.main_loop, names)
+    if carried is not None:
+        run_all_blocks = plan.run_all_blocks = plan.from_start = True
+        plan.notes.append(
+            f"loop {carried} clears the gradients only under a condition (gradient accumulation), so those of its last "
+            "steps go on into the next iteration, and checkpoints do not hold gradients: the replay runs the main loop "
+            "from its first iteration, in one segment, with every nested loop")
     if plan.unrestorable:
+        plan.from_start = True
         them = "it" if len(plan.unrestorable) == 1 else "them"
         plan.notes.append(
             f"the main loop's {', '.join(plan.unrestorable)} could not be checkpointed (hindlog warned when it recorded): "
@@ -487,7 +498,7 @@ def _estimate(plan: RunPlan, run: dict[str, Any], rows: dict[int, dict[int, Any]
     costs = {i: cost(i) for i in range(lo, hi)}
     # Iterations before lo (back to the checkpoint before it) are re-run too.
     anchor = max([i + 1 for i in plan.checkpointed if i + 1 <= lo] + [0])
-    if plan.unrestorable:
+    if plan.from_start:
         starts_ok, anchor = {lo}, 0
     warmup = sum(iteration_seconds[i] if i < len(iteration_seconds) else mean_iter for i in range(anchor, lo))
     # Each cut goes at the allowed start that comes closest to an equal share of what is left
@@ -906,7 +917,7 @@ def _execute(
             "last": k == len(plan.segments) - 1 and seg.end >= plan.total_iterations,
             "probed": sorted(plan.probed),
             "run_all_blocks": plan.run_all_blocks,
-            "restore_start": not plan.unrestorable,
+            "restore_start": not plan.from_start,
             "tolerance": tolerance,
             "result": str(scratch / f".hindlog-result-{k}.json"),
             "progress": str(scratch / f".hindlog-progress-{k}"),
