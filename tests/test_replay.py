@@ -1366,6 +1366,25 @@ def test_where_sees_argparse_defaults_and_says_which_runs_it_cannot_tell_for(tmp
     assert f"leaves out 1 run ({older})" in other.stderr and proj.count("double", older) == 0, other.stderr
 
 
+def test_python_files_git_ignores_are_not_the_projects_code(tmp_path: Path) -> None:
+    """Copies of the script kept beside it and ignored by git (``train_v0.py``) are not in the
+    code snapshot; a replay does not take them for new files of the code. A new file git does
+    not ignore is."""
+    proj = ReplayProject(tmp_path)
+    proj.write(".gitignore", "*_v[0-9].py\n")
+    text = dedent(COUNTER)
+    proj.write("train_v0.py", text)
+    run = proj.record(text, env=DENSE)
+    proj.write("train_v1.py", text + "# another copy\n")
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    out = proj.replay("train.py", "--dry-run").stdout
+    assert "is new" not in out, out
+    proj.write("helpers.py", "SCALE = 2\n")
+    assert "helpers.py is new; it is added to the replayed code" in proj.replay("train.py", "--dry-run").stdout
+    proj.replay("train.py")
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+
+
 def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Path) -> None:
     """Another script of the project, edited since the record: the replay runs the recorded
     code, which never ran it, so it is left out with a note. A changed module the script

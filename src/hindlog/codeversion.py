@@ -279,6 +279,17 @@ def changed_files(store: Store, version: str, suffixes: frozenset[str] = frozens
 
 
 def _working_files(root: Path) -> set[str]:
+    """The project's source files as its code snapshot takes them: in a git repository the
+    tracked and untracked ones, less those git ignores; elsewhere every one under ``root``
+    outside hidden and virtual-environment folders."""
+    if (root / ".git").exists():
+        try:
+            listed = _git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split(b"\0")
+        except Exception:  # noqa: BLE001 - git unusable here: every file, as outside git
+            pass
+        else:
+            return {rel for rel in map(os.fsdecode, listed)
+                    if rel and Path(rel).suffix in SOURCE_SUFFIXES and (root / rel).is_file()}
     out = set()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS and not d.startswith(".")]
