@@ -197,7 +197,7 @@ def replayed_lines(store: Path) -> list[str]:
 
 def replay_summary(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"exit_code": proc.returncode, "diverged": "DIVERGED" in proc.stderr}
-    m = re.search(r"(\d+) new values stored, (\d+) recorded values checked, (\d+) loops skipped, (\d+) run", proc.stdout)
+    m = re.search(r"(\d+) new values? stored, (\d+) recorded values? checked, (\d+) loops? skipped, (\d+) run", proc.stdout)
     if m:
         out.update(stored=int(m.group(1)), checked=int(m.group(2)), loops_skipped=int(m.group(3)), loops_run=int(m.group(4)))
     m = re.search(r"segments: (.*)", proc.stdout)

@@ -524,6 +524,10 @@ def _parse_iterations(text: str | None) -> tuple[int | None, int | None] | None:
         raise HindlogError(f"--iterations takes A:B (e.g. 3:7), got {text!r}") from None
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _shown_path(path: str | None) -> str:
     """``path`` relative to the current directory where it is inside it."""
     if not path:
@@ -575,8 +579,10 @@ def _replay(args: argparse.Namespace) -> int:
             status = 1
             print(f"run {r.run_id} not replayed: {r.refused}", file=sys.stderr)
             continue
-        line = f"run {r.run_id}: {r.stored} new values stored, {r.checked} recorded values checked, " \
-               f"{r.skipped_blocks} loops skipped, {r.run_blocks} run, in {r.seconds:.1f}s"
+        # A failure is said first: the counts of a failed replay alone read like a success.
+        outcome = "failed, " if r.failed_segments else "diverged, " if r.divergences else ""
+        line = f"run {r.run_id}: {outcome}{_count(r.stored, 'new value')} stored, {_count(r.checked, 'recorded value')} " \
+               f"checked, {_count(r.skipped_blocks, 'loop')} skipped, {r.run_blocks} run, in {r.seconds:.1f}s"
         if r.replaced:
             line += f" (they replace {r.replaced} values of an earlier replay)"
         if r.printed_checked:

@@ -428,7 +428,7 @@ def plan_run(
         bare = sum(1 for i in range(lo, hi) if not any(b != ITERATION_END for b in rows.get(i, {})))
         if bare:
             plan.notes.append(
-                f"{bare} of the {hi - lo} iterations have no checkpoint of their nested loops (the record's overhead "
+                f"{bare} of the {hi - lo} iterations {'has' if bare == 1 else 'have'} no checkpoint of their nested loops (the record's overhead "
                 "budget spaced them, or a write still ran): those iterations run their nested loops"
             )
     return plan
