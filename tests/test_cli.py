@@ -63,6 +63,10 @@ def test_console_script_is_installed_and_has_help() -> None:
     assert out.returncode == 0
     for name in ("runs", "show", "logs", "diff"):
         assert name in out.stdout
+    import hindlog
+
+    version = subprocess.run([str(HINDLOG_SCRIPT), "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"hindlog {hindlog.__version__}"
 
 
 def test_python_dash_m_hindlog_is_the_same_command_line(two_runs: tuple[Project, str, str]) -> None:

@@ -99,7 +99,7 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_positive_int, help="parallel worker processes (default: the cores divided by the record's threads per process)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
     p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements, and keep the new values of segments that diverge")
-    p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="allowed relative/absolute float difference when checking recorded values")
+    p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="allowed relative/absolute float difference when checking recorded values (default 0: exactly equal)")
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
@@ -133,6 +133,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Hindsight logging for model training: record, add log statements later, replay.",
     )
     parser.add_argument("--store", help="the .hindlog directory to use (default: <project root>/.hindlog, or $HINDLOG_DIR)")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hindlog {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_text, add_arguments) in SUBCOMMANDS.items():
@@ -140,7 +143,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             p = sub.add_parser(name, help=help_text)
             add_arguments(p)
             # Also after the command (`hindlog runs --store DIR`); absent there, the one before it stands.
-            p.add_argument("--store", default=argparse.SUPPRESS, help="the .hindlog directory to use (as before the command)")
+            p.add_argument("--store", default=argparse.SUPPRESS, help="the .hindlog directory to use (default: <project root>/.hindlog, or $HINDLOG_DIR)")
     return parser
 
 
@@ -660,6 +663,9 @@ def _gc(args: argparse.Namespace) -> int:
         extra += f", and {report.removed_temporaries} partly written files of killed processes"
     if report.removed_scratch:
         extra += f", and {report.removed_scratch} scratch copies of the code that killed replays or resumes left"
+    if report.removed_kept_scratch:
+        extra += (f", and {report.removed_kept_scratch} copies of the code that failed replays kept for their logs "
+                  f"(handed over more than {_duration(grace)} ago)")
     print(f"removed {report.removed_objects} objects ({report.freed_bytes / 2**20:.1f} MiB){extra}")
     if report.kept_young:
         if report.active_runs:

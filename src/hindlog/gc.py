@@ -48,6 +48,8 @@ class GcReport:
     active_runs: int = 0
     #: Scratch copies of the code left in the temporary directory by killed replays and resumes.
     removed_scratch: int = 0
+    #: Scratch copies a failed replay kept for the user to read, handed over before the grace period.
+    removed_kept_scratch: int = 0
 
 
 def referenced_objects(store: Store, manifests: list[str]) -> set[str]:
@@ -179,14 +181,17 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         freed += stat.st_size
     # Scratch copies of the code that replays and resumes killed with -9 could not remove: their
     # lock is free. One handed to the user to read (a failed replay's logs) stays for the grace period.
-    scratch = 0
+    scratch = kept_scratch = 0
     for path, lock, kept, marked in st.scratch_dirs():
         if lock in locks or st.lock(lock).held() or (kept and marked >= now - grace):
             continue
         freed += _tree_bytes(path)
         shutil.rmtree(path, ignore_errors=True)
-        scratch += 1
-    return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes, len(active), scratch)
+        if kept:
+            kept_scratch += 1
+        else:
+            scratch += 1
+    return GcReport(removed, freed, dropped, keep_last, temporaries, young, young_bytes, len(active), scratch, kept_scratch)
 
 
 #: The prefix of the name gc gives an object it sets aside before removing it: a temporary
