@@ -202,7 +202,7 @@ def test_cheap_state_is_checkpointed_every_iteration_under_the_default_epsilon(t
     span = _ranges(iterations)  # "3-5", "5" alone, or "2-3, 5" after a skip
     assert len(rows) == len(iterations)  # one snapshot per iteration: no count of snapshots apart
     assert re.search(rf"checkpoints\s+{len(iterations)} iterations?: {re.escape(span)} \(\d+\.\d MiB before dedup\)", shown), shown
-    assert re.search(r"overhead\s+\d+\.\d+% of wall time \(bound 5\.0%\)", shown), shown
+    assert re.search(r"overhead\s+\d+\.\d+% of wall time blocked; \d+\.\d+% charged in all \(bound 5\.0%\)", shown), shown
 
 
 def test_epsilon_zero_takes_no_checkpoints_but_records_the_overhead(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_epsilon_zero_takes_no_checkpoints_but_records_the_overhead(tmp_path: Pa
     assert info["status"] == "finished"
     shown = proj.cli("show", run_id).stdout
     assert re.search(r"checkpoints\s+0\b", shown), shown
-    assert re.search(r"overhead\s+0\.00% of wall time", shown), shown
+    assert re.search(r"overhead\s+0\.00% of wall time blocked", shown), shown
     # HINDLOG_EPSILON=0 does the same without touching the script.
     proj.write("env.py", CHEAP.replace("0.4", "0.02"))
     run2 = last_json(proj.run("env.py", env={"HINDLOG_EPSILON": "0"}).stdout)["run"]

@@ -364,9 +364,7 @@ def _show(args: argparse.Namespace) -> int:
             ckpt_line += (f" ({what} took most of what ε = {info['epsilon']:g} allows this "
                           f"{ended - started:.1f}s run; a longer run, or a larger ε, gets checkpoints)")
     lines.append(ckpt_line)
-    if overhead is not None:
-        eps = info.get("epsilon")
-        lines.append(f"overhead     {overhead * 100:.2f}% of wall time (bound {eps * 100:.1f}%)" if eps is not None else f"overhead     {overhead * 100:.2f}%")
+    in_all = None
     if charged and ckpts:
         blocked, cpu, weight = charged["blocked_seconds"], charged["persister_cpu_seconds"], charged["background_weight"]
         startup = charged.get("startup_seconds", 0.0)
@@ -374,11 +372,20 @@ def _show(args: argparse.Namespace) -> int:
         exiting = charged.get("exit_seconds", 0.0)
         nested = charged.get("nested_loop_seconds", 0.0)
         writer = charged.get("writer_cpu_seconds", 0.0)
+        in_all = startup + exiting + blocked + weight * cpu + writer + nested
+    if overhead is not None:
+        eps = info.get("epsilon")
+        # The bound is on everything charged; the time training was blocked is only its part.
+        line = f"overhead     {overhead * 100:.2f}% of wall time blocked"
+        if in_all is not None and started and ended and ended > started:
+            line += f"; {in_all / (ended - started) * 100:.2f}% charged in all"
+        lines.append(line + (f" (bound {eps * 100:.1f}%)" if eps is not None else ""))
+    if charged and ckpts:
         writing = f" + {writer:.2f}s of the catalog writer's CPU time" if "writer_cpu_seconds" in charged else ""
         estimated = (f" + {nested:.2f}s for {charged.get('nested_iterations', 0):,} iterations of nested loops (estimated)"
                      if "nested_loop_seconds" in charged else "")
         ending = f" + {exiting:.3f}s for the run's end (estimated)" if "exit_seconds" in charged else ""
-        lines.append(f"charged      {startup + exiting + blocked + weight * cpu + writer + nested:.2f}s: {startup:.2f}s start-up{ending}"
+        lines.append(f"charged      {in_all:.2f}s: {startup:.2f}s start-up{ending}"
                      f" + {blocked:.2f}s blocked"
                      f" + {cpu:.2f}s of background work (checkpoint writes, the code snapshot) x {weight:.2f} (the slowdown"
                      f" of training per second of its CPU time, measured; at least 1){writing}{estimated}")
