@@ -164,6 +164,31 @@ def test_a_script_reads_its_own_records_at_once(project: Project) -> None:
     assert out == "[0, 2, 4, 6, 8] ['running']"
 
 
+def test_a_scripts_argparse_options_are_columns_beside_its_hl_args(project: Project) -> None:
+    """What ``--where`` sees, the tables show: the options the script's argparse parser returned
+    (defaults included) are columns of ``hl.dataframe`` and ``hl.runs()``; an ``hl.arg`` of the
+    same name wins."""
+    text = """
+        import argparse
+        import hindlog as hl
+        p = argparse.ArgumentParser()
+        p.add_argument("--lr", type=float, default=0.1)
+        p.add_argument("--batch", type=int, default=8)
+        a = p.parse_args()
+        batch = hl.arg("batch", 16)
+        for epoch in hl.loop("epoch", range(2)):
+            hl.log("loss", a.lr * (epoch + 1))
+        """
+    project.run(text)
+    project.run(text, args=["--lr", "0.5"])
+    df = project.df("loss")
+    assert sorted(df["lr"].unique().tolist()) == [0.1, 0.5] and set(df["batch"]) == {16}
+    runs = hl.runs(store=project.store_path)
+    assert sorted(runs["lr"].tolist()) == [0.1, 0.5]
+    logs = project.cli("logs", "loss", "--format", "csv").stdout
+    assert logs.splitlines()[0].startswith("run_id,code_version,") and ",lr," in logs.splitlines()[0], logs
+
+
 def test_names_that_are_also_loops_columns_or_args_get_columns_of_their_own(project: Project) -> None:
     project.run(
         """

@@ -64,7 +64,7 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     conn = st.connect()
     try:
         rows = catalog.list_runs(conn)
-        args = catalog.run_args(conn)
+        args = _settings(rows, catalog.run_args(conn))
     finally:
         conn.close()
     out = []
@@ -139,7 +139,7 @@ def logged_frame(
         selected = resolve_runs(conn, runs)
         by_key = {r["id"]: r for r in selected}
         rows = catalog.query_records(conn, names, list(by_key)) if by_key else []
-        args = catalog.run_args(conn, list(by_key)) if by_key else {}
+        args = _settings(selected, catalog.run_args(conn, list(by_key))) if by_key else {}
     finally:
         conn.close()
 
@@ -251,6 +251,13 @@ def logged_names(runs: Sequence[str] | str | None = None, store: str | os.PathLi
     finally:
         conn.close()
     return [n for n in found if not n.startswith("@")]  # hands-free output is shown by `show --output`
+
+
+def _settings(runs: Sequence[dict[str, Any]], args: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Each run's settings as the tables show them (what ``hindlog replay --where`` sees too):
+    the options its script's argparse parser returned, defaults included, and its ``hl.arg``
+    values over them."""
+    return {r["id"]: {**((r.get("info") or {}).get("options") or {}), **args.get(r["id"], {})} for r in runs}
 
 
 def argv_options(argv: Sequence[str] | None) -> dict[str, Any]:
