@@ -192,6 +192,50 @@ def test_catalog_locked_for_a_while_loses_nothing_and_never_blocks_training(proj
     assert "hindlog" not in err
 
 
+def test_a_catalog_locked_when_the_run_ends_keeps_its_exit_short_and_its_records_in_a_spill_file(project: Project) -> None:
+    """Another process holds the catalog's write lock from mid-run past the run's end: the
+    process exits within seconds (not after SQLite's minute-long wait), its last records and
+    its end go to a spill file, and the next run that records writes them all."""
+    proc = project.start(
+        """
+        import time
+        import hindlog as hl
+        hl.log("ready", 1)
+        hl.runs()                          # returns once the run's first records are committed
+        print("ready", flush=True)
+        for i in hl.loop("step", range(40)):
+            hl.log("i", i)
+            time.sleep(0.02)
+        print("done", flush=True)
+        """
+    )
+    lines = Lines(proc)
+    locker = None
+    try:
+        assert lines.next() == "ready"
+        locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+        assert lines.next(timeout=60) == "done"
+        t0 = time.monotonic()
+        proc.wait(timeout=60)
+        exit_seconds = time.monotonic() - t0
+        _, err = lines.rest()
+    finally:
+        if locker is not None:
+            locker.execute("ROLLBACK")
+            locker.close()
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert exit_seconds < 10, f"the run's end waited {exit_seconds:.1f} s for the locked catalog"
+    assert "could not write the last" in err and "they are kept in" in err, err
+    assert len(list((project.store_path / "spill").glob("*.pkl"))) == 1
+    project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")
+    assert project.values("i") == list(range(40))
+    runs = project.runs()
+    assert runs["status"].tolist() == ["finished", "finished"], runs
+
+
 # The catalog is made unwritable from inside the script with RLIMIT_FSIZE: every write
 # past LIMIT bytes of a file fails with EFBIG (a "disk full" for SQLite), even for root,
 # while files smaller than LIMIT (a spill file) can still be written. A second connection
@@ -279,6 +323,21 @@ def test_records_still_unwritable_at_exit_go_to_a_spill_file_and_are_loaded_late
     assert info["status"] != "running"
     df = project.df("during", runs=run_id)
     assert df["step"].tolist() == list(range(500))  # loop contexts were spilled too
+
+
+def test_records_that_can_be_neither_written_nor_spilled_at_exit_are_said_to_be_lost(project: Project) -> None:
+    """The disk is full for the catalog and for a spill file alike when the run ends: nothing
+    can keep its last records, and the warning says so (not only that it keeps retrying); no
+    empty spill file is left."""
+    proc = project.run(_UNWRITABLE_PRELUDE + """
+resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))   # no spill file fits either
+for k in hl.loop("step", range(50)):
+    hl.log("during", k)
+time.sleep(0.3)
+""", env={"HINDLOG_FLUSH_INTERVAL": "0.05"})
+    assert "hindlog: cannot write to the catalog" in proc.stderr, proc.stderr
+    assert "nor spill them" in proc.stderr and "they are lost" in proc.stderr, proc.stderr
+    assert not [p for p in (project.store_path / "spill").glob("*") if p.stat().st_size == 0]
 
 
 def test_gc_keeps_the_objects_of_checkpoints_whose_rows_wait_in_a_spill_file(project: Project) -> None:

@@ -134,6 +134,24 @@ def is_damage(error: sqlite3.DatabaseError) -> bool:
     return "malformed" in text or "not a database" in text
 
 
+def intact(path: Path) -> bool:
+    """Whether the catalog at ``path`` opens and SQLite's quick check finds no damage in it
+    (damage past its first page shows only when a read reaches it)."""
+    try:
+        conn = connect(path)
+    except DamagedCatalog:
+        return False
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+        return rows == [("ok",)]
+    except sqlite3.DatabaseError as e:
+        if is_damage(e):
+            return False
+        raise
+    finally:
+        conn.close()
+
+
 def damaged_message(path: Path, error: sqlite3.DatabaseError) -> str:
     return (f"the catalog {path} is damaged (SQLite: {error}). Its records cannot be read as they are: "
             f"{recover_advice(path)}. The next run that records moves it aside (to "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -143,36 +144,47 @@ class Recorder:
         self.controller = load_controller(self)
         ctx_base = 0
         run_fields: dict[str, Any] | None = None  # a new run's row, as inserted
+        if self.controller is None:
+            run_fields = {
+                "run_id": self.run_id,
+                "name": name,
+                "project": self.project,
+                "script": self.script,
+                "status": "running",
+                "argv": self.argv,
+                "env": self._env,
+                "cwd": os.getcwd(),
+                "pid": os.getpid(),
+                "host": environment.hostname(),
+                "started": self.started,
+                "heartbeat": self.started,
+                "epsilon": self.epsilon,
+            }
+            if self.module is not None:
+                run_fields["info"] = {"module": self.module}
         conn = self._connect(store)
         try:
-            recover_spills(conn, store.spill_dir)
-            if self.controller is not None:
-                self.run, self.run_id, ctx_base = self.controller.attach(conn)
-            else:
-                run_fields = {
-                    "run_id": self.run_id,
-                    "name": name,
-                    "project": self.project,
-                    "script": self.script,
-                    "status": "running",
-                    "argv": self.argv,
-                    "env": self._env,
-                    "cwd": os.getcwd(),
-                    "pid": os.getpid(),
-                    "host": environment.hostname(),
-                    "started": self.started,
-                    "heartbeat": self.started,
-                    "epsilon": self.epsilon,
-                }
-                if self.module is not None:
-                    run_fields["info"] = {"module": self.module}
-                self.run = catalog.insert_run(conn, run_fields)
+            for attempt in range(2):
+                try:
+                    recover_spills(conn, store.spill_dir)
+                    if self.controller is not None:
+                        self.run, self.run_id, ctx_base = self.controller.attach(conn)
+                    else:
+                        self.run = catalog.insert_run(conn, dict(run_fields or {}))
+                    break
+                except sqlite3.DatabaseError as e:
+                    # Damage past the catalog's first page shows only at the first read or write
+                    # that reaches it: set aside as damage found on opening is.
+                    if attempt or self.controller is not None or not catalog.is_damage(e):
+                        raise
+                    conn.close()
+                    conn = self._set_aside(store, str(e))
         finally:
             conn.close()
         source = self.controller.source if self.controller is not None else catalog.SOURCE_RECORD
         self.writer = Writer(store.catalog_path, store.spill_dir, self.run, self.run_id, source=source, ctx_base=ctx_base,
                              count_before_main_loop=self.controller is None,
-                             run_fields=run_fields)
+                             run_fields=run_fields, on_damage=store.set_aside_damaged_catalog)
         self._commit_gap = min(COMMIT_GAP, self.writer.interval)
         self.append = self.writer.append
         self._snapshot_thread = threading.Thread(target=self._snapshot_code, name="hindlog-code", daemon=True)
@@ -592,11 +604,14 @@ class Recorder:
         except DamagedCatalog as e:
             if self.controller is not None:
                 raise
-            aside = store.set_aside_damaged_catalog()
-            if aside is not None:
-                warn_user(f"hindlog: the catalog {store.catalog_path} is damaged (SQLite: {e.cause}); moved it to {aside}, "
-                          f"every byte kept ({catalog.recover_advice(aside)}); this run records into a new catalog")
-            return store.connect()
+            return self._set_aside(store, e.cause)
+
+    def _set_aside(self, store: Store, cause: str) -> Any:
+        aside = store.set_aside_damaged_catalog()
+        if aside is not None:
+            warn_user(f"hindlog: the catalog {store.catalog_path} is damaged (SQLite: {cause}); moved it to {aside}, "
+                      f"every byte kept ({catalog.recover_advice(aside)}); this run records into a new catalog")
+        return store.connect()
 
     def finish(self, status: str = "finished") -> None:
         """Flush everything, record the end of the run and stop the writer."""

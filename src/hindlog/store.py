@@ -178,11 +178,8 @@ class Store:
                 raise StoreError(f"another process has held {lock.path} for {timeout:.0f} s; the damaged catalog {path} stays")
             time.sleep(0.01)
         try:
-            try:
-                catalog.connect(path).close()
+            if catalog.intact(path):
                 return None
-            except DamagedCatalog:
-                pass
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             target = path.with_name(f"{catalog.DAMAGED_PREFIX}{stamp}.db")
             n = 1

@@ -68,6 +68,14 @@ def apply_command(conn: sqlite3.Connection, run: int, data: tuple[str, Any]) -> 
 
 #: A writer with nothing to write still marks the run alive this often (seconds).
 HEARTBEAT_SECONDS = 10.0
+#: How long a commit waits for a catalog another process holds locked before it fails: the
+#: records stay pending and the next attempt retries (spilled to a file past SPILL_THRESHOLD).
+#: Short, so that the writer never sits in SQLite's wait when the run ends: what it has not
+#: written by then is spilled at once, not after SQLite's usual minute.
+BUSY_SECONDS = 1.0
+#: A catalog locked by another process for this long is said to be (shorter locks are the
+#: ordinary contention of runs and replays recording side by side).
+LOCKED_WARN_SECONDS = 10.0
 
 #: Queued where the main loop starts (``Writer.main_loop_starts``).
 _MAIN_LOOP_STARTS = object()
@@ -79,6 +87,7 @@ class Writer:
     def __init__(
         self, catalog_path: Path, spill_dir: Path, run: int, run_id: str, source: int = catalog.SOURCE_RECORD, ctx_base: int = 0,
         count_before_main_loop: bool = False, run_fields: dict[str, Any] | None = None,
+        on_damage: Callable[[], Path | None] | None = None,
     ) -> None:
         #: Seconds between commits when nothing wakes the writer sooner (read once: a bad value warns once).
         self.interval = config.flush_interval()
@@ -97,6 +106,9 @@ class Writer:
         self._row_info: dict[str, Any] = {}
         self._row_flags: dict[str, None] = {}
         self._row_args: dict[str, Any] = {}
+        #: Sets a catalog SQLite reports damaged aside (``Store.set_aside_damaged_catalog``): the
+        #: run then goes on recording into a new one, as one started there would.
+        self.on_damage = on_damage
         self.queue: deque[Any] = deque()
         #: The training thread's entry point: ``append((ctx, name, value))``.
         self.append = self.queue.append
@@ -169,16 +181,33 @@ class Writer:
         return self.command(lambda conn: None, wait=True, timeout=timeout)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flush, stop the thread, and leave anything unwritable in a spill file."""
+        """Flush, stop the thread, and leave anything unwritable in a spill file, saying so."""
         try:
-            self.flush(timeout)
+            self.flush(timeout)  # (an attempt that fails ends it too: see _commit)
         except Exception as e:  # noqa: BLE001 - what could not be written is spilled below
             self._warn(f"cannot write to the catalog {self.catalog_path} ({type(e).__name__}: {e})")
         self._stop = True
         self._wake.set()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            # What the thread did not take (its last attempt failed, or it was still waiting for a
+            # locked catalog when the flush gave up) is spilled with the rest, not dropped.
+            n = len(self.queue)
+            if n:
+                self._take(list(starmap(self.queue.popleft, repeat((), n))))
         if self._pending_cells or self._pending_contexts or self._pending_commands:
-            self._spill()
+            records = len(self._pending_cells) // 4
+            spilled = self._spill()
+            if spilled is not None:
+                warnings.warn(
+                    f"hindlog: could not write the last {records} records of run {self.run_id} to the catalog "
+                    f"{self.catalog_path}; they are kept in {spilled}, and the next run that records in this project "
+                    "writes them into the catalog", RuntimeWarning, stacklevel=2)
+            elif self._pending_cells or self._pending_contexts:
+                warnings.warn(
+                    f"hindlog: could not write the last {records} records of run {self.run_id} to the catalog "
+                    f"{self.catalog_path} nor spill them to {self.spill_dir}: they are lost (is the disk full?)",
+                    RuntimeWarning, stacklevel=2)
         self._close_connection()
 
     # ------------------------------------------------------------ writer thread
@@ -301,7 +330,9 @@ class Writer:
             self._close_connection()
         if self._conn is None:
             identity = _file_identity(self.catalog_path)  # before: a file replaced meanwhile is seen next time
-            conn = catalog.connect(self.catalog_path)
+            # Not SQLite's usual minute: a commit that waits for a locked catalog keeps the run's
+            # end (and its spill of what it could not write) waiting as long.
+            conn = catalog.connect(self.catalog_path, timeout=BUSY_SECONDS)
             try:
                 self._find_run(conn)
             except BaseException:
@@ -408,12 +439,27 @@ class Writer:
                 cmd.done.set()
 
     def _on_failure(self, error: Exception) -> None:
+        if isinstance(error, sqlite3.DatabaseError) and catalog.is_damage(error) and self.on_damage is not None \
+                and self.run_fields is not None:
+            try:
+                aside = self.on_damage()
+            except Exception:  # noqa: BLE001 - then the records wait in memory and spill files, as below
+                aside = None
+            if aside is not None:
+                warnings.warn(
+                    f"hindlog: the catalog {self.catalog_path} was found damaged while run {self.run_id} recorded "
+                    f"(SQLite: {error}); moved it to {aside}, every byte kept ({catalog.recover_advice(aside)}). "
+                    "The run goes on recording into a new catalog.", RuntimeWarning, stacklevel=2)
+                self._close_connection()
+                return
         if self._failed_since is None:
             self._failed_since = time.time()
-        self._warn(
-            f"cannot write to the catalog {self.catalog_path} ({error}); keeping records in memory "
-            f"and retrying. Training goes on."
-        )
+        locked = isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+        if not locked or time.time() - self._failed_since >= LOCKED_WARN_SECONDS:
+            self._warn(
+                f"cannot write to the catalog {self.catalog_path} ({error}); keeping records in memory "
+                f"and retrying. Training goes on."
+            )
         self._close_connection()  # reconnect on the next attempt
         if len(self._pending_cells) // 4 >= config.SPILL_THRESHOLD:
             self._spill()
@@ -423,8 +469,9 @@ class Writer:
             self._warned = True
             warnings.warn(f"hindlog: {message}", RuntimeWarning, stacklevel=2)
 
-    def _spill(self) -> None:
-        """Move pending rows to a spill file, to be loaded by a later successful write."""
+    def _spill(self) -> Path | None:
+        """Move pending rows to a spill file, to be loaded by a later successful write; the file,
+        or None when it could not be written."""
         cells, flat_contexts = self._pending_cells, self._pending_contexts
         # The spill format: rows (ctx_id, name, kind, value) and contexts (ctx_id, iteration, loops_json).
         rows = list(zip(cells[0::4], cells[1::4], cells[2::4], cells[3::4]))
@@ -432,10 +479,10 @@ class Writer:
         commands = [c.data for c in self._pending_commands if c.data is not None]
         data = {"run_id": self.run_id, "source": self.source, "contexts": contexts, "rows": rows,
                 "commands": commands, "flags": ["spilled"]}
+        path = self.spill_dir / f"{self.run_id}.{os.getpid()}.{len(self._spill_files)}.{time.time_ns()}.pkl"
+        tmp = path.with_suffix(".tmp")
         try:
             self.spill_dir.mkdir(parents=True, exist_ok=True)
-            path = self.spill_dir / f"{self.run_id}.{os.getpid()}.{len(self._spill_files)}.{time.time_ns()}.pkl"
-            tmp = path.with_suffix(".tmp")
             with open(tmp, "wb") as f:
                 pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
                 f.flush()
@@ -443,11 +490,16 @@ class Writer:
             os.replace(tmp, path)
             fsync_path(str(self.spill_dir))  # the new name too: the rows leave memory next
         except OSError as e:
+            try:
+                tmp.unlink()  # a part written to a full disk is no spill
+            except OSError:
+                pass
             self._warn(f"cannot spill records to {self.spill_dir} either ({e}); keeping them in memory")
-            return
+            return None
         self._spill_files.append(path)
         self._pending_cells, self._pending_contexts = [], []
         self._pending_commands = [c for c in self._pending_commands if c.data is None]
+        return path
 
     def _load_spills(self, conn: sqlite3.Connection) -> list[Path]:
         """Insert this writer's spill files into the transaction; the files, to delete once it commits."""
