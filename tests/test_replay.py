@@ -1386,6 +1386,30 @@ def test_python_files_git_ignores_are_not_the_projects_code(tmp_path: Path) -> N
     assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
 
 
+def test_runs_waiting_their_turn_in_a_replay_of_all_keep_their_checkpoints_from_gc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hindlog gc --keep-last 0` run while `replay --all` replays its first run must not drop
+    the checkpoints of the runs still waiting: each is held as replaying from the plan on."""
+    from hindlog.gc import gc
+    from hindlog.replay import replay
+
+    proj = ReplayProject(tmp_path)
+    text = dedent(COUNTER)
+    first = proj.record(text, env=DENSE)
+    second = proj.record(env=DENSE)
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    monkeypatch.chdir(proj.root)
+    dropped = []
+
+    def gc_meanwhile(report: Any) -> None:  # between the plan and the replays, as from another shell
+        dropped.append(gc(store=proj.store, keep_last=0, grace=0).dropped_checkpoints)
+
+    report = replay("train.py", all_runs=True, workers=1, store=proj.store, on_plans=gc_meanwhile)
+    assert dropped == [0]
+    assert [r.run_id for r in report.results] == [first, second] and all(r.ok and r.skipped_blocks for r in report.results)
+    # Once the replay has ended, its runs are no longer held.
+    assert gc(store=proj.store, keep_last=0, grace=0).dropped_checkpoints > 0
+
+
 def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Path) -> None:
     """Another script of the project, edited since the record: the replay runs the recorded
     code, which never ran it, so it is left out with a note. A changed module the script

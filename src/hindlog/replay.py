@@ -861,9 +861,12 @@ def _ctx_base(conn: Any, run: int) -> int:
 
 def execute(
     store: Store, plan: RunPlan, tolerance: float = 0.0, progress: bool = True, keep_scratch: bool = False,
-    keep_diverged: bool = False,
+    keep_diverged: bool = False, locked: bool = False,
 ) -> RunResult:
-    """Run a planned replay of one run in worker processes and collect what they found."""
+    """Run a planned replay of one run in worker processes and collect what they found.
+    ``locked``: the caller holds the run's replay lock already."""
+    if locked:
+        return _execute(store, plan, tolerance, progress, keep_scratch, keep_diverged)
     # Two replays of one run at once would each count the other's values as new and keep both.
     lock = store.lock(f"replay-{plan.run_id}")
     if not lock.acquire():
@@ -1182,6 +1185,8 @@ def replay(
     rel = st.script_key(script) if script else None
     if rel is not None and not (st.root / rel).is_file():
         raise ReplayError(f"{script} does not exist")
+    #: The replay locks of the runs planned, held until each one's replay ends.
+    held: list[Any] = []
     conn = st.connect()
     try:
         targets = select_runs(conn, rel, runs, all_runs, where)
@@ -1239,16 +1244,21 @@ def replay(
                                 "several times): replay can replay only the first run of a process"))
                 continue
             lock = st.lock(f"replay-{run['run_id']}")
-            if not dry_run and not lock.acquire():
-                skipped.append((run["run_id"], _busy(run["run_id"], lock)))
-                continue
-            lock.release()
+            if not dry_run:
+                # Held from now until the run's replay ends: a run waiting its turn in --all is
+                # replaying already for `hindlog gc`, which keeps its checkpoints.
+                if not lock.acquire():
+                    skipped.append((run["run_id"], _busy(run["run_id"], lock)))
+                    continue
+                held.append(lock)
             fitting = default_workers(run, gpus=gpus)
             try:
                 p = plan_run(st, conn, run, current, additions, base, iterations, workers or fitting, force,
                              workers_given=workers is not None)
             except ReplayError as e:
                 skipped.append((run["run_id"], str(e)))
+                if not dry_run:
+                    held.pop().release()
                 continue
             p.notes = notes + p.notes
             if _used_gpu(run) and len(p.segments) > 1:
@@ -1268,16 +1278,27 @@ def replay(
             elif _used_gpu(run) and not gpus:
                 p.notes.append("the record saw a GPU and this machine shows none: a script that puts its work on 'cuda' fails here")
             plans.append(p)
+        report = ReplayReport(plans, skipped)
+        if not plans:
+            reasons = "; ".join(f"{r}: {why}" for r, why in skipped)
+            raise ReplayError(f"no run can be replayed ({reasons})")
+        if on_plans is not None:
+            on_plans(report)
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
     finally:
         conn.close()
-    report = ReplayReport(plans, skipped)
-    if not plans:
-        reasons = "; ".join(f"{r}: {why}" for r, why in skipped)
-        raise ReplayError(f"no run can be replayed ({reasons})")
-    if on_plans is not None:
-        on_plans(report)
     if dry_run:
         return report
-    for p in plans:
-        report.results.append(execute(st, p, tolerance=tolerance, progress=progress, keep_diverged=force))
+    try:
+        for p, lock in zip(plans, held):
+            try:
+                report.results.append(execute(st, p, tolerance=tolerance, progress=progress, keep_diverged=force, locked=True))
+            finally:
+                lock.release()
+    finally:
+        for lock in held:
+            lock.release()
     return report
