@@ -260,6 +260,7 @@ def test_logs_of_an_unknown_name(two_runs) -> None:
     project, _, _ = two_runs
     out = main(project, "logs", "nothing")
     assert out.returncode != 0 and "No values logged under nothing" in out.stderr
+    assert "`hindlog logs` with no name lists the names logged" in out.stderr, out.stderr
 
 
 def test_logs_without_names_lists_the_names_logged(two_runs) -> None:

@@ -425,3 +425,18 @@ def test_gc_of_a_store_that_does_not_exist_says_so_and_creates_nothing(tmp_path:
     out = proj.cli("--store", str(missing), "gc", check=False)
     assert out.returncode == 2 and f"there is no hindlog store at {missing}" in out.stderr, out.stderr
     assert not missing.exists()
+
+
+def test_gc_removes_nothing_beside_a_catalog_that_lists_no_runs(two_runs: tuple[CkProject, str, str]) -> None:
+    """An emptied catalog (a 0-byte file opens as a new database) beside stored objects: they
+    may be the only copy of its runs' checkpoints, and gc says so instead of removing them all."""
+    proj, _first, _second = two_runs
+    store = proj.store()
+    before = set(store.objects.names())
+    assert before
+    store.catalog_path.write_bytes(b"")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{store.catalog_path}{suffix}").unlink(missing_ok=True)
+    out = proj.cli("gc", "--grace", "0", check=False)
+    assert out.returncode != 0 and "lists no runs" in out.stderr and "removes nothing" in out.stderr, out.stdout + out.stderr
+    assert set(store.objects.names()) == before

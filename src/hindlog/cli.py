@@ -180,6 +180,12 @@ def _script_args_as_given(argv: Sequence[str], script: str) -> list[str] | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    for k, arg in enumerate(argv[:-1] if _command_named(argv) == "replay" else []):
+        # ``--iterations -3:5``: argparse takes a value starting with "-" for an option, and would
+        # say only that the value is missing; given attached, it reaches the range check.
+        if arg == "--iterations" and argv[k + 1].startswith("-"):
+            argv[k:k + 2] = [f"--iterations={argv[k + 1]}"]
+            break
     args = build_parser(only=_command_named(argv)).parse_args(argv)
     if args.command == "run":
         given = _script_args_as_given(argv, args.script)
@@ -189,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ReplayInterrupted as e:
         print(f"hindlog: {e}", file=sys.stderr)
-        return 130
+        # The shell's status for the signal that stopped it: 130 for Ctrl-C, 143 for kill (SIGTERM).
+        return 128 + int(e.signal)
     except KeyboardInterrupt:
         print("hindlog: interrupted", file=sys.stderr)
         return 130
@@ -422,7 +429,8 @@ def _logs(args: argparse.Namespace) -> int:
         return 0
     df, logged = _noting_warnings(query.logged_frame, *args.names, runs=args.runs, store=args.store)
     if df.empty:
-        print(f"No values logged under {', '.join(args.names)}.", file=sys.stderr)
+        print(f"No values logged under {', '.join(args.names)}{' in these runs' if args.runs else ''}. "
+              "`hindlog logs` with no name lists the names logged.", file=sys.stderr)
         return 1
     never = [c for c in logged.columns if not logged[c].any()]
     if never:

@@ -74,6 +74,9 @@ class ReplayError(HindlogError):
 class ReplayInterrupted(ReplayError):
     """Ctrl-C (or SIGTERM) stopped a replay; what its workers stored is kept."""
 
+    #: The signal that stopped it (SIGINT for Ctrl-C).
+    signal: int = 2
+
 
 class CodeVersionError(HindlogError):
     """The code of a run cannot be snapshotted or materialized."""

@@ -121,6 +121,13 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     dropped = 0
     try:
         runs = catalog.list_runs(conn)
+        if not runs and next(iter(st.objects.names()), None) is not None:
+            # An empty catalog beside stored objects lost its rows (emptied or replaced by hand, a
+            # disk that lost it): those objects may be the only copy of its runs' checkpoints.
+            raise HindlogError(
+                f"the catalog {st.catalog_path} lists no runs, yet {st.objects.root} holds stored objects: if the "
+                "catalog was lost, they are what is left of its runs' checkpoints and code. gc removes nothing here; "
+                f"delete {st.objects.root} yourself if they are not wanted")
         locks = st.held_locks()
         busy = {name.split("-", 1)[1] for name in locks if name.startswith(("replay-", "resume-"))}
         active = [r for r in runs if r["status"] == "running" or r["run_id"] in busy]

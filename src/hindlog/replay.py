@@ -979,11 +979,13 @@ def _execute(
             shutil.rmtree(scratch, ignore_errors=True)
         done = ", ".join(f"{s.start}:{s.end}" for s in finished) or "none"
         again = f"--iterations {min(s.start for s in rest)}:{max(s.end for s in rest)}" if rest else ""
-        raise ReplayInterrupted(
+        interrupted = ReplayInterrupted(
             f"replay of run {plan.run_id} interrupted. Segments finished: {done}; their values are kept (those of "
             f"segments stopped midway are not, and earlier values stay)." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
             + (f" The {len(written)} files it wrote are in {scratch} (delete it when done)." if written else "")
-        ) from None
+        )
+        interrupted.signal = _stopped_by.pop() if _stopped_by else signal.SIGINT
+        raise interrupted from None
     finally:
         if restore_sigterm is not None:
             signal.signal(signal.SIGTERM, restore_sigterm)
@@ -1061,7 +1063,12 @@ def restore_order(plan: RunPlan, rows: dict[int, dict[int, tuple[str | None, str
     return [m for group in itertools.zip_longest(*per_segment) for m in group if m is not None]
 
 
+#: The signal that stopped the replay, when it was not Ctrl-C: the exit status names it.
+_stopped_by: list[int] = []
+
+
 def _interrupt(signum: int, frame: Any) -> None:
+    _stopped_by.append(signum)
     raise KeyboardInterrupt
 
 
