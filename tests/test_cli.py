@@ -375,3 +375,12 @@ def test_logs_json_of_nested_nans_a_logged_none_and_a_missing_arg(project: Proje
     nested = main(project, "logs", "d", "vec").stdout  # the floats inside a list or dict, as Python shows them
     assert "{'a': nan, 'b': [-inf]}" in nested and "[2.0]" in nested and "'2.0'" not in nested, nested
     assert project.df("maybe")["maybe"].tolist()[1] is None
+
+
+def test_a_store_option_that_names_a_file_says_so(tmp_path: Path) -> None:
+    plain = tmp_path / "notes.txt"
+    plain.write_text("not a store\n")
+    for command in (["runs"], ["show"], ["logs", "loss"]):
+        out = subprocess.run([str(HINDLOG_SCRIPT), "--store", str(plain), *command], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path)
+        assert out.returncode == 2 and f"{plain} is a file, not a hindlog store" in out.stderr, (command, out.stderr)

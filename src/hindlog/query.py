@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import catalog
-from .errors import CodeVersionError, RunNotFound, warn_user
+from .errors import CodeVersionError, RunNotFound, StoreError, warn_user
 from .store import Store
 from .values import decode
 
@@ -25,8 +25,12 @@ def _open(store: str | os.PathLike[str] | Store | None) -> Store:
         return store
     if store is not None and Path(store).name == ".hindlog":
         # A project's own store: its project (where code diffs are read) is its parent, not the cwd.
-        return Store(Path(store))
-    return Store.for_project(store=store)
+        st = Store(Path(store))
+    else:
+        st = Store.for_project(store=store)
+    if st.path.exists() and not st.path.is_dir():
+        raise StoreError(f"{st.path} is a file, not a hindlog store (a store is a directory, such as a project's .hindlog)")
+    return st
 
 
 #: Damaged catalogs set aside that a read in this process has mentioned already.
