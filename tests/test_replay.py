@@ -1388,6 +1388,45 @@ def test_python_files_git_ignores_are_not_the_projects_code(tmp_path: Path) -> N
     assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
 
 
+def test_a_nested_loop_that_draws_from_an_iterator_no_checkpoint_can_hold_runs_instead_of_being_skipped(tmp_path: Path) -> None:
+    """``next(stream)`` in the step loop, of a generator made before the main loop: skipping the
+    loop would leave the generator where it was, and every later draw would be another one.
+    The loop runs (as the record's warning says), and the main loop from its first iteration."""
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        def batches():
+            k = 0
+            while True:
+                k += 1
+                yield np.full(3, float(k))
+
+        stream = batches()
+        w = np.zeros(3)
+        hl.checkpoints(w=w)
+        for epoch in hl.loop("epoch", range(5)):
+            for s in hl.loop("step", range(3)):
+                b = next(stream)
+                w += b
+            for k in hl.loop("val", range(1)):
+                v = float(next(stream).sum())
+            time.sleep(0.02)
+            hl.log("w", float(w.sum()))
+    """)
+    proj.write("train.py", text)
+    recorded = proj.python("train.py", env=DENSE)
+    assert "the local 'stream' (generator) cannot be checkpointed" in recorded.stderr, recorded.stderr
+    run = proj.run_ids()[-1]
+    # The new statement needs the val loop to run; the step loop, which it does not read, would
+    # be skipped, and the val loop would then draw the step loop's batches.
+    proj.write("train.py", insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("v", v)'))
+    result = proj.replay("train.py", "--workers", "2")
+    assert proj.values("v", run) == {(("epoch", e),): 12.0 * (e + 1) for e in range(5)}, result.stdout
+
+
 def test_runs_waiting_their_turn_in_a_replay_of_all_keep_their_checkpoints_from_gc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`hindlog gc --keep-last 0` run while `replay --all` replays its first run must not drop
     the checkpoints of the runs still waiting: each is held as replaying from the plan on."""

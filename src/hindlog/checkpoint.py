@@ -802,7 +802,7 @@ class Checkpointer:
                 del tensors[mark:]
                 self._unpicklable.add(name)
                 then = ("replay will run the main loop from its first iteration instead of starting mid-run" if loop is None
-                        else "replay will run the loops that assign it instead of skipping them")
+                        else "replay will run the loops that assign or change it instead of skipping them")
                 warnings.warn(
                     f"hindlog: the local {name!r} ({type(value).__name__}) cannot be checkpointed; {then}.",
                     RuntimeWarning,

@@ -346,6 +346,12 @@ class Recorder:
             self.controller.block_ran_instead()
             yield from self._inner_loop(name, iterable, frame)
             return
+        if loaded.unrestorable:
+            # A local the loop changes that the checkpoint could not hold (an iterator over a
+            # DataLoader it draws from): as the record warned, the loop runs instead.
+            self.controller.block_ran_instead()
+            yield from self._inner_loop(name, iterable, frame)
+            return
         apply(loaded, self.declared, frame, strict=False)
         self.restore_seconds += time.perf_counter() - t0
         self.block += 1
