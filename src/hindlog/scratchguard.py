@@ -48,6 +48,9 @@ _EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
 LOCK = ".hindlog-guard.lock"
 
 _busy = threading.local()
+#: The suffix of a folder or file made beside a link before it takes the link's place.
+_STAGED = ".hindlog-staged-"
+_renameat2: Any = None
 
 
 def install(scratch: str) -> None:
@@ -126,13 +129,36 @@ def _own_folders(root: str, full: str) -> bool:
 
 
 def _unfold(link: str) -> None:
-    """A link to a folder becomes a folder of links to that folder's entries."""
+    """A link to a folder becomes a folder of links to that folder's entries. The folder is
+    made beside it and exchanged with the link in one step: another worker reading a file in
+    it meanwhile finds it, through the link or through the folder."""
     target = os.path.realpath(link)
-    entries = os.listdir(target)
-    os.unlink(link)
-    os.mkdir(link)
-    for name in entries:
-        os.symlink(os.path.join(target, name), os.path.join(link, name))
+    staged = f"{link}{_STAGED}{os.getpid()}"
+    os.mkdir(staged)
+    for name in os.listdir(target):
+        os.symlink(os.path.join(target, name), os.path.join(staged, name))
+    if _exchange(staged, link):
+        os.unlink(staged)  # (the link, now)
+    else:
+        os.unlink(link)
+        os.rename(staged, link)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths at once (Linux's ``renameat2(RENAME_EXCHANGE)``); False where that is
+    not available."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2 is False:
+        return False
+    at_cwd, exchange = -100, 2
+    return _renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
 
 
 def _unfold_tree(full: str) -> None:
@@ -150,11 +176,14 @@ def _unfold_tree(full: str) -> None:
 
 
 def _own_file(link: str, keep_content: bool) -> None:
-    """A link to a file becomes the copy's own file: a copy of it, or nothing when the write
-    about to happen truncates it."""
+    """A link to a file becomes the copy's own file: a copy of it, or an empty file when the
+    write about to happen truncates it; put in the link's place in one step."""
     target = os.path.realpath(link)
     if os.path.isdir(target):
         return
-    os.unlink(link)
+    staged = f"{link}{_STAGED}{os.getpid()}"
     if keep_content and os.path.exists(target):
-        shutil.copy2(target, link)
+        shutil.copy2(target, staged)
+    else:
+        open(staged, "wb").close()
+    os.replace(staged, link)
