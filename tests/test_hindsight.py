@@ -448,6 +448,17 @@ def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: 
     ("    for x in hl.loop('step', data):\n        model(x).backward()\n"
      "        for p in model.parameters():\n            p.grad = None\n", None),
     ("    for x in hl.loop('val', data):\n        total += model(x)\n", None),  # no backward at all
+    # Micro-batches accumulated, then one step and an unconditional clear after the loop (nanoGPT).
+    ("    for m in hl.loop('micro', range(4)):\n        model(x).backward()\n"
+     "    opt.step()\n    opt.zero_grad(set_to_none=True)\n", None),
+    # A function's loop, cleared by the caller before the call.
+    ("    opt.zero_grad()\n    accumulate_epoch(data)\n", None),
+    ("    accumulate_epoch(data)\n", "inner"),
+    # A step-based main loop that accumulates its own steps.
+    ("    model(x).backward()\n    if (epoch + 1) % ACCUM == 0:\n        opt.step()\n        opt.zero_grad()\n", "epoch"),
+    ("    model(x).backward()\n    opt.step()\n    opt.zero_grad()\n", None),
+    # A function that calls itself (walking a module's children) ends the analysis too.
+    ("    for x in hl.loop('step', data):\n        walk(model)\n        model(x).backward()\n        opt.zero_grad()\n", None),
 ])
 def test_gradients_that_one_main_loop_iteration_leaves_to_the_next_are_found(step_loop: str, carried: str | None) -> None:
     from hindlog.hindsight import gradients_carry_over
@@ -462,9 +473,23 @@ def test_gradients_that_one_main_loop_iteration_leaves_to_the_next_are_found(ste
             opt.step()
             return loss
 
+        def accumulate_epoch(data):
+            for k, x in enumerate(hl.loop("inner", data)):
+                model(x).backward()
+                if (k + 1) % ACCUM == 0:
+                    opt.step()
+                    opt.zero_grad()
+
+        def walk(m):
+            for c in m.children():
+                walk(c)
+
         for epoch in hl.loop("epoch", range(3)):
     """) + step_loop
-    assert gradients_carry_over({"t.py": src}, "epoch") == carried
+    # Another script's accumulating loop, never run by this one, counts for nothing.
+    other = "import hindlog as hl\nfor k, x in enumerate(hl.loop('other', data)):\n    model(x).backward()\n" \
+            "    if k % 2:\n        opt.zero_grad()\n"
+    assert gradients_carry_over({"t.py": src, "finetune.py": other}, "epoch") == carried
 
 
 @pytest.mark.parametrize("iterable", [

@@ -1388,6 +1388,37 @@ def test_python_files_git_ignores_are_not_the_projects_code(tmp_path: Path) -> N
     assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
 
 
+def test_an_iterator_each_iteration_makes_afresh_does_not_hold_a_replay_to_its_first_iteration(tmp_path: Path) -> None:
+    """``it = batches()`` at the top of every iteration: no checkpoint can hold it, but none needs
+    to, since the next iteration makes its own. Segments still start mid-run."""
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        def batches(e):
+            for k in range(3):
+                yield np.full(3, float(e + k))
+
+        w = np.zeros(3)
+        hl.checkpoints(w=w)
+        for epoch in hl.loop("epoch", range(6)):
+            it = batches(epoch)
+            for s in hl.loop("step", range(3)):
+                w += next(it)
+            time.sleep(0.03)
+            hl.log("w", float(w.sum()))
+    """)
+    run = proj.record(text, env=DENSE)
+    assert "unrestorable_locals" not in proj.sql("SELECT info FROM runs WHERE run_id=?", (run,))[0][0]
+    proj.write("train.py", insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("w2", 2 * float(w.sum()))'))
+    plan = proj.replay("train.py", "--workers", "2", "--dry-run").stdout
+    assert "from its first iteration" not in plan and len(segments(plan)) == 2, plan
+    proj.replay("train.py", "--workers", "2")
+    assert proj.values("w2", run) == {k: 2 * v for k, v in proj.values("w", run).items()}
+
+
 def test_a_nested_loop_that_draws_from_an_iterator_no_checkpoint_can_hold_runs_instead_of_being_skipped(tmp_path: Path) -> None:
     """``next(stream)`` in the step loop, of a generator made before the main loop: skipping the
     loop would leave the generator where it was, and every later draw would be another one.

@@ -568,6 +568,8 @@ class Checkpointer:
         self._warned_snapshot = False
         self._unpicklable: set[str] = set()
         self._noted_unrestorable: set[str] = set()
+        #: The main loop's ``LoopFacts.handed_on``, at the iteration end being frozen.
+        self._handed_on: frozenset[str] = frozenset()
         #: Iterations the budget had room for, skipped because the previous persist still ran.
         self.skipped_busy = 0
         #: The latest snapshot at a nested loop's exit in this iteration: (its frame, the loop's
@@ -704,6 +706,7 @@ class Checkpointer:
             if exit_snapshot is not None and exit_snapshot[0] is frame and sourceinfo.read_only_tail(frame, exit_snapshot[1]):
                 reuse = exit_snapshot[2]
                 self.reused_exit_snapshots += 1
+            self._handed_on = facts.handed_on if facts else frozenset()
             frozen = self._freeze_or_drop(i, ITERATION_END, None, frame, names, reuse)
             if frozen is not None:
                 self.persister.submit(frozen)
@@ -822,10 +825,12 @@ class Checkpointer:
             "unrestorable": sorted(self._unpicklable & names),
             "position": i + 1,
         }
-        if loop is None and skeleton["unrestorable"] and not set(skeleton["unrestorable"]) <= self._noted_unrestorable:
-            # What the main loop carries from one iteration to the next, which no iteration-end
+        handed_on = set(skeleton["unrestorable"]) & self._handed_on if loop is None else set()
+        if handed_on - self._noted_unrestorable:
+            # What one iteration of the main loop hands to the next, which no iteration-end
             # checkpoint holds: a replay must not start after iteration 0 (replay.RunPlan.unrestorable).
-            self._noted_unrestorable.update(skeleton["unrestorable"])
+            # (A local each iteration makes afresh, ``it = iter(loader)``, needs no restoring.)
+            self._noted_unrestorable.update(handed_on)
             self.recorder.writer.change("info", {"unrestorable_locals": sorted(self._noted_unrestorable)})
         return Frozen(i, block, loop, skeleton, tensors)
 

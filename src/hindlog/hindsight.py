@@ -1101,56 +1101,100 @@ def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[
     return False
 
 
+def _backward_calls(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward" for n in ast.walk(node))
+
+
 def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> str | None:
-    """A nested loop that calls ``.backward()`` and clears the gradients only under a condition
-    (``if (k + 1) % accum == 0: opt.step(); opt.zero_grad()``), with nothing clearing them
-    before it: the gradients of its last steps go on into the next iteration of the main loop.
-    Checkpoints do not hold gradients, so no restore can stand for the iterations before.
-    Returns the loop's name, or None."""
+    """A loop of the replayed main loop's iterations (a nested loop, or the main loop itself)
+    that calls ``.backward()`` and clears the gradients only under a condition (``if (k + 1) %
+    accum == 0: opt.step(); opt.zero_grad()``), with nothing clearing them unconditionally
+    around it in the main loop's iteration: the gradients of its last steps go on into the next
+    iteration. Checkpoints do not hold gradients, so no restore can stand for the iterations
+    before. Returns the loop's name, or None."""
+    if main_loop is None:
+        return None
     loop_name = _loop_namer(names)
     trees = _parse_all(files)
-    functions = {n.name: n for t in trees.values() for n in ast.walk(t) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
-    def called_bodies(nodes: list[ast.AST]) -> list[ast.AST]:
-        out, seen, pending = list(nodes), set(), list(nodes)
+    def named(node: ast.AST, path: str) -> bool:
+        return isinstance(node, (ast.For, ast.AsyncFor, ast.While)) and loop_name(node, path) is not None
+
+    def callees(node: ast.AST, path: str, seen: set[str]) -> list[tuple[str, ast.AST]]:
+        """The project functions ``node`` calls, directly or through others (each once)."""
+        out, pending = [], [(path, node)]
         while pending:
-            for name in _called_names(pending.pop()):
-                fn = functions.get(name)
-                if fn is not None and name not in seen:
+            where, n = pending.pop()
+            for name in _called_names(n):
+                found = functions.get(name)
+                if found is not None and name not in seen:
                     seen.add(name)
-                    out.append(fn)
-                    pending.append(fn)
+                    out.append(found)
+                    pending.append(found)
         return out
 
-    def clears(stmt: ast.AST) -> bool:
+    def backward_outside_loops(node: ast.AST, path: str, seen: set[str]) -> bool:
+        """Whether ``node`` calls ``.backward()`` itself, not in a named loop (also in the
+        project functions it calls)."""
+        pending = [node]
+        while pending:
+            n = pending.pop()
+            if n is not node and named(n, path):
+                continue
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward":
+                return True
+            if isinstance(n, ast.Call):
+                found = functions.get(call_name(n) or "")
+                if found is not None and found[1].name not in seen:
+                    seen.add(found[1].name)
+                    if backward_outside_loops(found[1], found[0], seen):
+                        return True
+            pending.extend(ast.iter_child_nodes(n))
+        return False
+
+    def clears(stmt: ast.AST, seen: frozenset[str] = frozenset()) -> bool:
         """Whether ``stmt`` surely clears gradients: ``opt.zero_grad()``, ``model.zero_grad()``,
         ``p.grad = None``, or a project function that does so unconditionally."""
         value = getattr(stmt, "value", None) if isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign)) else None
         if isinstance(value, ast.Call):  # (``loss = train_step(batch)`` as well)
-            name = call_name(value)
+            name = call_name(value) or ""
             if name == "zero_grad":
                 return True
-            fn = functions.get(name or "")
-            return fn is not None and any(clears(s) for s in fn.body)
+            found = functions.get(name)
+            return found is not None and name not in seen and any(clears(s, seen | {name}) for s in found[1].body)
         if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and stmt.value.value is None:
             return any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in stmt.targets)
         if isinstance(stmt, (ast.For, ast.AsyncFor)) and stmt.body:
-            return all(clears(s) for s in stmt.body)  # for p in model.parameters(): p.grad = None
+            return all(clears(s, seen) for s in stmt.body)  # for p in model.parameters(): p.grad = None
         if isinstance(stmt, (ast.With, ast.AsyncWith)):
-            return any(clears(s) for s in stmt.body)
+            return any(clears(s, seen) for s in stmt.body)
         return False
 
     for path, tree in trees.items():
-        for block in _statement_blocks(tree):
-            for k, loop in enumerate(block):
-                name = loop_name(loop, path)
-                if name is None or name == main_loop or not isinstance(loop, (ast.For, ast.AsyncFor, ast.While)):
-                    continue
-                backward = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward"
-                               for body in called_bodies(list(loop.body)) for n in ast.walk(body))
-                if not backward or any(clears(s) for s in loop.body) or any(clears(s) for s in block[:k]):
-                    continue
-                return name
+        for main in ast.walk(tree):
+            if not named(main, path) or loop_name(main, path) != main_loop:
+                continue
+            if any(clears(s) for s in main.body):
+                continue  # cleared at the top level of every iteration: nothing goes on
+            # A step-based main loop: its own steps accumulate from one iteration to the next.
+            if any(backward_outside_loops(s, path, set()) for s in main.body if not named(s, path)):
+                return main_loop
+            # Nested loops of its iterations, in its body or in the project functions it calls.
+            for where, scope in [(path, main), *callees(main, path, set())]:
+                for block in _statement_blocks(scope):
+                    for loop in block:
+                        if not named(loop, where) or loop_name(loop, where) == main_loop:
+                            continue
+                        if not any(backward_outside_loops(b, w, set()) for w, b in
+                                   [(where, loop), *callees(loop, where, set())]):
+                            continue
+                        # Cleared in every step, or around the loop in its block (before it, or
+                        # after it before the iteration ends).
+                        if any(clears(s) for s in loop.body) or any(clears(s) for s in block if s is not loop):
+                            continue
+                        return loop_name(loop, where)
     return None
 
 

@@ -34,6 +34,10 @@ class LoopFacts:
     carried: frozenset[str] = frozenset()
     #: Whether the loop has an ``else:`` clause (which runs unless the loop was left by ``break``).
     has_else: bool = False
+    #: Names an iteration of the loop may read before it assigns them, or changes in place
+    #: without assigning: what one iteration hands to the next (``stream`` in ``b = next(stream)``,
+    #: not ``it`` in ``it = iter(loader)``, which each iteration makes afresh).
+    handed_on: frozenset[str] = frozenset()
 
 
 def _scope_nodes(tree: ast.AST, lineno: int) -> tuple[ast.AST, ast.For | ast.While | None]:
@@ -184,9 +188,10 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions |
     mutated = _mutated_containers([*loop.body, *loop.orelse], functions)
     own_target = assigned_names([loop.target]) if isinstance(loop, (ast.For, ast.AsyncFor)) else set()
     carried = _assigned_outside_loops(loop.body) - own_target
+    handed_on = (_read_before_written(loop.body, set(own_target)) | (mutated - assigned)) - own_target
     return LoopFacts(
         loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated), frozenset(carried),
-        bool(loop.orelse),
+        bool(loop.orelse), frozenset(handed_on),
     )
 
 
