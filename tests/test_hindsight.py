@@ -408,11 +408,16 @@ def test_a_new_statement_reads_gradients_through_grad_or_a_gradient_reader(impor
 
 
 @pytest.mark.parametrize("body, reads", [
-    ("    train(model)\n    hl.log('g', float(model.weight.grad.norm()))\n", True),
-    ("    for x in hl.loop('step', data):\n        step(x)\n        clip_grad_norm_(model.parameters(), 1.0)\n", False),
+    ("    train_one_epoch(model)\n    hl.log('g', float(model.weight.grad.norm()))\n", True),
+    ("    for x in hl.loop('step', data):\n        model(x).backward()\n        clip_grad_norm_(model.parameters(), 1.0)\n", False),
     ("    train_one_epoch(model)\n", False),  # its clip_grad_norm_ is in its step loop
     ("    train_one_epoch(model)\n    report(model)\n", True),  # report reads .grad outside any loop
-    ("    if epoch % 2:\n        hl.log('g', total_norm(model))\n", True),
+    ("    train_one_epoch(model)\n    if epoch % 2:\n        hl.log('g', total_norm(model))\n", True),
+    # Gradients the main loop's own step computes, read after it: there whatever is skipped.
+    ("    model(x).backward()\n    clip_grad_norm_(model.parameters(), 1.0)\n"
+     "    for v in hl.loop('val', data):\n        model(v)\n", False),
+    # sched.step() is no project optimizer's step(), which reads .grad; p.grad = None reads nothing.
+    ("    train_one_epoch(model)\n    sched.step()\n    for p in model.parameters():\n        p.grad = None\n", False),
 ])
 def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: str, reads: bool) -> None:
     from hindlog.hindsight import main_loop_reads_gradients
@@ -423,8 +428,13 @@ def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: 
 
         def train_one_epoch(model):
             for x in hl.loop("step", data):
-                step(x)
+                model(x).backward()
                 clip_grad_norm_(model.parameters(), 1.0)
+
+        class Lion:
+            def step(self):
+                for p in params:
+                    p.data -= p.grad.sign()
 
         def report(model):
             print(model.weight.grad.norm())

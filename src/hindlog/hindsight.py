@@ -1046,10 +1046,12 @@ def writes_unstored_output(files: dict[str, str], new_statements: dict[str, list
 GRADIENT_READERS = frozenset({"clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_"})
 
 
-def _gradient_reader(trees: dict[str, ast.Module], skipped: Any = None) -> Any:
+def _gradient_reader(trees: dict[str, ast.Module], skipped: Any = None, methods: bool = True) -> Any:
     """``reads(node, path)``: whether ``node`` (of file ``path``) reads ``.grad`` or calls a
     ``GRADIENT_READERS`` function, directly or in a project function it calls; not inside the
-    loops ``skipped(node, path)`` names (those a replay skips, or runs whole)."""
+    loops ``skipped(node, path)`` names (those a replay skips, or runs whole). ``methods``:
+    follow ``obj.name(...)`` calls to any project function of that name too (else only plain
+    calls and ``self.name(...)``: ``sched.step()`` is no project optimizer's ``step``)."""
     functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
                  if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     # ``from torch.nn.utils import clip_grad_norm_ as clip``: the names they go by.
@@ -1066,13 +1068,18 @@ def _gradient_reader(trees: dict[str, ast.Module], skipped: Any = None) -> Any:
             yield n
             pending.extend(ast.iter_child_nodes(n))
 
+    def followed(call: ast.Call) -> bool:
+        f = call.func
+        return methods or isinstance(f, ast.Name) or (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                                                       and f.value.id == "self")
+
     def reads(node: ast.AST, path: str = "") -> bool:
         for n in nodes(node, path):
-            if isinstance(n, ast.Attribute) and n.attr == "grad":
+            if isinstance(n, ast.Attribute) and n.attr == "grad" and isinstance(n.ctx, ast.Load):
                 return True
             if isinstance(n, ast.Call) and call_name(n) in readers:
                 return True
-        called = {name for n in nodes(node, path) if isinstance(n, ast.Call) and (name := call_name(n)) is not None}
+        called = {name for n in nodes(node, path) if isinstance(n, ast.Call) and followed(n) and (name := call_name(n)) is not None}
         for name in called:
             found = functions.get(name)
             if found is not None and name not in seen:
@@ -1210,10 +1217,30 @@ def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, name
     def nested(node: ast.AST, path: str) -> bool:
         return isinstance(node, (ast.For, ast.AsyncFor, ast.While)) and loop_name(node, path) is not None
 
-    reads = _gradient_reader(trees, nested)
+    reads = _gradient_reader(trees, nested, methods=False)
+    functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+    def skipped_backward(node: ast.AST, path: str, seen: set[str]) -> bool:
+        """Whether a nested loop in ``node`` (or in the project functions it calls) computes
+        gradients: those a skipped loop would not have left behind."""
+        for n in ast.walk(node):
+            if n is not node and nested(n, path) and _backward_calls(n):
+                return True
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
+                found = functions.get(n.func.id)
+                if found is not None and found[1].name not in seen:
+                    seen.add(found[1].name)
+                    if skipped_backward(found[1], found[0], seen):
+                        return True
+        return False
+
     for path, tree in trees.items():
         for node in ast.walk(tree):
             if loop_name(node, path) != main_loop:
+                continue
+            # Gradients computed by the main loop's own steps are there whatever is skipped.
+            if not skipped_backward(node, path, set()):
                 continue
             pending: list[ast.AST] = list(getattr(node, "body", []))
             while pending:
@@ -1234,13 +1261,4 @@ def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, name
                     continue
                 if reads(stmt, path):
                     return True
-    return False
-
-    for path, ranges in new_statements.items():
-        tree = trees.get(path)
-        if tree is None:
-            continue
-        for stmt in _all_statements(tree):
-            if span(stmt) in {tuple(r) for r in ranges} and reads(stmt):
-                return True
     return False
