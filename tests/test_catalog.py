@@ -228,7 +228,7 @@ def test_a_catalog_locked_when_the_run_ends_keeps_its_exit_short_and_its_records
         stop(proc)
     assert proc.returncode == 0, err
     assert exit_seconds < 10, f"the run's end waited {exit_seconds:.1f} s for the locked catalog"
-    assert "could not write the last" in err and "they are kept in" in err, err
+    assert "could not write the last" in err and "kept in" in err, err
     assert len(list((project.store_path / "spill").glob("*.pkl"))) == 1
     project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")
     assert project.values("i") == list(range(40))
@@ -336,7 +336,7 @@ for k in hl.loop("step", range(50)):
 time.sleep(0.3)
 """, env={"HINDLOG_FLUSH_INTERVAL": "0.05"})
     assert "hindlog: cannot write to the catalog" in proc.stderr, proc.stderr
-    assert "nor spill them" in proc.stderr and "they are lost" in proc.stderr, proc.stderr
+    assert "nor spill it" in proc.stderr and "it is lost" in proc.stderr, proc.stderr
     assert not [p for p in (project.store_path / "spill").glob("*") if p.stat().st_size == 0]
 
 

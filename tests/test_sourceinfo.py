@@ -308,6 +308,10 @@ CALLED_CHANGES = textwrap.dedent(
         def add(self, v):
             self.total += v
 
+    class Tracker:
+        def add(self, v):          # a second class's method of the same name: still a method
+            self.items.append(v)
+
     def step(x):                   # shares its name with opt.step(), a method: not this function
         x.append(1)
 
@@ -321,6 +325,7 @@ CALLED_CHANGES = textwrap.dedent(
             decay(shadow2, y)
             only_reads(net, x)
             meter.add(loss)
+            add(counts, loss)      # no plain function is named add: nothing known changes counts
             helper_update(shadow, model)
             opt.step()
     """
@@ -336,7 +341,7 @@ def test_what_a_loop_changes_through_the_project_functions_it_calls() -> None:
     helpers = "def helper_update(target, source):\n    target.copy_(source)\n"
     mutated = facts_at(CALLED_CHANGES, "for x, y in loader:", others=(helpers,)).mutated
     assert {"ema", "stats", "other", "log", "meter", "shadow", "shadow2"} <= mutated, mutated
-    assert not {"net", "x", "y", "fresh", "loader"} & mutated, mutated
+    assert not {"net", "x", "y", "fresh", "loader", "counts"} & mutated, mutated
     # Without the project's functions, only the method call's object is seen changed.
     tree = ast.parse(CALLED_CHANGES)
     scope, loop = _scope_nodes(tree, next(i for i, line in enumerate(CALLED_CHANGES.splitlines(), 1) if "for x, y in loader:" in line))

@@ -137,10 +137,10 @@ def is_damage(error: sqlite3.DatabaseError) -> bool:
 def intact(path: Path) -> bool:
     """Whether the catalog at ``path`` opens and SQLite's quick check finds no damage in it
     (damage past its first page shows only when a read reaches it)."""
-    try:
-        conn = connect(path)
-    except DamagedCatalog:
-        return False
+    if not path.exists():
+        return True  # (set aside by another process meanwhile: what is there now is a new one)
+    # Read-only: a damaged header that reads as an empty database must not get a schema.
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
         return rows == [("ok",)]

@@ -26,7 +26,7 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
     # damaged one passed over) is shown as its message alone: the file, line and source line
     # would point into hindlog, not at anything the user can act on. Warnings shown at the
     # user's line (``warn_user``) and everyone else's keep the standard form.
-    if filename.startswith(_PACKAGE_DIR):
+    if filename.startswith(_PACKAGE_DIR) and str(message).startswith("hindlog:"):
         return f"{message}\n"
     return _standard_format(message, category, filename, lineno, line)
 

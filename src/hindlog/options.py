@@ -29,9 +29,10 @@ class _WhenImported:
     def find_spec(cls, name: str, path: Any = None, target: Any = None) -> Any:
         if name != "argparse":
             return None
-        _stop_waiting()
+        # The finders after this one find it (this one stays until argparse has run: a
+        # find_spec that imports nothing, importlib.util.find_spec, must not end the wait).
         for finder in sys.meta_path:
-            find = getattr(finder, "find_spec", None)
+            find = getattr(finder, "find_spec", None) if finder is not cls else None
             spec = find(name, path, target) if find is not None else None
             if spec is not None:
                 break
@@ -53,7 +54,10 @@ class _ThenWatch:
 
     def exec_module(self, module: Any) -> None:
         self.loader.exec_module(module)
-        watch()
+        try:
+            watch()
+        except Exception:  # noqa: BLE001 - recording the options must never break an import
+            pass
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.loader, name)  # get_source and the rest, for tracebacks and inspect

@@ -367,7 +367,7 @@ class Recorder:
                 from .state import undeclared_generators
 
                 held = {id(d.held) for d in self.declared.values()}
-                self.declared.update(undeclared_generators(frame.f_locals, held))
+                self.declared.update(undeclared_generators(frame.f_locals, held, taken=self.declared))
         except Exception:  # noqa: BLE001 - only more state to hold: the run goes on without it
             pass
         it = iter(iterable)

@@ -948,6 +948,7 @@ def _execute(
     # on their own if this process dies without stopping them (controller.follow_driver).
     restore_sigterm = None
     if threading.current_thread() is threading.main_thread():
+        _stopped_by.clear()
         restore_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _wait(procs, plan, progress)

@@ -28,20 +28,20 @@ _WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
 #: Audit events that change the file system, and which of their arguments are paths: for each,
 #: (positions of paths whose folders must be the copy's own, positions of paths that are
-#: themselves changed in place).
-_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "os.remove": ((0,), ()),
-    "os.rmdir": ((0,), ()),
-    "os.mkdir": ((0,), ()),
-    "os.rename": ((0, 1), ()),
-    "os.replace": ((0, 1), ()),
-    "os.symlink": ((1,), ()),
-    "os.link": ((1,), ()),
-    "os.truncate": ((0,), (0,)),
-    "os.chmod": ((0,), (0,)),
-    "os.chown": ((0,), (0,)),
-    "os.utime": ((0,), (0,)),
-    "sqlite3.connect": ((0,), (0,)),
+#: themselves changed in place, positions of ``dir_fd`` arguments). ``os.replace`` is audited as
+#: ``os.rename``. A path relative to a ``dir_fd`` is not followed.
+_EVENTS: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
+    "os.remove": ((0,), (), (1,)),
+    "os.rmdir": ((0,), (), (1,)),
+    "os.mkdir": ((0,), (), (2,)),
+    "os.rename": ((0, 1), (), (2, 3)),
+    "os.symlink": ((1,), (), (2,)),
+    "os.link": ((1,), (), (2, 3)),
+    "os.truncate": ((0,), (0,), ()),
+    "os.chmod": ((0,), (0,), (2,)),
+    "os.chown": ((0,), (0,), (3,)),
+    "os.utime": ((0,), (0,), (3,)),
+    "sqlite3.connect": ((0,), (0,), ()),
 }
 
 #: In the copy's root: held while a worker changes the copy's links.
@@ -69,7 +69,11 @@ def install(scratch: str) -> None:
         elif event == "shutil.rmtree":
             _guard(roots, args[0], keep_content=False, changed=False, whole_tree=True)
         elif event in _EVENTS:
-            folders, changed = _EVENTS[event]
+            folders, changed, dir_fds = _EVENTS[event]
+            if any(k < len(args) and args[k] not in (None, -100) for k in dir_fds):
+                return
+            if event == "os.mkdir" and args and isinstance(args[0], (str, bytes, os.PathLike)) and os.path.lexists(args[0]):
+                return  # (os.makedirs(..., exist_ok=True) of a folder there already changes nothing)
             for k in folders:
                 if k < len(args):
                     _guard(roots, args[k], keep_content=True, changed=k in changed)

@@ -115,9 +115,13 @@ def _imported_function_trees(tree: ast.Module, module_globals: dict) -> list[ast
     from (``from utils import ema_update``), outside the installed packages and the standard
     library: what they change, a call of them changes."""
     import os
+    import sysconfig
     import types
 
-    outside = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    # The standard library's and the installed packages' folders (not the interpreter's prefix:
+    # a project in /usr/src/app lies under /usr).
+    paths = sysconfig.get_paths()
+    outside = tuple({os.path.realpath(paths[k]) + os.sep for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths})
     out, seen = [], set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.ImportFrom):
@@ -379,12 +383,13 @@ class Functions:
         self.plain: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
         self.methods: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
         for tree in trees:
+            methods: set[int] = set()
             for node in ast.walk(tree):
                 if isinstance(node, ast.ClassDef):
                     for item in node.body:
                         if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
                             self.methods.setdefault(item.name, item)
-            methods = set(map(id, self.methods.values()))
+                            methods.add(id(item))
             for node in ast.walk(tree):
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) not in methods:
                     self.plain.setdefault(node.name, node)

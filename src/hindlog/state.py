@@ -21,6 +21,7 @@ import sys
 import types
 import weakref
 from dataclasses import dataclass, field
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -75,18 +76,19 @@ def declare(name: str, obj: Any) -> Declared:
     return Declared(name, obj, "pickle")
 
 
-def undeclared_generators(scope: dict[str, Any], held: set[int]) -> dict[str, Declared]:
+def undeclared_generators(scope: dict[str, Any], held: set[int], taken: Collection[str] = ()) -> dict[str, Declared]:
     """The ``torch.Generator`` objects in ``scope`` (the main loop's) that are not in ``held``:
     named ones (``g``, drawn from with ``generator=g``), and those handed to a DataLoader or its
     sampler (as ``loader.generator``). What they draw next (the next epoch's order) is training
-    state, as the global generators' is, which checkpoints always hold."""
+    state, as the global generators' is, which checkpoints always hold. Names in ``taken`` (the
+    declared ones) are left to what they name."""
     torch = sys.modules.get("torch")
     if torch is None:
         return {}
     out: dict[str, Declared] = {}
 
     def add(name: str, value: Any) -> None:
-        if isinstance(value, torch.Generator) and id(value) not in held:
+        if isinstance(value, torch.Generator) and id(value) not in held and name not in taken:
             held.add(id(value))
             out[name] = Declared(name, value, "generator")
 

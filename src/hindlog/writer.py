@@ -189,25 +189,29 @@ class Writer:
         self._stop = True
         self._wake.set()
         self._thread.join(timeout)
-        if not self._thread.is_alive():
-            # What the thread did not take (its last attempt failed, or it was still waiting for a
-            # locked catalog when the flush gave up) is spilled with the rest, not dropped.
-            n = len(self.queue)
-            if n:
-                self._take(list(starmap(self.queue.popleft, repeat((), n))))
+        if self._thread.is_alive():
+            # Still inside a commit: what it holds is its to write, and spilling it too could
+            # store it twice. (A commit waits at most BUSY_SECONDS for a lock, so this is rare.)
+            warnings.warn(f"hindlog: the catalog writer of run {self.run_id} did not finish within {timeout:.0f} s; "
+                          "what it had not written yet may be lost", RuntimeWarning, stacklevel=2)
+            return
+        # What the thread did not take (its last attempt failed, or it was still waiting for a
+        # locked catalog when the flush gave up) is spilled with the rest, not dropped.
+        n = len(self.queue)
+        if n:
+            self._take(list(starmap(self.queue.popleft, repeat((), n))))
         if self._pending_cells or self._pending_contexts or self._pending_commands:
             records = len(self._pending_cells) // 4
+            what = f"the last {records} records of run {self.run_id}" if records else f"the end of run {self.run_id}"
             spilled = self._spill()
             if spilled is not None:
                 warnings.warn(
-                    f"hindlog: could not write the last {records} records of run {self.run_id} to the catalog "
-                    f"{self.catalog_path}; they are kept in {spilled}, and the next run that records in this project "
-                    "writes them into the catalog", RuntimeWarning, stacklevel=2)
+                    f"hindlog: could not write {what} to the catalog {self.catalog_path}; kept in {spilled}, "
+                    "the next run that records in this project writes it into the catalog", RuntimeWarning, stacklevel=2)
             elif self._pending_cells or self._pending_contexts:
                 warnings.warn(
-                    f"hindlog: could not write the last {records} records of run {self.run_id} to the catalog "
-                    f"{self.catalog_path} nor spill them to {self.spill_dir}: they are lost (is the disk full?)",
-                    RuntimeWarning, stacklevel=2)
+                    f"hindlog: could not write {what} to the catalog {self.catalog_path} nor spill it to "
+                    f"{self.spill_dir}: it is lost (is the disk full?)", RuntimeWarning, stacklevel=2)
         self._close_connection()
 
     # ------------------------------------------------------------ writer thread
