@@ -1455,6 +1455,8 @@ def test_a_nested_loop_that_draws_from_an_iterator_no_checkpoint_can_hold_runs_i
     # be skipped, and the val loop would then draw the step loop's batches.
     proj.write("train.py", insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("v", v)'))
     result = proj.replay("train.py", "--workers", "2")
+    assert "loop step changes a local its checkpoints could not hold" in result.stdout, result.stdout
+    assert "nested loops that must run: step, val" in result.stdout, result.stdout
     assert proj.values("v", run) == {(("epoch", e),): 12.0 * (e + 1) for e in range(5)}, result.stdout
 
 

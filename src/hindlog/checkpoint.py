@@ -568,6 +568,7 @@ class Checkpointer:
         self._warned_snapshot = False
         self._unpicklable: set[str] = set()
         self._noted_unrestorable: set[str] = set()
+        self._noted_loops: set[str] = set()
         #: The main loop's ``LoopFacts.handed_on``, at the iteration end being frozen.
         self._handed_on: frozenset[str] = frozenset()
         #: Iterations the budget had room for, skipped because the previous persist still ran.
@@ -825,6 +826,10 @@ class Checkpointer:
             "unrestorable": sorted(self._unpicklable & names),
             "position": i + 1,
         }
+        if loop is not None and skeleton["unrestorable"] and loop not in self._noted_loops:
+            # Replay runs such a loop instead of skipping it (recorder._skipped_block): its plan says so.
+            self._noted_loops.add(loop)
+            self.recorder.writer.change("info", {"unrestorable_loops": sorted(self._noted_loops)})
         handed_on = set(skeleton["unrestorable"]) & self._handed_on if loop is None else set()
         if handed_on - self._noted_unrestorable:
             # What one iteration of the main loop hands to the next, which no iteration-end

@@ -359,6 +359,9 @@ def plan_run(
     info = run.get("info") or {}
     names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
     probed = hindsight.probed_loops(all_sources, new_statements, names)
+    # Loops whose checkpoints could not hold a local they change run instead of being skipped.
+    cannot_skip = set((run.get("info") or {}).get("unrestorable_loops") or []) - probed
+    probed |= cannot_skip
     run_all_blocks = hindsight.reads_gradients(all_sources, new_statements)
     run_by_new_code = hindsight.loops_new_code_runs(all_sources, new_statements, names)
     # Iterations the record entered: as it counted them, its timings (kept for the first
@@ -406,6 +409,9 @@ def plan_run(
         run_all_blocks = plan.run_all_blocks = True
         plan.notes.append("the recorded code reads gradients after its nested loops (a logged gradient norm), and "
                           "checkpoints do not hold them: the nested loops run")
+    if cannot_skip:
+        plan.notes.append(f"loop {', '.join(sorted(cannot_skip))} changes a local its checkpoints could not hold "
+                          "(hindlog warned when it recorded): it runs instead of being skipped")
     plan.unrestorable = list(info.get("unrestorable_locals") or [])
     carried = hindsight.gradients_carry_over(all_sources, plan.main_loop, names)
     if carried is not None:
