@@ -236,6 +236,43 @@ def test_a_catalog_locked_when_the_run_ends_keeps_its_exit_short_and_its_records
     assert runs["status"].tolist() == ["finished", "finished"], runs
 
 
+def test_a_run_that_starts_while_another_process_holds_the_catalog_locked_neither_waits_nor_loses_its_records(project: Project) -> None:
+    """The catalog is locked when the script's first hindlog call starts the run: training goes
+    on at once, and the run is registered, with everything it logged, once the lock is gone."""
+    project.run("import hindlog as hl\nhl.log('first', 1)\n", script="first.py")  # the catalog exists
+    locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+    proc = project.start(
+        """
+        import json, time
+        import hindlog as hl
+        t0 = time.perf_counter()
+        lr = hl.arg("lr", 0.1)
+        started = time.perf_counter() - t0
+        for i in hl.loop("step", range(100)):
+            hl.log("i", i)
+            time.sleep(0.02)
+        print(json.dumps({"started": started}), flush=True)
+        """
+    )
+    lines = Lines(proc)
+    try:
+        result = json.loads(lines.next(timeout=60))
+        time.sleep(0.5)
+        locker.execute("ROLLBACK")
+        locker.close()
+        _, err = lines.rest()
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, err
+    assert result["started"] < 5, f"the run's start waited {result['started']:.1f} s for the locked catalog"
+    assert project.values("i") == list(range(100))
+    runs = project.runs()
+    assert runs["status"].tolist() == ["finished", "finished"] and "catalog_replaced" not in str(runs["flags"].tolist())
+    assert project.run_info("latest")["args"] == {"lr": 0.1}
+
+
 # The catalog is made unwritable from inside the script with RLIMIT_FSIZE: every write
 # past LIMIT bytes of a file fails with EFBIG (a "disk full" for SQLite), even for root,
 # while files smaller than LIMIT (a spill file) can still be written. A second connection

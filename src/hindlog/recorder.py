@@ -59,6 +59,15 @@ def new_run_id() -> str:
                 return rid
 
 
+#: How long a new run's start waits for a catalog another process holds locked, before it goes
+#: on and lets the writer register the run once the lock is released.
+START_BUSY_SECONDS = 2.0
+
+
+def _locked(error: Exception) -> bool:
+    return "locked" in str(error) or "busy" in str(error)
+
+
 class Recorder:
     """The state of the current run in this process."""
 
@@ -162,9 +171,19 @@ class Recorder:
             }
             if self.module is not None:
                 run_fields["info"] = {"module": self.module}
-        conn = self._connect(store)
+        try:
+            conn = self._connect(store)
+        except sqlite3.OperationalError as e:
+            if self.controller is not None or not _locked(e):
+                raise
+            conn = None
         try:
             for attempt in range(2):
+                if conn is None:
+                    # Another process holds the catalog locked: training does not wait for it. The
+                    # writer registers the run at its first commit, records held till then.
+                    self.run = None
+                    break
                 try:
                     recover_spills(conn, store.spill_dir)
                     if self.controller is not None:
@@ -173,6 +192,10 @@ class Recorder:
                         self.run = catalog.insert_run(conn, dict(run_fields or {}))
                     break
                 except sqlite3.DatabaseError as e:
+                    if self.controller is None and isinstance(e, sqlite3.OperationalError) and _locked(e):
+                        conn.close()
+                        conn = None
+                        continue
                     # Damage past the catalog's first page shows only at the first read or write
                     # that reaches it: set aside as damage found on opening is.
                     if attempt or self.controller is not None or not catalog.is_damage(e):
@@ -180,7 +203,8 @@ class Recorder:
                     conn.close()
                     conn = self._set_aside(store, str(e))
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
         source = self.controller.source if self.controller is not None else catalog.SOURCE_RECORD
         self.writer = Writer(store.catalog_path, store.spill_dir, self.run, self.run_id, source=source, ctx_base=ctx_base,
                              count_before_main_loop=self.controller is None,
@@ -606,7 +630,9 @@ class Recorder:
         records into a new catalog: training that cannot be recorded is a loss, a catalog that
         cannot be read is not yet one. A replay or resume must find its run, so it fails instead."""
         try:
-            return store.connect()
+            # A new run waits little for a catalog another process holds (see __init__); a
+            # replay or resume must find its run, and waits as long as SQLite's usual minute.
+            return store.connect(timeout=START_BUSY_SECONDS if self.controller is None else 60.0)
         except DamagedCatalog as e:
             if self.controller is not None:
                 raise
@@ -617,7 +643,7 @@ class Recorder:
         if aside is not None:
             warn_user(f"hindlog: the catalog {store.catalog_path} is damaged (SQLite: {cause}); moved it to {aside}, "
                       f"every byte kept ({catalog.recover_advice(aside)}); this run records into a new catalog")
-        return store.connect()
+        return store.connect(timeout=START_BUSY_SECONDS)
 
     def finish(self, status: str = "finished") -> None:
         """Flush everything, record the end of the run and stop the writer."""

@@ -160,10 +160,11 @@ class Store:
     def objects(self) -> ObjectStore:
         return ObjectStore(self.path / "objects")
 
-    def connect(self) -> sqlite3.Connection:
-        """A new connection to the catalog (created if needed)."""
+    def connect(self, timeout: float = 60.0) -> sqlite3.Connection:
+        """A new connection to the catalog (created if needed); ``timeout``: how long a write
+        waits for another process's lock."""
         self.ensure()
-        return catalog.connect(self.catalog_path)
+        return catalog.connect(self.catalog_path, timeout)
 
     def set_aside_damaged_catalog(self, timeout: float = 60.0) -> Path | None:
         """Rename a damaged catalog, with its write-ahead log and shared-memory files, to

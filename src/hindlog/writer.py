@@ -365,6 +365,15 @@ class Writer:
             raise RuntimeError(f"run {self.run_id} is not in the catalog {self.catalog_path}, which was replaced "
                                f"since the run started; its records are kept for when it is back")
         fields = {**self.run_fields, **self._row_fields}
+        if self.run is None:
+            # Never registered: the run's start found the catalog locked by another process.
+            fields["flags"] = list(self._row_flags)
+            fields["info"] = {**(fields.get("info") or {}), **self._row_info}
+            self.run = catalog.insert_run(conn, fields)
+            with catalog.transaction(conn):
+                for name, value in self._row_args.items():
+                    catalog.set_arg(conn, self.run, name, value)
+            return
         fields["flags"] = [*self._row_flags, "catalog_replaced"]
         fields["info"] = {**(fields.get("info") or {}), **self._row_info}
         self.run = catalog.insert_run(conn, fields)
