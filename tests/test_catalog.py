@@ -273,6 +273,34 @@ def test_a_run_that_starts_while_another_process_holds_the_catalog_locked_neithe
     assert project.run_info("latest")["args"] == {"lr": 0.1}
 
 
+def test_a_run_the_catalog_was_locked_for_all_its_life_is_registered_from_its_spill_file(project: Project) -> None:
+    """Locked from before the run's start until after its end: the run never reaches the
+    catalog, its spill file carries its row with its records, and the next run that records
+    writes them all."""
+    project.run("import hindlog as hl\nhl.log('first', 1)\n", script="first.py")
+    locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+    try:
+        proc = project.run("""
+            import hindlog as hl
+            lr = hl.arg("lr", 0.1)
+            for i in hl.loop("step", range(20)):
+                hl.log("i", i)
+            """, timeout=120)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert "kept in" in proc.stderr, proc.stderr
+    assert len(project.runs()) == 1  # not registered yet
+    project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")
+    runs = project.runs()
+    assert len(runs) == 3 and runs["status"].tolist() == ["finished"] * 3, runs
+    train = runs[runs["script"] == "train.py"]["run_id"].iloc[0]
+    assert project.values("i", train) == list(range(20))
+    assert project.run_info(train)["args"] == {"lr": 0.1}
+
+
 # The catalog is made unwritable from inside the script with RLIMIT_FSIZE: every write
 # past LIMIT bytes of a file fails with EFBIG (a "disk full" for SQLite), even for root,
 # while files smaller than LIMIT (a spill file) can still be written. A second connection

@@ -250,14 +250,15 @@ class transaction:
 
 
 def insert_run(conn: sqlite3.Connection, fields: dict[str, Any]) -> int:
-    """Insert a run row and return its local integer key."""
+    """Insert a run row and return its local integer key (in the caller's transaction, if one
+    is open: a spill file's run comes with its records)."""
     cols = [c for c in _RUN_COLUMNS if c in fields]
     vals = [_encode_run_field(c, fields[c]) for c in cols]
+    sql = f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+    if conn.in_transaction:
+        return int(conn.execute(sql, vals).lastrowid)
     with transaction(conn):
-        cur = conn.execute(
-            f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals
-        )
-        return int(cur.lastrowid)
+        return int(conn.execute(sql, vals).lastrowid)
 
 
 def update_run(conn: sqlite3.Connection, run: int, fields: dict[str, Any]) -> None:

@@ -171,6 +171,7 @@ class Recorder:
             }
             if self.module is not None:
                 run_fields["info"] = {"module": self.module}
+        self.run = None
         try:
             conn = self._connect(store)
         except sqlite3.OperationalError as e:
@@ -201,7 +202,12 @@ class Recorder:
                     if attempt or self.controller is not None or not catalog.is_damage(e):
                         raise
                     conn.close()
-                    conn = self._set_aside(store, str(e))
+                    try:
+                        conn = self._set_aside(store, str(e))
+                    except sqlite3.OperationalError as locked:
+                        if not _locked(locked):
+                            raise
+                        conn = None  # (the new catalog is busy: the writer registers the run)
         finally:
             if conn is not None:
                 conn.close()

@@ -492,6 +492,11 @@ class Writer:
         commands = [c.data for c in self._pending_commands if c.data is not None]
         data = {"run_id": self.run_id, "source": self.source, "contexts": contexts, "rows": rows,
                 "commands": commands, "flags": ["spilled"]}
+        if self.run is None and self.run_fields is not None:
+            # Never registered (the catalog was locked since the run started): the run's row
+            # travels with its records.
+            data["run_fields"] = {**self.run_fields, **self._row_fields,
+                                  "info": {**(self.run_fields.get("info") or {}), **self._row_info}}
         path = self.spill_dir / f"{self.run_id}.{os.getpid()}.{len(self._spill_files)}.{time.time_ns()}.pkl"
         tmp = path.with_suffix(".tmp")
         try:
@@ -562,8 +567,13 @@ def load_spill_file(conn: sqlite3.Connection, path: Path) -> bool:
     data = read_spill_file(path)
     row = conn.execute("SELECT id FROM runs WHERE run_id=?", (data["run_id"],)).fetchone()
     if row is None:
-        return False
-    run = row[0]
+        # A run whose start found the catalog locked, and which ended before it could register:
+        # its row comes with its records.
+        if not data.get("run_fields"):
+            return False
+        run = catalog.insert_run(conn, data["run_fields"])
+    else:
+        run = row[0]
     catalog.insert_contexts(conn, run, data["contexts"])
     rows = data["rows"]
     if rows:
@@ -590,6 +600,10 @@ def recover_spills(conn: sqlite3.Connection, spill_dir: Path) -> int:
                     continue
             _unlink(path)
             loaded += 1
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e):
+                break  # another process holds the catalog: the next start loads the rest
+            continue
         except (OSError, sqlite3.Error, pickle.UnpicklingError, EOFError):
             continue
     return loaded
