@@ -418,6 +418,9 @@ def test_a_new_statement_reads_gradients_through_grad_or_a_gradient_reader(impor
      "    for v in hl.loop('val', data):\n        model(v)\n", False),
     # sched.step() is no project optimizer's step(), which reads .grad; p.grad = None reads nothing.
     ("    train_one_epoch(model)\n    sched.step()\n    for p in model.parameters():\n        p.grad = None\n", False),
+    # The step loop computes gradients through a function it calls, or through self.
+    ("    for x in hl.loop('step', data):\n        train_step(x)\n    hl.log('g', float(model.weight.grad.norm()))\n", True),
+    ("    trainer.train_epoch()\n    clip_grad_norm_(model.parameters(), 1.0)\n", False),  # no project function reached
 ])
 def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: str, reads: bool) -> None:
     from hindlog.hindsight import main_loop_reads_gradients
@@ -435,6 +438,9 @@ def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: 
             def step(self):
                 for p in params:
                     p.data -= p.grad.sign()
+
+        def train_step(x):
+            model(x).backward()
 
         def report(model):
             print(model.weight.grad.norm())
@@ -469,6 +475,10 @@ def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: 
     ("    model(x).backward()\n    opt.step()\n    opt.zero_grad()\n", None),
     # A function that calls itself (walking a module's children) ends the analysis too.
     ("    for x in hl.loop('step', data):\n        walk(model)\n        model(x).backward()\n        opt.zero_grad()\n", None),
+    # PyTorch's MNIST example: a plain loop in train() clears in every step; model.train() is no
+    # call of the project's train().
+    ("    model.train()\n    train(model, data)\n    sched.step()\n", None),
+    ("    accumulate_plain(data)\n", "at t.py:"),
 ])
 def test_gradients_that_one_main_loop_iteration_leaves_to_the_next_are_found(step_loop: str, carried: str | None) -> None:
     from hindlog.hindsight import gradients_carry_over
@@ -494,12 +504,25 @@ def test_gradients_that_one_main_loop_iteration_leaves_to_the_next_are_found(ste
             for c in m.children():
                 walk(c)
 
+        def train(model, data):
+            for x in data:
+                opt.zero_grad()
+                model(x).backward()
+                opt.step()
+
+        def accumulate_plain(data):
+            for k, x in enumerate(data):
+                model(x).backward()
+                if k % 2:
+                    opt.zero_grad()
+
         for epoch in hl.loop("epoch", range(3)):
     """) + step_loop
     # Another script's accumulating loop, never run by this one, counts for nothing.
     other = "import hindlog as hl\nfor k, x in enumerate(hl.loop('other', data)):\n    model(x).backward()\n" \
             "    if k % 2:\n        opt.zero_grad()\n"
-    assert gradients_carry_over({"t.py": src, "finetune.py": other}, "epoch") == carried
+    found = gradients_carry_over({"t.py": src, "finetune.py": other}, "epoch")
+    assert found == carried or (carried and carried.startswith("at ") and found and found.startswith(carried)), found
 
 
 @pytest.mark.parametrize("iterable", [

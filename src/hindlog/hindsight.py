@@ -1108,100 +1108,116 @@ def reads_gradients(files: dict[str, str], new_statements: dict[str, list[tuple[
     return False
 
 
-def _backward_calls(node: ast.AST) -> bool:
-    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward" for n in ast.walk(node))
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
 
 
-def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> str | None:
-    """A loop of the replayed main loop's iterations (a nested loop, or the main loop itself)
-    that calls ``.backward()`` and clears the gradients only under a condition (``if (k + 1) %
-    accum == 0: opt.step(); opt.zero_grad()``), with nothing clearing them unconditionally
-    around it in the main loop's iteration: the gradients of its last steps go on into the next
-    iteration. Checkpoints do not hold gradients, so no restore can stand for the iterations
-    before. Returns the loop's name, or None."""
-    if main_loop is None:
+class _GradientFlow:
+    """Where the project's code computes and clears gradients, following its calls of project
+    functions: plain calls and ``self.name(...)`` (``model.train()`` or ``sched.step()`` is no
+    project function of that name)."""
+
+    def __init__(self, trees: dict[str, ast.Module]) -> None:
+        self.functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
+                          if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+    def callee(self, call: ast.Call) -> tuple[str, ast.AST] | None:
+        f = call.func
+        if isinstance(f, ast.Name):
+            return self.functions.get(f.id)
+        if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self":
+            return self.functions.get(f.attr)
         return None
-    loop_name = _loop_namer(names)
-    trees = _parse_all(files)
-    functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
-                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
-    def named(node: ast.AST, path: str) -> bool:
-        return isinstance(node, (ast.For, ast.AsyncFor, ast.While)) and loop_name(node, path) is not None
-
-    def callees(node: ast.AST, path: str, seen: set[str]) -> list[tuple[str, ast.AST]]:
+    def callees(self, node: ast.AST) -> list[tuple[str, ast.AST]]:
         """The project functions ``node`` calls, directly or through others (each once)."""
-        out, pending = [], [(path, node)]
-        while pending:
-            where, n = pending.pop()
-            for name in _called_names(n):
-                found = functions.get(name)
-                if found is not None and name not in seen:
-                    seen.add(name)
-                    out.append(found)
-                    pending.append(found)
-        return out
-
-    def backward_outside_loops(node: ast.AST, path: str, seen: set[str]) -> bool:
-        """Whether ``node`` calls ``.backward()`` itself, not in a named loop (also in the
-        project functions it calls)."""
+        out: list[tuple[str, ast.AST]] = []
+        seen: set[int] = set()
         pending = [node]
         while pending:
+            for n in ast.walk(pending.pop()):
+                found = self.callee(n) if isinstance(n, ast.Call) else None
+                if found is not None and id(found[1]) not in seen:
+                    seen.add(id(found[1]))
+                    out.append(found)
+                    pending.append(found[1])
+        return out
+
+    def reaches_backward(self, node: ast.AST) -> bool:
+        """Whether ``node``, or a project function it calls, calls ``.backward()``."""
+        return any(_is_backward(n) for body in [node, *(fn for _p, fn in self.callees(node))] for n in ast.walk(body))
+
+    def own_backward(self, node: ast.AST, seen: set[int] | None = None) -> bool:
+        """Whether ``node`` calls ``.backward()`` outside every loop inside it (a loop's steps are
+        that loop's own), also in the project functions it calls there."""
+        seen = set() if seen is None else seen
+        pending = list(ast.iter_child_nodes(node))
+        while pending:
             n = pending.pop()
-            if n is not node and named(n, path):
+            if isinstance(n, _LOOPS):
                 continue
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "backward":
+            if _is_backward(n):
                 return True
-            if isinstance(n, ast.Call):
-                found = functions.get(call_name(n) or "")
-                if found is not None and found[1].name not in seen:
-                    seen.add(found[1].name)
-                    if backward_outside_loops(found[1], found[0], seen):
-                        return True
+            found = self.callee(n) if isinstance(n, ast.Call) else None
+            if found is not None and id(found[1]) not in seen:
+                seen.add(id(found[1]))
+                if self.own_backward(found[1], seen):
+                    return True
             pending.extend(ast.iter_child_nodes(n))
         return False
 
-    def clears(stmt: ast.AST, seen: frozenset[str] = frozenset()) -> bool:
+    def clears(self, stmt: ast.AST, seen: frozenset[int] = frozenset()) -> bool:
         """Whether ``stmt`` surely clears gradients: ``opt.zero_grad()``, ``model.zero_grad()``,
         ``p.grad = None``, or a project function that does so unconditionally."""
         value = getattr(stmt, "value", None) if isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign)) else None
         if isinstance(value, ast.Call):  # (``loss = train_step(batch)`` as well)
-            name = call_name(value) or ""
-            if name == "zero_grad":
+            if call_name(value) == "zero_grad":
                 return True
-            found = functions.get(name)
-            return found is not None and name not in seen and any(clears(s, seen | {name}) for s in found[1].body)
+            found = self.callee(value)
+            return found is not None and id(found[1]) not in seen and \
+                any(self.clears(s, seen | {id(found[1])}) for s in getattr(found[1], "body", []))
         if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and stmt.value.value is None:
             return any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in stmt.targets)
         if isinstance(stmt, (ast.For, ast.AsyncFor)) and stmt.body:
-            return all(clears(s, seen) for s in stmt.body)  # for p in model.parameters(): p.grad = None
+            return all(self.clears(s, seen) for s in stmt.body)  # for p in model.parameters(): p.grad = None
         if isinstance(stmt, (ast.With, ast.AsyncWith)):
-            return any(clears(s, seen) for s in stmt.body)
+            return any(self.clears(s, seen) for s in stmt.body)
         return False
 
+
+def _is_backward(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "backward"
+
+
+def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> str | None:
+    """A loop of the replayed main loop's iterations (the main loop itself, a nested loop, or a
+    plain loop of a function it calls) whose steps call ``.backward()`` and clear the gradients
+    only under a condition (``if (k + 1) % accum == 0: opt.step(); opt.zero_grad()``), with
+    nothing clearing them unconditionally around it: the gradients of its last steps go on into
+    the next iteration of the main loop. Checkpoints do not hold gradients, so no restore can
+    stand for the iterations before. Returns the loop's name (or where it is), or None."""
+    if main_loop is None:
+        return None
+    loop_name = _loop_namer(names)
+    trees = _parse_all(files)
+    flow = _GradientFlow(trees)
     for path, tree in trees.items():
         for main in ast.walk(tree):
-            if not named(main, path) or loop_name(main, path) != main_loop:
+            if not isinstance(main, _LOOPS) or loop_name(main, path) != main_loop:
                 continue
-            if any(clears(s) for s in main.body):
+            if any(flow.clears(s) for s in main.body):
                 continue  # cleared at the top level of every iteration: nothing goes on
-            # A step-based main loop: its own steps accumulate from one iteration to the next.
-            if any(backward_outside_loops(s, path, set()) for s in main.body if not named(s, path)):
-                return main_loop
-            # Nested loops of its iterations, in its body or in the project functions it calls.
-            for where, scope in [(path, main), *callees(main, path, set())]:
+            if flow.own_backward(main):
+                return main_loop  # a step-based main loop accumulating over its own iterations
+            for where, scope in [(path, main), *flow.callees(main)]:
                 for block in _statement_blocks(scope):
                     for loop in block:
-                        if not named(loop, where) or loop_name(loop, where) == main_loop:
-                            continue
-                        if not any(backward_outside_loops(b, w, set()) for w, b in
-                                   [(where, loop), *callees(loop, where, set())]):
+                        if loop is main or not isinstance(loop, _LOOPS) or not flow.own_backward(loop):
                             continue
                         # Cleared in every step, or around the loop in its block (before it, or
                         # after it before the iteration ends).
-                        if any(clears(s) for s in loop.body) or any(clears(s) for s in block if s is not loop):
+                        if any(flow.clears(s) for s in loop.body) or any(flow.clears(s) for s in block if s is not loop):
                             continue
-                        return loop_name(loop, where)
+                        return loop_name(loop, where) or f"at {where}:{loop.lineno}"
     return None
 
 
@@ -1218,21 +1234,15 @@ def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, name
         return isinstance(node, (ast.For, ast.AsyncFor, ast.While)) and loop_name(node, path) is not None
 
     reads = _gradient_reader(trees, nested, methods=False)
-    functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
-                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    flow = _GradientFlow(trees)
 
-    def skipped_backward(node: ast.AST, path: str, seen: set[str]) -> bool:
-        """Whether a nested loop in ``node`` (or in the project functions it calls) computes
-        gradients: those a skipped loop would not have left behind."""
-        for n in ast.walk(node):
-            if n is not node and nested(n, path) and _backward_calls(n):
-                return True
-            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name):
-                found = functions.get(n.func.id)
-                if found is not None and found[1].name not in seen:
-                    seen.add(found[1].name)
-                    if skipped_backward(found[1], found[0], seen):
-                        return True
+    def skipped_backward(main: ast.AST, path: str) -> bool:
+        """Whether a nested loop of the main loop's iterations (in its body or in a project
+        function it calls) computes gradients: those a skipped loop would not leave behind."""
+        for where, scope in [(path, main), *flow.callees(main)]:
+            for n in ast.walk(scope):
+                if n is not main and nested(n, where) and flow.reaches_backward(n):
+                    return True
         return False
 
     for path, tree in trees.items():
@@ -1240,7 +1250,7 @@ def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, name
             if loop_name(node, path) != main_loop:
                 continue
             # Gradients computed by the main loop's own steps are there whatever is skipped.
-            if not skipped_backward(node, path, set()):
+            if not skipped_backward(node, path):
                 continue
             pending: list[ast.AST] = list(getattr(node, "body", []))
             while pending:
