@@ -132,7 +132,8 @@ def _imported_function_trees(tree: ast.Module, module_globals: dict) -> list[ast
             if code is None or code.co_filename in seen:
                 continue
             seen.add(code.co_filename)
-            if os.path.realpath(code.co_filename).startswith(outside) or "site-packages" in code.co_filename:
+            if os.path.realpath(code.co_filename).startswith(outside) or any(
+                    part in code.co_filename for part in ("site-packages", "dist-packages")):
                 continue
             other = _module_ast(code.co_filename)
             if other is not None:
