@@ -1,6 +1,6 @@
 """The hindlog demo: record a training run, add hindsight log statements, replay them.
 
-Runs in a fresh temporary git project:
+Runs in a fresh temporary git project, kept afterwards for the user to look at:
 1. records examples/train_cnn.py (a small CNN; it logs only loss and accuracy),
 2. adds two statements it "forgot": the weight norm and the confusion matrix per epoch,
 3. replays them with `hindlog replay` (checkpoint restore, nested loops skipped, as many
@@ -87,7 +87,10 @@ def main() -> None:
         if not same:
             sys.exit(1)
     finally:
-        shutil.rmtree(project, ignore_errors=True)
+        # Kept, to look around in: the runs, the replayed values, the code versions.
+        print(f"\nThe demo project stays in {project}: `cd {project}` and try `hindlog runs`, `hindlog show`, "
+              f"`hindlog logs weight_norm` (`{Path(sys.executable).parent / 'hindlog'}` without .venv activated); "
+              "delete it when done.")
 
 
 if __name__ == "__main__":
