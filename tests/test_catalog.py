@@ -293,6 +293,8 @@ def test_a_run_the_catalog_was_locked_for_all_its_life_is_registered_from_its_sp
         locker.close()
     assert "kept in" in proc.stderr, proc.stderr
     assert len(project.runs()) == 1  # not registered yet
+    listed = project.cli("runs")
+    assert "wait in" in listed.stderr and "the next run that records in this project writes them" in listed.stderr, listed.stderr
     project.run("import hindlog as hl\nhl.log('next', 1)\n", script="other.py")
     runs = project.runs()
     assert len(runs) == 3 and runs["status"].tolist() == ["finished"] * 3, runs

@@ -39,11 +39,21 @@ _noticed_set_aside: set[Path] = set()
 
 def _notice_set_aside(st: Store) -> None:
     """Say, once per process, that the runs recorded before a damaged catalog was set aside are
-    not in what this store returns (``Store.set_aside_damaged_catalog``)."""
+    not in what this store returns (``Store.set_aside_damaged_catalog``), and that records a
+    run could not write wait in spill files."""
     for aside in st.damaged_catalogs():
         if aside not in _noticed_set_aside:
             _noticed_set_aside.add(aside)
             warn_user(f"hindlog: {catalog.set_aside_notice(aside)}")
+    try:
+        waiting = sorted({p.name.split(".", 1)[0] for p in st.spill_dir.glob("*.pkl")})
+    except OSError:
+        waiting = []
+    if waiting and st.spill_dir not in _noticed_set_aside:
+        _noticed_set_aside.add(st.spill_dir)
+        warn_user(f"hindlog: records of run(s) {', '.join(waiting[:3])}{' and more' if len(waiting) > 3 else ''} wait in "
+                  f"{st.spill_dir} (the catalog could not be written when they were logged): the next run that records "
+                  "in this project writes them into the catalog; until then they are not shown here")
 
 
 def _flush_own_run() -> None:
