@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import catalog, config, objects
-from .errors import CodeVersionError
+from .errors import CodeVersionError, CorruptObject
 from .store import Store
 
 # shutil, subprocess and tempfile are imported where git is used: outside a git work tree a
@@ -194,8 +194,14 @@ def read_files(store: Store, version: str) -> dict[str, bytes]:
             conn.close()
         if manifest is None:
             raise CodeVersionError(f"code snapshot {version} is not in this store")
-        files = json.loads(store.objects.get(manifest))
-        return {path: store.objects.get(name) for path, name in files.items()}
+        try:
+            files = json.loads(store.objects.get(manifest))
+            return {path: store.objects.get(name) for path, name in files.items()}
+        except CorruptObject as e:
+            raise CodeVersionError(
+                f"the code of {version} cannot be read ({e}): the store's objects were damaged or removed by hand. "
+                "Runs of that code cannot be replayed or resumed; their logs and the runs of other code are "
+                "unaffected") from None
     out: dict[str, bytes] = {}
     listing = _git(store.root, "ls-tree", "-r", "-z", "--full-tree", version).split(b"\0")
     for entry in listing:
