@@ -795,6 +795,8 @@ def test_a_store_that_cannot_be_created_never_breaks_training(project: Project, 
     )
     assert proc.stdout.splitlines()[-1] == "done" and "TypeError: hl.log cannot store" in proc.stdout
     assert proc.stderr.count("hindlog: could not start recording") == 1, proc.stderr
+    # The advice is about the store that was asked for, not the project directory.
+    assert f"Check that HINDLOG_DIR={blocker / 'store'} names a directory" in proc.stderr, proc.stderr
     assert blocker.read_text() == "not a directory"
 
 

@@ -56,6 +56,9 @@ def _start(**kwargs: Any) -> Recorder | None:
             advice = "Fix the setting named above."
         elif isinstance(e, StoreError):
             advice = "See above, or set HINDLOG_DIR to record into another store."
+        elif os.environ.get("HINDLOG_DIR"):
+            # The store was asked for: the advice is about that path, not the project's.
+            advice = f"Check that HINDLOG_DIR={os.environ['HINDLOG_DIR']} names a directory this process can write."
         else:
             advice = "Check that the project directory is writable, or set HINDLOG_DIR."
         warn_user(
