@@ -1419,25 +1419,31 @@ def test_an_iterator_each_iteration_makes_afresh_does_not_hold_a_replay_to_its_f
     assert proj.values("w2", run) == {k: 2 * v for k, v in proj.values("w", run).items()}
 
 
+#: A script whose batches come from an endless generator made before the main loop: no
+#: checkpoint can hold it (a generator cannot be pickled).
+ENDLESS_STREAM = dedent("""
+    import time
+    import numpy as np
+    import hindlog as hl
+
+    def batches():
+        k = 0
+        while True:
+            k += 1
+            yield np.full(3, float(k))
+
+    stream = batches()
+    w = np.zeros(3)
+    hl.checkpoints(w=w)
+""")
+
+
 def test_a_nested_loop_that_draws_from_an_iterator_no_checkpoint_can_hold_runs_instead_of_being_skipped(tmp_path: Path) -> None:
     """``next(stream)`` in the step loop, of a generator made before the main loop: skipping the
     loop would leave the generator where it was, and every later draw would be another one.
     The loop runs (as the record's warning says), and the main loop from its first iteration."""
     proj = ReplayProject(tmp_path)
-    text = dedent("""
-        import time
-        import numpy as np
-        import hindlog as hl
-
-        def batches():
-            k = 0
-            while True:
-                k += 1
-                yield np.full(3, float(k))
-
-        stream = batches()
-        w = np.zeros(3)
-        hl.checkpoints(w=w)
+    text = ENDLESS_STREAM + dedent("""
         for epoch in hl.loop("epoch", range(5)):
             for s in hl.loop("step", range(3)):
                 b = next(stream)
@@ -1894,23 +1900,9 @@ def test_generators_the_script_hands_to_its_data_loader_are_checkpointed_without
 def test_a_main_loop_that_carries_a_local_no_checkpoint_can_hold_is_replayed_from_its_start(tmp_path: Path) -> None:
     """``next(stream)`` of a generator made before the main loop: no checkpoint can hold it, so
     a segment that started mid-run would draw from a fresh one. The record warns, the replay
-    runs the main loop from iteration 0 in one segment (also for --iterations), and says why;
-    a resume says what it cannot restore."""
+    runs the main loop from iteration 0 in one segment (also for --iterations), and says why."""
     proj = ReplayProject(tmp_path)
-    text = dedent("""
-        import time
-        import numpy as np
-        import hindlog as hl
-
-        def batches():
-            k = 0
-            while True:
-                k += 1
-                yield np.full(3, float(k))
-
-        stream = batches()
-        w = np.zeros(3)
-        hl.checkpoints(w=w)
+    text = ENDLESS_STREAM + dedent("""
         for step in hl.loop("step", range(8)):
             b = next(stream)
             w += b
