@@ -152,6 +152,22 @@ def test_a_bad_flush_interval_warns_once_and_records_with_the_default(project: P
     assert project.values("x") == [0, 1, 2]
 
 
+class CatalogLock:
+    """Another process's write lock on the catalog, held by a connection of this test's own (SQLite
+    locks per connection), until ``release``."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn: sqlite3.Connection | None = sqlite3.connect(str(path), timeout=30, isolation_level=None)
+        self.conn.execute("BEGIN EXCLUSIVE")
+        self.conn.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+            self.conn = None
+
+
 def test_catalog_locked_for_a_while_loses_nothing_and_never_blocks_training(project: Project) -> None:
     proc = project.start(
         """
@@ -173,12 +189,9 @@ def test_catalog_locked_for_a_while_loses_nothing_and_never_blocks_training(proj
     lines = Lines(proc)
     try:
         assert lines.next() == "ready"
-        locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
-        locker.execute("BEGIN EXCLUSIVE")
-        locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+        locker = CatalogLock(project.catalog_path)
         time.sleep(1.5)
-        locker.execute("ROLLBACK")
-        locker.close()
+        locker.release()
         result = json.loads(lines.next(timeout=60))
         _, err = lines.rest()
     finally:
@@ -213,9 +226,7 @@ def test_a_catalog_locked_when_the_run_ends_keeps_its_exit_short_and_its_records
     locker = None
     try:
         assert lines.next() == "ready"
-        locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
-        locker.execute("BEGIN EXCLUSIVE")
-        locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+        locker = CatalogLock(project.catalog_path)
         assert lines.next(timeout=60) == "done"
         t0 = time.monotonic()
         proc.wait(timeout=60)
@@ -223,8 +234,7 @@ def test_a_catalog_locked_when_the_run_ends_keeps_its_exit_short_and_its_records
         _, err = lines.rest()
     finally:
         if locker is not None:
-            locker.execute("ROLLBACK")
-            locker.close()
+            locker.release()
         stop(proc)
     assert proc.returncode == 0, err
     assert exit_seconds < 10, f"the run's end waited {exit_seconds:.1f} s for the locked catalog"
@@ -240,9 +250,7 @@ def test_a_run_that_starts_while_another_process_holds_the_catalog_locked_neithe
     """The catalog is locked when the script's first hindlog call starts the run: training goes
     on at once, and the run is registered, with everything it logged, once the lock is gone."""
     project.run("import hindlog as hl\nhl.log('first', 1)\n", script="first.py")  # the catalog exists
-    locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+    locker = CatalogLock(project.catalog_path)
     proc = project.start(
         """
         import json, time
@@ -260,8 +268,7 @@ def test_a_run_that_starts_while_another_process_holds_the_catalog_locked_neithe
     try:
         result = json.loads(lines.next(timeout=60))
         time.sleep(0.5)
-        locker.execute("ROLLBACK")
-        locker.close()
+        locker.release()
         _, err = lines.rest()
     finally:
         stop(proc)
@@ -278,9 +285,7 @@ def test_a_run_the_catalog_was_locked_for_all_its_life_is_registered_from_its_sp
     catalog, its spill file carries its row with its records, and the next run that records
     writes them all."""
     project.run("import hindlog as hl\nhl.log('first', 1)\n", script="first.py")
-    locker = sqlite3.connect(str(project.catalog_path), timeout=30, isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    locker.execute("INSERT INTO meta VALUES ('lock-test', 'x')")
+    locker = CatalogLock(project.catalog_path)
     try:
         proc = project.run("""
             import hindlog as hl
@@ -289,8 +294,7 @@ def test_a_run_the_catalog_was_locked_for_all_its_life_is_registered_from_its_sp
                 hl.log("i", i)
             """, timeout=120)
     finally:
-        locker.execute("ROLLBACK")
-        locker.close()
+        locker.release()
     assert "kept in" in proc.stderr, proc.stderr
     assert len(project.runs()) == 1  # not registered yet
     listed = project.cli("runs")

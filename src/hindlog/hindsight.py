@@ -1046,18 +1046,18 @@ def writes_unstored_output(files: dict[str, str], new_statements: dict[str, list
 GRADIENT_READERS = frozenset({"clip_grad_norm_", "clip_grad_norm", "clip_grad_value_", "get_total_norm", "clip_grads_with_norm_"})
 
 
-def _gradient_reader(trees: dict[str, ast.Module], skipped: Any = None, methods: bool = True) -> Any:
+def _gradient_reader(trees: dict[str, ast.Module], skipped: Any = None, flow: "_GradientFlow | None" = None) -> Any:
     """``reads(node, path)``: whether ``node`` (of file ``path``) reads ``.grad`` or calls a
     ``GRADIENT_READERS`` function, directly or in a project function it calls; not inside the
-    loops ``skipped(node, path)`` names (those a replay skips, or runs whole). ``methods``:
-    follow ``obj.name(...)`` calls to any project function of that name too (else only plain
-    calls and ``self.name(...)``: ``sched.step()`` is no project optimizer's ``step``)."""
-    functions = {n.name: (path, n) for path, t in trees.items() for n in ast.walk(t)
-                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    loops ``skipped(node, path)`` names (those a replay skips, or runs whole). With ``flow``,
+    calls are followed as it follows them (``f(...)`` and ``self.f(...)``: ``sched.step()`` is
+    no project optimizer's ``step``); without, ``obj.f(...)`` leads to any project ``f`` too."""
+    by_name = flow is None
+    flow = flow or _GradientFlow(trees)
     # ``from torch.nn.utils import clip_grad_norm_ as clip``: the names they go by.
     readers = GRADIENT_READERS | {a.asname for t in trees.values() for n in ast.walk(t) if isinstance(n, ast.ImportFrom)
                                   for a in n.names if a.asname and a.name in GRADIENT_READERS}
-    seen: set[str] = set()
+    seen: set[int] = set()
 
     def nodes(node: ast.AST, path: str) -> Iterator[ast.AST]:
         pending = [node]
@@ -1068,22 +1068,18 @@ def _gradient_reader(trees: dict[str, ast.Module], skipped: Any = None, methods:
             yield n
             pending.extend(ast.iter_child_nodes(n))
 
-    def followed(call: ast.Call) -> bool:
-        f = call.func
-        return methods or isinstance(f, ast.Name) or (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
-                                                       and f.value.id == "self")
-
     def reads(node: ast.AST, path: str = "") -> bool:
         for n in nodes(node, path):
             if isinstance(n, ast.Attribute) and n.attr == "grad" and isinstance(n.ctx, ast.Load):
                 return True
             if isinstance(n, ast.Call) and call_name(n) in readers:
                 return True
-        called = {name for n in nodes(node, path) if isinstance(n, ast.Call) and followed(n) and (name := call_name(n)) is not None}
-        for name in called:
-            found = functions.get(name)
-            if found is not None and name not in seen:
-                seen.add(name)
+        for n in nodes(node, path):
+            if not isinstance(n, ast.Call):
+                continue
+            found = flow.functions.get(call_name(n) or "") if by_name else flow.callee(n)
+            if found is not None and id(found[1]) not in seen:
+                seen.add(id(found[1]))
                 if reads(found[1], found[0]):
                     return True
         return False
@@ -1233,8 +1229,8 @@ def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, name
     def nested(node: ast.AST, path: str) -> bool:
         return isinstance(node, (ast.For, ast.AsyncFor, ast.While)) and loop_name(node, path) is not None
 
-    reads = _gradient_reader(trees, nested, methods=False)
     flow = _GradientFlow(trees)
+    reads = _gradient_reader(trees, nested, flow)
 
     def skipped_backward(main: ast.AST, path: str) -> bool:
         """Whether a nested loop of the main loop's iterations (in its body or in a project
