@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -79,6 +79,13 @@ MAX_BACKGROUND_WEIGHT = 4.0
 BASELINE_ITERATIONS = 15
 #: Quiet iterations needed before the slowdown during persists is measured against them.
 MIN_BASELINE = 3
+#: Quiet iterations just before a persist that make its baseline, with the first quiet one after
+#: it. This machine's speed drifts by half within seconds (other jobs): a baseline from the run's
+#: earlier iterations charged that drift to the persister (weight 2.5 where it was 1).
+LOCAL_BASELINE = 3
+#: Overlapped iterations in a row after which their slowdown is no longer measured: the quiet
+#: levels at both ends are too far apart in time to compare with, and the list stays bounded.
+MAX_EPISODE = 256
 #: An iteration that a persist overlapped for at most this share of a quiet iteration's time
 #: counts as quiet:
 #: the persister's small jobs (an iteration's commit, the tail of a write) touch nearly every
@@ -120,9 +127,9 @@ class Policy:
     is at least the persister's CPU time on a machine whose cores training
     fills, and can be more (hashing and writing share memory bandwidth with
     the optimizer step). The policy measures it: it compares the iterations
-    that a persist overlapped with the median of recent iterations that none
-    did, and charges the persister's CPU time times the observed ratio (at
-    least ``BACKGROUND_WEIGHT``). Costs that are not checkpoints (start-up, the
+    that a persist overlapped with the quiet iterations just before and just
+    after them (the machine's speed drifts), and charges the persister's CPU
+    time times the observed ratio (at least ``BACKGROUND_WEIGHT``). Costs that are not checkpoints (start-up, the
     run's end, the catalog writer's CPU time, nested-loop iterations) are charged
     too, so that hindlog's whole cost stays under ε.
     """
@@ -145,7 +152,7 @@ class Policy:
         #: Persister CPU seconds so far (all of it, charged or not).
         self.background_cpu = 0.0
         self._quiet: deque[float] = deque(maxlen=BASELINE_ITERATIONS)
-        self._episode: list[float] | None = None  # [slowdown so far, background CPU at its start]
+        self._episode: _Episode | None = None  # the persist being observed
         self._slowdown = 0.0  # measured over the persists observed so far ...
         self._slowdown_cpu = 0.0  # ... and the persister CPU time they took
         #: The training thread and the persister both charge; ``spent`` must not lose an update.
@@ -193,23 +200,27 @@ class Policy:
         typical = _median(self._quiet) if self._quiet else seconds
         if persisting <= QUIET_OVERLAP * typical:
             if self._episode is not None:
-                self._end_episode()
+                self._end_episode(after=seconds)
             self._quiet.append(seconds)
             return
         if len(self._quiet) < MIN_BASELINE:
             return
         if self._episode is None:
-            self._episode = [0.0, background_cpu]
-        # Noise in the iteration time beyond what the persist could cause is not its doing.
-        excess = seconds - _median(self._quiet)
-        self._episode[0] += max(-persisting, min(persisting, excess))
+            recent = list(self._quiet)[-LOCAL_BASELINE:]
+            self._episode = _Episode(before=_median(recent), cpu_at_start=background_cpu)
+        if len(self._episode.iterations) < MAX_EPISODE:
+            self._episode.iterations.append((seconds, persisting))
+        else:
+            self._episode.too_long = True
 
-    def _end_episode(self) -> None:
-        slowdown, cpu0 = self._episode or (0.0, 0.0)
-        self._episode = None
-        cpu = self.background_cpu - cpu0
-        if cpu <= 0:
+    def _end_episode(self, after: float) -> None:
+        episode, self._episode = self._episode, None
+        if episode is None:
             return
+        cpu = self.background_cpu - episode.cpu_at_start
+        if cpu <= 0 or episode.too_long:
+            return
+        slowdown = episode.slowdown(after)
         self._slowdown += slowdown
         self._slowdown_cpu += cpu
         # The total over the total CPU time, not a median of per-persist ratios: the budget is
@@ -222,7 +233,28 @@ class Policy:
             self.weight = weight
 
 
-def _median(values: deque[float]) -> float:
+@dataclass
+class _Episode:
+    """Consecutive iterations that one or more persists overlapped, and the quiet level before them."""
+
+    before: float
+    cpu_at_start: float
+    iterations: list[tuple[float, float]] = field(default_factory=list)  # (seconds, persisting)
+    too_long: bool = False
+
+    def slowdown(self, after: float) -> float:
+        """Seconds the persists added to these iterations, against the quiet level drawn straight
+        from just before them to ``after``, the first quiet iteration since."""
+        total = 0.0
+        n = len(self.iterations)
+        for j, (seconds, persisting) in enumerate(self.iterations, start=1):
+            baseline = self.before + (after - self.before) * j / (n + 1)
+            # Noise in the iteration time beyond what the persist could cause is not its doing.
+            total += max(-persisting, min(persisting, seconds - baseline))
+        return total
+
+
+def _median(values: deque[float] | list[float]) -> float:
     # Not statistics.median: importing it (fractions, decimal) is 2-3 ms of every run's start.
     ordered = sorted(values)
     mid = len(ordered) // 2
