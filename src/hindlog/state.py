@@ -379,7 +379,7 @@ class FrozenTensor:
 
     @property
     def nbytes(self) -> int:
-        n = int(np.prod(self.shape)) if self.shape else 1
+        n = math.prod(self.shape)  # not np.prod: 5 µs a call, on every tensor of every checkpoint
         return n * _itemsize(self.framework, self.dtype)
 
 
