@@ -388,6 +388,7 @@ class Report:
         self.logcall = load(results, "peer-logcall")
         self.persist = load(results, "persist")
         self.ckcost = load(results, "checkpoint-cost")
+        self.policy_weight = load(results, "policy-weight")
         self.small_objects = load(results, "small-objects")
         self.attribute_access = load(results, "attribute-access")
         self.background_priority = load(results, "background-priority")
@@ -650,7 +651,8 @@ class Report:
                  ("Replay against pyflor's, side by side", self.replay_pyflor),
                  ("Replay from a cold page cache", self.cold_replay), ("Hands-free", self.handsfree),
                  ("Scaling", self.scaling), ("Checkpoint pieces", self.persist),
-                 ("One checkpoint's cost to training", self.ckcost), ("Small checkpoint files", self.small_objects),
+                 ("One checkpoint's cost to training", self.ckcost), ("The policy's slowdown weight", self.policy_weight),
+                 ("Small checkpoint files", self.small_objects),
                  ("Attribute access after checkpoints", self.attribute_access),
                  ("Persister priority", self.background_priority), ("Record overhead on a GPU", self.record_gpu)]
         rows = []
@@ -1233,6 +1235,7 @@ class Report:
         out.append(table(["piece", "wall (ms)", "CPU of its thread (ms)"], rows))
         out.append(machine_line(src, "persist"))
         out.append(self.checkpoint_cost())
+        out.append(self.slowdown_weight())
         out.append(self.small_object_writes())
         out.append(self.persister_priority())
         return "\n\n".join(out)
@@ -1327,6 +1330,29 @@ class Report:
         out.append(table(["no checkpoints (s)", "checkpoints (s)", "checkpointed iterations", "cost per checkpoint (ms)",
                           "charged per checkpoint (ms)", "blocked (ms)", "persister CPU (ms)", "weight measured"], rows))
         out.append(machine_line(src, "checkpoint-cost"))
+        return "\n\n".join(out)
+
+    def slowdown_weight(self) -> str:
+        src = self.policy_weight
+        out = ["**The slowdown weight against the machine's drift** (`bench/bench_policy_weight.py`): each run records"
+               " the workload once and keeps every iteration the policy observed (its time, how long persists ran during"
+               " it, the persister's CPU time); from that one series it computes the weight by the former rule (each"
+               " overlapped iteration against the median of the latest 15 quiet ones, until commit a574850) and by the"
+               " current one (against a line from the quiet level just before the overlapped stretch to the first quiet"
+               " iteration after it). Drift: the slowest of the run's quiet iterations over the fastest."]
+        if not src or not src.ok:
+            out.append(f"`bench/bench_policy_weight.py`: {self.cell_missing(src, 'policy-weight')}.")
+            return "\n\n".join(out)
+        runs = [r for r in src.data.get("runs") or [] if isinstance(r, dict)]
+        rows = [[str(r.get("run", "?")), f"{r.get('checkpointed', '?')} of {r.get('iterations', '?')}", f(r.get("drift"), 2),
+                 f(r.get("weight_used"), 2), f(r.get("weight_earlier_quiet"), 2), f(r.get("weight_around"), 2)] for r in runs]
+        summary = src.data.get("summary") or {}
+        out.append(f"Workload: {src.data.get('workload', '?')}. Median weight by the former rule"
+                   f" {f(summary.get('weight_earlier_quiet'), 2)}, by the current one {f(summary.get('weight_around'), 2)};"
+                   f" median {f(summary.get('checkpointed'), 0)} iterations checkpointed.")
+        out.append(table(["run", "checkpointed iterations", "drift (slowest / fastest quiet iteration)", "weight the run used",
+                          "weight, former rule", "weight, current rule"], rows))
+        out.append(machine_line(src, "policy-weight"))
         return "\n\n".join(out)
 
     # -- plots ------------------------------------------------------------

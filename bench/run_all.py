@@ -73,6 +73,7 @@ SUITE: list[tuple[str, str, list[str], list[str]]] = [
     ("bench_scaling.py", "scaling", [], ["--quick"]),
     ("bench_persist.py", "persist", [], ["--quick"]),
     ("bench_checkpoint_cost.py", "checkpoint-cost", [], ["--quick", "--pairs", "1"]),
+    ("bench_policy_weight.py", "policy-weight", [], ["--quick"]),
     ("bench_background_priority.py", "background-priority", [], ["--quick"]),
     ("bench_costs.py", "costs", [], ["--quick"]),
 ]
