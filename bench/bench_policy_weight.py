@@ -20,7 +20,7 @@ Both clamp each iteration's excess to the time persists ran during it, and
 take the total over the total CPU, at least 1 and at most 4. The weight the
 run itself used (the current rule's, as it decided its checkpoints) and its
 checkpointed iterations are given beside them, with the drift: the slowest
-over the fastest of the run's quiet iterations.
+over the fastest of the run's quiet iterations after the first.
 Results: bench/results/policy-weight.json.
 """
 
@@ -107,7 +107,8 @@ def main() -> None:
         try:
             wall = timed([PYTHON, "-c", RUNNER, script], project, {**env, "OBSERVED": str(observed)})
             rows = [json.loads(line) for line in observed.read_text().splitlines()]
-            quiet = [r[0] for r in rows if r[1] <= QUIET_OVERLAP * r[0]]
+            # The first iteration is left out: it pays the run's warm-up, not the machine's drift.
+            quiet = [r[0] for r in rows[1:] if r[1] <= QUIET_OVERLAP * r[0]]
             checkpointed = _checkpointed(project)
         finally:
             cleanup(project)
@@ -118,7 +119,7 @@ def main() -> None:
             "drift": max(quiet) / min(quiet) if quiet else None, "series": rows,
         }
         results.append(result)
-        print(f"  {args.workload} run {n}: {checkpointed}/{len(rows)} checkpointed, weight used {result['weight_used']:.2f}; "
+        print(f"  {args.workload} run {n}: {checkpointed}/{len(rows)} checkpointed, weight used {result['weight_used'] or 0:.2f}; "
               f"earlier quiet {result['weight_earlier_quiet']:.2f}, around {result['weight_around']:.2f}; "
               f"drift {result['drift'] or 0:.2f}x", flush=True)
     summary = {k: median([r[k] for r in results]) for k in ("weight_earlier_quiet", "weight_around", "checkpointed")}
@@ -136,6 +137,8 @@ def _checkpointed(project: Path) -> int:
     conn = sqlite3.connect(project / ".hindlog" / "catalog.db")
     try:
         return conn.execute("SELECT COUNT(DISTINCT iteration) FROM checkpoints").fetchone()[0]
+    except sqlite3.Error:
+        return 0  # no checkpoint was ever committed
     finally:
         conn.close()
 

@@ -1339,14 +1339,17 @@ class Report:
                " it, the persister's CPU time); from that one series it computes the weight by the former rule (each"
                " overlapped iteration against the median of the latest 15 quiet ones, until commit a574850) and by the"
                " current one (against a line from the quiet level just before the overlapped stretch to the first quiet"
-               " iteration after it). Drift: the slowest of the run's quiet iterations over the fastest."]
+               " iteration after it). Drift: the slowest of the run's quiet iterations over the fastest, the first"
+               " iteration left out."]
         if not src or not src.ok:
             out.append(f"`bench/bench_policy_weight.py`: {self.cell_missing(src, 'policy-weight')}.")
             return "\n\n".join(out)
-        runs = [r for r in src.data.get("runs") or [] if isinstance(r, dict)]
+        runs = src.data.get("runs")
+        runs = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
         rows = [[str(r.get("run", "?")), f"{r.get('checkpointed', '?')} of {r.get('iterations', '?')}", f(r.get("drift"), 2),
                  f(r.get("weight_used"), 2), f(r.get("weight_earlier_quiet"), 2), f(r.get("weight_around"), 2)] for r in runs]
-        summary = src.data.get("summary") or {}
+        summary = src.data.get("summary")
+        summary = summary if isinstance(summary, dict) else {}
         out.append(f"Workload: {src.data.get('workload', '?')}. Median weight by the former rule"
                    f" {f(summary.get('weight_earlier_quiet'), 2)}, by the current one {f(summary.get('weight_around'), 2)};"
                    f" median {f(summary.get('checkpointed'), 0)} iterations checkpointed.")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import hindlog as hl
-from hindlog.checkpoint import EXIT_SECONDS, MAX_EPISODE, NESTED_ITERATION_SECONDS, Policy, read_checkpoint
+from hindlog.checkpoint import EXIT_SECONDS, MAX_EPISODE_ENTRIES, NESTED_ITERATION_SECONDS, Policy, read_checkpoint
 from hindlog.cli import _ranges
 
 from ckpt_helpers import (
@@ -396,37 +396,50 @@ def test_policy_weight_is_at_least_the_cpu_time_and_ignores_noise_beyond_the_per
     assert policy.weight == 1.0
 
 
-def _drifting_episode(policy: Policy, extra: float) -> None:
-    """Five iterations a persist overlaps while the machine slows from 0.1 s to 0.22 s an
-    iteration (other jobs), each ``extra`` seconds slower still; then a quiet one at 0.22 s."""
-    before = policy.background_cpu
-    policy.charge(0.0, 0.1, checkpoint=False)
-    for j in range(1, 6):
-        policy.observe(0.1 + 0.02 * j + extra, persisting=0.06, background_cpu=before)
-    policy.observe(0.22, persisting=0.0, background_cpu=before + 0.1)
+def _drifting_run(first: float, change: float, extra: float, overlapped: int = 5) -> Policy:
+    """A policy that observed a machine whose speed drifts steadily (other jobs): iteration ``i``
+    takes ``first + change * i`` seconds. Five quiet iterations, then ``overlapped`` that persists
+    overlap (60 ms each, 20 ms of persister CPU each), each ``extra`` seconds slower still, then
+    a quiet one."""
+    policy = Policy(0.05, start=0.0)
+    for i in range(5):
+        policy.observe(first + change * i, persisting=0.0, background_cpu=0.0)
+    policy.charge(0.0, 0.02 * overlapped, checkpoint=False)
+    for i in range(5, 5 + overlapped):
+        policy.observe(first + change * i + extra, persisting=0.06, background_cpu=0.0)
+        assert len(policy._episode.entries) <= MAX_EPISODE_ENTRIES
+    policy.observe(first + change * (5 + overlapped), persisting=0.0, background_cpu=0.02 * overlapped)
+    return policy
 
 
 def test_policy_does_not_charge_the_machine_slowing_down_during_a_persist_to_it() -> None:
-    # Against the quiet iterations before the persists alone, the drift looked like 60 ms of
-    # slowdown per iteration (the most a 60 ms overlap can add): weight 3 for 20 ms of CPU each.
-    policy = _policy_with_baseline(0.1)
-    _drifting_episode(policy, extra=0.0)
+    # Against the median of the latest quiet iterations alone, the drift looked like up to 60 ms
+    # of slowdown per iteration (the most a 60 ms overlap can add): weight 2.4.
+    policy = _drifting_run(0.1, 0.02, extra=0.0)
     assert policy.weight == 1.0
     assert policy.spent == pytest.approx(0.1)
     # What the persists add beyond the drift is still measured: 40 ms an iteration, 20 ms of CPU.
-    policy = _policy_with_baseline(0.1)
-    _drifting_episode(policy, extra=0.04)
+    assert _drifting_run(0.1, 0.02, extra=0.04).weight == pytest.approx(2.0)
+
+
+def test_policy_measures_a_persist_while_the_machine_speeds_up() -> None:
+    # Against the quiet level before them, iterations that the persists slowed by 40 ms while
+    # the machine sped up looked no slower than quiet ones: weight 1.
+    assert _drifting_run(0.4, -0.02, extra=0.04).weight == pytest.approx(2.0)
+
+
+def test_policy_measures_a_persist_that_overlaps_many_iterations() -> None:
+    # Hundreds of short iterations under one long persist are measured, in bounded memory.
+    policy = _drifting_run(0.1, 0.0005, extra=0.04, overlapped=3 * MAX_EPISODE_ENTRIES + 1)
     assert policy.weight == pytest.approx(2.0)
 
 
-def test_policy_does_not_measure_a_persist_that_overlaps_too_many_iterations() -> None:
-    policy = _policy_with_baseline(0.1)
-    policy.charge(0.0, 1.0, checkpoint=False)
-    for _ in range(MAX_EPISODE + 1):
-        policy.observe(0.2, persisting=0.1, background_cpu=0.0)
-    policy.observe(0.1, persisting=0.0, background_cpu=1.0)
-    assert policy.weight == 1.0
-    # The next, shorter one is measured again.
+def test_policy_compares_a_persist_with_the_quiet_iterations_just_before_it() -> None:
+    policy = Policy(0.05, start=0.0)
+    for _ in range(10):
+        policy.observe(0.2, persisting=0.0, background_cpu=0.0)
+    for _ in range(3):  # the machine got faster
+        policy.observe(0.1, persisting=0.0, background_cpu=0.0)
     _persist(policy, 0.02, 0.14, 0.06)
     assert policy.weight == pytest.approx(2.0)
 

@@ -80,12 +80,12 @@ BASELINE_ITERATIONS = 15
 #: Quiet iterations needed before the slowdown during persists is measured against them.
 MIN_BASELINE = 3
 #: Quiet iterations just before a persist that make its baseline, with the first quiet one after
-#: it. This machine's speed drifts by half within seconds (other jobs): a baseline from the run's
-#: earlier iterations charged that drift to the persister (weight 2.5 where it was 1).
+#: it. A shared machine's speed drifts by a third or more within a run (other jobs): against the
+#: run's latest 15 quiet iterations, that drift was charged to the persister, or hid its cost.
 LOCAL_BASELINE = 3
-#: Overlapped iterations in a row after which their slowdown is no longer measured: the quiet
-#: levels at both ends are too far apart in time to compare with, and the list stays bounded.
-MAX_EPISODE = 256
+#: Overlapped iterations kept one by one in a stretch; beyond, neighbours are merged in pairs,
+#: so that a persist overlapping thousands of short iterations is measured in bounded memory.
+MAX_EPISODE_ENTRIES = 256
 #: An iteration that a persist overlapped for at most this share of a quiet iteration's time
 #: counts as quiet:
 #: the persister's small jobs (an iteration's commit, the tail of a write) touch nearly every
@@ -152,6 +152,8 @@ class Policy:
         #: Persister CPU seconds so far (all of it, charged or not).
         self.background_cpu = 0.0
         self._quiet: deque[float] = deque(maxlen=BASELINE_ITERATIONS)
+        self._quiet_at: deque[int] = deque(maxlen=BASELINE_ITERATIONS)  # their places in the run
+        self._observed = 0  # iterations observed so far
         self._episode: _Episode | None = None  # the persist being observed
         self._slowdown = 0.0  # measured over the persists observed so far ...
         self._slowdown_cpu = 0.0  # ... and the persister CPU time they took
@@ -197,30 +199,31 @@ class Policy:
         """One main-loop iteration's wall time, less the time it was blocked; ``persisting``:
         wall seconds a persist ran during it; ``background_cpu``: the persister's CPU seconds
         (all so far) when the iteration began."""
+        at = self._observed
+        self._observed += 1
         typical = _median(self._quiet) if self._quiet else seconds
         if persisting <= QUIET_OVERLAP * typical:
             if self._episode is not None:
-                self._end_episode(after=seconds)
+                self._end_episode(after=seconds, after_at=at)
             self._quiet.append(seconds)
+            self._quiet_at.append(at)
             return
         if len(self._quiet) < MIN_BASELINE:
             return
         if self._episode is None:
             recent = list(self._quiet)[-LOCAL_BASELINE:]
-            self._episode = _Episode(before=_median(recent), cpu_at_start=background_cpu)
-        if len(self._episode.iterations) < MAX_EPISODE:
-            self._episode.iterations.append((seconds, persisting))
-        else:
-            self._episode.too_long = True
+            places = list(self._quiet_at)[-LOCAL_BASELINE:]
+            self._episode = _Episode(before=_median(recent), before_at=_median(places), cpu_at_start=background_cpu)
+        self._episode.add(seconds, persisting, at)
 
-    def _end_episode(self, after: float) -> None:
+    def _end_episode(self, after: float, after_at: int) -> None:
         episode, self._episode = self._episode, None
         if episode is None:
             return
         cpu = self.background_cpu - episode.cpu_at_start
-        if cpu <= 0 or episode.too_long:
+        if cpu <= 0:
             return
-        slowdown = episode.slowdown(after)
+        slowdown = episode.slowdown(after, after_at)
         self._slowdown += slowdown
         self._slowdown_cpu += cpu
         # The total over the total CPU time, not a median of per-persist ratios: the budget is
@@ -235,26 +238,40 @@ class Policy:
 
 @dataclass
 class _Episode:
-    """Consecutive iterations that one or more persists overlapped, and the quiet level before them."""
+    """Consecutive iterations that one or more persists overlapped, and the quiet level before them
+    (``before``: the median of the latest quiet iterations, at ``before_at``, the median of their
+    places in the run)."""
 
     before: float
+    before_at: float
     cpu_at_start: float
-    iterations: list[tuple[float, float]] = field(default_factory=list)  # (seconds, persisting)
-    too_long: bool = False
+    #: [seconds, persisting, iterations, place of the first]: one iteration each, or neighbours
+    #: merged once there are more than MAX_EPISODE_ENTRIES.
+    entries: list[list[float]] = field(default_factory=list)
 
-    def slowdown(self, after: float) -> float:
+    def add(self, seconds: float, persisting: float, at: int) -> None:
+        self.entries.append([seconds, persisting, 1, at])
+        if len(self.entries) > MAX_EPISODE_ENTRIES:
+            pairs = zip(self.entries[0::2], self.entries[1::2])
+            merged = [[a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3]] for a, b in pairs]
+            if len(self.entries) % 2:
+                merged.append(self.entries[-1])
+            self.entries = merged
+
+    def slowdown(self, after: float, after_at: int) -> float:
         """Seconds the persists added to these iterations, against the quiet level drawn straight
-        from just before them to ``after``, the first quiet iteration since."""
+        from just before them to ``after``, the first quiet iteration since (at ``after_at``)."""
         total = 0.0
-        n = len(self.iterations)
-        for j, (seconds, persisting) in enumerate(self.iterations, start=1):
-            baseline = self.before + (after - self.before) * j / (n + 1)
+        span = after_at - self.before_at
+        for seconds, persisting, count, first in self.entries:
+            middle = first + (count - 1) / 2
+            baseline = self.before + (after - self.before) * (middle - self.before_at) / span
             # Noise in the iteration time beyond what the persist could cause is not its doing.
-            total += max(-persisting, min(persisting, seconds - baseline))
+            total += max(-persisting, min(persisting, seconds - count * baseline))
         return total
 
 
-def _median(values: deque[float] | list[float]) -> float:
+def _median(values: deque[float] | list[float] | list[int]) -> float:
     # Not statistics.median: importing it (fractions, decimal) is 2-3 ms of every run's start.
     ordered = sorted(values)
     mid = len(ordered) // 2
