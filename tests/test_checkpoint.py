@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import hindlog as hl
-from hindlog.checkpoint import EXIT_SECONDS, MAX_EPISODE_ENTRIES, NESTED_ITERATION_SECONDS, Policy, read_checkpoint
+from hindlog.checkpoint import EXIT_SECONDS, LOCAL_BASELINE, MAX_EPISODE_ENTRIES, NESTED_ITERATION_SECONDS, Policy, read_checkpoint
 from hindlog.cli import _ranges
 
 from ckpt_helpers import (
@@ -336,11 +336,13 @@ def test_a_small_state_is_checkpointed_behind_the_previous_iterations_persist(tm
 
 
 def _persist(policy: Policy, cpu: float, seconds: float, persisting: float, quiet: float = 0.1) -> None:
-    """One persist of ``cpu`` seconds overlapping one iteration that took ``seconds``, then a quiet one."""
+    """One persist of ``cpu`` seconds overlapping one iteration that took ``seconds``, then the
+    quiet ones that end its measurement."""
     before = policy.background_cpu
     policy.charge(0.0, cpu, checkpoint=False)
     policy.observe(seconds, persisting=persisting, background_cpu=before)
-    policy.observe(quiet, persisting=0.0, background_cpu=before + cpu)
+    for _ in range(LOCAL_BASELINE):
+        policy.observe(quiet, persisting=0.0, background_cpu=before + cpu)
 
 
 def test_policy_charges_the_slowdown_a_persist_causes_beyond_its_cpu_time() -> None:
@@ -348,8 +350,10 @@ def test_policy_charges_the_slowdown_a_persist_causes_beyond_its_cpu_time() -> N
     # Persists overlap one iteration each: 40 ms slower than the quiet ones, 20 ms of persister CPU.
     policy.charge(0.0, 0.02, checkpoint=False)
     policy.observe(0.14, persisting=0.06, background_cpu=0.0)
-    assert policy.weight == 1.0  # measured once the persist is over
-    policy.observe(0.1, persisting=0.0, background_cpu=0.02)
+    # Measured once the persist is over and the quiet level after it is known.
+    for _ in range(LOCAL_BASELINE):
+        assert policy.weight == 1.0
+        policy.observe(0.1, persisting=0.0, background_cpu=0.02)
     assert policy.weight == pytest.approx(2.0)
     _persist(policy, 0.02, 0.14, 0.06)
     _persist(policy, 0.02, 0.14, 0.06)
@@ -392,7 +396,9 @@ def test_policy_weight_is_at_least_the_cpu_time_and_ignores_noise_beyond_the_per
     # Without enough quiet iterations to compare with, nothing is measured.
     policy = Policy(0.05, start=0.0)
     for _ in range(3):
-        _persist(policy, 0.02, 0.5, 0.1)
+        policy.charge(0.0, 0.02, checkpoint=False)
+        policy.observe(0.5, persisting=0.1, background_cpu=policy.background_cpu - 0.02)
+        policy.observe(0.1, persisting=0.0, background_cpu=policy.background_cpu)
     assert policy.weight == 1.0
 
 
@@ -400,7 +406,7 @@ def _drifting_run(first: float, change: float, extra: float, overlapped: int = 5
     """A policy that observed a machine whose speed drifts steadily (other jobs): iteration ``i``
     takes ``first + change * i`` seconds. Five quiet iterations, then ``overlapped`` that persists
     overlap (60 ms each, 20 ms of persister CPU each), each ``extra`` seconds slower still, then
-    a quiet one."""
+    quiet ones."""
     policy = Policy(0.05, start=0.0)
     for i in range(5):
         policy.observe(first + change * i, persisting=0.0, background_cpu=0.0)
@@ -408,7 +414,8 @@ def _drifting_run(first: float, change: float, extra: float, overlapped: int = 5
     for i in range(5, 5 + overlapped):
         policy.observe(first + change * i + extra, persisting=0.06, background_cpu=0.0)
         assert len(policy._episode.entries) <= MAX_EPISODE_ENTRIES
-    policy.observe(first + change * (5 + overlapped), persisting=0.0, background_cpu=0.02 * overlapped)
+    for i in range(5 + overlapped, 5 + overlapped + LOCAL_BASELINE):
+        policy.observe(first + change * i, persisting=0.0, background_cpu=0.02 * overlapped)
     return policy
 
 
@@ -434,13 +441,20 @@ def test_policy_measures_a_persist_that_overlaps_many_iterations() -> None:
     assert policy.weight == pytest.approx(2.0)
 
 
-def test_policy_compares_a_persist_with_the_quiet_iterations_just_before_it() -> None:
+def test_policy_compares_a_persist_with_the_quiet_iterations_just_before_and_after_it() -> None:
     policy = Policy(0.05, start=0.0)
     for _ in range(10):
         policy.observe(0.2, persisting=0.0, background_cpu=0.0)
     for _ in range(3):  # the machine got faster
         policy.observe(0.1, persisting=0.0, background_cpu=0.0)
     _persist(policy, 0.02, 0.14, 0.06)
+    assert policy.weight == pytest.approx(2.0)
+    # One slow quiet iteration right after a persist is noise, not the level to compare with.
+    policy = _policy_with_baseline(0.1)
+    policy.charge(0.0, 0.02, checkpoint=False)
+    policy.observe(0.14, persisting=0.06, background_cpu=0.0)
+    for quiet in (0.5, 0.1, 0.1):
+        policy.observe(quiet, persisting=0.0, background_cpu=0.02)
     assert policy.weight == pytest.approx(2.0)
 
 

@@ -79,8 +79,8 @@ MAX_BACKGROUND_WEIGHT = 4.0
 BASELINE_ITERATIONS = 15
 #: Quiet iterations needed before the slowdown during persists is measured against them.
 MIN_BASELINE = 3
-#: Quiet iterations just before a persist that make its baseline, with the first quiet one after
-#: it. A shared machine's speed drifts by a third or more within a run (other jobs): against the
+#: Quiet iterations just before a persist, and just after it, that make its baseline (a median
+#: at each end: one slow iteration is noise). A shared machine's speed drifts by a third or more within a run (other jobs): against the
 #: run's latest 15 quiet iterations, that drift was charged to the persister, or hid its cost.
 LOCAL_BASELINE = 3
 #: Overlapped iterations kept one by one in a stretch; beyond, neighbours are merged in pairs,
@@ -129,9 +129,10 @@ class Policy:
     the optimizer step). The policy measures it: it compares the iterations
     that a persist overlapped with the quiet iterations just before and just
     after them (the machine's speed drifts), and charges the persister's CPU
-    time times the observed ratio (at least ``BACKGROUND_WEIGHT``). Costs that are not checkpoints (start-up, the
-    run's end, the catalog writer's CPU time, nested-loop iterations) are charged
-    too, so that hindlog's whole cost stays under ε.
+    time times the observed ratio (at least ``BACKGROUND_WEIGHT``). Costs that
+    are not checkpoints (start-up, the run's end, the catalog writer's CPU
+    time, nested-loop iterations) are charged too, so that hindlog's whole
+    cost stays under ε.
     """
 
     def __init__(self, epsilon: float, start: float, total: int | None = None) -> None:
@@ -202,12 +203,19 @@ class Policy:
         at = self._observed
         self._observed += 1
         typical = _median(self._quiet) if self._quiet else seconds
+        episode = self._episode
         if persisting <= QUIET_OVERLAP * typical:
-            if self._episode is not None:
-                self._end_episode(after=seconds, after_at=at)
+            if episode is not None:
+                if not episode.after:
+                    episode.cpu_at_end = self.background_cpu
+                episode.after.append((seconds, at))
+                if len(episode.after) >= LOCAL_BASELINE:
+                    self._end_episode()
             self._quiet.append(seconds)
             self._quiet_at.append(at)
             return
+        if episode is not None and episode.after:
+            self._end_episode()  # the next persist came before as many quiet iterations
         if len(self._quiet) < MIN_BASELINE:
             return
         if self._episode is None:
@@ -216,14 +224,14 @@ class Policy:
             self._episode = _Episode(before=_median(recent), before_at=_median(places), cpu_at_start=background_cpu)
         self._episode.add(seconds, persisting, at)
 
-    def _end_episode(self, after: float, after_at: int) -> None:
+    def _end_episode(self) -> None:
         episode, self._episode = self._episode, None
-        if episode is None:
+        if episode is None or not episode.after:
             return
-        cpu = self.background_cpu - episode.cpu_at_start
+        cpu = episode.cpu_at_end - episode.cpu_at_start
         if cpu <= 0:
             return
-        slowdown = episode.slowdown(after, after_at)
+        slowdown = episode.slowdown(_median([t for t, _ in episode.after]), _median([i for _, i in episode.after]))
         self._slowdown += slowdown
         self._slowdown_cpu += cpu
         # The total over the total CPU time, not a median of per-persist ratios: the budget is
@@ -245,6 +253,10 @@ class _Episode:
     before: float
     before_at: float
     cpu_at_start: float
+    #: The quiet iterations since (seconds, place), up to LOCAL_BASELINE, and the persister's
+    #: CPU time when the first of them ended.
+    after: list[tuple[float, int]] = field(default_factory=list)
+    cpu_at_end: float = 0.0
     #: [seconds, persisting, iterations, place of the first]: one iteration each, or neighbours
     #: merged once there are more than MAX_EPISODE_ENTRIES.
     entries: list[list[float]] = field(default_factory=list)
@@ -258,9 +270,9 @@ class _Episode:
                 merged.append(self.entries[-1])
             self.entries = merged
 
-    def slowdown(self, after: float, after_at: int) -> float:
+    def slowdown(self, after: float, after_at: float) -> float:
         """Seconds the persists added to these iterations, against the quiet level drawn straight
-        from just before them to ``after``, the first quiet iteration since (at ``after_at``)."""
+        from just before them to ``after``, that of the quiet iterations since (at ``after_at``)."""
         total = 0.0
         span = after_at - self.before_at
         for seconds, persisting, count, first in self.entries:
@@ -271,7 +283,7 @@ class _Episode:
         return total
 
 
-def _median(values: deque[float] | list[float] | list[int]) -> float:
+def _median(values: Any) -> float:
     # Not statistics.median: importing it (fractions, decimal) is 2-3 ms of every run's start.
     ordered = sorted(values)
     mid = len(ordered) // 2
