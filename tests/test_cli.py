@@ -360,6 +360,17 @@ def test_logs_tells_a_logged_nan_from_no_value_and_keeps_integers(project: Proje
     assert "NaN" not in "\n".join(table) and "<NA>" not in "\n".join(table)
 
 
+def test_logs_csv_holds_arrays_and_dicts_whole(project: Project) -> None:
+    # A 2,000-element array was written as NumPy's display text: "[0. 0.333 ... 666.3]".
+    project.run("import numpy as np, hindlog as hl\n"
+                "for epoch in hl.loop('epoch', range(2)):\n"
+                "    hl.log('big', np.arange(2000, dtype=np.float64) / 3 + epoch)\n"
+                "    hl.log('d', {'lr': 0.1, 'layers': [epoch, 2]})\n")
+    csv = pd.read_csv(io.StringIO(main(project, "logs", "big", "d", "--format", "csv").stdout))
+    assert [json.loads(cell) for cell in csv["big"]] == [(np.arange(2000) / 3 + e).tolist() for e in range(2)]
+    assert [json.loads(cell) for cell in csv["d"]] == [{"lr": 0.1, "layers": [e, 2]} for e in range(2)]
+
+
 def test_logs_json_of_nested_nans_a_logged_none_and_a_missing_arg(project: Project) -> None:
     project.run("import numpy as np, hindlog as hl\nhl.arg('lr', 0.1)\n"
                 "hl.log('vec', np.array([np.nan, 1.0]))\nhl.log('d', {'a': float('nan'), 'b': [float('-inf')]})\n"

@@ -182,6 +182,52 @@ def test_keyboard_interrupt_flushes_everything_and_marks_killed(project: Project
     assert runs["status"].tolist() == ["killed"] and runs["ended"].notna().all()
 
 
+INTERRUPT_WHILE_FINISHING = """
+import os, signal, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores SIGINT
+import hindlog as hl
+from hindlog import record
+
+def interrupt_when_finishing():
+    rec = record._recorder
+    while not rec.finished:
+        time.sleep(0.0002)
+    os.kill(os.getpid(), signal.SIGINT)
+
+for epoch in hl.loop("epoch", range(3)):
+    for i in hl.loop("step", range(1000)):
+        hl.log("i", epoch * 1000 + i)
+threading.Thread(target=interrupt_when_finishing, daemon=True).start()
+"""
+
+
+def test_ctrl_c_while_the_run_finishes_at_exit_waits_until_everything_is_saved(project: Project) -> None:
+    # Ctrl-C a moment after the last line: it reached hindlog's exit handler, which lost the
+    # records still queued, the code version and the run's end (the run then showed "killed").
+    out = project.run(INTERRUPT_WHILE_FINISHING, env={"HINDLOG_FLUSH_INTERVAL": "30"})
+    assert out.returncode == 0, out.stderr
+    assert project.values("i") == list(range(3000))
+    info = project.run_info()
+    assert info["status"] == "finished" and info["ended"] is not None and info["code_version"]
+    assert "saving the run's records before stopping" in out.stderr
+
+
+def test_ctrl_c_during_finish_is_raised_once_the_run_is_saved(project: Project) -> None:
+    out = project.run(
+        INTERRUPT_WHILE_FINISHING + """
+try:
+    hl.finish()
+except KeyboardInterrupt:
+    print("interrupted after finish", record._recorder is None, flush=True)
+""",
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "interrupted after finish True" in out.stdout
+    assert project.values("i") == list(range(3000))
+    assert project.run_info()["status"] == "finished"
+
+
 def test_uncaught_exception_marks_failed_and_keeps_every_record(project: Project) -> None:
     proc = project.run(
         """

@@ -447,6 +447,11 @@ def _logs(args: argparse.Namespace) -> int:
             df[column] = df[column].astype(object)
             df.loc[nan_logged, column] = df.loc[nan_logged, column].map(lambda v: "None" if v is None else "nan")
     if args.format == "csv":
+        for column in df.columns:
+            if df[column].dtype == object:
+                # An array, list or dict as JSON, whole: pandas would write NumPy's display text,
+                # which shortens a large array to "[0. 1. ... 1999.]".
+                df[column] = df[column].map(_csv_cell)
         df.to_csv(sys.stdout, index=False)
     else:
         for column in df.columns:
@@ -509,6 +514,13 @@ def _json_value(value: Any) -> Any:
         return {k: _json_value(v) for k, v in value.items()}
     if value is not None and not isinstance(value, (str, int, bool)) and _missing(value):
         return None
+    return value
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: a value with parts (array, tensor, list, tuple, dict) as JSON text."""
+    if isinstance(value, (list, tuple, dict)) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0):
+        return json.dumps(_json_value(value), default=_json_default)
     return value
 
 

@@ -177,10 +177,12 @@ def finish() -> None:
     """Finish the current run now (optional: runs finish at exit)."""
     global _recorder, _finished_by_call
     if _recorder is not None:
-        _recorder.finish()
-        _finished_by_call = (_recorder.run_id, {"project": _recorder.project, "epsilon": _recorder.epsilon,
-                                                "store": str(_recorder.store.path)})
-        _recorder = None
+        try:
+            _recorder.finish()  # a Ctrl-C meanwhile is raised once the run is saved
+        finally:
+            _finished_by_call = (_recorder.run_id, {"project": _recorder.project, "epsilon": _recorder.epsilon,
+                                                    "store": str(_recorder.store.path)})
+            _recorder = None
 
 
 def run_id() -> str | None:

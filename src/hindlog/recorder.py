@@ -11,6 +11,7 @@ controller when there is one.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import sqlite3
@@ -629,7 +630,7 @@ class Recorder:
                 pass
 
     def _atexit(self) -> None:
-        self.finish(self._exc_status or "finished")
+        self.finish(self._exc_status or "finished", at_exit=True)
 
     def _connect(self, store: Store) -> Any:
         """The catalog, for a new run. A damaged one is moved aside, every byte kept, and the run
@@ -651,10 +652,21 @@ class Recorder:
                       f"every byte kept ({catalog.recover_advice(aside)}); this run records into a new catalog")
         return store.connect(timeout=START_BUSY_SECONDS)
 
-    def finish(self, status: str = "finished") -> None:
-        """Flush everything, record the end of the run and stop the writer."""
+    def finish(self, status: str = "finished", at_exit: bool = False) -> None:
+        """Flush everything, record the end of the run and stop the writer.
+
+        A Ctrl-C meanwhile waits until that is done (a second one stops it): interrupted, it lost
+        the records still queued, the code version and the run's end. At the process's exit the
+        interrupt is then dropped, as Python drops one that reaches an exit handler; otherwise
+        it is raised once the run is safe."""
         if self.finished:
             return
+        with _interrupts_deferred() as interrupted:
+            self._finish(status)
+        if interrupted and not at_exit:
+            raise KeyboardInterrupt
+
+    def _finish(self, status: str) -> None:
         self.finished = True
         self.status = status
         try:
@@ -744,6 +756,35 @@ def compute_threads() -> int | None:
         return int(torch.get_num_threads()) if torch is not None else None
     except Exception:
         return None
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[list[int]]:
+    """In the main thread, hold a first SIGINT until the block ends (the list it yields is then
+    not empty); a second one raises KeyboardInterrupt at once."""
+    interrupted: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def hold(signum: int, frame: Any) -> None:
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        sys.stderr.write("hindlog: saving the run's records before stopping (Ctrl-C again stops without them)\n")
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except (ValueError, OSError, TypeError):
+        yield interrupted  # no handler can be set here (an embedded interpreter's own)
+        return
+    try:
+        yield interrupted
+    finally:
+        try:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        except (ValueError, OSError, TypeError):
+            pass
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
