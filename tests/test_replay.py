@@ -1507,7 +1507,7 @@ def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Pa
     proj.write("helpers.py", "def scale(x):\n    return 2.5 * x\n")
     refused = proj.replay("train.py", check=False)
     assert refused.returncode != 0 and "--- helpers.py" in refused.stderr, refused.stderr
-    # A module imported by name at run time, or one with statements added in it, is not "unrelated".
+    # A module imported by name at run time is not "unrelated".
     proj.write("helpers.py", "def scale(x):\n    return 1.5 * x\n")
     proj.write("dyn.py", "import hindlog as hl\ndef report(w):\n    return w * 1.0\n")
     proj.write("train.py", text.replace("w = 0.0", "import importlib\ndyn = importlib.import_module('dyn')\nw = 0.0")
@@ -1522,9 +1522,15 @@ def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Pa
     proj.write("other.py", 'print("a helper script, edited again")\nx = 1\nprint(x)\n')
     proj.commit()
     dyn_run = proj.record(env=DENSE)
-    proj.write("other.py", 'print("a helper script, edited once more")\nx = 1\nprint(x)\nprint(2 * x)\n')
-    refused = proj.replay("train.py", "--run", dyn_run, check=False)
-    assert refused.returncode != 0 and "--- other.py" in refused.stderr, refused.stderr
+    # Another script with statements added for its own runs, and changed otherwise: these runs
+    # never ran it (refused, it blocked every replay of the script beside it).
+    proj.write("other.py", 'import hindlog as hl\nprint("a helper script, edited once more")\nx = 1\nprint(x)\nhl.log("x", x)\n')
+    proj.write("train.py", proj.read("train.py") + "    hl.log('w4', 4 * w)\n")
+    result = proj.replay("train.py", "--run", dyn_run)
+    assert ("other.py changed, but no file of the project imports it: its recorded version is kept (the statements "
+            "added to it are for its own runs" in result.stdout + result.stderr), result.stdout + result.stderr
+    assert "other.py:5" not in result.stdout  # not planned as a new statement of these runs
+    assert proj.values("w4", dyn_run) == {k: 4 * v for k, v in proj.values("w", dyn_run).items()}
 
 
 def test_a_run_of_another_script_is_refused(counter) -> None:

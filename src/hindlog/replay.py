@@ -235,8 +235,9 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
     """Current sources of changed .py files, their additions against ``base_version``, and notes.
 
     A file changed otherwise than by added statements that neither is ``script`` nor is
-    imported by any file of the project (another script) is left out, with a note: the replay
-    runs its recorded version, which the run never ran anyway."""
+    imported by any file of the project (another script) is left out, with a note, whether or
+    not statements were added to it too: the replay runs its recorded version, which the run
+    never ran anyway."""
     recorded = codeversion.read_files(store, base_version)
     current_py = {p for p in codeversion._working_files(store.root) if p.endswith(".py")}
     recorded_py = {p for p in recorded if p.endswith(".py")}
@@ -258,15 +259,15 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
             additions[path] = hindsight.Additions(path)
             continue
         found = hindsight.find_additions(path, old, new)
-        # (A file with statements added in it, not only a log on a changed line, is meant to
-        # run: never left out.)
-        added = any(not set(range(lo, hi + 1)) <= set(found.shared_lines) for lo, hi in found.statements)
-        if (found.syntax_error or found.other_changes) and not added and script is not None and path != script:
+        if (found.syntax_error or found.other_changes) and script is not None and path != script:
             if imported is None:
                 imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
                                             *current.values()])
             if not _may_be_imported(path, imported):
-                notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept")
+                # Another script, with statements added for its own runs or not: these runs
+                # never ran it, and its recorded version is what a faithful replay has.
+                added = " (the statements added to it are for its own runs: replay it for those)" if found.statements else ""
+                notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept{added}")
                 continue
         if found.syntax_error:
             raise ReplayError(f"{found.syntax_error}. Fix it and replay again.")
