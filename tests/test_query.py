@@ -59,6 +59,11 @@ def test_dataframe_selects_runs_by_id_prefix_name_and_latest(two_runs) -> None:
     prefix = b[: len(b) - 3]
     if not a.startswith(prefix):
         assert set(project.df("acc", runs=prefix)["run_id"]) == {b}
+    # The end of an id, its random part, is what tells runs of one hour apart.
+    assert set(project.df("acc", runs=b[-6:])["run_id"]) == {b}
+    assert project.run_info(a[-6:])["run_id"] == a
+    with pytest.raises(hl.RunNotFound, match="No run matches"):
+        project.run_info("zzzzzz")
     acc = project.df("acc", runs=a)
     assert list(acc.columns) == ["run_id", "code_version", "lr", "opt", "epoch", "acc"]
     assert acc["acc"].tolist() == [0.0, 0.5]
@@ -84,9 +89,10 @@ def test_dataframe_bad_arguments(two_runs) -> None:
         project.df("loss", runs="nope")
 
 
-def test_dataframe_of_a_name_never_logged_is_empty(two_runs) -> None:
+def test_dataframe_of_a_name_never_logged_is_empty_and_names_the_logged_ones(two_runs) -> None:
     project, _, _ = two_runs
-    df = project.df("never")
+    with pytest.warns(RuntimeWarning, match=r"nothing was logged under never in these runs \(a typo\?\); names logged: acc, loss"):
+        df = project.df("never")
     assert df.empty and list(df.columns)[:2] == ["run_id", "code_version"] and "never" in df.columns
 
 
@@ -104,7 +110,8 @@ def test_dataframe_says_which_names_were_never_logged_beside_others(two_runs) ->
 def test_queries_on_a_project_without_a_store_create_nothing(project: Project) -> None:
     runs = project.runs()
     assert runs.empty and list(runs.columns) == query.RUN_COLUMNS
-    df = project.df("loss")
+    with pytest.warns(RuntimeWarning, match="none is logged yet"):
+        df = project.df("loss")
     assert df.empty and list(df.columns) == ["run_id", "code_version", "loss"]
     with pytest.raises(RunNotFound):
         project.run_info("latest")

@@ -344,20 +344,23 @@ def list_runs(conn: sqlite3.Connection, script: str | None = None) -> list[dict[
 
 
 def get_run(conn: sqlite3.Connection, ref: str | None) -> dict[str, Any]:
-    """Resolve a run reference: a full id, a unique prefix, a name, or ``latest`` (also None)."""
+    """Resolve a run reference: a full id, a unique prefix, a name, a unique end of an id (its
+    random part, ``c07b50``), or ``latest`` (also None)."""
     runs = list_runs(conn)
     if not runs:
         raise RunNotFound("There are no runs in this store yet. Record one first (run a script that uses hindlog).")
     if ref is None or ref == "latest":
         return runs[-1]
     if not isinstance(ref, str):
-        raise RunNotFound(f"a run is named by its id (a str), a unique prefix of it, its name or 'latest'; got {ref!r}")
+        raise RunNotFound(f"a run is named by its id (a str), a unique start or end of it, its name or 'latest'; got {ref!r}")
     exact = [r for r in runs if r["run_id"] == ref]
     if exact:
         return exact[0]
     matches = [r for r in runs if r["run_id"].startswith(ref)]
     if not matches:
         matches = [r for r in runs if r["name"] == ref]
+    if not matches:
+        matches = [r for r in runs if r["run_id"].endswith(ref)]
     if len(matches) == 1:
         return matches[0]
     if not matches:

@@ -71,7 +71,7 @@ def _runs_args(p: argparse.ArgumentParser) -> None:
 
 
 def _show_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (the default)")
+    p.add_argument("run", nargs="?", default="latest", help="run id, a unique start or end of it, name, or 'latest' (the default)")
     p.add_argument("--output", action="store_true", help="print the lines the script printed, per main-loop iteration")
 
 
@@ -84,7 +84,7 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
 
 
 def _diff_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run id, unique prefix, name, or 'latest'")
+    p.add_argument("run", help="run id, a unique start or end of it, name, or 'latest'")
     p.add_argument("run2", nargs="?", help="the run to compare with (default: the working tree)")
 
 
@@ -103,7 +103,7 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
 
 
 def _resume_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", default="latest", help="run id, unique prefix, name, or 'latest' (default)")
+    p.add_argument("run", nargs="?", default="latest", help="run id, a unique start or end of it, name, or 'latest' (default)")
 
 
 def _gc_args(p: argparse.ArgumentParser) -> None:

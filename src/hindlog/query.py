@@ -126,6 +126,11 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     if never and not frame.empty:
         warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(never)} in these runs (a typo?); "
                       "its column is empty", RuntimeWarning, stacklevel=2)
+    elif frame.empty and names:
+        logged = logged_names(runs=runs, store=store)
+        known = f"names logged: {', '.join(logged[:20])}{', ...' if len(logged) > 20 else ''}" if logged else "none is logged yet"
+        warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(map(str, names))} in these runs (a typo?); "
+                      f"{known}", RuntimeWarning, stacklevel=2)
     return frame
 
 
