@@ -1546,6 +1546,22 @@ def test_a_run_of_another_script_is_refused(counter) -> None:
     assert proj.count("double") == 0
 
 
+def test_a_renamed_script_is_said_to_replay_under_its_recorded_name(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = dedent(COUNTER)
+    run = proj.record(text, env=DENSE)
+    (proj.root / "train.py").rename(proj.root / "train_mlp.py")
+    proj.write("train_mlp.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    refused = proj.replay("train_mlp.py", check=False)
+    assert refused.returncode != 0, refused.stderr
+    assert "train_mlp.py has never been recorded" in refused.stderr
+    assert "Runs of train.py, no longer in the project, are recorded: if the script was renamed" in refused.stderr
+    # As the advice says: the script under its recorded name, with the new statement.
+    proj.write("train.py", proj.read("train_mlp.py"))
+    proj.replay("train.py")
+    assert proj.values("double", run) == {k: 2 * v for k, v in proj.values("x", run).items()}
+
+
 def test_a_new_print_in_a_script_that_calls_hindlog_is_said_to_show_nothing(counter) -> None:
     proj, run = counter
     proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'print("x now", state["x"])'))

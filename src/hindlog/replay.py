@@ -134,6 +134,18 @@ class ReplayReport:
 # ----------------------------------------------------------------- planning
 
 
+def _renamed_hint(conn: Any, root: Path) -> str:
+    """What to do when the script was renamed since it was recorded: the scripts recorded that
+    are gone from the project."""
+    gone = sorted({r["script"] for r in catalog.list_runs(conn) if r.get("script") and not (root / r["script"]).is_file()})
+    if not gone:
+        return ""
+    names = ", ".join(gone[:5]) + (", ..." if len(gone) > 5 else "")
+    return (f" Runs of {names}, no longer in the project, are recorded: if the script was renamed, its runs replay "
+            "under the name they were recorded with (rename it back, or copy it to that name, add the statements "
+            "there and replay that).")
+
+
 def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None) -> list[dict[str, Any]]:
     """The target runs: given ones, all of the script's, those matching ``where``, or the script's latest."""
     if runs:
@@ -1204,7 +1216,10 @@ def replay(
     held: list[Any] = []
     conn = st.connect()
     try:
-        targets = select_runs(conn, rel, runs, all_runs, where)
+        try:
+            targets = select_runs(conn, rel, runs, all_runs, where)
+        except RunNotFound as e:
+            raise RunNotFound(str(e) + _renamed_hint(conn, st.root)) from None
         if rel is None:
             rel = targets[-1].get("script")
             if not rel:
