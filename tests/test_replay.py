@@ -1003,6 +1003,41 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_during_replay_all_names_the_runs_already_replayed(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proj = ReplayProject(tmp_path)
+    flag = tmp_path / "slow"
+    # The second run's iterations take 3 s in its replay (lr 0.2), the first one's do not.
+    slow = dedent(COUNTER).replace("time.sleep(0.03)", f"time.sleep(3.0 if lr > 0.15 and os.path.exists({str(flag)!r}) else 0.03)")
+    first = proj.record(slow, env=DENSE)
+    second = proj.record(env={**DENSE, "HINDLOG_SET_lr": "0.2"})
+    proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    flag.write_text("")
+    driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--all", "--workers", "1"],
+                              cwd=proj.root, env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 60
+        while not _workers_of(second) and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        assert _workers_of(second), "the second run's replay did not start"
+        time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)
+        _out, err = driver.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        for pid in _workers_of(second):
+            os.kill(pid, signal.SIGKILL)
+    assert driver.returncode == 130, err
+    assert f"replay of run {second} interrupted" in err and f"The replays of the runs before it ended: {first}." in err, err
+    assert proj.values("double", first) == {k: 2 * v for k, v in proj.values("x", first).items()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path: Path, how: str) -> None:
     import signal

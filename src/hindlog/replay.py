@@ -1326,6 +1326,12 @@ def replay(
         for p, lock in zip(plans, held):
             try:
                 report.results.append(execute(st, p, tolerance=tolerance, progress=progress, keep_diverged=force, locked=True))
+            except ReplayInterrupted as e:
+                if report.results:
+                    # The message would otherwise leave `--all` unclear about which runs are done.
+                    done = ", ".join(r.run_id for r in report.results)
+                    e.args = (f"{e} The replays of the runs before it ended: {done}.",)
+                raise
             finally:
                 lock.release()
     finally:
