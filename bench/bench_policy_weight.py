@@ -13,8 +13,8 @@ weight of two rules:
 - *earlier quiet*: every overlapped iteration against the median of the
   latest 15 quiet ones (the rule until commit a574850);
 - *around*: each stretch of overlapped iterations against a straight line
-  from the quiet level just before it to the first quiet iteration after it
-  (``hindlog.checkpoint.Policy``, the rule since).
+  from the quiet level just before it to that just after it, each the median
+  of three quiet iterations (``hindlog.checkpoint.Policy``, the rule since).
 
 Both clamp each iteration's excess to the time persists ran during it, and
 take the total over the total CPU, at least 1 and at most 4. The weight the
