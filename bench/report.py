@@ -1741,8 +1741,10 @@ RECORD_NOTES = """\
   0.03 s in these runs), each checkpoint's blocking copy and the slowdown its
   background persist causes, and takes as many evenly spaced checkpoints as ε
   allows, never waiting for an earlier write. The slowdown is
-  measured during the run: iterations a persist overlapped against the median
-  of recent ones none did. It is at least the persister's CPU time (training
+  measured during the run: iterations a persist overlapped against the quiet
+  ones just before and after them (since a574850; before, against the median
+  of the latest 15, which charged the machine's drift to the persister). It
+  is at least the persister's CPU time (training
   fills both cores) and can be more: the "persist charged at" column is the
   measured slowdown per second of persister CPU (hashing and writing share
   memory bandwidth with the optimizer step). The fine-tuning shape (77 MB of
@@ -1798,6 +1800,14 @@ RECORD_NOTES = """\
   checkpoint costs training" below measures the gap directly (35.8 ms of
   cost against 28.8 ms charged at 41a5ff1); see "Where the charge falls
   short" in [checkpointing.md](checkpointing.md).
+- **The weight measured against drift, two runs.** `record-32360f7.json`
+  (the first form of the local comparison) and the table's run (f8f57f1, its
+  final form) were taken an hour apart on a noisy machine (the plain script
+  against itself differed by a median 8.8% in the second): finetune got 6-15 and 6-13 checkpoints in 30 iterations (medians 9 and
+  10, against 5-14, median 6, at 217e075 with the former rule); cnn measured
+  +7.6% bracketed in the first run (its own A/A: +8.3%) and -3.0% in the
+  second, the median over the four workloads +2.0% and -3.3%. Which side of
+  1% the median falls is this hour's noise, not hindlog's cost.
 - **Experiments kept beside the runs.** `record-66ab5ca.json`: snapshot
   buffers that asked for transparent huge pages made the persister's CPU
   time grow (mapping them cost finetune-large's persister 0.36-0.41 s

@@ -228,6 +228,34 @@ except KeyboardInterrupt:
     assert project.run_info()["status"] == "finished"
 
 
+def test_ctrl_c_while_a_hands_free_run_finishes_keeps_the_scripts_exit_code(project: Project) -> None:
+    project.write("train.py", INTERRUPT_WHILE_FINISHING)
+    out = project.cli("run", "train.py", check=False, env={"HINDLOG_FLUSH_INTERVAL": "30"})
+    assert out.returncode == 0 and "interrupted" not in out.stderr, out.stderr
+    assert project.values("i") == list(range(3000))
+    assert project.run_info()["status"] == "finished"
+
+
+def test_a_sigint_handler_of_the_script_is_left_alone_while_the_run_finishes(project: Project) -> None:
+    # A script's graceful stop (a flag its handler sets) gets the signal; hindlog does not turn
+    # it into a KeyboardInterrupt after saving.
+    out = project.run(
+        INTERRUPT_WHILE_FINISHING.replace(
+            "signal.signal(signal.SIGINT, signal.default_int_handler)  # even if our parent ignores SIGINT",
+            "stop = []\nsignal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))")
+        + """
+hl.finish()
+while not stop:
+    time.sleep(0.001)
+print("stop requested", stop, flush=True)
+""",
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert "stop requested [2]" in out.stdout and "saving the run's records" not in out.stderr
+    assert project.values("i") == list(range(3000))
+
+
 def test_uncaught_exception_marks_failed_and_keeps_every_record(project: Project) -> None:
     proc = project.run(
         """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -64,6 +66,8 @@ def test_dataframe_selects_runs_by_id_prefix_name_and_latest(two_runs) -> None:
     assert project.run_info(a[-6:])["run_id"] == a
     with pytest.raises(hl.RunNotFound, match="No run matches"):
         project.run_info("zzzzzz")
+    with pytest.raises(hl.RunNotFound, match="No run matches"):
+        project.run_info(b[-3:])  # too short to be meant as an id's end (a row number, a typo)
     acc = project.df("acc", runs=a)
     assert list(acc.columns) == ["run_id", "code_version", "lr", "opt", "epoch", "acc"]
     assert acc["acc"].tolist() == [0.0, 0.5]
@@ -94,6 +98,9 @@ def test_dataframe_of_a_name_never_logged_is_empty_and_names_the_logged_ones(two
     with pytest.warns(RuntimeWarning, match=r"nothing was logged under never in these runs \(a typo\?\); names logged: acc, loss"):
         df = project.df("never")
     assert df.empty and list(df.columns)[:2] == ["run_id", "code_version"] and "never" in df.columns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no run chosen: nothing to call a typo
+        assert project.df("loss", runs=[]).empty
 
 
 def test_dataframe_says_which_names_were_never_logged_beside_others(two_runs) -> None:

@@ -1554,18 +1554,29 @@ def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Pa
     refused = proj.replay("train.py", "--run", dyn_run, check=False)
     assert refused.returncode != 0 and "--- dyn.py" in refused.stderr, refused.stderr
     proj.write("dyn.py", "import hindlog as hl\ndef report(w):\n    return w * 1.0\n")
-    proj.write("other.py", 'print("a helper script, edited again")\nx = 1\nprint(x)\n')
+    proj.write("other.py", 'import hindlog as hl\nprint("a helper script, edited again")\nx = 1\nhl.log("x", x)\n')
     proj.commit()
     dyn_run = proj.record(env=DENSE)
+    proj.python("other.py")  # other.py is a script of its own, with runs
     # Another script with statements added for its own runs, and changed otherwise: these runs
     # never ran it (refused, it blocked every replay of the script beside it).
-    proj.write("other.py", 'import hindlog as hl\nprint("a helper script, edited once more")\nx = 1\nprint(x)\nhl.log("x", x)\n')
+    proj.write("other.py", 'import hindlog as hl\nprint("a helper script, edited once more")\nx = 1\nhl.log("x", x)\nhl.log("x2", 2 * x)\n')
     proj.write("train.py", proj.read("train.py") + "    hl.log('w4', 4 * w)\n")
     result = proj.replay("train.py", "--run", dyn_run)
     assert ("other.py changed, but no file of the project imports it: its recorded version is kept (the statements "
             "added to it are for its own runs" in result.stdout + result.stderr), result.stdout + result.stderr
     assert "other.py:5" not in result.stdout  # not planned as a new statement of these runs
     assert proj.values("w4", dyn_run) == {k: 4 * v for k, v in proj.values("w", dyn_run).items()}
+    # A module with statements added in it is meant to run, seen imported or not (a config's
+    # target built from parts): changed otherwise too, it is refused with its diff.
+    proj.write("other.py", 'import hindlog as hl\nprint("a helper script, edited again")\nx = 1\nhl.log("x", x)\n')
+    proj.write("plugin.py", "def hook(w):\n    return w\n")
+    proj.commit()
+    plugin_run = proj.record(env=DENSE)
+    proj.write("plugin.py", "import hindlog as hl\ndef hook(w):\n    hl.log('hooked', w)\n    return 2 * w\n")
+    proj.write("train.py", proj.read("train.py") + "    hl.log('w5', 5 * w)\n")
+    refused = proj.replay("train.py", "--run", plugin_run, check=False)
+    assert refused.returncode != 0 and "--- plugin.py" in refused.stderr, refused.stderr
 
 
 def test_a_run_of_another_script_is_refused(counter) -> None:
@@ -1591,6 +1602,8 @@ def test_a_renamed_script_is_said_to_replay_under_its_recorded_name(tmp_path: Pa
     assert refused.returncode != 0, refused.stderr
     assert "train_mlp.py has never been recorded" in refused.stderr
     assert "Runs of train.py, no longer in the project, are recorded: if the script was renamed" in refused.stderr
+    typo = proj.replay("train_mlp.py", "--run", "zzzzzz", check=False)  # a run not found: no word of renames
+    assert typo.returncode != 0 and "No run matches 'zzzzzz'" in typo.stderr and "renamed" not in typo.stderr, typo.stderr
     # As the advice says: the script under its recorded name, with the new statement.
     proj.write("train.py", proj.read("train_mlp.py"))
     proj.replay("train.py")

@@ -359,7 +359,7 @@ def get_run(conn: sqlite3.Connection, ref: str | None) -> dict[str, Any]:
     matches = [r for r in runs if r["run_id"].startswith(ref)]
     if not matches:
         matches = [r for r in runs if r["name"] == ref]
-    if not matches:
+    if not matches and len(ref) >= 4:  # not "7": a row number, or a typo, is no run's end
         matches = [r for r in runs if r["run_id"].endswith(ref)]
     if len(matches) == 1:
         return matches[0]

@@ -80,7 +80,8 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", action="append", dest="runs", metavar="RUN", help="only this run (repeatable; default: all)")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table). A context without a value is blank (JSON: null); a logged NaN is "
-                        "nan (JSON, which has no NaN or infinity: the strings \"NaN\", \"Infinity\", \"-Infinity\")")
+                        "nan (JSON, which has no NaN or infinity: the strings \"NaN\", \"Infinity\", \"-Infinity\"); "
+                        "in CSV an array, list or dict is one cell of JSON, whole")
 
 
 def _diff_args(p: argparse.ArgumentParser) -> None:

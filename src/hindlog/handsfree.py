@@ -552,7 +552,7 @@ def run_script(script: str, args: list[str], epsilon: float | None = None, sets:
             sys.modules["__main__"] = saved_main
     rec = record._recorder
     if rec is not None and not rec.finished:
-        rec.finish(status)
+        rec.finish(status, at_exit=True)  # the script's end: its exit code stands
     return code_out
 
 

@@ -93,7 +93,7 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
 
 
 def resolve_runs(conn: Any, refs: Sequence[str] | str | None) -> list[dict[str, Any]]:
-    """Runs for a list of references (ids, prefixes, names, 'latest'); None means all."""
+    """Runs for a list of references (ids, unique starts or ends of ids, names, 'latest'); None means all."""
     if refs is None:
         return catalog.list_runs(conn)
     if isinstance(refs, str):
@@ -126,7 +126,7 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     if never and not frame.empty:
         warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(never)} in these runs (a typo?); "
                       "its column is empty", RuntimeWarning, stacklevel=2)
-    elif frame.empty and names:
+    elif frame.empty and names and (runs is None or isinstance(runs, str) or len(runs) > 0):
         logged = logged_names(runs=runs, store=store)
         known = f"names logged: {', '.join(logged[:20])}{', ...' if len(logged) > 20 else ''}" if logged else "none is logged yet"
         warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(map(str, names))} in these runs (a typo?); "

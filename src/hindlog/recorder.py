@@ -763,7 +763,9 @@ def _interrupts_deferred() -> Iterator[list[int]]:
     """In the main thread, hold a first SIGINT until the block ends (the list it yields is then
     not empty); a second one raises KeyboardInterrupt at once."""
     interrupted: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
+    # Only Python's own handler is replaced: one of the script's (a graceful stop), an ignored
+    # SIGINT (a job started in the background) and the asyncio loop's stay as they are.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield interrupted
         return
 
@@ -771,10 +773,13 @@ def _interrupts_deferred() -> Iterator[list[int]]:
         if interrupted:
             raise KeyboardInterrupt
         interrupted.append(signum)
-        sys.stderr.write("hindlog: saving the run's records before stopping (Ctrl-C again stops without them)\n")
+        try:
+            sys.stderr.write("hindlog: saving the run's records before stopping (Ctrl-C again stops without them)\n")
+        except Exception:
+            pass  # a closed stderr (its pipe's reader stopped by the same Ctrl-C) must not stop the save
 
     try:
-        previous = signal.signal(signal.SIGINT, hold)
+        signal.signal(signal.SIGINT, hold)
     except (ValueError, OSError, TypeError):
         yield interrupted  # no handler can be set here (an embedded interpreter's own)
         return
@@ -782,7 +787,7 @@ def _interrupts_deferred() -> Iterator[list[int]]:
         yield interrupted
     finally:
         try:
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         except (ValueError, OSError, TypeError):
             pass
 
@@ -793,7 +798,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
     rec = record._recorder
     if rec is not None and not rec.finished:
-        rec.finish("killed")
+        rec.finish("killed", at_exit=True)  # the process dies next: a Ctrl-C meanwhile changes nothing
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -146,8 +146,10 @@ def _renamed_hint(conn: Any, root: Path) -> str:
             "there and replay that).")
 
 
-def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None) -> list[dict[str, Any]]:
-    """The target runs: given ones, all of the script's, those matching ``where``, or the script's latest."""
+def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None,
+                root: Path | None = None) -> list[dict[str, Any]]:
+    """The target runs: given ones, all of the script's, those matching ``where``, or the script's latest.
+    ``root``: the project's, to say which recorded scripts are gone from it when ``script`` never ran."""
     if runs:
         chosen_runs = {}  # one replay per run, however often it is named
         for r in runs:
@@ -166,7 +168,8 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
         if script is None:
             raise RunNotFound("No runs are recorded in this store yet.")
         raise RunNotFound(f"{script} has never been recorded in this store. Record it first: `python {script} ...` "
-                          f"if it uses hindlog, `hindlog run {script} ...` if it does not.")
+                          f"if it uses hindlog, `hindlog run {script} ...` if it does not."
+                          + (_renamed_hint(conn, root) if root is not None else ""))
     if where:
         import pandas as pd
 
@@ -243,13 +246,16 @@ def _working_sources(store: Store, paths: set[str]) -> dict[str, str]:
     return out
 
 
-def hindsight_changes(store: Store, base_version: str, force: bool, script: str | None = None) -> tuple[dict[str, str], dict[str, hindsight.Additions], list[str]]:
+def hindsight_changes(store: Store, base_version: str, force: bool, script: str | None = None,
+                      other_scripts: set[str] | frozenset[str] = frozenset()) -> tuple[dict[str, str], dict[str, hindsight.Additions], list[str]]:
     """Current sources of changed .py files, their additions against ``base_version``, and notes.
 
     A file changed otherwise than by added statements that neither is ``script`` nor is
-    imported by any file of the project (another script) is left out, with a note, whether or
-    not statements were added to it too: the replay runs its recorded version, which the run
-    never ran anyway."""
+    imported by any file of the project is left out, with a note: the replay runs its recorded
+    version, which the run never ran anyway. So is another script (one of ``other_scripts``,
+    those recorded, or a file with a ``__main__`` guard) with statements added for its own
+    runs; a module with statements added in it is meant to run, whether or not its import is
+    seen, and is not left out."""
     recorded = codeversion.read_files(store, base_version)
     current_py = {p for p in codeversion._working_files(store.root) if p.endswith(".py")}
     recorded_py = {p for p in recorded if p.endswith(".py")}
@@ -271,15 +277,16 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
             additions[path] = hindsight.Additions(path)
             continue
         found = hindsight.find_additions(path, old, new)
-        if (found.syntax_error or found.other_changes) and script is not None and path != script:
+        added = any(not set(range(lo, hi + 1)) <= set(found.shared_lines) for lo, hi in found.statements)
+        if script is not None and path != script and (found.syntax_error or found.other_changes or added):
             if imported is None:
                 imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
                                             *current.values()])
-            if not _may_be_imported(path, imported):
-                # Another script, with statements added for its own runs or not: these runs
-                # never ran it, and its recorded version is what a faithful replay has.
-                added = " (the statements added to it are for its own runs: replay it for those)" if found.statements else ""
-                notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept{added}")
+            another_script = path in other_scripts or _has_main_guard(new)
+            if not _may_be_imported(path, imported) and (not added or another_script):
+                # These runs never ran it: its recorded version is what a faithful replay has.
+                why = " (the statements added to it are for its own runs: replay it for those)" if added else ""
+                notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept{why}")
                 continue
         if found.syntax_error:
             raise ReplayError(f"{found.syntax_error}. Fix it and replay again.")
@@ -295,6 +302,19 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
         notes.append("--force: the runs of the version compared with replay the current code despite changes other "
                      "than added statements; runs of older versions get only the new statements, placed into their own code")
     return current, additions, notes
+
+
+def _has_main_guard(source: str) -> bool:
+    """Whether ``source`` has an ``if __name__ == "__main__":`` block: a script, not a module."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name):
+            if node.test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators):
+                return True
+    return False
 
 
 def _imported_names(sources: list[str]) -> set[str]:
@@ -1216,10 +1236,7 @@ def replay(
     held: list[Any] = []
     conn = st.connect()
     try:
-        try:
-            targets = select_runs(conn, rel, runs, all_runs, where)
-        except RunNotFound as e:
-            raise RunNotFound(str(e) + _renamed_hint(conn, st.root)) from None
+        targets = select_runs(conn, rel, runs, all_runs, where, root=st.root)
         if rel is None:
             rel = targets[-1].get("script")
             if not rel:
@@ -1239,9 +1256,10 @@ def replay(
                  if r.get("code_version") and (r.get("started") or 0) >= newest]
         first_error: ReplayError | None = None
         found: tuple[str, Any] | None = None
+        scripts = {r["script"] for r in catalog.list_runs(conn) if r.get("script")}
         for version in dict.fromkeys([*later, base]):
             try:
-                changes = hindsight_changes(st, version, force, rel)
+                changes = hindsight_changes(st, version, force, rel, other_scripts=scripts)
             except ReplayError as e:
                 first_error = first_error or e
                 continue
