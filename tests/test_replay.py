@@ -14,6 +14,7 @@ torch (``COUNTER``), whose values are known. Tests marked ``slow`` train PyTorch
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -951,6 +953,27 @@ def _workers_of(run: str) -> list[int]:
     return pids
 
 
+@contextlib.contextmanager
+def _replay_driver(proj: ReplayProject, *args: str, runs: tuple[str, ...] = ()) -> Iterator[subprocess.Popen[str]]:
+    """`hindlog replay ARGS` started as a terminal's foreground job (Ctrl-C reaches it even where
+    the tests were started with SIGINT ignored, in the background or under nohup); on the way
+    out it is killed if still running, and so are the workers of ``runs``."""
+    import signal
+
+    driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", *args], cwd=proj.root, env=proj.env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        yield driver
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+        for run in runs:
+            for pid in _workers_of(run):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
@@ -962,12 +985,7 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
     run = proj.record(slow, env=DENSE)
     proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     (tmp_path / "slow").write_text("")  # the workers' iterations take 3 s while it exists
-    # Ctrl-C reaches the replay as it reaches a terminal's foreground job, even where the tests
-    # themselves were started with SIGINT ignored (in the background, under nohup).
-    driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--workers", "2"], cwd=proj.root,
-                              env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    with _replay_driver(proj, "train.py", "--workers", "2", runs=(run,)) as driver:
         deadline = time.monotonic() + 60
         while len(_workers_of(run)) < 2 and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.05)
@@ -980,12 +998,6 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
         while _workers_of(run) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _workers_of(run) == [], f"workers left running after {how} of the replay"
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate()
-        for pid in _workers_of(run):
-            os.kill(pid, signal.SIGKILL)
     assert driver.returncode != 0
     if how != "SIGKILL":
         # Said in one line, not a traceback, with what to replay again; the scratch copy is gone.
@@ -1015,10 +1027,7 @@ def test_ctrl_c_during_replay_all_names_the_runs_already_replayed(tmp_path: Path
     second = proj.record(env={**DENSE, "HINDLOG_SET_lr": "0.2"})
     proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     flag.write_text("")
-    driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--all", "--workers", "1"],
-                              cwd=proj.root, env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    with _replay_driver(proj, "train.py", "--all", "--workers", "1", runs=(second,)) as driver:
         deadline = time.monotonic() + 60
         while not _workers_of(second) and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.05)
@@ -1026,12 +1035,6 @@ def test_ctrl_c_during_replay_all_names_the_runs_already_replayed(tmp_path: Path
         time.sleep(0.5)
         driver.send_signal(signal.SIGINT)
         _out, err = driver.communicate(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate()
-        for pid in _workers_of(second):
-            os.kill(pid, signal.SIGKILL)
     assert driver.returncode == 130, err
     assert f"replay of run {second} interrupted" in err and f"The replays of the runs before it ended: {first}." in err, err
     assert proj.values("double", first) == {k: 2 * v for k, v in proj.values("x", first).items()}
@@ -1054,10 +1057,7 @@ def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path:
 
     # Again, slowly: each worker stores its first iteration's value, then is stopped in its second.
     (tmp_path / "slow").write_text("")
-    driver = subprocess.Popen([sys.executable, "-m", "hindlog.cli", "replay", "train.py", "--workers", "2"], cwd=proj.root,
-                              env=proj.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
+    with _replay_driver(proj, "train.py", "--workers", "2") as driver:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and driver.poll() is None and \
                 len(proj.sql("SELECT DISTINCT ctx / 100000000 FROM records WHERE source=2")) < 2:
@@ -1068,10 +1068,6 @@ def test_a_replay_stopped_midway_keeps_the_earlier_replays_values_once(tmp_path:
         deadline = time.monotonic() + 10
         while _workers_of(run) and time.monotonic() < deadline:  # after kill -9 they stop on their own
             time.sleep(0.05)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.communicate()
     assert driver.returncode != 0
     # The earlier replay's values of the iterations the stopped one did not finish are all there, none twice.
     assert proj.values("double", run) == want
