@@ -80,8 +80,9 @@ BASELINE_ITERATIONS = 15
 #: Quiet iterations needed before the slowdown during persists is measured against them.
 MIN_BASELINE = 3
 #: Quiet iterations just before a persist, and just after it, that make its baseline (a median
-#: at each end: one slow iteration is noise). A shared machine's speed drifts by a third or more within a run (other jobs): against the
-#: run's latest 15 quiet iterations, that drift was charged to the persister, or hid its cost.
+#: at each end: one slow iteration is noise). A shared machine's speed drifts by a third or
+#: more within a run (other jobs): against the run's latest 15 quiet iterations, that drift was
+#: charged to the persister, or hid its cost.
 LOCAL_BASELINE = 3
 #: Overlapped iterations kept one by one in a stretch; beyond, neighbours are merged in pairs,
 #: so that a persist overlapping thousands of short iterations is measured in bounded memory.
@@ -152,8 +153,8 @@ class Policy:
         self.weight = BACKGROUND_WEIGHT
         #: Persister CPU seconds so far (all of it, charged or not).
         self.background_cpu = 0.0
-        self._quiet: deque[float] = deque(maxlen=BASELINE_ITERATIONS)
-        self._quiet_at: deque[int] = deque(maxlen=BASELINE_ITERATIONS)  # their places in the run
+        #: The latest quiet iterations: (seconds, place in the run).
+        self._quiet: deque[tuple[float, int]] = deque(maxlen=BASELINE_ITERATIONS)
         self._observed = 0  # iterations observed so far
         self._episode: _Episode | None = None  # the persist being observed
         self._slowdown = 0.0  # measured over the persists observed so far ...
@@ -202,7 +203,7 @@ class Policy:
         (all so far) when the iteration began."""
         at = self._observed
         self._observed += 1
-        typical = _median(self._quiet) if self._quiet else seconds
+        typical = _median([t for t, _ in self._quiet]) if self._quiet else seconds
         episode = self._episode
         if persisting <= QUIET_OVERLAP * typical:
             if episode is not None:
@@ -211,17 +212,15 @@ class Policy:
                 episode.after.append((seconds, at))
                 if len(episode.after) >= LOCAL_BASELINE:
                     self._end_episode()
-            self._quiet.append(seconds)
-            self._quiet_at.append(at)
+            self._quiet.append((seconds, at))
             return
         if episode is not None and episode.after:
             self._end_episode()  # the next persist came before as many quiet iterations
         if len(self._quiet) < MIN_BASELINE:
             return
         if self._episode is None:
-            recent = list(self._quiet)[-LOCAL_BASELINE:]
-            places = list(self._quiet_at)[-LOCAL_BASELINE:]
-            self._episode = _Episode(before=_median(recent), before_at=_median(places), cpu_at_start=background_cpu)
+            before, before_at = _level(list(self._quiet)[-LOCAL_BASELINE:])
+            self._episode = _Episode(before=before, before_at=before_at, cpu_at_start=background_cpu)
         self._episode.add(seconds, persisting, at)
 
     def _end_episode(self) -> None:
@@ -231,7 +230,7 @@ class Policy:
         cpu = episode.cpu_at_end - episode.cpu_at_start
         if cpu <= 0:
             return
-        slowdown = episode.slowdown(_median([t for t, _ in episode.after]), _median([i for _, i in episode.after]))
+        slowdown = episode.slowdown(*_level(episode.after))
         self._slowdown += slowdown
         self._slowdown_cpu += cpu
         # The total over the total CPU time, not a median of per-persist ratios: the budget is
@@ -281,6 +280,11 @@ class _Episode:
             # Noise in the iteration time beyond what the persist could cause is not its doing.
             total += max(-persisting, min(persisting, seconds - count * baseline))
         return total
+
+
+def _level(quiet: list[tuple[float, int]]) -> tuple[float, float]:
+    """The quiet level of these (seconds, place) iterations, and where it stands in the run."""
+    return _median([t for t, _ in quiet]), _median([i for _, i in quiet])
 
 
 def _median(values: Any) -> float:
