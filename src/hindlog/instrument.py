@@ -130,7 +130,8 @@ def _calls(node: ast.AST) -> list[str]:
     return out
 
 
-def _is_main_guard(stmt: ast.stmt) -> bool:
+def is_main_guard(stmt: ast.stmt) -> bool:
+    """Whether ``stmt`` is an ``if __name__ == "__main__":`` block."""
     if not isinstance(stmt, ast.If):
         return False
     test = stmt.test

@@ -306,15 +306,12 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
 
 def _has_main_guard(source: str) -> bool:
     """Whether ``source`` has an ``if __name__ == "__main__":`` block: a script, not a module."""
+    from .instrument import is_main_guard
+
     try:
-        tree = ast.parse(source)
+        return any(is_main_guard(node) for node in ast.parse(source).body)
     except SyntaxError:
         return False
-    for node in tree.body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name):
-            if node.test.left.id == "__name__" and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in node.test.comparators):
-                return True
-    return False
 
 
 def _imported_names(sources: list[str]) -> set[str]:
