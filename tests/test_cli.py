@@ -289,6 +289,39 @@ for epoch in hl.loop("epoch", range(5)):
     assert "ε = 0.001" in line, line
 
 
+def test_show_says_why_the_charge_in_all_ended_above_epsilon() -> None:
+    from hindlog.cli import _over_bound_reason
+
+    decided = {"elapsed_seconds": 10.0, "spent_seconds": 0.4, "background_weight": 1.2, "persister_cpu_seconds": 0.5}
+    charged = {"background_weight": 2.0, "persister_cpu_seconds": 0.6, "last_decision": decided}
+    # 0.4 s charged at the decision, then 0.8 x 0.5 s recharged and 2.0 x 0.1 s of the last write.
+    reason = _over_bound_reason(charged, in_all=1.0, duration=11.0, epsilon=0.05)
+    assert reason is not None and "10.0s after the process started, 4.00% was charged" in reason, reason
+    assert "measured later at 2.00 (it was 1.20), charged the background work before it 0.40s more" in reason, reason
+    assert "took 0.10s of CPU, charged 0.20s" in reason, reason
+    assert _over_bound_reason(charged, in_all=0.5, duration=11.0, epsilon=0.05) is None  # under ε: nothing to explain
+
+
+def test_a_run_keeps_what_was_charged_at_its_last_checkpoint_decision(project: Project) -> None:
+    project.write("train.py", """
+import time
+import numpy as np
+import hindlog as hl
+state = np.zeros(1000)
+hl.checkpoints(state=state)
+for epoch in hl.loop("epoch", range(8)):
+    state += 1
+    time.sleep(0.03)
+""")
+    project.run()
+    info = project.run_info()
+    charged = info["info"]["checkpoint_charged"]
+    decided = charged["last_decision"]
+    # The last decision came in the last iteration, before the process's end, and saw part of its costs.
+    assert 0.03 * 7 < decided["elapsed_seconds"] < charged["elapsed_seconds"], charged
+    assert charged["elapsed_seconds"] >= info["ended"] - info["started"], "the process ran before and after the run"
+    assert 0 < decided["spent_seconds"] and decided["persister_cpu_seconds"] <= charged["persister_cpu_seconds"], charged
+    assert decided["background_weight"] >= 1.0
 def test_diff_shows_code_and_args_changes(project: Project) -> None:
     project, a, b = record_two_runs(project)
     out = project.cli("diff", a, b).stdout

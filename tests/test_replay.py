@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -714,6 +715,7 @@ def test_all_replays_every_recorded_version_with_its_own_code(tmp_path: Path) ->
 COUNTER = """
 import os
 import time
+import warnings
 
 import hindlog as hl
 
@@ -808,7 +810,15 @@ def test_divergence_is_reported_with_name_and_iteration(tmp_path: Path) -> None:
     # --force keeps them (still reported, still a failure).
     forced = proj.replay("train.py", "--workers", "2", "--force", check=False)
     assert forced.returncode != 0 and "DIVERGED" in forced.stderr and "not kept" not in forced.stderr
-    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+    # Kept values that no check vouches for are said so wherever they are read.
+    with pytest.warns(RuntimeWarning, match=rf"{len(expected_x())} value\(s\) of 'double' in run {run} come from a replay "
+                      "whose recomputed values differed"):
+        assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+    logs = proj.hindlog("logs", "double")
+    assert "note:" in logs.stderr and "differed from the record's, kept with --force" in logs.stderr, logs.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        proj.df("x")  # recorded values alone: no warning
 
 
 def test_a_new_statement_logging_a_recorded_name_where_the_record_did_not_is_stored(tmp_path: Path) -> None:
@@ -1015,6 +1025,33 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    proj = ReplayProject(tmp_path)
+    flag = tmp_path / "slow"
+    # In the replay, the second segment's iterations (4 to 7) take 3 s each; the first's do not.
+    slow = dedent(COUNTER).replace("range(6)", "range(8)").replace(
+        "time.sleep(0.03)", f"time.sleep(3.0 if epoch >= 4 and os.path.exists({str(flag)!r}) else 0.03)")
+    run = proj.record(slow, env=DENSE)
+    proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    flag.write_text("")
+    with _replay_driver(proj, "train.py", "--workers", "2", runs=(run,)) as driver:
+        deadline = time.monotonic() + 60
+        while len(_workers_of(run)) < 2 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        while len(_workers_of(run)) > 1 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)  # until the first segment's worker has ended
+        assert len(_workers_of(run)) == 1, "the first segment did not end alone"
+        driver.send_signal(signal.SIGINT)
+        _out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert "Segments finished: 0:4; their values are kept" in err, err
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x(8).items() if k[0][1] < 4}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_during_replay_all_names_the_runs_already_replayed(tmp_path: Path) -> None:
     import signal
     import time
@@ -1119,6 +1156,7 @@ def test_a_main_loop_longer_than_its_timings_is_replayed_to_its_end(tmp_path: Pa
 
 BROKEN_OFF = """
 import time
+import warnings
 import hindlog as hl
 
 state = {"w": 0.0}
@@ -1148,6 +1186,7 @@ def test_a_nested_loop_left_by_break_keeps_the_locals_read_after_it(tmp_path: Pa
 
 FOR_ELSE = """
 import time
+import warnings
 import hindlog as hl
 
 state = {"w": 0.0, "elses": 0}
@@ -1182,6 +1221,7 @@ def test_a_nested_loop_left_by_break_before_its_else_clause_runs_again_in_replay
 
 EVALUATED = """
 import time
+import warnings
 import hindlog as hl
 
 state = {"w": 0.0}
@@ -1712,6 +1752,59 @@ def test_every_divergent_iteration_is_reported(tmp_path: Path) -> None:
         assert f"t at iteration {i}:" in result.stderr, result.stderr
 
 
+def test_values_kept_from_a_diverged_replay_are_replaced_by_a_replay_that_matches(tmp_path: Path) -> None:
+    """The recorded value reads a file outside the project: changed, it makes the replay
+    diverge; put back, the next replay matches and its values lose the mark."""
+    proj = ReplayProject(tmp_path)
+    bump = tmp_path / "bump.txt"
+    bump.write_text("0")
+    text = dedent(f"""
+        import hindlog as hl
+        state = {{"x": 0}}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(4)):
+            for i in hl.loop("step", range(3)):
+                state["x"] += i
+            hl.log("v", state["x"] + int(open({str(bump)!r}).read()))
+    """)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", text + 'hl.log("end", state["x"])\n')
+    bump.write_text("1")
+    forced = proj.replay("train.py", "--workers", "1", "--force", check=False)
+    assert forced.returncode != 0 and "DIVERGED" in forced.stderr
+    with pytest.warns(RuntimeWarning, match="1 value\\(s\\) of 'end'"):
+        assert proj.df("end")["end"].tolist() == [12]
+    bump.write_text("0")
+    proj.replay("train.py", "--workers", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert proj.df("end", runs=[run])["end"].tolist() == [12]
+    assert proj.count("end", run) == 1
+
+
+def test_a_divergence_is_placed_by_the_nested_loops_index_and_after_the_main_loop(tmp_path: Path) -> None:
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import time
+        import hindlog as hl
+        state = {"x": 0}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(2)):
+            for i in hl.loop("step", range(3)):
+                state["x"] += i
+                hl.log("t", time.time())
+        hl.log("end", time.time())
+    """)
+    proj.record(text, env=DENSE)
+    proj.write("train.py", insert_after(text, 'state["x"] += i', 'hl.log("y", state["x"] * 2)'))
+    result = proj.replay("train.py", "--workers", "1", check=False)
+    assert result.returncode != 0
+    for epoch in range(2):
+        for step in range(3):
+            assert f"t at iteration {epoch}, step {step}:" in result.stderr, result.stderr
+    assert "end after the main loop:" in result.stderr, result.stderr
+
+
 def test_a_statement_reading_a_local_that_no_checkpoint_holds_runs_the_loop_that_assigns_it(tmp_path: Path) -> None:
     """`inner` is assigned in the step loop and the recorded code never reads it afterwards, so
     the step loop's checkpoints do not hold it: replay must run that loop (and may skip `val`)."""
@@ -2058,6 +2151,7 @@ def test_a_worker_is_planned_only_for_more_work_than_its_start() -> None:
 
 ARRAYS = """
 import time
+import warnings
 
 import numpy as np
 

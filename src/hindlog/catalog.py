@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS contexts (
 -- NULL), 1 bool, 2 JSON text, 3 NumPy .npy bytes, 4 non-finite float as text.
 -- source: 0 recorded, 1 replayed, 2 stored by a replay that has not finished
 -- (hidden from queries: the replay makes them 1 when it ends, or they are
--- deleted if it never does).
+-- deleted if it never does), 3 replayed by a segment whose recomputed values
+-- differed from the record's, kept with --force (queries warn of them).
 CREATE TABLE IF NOT EXISTS records (
     run    INTEGER NOT NULL,
     ctx    INTEGER NOT NULL,
@@ -117,7 +118,7 @@ CREATE TABLE IF NOT EXISTS code_snapshots (
 """
 
 KIND_NATIVE, KIND_BOOL, KIND_JSON, KIND_NPY, KIND_FLOAT_TEXT = 0, 1, 2, 3, 4
-SOURCE_RECORD, SOURCE_REPLAY, SOURCE_PENDING = 0, 1, 2
+SOURCE_RECORD, SOURCE_REPLAY, SOURCE_PENDING, SOURCE_REPLAY_DIVERGED = 0, 1, 2, 3
 STATUSES = ("running", "finished", "failed", "killed")
 
 _RUN_COLUMNS = (

@@ -141,6 +141,9 @@ class Policy:
         self.total = total
         self.start = start
         self.spent = 0.0  # blocked + weighted background seconds, charged so far
+        #: At the latest decision: (seconds into the run, spent, weight, persister CPU seconds).
+        #: What is charged after it (a weight measured later, the last persist) no decision saw.
+        self.last_decision: tuple[float, float, float, float] | None = None
         self.cost: float | None = None  # EWMA of one checkpointed iteration's blocked cost
         self.initial_cost = 0.02  # until one is measured; raised by estimate_first()
         self.taken = 0
@@ -174,6 +177,7 @@ class Policy:
         if self.epsilon <= 0:
             return False
         now = time.perf_counter() if now is None else now
+        self.last_decision = (now - self.start, self.spent, self.weight, self.background_cpu)
         cost = self.cost if self.cost is not None else self.initial_cost
         if self.persist_cpu is not None:
             cost += self.weight * self.persist_cpu

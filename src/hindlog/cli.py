@@ -385,9 +385,16 @@ def _show(args: argparse.Namespace) -> int:
         eps = info.get("epsilon")
         # The bound is on everything charged; the time training was blocked is only its part.
         line = f"overhead     {overhead * 100:.2f}% of wall time blocked"
-        if in_all is not None and started and ended and ended > started:
-            line += f"; {in_all / (ended - started) * 100:.2f}% charged in all"
+        # Over the policy's window, the process's time (a run recorded before it was kept: the run's).
+        window = charged.get("elapsed_seconds") if charged else None
+        window = window or ((ended - started) if started and ended else None)
+        if in_all is not None and window:
+            line += f"; {in_all / window * 100:.2f}% charged in all"
         lines.append(line + (f" (bound {eps * 100:.1f}%)" if eps is not None else ""))
+        if in_all is not None and eps and window:
+            reason = _over_bound_reason(charged, in_all, window, eps)
+            if reason:
+                lines.append(f"             {reason}")
     if charged and ckpts:
         writing = f" + {writer:.2f}s of the catalog writer's CPU time" if "writer_cpu_seconds" in charged else ""
         estimated = (f" + {nested:.2f}s for {charged.get('nested_iterations', 0):,} iterations of nested loops (estimated)"
@@ -399,6 +406,27 @@ def _show(args: argparse.Namespace) -> int:
                      f" of training per second of its CPU time, measured; at least 1){writing}{estimated}")
     print("\n".join(lines))
     return 0
+
+
+def _over_bound_reason(charged: dict[str, Any], in_all: float, duration: float, epsilon: float) -> str | None:
+    """Why a run's charge in all ended above ε, which every checkpoint decision kept it under:
+    what was charged after the last decision, which none could see. None when under ε."""
+    last = charged.get("last_decision")
+    if in_all <= epsilon * duration or not last or last["elapsed_seconds"] <= 0:
+        return None
+    weight, was = charged["background_weight"], last["background_weight"]
+    parts = []
+    if weight > was + 0.005:
+        parts.append(f"the slowdown weight, measured later at {weight:.2f} (it was {was:.2f}), charged the background work "
+                     f"before it {(weight - was) * last['persister_cpu_seconds']:.2f}s more")
+    after = charged["persister_cpu_seconds"] - last["persister_cpu_seconds"]
+    if after > 0.0005:
+        parts.append(f"the background work after it (the last checkpoints' writes) took {after:.2f}s of CPU, "
+                     f"charged {weight * after:.2f}s")
+    said = "; ".join(parts) if parts else "the costs after it (the run's end) were higher than estimated"
+    return (f"above the bound: when the last checkpoint was decided, {last['elapsed_seconds']:.1f}s after the process started, "
+            f"{last['spent_seconds'] / last['elapsed_seconds'] * 100:.2f}% was charged; after that decision {said}. "
+            "A slowdown measured late is usually the machine's load rising; a smaller ε leaves more margin.")
 
 
 def _ranges(values: list[int]) -> str:
@@ -651,7 +679,7 @@ def _replay(args: argparse.Namespace) -> int:
             status = 1
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)
             for d in r.divergences[:10]:
-                print(f"    {d['name']} at iteration {d['iteration']}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
+                print(f"    {d['name']} {_divergence_place(d)}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
             diverged_at = [d["iteration"] for d in r.divergences if d.get("iteration") is not None]
             if plan is not None and not plan.draws_random and len(plan.segments) > 1 and diverged_at \
@@ -665,6 +693,26 @@ def _replay(args: argparse.Namespace) -> int:
     if report.skipped_runs:
         status = status or 1
     return status
+
+
+def _divergence_place(divergence: dict[str, Any]) -> str:
+    """Where a diverged value was logged: ``at iteration 3``, with the nested loops' indices
+    (``at iteration 3, step 7``): a per-step value repeats in every iteration."""
+    from .catalog import AFTER_MAIN_LOOP
+
+    context = divergence.get("context") or "[]"
+    after_main_loop = context.endswith(AFTER_MAIN_LOOP)
+    try:
+        loops = json.loads(context.removesuffix(AFTER_MAIN_LOOP))
+    except ValueError:
+        loops = []
+    if divergence.get("iteration") is None:
+        # The first hl.loop is the main loop: any loop outside it comes after it.
+        if loops:
+            return "after the main loop, at " + ", ".join(f"{name} {index}" for name, index in loops)
+        return "after the main loop" if after_main_loop else "before the main loop"
+    nested = "".join(f", {name} {index}" for name, index in loops[1:])
+    return f"at iteration {divergence['iteration']}{nested}"
 
 
 @command("resume")

@@ -165,7 +165,10 @@ def logged_frame(
     loop_names: list[str] = []
     repeated: dict[str, int] = {}
     table: dict[tuple[int, str], dict[str, Any]] = {}
-    for run, _ctx, _iteration, loops_json, name, kind, value, _source in rows:
+    unchecked: dict[tuple[str, int], int] = {}
+    for run, _ctx, _iteration, loops_json, name, kind, value, source in rows:
+        if source == catalog.SOURCE_REPLAY_DIVERGED:
+            unchecked[name, run] = unchecked.get((name, run), 0) + 1
         loops_json = loops_json or "[]"
         key = (run, loops_json)
         row = table.get(key)
@@ -180,13 +183,19 @@ def logged_frame(
             repeated[name] = repeated.get(name, 0) + 1
         row[(name,)] = decode(kind, value)  # a tuple key: a value never overwrites a loop's index
     if repeated:
-        warnings.warn(
+        warn_user(
             "hl.dataframe: " + ", ".join(f"{n!r} has {k} more value(s)" for n, k in repeated.items())
             + " in a loop context that already has one (logged twice in one iteration, in two loops of the same "
             "name, or outside every loop both before and after the main loop); each cell shows the last. All are "
-            "stored: log them under different names, or name the loops apart.",
-            RuntimeWarning,
-            stacklevel=2,
+            "stored: log them under different names, or name the loops apart."
+        )
+
+    if unchecked:
+        warn_user(
+            "hl.dataframe: " + "; ".join(f"{k} value(s) of {n!r} in run {by_key[run]['run_id']}" for (n, run), k in unchecked.items())
+            + " come from a replay whose recomputed values differed from the record's, kept with --force: they were "
+            "computed from a state that may not be the run's. `hindlog replay --run RUN` without --force replaces them "
+            "if the replay now matches the record."
         )
 
     fixed = {"run_id", "code_version", *loop_names}

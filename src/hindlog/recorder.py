@@ -722,7 +722,14 @@ class Recorder:
                     "nested_loop_seconds": self.checkpointer.nested_iterations_charged * NESTED_ITERATION_SECONDS,
                     # The catalog writer's CPU time up to the last checkpoint decision.
                     "writer_cpu_seconds": self.checkpointer.writer_cpu_charged,
+                    # The policy's window, from the process's start: what ε bounds the charge by.
+                    "elapsed_seconds": elapsed,
                 }
+                if policy.last_decision is not None:
+                    elapsed, spent, weight, cpu = policy.last_decision
+                    timing["checkpoint_charged"]["last_decision"] = {
+                        "elapsed_seconds": elapsed, "spent_seconds": spent, "background_weight": weight, "persister_cpu_seconds": cpu,
+                    }
             if self.controller is not None:
                 timing = self.controller.timing(timing)
             self.writer.change("update_run", fields)

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 from . import catalog, codeversion, hindsight
 from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
 from .controller import ENV
-from .errors import ReplayError, ReplayInterrupted, RunNotFound
+from .errors import ReplayError, ReplayInterrupted, RunNotFound, StoreError
 from .store import Store, mark_scratch_kept
 
 
@@ -999,16 +1000,21 @@ def _execute(
                 os.killpg(proc.pid, signal.SIGKILL)
         finished = [seg for seg, proc, result_path, *_ in procs if proc.returncode == 0 and result_path.exists()]
         rest = [seg for seg, *_ in procs if seg not in finished]
-        kept = []
+        kept, kept_diverged = [], []
         for k, (seg, _proc, result_path, *_rest) in enumerate(procs):
-            if seg in finished and (keep_diverged or not json.loads(result_path.read_text()).get("divergences")):
-                kept.append(k)
+            if seg in finished:
+                diverged_here = bool(json.loads(result_path.read_text()).get("divergences"))
+                if keep_diverged or not diverged_here:
+                    kept.append(k)
+                if keep_diverged and diverged_here:
+                    kept_diverged.append(k)
         try:
             # Segments that ran to their end, their values checked, are kept, once; the others'
             # values are not (not all of them were checked), and the earlier replay's stay.
-            _publish(store, plan, base, len(procs), kept)
-        except Exception:
-            pass
+            _publish(store, plan, base, len(procs), kept, kept_diverged)
+            kept_said = "their values are kept"
+        except (sqlite3.Error, StoreError) as e:  # the catalog locked or damaged: said, the interrupt goes on
+            kept_said = f"their values could not be stored ({e}); replay them again"
         written, _again = written_files(store, run, scratch, before)
         if written:
             mark_scratch_kept(scratch)  # an unfinished replay's files replace no earlier replay's
@@ -1017,7 +1023,7 @@ def _execute(
         done = ", ".join(f"{s.start}:{s.end}" for s in finished) or "none"
         again = f"--iterations {min(s.start for s in rest)}:{max(s.end for s in rest)}" if rest else ""
         interrupted = ReplayInterrupted(
-            f"replay of run {plan.run_id} interrupted. Segments finished: {done}; their values are kept (those of "
+            f"replay of run {plan.run_id} interrupted. Segments finished: {done}; {kept_said} (those of "
             f"segments stopped midway are not, and earlier values stay)." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
             + (f" The {len(written)} files it wrote are in {scratch} (delete it when done)." if written else "")
         )
@@ -1066,7 +1072,7 @@ def _execute(
         result.dropped_diverged = _pending_values(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
         result.stored -= result.dropped_diverged
         kept = [k for k in kept if k not in diverged]
-    result.replaced = _publish(store, plan, base, len(procs), kept)
+    result.replaced = _publish(store, plan, base, len(procs), kept, [k for k in diverged if k in kept])
     written, result.outputs_again = written_files(store, run, scratch, before)
     if result.ok and not result.divergences:
         outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, written)
@@ -1125,9 +1131,10 @@ def _pending_values(store: Store, run: int, spans: list[tuple[int, int]]) -> int
         conn.close()
 
 
-def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[int]) -> int:
+def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[int], diverged: list[int]) -> int:
     """Make the values of the segments in ``kept`` visible, in one transaction: those that ran
-    to their end, their recomputed values checked. The others' values are dropped.
+    to their end, their recomputed values checked. The others' values are dropped. Those of a
+    kept segment in ``diverged`` (kept by ``--force``) are marked as such, for queries to warn.
 
     A name's new values replace the earlier replays' values of that name over the kept
     segments' iterations (and outside the loops, where it has new values there), so that
@@ -1162,10 +1169,14 @@ def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[i
                 dropped = conn.execute(
                     "DELETE FROM records WHERE rowid IN ("
                     " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
-                    " WHERE r.name=? AND r.run=? AND r.source=?"
+                    " WHERE r.name=? AND r.run=? AND r.source IN (?, ?)"
                     f" AND ((c.iteration IS NOT NULL AND ({in_kept})) OR (? AND c.iteration IS NULL)))",
-                    [name, plan.run, catalog.SOURCE_REPLAY, *span_params, 1 if new_outside else 0],
+                    [name, plan.run, catalog.SOURCE_REPLAY, catalog.SOURCE_REPLAY_DIVERGED, *span_params, 1 if new_outside else 0],
                 ).rowcount
+                for k in diverged:
+                    lo = base + k * SEGMENT_CTX_SPAN
+                    conn.execute(f"UPDATE records SET source=? WHERE rowid IN (SELECT r.rowid FROM records r WHERE {pending})",
+                                 [catalog.SOURCE_REPLAY_DIVERGED, name, plan.run, catalog.SOURCE_PENDING, lo, lo + SEGMENT_CTX_SPAN])
                 conn.execute(f"UPDATE records SET source=? WHERE rowid IN (SELECT r.rowid FROM records r WHERE {pending})",
                              [catalog.SOURCE_REPLAY, *mine])
                 if text != catalog.STDOUT_AT:  # where a replayed line was printed: not a value of its own
@@ -1347,6 +1358,15 @@ def replay(
                     done = ", ".join(r.run_id for r in report.results)
                     e.args = (f"{e} The replays of the runs before it ended: {done}.",)
                 raise
+            except KeyboardInterrupt:
+                # Not while workers ran (that is ReplayInterrupted): while the replay set up or
+                # stored its results, whose transaction then did not commit.
+                done = f" The replays of the runs before it ended: {', '.join(r.run_id for r in report.results)}." \
+                    if report.results else ""
+                raise ReplayInterrupted(
+                    f"replay of run {p.run_id} interrupted while it started or stored its values, which may not all be "
+                    f"stored: replay it again with --run {p.run_id}.{done}"
+                ) from None
             finally:
                 lock.release()
     finally:
