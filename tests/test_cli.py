@@ -295,11 +295,19 @@ def test_show_says_why_the_charge_in_all_ended_above_epsilon() -> None:
     decided = {"elapsed_seconds": 10.0, "spent_seconds": 0.4, "background_weight": 1.2, "persister_cpu_seconds": 0.5}
     charged = {"background_weight": 2.0, "persister_cpu_seconds": 0.6, "last_decision": decided}
     # 0.4 s charged at the decision, then 0.8 x 0.5 s recharged and 2.0 x 0.1 s of the last write.
-    reason = _over_bound_reason(charged, in_all=1.0, duration=11.0, epsilon=0.05)
-    assert reason is not None and "10.0s after the process started, 4.00% was charged" in reason, reason
+    reason = _over_bound_reason(charged, in_all=1.0, window=11.0, epsilon=0.05)
+    assert reason is not None and "10.0s after the process started, 4.00% was charged; after it," in reason, reason
     assert "measured later at 2.00 (it was 1.20), charged the background work before it 0.40s more" in reason, reason
-    assert "took 0.10s of CPU, charged 0.20s" in reason, reason
-    assert _over_bound_reason(charged, in_all=0.5, duration=11.0, epsilon=0.05) is None  # under ε: nothing to explain
+    assert "the last checkpoints' writes) was charged 0.20s" in reason and "blocked time" not in reason, reason
+    assert "the machine's load rising" in reason, reason
+    # The weight unchanged: the rest after the decision is blocked time; nothing said of a weight.
+    steady = {**charged, "background_weight": 1.2}
+    reason = _over_bound_reason(steady, in_all=0.62, window=11.0, epsilon=0.05)
+    assert reason is not None and "0.10s more was blocked time" in reason and "weight" not in reason, reason
+    # Already above ε at the decision: start-up costs of a short run.
+    short = {**charged, "last_decision": {**decided, "elapsed_seconds": 1.0}}
+    assert "already, by hindlog's start-up" in _over_bound_reason(short, in_all=1.0, window=2.0, epsilon=0.05)
+    assert _over_bound_reason(charged, in_all=0.5, window=11.0, epsilon=0.05) is None  # under ε: nothing to explain
 
 
 def test_a_run_keeps_what_was_charged_at_its_last_checkpoint_decision(project: Project) -> None:
@@ -313,7 +321,7 @@ for epoch in hl.loop("epoch", range(8)):
     state += 1
     time.sleep(0.03)
 """)
-    project.run()
+    project.run(env={"HINDLOG_EPSILON": "0.5"})  # checkpoints, so that `show` gives the charge
     info = project.run_info()
     charged = info["info"]["checkpoint_charged"]
     decided = charged["last_decision"]
@@ -322,6 +330,13 @@ for epoch in hl.loop("epoch", range(8)):
     assert charged["elapsed_seconds"] >= info["ended"] - info["started"], "the process ran before and after the run"
     assert 0 < decided["spent_seconds"] and decided["persister_cpu_seconds"] <= charged["persister_cpu_seconds"], charged
     assert decided["background_weight"] >= 1.0
+    # `show` gives the charge in all over the same window.
+    in_all = sum(charged[k] for k in ("startup_seconds", "exit_seconds", "blocked_seconds", "writer_cpu_seconds",
+                                      "nested_loop_seconds")) + charged["background_weight"] * charged["persister_cpu_seconds"]
+    shown = main(project, "show").stdout
+    assert f"; {in_all / charged['elapsed_seconds'] * 100:.2f}% charged in all" in shown, (shown, charged)
+
+
 def test_diff_shows_code_and_args_changes(project: Project) -> None:
     project, a, b = record_two_runs(project)
     out = project.cli("diff", a, b).stdout

@@ -1710,3 +1710,22 @@ def test_globals_that_functions_rebind_are_state(proj: HFProject) -> None:
     assert int(re.search(r"(\d+) loops? skipped", replayed.stdout).group(1)) > 0, show(replayed)
     assert "note:" not in replayed.stderr, show(replayed)
     assert [l for lines in proj.new_lines(run).values() for l in lines] == fresh
+
+
+def test_printed_lines_a_forced_replay_kept_though_it_diverged_are_said_so(proj: HFProject) -> None:
+    script = dedent("""
+        import time
+        import hindlog as hl
+        for epoch in range(3):
+            time.sleep(0.02)
+            print("loss", epoch)
+            hl.log("t", time.time())
+    """)
+    proj.write("train.py", script)
+    _proc, run = proj.record("train.py", env={"HINDLOG_EPSILON": "0.9"})
+    proj.write("train.py", script.replace('hl.log("t", time.time())', 'hl.log("t", time.time())\n    print("new", epoch)'))
+    forced = proj.replay("train.py", "--force", "--workers", "1", check=False)
+    assert forced.returncode != 0 and "DIVERGED" in forced.stderr, forced.stderr
+    shown = proj.hindlog("show", "--output", run)
+    assert [line.split()[-3:] for line in shown.stdout.splitlines() if "+" in line] == [["+", "new", str(e)] for e in range(3)], shown.stdout
+    assert "note: 3 replayed line(s) of run" in shown.stderr and "kept with --force" in shown.stderr, shown.stderr

@@ -715,7 +715,6 @@ def test_all_replays_every_recorded_version_with_its_own_code(tmp_path: Path) ->
 COUNTER = """
 import os
 import time
-import warnings
 
 import hindlog as hl
 
@@ -1025,7 +1024,8 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path) -> None:
+@pytest.mark.parametrize("variant", ["matching", "diverged", "diverged, --force"])
+def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path, variant: str) -> None:
     import signal
     import time
 
@@ -1034,10 +1034,13 @@ def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path) -
     # In the replay, the second segment's iterations (4 to 7) take 3 s each; the first's do not.
     slow = dedent(COUNTER).replace("range(6)", "range(8)").replace(
         "time.sleep(0.03)", f"time.sleep(3.0 if epoch >= 4 and os.path.exists({str(flag)!r}) else 0.03)")
+    if variant != "matching":  # a recorded value that no replay recomputes alike
+        slow = insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("pid", os.getpid())')
     run = proj.record(slow, env=DENSE)
     proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     flag.write_text("")
-    with _replay_driver(proj, "train.py", "--workers", "2", runs=(run,)) as driver:
+    force = ("--force",) if "force" in variant else ()
+    with _replay_driver(proj, "train.py", "--workers", "2", *force, runs=(run,)) as driver:
         deadline = time.monotonic() + 60
         while len(_workers_of(run)) < 2 and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.05)
@@ -1047,8 +1050,17 @@ def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path) -
         driver.send_signal(signal.SIGINT)
         _out, err = driver.communicate(timeout=60)
     assert driver.returncode == 130, err
-    assert "Segments finished: 0:4; their values are kept" in err, err
-    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x(8).items() if k[0][1] < 4}
+    first_half = {k: 2 * v for k, v in expected_x(8).items() if k[0][1] < 4}
+    if variant == "matching":
+        assert "Segments finished: 0:4; the values of 0:4 are kept." in err, err
+        assert proj.values("double", run) == first_half
+    elif variant == "diverged":
+        assert "Segments finished: 0:4; 0:4 diverged from the record: their values are not kept." in err, err
+        assert proj.count("double", run) == 0
+    else:
+        assert "the values of 0:4 are kept (0:4 diverged from the record: kept with --force, marked)." in err, err
+        with pytest.warns(RuntimeWarning, match="4 value\\(s\\) of 'double'"):
+            assert proj.values("double", run) == first_half
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -1156,7 +1168,6 @@ def test_a_main_loop_longer_than_its_timings_is_replayed_to_its_end(tmp_path: Pa
 
 BROKEN_OFF = """
 import time
-import warnings
 import hindlog as hl
 
 state = {"w": 0.0}
@@ -1186,7 +1197,6 @@ def test_a_nested_loop_left_by_break_keeps_the_locals_read_after_it(tmp_path: Pa
 
 FOR_ELSE = """
 import time
-import warnings
 import hindlog as hl
 
 state = {"w": 0.0, "elses": 0}
@@ -1221,7 +1231,6 @@ def test_a_nested_loop_left_by_break_before_its_else_clause_runs_again_in_replay
 
 EVALUATED = """
 import time
-import warnings
 import hindlog as hl
 
 state = {"w": 0.0}
@@ -1794,6 +1803,8 @@ def test_a_divergence_is_placed_by_the_nested_loops_index_and_after_the_main_loo
                 state["x"] += i
                 hl.log("t", time.time())
         hl.log("end", time.time())
+        for k in hl.loop("eval", range(2)):
+            hl.log("e", time.time())
     """)
     proj.record(text, env=DENSE)
     proj.write("train.py", insert_after(text, 'state["x"] += i', 'hl.log("y", state["x"] * 2)'))
@@ -1803,6 +1814,12 @@ def test_a_divergence_is_placed_by_the_nested_loops_index_and_after_the_main_loo
         for step in range(3):
             assert f"t at iteration {epoch}, step {step}:" in result.stderr, result.stderr
     assert "end after the main loop:" in result.stderr, result.stderr
+    assert "e after the main loop, at eval 1:" in result.stderr, result.stderr
+    # A script with no main loop has nothing before or after one.
+    proj.record("import time\nimport hindlog as hl\nhl.log('t', time.time())\n")
+    proj.write("train.py", "import time\nimport hindlog as hl\nhl.log('t', time.time())\nhl.log('y', 1)\n")
+    result = proj.replay("train.py", check=False)
+    assert "t outside every loop:" in result.stderr, result.stderr
 
 
 def test_a_statement_reading_a_local_that_no_checkpoint_holds_runs_the_loop_that_assigns_it(tmp_path: Path) -> None:
@@ -2151,7 +2168,6 @@ def test_a_worker_is_planned_only_for_more_work_than_its_start() -> None:
 
 ARRAYS = """
 import time
-import warnings
 
 import numpy as np
 

@@ -309,7 +309,7 @@ def _runs(args: argparse.Namespace) -> int:
 @command("show")
 def _show(args: argparse.Namespace) -> int:
     if args.output:
-        lines_out = query.output(args.run, store=args.store)
+        lines_out = _noting_warnings(query.output, args.run, store=args.store)
         for iteration, source, line in lines_out:
             where = "     " if iteration is None else f"{iteration:>4} "
             print(f"{where}{'+' if source else ' '} {line}")
@@ -408,25 +408,34 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _over_bound_reason(charged: dict[str, Any], in_all: float, duration: float, epsilon: float) -> str | None:
+def _over_bound_reason(charged: dict[str, Any], in_all: float, window: float, epsilon: float) -> str | None:
     """Why a run's charge in all ended above ε, which every checkpoint decision kept it under:
     what was charged after the last decision, which none could see. None when under ε."""
     last = charged.get("last_decision")
-    if in_all <= epsilon * duration or not last or last["elapsed_seconds"] <= 0:
+    if in_all <= epsilon * window or not last or last["elapsed_seconds"] <= 0:
         return None
+    at, spent = last["elapsed_seconds"], last["spent_seconds"]
+    head = f"above the bound: at the last checkpoint decision, {at:.1f}s after the process started, {spent / at * 100:.2f}% was charged"
+    if spent > epsilon * at:
+        # The decisions took no checkpoint then: what was charged before them (start-up, the code
+        # snapshot) already exceeded ε of so short a run.
+        return head + " already, by hindlog's start-up and the code snapshot: a longer run, or a larger ε, stays under it."
     weight, was = charged["background_weight"], last["background_weight"]
+    recharged = max(weight - was, 0.0) * last["persister_cpu_seconds"]
+    writes = weight * max(charged["persister_cpu_seconds"] - last["persister_cpu_seconds"], 0.0)
+    rest = in_all - spent - recharged - writes
     parts = []
-    if weight > was + 0.005:
+    if recharged >= 0.005:
         parts.append(f"the slowdown weight, measured later at {weight:.2f} (it was {was:.2f}), charged the background work "
-                     f"before it {(weight - was) * last['persister_cpu_seconds']:.2f}s more")
-    after = charged["persister_cpu_seconds"] - last["persister_cpu_seconds"]
-    if after > 0.0005:
-        parts.append(f"the background work after it (the last checkpoints' writes) took {after:.2f}s of CPU, "
-                     f"charged {weight * after:.2f}s")
-    said = "; ".join(parts) if parts else "the costs after it (the run's end) were higher than estimated"
-    return (f"above the bound: when the last checkpoint was decided, {last['elapsed_seconds']:.1f}s after the process started, "
-            f"{last['spent_seconds'] / last['elapsed_seconds'] * 100:.2f}% was charged; after that decision {said}. "
-            "A slowdown measured late is usually the machine's load rising; a smaller ε leaves more margin.")
+                     f"before it {recharged:.2f}s more")
+    if writes >= 0.005:
+        parts.append(f"the background work after it (the last checkpoints' writes) was charged {writes:.2f}s")
+    if rest >= 0.005:
+        parts.append(f"{rest:.2f}s more was blocked time (the last checkpoint's copy, the run's end) and the catalog writer's work")
+    said = f"; after it, {'; '.join(parts)}." if parts else "."
+    if recharged >= 0.005:
+        said += " A slowdown measured late is usually the machine's load rising; a smaller ε leaves more margin."
+    return head + said
 
 
 def _ranges(values: list[int]) -> str:
@@ -698,19 +707,15 @@ def _replay(args: argparse.Namespace) -> int:
 def _divergence_place(divergence: dict[str, Any]) -> str:
     """Where a diverged value was logged: ``at iteration 3``, with the nested loops' indices
     (``at iteration 3, step 7``): a per-step value repeats in every iteration."""
-    from .catalog import AFTER_MAIN_LOOP
-
-    context = divergence.get("context") or "[]"
-    after_main_loop = context.endswith(AFTER_MAIN_LOOP)
     try:
-        loops = json.loads(context.removesuffix(AFTER_MAIN_LOOP))
+        loops = json.loads(divergence.get("context") or "[]")
     except ValueError:
         loops = []
     if divergence.get("iteration") is None:
         # The first hl.loop is the main loop: any loop outside it comes after it.
         if loops:
             return "after the main loop, at " + ", ".join(f"{name} {index}" for name, index in loops)
-        return "after the main loop" if after_main_loop else "before the main loop"
+        return divergence.get("outside") or "outside every loop"
     nested = "".join(f", {name} {index}" for name, index in loops[1:])
     return f"at iteration {divergence['iteration']}{nested}"
 

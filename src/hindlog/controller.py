@@ -465,6 +465,7 @@ class ReplayController(Controller):
         self._keys: dict[tuple[Any, ...], str] = {}
         self._block_keys: list[tuple[int, int]] = []
         self._split_after = False
+        self._recorded_without_main_loop = False
 
     def attach(self, conn: Any) -> tuple[int, str, int]:
         run = catalog.get_run(conn, self.spec["run_id"])
@@ -484,7 +485,10 @@ class ReplayController(Controller):
             "AND (c.iteration IS NULL OR (c.iteration>=? AND c.iteration<?)) ORDER BY r.rowid",
             (run["id"], catalog.SOURCE_RECORD, self.start, self.end),
         ).fetchall()
-        after = catalog.split_outside_loops(run.get("info") or {})
+        info = run.get("info") or {}
+        #: Whether the recorded run had no main loop (then nothing is before or after one).
+        self._recorded_without_main_loop = "main_loop" in info and info["main_loop"] is None
+        after = catalog.split_outside_loops(info)
         #: Values outside every loop are keyed apart before and after the main loop (the last
         #: segment runs only the latter), where the record says which is which.
         self._split_after = after is not None
@@ -582,10 +586,12 @@ class ReplayController(Controller):
         self.checked += 1
         replayed = decode(*encode(value))
         if not equal(recorded[n], replayed, self.tolerance):
-            self.divergences.append(
-                {"name": name, "iteration": self.recorder.iteration, "context": key,
-                 "recorded": _summary(recorded[n]), "replayed": _summary(replayed)}
-            )
+            divergence = {"name": name, "iteration": self.recorder.iteration, "context": key,
+                          "recorded": _summary(recorded[n]), "replayed": _summary(replayed)}
+            if self.recorder.iteration is None:
+                divergence["outside"] = "after the main loop" if self.main_started else \
+                    "outside every loop" if self._recorded_without_main_loop else "before the main loop"
+            self.divergences.append(divergence)
         return False
 
     # ------------------------------------------------------------ loops

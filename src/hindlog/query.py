@@ -108,6 +108,11 @@ def run_duration(run: dict[str, Any]) -> float | None:
     return run["ended"] - run["started"] - float((run.get("info") or {}).get("stopped_seconds") or 0.0)
 
 
+#: What to know of values that a replay kept with --force although it diverged.
+_UNCHECKED_ADVICE = ("they were computed from a state that may not be the run's. A later replay of the run whose "
+                     "recomputed values match the record's replaces them.")
+
+
 def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     """Values of ``names`` with one row per run and loop context.
 
@@ -193,9 +198,7 @@ def logged_frame(
     if unchecked:
         warn_user(
             "hl.dataframe: " + "; ".join(f"{k} value(s) of {n!r} in run {by_key[run]['run_id']}" for (n, run), k in unchecked.items())
-            + " come from a replay whose recomputed values differed from the record's, kept with --force: they were "
-            "computed from a state that may not be the run's. `hindlog replay --run RUN` without --force replaces them "
-            "if the replay now matches the record."
+            + f" come from a replay whose recomputed values differed from the record's, kept with --force: {_UNCHECKED_ADVICE}"
         )
 
     fixed = {"run_id", "code_version", *loop_names}
@@ -383,6 +386,7 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
     # a line and its place are paired in the order that worker stored them.
     replayed: dict[int, list[tuple[int, int | None, str, str]]] = {}
     positions: dict[int, list[Any]] = {}
+    unchecked = 0
     for rowid, ctx, it, loops, name, kind, value, src in rows:
         loops = loops or "[]"
         if src == 0:
@@ -392,8 +396,12 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
                 recorded.append((it if it is not None else ("post" if post else "pre"), it, decode(kind, value)))
         elif name == "@stdout":
             replayed.setdefault(ctx, []).append((rowid, it, loops, decode(kind, value)))
+            unchecked += src == catalog.SOURCE_REPLAY_DIVERGED
         else:
             positions.setdefault(ctx, []).append(decode(kind, value))
+    if unchecked:
+        warn_user(f"{unchecked} replayed line(s) of run {run['run_id']} come from a replay whose recomputed values differed "
+                  f"from the record's, kept with --force: {_UNCHECKED_ADVICE}")
 
     first_of: dict[Any, int] = {}
     last_of: dict[Any, int] = {}

@@ -723,12 +723,12 @@ class Recorder:
                     # The catalog writer's CPU time up to the last checkpoint decision.
                     "writer_cpu_seconds": self.checkpointer.writer_cpu_charged,
                     # The policy's window, from the process's start: what ε bounds the charge by.
-                    "elapsed_seconds": elapsed,
+                    "elapsed_seconds": time.perf_counter() - policy.start,
                 }
                 if policy.last_decision is not None:
-                    elapsed, spent, weight, cpu = policy.last_decision
+                    at, spent, weight, cpu = policy.last_decision
                     timing["checkpoint_charged"]["last_decision"] = {
-                        "elapsed_seconds": elapsed, "spent_seconds": spent, "background_weight": weight, "persister_cpu_seconds": cpu,
+                        "elapsed_seconds": at, "spent_seconds": spent, "background_weight": weight, "persister_cpu_seconds": cpu,
                     }
             if self.controller is not None:
                 timing = self.controller.timing(timing)

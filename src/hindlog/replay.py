@@ -1008,13 +1008,20 @@ def _execute(
                     kept.append(k)
                 if keep_diverged and diverged_here:
                     kept_diverged.append(k)
+        def spans(ks: list[int]) -> str:
+            return ", ".join(f"{procs[k][0].start}:{procs[k][0].end}" for k in ks)
+
+        dropped = [k for k, (seg, *_r) in enumerate(procs) if seg in finished and k not in kept]
         try:
             # Segments that ran to their end, their values checked, are kept, once; the others'
             # values are not (not all of them were checked), and the earlier replay's stay.
             _publish(store, plan, base, len(procs), kept, kept_diverged)
-            kept_said = "their values are kept"
+            kept_said = [f"the values of {spans(kept)} are kept" + (
+                f" ({spans(kept_diverged)} diverged from the record: kept with --force, marked)" if kept_diverged else "")] if kept else []
         except (sqlite3.Error, StoreError) as e:  # the catalog locked or damaged: said, the interrupt goes on
-            kept_said = f"their values could not be stored ({e}); replay them again"
+            kept_said = [f"their values could not be stored ({e}); replay them again"] if kept else []
+        if dropped:
+            kept_said.append(f"{spans(dropped)} diverged from the record: their values are not kept")
         written, _again = written_files(store, run, scratch, before)
         if written:
             mark_scratch_kept(scratch)  # an unfinished replay's files replace no earlier replay's
@@ -1023,8 +1030,9 @@ def _execute(
         done = ", ".join(f"{s.start}:{s.end}" for s in finished) or "none"
         again = f"--iterations {min(s.start for s in rest)}:{max(s.end for s in rest)}" if rest else ""
         interrupted = ReplayInterrupted(
-            f"replay of run {plan.run_id} interrupted. Segments finished: {done}; {kept_said} (those of "
-            f"segments stopped midway are not, and earlier values stay)." + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
+            f"replay of run {plan.run_id} interrupted. Segments finished: {done}" + "".join(f"; {k}" for k in kept_said) + "."
+            + (" The values of the segments stopped midway are not kept; an earlier replay's values stay." if rest else "")
+            + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
             + (f" The {len(written)} files it wrote are in {scratch} (delete it when done)." if written else "")
         )
         interrupted.signal = _stopped_by.pop() if _stopped_by else signal.SIGINT
@@ -1363,10 +1371,12 @@ def replay(
                 # stored its results, whose transaction then did not commit.
                 done = f" The replays of the runs before it ended: {', '.join(r.run_id for r in report.results)}." \
                     if report.results else ""
-                raise ReplayInterrupted(
-                    f"replay of run {p.run_id} interrupted while it started or stored its values, which may not all be "
-                    f"stored: replay it again with --run {p.run_id}.{done}"
-                ) from None
+                interrupted = ReplayInterrupted(
+                    f"replay of run {p.run_id} interrupted while it started, stopped its workers or stored their values, "
+                    f"which may not all be stored: replay it again with --run {p.run_id}.{done}"
+                )
+                interrupted.signal = _stopped_by.pop() if _stopped_by else signal.SIGINT  # a second stop, by SIGTERM
+                raise interrupted from None
             finally:
                 lock.release()
     finally:
