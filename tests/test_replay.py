@@ -1791,6 +1791,32 @@ def test_values_kept_from_a_diverged_replay_are_replaced_by_a_replay_that_matche
     assert proj.count("end", run) == 1
 
 
+def test_a_main_loop_that_ends_sooner_than_the_records_is_a_divergence(tmp_path: Path) -> None:
+    """The script reads its epoch count from an environment variable that the replay's
+    environment lacks: the replay must not pass for the run with fewer iterations."""
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import os
+        import time
+        import hindlog as hl
+        state = {"x": 0}
+        hl.checkpoints(state=state)
+        for epoch in hl.loop("epoch", range(int(os.environ.get("EPOCHS", "4")))):
+            for i in hl.loop("step", range(3)):
+                state["x"] += i
+            time.sleep(0.05)
+    """)
+    run = proj.record(text, env={**DENSE, "EPOCHS": "6"})
+    proj.write("train.py", text + '    hl.log("x", state["x"])\n')
+    for workers in ("1", "2"):
+        result = proj.replay("train.py", "--workers", workers, check=False)
+        assert result.returncode != 0 and "DIVERGED" in result.stderr, result.stdout + result.stderr
+        assert "the main loop 'epoch' ended after 4 iterations; the record ran 6 iterations" in result.stderr, result.stderr
+        assert proj.count("x", run) == (0 if workers == "1" else 3), result.stdout + result.stderr
+    proj.replay("train.py", "--workers", "1", env={"EPOCHS": "6"})
+    assert proj.count("x", run) == 6
+
+
 def test_a_divergence_is_placed_by_the_nested_loops_index_and_after_the_main_loop(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     text = dedent("""
@@ -2933,3 +2959,31 @@ def test_an_older_run_gets_only_the_new_statements_with_run_or_force(tmp_path: P
     proj.write("train.py", new.replace("time.sleep(0.03)", "time.sleep(0.031)"))
     out = proj.replay("train.py", "--all", "--force").stdout
     assert proj.values("h_lr", old) == {(("epoch", e),): 0.1 for e in range(4)}, out
+
+
+def test_a_script_whose_child_processes_record_is_refused_by_the_children_with_the_reason(tmp_path: Path) -> None:
+    """The children inherit the replay worker's variables: each would take the worker's run for
+    its own (and, following the replay's driver, ended itself without a word)."""
+    proj = ReplayProject(tmp_path)
+    text = dedent("""
+        import multiprocessing
+        import hindlog as hl
+
+        def child(k):
+            for epoch in hl.loop("epoch", range(2)):
+                hl.log("k", k + epoch)
+
+        if __name__ == "__main__":
+            processes = [multiprocessing.get_context("spawn").Process(target=child, args=(k,)) for k in range(2)]
+            for p in processes:
+                p.start()
+            for p in processes:
+                p.join()
+    """)
+    proj.write("train.py", text)
+    proj.python("train.py")
+    assert len(proj.run_ids()) == 2
+    proj.write("train.py", insert_after(text, 'hl.log("k", k + epoch)', 'hl.log("k2", 2 * k)'))
+    result = proj.replay("train.py", check=False)
+    assert result.returncode != 0
+    assert "was started by the script that `hindlog replay` runs, and calls hindlog itself" in result.stderr, result.stderr

@@ -1071,6 +1071,15 @@ def checkpoint_rows(conn: Any, run: int) -> dict[int, dict[int, tuple[str | None
     return out
 
 
+def keep_checkpoints(rows: dict[int, dict[int, Any]], keep: set[tuple[int, int]] | list[list[int]] | None) -> dict[int, dict[int, Any]]:
+    """``rows`` (``checkpoint_rows``) less the checkpoints not in ``keep`` (None: all kept)."""
+    if keep is None:
+        return rows
+    kept = {tuple(k) for k in keep}
+    out = {i: {b: e for b, e in blocks.items() if (i, b) in kept} for i, blocks in rows.items()}
+    return {i: blocks for i, blocks in out.items() if blocks}
+
+
 def skippable_blocks(rows: dict[int, dict[int, tuple[str | None, str]]], start: int, end: int, probed: set[str]) -> list[tuple[int, int]]:
     """``(iteration, block)`` of the nested-loop checkpoints a replay of iterations
     [start, end) may restore instead of running the loop, in the order it meets them

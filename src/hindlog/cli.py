@@ -342,6 +342,10 @@ def _show(args: argparse.Namespace) -> int:
     if env:
         pkgs = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items())
         lines.append(f"python       {env.get('python')} on {env.get('host')}  ({pkgs})")
+    launch = env.get("distributed")
+    if launch:
+        lines.append(f"distributed  rank {launch['rank']} of {launch['world_size']} processes of one launch (replay all ranks "
+                     f"together: torchrun --nproc_per_node {launch['world_size']} -m hindlog replay)")
     ckpts = info["checkpoints"]
     overhead = info.get("overhead")
     ckpt_line = "checkpoints  0"
@@ -688,6 +692,11 @@ def _replay(args: argparse.Namespace) -> int:
             status = 1
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)
             for d in r.divergences[:10]:
+                if d.get("main_loop_ended"):
+                    print(f"    the main loop {d['name']!r} ended after {d['replayed']}; the record ran {d['recorded']}: "
+                          "the script read something other than the record did (an environment variable, a file)",
+                          file=sys.stderr)
+                    continue
                 print(f"    {d['name']} {_divergence_place(d)}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
             diverged_at = [d["iteration"] for d in r.divergences if d.get("iteration") is not None]

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from . import catalog
-from .checkpoint import checkpoint_rows, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
+from .checkpoint import checkpoint_rows, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
 from .errors import ReplayError
 from .restore import apply
 from .values import decode, encode, equal
@@ -83,6 +83,16 @@ def follow_driver(driver_pid: int | None) -> None:
         return
     if os.getppid() != driver_pid:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def skip(it: Iterator[Any], n: int) -> Iterator[Any]:
@@ -419,7 +429,16 @@ class ReplayController(Controller):
         super().__init__(recorder, spec)
         from . import checkpoint
 
-        follow_driver(spec.get("driver_pid"))
+        driver = spec.get("driver_pid")
+        if driver and os.getppid() != driver and _alive(driver):
+            # A process the replayed script started (torch.multiprocessing.spawn, a Pool) inherits
+            # the worker's variables: it would take the worker's run for its own.
+            raise ReplayError(
+                f"hindlog: process {os.getpid()} was started by the script that `hindlog replay` runs, and calls hindlog "
+                f"itself: replaying a script whose processes record runs of their own (torch.multiprocessing.spawn, "
+                f"multiprocessing) is not supported. Under torchrun, replay with `torchrun ... -m hindlog replay`."
+            )
+        follow_driver(driver)
         checkpoint.remember_verified = True
         #: hindlog's warnings in this worker (a damaged checkpoint passed over, a local that
         #: cannot be restored), for the driver to show: the worker's own stderr is a log file.
@@ -469,7 +488,8 @@ class ReplayController(Controller):
 
     def attach(self, conn: Any) -> tuple[int, str, int]:
         run = catalog.get_run(conn, self.spec["run_id"])
-        self.rows = checkpoint_rows(conn, run["id"])
+        # A rank of a distributed launch uses only the checkpoints every rank has (all skip alike).
+        self.rows = keep_checkpoints(checkpoint_rows(conn, run["id"]), self.spec.get("common_checkpoints"))
         # Both queries go name by name through the (name, run) index, not over every run's records.
         self.recorded_names = {
             r[0] for r in conn.execute(
@@ -618,6 +638,15 @@ class ReplayController(Controller):
 
     def main_loop_done(self) -> None:
         self.main_finished = True
+        ran = self.recorder.main_loop_iterations
+        if ran < self.end:
+            # The record ran these iterations: a loop that ends sooner reads something that is not
+            # what the record read (an environment variable, a file). What it computes is not the
+            # run's, and is checked nowhere else when the run logged little.
+            self.divergences.append({
+                "name": self.recorder.main_loop_name, "iteration": ran, "context": "[]", "main_loop_ended": True,
+                "recorded": f"{self.spec.get('recorded_iterations', self.end)} iterations", "replayed": f"{ran} iterations",
+            })
         if not self.last:
             # Code after the main loop runs once, in the last segment.
             self.recorder.finish()

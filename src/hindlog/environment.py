@@ -78,6 +78,23 @@ def recorded_variables() -> dict[str, str]:
     }
 
 
+def distributed() -> dict[str, Any] | None:
+    """This process's place among the processes of one distributed launch (``torchrun``,
+    ``torch.distributed.launch``: they set ``RANK`` and ``WORLD_SIZE``): its rank, their
+    number and what tells the launch apart; None for a process alone."""
+    try:
+        world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    except (KeyError, ValueError):
+        return None
+    if world_size <= 1:
+        return None
+    return {
+        "rank": rank,
+        "world_size": world_size,
+        "launch": [os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")],
+    }
+
+
 def gpus() -> list[str]:
     """Names of the visible GPUs, asked only of a torch that the script already imported."""
     torch = sys.modules.get("torch")
@@ -121,6 +138,9 @@ def describe(packages: bool = True) -> dict[str, Any]:
         # entries inside the project at its copy of the recorded code (None: not set).
         "pythonpath": os.environ.get("PYTHONPATH"),
     }
+    launch = distributed()
+    if launch is not None:
+        out["distributed"] = launch
     if packages:
         out.update(packages_description())
     return out

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, codeversion, hindsight
-from .checkpoint import ITERATION_END, checkpoint_rows, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
+from . import catalog, codeversion, environment, hindsight
+from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
 from .controller import ENV
 from .errors import ReplayError, ReplayInterrupted, RunNotFound, StoreError
 from .store import Store, mark_scratch_kept
@@ -80,6 +80,9 @@ class RunPlan:
     #: Run the main loop from its first iteration in one segment (``unrestorable``, or gradients
     #: that one iteration leaves to the next).
     from_start: bool = False
+    #: For a run of one rank of a distributed launch: the checkpoints (iteration, block) that every
+    #: rank's run has, the only ones its replay uses (None: a process alone, all of its own).
+    common_checkpoints: list[list[int]] | None = None
 
 
 @dataclass
@@ -145,6 +148,62 @@ def _renamed_hint(conn: Any, root: Path) -> str:
     return (f" Runs of {names}, no longer in the project, are recorded: if the script was renamed, its runs replay "
             "under the name they were recorded with (rename it back, or copy it to that name, add the statements "
             "there and replay that).")
+
+
+def launch_runs(conn: Any, run: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The runs that the ranks of ``run``'s distributed launch recorded, by rank (``{}`` for a
+    run of a process alone). A rank with several candidates is left out."""
+    launch = (run.get("env") or {}).get("distributed")
+    if not launch:
+        return {}
+    by_rank: dict[int, list[dict[str, Any]]] = {}
+    for r in catalog.list_runs(conn, run.get("script")):
+        d = (r.get("env") or {}).get("distributed")
+        if d and (d["world_size"], d["launch"]) == (launch["world_size"], launch["launch"]) \
+                and r.get("code_version") == run.get("code_version") and abs((r.get("started") or 0) - (run.get("started") or 0)) < 600:
+            by_rank.setdefault(d["rank"], []).append(r)
+    return {rank: runs[0] for rank, runs in by_rank.items() if len(runs) == 1}
+
+
+def _this_ranks_run(conn: Any, run: dict[str, Any], here: dict[str, Any]) -> dict[str, Any]:
+    """Under a distributed launcher, the run that this process's rank recorded in the launch that
+    recorded ``run`` (``run`` itself when it is this rank's, or no such run is found): each rank
+    of ``torchrun ... hindlog replay`` replays its own rank's run."""
+    launch = (run.get("env") or {}).get("distributed")
+    if not launch or launch["rank"] == here["rank"]:
+        return run
+    return launch_runs(conn, run).get(here["rank"], run)
+
+
+def common_checkpoints(conn: Any, run: dict[str, Any]) -> set[tuple[int, int]] | None:
+    """For a run of one rank of a distributed launch, the checkpoints (iteration, block) that
+    every rank's run has: the ranks' replays skip the same loops, or one rank would wait in a
+    collective (an all-reduce) for another that skipped it. None for a process alone; raises
+    when the runs of some ranks are not in the store."""
+    launch = (run.get("env") or {}).get("distributed")
+    if not launch:
+        return None
+    runs = launch_runs(conn, run)
+    missing = sorted(set(range(launch["world_size"])) - set(runs))
+    if missing:
+        raise ReplayError(f"the runs of rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of the distributed "
+                          f"launch of run {run['run_id']} are not in this store (or not told apart): the ranks' replays "
+                          "must skip the same loops")
+    common: set[tuple[int, int]] | None = None
+    for r in runs.values():
+        have = {(i, b) for i, blocks in checkpoint_rows(conn, r["id"]).items() for b in blocks}
+        common = have if common is None else common & have
+    return common or set()
+
+
+def _other_ranks_needed(launch: dict[str, Any], script: str | None, here: dict[str, Any] | None) -> str:
+    """Why a run of one rank of a distributed launch is not replayed here."""
+    rank, size = launch["rank"], launch["world_size"]
+    why = f"it is rank {rank} of {size} processes of a distributed launch (torchrun), whose code waits for the other ranks"
+    if here is not None:
+        why += f"; this replay is rank {here['rank']} of {here['world_size']}, and no run of that rank was found in the launch"
+    return (f"{why}. Replay all {size} ranks at once under the same launcher: `torchrun --nproc_per_node {size} -m hindlog "
+            f"replay {script or 'SCRIPT'}` (each rank replays its own rank's run of the launch, with one worker)")
 
 
 def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None,
@@ -410,11 +469,13 @@ def plan_run(
             hi = total  # (as a Python slice: up to the run's last iteration)
         if not (0 <= lo < hi <= max(total, 1)):
             raise ReplayError(f"--iterations {lo}:{hi} is outside run {run['run_id']}'s main loop (0:{total})")
-    rows = checkpoint_rows(conn, run["id"])
+    common = common_checkpoints(conn, run)
+    rows = keep_checkpoints(checkpoint_rows(conn, run["id"]), common)
     checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed,
                    shared_lines=shared_lines)
     plan.run_by_new_code = run_by_new_code
+    plan.common_checkpoints = sorted([i, b] for i, b in common) if common is not None else None
     plan.main_loop = info.get("main_loop")
     if plan.main_loop is None:  # recorded before runs kept its name: the loop of the values logged in it
         first = conn.execute("SELECT loops FROM contexts WHERE run=? AND iteration IS NOT NULL LIMIT 1", (run["id"],)).fetchone()
@@ -931,7 +992,7 @@ def _execute(
         with catalog.transaction(conn):
             catalog.discard_pending(conn, [plan.run])  # left by a replay of this run that was killed before it ended
         base = _ctx_base(conn, plan.run)
-        rows = checkpoint_rows(conn, plan.run)
+        rows = keep_checkpoints(checkpoint_rows(conn, plan.run), plan.common_checkpoints)
     finally:
         conn.close()
     prefetch_in_background(prefetch_checkpoints, store.objects, restore_order(plan, rows), prefetch_budget())
@@ -953,6 +1014,8 @@ def _execute(
             "mode": "replay",
             "run_id": plan.run_id,
             "segment": [seg.start, seg.end],
+            "recorded_iterations": plan.total_iterations,
+            "common_checkpoints": plan.common_checkpoints,
             "first": k == 0,
             "last": k == len(plan.segments) - 1 and seg.end >= plan.total_iterations,
             "probed": sorted(plan.probed),
@@ -1297,10 +1360,17 @@ def replay(
             raise ReplayError(f"no statements were added to the code of run {targets[-1]['run_id']}; {hint}")
         plans: list[RunPlan] = []
         skipped: list[tuple[str, str]] = []
+        here = environment.distributed()
+        if here is not None:
+            targets = [_this_ranks_run(conn, run, here) for run in targets]
         gpus = visible_gpus() if any(_used_gpu(r) for r in targets) else []
         for run in targets:
             if run.get("status") == "running":
                 skipped.append((run["run_id"], "it is still recording; replay it once it has finished"))
+                continue
+            launch = (run.get("env") or {}).get("distributed")
+            if launch and (here is None or (here["rank"], here["world_size"]) != (launch["rank"], launch["world_size"])):
+                skipped.append((run["run_id"], _other_ranks_needed(launch, rel, here)))
                 continue
             index = (run.get("info") or {}).get("process_index", 0)
             if index:
@@ -1316,21 +1386,27 @@ def replay(
                     continue
                 held.append(lock)
             fitting = default_workers(run, gpus=gpus)
+            asked = workers
+            if launch:
+                # Every rank must run the same iterations together: one worker each, the whole run.
+                fitting, asked = 1, None
             try:
-                p = plan_run(st, conn, run, current, additions, base, iterations, workers or fitting, force,
-                             workers_given=workers is not None)
+                p = plan_run(st, conn, run, current, additions, base, iterations, asked or fitting, force,
+                             workers_given=asked is not None)
             except ReplayError as e:
                 skipped.append((run["run_id"], str(e)))
                 if not dry_run:
                     held.pop().release()
                 continue
             p.notes = notes + p.notes
+            if launch and workers and workers > 1:
+                p.notes.append(f"one worker, not {workers}: rank {launch['rank']} replays its whole run with the other ranks")
             if _used_gpu(run) and len(p.segments) > 1:
                 # The recorded variables apply in the workers: a recorded CUDA_VISIBLE_DEVICES narrows the choice.
                 recorded = (run.get("env") or {}).get("variables") or {}
                 choice = visible_gpus({**os.environ, **recorded}) if "CUDA_VISIBLE_DEVICES" in recorded else gpus
                 p.gpus = [gpu_for_worker(k, len(p.segments), choice) for k in range(len(p.segments))]
-            if workers and workers > fitting and len(p.segments) > fitting:
+            if asked and asked > fitting and len(p.segments) > fitting:
                 if _used_gpu(run) and gpus:
                     p.notes.append(f"{workers} workers share this machine's {len(gpus)} GPU(s); --workers {fitting} may be faster")
                 else:

@@ -48,6 +48,13 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
     if (row.get("info") or {}).get("process_index"):
         raise ReplayError(f"run {row['run_id']} is not the first run of the process that recorded it (hl.init called "
                           "several times): resume can continue only a process's first run")
+    launch = (row.get("env") or {}).get("distributed")
+    if launch:
+        # Each rank would restart from its own latest checkpoint, and those differ: the ranks
+        # would train from different states and the run would end "finished" with wrong values.
+        raise ReplayError(f"run {row['run_id']} is rank {launch['rank']} of {launch['world_size']} processes of a distributed "
+                          "launch (torchrun); resuming a distributed run is not supported: its ranks' checkpoints are of "
+                          "different iterations. Run the launch again; its checkpoints stay for replay.")
     if not any(ITERATION_END in blocks for blocks in rows.values()):
         raise ReplayError(f"run {row['run_id']} has no checkpoint to resume from; run the script again instead")
     if not row.get("code_version") or not row.get("script"):
