@@ -1729,3 +1729,12 @@ def test_printed_lines_a_forced_replay_kept_though_it_diverged_are_said_so(proj:
     shown = proj.hindlog("show", "--output", run)
     assert [line.split()[-3:] for line in shown.stdout.splitlines() if "+" in line] == [["+", "new", str(e)] for e in range(3)], shown.stdout
     assert "note: 3 replayed line(s) of run" in shown.stderr and "kept with --force" in shown.stderr, shown.stderr
+
+
+def test_a_distributed_launcher_is_not_recorded_in_place_of_its_ranks(proj: HFProject) -> None:
+    proj.write("train.py", "print('training')\n")
+    for launcher in (["-m", "torch.distributed.run"], [str(Path(PY).parent / "torchrun")]):
+        out = proj.hindlog("run", *launcher, "--nproc_per_node", "2", "train.py")
+        assert out.returncode == 2, show(out)
+        assert "would record only the launcher" in out.stderr and "torchrun [options] -m hindlog run train.py" in out.stderr, show(out)
+    assert proj.run_ids() == []

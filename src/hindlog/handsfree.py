@@ -415,11 +415,21 @@ def _main_module_spec(name: str) -> Any:
     return spec
 
 
+#: Modules that launch the processes of a distributed training run.
+_LAUNCHERS = ("torch.distributed.run", "torch.distributed.launch")
+
+
 def run_script(script: str, args: list[str], epsilon: float | None = None, sets: list[str] | None = None,
                module: bool = False) -> int:
     """Run ``script`` with ``args`` under hands-free recording (``module``: ``script`` names a
     module, run as ``python -m`` runs it); returns its exit code."""
     global RUNNING
+    if (module and script in _LAUNCHERS) or (not module and Path(script).name in ("torchrun", "torch.distributed.run")):
+        # The launcher's own process trains nothing: its ranks must be recorded, each in itself.
+        print(f"hindlog: {script} launches processes that train; `hindlog run` would record only the launcher. Put "
+              "hindlog inside the launch, so that each rank records its run: `torchrun [options] -m hindlog run "
+              "train.py ...`", file=sys.stderr)
+        return 2
     RUNNING = True
     module_spec = None
     if module:
