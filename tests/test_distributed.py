@@ -111,6 +111,11 @@ def test_each_rank_replays_its_own_run_and_skips_only_what_every_rank_can(tmp_pa
     assert len(expected) == 4
     for run in runs:
         assert wnorms(proj, run) == expected, run
+    # --all names both ranks' runs: each rank replays its own, once.
+    again = torchrun(proj, "-m", "hindlog", "replay", "train.py", "--all")
+    for run in runs:
+        assert f"run {run}: 4 new values stored" in again and "(they replace 4 values of an earlier replay)" in again, again
+        assert wnorms(proj, run) == expected, run
 
     # Resuming one rank alone would train from its own latest checkpoint: refused.
     proj.sql("UPDATE runs SET status='killed' WHERE run_id=?", (ranks[0],))

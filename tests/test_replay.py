@@ -1813,8 +1813,18 @@ def test_a_main_loop_that_ends_sooner_than_the_records_is_a_divergence(tmp_path:
         assert result.returncode != 0 and "DIVERGED" in result.stderr, result.stdout + result.stderr
         assert "the main loop 'epoch' ended after 4 iterations; the record ran 6 iterations" in result.stderr, result.stderr
         assert proj.count("x", run) == (0 if workers == "1" else 3), result.stdout + result.stderr
+        assert "only segments that start mid-run diverged" not in result.stderr, result.stderr
+    # A segment whose iterations are all past the shorter loop's end (3:6 of a 2-iteration loop).
+    result = proj.replay("train.py", "--workers", "2", check=False, env={"EPOCHS": "2"})
+    assert "the main loop 'epoch' ended after 2 iterations; the record ran 6 iterations" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     proj.replay("train.py", "--workers", "1", env={"EPOCHS": "6"})
     assert proj.count("x", run) == 6
+    # A run whose main loop ran no iteration ends where the record did.
+    empty = proj.record(text + '    hl.log("x", state["x"])\n', env={**DENSE, "EPOCHS": "0"})
+    proj.write("train.py", text + '    hl.log("x", state["x"])\nhl.log("end", state["x"])\n')
+    proj.replay("train.py", "--run", empty, env={"EPOCHS": "0"})
+    assert proj.values("end", empty) == {(): 0}
 
 
 def test_a_divergence_is_placed_by_the_nested_loops_index_and_after_the_main_loop(tmp_path: Path) -> None:

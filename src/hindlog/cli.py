@@ -699,7 +699,7 @@ def _replay(args: argparse.Namespace) -> int:
                     continue
                 print(f"    {d['name']} {_divergence_place(d)}: recorded {d['recorded']}, replayed {d['replayed']}", file=sys.stderr)
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
-            diverged_at = [d["iteration"] for d in r.divergences if d.get("iteration") is not None]
+            diverged_at = [d["iteration"] for d in r.divergences if d.get("iteration") is not None and not d.get("main_loop_ended")]
             if plan is not None and not plan.draws_random and len(plan.segments) > 1 and diverged_at \
                     and min(diverged_at) >= plan.segments[0].end:
                 print("  only segments that start mid-run diverged: something made once, at the start, is not in the "

@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any
 
 from . import catalog
-from .checkpoint import checkpoint_rows, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
+from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
 from .errors import ReplayError
 from .restore import apply
 from .values import decode, encode, equal
@@ -319,6 +319,11 @@ class Controller:
             return 0, it
         t0 = time.perf_counter()
         loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)
+        wanted = max((i for i in self.rows if i < start and ITERATION_END in self.rows[i]), default=None)
+        if self.spec.get("common_checkpoints") is not None and (loaded.iteration if loaded else None) != wanted:
+            # The other ranks start from the checkpoint this one could not read.
+            raise ReplayError(f"the checkpoint of iteration {wanted} of this rank's run cannot be restored (see above), and "
+                              "the other ranks of its distributed launch start from it: replay other --iterations")
         if loaded is None:
             return 0, it
         read = time.perf_counter() - t0
@@ -638,8 +643,10 @@ class ReplayController(Controller):
 
     def main_loop_done(self) -> None:
         self.main_finished = True
+        # (None: no iteration ended, the loop's iterator was empty where it started.)
         ran = self.recorder.main_loop_iterations
-        if ran < self.end:
+        ran = ran if ran is not None else (self.first_executed or 0)
+        if ran < min(self.end, self.spec.get("recorded_iterations", self.end)):
             # The record ran these iterations: a loop that ends sooner reads something that is not
             # what the record read (an environment variable, a file). What it computes is not the
             # run's, and is checked nowhere else when the run logged little.
@@ -665,6 +672,11 @@ class ReplayController(Controller):
         return entry[1]
 
     def block_ran_instead(self) -> None:
+        if self.spec.get("common_checkpoints") is not None:
+            # The other ranks skip this loop: run here, it would wait for them in a collective.
+            raise ReplayError(f"a checkpoint of iteration {self.recorder.iteration} of this rank's run cannot be restored "
+                              "(see above), and the other ranks of its distributed launch skip that loop: replay with "
+                              f"--iterations that start after {self.recorder.iteration}, or run the launch again")
         self.skipped_blocks -= 1
         self.run_blocks += 1
 

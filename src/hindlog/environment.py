@@ -91,7 +91,11 @@ def distributed() -> dict[str, Any] | None:
     return {
         "rank": rank,
         "world_size": world_size,
-        "launch": [os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")],
+        # What the ranks of one launch share and another launch's do not: torchrun's run id is
+        # "none" unless given, and a fixed --master_port repeats; the local ranks' parent is
+        # their launcher's agent process, which a restart (--max-restarts) keeps.
+        "launch": [os.environ.get("TORCHELASTIC_RUN_ID"), os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"),
+                   hostname(), os.getppid(), os.environ.get("TORCHELASTIC_RESTART_COUNT")],
     }
 
 

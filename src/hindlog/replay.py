@@ -150,6 +150,15 @@ def _renamed_hint(conn: Any, root: Path) -> str:
             "there and replay that).")
 
 
+def _recorded_iterations(conn: Any, run: dict[str, Any]) -> int:
+    """Iterations the record entered: as it counted them, its timings (kept for the first
+    MAX_TIMED_ITERATIONS), or (a killed run) the contexts it logged in."""
+    info = run.get("info") or {}
+    row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
+    return max(len(info.get("iteration_seconds") or []), int(info.get("main_loop_iterations") or 0),
+               (row[0] + 1) if row and row[0] is not None else 0)
+
+
 def launch_runs(conn: Any, run: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """The runs that the ranks of ``run``'s distributed launch recorded, by rank (``{}`` for a
     run of a process alone). A rank with several candidates is left out."""
@@ -449,16 +458,15 @@ def plan_run(
     info = run.get("info") or {}
     names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
     probed = hindsight.probed_loops(all_sources, new_statements, names)
+    # The ranks of a distributed launch must make the same choices (or one waits for another in
+    # a collective): what any rank's record could not hold, and the iterations all of them ran.
+    ranks = list(launch_runs(conn, run).values()) or [run]
     # Loops whose checkpoints could not hold a local they change run instead of being skipped.
-    cannot_skip = set((run.get("info") or {}).get("unrestorable_loops") or []) - probed
+    cannot_skip = {loop for r in ranks for loop in (r.get("info") or {}).get("unrestorable_loops") or []} - probed
     probed |= cannot_skip
     run_all_blocks = hindsight.reads_gradients(all_sources, new_statements)
     run_by_new_code = hindsight.loops_new_code_runs(all_sources, new_statements, names)
-    # Iterations the record entered: as it counted them, its timings (kept for the first
-    # MAX_TIMED_ITERATIONS), or (a killed run) the contexts it logged in.
-    row = conn.execute("SELECT MAX(iteration) FROM contexts WHERE run=?", (run["id"],)).fetchone()
-    total = max(len(info.get("iteration_seconds") or []), int(info.get("main_loop_iterations") or 0),
-                (row[0] + 1) if row and row[0] is not None else 0)
+    total = min(_recorded_iterations(conn, r) for r in ranks)
     lo, hi = 0, total
     if iterations is not None:
         lo = iterations[0] if iterations[0] is not None else 0
@@ -504,7 +512,7 @@ def plan_run(
     if cannot_skip:
         plan.notes.append(f"loop {', '.join(sorted(cannot_skip))} changes a local its checkpoints could not hold "
                           "(hindlog warned when it recorded): it runs instead of being skipped")
-    plan.unrestorable = list(info.get("unrestorable_locals") or [])
+    plan.unrestorable = list(dict.fromkeys(name for r in ranks for name in (r.get("info") or {}).get("unrestorable_locals") or []))
     carried = hindsight.gradients_carry_over(all_sources, plan.main_loop, names)
     if carried is not None:
         run_all_blocks = plan.run_all_blocks = plan.from_start = True
@@ -1362,7 +1370,8 @@ def replay(
         skipped: list[tuple[str, str]] = []
         here = environment.distributed()
         if here is not None:
-            targets = [_this_ranks_run(conn, run, here) for run in targets]
+            # Each target named by any rank's run is this rank's run of its launch, once.
+            targets = list({r["run_id"]: r for r in (_this_ranks_run(conn, run, here) for run in targets)}.values())
         gpus = visible_gpus() if any(_used_gpu(r) for r in targets) else []
         for run in targets:
             if run.get("status") == "running":
@@ -1371,6 +1380,11 @@ def replay(
             launch = (run.get("env") or {}).get("distributed")
             if launch and (here is None or (here["rank"], here["world_size"]) != (launch["rank"], launch["world_size"])):
                 skipped.append((run["run_id"], _other_ranks_needed(launch, rel, here)))
+                continue
+            if here is not None and not launch:
+                if here["rank"] == 0:  # said once, not by every rank
+                    skipped.append((run["run_id"], "it was recorded by a process alone, and this replay runs in each rank "
+                                    "of a distributed launch: replay it without the launcher"))
                 continue
             index = (run.get("info") or {}).get("process_index", 0)
             if index:
