@@ -29,6 +29,7 @@ from typing import Any
 from . import catalog
 from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
 from .errors import ReplayError
+from .writer import pid_alive
 from .restore import apply
 from .values import decode, encode, equal
 
@@ -83,16 +84,6 @@ def follow_driver(driver_pid: int | None) -> None:
         return
     if os.getppid() != driver_pid:  # it died before the line above
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def skip(it: Iterator[Any], n: int) -> Iterator[Any]:
@@ -435,7 +426,7 @@ class ReplayController(Controller):
         from . import checkpoint
 
         driver = spec.get("driver_pid")
-        if driver and os.getppid() != driver and _alive(driver):
+        if driver and os.getppid() != driver and pid_alive(driver):
             # A process the replayed script started (torch.multiprocessing.spawn, a Pool) inherits
             # the worker's variables: it would take the worker's run for its own.
             raise ReplayError(

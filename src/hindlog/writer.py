@@ -592,7 +592,7 @@ def recover_spills(conn: sqlite3.Connection, spill_dir: Path) -> int:
     loaded = 0
     for path in sorted(spill_dir.glob("*.pkl")):
         pid = int(path.name.split(".")[1])
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid != os.getpid() and pid_alive(pid):
             continue
         try:
             with catalog.transaction(conn):
@@ -609,7 +609,8 @@ def recover_spills(conn: sqlite3.Connection, spill_dir: Path) -> int:
     return loaded
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
