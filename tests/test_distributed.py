@@ -1,8 +1,8 @@
 """Distributed training under ``torchrun`` (gloo on CPU, two ranks): each rank records a run of
 its own; a replay under the same launcher replays each rank's run of the launch, skipping only
 the loops that every rank has a checkpoint for (a rank that skipped a loop the other runs would
-leave it waiting in an all-reduce); a replay or resume outside the launcher is refused with
-what to do."""
+leave it waiting in an all-reduce), matched by name (a loop that only rank 0 runs comes first);
+a replay or resume outside the launcher is refused with what to do."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ TRAIN = dedent("""
     hl.checkpoints(model=model, opt=opt)
     for epoch in hl.loop("epoch", range(4)):
         sampler.set_epoch(epoch)
+        if rank == 0:  # a loop of one rank, before the loop all ranks run
+            for k in hl.loop("probe", range(2)):
+                probe = float(model.module[0].weight.sum())
         for x, y in hl.loop("step", loader):
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
@@ -96,7 +99,7 @@ def test_each_rank_replays_its_own_run_and_skips_only_what_every_rank_can(tmp_pa
     alone = proj.replay("train.py", check=False)
     assert alone.returncode != 0, alone.stdout
     assert "processes of a distributed launch (torchrun)" in alone.stderr, alone.stderr
-    assert "torchrun --nproc_per_node 2 -m hindlog replay train.py" in alone.stderr, alone.stderr
+    assert any(f"torchrun --nproc_per_node 2 -m hindlog replay train.py --run-id {run}" in alone.stderr for run in runs), alone.stderr
 
     out = torchrun(proj, "-m", "hindlog", "replay", "train.py", "--workers", "2")
     for run in runs:
@@ -111,11 +114,19 @@ def test_each_rank_replays_its_own_run_and_skips_only_what_every_rank_can(tmp_pa
     assert len(expected) == 4
     for run in runs:
         assert wnorms(proj, run) == expected, run
-    # --all names both ranks' runs: each rank replays its own, once.
-    again = torchrun(proj, "-m", "hindlog", "replay", "train.py", "--all")
+    # --run-id (torchrun takes --run for its --run-path) naming rank 1's run: each rank replays its own.
+    again = torchrun(proj, "-m", "hindlog", "replay", "train.py", "--run-id", ranks[1])
     for run in runs:
         assert f"run {run}: 4 new values stored" in again and "(they replace 4 values of an earlier replay)" in again, again
         assert wnorms(proj, run) == expected, run
+
+    # A second launch: --all under torchrun names two launches, which one replay cannot join.
+    proj.write("train.py", TRAIN)
+    torchrun(proj, "train.py", env=DENSE)
+    proj.write("train.py", insert_after(TRAIN, "dist.all_reduce(total)", NEW))
+    both = subprocess.run([PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hindlog",
+                           "replay", "train.py", "--all"], cwd=proj.root, env=proj.env(), capture_output=True, text=True, timeout=240)
+    assert both.returncode != 0 and "these runs are of 2 distributed launches" in both.stdout + both.stderr, both.stderr
 
     # Resuming one rank alone would train from its own latest checkpoint: refused.
     proj.sql("UPDATE runs SET status='killed' WHERE run_id=?", (ranks[0],))

@@ -1064,6 +1064,32 @@ def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path, v
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_that_ignore_sigterm_end_when_the_replay_is_killed(tmp_path: Path) -> None:
+    """A worker blocked in C code (a distributed rendezvous whose peer is gone) runs no SIGTERM
+    handler: ignoring SIGTERM stands for it. Killed with the replay, it must not live on."""
+    import signal
+    import time
+
+    proj = ReplayProject(tmp_path)
+    slow = dedent(COUNTER).replace("import os\n", "import os\nimport signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n", 1)
+    slow = slow.replace("time.sleep(0.03)", f"time.sleep(3.0 if os.path.exists({str(tmp_path / 'slow')!r}) else 0.03)")
+    run = proj.record(slow, env=DENSE)
+    proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    (tmp_path / "slow").write_text("")
+    with _replay_driver(proj, "train.py", "--workers", "2", runs=(run,)) as driver:
+        deadline = time.monotonic() + 60
+        while len(_workers_of(run)) < 2 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.05)
+        assert len(_workers_of(run)) == 2, "the workers did not start"
+        driver.send_signal(signal.SIGKILL)
+        driver.communicate(timeout=60)
+        deadline = time.monotonic() + 5
+        while _workers_of(run) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _workers_of(run) == [], "workers that ignore SIGTERM outlived the replay"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_during_replay_all_names_the_runs_already_replayed(tmp_path: Path) -> None:
     import signal
     import time

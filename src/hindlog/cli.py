@@ -93,7 +93,9 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("script", nargs="?", help="the script (default: the script of the target run)")
     p.add_argument("-m", dest="module", metavar="MODULE", help="the script named as a module, as in `python -m MODULE`")
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--run", action="append", dest="runs", metavar="RUN", help="replay this run (repeatable; default: the script's latest)")
+    target.add_argument("--run", "--run-id", action="append", dest="runs", metavar="RUN",
+                        help="replay this run (repeatable; default: the script's latest); --run-id under torchrun, "
+                             "which takes --run for its own --run-path")
     target.add_argument("--all", action="store_true", dest="all_runs", help="replay every run of the script")
     target.add_argument("--where", help='replay the runs whose args match, e.g. "lr > 0.01"')
     p.add_argument("--iterations", metavar="A:B", help="only main-loop iterations A to B-1")
@@ -345,7 +347,8 @@ def _show(args: argparse.Namespace) -> int:
     launch = env.get("distributed")
     if launch:
         lines.append(f"distributed  rank {launch['rank']} of {launch['world_size']} processes of one launch (replay all ranks "
-                     f"together: torchrun --nproc_per_node {launch['world_size']} -m hindlog replay)")
+                     f"together: torchrun --nproc_per_node {launch['world_size']} -m hindlog replay {info.get('script') or 'SCRIPT'} "
+                     f"--run-id {info['run_id']})")
     ckpts = info["checkpoints"]
     overhead = info.get("overhead")
     ckpt_line = "checkpoints  0"
@@ -626,7 +629,7 @@ def _module_file(name: str) -> str:
 
 @command("replay")
 def _replay(args: argparse.Namespace) -> int:
-    from .replay import ReplayReport, describe_plan, replay
+    from .replay import ReplayReport, describe_plan, replay, run_flag
 
     def show_plans(report: ReplayReport) -> None:
         for run_id, why in report.skipped_runs:
@@ -683,7 +686,7 @@ def _replay(args: argparse.Namespace) -> int:
                   "script changes, and the new values may be wrong.", file=sys.stderr)
         for start, end, tail in r.failed_segments:
             status = 1
-            print(f"  segment {start}:{end} failed; replay it alone with --run {r.run_id} --iterations {start}:{end}", file=sys.stderr)
+            print(f"  segment {start}:{end} failed; replay it alone with {run_flag()} {r.run_id} --iterations {start}:{end}", file=sys.stderr)
             print("  " + tail.strip().replace("\n", "\n  "), file=sys.stderr)
         if r.failed_segments and r.scratch:
             print(f"  the recorded code and the workers' logs (.hindlog-worker-K.log) are in {r.scratch}; "

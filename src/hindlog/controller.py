@@ -72,18 +72,21 @@ def replaying() -> bool:
 
 def follow_driver(driver_pid: int | None) -> None:
     """End this worker when the ``hindlog replay`` that started it dies, even by ``kill -9``
-    (workers run in their own session, so nothing else would stop them)."""
+    (workers run in their own session, so nothing else would stop them). By SIGKILL: a worker
+    blocked in C code (a distributed rendezvous whose peer is gone) never runs a SIGTERM handler,
+    and lived on, holding its memory (and a GPU's); what it stored stays hidden, as after any
+    replay that never ended."""
     if not driver_pid or not sys.platform.startswith("linux"):
         return
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if os.getppid() != driver_pid:  # it died before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def skip(it: Iterator[Any], n: int) -> Iterator[Any]:

@@ -81,13 +81,14 @@ def recorded_variables() -> dict[str, str]:
 def distributed() -> dict[str, Any] | None:
     """This process's place among the processes of one distributed launch (``torchrun``,
     ``torch.distributed.launch``: they set ``RANK`` and ``WORLD_SIZE``): its rank, their
-    number and what tells the launch apart; None for a process alone."""
+    number and what tells the launch apart; None for a process no launcher started."""
     try:
         world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     except (KeyError, ValueError):
         return None
-    if world_size <= 1:
+    if world_size < 1:
         return None
+    # (One rank too: a script launched by torchrun reads RANK, and fails without the launcher.)
     return {
         "rank": rank,
         "world_size": world_size,

@@ -198,21 +198,37 @@ def common_checkpoints(conn: Any, run: dict[str, Any]) -> set[tuple[int, int]] |
         raise ReplayError(f"the runs of rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of the distributed "
                           f"launch of run {run['run_id']} are not in this store (or not told apart): the ranks' replays "
                           "must skip the same loops")
-    common: set[tuple[int, int]] | None = None
-    for r in runs.values():
-        have = {(i, b) for i, blocks in checkpoint_rows(conn, r["id"]).items() for b in blocks}
-        common = have if common is None else common & have
-    return common or set()
+    # A checkpoint is known by its loop's name and how many loops of that name came before it in
+    # its iteration, not by its block number: a loop only rank 0 runs (validation) numbers the
+    # loops after it differently in rank 0's run.
+    keyed: dict[int, dict[tuple[int, str | None, int], int]] = {}
+    for rank, r in runs.items():
+        keys = keyed[rank] = {}
+        for i, blocks in checkpoint_rows(conn, r["id"]).items():
+            seen: dict[str | None, int] = {}
+            for b in sorted(blocks):
+                loop = blocks[b][0] if b >= 0 else None
+                keys[(i, loop, seen.get(loop, 0))] = b
+                seen[loop] = seen.get(loop, 0) + 1
+    common = set.intersection(*(set(keys) for keys in keyed.values()))
+    own = keyed[launch["rank"]]
+    return {(key[0], own[key]) for key in common}
 
 
-def _other_ranks_needed(launch: dict[str, Any], script: str | None, here: dict[str, Any] | None) -> str:
+def run_flag() -> str:
+    """How to name a run to ``hindlog replay`` here: ``--run-id`` under torchrun, whose parser
+    takes ``--run`` for its own ``--run-path``."""
+    return "--run-id" if environment.distributed() is not None else "--run"
+
+
+def _other_ranks_needed(launch: dict[str, Any], script: str | None, here: dict[str, Any] | None, run_id: str) -> str:
     """Why a run of one rank of a distributed launch is not replayed here."""
     rank, size = launch["rank"], launch["world_size"]
     why = f"it is rank {rank} of {size} processes of a distributed launch (torchrun), whose code waits for the other ranks"
     if here is not None:
         why += f"; this replay is rank {here['rank']} of {here['world_size']}, and no run of that rank was found in the launch"
     return (f"{why}. Replay all {size} ranks at once under the same launcher: `torchrun --nproc_per_node {size} -m hindlog "
-            f"replay {script or 'SCRIPT'}` (each rank replays its own rank's run of the launch, with one worker)")
+            f"replay {script or 'SCRIPT'} --run-id {run_id}` (each rank replays its own rank's run of the launch, with one worker)")
 
 
 def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs: bool, where: str | None,
@@ -1103,7 +1119,7 @@ def _execute(
         interrupted = ReplayInterrupted(
             f"replay of run {plan.run_id} interrupted. Segments finished: {done}" + "".join(f"; {k}" for k in kept_said) + "."
             + (" The values of the segments stopped midway are not kept; an earlier replay's values stay." if rest else "")
-            + (f" Replay the rest with --run {plan.run_id} {again}." if rest else "")
+            + (f" Replay the rest with {run_flag()} {plan.run_id} {again}." if rest else "")
             + (f" The {len(written)} files it wrote are in {scratch} (delete it when done)." if written else "")
         )
         interrupted.signal = _stopped_by.pop() if _stopped_by else signal.SIGINT
@@ -1372,6 +1388,14 @@ def replay(
         if here is not None:
             # Each target named by any rank's run is this rank's run of its launch, once.
             targets = list({r["run_id"]: r for r in (_this_ranks_run(conn, run, here) for run in targets)}.values())
+            launches = [r for r in targets if (r.get("env") or {}).get("distributed")]
+            if len(launches) > 1:
+                # A second launch's processes could not connect through the rendezvous the first
+                # one's used (gloo: "connection refused"), and the ranks' workers hung.
+                raise ReplayError(
+                    f"these runs are of {len(launches)} distributed launches ({', '.join(r['run_id'] for r in launches)}); "
+                    "under torchrun a replay replays one launch: name one of its runs with --run-id RUN (torchrun "
+                    "takes --run for its own --run-path), and replay the others one by one")
         gpus = visible_gpus() if any(_used_gpu(r) for r in targets) else []
         for run in targets:
             if run.get("status") == "running":
@@ -1379,7 +1403,7 @@ def replay(
                 continue
             launch = (run.get("env") or {}).get("distributed")
             if launch and (here is None or (here["rank"], here["world_size"]) != (launch["rank"], launch["world_size"])):
-                skipped.append((run["run_id"], _other_ranks_needed(launch, rel, here)))
+                skipped.append((run["run_id"], _other_ranks_needed(launch, rel, here, run["run_id"])))
                 continue
             if here is not None and not launch:
                 if here["rank"] == 0:  # said once, not by every rank
@@ -1463,7 +1487,7 @@ def replay(
                     if report.results else ""
                 interrupted = ReplayInterrupted(
                     f"replay of run {p.run_id} interrupted while it started, stopped its workers or stored their values, "
-                    f"which may not all be stored: replay it again with --run {p.run_id}.{done}"
+                    f"which may not all be stored: replay it again with {run_flag()} {p.run_id}.{done}"
                 )
                 interrupted.signal = _stopped_by.pop() if _stopped_by else signal.SIGINT  # a second stop, by SIGTERM
                 raise interrupted from None
