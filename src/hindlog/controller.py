@@ -29,9 +29,9 @@ from typing import Any
 from . import catalog
 from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
 from .errors import ReplayError
-from .writer import pid_alive
 from .restore import apply
 from .values import decode, encode, equal
+from .writer import pid_alive
 
 ENV = "HINDLOG_CONTROL"
 #: How often a replay worker tells the progress bar how far it is.

@@ -184,15 +184,14 @@ def _this_ranks_run(conn: Any, run: dict[str, Any], here: dict[str, Any]) -> dic
     return launch_runs(conn, run).get(here["rank"], run)
 
 
-def common_checkpoints(conn: Any, run: dict[str, Any]) -> set[tuple[int, int]] | None:
-    """For a run of one rank of a distributed launch, the checkpoints (iteration, block) that
-    every rank's run has: the ranks' replays skip the same loops, or one rank would wait in a
-    collective (an all-reduce) for another that skipped it. None for a process alone; raises
-    when the runs of some ranks are not in the store."""
+def common_checkpoints(conn: Any, run: dict[str, Any], runs: dict[int, dict[str, Any]]) -> set[tuple[int, int]] | None:
+    """For a run of one rank of a distributed launch (``runs``: its launch's, by ``launch_runs``),
+    the checkpoints (iteration, block) of it that every rank's run has: the ranks' replays skip
+    the same loops, or one rank would wait in a collective (an all-reduce) for another that
+    skipped it. None for a process alone; raises when the runs of some ranks are not in the store."""
     launch = (run.get("env") or {}).get("distributed")
     if not launch:
         return None
-    runs = launch_runs(conn, run)
     missing = sorted(set(range(launch["world_size"])) - set(runs))
     if missing:
         raise ReplayError(f"the runs of rank{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of the distributed "
@@ -476,7 +475,8 @@ def plan_run(
     probed = hindsight.probed_loops(all_sources, new_statements, names)
     # The ranks of a distributed launch must make the same choices (or one waits for another in
     # a collective): what any rank's record could not hold, and the iterations all of them ran.
-    ranks = list(launch_runs(conn, run).values()) or [run]
+    launch = launch_runs(conn, run)
+    ranks = list(launch.values()) or [run]
     # Loops whose checkpoints could not hold a local they change run instead of being skipped.
     cannot_skip = {loop for r in ranks for loop in (r.get("info") or {}).get("unrestorable_loops") or []} - probed
     probed |= cannot_skip
@@ -493,7 +493,7 @@ def plan_run(
             hi = total  # (as a Python slice: up to the run's last iteration)
         if not (0 <= lo < hi <= max(total, 1)):
             raise ReplayError(f"--iterations {lo}:{hi} is outside run {run['run_id']}'s main loop (0:{total})")
-    common = common_checkpoints(conn, run)
+    common = common_checkpoints(conn, run, launch)
     rows = keep_checkpoints(checkpoint_rows(conn, run["id"]), common)
     checkpointed = sorted(i for i, blocks in rows.items() if ITERATION_END in blocks)
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed,
@@ -1095,6 +1095,7 @@ def _execute(
                     kept.append(k)
                 if keep_diverged and diverged_here:
                     kept_diverged.append(k)
+
         def spans(ks: list[int]) -> str:
             return ", ".join(f"{procs[k][0].start}:{procs[k][0].end}" for k in ks)
 
