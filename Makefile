@@ -20,7 +20,7 @@ demo: $(STAMP)
 # Most tests wait on subprocesses, fsyncs and torch start-up: two workers per core pair finish
 # the suite in about two thirds of the time of one (331 s against 496 s on 2 cores).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --maxprocesses=4
+	$(BIN)/python -m pytest -q -n auto --maxprocesses=4 --dist worksteal
 
 # The torch-free tests on Python 3.10, 3.12 and 3.13 (those on this machine), each in .venv-3.X,
 # installed by .venv's pip.
