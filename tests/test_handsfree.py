@@ -1739,3 +1739,55 @@ def test_a_distributed_launcher_is_not_recorded_in_place_of_its_ranks(proj: HFPr
         assert out.returncode == 2, show(out)
         assert "would record only the launcher" in out.stderr and "torchrun [options] -m hindlog run train.py" in out.stderr, show(out)
     assert proj.run_ids() == []
+
+
+LAMBDA_TRAINER = """
+import time
+
+
+class Trainer:
+    def __init__(self):
+        self.step = 0
+        self.total = 0.0
+        self.warmup = lambda s: min(1.0, (s + 1) / 4)  # only cloudpickle pickles it
+
+    def fit(self, epochs):
+        for epoch in range(epochs):
+            for k in range(3):
+                self.step += 1
+                self.total += self.warmup(self.step) * (k + epoch)
+                time.sleep(0.01)
+            print("epoch", epoch, self.step, self.total)
+        return self
+
+
+def main():
+    trainer = Trainer()
+    trainer.fit(6)
+    print("after", trainer.step, trainer.total)
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_a_trainer_holding_a_lambda_is_restored_in_place(proj: HFProject) -> None:
+    """A lambda in ``self`` makes hindlog pickle it with cloudpickle, which pickled the script's own
+    class by value: a replay worker unpickled ``self`` as an instance of a copy of ``Trainer``,
+    could not restore the live ``self`` in place, and a segment started mid-run went on from
+    ``step`` 0 (and ``main`` read the unrestored trainer after the loop)."""
+    proj.write("train.py", LAMBDA_TRAINER)
+    proj.commit()
+    proc, run = proj.record(epsilon=0.9)
+    assert proc.returncode == 0 and "checkpointing self" in proc.stderr, show(proc)
+    assert len(proj.checkpoint_iterations(run)) >= 2, proj.checkpoint_iterations(run)
+    proj.write("train.py", LAMBDA_TRAINER.replace(
+        '            print("epoch", epoch, self.step, self.total)',
+        '            print("epoch", epoch, self.step, self.total)\n            print("HS", epoch, self.step * 10)').replace(
+        '    print("after", trainer.step, trainer.total)', '    print("after", trainer.step, trainer.total)\n    print("HS end", trainer.step)'))
+    want = _fresh_marked_lines(proj, "train.py", proj.root)
+    assert len(want) == 7
+    replayed = proj.replay("train.py", "--workers", "2")
+    assert_second_segment_restored(replayed)
+    assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)

@@ -3023,3 +3023,99 @@ def test_a_script_whose_child_processes_record_is_refused_by_the_children_with_t
     result = proj.replay("train.py", check=False)
     assert result.returncode != 0
     assert "was started by the script that `hindlog replay` runs, and calls hindlog itself" in result.stderr, result.stderr
+
+
+WRAPPED_LOOPS = """
+    import numpy as np
+    import hindlog as hl
+
+    def progress(it):
+        # What tqdm is to an hl.loop: a Python generator between the loop and the for statement.
+        for item in it:
+            yield item
+
+    def train_epoch(w, rng):
+        running, n = 0.0, 0
+        for k, b in enumerate(progress(hl.loop("step", range(4)))):
+            w += rng.normal(size=3) * 0.1
+            running += float(w.sum()) + b
+            n += 1
+        return running / (k + 1)
+
+    rng = np.random.default_rng(0)
+    w = np.zeros(3)
+    best = None
+    hl.checkpoints(w=w, rng=rng)
+    for epoch in progress(hl.loop("epoch", range(6))):
+        train_loss = train_epoch(w, rng)
+        best = train_loss if best is None else min(best, train_loss)
+        hl.log("w", float(w.sum()))
+"""
+
+
+@pytest.mark.parametrize("args", [(), ("--workers", "2"), ("--iterations", "3:6")], ids=["one", "two-workers", "mid-run"])
+def test_loops_handed_through_a_python_generator_replay_exactly(tmp_path: Path, args: tuple[str, ...]) -> None:
+    """``tqdm(hl.loop(...))`` or a prefetching generator: the loop's generator is advanced from the
+    wrapper's frame, not from the frame of the ``for`` statement. What the skipped step loop
+    leaves (``running``, ``k``) and what the main loop carries (``best``) must be taken from,
+    and restored into, the script's frame: they were the wrapper's, and the replay stored a
+    train loss of 0.0 (or failed on an unbound ``k``) and a wrong ``best``, reporting success."""
+    text = dedent(WRAPPED_LOOPS)
+    new = insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("train_loss", train_loss)\nhl.log("best", best)')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py", *args).stdout
+    assert summary(out)["skipped"] > 0, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["train_loss", "best"])
+    first = int(args[1].split(":")[0]) if args[:1] == ("--iterations",) else 0
+    for name in ("train_loss", "best"):
+        want = {k: v for k, v in truth[name].items() if k[0][1] >= first}
+        assert_same_values(proj.values(name, run), want, name)
+
+
+RESHUFFLED_STREAM = """
+    import itertools
+    import time
+    import numpy as np
+    import hindlog as hl
+
+    def batches(data):
+        while True:  # a new random order each pass, drawn when the pass begins
+            for k in np.random.permutation(len(data)):
+                yield data[k]
+
+    np.random.seed(0)
+    data = np.arange(5.0)
+    w = np.zeros(1)
+    hl.checkpoints(w=w)
+    for step, x in hl.loop("step", enumerate(itertools.islice(batches(data), 12))):
+        w += x * (1.0 + np.random.normal() * 0.01)  # training draws too (dropout)
+        time.sleep(0.02)
+        hl.log("w", float(w[0]))
+"""
+
+
+def test_a_main_loop_whose_items_are_drawn_between_iterations_refuses_to_start_mid_run(tmp_path: Path) -> None:
+    """The main loop reads an endless reshuffled stream by steps: a pass begins mid-run, its order
+    drawn from the generator that training draws from too. A segment reads the items before its
+    start without training in between, draws the order from another state, and its items would
+    not be the record's: it stops with the reason (a hands-free run, which logs no values to
+    check, stored wrong values). Within the first pass the items are the record's."""
+    text = dedent(RESHUFFLED_STREAM)
+    new = insert_after(text, 'hl.log("w", float(w[0]))', 'hl.log("x", float(x))')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    checkpointed = {i for (i,) in proj.sql(
+        "SELECT c.iteration FROM checkpoints c JOIN runs r ON r.id=c.run WHERE r.run_id=? AND c.block=-1", (run,))}
+    assert checkpointed & {5, 6, 7}, checkpointed  # a segment from 8 restores one of them
+    proj.write("train.py", new)
+    late = proj.replay("train.py", "--iterations", "8:12", check=False)
+    assert late.returncode != 0 and "drawn with random numbers" in late.stderr and "--workers 1" in late.stderr, late.stderr
+    assert "Traceback" not in late.stderr, late.stderr
+    assert proj.count("x", run) == 0
+    early = proj.replay("train.py", "--iterations", "2:4")
+    assert summary(early.stdout)["stored"] == 2
+    whole = proj.replay("train.py", "--workers", "1")
+    truth = ground_truth(tmp_path, {"train.py": new}, ["x"])
+    assert_same_values(proj.values("x", run), truth["x"], "x")

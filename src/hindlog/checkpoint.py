@@ -894,6 +894,8 @@ class Checkpointer:
             "locals": frame_locals,
             "unrestorable": sorted(self._unpicklable & names),
             "position": i + 1,
+            # Whose locals these are: a replay restores them only into that function's frame.
+            "scope": frame_scope(frame),
         }
         if loop is not None and skeleton["unrestorable"] and loop not in self._noted_loops:
             # Replay runs such a loop instead of skipping it (recorder._skipped_block): its plan says so.
@@ -953,6 +955,20 @@ class Loaded:
     locals: dict[str, Any]
     unrestorable: list[str]
     position: int
+    #: The function (qualified name) whose locals ``locals`` are; None in checkpoints taken
+    #: before it was recorded.
+    scope: str | None = None
+
+    def locals_fit(self, frame: FrameType, wrapped: bool) -> bool:
+        """Whether ``locals`` are ``frame``'s to restore. ``wrapped``: the loop was advanced through
+        a Python-level wrapper (``tqdm(hl.loop(...))``), whose frame an older hindlog took them from."""
+        return (not wrapped) if self.scope is None else self.scope == frame_scope(frame)
+
+
+def frame_scope(frame: FrameType) -> str:
+    """The qualified name of the function ``frame`` runs (``Trainer.fit``, ``<module>``)."""
+    code = frame.f_code
+    return getattr(code, "co_qualname", code.co_name)  # (co_qualname: Python 3.11+)
 
 
 def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
@@ -974,6 +990,7 @@ def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
         thaw(skeleton["locals"], tensors),
         skeleton.get("unrestorable", []),
         skeleton["position"],
+        skeleton.get("scope"),
     )
 
 

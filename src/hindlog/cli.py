@@ -686,6 +686,11 @@ def _replay(args: argparse.Namespace) -> int:
                   "script changes, and the new values may be wrong.", file=sys.stderr)
         for start, end, tail in r.failed_segments:
             status = 1
+            last = (tail.strip().splitlines() or [""])[-1]
+            if last.startswith(_WORKER_REFUSAL):
+                # hindlog's worker refused to go on: what it says is the whole story, not a traceback of hindlog's code.
+                print(f"  segment {start}:{end} failed: {last[len(_WORKER_REFUSAL):]}", file=sys.stderr)
+                continue
             print(f"  segment {start}:{end} failed; replay it alone with {run_flag()} {r.run_id} --iterations {start}:{end}", file=sys.stderr)
             print("  " + tail.strip().replace("\n", "\n  "), file=sys.stderr)
         if r.failed_segments and r.scratch:
@@ -714,6 +719,10 @@ def _replay(args: argparse.Namespace) -> int:
     if report.skipped_runs:
         status = status or 1
     return status
+
+
+#: How a worker's traceback ends when hindlog itself stopped the segment (``controller``'s checks).
+_WORKER_REFUSAL = "hindlog.errors.ReplayError: "
 
 
 def _divergence_place(divergence: dict[str, Any]) -> str:

@@ -89,21 +89,51 @@ def follow_driver(driver_pid: int | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def skip(it: Iterator[Any], n: int) -> Iterator[Any]:
+def skip(it: Iterator[Any], n: int, drawn: list[bytes] | None = None) -> Iterator[Any]:
     """``it`` after its first ``n`` items, which a restored checkpoint stands for, read now. An
     iterator that can skip without computing them (a ``while`` loop's condition) is not run.
 
     Call it before restoring the checkpoint's random generators: the record drew what reading
     those items draws (a shuffling sampler's order, on the first item) before the state the
-    checkpoint holds, and reading them after the restore would draw from that state instead."""
+    checkpoint holds, and reading them after the restore would draw from that state instead.
+    ``drawn`` gets the generators' fingerprint after the last item where reading the items
+    after the first drew random numbers (the record drew those in another state, unless
+    training drew none: the caller compares it with the checkpoint's)."""
     skip_items = getattr(it, "skip", None)
     if callable(skip_items):
         skip_items(n)
         return it
     it = iter(it)
-    for _ in itertools.islice(it, n):
+    if drawn is None or n < 2:
+        for _ in itertools.islice(it, n):
+            pass
+        return it
+    for _ in itertools.islice(it, 1):
         pass
+    before = rng_fingerprint()
+    for _ in itertools.islice(it, n - 1):
+        pass
+    after = rng_fingerprint()
+    if after != before:
+        drawn.append(after)
     return it
+
+
+def rng_fingerprint() -> bytes:
+    """A digest of the global random generators' states (Python's, NumPy's, torch's CPU one)."""
+    import hashlib
+    import random
+
+    import numpy as np
+
+    h = hashlib.blake2b(repr(random.getstate()).encode(), digest_size=16)
+    _name, keys, pos, *_rest = np.random.get_state()
+    h.update(keys.tobytes())
+    h.update(pos.to_bytes(4, "little"))
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        h.update(torch.get_rng_state().numpy().tobytes())
+    return h.digest()
 
 
 def loops_key(ctx: tuple[Any, ...]) -> str:
@@ -320,11 +350,26 @@ class Controller:
                               "the other ranks of its distributed launch start from it: replay other --iterations")
         if loaded is None:
             return 0, it
+        if not loaded.locals_fit(frame, self.recorder.main_loop_wrapped):
+            # Its locals are a progress wrapper's (an older hindlog took them from the frame that
+            # advanced the main loop): without the loop's own, the segment runs from the start.
+            return 0, it
         read = time.perf_counter() - t0
         first = loaded.iteration + 1
-        it = skip(it, first)  # not restore time: the record read these items too
+        drawn: list[bytes] = []
+        it = skip(it, first, drawn)  # not restore time: the record read these items too
         t1 = time.perf_counter()
         apply(loaded, self.recorder.declared, frame, strict=False)
+        if drawn and drawn[0] != rng_fingerprint():
+            # Reading the items drew random numbers after the first one (a shuffling loader that
+            # began a new pass, read through a generator), and training drew some between them
+            # in the record: the numbers drawn here were others, and so would the items be.
+            raise ReplayError(
+                f"the main loop's items are drawn with random numbers as it goes (a shuffling DataLoader that begins a "
+                f"new pass mid-run?), and training draws some between them: reading its first {first} items without "
+                f"training in between drew other numbers than the record did, so iteration {first} on would get other "
+                "items than it did. Replay from the main loop's start: --workers 1, without --iterations that start later"
+            )
         self.recorder.restore_seconds += read + time.perf_counter() - t1
         return first, it
 
@@ -384,6 +429,12 @@ class ResumeController(Controller):
     def main_loop_start(self, name: str, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
         self.main_started = True
         loaded = self.loaded
+        if not loaded.locals_fit(frame, self.recorder.main_loop_wrapped):
+            raise ReplayError(
+                f"the checkpoint of iteration {loaded.iteration} holds the locals of {loaded.scope or 'the wrapper around the main loop'} "
+                "(an older hindlog took them from a progress wrapper's frame), not those of the main loop's function: "
+                "resuming from it would continue with the loop's variables unset. Run the script again to record it anew."
+            )
         first = loaded.iteration + 1
         it = skip(it, first)
         apply(loaded, self.recorder.declared, frame, strict=False)

@@ -110,6 +110,7 @@ class Recorder:
         #: Iterations of nested loops run so far (the policy charges what their wrapper costs).
         self.nested_iterations = 0
         self.main_loop_done = False
+        self.main_loop_wrapped = False
         self.iteration: int | None = None
         self.block = 0
         self.args: dict[str, Any] = {}
@@ -348,27 +349,29 @@ class Recorder:
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         if type(name) is not str or not name:
             raise TypeError(f"hl.loop name must be a non-empty string, got {name!r}")
+        creator = _callers_frame(sys._getframe(1))
         if self.depth == 0 and not self.main_loop_done:
-            return self._main_loop(name, iterable)
+            return self._main_loop(name, iterable, creator)
         if _fetching_for_a_loop(sys._getframe(1)):
             # A loop inside the iterator a loop is fetching its next item from (a progress
             # wrapper, a batch generator): part of that loop's iteration, not a loop of its own.
             return iterable
         if self.depth == 1 and self.iteration is not None and self.controller is not None:
             if self.controller.entered_from_hindsight(sys._getframe(1)):
-                return self._inner_loop(name, iterable, block=False)
+                return self._inner_loop(name, iterable, block=False, creator=creator)
             manifest = self.controller.block_checkpoint(name)
             if manifest is not None:
-                return self._skipped_block(name, iterable, manifest)
-        return self._inner_loop(name, iterable)
+                return self._skipped_block(name, iterable, manifest, creator)
+        return self._inner_loop(name, iterable, creator=creator)
 
-    def _skipped_block(self, name: str, iterable: Iterable[Any], manifest: str) -> Iterator[Any]:
+    def _skipped_block(self, name: str, iterable: Iterable[Any], manifest: str, creator: Any = None) -> Iterator[Any]:
         """Replay: instead of running this loop, restore the state its exit left (or run it if that fails)."""
         from .checkpoint import read_checkpoint
         from .errors import CorruptObject
         from .restore import apply
 
-        frame = sys._getframe(1)
+        advancing = sys._getframe(1)
+        frame = _for_statements_frame(advancing, creator)
         t0 = time.perf_counter()
         try:
             loaded = read_checkpoint(self.store.objects, manifest)
@@ -377,9 +380,11 @@ class Recorder:
             self.controller.block_ran_instead()
             yield from self._inner_loop(name, iterable, frame)
             return
-        if loaded.unrestorable:
+        if loaded.unrestorable or not loaded.locals_fit(frame, wrapped=frame is not advancing):
             # A local the loop changes that the checkpoint could not hold (an iterator over a
-            # DataLoader it draws from): as the record warned, the loop runs instead.
+            # DataLoader it draws from): as the record warned, the loop runs instead. So does a
+            # loop whose checkpoint holds another function's locals (a progress wrapper's, taken
+            # by an older hindlog): restoring them would leave the loop's own unset.
             self.controller.block_ran_instead()
             yield from self._inner_loop(name, iterable, frame)
             return
@@ -388,8 +393,12 @@ class Recorder:
         self.block += 1
         self.controller.restored_block()
 
-    def _main_loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
-        frame = sys._getframe(1)
+    def _main_loop(self, name: str, iterable: Iterable[Any], creator: Any = None) -> Iterator[Any]:
+        advancing = sys._getframe(1)
+        frame = _for_statements_frame(advancing, creator)
+        #: Advanced through a Python-level wrapper (``tqdm(hl.loop(...))``): checkpoints taken by an
+        #: older hindlog hold the wrapper's locals (``Loaded.locals_fit``).
+        self.main_loop_wrapped = frame is not advancing
         self.depth = 1
         self.main_loop_name = name
         start = 0
@@ -475,10 +484,11 @@ class Recorder:
         if time.monotonic() - self.writer.last_commit >= self._commit_gap:
             self.writer.wake()
 
-    def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None, block: bool = True) -> Iterator[Any]:
+    def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None, block: bool = True,
+                    creator: Any = None) -> Iterator[Any]:
         """A nested loop; ``block``: whether, directly in a main-loop iteration, it is one of the
         iteration's blocks (numbered, timed, checkpointed at its exit)."""
-        frame = frame or sys._getframe(1)
+        frame = frame or _for_statements_frame(sys._getframe(1), creator)
         # The loop's header: the line the frame is at when the loop ends is a ``break``'s.
         header = frame.f_lineno
         parent = self.ctx
@@ -735,6 +745,30 @@ class Recorder:
             self.writer.change("update_run", fields)
             self.writer.change("info", timing)
         self.writer.close()
+
+
+def _callers_frame(frame: Any) -> Any:
+    """The first frame from ``frame`` up that is not hindlog's own: the code that called ``hl.loop``."""
+    while frame is not None and (frame.f_globals.get("__name__") or "").startswith("hindlog."):
+        frame = frame.f_back
+    return frame
+
+
+def _for_statements_frame(advancing: Any, creator: Any) -> Any:
+    """The frame of the ``for`` statement that iterates a loop. A loop's generator runs in the
+    frame that advances it: the ``for`` statement's, unless a Python-level wrapper stands between
+    them (``tqdm(hl.loop(...))``, a prefetching generator), whose frame it is then. The frame that
+    called ``hl.loop`` and is on the stack above the wrapper is the ``for`` statement's: the
+    locals a checkpoint holds and a replay restores are its. A loop handed out of the function
+    that made it is advanced where it is iterated."""
+    if creator is None or advancing is creator:
+        return advancing
+    frame, depth = advancing.f_back, 0
+    while frame is not None and depth < 64:
+        if frame is creator:
+            return creator
+        frame, depth = frame.f_back, depth + 1
+    return advancing
 
 
 def _fetching_for_a_loop(frame: Any) -> bool:

@@ -879,7 +879,7 @@ def replace_in_place(current: Any, new: Any) -> Any:
     if isinstance(current, np.ndarray) and isinstance(new, np.ndarray) and current.shape == new.shape:
         current[...] = new
         return current
-    if type(current) is type(new) and hasattr(current, "__dict__") and not isinstance(current, type):
+    if same_class(type(current), type(new)) and hasattr(current, "__dict__") and not isinstance(current, type):
         current.__dict__.clear()
         current.__dict__.update(new.__dict__)
         return current
@@ -924,9 +924,15 @@ def set_frame_locals(frame: types.FrameType, values: dict[str, Any], live: dict[
 def _restore_value(current: Any, new: Any) -> Any:
     # Containers, and objects of the script's own class (a trainer's ``self``), are restored in
     # place: the frames further up the stack that hold them see the restored state too.
-    if current is not None and type(current) is type(new) and (type(current) in (list, dict, set) or _own_class(type(current))):
+    if current is not None and same_class(type(current), type(new)) and (type(current) in (list, dict, set) or _own_class(type(current))):
         return replace_in_place(current, new)
     return new
+
+
+def same_class(a: type, b: type) -> bool:
+    """``a is b``, or ``b`` a copy of the script's class ``a`` that an older hindlog's checkpoint
+    held by value (cloudpickle's way with ``__main__``): an object of it is restored in place."""
+    return a is b or (a.__module__ == b.__module__ == "__main__" and a.__qualname__ == b.__qualname__)
 
 
 def _own_class(cls: type) -> bool:
@@ -946,8 +952,29 @@ def _cloud_ref_pickler() -> Any:
     if _CLOUD_REF_PICKLER is None:
         import cloudpickle
 
-        _CLOUD_REF_PICKLER = type("_CloudRefPickler", (cloudpickle.CloudPickler,), {"persistent_id": _persistent_id})
+        def reducer_override(self: Any, obj: Any) -> Any:
+            # cloudpickle pickles the script's own classes and functions by value: a replay or
+            # resume would unpickle a copy of ``Trainer`` (an object that then cannot be restored
+            # in place: its class is another) and of its functions as recorded (without the
+            # statements added since). Those the script's module names are pickled by name, as
+            # the standard pickler does; lambdas and nested ones still go by value.
+            if isinstance(obj, (type, types.FunctionType)) and _named_in_main(obj):
+                return NotImplemented
+            return cloudpickle.CloudPickler.reducer_override(self, obj)
+
+        _CLOUD_REF_PICKLER = type("_CloudRefPickler", (cloudpickle.CloudPickler,),
+                                  {"persistent_id": _persistent_id, "reducer_override": reducer_override})
     return _CLOUD_REF_PICKLER
+
+
+def _named_in_main(obj: Any) -> bool:
+    """Whether ``obj`` (a class or function) is what its qualified name names in ``__main__``."""
+    if getattr(obj, "__module__", None) != "__main__":
+        return False
+    found: Any = sys.modules.get("__main__")
+    for part in getattr(obj, "__qualname__", "<").split("."):
+        found = getattr(found, part, None)
+    return found is obj
 
 
 def dumps_skeleton(skeleton: Any) -> bytes:
