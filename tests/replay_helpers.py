@@ -26,7 +26,7 @@ PY = sys.executable
 
 
 #: Columns of ``hl.dataframe`` that are not loop indices or values.
-META = {"run_id", "code_version"}
+META = {"run_id", "script", "code_version"}
 
 
 def base_env(ceiling: Path) -> dict[str, str]:

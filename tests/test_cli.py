@@ -229,7 +229,7 @@ def test_logs_csv_matches_the_python_api(two_runs) -> None:
     out = project.cli("logs", "loss", "acc", "--format", "csv").stdout
     got = pd.read_csv(io.StringIO(out))
     expected = project.df("loss", "acc")
-    assert list(got.columns) == list(expected.columns) == ["run_id", "code_version", "lr", "epoch", "loss", "acc"]
+    assert list(got.columns) == list(expected.columns) == ["run_id", "script", "code_version", "lr", "epoch", "loss", "acc"]
     assert got["run_id"].tolist() == expected["run_id"].tolist() == [a] * 3 + [b] * 2
     assert got["epoch"].tolist() == [0, 1, 2, 0, 1]
     np.testing.assert_allclose(got["loss"], expected["loss"])
@@ -244,7 +244,7 @@ def test_logs_json_and_table_and_run_filter(two_runs) -> None:
     assert [r["epoch"] for r in rows] == [0, 1]
     assert [r["loss"] for r in rows] == [0.2, 0.1]
     table = main(project, "logs", "acc", "--run", a).stdout
-    assert table.splitlines()[0].split() == ["run_id", "code_version", "lr", "epoch", "acc"]
+    assert table.splitlines()[0].split() == ["run_id", "script", "code_version", "lr", "epoch", "acc"]
     assert len(table.splitlines()) == 4 and "0.50" in table
     both = json.loads(main(project, "logs", "acc", "--format", "json", "--run", a, "--run", "latest").stdout)
     assert {r["run_id"] for r in both} == {a, b}

@@ -105,6 +105,35 @@ def test_main_loop_is_the_one_holding_training_work_not_data_loading() -> None:
     assert line_of(DATA_THEN_TRAIN, "for k in") not in plan.names
 
 
+STEPS_OVER_A_STREAM = """
+import itertools
+
+
+def infinite(loader):
+    while True:
+        for batch in loader:
+            yield batch
+
+
+class Trainer:
+    def fit(self):
+        for step, (x, y) in enumerate(itertools.islice(infinite(self.loader), 3000)):
+            self.optimizer.zero_grad()
+            loss_fn(self.model(x), y).backward()
+            self.optimizer.step()
+
+
+if __name__ == "__main__":
+    Trainer().fit()
+"""
+
+
+def test_a_generator_that_makes_the_batches_is_not_the_main_loop() -> None:
+    """Its ``while True`` holds a loop, and the step loop does not: the generator's loop was taken
+    for the main loop, and a run of 3000 steps had 30 iterations (its passes) and no checkpoint."""
+    assert main_line(STEPS_OVER_A_STREAM) == line_of(STEPS_OVER_A_STREAM, "for step")
+
+
 FUNCTION_MAIN = """
 import argparse
 

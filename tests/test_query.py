@@ -44,7 +44,7 @@ def two_runs(recorded: tuple[Project, str, str], clean_env: None) -> tuple[Proje
 def test_dataframe_over_several_runs(two_runs) -> None:
     project, a, b = two_runs
     df = project.df("loss")
-    assert list(df.columns) == ["run_id", "code_version", "lr", "opt", "epoch", "step", "loss"]
+    assert list(df.columns) == ["run_id", "script", "code_version", "lr", "opt", "epoch", "step", "loss"]
     assert df["run_id"].tolist() == [a] * 4 + [b] * 4
     assert df["lr"].tolist() == [0.1] * 4 + [0.5] * 4 and (df["opt"] == "sgd").all()
     np.testing.assert_allclose(df["loss"], [0.1 * k for k in range(4)] + [0.5 * k for k in range(4)])
@@ -69,7 +69,7 @@ def test_dataframe_selects_runs_by_id_prefix_name_and_latest(two_runs) -> None:
     with pytest.raises(hl.RunNotFound, match="No run matches"):
         project.run_info(b[-3:])  # too short to be meant as an id's end (a row number, a typo)
     acc = project.df("acc", runs=a)
-    assert list(acc.columns) == ["run_id", "code_version", "lr", "opt", "epoch", "acc"]
+    assert list(acc.columns) == ["run_id", "script", "code_version", "lr", "opt", "epoch", "acc"]
     assert acc["acc"].tolist() == [0.0, 0.5]
 
 
@@ -97,7 +97,7 @@ def test_dataframe_of_a_name_never_logged_is_empty_and_names_the_logged_ones(two
     project, _, _ = two_runs
     with pytest.warns(RuntimeWarning, match=r"nothing was logged under never in these runs \(a typo\?\); names logged: acc, loss"):
         df = project.df("never")
-    assert df.empty and list(df.columns)[:2] == ["run_id", "code_version"] and "never" in df.columns
+    assert df.empty and list(df.columns)[:3] == ["run_id", "script", "code_version"] and "never" in df.columns
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no run chosen: nothing to call a typo
         assert project.df("loss", runs=[]).empty
@@ -119,7 +119,7 @@ def test_queries_on_a_project_without_a_store_create_nothing(project: Project) -
     assert runs.empty and list(runs.columns) == query.RUN_COLUMNS
     with pytest.warns(RuntimeWarning, match="none is logged yet"):
         df = project.df("loss")
-    assert df.empty and list(df.columns) == ["run_id", "code_version", "loss"]
+    assert df.empty and list(df.columns) == ["run_id", "script", "code_version", "loss"]
     with pytest.raises(RunNotFound):
         project.run_info("latest")
     assert not project.store_path.exists()
@@ -200,7 +200,7 @@ def test_a_scripts_argparse_options_are_columns_beside_its_hl_args(project: Proj
     runs = hl.runs(store=project.store_path)
     assert sorted(runs["lr"].tolist()) == [0.1, 0.5]
     logs = project.cli("logs", "loss", "--format", "csv").stdout
-    assert logs.splitlines()[0].startswith("run_id,code_version,") and ",lr," in logs.splitlines()[0], logs
+    assert logs.splitlines()[0].startswith("run_id,script,code_version,") and ",lr," in logs.splitlines()[0], logs
 
 
 def test_names_that_are_also_loops_columns_or_args_get_columns_of_their_own(project: Project) -> None:
@@ -208,22 +208,35 @@ def test_names_that_are_also_loops_columns_or_args_get_columns_of_their_own(proj
         """
         import hindlog as hl
         step = hl.arg("step", 7)
+        lr = hl.arg("lr", 0.5)
         for epoch in hl.loop("epoch", range(2)):
             hl.log("epoch", epoch * 10)
             hl.log("run_id", "x")
+            hl.log("lr", lr / (epoch + 1))
             for s in hl.loop("step", range(2)):
                 hl.log("v", s)
         """
     )
-    df = project.df("epoch", "run_id", "v", "v")
-    assert list(df.columns) == ["run_id", "code_version", "step_arg", "epoch", "step", "epoch_logged", "run_id_logged", "v"]
-    assert (df["step_arg"] == 7).all()
+    df = project.df("epoch", "run_id", "v", "v", "lr")
+    assert list(df.columns) == ["run_id", "script", "code_version", "lr_arg", "step_arg", "epoch", "step", "epoch_logged",
+                                "run_id_logged", "v", "lr"]
+    assert (df["step_arg"] == 7).all() and (df["lr_arg"] == 0.5).all()  # (an arg named like a logged name was left out)
+    assert df.dropna(subset=["lr"])["lr"].tolist() == [0.5, 0.25]
     at_epoch = df[df["step"].isna()]
     assert at_epoch["epoch"].tolist() == [0, 1] and at_epoch["epoch_logged"].tolist() == [0, 10]
     assert (at_epoch["run_id_logged"] == "x").all() and df["run_id"].str.len().min() > 1
     assert df.dropna(subset=["v"])["v"].tolist() == [0, 1, 0, 1]
     out = project.cli("logs", "epoch").stdout
     assert "epoch_logged" in out and "Traceback" not in out
+
+
+def test_each_row_names_the_script_whose_run_logged_it(project: Project) -> None:
+    """Two scripts that log the same name: their rows were told apart only by a join with hl.runs()."""
+    for script, scale in (("train.py", 1), ("tools/finetune.py", 10)):
+        project.run(f"import hindlog as hl\nfor e in hl.loop('epoch', range(2)):\n    hl.log('loss', {scale} * e)\n", script=script)
+    df = project.df("loss")
+    assert df.groupby("script")["loss"].sum().to_dict() == {"train.py": 1, "tools/finetune.py": 10}
+    assert project.cli("logs", "loss", "--format", "csv").stdout.splitlines()[0].startswith("run_id,script,code_version,")
 
 
 def test_a_name_logged_twice_in_one_context_is_warned_about_and_kept(project: Project) -> None:

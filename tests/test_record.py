@@ -259,7 +259,8 @@ def test_bad_arg_override_is_a_clear_value_error(inproc: Project, monkeypatch: p
     with pytest.raises(ValueError) as e:
         hl.arg("x", default)
     msg = str(e.value)
-    assert f"HINDLOG_SET_x={raw!r}" in msg and type(default).__name__ in msg
+    assert f"HINDLOG_SET_x={raw!r}" in msg and type(default).__name__ in msg and "set it to" in msg
+    assert " a int" not in msg
     # The script did ask for x: the run's end must not say the override had no effect.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -304,7 +305,14 @@ def test_an_override_no_arg_asks_for_is_named_at_the_end(project: Project) -> No
             hl.log("x", scale * epoch)
         """
     typo = project.run(script, env={"HINDLOG_SET_scal": "5"})
-    assert "HINDLOG_SET_scal had no effect: the script never called hl.arg with that name (its args: scale)" in typo.stderr, typo.stderr
+    # Said when the main loop starts (at the end of a long run, the run was spent), once.
+    assert ("HINDLOG_SET_scal has had no effect so far: the script has not called hl.arg with that name before its main "
+            "loop (its args: scale); a typo?") in typo.stderr, typo.stderr
+    assert typo.stderr.count("HINDLOG_SET_scal") == 1, typo.stderr
+    late = project.run(script.replace('        for epoch in hl.loop("epoch", range(2)):',
+                                      '        for epoch in hl.loop("epoch", range(2)):\n            hl.arg("late", 1)'),
+                       env={"HINDLOG_SET_scal": "5"})
+    assert "so far" in late.stderr and "never called" not in late.stderr, late.stderr
     right = project.run(script, env={"HINDLOG_SET_scale": "5"})
     assert "no effect" not in right.stderr, right.stderr
 
@@ -347,7 +355,7 @@ def test_nested_loops_give_index_columns_and_shared_rows(project: Project) -> No
     assert out.strip() == "ad,be,cf,ad,be,cf"  # items pass through unchanged
 
     df = project.df("loss", "lr_now")
-    assert list(df.columns) == ["run_id", "code_version", "lr", "epoch", "step", "loss", "lr_now"]
+    assert list(df.columns) == ["run_id", "script", "code_version", "lr", "epoch", "step", "loss", "lr_now"]
     assert len(df) == 6
     assert df["epoch"].tolist() == [0, 0, 0, 1, 1, 1] and df["step"].tolist() == [0, 1, 2, 0, 1, 2]
     assert df["epoch"].dtype == np.int64
@@ -356,7 +364,7 @@ def test_nested_loops_give_index_columns_and_shared_rows(project: Project) -> No
     assert df["run_id"].nunique() == 1 and re.fullmatch(r"[0-9a-f]{40}", df["code_version"][0])
 
     grad = project.df("grad")
-    assert list(grad.columns) == ["run_id", "code_version", "lr", "epoch", "step", "micro", "grad"]
+    assert list(grad.columns) == ["run_id", "script", "code_version", "lr", "epoch", "step", "micro", "grad"]
     assert len(grad) == 12
     assert (grad["grad"] == grad["epoch"] * 100 + grad["step"] * 10 + grad["micro"]).all()
 
@@ -367,7 +375,7 @@ def test_nested_loops_give_index_columns_and_shared_rows(project: Project) -> No
     assert epoch_rows["loss"].isna().all() and epoch_rows["val"].tolist() == [0.5, 1.5]
 
     setup = project.df("setup")
-    assert list(setup.columns) == ["run_id", "code_version", "lr", "setup"] and setup["setup"].tolist() == [1.0]
+    assert list(setup.columns) == ["run_id", "script", "code_version", "lr", "setup"] and setup["setup"].tolist() == [1.0]
 
 
 def test_a_record_after_a_nested_loop_exits_belongs_to_the_enclosing_iteration(project: Project) -> None:
@@ -394,14 +402,14 @@ def test_a_record_after_a_nested_loop_exits_belongs_to_the_enclosing_iteration(p
     assert grad["micro"].tolist() == [0, 1] * 6
     assert (grad["grad"] == grad["epoch"] * 100 + grad["step"] * 10 + grad["micro"]).all()
     after = project.df("after_break")
-    assert list(after.columns) == ["run_id", "code_version", "epoch", "step", "after_break"]
+    assert list(after.columns) == ["run_id", "script", "code_version", "epoch", "step", "after_break"]
     assert (after["after_break"] == after["epoch"] * 10 + after["step"]).all() and len(after) == 6
     quiet = project.df("after_quiet")
-    assert list(quiet.columns) == ["run_id", "code_version", "epoch", "step", "after_quiet"]
+    assert list(quiet.columns) == ["run_id", "script", "code_version", "epoch", "step", "after_quiet"]
     assert [list(v) for v in quiet["after_quiet"]] == [[e, s] for e, s in zip(quiet["epoch"], quiet["step"])]
     val = project.df("val")
-    assert list(val.columns) == ["run_id", "code_version", "epoch", "val"] and val["val"].tolist() == [0, 1]
-    assert list(project.df("end").columns) == ["run_id", "code_version", "end"]
+    assert list(val.columns) == ["run_id", "script", "code_version", "epoch", "val"] and val["val"].tolist() == [0, 1]
+    assert list(project.df("end").columns) == ["run_id", "script", "code_version", "end"]
 
 
 def test_loop_is_lazy_and_works_with_generators_and_break(project: Project) -> None:
@@ -423,7 +431,7 @@ def test_loop_is_lazy_and_works_with_generators_and_break(project: Project) -> N
     df = project.df("x")
     assert df["epoch"].tolist() == [0, 1, 2, 3, 4] and df["x"].tolist() == [0, 1, 2, 3, 4]
     after = project.df("after")
-    assert list(after.columns) == ["run_id", "code_version", "after"]
+    assert list(after.columns) == ["run_id", "script", "code_version", "after"]
     y = project.df("y")
     assert y["second"].tolist() == [0, 1] and y["y"].tolist() == [0, 1]
 
@@ -448,7 +456,7 @@ def test_loops_in_lockstep_or_left_open_keep_the_contexts_right(project: Project
     assert ab[["epoch", "a", "b", "ab"]].values.tolist() == [[e, k, k, 11 * k] for e in range(2) for k in range(3)]
     for name in ("e", "after_kept"):
         df = project.df(name)
-        assert list(df.columns) == ["run_id", "code_version", "epoch", name], df
+        assert list(df.columns) == ["run_id", "script", "code_version", "epoch", name], df
         assert df[name].tolist() == [0, 1]
 
 
@@ -469,7 +477,7 @@ def test_a_loop_inside_a_generator_another_loop_iterates_is_not_lockstep(project
     b = project.df("b")
     assert b["b"].tolist() == [0, 10, 20] * 2 and b["batch"].tolist() == [0, 1, 2] * 2
     e = project.df("e")
-    assert list(e.columns) == ["run_id", "code_version", "epoch", "e"] and e["e"].tolist() == [0, 1]
+    assert list(e.columns) == ["run_id", "script", "code_version", "epoch", "e"] and e["e"].tolist() == [0, 1]
 
 
 def test_hl_init_after_hl_checkpoints_or_hl_arg_takes_over_the_run_they_started(project: Project) -> None:
@@ -774,6 +782,27 @@ def test_store_is_in_the_current_directory_outside_git(plain_project: Project) -
     plain_project.run(script="a/train.py", cwd=plain_project.root / "a")
     assert (plain_project.root / "a" / ".hindlog" / "catalog.db").exists()
     assert not plain_project.store_path.exists()
+
+
+def test_a_script_run_from_another_project_is_recorded_into_its_own(project: Project, tmp_path: Path) -> None:
+    """``python ../other/train.py`` from another repository, or from a folder outside git above
+    it: the run was recorded into the current directory's store, with that project's code as its
+    code version (not the script's), and from /tmp every file under it was snapshotted."""
+    from conftest import new_git_project
+
+    project.write("train.py", "import hindlog as hl\nfor e in hl.loop('epoch', range(2)):\n    hl.log('x', e)\n")
+    project.git("add", "train.py")
+    project.git("commit", "-q", "-m", "train")
+    elsewhere = new_git_project(tmp_path / "elsewhere")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for cwd in (elsewhere.root, outside):
+        proc = project.run(cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+        assert not (cwd / ".hindlog").exists(), cwd
+    runs = project.runs()
+    assert runs["script"].tolist() == ["train.py", "train.py"]
+    assert set(runs["code_version"]) == {project.git("rev-parse", "HEAD").strip()}
 
 
 def test_a_store_that_cannot_be_created_never_breaks_training(project: Project, tmp_path) -> None:

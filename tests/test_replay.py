@@ -1650,6 +1650,76 @@ def test_a_change_to_a_file_no_code_imports_does_not_block_a_replay(tmp_path: Pa
     assert refused.returncode != 0 and "--- plugin.py" in refused.stderr, refused.stderr
 
 
+def test_a_removed_file_no_code_imports_does_not_block_a_replay(tmp_path: Path) -> None:
+    """A scratch file deleted, or another script renamed, since the record: the runs never ran
+    it, and replaying them is not refused (it was, and --force, the only way round, also keeps
+    the values of diverged segments). A removed module the script imports still is."""
+    proj = ReplayProject(tmp_path)
+    proj.write("notes.py", 'print("scratch")\n')
+    proj.write("helpers.py", "def scale(x):\n    return 1.5 * x\n")
+    text = "import hindlog as hl\nfrom helpers import scale\nw = 0.0\nfor epoch in hl.loop('epoch', range(3)):\n    w += scale(1)\n    hl.log('w', w)\n"
+    proj.write("train.py", text)
+    proj.commit()
+    run = proj.record(env=DENSE)
+    proj.git("rm", "-q", "notes.py")
+    proj.commit("remove a scratch file")
+    proj.write("train.py", text + "    hl.log('w2', 2 * w)\n")
+    result = proj.replay("train.py")
+    assert "notes.py was removed, but no file of the project imports it" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert proj.values("w2", run) == {k: 2 * v for k, v in proj.values("w", run).items()}
+    (proj.root / "helpers.py").unlink()
+    refused = proj.replay("train.py", check=False)
+    assert refused.returncode != 0 and "helpers.py was removed" in refused.stderr, refused.stderr
+    # The script itself renamed: its runs are named, with how to get it back.
+    (proj.root / "train.py").rename(proj.root / "fit.py")
+    gone = proj.replay("train.py", check=False)
+    assert gone.returncode != 0 and "train.py does not exist; 1 run of it was recorded" in gone.stderr, gone.stderr
+    assert "git show " in gone.stderr, gone.stderr
+
+
+def test_a_statement_removed_and_added_back_is_not_placed_again_into_a_version_that_has_it(tmp_path: Path) -> None:
+    """Version 1 logs ``double``, version 2 no longer does, and the script now logs it again with
+    a new ``triple``: version 1's runs get only ``triple`` (``double`` placed again logged each of
+    its values twice), version 2's both."""
+    base = dedent(COUNTER)
+    with_double = insert_after(base, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])')
+    proj = ReplayProject(tmp_path)
+    proj.write("train.py", with_double)
+    proj.commit("version 1")
+    first = proj.record(env=DENSE)
+    proj.write("train.py", base)
+    proj.commit("version 2")
+    second = proj.record(env=DENSE)
+    proj.write("train.py", insert_after(with_double, 'hl.log("double", 2 * state["x"])', 'hl.log("triple", 3 * state["x"])'))
+    out = proj.replay("train.py", "--all").stdout
+    assert out.count('+ train.py:') == 3, out  # triple for version 1; double and triple for version 2
+    for run in (first, second):
+        x = proj.values("x", run)
+        assert proj.values("double", run) == {k: 2 * v for k, v in x.items()}
+        assert proj.values("triple", run) == {k: 3 * v for k, v in x.items()}
+    assert proj.count("double", first) == len(proj.values("x", first))  # as recorded, once each
+
+
+def test_a_changed_statement_replayed_over_some_iterations_leaves_no_values_of_its_former_version(counter) -> None:
+    """``d`` replayed as ``2 * x``, then changed to ``3 * x`` and replayed over iterations 2:4: the
+    column mixed both statements' values, silently. The earlier values outside 2:4 are dropped,
+    with a note; the same statement replayed over part of the run again drops nothing."""
+    proj, run = counter
+    text = dedent(COUNTER)
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("d", 2 * state["x"])'))
+    proj.replay("train.py")
+    x = proj.values("x", run)
+    assert proj.values("d", run) == {k: 2 * v for k, v in x.items()}
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("d", 3 * state["x"])'))
+    out = proj.replay("train.py", "--iterations", "2:4").stdout
+    assert "the statement that logs 'd' changed" in out and "its 4 earlier values outside" in out, out
+    assert proj.values("d", run) == {k: 3 * v for k, v in x.items() if k[0][1] in (2, 3)}
+    proj.replay("train.py")
+    again = proj.replay("train.py", "--iterations", "1:3").stdout
+    assert "changed" not in again, again
+    assert proj.values("d", run) == {k: 3 * v for k, v in x.items()}
+
+
 def test_a_run_of_another_script_is_refused(counter) -> None:
     proj, run = counter
     proj.write("other.py", "import hindlog as hl\nfor i in hl.loop('i', range(2)):\n    hl.log('y', i)\n")

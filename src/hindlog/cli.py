@@ -671,6 +671,11 @@ def _replay(args: argparse.Namespace) -> int:
             where = _shown_path(r.outputs_dir) if r.outputs_dir != r.scratch else \
                 f"{r.outputs_dir}, with the recorded code (not kept with the outputs: the replay did not succeed)"
             print(f"  files the replayed code wrote ({shown}): in {where}")
+        for name, count in sorted(r.stale.items()):
+            print(f"  note: the statement that logs {name!r} changed since it was last replayed (the values it replaced differ): "
+                  f"its {_count(count, 'earlier value')} outside the iterations replayed now were dropped, so that {name!r} "
+                  "holds the new statement's values only; replay without --iterations to have them all (other runs "
+                  "replayed before keep the earlier statement's values: replay them too)")
         if r.outputs_again:
             print(f"  {r.outputs_again} files it wrote again that the record wrote too (the project has them) were not kept")
         if r.past_record:

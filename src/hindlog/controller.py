@@ -89,16 +89,16 @@ def follow_driver(driver_pid: int | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def skip(it: Iterator[Any], n: int, drawn: list[bytes] | None = None) -> Iterator[Any]:
+def skip(it: Iterator[Any], n: int, drawn: dict[str, bytes] | None = None) -> Iterator[Any]:
     """``it`` after its first ``n`` items, which a restored checkpoint stands for, read now. An
     iterator that can skip without computing them (a ``while`` loop's condition) is not run.
 
     Call it before restoring the checkpoint's random generators: the record drew what reading
     those items draws (a shuffling sampler's order, on the first item) before the state the
     checkpoint holds, and reading them after the restore would draw from that state instead.
-    ``drawn`` gets the generators' fingerprint after the last item where reading the items
-    after the first drew random numbers (the record drew those in another state, unless
-    training drew none: the caller compares it with the checkpoint's)."""
+    ``drawn`` gets, for each global generator that reading the items after the first drew
+    from, its state's fingerprint after the last (the record drew those numbers in another
+    state, unless training drew none from it: the caller compares it with the checkpoint's)."""
     skip_items = getattr(it, "skip", None)
     if callable(skip_items):
         skip_items(n)
@@ -110,30 +110,27 @@ def skip(it: Iterator[Any], n: int, drawn: list[bytes] | None = None) -> Iterato
         return it
     for _ in itertools.islice(it, 1):
         pass
-    before = rng_fingerprint()
+    before = rng_fingerprints()
     for _ in itertools.islice(it, n - 1):
         pass
-    after = rng_fingerprint()
-    if after != before:
-        drawn.append(after)
+    drawn.update((name, state) for name, state in rng_fingerprints().items() if before.get(name) != state)
     return it
 
 
-def rng_fingerprint() -> bytes:
-    """A digest of the global random generators' states (Python's, NumPy's, torch's CPU one)."""
+def rng_fingerprints() -> dict[str, bytes]:
+    """Digests of the global random generators' states: Python's, NumPy's, torch's CPU one."""
     import hashlib
     import random
 
     import numpy as np
 
-    h = hashlib.blake2b(repr(random.getstate()).encode(), digest_size=16)
     _name, keys, pos, *_rest = np.random.get_state()
-    h.update(keys.tobytes())
-    h.update(pos.to_bytes(4, "little"))
+    out = {"python": hashlib.blake2b(repr(random.getstate()).encode(), digest_size=16).digest(),
+           "numpy": hashlib.blake2b(keys.tobytes() + int(pos).to_bytes(4, "little"), digest_size=16).digest()}
     torch = sys.modules.get("torch")
     if torch is not None:
-        h.update(torch.get_rng_state().numpy().tobytes())
-    return h.digest()
+        out["torch"] = hashlib.blake2b(torch.get_rng_state().numpy().tobytes(), digest_size=16).digest()
+    return out
 
 
 def loops_key(ctx: tuple[Any, ...]) -> str:
@@ -356,11 +353,12 @@ class Controller:
             return 0, it
         read = time.perf_counter() - t0
         first = loaded.iteration + 1
-        drawn: list[bytes] = []
+        drawn: dict[str, bytes] = {}
         it = skip(it, first, drawn)  # not restore time: the record read these items too
         t1 = time.perf_counter()
         apply(loaded, self.recorder.declared, frame, strict=False)
-        if drawn and drawn[0] != rng_fingerprint():
+        restored = rng_fingerprints()
+        if any(restored.get(name) != state for name, state in drawn.items()):
             # Reading the items drew random numbers after the first one (a shuffling loader that
             # began a new pass, read through a generator), and training drew some between them
             # in the record: the numbers drawn here were others, and so would the items be.

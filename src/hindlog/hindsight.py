@@ -285,6 +285,10 @@ class Unit:
     #: The statement before it occurs more than once in its block: only an occurrence that the
     #: statement after it follows too is the place.
     before_repeated: bool = False
+    #: Its statements: whole (``ast.unparse``), as anchors (``_text``), and their lines.
+    texts: tuple[str, ...] = ()
+    anchors: tuple[str, ...] = ()
+    spans: tuple[tuple[int, int], ...] = ()
 
 
 def units(new_src: str, statements: list[tuple[int, int]]) -> list[Unit]:
@@ -308,7 +312,8 @@ def units(new_src: str, statements: list[tuple[int, int]]) -> list[Unit]:
                 after = _text(stmt) if stmt is not None else None
                 repeated = before is not None and sum(
                     1 for s in block.stmts if span(s) not in new_set and _text(s) == before) > 1
-                out.append(Unit((span(run[0])[0], span(run[-1])[1]), block.path, before, after, repeated))
+                out.append(Unit((span(run[0])[0], span(run[-1])[1]), block.path, before, after, repeated,
+                                tuple(ast.unparse(s) for s in run), tuple(_text(s) for s in run), tuple(span(s) for s in run)))
                 run = []
     return out
 
@@ -333,6 +338,10 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
             raise PlacementError(f"cannot place the statement at line {lo}: its block has no counterpart hindlog can match")
     for unit in placed:
         candidates = [b for b in blocks if b.path == unit.path]
+        trimmed = _not_yet_there(unit, candidates)
+        if trimmed is None:
+            continue
+        unit = trimmed
         spots: list[tuple[int, str, _Block]] = []  # (insert before line index, indentation, block)
         if unit.before is not None:
             # After the statement it follows in the new code; where that statement occurs more
@@ -373,6 +382,27 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
     for line_index, chunk in sorted(insertions, key=lambda x: -x[0]):
         target_lines[line_index:line_index] = chunk
     return "".join(target_lines)
+
+
+def _not_yet_there(unit: Unit, candidates: list[_Block]) -> Unit | None:
+    """``unit`` less its first and last statements that the recorded version has in the same
+    block already (removed since, and added back: its runs logged their values, and placing them
+    again would log each twice); None if it has them all."""
+    have = {ast.unparse(s) for b in candidates for s in b.stmts}
+    lo, hi = 0, len(unit.texts)
+    while lo < hi and unit.texts[lo] in have:
+        lo += 1
+    while hi > lo and unit.texts[hi - 1] in have:
+        hi -= 1
+    if lo == hi:
+        return None
+    if (lo, hi) == (0, len(unit.texts)):
+        return unit
+    return Unit(
+        (unit.spans[lo][0], unit.spans[hi - 1][1]), unit.path,
+        unit.anchors[lo - 1] if lo else unit.before, unit.anchors[hi] if hi < len(unit.texts) else unit.after,
+        unit.before_repeated and not lo, unit.texts[lo:hi], unit.anchors[lo:hi], unit.spans[lo:hi],
+    )
 
 
 def _indent(lines: list[str], stmt: ast.stmt) -> str:

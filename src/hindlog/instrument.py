@@ -272,8 +272,13 @@ def find_main_loop(
     """The main loop and the body (module or function) that holds it."""
     local = _functions(tree)
     functions = {**(external or {}), **local}
+    # A generator's loop makes the data a loop reads (``while True: for batch in loader: yield
+    # batch``): nested and all, it is not the training loop.
+    generators = {id(fn.body) for fn in local.values() if _is_generator(fn)}
     best: tuple[tuple[int, int], ast.AST, list[ast.stmt]] | None = None
     for body in _execution_path(tree, local):
+        if id(body) in generators:
+            continue
         for loop in _outer_loops(body):
             nested, training = _work_score(loop, functions)
             if nested == 0 and training == 0:
@@ -284,6 +289,19 @@ def find_main_loop(
             if nested and training:
                 return loop, body
     return (best[1], best[2]) if best else (None, None)
+
+
+def _is_generator(fn: ast.AST) -> bool:
+    """Whether ``fn``'s own body yields (nested functions' yields are theirs)."""
+    stack = list(getattr(fn, "body", []))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Yield, ast.YieldFrom)):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return False
 
 
 #: Builtins that change what they are given: ``next(stream)`` advances it, ``setattr(cfg, k, v)``.

@@ -116,11 +116,12 @@ _UNCHECKED_ADVICE = ("they were computed from a state that may not be the run's.
 def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     """Values of ``names`` with one row per run and loop context.
 
-    Columns: ``run_id``, ``code_version``, each of the run's args, each loop's
-    index (e.g. ``epoch``, ``step``), then one column per name. Recorded and
-    replayed values appear together. A logged name that is also a loop's or one
-    of the first two columns' gets the column ``<name>_logged``; an arg whose name
-    is a loop's, ``<name>_arg`` (an arg named like a logged name is left out).
+    Columns: ``run_id``, ``script`` (the path of the run's script in its
+    project), ``code_version``, each of the run's args, each loop's index (e.g.
+    ``epoch``, ``step``), then one column per name. Recorded and replayed values
+    appear together. A logged name that is also a loop's or one of the first
+    three columns' gets the column ``<name>_logged``; an arg whose name is a
+    loop's or a logged name's, ``<name>_arg``.
     A name whose values are all integers has a nullable integer column (``Int64``),
     so that a context without a value does not turn them into floats.
     """
@@ -156,7 +157,7 @@ def logged_frame(
     _flush_own_run()
     st = _open(store)
     if not st.exists():
-        return pd.DataFrame(columns=["run_id", "code_version", *names]), pd.DataFrame(columns=list(names), dtype=bool)
+        return pd.DataFrame(columns=["run_id", "script", "code_version", *names]), pd.DataFrame(columns=list(names), dtype=bool)
     _notice_set_aside(st)
     conn = st.connect()
     try:
@@ -201,23 +202,23 @@ def logged_frame(
             + f" come from a replay whose recomputed values differed from the record's, kept with --force: {_UNCHECKED_ADVICE}"
         )
 
-    fixed = {"run_id", "code_version", *loop_names}
+    fixed = {"run_id", "script", "code_version", *loop_names}
     value_column = {n: f"{n}_logged" if n in fixed else n for n in names}
     arg_column: dict[str, str] = {}
     for a in args.values():
         for k in a:
-            if k not in arg_column and k not in names:
-                arg_column[k] = f"{k}_arg" if k in fixed else k
+            if k not in arg_column:
+                arg_column[k] = f"{k}_arg" if k in fixed or k in names else k
     records = []
     for (run, _), row in table.items():
         r = by_key[run]
-        full = {"run_id": r["run_id"], "code_version": r.get("code_version")}
+        full = {"run_id": r["run_id"], "script": r.get("script"), "code_version": r.get("code_version")}
         for k, column in arg_column.items():
             full[column] = args.get(run, {}).get(k)
         for k, v in row.items():
             full[value_column[k[0]] if isinstance(k, tuple) else k] = v
         records.append(full)
-    columns = ["run_id", "code_version", *arg_column.values(), *loop_names, *value_column.values()]
+    columns = ["run_id", "script", "code_version", *arg_column.values(), *loop_names, *value_column.values()]
     df = pd.DataFrame(records, columns=columns)
     logged = pd.DataFrame({c: [c in rec for rec in records] for c in value_column.values()}, columns=list(value_column.values()), dtype=bool)
     for loop_name in loop_names:

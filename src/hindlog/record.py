@@ -9,6 +9,7 @@ path (a number under a valid name) is a type check and a deque append.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -32,6 +33,12 @@ _runs_started = 0
 _finished_by_call: tuple[str, dict[str, Any]] | None = None
 
 
+def _running_script() -> str | None:
+    """The file this process runs (``python train.py``, ``python -m pkg.train``), if any."""
+    first = sys.argv[0] if sys.argv else ""
+    return first if first not in ("", "-c", "-m") else None
+
+
 def _start(**kwargs: Any) -> Recorder | None:
     global _recorder, _broken, _runs_started
     index = _runs_started
@@ -41,7 +48,7 @@ def _start(**kwargs: Any) -> Recorder | None:
         # the others): the script going on to a next run is past it.
         raise SystemExit(0)
     try:
-        store = Store.for_project(store=kwargs.pop("store", None))
+        store = Store.for_project(store=kwargs.pop("store", None), script=_running_script())
         _recorder = Recorder(store, **kwargs)
         if _recorder.controller is None:
             if index:

@@ -111,6 +111,7 @@ class Recorder:
         self.nested_iterations = 0
         self.main_loop_done = False
         self.main_loop_wrapped = False
+        self._overrides_warned: set[str] = set()
         self.iteration: int | None = None
         self.block = 0
         self.args: dict[str, Any] = {}
@@ -417,6 +418,8 @@ class Recorder:
         if checkpointer is not None:
             checkpointer.main_loop_started(name, frame, iterable)
         self.writer.main_loop_starts()
+        if self.controller is None:
+            self._warn_unused_overrides(so_far=True)
         i = start
         open_iteration = None
         clock = time.perf_counter
@@ -616,15 +619,21 @@ class Recorder:
             except (ValueError, OSError):
                 pass
 
-    def _warn_unused_overrides(self) -> None:
-        """An override no ``hl.arg`` asked for (a typo in its name) changed nothing: say so."""
+    def _warn_unused_overrides(self, so_far: bool = False) -> None:
+        """An override no ``hl.arg`` asked for (a typo in its name) changed nothing: say so, when
+        the main loop starts (``so_far``: most scripts read their args before it, and a typo
+        found at the end of a long run cost the run) and, for the others, at the end."""
         unused = sorted(k[len("HINDLOG_SET_"):] for k in os.environ
-                        if k.startswith("HINDLOG_SET_") and k[len("HINDLOG_SET_"):] not in {*self.args, *self.asked_for})
+                        if k.startswith("HINDLOG_SET_") and k[len("HINDLOG_SET_"):] not in {*self.args, *self.asked_for}
+                        and k not in self._overrides_warned)
         if unused:
+            self._overrides_warned.update("HINDLOG_SET_" + n for n in unused)
             have = ", ".join(sorted(self.args)) or "none"
+            settings, them = ", ".join("HINDLOG_SET_" + n for n in unused), "that name" if len(unused) == 1 else "those names"
             warnings.warn(
-                f"hindlog: {', '.join('HINDLOG_SET_' + n for n in unused)} had no effect: the script never called "
-                f"hl.arg with {'that name' if len(unused) == 1 else 'those names'} (its args: {have})",
+                f"hindlog: {settings} has had no effect so far: the script has not called hl.arg with {them} before its "
+                f"main loop (its args: {have}); a typo?" if so_far else
+                f"hindlog: {settings} had no effect: the script never called hl.arg with {them} (its args: {have})",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -911,6 +920,9 @@ def cast_like(default: Any, raw: str, name: str) -> Any:
             return json.loads(raw)
         return raw
     except ValueError:
+        kind = type(default).__name__ if default is not None else "JSON value"
+        article = "an" if kind[0] in "aeiou" else "a"
         raise ValueError(
-            f"HINDLOG_SET_{name}={raw!r} cannot be read as a {type(default).__name__} like the default {default!r}"
+            f"HINDLOG_SET_{name}={raw!r} cannot be read as {article} {kind}, the type of hl.arg({name!r})'s default "
+            f"{default!r}: set it to {article} {kind} (HINDLOG_SET_{name}={json.dumps(default) if not isinstance(default, str) else default})"
         ) from None

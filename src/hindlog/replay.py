@@ -34,6 +34,7 @@ from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, prefet
 from .controller import ENV
 from .errors import ReplayError, ReplayInterrupted, RunNotFound, StoreError
 from .store import Store, mark_scratch_kept
+from .values import decode, equal
 
 
 @dataclass
@@ -100,6 +101,9 @@ class RunResult:
     restore_seconds: float = 0.0
     #: Values of an earlier replay of the same statements that this one's values replaced.
     replaced: int = 0
+    #: By name: values an earlier version of its statement logged, outside the iterations
+    #: replayed, dropped (the replaced ones differed: the statement changed since).
+    stale: dict[str, int] = field(default_factory=dict)
     #: New values not kept because their segment diverged (its state was not the record's).
     dropped_diverged: int = 0
     #: Where the recorded code ran and the workers' logs are, kept when a segment failed.
@@ -352,6 +356,14 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
         old = recorded.get(path, b"").decode(errors="replace")
         new = current.get(path)
         if new is None:
+            if script is not None and path != script:
+                if imported is None:
+                    imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
+                                                *current.values()])
+                if not _may_be_imported(path, imported):
+                    # A script renamed or a scratch file deleted: these runs never ran it.
+                    notes.append(f"{path} was removed, but no file of the project imports it: its recorded version is kept")
+                    continue
             problems.append(f"{path} was removed")
             continue
         if old == new:
@@ -1168,7 +1180,7 @@ def _execute(
         result.dropped_diverged = _pending_values(store, plan.run, [(base + k * SEGMENT_CTX_SPAN, base + (k + 1) * SEGMENT_CTX_SPAN) for k in diverged])
         result.stored -= result.dropped_diverged
         kept = [k for k in kept if k not in diverged]
-    result.replaced = _publish(store, plan, base, len(procs), kept, [k for k in diverged if k in kept])
+    result.replaced = _publish(store, plan, base, len(procs), kept, [k for k in diverged if k in kept], tolerance, result.stale)
     written, result.outputs_again = written_files(store, run, scratch, before)
     if result.ok and not result.divergences:
         outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, written)
@@ -1227,7 +1239,8 @@ def _pending_values(store: Store, run: int, spans: list[tuple[int, int]]) -> int
         conn.close()
 
 
-def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[int], diverged: list[int]) -> int:
+def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[int], diverged: list[int],
+             tolerance: float = 0.0, stale: dict[str, int] | None = None) -> int:
     """Make the values of the segments in ``kept`` visible, in one transaction: those that ran
     to their end, their recomputed values checked. The others' values are dropped. Those of a
     kept segment in ``diverged`` (kept by ``--force``) are marked as such, for queries to warn.
@@ -1236,7 +1249,10 @@ def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[i
     segments' iterations (and outside the loops, where it has new values there), so that
     replaying the same statements again does not duplicate them, and a changed statement (a
     print made conditional) leaves none of its former version's values; where no segment was
-    kept, the earlier values stay. Returns how many earlier values were replaced."""
+    kept, the earlier values stay. Where a value it replaces differs from the new one (beyond
+    ``tolerance``), the statement that logs the name changed: its earlier values outside the
+    replayed iterations are dropped too, so that a column holds one statement's values, and
+    ``stale`` gets their count by name. Returns how many earlier values were replaced."""
     # Name by name, through the (name, run) index: a single correlated DELETE compared every old
     # value with every new one and took 3 s for 2,300 values replayed twice. CROSS JOIN keeps
     # records as the outer loop; left to itself SQLite scanned contexts first, for each one all
@@ -1262,6 +1278,16 @@ def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[i
                     f"SELECT EXISTS (SELECT 1 FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
                     f"WHERE {pending} AND c.iteration IS NULL)", mine,
                 ).fetchone()[0]
+                if stale is not None and kept and _statement_changed(conn, name, plan.run, base, top, tolerance):
+                    gone = conn.execute(
+                        "DELETE FROM records WHERE rowid IN ("
+                        " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
+                        " WHERE r.name=? AND r.run=? AND r.source IN (?, ?)"
+                        f" AND NOT ((c.iteration IS NOT NULL AND ({in_kept})) OR (? AND c.iteration IS NULL)))",
+                        [name, plan.run, catalog.SOURCE_REPLAY, catalog.SOURCE_REPLAY_DIVERGED, *span_params, 1 if new_outside else 0],
+                    ).rowcount
+                    if gone and text != catalog.STDOUT_AT:
+                        stale[text] = stale.get(text, 0) + gone
                 dropped = conn.execute(
                     "DELETE FROM records WHERE rowid IN ("
                     " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
@@ -1280,6 +1306,44 @@ def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[i
     finally:
         conn.close()
     return replaced
+
+
+def _gone_script_advice(store: Store, rel: str) -> str:
+    """For a script that is gone: its runs, and how to get it back to replay them."""
+    if not store.exists():
+        return ""
+    conn = store.connect()
+    try:
+        recorded = catalog.list_runs(conn, rel)
+    finally:
+        conn.close()
+    if not recorded:
+        return ""
+    latest = recorded[-1]
+    version = latest.get("code_version") or ""
+    back = (f" (`git show {version[:12]}:{rel} > {rel}` restores the latest run's version)"
+            if latest.get("code_kind") == "git" and version else "")
+    return (f"; {len(recorded)} run{'s' if len(recorded) != 1 else ''} of it {'were' if len(recorded) != 1 else 'was'} "
+            f"recorded (renamed or removed since?): put it back{back}, add the statements to it and replay it to replay them")
+
+
+def _statement_changed(conn: Any, name: int, run: int, base: int, top: int, tolerance: float) -> bool:
+    """Whether a value that an earlier replay stored for ``name`` differs from the value this
+    replay's workers (contexts ``base`` to ``top``) stored at the same place."""
+    pairs = conn.execute(
+        "SELECT o.kind, o.value, n.kind, n.value FROM records n CROSS JOIN contexts cn ON cn.run=n.run AND cn.id=n.ctx"
+        " JOIN contexts co ON co.run=cn.run AND co.loops=cn.loops AND (co.id<? OR co.id>=?)"
+        " JOIN records o ON o.run=co.run AND o.ctx=co.id AND o.name=n.name"
+        " WHERE n.name=? AND n.run=? AND n.source=? AND n.ctx>=? AND n.ctx<? AND o.source IN (?, ?)",
+        (base, top, name, run, catalog.SOURCE_PENDING, base, top, catalog.SOURCE_REPLAY, catalog.SOURCE_REPLAY_DIVERGED),
+    )
+    for old_kind, old_value, new_kind, new_value in pairs:
+        try:
+            if not equal(decode(old_kind, old_value), decode(new_kind, new_value), tolerance):
+                return True
+        except Exception:  # a value that does not decode: not evidence either way
+            continue
+    return False
 
 
 def _wait(procs: list[Any], plan: RunPlan, progress: bool) -> None:
@@ -1330,12 +1394,12 @@ def replay(
 
     ``on_plans`` is called with the report once the plans are made, before anything runs (the
     CLI prints them then, not after a long replay)."""
-    st = store if isinstance(store, Store) else Store.for_project(store=store)
+    st = store if isinstance(store, Store) else Store.for_project(store=store, script=script)
     if not st.exists():
         raise ReplayError(f"there is no hindlog store at {st.path}; record a run first")
     rel = st.script_key(script) if script else None
     if rel is not None and not (st.root / rel).is_file():
-        raise ReplayError(f"{script} does not exist")
+        raise ReplayError(f"{script} does not exist" + _gone_script_advice(st, rel))
     #: The replay locks of the runs planned, held until each one's replay ends.
     held: list[Any] = []
     conn = st.connect()

@@ -62,13 +62,27 @@ def git_toplevel(start: Path) -> Path | None:
     return Path(os.fsdecode(out.stdout.strip()))
 
 
-def project_root(start: Path | None = None) -> Path:
-    """The project root for ``start`` (default: the current directory)."""
+def project_root(start: Path | None = None, script: str | os.PathLike[str] | None = None) -> Path:
+    """The project root for ``start`` (default: the current directory): the git work tree that
+    holds it, or ``start`` itself outside git. A ``script`` run from elsewhere belongs to its own
+    project: the git work tree that holds it, if that is not ``start``'s; outside git, its
+    folder, if it is not inside ``start``'s project (``python ../other/train.py`` recorded the
+    other project's run, with this one's code, into this one's store)."""
     override = config.project_root_override()
     if override:
         return Path(override).resolve()
     start = Path(start or os.getcwd()).resolve()
-    return git_toplevel(start) or start
+    root = git_toplevel(start)
+    if script is not None:
+        path = Path(script)
+        if path.is_file():
+            path = path.resolve()
+            own = git_toplevel(path.parent)
+            if own is not None and own != root:
+                return own
+            if own is None and not path.is_relative_to(root or start):
+                return path.parent
+    return root or start
 
 
 class Lock:
@@ -133,9 +147,11 @@ class Store:
         self.root = Path(root).resolve() if root else self.path.parent
 
     @classmethod
-    def for_project(cls, start: Path | None = None, store: str | os.PathLike[str] | None = None) -> "Store":
-        """The store of the project containing ``start``, honouring ``HINDLOG_DIR``."""
-        root = project_root(start)
+    def for_project(cls, start: Path | None = None, store: str | os.PathLike[str] | None = None,
+                    script: str | os.PathLike[str] | None = None) -> "Store":
+        """The store of the project containing ``start`` (or ``script``: ``project_root``),
+        honouring ``HINDLOG_DIR``."""
+        root = project_root(start, script)
         explicit = store or config.store_dir_override()
         if explicit:
             return cls(Path(explicit), root)
