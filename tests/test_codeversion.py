@@ -98,6 +98,9 @@ def test_git_snapshot_holds_the_working_tree_and_leaves_the_users_repo_alone(pro
     info = project.run_info(run_id)
     assert info["code_version"] == commit and info["code_kind"] == "git"
     assert project.git("rev-parse", f"{commit}^").strip() == before["HEAD"].strip()  # parent is HEAD
+    shown = project.cli("show", run_id).stdout
+    assert f"code         {commit} (git: the working tree with uncommitted changes, on commit {before['HEAD'].strip()[:12]})" in shown, shown
+    assert f"cwd          {project.root}" in shown, shown
     assert project.git("log", "-1", "--format=%s", commit).strip() == "hindlog: snapshot of the working tree"
     # The same code again is the same version; changed code is another.
     again = project.run().stdout.strip()

@@ -371,6 +371,20 @@ def test_place_refuses_a_neighbour_that_shares_its_line_in_the_recorded_version(
         place(new, ranges, "loss = f(w); w *= 0.5\n")
 
 
+def test_place_leaves_out_statements_the_older_version_has_in_that_place_only() -> None:
+    """A statement removed since and added back is not placed again where the older version has
+    it (it would log each value twice); the same text elsewhere in the block is another statement."""
+    older = "for e in range(3):\n    x = e\n    log('x', x)\n    log('double', 2 * x)\n    sleep()\n"
+    base = "for e in range(3):\n    x = e\n    log('x', x)\n    sleep()\n"
+    now = "for e in range(3):\n    x = e\n    log('x', x)\n    log('double', 2 * x)\n    log('triple', 3 * x)\n    sleep()\n"
+    add = find_additions("t.py", base, now)
+    assert place(now, add.statements, older) == now
+    assert place(now, add.statements, older.replace("    log('double', 2 * x)\n", "")) == now
+    recorded = "v = 0\nfor e in range(3):\n    print('v', v)\n    v = v * 2 + 1\n"
+    printed_after = recorded + "    print('v', v)\n"
+    assert place(printed_after, find_additions("t.py", recorded, printed_after).statements, recorded) == printed_after
+
+
 def test_place_into_the_same_version_gives_the_new_source() -> None:
     new = add_after(BASE, 'hl.log("val", val)', '    hl.log("lr", 0.1)')
     new = add_after(new, "sched.step()", '    hl.log("s", 2)')

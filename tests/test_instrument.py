@@ -132,6 +132,21 @@ def test_a_generator_that_makes_the_batches_is_not_the_main_loop() -> None:
     """Its ``while True`` holds a loop, and the step loop does not: the generator's loop was taken
     for the main loop, and a run of 3000 steps had 30 iterations (its passes) and no checkpoint."""
     assert main_line(STEPS_OVER_A_STREAM) == line_of(STEPS_OVER_A_STREAM, "for step")
+    # A generator that trains, yielding each epoch's loss, holds the training loop.
+    training_generator = """
+def train(model, opt, loader, epochs):
+    for epoch in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        yield epoch
+
+
+for epoch in train(model, opt, loader, 5):
+    print(epoch)
+"""
+    assert main_line(training_generator) == line_of(training_generator, "for epoch in range")
 
 
 FUNCTION_MAIN = """

@@ -230,6 +230,13 @@ def test_names_that_are_also_loops_columns_or_args_get_columns_of_their_own(proj
     assert "epoch_logged" in out and "Traceback" not in out
 
 
+def test_an_int_arg_a_run_lacks_stays_an_int_in_the_runs_table(project: Project) -> None:
+    project.run("import hindlog as hl\nhl.arg('epochs', 8)\nhl.log('x', 1)\n")
+    project.run("import hindlog as hl\nhl.log('x', 1)\nraise SystemExit('stopped before its args')\n", check=False)
+    runs = project.runs()
+    assert str(runs["epochs"].dtype) == "Int64" and runs["epochs"].tolist()[0] == 8 and runs["epochs"].isna().tolist() == [False, True]
+
+
 def test_each_row_names_the_script_whose_run_logged_it(project: Project) -> None:
     """Two scripts that log the same name: their rows were told apart only by a join with hl.runs()."""
     for script, scale in (("train.py", 1), ("tools/finetune.py", 10)):
@@ -237,6 +244,10 @@ def test_each_row_names_the_script_whose_run_logged_it(project: Project) -> None
     df = project.df("loss")
     assert df.groupby("script")["loss"].sum().to_dict() == {"train.py": 1, "tools/finetune.py": 10}
     assert project.cli("logs", "loss", "--format", "csv").stdout.splitlines()[0].startswith("run_id,script,code_version,")
+    only = project.cli("logs", "loss", "--script", "tools/finetune.py", "--format", "csv").stdout.splitlines()
+    assert len(only) == 3 and all(",tools/finetune.py," in line for line in only[1:]), only
+    none = project.cli("logs", "loss", "--script", "eval.py", check=False)
+    assert none.returncode == 1 and "No run of eval.py is recorded here" in none.stderr, none.stderr
 
 
 def test_a_name_logged_twice_in_one_context_is_warned_about_and_kept(project: Project) -> None:

@@ -800,9 +800,19 @@ def test_a_script_run_from_another_project_is_recorded_into_its_own(project: Pro
         proc = project.run(cwd=cwd)
         assert proc.returncode == 0, proc.stderr
         assert not (cwd / ".hindlog").exists(), cwd
+        assert f"hindlog: recording into {project.store_path}, the store of train.py's project" in proc.stderr, proc.stderr
     runs = project.runs()
     assert runs["script"].tolist() == ["train.py", "train.py"]
     assert set(runs["code_version"]) == {project.git("rev-parse", "HEAD").strip()}
+    # An installed tool that runs the code (a notebook kernel's launcher, pytest) is not the script:
+    # the run is the current directory's project's.
+    launcher = tmp_path / "env" / "lib" / "site-packages" / "kernel_launcher.py"
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text("import hindlog as hl\nhl.log('cell', 1)\n")
+    proc = subprocess.run([sys.executable, str(launcher)], cwd=elsewhere.root, capture_output=True, text=True,
+                          env=elsewhere.env())
+    assert proc.returncode == 0 and "recording into" not in proc.stderr, proc.stderr
+    assert (elsewhere.root / ".hindlog" / "catalog.db").exists() and not (launcher.parent / ".hindlog").exists()
 
 
 def test_a_store_that_cannot_be_created_never_breaks_training(project: Project, tmp_path) -> None:

@@ -1473,6 +1473,14 @@ def test_where_sees_argparse_defaults_and_says_which_runs_it_cannot_tell_for(tmp
     # A missing value satisfies `!=` in pandas: the run is still not picked.
     other = proj.replay("train.py", "--where", "lr != 0.01")
     assert f"leaves out 1 run ({older})" in other.stderr and proj.count("double", older) == 0, other.stderr
+    # A run that failed before it recorded its options (a bad value) is said to have failed.
+    proj.write("train.py", text.replace("p = argparse.ArgumentParser()", 'hl.arg("wd", 0.1)\np = argparse.ArgumentParser()'))
+    before = set(proj.run_ids())
+    proj.python("train.py", env={"HINDLOG_SET_wd": "a lot"}, check=False)
+    assert len(set(proj.run_ids()) - before) == 1
+    proj.write("train.py", insert_after(text, 'hl.log("x", x)', 'hl.log("double", 2 * x)'))
+    failed = proj.replay("train.py", "--where", "lr > 0.05")
+    assert "leaves out 2 runs" in failed.stderr and "with no recorded value of lr: 1 of them failed before recording it" in failed.stderr, failed.stderr
 
 
 def test_python_files_git_ignores_are_not_the_projects_code(tmp_path: Path) -> None:
@@ -1700,24 +1708,36 @@ def test_a_statement_removed_and_added_back_is_not_placed_again_into_a_version_t
     assert proj.count("double", first) == len(proj.values("x", first))  # as recorded, once each
 
 
-def test_a_changed_statement_replayed_over_some_iterations_leaves_no_values_of_its_former_version(counter) -> None:
+def test_a_changed_statement_replayed_over_some_iterations_says_which_values_are_its_former_versions(counter) -> None:
     """``d`` replayed as ``2 * x``, then changed to ``3 * x`` and replayed over iterations 2:4: the
-    column mixed both statements' values, silently. The earlier values outside 2:4 are dropped,
-    with a note; the same statement replayed over part of the run again drops nothing."""
+    column mixed both statements' values, silently. The replay now says how many values outside
+    2:4 are the earlier statement's; the same statements replayed over part of the run again,
+    two prints per iteration among them, say nothing."""
     proj, run = counter
-    text = dedent(COUNTER)
-    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("d", 2 * state["x"])'))
+    text = dedent(COUNTER).replace('    print("epoch", epoch)\n', '    print("epoch", epoch)\n    print("again", epoch)\n')
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("d", 2 * state["x"])\nprint("d", 2 * state["x"])'))
     proj.replay("train.py")
     x = proj.values("x", run)
     assert proj.values("d", run) == {k: 2 * v for k, v in x.items()}
-    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("d", 3 * state["x"])'))
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("d", 3 * state["x"])\nprint("d", 3 * state["x"])'))
     out = proj.replay("train.py", "--iterations", "2:4").stdout
-    assert "the statement that logs 'd' changed" in out and "its 4 earlier values outside" in out, out
-    assert proj.values("d", run) == {k: 3 * v for k, v in x.items() if k[0][1] in (2, 3)}
+    assert "the statement that logs 'd' changed" in out and "4 values of 'd' outside the iterations replayed now are still" in out, out
+    assert proj.values("d", run) == {k: (3 if k[0][1] in (2, 3) else 2) * v for k, v in x.items()}
     proj.replay("train.py")
     again = proj.replay("train.py", "--iterations", "1:3").stdout
     assert "changed" not in again, again
     assert proj.values("d", run) == {k: 3 * v for k, v in x.items()}
+
+
+def test_a_new_statement_that_fails_is_named_as_the_cause(counter) -> None:
+    """A new statement that reads a name the run's code lacks fails in every segment: the
+    failure names the statement, not "replay the segment alone" (which fails the same way)."""
+    proj, run = counter
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("s", scale * state["x"])'))
+    failed = proj.replay("train.py", check=False)
+    assert failed.returncode != 0, failed.stdout
+    assert "failed in a statement added since the record, train.py:17: NameError: name 'scale' is not defined" in failed.stderr, failed.stderr
+    assert "replay it alone" not in failed.stderr, failed.stderr
 
 
 def test_a_run_of_another_script_is_refused(counter) -> None:
@@ -2054,6 +2074,7 @@ def test_files_the_replayed_code_writes_are_kept_apart_from_the_project(tmp_path
     assert {f"plots/x{e}.txt": str(v) for e, v in enumerate(expected_x().values())} == \
         {p.relative_to(kept).as_posix(): p.read_text() for p in (kept / "plots").glob("x*.txt")}
     assert not (kept / "log.out").exists()  # written again by the recorded code: the project has it
+    assert "not kept: log.out, which the replayed code wrote again and the record wrote too" in out, out
     assert not (kept / "plots" / "README").exists()  # not written: the recorded code's own file
     assert (proj.root / "log.out").read_text() == log and not list((proj.root / "plots").glob("x*"))
 
@@ -3096,6 +3117,7 @@ def test_a_script_whose_child_processes_record_is_refused_by_the_children_with_t
 
 
 WRAPPED_LOOPS = """
+    import time
     import numpy as np
     import hindlog as hl
 
@@ -3108,6 +3130,7 @@ WRAPPED_LOOPS = """
         running, n = 0.0, 0
         for k, b in enumerate(progress(hl.loop("step", range(4)))):
             w += rng.normal(size=3) * 0.1
+            time.sleep(0.005)
             running += float(w.sum()) + b
             n += 1
         return running / (k + 1)
@@ -3123,14 +3146,44 @@ WRAPPED_LOOPS = """
 """
 
 
+HANDED_TO_FUNCTIONS = """
+    import time
+    import numpy as np
+    import hindlog as hl
+
+    def train_epoch(w, rng, steps):
+        running = 0.0
+        for k in steps:  # the loop hl.loop made in the caller
+            w += rng.normal(size=3) * 0.1
+            time.sleep(0.005)
+            running += float(w.sum())
+        return running / (k + 1)
+
+    def run_epochs(epochs, w, rng):
+        best = None
+        for epoch in epochs:
+            train_loss = train_epoch(w, rng, hl.loop("step", range(4)))
+            best = train_loss if best is None else min(best, train_loss)
+            hl.log("w", float(w.sum()))
+
+    rng = np.random.default_rng(0)
+    w = np.zeros(3)
+    hl.checkpoints(w=w, rng=rng)
+    run_epochs(hl.loop("epoch", range(6)), w, rng)
+"""
+
+
+@pytest.mark.parametrize("script", [WRAPPED_LOOPS, HANDED_TO_FUNCTIONS], ids=["wrapped", "handed-to-a-function"])
 @pytest.mark.parametrize("args", [(), ("--workers", "2"), ("--iterations", "3:6")], ids=["one", "two-workers", "mid-run"])
-def test_loops_handed_through_a_python_generator_replay_exactly(tmp_path: Path, args: tuple[str, ...]) -> None:
+def test_loops_handed_through_a_python_generator_replay_exactly(tmp_path: Path, args: tuple[str, ...], script: str) -> None:
     """``tqdm(hl.loop(...))`` or a prefetching generator: the loop's generator is advanced from the
     wrapper's frame, not from the frame of the ``for`` statement. What the skipped step loop
     leaves (``running``, ``k``) and what the main loop carries (``best``) must be taken from,
     and restored into, the script's frame: they were the wrapper's, and the replay stored a
-    train loss of 0.0 (or failed on an unbound ``k``) and a wrong ``best``, reporting success."""
-    text = dedent(WRAPPED_LOOPS)
+    train loss of 0.0 (or failed on an unbound ``k``) and a wrong ``best``, reporting success. A
+    loop handed to a function is iterated there: those are the locals (a wrapper's frame is a
+    generator's; a function's is not)."""
+    text = dedent(script)
     new = insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("train_loss", train_loss)\nhl.log("best", best)')
     proj = ReplayProject(tmp_path)
     run = proj.record(text, env=DENSE)
@@ -3166,6 +3219,22 @@ RESHUFFLED_STREAM = """
 """
 
 
+def test_a_main_loop_whose_every_item_is_drawn_at_random_starts_mid_run(tmp_path: Path) -> None:
+    """Each item drawn as it is read (random indices into the data): the restored generators draw
+    the first item of a segment as the record did, whatever the skipped items drew."""
+    text = dedent(RESHUFFLED_STREAM).replace("        for k in np.random.permutation(len(data)):\n            yield data[k]",
+                                             "        yield data[np.random.randint(len(data))]")
+    assert "randint" in text
+    new = insert_after(text, 'hl.log("w", float(w[0]))', 'hl.log("x", float(x))')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--iterations", "8:12").stdout
+    assert summary(out)["stored"] == 4, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["x"])
+    assert_same_values(proj.values("x", run), {k: v for k, v in truth["x"].items() if k[0][1] >= 8}, "x")
+
+
 def test_a_main_loop_whose_items_are_drawn_between_iterations_refuses_to_start_mid_run(tmp_path: Path) -> None:
     """The main loop reads an endless reshuffled stream by steps: a pass begins mid-run, its order
     drawn from the generator that training draws from too. A segment reads the items before its
@@ -3189,3 +3258,40 @@ def test_a_main_loop_whose_items_are_drawn_between_iterations_refuses_to_start_m
     whole = proj.replay("train.py", "--workers", "1")
     truth = ground_truth(tmp_path, {"train.py": new}, ["x"])
     assert_same_values(proj.values("x", run), truth["x"], "x")
+
+
+DEQUE_BUFFER = """
+    import time
+    from collections import deque
+    import numpy as np
+    import hindlog as hl
+
+    rng = np.random.default_rng(0)
+    buffer = deque(maxlen=40)  # a replay buffer, declared
+    hl.checkpoints(buffer=buffer, rng=rng)
+    recent = deque(maxlen=3)  # not declared: a local the loops change
+    total = 0.0
+    for episode in hl.loop("episode", range(6)):
+        for t in hl.loop("t", range(int(rng.integers(3, 9)))):
+            buffer.append((episode, t, float(rng.normal())))
+            recent.append(t)
+            time.sleep(0.005)
+        total += sum(r for _e, _t, r in buffer) + sum(recent)  # (recorded: checked against the replay)
+        hl.log("total", total)
+"""
+
+
+def test_a_deque_the_loops_fill_is_restored_in_place(tmp_path: Path) -> None:
+    """A replay buffer in a ``collections.deque``, declared or a local the loops change: restored,
+    it was not put back into the deque the script holds (lists, dicts and sets were), and the
+    replay stored lengths of 0, or failed on an empty deque."""
+    text = dedent(DEQUE_BUFFER)
+    new = insert_after(text, 'hl.log("total", total)', 'hl.log("buflen", len(buffer))')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0, out
+    assert summary(out)["checked"] == 6, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["buflen"])
+    assert_same_values(proj.values("buflen", run), truth["buflen"], "buflen")

@@ -24,6 +24,7 @@ running, the iteration is skipped.
 
 from __future__ import annotations
 
+import collections
 import errno
 import io
 import json
@@ -818,7 +819,7 @@ class Checkpointer:
         f_locals = frame.f_locals
         for n in names:
             v = f_locals.get(n)
-            if isinstance(v, (list, dict, set, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__" or (
+            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__" or (
                     hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
                 out.add(n)
         return out

@@ -77,7 +77,9 @@ def _show_args(p: argparse.ArgumentParser) -> None:
 
 def _logs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", metavar="NAME", help="logged names, e.g. loss acc (none: list the names logged)")
-    p.add_argument("--run", action="append", dest="runs", metavar="RUN", help="only this run (repeatable; default: all)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--run", action="append", dest="runs", metavar="RUN", help="only this run (repeatable; default: all)")
+    which.add_argument("--script", help="only the runs of this script")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="output format (default: table). A context without a value is blank (JSON: null); a logged NaN is "
                         "nan (JSON, which has no NaN or infinity: the strings \"NaN\", \"Infinity\", \"-Infinity\"); "
@@ -115,6 +117,13 @@ def _gc_args(p: argparse.ArgumentParser) -> None:
                    help="keep unreferenced objects younger than this, which a running process may still need (default: 3600)")
 
 
+def _rm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="*", metavar="RUN", help="run ids, unique starts or ends of them, names, or 'latest'")
+    p.add_argument("--failed", action="store_true", help="every run that failed (as `hindlog runs` lists them)")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.add_argument("-y", "--yes", action="store_true", help="delete without asking")
+
+
 #: Each command: its one-line help and what adds its arguments, in the order ``--help`` lists them.
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {
     "run": ("record an unmodified script hands-free: python SCRIPT ARGS, instrumented", _run_args),
@@ -125,6 +134,7 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = 
     "replay": ("replay recorded runs with the log statements added since they were recorded", _replay_args),
     "resume": ("continue a killed or failed run from its latest checkpoint", _resume_args),
     "gc": ("remove stored objects that no checkpoint or code snapshot needs", _gc_args),
+    "rm": ("delete runs with their values, checkpoints and replay outputs", _rm_args),
 }
 
 
@@ -329,7 +339,10 @@ def _show(args: argparse.Namespace) -> int:
         + (f"\nerror        {error}" if info["status"] == "failed" and (error := (info.get("info") or {}).get("error")) else ""),
         f"project      {info.get('project') or '-'}",
         f"script       {info.get('script') or '-'}" + (f"  (run as -m {module})" if (module := (info.get("info") or {}).get("module")) else ""),
-        f"code         {info.get('code_version') or '-'} ({info.get('code_kind') or 'pending'})",
+        f"code         {info.get('code_version') or '-'} ({info.get('code_kind') or 'pending'}"
+        + (f": the working tree with uncommitted changes, on commit {base[:12]})" if (base := (info.get("info") or {}).get("code_base"))
+           else ")"),
+        f"cwd          {info.get('cwd') or '-'}",
         f"argv         {' '.join(info.get('argv') or [])}",
         f"started      {_time(started)}",
         f"ended        {_time(ended)}" + (f"  ({_duration(query.run_duration(info))}{stood})" if ended and started else ""),
@@ -464,6 +477,16 @@ def _ranges(values: list[int]) -> str:
 
 @command("logs")
 def _logs(args: argparse.Namespace) -> int:
+    if args.script:
+        from .store import Store
+
+        script = Store.for_project(store=args.store, script=args.script).script_key(args.script)
+        runs = _noting_warnings(query.runs, store=args.store)
+        chosen = runs[runs["script"] == script]["run_id"].tolist()
+        if not chosen:
+            print(f"No run of {script} is recorded here (`hindlog runs` lists the runs and their scripts).", file=sys.stderr)
+            return 1
+        args.runs = chosen
     if not args.names:
         names = query.logged_names(runs=args.runs, store=args.store)
         if not names:
@@ -673,11 +696,14 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"  files the replayed code wrote ({shown}): in {where}")
         for name, count in sorted(r.stale.items()):
             print(f"  note: the statement that logs {name!r} changed since it was last replayed (the values it replaced differ): "
-                  f"its {_count(count, 'earlier value')} outside the iterations replayed now were dropped, so that {name!r} "
-                  "holds the new statement's values only; replay without --iterations to have them all (other runs "
-                  "replayed before keep the earlier statement's values: replay them too)")
+                  f"{_count(count, 'value')} of {name!r} outside the iterations replayed now {'is' if count == 1 else 'are'} "
+                  "still its earlier statement's; replay without --iterations to have them all from this one (and the "
+                  "other runs replayed before, which keep theirs)")
         if r.outputs_again:
-            print(f"  {r.outputs_again} files it wrote again that the record wrote too (the project has them) were not kept")
+            again = ", ".join(r.outputs_again[:5]) + (f" and {len(r.outputs_again) - 5} more" if len(r.outputs_again) > 5 else "")
+            one = len(r.outputs_again) == 1
+            print(f"  not kept: {again}, which the replayed code wrote again and the record wrote too (the project has "
+                  f"{'it' if one else 'them'} as the run wrote {'it' if one else 'them'})")
         if r.past_record:
             print(f"  {r.past_record} values the recorded code logged past where the run stopped were not kept: they are "
                   "not the run's (resuming it logs them)")
@@ -695,6 +721,16 @@ def _replay(args: argparse.Namespace) -> int:
             if last.startswith(_WORKER_REFUSAL):
                 # hindlog's worker refused to go on: what it says is the whole story, not a traceback of hindlog's code.
                 print(f"  segment {start}:{end} failed: {last[len(_WORKER_REFUSAL):]}", file=sys.stderr)
+                continue
+            plan = next((p for p in report.plans if p.run_id == r.run_id), None)
+            new_line = _failing_new_statement(tail, r.scratch, plan)
+            if new_line is not None:
+                # The new code failed (it reads a name this run's version of the code lacks, say):
+                # replaying the segment alone fails the same way.
+                print(f"  segment {start}:{end} failed in a statement added since the record, {new_line}: {last}; this "
+                      f"run's code is version {plan.code_version[:12] if plan else '?'}: make the statement work in it "
+                      f"(then {run_flag()} {r.run_id} --iterations {start}:{end} replays this segment alone), or replay "
+                      "only the runs whose code has what it needs (--run, --where)", file=sys.stderr)
                 continue
             print(f"  segment {start}:{end} failed; replay it alone with {run_flag()} {r.run_id} --iterations {start}:{end}", file=sys.stderr)
             print("  " + tail.strip().replace("\n", "\n  "), file=sys.stderr)
@@ -715,8 +751,10 @@ def _replay(args: argparse.Namespace) -> int:
             diverged_at = [d["iteration"] for d in r.divergences if d.get("iteration") is not None and not d.get("main_loop_ended")]
             if plan is not None and not plan.draws_random and len(plan.segments) > 1 and diverged_at \
                     and min(diverged_at) >= plan.segments[0].end:
-                print("  only segments that start mid-run diverged: something made once, at the start, is not in the "
-                      "checkpoints (a DataLoader with persistent workers draws its seed when it is first iterated); "
+                print("  only segments that start mid-run diverged: their start restored a state the record did not "
+                      "fully hold: an object the main loop changes that hl.checkpoints does not name (a replay buffer, an "
+                      "environment, a counter a function changes: name it there for later runs), or something made once, "
+                      "at the start (a DataLoader with persistent workers draws its seed when it is first iterated); "
                       "--workers 1 replays the run in one segment", file=sys.stderr)
             if r.dropped_diverged:
                 print(f"  the {r.dropped_diverged} new values of the diverged segments were not kept: they were computed from "
@@ -724,6 +762,24 @@ def _replay(args: argparse.Namespace) -> int:
     if report.skipped_runs:
         status = status or 1
     return status
+
+
+def _failing_new_statement(tail: str, scratch: str | None, plan: Any) -> str | None:
+    """``path:line`` of the statement added since the record that a worker's traceback ends in
+    (its innermost frame in the run's own code), or None."""
+    if not scratch or plan is None:
+        return None
+    import re
+
+    ours = [(m.group(1), int(m.group(2))) for m in re.finditer(r'File "([^"]+)", line (\d+)', tail)
+            if m.group(1).startswith(scratch.rstrip("/") + "/")]
+    if not ours:
+        return None
+    path, line = ours[-1]
+    rel = path[len(scratch.rstrip("/")) + 1:]
+    if any(lo <= line <= hi for lo, hi in plan.new_statements.get(rel, [])):
+        return f"{rel}:{line}"
+    return None
 
 
 #: How a worker's traceback ends when hindlog itself stopped the segment (``controller``'s checks).
@@ -751,6 +807,40 @@ def _resume(args: argparse.Namespace) -> int:
     from .resume import resume
 
     return resume(args.run, store=args.store)
+
+
+@command("rm")
+def _rm(args: argparse.Namespace) -> int:
+    from .remove import remove_runs
+
+    refs = list(args.runs)
+    if args.failed:
+        listed = _noting_warnings(query.runs, store=args.store)
+        refs += [r for r in listed[listed["status"] == "failed"]["run_id"] if r not in refs]
+        if not refs:
+            print("No run failed here: nothing to delete.")
+            return 0
+    if not refs:
+        print("hindlog rm: name the runs to delete, or --failed (`hindlog runs` lists them)", file=sys.stderr)
+        return 2
+    planned = remove_runs(refs, store=args.store, dry_run=True)
+    what = (f"run{'s' if len(planned.runs) > 1 else ''} {', '.join(planned.runs)}, with {_count(planned.values, 'value')} "
+            f"and {_count(planned.checkpoints, 'checkpointed iteration')}")
+    if args.dry_run:
+        print(f"would delete {what}")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"hindlog rm: this deletes {what}; nobody is at a terminal to confirm: add --yes", file=sys.stderr)
+            return 2
+        answer = input(f"Delete {what}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("Nothing deleted.")
+            return 1
+    done = remove_runs(planned.runs, store=args.store)
+    print(f"deleted {what.replace(', '.join(planned.runs), ', '.join(done.runs))}; `hindlog gc` frees the stored "
+          "objects their checkpoints no longer need")
+    return 0
 
 
 @command("gc")

@@ -41,6 +41,9 @@ class CodeVersion:
     version: str  # commit sha or 'snap-<hash>'
     kind: str  # 'git' or 'snapshot'
     skipped: list[str]  # files left out (too large), for the user to know
+    #: The commit HEAD named when the working tree had uncommitted changes (``version`` is then a
+    #: snapshot commit on top of it); None for a clean tree or outside git.
+    base: str | None = None
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> bytes:
@@ -90,7 +93,7 @@ def _snapshot_git(root: Path, run_id: str) -> CodeVersion:
             env={"GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date},
         ).decode().strip()
     _git(root, "update-ref", f"refs/hindlog/runs/{run_id}", commit)
-    return CodeVersion(commit, "git", skipped)
+    return CodeVersion(commit, "git", skipped, head[0] if head and commit != head[0] else None)
 
 
 def working_tree(root: Path) -> tuple[str, list[str]]:

@@ -89,16 +89,19 @@ def follow_driver(driver_pid: int | None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def skip(it: Iterator[Any], n: int, drawn: dict[str, bytes] | None = None) -> Iterator[Any]:
+def skip(it: Iterator[Any], n: int, drawn: dict[str, int] | None = None) -> Iterator[Any]:
     """``it`` after its first ``n`` items, which a restored checkpoint stands for, read now. An
     iterator that can skip without computing them (a ``while`` loop's condition) is not run.
 
     Call it before restoring the checkpoint's random generators: the record drew what reading
     those items draws (a shuffling sampler's order, on the first item) before the state the
     checkpoint holds, and reading them after the restore would draw from that state instead.
-    ``drawn`` gets, for each global generator that reading the items after the first drew
-    from, its state's fingerprint after the last (the record drew those numbers in another
-    state, unless training drew none from it: the caller compares it with the checkpoint's)."""
+    ``drawn`` gets, for each global generator that reading some of the items after the first
+    drew from, but not all (a shuffling loader beginning a new pass: items after it depend on
+    what it drew), its state's fingerprint after the last item. The record drew those numbers
+    in another state, unless training drew none from it: the caller compares it with the
+    checkpoint's. A generator that every item drew from (random indices, a random crop) draws
+    the next item's numbers from the restored state, as the record did."""
     skip_items = getattr(it, "skip", None)
     if callable(skip_items):
         skip_items(n)
@@ -110,26 +113,32 @@ def skip(it: Iterator[Any], n: int, drawn: dict[str, bytes] | None = None) -> It
         return it
     for _ in itertools.islice(it, 1):
         pass
-    before = rng_fingerprints()
+    previous = rng_fingerprints()
+    draws: dict[str, int] = {}
+    read = 0
     for _ in itertools.islice(it, n - 1):
-        pass
-    drawn.update((name, state) for name, state in rng_fingerprints().items() if before.get(name) != state)
+        read += 1
+        now = rng_fingerprints()
+        for name, state in now.items():
+            if previous.get(name) != state:
+                draws[name] = draws.get(name, 0) + 1
+        previous = now
+    drawn.update((name, previous[name]) for name, count in draws.items() if count < read)
     return it
 
 
-def rng_fingerprints() -> dict[str, bytes]:
-    """Digests of the global random generators' states: Python's, NumPy's, torch's CPU one."""
-    import hashlib
+def rng_fingerprints() -> dict[str, int]:
+    """Fingerprints of the global random generators' states (Python's, NumPy's, torch's CPU one),
+    cheap enough to take at every item a segment skips (a few microseconds)."""
     import random
 
     import numpy as np
 
-    _name, keys, pos, *_rest = np.random.get_state()
-    out = {"python": hashlib.blake2b(repr(random.getstate()).encode(), digest_size=16).digest(),
-           "numpy": hashlib.blake2b(keys.tobytes() + int(pos).to_bytes(4, "little"), digest_size=16).digest()}
+    _name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"python": hash(random.getstate()), "numpy": hash((keys.tobytes(), int(pos), int(has_gauss), float(cached)))}
     torch = sys.modules.get("torch")
     if torch is not None:
-        out["torch"] = hashlib.blake2b(torch.get_rng_state().numpy().tobytes(), digest_size=16).digest()
+        out["torch"] = hash(torch.get_rng_state().numpy().tobytes())
     return out
 
 
@@ -353,7 +362,7 @@ class Controller:
             return 0, it
         read = time.perf_counter() - t0
         first = loaded.iteration + 1
-        drawn: dict[str, bytes] = {}
+        drawn: dict[str, int] = {}
         it = skip(it, first, drawn)  # not restore time: the record read these items too
         t1 = time.perf_counter()
         apply(loaded, self.recorder.declared, frame, strict=False)

@@ -19,6 +19,7 @@ import itertools
 import os
 import sys
 import time
+import collections
 import types
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -179,7 +180,7 @@ def _classify(value: Any) -> bool | str | None:
         return True
     if isinstance(value, np.ndarray):
         return True
-    if isinstance(value, (list, dict, set)) or hasattr(value, "__dict__"):
+    if isinstance(value, (list, dict, set, collections.deque)) or hasattr(value, "__dict__"):
         return True
     return None
 

@@ -385,23 +385,39 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
 
 
 def _not_yet_there(unit: Unit, candidates: list[_Block]) -> Unit | None:
-    """``unit`` less its first and last statements that the recorded version has in the same
-    block already (removed since, and added back: its runs logged their values, and placing them
-    again would log each twice); None if it has them all."""
-    have = {ast.unparse(s) for b in candidates for s in b.stmts}
-    lo, hi = 0, len(unit.texts)
-    while lo < hi and unit.texts[lo] in have:
-        lo += 1
-    while hi > lo and unit.texts[hi - 1] in have:
-        hi -= 1
-    if lo == hi:
+    """``unit`` less its first statements that the recorded version has right after the statement
+    it follows, and its last ones right before the statement it precedes (statements removed
+    since and added back: its runs logged their values, and placing them again would log each
+    twice); None if it has them all there. The same text elsewhere in the block is another
+    statement, and does not count."""
+    n = len(unit.texts)
+    lo = hi = 0
+    for b in candidates:
+        texts = [ast.unparse(s) for s in b.stmts]
+        anchors = [_text(s) for s in b.stmts]
+        starts = [k + 1 for k, a in enumerate(anchors) if a == unit.before] if unit.before is not None else [0]
+        for start in starts:
+            k = 0
+            while k < n and start + k < len(texts) and texts[start + k] == unit.texts[k]:
+                k += 1
+            lo = max(lo, k)
+        ends = [k for k, a in enumerate(anchors) if a == unit.after] if unit.after is not None else [len(texts)]
+        for end in ends:
+            k = 0
+            while k < n and end - 1 - k >= 0 and texts[end - 1 - k] == unit.texts[n - 1 - k]:
+                k += 1
+            hi = max(hi, k)
+    if lo == n or hi == n:
         return None
-    if (lo, hi) == (0, len(unit.texts)):
+    if lo + hi >= n:
+        hi = n - lo
+    if not lo and not hi:
         return unit
+    keep = slice(lo, n - hi)
     return Unit(
-        (unit.spans[lo][0], unit.spans[hi - 1][1]), unit.path,
-        unit.anchors[lo - 1] if lo else unit.before, unit.anchors[hi] if hi < len(unit.texts) else unit.after,
-        unit.before_repeated and not lo, unit.texts[lo:hi], unit.anchors[lo:hi], unit.spans[lo:hi],
+        (unit.spans[lo][0], unit.spans[n - hi - 1][1]), unit.path,
+        unit.anchors[lo - 1] if lo else unit.before, unit.anchors[n - hi] if hi else unit.after,
+        unit.before_repeated and not lo, unit.texts[keep], unit.anchors[keep], unit.spans[keep],
     )
 
 

@@ -272,16 +272,15 @@ def find_main_loop(
     """The main loop and the body (module or function) that holds it."""
     local = _functions(tree)
     functions = {**(external or {}), **local}
-    # A generator's loop makes the data a loop reads (``while True: for batch in loader: yield
-    # batch``): nested and all, it is not the training loop.
+    # A generator's loop that does no training makes the data a loop reads (``while True: for
+    # batch in loader: yield batch``): nested and all, it is not the training loop. (A generator
+    # that trains, yielding each epoch's loss, holds it.)
     generators = {id(fn.body) for fn in local.values() if _is_generator(fn)}
     best: tuple[tuple[int, int], ast.AST, list[ast.stmt]] | None = None
     for body in _execution_path(tree, local):
-        if id(body) in generators:
-            continue
         for loop in _outer_loops(body):
             nested, training = _work_score(loop, functions)
-            if nested == 0 and training == 0:
+            if nested == 0 and training == 0 or id(body) in generators and training == 0:
                 continue
             score = (1 if nested else 0, training)
             if best is None or score > best[0]:

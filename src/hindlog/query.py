@@ -89,7 +89,13 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
         row["ended"] = pd.to_datetime(r["ended"], unit="s") if r.get("ended") else None
         row.update({(f"{k}_arg" if k in RUN_COLUMNS else k): v for k, v in args.get(r["id"], {}).items()})
         out.append(row)
-    return pd.DataFrame(out, columns=None if out else RUN_COLUMNS)
+    frame = pd.DataFrame(out, columns=None if out else RUN_COLUMNS)
+    for column in [c for c in frame.columns if c not in RUN_COLUMNS]:
+        present = [row[column] for row in out if row.get(column) is not None]
+        if present and len(present) < len(out) and all(type(v) is int and -(2**63) <= v < 2**63 for v in present):
+            # An int arg that a run lacks (it failed before asking): 8, not 8.0, beside the gap.
+            frame[column] = pd.array([row.get(column) for row in out], dtype="Int64")
+    return frame
 
 
 def resolve_runs(conn: Any, refs: Sequence[str] | str | None) -> list[dict[str, Any]]:

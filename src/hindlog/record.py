@@ -34,9 +34,23 @@ _finished_by_call: tuple[str, dict[str, Any]] | None = None
 
 
 def _running_script() -> str | None:
-    """The file this process runs (``python train.py``, ``python -m pkg.train``), if any."""
+    """The file this process runs as ``__main__`` (``python train.py``, ``python -m pkg.train``),
+    if any: not a notebook's or IPython's launcher, nor pytest's (installed tools, whose folder
+    is not the project: those record where they run)."""
     first = sys.argv[0] if sys.argv else ""
-    return first if first not in ("", "-c", "-m") else None
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if first in ("", "-c", "-m") or not main_file:
+        return None
+    try:
+        path = os.path.realpath(first)
+        if path != os.path.realpath(main_file):
+            return None
+    except (OSError, ValueError):
+        return None
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    if any(path.startswith(p + os.sep) for p in installed) or "site-packages" in path.split(os.sep):
+        return None
+    return first
 
 
 def _start(**kwargs: Any) -> Recorder | None:
@@ -48,7 +62,12 @@ def _start(**kwargs: Any) -> Recorder | None:
         # the others): the script going on to a next run is past it.
         raise SystemExit(0)
     try:
-        store = Store.for_project(store=kwargs.pop("store", None), script=_running_script())
+        script = _running_script()
+        store = Store.for_project(store=kwargs.pop("store", None), script=script)
+        if script is not None and not os.environ.get("HINDLOG_CONTROL") and store.root != Store.for_project().root:
+            # Not the current directory's project: said, or `hindlog runs` here would not show the run.
+            print(f"hindlog: recording into {store.path}, the store of {os.path.basename(script)}'s project",
+                  file=sys.stderr)
         _recorder = Recorder(store, **kwargs)
         if _recorder.controller is None:
             if index:

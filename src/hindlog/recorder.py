@@ -272,6 +272,8 @@ class Recorder:
             )
         fields = {"code_version": version.version, "code_kind": version.kind}
         self.writer.change("update_run", fields)
+        if version.base:
+            self.writer.change("info", {"code_base": version.base})
 
     def nothing_logged_yet(self) -> bool:
         """No value logged and no loop entered: ``hl.init`` may take this run over (it was started
@@ -372,7 +374,7 @@ class Recorder:
         from .restore import apply
 
         advancing = sys._getframe(1)
-        frame = _for_statements_frame(advancing, creator)
+        frame, creator = _for_statements_frame(advancing, creator), None  # (holds no frame that has returned)
         t0 = time.perf_counter()
         try:
             loaded = read_checkpoint(self.store.objects, manifest)
@@ -396,7 +398,7 @@ class Recorder:
 
     def _main_loop(self, name: str, iterable: Iterable[Any], creator: Any = None) -> Iterator[Any]:
         advancing = sys._getframe(1)
-        frame = _for_statements_frame(advancing, creator)
+        frame, creator = _for_statements_frame(advancing, creator), None
         #: Advanced through a Python-level wrapper (``tqdm(hl.loop(...))``): checkpoints taken by an
         #: older hindlog hold the wrapper's locals (``Loaded.locals_fit``).
         self.main_loop_wrapped = frame is not advancing
@@ -491,7 +493,7 @@ class Recorder:
                     creator: Any = None) -> Iterator[Any]:
         """A nested loop; ``block``: whether, directly in a main-loop iteration, it is one of the
         iteration's blocks (numbered, timed, checkpointed at its exit)."""
-        frame = frame or _for_statements_frame(sys._getframe(1), creator)
+        frame, creator = frame or _for_statements_frame(sys._getframe(1), creator), None
         # The loop's header: the line the frame is at when the loop ends is a ``break``'s.
         header = frame.f_lineno
         parent = self.ctx
@@ -767,17 +769,23 @@ def _for_statements_frame(advancing: Any, creator: Any) -> Any:
     """The frame of the ``for`` statement that iterates a loop. A loop's generator runs in the
     frame that advances it: the ``for`` statement's, unless a Python-level wrapper stands between
     them (``tqdm(hl.loop(...))``, a prefetching generator), whose frame it is then. The frame that
-    called ``hl.loop`` and is on the stack above the wrapper is the ``for`` statement's: the
-    locals a checkpoint holds and a replay restores are its. A loop handed out of the function
-    that made it is advanced where it is iterated."""
+    called ``hl.loop``, met above generator frames only, is the ``for`` statement's: the locals a
+    checkpoint holds and a replay restores are its. A loop handed to a function
+    (``train_epoch(hl.loop("step", loader))``), or out of the one that made it, is advanced where
+    it is iterated."""
     if creator is None or advancing is creator:
         return advancing
-    frame, depth = advancing.f_back, 0
-    while frame is not None and depth < 64:
+    frame, depth = advancing, 0
+    while frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS and depth < 64:
+        frame, depth = frame.f_back, depth + 1
         if frame is creator:
             return creator
-        frame, depth = frame.f_back, depth + 1
     return advancing
+
+
+#: ``co_flags`` of a generator's code, an async generator's or a coroutine's (``inspect.CO_*``,
+#: whose import would cost every run's start).
+_GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
 
 
 def _fetching_for_a_loop(frame: Any) -> bool:
@@ -922,7 +930,11 @@ def cast_like(default: Any, raw: str, name: str) -> Any:
     except ValueError:
         kind = type(default).__name__ if default is not None else "JSON value"
         article = "an" if kind[0] in "aeiou" else "a"
+        try:
+            example = f" (HINDLOG_SET_{name}={json.dumps(default)})"
+        except (TypeError, ValueError):  # a default JSON cannot write
+            example = ""
         raise ValueError(
             f"HINDLOG_SET_{name}={raw!r} cannot be read as {article} {kind}, the type of hl.arg({name!r})'s default "
-            f"{default!r}: set it to {article} {kind} (HINDLOG_SET_{name}={json.dumps(default) if not isinstance(default, str) else default})"
+            f"{default!r}: set it to {article} {kind}{example}"
         ) from None

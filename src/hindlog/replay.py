@@ -102,7 +102,7 @@ class RunResult:
     #: Values of an earlier replay of the same statements that this one's values replaced.
     replaced: int = 0
     #: By name: values an earlier version of its statement logged, outside the iterations
-    #: replayed, dropped (the replaced ones differed: the statement changed since).
+    #: replayed (the values replaced differed: the statement changed since); they stay.
     stale: dict[str, int] = field(default_factory=dict)
     #: New values not kept because their segment diverged (its state was not the record's).
     dropped_diverged: int = 0
@@ -123,7 +123,8 @@ class RunResult:
     #: diverged replay); and how many it wrote that the record wrote too (``written_files``).
     outputs: list[str] = field(default_factory=list)
     outputs_dir: str | None = None
-    outputs_again: int = 0
+    #: Files it wrote that the record wrote too (the project has them): not kept.
+    outputs_again: list[str] = field(default_factory=list)
     #: Values the recorded code logged past where the (killed or failed) run stopped: not kept.
     past_record: int = 0
 
@@ -279,6 +280,7 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
         # A run with no value for a name the condition reads is not picked, whatever pandas
         # makes of the missing value (``lr != 0.3`` holds for it).
         unknown = _runs_without(frame, where)
+        failed = {r["run_id"] for r in candidates if r["run_id"] in unknown and r.get("status") == "failed"}
         candidates = [r for r in candidates if r["run_id"] in chosen and r["run_id"] not in unknown]
         if unknown:
             # (A version of the script without the option, or a default hindlog did not see.)
@@ -287,6 +289,10 @@ def select_runs(conn: Any, script: str | None, runs: list[str] | None, all_runs:
                         f"{', ...' if len(unknown) > 3 else ''}) with no recorded value of {names}")
             advice = (f"their version of the script had no such option, or parsed it where hindlog could not see "
                       f"(hl.arg(\"{names.split(', ')[0]}\", default) records a value for sure); name runs with --run")
+            if failed:
+                # (A bad HINDLOG_SET_ value: the run failed in hl.arg, before recording it.)
+                advice = (f"{'they' if len(failed) == len(unknown) else f'{len(failed)} of them'} failed before recording "
+                          f"it (`hindlog show RUN` says why)" + ("" if len(failed) == len(unknown) else f"; the others: {advice}"))
             if not candidates:
                 raise RunNotFound(f"no run matches --where {where!r}: it cannot tell for {left_out}; {advice}")
             print(f"note: --where {where!r} leaves out {left_out}: {advice}", file=sys.stderr)
@@ -766,20 +772,21 @@ def _regular_files(root: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def written_files(store: Store, run: dict[str, Any], scratch: Path, before: dict[str, tuple[int, int]]) -> tuple[list[str], int]:
-    """The files the replayed code wrote in ``scratch`` (new or changed since ``before``), and how
-    many others it wrote that the record wrote too: the project has them at the same path,
+def written_files(store: Store, run: dict[str, Any], scratch: Path, before: dict[str, tuple[int, int]]) -> tuple[list[str], list[str]]:
+    """The files the replayed code wrote in ``scratch`` (new or changed since ``before``), and the
+    others it wrote that the record wrote too: the project has them at the same path,
     written while the run ran (the run's own model files, say, which a replay that skipped
     loops may not even have written whole)."""
     started = run.get("started") or 0.0
     ended = run.get("ended") or float("inf")
-    out, again = [], 0
+    out: list[str] = []
+    again: list[str] = []
     for rel, signature in sorted(_regular_files(scratch).items()):
         if before.get(rel) == signature or os.path.basename(rel).startswith(".hindlog-"):
             continue
         try:
             if started <= os.lstat(store.root / rel).st_mtime <= ended:
-                again += 1
+                again.append(rel)
                 continue
         except OSError:
             pass  # not in the project
@@ -1248,11 +1255,11 @@ def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[i
     A name's new values replace the earlier replays' values of that name over the kept
     segments' iterations (and outside the loops, where it has new values there), so that
     replaying the same statements again does not duplicate them, and a changed statement (a
-    print made conditional) leaves none of its former version's values; where no segment was
-    kept, the earlier values stay. Where a value it replaces differs from the new one (beyond
-    ``tolerance``), the statement that logs the name changed: its earlier values outside the
-    replayed iterations are dropped too, so that a column holds one statement's values, and
-    ``stale`` gets their count by name. Returns how many earlier values were replaced."""
+    print made conditional) leaves none of its former version's values there; where no segment
+    was kept, the earlier values stay. Where a value it replaces differs from the new one (beyond
+    ``tolerance``), the statement that logs the name changed since: ``stale`` gets the count of
+    its earlier values outside the iterations replayed, which stay (the CLI says so). Returns
+    how many earlier values were replaced."""
     # Name by name, through the (name, run) index: a single correlated DELETE compared every old
     # value with every new one and took 3 s for 2,300 values replayed twice. CROSS JOIN keeps
     # records as the outer loop; left to itself SQLite scanned contexts first, for each one all
@@ -1278,16 +1285,18 @@ def _publish(store: Store, plan: RunPlan, base: int, segments: int, kept: list[i
                     f"SELECT EXISTS (SELECT 1 FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx "
                     f"WHERE {pending} AND c.iteration IS NULL)", mine,
                 ).fetchone()[0]
-                if stale is not None and kept and _statement_changed(conn, name, plan.run, base, top, tolerance):
-                    gone = conn.execute(
-                        "DELETE FROM records WHERE rowid IN ("
-                        " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
+                if stale is not None and kept and not text.startswith("@stdout") and \
+                        _statement_changed(conn, name, plan.run, base, top, tolerance):
+                    # Its earlier values outside the iterations replayed now stay: they may be wanted,
+                    # and a value that varies from run to run (a time) would read as a change.
+                    left = conn.execute(
+                        "SELECT COUNT(*) FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
                         " WHERE r.name=? AND r.run=? AND r.source IN (?, ?)"
-                        f" AND NOT ((c.iteration IS NOT NULL AND ({in_kept})) OR (? AND c.iteration IS NULL)))",
+                        f" AND NOT ((c.iteration IS NOT NULL AND ({in_kept})) OR (? AND c.iteration IS NULL))",
                         [name, plan.run, catalog.SOURCE_REPLAY, catalog.SOURCE_REPLAY_DIVERGED, *span_params, 1 if new_outside else 0],
-                    ).rowcount
-                    if gone and text != catalog.STDOUT_AT:
-                        stale[text] = stale.get(text, 0) + gone
+                    ).fetchone()[0]
+                    if left:
+                        stale[text] = left
                 dropped = conn.execute(
                     "DELETE FROM records WHERE rowid IN ("
                     " SELECT r.rowid FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx"
@@ -1328,21 +1337,26 @@ def _gone_script_advice(store: Store, rel: str) -> str:
 
 
 def _statement_changed(conn: Any, name: int, run: int, base: int, top: int, tolerance: float) -> bool:
-    """Whether a value that an earlier replay stored for ``name`` differs from the value this
-    replay's workers (contexts ``base`` to ``top``) stored at the same place."""
-    pairs = conn.execute(
-        "SELECT o.kind, o.value, n.kind, n.value FROM records n CROSS JOIN contexts cn ON cn.run=n.run AND cn.id=n.ctx"
-        " JOIN contexts co ON co.run=cn.run AND co.loops=cn.loops AND (co.id<? OR co.id>=?)"
-        " JOIN records o ON o.run=co.run AND o.ctx=co.id AND o.name=n.name"
-        " WHERE n.name=? AND n.run=? AND n.source=? AND n.ctx>=? AND n.ctx<? AND o.source IN (?, ?)",
-        (base, top, name, run, catalog.SOURCE_PENDING, base, top, catalog.SOURCE_REPLAY, catalog.SOURCE_REPLAY_DIVERGED),
-    )
-    for old_kind, old_value, new_kind, new_value in pairs:
-        try:
-            if not equal(decode(old_kind, old_value), decode(new_kind, new_value), tolerance):
-                return True
-        except Exception:  # a value that does not decode: not evidence either way
-            continue
+    """Whether a value that an earlier replay stored for ``name`` differs (beyond ``tolerance``)
+    from the value this replay's workers (contexts ``base`` to ``top``) stored in its place: the
+    same loop context, the same place among the name's values there."""
+    by_context = "SELECT c.loops, r.kind, r.value FROM records r CROSS JOIN contexts c ON c.run=r.run AND c.id=r.ctx WHERE r.name=? AND r.run=?"
+    new: dict[str, list[tuple[int, Any]]] = {}
+    for loops, kind, value in conn.execute(f"{by_context} AND r.source=? AND r.ctx>=? AND r.ctx<? ORDER BY r.rowid",
+                                           (name, run, catalog.SOURCE_PENDING, base, top)):
+        new.setdefault(loops, []).append((kind, value))
+    old: dict[str, list[tuple[int, Any]]] = {}
+    for loops, kind, value in conn.execute(f"{by_context} AND r.source IN (?, ?) ORDER BY r.rowid",
+                                           (name, run, catalog.SOURCE_REPLAY, catalog.SOURCE_REPLAY_DIVERGED)):
+        if loops in new:
+            old.setdefault(loops, []).append((kind, value))
+    for loops, before in old.items():
+        for (old_kind, old_value), (new_kind, new_value) in zip(before, new[loops]):
+            try:
+                if not equal(decode(old_kind, old_value), decode(new_kind, new_value), tolerance):
+                    return True
+            except Exception:  # a value that does not decode: not evidence either way
+                continue
     return False
 
 

@@ -10,6 +10,7 @@ in-place version counter) is not copied again at all. Everything else
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import io
 import math
@@ -873,6 +874,10 @@ def replace_in_place(current: Any, new: Any) -> Any:
         current.clear()
         current.update(new)
         return current
+    if isinstance(current, collections.deque) and isinstance(new, collections.deque) and current.maxlen == new.maxlen:
+        current.clear()  # (a replay buffer: the loops that fill it hold the same deque)
+        current.extend(new)
+        return current
     if isinstance(current, bytearray) and isinstance(new, (bytes, bytearray)):
         current[:] = new
         return current
@@ -924,7 +929,8 @@ def set_frame_locals(frame: types.FrameType, values: dict[str, Any], live: dict[
 def _restore_value(current: Any, new: Any) -> Any:
     # Containers, and objects of the script's own class (a trainer's ``self``), are restored in
     # place: the frames further up the stack that hold them see the restored state too.
-    if current is not None and same_class(type(current), type(new)) and (type(current) in (list, dict, set) or _own_class(type(current))):
+    if current is not None and same_class(type(current), type(new)) and (
+            type(current) in (list, dict, set, collections.deque) or _own_class(type(current))):
         return replace_in_place(current, new)
     return new
 

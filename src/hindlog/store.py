@@ -64,24 +64,21 @@ def git_toplevel(start: Path) -> Path | None:
 
 def project_root(start: Path | None = None, script: str | os.PathLike[str] | None = None) -> Path:
     """The project root for ``start`` (default: the current directory): the git work tree that
-    holds it, or ``start`` itself outside git. A ``script`` run from elsewhere belongs to its own
-    project: the git work tree that holds it, if that is not ``start``'s; outside git, its
-    folder, if it is not inside ``start``'s project (``python ../other/train.py`` recorded the
-    other project's run, with this one's code, into this one's store)."""
+    holds it, or ``start`` itself outside git. A ``script`` outside that project belongs to its
+    own: the git work tree that holds it, or its folder outside git (``python ../other/train.py``
+    recorded the other project's run, with this one's code, into this one's store)."""
     override = config.project_root_override()
     if override:
         return Path(override).resolve()
     start = Path(start or os.getcwd()).resolve()
     root = git_toplevel(start)
     if script is not None:
-        path = Path(script)
-        if path.is_file():
-            path = path.resolve()
+        # Where the script is, not where a symbolic link to it points.
+        path = Path(os.path.abspath(script))
+        if path.is_file() and not path.is_relative_to(root or start):
+            # (A script inside the project, a git submodule's included, is the project's.)
             own = git_toplevel(path.parent)
-            if own is not None and own != root:
-                return own
-            if own is None and not path.is_relative_to(root or start):
-                return path.parent
+            return own.resolve() if own is not None else path.parent.resolve()
     return root or start
 
 

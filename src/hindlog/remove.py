@@ -1,0 +1,112 @@
+"""``hindlog rm``: delete recorded runs, with everything they stored.
+
+A run goes with its values (recorded and replayed), loop contexts, args, checkpoint rows, the
+outputs its replays kept, and what keeps its code alive: the git ref of its code snapshot, or a
+snapshot outside git that no other run uses. All the catalog's rows go in one transaction. The
+checkpoints' objects, which other runs may share, are removed by ``hindlog gc`` once nothing
+refers to them. A run that records, replays or resumes now is refused, and so is a distributed
+run without the other ranks of its launch, whose replay needs them all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import catalog
+from .errors import HindlogError
+from .store import Lock, Store
+
+
+@dataclass
+class Removal:
+    """What ``remove_runs`` deleted (or, with ``dry_run``, would delete)."""
+
+    runs: list[str] = field(default_factory=list)
+    values: int = 0
+    checkpoints: int = 0
+
+
+def remove_runs(runs: Sequence[str] | str, store: str | os.PathLike[str] | Store | None = None,
+                dry_run: bool = False) -> Removal:
+    """Delete the runs ``runs`` names (ids, unique starts or ends of ids, names, 'latest').
+
+    Raises HindlogError, naming the run, if one records, replays or resumes now."""
+    st = store if isinstance(store, Store) else Store.for_project(store=store)
+    if not st.exists():  # never create a store to delete from it
+        raise HindlogError(f"there is no hindlog store at {st.path}")
+    refs = [runs] if isinstance(runs, str) else list(runs)
+    if not refs:
+        raise HindlogError("name the runs to delete (`hindlog runs` lists them)")
+    conn = st.connect()
+    held: list[Lock] = []
+    try:
+        targets: dict[str, dict[str, Any]] = {}
+        for ref in refs:
+            run = catalog.get_run(conn, ref)
+            targets[run["run_id"]] = run
+        for run in targets.values():
+            if run["status"] == "running":
+                raise HindlogError(f"run {run['run_id']} is still recording (process {run.get('pid')}): stop it first")
+        _check_whole_launches(conn, targets)
+        for run_id in targets:
+            for activity in ("replay", "resume"):
+                # Held while deleting: no replay or resume of the run starts meanwhile.
+                lock = st.lock(f"{activity}-{run_id}")
+                if not lock.acquire():
+                    raise HindlogError(f"run {run_id} is being {activity}ed now (process {lock.holder()}): let it end first")
+                held.append(lock)
+        removal = Removal(runs=list(targets))
+        ids = [run["id"] for run in targets.values()]
+        marks = ",".join("?" * len(ids))
+        removal.values = conn.execute(f"SELECT COUNT(*) FROM records WHERE run IN ({marks})", ids).fetchone()[0]
+        removal.checkpoints = conn.execute(f"SELECT COUNT(DISTINCT run || '-' || iteration) FROM checkpoints WHERE run IN ({marks})",
+                                           ids).fetchone()[0]
+        if dry_run:
+            return removal
+        versions = {run.get("code_version") for run in targets.values() if run.get("code_kind") == "snapshot"}
+        with catalog.transaction(conn):
+            for table in ("records", "contexts", "args", "checkpoints"):
+                conn.execute(f"DELETE FROM {table} WHERE run IN ({marks})", ids)
+            conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
+            for version in versions - {None}:
+                # A snapshot outside git that no run uses any more: gc may remove its files.
+                if conn.execute("SELECT 1 FROM runs WHERE code_version=? LIMIT 1", (version,)).fetchone() is None:
+                    conn.execute("DELETE FROM code_snapshots WHERE version=?", (version,))
+    finally:
+        for lock in held:
+            lock.release()
+        conn.close()
+    for run in targets.values():
+        shutil.rmtree(st.path / "outputs" / run["run_id"], ignore_errors=True)
+        if run.get("code_kind") == "git":
+            _delete_ref(st, run["run_id"])
+    return removal
+
+
+def _check_whole_launches(conn: Any, targets: dict[str, dict[str, Any]]) -> None:
+    """Refuse to delete some ranks of a distributed launch and keep others: their replay needs
+    every rank's run."""
+    from .replay import launch_runs
+
+    for run in targets.values():
+        others = [r for r in launch_runs(conn, run).values() if r["run_id"] not in targets]
+        if others:
+            raise HindlogError(
+                f"run {run['run_id']} is one rank of a distributed launch; deleting it leaves the other ranks' runs "
+                f"({', '.join(r['run_id'] for r in others)}), which cannot be replayed without it: delete them all, or none")
+
+
+def _delete_ref(store: Store, run_id: str) -> None:
+    """Drop the git ref that keeps the run's code snapshot (git's own gc may then remove it)."""
+    import subprocess
+
+    from .processes import run_captured
+
+    try:
+        run_captured(["git", "-C", str(store.root), "update-ref", "-d", f"refs/hindlog/runs/{run_id}"], timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pass  # no git, or the ref is gone: nothing keeps the snapshot
