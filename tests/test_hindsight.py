@@ -493,6 +493,13 @@ def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: 
     # call of the project's train().
     ("    model.train()\n    train(model, data)\n    sched.step()\n", None),
     ("    accumulate_plain(data)\n", "at t.py:"),
+    # Steps only after a warm-up, each clearing before its backward: nothing goes on.
+    ("    for i, x in enumerate(hl.loop('step', data)):\n        if i >= 5:\n            opt.zero_grad()\n"
+     "            model(x).backward()\n            opt.step()\n", None),
+    ("    if epoch >= 1:\n        opt.zero_grad()\n        model(x).backward()\n        opt.step()\n", None),
+    # A backward before the clear in its block still carries.
+    ("    for i, x in enumerate(hl.loop('step', data)):\n        if i >= 5:\n            model(x).backward()\n"
+     "            opt.zero_grad()\n", "step"),
 ])
 def test_gradients_that_one_main_loop_iteration_leaves_to_the_next_are_found(step_loop: str, carried: str | None) -> None:
     from hindlog.hindsight import gradients_carry_over

@@ -3295,3 +3295,34 @@ def test_a_deque_the_loops_fill_is_restored_in_place(tmp_path: Path) -> None:
     assert summary(out)["checked"] == 6, out
     truth = ground_truth(tmp_path, {"train.py": new}, ["buflen"])
     assert_same_values(proj.values("buflen", run), truth["buflen"], "buflen")
+
+
+def test_a_global_a_function_the_loop_calls_rebinds_is_restored(tmp_path: Path) -> None:
+    """``global step; step += 1`` in the step function: skipping the loop that calls it left
+    ``step`` at 0 in every replayed value (the loop's body never assigns it)."""
+    text = dedent("""
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        w = np.zeros(2)
+        hl.checkpoints(w=w)
+        step = 0
+
+        def train_step(k):
+            global step
+            step += 1
+            w[k % 2] += 0.5
+
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("i", range(4)):
+                train_step(i)
+                time.sleep(0.005)
+            hl.log("w", float(w.sum()))
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("step", step)'))
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0, out
+    assert proj.values("step", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}

@@ -649,6 +649,10 @@ def test_state_the_main_loop_uses_but_hl_checkpoints_leaves_out_is_named_in_a_wa
     assert "the main loop changes model, rng but the checkpoints do not hold them" in stderr, stderr
     assert "hl.checkpoints(model=model, ...)" in stderr
     assert "train.py:" in stderr and "checkpoint.py" not in stderr, stderr  # shown at the user's loop
+    # `hindlog show` says it too, with what the checkpoints hold: the terminal may be gone.
+    shown = proj.cli("show").stdout
+    assert "state        opt, w and the random generators" in shown, shown
+    assert "warned       the main loop changes model, rng but the checkpoints do not hold them" in shown, shown
     # All declared; a loop variable that is one of the model's parameters (an EMA update) is
     # checkpointed with the model.
     declared = UNDECLARED.replace("hl.checkpoints(opt=opt, w=w)", "hl.checkpoints(opt=opt, w=w, model=model, rng=rng)")

@@ -391,6 +391,10 @@ def _show(args: argparse.Namespace) -> int:
                 what = f"hindlog's start-up and the snapshot of the code, {startup + snapshot:.2f}s,"
             ckpt_line += (f" ({what} took most of what ε = {info['epsilon']:g} allows this "
                           f"{ended - started:.1f}s run; a longer run, or a larger ε, gets checkpoints)")
+    state = (info.get("info") or {}).get("state")
+    if state is not None:
+        lines.append("state        " + (", ".join(state) + " and" if state else "only") + " the random generators"
+                     + ("" if ckpts else " (what a checkpoint would hold)"))
     lines.append(ckpt_line)
     in_all = None
     if charged and ckpts:
@@ -424,6 +428,10 @@ def _show(args: argparse.Namespace) -> int:
                      f" + {blocked:.2f}s blocked"
                      f" + {cpu:.2f}s of background work (checkpoint writes, the code snapshot) x {weight:.2f} (the slowdown"
                      f" of training per second of its CPU time, measured; at least 1){writing}{estimated}")
+    for k, warning in enumerate((info.get("info") or {}).get("warnings") or []):
+        # What hindlog warned of while it recorded (a state it could not hold, say): the terminal
+        # that showed it may be gone, and a replay's trust depends on it.
+        lines.append(f"{'warned' if k == 0 else '':<12} {warning.removeprefix('hindlog: ')}")
     print("\n".join(lines))
     return 0
 

@@ -1207,6 +1207,28 @@ class _GradientFlow:
             pending.extend(ast.iter_child_nodes(n))
         return False
 
+    def cleared_before_each_backward(self, stmts: list[ast.stmt], cleared: bool = False) -> bool:
+        """Whether every ``.backward()`` of ``stmts`` (outside their loops) comes after a statement
+        of its own block, or of a block around it, that clears the gradients: ``if i >= warmup:
+        opt.zero_grad(); loss.backward(); opt.step()`` leaves gradients behind, but the next
+        backward clears them first, so none go on into a later step."""
+        for stmt in stmts:
+            if self.clears(stmt):
+                cleared = True
+                continue
+            if isinstance(stmt, _LOOPS) or isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue  # a loop's steps are its own; a definition runs nothing
+            blocks = _child_blocks(stmt)
+            if blocks:
+                if not all(self.cleared_before_each_backward(b, cleared) for b in blocks):
+                    return False
+                if _is_backward_in(getattr(stmt, "test", None)) or _is_backward_in(getattr(stmt, "items", None)):
+                    return False  # (a backward in a condition: nothing clears before it there)
+                continue
+            if not cleared and self.own_backward(stmt):
+                return False
+        return True
+
     def clears(self, stmt: ast.AST, seen: frozenset[int] = frozenset()) -> bool:
         """Whether ``stmt`` surely clears gradients: ``opt.zero_grad()``, ``model.zero_grad()``,
         ``p.grad = None``, or a project function that does so unconditionally."""
@@ -1224,6 +1246,13 @@ class _GradientFlow:
         if isinstance(stmt, (ast.With, ast.AsyncWith)):
             return any(self.clears(s, seen) for s in stmt.body)
         return False
+
+
+def _is_backward_in(node: Any) -> bool:
+    """Whether ``node`` (an expression, a list of with-items, or None) calls ``.backward()``."""
+    if node is None:
+        return False
+    return any(_is_backward(n) for item in (node if isinstance(node, list) else [node]) for n in ast.walk(item))
 
 
 def _is_backward(node: ast.AST) -> bool:
@@ -1248,7 +1277,7 @@ def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: di
                 continue
             if any(flow.clears(s) for s in main.body):
                 continue  # cleared at the top level of every iteration: nothing goes on
-            if flow.own_backward(main):
+            if flow.own_backward(main) and not flow.cleared_before_each_backward(main.body):
                 return main_loop  # a step-based main loop accumulating over its own iterations
             for where, scope in [(path, main), *flow.callees(main)]:
                 for block in _statement_blocks(scope):
@@ -1257,7 +1286,8 @@ def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: di
                             continue
                         # Cleared in every step, or around the loop in its block (before it, or
                         # after it before the iteration ends).
-                        if any(flow.clears(s) for s in loop.body) or any(flow.clears(s) for s in block if s is not loop):
+                        if any(flow.clears(s) for s in loop.body) or any(flow.clears(s) for s in block if s is not loop) \
+                                or flow.cleared_before_each_backward(loop.body):
                             continue
                         return loop_name(loop, where) or f"at {where}:{loop.lineno}"
     return None

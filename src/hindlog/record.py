@@ -33,6 +33,17 @@ _runs_started = 0
 _finished_by_call: tuple[str, dict[str, Any]] | None = None
 
 
+def _inside(path: str, root: Any) -> bool:
+    """Whether ``path`` is ``root`` or inside it (no git process asked: under ``GIT_CEILING_DIRECTORIES``
+    each costs the run's start a few milliseconds)."""
+    from pathlib import Path
+
+    try:
+        return Path(path).resolve().is_relative_to(Path(root).resolve())
+    except (OSError, ValueError):
+        return True
+
+
 def _running_script() -> str | None:
     """The file this process runs as ``__main__`` (``python train.py``, ``python -m pkg.train``),
     if any: not a notebook's or IPython's launcher, nor pytest's (installed tools, whose folder
@@ -64,7 +75,7 @@ def _start(**kwargs: Any) -> Recorder | None:
     try:
         script = _running_script()
         store = Store.for_project(store=kwargs.pop("store", None), script=script)
-        if script is not None and not os.environ.get("HINDLOG_CONTROL") and store.root != Store.for_project().root:
+        if script is not None and not os.environ.get("HINDLOG_CONTROL") and not _inside(os.getcwd(), store.root):
             # Not the current directory's project: said, or `hindlog runs` here would not show the run.
             print(f"hindlog: recording into {store.path}, the store of {os.path.basename(script)}'s project",
                   file=sys.stderr)

@@ -35,6 +35,8 @@ COMMIT_GAP = 0.2
 #: Main-loop iterations whose durations a run keeps (for replay's estimates); a longer main loop
 #: is estimated from their mean.
 MAX_TIMED_ITERATIONS = 100_000
+#: hindlog's warnings kept in a run's info for ``hindlog show`` (the first ones, once each).
+MAX_KEPT_WARNINGS = 10
 
 _last_id_lock = threading.Lock()
 _last_id = ""
@@ -223,6 +225,7 @@ class Recorder:
         self._snapshot_thread = threading.Thread(target=self._snapshot_code, name="hindlog-code", daemon=True)
         if self.controller is None:
             self._snapshot_thread.start()
+            self._keep_warnings()
         self._install_exit_hooks()
         #: What hindlog cost this run before training started (its import and this set-up);
         #: ``hindlog run`` sets it to everything it did before the script began. The checkpoint
@@ -410,7 +413,10 @@ class Recorder:
                 from .state import undeclared_generators
 
                 held = {id(d.held) for d in self.declared.values()}
-                self.declared.update(undeclared_generators(frame.f_locals, held, taken=self.declared))
+                found = undeclared_generators(frame.f_locals, held, taken=self.declared)
+                if found:
+                    self.declared.update(found)
+                    self._note_state()
         except Exception:  # noqa: BLE001 - only more state to hold: the run goes on without it
             pass
         it = iter(iterable)
@@ -575,6 +581,7 @@ class Recorder:
                 stacklevel=3,
             )
         self.declared.update(declared)
+        self._note_state()
         if self.checkpointer is None and (self.controller is None or self.controller.checkpointing):
             from .checkpoint import Checkpointer
 
@@ -582,6 +589,27 @@ class Recorder:
                 self.checkpointer = Checkpointer(self)
                 self.checkpointer.policy.charge(0.0, self.pending_background_cpu, checkpoint=False)
                 self.pending_background_cpu = 0.0
+
+    def _note_state(self) -> None:
+        """What the checkpoints hold, for ``hindlog show`` (the terminal that said it is gone)."""
+        if self.controller is None:
+            self.writer.change("info", {"state": sorted(self.declared)})
+
+    def _keep_warnings(self) -> None:
+        """Keep hindlog's warnings in the run's info as they are shown (the first few), for
+        ``hindlog show``: one that says a replay may not reproduce the run outlives the terminal."""
+        shown = warnings.showwarning
+        kept: list[str] = []
+
+        def showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            text = str(message)
+            if text.startswith("hindlog: ") and text not in kept and len(kept) < MAX_KEPT_WARNINGS and not self.finished:
+                kept.append(text)
+                with contextlib.suppress(Exception):
+                    self.writer.change("info", {"warnings": list(kept)})
+            shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
 
     # ------------------------------------------------------------ lifecycle
 

@@ -190,6 +190,10 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions |
     fresh = assigned_names([outermost.target]) if isinstance(outermost, (ast.For, ast.AsyncFor)) else set()
     live |= assigned & _read_before_written(outermost.body, fresh)  # type: ignore[attr-defined]
     live |= assigned & _mutated_containers(outermost.body, functions)  # type: ignore[attr-defined]
+    if isinstance(scope, ast.Module):
+        # ``global step; step += 1`` in a function the loop calls: the loop changes a name of this
+        # frame as surely as an assignment in its body would.
+        live |= _globals_rebound_by_calls([*loop.body, *loop.orelse], scope)
     mutated = _mutated_containers([*loop.body, *loop.orelse], functions)
     own_target = assigned_names([loop.target]) if isinstance(loop, (ast.For, ast.AsyncFor)) else set()
     carried = _assigned_outside_loops(loop.body) - own_target
@@ -198,6 +202,25 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions |
         loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated), frozenset(carried),
         bool(loop.orelse), frozenset(handed_on),
     )
+
+
+def _globals_rebound_by_calls(stmts: list[ast.stmt], module: ast.Module) -> set[str]:
+    """The module's globals that its functions called by name from ``stmts`` (directly or through
+    one another) rebind, declaring them ``global``."""
+    defined = {f.name: f for f in module.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    out: set[str] = set()
+    seen: set[int] = set()
+    todo = [stmts]
+    while todo:
+        for node in ast.walk(ast.Module(body=list(todo.pop()), type_ignores=[])):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                fn = defined.get(node.func.id)
+                if fn is not None and id(fn) not in seen:
+                    seen.add(id(fn))
+                    declared = {n for g in ast.walk(fn) if isinstance(g, ast.Global) for n in g.names}
+                    out |= assigned_names(fn.body) & declared
+                    todo.append(fn.body)
+    return out
 
 
 def free_names(function: ast.AST, names: set[str]) -> set[str]:
