@@ -1791,3 +1791,62 @@ def test_a_trainer_holding_a_lambda_is_restored_in_place(proj: HFProject) -> Non
     replayed = proj.replay("train.py", "--workers", "2")
     assert_second_segment_restored(replayed)
     assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
+
+
+EMA_TWO_CALLS_DOWN = """
+import copy
+import time
+
+import torch
+
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+ema = copy.deepcopy(model)
+opt = torch.optim.SGD(model.parameters(), lr=0.05)
+updates = 0
+
+
+def ema_update():
+    global updates
+    updates += 1
+    with torch.no_grad():
+        for e, m in zip(ema.parameters(), model.parameters()):
+            e.mul_(0.9).add_(m, alpha=0.1)
+
+
+def train_step(x):
+    loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    ema_update()
+    return loss
+
+
+for epoch in range(6):
+    for i in range(5):
+        loss = train_step(torch.randn(8, 4))
+        time.sleep(0.005)
+    print("epoch", epoch, round(loss.item(), 6))
+"""
+
+
+def test_state_a_function_two_calls_down_changes_is_checkpointed_once_seen(proj: HFProject) -> None:
+    """``ema`` is updated, and ``updates`` rebound, by a function the step function calls: the
+    script's analysis did not find them, the replay left them as they were before the loop, and
+    the printed lines it checks did not show it. The first iteration shows ``ema`` changed:
+    it is checkpointed from then on (that iteration gets no checkpoint), and ``updates`` is a
+    global the loop's functions rebind."""
+    pytest.importorskip("torch")
+    proj.write("train.py", EMA_TWO_CALLS_DOWN)
+    proj.commit()
+    proc, run = proj.record(epsilon=0.9)
+    assert proc.returncode == 0 and "checkpointing ema as well: the main loop changes it" in proc.stderr, show(proc)
+    assert 0 not in proj.checkpoint_iterations(run) and len(proj.checkpoint_iterations(run)) >= 2
+    proj.write("train.py", EMA_TWO_CALLS_DOWN.replace(
+        '    print("epoch", epoch, round(loss.item(), 6))',
+        '    print("epoch", epoch, round(loss.item(), 6))\n    print("HS", epoch, ema.weight.sum().item(), updates)'))
+    want = _fresh_marked_lines(proj, "train.py", proj.root)
+    replayed = proj.replay("train.py", "--workers", "2")
+    assert_second_segment_restored(replayed)
+    assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)

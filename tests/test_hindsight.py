@@ -287,7 +287,7 @@ def test_place_refuses_an_ambiguous_or_missing_neighbour() -> None:
     at_end = BASE.replace('    hl.log("val", val)\n', '    hl.log("val", val)\n    x = 1\n    hl.log("val", val)\n')
     assert place(new, ranges, at_end).endswith('    x = 1\n    hl.log("val", val)\n    hl.log("lr", 0.1)\n')
     without = BASE.replace('    hl.log("val", val)\n', '    hl.log("validation", val)\n')
-    with pytest.raises(PlacementError, match="no place matches"):
+    with pytest.raises(PlacementError, match="no place matches: this version of the code has no `hl.log\\('val', val\\)` there"):
         place(new, ranges, without)
     # The same neighbour in another loop does not count: the enclosing loop must match.
     renamed = BASE.replace('hl.loop("epoch", range(3))', 'hl.loop("round", range(3))')
@@ -380,6 +380,9 @@ def test_place_leaves_out_statements_the_older_version_has_in_that_place_only() 
     add = find_additions("t.py", base, now)
     assert place(now, add.statements, older) == now
     assert place(now, add.statements, older.replace("    log('double', 2 * x)\n", "")) == now
+    # Its first statement right after one neighbour, its last right before the other: all there.
+    base2, now2, older2 = "a()\nb()\n", "a()\nlog1()\nlog2()\nb()\n", "a()\nlog1()\nc()\nlog2()\nb()\n"
+    assert place(now2, find_additions("t.py", base2, now2).statements, older2) == older2
     recorded = "v = 0\nfor e in range(3):\n    print('v', v)\n    v = v * 2 + 1\n"
     printed_after = recorded + "    print('v', v)\n"
     assert place(printed_after, find_additions("t.py", recorded, printed_after).statements, recorded) == printed_after

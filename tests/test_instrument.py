@@ -147,6 +147,22 @@ for epoch in train(model, opt, loader, 5):
     print(epoch)
 """
     assert main_line(training_generator) == line_of(training_generator, "for epoch in range")
+    # An environment's step is not training: a rollout generator does not outrank the loop that trains.
+    rollouts = """
+def rollouts(env, policy):
+    while True:
+        obs = env.reset()
+        for t in range(100):
+            obs, reward, done = env.step(policy(obs))
+        yield obs
+
+
+for update, batch in enumerate(rollouts(env, policy)):
+    opt.zero_grad()
+    loss_fn(batch).backward()
+    opt.step()
+"""
+    assert main_line(rollouts) == line_of(rollouts, "for update, batch")
 
 
 FUNCTION_MAIN = """

@@ -297,6 +297,24 @@ def test_an_arg_asked_for_twice_has_one_value(inproc: Project, monkeypatch: pyte
     assert rec.args == {"scale": 2, "nan": rec.args["nan"], "lr": 0.5}
 
 
+def test_runs_one_after_another_in_one_process_keep_their_warnings_without_stacking_hooks(inproc: Project) -> None:
+    """A sweep of runs in one process (hl.init ... hl.finish): the hook that keeps hindlog's
+    warnings for ``hindlog show`` is installed once (a hook per run made each warning go through
+    every earlier one, and a thousand of them overflowed the stack)."""
+    import hindlog as hl
+
+    hooks = set()
+    for k in range(3):
+        hl.init(name=f"trial-{k}")
+        warnings.warn(f"hindlog: trial {k} warned", RuntimeWarning)
+        hooks.add(warnings.showwarning)
+        hl.finish()
+    assert len(hooks) == 1
+    shown = {row.name: row for row in inproc.runs().itertuples()}
+    assert [inproc.run_info(shown[f"trial-{k}"].run_id)["info"].get("warnings") for k in range(3)] == \
+        [[f"hindlog: trial {k} warned"] for k in range(3)]
+
+
 def test_an_override_no_arg_asks_for_is_named_at_the_end(project: Project) -> None:
     script = """
         import hindlog as hl
@@ -804,6 +822,9 @@ def test_a_script_run_from_another_project_is_recorded_into_its_own(project: Pro
     runs = project.runs()
     assert runs["script"].tolist() == ["train.py", "train.py"]
     assert set(runs["code_version"]) == {project.git("rev-parse", "HEAD").strip()}
+    # Its values, asked for from the other project by the script's path, come from its own store.
+    logs = elsewhere.cli("logs", "x", "--script", str(project.root / "train.py"), "--format", "csv").stdout.splitlines()
+    assert len(logs) == 5 and all(",train.py," in line for line in logs[1:]), logs
     # An installed tool that runs the code (a notebook kernel's launcher, pytest) is not the script:
     # the run is the current directory's project's.
     launcher = tmp_path / "env" / "lib" / "site-packages" / "kernel_launcher.py"

@@ -1496,8 +1496,12 @@ def test_python_files_git_ignores_are_not_the_projects_code(tmp_path: Path) -> N
     proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     out = proj.replay("train.py", "--dry-run").stdout
     assert "is new" not in out, out
+    proj.write("notes.py", "print('a scratch script of its own')\n")  # new, and nothing imports it: not said
+    assert "is new" not in proj.replay("train.py", "--dry-run").stdout
     proj.write("helpers.py", "SCALE = 2\n")
-    assert "helpers.py is new; it is added to the replayed code" in proj.replay("train.py", "--dry-run").stdout
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'from helpers import SCALE\nhl.log("double", SCALE * state["x"])'))
+    out = proj.replay("train.py", "--dry-run").stdout
+    assert "helpers.py is new; it is added to the replayed code" in out and "notes.py" not in out, out
     proj.replay("train.py")
     assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
 
@@ -3173,7 +3177,27 @@ HANDED_TO_FUNCTIONS = """
 """
 
 
-@pytest.mark.parametrize("script", [WRAPPED_LOOPS, HANDED_TO_FUNCTIONS], ids=["wrapped", "handed-to-a-function"])
+#: The wrapper a class whose ``__next__`` is Python code (a prefetcher, ``peekable``).
+CLASS_WRAPPED_LOOPS = WRAPPED_LOOPS.replace("""    def progress(it):
+        # What tqdm is to an hl.loop: a Python generator between the loop and the for statement.
+        for item in it:
+            yield item
+""", """    class progress:
+        # A prefetcher: an iterator class between the loop and the for statement.
+        def __init__(self, it):
+            self.it = iter(it)
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.it)
+""")
+assert "__next__" in CLASS_WRAPPED_LOOPS
+
+
+@pytest.mark.parametrize("script", [WRAPPED_LOOPS, CLASS_WRAPPED_LOOPS, HANDED_TO_FUNCTIONS],
+                         ids=["wrapped", "class-wrapped", "handed-to-a-function"])
 @pytest.mark.parametrize("args", [(), ("--workers", "2"), ("--iterations", "3:6")], ids=["one", "two-workers", "mid-run"])
 def test_loops_handed_through_a_python_generator_replay_exactly(tmp_path: Path, args: tuple[str, ...], script: str) -> None:
     """``tqdm(hl.loop(...))`` or a prefetching generator: the loop's generator is advanced from the
@@ -3326,3 +3350,70 @@ def test_a_global_a_function_the_loop_calls_rebinds_is_restored(tmp_path: Path) 
     out = proj.replay("train.py", "--workers", "2").stdout
     assert summary(out)["skipped"] > 0, out
     assert proj.values("step", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}
+
+
+def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
+    """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
+    the loop changes it without assigning or calling a method of it, and a replay that skipped
+    the loop left it as it was before (``calls`` 0, the draws of the first epoch again)."""
+    text = dedent("""
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        class Noise:
+            def __init__(self, seed):
+                self.rng = np.random.default_rng(seed)
+                self.calls = 0
+
+            def __call__(self, n):
+                self.calls += 1
+                return self.rng.normal(size=n)
+
+        noise = Noise(3)
+        w = np.zeros(3)
+        hl.checkpoints(w=w)
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("i", range(4)):
+                w += noise(3) * 0.1
+                time.sleep(0.005)
+            hl.log("w", float(w.sum()))
+    """)
+    new = insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("calls", noise.calls)')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0 and summary(out)["checked"] == 5, out
+    assert proj.values("calls", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}
+
+
+def test_a_list_of_arrays_another_object_shares_is_restored_into_those_arrays(tmp_path: Path) -> None:
+    """``params = [ema_a, ema_b]`` changed in place through the list: restoring the list put new
+    arrays in it, and ``ema_a`` (what the script logs) kept its values from before the loop."""
+    text = dedent("""
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        w = np.zeros(3)
+        hl.checkpoints(w=w)
+        ema_a, ema_b = np.zeros(3), np.zeros(2)
+        params = [ema_a, ema_b]
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("i", range(4)):
+                w += 1.0
+                for p in params:
+                    p *= 0.5
+                    p += 1.0
+                time.sleep(0.005)
+            hl.log("w", float(w.sum()))
+    """)
+    new = insert_after(text, 'hl.log("w", float(w.sum()))', 'hl.log("ema", float(ema_a.sum()))')
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["ema"])
+    assert_same_values(proj.values("ema", run), truth["ema"], "ema")

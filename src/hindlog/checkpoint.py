@@ -53,6 +53,7 @@ from .state import (
     Frozen,
     FrozenTensor,
     capturable_locals,
+    declare,
     is_random_generator,
     dumps_skeleton,
     rng_state,
@@ -648,6 +649,7 @@ class Checkpointer:
         self._exit_snapshot: tuple[FrameType, int, int] | None = None
         #: Iteration-end snapshots that took the copies of the loop exit's (nothing to copy or hash).
         self.reused_exit_snapshots = 0
+        self._adoption_checked = False
         #: The most bytes one snapshot held (pickled objects and optimizer state included).
         self.largest_snapshot = 0
 
@@ -749,7 +751,8 @@ class Checkpointer:
             # run it (a skipped loop ends as an empty one). Without a checkpoint, replay runs it.
             self._exit_snapshot = None
             return
-        names = set(facts.live_after) | self._containers(frame, facts.mutated) if facts else set()
+        names = set(facts.live_after) | self._containers(frame, facts.mutated) | self._called_objects(frame, facts.called) \
+            if facts else set()
         self._exit_snapshot = None
         frozen = self._freeze_or_drop(i, block, loop, frame, names)
         if frozen is None:
@@ -768,7 +771,16 @@ class Checkpointer:
         self.policy.observe(t_end - self._iter_start - self._iter_hindlog, persisting, self._iter_background)
         if self._may_snapshot():
             facts = sourceinfo.loop_facts(frame)
-            names = set(facts.live_after) | set(facts.carried) | self._containers(frame, facts.mutated) if facts else set()
+            if self._adopt_undeclared(frame, facts):
+                self.persister.discard(i)  # this iteration's loop exits were copied without it
+                self._exit_snapshot = None
+                self._blocked(time.perf_counter() - t_end)
+                self.policy.charge(self._iter_hindlog)
+                self.active = False
+                self._decided = True
+                return
+            names = set(facts.live_after) | set(facts.carried) | self._containers(frame, facts.mutated) \
+                | self._called_objects(frame, facts.called) if facts else set()
             # Between the last nested loop and here the code often only logs (``hl.log("loss",
             # loss.item())``): then nothing changed the state that loop's exit copied, and copying
             # or hashing it again (77 MB: about 15 ms of the fine-tuning shape's blocked time) is waste.
@@ -810,6 +822,19 @@ class Checkpointer:
     def _blocked(self, seconds: float) -> None:
         self._iter_hindlog += seconds
         self.recorder.blocked += seconds
+
+    def _called_objects(self, frame: FrameType, names: frozenset[str]) -> set[str]:
+        """The called names whose values are objects of the script's own class (``noise(shape)``,
+        whose ``__call__`` may count or draw): not functions or classes, and not models, which
+        have a ``state_dict`` to declare (and which hindlog warns of)."""
+        f_locals = frame.f_locals
+        out = set()
+        for n in names:
+            v = f_locals.get(n)
+            if v is not None and getattr(type(v), "__module__", None) == "__main__" and not isinstance(v, type) \
+                    and not callable(getattr(v, "state_dict", None)):
+                out.add(n)
+        return out
 
     def _containers(self, frame: FrameType, names: frozenset[str]) -> set[str]:
         """The mutated names whose values are plain containers, user objects or iterators
@@ -911,25 +936,54 @@ class Checkpointer:
             self.recorder.writer.change("info", {"unrestorable_locals": sorted(self._noted_unrestorable)})
         return Frozen(i, block, loop, skeleton, tensors)
 
-    def _warn_undeclared(self, frame: FrameType, facts: Any) -> None:
-        if self._warned_undeclared or facts is None:
-            return
-        self._warned_undeclared = True
+    def _undeclared(self, frame: FrameType, facts: Any) -> dict[str, Any]:
+        """Objects with a ``state_dict`` (or random generators) that the main loop changes and
+        ``hl.checkpoints`` does not hold, by name."""
         declared_ids = {id(d.held) for d in self.declared.values()}
         scope = frame.f_locals
         undeclared = {
-            n for n in facts.mutated
+            n: scope[n] for n in facts.mutated
             if n in scope and (callable(getattr(scope[n], "state_dict", None)) or is_random_generator(scope[n]))
             and id(scope[n]) not in declared_ids
         }
         # A model the loop only calls (``model(x)``), trained by a declared optimizer.
-        undeclared.update(trained_by({d.name: d.held for d in self.declared.values()}, {**frame.f_globals, **scope}))
-        missing = sorted(undeclared)
+        everything = {**frame.f_globals, **scope}
+        undeclared.update({n: everything[n] for n in trained_by({d.name: d.held for d in self.declared.values()}, everything)})
+        return undeclared
+
+    def _adopt_undeclared(self, frame: FrameType, facts: Any) -> bool:
+        """Under ``hindlog run``, the state the script's analysis missed (an EMA model a function
+        two calls down updates) is declared once the first iteration shows it: True if some was.
+        That iteration gets no checkpoint (what its loops' exits copied lacks it); its replay
+        and resume declare it too (``adopted_state``)."""
+        if self._adoption_checked or facts is None or not getattr(sys.modules.get("hindlog.handsfree"), "RUNNING", False):
+            return False
+        self._adoption_checked = True
+        adopted = {}
+        for name, obj in sorted(self._undeclared(frame, facts).items()):
+            try:
+                adopted[name] = declare(name, obj)
+            except TypeError:
+                continue  # named in the warning that follows
+        if not adopted:
+            return False
+        self.recorder.declared.update(adopted)
+        self.recorder._note_state()
+        self.recorder.writer.change("info", {"adopted_state": sorted(adopted)})
+        print(f"hindlog: checkpointing {', '.join(sorted(adopted))} as well: the main loop changes "
+              f"{'it' if len(adopted) == 1 else 'them'} (seen in its first iteration)", file=sys.stderr)
+        return True
+
+    def _warn_undeclared(self, frame: FrameType, facts: Any) -> None:
+        if self._warned_undeclared or facts is None:
+            return
+        self._warned_undeclared = True
+        missing = sorted(self._undeclared(frame, facts))
         if missing:
             them = "it" if len(missing) == 1 else "them"
             if getattr(sys.modules.get("hindlog.handsfree"), "RUNNING", False):
-                advice = (f"hindlog run did not find {them} in the script's code: a replay that skips loops may "
-                          "not reproduce the run (it reports a divergence if so)")
+                advice = (f"hindlog run cannot checkpoint {them}: values computed from {them} after a loop a replay "
+                          "skips may be wrong, and the replay notices only where the run printed them")
             else:
                 advice = f"Add {them}: hl.checkpoints({missing[0]}={missing[0]}, ...)."
             # Shown at the user's main loop, not at this line.

@@ -488,8 +488,10 @@ def _logs(args: argparse.Namespace) -> int:
     if args.script:
         from .store import Store
 
-        script = Store.for_project(store=args.store, script=args.script).script_key(args.script)
-        runs = _noting_warnings(query.runs, store=args.store)
+        st = Store.for_project(store=args.store, script=args.script)
+        script = st.script_key(args.script)
+        args.store = st  # the script's project's store, for the values too
+        runs = _noting_warnings(query.runs, store=st)
         chosen = runs[runs["script"] == script]["run_id"].tolist()
         if not chosen:
             print(f"No run of {script} is recorded here (`hindlog runs` lists the runs and their scripts).", file=sys.stderr)

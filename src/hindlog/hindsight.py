@@ -373,7 +373,9 @@ def place(new_src: str, statements: list[tuple[int, int]], target_src: str) -> s
                                  "block on the line of its header")
         if len(spots) != 1:
             what = f"after `{unit.before}`" if unit.before else f"before `{unit.after}`"
-            reason = "no place matches" if not spots else f"{len(spots)} places match"
+            what_is = f"`{unit.before}`" if unit.before else f"`{unit.after}`"
+            reason = (f"no place matches: this version of the code has no {what_is} there" if not spots
+                      else f"{len(spots)} places match")
             raise PlacementError(f"cannot place the statement at line {unit.lines[0]} ({what}): {reason}")
         line_index, indent, _ = spots[0]
         chunk = new_lines[unit.lines[0] - 1 : unit.lines[1]]
@@ -407,10 +409,8 @@ def _not_yet_there(unit: Unit, candidates: list[_Block]) -> Unit | None:
             while k < n and end - 1 - k >= 0 and texts[end - 1 - k] == unit.texts[n - 1 - k]:
                 k += 1
             hi = max(hi, k)
-    if lo == n or hi == n:
-        return None
-    if lo + hi >= n:
-        hi = n - lo
+    if lo == n or hi == n or lo + hi >= n:
+        return None  # (its first ones after one neighbour, the rest before the other: all there)
     if not lo and not hi:
         return unit
     keep = slice(lo, n - hi)

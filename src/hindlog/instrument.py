@@ -26,6 +26,9 @@ from .sourceinfo import _mutated_containers
 
 RUNTIME = "__hindlog__"
 _TRAINING_CALLS = {"backward", "step", "partial_fit", "fit", "train_on_batch", "zero_grad", "update"}
+#: Calls that are surely training, not an environment's ``step`` or a counter's ``update``: what a
+#: generator's loop must reach to be the training loop.
+_SURELY_TRAINING = {"backward", "partial_fit", "fit", "train_on_batch", "zero_grad"}
 
 
 @dataclass
@@ -280,7 +283,7 @@ def find_main_loop(
     for body in _execution_path(tree, local):
         for loop in _outer_loops(body):
             nested, training = _work_score(loop, functions)
-            if nested == 0 and training == 0 or id(body) in generators and training == 0:
+            if nested == 0 and training == 0 or id(body) in generators and not _reaches(loop, functions, _SURELY_TRAINING):
                 continue
             score = (1 if nested else 0, training)
             if best is None or score > best[0]:
@@ -288,6 +291,15 @@ def find_main_loop(
             if nested and training:
                 return loop, body
     return (best[1], best[2]) if best else (None, None)
+
+
+def _reaches(loop: ast.AST, functions: dict[str, ast.AST], calls: set[str], depth: int = 0) -> bool:
+    """Whether ``loop``'s body calls one of ``calls``, directly or through project functions."""
+    found = [c for stmt in getattr(loop, "body", []) for c in _calls(stmt)]
+    if any(c in calls for c in found):
+        return True
+    return depth < 3 and any(_reaches(functions[c], functions, calls, depth + 1) for c in set(found)
+                             if c in functions and functions[c] is not loop)
 
 
 def _is_generator(fn: ast.AST) -> bool:

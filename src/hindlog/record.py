@@ -58,8 +58,11 @@ def _running_script() -> str | None:
             return None
     except (OSError, ValueError):
         return None
-    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    if any(path.startswith(p + os.sep) for p in installed) or "site-packages" in path.split(os.sep):
+    # An installed tool: a console script in an environment's bin/ (ipython, pytest), or a
+    # package's module (ipykernel_launcher, pytest's __main__).
+    tools = {os.path.join(os.path.realpath(p), d) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix) for d in ("bin", "Scripts")}
+    parts = path.split(os.sep)
+    if os.path.dirname(path) in tools or "site-packages" in parts or "dist-packages" in parts:
         return None
     return first
 

@@ -38,6 +38,7 @@ MAX_TIMED_ITERATIONS = 100_000
 #: hindlog's warnings kept in a run's info for ``hindlog show`` (the first ones, once each).
 MAX_KEPT_WARNINGS = 10
 
+
 _last_id_lock = threading.Lock()
 _last_id = ""
 
@@ -598,17 +599,23 @@ class Recorder:
     def _keep_warnings(self) -> None:
         """Keep hindlog's warnings in the run's info as they are shown (the first few), for
         ``hindlog show``: one that says a replay may not reproduce the run outlives the terminal."""
+        self.kept_warnings: list[str] = []
         shown = warnings.showwarning
-        kept: list[str] = []
+        if getattr(shown, "hindlog_keeps_warnings", False):
+            return  # installed by an earlier run of this process: it keeps them for whichever run records
 
         def showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
             text = str(message)
-            if text.startswith("hindlog: ") and text not in kept and len(kept) < MAX_KEPT_WARNINGS and not self.finished:
+            rec = getattr(sys.modules.get("hindlog.record"), "_recorder", None)
+            kept = getattr(rec, "kept_warnings", None)
+            if text.startswith("hindlog: ") and kept is not None and text not in kept and len(kept) < MAX_KEPT_WARNINGS \
+                    and not rec.finished:
                 kept.append(text)
                 with contextlib.suppress(Exception):
-                    self.writer.change("info", {"warnings": list(kept)})
+                    rec.writer.change("info", {"warnings": list(kept)})
             shown(message, category, filename, lineno, file, line)
 
+        showwarning.hindlog_keeps_warnings = True  # type: ignore[attr-defined]
         warnings.showwarning = showwarning
 
     # ------------------------------------------------------------ lifecycle
@@ -804,11 +811,18 @@ def _for_statements_frame(advancing: Any, creator: Any) -> Any:
     if creator is None or advancing is creator:
         return advancing
     frame, depth = advancing, 0
-    while frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS and depth < 64:
+    while frame is not None and _wraps_an_iterator(frame.f_code) and depth < 64:
         frame, depth = frame.f_back, depth + 1
         if frame is creator:
             return creator
     return advancing
+
+
+def _wraps_an_iterator(code: Any) -> bool:
+    """Whether a frame of ``code`` may stand between a loop's generator and its ``for``
+    statement: a generator's (tqdm's ``__iter__``, a prefetching generator) or an iterator
+    class's ``__next__`` (a prefetcher, ``peekable``)."""
+    return bool(code.co_flags & _GENERATOR_FLAGS) or code.co_name in ("__next__", "__iter__", "__anext__")
 
 
 #: ``co_flags`` of a generator's code, an async generator's or a coroutine's (``inspect.CO_*``,

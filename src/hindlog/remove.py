@@ -1,8 +1,8 @@
 """``hindlog rm``: delete recorded runs, with everything they stored.
 
 A run goes with its values (recorded and replayed), loop contexts, args, checkpoint rows, the
-outputs its replays kept, and what keeps its code alive: the git ref of its code snapshot, or a
-snapshot outside git that no other run uses. All the catalog's rows go in one transaction. The
+outputs its replays kept, and the git ref that keeps its code snapshot alive. All the catalog's
+rows go in one transaction (a code snapshot outside git stays: other runs may share it). The
 checkpoints' objects, which other runs may share, are removed by ``hindlog gc`` once nothing
 refers to them. A run that records, replays or resumes now is refused, and so is a distributed
 run without the other ranks of its launch, whose replay needs them all.
@@ -10,15 +10,21 @@ run without the other ranks of its launch, whose replay needs them all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import catalog
+from .environment import hostname
 from .errors import HindlogError
 from .store import Lock, Store
+
+#: A run on another machine that fell silent less than this long ago may still be writing.
+REMOTE_SILENCE_SECONDS = 3600.0
 
 
 @dataclass
@@ -48,9 +54,17 @@ def remove_runs(runs: Sequence[str] | str, store: str | os.PathLike[str] | Store
         for ref in refs:
             run = catalog.get_run(conn, ref)
             targets[run["run_id"]] = run
+        here = hostname()
         for run in targets.values():
             if run["status"] == "running":
                 raise HindlogError(f"run {run['run_id']} is still recording (process {run.get('pid')}): stop it first")
+            if run["status"] == "killed" and run.get("host") not in (None, here) \
+                    and time.time() - (run.get("heartbeat") or 0) < REMOTE_SILENCE_SECONDS:
+                # Taken for killed because it fell silent, on a machine whose processes cannot be
+                # seen from here: it may still write, into whatever run gets its place.
+                raise HindlogError(f"run {run['run_id']} was recording on {run['host']} until "
+                                   f"{int(time.time() - run['heartbeat'])} s ago and may still be: make sure it has stopped, "
+                                   f"and delete it in {int(REMOTE_SILENCE_SECONDS // 60)} minutes or from that machine")
         _check_whole_launches(conn, targets)
         for run_id in targets:
             for activity in ("replay", "resume"):
@@ -67,23 +81,21 @@ def remove_runs(runs: Sequence[str] | str, store: str | os.PathLike[str] | Store
                                            ids).fetchone()[0]
         if dry_run:
             return removal
-        versions = {run.get("code_version") for run in targets.values() if run.get("code_kind") == "snapshot"}
         with catalog.transaction(conn):
             for table in ("records", "contexts", "args", "checkpoints"):
                 conn.execute(f"DELETE FROM {table} WHERE run IN ({marks})", ids)
             conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", ids)
-            for version in versions - {None}:
-                # A snapshot outside git that no run uses any more: gc may remove its files.
-                if conn.execute("SELECT 1 FROM runs WHERE code_version=? LIMIT 1", (version,)).fetchone() is None:
-                    conn.execute("DELETE FROM code_snapshots WHERE version=?", (version,))
+            # (A code snapshot outside git stays: a run starting now may be about to name it.)
     finally:
         for lock in held:
             lock.release()
         conn.close()
     for run in targets.values():
         shutil.rmtree(st.path / "outputs" / run["run_id"], ignore_errors=True)
-        if run.get("code_kind") == "git":
-            _delete_ref(st, run["run_id"])
+        _delete_ref(st, run["run_id"])
+        for activity in ("replay", "resume"):
+            with contextlib.suppress(OSError):
+                (st.path / "locks" / f"{activity}-{run['run_id']}.lock").unlink()
     return removal
 
 
@@ -101,8 +113,12 @@ def _check_whole_launches(conn: Any, targets: dict[str, dict[str, Any]]) -> None
 
 
 def _delete_ref(store: Store, run_id: str) -> None:
-    """Drop the git ref that keeps the run's code snapshot (git's own gc may then remove it)."""
+    """Drop the git ref that keeps the run's code snapshot (git's own gc may then remove it), if
+    the project is a git work tree and the ref is there."""
     import subprocess
+
+    if not (store.root / ".git").exists():
+        return
 
     from .processes import run_captured
 

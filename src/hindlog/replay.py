@@ -375,6 +375,12 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
         if old == new:
             continue
         if path not in recorded:
+            if script is not None and path != script:
+                if imported is None:
+                    imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
+                                                *current.values()])
+                if not _may_be_imported(path, imported):
+                    continue  # a new script of its own, or a scratch file: nothing these runs run
             notes.append(f"{path} is new; it is added to the replayed code")
             additions[path] = hindsight.Additions(path)
             continue
@@ -1073,7 +1079,8 @@ def _execute(
             "driver_pid": os.getpid(),
         }
         if "state_candidates" in (run.get("info") or {}):
-            spec["state_candidates"] = run["info"]["state_candidates"]
+            # (with what the record declared once its first iteration showed it: ``adopted_state``)
+            spec["state_candidates"] = run["info"]["state_candidates"] + run["info"].get("adopted_state", [])
         spec_path = scratch / f".hindlog-spec-{k}.json"
         spec_path.write_text(json.dumps(spec))
         log_path = scratch / f".hindlog-worker-{k}.log"
@@ -1502,6 +1509,9 @@ def replay(
                     skipped.append((run["run_id"], _busy(run["run_id"], lock)))
                     continue
                 held.append(lock)
+                if conn.execute("SELECT 1 FROM runs WHERE id=?", (run["id"],)).fetchone() is None:
+                    skipped.append((run["run_id"], "it was deleted (hindlog rm) while this replay started"))
+                    continue
             fitting = default_workers(run, gpus=gpus)
             asked = workers
             if launch:

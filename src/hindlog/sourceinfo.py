@@ -38,6 +38,9 @@ class LoopFacts:
     #: without assigning: what one iteration hands to the next (``stream`` in ``b = next(stream)``,
     #: not ``it`` in ``it = iter(loader)``, which each iteration makes afresh).
     handed_on: frozenset[str] = frozenset()
+    #: Names the loop calls (``noise(shape)``): an object of the script's own class called may
+    #: change itself (its ``__call__`` counts, draws from a generator it holds).
+    called: frozenset[str] = frozenset()
 
 
 def _scope_nodes(tree: ast.AST, lineno: int) -> tuple[ast.AST, ast.For | ast.While | None]:
@@ -198,9 +201,11 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions |
     own_target = assigned_names([loop.target]) if isinstance(loop, (ast.For, ast.AsyncFor)) else set()
     carried = _assigned_outside_loops(loop.body) - own_target
     handed_on = (_read_before_written(loop.body, set(own_target)) | (mutated - assigned)) - own_target
+    called = {n.func.id for n in ast.walk(ast.Module(body=[*loop.body, *loop.orelse], type_ignores=[]))
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     return LoopFacts(
         loop.lineno, loop.end_lineno or loop.lineno, frozenset(assigned), frozenset(live), frozenset(mutated), frozenset(carried),
-        bool(loop.orelse), frozenset(handed_on),
+        bool(loop.orelse), frozenset(handed_on), frozenset(called),
     )
 
 

@@ -859,16 +859,35 @@ class _Null:
         return None
 
 
+def _element_in_place(current: Any, new: Any) -> Any:
+    """An element of a restored list or dict: a tensor or array of the same shape and type gets
+    the new values in place, and the objects that share it see them too (``ema_params =
+    list(ema.parameters())``: restoring the list restores ``ema``); anything else is replaced."""
+    if isinstance(current, np.ndarray) and isinstance(new, np.ndarray):
+        if current.shape == new.shape and current.dtype == new.dtype and current.flags.writeable:
+            current[...] = new
+            return current
+        return new
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(current, torch.Tensor) and isinstance(new, torch.Tensor) \
+            and current.shape == new.shape and current.dtype == new.dtype and current.layout == new.layout:
+        with torch.no_grad():
+            current.copy_(new)
+        return current
+    return new
+
+
 def replace_in_place(current: Any, new: Any) -> Any:
     """Make ``current`` equal ``new`` without changing its identity where its type allows."""
     if current is new:
         return current
     if isinstance(current, dict) and isinstance(new, dict):
+        values = {k: _element_in_place(current[k], v) if k in current else v for k, v in new.items()}
         current.clear()
-        current.update(new)
+        current.update(values)
         return current
     if isinstance(current, list) and isinstance(new, list):
-        current[:] = new
+        current[:] = [_element_in_place(c, n) for c, n in zip(current, new)] if len(current) == len(new) else new
         return current
     if isinstance(current, set) and isinstance(new, set):
         current.clear()

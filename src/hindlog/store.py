@@ -75,7 +75,8 @@ def project_root(start: Path | None = None, script: str | os.PathLike[str] | Non
     if script is not None:
         # Where the script is, not where a symbolic link to it points.
         path = Path(os.path.abspath(script))
-        if path.is_file() and not path.is_relative_to(root or start):
+        base = root or start
+        if path.is_file() and not (path.is_relative_to(base) or path.resolve().is_relative_to(base)):
             # (A script inside the project, a git submodule's included, is the project's.)
             own = git_toplevel(path.parent)
             return own.resolve() if own is not None else path.parent.resolve()
