@@ -4,7 +4,6 @@ Real recordings in a real git repository; the catalog is read with plain SQLite.
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -12,31 +11,8 @@ from hindlog.errors import HindlogError
 from hindlog.gc import gc
 from hindlog.remove import remove_runs
 
-from ckpt_helpers import (
-    NUMPY_TRAIN,
-    CkProject,
-    NumpyRecording,
-    copy_store,
-    last_json,
-    make_numpy_recording,
-    read_all_checkpoints,
-    shared,
-    stop,
-    wait_for,
-)
-
-
-@pytest.fixture(scope="session")
-def numpy_rec(tmp_path_factory: pytest.TempPathFactory) -> NumpyRecording:
-    return shared("numpy_rec", make_numpy_recording, tmp_path_factory)
-
-
-@pytest.fixture
-def two_runs(numpy_rec: NumpyRecording, tmp_path: Path) -> tuple[CkProject, str, str]:
-    proj = copy_store(numpy_rec.proj, tmp_path)
-    proj.write("train.py", NUMPY_TRAIN.replace("np.random.seed(0)", "np.random.seed(1)"))
-    second = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["run"]
-    return proj, numpy_rec.run_id, second
+from ckpt_helpers import CkProject, read_all_checkpoints, stop, wait_for
+from test_gc import numpy_rec, two_runs  # noqa: F401 (fixtures: a shared NumPy recording, and a copy with a second run)
 
 
 def rows(proj: CkProject, table: str, run_id: str) -> int:
