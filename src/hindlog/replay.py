@@ -357,16 +357,21 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
     current = _working_sources(store, current_py | recorded_py)
     additions: dict[str, hindsight.Additions] = {}
     problems = []
-    imported: set[str] | None = None  # what the project's files import, read once if needed
+    imported: list[set[str]] = []
+
+    def imported_names() -> set[str]:
+        """What the project's files, recorded and current, import: read once, if needed."""
+        if not imported:
+            imported.append(_imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
+                                             *current.values()]))
+        return imported[0]
+
     for path in sorted(current_py | recorded_py):
         old = recorded.get(path, b"").decode(errors="replace")
         new = current.get(path)
         if new is None:
             if script is not None and path != script:
-                if imported is None:
-                    imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
-                                                *current.values()])
-                if not _may_be_imported(path, imported):
+                if not _may_be_imported(path, imported_names()):
                     # A script renamed or a scratch file deleted: these runs never ran it.
                     notes.append(f"{path} was removed, but no file of the project imports it: its recorded version is kept")
                     continue
@@ -376,10 +381,7 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
             continue
         if path not in recorded:
             if script is not None and path != script:
-                if imported is None:
-                    imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
-                                                *current.values()])
-                if not _may_be_imported(path, imported):
+                if not _may_be_imported(path, imported_names()):
                     continue  # a new script of its own, or a scratch file: nothing these runs run
             notes.append(f"{path} is new; it is added to the replayed code")
             additions[path] = hindsight.Additions(path)
@@ -387,11 +389,8 @@ def hindsight_changes(store: Store, base_version: str, force: bool, script: str 
         found = hindsight.find_additions(path, old, new)
         added = any(not set(range(lo, hi + 1)) <= set(found.shared_lines) for lo, hi in found.statements)
         if script is not None and path != script and (found.syntax_error or found.other_changes or added):
-            if imported is None:
-                imported = _imported_names([*(b.decode(errors="replace") for p, b in recorded.items() if p.endswith(".py")),
-                                            *current.values()])
             another_script = path in other_scripts or _has_main_guard(new)
-            if not _may_be_imported(path, imported) and (not added or another_script):
+            if not _may_be_imported(path, imported_names()) and (not added or another_script):
                 # These runs never ran it: its recorded version is what a faithful replay has.
                 why = " (the statements added to it are for its own runs: replay it for those)" if added else ""
                 notes.append(f"{path} changed, but no file of the project imports it: its recorded version is kept{why}")
