@@ -356,15 +356,16 @@ class Recorder:
     def loop(self, name: str, iterable: Iterable[Any]) -> Iterator[Any]:
         if type(name) is not str or not name:
             raise TypeError(f"hl.loop name must be a non-empty string, got {name!r}")
-        creator = _callers_frame(sys._getframe(1))
+        caller = sys._getframe(1)
         if self.depth == 0 and not self.main_loop_done:
-            return self._main_loop(name, iterable, creator)
-        if _fetching_for_a_loop(sys._getframe(1)):
+            return self._main_loop(name, iterable, _callers_frame(caller))
+        if _fetching_for_a_loop(caller):
             # A loop inside the iterator a loop is fetching its next item from (a progress
             # wrapper, a batch generator): part of that loop's iteration, not a loop of its own.
             return iterable
+        creator = _callers_frame(caller)
         if self.depth == 1 and self.iteration is not None and self.controller is not None:
-            if self.controller.entered_from_hindsight(sys._getframe(1)):
+            if self.controller.entered_from_hindsight(caller):
                 return self._inner_loop(name, iterable, block=False, creator=creator)
             manifest = self.controller.block_checkpoint(name)
             if manifest is not None:
