@@ -501,6 +501,7 @@ def test_a_loop_inside_a_generator_another_loop_iterates_is_not_lockstep(project
 def test_hl_init_after_hl_checkpoints_or_hl_arg_takes_over_the_run_they_started(project: Project) -> None:
     out = project.run(
         """
+        import time
         import numpy as np
         import hindlog as hl
         lr = hl.arg("lr", 0.05)
@@ -509,6 +510,7 @@ def test_hl_init_after_hl_checkpoints_or_hl_arg_takes_over_the_run_they_started(
         hl.init(name=f"lr={lr}")
         for epoch in hl.loop("epoch", range(3)):
             state["w"] += lr
+            time.sleep(0.05)  # (iterations long enough that a loaded machine's start-up leaves a checkpoint room)
             hl.log("w", float(state["w"].sum()))
         print(hl.run_id())
         """,
