@@ -120,6 +120,21 @@ def test_git_snapshot_holds_the_working_tree_and_leaves_the_users_repo_alone(pro
     assert not list((project.root / ".git").glob("*.lock"))
 
 
+def test_a_temporary_index_left_by_a_killed_snapshot_is_removed_by_a_later_one(project: Project) -> None:
+    git_dir = project.root / ".git"
+    stale = git_dir / "hindlog-index-killed"  # what a run killed during its snapshot leaves
+    stale.write_bytes(b"DIRC")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    in_flight = git_dir / "hindlog-index-running"  # another run's snapshot, still going on
+    in_flight.write_bytes(b"DIRC")
+
+    codeversion.working_tree(project.root)
+
+    assert not stale.exists()
+    assert in_flight.exists()
+    assert sorted(p.name for p in git_dir.glob("hindlog-index-*")) == ["hindlog-index-running"]
+
+
 @pytest.mark.usefixtures("clean_env")
 def test_git_snapshot_in_a_repo_without_commits(tmp_path) -> None:
     root = tmp_path / "fresh"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,10 @@ def working_tree(root: Path) -> tuple[str, list[str]]:
                 skipped.append(rel)
         except OSError:
             continue
-    fd, index = tempfile.mkstemp(prefix="hindlog-index-")
+    _sweep_stale_indexes(git_dir)
+    # Beside the real index rather than in the temp directory: a run killed meanwhile leaves
+    # its index where the next snapshot of this repository removes it.
+    fd, index = tempfile.mkstemp(prefix=_TEMP_INDEX_PREFIX, dir=git_dir)
     os.close(fd)
     try:
         env = {"GIT_INDEX_FILE": index}
@@ -136,6 +140,21 @@ def working_tree(root: Path) -> tuple[str, list[str]]:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+_TEMP_INDEX_PREFIX = "hindlog-index-"
+#: A temporary index older than this belongs to a snapshot whose process died (one takes seconds).
+_STALE_INDEX_SECONDS = 3600.0
+
+
+def _sweep_stale_indexes(git_dir: Path) -> None:
+    cutoff = time.time() - _STALE_INDEX_SECONDS
+    for path in git_dir.glob(_TEMP_INDEX_PREFIX + "*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            pass  # another snapshot removed it first
 
 
 def _git_head(root: Path) -> tuple[str, str, str] | None:
