@@ -3352,6 +3352,59 @@ def test_a_global_a_function_the_loop_calls_rebinds_is_restored(tmp_path: Path) 
     assert proj.values("step", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}
 
 
+def test_variables_of_a_training_function_that_closures_and_globals_change_are_restored(tmp_path: Path) -> None:
+    """A loop in ``main()`` whose step closure rebinds ``nonlocal calls``, whose step function
+    rebinds ``global step``, which rebinds ``global ema`` itself and appends to a module's list:
+    a replay that skipped the loop left them as they were before it (checkpoints held only the
+    function's own locals that the loop body assigns)."""
+    text = dedent("""
+        import time
+        import numpy as np
+        import hindlog as hl
+
+        step = 0
+        ema = 0.0
+        history = []
+
+        def count():
+            global step
+            step += 1
+
+        def main():
+            global ema
+            w = np.zeros(2)
+            hl.checkpoints(w=w)
+            calls = 0
+
+            def train_step(k):
+                nonlocal calls
+                calls += 1
+                w[k % 2] += 0.5
+                count()
+
+            for epoch in hl.loop("epoch", range(5)):
+                for i in hl.loop("i", range(4)):
+                    train_step(i)
+                    ema = 0.5 * ema + float(w.sum())
+                    time.sleep(0.005)
+                history.append(float(w[0]))
+                hl.log("w", float(w.sum()))
+
+        main()
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("w", float(w.sum()))',
+                       'hl.log("calls", calls)\nhl.log("step", step)\nhl.log("ema", ema)\nhl.log("hist", sum(history))')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["calls", "step", "ema", "hist"])
+    for name in ("calls", "step", "ema", "hist"):
+        assert_same_values(proj.values(name, run), truth[name], name)
+    assert proj.values("calls", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

@@ -53,6 +53,7 @@ from .state import (
     Frozen,
     FrozenTensor,
     capturable_locals,
+    frame_variables,
     declare,
     is_random_generator,
     dumps_skeleton,
@@ -842,8 +843,9 @@ class Checkpointer:
         the checkpoint as one it cannot restore."""
         out = set()
         f_locals = frame.f_locals
+        own = frame_variables(frame)
         for n in names:
-            v = f_locals.get(n)
+            v = f_locals.get(n) if own is None or n in own else frame.f_globals.get(n)  # (a module's list the loop appends to)
             if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__" or (
                     hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
                 out.add(n)

@@ -158,12 +158,13 @@ def loop_facts(frame: FrameType, lineno: int | None = None) -> LoopFacts | None:
     if tree is not None:
         scope, loop = _scope_nodes(tree, line)
         if loop is not None:
-            facts = _facts_for(scope, loop, Functions([tree, *_imported_function_trees(tree, frame.f_globals)]))
+            facts = _facts_for(scope, loop, Functions([tree, *_imported_function_trees(tree, frame.f_globals)]), tree)
     _facts_cache[key] = facts
     return facts
 
 
-def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions | None = None) -> LoopFacts:
+def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions | None = None,
+               module: ast.Module | None = None) -> LoopFacts:
     targets = [loop.target] if isinstance(loop, (ast.For, ast.AsyncFor)) else []
     assigned = assigned_names([*targets, *loop.body, *loop.orelse])
     body = scope.body if isinstance(scope.body, list) else [scope.body]  # type: ignore[attr-defined]
@@ -193,10 +194,9 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions |
     fresh = assigned_names([outermost.target]) if isinstance(outermost, (ast.For, ast.AsyncFor)) else set()
     live |= assigned & _read_before_written(outermost.body, fresh)  # type: ignore[attr-defined]
     live |= assigned & _mutated_containers(outermost.body, functions)  # type: ignore[attr-defined]
-    if isinstance(scope, ast.Module):
-        # ``global step; step += 1`` in a function the loop calls: the loop changes a name of this
-        # frame as surely as an assignment in its body would.
-        live |= _globals_rebound_by_calls([*loop.body, *loop.orelse], scope)
+    # ``global step; step += 1`` in a function the loop calls, or ``nonlocal step`` in a closure
+    # it calls: the loop changes a name of this frame as surely as an assignment in its body would.
+    live |= _rebound_by_calls([*loop.body, *loop.orelse], scope, module)
     mutated = _mutated_containers([*loop.body, *loop.orelse], functions)
     own_target = assigned_names([loop.target]) if isinstance(loop, (ast.For, ast.AsyncFor)) else set()
     carried = _assigned_outside_loops(loop.body) - own_target
@@ -209,23 +209,40 @@ def _facts_for(scope: ast.AST, loop: ast.For | ast.While, functions: Functions |
     )
 
 
-def _globals_rebound_by_calls(stmts: list[ast.stmt], module: ast.Module) -> set[str]:
-    """The module's globals that its functions called by name from ``stmts`` (directly or through
-    one another) rebind, declaring them ``global``."""
-    defined = {f.name: f for f in module.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
-    out: set[str] = set()
+def _rebound_by_calls(stmts: list[ast.stmt], scope: ast.AST, module: ast.Module | None = None) -> set[str]:
+    """The variables that functions called by name from ``stmts`` (directly or through one
+    another) rebind: the module's globals that its functions declare ``global``, and, in a
+    function ``scope``, its variables that the closures defined in it declare ``nonlocal``."""
+    if isinstance(scope, ast.Module):
+        module = scope
+    top = module.body if module is not None else []
+    defined = {f.name: f for f in top if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    nested: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+    if not isinstance(scope, ast.Module):
+        nested = {f.name: f for f in ast.walk(scope) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f is not scope}
+    if not defined and not nested:
+        return set()
+    rebound_globals: set[str] = set()
+    rebound_cells: set[str] = set()
     seen: set[int] = set()
     todo = [stmts]
     while todo:
         for node in ast.walk(ast.Module(body=list(todo.pop()), type_ignores=[])):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-                fn = defined.get(node.func.id)
+                fn = nested.get(node.func.id) or defined.get(node.func.id)  # a closure hides a global function
                 if fn is not None and id(fn) not in seen:
                     seen.add(id(fn))
-                    declared = {n for g in ast.walk(fn) if isinstance(g, ast.Global) for n in g.names}
-                    out |= assigned_names(fn.body) & declared
+                    assigned = assigned_names(fn.body)
+                    rebound_globals |= assigned & {n for g in ast.walk(fn) if isinstance(g, ast.Global) for n in g.names}
+                    rebound_cells |= assigned & {n for g in ast.walk(fn) if isinstance(g, ast.Nonlocal) for n in g.names}
                     todo.append(fn.body)
-    return out
+    if isinstance(scope, ast.Module):
+        return rebound_globals
+    # A ``nonlocal`` may name a variable of a function between this one and the closure; a
+    # global that this function binds as its own is not the one rebound.
+    own = assigned_names(scope.body) | {a.arg for a in ast.walk(scope.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
+    own_globals = {n for g in ast.walk(scope) if isinstance(g, ast.Global) for n in g.names}
+    return (rebound_cells & own) | (rebound_globals - (own - own_globals))
 
 
 def free_names(function: ast.AST, names: set[str]) -> set[str]:

@@ -916,11 +916,15 @@ def replace_in_place(current: Any, new: Any) -> Any:
 def capturable_locals(frame: types.FrameType, names: frozenset[str] | set[str], exclude_ids: set[int]) -> dict[str, Any]:
     """The values of ``names`` in ``frame`` that a checkpoint can hold."""
     f_locals = frame.f_locals
+    own = frame_variables(frame)
     out = {}
     for name in names:
-        if name not in f_locals:
+        if name in f_locals:
+            value = f_locals[name]
+        elif own is not None and name not in own and name in frame.f_globals:
+            value = frame.f_globals[name]  # ``global step`` in the function, or in one it calls
+        else:
             continue
-        value = f_locals[name]
         if id(value) in exclude_ids or isinstance(value, (types.ModuleType, types.FunctionType, type, types.BuiltinFunctionType, types.MethodType)):
             continue
         out[name] = value
@@ -938,11 +942,25 @@ def set_frame_locals(frame: types.FrameType, values: dict[str, Any], live: dict[
             frame.f_globals[k] = _restore_value(current, resolve(v, live or {}, current))
         return
     f_locals = frame.f_locals
+    own = frame_variables(frame)
     for k, v in values.items():
+        if own is not None and k not in own:  # a global the loop rebinds
+            current = frame.f_globals.get(k)
+            frame.f_globals[k] = _restore_value(current, resolve(v, live or {}, current))
+            continue
         current = f_locals.get(k)
         f_locals[k] = _restore_value(current, resolve(v, live or {}, current))
     if sys.version_info < (3, 13):
         ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+
+
+def frame_variables(frame: types.FrameType) -> frozenset[str] | None:
+    """The names a function frame binds itself (its locals and closure cells); None for module
+    level, where every variable is a global."""
+    code = frame.f_code
+    if code.co_flags & 0x0002 == 0 and frame.f_locals is frame.f_globals:
+        return None
+    return frozenset(code.co_varnames + code.co_cellvars + code.co_freevars)
 
 
 def _restore_value(current: Any, new: Any) -> Any:
