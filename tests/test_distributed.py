@@ -89,6 +89,12 @@ def test_each_rank_replays_its_own_run_and_skips_only_what_every_rank_can(tmp_pa
     assert sorted(ranks) == [0, 1]
     shown = proj.hindlog("show", ranks[1], check=True).stdout
     assert "distributed  rank 1 of 2 processes of one launch" in shown, shown
+    listed = {line.split()[0]: line.split() for line in proj.hindlog("runs", check=True).stdout.splitlines()[1:]}
+    assert listed[ranks[0]][2] == "0" and listed[ranks[1]][2] == "1", listed  # run, script, rank, status, ...
+    import hindlog as hl
+
+    frame = hl.runs(store=proj.store)
+    assert dict(zip(frame["run_id"], frame["rank"])) == {ranks[0]: 0, ranks[1]: 1}, frame
     checkpointed = proj.sql("SELECT DISTINCT iteration FROM checkpoints c JOIN runs r ON r.id=c.run WHERE r.run_id=?", (ranks[1],))
     assert (1,) in checkpointed, "the test needs a checkpoint of rank 1 at iteration 1 to take away"
     # Rank 1's policy skipped iteration 1 (taken away here): no rank may skip that iteration's loop.

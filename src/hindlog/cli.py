@@ -308,6 +308,7 @@ def _runs(args: argparse.Namespace) -> int:
         {
             **columns,
             "script": df["script"].fillna(""),
+            **({"rank": df["rank"].map(lambda r: "" if pd.isna(r) else str(r))} if "rank" in df.columns else {}),
             "status": df["status"],
             "started": df["started"].map(_time),
             "duration": df["duration"].map(_duration),

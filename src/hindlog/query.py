@@ -67,7 +67,8 @@ def _flush_own_run() -> None:
 
 def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     """One row per run: id, name, script, status, code version, times, overhead, flags and args
-    (an arg named like one of these columns gets a column ``<name>_arg``)."""
+    (an arg named like one of these columns gets a column ``<name>_arg``); with a ``rank``
+    column after ``script`` where runs are ranks of a distributed launch."""
     import pandas as pd
 
     _flush_own_run()
@@ -90,6 +91,11 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
         row.update({(f"{k}_arg" if k in RUN_COLUMNS else k): v for k, v in args.get(r["id"], {}).items()})
         out.append(row)
     frame = pd.DataFrame(out, columns=None if out else RUN_COLUMNS)
+    ranks = [((r.get("env") or {}).get("distributed") or {}).get("rank") for r in rows]
+    if any(rank is not None for rank in ranks):
+        # The ranks of a torchrun launch record a run each: which process a row is.
+        frame = frame.rename(columns={"rank": "rank_arg"})  # an arg of that name, as for the other columns
+        frame.insert(RUN_COLUMNS.index("script") + 1, "rank", pd.array(ranks, dtype="Int64"))
     for column in [c for c in frame.columns if c not in RUN_COLUMNS]:
         present = [row[column] for row in out if row.get(column) is not None]
         if present and len(present) < len(out) and all(type(v) is int and -(2**63) <= v < 2**63 for v in present):
