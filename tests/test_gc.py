@@ -205,6 +205,22 @@ def test_gc_keep_last_drops_older_runs_checkpoints_but_keeps_their_logs(two_runs
     assert read_all_checkpoints(proj, second) == len(proj.checkpoints(second))
 
 
+def test_gc_keep_last_of_one_script_leaves_the_other_scripts_runs_alone(two_runs: tuple[CkProject, str, str]) -> None:
+    proj, first, second = two_runs
+    proj.write("eval.py", NUMPY_TRAIN)
+    other = last_json(proj.run("eval.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["run"]
+    counts = {r: len(proj.checkpoints(r)) for r in (first, second, other)}
+    assert all(counts.values()), counts
+
+    out = proj.cli("gc", "--keep-last", "1", "--script", "train.py").stdout
+    assert f"dropped {counts[first]} checkpoints of the runs of train.py before the latest" in out, out
+    assert proj.checkpoints(first) == []
+    # Without --script, the latest run (of eval.py) would have been the only one kept.
+    assert len(proj.checkpoints(second)) == counts[second] and len(proj.checkpoints(other)) == counts[other]
+    alone = proj.cli("gc", "--script", "train.py", check=False)
+    assert alone.returncode == 2 and "give --keep-last N too" in alone.stderr, alone.stderr
+
+
 def test_gc_keep_last_rejects_a_negative_count(numpy_rec: NumpyRecording) -> None:
     with pytest.raises(ValueError, match="0 or more"):
         gc(store=numpy_rec.proj.store(), keep_last=-1)

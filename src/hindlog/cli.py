@@ -113,6 +113,7 @@ def _resume_args(p: argparse.ArgumentParser) -> None:
 
 def _gc_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-last", type=_non_negative_int, metavar="N", help="first drop the checkpoints of all but the N latest runs (logs are kept)")
+    p.add_argument("--script", help="with --keep-last: count and drop only this script's runs (the others keep their checkpoints)")
     p.add_argument("--grace", type=_non_negative_float, default=None, metavar="SECONDS",
                    help="keep unreferenced objects younger than this, which a running process may still need (default: 3600)")
 
@@ -856,16 +857,21 @@ def _rm(args: argparse.Namespace) -> int:
 
 @command("gc")
 def _gc(args: argparse.Namespace) -> int:
-    from .gc import gc
-
-    from .gc import GRACE_SECONDS
+    from .gc import GRACE_SECONDS, gc
+    from .store import Store
 
     grace = GRACE_SECONDS if args.grace is None else args.grace
-    report = gc(store=args.store, keep_last=args.keep_last, grace=grace)
+    if args.script and args.keep_last is None:
+        print("hindlog gc: --script chooses the runs --keep-last drops the checkpoints of; give --keep-last N too "
+              "(`hindlog gc` alone drops no run's checkpoints)", file=sys.stderr)
+        return 2
+    script = Store.for_project(store=args.store).script_key(args.script) if args.script else None
+    report = gc(store=args.store, keep_last=args.keep_last, grace=grace, script=script)
     extra = ""
     if args.keep_last is not None:
-        whose = "of every run" if args.keep_last == 0 else \
-            f"of the runs before the {'latest' if args.keep_last == 1 else f'{args.keep_last} latest'}"
+        of = "" if script is None else f" of {script}"
+        whose = f"of every run{of}" if args.keep_last == 0 else \
+            f"of the runs{of} before the {'latest' if args.keep_last == 1 else f'{args.keep_last} latest'}"
         extra = f", dropped {report.dropped_checkpoints} checkpoints {whose} (their logs are kept)"
     if report.removed_temporaries:
         extra += f", and {report.removed_temporaries} partly written files of killed processes"

@@ -96,8 +96,10 @@ def spilled_manifests(store: Store) -> list[str]:
     return names
 
 
-def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | None = None, grace: float = GRACE_SECONDS) -> GcReport:
-    """Delete unreferenced objects; with ``keep_last``, first drop the checkpoints of all but the N latest runs.
+def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | None = None, grace: float = GRACE_SECONDS,
+       script: str | None = None) -> GcReport:
+    """Delete unreferenced objects; with ``keep_last``, first drop the checkpoints of all but the N latest runs
+    (of ``script``, as runs record it, if given: the other scripts' runs keep theirs).
 
     Logs, args and code versions of every run are always kept.
     """
@@ -135,7 +137,8 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
         since = min([r["started"] for r in runs if r["status"] == "running" and r.get("started")] + list(locks.values()),
                     default=None)
         if keep_last is not None:
-            old = [r["id"] for r in runs[: max(len(runs) - keep_last, 0)] if r not in active]
+            candidates = runs if script is None else [r for r in runs if r.get("script") == script]
+            old = [r["id"] for r in candidates[: max(len(candidates) - keep_last, 0)] if r not in active]
             if old:
                 with catalog.transaction(conn):
                     had = {run for (run,) in conn.execute(
