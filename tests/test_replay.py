@@ -3405,6 +3405,76 @@ def test_variables_of_a_training_function_that_closures_and_globals_change_are_r
     assert proj.values("calls", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}
 
 
+ENGINE = dedent("""
+    import numpy as np
+    import hindlog as hl
+
+    global_step = 0
+    history = []
+
+    def train_step(model, k):
+        global global_step
+        model.w[k % 2] += 0.5
+        global_step += 1
+        history.append(float(model.w.sum()))
+        model.steps_seen = getattr(model, "steps_seen", 0) + 1
+
+    def train_one_epoch(model, meter):
+        for i in hl.loop("step", range(4)):
+            train_step(model, i)
+            meter.n += 1
+""")
+
+UTILS = dedent("""
+    class Meter:
+        def __init__(self):
+            self.n = 0
+""")
+
+
+def test_what_a_loop_in_an_imported_module_changes_is_restored(tmp_path: Path) -> None:
+    """The step loop lives in ``mylib/engine.py``: it counts in a ``Meter`` of the project's
+    own module, rebinds a ``global`` of its module, fills a list of it and sets a plain attribute
+    on the declared model. A replay that skipped it left all four as they were before it: the
+    meter and the model's attribute were not the script's own (``__main__``) objects, the
+    module's variables not the frame's, and a state_dict holds no plain attribute."""
+    torch = pytest.importorskip("torch")
+    del torch
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+        from mylib import engine
+        from mylib.utils import Meter
+
+        model = torch.nn.Module()
+        model.w = torch.nn.Parameter(torch.zeros(2), requires_grad=False)
+        meter = Meter()
+        hl.checkpoints(model=model)
+        for epoch in hl.loop("epoch", range(5)):
+            engine.train_one_epoch(model, meter)
+            time.sleep(0.02)
+            hl.log("w", float(model.w.sum()))
+    """)
+    proj = ReplayProject(tmp_path)
+    proj.write("mylib/__init__.py", "")
+    proj.write("mylib/engine.py", ENGINE)
+    proj.write("mylib/utils.py", UTILS)
+    run = proj.record(text, env=DENSE)
+    names = ["meter", "gstep", "hist", "seen"]
+    new = insert_after(text, 'hl.log("w", float(model.w.sum()))',
+                       'hl.log("meter", meter.n)\nhl.log("gstep", engine.global_step)\n'
+                       'hl.log("hist", sum(engine.history))\nhl.log("seen", model.steps_seen)')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0, out
+    truth = ground_truth(tmp_path, {"train.py": new, "mylib/__init__.py": "", "mylib/engine.py": ENGINE,
+                                    "mylib/utils.py": UTILS}, names)
+    for name in names:
+        assert_same_values(proj.values(name, run), truth[name], name)
+    assert proj.values("seen", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

@@ -54,6 +54,7 @@ from .state import (
     FrozenTensor,
     capturable_locals,
     frame_variables,
+    own_class,
     declare,
     is_random_generator,
     dumps_skeleton,
@@ -832,7 +833,7 @@ class Checkpointer:
         out = set()
         for n in names:
             v = f_locals.get(n)
-            if v is not None and getattr(type(v), "__module__", None) == "__main__" and not isinstance(v, type) \
+            if v is not None and own_class(type(v)) and not isinstance(v, type) \
                     and not callable(getattr(v, "state_dict", None)):
                 out.add(n)
         return out
@@ -846,7 +847,7 @@ class Checkpointer:
         own = frame_variables(frame)
         for n in names:
             v = f_locals.get(n) if own is None or n in own else frame.f_globals.get(n)  # (a module's list the loop appends to)
-            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or getattr(type(v), "__module__", None) == "__main__" or (
+            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or own_class(type(v)) or (
                     hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
                 out.add(n)
         return out

@@ -11,7 +11,7 @@ from typing import Any
 from . import catalog
 from .checkpoint import ITERATION_END, Loaded, checkpoint_rows, latest_readable, read_checkpoint
 from .errors import CheckpointError, CorruptObject
-from .state import Declared, declare, load_into, resolve, set_frame_locals, set_rng_state
+from .state import MODULE_ATTRIBUTES, Declared, declare, load_into, resolve, set_frame_locals, set_rng_state
 from .store import Store
 
 
@@ -167,6 +167,7 @@ def mismatch(d: Declared, value: Any) -> str | None:
             return None
     if d.kind == "module":
         current = obj.state_dict()
+        value = {k: v for k, v in value.items() if k != MODULE_ATTRIBUTES}
         missing, unexpected = [k for k in current if k not in value], [k for k in value if k not in current]
         if missing or unexpected:
             return (f"the checkpoint's state has {len(value)} entries, the model passed {len(current)}"

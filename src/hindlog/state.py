@@ -749,11 +749,40 @@ def thaw(skeleton: Any, tensors: list[Any]) -> Any:
 # ----------------------------------------------------------------- what one checkpoint holds
 
 
+#: The key under which a module's checkpoint holds its plain attributes, beside its state_dict.
+MODULE_ATTRIBUTES = "__hindlog_attributes__"
+_PLAIN = (int, float, bool, str, type(None))
+
+
+def _module_attributes(module: Any) -> dict[str, dict[str, Any]]:
+    """The plain attributes of ``module`` and its submodules (by their path), which its
+    ``state_dict`` leaves out: the training flag, and counters the script keeps on it
+    (``model.steps_seen += 1``)."""
+    out = {}
+    for path, m in module.named_modules():
+        attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and (
+            type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)))}
+        if attrs:
+            out[path] = attrs
+    return out
+
+
+def _set_module_attributes(module: Any, attributes: dict[str, dict[str, Any]]) -> None:
+    modules = dict(module.named_modules())
+    for path, attrs in attributes.items():
+        m = modules.get(path)
+        if m is not None:
+            for k, v in attrs.items():
+                setattr(m, k, v)
+
+
 def state_of(d: Declared) -> Any:
     """The value to freeze for a declared object."""
     if d.kind == "module":
         # Not the gradients: they double the copy; replay runs the loops before code that reads them.
-        return d.obj.state_dict(keep_vars=True)
+        state = d.obj.state_dict(keep_vars=True)
+        state[MODULE_ATTRIBUTES] = _module_attributes(d.obj)
+        return state
     if d.kind == "stateful":
         return d.obj.state_dict()
     if d.kind == "generator":
@@ -805,7 +834,12 @@ def load_into(d: Declared, value: Any) -> Any:
     torch = sys.modules.get("torch")
     if d.kind == "stateful" and torch is not None and isinstance(obj, torch.optim.Optimizer):
         _load_optimizer(torch, obj, value)
-    elif d.kind in ("module", "stateful"):
+    elif d.kind == "module":
+        attributes = value.get(MODULE_ATTRIBUTES)  # (none in an older hindlog's checkpoints)
+        obj.load_state_dict({k: v for k, v in value.items() if k != MODULE_ATTRIBUTES} if attributes is not None else value)
+        if attributes:
+            _set_module_attributes(obj, attributes)
+    elif d.kind == "stateful":
         obj.load_state_dict(value)
     elif d.kind == "generator":
         obj.set_state(value)
@@ -967,7 +1001,7 @@ def _restore_value(current: Any, new: Any) -> Any:
     # Containers, and objects of the script's own class (a trainer's ``self``), are restored in
     # place: the frames further up the stack that hold them see the restored state too.
     if current is not None and same_class(type(current), type(new)) and (
-            type(current) in (list, dict, set, collections.deque) or _own_class(type(current))):
+            type(current) in (list, dict, set, collections.deque) or own_class(type(current))):
         return replace_in_place(current, new)
     return new
 
@@ -978,12 +1012,13 @@ def same_class(a: type, b: type) -> bool:
     return a is b or (a.__module__ == b.__module__ == "__main__" and a.__qualname__ == b.__qualname__)
 
 
-def _own_class(cls: type) -> bool:
+def own_class(cls: type) -> bool:
     """Whether ``cls`` is defined by the user's code, not by Python or an installed package."""
     if cls.__module__ == "__main__":
         return True
     path = getattr(sys.modules.get(cls.__module__), "__file__", None) or ""
-    return bool(path) and cls.__module__.split(".")[0] not in sys.stdlib_module_names \
+    top = cls.__module__.split(".")[0]
+    return bool(path) and top not in sys.stdlib_module_names and top != "hindlog" \
         and "site-packages" not in path and "dist-packages" not in path
 
 
