@@ -154,6 +154,37 @@ def test_sigterm_flushes_everything_and_marks_killed(project: Project) -> None:
     assert integrity_ok(project)
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_that_ends_leaves_its_parents_run_alone(project: Project) -> None:
+    """A child forked while a run records (a multiprocessing pool's worker) holds a copy of the
+    recorder: ended by SIGTERM (``Pool.terminate``) or by ``sys.exit`` (atexit), it finished the
+    parent's run, marked it ended while it still trained, and wrote the queued records again."""
+    project.run(
+        """
+        import os, signal, sys, time
+        import hindlog as hl
+        for epoch in hl.loop("epoch", range(4)):
+            hl.log("e", epoch)
+            pid = os.fork()
+            if pid == 0:
+                if epoch % 2:
+                    sys.exit(0)          # atexit runs in the child
+                time.sleep(30)           # until the parent's SIGTERM
+                os._exit(0)
+            time.sleep(0.1)
+            if epoch % 2 == 0:
+                os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+            print(hl.run_id(), flush=True)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},  # the records stay queued while the children end
+    )
+    assert project.values("e") == [0, 1, 2, 3]
+    runs = project.runs()
+    assert runs["status"].tolist() == ["finished"], runs
+    assert integrity_ok(project)
+
+
 def test_keyboard_interrupt_flushes_everything_and_marks_killed(project: Project) -> None:
     proc = project.start(
         """

@@ -838,6 +838,36 @@ def test_a_script_run_from_another_project_is_recorded_into_its_own(project: Pro
     assert (elsewhere.root / ".hindlog" / "catalog.db").exists() and not (launcher.parent / ".hindlog").exists()
 
 
+def test_a_git_project_run_from_a_folder_outside_git_above_it_is_recorded_into_its_own(plain_project: Project) -> None:
+    """``python proj/train.py`` from a home directory that is not in git: the home directory was
+    taken for the project, its store got the run and its files were snapshotted."""
+    from conftest import new_git_project
+
+    inner = new_git_project(plain_project.root / "proj")
+    inner.write("train.py", "import hindlog as hl\nfor e in hl.loop('epoch', range(2)):\n    hl.log('x', e)\n")
+    inner.git("add", "train.py")
+    inner.git("commit", "-q", "-m", "train")
+    proc = inner.run(cwd=plain_project.root)
+    assert f"hindlog: recording into {inner.store_path}, the store of train.py's project" in proc.stderr, proc.stderr
+    assert not plain_project.store_path.exists()
+    run = inner.runs()
+    assert run["code_version"].tolist() == [inner.git("rev-parse", "HEAD").strip()] and run["script"].tolist() == ["train.py"]
+
+
+def test_a_snapshot_outside_git_stops_at_its_file_limit_and_says_so(plain_project: Project) -> None:
+    from hindlog import codeversion
+    from hindlog.store import Store
+
+    for k in range(codeversion.MAX_SNAPSHOT_FILES + 40):  # a home directory's worth of source files
+        plain_project.write(f"d{k // 500:02d}/f{k}.py", f"x = {k}\n")
+    proc = plain_project.run("import hindlog as hl\nhl.log('x', 1)\n")
+    assert f"stopped at {codeversion.MAX_SNAPSHOT_FILES} source files" in proc.stderr, proc.stderr
+    info = plain_project.run_info()
+    assert "code_snapshot_truncated" in info["flags"], info["flags"]
+    assert len(codeversion.read_files(Store(plain_project.store_path, plain_project.root), info["code_version"])) == \
+        codeversion.MAX_SNAPSHOT_FILES
+
+
 def test_a_store_that_cannot_be_created_never_breaks_training(project: Project, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

@@ -32,7 +32,7 @@ _GIT_IDENTITY = {
 }
 SOURCE_SUFFIXES = {".py", ".pyi", ".yaml", ".yml", ".json", ".toml", ".cfg", ".ini", ".txt", ".sh", ".md"}
 _SKIP_DIRS = {".git", ".hindlog", ".venv", "venv", "env", "__pycache__", "node_modules", "site-packages", ".tox", ".mypy_cache", ".pytest_cache", "build", "dist"}
-_MAX_SNAPSHOT_FILES = 5000
+MAX_SNAPSHOT_FILES = 5000
 
 
 @dataclass
@@ -45,6 +45,9 @@ class CodeVersion:
     #: The commit HEAD named when the working tree had uncommitted changes (``version`` is then a
     #: snapshot commit on top of it); None for a clean tree or outside git.
     base: str | None = None
+    #: Outside git: the snapshot stopped at ``MAX_SNAPSHOT_FILES`` source files (the run started
+    #: in a large folder that is not one project, such as a home directory).
+    truncated: bool = False
 
 
 def _git(root: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> bytes:
@@ -172,7 +175,10 @@ def _snapshot_files(store: Store) -> CodeVersion:
     files: dict[str, str] = {}
     skipped: list[str] = []
     new_files: list[str] = []  # paths in the object store
+    truncated = False
     for dirpath, dirnames, filenames in os.walk(root):
+        if truncated:
+            break
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         for fname in sorted(filenames):
             path = Path(dirpath) / fname
@@ -190,7 +196,8 @@ def _snapshot_files(store: Store) -> CodeVersion:
             if not store.objects.have(name, len(data)):
                 store.objects.write([data], name, durable=False)
                 new_files.append(store.objects.filename(name))
-            if len(files) >= _MAX_SNAPSHOT_FILES:
+            if len(files) >= MAX_SNAPSHOT_FILES:
+                truncated = True
                 break
     # Flushed together before the manifest that names them (a file stored by an earlier
     # snapshot was flushed then).
@@ -203,7 +210,7 @@ def _snapshot_files(store: Store) -> CodeVersion:
         catalog.insert_code_snapshot(conn, version, manifest_name)
     finally:
         conn.close()
-    return CodeVersion(version, "snapshot", skipped)
+    return CodeVersion(version, "snapshot", skipped, truncated=truncated)
 
 
 def read_files(store: Store, version: str) -> dict[str, bytes]:

@@ -158,6 +158,9 @@ class Recorder:
 
         self.controller = load_controller(self)
         ctx_base = 0
+        #: The process recording; a child it forks (a multiprocessing pool's worker) holds a copy
+        #: of this object, which must not end the run or write its records a second time.
+        self.pid = os.getpid()
         run_fields: dict[str, Any] | None = None  # a new run's row, as inserted
         if self.controller is None:
             run_fields = {
@@ -274,6 +277,14 @@ class Recorder:
                 f"(e.g. {version.skipped[0]}); add them to .gitignore or commit them.",
                 RuntimeWarning,
             )
+        if version.truncated:
+            warnings.warn(
+                f"hindlog: the code snapshot of run {self.run_id} stopped at {codeversion.MAX_SNAPSHOT_FILES} source files: "
+                f"{self.store.root} is not a git repository, so the whole folder the script ran from is taken as its "
+                "project. Run the script from its project's folder, or make that folder a git repository.",
+                RuntimeWarning,
+            )
+            self.writer.change("flag", "code_snapshot_truncated")
         fields = {"code_version": version.version, "code_kind": version.kind}
         self.writer.change("update_run", fields)
         if version.base:
@@ -716,7 +727,7 @@ class Recorder:
         the records still queued, the code version and the run's end. At the process's exit the
         interrupt is then dropped, as Python drops one that reaches an exit handler; otherwise
         it is raised once the run is safe."""
-        if self.finished:
+        if self.finished or os.getpid() != self.pid:
             return
         with _interrupts_deferred() as interrupted:
             self._finish(status)

@@ -66,7 +66,9 @@ def project_root(start: Path | None = None, script: str | os.PathLike[str] | Non
     """The project root for ``start`` (default: the current directory): the git work tree that
     holds it, or ``start`` itself outside git. A ``script`` outside that project belongs to its
     own: the git work tree that holds it, or its folder outside git (``python ../other/train.py``
-    recorded the other project's run, with this one's code, into this one's store)."""
+    recorded the other project's run, with this one's code, into this one's store). Outside git,
+    a script in a git work tree below ``start`` belongs to that work tree (``python proj/train.py``
+    from a home directory: the home directory is no project)."""
     override = config.project_root_override()
     if override:
         return Path(override).resolve()
@@ -80,6 +82,10 @@ def project_root(start: Path | None = None, script: str | os.PathLike[str] | Non
             # (A script inside the project, a git submodule's included, is the project's.)
             own = git_toplevel(path.parent)
             return own.resolve() if own is not None else path.parent.resolve()
+        if root is None and path.is_file():
+            own = git_toplevel(path.parent)
+            if own is not None:
+                return own.resolve()
     return root or start
 
 
