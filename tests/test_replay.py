@@ -904,6 +904,22 @@ def test_a_run_started_with_python_m_replays_as_a_module(tmp_path: Path) -> None
     missing = proj.replay("-m", "pkg.nope", check=False)
     assert missing.returncode == 2 and "no module pkg.nope under" in missing.stderr, missing.stderr
 
+def test_a_worker_killed_by_a_signal_is_named_with_the_signal(counter) -> None:
+    """A worker the out-of-memory killer ends leaves no traceback: the failed segment was named
+    with an empty reason."""
+    proj, run = counter
+    statement = """
+        if epoch == 5:
+            __import__("os").kill(__import__("os").getpid(), 9)
+        hl.log("double", 2 * state["x"])
+    """
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', statement))
+    result = proj.replay("train.py", "--workers", "1", check=False)
+    assert result.returncode != 0
+    assert "segment 0:6 failed" in result.stderr, result.stderr
+    assert "the worker was killed by SIGKILL: by the kernel's out-of-memory killer" in result.stderr, result.stderr
+
+
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     # A recorded value with noise in its last digits (like a GPU reduction), different every time.

@@ -1169,6 +1169,9 @@ def _execute(
             result.recorded_failure = f"exit status {proc.returncode}" + (f" ({tail[-1].strip()})" if tail else "")
         elif proc.returncode != 0 or data is None:
             tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+            if proc.returncode is not None and proc.returncode < 0:
+                # Ended by a signal, with nothing written: the memory limit's killer, most often.
+                tail = (tail.rstrip() + "\n" if tail.strip() else "") + _killed_by(-proc.returncode)
             result.ok = False
             result.failed_segments.append((seg.start, seg.end, tail))
             continue
@@ -1585,3 +1588,15 @@ def replay(
         for lock in held:
             lock.release()
     return report
+
+
+def _killed_by(signum: int) -> str:
+    """Why a worker that a signal ended stopped, for the user."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    if signum == signal.SIGKILL:
+        return (f"the worker was killed by {name}: by the kernel's out-of-memory killer (see `dmesg`), a job "
+                "scheduler's limit, or by hand. Fewer --workers use less memory")
+    return f"the worker was ended by {name}"
