@@ -122,6 +122,23 @@ def test_lists_and_dicts_are_frozen_at_capture() -> None:
     assert decode(*encode(captured)) == {"a": [1]}
 
 
+def test_numpy_and_torch_values_inside_lists_and_dicts_are_stored_as_json() -> None:
+    """``{"acc": acc}`` with a tensor, ``[np.float32(0.5)]``: rejected before, so a run crashed
+    at the first such call."""
+    torch = pytest.importorskip("torch")
+    value = {"acc": torch.tensor(0.5), "per_class": torch.tensor([1, 2]), "f": [np.float32(0.25), np.int64(3)],
+             "hist": np.array([[1.0, 2.0]]), "flag": np.bool_(True), 7: (np.float64(1.5),)}
+    captured = capture(value)
+    value["per_class"].add_(10)  # frozen at the call
+    assert roundtrip_captured(captured) == {"acc": 0.5, "per_class": [1, 2], "f": [0.25, 3], "hist": [[1.0, 2.0]],
+                                            "flag": True, "7": [1.5]}
+    for bad in ({"c": np.complex64(1j)}, [torch.tensor([1j])], {"o": np.array([None])}):
+        with pytest.raises(TypeError, match="not JSON-able"):
+            capture(bad)
+    with pytest.raises(ValueError, match="MiB"):
+        capture([np.zeros(config.MAX_ARRAY_BYTES // 8 + 1)])
+
+
 def test_array_size_limit() -> None:
     limit = config.MAX_ARRAY_BYTES
     assert limit == 64 * 2**20

@@ -23,8 +23,8 @@ from . import config
 from .catalog import KIND_BOOL, KIND_FLOAT_TEXT, KIND_JSON, KIND_NATIVE, KIND_NPY
 
 ACCEPTED = (
-    "numbers, bools, strings, None, JSON-able lists and dicts, NumPy and torch scalars, "
-    "and NumPy arrays or torch tensors"
+    "numbers, bools, strings, None, NumPy and torch scalars, NumPy arrays or torch tensors, "
+    "and lists and dicts of these (JSON: a dict's keys become strings)"
 )
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -129,7 +129,9 @@ def capture(value: Any) -> Any:
         return _capture_array(value)
     if isinstance(value, (list, tuple, dict)):
         try:
-            return JsonValue(json.dumps(value))
+            return JsonValue(json.dumps(value, default=_json_element))
+        except _TooLarge:
+            raise
         except (TypeError, ValueError) as e:
             raise TypeError(f"hl.log got a {type(value).__name__} that is not JSON-able ({e}); accepted: {ACCEPTED}") from None
     torch = sys.modules.get("torch")
@@ -138,13 +140,32 @@ def capture(value: Any) -> Any:
     return _reject(value)
 
 
+def _json_element(value: Any) -> Any:
+    """A NumPy or torch scalar, array or tensor inside a logged list or dict, as JSON takes it
+    (``{"acc": acc_tensor}``, ``[np.float32(0.5)]``); anything else is not JSON-able."""
+    if isinstance(value, np.generic) and value.dtype.kind not in "OVc":
+        return value.item()
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "OVc":
+        _check_size(value.nbytes)
+        return value.tolist()
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor) and not value.is_complex():
+        _check_size(value.numel() * value.element_size())
+        return value.detach().cpu().tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _reject(value: Any) -> Any:
     raise TypeError(f"hl.log cannot store a value of type {type(value).__module__}.{type(value).__qualname__}; accepted: {ACCEPTED}")
 
 
+class _TooLarge(ValueError):
+    pass
+
+
 def _check_size(nbytes: int) -> None:
     if nbytes > config.MAX_ARRAY_BYTES:
-        raise ValueError(
+        raise _TooLarge(
             f"hl.log got an array of {nbytes / 2**20:.1f} MiB; the limit is "
             f"{config.MAX_ARRAY_BYTES / 2**20:.0f} MiB. Log a summary (a histogram, a norm) or a slice instead."
         )
