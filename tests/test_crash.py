@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 
 import pytest
@@ -397,3 +398,54 @@ def test_sigterm_flushes_a_second_run_started_with_init(project: Project) -> Non
     assert runs["status"].tolist() == ["finished", "killed"]
     assert project.values("b") == list(range(3000))
     assert runs["ended"].notna().all()
+
+
+def _unshare_works() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not _unshare_works(),
+                    reason="needs Linux PID namespaces (unshare --pid, as root)")
+def test_a_run_in_another_pid_namespace_is_judged_by_its_heartbeat(project: Project) -> None:
+    """A container that shares the host's name has pids of its own: a live run there was shown
+    killed (its pid absent here), and a dead one with pid 1 was shown running for ever (pid 1
+    lives here), which kept `hindlog rm` and `resume` refusing it."""
+    import subprocess
+
+    from conftest import PY
+
+    project.write("train.py", """
+import time
+import hindlog as hl
+for epoch in hl.loop("epoch", range(10**6)):
+    hl.log("e", epoch)
+    if epoch == 0:
+        print(hl.run_id(), flush=True)
+    time.sleep(0.05)
+""")
+    # 300 processes first: the script's pid in its namespace is one this namespace has not got.
+    proc = subprocess.Popen(["unshare", "--pid", "--kill-child", "--mount-proc", "sh", "-c",
+                             f"for i in $(seq 300); do /bin/true; done; {PY} train.py"],
+                            cwd=project.root, env=project.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = Lines(proc)
+    try:
+        run_id = lines.next()
+        wait_for(lambda: len(project.values("e")) > 3)
+        assert project.runs()["status"].tolist() == ["running"]
+        assert project.run_info(run_id)["pid"] > 300
+        removal = project.cli("rm", run_id, "--yes", check=False)
+        assert removal.returncode != 0 and "is still recording" in removal.stderr, removal.stderr
+    finally:
+        stop(proc)
+    # Dead now; its heartbeat falls silent: once as old as a remote run's limit, it reads killed.
+    conn = project.db()
+    with conn:
+        conn.execute("UPDATE runs SET pid=1, heartbeat=heartbeat-600")  # (pid 1: what it had as the namespace's first)
+    conn.close()
+    assert project.runs()["status"].tolist() == ["killed"]

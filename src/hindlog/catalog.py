@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .environment import hostname
+from .environment import hostname, pid_namespace
 from .errors import DamagedCatalog, RunNotFound, SchemaError
 
 SCHEMA_VERSION = 1
@@ -299,17 +299,27 @@ def _decode_run(row: sqlite3.Row) -> dict[str, Any]:
     for col in _JSON_RUN_COLUMNS:
         if out.get(col) is not None:
             out[col] = json.loads(out[col])
-    if out["status"] == "running" and not _process_alive(out.get("pid"), out.get("host"), out.get("heartbeat")):
+    if out["status"] == "running" and not _process_alive(out):
         out["status"] = "killed"
     return out
 
 
-def _process_alive(pid: int | None, host: str | None, heartbeat: float | None) -> bool:
+def seen_from_here(run: dict[str, Any]) -> bool:
+    """Whether the process that recorded ``run`` can be looked up here by its pid: the same host,
+    and the same PID namespace (a container that shares the host's name has its own pids)."""
+    if run.get("host") != hostname():
+        return False
+    recorded = (run.get("env") or {}).get("pid_namespace") if isinstance(run.get("env"), dict) else None
+    return recorded is None or recorded == pid_namespace()
+
+
+def _process_alive(run: dict[str, Any]) -> bool:
     """Whether the process that is writing a 'running' run still exists."""
+    pid, heartbeat = run.get("pid"), run.get("heartbeat")
     if pid is None:
         return False
-    if host != hostname():
-        # Another machine: trust the heartbeat for a few minutes.
+    if not seen_from_here(run):
+        # Another machine or container: trust the heartbeat for a few minutes.
         return heartbeat is not None and time.time() - heartbeat < 300
     try:
         os.kill(pid, 0)

@@ -25,6 +25,20 @@ def hostname() -> str:
         return socket.gethostname()
 
 
+_PID_NAMESPACE: list[str | None] = []
+
+
+def pid_namespace() -> str | None:
+    """This process's PID namespace (Linux): processes of another (a container on the same
+    host name) cannot be seen by their pid from here. None where there are no namespaces."""
+    if not _PID_NAMESPACE:
+        try:
+            _PID_NAMESPACE.append(str(os.stat("/proc/self/ns/pid").st_ino))
+        except OSError:
+            _PID_NAMESPACE.append(None)
+    return _PID_NAMESPACE[0]
+
+
 def _normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -136,6 +150,7 @@ def describe(packages: bool = True) -> dict[str, Any]:
         "platform": _platform(),
         "executable": sys.executable,
         "host": hostname(),
+        "pid_namespace": pid_namespace(),
         "cpus": os.cpu_count(),
         "gpus": gpus(),
         "variables": recorded_variables(),

@@ -660,7 +660,9 @@ class Recorder:
             quitter = getattr(builtins, name, None)
             if quitter is not None:
                 setattr(builtins, name, _ExitWatcher(quitter, self))
-        if threading.current_thread() is threading.main_thread():
+        # (Not in a container's first process: the kernel ignores a SIGTERM it has no handler for,
+        # so re-raising it after the flush would leave training running with the run ended.)
+        if threading.current_thread() is threading.main_thread() and os.getpid() != 1:
             try:
                 previous = signal.getsignal(signal.SIGTERM)
                 if previous in (signal.SIG_DFL, None):

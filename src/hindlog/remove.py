@@ -58,11 +58,12 @@ def remove_runs(runs: Sequence[str] | str, store: str | os.PathLike[str] | Store
         for run in targets.values():
             if run["status"] == "running":
                 raise HindlogError(f"run {run['run_id']} is still recording (process {run.get('pid')}): stop it first")
-            if run["status"] == "killed" and run.get("host") not in (None, here) \
+            if run["status"] == "killed" and run.get("host") is not None and not catalog.seen_from_here(run) \
                     and time.time() - (run.get("heartbeat") or 0) < REMOTE_SILENCE_SECONDS:
                 # Taken for killed because it fell silent, on a machine whose processes cannot be
                 # seen from here: it may still write, into whatever run gets its place.
-                raise HindlogError(f"run {run['run_id']} was recording on {run['host']} until "
+                where = run["host"] if run["host"] != here else f"{here}, in another container (PID namespace)"
+                raise HindlogError(f"run {run['run_id']} was recording on {where} until "
                                    f"{int(time.time() - run['heartbeat'])} s ago and may still be: make sure it has stopped, "
                                    f"and delete it in {int(REMOTE_SILENCE_SECONDS // 60)} minutes or from that machine")
         _check_whole_launches(conn, targets)
