@@ -3491,6 +3491,60 @@ def test_what_a_loop_in_an_imported_module_changes_is_restored(tmp_path: Path) -
     assert proj.values("seen", run) == {(("epoch", e),): 4 * (e + 1) for e in range(5)}
 
 
+def test_what_a_models_state_dict_leaves_out_and_a_tensor_a_loop_fills_are_restored(tmp_path: Path) -> None:
+    """A skipped validation loop leaves the model in eval mode and fills a confusion matrix
+    in place; the step loop counts in a non-persistent buffer; the main loop freezes a
+    parameter. Replays left the model training (a new statement's forward pass drew dropout),
+    the matrix zeros, the buffer at 0, and, in a segment that starts after the freeze, the
+    parameter trainable: none of them is in a state_dict, and a tensor changed in place was not
+    checkpointed."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import torch.nn.functional as F
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5))
+        model.register_buffer("seen", torch.zeros(1), persistent=False)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        hl.checkpoints(model=model, opt=opt)
+        X, Y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        for epoch in hl.loop("epoch", range(6)):
+            model.train()
+            if epoch == 2:
+                model[0].bias.requires_grad_(False)
+            for i in hl.loop("step", range(4)):
+                loss = F.cross_entropy(model(X[i * 8:(i + 1) * 8]), Y[i * 8:(i + 1) * 8])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                model.seen += 8
+            cm = torch.zeros(3, 3)
+            for i in hl.loop("val", range(4)):
+                model.eval()
+                with torch.no_grad():
+                    pred = model(X[i * 8:(i + 1) * 8]).argmax(1)
+                cm.index_put_((Y[i * 8:(i + 1) * 8], pred), torch.ones(8), accumulate=True)
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    names = ["cm", "training", "trainable", "seen", "out"]
+    new = insert_after(text, 'hl.log("loss", loss.item())',
+                       'hl.log("cm", cm.tolist())\nhl.log("training", model.training)\n'
+                       'hl.log("trainable", sum(p.requires_grad for p in model.parameters()))\n'
+                       'hl.log("seen", model.seen.item())\nhl.log("out", model(X).sum().item())')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out
+    truth = ground_truth(tmp_path, {"train.py": new}, names)
+    for name in names:
+        assert_same_values(proj.values(name, run), truth[name], name)
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

@@ -54,6 +54,7 @@ from .state import (
     FrozenTensor,
     capturable_locals,
     frame_variables,
+    is_tensor,
     own_class,
     declare,
     is_random_generator,
@@ -847,7 +848,7 @@ class Checkpointer:
         own = frame_variables(frame)
         for n in names:
             v = f_locals.get(n) if own is None or n in own else frame.f_globals.get(n)  # (a module's list the loop appends to)
-            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or own_class(type(v)) or (
+            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or own_class(type(v)) or is_tensor(v) or (
                     hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
                 out.add(n)
         return out

@@ -749,31 +749,47 @@ def thaw(skeleton: Any, tensors: list[Any]) -> Any:
 # ----------------------------------------------------------------- what one checkpoint holds
 
 
-#: The key under which a module's checkpoint holds its plain attributes, beside its state_dict.
+#: The key under which a module's checkpoint holds what its state_dict leaves out, beside it.
 MODULE_ATTRIBUTES = "__hindlog_attributes__"
 _PLAIN = (int, float, bool, str, type(None))
 
 
-def _module_attributes(module: Any) -> dict[str, dict[str, Any]]:
-    """The plain attributes of ``module`` and its submodules (by their path), which its
-    ``state_dict`` leaves out: the training flag, and counters the script keeps on it
-    (``model.steps_seen += 1``)."""
-    out = {}
+def _module_attributes(module: Any, saved: Collection[str]) -> dict[str, Any]:
+    """What ``module``'s ``state_dict`` (whose keys are ``saved``) leaves out: the plain
+    attributes of it and its submodules, by their path (the training flag, counters the script
+    keeps on it: ``model.steps_seen += 1``), its frozen parameters (``requires_grad``), and its
+    buffers registered ``persistent=False``."""
+    attributes = {}
     for path, m in module.named_modules():
         attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and (
             type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)))}
         if attrs:
-            out[path] = attrs
-    return out
+            attributes[path] = attrs
+    frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
+    buffers = {name: b for name, b in module.named_buffers() if name not in saved and b is not None}
+    return {"attributes": attributes, "frozen": frozen, "buffers": buffers}
 
 
-def _set_module_attributes(module: Any, attributes: dict[str, dict[str, Any]]) -> None:
+def _set_module_attributes(module: Any, extra: dict[str, Any]) -> None:
     modules = dict(module.named_modules())
-    for path, attrs in attributes.items():
+    for path, attrs in extra["attributes"].items():
         m = modules.get(path)
         if m is not None:
             for k, v in attrs.items():
                 setattr(m, k, v)
+    frozen = set(extra["frozen"])
+    for name, p in module.named_parameters():
+        if p.requires_grad == (name in frozen):
+            p.requires_grad_(name not in frozen)
+    if extra["buffers"]:
+        import torch
+
+        live = dict(module.named_buffers())
+        with torch.no_grad():
+            for name, value in extra["buffers"].items():
+                b = live.get(name)
+                if b is not None and b.shape == value.shape:
+                    b.copy_(value)
 
 
 def state_of(d: Declared) -> Any:
@@ -781,7 +797,7 @@ def state_of(d: Declared) -> Any:
     if d.kind == "module":
         # Not the gradients: they double the copy; replay runs the loops before code that reads them.
         state = d.obj.state_dict(keep_vars=True)
-        state[MODULE_ATTRIBUTES] = _module_attributes(d.obj)
+        state[MODULE_ATTRIBUTES] = _module_attributes(d.obj, state)
         return state
     if d.kind == "stateful":
         return d.obj.state_dict()
@@ -999,11 +1015,18 @@ def frame_variables(frame: types.FrameType) -> frozenset[str] | None:
 
 def _restore_value(current: Any, new: Any) -> Any:
     # Containers, and objects of the script's own class (a trainer's ``self``), are restored in
-    # place: the frames further up the stack that hold them see the restored state too.
+    # place: the frames further up the stack that hold them see the restored state too. (Not a
+    # tensor: a local the loop rebinds, such as ``loss``, may be the one the code after it kept
+    # in a list in the previous iteration.)
     if current is not None and same_class(type(current), type(new)) and (
             type(current) in (list, dict, set, collections.deque) or own_class(type(current))):
         return replace_in_place(current, new)
     return new
+
+
+def is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def same_class(a: type, b: type) -> bool:
