@@ -868,6 +868,34 @@ def test_a_snapshot_outside_git_stops_at_its_file_limit_and_says_so(plain_projec
         codeversion.MAX_SNAPSHOT_FILES
 
 
+def test_hl_log_in_a_dataloader_worker_is_reported_not_silently_lost(project: Project) -> None:
+    """``hl.log`` in a Dataset's ``__getitem__`` with ``num_workers=2``: the forked workers have
+    no writer, and the values vanished without a word."""
+    pytest.importorskip("torch")
+    proc = project.run(
+        """
+        import torch
+        import hindlog as hl
+        from torch.utils.data import DataLoader, Dataset
+
+        class Data(Dataset):
+            def __len__(self):
+                return 8
+            def __getitem__(self, k):
+                hl.log("item", k)
+                return torch.tensor([float(k)])
+
+        loader = DataLoader(Data(), batch_size=4, num_workers=2)
+        for epoch in hl.loop("epoch", range(2)):
+            for batch in hl.loop("step", loader):
+                hl.log("b", float(batch.sum()))
+        """
+    )
+    assert proc.stderr.count("hl.log was called in a child process of this run") == 1, proc.stderr
+    assert "logged_in_child_process" in project.run_info()["flags"]
+    assert project.values("item") == [] and len(project.values("b")) == 4
+
+
 def test_a_store_that_cannot_be_created_never_breaks_training(project: Project, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

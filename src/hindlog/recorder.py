@@ -226,6 +226,11 @@ class Recorder:
                              run_fields=run_fields, on_damage=store.set_aside_damaged_catalog)
         self._commit_gap = min(COMMIT_GAP, self.writer.interval)
         self.append = self.writer.append
+        #: Set by a forked child (a DataLoader worker) whose ``hl.log`` was called: the child has
+        #: no writer, and its values are lost, which the parent then says once.
+        self._child_logged = _shared_flag()
+        self._child_log_noted = False
+        _watch_forks()
         self._snapshot_thread = threading.Thread(target=self._snapshot_code, name="hindlog-code", daemon=True)
         if self.controller is None:
             self._snapshot_thread.start()
@@ -496,6 +501,8 @@ class Recorder:
             self.controller.main_loop_done()
 
     def _iteration_end(self, i: int, frame: Any) -> None:
+        if self._child_logged is not None and self._child_logged[0] and not self._child_log_noted:
+            self._note_child_logs()
         if self.checkpointer is not None:
             self.checkpointer.iteration_end(i, frame)
         if self.controller is not None:
@@ -736,7 +743,31 @@ class Recorder:
         if interrupted and not at_exit:
             raise KeyboardInterrupt
 
+    def _note_child_logs(self) -> None:
+        self._child_log_noted = True
+        warnings.warn(
+            "hindlog: hl.log was called in a child process of this run (a DataLoader worker running a Dataset's "
+            "__getitem__, a multiprocessing pool's worker): values logged there are not recorded. Log them in the "
+            "main process (return them with the batch), or use num_workers=0.",
+            RuntimeWarning,
+        )
+        self.writer.change("flag", "logged_in_child_process")
+
+    def in_forked_child(self) -> None:
+        """This process is a child forked from the recording one: its ``hl.log`` calls are not
+        recorded (the writer thread did not survive the fork); the parent is told."""
+        flag = self._child_logged
+        def drop(item: Any) -> None:
+            # (Not for what a worker prints, which ``hindlog run`` captures as ``@stdout``.)
+            if flag is not None and type(item) is tuple and len(item) == 3 and not str(item[1]).startswith("@stdout"):
+                flag[0] = 1
+
+        self.append = drop
+        self.writer.append = drop
+
     def _finish(self, status: str) -> None:
+        if self._child_logged is not None and self._child_logged[0] and not self._child_log_noted:
+            self._note_child_logs()
         self.finished = True
         self.status = status
         try:
@@ -904,6 +935,35 @@ def _interrupts_deferred() -> Iterator[list[int]]:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         except (ValueError, OSError, TypeError):
             pass
+
+
+def _shared_flag() -> Any:
+    """One byte of memory that processes forked from this one share with it (None where there is
+    no such memory)."""
+    try:
+        import mmap
+
+        return mmap.mmap(-1, 1)
+    except (OSError, ValueError, ImportError):
+        return None
+
+
+_forks_watched = False
+
+
+def _watch_forks() -> None:
+    global _forks_watched
+    if not _forks_watched and hasattr(os, "register_at_fork"):
+        _forks_watched = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _after_fork_in_child() -> None:
+    from . import record
+
+    rec = record._recorder
+    if rec is not None and not rec.finished:
+        rec.in_forked_child()
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
