@@ -4,6 +4,7 @@ Real recordings in a real git repository; the catalog is read with plain SQLite.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,44 @@ def test_rm_failed_deletes_the_runs_that_failed_only(two_runs: tuple[CkProject, 
     assert f"deleted run {failed}," in done.stdout, done.stdout
     assert proj.run_ids() == [first, second]
     assert "No run failed here" in proj.cli("rm", "--failed", "--yes").stdout
+
+
+def test_a_run_deleted_while_it_still_records_never_writes_under_the_next_runs_id(tmp_path: Path) -> None:
+    """`hindlog rm` of a run it took for ended (its process unseen: another container) while it
+    still recorded: its writer went on writing under its old id, which SQLite gave the next new
+    run, so that run showed the deleted run's records and checkpoints as its own."""
+    from conftest import Lines, new_git_project
+
+    project = new_git_project(tmp_path / "proj")
+    proc = project.start(
+        """
+        import time
+        import hindlog as hl
+        for epoch in hl.loop("epoch", range(60)):
+            hl.log("a", epoch)
+            if epoch == 2:
+                print(hl.run_id(), flush=True)
+            time.sleep(0.05)
+        """
+    )
+    lines = Lines(proc)
+    try:
+        first = lines.next()
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        with project.db() as conn:  # its process, as seen from here, has ended
+            conn.execute("UPDATE runs SET pid=? WHERE run_id=?", (dead.pid, first))
+        project.cli("rm", first, "--yes")
+        project.write("b.py", "import hindlog as hl\nfor e in hl.loop('epoch', range(3)):\n    hl.log('b', e)\n")
+        project.run(script="b.py")
+        proc.wait(timeout=60)
+        err = proc.stderr.read() if proc.stderr else ""
+    finally:
+        stop(proc)
+    runs = project.runs().set_index("script")
+    assert project.values("a", runs.loc["b.py", "run_id"]) == []
+    assert project.values("b", runs.loc["b.py", "run_id"]) == [0, 1, 2]
+    again = runs.loc["train.py"]
+    assert again["run_id"] == first and "deleted_while_recording" in again["flags"], runs
+    assert project.values("a", first)[-1] == 59
+    assert f"run {first} was deleted from" in err, err

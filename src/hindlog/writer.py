@@ -100,6 +100,7 @@ class Writer:
         #: the one it started in (a damaged catalog another process set aside); None where the
         #: run must be in the catalog already (replay, resume), whose records then wait.
         self.run_fields = run_fields
+        self._row_deleted = False  # the run's row vanished from the catalog it records into
         #: What this writer's commands have changed in the run's row since: fields, info keys,
         #: flags and arguments (merged, so it stays small), for the same purpose.
         self._row_fields: dict[str, Any] = {}
@@ -374,18 +375,28 @@ class Writer:
                 for name, value in self._row_args.items():
                     catalog.set_arg(conn, self.run, name, value)
             return
-        fields["flags"] = [*self._row_flags, "catalog_replaced"]
+        deleted = self._row_deleted
+        self._row_deleted = False
+        flag = "deleted_while_recording" if deleted else "catalog_replaced"
+        fields["flags"] = [*self._row_flags, flag]
         fields["info"] = {**(fields.get("info") or {}), **self._row_info}
         self.run = catalog.insert_run(conn, fields)
         with catalog.transaction(conn):
             for name, value in self._row_args.items():
                 catalog.set_arg(conn, self.run, name, value)
-        # The loop contexts written so far went to the old catalog; the records still to come
-        # may refer to any of them.
+        # The loop contexts written so far went with the old row; the records still to come may
+        # refer to any of them.
         pending = set(self._pending_contexts[0::3])
         for ctx, cid in self._ctx_ids.items():
             if cid not in pending:
                 self._pending_contexts.extend((cid, *self._context_row(ctx)))
+        if deleted:
+            warnings.warn(
+                f"hindlog: run {self.run_id} was deleted from {self.catalog_path} while it still recorded (`hindlog rm` "
+                f"from a process that took it for ended?). It goes on recording under a new row, flagged {flag}; what it "
+                "recorded before is gone.", RuntimeWarning, stacklevel=2,
+            )
+            return
         warnings.warn(
             f"hindlog: the catalog {self.catalog_path} was replaced while run {self.run_id} recorded (another process "
             f"set a damaged catalog aside?). The run goes on recording into the new one, flagged catalog_replaced; "
@@ -418,6 +429,12 @@ class Writer:
         try:
             conn = self._connection()
             with catalog.transaction(conn):
+                # First, and by id and run id together: a run deleted while it recorded (``hindlog
+                # rm`` that took it for dead) must not write under its old id, which SQLite gives the
+                # next new run.
+                if self.run is not None and conn.execute("UPDATE runs SET heartbeat=? WHERE id=? AND run_id=?",
+                                                         (time.time(), self.run, self.run_id)).rowcount == 0:
+                    raise _RunRowGone
                 spilled = self._load_spills(conn)
                 if contexts:
                     catalog.bulk_insert_contexts(conn, self.run, contexts)
@@ -429,7 +446,6 @@ class Writer:
                     catalog.bulk_insert_records(conn, self.run, self.source, params)
                 for cmd in commands:
                     cmd.fn(conn)
-                conn.execute("UPDATE runs SET heartbeat=? WHERE id=?", (time.time(), self.run))
             self.last_commit = time.monotonic()
             self.commits += 1
             if self.run_fields is not None:
@@ -437,6 +453,12 @@ class Writer:
             for path in spilled:  # only once their rows are committed
                 self._spill_files.remove(path)
                 _unlink(path)
+        except _RunRowGone:
+            # Registered again, as in a replaced catalog, with what is still to come.
+            self._close_connection()
+            self._row_deleted = True
+            self.run = -1  # (not None: the run had a row; ``_find_run`` registers it again)
+            return self._commit()
         except Exception as e:  # noqa: BLE001 - an unreadable catalog or spill file must not stop the writer
             self._on_failure(e)
             for cmd in commands:  # waiters must not hang on an unwritable catalog
@@ -545,6 +567,10 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+class _RunRowGone(Exception):
+    """The run's row is no longer in the catalog (deleted while the run recorded)."""
 
 
 def _unlink(path: Path) -> None:
