@@ -547,3 +547,39 @@ def test_resume_a_main_loop_over_a_shuffling_loader_keeps_the_recorded_order(tmp
     # The steps after the checkpoint, logged again, read the same batches as before the failure.
     assert {k: v for k, v in resumed.items() if k[0] <= 6} == logged
     assert sorted({k[0] for k in resumed}) == list(range(10))
+
+
+PERSISTENT_LOADER = """
+import os, time
+import torch
+import hindlog as hl
+from torch.utils.data import DataLoader, TensorDataset
+
+torch.manual_seed(0)
+w = torch.zeros(2)
+hl.checkpoints(w=w)
+loader = DataLoader(TensorDataset(torch.arange(8.0)), batch_size=4, num_workers=1, persistent_workers=True)
+for epoch in hl.loop("epoch", range(4)):
+    for (x,) in hl.loop("step", loader):
+        w += x.sum()
+        time.sleep(0.05)
+    hl.log("w", float(w.sum()))
+    if epoch == 2 and os.path.exists("fail.flag"):
+        raise RuntimeError("crashed")
+"""
+
+
+def test_resume_says_that_persistent_dataloader_workers_draw_anew(tmp_path: Path) -> None:
+    """A resumed run's persistent DataLoader workers seed themselves from the resumed process's
+    generator, not as the record's did at its first epoch: their random augmentations differ
+    from an uninterrupted run's, and resume said nothing."""
+    pytest.importorskip("torch")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", PERSISTENT_LOADER)
+    (proj.root / "fail.flag").write_text("x")
+    failed = proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0.9"})
+    assert failed.returncode == 1, failed.stderr
+    (proj.root / "fail.flag").unlink()
+    (run_id,) = proj.run_ids()
+    resumed = proj.cli("resume", run_id)
+    assert "the DataLoader 'loader' keeps persistent workers" in resumed.stderr, resumed.stderr

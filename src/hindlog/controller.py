@@ -457,6 +457,14 @@ class ResumeController(Controller):
         first = loaded.iteration + 1
         it = skip(it, first)
         apply(loaded, self.recorder.declared, frame, strict=False)
+        for name in persistent_loaders(frame.f_locals):
+            warnings.warn(
+                f"hindlog: the DataLoader {name!r} keeps persistent workers: they drew their random seed when the record "
+                f"first iterated it, and these draw theirs now, so what they draw from iteration {first} on (random "
+                "augmentations) is not what the killed run would have drawn; the resumed run's values differ from an "
+                "uninterrupted run's from there.",
+                RuntimeWarning,
+            )
         return first, it
 
     def timing(self, timing: dict[str, Any]) -> dict[str, Any]:
@@ -483,6 +491,16 @@ class ResumeController(Controller):
         if self.prior_info.get("preloop_seconds") is not None:
             out["preloop_seconds"] = self.prior_info["preloop_seconds"]
         return out
+
+
+def persistent_loaders(scope: dict[str, Any]) -> list[str]:
+    """The names of the DataLoaders in ``scope`` whose worker processes live across epochs."""
+    torch = sys.modules.get("torch")
+    loader = getattr(getattr(getattr(torch, "utils", None), "data", None), "DataLoader", None) if torch else None
+    if loader is None:
+        return []
+    return [name for name, value in scope.items() if isinstance(value, loader)
+            and getattr(value, "persistent_workers", False) and getattr(value, "num_workers", 0) > 0]
 
 
 class ReplayController(Controller):
