@@ -3545,6 +3545,51 @@ def test_what_a_models_state_dict_leaves_out_and_a_tensor_a_loop_fills_are_resto
         assert_same_values(proj.values(name, run), truth[name], name)
 
 
+def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
+    """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
+    it failed with torch's "different number of parameter groups" (its process had not added
+    the group yet), and the record warned that the main loop changes ``back``, a submodule of
+    the declared model."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        back, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+        model = torch.nn.Sequential(back, head)
+        back.requires_grad_(False)
+        opt = torch.optim.Adam(head.parameters(), lr=0.01)
+        hl.checkpoints(model=model, opt=opt)
+        X, Y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+        for epoch in hl.loop("epoch", range(8)):
+            if epoch == 3:
+                back.requires_grad_(True)
+                opt.add_param_group({"params": list(back.parameters()), "lr": 0.001})
+            for i in hl.loop("step", range(8)):
+                loss = torch.nn.functional.cross_entropy(model(X[i * 8:(i + 1) * 8]), Y[i * 8:(i + 1) * 8])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    proj.write("train.py", text)
+    recorded = proj.python("train.py", env=DENSE)
+    assert "do not hold" not in recorded.stderr, recorded.stderr
+    run = proj.run_ids()[-1]
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("wn", float(back.weight.norm()))')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--iterations", "6:8").stdout
+    assert summary(out)["checked"] == 2, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["wn"])
+    got = proj.values("wn", run)
+    assert got and all(got[k] == truth["wn"][k] for k in got), (got, truth["wn"])
+    assert sorted(dict(k)["epoch"] for k in got) == [6, 7]
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

@@ -944,6 +944,9 @@ class Checkpointer:
         """Objects with a ``state_dict`` (or random generators) that the main loop changes and
         ``hl.checkpoints`` does not hold, by name."""
         declared_ids = {id(d.held) for d in self.declared.values()}
+        for d in self.declared.values():
+            if d.kind == "module":  # (a declared model's backbone is in its state)
+                declared_ids.update(id(m) for m in d.obj.modules())
         scope = frame.f_locals
         undeclared = {
             n: scope[n] for n in facts.mutated
@@ -952,7 +955,8 @@ class Checkpointer:
         }
         # A model the loop only calls (``model(x)``), trained by a declared optimizer.
         everything = {**frame.f_globals, **scope}
-        undeclared.update({n: everything[n] for n in trained_by({d.name: d.held for d in self.declared.values()}, everything)})
+        undeclared.update({n: everything[n] for n in trained_by({d.name: d.held for d in self.declared.values()}, everything)
+                           if id(everything[n]) not in declared_ids})
         return undeclared
 
     def _adopt_undeclared(self, frame: FrameType, facts: Any) -> bool:

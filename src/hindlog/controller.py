@@ -30,6 +30,7 @@ from . import catalog
 from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
 from .errors import ReplayError
 from .restore import apply
+from .state import optimizer_groups_fit
 from .values import decode, encode, equal
 from .writer import pid_alive
 
@@ -361,6 +362,11 @@ class Controller:
             return 0, it
         t0 = time.perf_counter()
         loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)
+        while loaded is not None and not all(optimizer_groups_fit(d, loaded.objects.get(name))
+                                             for name, d in self.recorder.declared.items()):
+            # The run added an optimizer group after this process's start (unfreezing a backbone):
+            # from a checkpoint before that, running the main loop makes the change here too.
+            loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=loaded.iteration - 1)
         wanted = max((i for i in self.rows if i < start and ITERATION_END in self.rows[i]), default=None)
         if self.spec.get("common_checkpoints") is not None and (loaded.iteration if loaded else None) != wanted:
             # The other ranks start from the checkpoint this one could not read.

@@ -869,6 +869,17 @@ def load_into(d: Declared, value: Any) -> Any:
     return obj
 
 
+def optimizer_groups_fit(d: Declared, value: Any) -> bool:
+    """Whether a checkpoint's ``value`` of the declared ``d`` has the parameter groups (and their
+    sizes) of the live optimizer: a run that adds one as it trains (unfreezing a backbone) has
+    checkpoints a process that has not added it yet cannot load. True for anything else."""
+    torch = sys.modules.get("torch")
+    if d.kind != "stateful" or torch is None or not isinstance(d.obj, torch.optim.Optimizer) or not isinstance(value, dict):
+        return True
+    held = [len(g.get("params", [])) for g in value.get("param_groups", [])]
+    return held == [len(g["params"]) for g in d.obj.param_groups]
+
+
 def _load_optimizer(torch: Any, opt: Any, value: Any) -> None:
     """``opt.load_state_dict(value)``, then the loaded values copied into the state tensors
     the optimizer already had, which stay in place.
@@ -878,6 +889,16 @@ def _load_optimizer(torch: Any, opt: Any, value: Any) -> None:
     page of them, a page fault each (on the 156 MB fine-tuning state, more than the three
     optimizer steps a restore stood in for). The memory the optimizer already used is
     mapped, and keeping it also keeps references to it valid."""
+    held = [len(g.get("params", [])) for g in value.get("param_groups", [])] if isinstance(value, dict) else None
+    live = [len(g["params"]) for g in opt.param_groups]
+    if held is not None and held != live:  # (replay starts from an earlier checkpoint: optimizer_groups_fit)
+        from .errors import CheckpointError
+
+        raise CheckpointError(
+            f"the checkpoint's optimizer has {len(held)} parameter group(s) of {held} parameters, the script's has "
+            f"{len(live)} of {live}: the run changed its groups while it trained (opt.add_param_group when unfreezing "
+            "a backbone), and a resume that starts after the change has not made it yet: such a run cannot be resumed "
+            "past the change")
     old: dict[tuple[int, Any], Any] = {}
     for param, st in opt.state.items():
         for key, v in st.items():
