@@ -920,6 +920,24 @@ def test_a_worker_killed_by_a_signal_is_named_with_the_signal(counter) -> None:
     assert "the worker was killed by SIGKILL: by the kernel's out-of-memory killer" in result.stderr, result.stderr
 
 
+def test_a_file_made_after_the_run_is_named_when_a_new_statement_cannot_find_it(counter) -> None:
+    """A held-out set saved after the run, read by a new statement by its relative path: the
+    replay's copy of the project leaves it out (made since the run started), and the failure
+    told the user to "make the statement work" in the run's code."""
+    proj, run = counter
+    proj.write("data/heldout.txt", "3\n")
+    statement = 'hl.log("held", float(open("data/heldout.txt").read()))'
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', statement))
+    result = proj.replay("train.py", "--workers", "1", check=False)
+    assert result.returncode != 0
+    assert "data/heldout.txt is in the project, but made or changed since the run started" in result.stderr, result.stderr
+    assert str(proj.root / "data" / "heldout.txt") in result.stderr
+    absolute = f'hl.log("held", float(open({str(proj.root / "data" / "heldout.txt")!r}).read()))'
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', absolute))
+    proj.replay("train.py", "--workers", "1")
+    assert set(proj.values("held", run).values()) == {3.0}
+
+
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     # A recorded value with noise in its last digits (like a GPU reduction), different every time.

@@ -9,6 +9,7 @@ import os
 import sqlite3
 import sys
 import warnings
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -736,6 +737,14 @@ def _replay(args: argparse.Namespace) -> int:
                 continue
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
             new_line = _failing_new_statement(tail, r.scratch, plan)
+            newer = _newer_than_the_run(last, args.store)
+            if newer is not None:
+                print(f"  segment {start}:{end} failed: {last}", file=sys.stderr)
+                print(f"  {newer[0]} is in the project, but made or changed since the run started: a replay sees the "
+                      "project's files as they were then (a file made since could not have been read by the run, and "
+                      "one the run wrote would be its final state, not what the code read at that point). A new "
+                      f"statement may read it by its absolute path, {newer[1]}", file=sys.stderr)
+                continue
             if new_line is not None:
                 # The new code failed (it reads a name this run's version of the code lacks, say):
                 # replaying the segment alone fails the same way.
@@ -774,6 +783,20 @@ def _replay(args: argparse.Namespace) -> int:
     if report.skipped_runs:
         status = status or 1
     return status
+
+
+def _newer_than_the_run(last: str, store: str | None) -> tuple[str, Path] | None:
+    """The project's file that a worker's last line (``FileNotFoundError: ... 'data/val.pt'``)
+    did not find in the replay's copy of the project, where the project has it."""
+    import re
+
+    from .store import Store
+
+    found = re.match(r"FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'", last)
+    if found is None or Path(found.group(1)).is_absolute():
+        return None
+    candidate = Store.for_project(store=store).root / found.group(1)
+    return (found.group(1), candidate) if candidate.exists() else None
 
 
 def _failing_new_statement(tail: str, scratch: str | None, plan: Any) -> str | None:
