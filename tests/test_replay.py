@@ -938,6 +938,51 @@ def test_a_file_made_after_the_run_is_named_when_a_new_statement_cannot_find_it(
     assert set(proj.values("held", run).values()) == {3.0}
 
 
+BEST_SAVED = """
+import time
+import numpy as np
+import hindlog as hl
+
+w = np.zeros(3)
+hl.checkpoints(w=w)
+best = -1e9
+for epoch in hl.loop("epoch", range(6)):
+    for i in hl.loop("step", range(4)):
+        w += np.random.normal(size=3)
+        time.sleep(0.01)
+    score = float(w[0])
+    if score > best:
+        best = score
+        np.save("best.npy", w)
+    hl.log("score", score)
+final = np.load("best.npy")
+"""
+
+
+def test_a_segment_that_reads_a_file_another_workers_segment_wrote_is_not_kept(tmp_path: Path) -> None:
+    """The workers share one copy of the project: the last segment loaded the best model that
+    another segment's worker had saved there (or would have, a moment later), not the one the
+    record loaded, and its new values were stored as if they were right; a log file each
+    worker appended to held some segments' lines."""
+    proj = ReplayProject(tmp_path)
+    text = "import numpy as np\nnp.random.seed(0)\n" + BEST_SAVED
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("score", score)', 'open("scores.txt", "a").write(f"{epoch} {score}\\n")') \
+        + 'hl.log("best_sum", float(final.sum()))\n'
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "3", check=False)
+    assert out.returncode != 0
+    # The last segment reads best.npy after another worker saved one there, or before any did.
+    assert "best.npy, which the replayed script wrote in another segment's worker" in out.stderr \
+        or "the run wrote best.npy while it ran: a segment that starts mid-run has not written it yet" in out.stderr, out.stderr
+    assert "Replay with --workers 1" in out.stderr
+    assert "scores.txt was written by several segments' workers" in out.stdout, out.stdout
+    assert proj.values("best_sum", run) == {}
+    proj.replay("train.py", "--workers", "1")
+    truth = ground_truth(tmp_path, {"train.py": new}, ["best_sum"])
+    assert proj.values("best_sum", run) == truth["best_sum"]
+
+
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     # A recorded value with noise in its last digits (like a GPU reduction), different every time.

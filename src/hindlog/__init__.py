@@ -44,7 +44,7 @@ if "HINDLOG_SCRATCH" in _os.environ:
     # A replay worker: what the replayed code writes stays in the replay's scratch copy.
     from .scratchguard import install as _install_scratch_guard
 
-    _install_scratch_guard(_os.environ["HINDLOG_SCRATCH"])
+    _install_scratch_guard(_os.environ["HINDLOG_SCRATCH"], int(_os.environ.get("HINDLOG_WORKERS_STARTED_NS") or 0) or None)
 
 #: Seconds this package's import took (the modules it needs that the script had not imported yet included).
 IMPORT_SECONDS = _time.perf_counter() - IMPORT_STARTED

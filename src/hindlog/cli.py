@@ -738,6 +738,12 @@ def _replay(args: argparse.Namespace) -> int:
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
             new_line = _failing_new_statement(tail, r.scratch, plan)
             newer = _newer_than_the_run(last, args.store)
+            if newer is not None and newer[1].stat().st_mtime <= (query.run_info(r.run_id, store=args.store).get("ended") or 0):
+                print(f"  segment {start}:{end} failed: {last}", file=sys.stderr)
+                print(f"  the run wrote {newer[0]} while it ran: a segment that starts mid-run has not written it yet "
+                      "(and one a worker of another segment wrote is not what the record read). Replay with --workers 1",
+                      file=sys.stderr)
+                continue
             if newer is not None:
                 print(f"  segment {start}:{end} failed: {last}", file=sys.stderr)
                 print(f"  {newer[0]} is in the project, but made or changed since the run started: a replay sees the "
@@ -758,6 +764,16 @@ def _replay(args: argparse.Namespace) -> int:
         if r.failed_segments and r.scratch:
             print(f"  the recorded code and the workers' logs (.hindlog-worker-K.log) are in {r.scratch}; "
                   "delete it when done", file=sys.stderr)
+        for start, end, files in r.shared_reads:
+            status = 1
+            print(f"  segment {start}:{end} read {', '.join(files[:3])}{' and more' if len(files) > 3 else ''}, which the "
+                  "replayed script wrote in another segment's worker (the workers share one copy of the project): not "
+                  "what the record read there, so its new values are not kept. Replay with --workers 1", file=sys.stderr)
+        shared_outputs = [name for name in r.outputs_shared if name not in r.outputs_again]
+        if shared_outputs:
+            print(f"  note: {', '.join(shared_outputs[:3])}{' and more' if len(shared_outputs) > 3 else ''} "
+                  f"{'was' if len(shared_outputs) == 1 else 'were'} written by several segments' workers: each holds "
+                  "the iterations of the worker that wrote it last; --workers 1 writes them whole")
         if r.divergences:
             status = 1
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)

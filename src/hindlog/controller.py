@@ -791,6 +791,10 @@ class ReplayController(Controller):
             "warnings": self.warnings,
             "completed": True,
         }
+        guard = sys.modules.get("hindlog.scratchguard")
+        if guard is not None:
+            result["files_written"] = sorted(guard.WRITTEN)
+            result["files_read_made"] = sorted(guard.READ_MADE)
         tmp = self.result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, default=str))
         os.replace(tmp, self.result_path)

@@ -127,6 +127,11 @@ class RunResult:
     outputs_again: list[str] = field(default_factory=list)
     #: Values the recorded code logged past where the (killed or failed) run stopped: not kept.
     past_record: int = 0
+    #: Segments (start, end, files) that read files another segment's worker wrote: their
+    #: values are dropped as a diverged segment's are (``_files_shared_by_workers``).
+    shared_reads: list[tuple[int, int, list[str]]] = field(default_factory=list)
+    #: Files several workers wrote, each holding only the last writer's iterations.
+    outputs_shared: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -1057,6 +1062,8 @@ def _execute(
         raise ReplayError(f"{plan.script} is not in the recorded code of run {plan.run_id}")
     procs: list[tuple[Segment, subprocess.Popen[bytes], Path, Path, Path]] = []
     shared_cores = len(plan.segments) * recorded_threads(run) > usable_cores()
+    workers_started_ns = time.time_ns()  # files of the copy changed since are the workers'
+    time.sleep(0.002)  # (a file system's coarse timestamps: the copy's files are older than that)
     for k, seg in enumerate(plan.segments):
         spec = {
             "mode": "replay",
@@ -1087,7 +1094,8 @@ def _execute(
             proc = subprocess.Popen(
                 [*worker_command(run, script_path), *argv[1:]],
                 cwd=_worker_cwd(store, run, scratch),
-                env=_worker_env(store, run, args, spec_path, scratch, plan.gpus[k] if k < len(plan.gpus) else None, shared_cores),
+                env={**_worker_env(store, run, args, spec_path, scratch, plan.gpus[k] if k < len(plan.gpus) else None, shared_cores),
+                     "HINDLOG_WORKERS_STARTED_NS": str(workers_started_ns)},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -1188,6 +1196,8 @@ def _execute(
         result.skipped_blocks += data["skipped_blocks"]
         result.run_blocks += data["run_blocks"]
         result.restore_seconds += data.get("restore_seconds", 0.0)
+    if len(procs) > 1:
+        _files_shared_by_workers(procs, result, diverged)
     if diverged and not keep_diverged:
         # A segment whose recomputed values differ from the recorded ones did not run from the
         # record's state: the new values it computed cannot be trusted, and are not kept (an
@@ -1198,7 +1208,7 @@ def _execute(
         kept = [k for k in kept if k not in diverged]
     result.replaced = _publish(store, plan, base, len(procs), kept, [k for k in diverged if k in kept], tolerance, result.stale)
     written, result.outputs_again = written_files(store, run, scratch, before)
-    if result.ok and not result.divergences:
+    if result.ok and not result.divergences and not result.shared_reads:
         outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, written)
         result.outputs_dir = str(outputs_dir) if result.outputs else None
     elif written:
@@ -1600,3 +1610,32 @@ def _killed_by(signum: int) -> str:
         return (f"the worker was killed by {name}: by the kernel's out-of-memory killer (see `dmesg`), a job "
                 "scheduler's limit, or by hand. Fewer --workers use less memory")
     return f"the worker was ended by {name}"
+
+
+def _files_shared_by_workers(procs: list[tuple[Any, ...]], result: RunResult, diverged: list[int]) -> None:
+    """The workers share one copy of the project: a segment that read a file another segment's
+    worker wrote (a best model saved mid-run, loaded after the main loop) did not read what the
+    record did, and its values are dropped as a diverged segment's are; a file several workers
+    wrote holds only the last one's iterations."""
+    written: dict[int, set[str]] = {}
+    read: dict[int, set[str]] = {}
+    for k, (_seg, _proc, result_path, *_rest) in enumerate(procs):
+        try:
+            data = json.loads(result_path.read_text())
+        except (OSError, ValueError):
+            continue
+        written[k] = set(data.get("files_written", []))
+        read[k] = set(data.get("files_read_made", []))
+    for k, names in read.items():
+        others = set().union(*(w for j, w in written.items() if j != k))
+        shared = sorted(names & others)
+        if shared:
+            seg = procs[k][0]
+            result.shared_reads.append((seg.start, seg.end, shared))
+            if k not in diverged:
+                diverged.append(k)
+    counts: dict[str, int] = {}
+    for names in written.values():
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    result.outputs_shared = sorted(name for name, n in counts.items() if n > 1)

@@ -53,15 +53,28 @@ _STAGED = ".hindlog-staged-"
 _renameat2: Any = None
 
 
-def install(scratch: str) -> None:
-    """Keep this process's writes under ``scratch`` out of the links in it."""
+#: Files of the copy (paths relative to its root) this process opened to write, and those it
+#: opened to read that a worker of the replay had made or changed (not the recorded code, not a
+#: linked input): the workers share the copy, and a segment that reads what another segment's
+#: worker wrote (a best model saved mid-run) did not read what the record did there.
+WRITTEN: set[str] = set()
+READ_MADE: set[str] = set()
+
+
+def install(scratch: str, made_after_ns: int | None = None) -> None:
+    """Keep this process's writes under ``scratch`` out of the links in it; ``made_after_ns``:
+    when the replay's workers started (files changed since are theirs, for ``READ_MADE``)."""
     # The scratch path as given (the script's __file__ is under it) and as resolved (the
     # working directory is): a path under either is in the copy.
     roots = tuple(dict.fromkeys((os.path.abspath(scratch), os.path.realpath(scratch))))
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
         if event == "open":
-            if len(args) < 3 or not isinstance(args[2], int) or not args[2] & _WRITING:
+            if len(args) < 3 or not isinstance(args[2], int):
+                return
+            if made_after_ns is not None:
+                _note(roots, args[0], args[2] & _WRITING, made_after_ns)
+            if not args[2] & _WRITING:
                 return
             # A write that truncates the file needs none of the linked file's content.
             keep = not args[2] & os.O_TRUNC
@@ -79,6 +92,27 @@ def install(scratch: str) -> None:
                     _guard(roots, args[k], keep_content=True, changed=k in changed)
 
     sys.addaudithook(hook)
+
+
+def _note(roots: tuple[str, ...], path: Any, writing: int, made_after_ns: int) -> None:
+    if getattr(_busy, "active", False) or isinstance(path, int) or path is None:
+        return
+    try:
+        full = os.path.abspath(os.fsdecode(os.fspath(path)))
+        root = next((r for r in roots if full.startswith(r + os.sep)), None)
+        if root is None:
+            return
+        rel = full[len(root) + 1:]
+        if rel.startswith(".hindlog-"):
+            return  # (the workers' own specs, logs and results)
+        if writing:
+            WRITTEN.add(rel)
+        elif not os.path.islink(full):
+            st = os.stat(full)
+            if st.st_mtime_ns >= made_after_ns:
+                READ_MADE.add(rel)
+    except (OSError, ValueError, TypeError):
+        pass
 
 
 def _guard(roots: tuple[str, ...], path: Any, keep_content: bool, changed: bool, whole_tree: bool = False) -> None:
