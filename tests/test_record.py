@@ -896,6 +896,32 @@ def test_hl_log_in_a_dataloader_worker_is_reported_not_silently_lost(project: Pr
     assert project.values("item") == [] and len(project.values("b")) == 4
 
 
+def test_a_loop_that_logs_faster_than_the_writer_commits_waits_for_it_at_its_end(project: Project) -> None:
+    """Logging faster than SQLite takes the records grew the writer's queue without bound (640 MB
+    for 2M values) and a ``kill -9`` lost seconds of them: a loop's end now waits, as blocked
+    time, while more than QUEUE_HIGH records are queued."""
+    proc = project.run(
+        """
+        import hindlog as hl
+        from hindlog import record, recorder
+
+        most = 0
+        for epoch in hl.loop("epoch", range(2)):
+            for k in range(3):
+                for i in hl.loop("step", range(recorder.QUEUE_HIGH // 2)):
+                    hl.log("v", float(i))
+                most = max(most, len(record._recorder.writer.queue))
+        print(most, recorder.QUEUE_HIGH)
+        """,
+        env={"HINDLOG_FLUSH_INTERVAL": "30"},  # the writer commits only when woken
+        timeout=300,
+    )
+    most, high = map(int, proc.stdout.split())
+    assert most <= high, (most, high)
+    assert len(project.values("v")) == 2 * 3 * (high // 2)
+    assert project.run_info()["overhead"] > 0  # the waits are blocked time
+
+
 def test_a_store_that_cannot_be_created_never_breaks_training(project: Project, tmp_path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

@@ -501,6 +501,7 @@ class Recorder:
             self.controller.main_loop_done()
 
     def _iteration_end(self, i: int, frame: Any) -> None:
+        self._catch_up()
         if self._child_logged is not None and self._child_logged[0] and not self._child_log_noted:
             self._note_child_logs()
         if self.checkpointer is not None:
@@ -582,7 +583,22 @@ class Recorder:
         self._level = moved
         return moved
 
+    def _catch_up(self) -> None:
+        """Wait, as blocked time, while the writer has more than ``QUEUE_HIGH`` records queued
+        (a loop that logs faster than SQLite takes them): memory stays bounded, and a ``kill -9``
+        loses what is queued, not minutes of it. Checked as loops end: a check per ``hl.log``
+        would cost every call."""
+        queue = self.writer.queue
+        if len(queue) <= QUEUE_HIGH:
+            return
+        t0 = time.perf_counter()
+        self.writer.wake()
+        while len(queue) > QUEUE_HIGH // 2 and time.perf_counter() - t0 < 10.0 and self.writer.alive():
+            time.sleep(0.002)
+        self.blocked += time.perf_counter() - t0
+
     def _block_exit(self, name: str, frame: Any, broke: bool = False, header: int | None = None) -> None:
+        self._catch_up()
         if self.checkpointer is not None:
             self.checkpointer.block_exit(self.iteration, self.block, name, frame, broke, header)
         self.block += 1
@@ -935,6 +951,10 @@ def _interrupts_deferred() -> Iterator[list[int]]:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         except (ValueError, OSError, TypeError):
             pass
+
+
+#: Records queued for the writer past which a loop's end waits for it (about 0.5 s of its work).
+QUEUE_HIGH = 250_000
 
 
 def _shared_flag() -> Any:

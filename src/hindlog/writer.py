@@ -174,6 +174,10 @@ class Writer:
         data = (kind, payload)
         self.queue.append(_Command(lambda conn: apply_command(conn, self.run, data), None, data))
 
+    def alive(self) -> bool:
+        """Whether the writer thread runs (in a forked child it does not)."""
+        return self._thread.is_alive()
+
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything queued so far is committed (or spilled). False on timeout."""
         if not self._thread.is_alive():
