@@ -619,6 +619,7 @@ def test_a_run_recording_when_its_catalog_is_set_aside_goes_on_in_the_new_one_un
         stop(proc)
     assert proc.returncode == 0, err
     assert f"the catalog {catalog_path} was replaced while run {recording} recorded" in err, err
+    assert f"what it recorded before is in the catalog set aside, {aside}" in err, err
     with pytest.warns(RuntimeWarning, match="is a damaged catalog set aside"):
         runs = project.runs().set_index("run_id")
     assert set(runs.index) == {recording, other}

@@ -909,6 +909,8 @@ def test_a_failed_checkpoint_write_gets_advice_that_fits_its_cause(tmp_path: Pat
     assert "Free some disk space" in _write_advice(OSError(errno.ENOSPC, "No space left on device"), tmp_path)
     assert f"Make {tmp_path} writable" in _write_advice(PermissionError(errno.EACCES, "Permission denied"), tmp_path)
     assert "disk space" not in _write_advice(OSError(errno.EIO, "Input/output error"), tmp_path)
+    too_large = _write_advice(OSError(errno.EFBIG, "File too large"), tmp_path)
+    assert "ulimit -f" in too_large and "disk space" not in too_large
 
 
 def test_policy_keeps_its_margin_in_the_last_iteration_and_budgets_the_wait_for_its_persist() -> None:

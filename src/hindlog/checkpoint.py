@@ -306,8 +306,11 @@ def _median(values: Any) -> float:
 def _write_advice(error: Exception, where: Path) -> str:
     """What to do about a failed checkpoint write, by its cause."""
     code = getattr(error, "errno", None)
-    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if code in (errno.ENOSPC, errno.EDQUOT):
         return f"Free some disk space under {where} for later checkpoints."
+    if code == errno.EFBIG:
+        return (f"A file there would exceed the largest this process may write (`ulimit -f`, a job's file size "
+                f"limit); raise it, or make {where} a file system that allows it, for later checkpoints.")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"Make {where} writable again for later checkpoints."
     return "Later checkpoints are tried as usual."

@@ -401,10 +401,13 @@ class Writer:
                 "recorded before is gone.", RuntimeWarning, stacklevel=2,
             )
             return
+        aside = sorted(self.catalog_path.parent.glob(f"{catalog.DAMAGED_PREFIX}*.db"))
+        before = (f"what it recorded before is in the catalog set aside, {aside[-1]}" if aside else
+                  "what it recorded before went with the old catalog (deleted, or moved by hand)")
         warnings.warn(
-            f"hindlog: the catalog {self.catalog_path} was replaced while run {self.run_id} recorded (another process "
-            f"set a damaged catalog aside?). The run goes on recording into the new one, flagged catalog_replaced; "
-            f"what it recorded before is in the old catalog.", RuntimeWarning, stacklevel=2,
+            f"hindlog: the catalog {self.catalog_path} was replaced while run {self.run_id} recorded (a damaged one "
+            f"set aside by another process, or the store deleted). The run goes on recording into the new one, "
+            f"flagged catalog_replaced; {before}.", RuntimeWarning, stacklevel=2,
         )
 
     def _context_row(self, ctx: tuple[Any, ...]) -> tuple[int | None, str]:
