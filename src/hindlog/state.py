@@ -998,6 +998,8 @@ def capturable_locals(frame: types.FrameType, names: frozenset[str] | set[str], 
             continue
         if id(value) in exclude_ids or isinstance(value, (types.ModuleType, types.FunctionType, type, types.BuiltinFunctionType, types.MethodType)):
             continue
+        if isinstance(value, io.IOBase) and value.closed:
+            continue  # (``with open(...) as f`` in the loop: a closed file holds nothing to restore)
         out[name] = value
     return out
 
