@@ -12,6 +12,7 @@ values they recompute against the recorded ones and store the new values.
 from __future__ import annotations
 
 import ast
+import builtins
 import itertools
 import json
 import os
@@ -482,6 +483,7 @@ def plan_run(
     files: dict[str, str] = {}
     new_statements: dict[str, list[tuple[int, int]]] = {}
     shared_lines: dict[str, list[int]] = {}
+    logged_later: list[str] = []  # hl.log statements a later recorded version added, placed too
     for path, add in additions.items():
         target = codeversion.read_file(store, version, path) if version != base_version else None
         if target is None:
@@ -491,10 +493,17 @@ def plan_run(
             new_statements[path] = add.statements
             shared_lines[path] = add.shared_lines
             continue
+        later = _later_logs(path, target.decode(), current[path], add.statements)
         try:
-            patched = hindsight.place(current[path], add.statements, target.decode())
-        except hindsight.PlacementError as e:
-            raise ReplayError(f"{path}: {e}") from None
+            patched = hindsight.place(current[path], sorted(add.statements + later), target.decode())
+        except hindsight.PlacementError:
+            later = []  # (placing what a later version added is a bonus: the new statements alone)
+            try:
+                patched = hindsight.place(current[path], add.statements, target.decode())
+            except hindsight.PlacementError as e:
+                raise ReplayError(f"{path}: {e}") from None
+        if later:
+            logged_later.extend(f"{path}:{lo}" for lo, _hi in later)
         files[path] = patched
         new_statements[path] = _new_ranges(target.decode(), patched)
     all_sources = {**{p: b.decode(errors="replace") for p, b in codeversion.read_files(store, version).items() if p.endswith(".py")}, **files}
@@ -527,6 +536,10 @@ def plan_run(
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed,
                    shared_lines=shared_lines)
     plan.run_by_new_code = run_by_new_code
+    if logged_later:
+        plan.notes.append(f"this run's code (an older version) lacks {len(logged_later)} hl.log statement(s) a later "
+                          f"recorded version added ({', '.join(logged_later[:3])}{', ...' if len(logged_later) > 3 else ''}): "
+                          "placed into it too")
     plan.common_checkpoints = sorted([i, b] for i, b in common) if common is not None else None
     plan.main_loop = info.get("main_loop")
     if plan.main_loop is None:  # recorded before runs kept its name: the loop of the values logged in it
@@ -597,6 +610,38 @@ def _handsfree_names(
             out[path] = instrument.loop_names(src, is_script=(path == script), skip_lines=skip, read=sources.get)
         except SyntaxError:
             continue
+    return out
+
+
+def _later_logs(path: str, target: str, current: str, new: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ``hl.log(...)`` statements of ``current`` that an older recorded version, ``target``,
+    lacks and that are not among the ``new`` statements: a later recorded version added them, and
+    a run of the older one has none of their values. Only a plain ``hl.log`` call whose names the
+    older code has (a statement reading a variable the later version added would fail there)."""
+    try:
+        tree = ast.parse(current)
+        target_tree = ast.parse(target)
+    except SyntaxError:
+        return []
+    found = hindsight.find_additions(path, target, current)
+    if found.syntax_error:
+        return []
+    taken = {line for lo, hi in new for line in range(lo, hi + 1)}
+    known = {n.id for n in ast.walk(target_tree) if isinstance(n, ast.Name)} | {
+        a.arg for a in ast.walk(target_tree) if isinstance(a, ast.arg)} | {
+        (alias.asname or alias.name).split(".")[0] for n in ast.walk(target_tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+        for alias in n.names} | set(dir(builtins))
+    by_line = {node.lineno: node for node in ast.walk(tree) if isinstance(node, ast.stmt)}
+    out = []
+    for lo, hi in found.statements:
+        node = by_line.get(lo)
+        if node is None or (node.end_lineno or lo) != hi or any(line in taken for line in range(lo, hi + 1)):
+            continue
+        if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and hindsight.call_name(node.value) == "log"):
+            continue
+        read = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+        if read <= known:
+            out.append((lo, hi))
     return out
 
 
