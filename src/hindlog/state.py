@@ -754,29 +754,37 @@ MODULE_ATTRIBUTES = "__hindlog_attributes__"
 _PLAIN = (int, float, bool, str, type(None))
 
 
-def _module_attributes(module: Any, saved: Collection[str]) -> dict[str, Any]:
-    """What ``module``'s ``state_dict`` (whose keys are ``saved``) leaves out: the plain
-    attributes of it and its submodules, by their path (the training flag, counters the script
-    keeps on it: ``model.steps_seen += 1``), its frozen parameters (``requires_grad``), and its
-    buffers registered ``persistent=False``."""
-    attributes = {}
-    for path, m in module.named_modules():
-        attrs = {k: v for k, v in vars(m).items() if not k.startswith("_") and (
-            type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)))}
-        if attrs:
-            attributes[path] = attrs
-    frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
-    buffers = {name: b for name, b in module.named_buffers() if name not in saved and b is not None}
-    return {"attributes": attributes, "frozen": frozen, "buffers": buffers}
+def _module_attributes(module: Any, saved: dict[str, Any]) -> dict[str, Any]:
+    """What ``module``'s ``state_dict`` (``saved``, taken with ``keep_vars``) leaves out: its own
+    plain attributes (counters the script keeps on it: ``model.steps_seen += 1``), the training
+    flag of it and of each submodule (``model.eval()`` in a validation loop), its frozen
+    parameters (``requires_grad``) and its buffers registered ``persistent=False``. Kept cheap:
+    it runs in every checkpoint's blocked time (0.3 ms for 180 modules)."""
+    modules = list(module.modules())
+    buffers = {}
+    for k, m in enumerate(modules):
+        for name in getattr(m, "_non_persistent_buffers_set", ()):
+            b = m._buffers.get(name)
+            if b is not None:
+                buffers[f"{k}:{name}"] = b
+    import torch
+
+    return {
+        "attributes": {k: v for k, v in vars(module).items() if not k.startswith("_") and (
+            type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)))},
+        "training": [m.training for m in modules],
+        "frozen": [k for k, v in saved.items() if isinstance(v, torch.nn.Parameter) and not v.requires_grad],
+        "buffers": buffers,
+    }
 
 
 def _set_module_attributes(module: Any, extra: dict[str, Any]) -> None:
-    modules = dict(module.named_modules())
-    for path, attrs in extra["attributes"].items():
-        m = modules.get(path)
-        if m is not None:
-            for k, v in attrs.items():
-                setattr(m, k, v)
+    for k, v in extra["attributes"].items():
+        setattr(module, k, v)
+    modules = list(module.modules())
+    if len(modules) == len(extra["training"]):
+        for m, training in zip(modules, extra["training"]):
+            m.training = training
     frozen = set(extra["frozen"])
     for name, p in module.named_parameters():
         if p.requires_grad == (name in frozen):
@@ -784,10 +792,10 @@ def _set_module_attributes(module: Any, extra: dict[str, Any]) -> None:
     if extra["buffers"]:
         import torch
 
-        live = dict(module.named_buffers())
         with torch.no_grad():
-            for name, value in extra["buffers"].items():
-                b = live.get(name)
+            for key, value in extra["buffers"].items():
+                k, name = key.split(":", 1)
+                b = modules[int(k)]._buffers.get(name) if int(k) < len(modules) else None
                 if b is not None and b.shape == value.shape:
                     b.copy_(value)
 
