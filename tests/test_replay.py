@@ -3683,6 +3683,39 @@ def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before
     assert sorted(dict(k)["epoch"] for k in got) == [6, 7]
 
 
+def test_a_models_parameter_updated_under_another_name_stays_the_models(tmp_path: Path) -> None:
+    """``w = model.weight`` updated in place by hand: taken for a tensor the loop fills, it was
+    checkpointed and restored as a copy, cut from the model (no ``.grad`` any more), and a
+    replay that ran the loops failed, or trained the copy."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import torch
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        model = torch.nn.Linear(10, 1)
+        w, b = model.weight, model.bias
+        hl.checkpoints(model=model)
+        for epoch in hl.loop("epoch", range(5)):
+            for step in hl.loop("step", range(20)):
+                x = torch.randn(32, 10)
+                loss = ((model(x) - x.sum(1, keepdim=True)) ** 2).mean()
+                model.zero_grad()
+                loss.backward()
+                with torch.no_grad():
+                    w.sub_(0.01 * w.grad)
+                    b.sub_(0.01 * b.grad)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, "loss.backward()", 'hl.log("gnorm", w.grad.norm().item())')
+    proj.write("train.py", new)
+    proj.replay("train.py", "--workers", "2")
+    truth = ground_truth(tmp_path, {"train.py": new}, ["gnorm"])
+    assert_same_values(proj.values("gnorm", run), truth["gnorm"], "gnorm")
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

@@ -689,3 +689,24 @@ def test_a_random_generator_object_is_restored_in_place(tmp_path: Path) -> None:
     for epoch in range(k + 1, 5):  # the script's own reference draws what the record drew
         w += rng.normal(size=2)
         assert float(w[0]) == values[(epoch, "w0")][0]
+
+
+def test_restore_leaves_the_models_training_flags_as_the_caller_set_them(torch_ref: TorchReference) -> None:
+    """The run's checkpoints are taken after validation, in eval mode: ``model.train()`` then
+    ``hl.restore`` must not switch the caller's model back (nor ``model.eval()`` to training)."""
+    proj, run_id = torch_ref.proj, torch_ref.run_id
+    proj.write("modes.py", """
+import json, sys
+import torch, torch.nn as nn
+import hindlog as hl
+
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+modes = {}
+for mode in ("train", "eval"):
+    getattr(model, mode)()
+    hl.restore(sys.argv[1], model=model)
+    modes[mode] = [m.training for m in model.modules()]
+print(json.dumps(modes))
+""")
+    modes = last_json(proj.run("modes.py", run_id).stdout)
+    assert modes == {"train": [True] * 5, "eval": [False] * 5}, modes

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import errno
 import io
+import itertools
 import json
 import os
 import pickle
@@ -837,10 +838,36 @@ class Checkpointer:
         out = set()
         for n in names:
             v = f_locals.get(n)
-            if v is not None and own_class(type(v)) and not isinstance(v, type) \
-                    and not callable(getattr(v, "state_dict", None)):
+            if v is not None and not isinstance(v, type) and not callable(getattr(v, "state_dict", None)) \
+                    and self._own_object(v):
                 out.add(n)
         return out
+
+    def _own_object(self, v: Any) -> bool:
+        """An object of the script's own class, or of a class of the project's modules whose
+        attributes are plain data (a ``Meter`` counting in ``utils.py``): not one holding a file,
+        a lock or a data set, which a checkpoint could not hold, or only at great cost."""
+        cls = type(v)
+        if not own_class(cls):
+            return False
+        if cls.__module__ == "__main__":
+            return True
+        attributes = getattr(v, "__dict__", None)
+        return isinstance(attributes, dict) and all(_plain_data(a) for a in attributes.values())
+
+    def _restorable_tensor(self, v: Any) -> bool:
+        """A tensor the loop changes in place (a confusion matrix it fills), not a declared
+        model's parameter or buffer reached under another name (``w = model.weight``), which
+        the model's checkpoint restores in place: a copy would cut the name from the model."""
+        import torch
+
+        if isinstance(v, torch.nn.Parameter) or v.requires_grad or v._base is not None:
+            return False
+        ptr = v.data_ptr()
+        for d in self.declared.values():
+            if d.kind == "module" and any(t.data_ptr() == ptr for t in itertools.chain(d.obj.parameters(), d.obj.buffers())):
+                return False
+        return True
 
     def _containers(self, frame: FrameType, names: frozenset[str]) -> set[str]:
         """The mutated names whose values are plain containers, user objects or iterators
@@ -851,7 +878,8 @@ class Checkpointer:
         own = frame_variables(frame)
         for n in names:
             v = f_locals.get(n) if own is None or n in own else frame.f_globals.get(n)  # (a module's list the loop appends to)
-            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or own_class(type(v)) or is_tensor(v) or (
+            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or self._own_object(v) or _small_frame(v) \
+                    or (is_tensor(v) and self._restorable_tensor(v)) or (
                     hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
                 out.add(n)
         return out
@@ -1003,6 +1031,32 @@ class Checkpointer:
                 f"{them}; replay and resume cannot restore {'its' if len(missing) == 1 else 'their'} state. {advice}",
                 RuntimeWarning, frame.f_code.co_filename, frame.f_lineno,
             )
+
+
+def _plain_data(value: Any) -> bool:
+    """Numbers, strings, arrays, tensors and not too large containers: what an object of the
+    project's own class may hold for its checkpoint to hold it (not walked into)."""
+    if value is None or isinstance(value, (int, float, str, bool, bytes, np.ndarray, np.generic)) or is_tensor(value):
+        return True
+    return isinstance(value, (list, tuple, dict, set, collections.deque)) and len(value) <= _PLAIN_CONTAINER_ITEMS
+
+
+_PLAIN_CONTAINER_ITEMS = 10_000
+
+
+def _small_frame(value: Any) -> bool:
+    """A pandas DataFrame or Series of at most a million cells (a metrics table the loop fills:
+    ``metrics.loc[len(metrics)] = row``), not a data set."""
+    module = type(value).__module__
+    if not module.startswith("pandas."):
+        return False
+    shape = getattr(value, "shape", None)
+    if not isinstance(shape, tuple):
+        return False
+    cells = 1
+    for n in shape:
+        cells *= n
+    return cells <= 1_000_000
 
 
 # ----------------------------------------------------------------- reading checkpoints

@@ -36,12 +36,14 @@ def _live(declared: dict[str, Declared]) -> dict[str, Any]:
 
 
 def apply(
-    loaded: Loaded, declared: dict[str, Declared], frame: FrameType | None = None, rng: bool = True, strict: bool = True
+    loaded: Loaded, declared: dict[str, Declared], frame: FrameType | None = None, rng: bool = True, strict: bool = True,
+    modes: bool = True,
 ) -> dict[str, Any]:
     """Load a checkpoint into declared objects, the random generators and (optionally) a frame's locals.
 
     With ``strict=False`` (replay and resume), objects declared now but not when the
-    checkpoint was taken are left as they are."""
+    checkpoint was taken are left as they are. ``modes``: set models' training flags as the
+    run had them (replay and resume; not ``hl.restore``, whose caller chose them)."""
     missing = [n for n in declared if n not in loaded.objects]
     if missing and strict:
         raise CheckpointError(
@@ -49,7 +51,8 @@ def apply(
             f"(it holds: {', '.join(loaded.objects) or 'nothing'})"
         )
     live = _live(declared)
-    out = {name: load_into(d, resolve(loaded.objects[name], live, d.held)) for name, d in declared.items() if name in loaded.objects}
+    out = {name: load_into(d, resolve(loaded.objects[name], live, d.held), modes=modes)
+           for name, d in declared.items() if name in loaded.objects}
     if rng:
         set_rng_state(loaded.rng)
     if frame is not None:
@@ -117,7 +120,7 @@ def restore(
             if problem:
                 raise CheckpointError(f"cannot restore {name} from {where}: {problem}; nothing was restored")
     try:
-        restored = apply(loaded, declared, rng=rng)
+        restored = apply(loaded, declared, rng=rng, modes=False)
     except CheckpointError:
         raise
     except Exception as e:

@@ -43,6 +43,9 @@ class Declared:
     name: str
     obj: Any
     kind: str  # 'stateful' | 'module' | 'tensor' | 'array' | 'generator' | 'pickle'
+    #: A model's plain attributes when it was declared, and those changed since (``state_of``).
+    baseline: dict[str, Any] | None = None
+    changed: set[str] = field(default_factory=set)
 
     @property
     def held(self) -> Any:
@@ -55,7 +58,7 @@ def declare(name: str, obj: Any) -> Declared:
     torch = sys.modules.get("torch")
     if torch is not None:
         if isinstance(obj, torch.nn.Module):
-            return Declared(name, obj, "module")
+            return Declared(name, obj, "module", baseline=_plain_attributes(obj))
         if isinstance(obj, torch.Generator):
             return Declared(name, obj, "generator")
         if isinstance(obj, torch.Tensor):
@@ -754,7 +757,12 @@ MODULE_ATTRIBUTES = "__hindlog_attributes__"
 _PLAIN = (int, float, bool, str, type(None))
 
 
-def _module_attributes(module: Any, saved: dict[str, Any]) -> dict[str, Any]:
+def _plain_attributes(module: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and k != "training" and (
+            type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)))}
+
+
+def _module_attributes(module: Any, saved: dict[str, Any], d: Declared | None = None) -> dict[str, Any]:
     """What ``module``'s ``state_dict`` (``saved``, taken with ``keep_vars``) leaves out: its own
     plain attributes (counters the script keeps on it: ``model.steps_seen += 1``), the training
     flag of it and of each submodule (``model.eval()`` in a validation loop), its frozen
@@ -769,20 +777,28 @@ def _module_attributes(module: Any, saved: dict[str, Any]) -> dict[str, Any]:
                 buffers[f"{k}:{name}"] = b
     import torch
 
+    attributes = _plain_attributes(module)
+    if d is not None:
+        # Only those the script changed since it declared the model (``model.steps_seen``): not
+        # the settings a wrapper keeps (DistributedDataParallel's device, bucket size), which
+        # are the process's, not training state. Once changed, always kept.
+        if d.baseline is None:  # (declared by a hindlog that kept no baseline)
+            d.baseline = attributes
+        d.changed.update(k for k, v in attributes.items() if k not in d.baseline or d.baseline[k] != v)
+        attributes = {k: v for k, v in attributes.items() if k in d.changed}
     return {
-        "attributes": {k: v for k, v in vars(module).items() if not k.startswith("_") and (
-            type(v) in _PLAIN or (type(v) is tuple and all(type(x) in _PLAIN for x in v)))},
+        "attributes": attributes,
         "training": [m.training for m in modules],
         "frozen": [k for k, v in saved.items() if isinstance(v, torch.nn.Parameter) and not v.requires_grad],
         "buffers": buffers,
     }
 
 
-def _set_module_attributes(module: Any, extra: dict[str, Any]) -> None:
+def _set_module_attributes(module: Any, extra: dict[str, Any], modes: bool = True) -> None:
     for k, v in extra["attributes"].items():
         setattr(module, k, v)
     modules = list(module.modules())
-    if len(modules) == len(extra["training"]):
+    if modes and len(modules) == len(extra["training"]):
         for m, training in zip(modules, extra["training"]):
             m.training = training
     frozen = set(extra["frozen"])
@@ -805,7 +821,7 @@ def state_of(d: Declared) -> Any:
     if d.kind == "module":
         # Not the gradients: they double the copy; replay runs the loops before code that reads them.
         state = d.obj.state_dict(keep_vars=True)
-        state[MODULE_ATTRIBUTES] = _module_attributes(d.obj, state)
+        state[MODULE_ATTRIBUTES] = _module_attributes(d.obj, state, d)
         return state
     if d.kind == "stateful":
         return d.obj.state_dict()
@@ -852,8 +868,9 @@ def _as_cpu_byte_tensor(torch: Any, value: Any) -> Any:
     return value.to(dtype=torch.uint8, device="cpu")
 
 
-def load_into(d: Declared, value: Any) -> Any:
-    """Load a thawed state into a declared object, in place where possible. Returns the object."""
+def load_into(d: Declared, value: Any, modes: bool = True) -> Any:
+    """Load a thawed state into a declared object, in place where possible. Returns the object.
+    ``modes``: a model's training flags too (see ``restore.apply``)."""
     obj = d.obj
     torch = sys.modules.get("torch")
     if d.kind == "stateful" and torch is not None and isinstance(obj, torch.optim.Optimizer):
@@ -862,7 +879,7 @@ def load_into(d: Declared, value: Any) -> Any:
         attributes = value.get(MODULE_ATTRIBUTES)  # (none in an older hindlog's checkpoints)
         obj.load_state_dict({k: v for k, v in value.items() if k != MODULE_ATTRIBUTES} if attributes is not None else value)
         if attributes:
-            _set_module_attributes(obj, attributes)
+            _set_module_attributes(obj, attributes, modes)
     elif d.kind == "stateful":
         obj.load_state_dict(value)
     elif d.kind == "generator":
