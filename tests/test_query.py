@@ -237,6 +237,15 @@ def test_an_int_arg_a_run_lacks_stays_an_int_in_the_runs_table(project: Project)
     assert str(runs["epochs"].dtype) == "Int64" and runs["epochs"].tolist()[0] == 8 and runs["epochs"].isna().tolist() == [False, True]
 
 
+def test_an_arg_named_rank_is_not_taken_for_a_distributed_runs_rank(project: Project) -> None:
+    """``hl.arg("rank", 16)`` (a LoRA rank): ``hindlog runs`` showed it in the column of a
+    distributed run's rank."""
+    project.run("import hindlog as hl\nhl.arg('rank', 16)\nhl.log('x', 1)\n")
+    runs = project.runs()
+    assert "rank" not in runs.columns and runs["rank_arg"].tolist() == [16]
+    assert "rank" not in project.cli("runs").stdout.splitlines()[0].split()
+
+
 def test_each_row_names_the_script_whose_run_logged_it(project: Project) -> None:
     """Two scripts that log the same name: their rows were told apart only by a join with hl.runs()."""
     for script, scale in (("train.py", 1), ("tools/finetune.py", 10)):

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 RUN_COLUMNS = ["run_id", "name", "project", "script", "status", "code_version", "started", "ended", "duration", "overhead", "flags"]
+#: Names an arg takes ``_arg`` after: the columns, and ``rank``, a distributed run's column.
+_RESERVED = frozenset([*RUN_COLUMNS, "rank"])
 
 
 def _open(store: str | os.PathLike[str] | Store | None) -> Store:
@@ -67,8 +69,8 @@ def _flush_own_run() -> None:
 
 def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
     """One row per run: id, name, script, status, code version, times, overhead, flags and args
-    (an arg named like one of these columns gets a column ``<name>_arg``); with a ``rank``
-    column after ``script`` where runs are ranks of a distributed launch."""
+    (an arg named like one of these columns, or ``rank``, gets a column ``<name>_arg``); with a
+    ``rank`` column after ``script`` where runs are ranks of a distributed launch."""
     import pandas as pd
 
     _flush_own_run()
@@ -88,15 +90,14 @@ def runs(store: str | os.PathLike[str] | Store | None = None) -> pd.DataFrame:
         row["duration"] = run_duration(r)
         row["started"] = pd.to_datetime(r["started"], unit="s") if r.get("started") else None
         row["ended"] = pd.to_datetime(r["ended"], unit="s") if r.get("ended") else None
-        row.update({(f"{k}_arg" if k in RUN_COLUMNS else k): v for k, v in args.get(r["id"], {}).items()})
+        row.update({(f"{k}_arg" if k in _RESERVED else k): v for k, v in args.get(r["id"], {}).items()})
         out.append(row)
     frame = pd.DataFrame(out, columns=None if out else RUN_COLUMNS)
     ranks = [((r.get("env") or {}).get("distributed") or {}).get("rank") for r in rows]
     if any(rank is not None for rank in ranks):
         # The ranks of a torchrun launch record a run each: which process a row is.
-        frame = frame.rename(columns={"rank": "rank_arg"})  # an arg of that name, as for the other columns
         frame.insert(RUN_COLUMNS.index("script") + 1, "rank", pd.array(ranks, dtype="Int64"))
-    for column in [c for c in frame.columns if c not in RUN_COLUMNS]:
+    for column in [c for c in frame.columns if c not in RUN_COLUMNS and c != "rank"]:
         present = [row[column] for row in out if row.get(column) is not None]
         if present and len(present) < len(out) and all(type(v) is int and -(2**63) <= v < 2**63 for v in present):
             # An int arg that a run lacks (it failed before asking): 8, not 8.0, beside the gap.
