@@ -983,6 +983,23 @@ def test_a_segment_that_reads_a_file_another_workers_segment_wrote_is_not_kept(t
     assert proj.values("best_sum", run) == truth["best_sum"]
 
 
+def test_a_segment_that_reads_back_its_own_file_is_kept(counter) -> None:
+    """Each iteration writes a file and reads it back: what a worker reads is what it wrote, not
+    another segment's, and the replay keeps its values (the check of shared files compares
+    when each worker wrote)."""
+    proj, run = counter
+    statement = """
+        with open("last.txt", "w") as f:
+            f.write(str(state["x"]))
+        with open("last.txt") as f:
+            hl.log("back", float(f.read()))
+    """
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', statement))
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert len(segments(out)) == 2, out
+    assert proj.values("back", run) == {k: float(v) for k, v in expected_x().items()}
+
+
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     # A recorded value with noise in its last digits (like a GPU reduction), different every time.

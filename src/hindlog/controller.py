@@ -793,8 +793,8 @@ class ReplayController(Controller):
         }
         guard = sys.modules.get("hindlog.scratchguard")
         if guard is not None:
-            result["files_written"] = sorted(guard.WRITTEN)
-            result["files_read_made"] = sorted(guard.READ_MADE)
+            result["files_written"] = {k: v[-1000:] for k, v in guard.WRITTEN.items()}
+            result["files_read_made"] = {k: v[-1000:] for k, v in guard.READ_MADE.items()}
         tmp = self.result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, default=str))
         os.replace(tmp, self.result_path)

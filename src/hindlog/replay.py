@@ -1659,24 +1659,31 @@ def _killed_by(signum: int) -> str:
 
 def _files_shared_by_workers(procs: list[tuple[Any, ...]], result: RunResult, diverged: list[int]) -> None:
     """The workers share one copy of the project: a segment that read a file another segment's
-    worker wrote (a best model saved mid-run, loaded after the main loop) did not read what the
-    record did, and its values are dropped as a diverged segment's are; a file several workers
-    wrote holds only the last one's iterations."""
-    written: dict[int, set[str]] = {}
-    read: dict[int, set[str]] = {}
+    worker wrote after the segment's own last write of it (a best model saved mid-run, loaded
+    after the main loop) did not read what the record did, and its values are dropped as a
+    diverged segment's are; a file several workers wrote holds only the last one's iterations."""
+    written: dict[int, dict[str, list[int]]] = {}
+    read: dict[int, dict[str, list[int]]] = {}
     for k, (_seg, _proc, result_path, *_rest) in enumerate(procs):
         try:
             data = json.loads(result_path.read_text())
         except (OSError, ValueError):
             continue
-        written[k] = set(data.get("files_written", []))
-        read[k] = set(data.get("files_read_made", []))
-    for k, names in read.items():
-        others = set().union(*(w for j, w in written.items() if j != k))
-        shared = sorted(names & others)
+        written[k] = data.get("files_written") or {}
+        read[k] = data.get("files_read_made") or {}
+    for k, reads in read.items():
+        shared = []
+        for name, times in reads.items():
+            own = written[k].get(name, [])
+            for t in times:
+                since = max((w for w in own if w <= t), default=None)  # this worker's last write before the read
+                if any(since is None or w > since for j, other in written.items() if j != k
+                       for w in other.get(name, []) if w <= t):
+                    shared.append(name)
+                    break
         if shared:
             seg = procs[k][0]
-            result.shared_reads.append((seg.start, seg.end, shared))
+            result.shared_reads.append((seg.start, seg.end, sorted(shared)))
             if k not in diverged:
                 diverged.append(k)
     counts: dict[str, int] = {}

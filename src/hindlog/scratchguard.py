@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from typing import Any
 
 #: Open flags of a call that may change the file.
@@ -55,10 +56,11 @@ _renameat2: Any = None
 
 #: Files of the copy (paths relative to its root) this process opened to write, and those it
 #: opened to read that a worker of the replay had made or changed (not the recorded code, not a
-#: linked input): the workers share the copy, and a segment that reads what another segment's
-#: worker wrote (a best model saved mid-run) did not read what the record did there.
-WRITTEN: set[str] = set()
-READ_MADE: set[str] = set()
+#: linked input), each with the times (``time.time_ns``) of those opens: the workers share the
+#: copy, and a segment that reads what another segment's worker wrote since its own last write
+#: (a best model saved mid-run) did not read what the record did there.
+WRITTEN: dict[str, list[int]] = {}
+READ_MADE: dict[str, list[int]] = {}
 
 
 def install(scratch: str, made_after_ns: int | None = None) -> None:
@@ -106,11 +108,11 @@ def _note(roots: tuple[str, ...], path: Any, writing: int, made_after_ns: int) -
         if rel.startswith(".hindlog-"):
             return  # (the workers' own specs, logs and results)
         if writing:
-            WRITTEN.add(rel)
+            WRITTEN.setdefault(rel, []).append(time.time_ns())
         elif not os.path.islink(full):
             st = os.stat(full)
             if st.st_mtime_ns >= made_after_ns:
-                READ_MADE.add(rel)
+                READ_MADE.setdefault(rel, []).append(time.time_ns())
     except (OSError, ValueError, TypeError):
         pass
 
