@@ -1000,6 +1000,37 @@ def test_a_segment_that_reads_back_its_own_file_is_kept(counter) -> None:
     assert proj.values("back", run) == {k: float(v) for k, v in expected_x().items()}
 
 
+def test_a_run_started_from_the_folder_above_its_project_replays_there_too(tmp_path: Path) -> None:
+    """``python proj/train.py`` from a folder outside git that holds the data: the run belongs to
+    ``proj``, and its replay's workers, which ran in the copy of ``proj``, could not find
+    ``data.txt``; the failure was then hidden by a lookup of the current folder's store."""
+    proj = ReplayProject(tmp_path)
+    (tmp_path / "data.txt").write_text("3\n")
+    text = dedent("""
+        import time
+        import hindlog as hl
+
+        state = {"x": 0.0}
+        hl.checkpoints(state=state)
+        scale = float(open("data.txt").read())
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("step", range(4)):
+                state["x"] += scale * i
+                time.sleep(0.01)
+            hl.log("x", state["x"])
+    """)
+    proj.write("train.py", text)
+    proj.commit("train")
+    time.sleep(0.05)  # (data.txt is older than the run: an input)
+    subprocess.run([PY, "proj/train.py"], cwd=tmp_path, env=proj.env(DENSE), check=True, capture_output=True, timeout=120)
+    (run,) = proj.run_ids()
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("x2", 2 * state["x"] + float(open("data.txt").read()))'))
+    out = subprocess.run([PY, "-m", "hindlog.cli", "replay", "proj/train.py", "--workers", "2"], cwd=tmp_path,
+                         env=proj.env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert proj.values("x2", run) == {k: 2 * v + 3 for k, v in proj.values("x", run).items()}
+
+
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     # A recorded value with noise in its last digits (like a GPU reduction), different every time.

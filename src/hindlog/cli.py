@@ -737,8 +737,8 @@ def _replay(args: argparse.Namespace) -> int:
                 continue
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
             new_line = _failing_new_statement(tail, r.scratch, plan)
-            newer = _newer_than_the_run(last, args.store)
-            if newer is not None and newer[1].stat().st_mtime <= (query.run_info(r.run_id, store=args.store).get("ended") or 0):
+            newer = _newer_than_the_run(last, report.store)
+            if newer is not None and newer[1].stat().st_mtime <= (query.run_info(r.run_id, store=report.store).get("ended") or 0):
                 print(f"  segment {start}:{end} failed: {last}", file=sys.stderr)
                 print(f"  the run wrote {newer[0]} while it ran: a segment that starts mid-run has not written it yet "
                       "(and one a worker of another segment wrote is not what the record read). Replay with --workers 1",
@@ -801,7 +801,7 @@ def _replay(args: argparse.Namespace) -> int:
     return status
 
 
-def _newer_than_the_run(last: str, store: str | None) -> tuple[str, Path] | None:
+def _newer_than_the_run(last: str, store: Any) -> tuple[str, Path] | None:
     """The project's file that a worker's last line (``FileNotFoundError: ... 'data/val.pt'``)
     did not find in the replay's copy of the project, where the project has it."""
     import re
@@ -811,7 +811,7 @@ def _newer_than_the_run(last: str, store: str | None) -> tuple[str, Path] | None
     found = re.match(r"FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'", last)
     if found is None or Path(found.group(1)).is_absolute():
         return None
-    candidate = Store.for_project(store=store).root / found.group(1)
+    candidate = (store if isinstance(store, Store) else Store.for_project(store=store)).root / found.group(1)
     return (found.group(1), candidate) if candidate.exists() else None
 
 
