@@ -1114,6 +1114,18 @@ def read_checkpoint(objects: ObjectStore, manifest_name: str) -> Loaded:
     )
 
 
+def checkpoint_skeleton(objects: ObjectStore, manifest_name: str) -> dict[str, Any] | None:
+    """A checkpoint's declared objects without their tensors (``TensorRef`` in their place):
+    what its optimizers' parameter groups were, say, read without reading the checkpoint.
+    None if it cannot be read (``read_checkpoint`` reports why)."""
+    try:
+        manifest = json.loads(objects.get(manifest_name))
+        skeleton, _inline = pickle.loads(objects.get(manifest["skeleton"]))
+        return skeleton["objects"]
+    except (CorruptObject, OSError, ValueError, KeyError, TypeError, pickle.UnpicklingError):
+        return None
+
+
 def tensor_objects(manifest: dict[str, Any]) -> list[str]:
     """The names of the objects a checkpoint's tensors are stored in (inline ones excluded)."""
     return [entry[0] for entry in manifest["tensors"] if not entry[0].startswith("@")]

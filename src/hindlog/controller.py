@@ -27,10 +27,10 @@ from types import FrameType
 from typing import Any
 
 from . import catalog
-from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
+from .checkpoint import ITERATION_END, checkpoint_rows, checkpoint_skeleton, keep_checkpoints, latest_readable, prefetch_checkpoint, prefetch_in_background, skippable_blocks
 from .errors import ReplayError
 from .restore import apply
-from .state import optimizer_groups_fit
+from .state import is_optimizer, optimizer_groups_fit
 from .values import decode, encode, equal
 from .writer import pid_alive
 
@@ -356,17 +356,27 @@ class Controller:
         """The run's timings (``info``) to store, given this process's own."""
         return timing
 
+    def _fitting(self, at_most: int) -> int:
+        """The latest iteration, at most ``at_most``, whose checkpoint's optimizers have the
+        parameter groups this process's have: a run that adds one as it trains (unfreezing a
+        backbone) has later checkpoints this process, which has not added it yet, cannot load;
+        from an earlier one, running the main loop makes the change here too. Read from the
+        checkpoints' skeletons, not the checkpoints."""
+        declared = self.recorder.declared
+        if not any(is_optimizer(d) for d in declared.values()):
+            return at_most
+        for i in sorted((i for i in self.rows if i <= at_most and ITERATION_END in self.rows[i]), reverse=True):
+            skeleton = checkpoint_skeleton(self.recorder.store.objects, self.rows[i][ITERATION_END][1])
+            if skeleton is None or all(optimizer_groups_fit(d, skeleton.get(name)) for name, d in declared.items()):
+                return i
+        return -1
+
     def _restore_start(self, start: int, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
         """Restore the latest iteration-end checkpoint before ``start`` and skip the iterations it covers."""
         if start <= 0 or not self.spec.get("restore_start", True):
             return 0, it
         t0 = time.perf_counter()
-        loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=start - 1)
-        while loaded is not None and not all(optimizer_groups_fit(d, loaded.objects.get(name))
-                                             for name, d in self.recorder.declared.items()):
-            # The run added an optimizer group after this process's start (unfreezing a backbone):
-            # from a checkpoint before that, running the main loop makes the change here too.
-            loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=loaded.iteration - 1)
+        loaded = latest_readable(self.recorder.store.objects, self.rows, at_most=self._fitting(start - 1))
         wanted = max((i for i in self.rows if i < start and ITERATION_END in self.rows[i]), default=None)
         if self.spec.get("common_checkpoints") is not None and (loaded.iteration if loaded else None) != wanted:
             # The other ranks start from the checkpoint this one could not read.

@@ -595,7 +595,10 @@ class Recorder:
         self.writer.wake()
         while len(queue) > QUEUE_HIGH // 2 and time.perf_counter() - t0 < 10.0 and self.writer.alive():
             time.sleep(0.002)
-        self.blocked += time.perf_counter() - t0
+        if self.checkpointer is not None:
+            self.checkpointer._blocked(time.perf_counter() - t0)  # (the policy counts it as hindlog's, not training's)
+        else:
+            self.blocked += time.perf_counter() - t0
 
     def _block_exit(self, name: str, frame: Any, broke: bool = False, header: int | None = None) -> None:
         self._catch_up()

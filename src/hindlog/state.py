@@ -894,12 +894,16 @@ def load_into(d: Declared, value: Any, modes: bool = True) -> Any:
     return obj
 
 
+def is_optimizer(d: Declared) -> bool:
+    torch = sys.modules.get("torch")
+    return d.kind == "stateful" and torch is not None and isinstance(d.obj, torch.optim.Optimizer)
+
+
 def optimizer_groups_fit(d: Declared, value: Any) -> bool:
     """Whether a checkpoint's ``value`` of the declared ``d`` has the parameter groups (and their
     sizes) of the live optimizer: a run that adds one as it trains (unfreezing a backbone) has
     checkpoints a process that has not added it yet cannot load. True for anything else."""
-    torch = sys.modules.get("torch")
-    if d.kind != "stateful" or torch is None or not isinstance(d.obj, torch.optim.Optimizer) or not isinstance(value, dict):
+    if not is_optimizer(d) or not isinstance(value, dict):
         return True
     held = [len(g.get("params", [])) for g in value.get("param_groups", [])]
     return held == [len(g["params"]) for g in d.obj.param_groups]
