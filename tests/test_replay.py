@@ -3764,6 +3764,52 @@ def test_a_models_parameter_updated_under_another_name_stays_the_models(tmp_path
     assert_same_values(proj.values("gnorm", run), truth["gnorm"], "gnorm")
 
 
+def test_a_pandas_table_and_a_closures_cells_that_the_main_loop_changes_are_restored(tmp_path: Path) -> None:
+    """A metrics DataFrame filled in place (``metrics.loc[len(metrics)] = row``) and a counter
+    in a closure a factory made (``bump = make_counter()``): neither was checkpointed, and a
+    segment that started mid-run counted from the start again."""
+    text = dedent("""
+        import time
+        import numpy as np
+        import pandas as pd
+        import hindlog as hl
+
+        def make_counter():
+            count = 0
+            totals = {"sum": 0.0}
+            def bump(x):
+                nonlocal count
+                count += 1
+                totals["sum"] += x
+                return count
+            return bump
+
+        bump = make_counter()
+        w = np.zeros(3)
+        hl.checkpoints(w=w)
+        metrics = pd.DataFrame(columns=["epoch", "wsum"])
+        for epoch in hl.loop("epoch", range(6)):
+            for i in hl.loop("step", range(3)):
+                w += np.arange(3) * 0.5
+                time.sleep(0.01)
+            metrics.loc[len(metrics)] = [epoch, float(w.sum())]
+            c = bump(float(w.sum()))
+            hl.log("w", float(w.sum()))
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    names = ["rows", "mean", "c", "total"]
+    new = insert_after(text, 'hl.log("w", float(w.sum()))',
+                       'hl.log("rows", len(metrics))\nhl.log("mean", float(metrics["wsum"].mean()))\nhl.log("c", c)\n'
+                       'hl.log("total", bump.__closure__[1].cell_contents["sum"])')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert len(segments(out)) == 2, out
+    truth = ground_truth(tmp_path, {"train.py": new}, names)
+    for name in names:
+        assert_same_values(proj.values(name, run), truth[name], name)
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

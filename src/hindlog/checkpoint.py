@@ -35,6 +35,7 @@ import queue
 import sys
 import threading
 import time
+import types
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,9 +55,11 @@ from .state import (
     Frozen,
     FrozenTensor,
     capturable_locals,
+    CLOSURE_SUFFIX,
     frame_variables,
     is_tensor,
     own_class,
+    own_code,
     declare,
     is_random_generator,
     dumps_skeleton,
@@ -837,8 +840,13 @@ class Checkpointer:
         f_locals = frame.f_locals
         out = set()
         for n in names:
-            v = f_locals.get(n)
-            if v is not None and not isinstance(v, type) and not callable(getattr(v, "state_dict", None)) \
+            v = f_locals.get(n, frame.f_globals.get(n))
+            if isinstance(v, types.FunctionType):
+                # (Not one this frame defines: the cells it shares with the frame are its locals.)
+                if v.__closure__ and own_code(v) and v.__code__ not in frame.f_code.co_consts:
+                    # A closure a factory made (``bump = make_counter()``): its cells are its state.
+                    out.add(n + CLOSURE_SUFFIX)
+            elif v is not None and not isinstance(v, type) and not callable(getattr(v, "state_dict", None)) \
                     and self._own_object(v):
                 out.add(n)
         return out
@@ -1047,8 +1055,8 @@ _PLAIN_CONTAINER_ITEMS = 10_000
 def _small_frame(value: Any) -> bool:
     """A pandas DataFrame or Series of at most a million cells (a metrics table the loop fills:
     ``metrics.loc[len(metrics)] = row``), not a data set."""
-    module = type(value).__module__
-    if not module.startswith("pandas."):
+    module = type(value).__module__ or ""
+    if module.split(".")[0] != "pandas":
         return False
     shape = getattr(value, "shape", None)
     if not isinstance(shape, tuple):

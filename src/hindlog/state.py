@@ -1019,6 +1019,11 @@ def capturable_locals(frame: types.FrameType, names: frozenset[str] | set[str], 
     own = frame_variables(frame)
     out = {}
     for name in names:
+        if name.endswith(CLOSURE_SUFFIX):
+            cells = closure_cells(f_locals.get(name[: -len(CLOSURE_SUFFIX)], frame.f_globals.get(name[: -len(CLOSURE_SUFFIX)])))
+            if cells:
+                out[name] = cells
+            continue
         if name in f_locals:
             value = f_locals[name]
         elif own is not None and name not in own and name in frame.f_globals:
@@ -1038,12 +1043,18 @@ def set_frame_locals(frame: types.FrameType, values: dict[str, Any], live: dict[
     references resolved to the ``live`` declared objects and to the values they replace."""
     if not values:
         return
-    if frame.f_code.co_flags & 0x0002 == 0 and frame.f_locals is frame.f_globals:  # module level
+    f_locals = frame.f_locals
+    closures = {k: v for k, v in values.items() if k.endswith(CLOSURE_SUFFIX)}
+    for k, v in closures.items():
+        base = k[: -len(CLOSURE_SUFFIX)]
+        _set_closure_cells(f_locals.get(base, frame.f_globals.get(base)), resolve(v, live or {}))
+    if closures:
+        values = {k: v for k, v in values.items() if k not in closures}
+    if frame.f_code.co_flags & 0x0002 == 0 and f_locals is frame.f_globals:  # module level
         for k, v in values.items():
             current = frame.f_globals.get(k)
             frame.f_globals[k] = _restore_value(current, resolve(v, live or {}, current))
         return
-    f_locals = frame.f_locals
     own = frame_variables(frame)
     for k, v in values.items():
         if own is not None and k not in own:  # a global the loop rebinds
@@ -1054,6 +1065,49 @@ def set_frame_locals(frame: types.FrameType, values: dict[str, Any], live: dict[
         f_locals[k] = _restore_value(current, resolve(v, live or {}, current))
     if sys.version_info < (3, 13):
         ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+
+
+#: The suffix of a checkpoint's "local" that holds the cells of a closure the loop calls.
+CLOSURE_SUFFIX = "()"
+
+
+def closure_cells(fn: Any) -> dict[str, Any]:
+    """The plain-data cells of a closure (``count`` of ``bump = make_counter()``), by name; not
+    those holding functions, modules or the like, which are its code, not its state."""
+    if not isinstance(fn, types.FunctionType) or not fn.__closure__:
+        return {}
+    out = {}
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # not bound yet
+            continue
+        if value is None or isinstance(value, (int, float, str, bool, bytes, list, dict, set, tuple, collections.deque,
+                                                np.ndarray, np.generic)) or is_tensor(value):
+            out[name] = value
+    return out
+
+
+def _set_closure_cells(fn: Any, cells: dict[str, Any]) -> None:
+    if not isinstance(fn, types.FunctionType) or not fn.__closure__:
+        return
+    by_name = dict(zip(fn.__code__.co_freevars, fn.__closure__))
+    for name, value in cells.items():
+        cell = by_name.get(name)
+        if cell is not None:
+            try:
+                current = cell.cell_contents
+            except ValueError:
+                current = None
+            cell.cell_contents = _restore_value(current, value)
+
+
+def own_code(fn: types.FunctionType) -> bool:
+    """Whether ``fn`` is the project's (not Python's or an installed package's)."""
+    path = fn.__code__.co_filename
+    return "site-packages" not in path and "dist-packages" not in path and not path.startswith("<") \
+        and (fn.__module__ or "").split(".")[0] not in sys.stdlib_module_names and fn.__module__ != "hindlog" \
+        and not (fn.__module__ or "").startswith("hindlog.")
 
 
 def frame_variables(frame: types.FrameType) -> frozenset[str] | None:
