@@ -3810,6 +3810,36 @@ def test_a_pandas_table_and_a_closures_cells_that_the_main_loop_changes_are_rest
         assert_same_values(proj.values(name, run), truth[name], name)
 
 
+def test_a_new_statement_drawing_from_a_generator_a_declared_object_holds_leaves_the_run_as_it_was(tmp_path: Path) -> None:
+    """``hl.log("peek", m.rng.random())``, where the declared model holds the generator its
+    nested loop draws from: new code sets back the global and the declared generators, not
+    this one, and the iterations that ran after it diverged."""
+    text = dedent("""
+        import numpy as np
+        import hindlog as hl
+
+        class Model:
+            def __init__(self):
+                self.rng = np.random.default_rng(1)
+                self.w = np.zeros(3)
+
+        m = Model()
+        hl.checkpoints(m=m)
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("step", range(4)):
+                m.w += m.rng.normal(size=3)
+            hl.log("w", float(m.w.sum()))
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, "m.w += m.rng.normal(size=3)", 'hl.log("wi", float(m.w[0]))')
+    new = insert_after(new, 'hl.log("w", float(m.w.sum()))', 'hl.log("peek", float(m.rng.random()))')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "1")
+    assert summary(out.stdout)["checked"] == 5, out.stdout
+    assert len(proj.values("peek", run)) == 5 and len(proj.values("wi", run)) == 20
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

@@ -173,7 +173,26 @@ def _generator_states() -> list[Any]:
     rec = record._recorder
     declared = [d for d in rec.declared.values() if d.kind == "generator" or isinstance(d.obj, RandomGeneratorState)] \
         if rec is not None else []
+    if rec is not None:
+        declared += _held_generators(rec.declared.values())
     return [rng_state(), [(d, state_of(d)) for d in declared]]
+
+
+def _held_generators(declared: Iterable[Any]) -> list[Any]:
+    """The random generators the declared objects hold as attributes (``model.rng``, a trainer's
+    ``self.gen``): new code that draws from one (``m.rng.random()``) must leave it as it was."""
+    from .state import declare, is_random_generator
+
+    torch = sys.modules.get("torch")
+    out = []
+    for d in declared:
+        attributes = getattr(d.held, "__dict__", None)
+        if not isinstance(attributes, dict) or d.kind == "generator":
+            continue
+        for name, value in list(attributes.items()):
+            if is_random_generator(value) or (torch is not None and isinstance(value, torch.Generator)):
+                out.append(declare(f"{d.name}.{name}", value))
+    return out
 
 
 def _set_generator_states(states: list[Any]) -> None:
