@@ -261,6 +261,7 @@ def test_bad_arg_override_is_a_clear_value_error(inproc: Project, monkeypatch: p
     msg = str(e.value)
     assert f"HINDLOG_SET_x={raw!r}" in msg and type(default).__name__ in msg and "set it to" in msg
     assert " a int" not in msg
+    assert ("make the default a float (hl.arg('x', 1.0))" in msg) == (raw == "1.5"), msg
     # The script did ask for x: the run's end must not say the override had no effect.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

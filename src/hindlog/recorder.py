@@ -710,7 +710,8 @@ class Recorder:
             warnings.warn(
                 f"hindlog: {settings} has had no effect so far: the script has not called hl.arg with {them} before its "
                 f"main loop (its args: {have}); a typo?" if so_far else
-                f"hindlog: {settings} had no effect: the script never called hl.arg with {them} (its args: {have})",
+                f"hindlog: {settings} had no effect: the script never called hl.arg with {them} (its args: {have})"
+                + (" before it ended with an error" if self._exc_status == "failed" or self.error else ""),
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -1073,7 +1074,14 @@ def cast_like(default: Any, raw: str, name: str) -> Any:
             example = f" (HINDLOG_SET_{name}={json.dumps(default)})"
         except (TypeError, ValueError):  # a default JSON cannot write
             example = ""
+        fractional = ""
+        if isinstance(default, int) and not isinstance(default, bool):
+            try:
+                float(raw)
+                fractional = f", or make the default a float (hl.arg({name!r}, {float(default)!r})) for it to take fractions"
+            except ValueError:
+                pass
         raise ValueError(
             f"HINDLOG_SET_{name}={raw!r} cannot be read as {article} {kind}, the type of hl.arg({name!r})'s default "
-            f"{default!r}: set it to {article} {kind}{example}"
+            f"{default!r}: set it to {article} {kind}{example}{fractional}"
         ) from None
