@@ -183,7 +183,7 @@ def test_bad_names_and_values_raise_at_the_call_and_leave_nothing(inproc: Projec
         ({"a": object()}, "dict"),
         ([lambda: 0], "list"),
         (np.array([object()], dtype=object), "object"),
-        (pd.DataFrame({"a": [1]}), "DataFrame"),
+        (pd.DataFrame({"a": [object()]}), "DataFrame"),
     ]
     for value, shown in bad_values:
         with pytest.raises(TypeError) as e:

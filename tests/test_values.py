@@ -139,6 +139,18 @@ def test_numpy_and_torch_values_inside_lists_and_dicts_are_stored_as_json() -> N
         capture([np.zeros(config.MAX_ARRAY_BYTES // 8 + 1)])
 
 
+def test_pandas_series_and_frames_are_stored_as_json() -> None:
+    """A tabular user's natural values: a Series of per-feature weights, a small summary table.
+    Rejected before, which ended the run at the first such call."""
+    pd = pytest.importorskip("pandas")
+    series = pd.Series([0.5, np.float32(1.5)], index=["a", 7])
+    frame = pd.DataFrame({"loss": [0.25, 0.125], "n": [np.int64(1), np.int64(2)]})
+    assert roundtrip_captured(capture(series)) == {"a": 0.5, "7": 1.5}
+    assert roundtrip_captured(capture(frame)) == {"loss": [0.25, 0.125], "n": [1, 2]}
+    with pytest.raises(TypeError, match="not JSON-able"):
+        capture(pd.Series([object()]))
+
+
 def test_array_size_limit() -> None:
     limit = config.MAX_ARRAY_BYTES
     assert limit == 64 * 2**20

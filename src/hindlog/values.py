@@ -24,7 +24,7 @@ from .catalog import KIND_BOOL, KIND_FLOAT_TEXT, KIND_JSON, KIND_NATIVE, KIND_NP
 
 ACCEPTED = (
     "numbers, bools, strings, None, NumPy and torch scalars, NumPy arrays or torch tensors, "
-    "and lists and dicts of these (JSON: a dict's keys become strings)"
+    "lists and dicts of these, and pandas Series and DataFrames (JSON: a dict's keys become strings)"
 )
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -137,7 +137,23 @@ def capture(value: Any) -> Any:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         return _capture_tensor(torch, value)
+    if (type(value).__module__ or "").split(".")[0] == "pandas" and hasattr(value, "to_dict") and hasattr(value, "size"):
+        return _capture_pandas(value)
     return _reject(value)
+
+
+def _capture_pandas(value: Any) -> JsonValue:
+    """A pandas Series as a dict by its index, a DataFrame as a dict of its columns' lists (JSON:
+    the labels become strings)."""
+    _check_size(int(value.size) * 8)
+    if getattr(value, "ndim", 1) == 1:
+        content = {str(k): v for k, v in value.to_dict().items()}
+    else:
+        content = {str(k): v for k, v in value.to_dict(orient="list").items()}
+    try:
+        return JsonValue(json.dumps(content, default=_json_element))
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"hl.log got a {type(value).__name__} that is not JSON-able ({e}); accepted: {ACCEPTED}") from None
 
 
 def _json_element(value: Any) -> Any:
