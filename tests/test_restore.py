@@ -710,3 +710,28 @@ print(json.dumps(modes))
 """)
     modes = last_json(proj.run("modes.py", run_id).stdout)
     assert modes == {"train": [True] * 5, "eval": [False] * 5}, modes
+
+
+def test_a_scikit_learn_estimator_the_main_loop_trains_undeclared_is_named_in_a_warning(tmp_path: Path) -> None:
+    """``clf.partial_fit`` in the loop, ``clf`` not declared: it has no ``state_dict``, so the
+    check for undeclared state passed it over, and a replay diverged with no name given."""
+    pytest.importorskip("sklearn")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", """
+import numpy as np
+from sklearn.linear_model import SGDClassifier
+import hindlog as hl
+
+rng = np.random.default_rng(0)
+X = rng.normal(size=(200, 4))
+y = (X[:, 0] > 0).astype(int)
+clf = SGDClassifier(random_state=0)
+hl.checkpoints(rng=rng)
+for epoch in hl.loop("epoch", range(3)):
+    for i in hl.loop("step", range(4)):
+        clf.partial_fit(X[i * 50:(i + 1) * 50], y[i * 50:(i + 1) * 50], classes=[0, 1])
+    hl.log("acc", float(clf.score(X, y)))
+""")
+    stderr = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
+    assert "the main loop changes clf but the checkpoints do not hold it" in stderr, stderr
+    assert "hl.checkpoints(clf=clf, ...)" in stderr

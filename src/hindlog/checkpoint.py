@@ -989,7 +989,8 @@ class Checkpointer:
         scope = frame.f_locals
         undeclared = {
             n: scope[n] for n in facts.mutated
-            if n in scope and (callable(getattr(scope[n], "state_dict", None)) or is_random_generator(scope[n]))
+            if n in scope and (callable(getattr(scope[n], "state_dict", None)) or is_random_generator(scope[n])
+                               or _estimator(scope[n]))
             and id(scope[n]) not in declared_ids
         }
         # A model the loop only calls (``model(x)``), trained by a declared optimizer.
@@ -1039,6 +1040,13 @@ class Checkpointer:
                 f"{them}; replay and resume cannot restore {'its' if len(missing) == 1 else 'their'} state. {advice}",
                 RuntimeWarning, frame.f_code.co_filename, frame.f_lineno,
             )
+
+
+def _estimator(value: Any) -> bool:
+    """A scikit-learn style estimator (``partial_fit`` or ``fit`` with ``get_params``): trained
+    state without a ``state_dict``."""
+    return not isinstance(value, type) and (callable(getattr(value, "partial_fit", None)) or (
+        callable(getattr(value, "fit", None)) and callable(getattr(value, "get_params", None))))
 
 
 def _plain_data(value: Any) -> bool:
