@@ -1031,6 +1031,22 @@ def test_a_run_started_from_the_folder_above_its_project_replays_there_too(tmp_p
     assert proj.values("x2", run) == {k: 2 * v + 3 for k, v in proj.values("x", run).items()}
 
 
+def test_a_new_hl_log_in_a_script_that_does_not_import_hindlog_is_refused_before_it_runs(tmp_path: Path) -> None:
+    """A script recorded with ``hindlog run`` imports no hindlog: a new ``hl.log`` line without
+    the import failed with a NameError in every segment, after each had started."""
+    proj = ReplayProject(tmp_path)
+    text = "import time\ntotal = 0\nfor epoch in range(3):\n    for i in range(3):\n        total += i\n        time.sleep(0.01)\n    print('total', total)\n"
+    proj.write("train.py", text)
+    proj.commit("train")
+    proj.hindlog("run", "train.py", check=True)
+    proj.write("train.py", text + "    hl.log('t2', 2 * total)\n")
+    planned = proj.replay("train.py", "--dry-run", check=False)
+    assert planned.returncode != 0
+    assert "train.py:8 calls hl, which train.py does not import: add `import hindlog as hl`" in planned.stderr, planned.stderr
+    proj.write("train.py", "import hindlog as hl\n" + text + "    hl.log('t2', 2 * total)\n")
+    proj.replay("train.py", "--dry-run")
+
+
 def test_tolerance_allows_float_noise(tmp_path: Path) -> None:
     proj = ReplayProject(tmp_path)
     # A recorded value with noise in its last digits (like a GPU reduction), different every time.

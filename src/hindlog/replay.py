@@ -508,6 +508,8 @@ def plan_run(
             logged_later.extend(f"{path}:{lo}" for lo, _hi in later)
         files[path] = patched
         new_statements[path] = _new_ranges(target.decode(), patched)
+    for path, ranges in new_statements.items():
+        _check_hl_is_imported(path, files[path], ranges)
     all_sources = {**{p: b.decode(errors="replace") for p, b in codeversion.read_files(store, version).items() if p.endswith(".py")}, **files}
     info = run.get("info") or {}
     names = _handsfree_names(all_sources, new_statements, run.get("script")) if info.get("handsfree") else None
@@ -613,6 +615,26 @@ def _handsfree_names(
         except SyntaxError:
             continue
     return out
+
+
+def _check_hl_is_imported(path: str, source: str, ranges: list[tuple[int, int]]) -> None:
+    """A new statement that calls ``hl.log`` in a file that binds no ``hl`` (a script recorded
+    with ``hindlog run``, which needs no import) would fail in every segment with a NameError:
+    said before the replay starts."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return
+    lines = {line for lo, hi in ranges for line in range(lo, hi + 1)}
+    uses = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "hl" and n.lineno in lines]
+    if not uses:
+        return
+    bound = any(isinstance(n, ast.Name) and n.id == "hl" and isinstance(n.ctx, ast.Store) for n in ast.walk(tree)) or any(
+        (alias.asname or alias.name.split(".")[0]) == "hl"
+        for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for alias in n.names)
+    if not bound:
+        raise ReplayError(f"{path}:{uses[0]} calls hl, which {path} does not import: add `import hindlog as hl` to it "
+                          "(a script recorded with `hindlog run` needs it only for the new statements)")
 
 
 def _later_logs(path: str, target: str, current: str, new: list[tuple[int, int]]) -> list[tuple[int, int]]:
