@@ -95,7 +95,8 @@ def test_dataframe_bad_arguments(two_runs) -> None:
 
 def test_dataframe_of_a_name_never_logged_is_empty_and_names_the_logged_ones(two_runs) -> None:
     project, _, _ = two_runs
-    with pytest.warns(RuntimeWarning, match=r"nothing was logged under never in these runs \(a typo\?\); names logged: acc, loss"):
+    with pytest.warns(RuntimeWarning, match=r"nothing was logged under never in these runs \(a typo\? or new statements whose replay failed or diverged, "
+                      r"which keeps none of their values\); names logged: acc, loss"):
         df = project.df("never")
     assert df.empty and list(df.columns)[:3] == ["run_id", "script", "code_version"] and "never" in df.columns
     with warnings.catch_warnings():

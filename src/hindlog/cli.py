@@ -515,7 +515,7 @@ def _logs(args: argparse.Namespace) -> int:
         return 1
     never = [c for c in logged.columns if not logged[c].any()]
     if never:
-        print(f"note: nothing was logged under {', '.join(never)} in these runs (a typo?)", file=sys.stderr)
+        print(f"note: nothing was logged under {', '.join(never)} in these runs (a typo? or new statements whose replay failed or diverged, which keeps none of their values)", file=sys.stderr)
     if args.format == "json":
         columns = [str(c) for c in df.columns]
         cells = [_json_column(df[c], logged[c].to_numpy() if c in logged.columns else None) for c in df.columns]

@@ -143,12 +143,12 @@ def dataframe(*names: str, runs: Sequence[str] | str | None = None, store: str |
     never = [str(c)[: -len("_logged")] if str(c).endswith("_logged") and str(c)[: -len("_logged")] in names else str(c)
              for c in logged.columns if not logged[c].any()]
     if never and not frame.empty:
-        warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(never)} in these runs (a typo?); "
+        warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(never)} in these runs (a typo? or new statements whose replay failed or diverged, which keeps none of their values); "
                       "its column is empty", RuntimeWarning, stacklevel=2)
     elif frame.empty and names and (runs is None or isinstance(runs, str) or len(runs) > 0):
         logged = logged_names(runs=runs, store=store)
         known = f"names logged: {', '.join(logged[:20])}{', ...' if len(logged) > 20 else ''}" if logged else "none is logged yet"
-        warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(map(str, names))} in these runs (a typo?); "
+        warnings.warn(f"hl.dataframe: nothing was logged under {', '.join(map(str, names))} in these runs (a typo? or new statements whose replay failed or diverged, which keeps none of their values); "
                       f"{known}", RuntimeWarning, stacklevel=2)
     return frame
 
