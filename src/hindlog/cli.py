@@ -708,9 +708,10 @@ def _replay(args: argparse.Namespace) -> int:
                 f"{r.outputs_dir}, with the recorded code (not kept with the outputs: the replay did not succeed)"
             print(f"  files the replayed code wrote ({shown}): in {where}")
         for name, count in sorted(r.stale.items()):
-            print(f"  note: the statement that logs {name!r} changed since it was last replayed (the values it replaced differ): "
+            print(f"  note: the statement that logs {name!r} gave other values than when it was last replayed (it changed, or "
+                  "an older hindlog's replay restored less of the run's state): "
                   f"{_count(count, 'value')} of {name!r} outside the iterations replayed now {'is' if count == 1 else 'are'} "
-                  "still its earlier statement's; replay without --iterations to have them all from this one (and the "
+                  "still the earlier replay's; replay without --iterations to have them all from this one (and the "
                   "other runs replayed before, which keep theirs)")
         if r.outputs_again:
             again = ", ".join(r.outputs_again[:5]) + (f" and {len(r.outputs_again) - 5} more" if len(r.outputs_again) > 5 else "")
