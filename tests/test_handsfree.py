@@ -1725,11 +1725,11 @@ def test_printed_lines_a_forced_replay_kept_though_it_diverged_are_said_so(proj:
     proj.write("train.py", script)
     _proc, run = proj.record("train.py", env={"HINDLOG_EPSILON": "0.9"})
     proj.write("train.py", script.replace('hl.log("t", time.time())', 'hl.log("t", time.time())\n    print("new", epoch)'))
-    forced = proj.replay("train.py", "--force", "--workers", "1", check=False)
+    forced = proj.replay("train.py", "--keep-diverged", "--workers", "1", check=False)
     assert forced.returncode != 0 and "DIVERGED" in forced.stderr, forced.stderr
     shown = proj.hindlog("show", "--output", run)
     assert [line.split()[-3:] for line in shown.stdout.splitlines() if "+" in line] == [["+", "new", str(e)] for e in range(3)], shown.stdout
-    assert "note: 3 replayed line(s) of run" in shown.stderr and "kept with --force" in shown.stderr, shown.stderr
+    assert "note: 3 replayed line(s) of run" in shown.stderr and "kept with --keep-diverged" in shown.stderr, shown.stderr
 
 
 def test_a_distributed_launcher_is_not_recorded_in_place_of_its_ranks(proj: HFProject) -> None:

@@ -806,15 +806,18 @@ def test_divergence_is_reported_with_name_and_iteration(tmp_path: Path) -> None:
     again = proj.replay("train.py", "--workers", "1", "--tolerance", "1e-6", check=False)
     assert again.returncode != 0 and "pid at iteration 0" in again.stderr
     assert proj.count("double", run) == 0
-    # --force keeps them (still reported, still a failure).
+    # --keep-diverged keeps them (still reported, still a failure); --force alone does not.
     forced = proj.replay("train.py", "--workers", "2", "--force", check=False)
+    assert forced.returncode != 0 and "new values of the diverged segments were not kept" in forced.stderr
+    assert proj.count("double", run) == 0
+    forced = proj.replay("train.py", "--workers", "2", "--keep-diverged", check=False)
     assert forced.returncode != 0 and "DIVERGED" in forced.stderr and "not kept" not in forced.stderr
     # Kept values that no check vouches for are said so wherever they are read.
     with pytest.warns(RuntimeWarning, match=rf"{len(expected_x())} value\(s\) of 'double' in run {run} come from a replay "
                       "whose recomputed values differed"):
         assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
     logs = proj.hindlog("logs", "double")
-    assert "note:" in logs.stderr and "differed from the record's, kept with --force" in logs.stderr, logs.stderr
+    assert "note:" in logs.stderr and "differed from the record's, kept with --keep-diverged" in logs.stderr, logs.stderr
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         proj.df("x")  # recorded values alone: no warning
@@ -1167,7 +1170,7 @@ def test_stopping_a_replay_stops_its_workers(tmp_path: Path, how: str) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-@pytest.mark.parametrize("variant", ["matching", "diverged", "diverged, --force"])
+@pytest.mark.parametrize("variant", ["matching", "diverged", "diverged, --keep-diverged"])
 def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path, variant: str) -> None:
     import signal
     import time
@@ -1182,7 +1185,7 @@ def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path, v
     run = proj.record(slow, env=DENSE)
     proj.write("train.py", insert_after(slow, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     flag.write_text("")
-    force = ("--force",) if "force" in variant else ()
+    force = ("--keep-diverged",) if "keep-diverged" in variant else ()
     with _replay_driver(proj, "train.py", "--workers", "2", *force, runs=(run,)) as driver:
         deadline = time.monotonic() + 60
         while len(_workers_of(run)) < 2 and time.monotonic() < deadline and driver.poll() is None:
@@ -1201,7 +1204,7 @@ def test_ctrl_c_keeps_the_values_of_the_segments_that_finished(tmp_path: Path, v
         assert "Segments finished: 0:4; 0:4 diverged from the record: their values are not kept." in err, err
         assert proj.count("double", run) == 0
     else:
-        assert "the values of 0:4 are kept (0:4 diverged from the record: kept with --force, marked)." in err, err
+        assert "the values of 0:4 are kept (0:4 diverged from the record: kept with --keep-diverged, marked)." in err, err
         with pytest.warns(RuntimeWarning, match="4 value\\(s\\) of 'double'"):
             assert proj.values("double", run) == first_half
 
@@ -2073,7 +2076,7 @@ def test_values_kept_from_a_diverged_replay_are_replaced_by_a_replay_that_matche
     run = proj.record(text, env=DENSE)
     proj.write("train.py", text + 'hl.log("end", state["x"])\n')
     bump.write_text("1")
-    forced = proj.replay("train.py", "--workers", "1", "--force", check=False)
+    forced = proj.replay("train.py", "--workers", "1", "--keep-diverged", check=False)
     assert forced.returncode != 0 and "DIVERGED" in forced.stderr
     with pytest.warns(RuntimeWarning, match="1 value\\(s\\) of 'end'"):
         assert proj.df("end")["end"].tolist() == [12]

@@ -84,7 +84,7 @@ CREATE TABLE IF NOT EXISTS contexts (
 -- source: 0 recorded, 1 replayed, 2 stored by a replay that has not finished
 -- (hidden from queries: the replay makes them 1 when it ends, or they are
 -- deleted if it never does), 3 replayed by a segment whose recomputed values
--- differed from the record's, kept with --force (queries warn of them).
+-- differed from the record's, kept with --keep-diverged (queries warn of them).
 CREATE TABLE IF NOT EXISTS records (
     run    INTEGER NOT NULL,
     ctx    INTEGER NOT NULL,

@@ -104,7 +104,9 @@ def _replay_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", metavar="A:B", help="only main-loop iterations A to B-1")
     p.add_argument("--workers", type=_positive_int, help="parallel worker processes (default: the cores divided by the record's threads per process)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time, run nothing")
-    p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements, and keep the new values of segments that diverge")
+    p.add_argument("--force", action="store_true", help="replay even if the code changed by more than added statements")
+    p.add_argument("--keep-diverged", action="store_true",
+                   help="keep the new values of segments whose recomputed values differ from the record's (marked as such)")
     p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="allowed relative/absolute float difference when checking recorded values (default 0: exactly equal)")
 
 
@@ -680,7 +682,7 @@ def _replay(args: argparse.Namespace) -> int:
     report = replay(
         args.script, runs=args.runs, all_runs=args.all_runs, where=args.where,
         iterations=_parse_iterations(args.iterations), workers=args.workers, dry_run=args.dry_run,
-        force=args.force, tolerance=args.tolerance, store=args.store, on_plans=show_plans,
+        force=args.force, keep_diverged=args.keep_diverged, tolerance=args.tolerance, store=args.store, on_plans=show_plans,
     )
     if args.dry_run:
         return 1 if report.skipped_runs else 0  # as the replay itself would
@@ -796,7 +798,7 @@ def _replay(args: argparse.Namespace) -> int:
                       "--workers 1 replays the run in one segment", file=sys.stderr)
             if r.dropped_diverged:
                 print(f"  the {r.dropped_diverged} new values of the diverged segments were not kept: they were computed from "
-                      "a state that is not the record's (--tolerance allows float noise; --force keeps them)", file=sys.stderr)
+                      "a state that is not the record's (--tolerance allows float noise; --keep-diverged keeps them)", file=sys.stderr)
     if report.skipped_runs:
         status = status or 1
     return status

@@ -121,7 +121,7 @@ def run_duration(run: dict[str, Any]) -> float | None:
     return run["ended"] - run["started"] - float((run.get("info") or {}).get("stopped_seconds") or 0.0)
 
 
-#: What to know of values that a replay kept with --force although it diverged.
+#: What to know of values that a replay kept with --keep-diverged although it diverged.
 _UNCHECKED_ADVICE = ("they were computed from a state that may not be the run's. A later replay of the run whose "
                      "recomputed values match the record's replaces them.")
 
@@ -212,7 +212,7 @@ def logged_frame(
     if unchecked:
         warn_user(
             "hl.dataframe: " + "; ".join(f"{k} value(s) of {n!r} in run {by_key[run]['run_id']}" for (n, run), k in unchecked.items())
-            + f" come from a replay whose recomputed values differed from the record's, kept with --force: {_UNCHECKED_ADVICE}"
+            + f" come from a replay whose recomputed values differed from the record's, kept with --keep-diverged: {_UNCHECKED_ADVICE}"
         )
 
     fixed = {"run_id", "script", "code_version", *loop_names}
@@ -415,7 +415,7 @@ def output(ref: str, store: str | os.PathLike[str] | Store | None = None) -> lis
             positions.setdefault(ctx, []).append(decode(kind, value))
     if unchecked:
         warn_user(f"{unchecked} replayed line(s) of run {run['run_id']} come from a replay whose recomputed values differed "
-                  f"from the record's, kept with --force: {_UNCHECKED_ADVICE}")
+                  f"from the record's, kept with --keep-diverged: {_UNCHECKED_ADVICE}")
 
     first_of: dict[Any, int] = {}
     last_of: dict[Any, int] = {}

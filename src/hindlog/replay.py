@@ -1231,7 +1231,7 @@ def _execute(
             # values are not (not all of them were checked), and the earlier replay's stay.
             _publish(store, plan, base, len(procs), kept, kept_diverged)
             kept_said = [f"the values of {spans(kept)} are kept" + (
-                f" ({spans(kept_diverged)} diverged from the record: kept with --force, marked)" if kept_diverged else "")] if kept else []
+                f" ({spans(kept_diverged)} diverged from the record: kept with --keep-diverged, marked)" if kept_diverged else "")] if kept else []
         except (sqlite3.Error, StoreError) as e:  # the catalog locked or damaged: said, the interrupt goes on
             kept_said = [f"their values could not be stored ({e}); replay them again"] if kept else []
         if dropped:
@@ -1515,10 +1515,13 @@ def replay(
     store: str | os.PathLike[str] | Store | None = None,
     progress: bool = True,
     on_plans: Callable[[ReplayReport], None] | None = None,
+    keep_diverged: bool = False,
 ) -> ReplayReport:
     """Replay recorded runs of ``script`` with the log statements added since they were recorded.
 
-    ``on_plans`` is called with the report once the plans are made, before anything runs (the
+    ``force``: replay the current code even where it changed by more than added statements;
+    ``keep_diverged``: keep the new values of segments whose recomputed values differ from the
+    record's (marked, and warned of wherever they are read). ``on_plans`` is called with the report once the plans are made, before anything runs (the
     CLI prints them then, not after a long replay)."""
     st = store if isinstance(store, Store) else Store.for_project(store=store, script=script)
     if not st.exists():
@@ -1667,7 +1670,7 @@ def replay(
     try:
         for p, lock in zip(plans, held):
             try:
-                report.results.append(execute(st, p, tolerance=tolerance, progress=progress, keep_diverged=force, locked=True))
+                report.results.append(execute(st, p, tolerance=tolerance, progress=progress, keep_diverged=keep_diverged, locked=True))
             except ReplayInterrupted as e:
                 if report.results:
                     # The message would otherwise leave `--all` unclear about which runs are done.
