@@ -12,7 +12,6 @@ values they recompute against the recorded ones and store the new values.
 from __future__ import annotations
 
 import ast
-import builtins
 import itertools
 import json
 import os
@@ -485,7 +484,6 @@ def plan_run(
     files: dict[str, str] = {}
     new_statements: dict[str, list[tuple[int, int]]] = {}
     shared_lines: dict[str, list[int]] = {}
-    logged_later: list[str] = []  # hl.log statements a later recorded version added, placed too
     for path, add in additions.items():
         target = codeversion.read_file(store, version, path) if version != base_version else None
         if target is None:
@@ -495,17 +493,10 @@ def plan_run(
             new_statements[path] = add.statements
             shared_lines[path] = add.shared_lines
             continue
-        later = _later_logs(path, target.decode(), current[path], add.statements)
         try:
-            patched = hindsight.place(current[path], sorted(add.statements + later), target.decode())
-        except hindsight.PlacementError:
-            later = []  # (placing what a later version added is a bonus: the new statements alone)
-            try:
-                patched = hindsight.place(current[path], add.statements, target.decode())
-            except hindsight.PlacementError as e:
-                raise ReplayError(f"{path}: {e}") from None
-        if later:
-            logged_later.extend(f"{path}:{lo}" for lo, _hi in later)
+            patched = hindsight.place(current[path], add.statements, target.decode())
+        except hindsight.PlacementError as e:
+            raise ReplayError(f"{path}: {e}") from None
         files[path] = patched
         new_statements[path] = _new_ranges(target.decode(), patched)
     for path, ranges in new_statements.items():
@@ -540,10 +531,6 @@ def plan_run(
     plan = RunPlan(run["run_id"], run["id"], run.get("script") or "", version, files, new_statements, probed, (lo, hi), total, checkpointed,
                    shared_lines=shared_lines)
     plan.run_by_new_code = run_by_new_code
-    if logged_later:
-        plan.notes.append(f"this run's code (an older version) lacks {len(logged_later)} hl.log statement(s) a later "
-                          f"recorded version added ({', '.join(logged_later[:3])}{', ...' if len(logged_later) > 3 else ''}): "
-                          "placed into it too")
     plan.common_checkpoints = sorted([i, b] for i, b in common) if common is not None else None
     plan.main_loop = info.get("main_loop")
     if plan.main_loop is None:  # recorded before runs kept its name: the loop of the values logged in it
@@ -635,38 +622,6 @@ def _check_hl_is_imported(path: str, source: str, ranges: list[tuple[int, int]])
     if not bound:
         raise ReplayError(f"{path}:{uses[0]} calls hl, which {path} does not import: add `import hindlog as hl` to it "
                           "(a script recorded with `hindlog run` needs it only for the new statements)")
-
-
-def _later_logs(path: str, target: str, current: str, new: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The ``hl.log(...)`` statements of ``current`` that an older recorded version, ``target``,
-    lacks and that are not among the ``new`` statements: a later recorded version added them, and
-    a run of the older one has none of their values. Only a plain ``hl.log`` call whose names the
-    older code has (a statement reading a variable the later version added would fail there)."""
-    try:
-        tree = ast.parse(current)
-        target_tree = ast.parse(target)
-    except SyntaxError:
-        return []
-    found = hindsight.find_additions(path, target, current)
-    if found.syntax_error:
-        return []
-    taken = {line for lo, hi in new for line in range(lo, hi + 1)}
-    known = {n.id for n in ast.walk(target_tree) if isinstance(n, ast.Name)} | {
-        a.arg for a in ast.walk(target_tree) if isinstance(a, ast.arg)} | {
-        (alias.asname or alias.name).split(".")[0] for n in ast.walk(target_tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-        for alias in n.names} | set(dir(builtins))
-    by_line = {node.lineno: node for node in ast.walk(tree) if isinstance(node, ast.stmt)}
-    out = []
-    for lo, hi in found.statements:
-        node = by_line.get(lo)
-        if node is None or (node.end_lineno or lo) != hi or any(line in taken for line in range(lo, hi + 1)):
-            continue
-        if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and hindsight.call_name(node.value) == "log"):
-            continue
-        read = {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-        if read <= known:
-            out.append((lo, hi))
-    return out
 
 
 def _new_ranges(old: str, patched: str) -> list[tuple[int, int]]:
