@@ -1003,10 +1003,10 @@ def test_a_segment_that_reads_back_its_own_file_is_kept(counter) -> None:
     assert proj.values("back", run) == {k: float(v) for k, v in expected_x().items()}
 
 
-def test_a_run_started_from_the_folder_above_its_project_replays_there_too(tmp_path: Path) -> None:
+def test_a_run_started_from_the_folder_above_its_project_says_why_its_relative_paths_fail(tmp_path: Path) -> None:
     """``python proj/train.py`` from a folder outside git that holds the data: the run belongs to
-    ``proj``, and its replay's workers, which ran in the copy of ``proj``, could not find
-    ``data.txt``; the failure was then hidden by a lookup of the current folder's store."""
+    ``proj``, whose copy the replay's workers run in, where ``data.txt`` is not: the failure was
+    hidden by a lookup of the current folder's store. It is said, with what to do."""
     proj = ReplayProject(tmp_path)
     (tmp_path / "data.txt").write_text("3\n")
     text = dedent("""
@@ -1030,8 +1030,10 @@ def test_a_run_started_from_the_folder_above_its_project_replays_there_too(tmp_p
     proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("x2", 2 * state["x"] + float(open("data.txt").read()))'))
     out = subprocess.run([PY, "-m", "hindlog.cli", "replay", "proj/train.py", "--workers", "2"], cwd=tmp_path,
                          env=proj.env(), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert proj.values("x2", run) == {k: 2 * v + 3 for k, v in proj.values("x", run).items()}
+    assert out.returncode != 0
+    assert f"the run ran in {tmp_path}, outside its project {proj.root}" in out.stderr, out.stderr
+    assert "Start such scripts from their project's folder, or read inputs by absolute paths" in out.stderr
+    assert proj.values("x2", run) == {}
 
 
 def test_a_new_hl_log_in_a_script_that_does_not_import_hindlog_is_refused_before_it_runs(tmp_path: Path) -> None:

@@ -740,6 +740,13 @@ def _replay(args: argparse.Namespace) -> int:
                 continue
             plan = next((p for p in report.plans if p.run_id == r.run_id), None)
             new_line = _failing_new_statement(tail, r.scratch, plan)
+            outside = _outside_the_project(last, report.store, r.run_id)
+            if outside is not None:
+                print(f"  segment {start}:{end} failed: {last}", file=sys.stderr)
+                print(f"  the run ran in {outside}, outside its project {report.store.root}: a replay runs in a copy of "
+                      "the project, where paths relative to that folder do not resolve. Start such scripts from their "
+                      "project's folder, or read inputs by absolute paths", file=sys.stderr)
+                continue
             newer = _newer_than_the_run(last, report.store)
             if newer is not None and newer[1].stat().st_mtime <= (query.run_info(r.run_id, store=report.store).get("ended") or 0):
                 print(f"  segment {start}:{end} failed: {last}", file=sys.stderr)
@@ -802,6 +809,20 @@ def _replay(args: argparse.Namespace) -> int:
     if report.skipped_runs:
         status = status or 1
     return status
+
+
+def _outside_the_project(last: str, store: Any, run_id: str) -> str | None:
+    """The folder a run ran in, outside its project, where a worker's ``FileNotFoundError``
+    names a relative path that folder has (``python proj/train.py`` from the folder above)."""
+    import re
+
+    found = re.match(r"FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'", last)
+    if found is None or Path(found.group(1)).is_absolute() or store is None:
+        return None
+    cwd = query.run_info(run_id, store=store).get("cwd")
+    if not cwd or Path(cwd).resolve().is_relative_to(store.root) or not (Path(cwd) / found.group(1)).exists():
+        return None
+    return cwd
 
 
 def _newer_than_the_run(last: str, store: Any) -> tuple[str, Path] | None:

@@ -897,18 +897,16 @@ def worker_command(run: dict[str, Any], script_path: Path, module_dir: bool = Fa
     return [sys.executable, str(script_path)]
 
 
-def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path, outside: bool = False) -> Path:
+def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path) -> Path:
     """Where a worker runs: the scratch copy of the directory the run was recorded in, so that
-    the script's relative paths resolve as they did. A directory outside the project (``python
-    proj/train.py`` from the folder above it) gets, with ``outside``, a folder of links to its
-    entries, the project's pointing at the copy of the recorded code; else the scratch root."""
+    the script's relative paths resolve as they did (the scratch root if that was elsewhere)."""
     cwd = run.get("cwd")
     if not cwd:
         return scratch
     try:
         rel = Path(cwd).resolve().relative_to(store.root)
     except (ValueError, OSError):
-        return _outside_cwd(store, Path(cwd), scratch, run.get("started")) if outside else scratch
+        return scratch
     target = scratch / rel
     try:
         target.mkdir(parents=True, exist_ok=True)
@@ -917,28 +915,6 @@ def _worker_cwd(store: Store, run: dict[str, Any], scratch: Path, outside: bool 
     except OSError:
         pass
     return scratch
-
-
-def _outside_cwd(store: Store, cwd: Path, scratch: Path, started: float | None) -> Path:
-    """``scratch/.hindlog-cwd``: links to the entries of ``cwd`` (its files older than the run,
-    its folders whole: not walked, a home directory can be large), with the project's entry
-    linked to the copy of the recorded code. Writes through them stay in the copy
-    (``scratchguard``)."""
-    target = scratch / ".hindlog-cwd"
-    if target.is_dir():
-        return target  # (made for an earlier worker)
-    try:
-        target.mkdir()
-        cutoff = started if started is not None else float("inf")
-        for entry in cwd.iterdir():
-            dst = target / entry.name
-            if entry.resolve() == store.root:
-                dst.symlink_to(scratch, target_is_directory=True)
-            elif entry.is_dir() or entry.lstat().st_mtime < cutoff:
-                dst.symlink_to(entry)
-    except OSError:
-        return scratch
-    return target
 
 
 #: The variables PyTorch reads its intra-op thread count from.
@@ -1141,7 +1117,7 @@ def _execute(
         with open(log_path, "wb") as log_file:
             proc = subprocess.Popen(
                 [*worker_command(run, script_path), *argv[1:]],
-                cwd=_worker_cwd(store, run, scratch, outside=True),
+                cwd=_worker_cwd(store, run, scratch),
                 env={**_worker_env(store, run, args, spec_path, scratch, plan.gpus[k] if k < len(plan.gpus) else None, shared_cores),
                      "HINDLOG_WORKERS_STARTED_NS": str(workers_started_ns)},
                 stdout=log_file,
