@@ -3832,6 +3832,62 @@ def test_a_new_statement_drawing_from_a_generator_a_declared_object_holds_leaves
     assert len(proj.values("peek", run)) == 5 and len(proj.values("wi", run)) == 20
 
 
+def test_counters_on_submodules_and_parameters_in_closures_are_restored_or_left_the_models(tmp_path: Path) -> None:
+    """A ``Warmup`` layer of the script's own counting its calls (a plain attribute of a
+    submodule); an EMA closure over pairs of the model's and the EMA model's parameters (which
+    must stay theirs: restored as copies, the EMA stopped following the model); a sparse tensor
+    the loop changes in place (looking at it crashed training)."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import torch
+        import hindlog as hl
+
+        class Warmup(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.calls = 0
+            def forward(self, x):
+                self.calls += 1
+                return x * min(1.0, self.calls / 10)
+
+        def make_ema(pairs):
+            def update():
+                with torch.no_grad():
+                    for e, p in pairs:
+                        e.mul_(0.9).add_(0.1 * p)
+            return update
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 1), Warmup())
+        ema = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        update = make_ema(list(zip(ema.parameters(), model[0].parameters())))
+        hl.checkpoints(model=model, ema=ema, opt=opt)
+        hits = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.tensor([0.0]), (4,))
+        for epoch in hl.loop("epoch", range(5)):
+            for i in hl.loop("step", range(4)):
+                x = torch.randn(8, 4)
+                loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                update()
+                hits.add_(torch.sparse_coo_tensor(torch.tensor([[i]]), torch.tensor([1.0]), (4,)))
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    names = ["calls", "ema"]
+    new = insert_after(text, 'hl.log("loss", loss.item())',
+                       'hl.log("calls", model[1].calls)\nhl.log("ema", float(ema.weight.sum()))')
+    new = insert_after(new, "update()", 'hl.log("step_ema", float(ema.weight.sum()))', occurrence=2)  # the step loops run
+    proj.write("train.py", new)
+    proj.replay("train.py", "--workers", "2")
+    truth = ground_truth(tmp_path, {"train.py": new}, names + ["step_ema"])
+    for name in names + ["step_ema"]:
+        assert_same_values(proj.values(name, run), truth[name], name)
+
+
 def test_an_object_of_the_scripts_own_class_that_the_loop_calls_is_restored(tmp_path: Path) -> None:
     """``noise(3)`` calls an object whose ``__call__`` counts and draws from a generator it holds:
     the loop changes it without assigning or calling a method of it, and a replay that skipped

@@ -841,15 +841,21 @@ class Checkpointer:
         out = set()
         for n in names:
             v = f_locals.get(n, frame.f_globals.get(n))
-            if isinstance(v, types.FunctionType):
-                # (Not one this frame defines: the cells it shares with the frame are its locals.)
-                if v.__closure__ and own_code(v) and v.__code__ not in frame.f_code.co_consts:
-                    # A closure a factory made (``bump = make_counter()``): its cells are its state.
-                    out.add(n + CLOSURE_SUFFIX)
-            elif v is not None and not isinstance(v, type) and not callable(getattr(v, "state_dict", None)) \
-                    and self._own_object(v):
-                out.add(n)
+            try:
+                self._note_called(frame, n, v, out)
+            except Exception:  # noqa: BLE001 - as in _containers
+                continue
         return out
+
+    def _note_called(self, frame: FrameType, n: str, v: Any, out: set[str]) -> None:
+        if isinstance(v, types.FunctionType):
+            # (Not one this frame defines: the cells it shares with the frame are its locals.)
+            if v.__closure__ and own_code(v) and v.__code__ not in frame.f_code.co_consts:
+                # A closure a factory made (``bump = make_counter()``): its cells are its state.
+                out.add(n + CLOSURE_SUFFIX)
+        elif v is not None and not isinstance(v, type) and not callable(getattr(v, "state_dict", None)) \
+                and self._own_object(v):
+            out.add(n)
 
     def _own_object(self, v: Any) -> bool:
         """An object of the script's own class, or of a class of the project's modules whose
@@ -869,9 +875,12 @@ class Checkpointer:
         the model's checkpoint restores in place: a copy would cut the name from the model."""
         import torch
 
-        if isinstance(v, torch.nn.Parameter) or v.requires_grad or v._base is not None:
+        if isinstance(v, torch.nn.Parameter) or v.requires_grad or v._base is not None or v.layout != torch.strided:
+            return False  # (a sparse tensor has no data pointer to compare)
+        try:
+            ptr = v.data_ptr()
+        except RuntimeError:
             return False
-        ptr = v.data_ptr()
         for d in self.declared.values():
             if d.kind == "module" and any(t.data_ptr() == ptr for t in itertools.chain(d.obj.parameters(), d.obj.buffers())):
                 return False
@@ -886,10 +895,13 @@ class Checkpointer:
         own = frame_variables(frame)
         for n in names:
             v = f_locals.get(n) if own is None or n in own else frame.f_globals.get(n)  # (a module's list the loop appends to)
-            if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or self._own_object(v) or _small_frame(v) \
-                    or (is_tensor(v) and self._restorable_tensor(v)) or (
-                    hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
-                out.add(n)
+            try:
+                if isinstance(v, (list, dict, set, collections.deque, np.ndarray)) or self._own_object(v) or _small_frame(v) \
+                        or (is_tensor(v) and self._restorable_tensor(v)) or (
+                        hasattr(type(v), "__next__") and not isinstance(v, io.IOBase)):  # (a file is the run's output)
+                    out.add(n)
+            except Exception:  # noqa: BLE001 - an object that cannot be looked at is not restored: training goes on
+                continue
         return out
 
     def _freeze_or_drop(self, i: int, block: int, loop: str | None, frame: FrameType, names: set[str],
@@ -1050,9 +1062,10 @@ def _estimator(value: Any) -> bool:
 
 
 def _plain_data(value: Any) -> bool:
-    """Numbers, strings, arrays, tensors and not too large containers: what an object of the
-    project's own class may hold for its checkpoint to hold it (not walked into)."""
-    if value is None or isinstance(value, (int, float, str, bool, bytes, np.ndarray, np.generic)) or is_tensor(value):
+    """Numbers, strings, arrays, tensors, random generators and not too large containers: what
+    an object of the project's own class may hold for its checkpoint to hold it (not walked into)."""
+    if value is None or isinstance(value, (int, float, str, bool, bytes, np.ndarray, np.generic)) or is_tensor(value) \
+            or is_random_generator(value):
         return True
     return isinstance(value, (list, tuple, dict, set, collections.deque)) and len(value) <= _PLAIN_CONTAINER_ITEMS
 
@@ -1072,7 +1085,10 @@ def _small_frame(value: Any) -> bool:
     cells = 1
     for n in shape:
         cells *= n
-    return cells <= 1_000_000
+    # Columns of Python objects (text) pickle slowly: 100k x 10 of them took a second.
+    dtypes = getattr(value, "dtypes", None)
+    has_objects = any(d == object for d in (dtypes if dtypes is not None and hasattr(dtypes, "__iter__") else [getattr(value, "dtype", None)]))
+    return cells <= (10_000 if has_objects else 1_000_000)
 
 
 # ----------------------------------------------------------------- reading checkpoints
