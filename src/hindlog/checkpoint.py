@@ -771,7 +771,7 @@ class Checkpointer:
         self.largest_snapshot = max(self.largest_snapshot, frozen.nbytes)
         if not self.freezer.named_by_hash:
             self._exit_snapshot = (frame, header if header is not None else frame.f_lineno, self.freezer.generation)
-        self._blocked(time.perf_counter() - t0)
+        self.charge_blocked(time.perf_counter() - t0)
 
     def iteration_end(self, i: int, frame: FrameType) -> None:
         t_end = time.perf_counter()
@@ -784,7 +784,7 @@ class Checkpointer:
             if self._adopt_undeclared(frame, facts):
                 self.persister.discard(i)  # this iteration's loop exits were copied without it
                 self._exit_snapshot = None
-                self._blocked(time.perf_counter() - t_end)
+                self.charge_blocked(time.perf_counter() - t_end)
                 self.policy.charge(self._iter_hindlog)
                 self.active = False
                 self._decided = True
@@ -806,7 +806,7 @@ class Checkpointer:
                 self.largest_snapshot = max(self.largest_snapshot, frozen.nbytes)
                 self.persister.commit(i)
                 self.policy.taken += 1
-            self._blocked(time.perf_counter() - t_end)
+            self.charge_blocked(time.perf_counter() - t_end)
             self.policy.charge(self._iter_hindlog)
             self._warn_undeclared(frame, facts)
         self.active = False
@@ -829,7 +829,8 @@ class Checkpointer:
 
     # --------------------------------------------------------- helpers
 
-    def _blocked(self, seconds: float) -> None:
+    def charge_blocked(self, seconds: float) -> None:
+        """Time hindlog held the training thread in this iteration (the policy's to charge)."""
         self._iter_hindlog += seconds
         self.recorder.blocked += seconds
 

@@ -596,7 +596,7 @@ class Recorder:
         while len(queue) > QUEUE_HIGH // 2 and time.perf_counter() - t0 < 10.0 and self.writer.alive():
             time.sleep(0.002)
         if self.checkpointer is not None:
-            self.checkpointer._blocked(time.perf_counter() - t0)  # (the policy counts it as hindlog's, not training's)
+            self.checkpointer.charge_blocked(time.perf_counter() - t0)  # (the policy counts it as hindlog's, not training's)
         else:
             self.blocked += time.perf_counter() - t0
 
