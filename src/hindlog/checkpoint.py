@@ -1087,9 +1087,8 @@ def _small_frame(value: Any) -> bool:
     for n in shape:
         cells *= n
     # Columns of Python objects (text) pickle slowly: 100k x 10 of them took a second.
-    dtypes = getattr(value, "dtypes", None)
-    has_objects = any(d == object for d in (dtypes if dtypes is not None and hasattr(dtypes, "__iter__") else [getattr(value, "dtype", None)]))
-    return cells <= (10_000 if has_objects else 1_000_000)
+    kinds = value.dtypes if len(shape) == 2 else [value.dtype]
+    return cells <= (10_000 if any(kind == object for kind in kinds) else 1_000_000)
 
 
 # ----------------------------------------------------------------- reading checkpoints

@@ -811,32 +811,35 @@ def _replay(args: argparse.Namespace) -> int:
     return status
 
 
-def _outside_the_project(last: str, store: Any, run_id: str) -> str | None:
-    """The folder a run ran in, outside its project, where a worker's ``FileNotFoundError``
-    names a relative path that folder has (``python proj/train.py`` from the folder above)."""
+def _missing_relative_path(last: str) -> str | None:
+    """The relative path a worker's last line (``FileNotFoundError: ... 'data/val.pt'``) did not
+    find in the replay's copy of the project."""
     import re
 
     found = re.match(r"FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'", last)
-    if found is None or Path(found.group(1)).is_absolute() or store is None:
+    return found.group(1) if found is not None and not Path(found.group(1)).is_absolute() else None
+
+
+def _outside_the_project(last: str, store: Any, run_id: str) -> str | None:
+    """The folder a run ran in, outside its project, where a worker's ``FileNotFoundError``
+    names a relative path that folder has (``python proj/train.py`` from the folder above)."""
+    missing = _missing_relative_path(last)
+    if missing is None or store is None:
         return None
     cwd = query.run_info(run_id, store=store).get("cwd")
-    if not cwd or Path(cwd).resolve().is_relative_to(store.root) or not (Path(cwd) / found.group(1)).exists():
+    if not cwd or Path(cwd).resolve().is_relative_to(store.root) or not (Path(cwd) / missing).exists():
         return None
     return cwd
 
 
 def _newer_than_the_run(last: str, store: Any) -> tuple[str, Path] | None:
-    """The project's file that a worker's last line (``FileNotFoundError: ... 'data/val.pt'``)
-    did not find in the replay's copy of the project, where the project has it."""
-    import re
-
-    from .store import Store
-
-    found = re.match(r"FileNotFoundError: \[Errno 2\] No such file or directory: '([^']+)'", last)
-    if found is None or Path(found.group(1)).is_absolute():
+    """The project's file that a worker's ``FileNotFoundError`` names, which the replay's copy of
+    the project lacks (made or changed since the run started), with its path in the project."""
+    missing = _missing_relative_path(last)
+    if missing is None or store is None:
         return None
-    candidate = (store if isinstance(store, Store) else Store.for_project(store=store)).root / found.group(1)
-    return (found.group(1), candidate) if candidate.exists() else None
+    candidate = store.root / missing
+    return (missing, candidate) if candidate.exists() else None
 
 
 def _failing_new_statement(tail: str, scratch: str | None, plan: Any) -> str | None:
