@@ -927,3 +927,19 @@ def test_policy_keeps_its_margin_in_the_last_iteration_and_budgets_the_wait_for_
     # Spending all of ε at the end (0.49 s of 0.5) would leave the run over ε by what no charge sees.
     policy.spent = 0.41
     assert not policy.decide(29, now=10.0)
+
+
+def test_a_pandas_table_is_checkpointed_only_while_it_stays_small() -> None:
+    """A metrics table the loop fills is state; a data set in a DataFrame is not worth a copy
+    per checkpoint, and text pickles slowly (1M cells of it: 0.2 s of blocked time), also as
+    pandas 3's own ``str`` dtype, not only as columns of objects."""
+    pd = pytest.importorskip("pandas")
+    from hindlog.checkpoint import _small_frame
+
+    assert _small_frame(pd.DataFrame({"epoch": range(100), "loss": [0.5] * 100}))
+    assert _small_frame(pd.Series([1.0] * 500_000))
+    assert not _small_frame(pd.Series([1.0] * 1_000_001))
+    assert _small_frame(pd.DataFrame({"note": ["ok"] * 5_000}))
+    assert not _small_frame(pd.DataFrame({"note": ["text"] * 20_000}))
+    assert not _small_frame(pd.DataFrame({"note": pd.Series(["text"] * 20_000, dtype=object)}))
+    assert not _small_frame([1, 2, 3])

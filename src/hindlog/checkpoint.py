@@ -1088,7 +1088,8 @@ def _small_frame(value: Any) -> bool:
         cells *= n
     # Columns of Python objects (text) pickle slowly: 100k x 10 of them took a second.
     kinds = value.dtypes if len(shape) == 2 else [value.dtype]
-    return cells <= (10_000 if any(kind == object for kind in kinds) else 1_000_000)
+    # (pandas 3 keeps text as its own ``str`` dtype, whose kind is "O" as a column of objects')
+    return cells <= (10_000 if any(getattr(kind, "kind", None) == "O" for kind in kinds) else 1_000_000)
 
 
 # ----------------------------------------------------------------- reading checkpoints
