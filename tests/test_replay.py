@@ -986,6 +986,35 @@ def test_a_segment_that_reads_a_file_another_workers_segment_wrote_is_not_kept(t
     assert proj.values("best_sum", run) == truth["best_sum"]
 
 
+def test_torch_save_is_seen_by_the_check_of_shared_files_and_keeps_out_of_the_projects_files(tmp_path: Path) -> None:
+    """``torch.save`` writes from C++, which raises no audit event: the best model one worker
+    saved and the last segment loaded was not seen as shared (its new value was stored as if
+    right), and a save over a linked input file wrote into the project's file."""
+    proj = ReplayProject(tmp_path)
+    proj.write(".gitignore", "init.pt\n")
+    proj.write("init.pt", "user's file\n")
+    past = time.time() - 600  # older than the run: an input, linked into the replay's copy
+    os.utime(proj.root / "init.pt", (past, past))
+    text = BEST_SAVED.replace("import numpy as np\n", "import numpy as np\nimport torch\nnp.random.seed(0)\n") \
+        .replace('np.save("best.npy", w)', 'torch.save(torch.from_numpy(w), "best.pt")') \
+        .replace('final = np.load("best.npy")', 'final = torch.load("best.pt").numpy()')
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("score", score)', 'torch.save(torch.from_numpy(w), "init.pt")') \
+        + 'hl.log("best_sum", float(final.sum()))\n'
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "3", check=False)
+    assert out.returncode != 0
+    assert "best.pt, which the replayed script wrote in another segment's worker" in out.stderr \
+        or "the run wrote best.pt while it ran: a segment that starts mid-run has not written it yet" in out.stderr, out.stderr
+    assert "init.pt was written by several segments' workers" in out.stdout, out.stdout
+    assert proj.values("best_sum", run) == {}
+    assert (proj.root / "init.pt").read_text() == "user's file\n"
+    proj.replay("train.py", "--workers", "1")
+    truth = ground_truth(tmp_path, {"train.py": new}, ["best_sum"])
+    assert proj.values("best_sum", run) == truth["best_sum"]
+    assert (proj.root / "init.pt").read_text() == "user's file\n"
+
+
 def test_a_segment_that_reads_back_its_own_file_is_kept(counter) -> None:
     """Each iteration writes a file and reads it back: what a worker reads is what it wrote, not
     another segment's, and the replay keeps its values (the check of shared files compares

@@ -10,8 +10,10 @@ a file made, renamed or removed in a linked folder, a NumPy memmap opened ``r+``
 happens and takes the links out of its way: a linked folder on the path becomes a real folder
 of links to its entries, and a linked file about to be written becomes the scratch copy's own
 (removed when the write truncates it, a copy when it keeps its content). The call then acts
-on the scratch copy as it would have on the project. Writes from C code that bypasses Python's
-``open`` (some HDF5 or database libraries) are not seen.
+on the scratch copy as it would have on the project. ``torch.save`` to a path writes from C++
+and raises no audit event: its file is taken out of the links as the hook would, from a wrapper
+put on once PyTorch is imported. Writes from other C code that bypasses Python's ``open`` (some
+HDF5 or database libraries) are not seen.
 """
 
 from __future__ import annotations
@@ -70,7 +72,11 @@ def install(scratch: str, made_after_ns: int | None = None) -> None:
     # working directory is): a path under either is in the copy.
     roots = tuple(dict.fromkeys((os.path.abspath(scratch), os.path.realpath(scratch))))
 
+    torch_pending = [True]
+
     def hook(event: str, args: tuple[Any, ...]) -> None:
+        if torch_pending[0] and "torch.serialization" in sys.modules:
+            torch_pending[0] = not _watch_torch_saves(roots, made_after_ns)
         if event == "open":
             if len(args) < 3 or not isinstance(args[2], int):
                 return
@@ -94,6 +100,31 @@ def install(scratch: str, made_after_ns: int | None = None) -> None:
                     _guard(roots, args[k], keep_content=True, changed=k in changed)
 
     sys.addaudithook(hook)
+    if "torch.serialization" in sys.modules:
+        torch_pending[0] = not _watch_torch_saves(roots, made_after_ns)
+
+
+def _watch_torch_saves(roots: tuple[str, ...], made_after_ns: int | None) -> bool:
+    """Wrap the function ``torch.save`` opens a file with (looked up at each call, so a
+    ``from torch import save`` made earlier is covered too); False while PyTorch's import has
+    not defined it yet."""
+    serialization = sys.modules.get("torch.serialization")
+    opener = getattr(serialization, "_open_zipfile_writer", None)
+    if opener is None:
+        return False
+    if getattr(opener, "_hindlog_watched", False):
+        return True
+
+    def open_zipfile_writer(name_or_buffer: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(name_or_buffer, (str, bytes, os.PathLike)):
+            if made_after_ns is not None:
+                _note(roots, name_or_buffer, 1, made_after_ns)
+            _guard(roots, name_or_buffer, keep_content=False, changed=True)
+        return opener(name_or_buffer, *args, **kwargs)
+
+    open_zipfile_writer._hindlog_watched = True  # type: ignore[attr-defined]
+    serialization._open_zipfile_writer = open_zipfile_writer  # type: ignore[union-attr]
+    return True
 
 
 def _note(roots: tuple[str, ...], path: Any, writing: int, made_after_ns: int) -> None:
