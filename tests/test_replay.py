@@ -3707,6 +3707,47 @@ def test_what_a_models_state_dict_leaves_out_and_a_tensor_a_loop_fills_are_resto
         assert_same_values(proj.values(name, run), truth[name], name)
 
 
+def test_a_setting_of_torchs_own_layers_the_main_loop_changes_is_restored(tmp_path: Path) -> None:
+    """Dropout turned off after warm-up (``model[1].p = 0.0``) and a batch norm's momentum
+    lowered, at the main loop's level: a segment that starts after the change kept the values
+    of the constructor: only the project's own classes' attributes were kept."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import torch.nn.functional as F
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        hl.checkpoints(model=model, opt=opt)
+        X, Y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+        for epoch in hl.loop("epoch", range(8)):
+            if epoch == 1:
+                model[1].p = 0.0
+                model[2].momentum = 0.01
+            for i in hl.loop("step", range(4)):
+                loss = F.cross_entropy(model(X[i * 8:(i + 1) * 8]), Y[i * 8:(i + 1) * 8])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    names = ["p", "momentum"]
+    new = insert_after(text, 'hl.log("loss", loss.item())',
+                       'hl.log("p", model[1].p)\nhl.log("momentum", model[2].momentum)')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out
+    truth = ground_truth(tmp_path, {"train.py": new}, names)
+    for name in names:
+        assert_same_values(proj.values(name, run), truth[name], name)
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added
