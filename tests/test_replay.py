@@ -3748,6 +3748,42 @@ def test_a_setting_of_torchs_own_layers_the_main_loop_changes_is_restored(tmp_pa
         assert_same_values(proj.values(name, run), truth[name], name)
 
 
+def test_a_scheduler_hl_checkpoints_leaves_out_is_restored_in_a_segment_that_starts_mid_run(tmp_path: Path) -> None:
+    """The scheduler the main loop steps is not named in ``hl.checkpoints``: a segment that
+    started mid-run made it anew, and a new statement reading the rate stored the first
+    epochs' rate as a success (no recorded value depends on it where nested loops are skipped)."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        X, y = torch.randn(64, 4), torch.randn(64, 1)
+        model = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        hl.checkpoints(model=model, opt=opt)
+        for epoch in hl.loop("epoch", range(8)):
+            for i in hl.loop("step", range(0, 64, 16)):
+                loss = ((model(X[i:i + 16]) - y[i:i + 16]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            sched.step()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("lr", sched.get_last_lr()[0])')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["lr"])
+    assert_same_values(proj.values("lr", run), truth["lr"], "lr")
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added

@@ -638,28 +638,34 @@ print(json.dumps({"run": hl.run_id()}))
 """
 
 
-def test_state_the_main_loop_uses_but_hl_checkpoints_leaves_out_is_named_in_a_warning(tmp_path: Path) -> None:
+def test_state_the_main_loop_uses_but_hl_checkpoints_leaves_out_is_checkpointed_and_named_in_a_warning(tmp_path: Path) -> None:
     """The model trained by the declared optimizer (the loop only calls it) and a random
     generator of the script's own (the loop draws from it): replay and resume could not
-    restore them, and the user is told which to add."""
-    pytest.importorskip("torch")
+    restore them. They are checkpointed from the second iteration on, and the user is told
+    which to add."""
+    torch = pytest.importorskip("torch")
     proj = CkProject(tmp_path)
     proj.write("train.py", UNDECLARED)
     stderr = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
-    assert "the main loop changes model, rng but the checkpoints do not hold them" in stderr, stderr
+    assert "checkpointing model, rng as well: the main loop changes them and hl.checkpoints does not name them" in stderr, stderr
     assert "hl.checkpoints(model=model, ...)" in stderr
     assert "train.py:" in stderr and "checkpoint.py" not in stderr, stderr  # shown at the user's loop
     # `hindlog show` says it too, with what the checkpoints hold: the terminal may be gone.
     shown = proj.cli("show").stdout
-    assert "state        opt, w and the random generators" in shown, shown
-    assert "warned       the main loop changes model, rng but the checkpoints do not hold them" in shown, shown
+    assert "state        model, opt, rng, w and the random generators" in shown, shown
+    assert "warned       checkpointing model, rng as well" in shown, shown
+    run_id = proj.run_ids()[-1]
+    assert 0 not in proj.checkpointed_iterations(run_id)  # taken before the first iteration showed them
+    model = torch.nn.Linear(3, 1)
+    rng = np.random.default_rng(123)
+    hl.restore(run_id, iteration=2, store=proj.store(), model=model, rng=rng)  # held since the second iteration
     # All declared; a loop variable that is one of the model's parameters (an EMA update) is
     # checkpointed with the model.
     declared = UNDECLARED.replace("hl.checkpoints(opt=opt, w=w)", "hl.checkpoints(opt=opt, w=w, model=model, rng=rng)")
     declared = declared.replace("    w += 1\n", "    w += 1\n    with torch.no_grad():\n        for p in model.parameters():\n            p.mul_(0.99)\n")
     assert "p.mul_(0.99)" in declared
     proj.write("train.py", declared)
-    assert "checkpoints do not hold" not in proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
+    assert "as well" not in proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
 
 
 RNG_OBJECT = """
@@ -733,5 +739,5 @@ for epoch in hl.loop("epoch", range(3)):
     hl.log("acc", float(clf.score(X, y)))
 """)
     stderr = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
-    assert "the main loop changes clf but the checkpoints do not hold it" in stderr, stderr
+    assert "checkpointing clf as well: the main loop changes it and hl.checkpoints does not name it" in stderr, stderr
     assert "hl.checkpoints(clf=clf, ...)" in stderr

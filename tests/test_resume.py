@@ -583,3 +583,50 @@ def test_resume_says_that_persistent_dataloader_workers_draw_anew(tmp_path: Path
     (run_id,) = proj.run_ids()
     resumed = proj.cli("resume", run_id)
     assert "the DataLoader 'loader' keeps persistent workers" in resumed.stderr, resumed.stderr
+
+
+FORGOT_SCHEDULER = """
+import json, os, time
+import torch
+import hindlog as hl
+
+torch.manual_seed(0)
+X, y = torch.randn(64, 4), torch.randn(64, 1)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+hl.checkpoints(model=model, opt=opt)
+for epoch in hl.loop("epoch", range(8)):
+    for i in hl.loop("step", range(0, 64, 16)):
+        loss = ((model(X[i:i + 16]) - y[i:i + 16]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sched.step()
+    hl.log("loss", loss.item())
+    hl.log("lr", sched.get_last_lr()[0])
+    if epoch == 5 and os.path.exists("fail.flag"):
+        raise RuntimeError("the node went away")
+    time.sleep(0.05)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_a_scheduler_hl_checkpoints_leaves_out_is_checkpointed_and_resumed(tmp_path: Path) -> None:
+    """``hl.checkpoints(model=model, opt=opt)`` without the scheduler the main loop steps: a
+    resumed run started it anew, and trained its last epochs with the first epochs' rate. The
+    record now checkpoints it from its second iteration on, and says to name it."""
+    pytest.importorskip("torch")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", FORGOT_SCHEDULER)
+    (proj.root / "fail.flag").write_text("x")
+    failed = proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0.9"})
+    assert failed.returncode == 1 and "the node went away" in failed.stderr
+    assert "checkpointing sched as well: the main loop changes it" in failed.stderr, failed.stderr
+    assert "hl.checkpoints(sched=sched, ...)" in failed.stderr
+    (run_id,) = proj.run_ids()
+    assert "sched" in proj.cli("show", run_id).stdout
+    (proj.root / "fail.flag").unlink()
+    proj.cli("resume", run_id)
+    reference_id = last_json(proj.run("train.py").stdout)["run"]
+    assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)

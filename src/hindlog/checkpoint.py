@@ -1013,11 +1013,12 @@ class Checkpointer:
         return undeclared
 
     def _adopt_undeclared(self, frame: FrameType, facts: Any) -> bool:
-        """Under ``hindlog run``, the state the script's analysis missed (an EMA model a function
-        two calls down updates) is declared once the first iteration shows it: True if some was.
-        That iteration gets no checkpoint (what its loops' exits copied lacks it); its replay
-        and resume declare it too (``adopted_state``)."""
-        if self._adoption_checked or facts is None or not getattr(sys.modules.get("hindlog.handsfree"), "RUNNING", False):
+        """The state ``hl.checkpoints`` does not name (a forgotten scheduler, the model a declared
+        optimizer trains; under ``hindlog run``, an EMA model a function two calls down updates)
+        is declared once the first iteration shows that the main loop changes it: True if some
+        was. That iteration gets no checkpoint (what its loops' exits copied lacks it); its
+        replay and resume declare it too (``adopted_state``). Only in the run that records."""
+        if self._adoption_checked or facts is None or self.recorder.controller is not None:
             return False
         self._adoption_checked = True
         adopted = {}
@@ -1031,8 +1032,20 @@ class Checkpointer:
         self.recorder.declared.update(adopted)
         self.recorder._note_state()
         self.recorder.writer.change("info", {"adopted_state": sorted(adopted)})
-        print(f"hindlog: checkpointing {', '.join(sorted(adopted))} as well: the main loop changes "
-              f"{'it' if len(adopted) == 1 else 'them'} (seen in its first iteration)", file=sys.stderr)
+        names = ", ".join(sorted(adopted))
+        them = "it" if len(adopted) == 1 else "them"
+        if getattr(sys.modules.get("hindlog.handsfree"), "RUNNING", False):
+            print(f"hindlog: checkpointing {names} as well: the main loop changes {them} (seen in its first iteration)",
+                  file=sys.stderr)
+        else:
+            first = sorted(adopted)[0]
+            # Shown at the user's main loop, and kept for ``hindlog show``.
+            warnings.warn_explicit(
+                f"hindlog: checkpointing {names} as well: the main loop changes {them} and hl.checkpoints does not "
+                f"name {them} (seen in its first iteration, which has no checkpoint). Add {them}: "
+                f"hl.checkpoints({first}={first}, ...).",
+                RuntimeWarning, frame.f_code.co_filename, frame.f_lineno,
+            )
         return True
 
     def _warn_undeclared(self, frame: FrameType, facts: Any) -> None:

@@ -21,6 +21,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from . import catalog, codeversion, config, environment
@@ -437,6 +438,8 @@ class Recorder:
                     self._note_state()
         except Exception:  # noqa: BLE001 - only more state to hold: the run goes on without it
             pass
+        if self.controller is not None and "state_candidates" not in self.controller.spec:
+            self._declare_adopted(frame, self.controller.spec.get("adopted_state") or [])
         it = iter(iterable)
         if self.controller is not None:
             start, it = self.controller.main_loop_start(name, it, frame)
@@ -628,6 +631,19 @@ class Recorder:
                 self.checkpointer = Checkpointer(self)
                 self.checkpointer.policy.charge(0.0, self.pending_background_cpu, checkpoint=False)
                 self.pending_background_cpu = 0.0
+
+    def _declare_adopted(self, frame: FrameType, names: list[str]) -> None:
+        """A replay or resume declares what the record declared once its first iteration showed
+        that the main loop changes it (``Checkpointer._adopt_undeclared``), as the script names it."""
+        from .state import declare
+
+        scope = {**frame.f_globals, **frame.f_locals}
+        for name in names:
+            if name in scope and name not in self.declared:
+                try:
+                    self.declared[name] = declare(name, scope[name])
+                except TypeError:
+                    pass  # (its checkpoints hold it, and it cannot be restored: as if not declared)
 
     def _note_state(self) -> None:
         """What the checkpoints hold, for ``hindlog show`` (the terminal that said it is gone)."""

@@ -1111,6 +1111,8 @@ def _execute(
         if "state_candidates" in (run.get("info") or {}):
             # (with what the record declared once its first iteration showed it: ``adopted_state``)
             spec["state_candidates"] = run["info"]["state_candidates"] + run["info"].get("adopted_state", [])
+        else:
+            spec["adopted_state"] = (run.get("info") or {}).get("adopted_state", [])
         spec_path = scratch / f".hindlog-spec-{k}.json"
         spec_path.write_text(json.dumps(spec))
         log_path = scratch / f".hindlog-worker-{k}.log"

@@ -92,6 +92,8 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
         info = row.get("info") or {}
         if "state_candidates" in info:
             spec["state_candidates"] = info["state_candidates"] + info.get("adopted_state", [])
+        else:
+            spec["adopted_state"] = info.get("adopted_state", [])
         spec_path.write_text(json.dumps(spec))
         argv = row.get("argv") or [row["script"]]
         cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)
