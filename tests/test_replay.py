@@ -3784,6 +3784,42 @@ def test_a_scheduler_hl_checkpoints_leaves_out_is_restored_in_a_segment_that_sta
     assert_same_values(proj.values("lr", run), truth["lr"], "lr")
 
 
+def test_a_script_that_never_calls_hl_checkpoints_is_checkpointed_and_replayed_in_segments(tmp_path: Path) -> None:
+    """No ``hl.checkpoints`` at all: the run took no checkpoint and said nothing, and every
+    replay was a full re-run. The model and optimizer the main loop trains are checkpointed
+    from its second iteration on, with a warning that names them."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        X, y = torch.randn(64, 4), torch.randn(64, 1)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+        opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        for epoch in hl.loop("epoch", range(6)):
+            for i in hl.loop("step", range(0, 64, 16)):
+                loss = ((model(X[i:i + 16]) - y[i:i + 16]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    proj.write("train.py", text)
+    recorded = proj.python("train.py", env=DENSE)
+    assert "checkpointing model, opt as well: the main loop changes them" in recorded.stderr, recorded.stderr
+    run = proj.run_ids()[-1]
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("w", model[0].weight.sum().item())')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["w"])
+    assert_same_values(proj.values("w", run), truth["w"], "w")
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added

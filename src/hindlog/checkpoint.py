@@ -1006,9 +1006,10 @@ class Checkpointer:
                                or _estimator(scope[n]))
             and id(scope[n]) not in declared_ids
         }
-        # A model the loop only calls (``model(x)``), trained by a declared optimizer.
+        # A model the loop only calls (``model(x)``), trained by an optimizer declared or found above.
         everything = {**frame.f_globals, **scope}
-        undeclared.update({n: everything[n] for n in trained_by({d.name: d.held for d in self.declared.values()}, everything)
+        holders = {**{d.name: d.held for d in self.declared.values()}, **undeclared}
+        undeclared.update({n: everything[n] for n in trained_by(holders, everything)
                            if id(everything[n]) not in declared_ids})
         return undeclared
 

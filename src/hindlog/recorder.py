@@ -427,6 +427,13 @@ class Recorder:
         self.depth = 1
         self.main_loop_name = name
         start = 0
+        if self.checkpointer is None:
+            # A script that never calls hl.checkpoints: the random generators, the loop's locals
+            # and the state its first iteration shows it changes are still checkpointed.
+            try:
+                self.checkpoints({})
+            except Exception:  # noqa: BLE001 - the run goes on without checkpoints
+                pass
         try:
             if "torch" in sys.modules:
                 from .state import undeclared_generators
