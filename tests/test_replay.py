@@ -3820,6 +3820,53 @@ def test_a_script_that_never_calls_hl_checkpoints_is_checkpointed_and_replayed_i
     assert_same_values(proj.values("w", run), truth["w"], "w")
 
 
+def test_reinforce_with_the_update_after_its_rollout_loop_is_replayed(tmp_path: Path) -> None:
+    """REINFORCE: the rollout loop collects log-probabilities, a loop computes the returns, and
+    the main loop's own code calls ``backward()``. A replay skipped the rollout loop (its
+    restored log-probabilities had no graph: "does not require grad"), or ran it and then
+    skipped the returns loop, whose restore copied the unchanged policy into itself (a version
+    bump: "modified by an inplace operation")."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        from torch.distributions import Categorical
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        policy = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        opt = torch.optim.Adam(policy.parameters(), lr=1e-2)
+        hl.checkpoints(policy=policy, opt=opt)
+        obs = torch.ones(4)
+        for episode in hl.loop("episode", range(6)):
+            logps, rewards = [], []
+            for t in hl.loop("step", range(8)):
+                dist = Categorical(logits=policy(obs))
+                a = dist.sample()
+                logps.append(dist.log_prob(a))
+                rewards.append(float(a))
+            G, rets = 0.0, []
+            for r in hl.loop("ret", reversed(rewards)):
+                G = r + 0.99 * G
+                rets.append(G)
+            loss = -(torch.stack(logps) * torch.tensor(rets[::-1])).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("ret0", rets[-1])')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "1").stdout
+    assert must_run(out) == {"step"}, out
+    assert "loop step leaves tensors with their autograd graph" in out, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["ret0"])
+    assert_same_values(proj.values("ret0", run), truth["ret0"], "ret0")
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added

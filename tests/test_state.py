@@ -348,3 +348,22 @@ def test_capturable_locals_leaves_out_modules_functions_and_declared_objects() -
         return capturable_locals(sys._getframe(), {"loss", "mod", "fn", "cls", "model", "missing_is_fine"}, {id(declared)})
 
     assert body() == {"loss": 0.5}
+
+
+def test_loading_a_models_state_writes_only_the_tensors_that_differ() -> None:
+    """A restore copies only what changed: a parameter holding the saved value already keeps
+    its version counter, so a graph built from it before the restore can still be
+    differentiated; one that differs gets the saved value."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    d = declare("model", model)
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved["1.bias"] = torch.full((2,), 2.0)
+    out = model[0](torch.randn(5, 3)).sum()  # a graph through 0.weight
+    versions = {k: v._version for k, v in model.state_dict(keep_vars=True).items()}
+    load_into(d, saved)
+    after = model.state_dict(keep_vars=True)
+    assert after["0.weight"]._version == versions["0.weight"]
+    assert torch.equal(after["1.bias"], torch.full((2,), 2.0))
+    out.backward()  # ("modified by an inplace operation" had the weight been copied into)
+    assert model[0].weight.grad is not None

@@ -660,6 +660,7 @@ class Checkpointer:
         #: Iteration-end snapshots that took the copies of the loop exit's (nothing to copy or hash).
         self.reused_exit_snapshots = 0
         self._adoption_checked = False
+        self._graph_loops: set[str] = set()
         #: The most bytes one snapshot held (pickled objects and optimizer state included).
         self.largest_snapshot = 0
 
@@ -949,7 +950,8 @@ class Checkpointer:
         frame_locals = {}
         # A local holding declared objects (a trainer's self.model) keeps references to them.
         self.freezer.declared_ids = ids
-        for name, value in capturable_locals(frame, names - self._unpicklable, exclude).items():
+        frame_values = capturable_locals(frame, names - self._unpicklable, exclude)
+        for name, value in frame_values.items():
             mark = len(tensors)
             try:
                 frame_locals[name] = freeze(value, tensors)
@@ -979,6 +981,12 @@ class Checkpointer:
             # Whose locals these are: a replay restores them only into that function's frame.
             "scope": frame_scope(frame),
         }
+        if loop is not None and loop not in self._graph_loops and self._holds_graph(frame_values, names):
+            # Log-probabilities a rollout loop collects for a ``backward()`` after it: a restored
+            # copy has no graph to differentiate. Replay runs such a loop where the main loop's
+            # own code calls ``backward()`` (replay.plan_run).
+            self._graph_loops.add(loop)
+            self.recorder.writer.change("info", {"graph_loops": sorted(self._graph_loops)})
         if loop is not None and skeleton["unrestorable"] and loop not in self._noted_loops:
             # Replay runs such a loop instead of skipping it (recorder._skipped_block): its plan says so.
             self._noted_loops.add(loop)
@@ -991,6 +999,19 @@ class Checkpointer:
             self._noted_unrestorable.update(handed_on)
             self.recorder.writer.change("info", {"unrestorable_locals": sorted(self._noted_unrestorable)})
         return Frozen(i, block, loop, skeleton, tensors)
+
+    def _holds_graph(self, frame_values: dict[str, Any], names: set[str]) -> bool:
+        """Whether the loop's locals, or a list a declared model holds (``policy.saved_log_probs``),
+        hold tensors autograd computed."""
+        if "torch" not in sys.modules:
+            return False
+        try:
+            if any(_carries_graph(v) for v in frame_values.values()):
+                return True
+            return any(isinstance(v, list) and _carries_graph(v)
+                       for d in self.declared.values() if d.kind == "module" for v in vars(d.obj).values())
+        except Exception:  # noqa: BLE001 - only a replay's plan depends on it
+            return False
 
     def _undeclared(self, frame: FrameType, facts: Any) -> dict[str, Any]:
         """Objects with a ``state_dict`` (or random generators) that the main loop changes and
@@ -1067,6 +1088,20 @@ class Checkpointer:
                 f"{them}; replay and resume cannot restore {'its' if len(missing) == 1 else 'their'} state. {advice}",
                 RuntimeWarning, frame.f_code.co_filename, frame.f_lineno,
             )
+
+
+def _carries_graph(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` is, or holds in a list, tuple or dict, a tensor autograd computed."""
+    torch = sys.modules.get("torch")
+    if torch is None or depth > 2:
+        return False
+    if isinstance(value, torch.Tensor):
+        return value.grad_fn is not None
+    if isinstance(value, (list, tuple, collections.deque)) and len(value) <= _PLAIN_CONTAINER_ITEMS:
+        return any(_carries_graph(v, depth + 1) for v in value)
+    if isinstance(value, dict) and len(value) <= _PLAIN_CONTAINER_ITEMS:
+        return any(_carries_graph(v, depth + 1) for v in value.values())
+    return False
 
 
 def _estimator(value: Any) -> bool:

@@ -1293,6 +1293,18 @@ def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: di
     return None
 
 
+def main_loop_calls_backward(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> bool:
+    """Whether the main loop's own code (outside every loop in it, and in the project functions
+    it calls there) calls ``.backward()``: REINFORCE's update after the episode's rollout loop."""
+    if main_loop is None:
+        return False
+    loop_name = _loop_namer(names)
+    trees = _parse_all(files)
+    flow = _GradientFlow(trees)
+    return any(flow.own_backward(node) for path, tree in trees.items() for node in ast.walk(tree)
+               if isinstance(node, _LOOPS) and loop_name(node, path) == main_loop)
+
+
 def main_loop_reads_gradients(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> bool:
     """Whether the main loop's own code (outside its nested loops, which a replay may skip)
     reads gradients: a recorded ``hl.log("grad_norm", ...)`` after the step loop. It would read

@@ -537,6 +537,11 @@ def plan_run(
         first = conn.execute("SELECT loops FROM contexts WHERE run=? AND iteration IS NOT NULL LIMIT 1", (run["id"],)).fetchone()
         if first:
             plan.main_loop = json.loads(first[0])[0][0]
+    graph_loops = {loop for r in ranks for loop in (r.get("info") or {}).get("graph_loops") or []} - plan.probed
+    if graph_loops and hindsight.main_loop_calls_backward(all_sources, plan.main_loop, names):
+        plan.probed |= graph_loops
+    else:
+        graph_loops = set()
     if not info.get("handsfree") and any(
         "print(" in "\n".join(files[path].splitlines()[lo - 1:hi]) for path, ranges in new_statements.items() for lo, hi in ranges
     ):
@@ -557,6 +562,10 @@ def plan_run(
         run_all_blocks = plan.run_all_blocks = True
         plan.notes.append("the recorded code reads gradients after its nested loops (a logged gradient norm), and "
                           "checkpoints do not hold them: the nested loops run")
+    if graph_loops:
+        plan.notes.append(f"loop {', '.join(sorted(graph_loops))} leaves tensors with their autograd graph (log-probabilities "
+                          "for a backward() after it), which a checkpoint cannot hold, and the main loop's own code calls "
+                          "backward(): it runs instead of being skipped")
     if cannot_skip:
         plan.notes.append(f"loop {', '.join(sorted(cannot_skip))} changes a local its checkpoints could not hold "
                           "(hindlog warned when it recorded): it runs instead of being skipped")

@@ -924,7 +924,7 @@ def load_into(d: Declared, value: Any, modes: bool = True) -> Any:
         _load_optimizer(torch, obj, value)
     elif d.kind == "module":
         attributes = value.get(MODULE_ATTRIBUTES)  # (none in an older hindlog's checkpoints)
-        obj.load_state_dict({k: v for k, v in value.items() if k != MODULE_ATTRIBUTES} if attributes is not None else value)
+        _load_module(obj, {k: v for k, v in value.items() if k != MODULE_ATTRIBUTES} if attributes is not None else value)
         if attributes:
             _set_module_attributes(obj, attributes, modes)
     elif d.kind == "stateful":
@@ -939,6 +939,32 @@ def load_into(d: Declared, value: Any, modes: bool = True) -> Any:
     else:
         return replace_in_place(obj, value)
     return obj
+
+
+def _load_module(module: Any, saved: dict[str, Any]) -> None:
+    """``module.load_state_dict(saved)``, leaving out the tensors that hold the saved values
+    already. A copy into a parameter bumps its version counter even when nothing changes, and
+    a graph built before the restore (a rollout loop's log-probabilities, run in a replay
+    before a skipped loop that did not touch the model) could no longer be differentiated."""
+    import torch
+
+    try:
+        current = module.state_dict(keep_vars=True)
+        if current.keys() != saved.keys():
+            raise LookupError
+        changed = {}
+        for k, v in saved.items():
+            t = current[k]
+            if not (isinstance(t, torch.Tensor) and isinstance(v, torch.Tensor) and t.shape == v.shape
+                    and t.dtype == v.dtype and t.device == v.device and torch.equal(t.detach(), v)):
+                changed[k] = v
+    except Exception:  # noqa: BLE001 - load the whole state, as load_state_dict does
+        module.load_state_dict(saved)
+        return
+    if len(changed) == len(saved):
+        module.load_state_dict(saved)
+    elif changed:
+        module.load_state_dict(changed, strict=False)
 
 
 def is_optimizer(d: Declared) -> bool:
