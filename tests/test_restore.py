@@ -741,3 +741,45 @@ for epoch in hl.loop("epoch", range(3)):
     stderr = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
     assert "checkpointing clf as well: the main loop changes it and hl.checkpoints does not name it" in stderr, stderr
     assert "hl.checkpoints(clf=clf, ...)" in stderr
+
+
+SCRIPT_CLASS_LOCAL = """
+import json
+import numpy as np
+import hindlog as hl
+
+
+class RunningMean:
+    def __init__(self):
+        self.n, self.mean = 0, 0.0
+
+    def update(self, x):
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+
+
+w = np.zeros(2)
+stats = RunningMean()
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(4)):
+    w += 1.0
+    stats.update(float(w.sum()))
+    hl.log("mean", stats.mean)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_restore_in_a_process_without_the_scripts_classes_restores_the_objects_asked_for(tmp_path: Path) -> None:
+    """A checkpointed local of a class the script defines (a running-mean meter): reading the
+    checkpoint in another process (a notebook's ``hl.restore``, ``hindlog resume``'s check)
+    failed with "Can't get attribute 'RunningMean'". The objects asked for are restored, and the
+    local is named among those not loaded."""
+    proj = CkProject(tmp_path)
+    proj.write("train.py", SCRIPT_CLASS_LOCAL)
+    run_id = last_json(proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stdout)["run"]
+    k = proj.checkpointed_iterations(run_id)[-1]
+    w = np.zeros(2)
+    restored = hl.restore(run_id, iteration=k, store=proj.store(), w=w)
+    assert list(w) == [k + 1.0, k + 1.0]
+    assert "stats" in restored.locals_not_loaded and "RunningMean" in restored.locals_not_loaded["stats"]
+    assert "w" not in restored.locals_not_loaded

@@ -630,3 +630,49 @@ def test_a_scheduler_hl_checkpoints_leaves_out_is_checkpointed_and_resumed(tmp_p
     proj.cli("resume", run_id)
     reference_id = last_json(proj.run("train.py").stdout)["run"]
     assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)
+
+
+CLASS_IN_SCRIPT = """
+import json, os, time
+import numpy as np
+import hindlog as hl
+
+
+class RunningMean:
+    def __init__(self):
+        self.n, self.mean = 0, 0.0
+
+    def update(self, x):
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+
+
+rng = np.random.default_rng(0)
+w = np.zeros(3)
+stats = RunningMean()
+hl.checkpoints(w=w, rng=rng)
+for epoch in hl.loop("epoch", range(6)):
+    w += rng.normal(size=3)
+    stats.update(float(w.sum()))
+    hl.log("mean", stats.mean)
+    if epoch == 3 and os.path.exists("fail.flag"):
+        raise RuntimeError("preempted")
+    time.sleep(0.05)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_resume_a_run_whose_checkpoints_hold_an_object_of_the_scripts_own_class(tmp_path: Path) -> None:
+    """``hindlog resume`` read the latest checkpoint in its own process to choose where to start,
+    and unpickling the script's ``RunningMean`` there failed with a traceback."""
+    proj = CkProject(tmp_path)
+    proj.write("train.py", CLASS_IN_SCRIPT)
+    (proj.root / "fail.flag").write_text("x")
+    failed = proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0.9"})
+    assert failed.returncode == 1 and "preempted" in failed.stderr
+    (run_id,) = proj.run_ids()
+    (proj.root / "fail.flag").unlink()
+    resumed = proj.cli("resume", run_id)
+    assert f"resuming run {run_id} after iteration" in resumed.stderr, resumed.stderr
+    reference_id = last_json(proj.run("train.py").stdout)["run"]
+    assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)

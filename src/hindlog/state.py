@@ -272,6 +272,17 @@ class DeclaredRef:
         return (DeclaredRef, (self.name,))
 
 
+class NotLoaded:
+    """A pickled value this process could not unpickle (an object of a class the recorded script
+    defines, read by ``hindlog resume`` or a notebook's ``hl.restore``): the checkpoint is
+    intact, and ``resolve`` raises for this value only, where it is used."""
+
+    __slots__ = ("error", "data")
+
+    def __init__(self, error: str, data: bytes) -> None:
+        self.error, self.data = error, data
+
+
 class Unresolved:
     """A ``PickledWithRefs`` read back, with its checkpoint's tensors, waiting for ``resolve``."""
 
@@ -349,6 +360,8 @@ def resolve(value: Any, live: dict[str, Any], current: Any = None) -> Any:
     references to itself ``current`` (the object it is restored into)."""
     if isinstance(value, Unresolved):
         return _load_with(_RefUnpickler(io.BytesIO(value.data), value.tensors, live, current))
+    if isinstance(value, NotLoaded):
+        return _loads(value.data)  # (raises as it did, unless the class is there now)
     if isinstance(value, DeclaredRef):
         return live.get(value.name)
     if type(value) is dict:
@@ -743,7 +756,10 @@ def thaw(skeleton: Any, tensors: list[Any]) -> Any:
     if isinstance(skeleton, PickledWithRefs):
         return Unresolved(skeleton.data, tensors)
     if isinstance(skeleton, Pickled):
-        return _loads(skeleton.data)
+        try:
+            return _loads(skeleton.data)
+        except Exception as e:  # noqa: BLE001 - its class is not in this process: see NotLoaded
+            return NotLoaded(f"{type(e).__name__}: {e}", skeleton.data)
     if type(skeleton) is dict:
         return {k: thaw(v, tensors) for k, v in skeleton.items()}
     if type(skeleton) is list:
