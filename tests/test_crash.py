@@ -244,6 +244,18 @@ def test_ctrl_c_while_the_run_finishes_at_exit_waits_until_everything_is_saved(p
     assert "saving the run's records before stopping" in out.stderr
 
 
+def test_sigterm_while_the_run_finishes_at_exit_dies_once_everything_is_saved(project: Project) -> None:
+    """A scheduler's SIGTERM a moment after the script's last line: the handler saw a run
+    already finishing and let the process die at once, which lost every record still queued
+    and left the run "running". It now dies by SIGTERM once the run is saved."""
+    script = INTERRUPT_WHILE_FINISHING.replace("os.kill(os.getpid(), signal.SIGINT)", "os.kill(os.getpid(), signal.SIGTERM)")
+    out = project.run(script, env={"HINDLOG_FLUSH_INTERVAL": "30"}, check=False)
+    assert out.returncode == -signal.SIGTERM, (out.returncode, out.stderr)
+    assert project.values("i") == list(range(3000))
+    info = project.run_info()
+    assert info["status"] == "finished" and info["ended"] is not None and info["code_version"]
+
+
 def test_ctrl_c_during_finish_is_raised_once_the_run_is_saved(project: Project) -> None:
     out = project.run(
         INTERRUPT_WHILE_FINISHING + """

@@ -132,6 +132,9 @@ class Recorder:
         #: Set in replay and resume processes (see controller.py).
         self.controller: Any = None
         self.finished = False
+        #: ``finish`` has saved everything; a SIGTERM came while it was saving (it dies after).
+        self.finish_done = False
+        self.sigterm_pending = False
         self.status: str | None = None
         self._exc_status: str | None = None
         #: The exception the script ended with (``note_error``), if any.
@@ -782,7 +785,14 @@ class Recorder:
         if self.finished or os.getpid() != self.pid:
             return
         with _interrupts_deferred() as interrupted:
-            self._finish(status)
+            try:
+                self._finish(status)
+            finally:
+                self.finish_done = True
+        if self.sigterm_pending:
+            # A SIGTERM came while the run was being saved (``_on_sigterm``): die by it now.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
         if interrupted and not at_exit:
             raise KeyboardInterrupt
 
@@ -1018,6 +1028,11 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     from . import record
 
     rec = record._recorder
+    if rec is not None and rec.finished and not rec.finish_done and rec.pid == os.getpid():
+        # The run is being saved (the script ended and its exit handler flushes the queued
+        # records): dying now lost them all and left the run "running". It dies once saved.
+        rec.sigterm_pending = True
+        return
     if rec is not None and not rec.finished:
         rec.finish("killed", at_exit=True)  # the process dies next: a Ctrl-C meanwhile changes nothing
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
