@@ -3867,6 +3867,62 @@ def test_reinforce_with_the_update_after_its_rollout_loop_is_replayed(tmp_path: 
     assert_same_values(proj.values("ret0", run), truth["ret0"], "ret0")
 
 
+def test_tensors_a_model_holds_as_plain_attributes_are_restored(tmp_path: Path) -> None:
+    """Tensors that are neither parameters nor buffers: the attention weights a layer keeps in
+    ``forward`` for inspection, a router bias it updates there, and the weight an old-style
+    ``spectral_norm`` computes from ``weight_orig``. Replays stored the values of a forward pass
+    before training (or of the model's construction) as a success wherever the loop was skipped."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+
+
+        class Block(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.q = torch.nn.Linear(4, 4)
+                self.out = torch.nn.utils.spectral_norm(torch.nn.Linear(4, 1))
+                self.route_bias = torch.zeros(4)
+
+            def forward(self, x):
+                att = torch.softmax(self.q(x) + self.route_bias, dim=-1)
+                self.last_att = att.detach()
+                with torch.no_grad():
+                    self.route_bias += 0.01 * (att.mean(0) - 0.25)
+                return self.out(att * x)
+
+
+        torch.manual_seed(0)
+        model = Block()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        hl.checkpoints(model=model, opt=opt)
+        X, y = torch.randn(32, 4), torch.randn(32, 1)
+        model(X[:2])  # a shape check before training
+        for epoch in hl.loop("epoch", range(6)):
+            for i in hl.loop("step", range(0, 32, 8)):
+                loss = ((model(X[i:i + 8]) - y[i:i + 8]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    names = ["att", "bias", "w"]
+    new = insert_after(text, 'hl.log("loss", loss.item())',
+                       'hl.log("att", model.last_att.sum(0).tolist())\nhl.log("bias", model.route_bias.tolist())\n'
+                       'hl.log("w", model.out.weight.norm().item())')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out
+    truth = ground_truth(tmp_path, {"train.py": new}, names)
+    for name in names:
+        assert_same_values(proj.values(name, run), truth[name], name)
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added

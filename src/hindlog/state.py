@@ -49,7 +49,7 @@ class Declared:
     changed: set[tuple[str, str]] = field(default_factory=set)
     #: Per module (by index), its ``__dict__``'s size and the names of its plain attributes when
     #: last scanned: a checkpoint reads only those, and scans a module again when its size changed.
-    watched: list[tuple[int, tuple[str, ...], dict[str, Any]]] | None = None
+    watched: list[tuple[int, tuple[str, ...], dict[str, Any], tuple[str, ...]]] | None = None
 
     @property
     def held(self) -> Any:
@@ -801,15 +801,16 @@ def _changed_attributes(d: Declared, modules: list[Any]) -> dict[str, dict[str, 
     if d.baseline is None:  # (declared by a hindlog that kept no baseline)
         d.baseline = _plain_attributes(d.obj, modules)
     if d.watched is None or len(d.watched) != len(modules):
-        d.watched = [(-1, (), {})] * len(modules)
+        d.watched = [(-1, (), {}, ())] * len(modules)
     baseline, changed, watched = d.baseline, d.changed, d.watched
     for k, m in enumerate(modules):
         own = m.__dict__
-        size, names, before = watched[k]
+        size, names, before, tensor_names = watched[k]
         if len(own) != size:
             names = tuple(a for a, v in own.items() if _plain_attribute(a, v))
             before = baseline.get(str(k), {})
-            watched[k] = (len(own), names, before)
+            tensor_names = tuple(a for a, v in own.items() if not a.startswith("_") and _tensor_attribute(v))
+            watched[k] = (len(own), names, before, tensor_names)
         for a in names:
             was = before.get(a, _MISSING)
             if was is not own.get(a) and was != own.get(a) and _plain_attribute(a, own.get(a)):
@@ -824,6 +825,31 @@ def _changed_attributes(d: Declared, modules: list[Any]) -> dict[str, dict[str, 
 
 
 _MISSING = object()
+
+#: The largest tensor held as a plain attribute of a module that a checkpoint keeps.
+_TENSOR_ATTRIBUTE_BYTES = 64 << 20
+
+
+def _tensor_attribute(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and type(value) is torch.Tensor and value.layout == torch.strided \
+        and value.numel() * value.element_size() <= _TENSOR_ATTRIBUTE_BYTES
+
+
+def _tensor_attributes(d: Declared | None, modules: list[Any]) -> dict[str, Any]:
+    """Tensors the modules hold as plain attributes, neither parameters nor buffers, by
+    "index:name": a router's bias a mixture of experts updates in ``forward``, the attention
+    weights a layer keeps for inspection (``self.last_att = att.detach()``), the weight an
+    old-style ``spectral_norm`` computes. Detached: a restore sets their values, not graphs."""
+    out = {}
+    for k, m in enumerate(modules):
+        names = d.watched[k][3] if d is not None and d.watched is not None and k < len(d.watched) else \
+            tuple(a for a, v in vars(m).items() if not a.startswith("_") and _tensor_attribute(v))
+        for a in names:
+            v = m.__dict__.get(a)
+            if _tensor_attribute(v):
+                out[f"{k}:{a}"] = v.detach()
+    return out
 
 
 def _module_attributes(module: Any, saved: dict[str, Any], d: Declared | None = None) -> dict[str, Any]:
@@ -847,6 +873,7 @@ def _module_attributes(module: Any, saved: dict[str, Any], d: Declared | None = 
     attributes = _plain_attributes(module, modules) if d is None else _changed_attributes(d, modules)
     return {
         "attributes": attributes,
+        "tensors": _tensor_attributes(d, modules),
         "training": [m.training for m in modules],
         "trainable": {k: v.requires_grad for k, v in saved.items() if isinstance(v, torch.nn.Parameter)},
         "buffers": buffers,
@@ -868,6 +895,17 @@ def _set_module_attributes(module: Any, extra: dict[str, Any], modes: bool = Tru
     for name, p in module.named_parameters():
         if name in trainable and p.requires_grad != trainable[name]:
             p.requires_grad_(trainable[name])
+    for key, value in (extra.get("tensors") or {}).items():
+        k, name = key.split(":", 1)
+        if int(k) < len(modules):
+            m = modules[int(k)]
+            current = m.__dict__.get(name)
+            if _tensor_attribute(current) and not current.requires_grad and current.shape == value.shape \
+                    and current.dtype == value.dtype:
+                with _no_grad():
+                    current.copy_(value)  # (in place: something else may hold it too)
+            else:
+                m.__dict__[name] = value.clone()
     if extra["buffers"]:
         import torch
 
