@@ -1015,6 +1015,30 @@ def test_torch_save_is_seen_by_the_check_of_shared_files_and_keeps_out_of_the_pr
     assert (proj.root / "init.pt").read_text() == "user's file\n"
 
 
+def test_new_code_that_carries_a_value_across_iterations_replays_from_the_first_one(counter) -> None:
+    """``total = 0`` before the main loop and ``total += x`` in it, both new: a segment starting
+    mid-run began at 0 (no checkpoint holds what the record never had) and stored running sums
+    of its own iterations as a success."""
+    proj, run = counter
+    text = dedent(COUNTER).replace("hl.checkpoints(state=state)\n", "hl.checkpoints(state=state)\ntotal = 0\n")
+    window = "window = []\n"
+    text = text.replace("total = 0\n", "total = 0\n" + window)
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])',
+                                        'total += state["x"]\nhl.log("running", total)\n'
+                                        'window.append(state["x"])\nhl.log("last2", sum(window[-2:]))'))
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert "the new code carries total, window from one iteration to the next" in out, out
+    assert len(segments(out)) == 1, out
+    xs = list(expected_x().values())
+    assert list(proj.values("running", run).values()) == [sum(xs[:k + 1]) for k in range(6)]
+    assert list(proj.values("last2", run).values()) == [sum(xs[max(k - 1, 0):k + 1]) for k in range(6)]
+    # A new value set before the loop and only read in it carries nothing: segments as before.
+    proj.write("train.py", insert_after(dedent(COUNTER).replace("hl.checkpoints(state=state)\n", "hl.checkpoints(state=state)\nscale = 3\n"),
+                                        'hl.log("x", state["x"])', 'hl.log("scaled", scale * state["x"])'))
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert len(segments(out)) == 2 and "carries" not in out, out
+
+
 def test_a_segment_that_reads_back_its_own_file_is_kept(counter) -> None:
     """Each iteration writes a file and reads it back: what a worker reads is what it wrote, not
     another segment's, and the replay keeps its values (the check of shared files compares

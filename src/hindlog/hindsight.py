@@ -1293,6 +1293,56 @@ def gradients_carry_over(files: dict[str, str], main_loop: str | None, names: di
     return None
 
 
+def new_state_carried(
+    files: dict[str, str],
+    new_statements: dict[str, list[tuple[int, int]]],
+    main_loop: str | None,
+    names: dict[str, dict[int, str]] | None = None,
+) -> list[str]:
+    """Names a new statement before the main loop binds (``best = 0.0``, ``window =
+    deque(maxlen=3)``) and a new statement in it rebinds or changes (``best = max(best, acc)``,
+    ``window.append(acc)``): state of the new code that one iteration hands to the next, which
+    no checkpoint holds (the record had no such variable). A segment starting mid-run would
+    start it afresh."""
+    if main_loop is None:
+        return []
+    loop_name = _loop_namer(names)
+    out: list[str] = []
+    for path, tree in _parse_all({p: files[p] for p in new_statements if p in files}).items():
+        ranges = new_statements[path]
+
+        def is_new(node: ast.AST) -> bool:
+            line = getattr(node, "lineno", -1)
+            return any(lo <= line <= hi for lo, hi in ranges)
+
+        for main in ast.walk(tree):
+            if not isinstance(main, _LOOPS) or loop_name(main, path) != main_loop:
+                continue
+            before: set[str] = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.stmt) and is_new(node) and node.lineno < main.lineno:
+                    for target in _assigned_targets(node):
+                        before.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            if not before:
+                continue
+            for node in ast.walk(main):
+                if not (isinstance(node, ast.stmt) and is_new(node)):
+                    continue
+                changed = {n.id for t in _assigned_targets(node) for n in ast.walk(t) if isinstance(n, ast.Name)}
+                changed |= {n.func.value.id for n in ast.walk(node) if isinstance(n, ast.Call)
+                            and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)}
+                out.extend(sorted((changed & before) - set(out)))
+    return out
+
+
+def _assigned_targets(node: ast.AST) -> list[ast.AST]:
+    if isinstance(node, ast.Assign):
+        return list(node.targets)
+    if isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        return [node.target]
+    return []
+
+
 def main_loop_calls_backward(files: dict[str, str], main_loop: str | None, names: dict[str, dict[int, str]] | None = None) -> bool:
     """Whether the main loop's own code (outside every loop in it, and in the project functions
     it calls there) calls ``.backward()``: REINFORCE's update after the episode's rollout loop."""

@@ -577,6 +577,13 @@ def plan_run(
             f"loop {carried} clears the gradients only under a condition (gradient accumulation), so those of its last "
             "steps go on into the next iteration, and checkpoints do not hold gradients: the replay runs the main loop "
             "from its first iteration, in one segment, with every nested loop")
+    carried_new = hindsight.new_state_carried(files, new_statements, plan.main_loop, names)
+    if carried_new and not plan.from_start:
+        plan.from_start = True
+        plan.notes.append(
+            f"the new code carries {', '.join(carried_new)} from one iteration to the next (set before the main loop, "
+            "changed in it), which no checkpoint holds: the replay runs the main loop from its first iteration, in "
+            "one segment")
     if plan.unrestorable:
         plan.from_start = True
         them = "it" if len(plan.unrestorable) == 1 else "them"
