@@ -1850,3 +1850,30 @@ def test_state_a_function_two_calls_down_changes_is_checkpointed_once_seen(proj:
     replayed = proj.replay("train.py", "--workers", "2")
     assert_second_segment_restored(replayed)
     assert [line for lines in proj.new_lines(run).values() for line in lines] == want, show(replayed)
+
+
+UNSEEDED = """
+import torch
+
+net = torch.nn.Linear(3, 1)
+opt = torch.optim.SGD(net.parameters(), lr=0.01)
+for episode in range(6):
+    for t in range(5):
+        loss = net(torch.randn(4, 3)).pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+    print(f"episode {episode} loss {loss.item():.6f}")
+"""
+
+
+def test_an_unseeded_script_that_imports_torch_after_hindlog_replays_its_record(proj: HFProject) -> None:
+    """``hindlog run`` imports hindlog before the script imports PyTorch, which then draws its
+    seed: the replay's worker initialised another model, none of its printed lines matched the
+    record's, and the new values were stored. It now seeds PyTorch as the record's was."""
+    pytest.importorskip("torch")
+    proj.write("train.py", UNSEEDED)
+    proj.commit()
+    proc, run = proj.record(epsilon=0.9)
+    assert proc.returncode == 0, show(proc)
+    proj.write("train.py", UNSEEDED.replace("opt.step()\n", "opt.step()\n        print('W', net.weight.sum().item())\n"))
+    replayed = proj.replay("train.py", "--workers", "1")  # (the step loop runs, from the model's initial weights)
+    assert "6 of 6 printed lines the same as the record's" in replayed.stdout, show(replayed)

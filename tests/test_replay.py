@@ -3947,6 +3947,49 @@ def test_tensors_a_model_holds_as_plain_attributes_are_restored(tmp_path: Path) 
         assert_same_values(proj.values(name, run), truth[name], name)
 
 
+def test_an_unseeded_script_replays_from_the_generators_its_record_started_with(tmp_path: Path) -> None:
+    """No seed anywhere: PyTorch, NumPy and Python draw their seeds at each process's start, so
+    a worker's model started from other weights (the replay diverged, blaming float noise) and
+    its fixed noise drawn before the main loop was another (a new statement reading it stored
+    wrong values as a success). Workers start from the generators the record started from."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import random
+        import time
+        import numpy as np
+        import torch
+        import hindlog as hl
+
+        model = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        hl.checkpoints(model=model, opt=opt)
+        fixed_z = torch.randn(8, 4)
+        offset = np.random.rand() + random.random()
+        for epoch in hl.loop("epoch", range(6)):
+            for i in hl.loop("step", range(4)):
+                loss = (model(torch.randn(8, 4)) - offset).pow(2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+            hl.log("sample", model(fixed_z).sum().item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("sample", model(fixed_z).sum().item())',
+                       'hl.log("z", fixed_z.sum().item())\nhl.log("offset", offset)')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2")  # (recorded loss and sample checked)
+    assert len(segments(out.stdout)) == 2, out.stdout
+    proj.python("train.py", env=DENSE)  # a fresh run draws another fixed_z
+    zs = proj.values("z", run)
+    assert len(zs) == 6 and len(set(zs.values())) == 1
+    fresh = proj.values("z", proj.run_ids()[-1])
+    assert set(fresh.values()) != set(zs.values())
+    assert len(set(proj.values("offset", run).values())) == 1
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added

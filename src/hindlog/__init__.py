@@ -40,6 +40,24 @@ from .controller import hindsight_iter as _hindsight_iter, replaying
 
 __version__ = "0.1.0"
 
+from . import state as _state
+
+# The random generators as the script left them on importing hindlog: an unseeded script's
+# replay and resume workers start from the record's (its model's initial weights, its fixed noise).
+_state.note_initial_generators()
+if _os.environ.get("HINDLOG_CONTROL"):
+    try:
+        import base64 as _base64
+        import json as _json
+
+        _spec = _json.loads(open(_os.environ["HINDLOG_CONTROL"]).read())
+        if _spec.get("initial_generators"):
+            _state.set_initial_generators(_base64.b64decode(_spec["initial_generators"]))
+        if _spec.get("torch_initial_seed") is not None:
+            _state.seed_torch_when_imported(int(_spec["torch_initial_seed"]))
+    except Exception:  # noqa: BLE001 - the worker goes on from fresh generators
+        pass
+
 if "HINDLOG_SCRATCH" in _os.environ:
     # A replay worker: what the replayed code writes stays in the replay's scratch copy.
     from .scratchguard import install as _install_scratch_guard

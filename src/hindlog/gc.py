@@ -155,6 +155,8 @@ def gc(store: str | os.PathLike[str] | Store | None = None, keep_last: int | Non
     finally:
         conn.close()
     keep = referenced_objects(st, manifests + spilled)
+    # The generators' states each run started from (a few kilobytes; kept with its logs).
+    keep |= {(r.get("info") or {}).get("initial_generators") for r in runs} - {None}
     cutoff = now - grace if since is None else min(now - grace, since - SINCE_MARGIN_SECONDS)
     removed = freed = young = young_bytes = 0
     for name in list(st.objects.names()):

@@ -298,6 +298,52 @@ class Recorder:
         self.writer.change("update_run", fields)
         if version.base:
             self.writer.change("info", {"code_base": version.base})
+        self._check_edited_since_start()
+        self._keep_initial_generators()
+
+    def _check_edited_since_start(self) -> None:
+        """A source file of the run changed after the process started (the next experiment's edit
+        made while this one still imported torch): the run executes the code as Python read it,
+        but the snapshot, taken at its first hindlog call, holds the edit."""
+        try:
+            from .checkpoint import process_start
+
+            started = time.time() - (time.perf_counter() - process_start(self._clock_start))
+            root = self.store.root.resolve()
+            paths = {Path(m.__file__) for m in list(sys.modules.values())
+                     if isinstance(getattr(m, "__file__", None), str) and m.__file__.endswith(".py")}
+            if self.script and not os.path.isabs(self.script):
+                paths.add(root / self.script)
+            edited = sorted(str(p.resolve().relative_to(root)) for p in paths
+                            if p.resolve().is_relative_to(root) and p.stat().st_mtime > started + 0.05)
+        except Exception:  # noqa: BLE001 - a courtesy check
+            return
+        if edited:
+            warnings.warn(
+                f"hindlog: {', '.join(edited[:3])} changed after this run started: the run executes the code as it "
+                "was, but its recorded version was taken later and holds the change, so its replays may fail or "
+                "diverge. Edit a run's code once its first values are logged.",
+                RuntimeWarning,
+            )
+            self.writer.change("flag", "code_changed_after_start")
+
+    def _keep_initial_generators(self) -> None:
+        """The global random generators as they were when the script imported hindlog, kept for
+        replay and resume (``state.INITIAL_GENERATORS``): an unseeded script's workers start from them."""
+        from . import state
+
+        if self.controller is not None:
+            return
+        try:
+            if state.INITIAL_GENERATORS is not None:
+                self.writer.change("info", {"initial_generators": self.store.objects.put(state.INITIAL_GENERATORS)})
+            torch = sys.modules.get("torch")
+            if torch is not None and not state.INITIAL_GENERATORS_HAVE_TORCH:
+                # Imported after hindlog (``hindlog run`` imports hindlog first): the seed PyTorch
+                # drew at its import, unless the script set one since.
+                self.writer.change("info", {"torch_initial_seed": int(torch.initial_seed())})
+        except Exception:  # noqa: BLE001 - only an unseeded script's replay depends on it
+            pass
 
     def nothing_logged_yet(self) -> bool:
         """No value logged and no loop entered: ``hl.init`` may take this run over (it was started

@@ -784,6 +784,23 @@ def _arg_env(args: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def initial_generators_spec(store: Store, run: dict[str, Any]) -> dict[str, Any]:
+    """For a worker's spec: the random generators' states the record had when the script
+    imported hindlog (``state.INITIAL_GENERATORS``), if kept and readable."""
+    info = run.get("info") or {}
+    out: dict[str, Any] = {}
+    if info.get("torch_initial_seed") is not None:
+        out["torch_initial_seed"] = info["torch_initial_seed"]
+    if info.get("initial_generators"):
+        try:
+            import base64
+
+            out["initial_generators"] = base64.b64encode(store.objects.get(info["initial_generators"])).decode()
+        except Exception:  # noqa: BLE001 - (damaged): fresh generators then
+            pass
+    return out
+
+
 def prepare_scratch(store: Store, version: str, files: dict[str, str], scratch: Path, inputs_before: float | None = None) -> Path:
     """The recorded code (with the patched files) in ``scratch``, and the project's other files
     (data, ignored folders) linked in so the script finds them.
@@ -1129,6 +1146,7 @@ def _execute(
             spec["state_candidates"] = run["info"]["state_candidates"] + run["info"].get("adopted_state", [])
         else:
             spec["adopted_state"] = (run.get("info") or {}).get("adopted_state", [])
+        spec.update(initial_generators_spec(store, run))
         spec_path = scratch / f".hindlog-spec-{k}.json"
         spec_path.write_text(json.dumps(spec))
         log_path = scratch / f".hindlog-worker-{k}.log"

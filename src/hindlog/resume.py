@@ -21,7 +21,7 @@ from pathlib import Path
 from . import catalog, codeversion
 from .checkpoint import ITERATION_END, checkpoint_rows, latest_readable
 from .errors import ReplayError
-from .replay import _worker_cwd, _worker_env, prepare_scratch, worker_command
+from .replay import _worker_cwd, _worker_env, initial_generators_spec, prepare_scratch, worker_command
 from .store import Store, project_root
 
 
@@ -94,6 +94,7 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
             spec["state_candidates"] = info["state_candidates"] + info.get("adopted_state", [])
         else:
             spec["adopted_state"] = info.get("adopted_state", [])
+        spec.update(initial_generators_spec(st, row))
         spec_path.write_text(json.dumps(spec))
         argv = row.get("argv") or [row["script"]]
         cwd = row.get("cwd") if row.get("cwd") and Path(row["cwd"]).is_dir() else str(st.root)

@@ -947,6 +947,69 @@ def rng_state() -> dict[str, Any]:
     return out
 
 
+#: The global random generators' states when hindlog was imported, pickled: what an unseeded
+#: script drew its model's initial weights and fixed noise from, before the main loop.
+INITIAL_GENERATORS: bytes | None = None
+INITIAL_GENERATORS_HAVE_TORCH = False
+
+
+def note_initial_generators() -> None:
+    global INITIAL_GENERATORS, INITIAL_GENERATORS_HAVE_TORCH
+    try:
+        states: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            states["torch"] = torch.get_rng_state().numpy()
+        INITIAL_GENERATORS = pickle.dumps(states)
+        INITIAL_GENERATORS_HAVE_TORCH = torch is not None
+    except Exception:  # noqa: BLE001 - replay and resume then start from fresh generators
+        INITIAL_GENERATORS = None
+
+
+def seed_torch_when_imported(seed: int) -> None:
+    """In a replay or resume worker whose script imports PyTorch after hindlog: give PyTorch's
+    generator, as soon as PyTorch is imported, the seed the record's drew at its import (what
+    an unseeded script's model was initialised from)."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(seed)
+        return
+    import importlib.abc
+    import importlib.util
+
+    class SeedOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+            if name != "torch":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec("torch")
+            if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+                return spec
+            run_module = spec.loader.exec_module
+
+            def exec_module(module: Any) -> None:
+                run_module(module)
+                try:
+                    module.manual_seed(seed)
+                except Exception:  # noqa: BLE001 - fresh generator then
+                    pass
+
+            spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, SeedOnImport())
+
+
+def set_initial_generators(data: bytes) -> None:
+    """In a replay or resume worker, at hindlog's import: the generators as the record's were
+    at that point (a seeded script reseeds them next, as it did)."""
+    states = pickle.loads(data)
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch = sys.modules.get("torch")
+    if torch is not None and "torch" in states:
+        torch.set_rng_state(torch.from_numpy(states["torch"]))
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     np.random.set_state(_as_tuple(state["numpy"]))
