@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -359,3 +360,34 @@ def test_a_dataloader_forking_persistent_workers_while_the_code_is_snapshotted(p
         proc = project.run(timeout=60)
         info = project.run_info(proc.stdout.strip())
         assert info["code_kind"] == "git" and info["code_version"], proc.stderr
+
+
+def test_a_script_edited_after_its_run_started_is_flagged(project: Project) -> None:
+    """The next experiment's edit made while this run still imports its libraries: the run
+    executes the code as Python read it, but the snapshot taken at its first hindlog call holds
+    the edit, and its replays then fail or diverge with no word of why."""
+    text = (
+        "import os, time\n"
+        "while not os.path.exists('edited'):\n"
+        "    time.sleep(0.01)  # (a slow import of torch, while the user edits)\n"
+        "import hindlog as hl\n"
+        "for epoch in hl.loop('epoch', range(2)):\n"
+        "    hl.log('x', epoch)\n"
+    )
+    project.write("train.py", text)
+    proc = project.start()
+    time.sleep(0.3)
+    project.write("train.py", text + "# the next experiment\n")
+    (project.root / "edited").write_text("")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "train.py changed after this run started" in err, err
+    assert "code_changed_after_start" in project.run_info()["flags"]
+    # A run whose code stays as it was is not flagged.
+    (project.root / "edited").unlink()
+    second = project.start()
+    time.sleep(0.3)
+    (project.root / "edited").write_text("")
+    out, err = second.communicate(timeout=60)
+    assert "changed after this run started" not in err, err
+    assert "code_changed_after_start" not in project.run_info()["flags"]
