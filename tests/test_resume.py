@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -676,3 +677,47 @@ def test_resume_a_run_whose_checkpoints_hold_an_object_of_the_scripts_own_class(
     assert f"resuming run {run_id} after iteration" in resumed.stderr, resumed.stderr
     reference_id = last_json(proj.run("train.py").stdout)["run"]
     assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)
+
+
+LONG_FLAKY = """
+import os, time
+import numpy as np
+import hindlog as hl
+
+w = np.zeros(3)
+hl.checkpoints(w=w)
+for epoch in hl.loop("epoch", range(200)):
+    w += 1.0
+    hl.log("w", float(w[0]))
+    if epoch == 3 and os.path.exists("fail.flag"):
+        raise RuntimeError("preempted")
+    if epoch >= 6:
+        open("resumed.txt", "w").write(str(epoch))
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signal_that_stops_hindlog_resume_stops_the_resumed_run(tmp_path: Path, signum: int) -> None:
+    """``timeout``, a scheduler or ``docker stop`` sends SIGTERM to ``hindlog resume``: the
+    resumed script, its child, went on training as an orphan, its run shown "running" (also
+    after a ``kill -9`` of ``hindlog resume``). It now stops too, and its run is saved as killed."""
+    proj = CkProject(tmp_path)
+    proj.write("train.py", LONG_FLAKY)
+    (proj.root / "fail.flag").write_text("x")
+    proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0.9"})
+    (run_id,) = proj.run_ids()
+    (proj.root / "fail.flag").unlink()
+    cli = subprocess.Popen([str(HINDLOG_SCRIPT), "resume", run_id], cwd=proj.root, env=proj.env(None),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (proj.root / "resumed.txt").exists(), timeout=60)
+        cli.send_signal(signum)
+        cli.communicate(timeout=30)
+        wait_for(lambda: proj.run_info(run_id)["status"] == "killed", timeout=30)
+        seen = (proj.root / "resumed.txt").read_text()
+        time.sleep(0.5)
+        assert (proj.root / "resumed.txt").read_text() == seen  # no longer training
+    finally:
+        if cli.poll() is None:
+            cli.kill()

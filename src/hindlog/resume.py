@@ -106,9 +106,50 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
             # The run goes on in its own directory, where python -m would find the working tree's
             # module: it is found in the recorded code's copy of that directory instead.
             env["HINDLOG_MODULE_DIR"] = str(_worker_cwd(st, row, scratch))
-        proc = subprocess.run([*worker_command(row, scratch / row["script"], module_dir=True), *argv[1:]], cwd=cwd, env=env)
+        returncode = _run_as_this_process([*worker_command(row, scratch / row["script"], module_dir=True), *argv[1:]], cwd, env)
         # Killed by a signal: the exit status a shell gives (137 for kill -9), not -9 taken modulo 256.
-        return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        return returncode if returncode >= 0 else 128 - returncode
     finally:
         shutil.rmtree(scratch, ignore_errors=True)  # the recorded code, materialized for this resume only
         lock.release()
+
+
+def _run_as_this_process(command: list[str], cwd: str, env: dict[str, str]) -> int:
+    """Run the resumed script as if it were this process: a SIGTERM or SIGHUP sent to ``hindlog
+    resume`` (``timeout``, a scheduler, ``docker stop``) goes on to it, and it gets SIGTERM if
+    this process dies (``kill -9``): it went on training as an orphan, shown "running". A
+    terminal's Ctrl-C reaches both already."""
+    import signal
+
+    def set_parent_death_signal() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+        except Exception:  # noqa: BLE001 - elsewhere: forwarding only
+            pass
+
+    proc = subprocess.Popen(command, cwd=cwd, env=env, preexec_fn=set_parent_death_signal)
+
+    def forward(signum: int, frame: object) -> None:
+        try:
+            proc.send_signal(signum)
+        except OSError:
+            pass
+
+    forwarded = (signal.SIGTERM, signal.SIGHUP)
+    previous = {}
+    for signum in forwarded:
+        try:
+            previous[signum] = signal.signal(signum, forward)
+        except (ValueError, OSError):  # (not the main thread)
+            pass
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                continue  # (the script got the Ctrl-C too, and saves its run before it stops)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
