@@ -77,6 +77,8 @@ def test_gc_removes_unreferenced_objects_and_keeps_referenced_ones(two_runs: tup
     store = proj.store()
     junk = [store.objects.put(f"junk {i}".encode() * 100) for i in range(3)]
     keep = referenced(proj, first) | referenced(proj, second)
+    # (And the random generators' states each run started from, kept with its logs.)
+    keep |= {proj.run_info(r)["info"]["initial_generators"] for r in (first, second)}
     assert keep and keep <= object_files(proj)
     before = object_files(proj)
 
@@ -239,10 +241,11 @@ def test_gc_keeps_code_snapshots_outside_git(tmp_path: Path) -> None:
     report = gc(store=proj.store(), keep_last=0, grace=0)
     assert report.dropped_checkpoints > 0 and report.removed_objects > 0
     assert proj.checkpoints(run_id) == []
-    # Only the code snapshot's objects are left, and the code reads back whole.
+    # Only the code snapshot's objects are left (and the generators' states the run started
+    # from), and the code reads back whole.
     files = codeversion.read_files(proj.store(), version)
     assert files["train.py"].decode() == (proj.root / "train.py").read_text()
-    assert len(object_files(proj)) == len(files) + 1  # the files and their manifest
+    assert len(object_files(proj)) == len(files) + 2  # the files, their manifest, the generators
     assert proj.by_iteration(run_id)[(5, "mse")]
 
 
