@@ -1012,3 +1012,18 @@ def test_the_core_works_without_torch(project: Project) -> None:
 def test_importing_hindlog_does_not_import_torch(project: Project) -> None:
     out = project.run("import sys\nimport hindlog as hl\nhl.log('x', 1)\nprint('torch' in sys.modules)\n").stdout
     assert out.strip() == "False"
+
+
+def test_a_nested_loop_named_as_an_enclosing_one_is_warned_about(project: Project) -> None:
+    """``hl.loop("epoch")`` inside ``hl.loop("epoch")``: stored apart, but every query showed one
+    ``epoch`` column with the inner index (outer epoch 1's values under epoch 0), unsaid."""
+    out = project.run(
+        "import hindlog as hl\n"
+        "for epoch in hl.loop('epoch', range(2)):\n"
+        "    for k in hl.loop('epoch', range(3)):\n"
+        "        hl.log('x', epoch * 10 + k)\n"
+        "    for i in hl.loop('step', range(2)):\n"
+        "        hl.log('y', i)\n"
+    )
+    assert out.stderr.count("hl.loop('epoch') runs inside a loop of the same name") == 1, out.stderr
+    assert "train.py:3" in out.stderr and "'step'" not in out.stderr, out.stderr

@@ -143,6 +143,7 @@ class Recorder:
         #: Objects named in hl.checkpoints, by name.
         self.declared: dict[str, Any] = {}
         self._warned_late_checkpoints = False
+        self._warned_same_name = False
         #: Seconds spent in each block loop (by name) and per main-loop iteration, for replay plans.
         self.block_seconds: dict[str, float] = {}
         self.iteration_seconds: list[float] = []
@@ -583,6 +584,15 @@ class Recorder:
         if time.monotonic() - self.writer.last_commit >= self._commit_gap:
             self.writer.wake()
 
+    def _encloses(self, name: str) -> bool:
+        """Whether a loop of this name encloses the current point (the main loop included)."""
+        level = self._level
+        while level is not None:
+            if level[1] == name:
+                return True
+            level = level[3]
+        return self.depth > 0 and self.main_loop_name == name
+
     def _inner_loop(self, name: str, iterable: Iterable[Any], frame: Any = None, block: bool = True,
                     creator: Any = None) -> Iterator[Any]:
         """A nested loop; ``block``: whether, directly in a main-loop iteration, it is one of the
@@ -591,6 +601,13 @@ class Recorder:
         # The loop's header: the line the frame is at when the loop ends is a ``break``'s.
         header = frame.f_lineno
         parent = self.ctx
+        if not self._warned_same_name and self.controller is None and self._encloses(name):
+            self._warned_same_name = True
+            warnings.warn_explicit(
+                f"hindlog: hl.loop({name!r}) runs inside a loop of the same name: a query shows one {name!r} column "
+                f"for both, holding the inner loop's index. Give the inner loop a name of its own.",
+                RuntimeWarning, frame.f_code.co_filename, frame.f_lineno,
+            )
         cell = [0]
         # (context of the enclosing loop, name, [index], the enclosing loop's level)
         level = (parent, name, cell, self._level)
