@@ -204,9 +204,10 @@ def logged_frame(
     if repeated:
         warn_user(
             "hl.dataframe: " + ", ".join(f"{n!r} has {k} more value(s)" for n, k in repeated.items())
-            + " in a loop context that already has one (logged twice in one iteration, in two loops of the same "
-            "name, or outside every loop both before and after the main loop); each cell shows the last. All are "
-            "stored: log them under different names, or name the loops apart."
+            + " in a loop context that already has one (logged in a plain `for` inside an hl.loop, in two loops of "
+            "the same name, twice in one iteration, or outside every loop both before and after the main loop); each "
+            "cell shows the last. Wrap the inner loop in hl.loop(\"name\", ...) so each value has a row, log them "
+            "under different names, or name the loops apart."
         )
 
     if unchecked:
