@@ -4282,3 +4282,16 @@ def test_a_list_of_arrays_another_object_shares_is_restored_into_those_arrays(tm
     assert summary(out)["skipped"] > 0, out
     truth = ground_truth(tmp_path, {"train.py": new}, ["ema"])
     assert_same_values(proj.values("ema", run), truth["ema"], "ema")
+
+
+def test_a_run_that_failed_before_its_main_loop_is_not_replayed(tmp_path: Path) -> None:
+    """A run that failed while loading its data: the replay said "the run has no main loop: the
+    whole script runs once", ran it to the same failure's point, and stored nothing, as a success."""
+    proj = ReplayProject(tmp_path)
+    text = dedent(COUNTER).replace("hl.checkpoints(state=state)\n", "hl.checkpoints(state=state)\nassert os.path.exists('data.txt')\n")
+    proj.write("train.py", text)
+    failed = proj.python("train.py", env=DENSE, check=False)
+    assert failed.returncode != 0
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    out = proj.replay("train.py", check=False)
+    assert out.returncode != 0 and "failed before its main loop began: there is nothing to replay" in out.stderr, out.stderr

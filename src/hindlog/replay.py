@@ -515,6 +515,11 @@ def plan_run(
     run_all_blocks = hindsight.reads_gradients(all_sources, new_statements)
     run_by_new_code = hindsight.loops_new_code_runs(all_sources, new_statements, names)
     total = min(_recorded_iterations(conn, r) for r in ranks)
+    if total == 0 and run.get("status") in ("killed", "failed") and not info.get("main_loop"):
+        # (A script without a main loop runs whole; this one stopped before it reached its own.)
+        how = "was killed" if run["status"] == "killed" else "failed"
+        raise ReplayError(f"run {run['run_id']} {how} before its main loop began: there is nothing to replay "
+                          "(run the script again)")
     lo, hi = 0, total
     if iterations is not None:
         lo = iterations[0] if iterations[0] is not None else 0
