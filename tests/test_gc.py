@@ -201,7 +201,7 @@ def test_gc_keep_last_drops_older_runs_checkpoints_but_keeps_their_logs(two_runs
     assert info["code_version"] == code_first and info["args"] == {"epochs": 6, "pause": 0.05}
     assert b"np.random.seed(0)" in codeversion.read_file(proj.store(), code_first, "train.py")
     # The older run can no longer be restored; the newer one can.
-    with pytest.raises(CheckpointError, match="no checkpoints"):
+    with pytest.raises(CheckpointError, match="no checkpoints: `hindlog gc --keep-last` dropped them"):
         hl.restore(first, store=proj.store(), **fresh_objects())
     assert hl.restore(second, store=proj.store(), **fresh_objects()).iteration == proj.checkpointed_iterations(second)[-1]
     assert read_all_checkpoints(proj, second) == len(proj.checkpoints(second))

@@ -95,7 +95,11 @@ def restore(
     finally:
         conn.close()
     if not rows:
-        raise CheckpointError(f"run {run_row['run_id']} has no checkpoints (did the script call hl.checkpoints(...)?)")
+        if (run_row.get("info") or {}).get("checkpoints_dropped_by_gc"):
+            raise CheckpointError(f"run {run_row['run_id']} has no checkpoints: `hindlog gc --keep-last` dropped them "
+                                  "(its logs are kept)")
+        raise CheckpointError(f"run {run_row['run_id']} has no checkpoints (the run may have been too short for "
+                              "its overhead budget, ε; `hindlog show` says)")
     if iteration is None:
         loaded = latest_readable(st.objects, rows)
         if loaded is None:

@@ -56,7 +56,8 @@ def resume(run: str = "latest", store: str | os.PathLike[str] | Store | None = N
                           "launch (torchrun); resuming a distributed run is not supported: its ranks' checkpoints are of "
                           "different iterations. Run the launch again; its checkpoints stay for replay.")
     if not any(ITERATION_END in blocks for blocks in rows.values()):
-        raise ReplayError(f"run {row['run_id']} has no checkpoint to resume from; run the script again instead")
+        why = (": `hindlog gc --keep-last` dropped them" if (row.get("info") or {}).get("checkpoints_dropped_by_gc") else "")
+        raise ReplayError(f"run {row['run_id']} has no checkpoint to resume from{why}; run the script again instead")
     if not row.get("code_version") or not row.get("script"):
         raise ReplayError(f"run {row['run_id']} has no recorded code version or script")
     with warnings.catch_warnings():
