@@ -289,3 +289,17 @@ def test_argv_options_are_named_as_argparse_names_them() -> None:
     argv = ["train.py", "pos", "--lr", "0.1", "--batch-size=32", "--fast", "--name", "resnet", "--last"]
     assert argv_options(argv) == {"lr": 0.1, "batch_size": 32, "fast": True, "name": "resnet", "last": True}
     assert argv_options(None) == {} and argv_options(["train.py"]) == {}
+
+
+def test_code_diff_reports_argparse_options_too(project: Project) -> None:
+    """The same command line, a changed argparse default: ``hindlog diff`` listed only the
+    ``hl.arg`` values, while ``hl.runs()`` showed the option differ."""
+    text = (
+        "import argparse\nimport hindlog as hl\n"
+        "ap = argparse.ArgumentParser()\nap.add_argument('--epochs', type=int, default=2)\na = ap.parse_args()\n"
+        "for e in hl.loop('epoch', range(a.epochs)):\n    hl.log('x', e)\nprint(hl.run_id())\n"
+    )
+    a = project.run(text).stdout.strip()
+    b = project.run(text.replace("default=2", "default=3")).stdout.strip()
+    _text, changed = query.code_diff(a, b, store=project.store_path)
+    assert changed == {"epochs": (2, 3)}, changed

@@ -354,9 +354,11 @@ def code_diff(ref: str, other: str | None = None, store: str | os.PathLike[str] 
     text = codeversion.diff(st, a["code_version"], b["code_version"] if b else None)
     changed: dict[str, tuple[Any, Any]] = {}
     if b is not None:
-        for k in sorted(a["args"].keys() | b["args"].keys()):
-            if a["args"].get(k) != b["args"].get(k):
-                changed[k] = (a["args"].get(k), b["args"].get(k))
+        # The settings the tables show: argparse's options, defaults included, and hl.arg values.
+        sa, sb = _settings([a], {a["id"]: a["args"]})[a["id"]], _settings([b], {b["id"]: b["args"]})[b["id"]]
+        for k in sorted(sa.keys() | sb.keys()):
+            if sa.get(k) != sb.get(k):
+                changed[k] = (sa.get(k), sb.get(k))
     return text, changed
 
 
