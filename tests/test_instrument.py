@@ -661,3 +661,21 @@ def test_instrumented_tree_still_compiles_with_a_main_guard_and_classes() -> Non
     assert inst["result"] == plain["result"] == [0, 1, 1, 2]
     assert rt.entered[0] == ("main", "epoch")
     assert ("nested", "x") in rt.entered
+
+
+def test_a_comprehensions_variable_is_not_the_name_defined_before_the_loop() -> None:
+    """``p = argparse.ArgumentParser()`` before the loop and ``sum(p.norm() for p in
+    model.parameters())`` in it: ``p`` was taken for state, and the parser pickled into every
+    checkpoint. A ``p`` the loop also uses outside the comprehension stays a candidate."""
+    text = """
+    p = make_parser()
+    model = Model()
+    for epoch in range(3):
+        model.step()
+        wn = sum(p.norm() for p in model.parameters())
+        best = max([q.size for q in model.parts()])
+    """
+    assert "p" not in plan_of(text).state_candidates
+    assert "model" in plan_of(text).state_candidates
+    both = text.replace("        model.step()\n", "        model.step()\n        p.update(epoch)\n")
+    assert "p" in plan_of(both).state_candidates

@@ -349,8 +349,30 @@ def _state_candidates(loop: ast.AST, holder: list[ast.stmt], functions: dict[str
                 defined_before.add(node.id)
     # The main loop's own target is rebound every iteration: not state.
     names -= {n.id for n in ast.walk(getattr(loop, "target", ast.Tuple(elts=[], ctx=ast.Store()))) if isinstance(n, ast.Name)}
+    # A comprehension's own variable (``sum(p.norm() for p in model.parameters())``) is not the
+    # ``p`` defined before the loop (an argparse parser), unless the loop uses that one too.
+    names -= _comprehension_only_names(body)
     # Function parameters of the holder are defined before too.
     return sorted(n for n in names if n in defined_before or n not in _assigned_in(body))
+
+
+def _comprehension_only_names(body: list[ast.stmt]) -> set[str]:
+    """Names ``body`` binds as a comprehension's variable and reads nowhere outside comprehensions."""
+    comprehensions = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+    targets: set[str] = set()
+    outside: set[str] = set()
+    pending: list[ast.AST] = list(body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, comprehensions):
+            for gen in node.generators:  # type: ignore[attr-defined]
+                targets.update(n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name))
+                pending.append(gen.iter)  # (evaluated in the enclosing scope)
+            continue
+        if isinstance(node, ast.Name):
+            outside.add(node.id)
+        pending.extend(ast.iter_child_nodes(node))
+    return targets - outside
 
 
 def _project_instances(holder: list[ast.stmt], loop: ast.AST, functions: dict[str, ast.AST]) -> dict[str, ast.ClassDef]:
