@@ -1524,6 +1524,10 @@ def replay(
         # with the statements in) is compared with the versions before it, down to the target's.
         base = next((r["code_version"] for r in reversed(targets) if r.get("code_version")), None)
         if base is None:
+            if any(r.get("status") == "running" for r in targets):
+                recording = next(r for r in targets if r.get("status") == "running")
+                raise ReplayError(f"run {recording['run_id']} is still recording (its code is being snapshotted); "
+                                  "replay it once it has finished")
             raise ReplayError("none of the target runs has a code version")
         # Only code recorded since the newest target: against an older version, a changed line
         # would read as an added statement.
