@@ -805,7 +805,7 @@ class Recorder:
             have = ", ".join(sorted(self.args)) or "none"
             settings, them = ", ".join("HINDLOG_SET_" + n for n in unused), "that name" if len(unused) == 1 else "those names"
             warnings.warn(
-                f"hindlog: {settings} has had no effect so far: the script has not called hl.arg with {them} before its "
+                f"hindlog: {settings} {'has' if len(unused) == 1 else 'have'} had no effect so far: the script has not called hl.arg with {them} before its "
                 f"main loop (its args: {have}); a typo?" if so_far else
                 f"hindlog: {settings} had no effect: the script never called hl.arg with {them} (its args: {have})"
                 + (" before it ended with an error" if self._exc_status == "failed" or self.error else ""),
