@@ -783,3 +783,10 @@ def test_restore_in_a_process_without_the_scripts_classes_restores_the_objects_a
     assert list(w) == [k + 1.0, k + 1.0]
     assert "stats" in restored.locals_not_loaded and "RunningMean" in restored.locals_not_loaded["stats"]
     assert "w" not in restored.locals_not_loaded
+
+
+def test_restored_is_shown_by_its_names_not_its_values() -> None:
+    from hindlog.restore import Restored
+
+    shown = repr(Restored("r1", 3, {"model": np.zeros(100_000)}, {"buffer": list(range(100_000))}, {"meter": "AttributeError"}))
+    assert shown == "Restored(run_id='r1', iteration=3, objects=['model'], locals=['buffer'], locals_not_loaded=['meter'])"

@@ -29,6 +29,11 @@ class Restored:
     #: the training script, which a notebook does not have); the objects asked for are restored.
     locals_not_loaded: dict[str, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # Names, not values: a restored replay buffer or a model printed whole filled a notebook.
+        return (f"Restored(run_id={self.run_id!r}, iteration={self.iteration}, objects={list(self.objects)}, "
+                f"locals={list(self.locals)}, locals_not_loaded={list(self.locals_not_loaded)})")
+
 
 def _live(declared: dict[str, Declared]) -> dict[str, Any]:
     """The objects restored into, by name: what references in restored values resolve to."""
