@@ -1056,6 +1056,20 @@ def test_environment_variables_the_script_read_are_set_as_the_record_had_them(tm
     assert set(proj.values("debug", run).values()) == {False}
 
 
+def test_a_file_several_workers_wrote_is_not_kept_as_the_replays_output(counter) -> None:
+    """Each segment's worker saves ``last.txt`` (a best or last model): the file kept with the
+    replay's outputs was whichever worker wrote last, often not the last iteration's."""
+    proj, run = counter
+    proj.write("train.py", insert_after(dedent(COUNTER), 'hl.log("x", state["x"])',
+                                        'open("last.txt", "w").write(str(state["x"]))\nhl.log("double", 2 * state["x"])'))
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert len(segments(out)) == 2, out
+    assert "last.txt was written by several segments' workers: each holds the iterations of the worker that wrote it " \
+        "last, and is not kept" in out, out
+    assert not (proj.store / "outputs" / run / "last.txt").exists()
+    assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
+
+
 def test_a_segment_that_reads_back_its_own_file_is_kept(counter) -> None:
     """Each iteration writes a file and reads it back: what a worker reads is what it wrote, not
     another segment's, and the replay keeps its values (the check of shared files compares

@@ -783,7 +783,7 @@ def _replay(args: argparse.Namespace) -> int:
         if shared_outputs:
             print(f"  note: {', '.join(shared_outputs[:3])}{' and more' if len(shared_outputs) > 3 else ''} "
                   f"{'was' if len(shared_outputs) == 1 else 'were'} written by several segments' workers: each holds "
-                  "the iterations of the worker that wrote it last; --workers 1 writes them whole")
+                  "the iterations of the worker that wrote it last, and is not kept; --workers 1 writes them whole")
         if r.divergences:
             status = 1
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)

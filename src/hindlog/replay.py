@@ -1281,7 +1281,10 @@ def _execute(
     result.replaced = _publish(store, plan, base, len(procs), kept, [k for k in diverged if k in kept], tolerance, result.stale)
     written, result.outputs_again = written_files(store, run, scratch, before)
     if result.ok and not result.divergences and not result.shared_reads:
-        outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, written)
+        # A file several workers wrote holds the last one's iterations only (a best model saved
+        # by the first segment after the second's better one): not kept as the replay's output.
+        whole = [rel for rel in written if rel not in result.outputs_shared]
+        outputs_dir, result.outputs = keep_outputs(store, plan.run_id, scratch, whole)
         result.outputs_dir = str(outputs_dir) if result.outputs else None
     elif written:
         # A failed or diverged replay's files are left in its copy: they replace no earlier
