@@ -1070,6 +1070,26 @@ def test_a_file_several_workers_wrote_is_not_kept_as_the_replays_output(counter)
     assert proj.values("double", run) == {k: 2 * v for k, v in expected_x().items()}
 
 
+def test_files_written_outside_the_project_are_backed_up_and_named(tmp_path: Path) -> None:
+    """The script saves to a results folder by absolute path, outside the project: replaying an
+    older run wrote over the newer run's files there, and said nothing. What they held is now
+    kept in the store, and the replay names them."""
+    proj = ReplayProject(tmp_path)
+    results = tmp_path / "results"
+    text = dedent(COUNTER).replace('    print("epoch", epoch)\n',
+                                   f'    open({str(results / "x.txt")!r}, "w").write(str(state["x"] * lr))\n')
+    results.mkdir()
+    first = proj.record(text, env=DENSE)
+    proj.record(text, env={**DENSE, "HINDLOG_SET_lr": "0.5"})
+    newer = (results / "x.txt").read_text()
+    proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
+    out = proj.replay("train.py", "--run", first, "--workers", "1").stdout
+    assert f"the replayed code wrote 1 file outside the project ({results / 'x.txt'})" in out, out
+    [backup] = (proj.store / "outside-backups").glob(f"{first}-*")
+    assert (backup / str(results / "x.txt").lstrip("/")).read_text() == newer
+    assert proj.values("double", first) == {k: 2 * v for k, v in expected_x().items()}
+
+
 def test_a_segment_that_reads_back_its_own_file_is_kept(counter) -> None:
     """Each iteration writes a file and reads it back: what a worker reads is what it wrote, not
     another segment's, and the replay keeps its values (the check of shared files compares

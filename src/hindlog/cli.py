@@ -784,6 +784,11 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"  note: {', '.join(shared_outputs[:3])}{' and more' if len(shared_outputs) > 3 else ''} "
                   f"{'was' if len(shared_outputs) == 1 else 'were'} written by several segments' workers: each holds "
                   "the iterations of the worker that wrote it last, and is not kept; --workers 1 writes them whole")
+        if r.outside:
+            print(f"  note: the replayed code wrote {_count(len(r.outside), 'file')} outside the project "
+                  f"({', '.join(r.outside[:2])}{' and more' if len(r.outside) > 2 else ''}), which a replay cannot keep "
+                  "apart from what is there" + (f"; what the existing ones held before is in {r.outside_backups}"
+                                                if r.outside_backups else ""))
         if r.divergences:
             status = 1
             print(f"  DIVERGED: {len(r.divergences)} recomputed values differ from the recorded ones:", file=sys.stderr)

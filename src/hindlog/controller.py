@@ -824,6 +824,7 @@ class ReplayController(Controller):
         if guard is not None:
             result["files_written"] = {k: v[-1000:] for k, v in guard.WRITTEN.items()}
             result["files_read_made"] = {k: v[-1000:] for k, v in guard.READ_MADE.items()}
+            result["files_outside"] = dict(list(guard.WRITTEN_OUTSIDE.items())[:1000])
         tmp = self.result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, default=str))
         os.replace(tmp, self.result_path)

@@ -33,6 +33,7 @@ from . import catalog, codeversion, environment, hindsight
 from .checkpoint import ITERATION_END, checkpoint_rows, keep_checkpoints, prefetch_budget, prefetch_checkpoints, prefetch_in_background, skippable_blocks
 from .controller import ENV
 from .errors import ReplayError, ReplayInterrupted, RunNotFound, StoreError
+from .scratchguard import OUTSIDE_BACKUPS
 from .store import Store, mark_scratch_kept
 from .values import decode, equal
 
@@ -132,6 +133,10 @@ class RunResult:
     shared_reads: list[tuple[int, int, list[str]]] = field(default_factory=list)
     #: Files several workers wrote, each holding only the last writer's iterations.
     outputs_shared: list[str] = field(default_factory=list)
+    #: Files outside the project the replayed code wrote (absolute paths), and where the content
+    #: the existing ones had before is kept (``scratchguard.WRITTEN_OUTSIDE``).
+    outside: list[str] = field(default_factory=list)
+    outside_backups: str | None = None
 
 
 @dataclass
@@ -832,7 +837,7 @@ def _regular_files(root: Path) -> dict[str, tuple[int, int]]:
     not those in linked folders (the project's own) nor in ``__pycache__``."""
     out: dict[str, tuple[int, int]] = {}
     for dirpath, dirnames, filenames in os.walk(root):  # (symlinked folders are not entered)
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        dirnames[:] = [d for d in dirnames if d != "__pycache__" and d != OUTSIDE_BACKUPS]
         for name in filenames:
             path = os.path.join(dirpath, name)
             try:
@@ -1255,6 +1260,7 @@ def _execute(
             result.ok = False
             result.failed_segments.append((seg.start, seg.end, tail))
             continue
+        result.outside.extend(p for p in (data.get("files_outside") or {}) if p not in result.outside)
         result.checked += data["checked"]
         result.stored += data["stored"]
         result.past_record += data.get("past_record", 0)
@@ -1280,6 +1286,12 @@ def _execute(
         kept = [k for k in kept if k not in diverged]
     result.replaced = _publish(store, plan, base, len(procs), kept, [k for k in diverged if k in kept], tolerance, result.stale)
     written, result.outputs_again = written_files(store, run, scratch, before)
+    if (scratch / OUTSIDE_BACKUPS).is_dir():
+        # What the files outside the project held before the replay wrote them (another run's results).
+        backups = store.path / "outside-backups" / f"{plan.run_id}-{time.strftime('%Y%m%d-%H%M%S')}"
+        backups.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(scratch / OUTSIDE_BACKUPS), str(backups))
+        result.outside_backups = str(backups)
     if result.ok and not result.divergences and not result.shared_reads:
         # A file several workers wrote holds the last one's iterations only (a best model saved
         # by the first segment after the second's better one): not kept as the replay's output.

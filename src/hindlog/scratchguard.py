@@ -22,6 +22,7 @@ import fcntl
 import os
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -63,6 +64,16 @@ _renameat2: Any = None
 #: (a best model saved mid-run) did not read what the record did there.
 WRITTEN: dict[str, list[int]] = {}
 READ_MADE: dict[str, list[int]] = {}
+#: Files outside the copy (absolute paths) this process opened to write: what the script writes
+#: by absolute path (a results folder beside the project), which a replay cannot keep apart.
+#: An existing one is first copied to the copy's ``OUTSIDE_BACKUPS`` folder, under its path.
+WRITTEN_OUTSIDE: dict[str, bool] = {}
+OUTSIDE_BACKUPS = ".hindlog-outside"
+#: Not reported: caches and the interpreter's own files.
+_OUTSIDE_IGNORED = tuple(os.path.join(p, "") for p in {
+    sys.prefix, sys.base_prefix, os.path.expanduser("~/.cache"), os.path.expanduser("~/.config"),
+    os.path.expanduser("~/.local"), os.path.expanduser("~/.triton"), os.path.expanduser("~/.nv"),
+    "/dev", "/proc", "/sys", "/run"}) + (os.path.join(tempfile.gettempdir(), "torchinductor_"),)
 
 
 def install(scratch: str, made_after_ns: int | None = None) -> None:
@@ -87,6 +98,7 @@ def install(scratch: str, made_after_ns: int | None = None) -> None:
             # A write that truncates the file needs none of the linked file's content.
             keep = not args[2] & os.O_TRUNC
             _guard(roots, args[0], keep_content=keep, changed=True)
+            _note_outside(roots, args[0])
         elif event == "shutil.rmtree":
             _guard(roots, args[0], keep_content=False, changed=False, whole_tree=True)
         elif event in _EVENTS:
@@ -120,11 +132,40 @@ def _watch_torch_saves(roots: tuple[str, ...], made_after_ns: int | None) -> boo
             if made_after_ns is not None:
                 _note(roots, name_or_buffer, 1, made_after_ns)
             _guard(roots, name_or_buffer, keep_content=False, changed=True)
+            _note_outside(roots, name_or_buffer)
         return opener(name_or_buffer, *args, **kwargs)
 
     open_zipfile_writer._hindlog_watched = True  # type: ignore[attr-defined]
     serialization._open_zipfile_writer = open_zipfile_writer  # type: ignore[union-attr]
     return True
+
+
+def _note_outside(roots: tuple[str, ...], path: Any) -> None:
+    """A write to a file outside the copy (``WRITTEN_OUTSIDE``): an existing one's content is
+    copied first, so that the replay loses none of it (another run's results, by path)."""
+    if getattr(_busy, "active", False) or isinstance(path, int) or path is None:
+        return
+    _busy.active = True
+    try:
+        full = os.path.abspath(os.fsdecode(os.fspath(path)))
+        if full in WRITTEN_OUTSIDE or any(full.startswith(r + os.sep) for r in roots) \
+                or full.startswith(_OUTSIDE_IGNORED) or full.endswith(".pyc") or os.sep + "__pycache__" + os.sep in full:
+            return
+        store = os.environ.get("HINDLOG_DIR")
+        if store and full.startswith(os.path.join(os.path.abspath(store), "")):
+            return
+        backed_up = False
+        if os.path.isfile(full):
+            backup = os.path.join(roots[0], OUTSIDE_BACKUPS, full.lstrip(os.sep))
+            if not os.path.exists(backup):
+                os.makedirs(os.path.dirname(backup), exist_ok=True)
+                shutil.copy2(full, backup)
+            backed_up = True
+        WRITTEN_OUTSIDE[full] = backed_up
+    except Exception:  # noqa: BLE001 - the script's own call goes on as it would
+        pass
+    finally:
+        _busy.active = False
 
 
 def _note(roots: tuple[str, ...], path: Any, writing: int, made_after_ns: int) -> None:
