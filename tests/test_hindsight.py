@@ -478,6 +478,9 @@ def test_the_main_loops_own_code_reads_gradients_outside_its_nested_loops(body: 
     ("    opt.zero_grad()\n    for k, x in enumerate(hl.loop('step', data)):\n        model(x).backward()\n"
      "        if (k + 1) % ACCUM == 0:\n            opt.step()\n", None),  # cleared before the loop, each iteration
     ("    for x in hl.loop('step', data):\n        loss = train_step(x)\n", None),  # train_step clears them
+    # ... also called inside another call (a list of losses, a logged value).
+    ("    for x in hl.loop('step', data):\n        losses.append(train_step(x))\n", None),
+    ("    for x in hl.loop('step', data):\n        hl.log('td', train_step(x).item())\n", None),
     ("    for x in hl.loop('step', data):\n        model(x).backward()\n"
      "        for p in model.parameters():\n            p.grad = None\n", None),
     ("    for x in hl.loop('val', data):\n        total += model(x)\n", None),  # no backward at all

@@ -1233,12 +1233,16 @@ class _GradientFlow:
         """Whether ``stmt`` surely clears gradients: ``opt.zero_grad()``, ``model.zero_grad()``,
         ``p.grad = None``, or a project function that does so unconditionally."""
         value = getattr(stmt, "value", None) if isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign)) else None
-        if isinstance(value, ast.Call):  # (``loss = train_step(batch)`` as well)
-            if call_name(value) == "zero_grad":
-                return True
-            found = self.callee(value)
-            return found is not None and id(found[1]) not in seen and \
-                any(self.clears(s, seen | {id(found[1])}) for s in getattr(found[1], "body", []))
+        if isinstance(value, ast.Call):
+            # (``loss = train_step(batch)``, ``losses.append(update(x))``, ``hl.log("td", update(x))``)
+            for call in (n for n in ast.walk(value) if isinstance(n, ast.Call)):
+                if call_name(call) == "zero_grad":
+                    return True
+                found = self.callee(call)
+                if found is not None and id(found[1]) not in seen and \
+                        any(self.clears(s, seen | {id(found[1])}) for s in getattr(found[1], "body", [])):
+                    return True
+            return False
         if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant) and stmt.value.value is None:
             return any(isinstance(t, ast.Attribute) and t.attr == "grad" for t in stmt.targets)
         if isinstance(stmt, (ast.For, ast.AsyncFor)) and stmt.body:
