@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -721,3 +722,51 @@ def test_a_signal_that_stops_hindlog_resume_stops_the_resumed_run(tmp_path: Path
     finally:
         if cli.poll() is None:
             cli.kill()
+
+
+UNFREEZES = """
+import json, os, time
+import torch
+import hindlog as hl
+
+torch.manual_seed(0)
+back, head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+model = torch.nn.Sequential(back, head)
+back.requires_grad_(False)
+opt = torch.optim.Adam(head.parameters(), lr=0.01)
+hl.checkpoints(model=model, opt=opt)
+X, y = torch.randn(32, 4), torch.randn(32, 1)
+for epoch in hl.loop("epoch", range(7)):
+    if epoch == 2:
+        back.requires_grad_(True)
+        opt.add_param_group({"params": back.parameters(), "lr": 0.001})
+    for i in hl.loop("step", range(0, 32, 8)):
+        loss = ((model(X[i:i + 8]) - y[i:i + 8]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hl.log("loss", loss.item())
+    if epoch == 4 and os.path.exists("fail.flag"):
+        raise RuntimeError("preempted")
+    time.sleep(0.05)
+print(json.dumps({"run": hl.run_id()}))
+"""
+
+
+def test_resume_of_a_run_that_added_an_optimizer_group_starts_before_the_change(tmp_path: Path) -> None:
+    """Unfreezing a backbone with ``opt.add_param_group`` at epoch 2, the run failed at epoch 4:
+    its latest checkpoints have two groups, the resumed script's optimizer one, and resume failed
+    with a traceback (and flagged the run failed again). It resumes from before the change."""
+    pytest.importorskip("torch")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", UNFREEZES)
+    (proj.root / "fail.flag").write_text("x")
+    proj.run("train.py", check=False, env={"HINDLOG_EPSILON": "0.9"})
+    (run_id,) = proj.run_ids()
+    assert max(proj.checkpointed_iterations(run_id)) >= 2
+    (proj.root / "fail.flag").unlink()
+    resumed = proj.cli("resume", run_id)
+    assert re.search(r"resuming after iteration [01] instead: the run added optimizer parameter groups", resumed.stderr), resumed.stderr
+    reference_id = last_json(proj.run("train.py").stdout)["run"]
+    assert proj.by_iteration(run_id) == proj.by_iteration(reference_id)
+    assert proj.run_info(run_id)["status"] == "finished"

@@ -476,13 +476,40 @@ class ResumeController(Controller):
         self.first = last + 1
         return run["id"], run["run_id"], int(ctx_base)
 
+    def _before_group_changes(self, loaded: Any) -> Any:
+        """The latest checkpoint whose optimizers have this process's parameter groups: a run that
+        added one as it trained (unfreezing a backbone) is resumed from before the change, which
+        the resumed run then makes again; what the run recorded after that checkpoint is removed
+        as it was after the latest one (``attach``)."""
+        fitting = self._fitting(loaded.iteration)
+        if fitting == loaded.iteration:
+            return loaded
+        earlier = latest_readable(self.recorder.store.objects, self.rows, at_most=fitting) if fitting >= 0 else None
+        if earlier is None:
+            return loaded  # (loading it fails with the reason)
+        conn = self.recorder.store.connect()
+        try:
+            with catalog.transaction(conn):
+                run = self.recorder.run
+                conn.execute(
+                    "DELETE FROM records WHERE run=? AND source=? AND ctx IN (SELECT id FROM contexts WHERE run=? AND iteration>?)",
+                    (run, catalog.SOURCE_RECORD, run, earlier.iteration),
+                )
+                conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration>?", (run, earlier.iteration))
+        finally:
+            conn.close()
+        print(f"hindlog: resuming after iteration {earlier.iteration} instead: the run added optimizer parameter groups "
+              f"after it, which the resumed script adds again as it goes on", file=sys.stderr, flush=True)
+        self.first = earlier.iteration + 1
+        return earlier
+
     def on_log(self, name: str, value: Any) -> bool:
         # Values logged before the main loop were recorded by the original process.
         return self.main_started or self.recorder.iteration is not None
 
     def main_loop_start(self, name: str, it: Iterator[Any], frame: FrameType) -> tuple[int, Iterator[Any]]:
         self.main_started = True
-        loaded = self.loaded
+        loaded = self.loaded = self._before_group_changes(self.loaded)
         if not loaded.locals_fit(frame, self.recorder.main_loop_wrapped):
             raise ReplayError(
                 f"the checkpoint of iteration {loaded.iteration} holds the locals of {loaded.scope or 'the wrapper around the main loop'} "
