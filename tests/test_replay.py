@@ -4329,3 +4329,17 @@ def test_a_run_that_failed_before_its_main_loop_is_not_replayed(tmp_path: Path) 
     proj.write("train.py", insert_after(text, 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])'))
     out = proj.replay("train.py", check=False)
     assert out.returncode != 0 and "failed before its main loop began: there is nothing to replay" in out.stderr, out.stderr
+
+
+def test_all_leaves_out_the_runs_recorded_with_the_new_statements_already(counter) -> None:
+    """A sweep's older runs, then one run of the code with the new statement: ``--all`` (or a
+    ``--where`` that selects it) was refused, "no statements were added to the code of run"
+    the newest. The older runs get the statement; the newest is left out, said in a note."""
+    proj, first = counter
+    new = insert_after(dedent(COUNTER), 'hl.log("x", state["x"])', 'hl.log("double", 2 * state["x"])')
+    proj.write("train.py", new)
+    newest = proj.record(env=DENSE)
+    out = proj.replay("train.py", "--all", "--workers", "1")
+    assert f"note: run {newest} was recorded with these statements already: left out" in out.stdout, out.stdout
+    assert proj.values("double", first) == {k: 2 * v for k, v in expected_x().items()}
+    assert proj.count("double", newest) == len(expected_x())  # as recorded, once each

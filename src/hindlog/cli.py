@@ -672,6 +672,8 @@ def _replay(args: argparse.Namespace) -> int:
     def show_plans(report: ReplayReport) -> None:
         for run_id, why in report.skipped_runs:
             print(f"skipped run {run_id}: {why}", file=sys.stderr)
+        for run_id in report.already:
+            print(f"note: run {run_id} was recorded with these statements already: left out")
         for plan in report.plans:
             print(describe_plan(plan), flush=True)
 

@@ -146,6 +146,8 @@ class ReplayReport:
     results: list[RunResult] = field(default_factory=list)
     #: The store the runs are in (the script's project's, which need not be the current one's).
     store: Store | None = None
+    #: Target runs left out: recorded with the statements in already (the latest of a sweep).
+    already: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -1537,34 +1539,48 @@ def replay(
         # version added (``lr = lr * 0.5``) is that version's code, placed into none of the older
         # runs, not a new statement. Code that adds nothing to the newest version (it was recorded
         # with the statements in) is compared with the versions before it, down to the target's.
-        base = next((r["code_version"] for r in reversed(targets) if r.get("code_version")), None)
-        if base is None:
-            if any(r.get("status") == "running" for r in targets):
-                recording = next(r for r in targets if r.get("status") == "running")
-                raise ReplayError(f"run {recording['run_id']} is still recording (its code is being snapshotted); "
-                                  "replay it once it has finished")
-            raise ReplayError("none of the target runs has a code version")
-        # Only code recorded since the newest target: against an older version, a changed line
-        # would read as an added statement.
-        newest = max((r.get("started") or 0) for r in targets)
-        later = [r["code_version"] for r in reversed(catalog.list_runs(conn, rel))
-                 if r.get("code_version") and (r.get("started") or 0) >= newest]
-        first_error: ReplayError | None = None
-        found: tuple[str, Any] | None = None
-        scripts = {r["script"] for r in catalog.list_runs(conn) if r.get("script")}
-        for version in dict.fromkeys([*later, base]):
-            try:
-                changes = hindsight_changes(st, version, force, rel, other_scripts=scripts)
-            except ReplayError as e:
-                first_error = first_error or e
+        #: Target runs recorded with the current code already: nothing to add to them.
+        already: list[dict[str, Any]] = []
+        while True:
+            base = next((r["code_version"] for r in reversed(targets) if r.get("code_version")), None)
+            if base is None:
+                if any(r.get("status") == "running" for r in targets):
+                    recording = next(r for r in targets if r.get("status") == "running")
+                    raise ReplayError(f"run {recording['run_id']} is still recording (its code is being snapshotted); "
+                                      "replay it once it has finished")
+                raise ReplayError("none of the target runs has a code version")
+            # Only code recorded since the newest target: against an older version, a changed line
+            # would read as an added statement.
+            newest = max((r.get("started") or 0) for r in targets)
+            later = [r["code_version"] for r in reversed(catalog.list_runs(conn, rel))
+                     if r.get("code_version") and (r.get("started") or 0) >= newest]
+            first_error: ReplayError | None = None
+            found: tuple[str, Any] | None = None
+            tried_without_statements: list[str] = []
+            scripts = {r["script"] for r in catalog.list_runs(conn) if r.get("script")}
+            for version in dict.fromkeys([*later, base]):
+                try:
+                    changes = hindsight_changes(st, version, force, rel, other_scripts=scripts)
+                except ReplayError as e:
+                    first_error = first_error or e
+                    continue
+                if found is None or not any(a.statements for a in found[1][1].values()):
+                    found = (version, changes)
+                if any(a.statements for a in changes[1].values()):
+                    break
+                tried_without_statements.append(version)
+            if found is None:
+                assert first_error is not None
+                raise first_error
+            # Runs of --all or --where recorded with the statements in (the latest of a sweep, say)
+            # are left out; the others get them.
+            unchanged = set(tried_without_statements)
+            if not any(a.statements for a in found[1][1].values()) and not force \
+                    and 0 < len([r for r in targets if r.get("code_version") not in unchanged]) < len(targets):
+                already += [r for r in targets if r.get("code_version") in unchanged]
+                targets = [r for r in targets if r.get("code_version") not in unchanged]
                 continue
-            if found is None or not any(a.statements for a in found[1][1].values()):
-                found = (version, changes)
-            if any(a.statements for a in changes[1].values()):
-                break
-        if found is None:
-            assert first_error is not None
-            raise first_error
+            break
         base, (current, additions, notes) = found
         if not any(a.statements for a in additions.values()) and not force:
             hint = "add hl.log(...) or print(...) calls first"
@@ -1651,7 +1667,7 @@ def replay(
             elif _used_gpu(run) and not gpus:
                 p.notes.append("the record saw a GPU and this machine shows none: a script that puts its work on 'cuda' fails here")
             plans.append(p)
-        report = ReplayReport(plans, skipped, store=st)
+        report = ReplayReport(plans, skipped, store=st, already=[r["run_id"] for r in already])
         if not plans:
             reasons = "; ".join(f"{r}: {why}" for r, why in skipped)
             raise ReplayError(f"no run can be replayed ({reasons})")
