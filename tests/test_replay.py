@@ -4041,6 +4041,43 @@ def test_an_unseeded_script_replays_from_the_generators_its_record_started_with(
     assert len(set(proj.values("offset", run).values())) == 1
 
 
+def test_a_new_forward_pass_in_train_mode_leaves_the_models_buffers_as_it_found_them(tmp_path: Path) -> None:
+    """A new statement in the step loop runs the model in train mode: its batch norm updated
+    its running statistics, the recorded validation loss (in eval mode) then differed, and the
+    replay failed as diverged, suggesting --tolerance for float noise."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        hl.checkpoints(model=model, opt=opt)
+        X, y, Xv = torch.randn(32, 4), torch.randn(32, 1), torch.randn(16, 4) * 3
+        for epoch in hl.loop("epoch", range(5)):
+            model.train()
+            for i in hl.loop("step", range(0, 32, 8)):
+                loss = ((model(X[i:i + 8]) - y[i:i + 8]) ** 2).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                hl.log("val", model(Xv).mean().item())
+            time.sleep(0.02)
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, "opt.step()", 'hl.log("probe", model(Xv).std().item())')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "1").stdout  # (the recorded val is checked)
+    assert must_run(out) == {"step"}, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["probe"])
+    assert_same_values(proj.values("probe", run), truth["probe"], "probe")
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added

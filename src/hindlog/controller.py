@@ -220,7 +220,8 @@ def hindsight_enter() -> list[Any] | None:
     """New code (a statement added since the record) starts: the run's generator states are
     put aside, and new code's own stream goes on where it stopped if the run has drawn nothing
     since (consecutive new statements draw as one block of new code would), else it forks from
-    the run's states. Returns what ``hindsight_exit`` sets back."""
+    the run's states. The declared models' buffers are put aside too. Returns what
+    ``hindsight_exit`` sets back."""
     global _new_code_depth
     _new_code_depth += 1
     if _new_code_depth > 1:
@@ -228,16 +229,49 @@ def hindsight_enter() -> list[Any] | None:
     run = _generator_states()
     if _new_code_stream is not None and _same(run, _new_code_stream[0]):
         _set_generator_states(_new_code_stream[1])
-    return run
+    return [*run, _module_buffers()]
 
 
 def hindsight_exit(run: list[Any] | None) -> None:
     """New code ended: its stream is kept for the next new code, and the run's generators are
-    set back to where it found them."""
+    set back to where it found them, and so are the buffers it changed."""
     global _new_code_depth
     _new_code_depth -= 1
     if run is not None:
-        _set_back(run)
+        _set_back(run[:2])
+        _set_module_buffers(run[2])
+
+
+def _module_buffers() -> list[tuple[Any, Any]]:
+    """Each buffer of the declared models, with a copy: a new statement's
+    forward pass in train mode (``hl.log("std", G(z).std())``) updates batch norm's running
+    statistics and a spectral norm's vectors, which the iterations after it would then use."""
+    from . import record
+
+    rec = record._recorder
+    torch = sys.modules.get("torch")
+    if rec is None or torch is None:
+        return []
+    out = []
+    for d in rec.declared.values():
+        if d.kind == "module":
+            for b in d.obj.buffers():
+                # (Small ones: statistics and vectors a forward pass updates, not a model's tables.)
+                if b.numel() * b.element_size() <= 1 << 20:
+                    out.append((b, b.detach().clone()))
+    return out
+
+
+def _set_module_buffers(saved: list[tuple[Any, Any]]) -> None:
+    if not saved:
+        return
+    import torch
+
+    with torch.no_grad():
+        for b, copy in saved:
+            # (By value: batch norm updates its running statistics without a version bump.)
+            if b.shape == copy.shape and not torch.equal(b, copy):
+                b.copy_(copy)
 
 
 def _set_back(run: list[Any]) -> None:
