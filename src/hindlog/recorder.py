@@ -291,8 +291,9 @@ class Recorder:
         if version.truncated:
             warnings.warn(
                 f"hindlog: the code snapshot of run {self.run_id} stopped at {codeversion.MAX_SNAPSHOT_FILES} source files: "
-                f"{self.store.root} is not a git repository, so the whole folder the script ran from is taken as its "
-                "project. Run the script from its project's folder, or make that folder a git repository.",
+                f"{self.store.root} is not a git repository, so that whole folder is taken as the run's project (the "
+                "folder it ran from, or the script's own when the script is outside it). Make the project's folder a "
+                "git repository, or keep the script in a folder of its own.",
                 RuntimeWarning,
             )
             self.writer.change("flag", "code_snapshot_truncated")
