@@ -4078,6 +4078,42 @@ def test_a_new_forward_pass_in_train_mode_leaves_the_models_buffers_as_it_found_
     assert_same_values(proj.values("probe", run), truth["probe"], "probe")
 
 
+def test_gradient_accumulation_flushed_at_each_loops_end_still_skips_loops(tmp_path: Path) -> None:
+    """``if (k + 1) % accum == 0 or k + 1 == steps: opt.step(); opt.zero_grad()``: no gradient
+    goes on into the next iteration, but the condition read as accumulation across iterations,
+    and every replay ran the whole run. The record saw no gradient left at a loop's end."""
+    pytest.importorskip("torch")
+    text = dedent("""
+        import time
+        import torch
+        import hindlog as hl
+
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        hl.checkpoints(model=model, opt=opt)
+        X, y = torch.randn(40, 4), torch.randn(40, 1)
+        steps, accum = 5, 2
+        for epoch in hl.loop("epoch", range(5)):
+            for k in hl.loop("step", range(steps)):
+                loss = ((model(X[8 * k:8 * k + 8]) - y[8 * k:8 * k + 8]) ** 2).mean() / accum
+                loss.backward()
+                if (k + 1) % accum == 0 or k + 1 == steps:
+                    opt.step()
+                    opt.zero_grad()
+            time.sleep(0.02)
+            hl.log("loss", loss.item())
+    """)
+    proj = ReplayProject(tmp_path)
+    run = proj.record(text, env=DENSE)
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("w", model.weight.sum().item())')
+    proj.write("train.py", new)
+    out = proj.replay("train.py", "--workers", "2").stdout
+    assert "gradient accumulation" not in out and summary(out)["skipped"] > 0, out
+    truth = ground_truth(tmp_path, {"train.py": new}, ["w"])
+    assert_same_values(proj.values("w", run), truth["w"], "w")
+
+
 def test_a_run_that_adds_an_optimizer_group_as_it_trains_is_replayed_from_before_the_change(tmp_path: Path) -> None:
     """Unfreezing a backbone with ``opt.add_param_group`` at epoch 3: a segment starting after
     it failed with torch's "different number of parameter groups" (its process had not added

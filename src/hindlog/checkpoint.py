@@ -61,6 +61,7 @@ from .state import (
     own_class,
     own_code,
     declare,
+    is_optimizer,
     is_random_generator,
     dumps_skeleton,
     rng_state,
@@ -661,6 +662,9 @@ class Checkpointer:
         self.reused_exit_snapshots = 0
         self._adoption_checked = False
         self._graph_loops: set[str] = set()
+        #: Nested loops ended, and whether a declared optimizer's gradients were left at one's end.
+        self.block_exits = 0
+        self.gradients_at_loop_exit = False
         #: The most bytes one snapshot held (pickled objects and optimizer state included).
         self.largest_snapshot = 0
 
@@ -753,6 +757,9 @@ class Checkpointer:
     def block_exit(self, i: int, block: int, loop: str, frame: FrameType, broke: bool = False, header: int | None = None) -> None:
         """A nested loop of iteration ``i`` ended (``broke``: by ``break``); ``header``: its
         ``for`` line (the frame's line, unless it ended by ``break``)."""
+        self.block_exits += 1
+        if not self.gradients_at_loop_exit:
+            self._look_for_gradients()
         if not self._may_snapshot():
             return
         t0 = time.perf_counter()
@@ -999,6 +1006,20 @@ class Checkpointer:
             self._noted_unrestorable.update(handed_on)
             self.recorder.writer.change("info", {"unrestorable_locals": sorted(self._noted_unrestorable)})
         return Frozen(i, block, loop, skeleton, tensors)
+
+    def _look_for_gradients(self) -> None:
+        """Whether a declared optimizer's parameter holds a gradient as a nested loop ends. Never,
+        in a run whose accumulation clears them before each loop's end (``if (k + 1) % accum == 0
+        or k + 1 == steps``): its replay may skip loops, whatever the code's conditions suggest
+        (``replay.plan_run``). A few microseconds, until one is seen."""
+        try:
+            for d in self.declared.values():
+                if is_optimizer(d) and any(p.grad is not None for g in d.obj.param_groups for p in g["params"]):
+                    self.gradients_at_loop_exit = True
+                    self.recorder.writer.change("info", {"gradients_at_loop_exit": True})
+                    return
+        except Exception:  # noqa: BLE001 - the replay then follows the code's conditions
+            self.gradients_at_loop_exit = True
 
     def _holds_graph(self, frame_values: dict[str, Any], names: set[str]) -> bool:
         """Whether the loop's locals, or a list a declared model holds (``policy.saved_log_probs``),

@@ -929,6 +929,9 @@ class Recorder:
             # (None clears an earlier process's: a resumed run that finished or failed otherwise.)
             timing["error"] = self.error if status == "failed" else None
             if self.checkpointer is not None:
+                before = (getattr(self.controller, "prior_info", None) or {}).get("gradients_at_loop_exit")
+                if self.checkpointer.block_exits and not self.checkpointer.gradients_at_loop_exit and not before:
+                    timing["gradients_at_loop_exit"] = False  # (True is noted when seen: a killed run has it too)
                 policy = self.checkpointer.policy
                 timing["checkpoint_bytes_written"] = self.checkpointer.persister.bytes_written
                 timing["checkpoints_dropped_unverified"] = self.checkpointer.persister.dropped_unverified

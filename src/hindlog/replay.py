@@ -583,6 +583,8 @@ def plan_run(
                           "(hindlog warned when it recorded): it runs instead of being skipped")
     plan.unrestorable = list(dict.fromkeys(name for r in ranks for name in (r.get("info") or {}).get("unrestorable_locals") or []))
     carried = hindsight.gradients_carry_over(all_sources, plan.main_loop, names)
+    if carried is not None and all((r.get("info") or {}).get("gradients_at_loop_exit") is False for r in ranks):
+        carried = None  # (conditions that clear them by each loop's end: none were left at one in the record)
     if carried is not None:
         run_all_blocks = plan.run_all_blocks = plan.from_start = True
         plan.notes.append(
