@@ -845,6 +845,8 @@ def test_new_statements_that_draw_random_numbers_are_found() -> None:
         ('    hl.log("r", random.choices([1, 2], k=2))', True),
         ('    hl.log("n", float(np.linalg.norm([1.0])))', False),
         ('    hl.log("lr", sched.get_last_lr()[0])', False),
+        # A generator of its own: the run's draws do not change.
+        ('    hl.log("r", torch.randn(3, generator=g).sum().item())', False),
     ]:
         new = add_after(base, 'hl.log("val", val)', added)
         ranges = find_additions("train.py", base, new).statements

@@ -1070,7 +1070,8 @@ def _new_calls(files: dict[str, str], new_statements: dict[str, list[tuple[int, 
 def draws_random_numbers(files: dict[str, str], new_statements: dict[str, list[tuple[int, int]]]) -> bool:
     """Whether a new statement calls a function that draws random numbers: every later draw of
     the run then differs from the record's."""
-    return any(call_name(node) in RANDOM_DRAWS for node in _new_calls(files, new_statements))
+    return any(call_name(node) in RANDOM_DRAWS and not any(k.arg == "generator" for k in node.keywords)
+               for node in _new_calls(files, new_statements))  # (``generator=g``: its own generator's)
 
 
 #: Methods that write output a replay does not store: a logger's, a stream's ``write``.
