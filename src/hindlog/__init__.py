@@ -40,10 +40,7 @@ from .controller import hindsight_iter as _hindsight_iter, replaying
 
 __version__ = "0.1.0"
 
-from . import environment as _environment
 from . import state as _state
-
-_environment.watch_reads()
 
 # The random generators as the script left them on importing hindlog: an unseeded script's
 # replay and resume workers start from the record's (its model's initial weights, its fixed noise).

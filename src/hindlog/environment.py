@@ -10,7 +10,10 @@ from typing import Any
 
 KEY_PACKAGES = ("hindlog", "torch", "numpy", "pandas", "scikit-learn", "scipy", "jax", "tensorflow", "transformers", "lightning")
 #: Environment variables that change what a training script computes; replay sets them again.
-_RECORDED_PREFIXES = ("HINDLOG_SET_", "CUDA_", "CUBLAS_", "PYTHONHASHSEED", "OMP_", "MKL_", "TORCH_", "NCCL_")
+_RECORDED_PREFIXES = ("HINDLOG_SET_", "CUDA_", "CUBLAS_", "PYTHONHASHSEED", "OMP_", "MKL_", "TORCH_", "NCCL_",
+                      # A job array's index, which a sweep's script reads to choose its settings.
+                      "SLURM_ARRAY_TASK_ID", "PBS_ARRAYID", "PBS_ARRAY_INDEX", "LSB_JOBINDEX", "SGE_TASK_ID",
+                      "AWS_BATCH_JOB_ARRAY_INDEX")
 _SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
@@ -90,50 +93,6 @@ def recorded_variables() -> dict[str, str]:
         for k, v in os.environ.items()
         if k.startswith(_RECORDED_PREFIXES) and not any(w in k.upper() for w in _SECRET_WORDS)
     }
-
-
-#: Names of the environment variables read through ``os.environ`` (``os.environ[k]``,
-#: ``os.environ.get(k)``, ``os.getenv(k)``) since hindlog's import: ``watch_reads``.
-READ: set[str] = set()
-#: Read but never set again by a replay: the machine's, the shell's and a launcher's own.
-_NOT_RESTORED = frozenset({
-    "PATH", "HOME", "TMPDIR", "TMP", "TEMP", "PWD", "OLDPWD", "USER", "LOGNAME", "SHELL", "TERM", "LANG",
-    "LANGUAGE", "DISPLAY", "HOSTNAME", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "COLUMNS", "LINES", "NO_COLOR",
-    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR", "MASTER_PORT",
-})
-_NOT_RESTORED_PREFIXES = ("LC_", "XDG_", "SSH_", "CONDA", "HINDLOG_", "PYTEST", "TORCHELASTIC_", "SLURM_PROCID",
-                          "SLURM_LOCALID", "SLURM_NODEID", "SLURM_JOB_ID", "SLURM_STEP", "JPY_", "VSCODE", "GIT_")
-
-
-def watch_reads() -> None:
-    """Note the names the process reads from ``os.environ`` from now on (``READ``): a script's
-    ``lr = LRS[int(os.environ["SLURM_ARRAY_TASK_ID"])]`` is replayed with the record's value."""
-    cls = type(os.environ)
-    if getattr(cls, "hindlog_watched", False):
-        return
-
-    class WatchedEnviron(cls):  # type: ignore[misc, valid-type]
-        hindlog_watched = True
-
-        def __getitem__(self, key: Any) -> Any:
-            READ.add(key)
-            return super().__getitem__(key)
-
-    try:
-        os.environ.__class__ = WatchedEnviron
-    except TypeError:
-        pass
-
-
-def read_variables() -> dict[str, str | None]:
-    """The variables the process read that a replay sets as they were (None: it was not set),
-    never secrets, nor the machine's, the shell's or a distributed launcher's."""
-    out: dict[str, str | None] = {}
-    for key in sorted(k for k in list(READ) if isinstance(k, str)):
-        if key in _NOT_RESTORED or key.startswith(_NOT_RESTORED_PREFIXES) or any(w in key.upper() for w in _SECRET_WORDS):
-            continue
-        out[key] = os.environ.get(key)
-    return out
 
 
 def distributed() -> dict[str, Any] | None:

@@ -276,8 +276,7 @@ class Recorder:
             self.writer.change("flag", "no_code_version")
             version = None
         try:
-            self._env.update(environment.packages_description())
-            self._note_variables_read()
+            self.writer.change("update_run", {"env": {**self._env, **environment.packages_description()}})
         except Exception:
             pass  # the versions are information only
         if version is None:
@@ -303,13 +302,6 @@ class Recorder:
             self.writer.change("info", {"code_base": version.base})
         self._check_edited_since_start()
         self._keep_initial_generators()
-
-    def _note_variables_read(self) -> None:
-        """The environment variables the script has read so far, for replay and resume to set
-        as they were (``environment.read_variables``); again at the run's end."""
-        if self.controller is None:
-            self._env["variables_read"] = environment.read_variables()
-        self.writer.change("update_run", {"env": dict(self._env)})
 
     def _check_edited_since_start(self) -> None:
         """A source file of the run changed after the process started (the next experiment's edit
@@ -907,11 +899,6 @@ class Recorder:
             self._warn_unused_overrides()
         if self._snapshot_thread.is_alive():
             self._snapshot_thread.join(timeout=120)
-        if self.controller is None and not self._snapshot_thread.is_alive():
-            try:
-                self._note_variables_read()  # (those read since the snapshot too)
-            except Exception:  # noqa: BLE001 - information for replay only
-                pass
         if self.controller is None or self.controller.owns_run:
             from .checkpoint import process_start
 

@@ -1018,13 +1018,6 @@ def _worker_env(store: Store, run: dict[str, Any], args: dict[str, Any], spec_pa
     # and the like when set, and the info PyTorch's count): another count changes the order
     # of float reductions, and the replayed values would no longer equal the recorded ones.
     recorded = (run.get("env") or {}).get("variables") or {}
-    # The variables the script read (``SLURM_ARRAY_TASK_ID`` choosing its learning rate), as
-    # the record had them: set, or not set.
-    for key, value in ((run.get("env") or {}).get("variables_read") or {}).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
     env.update(recorded)
     threads = (run.get("info") or {}).get("threads")
     if threads and not any(v in recorded for v in _THREAD_VARIABLES):
