@@ -3944,7 +3944,9 @@ def test_tensors_a_model_holds_as_plain_attributes_are_restored(tmp_path: Path) 
     """Tensors that are neither parameters nor buffers: the attention weights a layer keeps in
     ``forward`` for inspection, a router bias it updates there, and the weight an old-style
     ``spectral_norm`` computes from ``weight_orig``. Replays stored the values of a forward pass
-    before training (or of the model's construction) as a success wherever the loop was skipped."""
+    before training (or of the model's construction) as a success wherever the loop was skipped.
+    A trained ``log_alpha`` is restored in place (the optimizer holds it), and one set only after
+    the first checkpoint (None before) is held too."""
     pytest.importorskip("torch")
     text = dedent("""
         import time
@@ -3958,18 +3960,24 @@ def test_tensors_a_model_holds_as_plain_attributes_are_restored(tmp_path: Path) 
                 self.q = torch.nn.Linear(4, 4)
                 self.out = torch.nn.utils.spectral_norm(torch.nn.Linear(4, 1))
                 self.route_bias = torch.zeros(4)
+                self.log_alpha = torch.zeros(1, requires_grad=True)
+                self.calls = 0
+                self.late = None
 
             def forward(self, x):
                 att = torch.softmax(self.q(x) + self.route_bias, dim=-1)
                 self.last_att = att.detach()
+                self.calls += 1
+                if self.calls > 10:
+                    self.late = att.detach().sum(0)
                 with torch.no_grad():
                     self.route_bias += 0.01 * (att.mean(0) - 0.25)
-                return self.out(att * x)
+                return self.out(att * x) * self.log_alpha.exp()
 
 
         torch.manual_seed(0)
         model = Block()
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        opt = torch.optim.SGD([*model.parameters(), model.log_alpha], lr=0.1)
         hl.checkpoints(model=model, opt=opt)
         X, y = torch.randn(32, 4), torch.randn(32, 1)
         model(X[:2])  # a shape check before training
@@ -3984,10 +3992,11 @@ def test_tensors_a_model_holds_as_plain_attributes_are_restored(tmp_path: Path) 
     """)
     proj = ReplayProject(tmp_path)
     run = proj.record(text, env=DENSE)
-    names = ["att", "bias", "w"]
+    names = ["att", "bias", "w", "alpha", "late"]
     new = insert_after(text, 'hl.log("loss", loss.item())',
                        'hl.log("att", model.last_att.sum(0).tolist())\nhl.log("bias", model.route_bias.tolist())\n'
-                       'hl.log("w", model.out.weight.norm().item())')
+                       'hl.log("w", model.out.weight.norm().item())\nhl.log("alpha", model.log_alpha.item())\n'
+                       'hl.log("late", None if model.late is None else model.late.tolist())')
     proj.write("train.py", new)
     out = proj.replay("train.py", "--workers", "2").stdout
     assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out

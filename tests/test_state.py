@@ -367,3 +367,19 @@ def test_loading_a_models_state_writes_only_the_tensors_that_differ() -> None:
     assert torch.equal(after["1.bias"], torch.full((2,), 2.0))
     out.backward()  # ("modified by an inplace operation" had the weight been copied into)
     assert model[0].weight.grad is not None
+
+
+@pytest.mark.parametrize("make", ["meta", "nested", "quantized"])
+def test_a_tensor_attribute_the_freezer_cannot_copy_is_left_out(make: str) -> None:
+    """A module holding a meta, nested or quantized tensor as a plain attribute: taken with
+    the model's tensor attributes, it failed every checkpoint's copy (none was kept)."""
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(2, 2)
+    model.odd = {"meta": lambda: torch.empty(3, device="meta"),
+                 "nested": lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+                 "quantized": lambda: torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8)}[make]()
+    model.fine = torch.ones(3)
+    d = declare("model", model)
+    extra = state_of(d)["__hindlog_attributes__"]
+    assert list(extra["tensors"]) == ["0:fine"]
+    Freezer().freeze(state_of(d), [])  # (raised for the odd one)

@@ -14,6 +14,7 @@ import collections
 import ctypes
 import functools
 import io
+import itertools
 import math
 import mmap
 import os
@@ -809,7 +810,8 @@ def _changed_attributes(d: Declared, modules: list[Any]) -> dict[str, dict[str, 
         if len(own) != size:
             names = tuple(a for a, v in own.items() if _plain_attribute(a, v))
             before = baseline.get(str(k), {})
-            tensor_names = tuple(a for a, v in own.items() if not a.startswith("_") and _tensor_attribute(v))
+            # (None too: ``self.last_att = None`` until a forward pass sets it.)
+            tensor_names = tuple(a for a, v in own.items() if not a.startswith("_") and (v is None or _tensor_attribute(v)))
             watched[k] = (len(own), names, before, tensor_names)
         for a in names:
             was = before.get(a, _MISSING)
@@ -831,24 +833,28 @@ _TENSOR_ATTRIBUTE_BYTES = 64 << 20
 
 
 def _tensor_attribute(value: Any) -> bool:
+    """A dense tensor in memory of a size a checkpoint keeps (not a meta, nested, sparse or
+    quantized one, which the freezer cannot copy)."""
     torch = sys.modules.get("torch")
     return torch is not None and type(value) is torch.Tensor and value.layout == torch.strided \
+        and value.device.type in ("cpu", "cuda") and not value.is_quantized and not value.is_nested \
         and value.numel() * value.element_size() <= _TENSOR_ATTRIBUTE_BYTES
 
 
 def _tensor_attributes(d: Declared | None, modules: list[Any]) -> dict[str, Any]:
     """Tensors the modules hold as plain attributes, neither parameters nor buffers, by
     "index:name": a router's bias a mixture of experts updates in ``forward``, the attention
-    weights a layer keeps for inspection (``self.last_att = att.detach()``), the weight an
-    old-style ``spectral_norm`` computes. Detached: a restore sets their values, not graphs."""
+    weights a layer keeps for inspection (``self.last_att = att.detach()``), the weight an old-style
+    ``spectral_norm`` computes, a trained ``log_alpha``. The tensors themselves: the freezer
+    copies an unchanged one only once (by identity and version)."""
     out = {}
     for k, m in enumerate(modules):
         names = d.watched[k][3] if d is not None and d.watched is not None and k < len(d.watched) else \
-            tuple(a for a, v in vars(m).items() if not a.startswith("_") and _tensor_attribute(v))
+            tuple(a for a, v in vars(m).items() if not a.startswith("_") and (v is None or _tensor_attribute(v)))
         for a in names:
             v = m.__dict__.get(a)
             if _tensor_attribute(v):
-                out[f"{k}:{a}"] = v.detach()
+                out[f"{k}:{a}"] = v
     return out
 
 
@@ -900,12 +906,13 @@ def _set_module_attributes(module: Any, extra: dict[str, Any], modes: bool = Tru
         if int(k) < len(modules):
             m = modules[int(k)]
             current = m.__dict__.get(name)
-            if _tensor_attribute(current) and not current.requires_grad and current.shape == value.shape \
-                    and current.dtype == value.dtype:
+            if _tensor_attribute(current) and current.shape == value.shape and current.dtype == value.dtype:
                 with _no_grad():
-                    current.copy_(value)  # (in place: something else may hold it too)
+                    current.copy_(value)  # (in place: an optimizer may hold it, ``log_alpha``)
             else:
-                m.__dict__[name] = value.clone()
+                # On the device of the module's own tensors (a mask cached in forward, None here).
+                device = next((t.device for t in itertools.chain(m.parameters(recurse=False), m.buffers(recurse=False))), None)
+                m.__dict__[name] = value.clone() if device is None else value.to(device, copy=True)
     if extra["buffers"]:
         import torch
 
@@ -1072,8 +1079,9 @@ def _load_module(module: Any, saved: dict[str, Any]) -> None:
         changed = {}
         for k, v in saved.items():
             t = current[k]
+            # (The saved tensors are in host memory; a model on a GPU compares on its device.)
             if not (isinstance(t, torch.Tensor) and isinstance(v, torch.Tensor) and t.shape == v.shape
-                    and t.dtype == v.dtype and t.device == v.device and torch.equal(t.detach(), v)):
+                    and t.dtype == v.dtype and torch.equal(t.detach(), v.to(t.device))):
                 changed[k] = v
     except Exception:  # noqa: BLE001 - load the whole state, as load_state_dict does
         module.load_state_dict(saved)
