@@ -790,3 +790,44 @@ def test_restored_is_shown_by_its_names_not_its_values() -> None:
 
     shown = repr(Restored("r1", 3, {"model": np.zeros(100_000)}, {"buffer": list(range(100_000))}, {"meter": "AttributeError"}))
     assert shown == "Restored(run_id='r1', iteration=3, objects=['model'], locals=['buffer'], locals_not_loaded=['meter'])"
+
+
+def test_a_frozen_teacher_and_a_wrapper_of_the_declared_model_are_not_taken_for_state(tmp_path: Path) -> None:
+    """The main loop calls ``teacher.eval()`` (a frozen model it only reads) and trains through
+    ``wrapped``, a wrapper holding the declared model (as DistributedDataParallel does): both
+    were checkpointed as state the script forgot, a copy of the teacher at every checkpoint, and
+    the warning said to add the wrapper of a model already declared."""
+    pytest.importorskip("torch")
+    proj = CkProject(tmp_path)
+    proj.write("train.py", """
+import torch
+import hindlog as hl
+
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+torch.manual_seed(0)
+model, teacher = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+wrapped = Wrapper(model)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+hl.checkpoints(model=model, opt=opt)
+X = torch.randn(16, 4)
+for epoch in hl.loop("epoch", range(4)):
+    teacher.eval()
+    wrapped.train()
+    loss = ((wrapped(X) - teacher(X).detach()) ** 2).mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    hl.log("loss", loss.item())
+""")
+    stderr = proj.run("train.py", env={"HINDLOG_EPSILON": "0.9"}).stderr
+    assert "as well" not in stderr and "do not hold" not in stderr, stderr
+    assert "state        model, opt and the random generators" in proj.cli("show").stdout

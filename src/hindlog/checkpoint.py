@@ -1046,7 +1046,7 @@ class Checkpointer:
             n: scope[n] for n in facts.mutated
             if n in scope and (callable(getattr(scope[n], "state_dict", None)) or is_random_generator(scope[n])
                                or _estimator(scope[n]))
-            and id(scope[n]) not in declared_ids
+            and id(scope[n]) not in declared_ids and self._changed_since_start(scope[n], declared_ids)
         }
         # A model the loop only calls (``model(x)``), trained by an optimizer declared or found above.
         everything = {**frame.f_globals, **scope}
@@ -1054,6 +1054,22 @@ class Checkpointer:
         undeclared.update({n: everything[n] for n in trained_by(holders, everything)
                            if id(everything[n]) not in declared_ids})
         return undeclared
+
+    def _changed_since_start(self, obj: Any, declared_ids: set[int]) -> bool:
+        """For a torch module the main loop calls a method of: whether its parameters or buffers
+        were written since the main loop began (an EMA model it updates), and it is not a wrapper
+        of a declared model (``DistributedDataParallel(model)``): a frozen teacher it only puts in
+        eval mode is neither state to hold nor worth copying at every checkpoint."""
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(obj, torch.nn.Module):
+            return True
+        try:
+            if any(id(m) in declared_ids for m in obj.modules()):
+                return False
+            before = self.recorder.module_versions.get(id(obj))
+            return before is None or before != module_version(obj)
+        except Exception:  # noqa: BLE001 - held, as before
+            return True
 
     def _adopt_undeclared(self, frame: FrameType, facts: Any) -> bool:
         """The state ``hl.checkpoints`` does not name (a forgotten scheduler, the model a declared
@@ -1109,6 +1125,12 @@ class Checkpointer:
                 f"{them}; replay and resume cannot restore {'its' if len(missing) == 1 else 'their'} state. {advice}",
                 RuntimeWarning, frame.f_code.co_filename, frame.f_lineno,
             )
+
+
+def module_version(module: Any) -> int:
+    """The sum of the version counters of a torch module's parameters and buffers: it moves
+    when any of them is written in place (an optimizer's step, an EMA update, a copy)."""
+    return sum(t._version for t in itertools.chain(module.parameters(), module.buffers()))
 
 
 def _carries_graph(value: Any, depth: int = 0) -> bool:

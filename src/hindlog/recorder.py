@@ -144,6 +144,8 @@ class Recorder:
         self.declared: dict[str, Any] = {}
         self._warned_late_checkpoints = False
         self._warned_same_name = False
+        #: Version counters of the main loop's torch modules as it began (``_note_module_versions``).
+        self.module_versions: dict[int, int] = {}
         #: Seconds spent in each block loop (by name) and per main-loop iteration, for replay plans.
         self.block_seconds: dict[str, float] = {}
         self.iteration_seconds: list[float] = []
@@ -478,6 +480,8 @@ class Recorder:
         self.depth = 1
         self.main_loop_name = name
         start = 0
+        if self.controller is None and "torch" in sys.modules:
+            self._note_module_versions(frame)
         if self.checkpointer is None:
             # A script that never calls hl.checkpoints: the random generators, the loop's locals
             # and the state its first iteration shows it changes are still checkpointed.
@@ -705,6 +709,22 @@ class Recorder:
                 self.checkpointer = Checkpointer(self)
                 self.checkpointer.policy.charge(0.0, self.pending_background_cpu, checkpoint=False)
                 self.pending_background_cpu = 0.0
+
+    def _note_module_versions(self, frame: FrameType) -> None:
+        """The version counters of the torch modules the main loop's scope holds as it begins: a
+        module the first iteration wrote to is state (``Checkpointer._changed_since_start``)."""
+        try:
+            import torch
+
+            from .checkpoint import module_version
+
+            seen = 0
+            for value in list({**frame.f_globals, **frame.f_locals}.values()):
+                if isinstance(value, torch.nn.Module) and seen < 200:
+                    self.module_versions[id(value)] = module_version(value)
+                    seen += 1
+        except Exception:  # noqa: BLE001 - modules then count as changed
+            pass
 
     def _declare_adopted(self, frame: FrameType, names: list[str]) -> None:
         """A replay or resume declares what the record declared once its first iteration showed
