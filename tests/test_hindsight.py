@@ -1124,3 +1124,21 @@ def test_wrapped_new_code_runs_and_leaves_the_runs_draws_as_recorded() -> None:
     assert [v for n, v in logged if n == "r"][0] == random.random()
     draws = [v for n, v in logged if n == "draws"]
     assert len(draws) == 3 and all(len(set(d)) == 3 for d in draws)
+
+
+@pytest.mark.parametrize("before, inside, carried", [
+    (["window = []"], ["window.append(acc)", 'hl.log("avg", sum(window[-3:]))'], ["window"]),
+    (['history = {"acc": []}'], ['history["acc"].append(acc)', 'hl.log("n", len(history["acc"]))'], ["history"]),
+    (["import heapq", "top = []"], ["heapq.heappush(top, -acc)", 'hl.log("best", -top[0])'], ["top"]),
+    (["best = 0.0"], ['hl.log("best", best := max(best, acc))'], ["best"]),
+    (["total = 0.0"], ["total += acc", 'hl.log("total", total)'], ["total"]),
+    # Read only: nothing carried.
+    (["scale = 3"], ['hl.log("scaled", scale * acc)', 'hl.log("scale", scale)'], []),
+])
+def test_new_state_carried_across_iterations_is_found(before: list[str], inside: list[str], carried: list[str]) -> None:
+    from hindlog.hindsight import new_state_carried
+
+    lines = ["import hindlog as hl", 'for epoch in hl.loop("epoch", range(10)):', "    acc = epoch * 0.1"]
+    src = "\n".join(lines[:1] + before + lines[1:] + ["    " + s for s in inside]) + "\n"
+    ranges = [(2, 1 + len(before)), (len(lines) + len(before) + 1, len(lines) + len(before) + len(inside))]
+    assert new_state_carried({"train.py": src}, {"train.py": ranges}, "epoch") == carried

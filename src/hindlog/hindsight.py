@@ -1334,10 +1334,31 @@ def new_state_carried(
                 if not (isinstance(node, ast.stmt) and is_new(node)):
                     continue
                 changed = {n.id for t in _assigned_targets(node) for n in ast.walk(t) if isinstance(n, ast.Name)}
-                changed |= {n.func.value.id for n in ast.walk(node) if isinstance(n, ast.Call)
-                            and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)}
+                for n in ast.walk(node):
+                    if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name):
+                        changed.add(n.target.id)  # (``best := max(best, acc)``)
+                    elif isinstance(n, ast.Call):
+                        root = _root_name(n.func.value) if isinstance(n.func, ast.Attribute) else None
+                        if root is not None:
+                            changed.add(root)  # (``history["acc"].append(acc)``)
+                        # What a call is given it may change (``heapq.heappush(top, acc)``), but
+                        # not ``hl.log("best", best)`` or ``len(window)``.
+                        if call_name(n) not in _DRAW_FREE_CALLS | _READING_CALLS:
+                            changed.update(a.id for a in [*n.args, *(k.value for k in n.keywords)] if isinstance(a, ast.Name))
                 out.extend(sorted((changed & before) - set(out)))
     return out
+
+
+#: Builtins that read what they are given.
+_READING_CALLS = frozenset({"sum", "max", "min", "sorted", "list", "tuple", "set", "dict", "any", "all", "mean",
+                            "repr", "hash", "id", "type", "zip", "enumerate", "reversed", "map", "filter"})
+
+
+def _root_name(node: ast.AST) -> str | None:
+    """The name an attribute or subscript chain starts from (``history["acc"]`` -> history)."""
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def _assigned_targets(node: ast.AST) -> list[ast.AST]:
