@@ -146,6 +146,7 @@ class Recorder:
         self._warned_same_name = False
         #: Version counters of the main loop's torch modules as it began (``_note_module_versions``).
         self.module_versions: dict[int, int] = {}
+        self._torch_seed_noted = False
         #: Seconds spent in each block loop (by name) and per main-loop iteration, for replay plans.
         self.block_seconds: dict[str, float] = {}
         self.iteration_seconds: list[float] = []
@@ -341,11 +342,22 @@ class Recorder:
         try:
             if state.INITIAL_GENERATORS is not None:
                 self.writer.change("info", {"initial_generators": self.store.objects.put(state.INITIAL_GENERATORS)})
-            torch = sys.modules.get("torch")
-            if torch is not None and not state.INITIAL_GENERATORS_HAVE_TORCH:
-                # Imported after hindlog (``hindlog run`` imports hindlog first): the seed PyTorch
-                # drew at its import, unless the script set one since.
-                self.writer.change("info", {"torch_initial_seed": int(torch.initial_seed())})
+            self._note_torch_seed()
+        except Exception:  # noqa: BLE001 - only an unseeded script's replay depends on it
+            pass
+
+    def _note_torch_seed(self) -> None:
+        """PyTorch imported after hindlog (``hindlog run`` imports hindlog first): the seed its
+        generator drew at its import, unless the script set one since; once, when the code is
+        snapshotted or, if PyTorch is imported later, when the main loop begins."""
+        from . import state
+
+        torch = sys.modules.get("torch")
+        if torch is None or state.INITIAL_GENERATORS_HAVE_TORCH or self._torch_seed_noted or self.controller is not None:
+            return
+        self._torch_seed_noted = True
+        try:
+            self.writer.change("info", {"torch_initial_seed": int(torch.initial_seed())})
         except Exception:  # noqa: BLE001 - only an unseeded script's replay depends on it
             pass
 
@@ -482,6 +494,7 @@ class Recorder:
         start = 0
         if self.controller is None and "torch" in sys.modules:
             self._note_module_versions(frame)
+            self._note_torch_seed()
         if self.checkpointer is None:
             # A script that never calls hl.checkpoints: the random generators, the loop's locals
             # and the state its first iteration shows it changes are still checkpointed.
