@@ -698,7 +698,7 @@ for epoch in hl.loop("epoch", range(200)):
 """
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 def test_a_signal_that_stops_hindlog_resume_stops_the_resumed_run(tmp_path: Path, signum: int) -> None:
     """``timeout``, a scheduler or ``docker stop`` sends SIGTERM to ``hindlog resume``: the
     resumed script, its child, went on training as an orphan, its run shown "running" (also

@@ -315,8 +315,11 @@ class Recorder:
 
             started = time.time() - (time.perf_counter() - process_start(self._clock_start))
             root = self.store.root.resolve()
+            # (By the path's text first: resolving every imported module's path took 70 ms.)
+            prefixes = (str(self.store.root), str(root))
             paths = {Path(m.__file__) for m in list(sys.modules.values())
-                     if isinstance(getattr(m, "__file__", None), str) and m.__file__.endswith(".py")}
+                     if isinstance(getattr(m, "__file__", None), str) and m.__file__.endswith(".py")
+                     and m.__file__.startswith(prefixes) and "site-packages" not in m.__file__}
             if self.script and not os.path.isabs(self.script):
                 paths.add(root / self.script)
             edited = sorted(str(p.resolve().relative_to(root)) for p in paths

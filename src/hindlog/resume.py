@@ -134,7 +134,7 @@ def _run_as_this_process(command: list[str], cwd: str, env: dict[str, str]) -> i
 
     def forward(signum: int, frame: object) -> None:
         try:
-            proc.send_signal(signum)
+            proc.send_signal(signal.SIGTERM)  # (a SIGHUP too: the script saves its run on SIGTERM)
         except OSError:
             pass
 
