@@ -345,22 +345,21 @@ class Recorder:
         try:
             if state.INITIAL_GENERATORS is not None:
                 self.writer.change("info", {"initial_generators": self.store.objects.put(state.INITIAL_GENERATORS)})
-            self._note_torch_seed()
         except Exception:  # noqa: BLE001 - only an unseeded script's replay depends on it
             pass
 
     def _note_torch_seed(self) -> None:
         """PyTorch imported after hindlog (``hindlog run`` imports hindlog first): the seed its
-        generator drew at its import, unless the script set one since; once, when the code is
-        snapshotted or, if PyTorch is imported later, when the main loop begins."""
+        generator drew at its import, unless the script set one since; when the main loop begins
+        (in the training thread: the code's snapshot may run while PyTorch is half imported)."""
         from . import state
 
         torch = sys.modules.get("torch")
         if torch is None or state.INITIAL_GENERATORS_HAVE_TORCH or self._torch_seed_noted or self.controller is not None:
             return
-        self._torch_seed_noted = True
         try:
             self.writer.change("info", {"torch_initial_seed": int(torch.initial_seed())})
+            self._torch_seed_noted = True
         except Exception:  # noqa: BLE001 - only an unseeded script's replay depends on it
             pass
 
