@@ -344,7 +344,9 @@ class Recorder:
             return
         try:
             if state.INITIAL_GENERATORS is not None:
-                self.writer.change("info", {"initial_generators": self.store.objects.put(state.INITIAL_GENERATORS)})
+                # (Not synced to disk: a run lost with it replays from fresh generators, as before.)
+                name = self.store.objects.put(state.INITIAL_GENERATORS, durable=False)
+                self.writer.change("info", {"initial_generators": name})
         except Exception:  # noqa: BLE001 - only an unseeded script's replay depends on it
             pass
 
