@@ -1039,7 +1039,7 @@ def test_new_code_that_carries_a_value_across_iterations_replays_from_the_first_
     assert len(segments(out)) == 2 and "carries" not in out, out
 
 
-@pytest.mark.parametrize("variable", ["SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX", "LSB_JOBINDEX", "SGE_TASK_ID"])
+@pytest.mark.parametrize("variable", ["SLURM_ARRAY_TASK_ID", "SGE_TASK_ID"])
 def test_a_job_arrays_index_is_set_as_the_record_had_it(tmp_path: Path, variable: str) -> None:
     """A sweep point chosen by a job array's index (``SLURM_ARRAY_TASK_ID``): the replay ran
     with the replaying shell's (none), and a new statement logging the learning rate stored the
