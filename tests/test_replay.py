@@ -3826,46 +3826,12 @@ def test_a_setting_of_torchs_own_layers_the_main_loop_changes_is_restored(tmp_pa
         assert_same_values(proj.values(name, run), truth[name], name)
 
 
-def test_a_scheduler_hl_checkpoints_leaves_out_is_restored_in_a_segment_that_starts_mid_run(tmp_path: Path) -> None:
-    """The scheduler the main loop steps is not named in ``hl.checkpoints``: a segment that
-    started mid-run made it anew, and a new statement reading the rate stored the first
-    epochs' rate as a success (no recorded value depends on it where nested loops are skipped)."""
-    pytest.importorskip("torch")
-    text = dedent("""
-        import time
-        import torch
-        import hindlog as hl
-
-        torch.manual_seed(0)
-        X, y = torch.randn(64, 4), torch.randn(64, 1)
-        model = torch.nn.Linear(4, 1)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
-        hl.checkpoints(model=model, opt=opt)
-        for epoch in hl.loop("epoch", range(8)):
-            for i in hl.loop("step", range(0, 64, 16)):
-                loss = ((model(X[i:i + 16]) - y[i:i + 16]) ** 2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            sched.step()
-            time.sleep(0.02)
-            hl.log("loss", loss.item())
-    """)
-    proj = ReplayProject(tmp_path)
-    run = proj.record(text, env=DENSE)
-    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("lr", sched.get_last_lr()[0])')
-    proj.write("train.py", new)
-    out = proj.replay("train.py", "--workers", "2").stdout
-    assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out
-    truth = ground_truth(tmp_path, {"train.py": new}, ["lr"])
-    assert_same_values(proj.values("lr", run), truth["lr"], "lr")
-
-
 def test_a_script_that_never_calls_hl_checkpoints_is_checkpointed_and_replayed_in_segments(tmp_path: Path) -> None:
     """No ``hl.checkpoints`` at all: the run took no checkpoint and said nothing, and every
-    replay was a full re-run. The model and optimizer the main loop trains are checkpointed
-    from its second iteration on, with a warning that names them."""
+    replay was a full re-run. The model, optimizer and scheduler the main loop trains are
+    checkpointed from its second iteration on, with a warning that names them. (A scheduler
+    left out of ``hl.checkpoints`` was made anew by a segment that started mid-run, and a new
+    statement reading the rate stored the first epochs' as a success.)"""
     pytest.importorskip("torch")
     text = dedent("""
         import time
@@ -3876,26 +3842,30 @@ def test_a_script_that_never_calls_hl_checkpoints_is_checkpointed_and_replayed_i
         X, y = torch.randn(64, 4), torch.randn(64, 1)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
         opt = torch.optim.Adam(model.parameters(), lr=0.01)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
         for epoch in hl.loop("epoch", range(6)):
             for i in hl.loop("step", range(0, 64, 16)):
                 loss = ((model(X[i:i + 16]) - y[i:i + 16]) ** 2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+            sched.step()
             time.sleep(0.02)
             hl.log("loss", loss.item())
     """)
     proj = ReplayProject(tmp_path)
     proj.write("train.py", text)
     recorded = proj.python("train.py", env=DENSE)
-    assert "checkpointing model, opt as well: the main loop changes them" in recorded.stderr, recorded.stderr
+    assert "checkpointing model, opt, sched as well: the main loop changes them" in recorded.stderr, recorded.stderr
     run = proj.run_ids()[-1]
-    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("w", model[0].weight.sum().item())')
+    new = insert_after(text, 'hl.log("loss", loss.item())', 'hl.log("w", model[0].weight.sum().item())\n'
+                       'hl.log("lr", sched.get_last_lr()[0])')
     proj.write("train.py", new)
     out = proj.replay("train.py", "--workers", "2").stdout
     assert summary(out)["skipped"] > 0 and len(segments(out)) == 2, out
-    truth = ground_truth(tmp_path, {"train.py": new}, ["w"])
-    assert_same_values(proj.values("w", run), truth["w"], "w")
+    truth = ground_truth(tmp_path, {"train.py": new}, ["w", "lr"])
+    for name in ("w", "lr"):
+        assert_same_values(proj.values(name, run), truth[name], name)
 
 
 def test_reinforce_with_the_update_after_its_rollout_loop_is_replayed(tmp_path: Path) -> None:
