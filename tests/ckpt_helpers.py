@@ -488,3 +488,15 @@ for step, (xb, yb) in hl.loop("step", enumerate(loader)):
     time.sleep(0.05)
 print(json.dumps({"run": hl.run_id()}))
 """
+
+
+#: A class a training script defines (a meter): its objects unpickle only where the script runs.
+RUNNING_MEAN_CLASS = """
+class RunningMean:
+    def __init__(self):
+        self.n, self.mean = 0, 0.0
+
+    def update(self, x):
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+"""

@@ -20,6 +20,7 @@ import hindlog as hl
 from hindlog.errors import CheckpointError
 
 from ckpt_helpers import (
+    RUNNING_MEAN_CLASS,
     ITERATION_END,
     TORCH_CONTINUE,
     TORCH_NAMES,
@@ -748,15 +749,7 @@ import json
 import numpy as np
 import hindlog as hl
 
-
-class RunningMean:
-    def __init__(self):
-        self.n, self.mean = 0, 0.0
-
-    def update(self, x):
-        self.n += 1
-        self.mean += (x - self.mean) / self.n
-
+""" + RUNNING_MEAN_CLASS + """
 
 w = np.zeros(2)
 stats = RunningMean()

@@ -22,6 +22,7 @@ import pytest
 from hindlog.store import Store
 
 from ckpt_helpers import (
+    RUNNING_MEAN_CLASS,
     LOADER_MAIN_LOOP,
     HINDLOG_SCRIPT,
     ITERATION_END,
@@ -639,15 +640,7 @@ import json, os, time
 import numpy as np
 import hindlog as hl
 
-
-class RunningMean:
-    def __init__(self):
-        self.n, self.mean = 0, 0.0
-
-    def update(self, x):
-        self.n += 1
-        self.mean += (x - self.mean) / self.n
-
+""" + RUNNING_MEAN_CLASS + """
 
 rng = np.random.default_rng(0)
 w = np.zeros(3)

@@ -462,6 +462,16 @@ class Controller:
         return first, it
 
 
+def _forget_after(conn: Any, run: int, iteration: int) -> None:
+    """What the record logged and checkpointed after ``iteration``, which the resumed run makes
+    again. Values a replay stored for those iterations stay: the resumed run computes them as before."""
+    conn.execute(
+        "DELETE FROM records WHERE run=? AND source=? AND ctx IN (SELECT id FROM contexts WHERE run=? AND iteration>?)",
+        (run, catalog.SOURCE_RECORD, run, iteration),
+    )
+    conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration>?", (run, iteration))
+
+
 class ResumeController(Controller):
     """Continue a killed or failed run from its latest checkpoint, appending to the same run."""
 
@@ -473,13 +483,7 @@ class ResumeController(Controller):
             raise ReplayError(f"run {run['run_id']} has no readable checkpoint to resume from")
         last = self.loaded.iteration
         with catalog.transaction(conn):
-            # Records of iterations after the checkpoint are re-made by the resumed run. Values a
-            # replay stored for them stay: the resumed run computes those iterations as before.
-            conn.execute(
-                "DELETE FROM records WHERE run=? AND source=? AND ctx IN (SELECT id FROM contexts WHERE run=? AND iteration>?)",
-                (run["id"], catalog.SOURCE_RECORD, run["id"], last),
-            )
-            conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration>?", (run["id"], last))
+            _forget_after(conn, run["id"], last)
             # So are the values the killed process logged after its main loop (if it got there).
             after = catalog.split_outside_loops(run.get("info") or {})
             if after is not None:
@@ -524,12 +528,7 @@ class ResumeController(Controller):
         conn = self.recorder.store.connect()
         try:
             with catalog.transaction(conn):
-                run = self.recorder.run
-                conn.execute(
-                    "DELETE FROM records WHERE run=? AND source=? AND ctx IN (SELECT id FROM contexts WHERE run=? AND iteration>?)",
-                    (run, catalog.SOURCE_RECORD, run, earlier.iteration),
-                )
-                conn.execute("DELETE FROM checkpoints WHERE run=? AND iteration>?", (run, earlier.iteration))
+                _forget_after(conn, self.recorder.run, earlier.iteration)
         finally:
             conn.close()
         print(f"hindlog: resuming after iteration {earlier.iteration} instead: the run added optimizer parameter groups "
